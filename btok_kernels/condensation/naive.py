@@ -1,0 +1,102 @@
+"""PyTorch reference for condensation-mask attention.
+
+Per sequence and per chunk of query rows, in fp32 (fp64 for fp64 inputs), so that memory
+stays linear in the number of tokens: no tensor is ever ``[L, L]``. It is the CPU backend
+and, with the dense oracle in the tests, the yardstick of the Triton kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["condensation_fwd_naive", "condensation_bwd_naive"]
+
+# rows per chunk: each chunk holds [Hq, CHUNK, L] scores, linear in L
+CHUNK = 128
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _sequences(cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor):
+    host = torch.stack([cu_seqlens[:-1], cu_seqlens[1:], btok_start, target_start]).cpu().tolist()
+    return zip(*host)
+
+
+def _chunk_mask(r0: int, r1: int, b: int, t: int, device) -> torch.Tensor:
+    """allowed(i, j) for rows i in [r0, r1), keys j in [0, r1) of one sequence."""
+    i = torch.arange(r0, r1, device=device)[:, None]
+    j = torch.arange(0, r1, device=device)[None, :]
+    return (j <= i) & ~((i >= t) & (j < b))  # [C, r1]
+
+
+def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
+    """[rows, Hq, D] -> [Hkv, G, rows, D]: query heads grouped by the KV head they share."""
+    rows, hq, d = x.shape
+    return x.permute(1, 0, 2).reshape(hkv, hq // hkv, rows, d)
+
+
+def _ungrouped(x: torch.Tensor) -> torch.Tensor:
+    """[Hkv, G, rows, D] -> [rows, Hq, D]."""
+    hkv, g, rows, d = x.shape
+    return x.reshape(hkv * g, rows, d).permute(1, 0, 2)
+
+
+def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale: float):
+    """Reference forward. Returns ``out`` [T, Hq, D] in q's dtype and ``lse`` [Hq, T]
+    (natural log, fp32; fp64 for fp64 inputs)."""
+    acc = _acc_dtype(q.dtype)
+    total, hq, d = q.shape
+    hkv = k.shape[1]
+    out = torch.zeros(total, hq, v.shape[2], dtype=q.dtype, device=q.device)
+    lse = torch.zeros(hq, total, dtype=acc, device=q.device)
+    for start, end, b, t in _sequences(cu_seqlens, btok_start, target_start):
+        ks = k[start:end].to(acc).permute(1, 0, 2)[:, None]  # [Hkv, 1, L, D]
+        vs = v[start:end].to(acc).permute(1, 0, 2)[:, None]
+        for r0 in range(0, end - start, CHUNK):
+            r1 = min(r0 + CHUNK, end - start)
+            qc = _grouped(q[start + r0 : start + r1].to(acc), hkv)  # [Hkv, G, C, D]
+            s = (qc @ ks[..., :r1, :].transpose(-1, -2)) * softmax_scale  # [Hkv, G, C, r1]
+            s = s.masked_fill(~_chunk_mask(r0, r1, b, t, q.device), float("-inf"))
+            m = s.amax(-1, keepdim=True)
+            p = torch.exp(s - m)
+            l = p.sum(-1, keepdim=True)
+            o = (p @ vs[..., :r1, :]) / l
+            out[start + r0 : start + r1] = _ungrouped(o).to(q.dtype)
+            lse[:, start + r0 : start + r1] = (m + torch.log(l)).reshape(hq, r1 - r0)
+    return out, lse
+
+
+def condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale: float):
+    """Reference backward from the saved ``lse`` (recomputes the probabilities per chunk).
+    Returns ``dq, dk, dv`` in the dtypes of ``q, k, v``."""
+    acc = _acc_dtype(q.dtype)
+    hkv = k.shape[1]
+    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+    dk = torch.zeros(k.shape, dtype=acc, device=q.device)
+    dv = torch.zeros(v.shape, dtype=acc, device=q.device)
+    delta = (do.to(acc) * out.to(acc)).sum(-1)  # [T, Hq]
+    for start, end, b, t in _sequences(cu_seqlens, btok_start, target_start):
+        ks = k[start:end].to(acc).permute(1, 0, 2)[:, None]  # [Hkv, 1, L, D]
+        vs = v[start:end].to(acc).permute(1, 0, 2)[:, None]
+        dks = torch.zeros_like(ks.expand(-1, q.shape[1] // hkv, -1, -1))  # [Hkv, G, L, D]
+        dvs = torch.zeros_like(vs.expand(-1, q.shape[1] // hkv, -1, -1))
+        for r0 in range(0, end - start, CHUNK):
+            r1 = min(r0 + CHUNK, end - start)
+            rows = slice(start + r0, start + r1)
+            qc = _grouped(q[rows].to(acc), hkv)  # [Hkv, G, C, D]
+            doc = _grouped(do[rows].to(acc), hkv)
+            lse_c = _grouped(lse[:, rows].T[..., None], hkv)  # [Hkv, G, C, 1]
+            delta_c = _grouped(delta[rows][..., None], hkv)
+            s = (qc @ ks[..., :r1, :].transpose(-1, -2)) * softmax_scale
+            p = torch.exp(s - lse_c).masked_fill(~_chunk_mask(r0, r1, b, t, q.device), 0.0)
+            dvs[..., :r1, :] += p.transpose(-1, -2) @ doc
+            dp = doc @ vs[..., :r1, :].transpose(-1, -2)
+            ds = p * (dp - delta_c) * softmax_scale  # [Hkv, G, C, r1]
+            dq[rows] = _ungrouped(ds @ ks[..., :r1, :])
+            dks[..., :r1, :] += ds.transpose(-1, -2) @ qc
+        dk[start:end] = dks.sum(1).permute(1, 0, 2)
+        dv[start:end] = dvs.sum(1).permute(1, 0, 2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+

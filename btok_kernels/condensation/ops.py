@@ -1,0 +1,200 @@
+"""Public entry point of condensation-mask attention, its custom ops and its autograd.
+
+``btok::condensation_fwd`` and ``btok::condensation_bwd`` are registered with
+``torch.library`` (with fake implementations), so ``torch.compile`` sees one node per call
+instead of a graph break, whatever the backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..layout import CondensationLayout
+from .naive import condensation_bwd_naive, condensation_fwd_naive
+
+__all__ = ["condensation_attention", "BACKENDS"]
+
+BACKENDS = ("auto", "triton", "cuda", "reference")
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------
+# custom ops
+# ----------------------------------------------------------------------------------------
+@torch.library.custom_op("btok::condensation_fwd", mutates_args=())
+def _condensation_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
+    softmax_scale: float, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "triton":
+        from .parallel import condensation_fwd_triton
+
+        return condensation_fwd_triton(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale)
+    return condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale)
+
+
+@_condensation_fwd.register_fake
+def _(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, backend):
+    lse = q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
+    return torch.empty_like(q), lse
+
+
+@torch.library.custom_op("btok::condensation_bwd", mutates_args=())
+def _condensation_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor,
+    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
+    softmax_scale: float, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "triton":
+        from .parallel import condensation_bwd_triton
+
+        return condensation_bwd_triton(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale)
+    return condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale)
+
+
+@_condensation_bwd.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, btok_start, target_start)
+    ctx.softmax_scale = softmax_scale
+    ctx.backend = backend
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_seqlens, btok_start, target_start = ctx.saved_tensors
+    dq, dk, dv = _condensation_bwd(
+        dout, q, k, v, out, lse, cu_seqlens, btok_start, target_start, ctx.softmax_scale, ctx.backend
+    )
+    return dq, dk, dv, None, None, None, None, None
+
+
+_condensation_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------
+# public function
+# ----------------------------------------------------------------------------------------
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get("BTOK_BACKEND", "").strip()
+        if env:
+            if env not in BACKENDS:
+                raise ValueError(f"environment variable BTOK_BACKEND must be one of {BACKENDS}, got {env!r}")
+            backend = env
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" else "reference"
+    if backend == "cuda":
+        raise NotImplementedError(
+            "backend='cuda': the CUDA C++ fallback is not part of this build of btok_kernels; "
+            "use backend='triton' (CUDA tensors) or backend='reference'"
+        )
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors (got tensors on {device}); on the CPU set "
+            "TRITON_INTERPRET=1 before importing triton, or use backend='reference'"
+        )
+    return backend
+
+
+def _check_inputs(q, k, v, layout, backend):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(f"{name} must be 3-D [total_tokens, heads, head_dim], got shape {tuple(x.shape)}")
+    if not isinstance(layout, CondensationLayout):
+        raise TypeError(f"layout must be a CondensationLayout, got {type(layout).__name__}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if layout.device != q.device:
+        raise ValueError(
+            f"layout is on {layout.device} but q is on {q.device}; move it once with layout.to(q.device)"
+        )
+    total, hq, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != total or k.shape[2] != d:
+        raise ValueError(f"k must have shape [{total}, Hkv, {d}] to match q {tuple(q.shape)}, got {tuple(k.shape)}")
+    hkv = k.shape[1]
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(f"the number of query heads ({hq}) must be a multiple of the number of KV heads ({hkv})")
+    if total != layout.total_tokens:
+        raise ValueError(
+            f"q has {total} tokens but the layout packs {layout.total_tokens} (cu_seqlens[-1])"
+        )
+    if backend == "triton":
+        if q.dtype not in _KERNEL_DTYPES:
+            raise ValueError(f"backend='triton' supports dtypes {_KERNEL_DTYPES}, got {q.dtype}")
+        if d % 8 != 0 or not 8 <= d <= MAX_HEAD_DIM:
+            raise ValueError(f"backend='triton' supports head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {d}")
+    elif not q.dtype.is_floating_point:
+        raise ValueError(f"q, k and v must be floating point, got {q.dtype}")
+
+
+def condensation_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: CondensationLayout,
+    *,
+    softmax_scale: float | None = None,
+    backend: str = "auto",
+    return_lse: bool = False,
+):
+    """Exact attention under the condensation mask on a packed varlen batch.
+
+    For each sequence of ``layout`` (positions relative to its start, ``b`` its BTok start,
+    ``t`` its target start), row ``i`` attends key ``j`` iff ``j <= i`` and not
+    ``(i >= t and j < b)``: query and BTok rows are causal, target rows see only the BToks
+    and the target before them. Every row sees at least itself.
+
+    Args:
+        q: ``[total_tokens, Hq, D]``, fp16/bf16/fp32 (fp64 with the reference backend).
+        k, v: ``[total_tokens, Hkv, D]``, ``Hq % Hkv == 0`` (GQA/MQA without repeating K/V).
+        layout: :class:`CondensationLayout` on q's device.
+        softmax_scale: defaults to ``1 / sqrt(D)``.
+        backend: ``"auto"`` (Triton for CUDA tensors, the reference otherwise; the
+            environment variable ``BTOK_BACKEND`` overrides it), ``"triton"``, ``"cuda"``
+            (not built yet: raises) or ``"reference"``.
+        return_lse: also return the log-sum-exp of each row's scaled scores, fp32
+            ``[Hq, total_tokens]`` (natural log; not differentiable).
+
+    Returns:
+        ``out`` ``[total_tokens, Hq, D]`` in q's dtype, and ``lse`` if ``return_lse``.
+        Differentiable in q, k and v.
+    """
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
+    backend = _resolve_backend(backend, q.device)
+    _check_inputs(q, k, v, layout, backend)
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    elif not (isinstance(softmax_scale, (int, float)) and math.isfinite(softmax_scale) and softmax_scale > 0):
+        raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale!r}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    out, lse = _condensation_fwd(
+        q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, float(softmax_scale), backend
+    )
+    return (out, lse) if return_lse else out

@@ -1,0 +1,502 @@
+"""Triton kernels for condensation-mask attention on packed varlen sequences.
+
+The tile schedule is computed inside the kernels from ``cu_seqlens``, ``btok_start`` and
+``target_start``; nothing is precomputed per batch.
+
+Programs. A pack of ``n`` sequences and ``T`` tokens launches ``T // BLOCK + n`` programs
+per head along axis 0. Sequence ``s`` owns the program slots starting at
+``cu_seqlens[s] // BLOCK + s``, which always leaves room for its ``cdiv(len_s, BLOCK)``
+tiles; a program finds its sequence by binary search over ``cu_seqlens`` and at most one
+slot per sequence has no tile and returns at once. No host synchronisation, no padding to
+``max_seqlen``.
+
+Tiles. For a query tile with rows ``[q0, q1)`` of a sequence (``b`` = BTok start, ``t`` =
+target start), the keys visited are ``[lo, q1)`` with ``lo = b`` when every row is a target
+row (``q0 >= t``) and ``lo = 0`` otherwise, in blocks of ``BLOCK_N`` starting at ``lo``:
+
+    blocks [0, n_cut)       hold keys < b for a tile that mixes target and other rows:
+                            per-element mask (the cut)
+    blocks [n_cut, n_diag)  every key <= q0 and no cut applies: no mask at all
+    blocks [n_diag, end)    cross the diagonal: per-element mask
+
+The backward's dK/dV programs mirror this per key tile: rows ``[n0, t)`` see keys that all
+lie before ``b`` and rows ``[n0, len)`` the others, with the same three kinds of blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["condensation_fwd_triton", "condensation_bwd_triton"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# ----------------------------------------------------------------------------------------
+# device helpers
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _find_tile(cu_seqlens, n_seqs, i_t, BLOCK: tl.constexpr):
+    """Program slot ``i_t`` -> (sequence, tile index within it, tile count of the sequence).
+    Sequence ``s`` owns the slots from ``cu_seqlens[s] // BLOCK + s``."""
+    lo = 0
+    hi = n_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        slot = tl.load(cu_seqlens + mid) // BLOCK + mid
+        lo = tl.where(slot <= i_t, mid, lo)
+        hi = tl.where(slot <= i_t, hi, mid - 1)
+    bos = tl.load(cu_seqlens + lo)
+    eos = tl.load(cu_seqlens + lo + 1)
+    return lo, i_t - (bos // BLOCK + lo), tl.cdiv(eos - bos, BLOCK), bos, eos - bos
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # UPCAST: the Triton interpreter multiplies bf16 blocks wrongly; fp32 products of
+    # bf16 values are exact, so the result matches a bf16 tensor-core dot with fp32 acc.
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _key_blocks(q0, q1, b, t, BLOCK_N: tl.constexpr):
+    """Key blocks of the query tile with rows [q0, q1): (lo, n_cut, n_diag, n_blocks)."""
+    has_plain = q0 < t  # rows that see the query segment
+    has_target = q1 > t  # rows that do not
+    lo = tl.where(has_plain, 0, b)
+    n_blocks = tl.cdiv(q1 - lo, BLOCK_N)
+    n_diag = (q0 + 1 - lo) // BLOCK_N
+    n_cut = tl.where(has_plain & has_target, tl.cdiv(b, BLOCK_N), 0)
+    return lo, tl.minimum(n_cut, n_diag), n_diag, n_blocks
+
+
+@triton.jit
+def _row_blocks(n0, n1, b, t, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query-row blocks that see the key tile [n0, n1): (n_diag, n_full, n_blocks), rows
+    starting at n0. Keys all before b are seen by rows < t only."""
+    row_hi = tl.where(n1 <= b, t, seqlen)
+    full_hi = tl.where(n0 < b, t, seqlen)
+    n_blocks = tl.cdiv(row_hi - n0, BLOCK_M)
+    n_diag = tl.minimum(tl.cdiv(BLOCK_N - 1, BLOCK_M), n_blocks)
+    n_full = tl.maximum((full_hi - n0) // BLOCK_M, n_diag)
+    return n_diag, n_full, n_blocks
+
+
+# ----------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_block(
+    acc, l_i, m_i, b_q, p_k, p_v, o_m, start_n, seqlen, b, t, qk_scale,
+    stride_kt, stride_vt,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    o_n = start_n + tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_kv = o_d[None, :] < HEAD_DIM
+    if MASKED:
+        m_kv = m_kv & (o_n[:, None] < seqlen)
+    if MASKED or not EVEN_D:
+        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt, mask=m_kv, other=0.0)
+    else:
+        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt)
+        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt)
+    b_s = _dot(b_q, tl.trans(b_k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+    if MASKED:
+        m_s = (o_n[None, :] <= o_m[:, None]) & ~((o_m[:, None] >= t) & (o_n[None, :] < b))
+        b_s = tl.where(m_s, b_s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))
+    if MASKED:
+        # a row with no key in this block keeps m = -inf; shift by 0 so exp2 gives 0, not NaN
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    b_p = tl.math.exp2(b_s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(b_p, 1)
+    acc = acc * alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v, UPCAST, PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.heuristics({"EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"]})
+@triton.jit
+def condensation_fwd_kernel(
+    Q, K, V, O, LSE, cu_seqlens, btok_start, target_start, n_seqs, qk_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_lse_h,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_M)
+    if i_m >= n_m:
+        return
+    # the last tiles of a sequence see the most keys: run them first
+    i_m = n_m - 1 - i_m
+    b = tl.load(btok_start + i_s)
+    t = tl.load(target_start + i_s)
+    q0 = i_m * BLOCK_M
+    q1 = tl.minimum(q0 + BLOCK_M, seqlen)
+
+    o_m = q0 + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_q = (o_m[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
+    p_q = Q + (bos + o_m[:, None]).to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
+    p_k = K + bos.to(tl.int64) * stride_kt + (i_h // G) * stride_kh + o_d[None, :]
+    p_v = V + bos.to(tl.int64) * stride_vt + (i_h // G) * stride_vh + o_d[None, :]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, BLOCK_N)
+    for i_n in range(0, n_cut):
+        acc, l_i, m_i = _fwd_block(
+            acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+    for i_n in range(n_cut, n_diag):
+        acc, l_i, m_i = _fwd_block(
+            acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
+            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+    for i_n in range(n_diag, n_blocks):
+        acc, l_i, m_i = _fwd_block(
+            acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+
+    # rows past the sequence end have l = 0; they are not stored
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    acc = acc / l_safe[:, None]
+    b_lse = (m_i + tl.math.log2(l_safe)) * LN2  # natural log
+    p_o = O + (bos + o_m[:, None]).to(tl.int64) * stride_ot + i_h * stride_oh + o_d[None, :]
+    tl.store(p_o, acc.to(O.dtype.element_ty), mask=m_q)
+    tl.store(LSE + i_h * stride_lse_h + bos + o_m, b_lse, mask=o_m < seqlen)
+
+
+# ----------------------------------------------------------------------------------------
+# backward
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def condensation_bwd_preprocess_kernel(
+    O, DO, DELTA, total, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta = rowsum(dO * O), fp32 [Hq, T]."""
+    i_m, i_h = tl.program_id(0), tl.program_id(1)
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m = (o_m[:, None] < total) & (o_d[None, :] < HEAD_DIM)
+    b_o = tl.load(O + o_m[:, None].to(tl.int64) * stride_ot + i_h * stride_oh + o_d[None, :], mask=m, other=0.0)
+    b_do = tl.load(DO + o_m[:, None].to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :], mask=m, other=0.0)
+    b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
+    tl.store(DELTA + i_h * stride_delta_h + o_m, b_delta, mask=o_m < total)
+
+
+@triton.jit
+def _bwd_dkdv_block(
+    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, start_m, seqlen, b, t, qk_scale,
+    stride_qt, stride_dot,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    o_m = start_m + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_q = o_d[None, :] < HEAD_DIM
+    if MASKED:
+        m_q = m_q & (o_m[:, None] < seqlen)
+    if MASKED or not EVEN_D:
+        b_q = tl.load(p_q + o_m[:, None].to(tl.int64) * stride_qt, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
+        b_do = tl.load(p_do + o_m[:, None].to(tl.int64) * stride_dot, mask=m_q, other=0.0)
+    else:
+        b_q = tl.load(p_q + o_m[:, None].to(tl.int64) * stride_qt)
+        b_do = tl.load(p_do + o_m[:, None].to(tl.int64) * stride_dot)
+    if MASKED:
+        b_lse = tl.load(p_lse + o_m, mask=o_m < seqlen, other=0.0)  # [BLOCK_M], log2 units
+        b_delta = tl.load(p_delta + o_m, mask=o_m < seqlen, other=0.0)
+    else:
+        b_lse = tl.load(p_lse + o_m)
+        b_delta = tl.load(p_delta + o_m)
+    b_sT = _dot(b_k, tl.trans(b_q), UPCAST, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
+    b_pT = tl.math.exp2(b_sT - b_lse[None, :] * LOG2E)
+    if MASKED:
+        m_s = (o_n[:, None] <= o_m[None, :]) & (o_m[None, :] < seqlen)
+        m_s = m_s & ~((o_m[None, :] >= t) & (o_n[:, None] < b))
+        b_pT = tl.where(m_s, b_pT, 0.0)
+    b_dv += _dot(b_pT.to(b_do.dtype), b_do, UPCAST, PRECISION)
+    b_dpT = _dot(b_v, tl.trans(b_do), UPCAST, PRECISION)  # [BLOCK_N, BLOCK_M]
+    b_dsT = b_pT * (b_dpT - b_delta[None, :])
+    b_dk += _dot(b_dsT.to(b_q.dtype), b_q, UPCAST, PRECISION)
+    return b_dk, b_dv
+
+
+@triton.heuristics({"EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"]})
+@triton.jit
+def condensation_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, cu_seqlens, btok_start, target_start, n_seqs,
+    sm_scale, qk_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program per (key tile, KV head): accumulates dK, dV over the G query heads that
+    share the KV head and over the row blocks that see the tile. No atomics."""
+    i_t, i_kvh = tl.program_id(0), tl.program_id(1)
+    i_s, i_n, n_n, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_N)
+    if i_n >= n_n:
+        return
+    b = tl.load(btok_start + i_s)
+    t = tl.load(target_start + i_s)
+    n0 = i_n * BLOCK_N
+    n1 = tl.minimum(n0 + BLOCK_N, seqlen)
+
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_kv = (o_n[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
+    p_k = K + (bos + o_n[:, None]).to(tl.int64) * stride_kt + i_kvh * stride_kh + o_d[None, :]
+    p_v = V + (bos + o_n[:, None]).to(tl.int64) * stride_vt + i_kvh * stride_vh + o_d[None, :]
+    b_k = tl.load(p_k, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
+    b_v = tl.load(p_v, mask=m_kv, other=0.0)
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    n_diag, n_full, n_blocks = _row_blocks(n0, n1, b, t, seqlen, BLOCK_M, BLOCK_N)
+    for g in range(0, G):
+        i_h = i_kvh * G + g
+        p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
+        p_do = DO + bos.to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
+        p_lse = LSE + i_h * stride_lse_h + bos
+        p_delta = DELTA + i_h * stride_lse_h + bos
+        for i_m in range(0, n_diag):
+            b_dk, b_dv = _bwd_dkdv_block(
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                qk_scale, stride_qt, stride_dot, True, EVEN_D, UPCAST, PRECISION, BLOCK_M, BLOCK_D, HEAD_DIM)
+        for i_m in range(n_diag, n_full):
+            b_dk, b_dv = _bwd_dkdv_block(
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                qk_scale, stride_qt, stride_dot, False, EVEN_D, UPCAST, PRECISION, BLOCK_M, BLOCK_D, HEAD_DIM)
+        for i_m in range(n_full, n_blocks):
+            b_dk, b_dv = _bwd_dkdv_block(
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                qk_scale, stride_qt, stride_dot, True, EVEN_D, UPCAST, PRECISION, BLOCK_M, BLOCK_D, HEAD_DIM)
+
+    p_dk = DK + (bos + o_n[:, None]).to(tl.int64) * stride_dkt + i_kvh * stride_dkh + o_d[None, :]
+    p_dv = DV + (bos + o_n[:, None]).to(tl.int64) * stride_dvt + i_kvh * stride_dvh + o_d[None, :]
+    tl.store(p_dk, (b_dk * sm_scale).to(DK.dtype.element_ty), mask=m_kv)
+    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def _bwd_dq_block(
+    b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, start_n, seqlen, b, t, qk_scale,
+    stride_kt, stride_vt,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    o_n = start_n + tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_kv = o_d[None, :] < HEAD_DIM
+    if MASKED:
+        m_kv = m_kv & (o_n[:, None] < seqlen)
+    if MASKED or not EVEN_D:
+        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt, mask=m_kv, other=0.0)
+    else:
+        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt)
+        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt)
+    b_s = _dot(b_q, tl.trans(b_k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+    b_p = tl.math.exp2(b_s - b_lse[:, None])
+    if MASKED:
+        m_s = (o_n[None, :] <= o_m[:, None]) & ~((o_m[:, None] >= t) & (o_n[None, :] < b))
+        b_p = tl.where(m_s, b_p, 0.0)
+    b_dp = _dot(b_do, tl.trans(b_v), UPCAST, PRECISION)  # [BLOCK_M, BLOCK_N]
+    b_ds = b_p * (b_dp - b_delta[:, None])
+    b_dq += _dot(b_ds.to(b_k.dtype), b_k, UPCAST, PRECISION)
+    return b_dq
+
+
+@triton.heuristics({"EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"]})
+@triton.jit
+def condensation_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, cu_seqlens, btok_start, target_start, n_seqs,
+    sm_scale, qk_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh, stride_lse_h,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program per (query tile, query head), visiting the same key blocks as the forward."""
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_M)
+    if i_m >= n_m:
+        return
+    i_m = n_m - 1 - i_m
+    b = tl.load(btok_start + i_s)
+    t = tl.load(target_start + i_s)
+    q0 = i_m * BLOCK_M
+    q1 = tl.minimum(q0 + BLOCK_M, seqlen)
+
+    o_m = q0 + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_row = o_m < seqlen
+    m_q = m_row[:, None] & (o_d[None, :] < HEAD_DIM)
+    p_q = Q + (bos + o_m[:, None]).to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
+    p_do = DO + (bos + o_m[:, None]).to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
+    b_do = tl.load(p_do, mask=m_q, other=0.0)
+    b_lse = tl.load(LSE + i_h * stride_lse_h + bos + o_m, mask=m_row, other=0.0) * LOG2E
+    b_delta = tl.load(DELTA + i_h * stride_lse_h + bos + o_m, mask=m_row, other=0.0)
+    p_k = K + bos.to(tl.int64) * stride_kt + (i_h // G) * stride_kh + o_d[None, :]
+    p_v = V + bos.to(tl.int64) * stride_vt + (i_h // G) * stride_vh + o_d[None, :]
+    b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, BLOCK_N)
+    for i_n in range(0, n_cut):
+        b_dq = _bwd_dq_block(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+    for i_n in range(n_cut, n_diag):
+        b_dq = _bwd_dq_block(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
+            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+    for i_n in range(n_diag, n_blocks):
+        b_dq = _bwd_dq_block(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+
+    p_dq = DQ + (bos + o_m[:, None]).to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
+    tl.store(p_dq, (b_dq * sm_scale).to(DQ.dtype.element_ty), mask=m_q)
+
+
+# ----------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _dot_flags(dtype: torch.dtype) -> tuple[bool, str]:
+    upcast = _interpreting() and dtype == torch.bfloat16
+    precision = "ieee" if (dtype == torch.float32 or upcast) else "tf32"
+    return upcast, precision
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def fwd_config(head_dim: int, dtype: torch.dtype) -> dict:
+    """Tile sizes of the forward. Under the interpreter, small tiles keep tests fast and
+    exercise many tile boundaries."""
+    if _interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    d = _block_d(head_dim)
+    wide = dtype == torch.float32
+    if d <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64 if wide else 128, num_warps=4 if wide else 8, num_stages=3)
+    if d <= 128:
+        return dict(BLOCK_M=128, BLOCK_N=32 if wide else 64, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+
+
+def bwd_config(head_dim: int, dtype: torch.dtype) -> dict:
+    """Tile sizes of the backward: dK/dV uses (BLOCK_M1 rows, BLOCK_N1 keys), dQ uses
+    (BLOCK_M2 rows, BLOCK_N2 keys)."""
+    if _interpreting():
+        return dict(BLOCK_M1=16, BLOCK_N1=16, BLOCK_M2=16, BLOCK_N2=16, num_warps=4, num_stages=1)
+    d = _block_d(head_dim)
+    wide = dtype == torch.float32
+    if d <= 64:
+        return dict(BLOCK_M1=32, BLOCK_N1=128 if not wide else 64, BLOCK_M2=128 if not wide else 64,
+                    BLOCK_N2=32, num_warps=4, num_stages=3)
+    if d <= 128:
+        return dict(BLOCK_M1=32, BLOCK_N1=64 if wide else 128, BLOCK_M2=64 if wide else 128,
+                    BLOCK_N2=32, num_warps=8, num_stages=2)
+    return dict(BLOCK_M1=16, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=16, num_warps=8, num_stages=1)
+
+
+def condensation_fwd_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
+    softmax_scale: float, config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward launcher. q [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous).
+    Returns out [T, Hq, D] (q's dtype) and lse [Hq, T] (fp32, natural log)."""
+    total, hq, head_dim = q.shape
+    hkv = k.shape[1]
+    n_seqs = cu_seqlens.numel() - 1
+    cfg = dict(fwd_config(head_dim, q.dtype), **(config or {}))
+    block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    out = torch.empty_like(q)
+    lse = torch.empty(hq, total, dtype=torch.float32, device=q.device)
+    if total == 0:
+        return out, lse
+    upcast, precision = _dot_flags(q.dtype)
+    grid = (total // block_m + n_seqs, hq)
+    condensation_fwd_kernel[grid](
+        q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0),
+        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
+        UPCAST=upcast, PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out, lse
+
+
+def condensation_bwd_triton(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor,
+    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
+    softmax_scale: float, config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward launcher: delta preprocess, then dK/dV per key tile and dQ per query tile."""
+    total, hq, head_dim = q.shape
+    hkv = k.shape[1]
+    n_seqs = cu_seqlens.numel() - 1
+    cfg = dict(bwd_config(head_dim, q.dtype), **(config or {}))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if total == 0:
+        return dq, dk, dv
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    block_d = _block_d(head_dim)
+    upcast, precision = _dot_flags(q.dtype)
+    delta = torch.empty_like(lse)
+    pre_m = 64 if not _interpreting() else 16
+    condensation_bwd_preprocess_kernel[(triton.cdiv(total, pre_m), hq)](
+        out, do, delta, total, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
+    )
+    qk_scale = softmax_scale * LOG2E
+    common = dict(G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision,
+                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    condensation_bwd_dkdv_kernel[(total // cfg["BLOCK_N1"] + n_seqs, hkv)](
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens, btok_start, target_start, n_seqs,
+        softmax_scale, qk_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
+        BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common,
+    )
+    condensation_bwd_dq_kernel[(total // cfg["BLOCK_M2"] + n_seqs, hq)](
+        q, k, v, do, lse, delta, dq, cu_seqlens, btok_start, target_start, n_seqs,
+        softmax_scale, qk_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0),
+        BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], **common,
+    )
+    return dq, dk, dv
+
+
+def default_softmax_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

@@ -129,7 +129,8 @@ class CondensationLayout:
             raise ValueError(
                 f"max_seqlen={self.max_seqlen} does not match the longest sequence ({int(lens.max())})"
             )
-        object.__setattr__(self, "_host", host)
+        # plain Python ints: no tensor reads later (and nothing data-dependent under torch.compile)
+        object.__setattr__(self, "_host", tuple(tuple(row) for row in host.tolist()))
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
@@ -208,7 +209,7 @@ class CondensationLayout:
 
     @property
     def total_tokens(self) -> int:
-        return int(self._host[1, -1])
+        return self._host[1][-1]
 
     @property
     def device(self) -> torch.device:
@@ -216,19 +217,19 @@ class CondensationLayout:
 
     @property
     def seqlens(self) -> list[int]:
-        return (self._host[1] - self._host[0]).tolist()
+        return [end - start for start, end in zip(self._host[0], self._host[1])]
 
     @property
     def host_btok_start(self) -> list[int]:
-        return self._host[2].tolist()
+        return list(self._host[2])
 
     @property
     def host_target_start(self) -> list[int]:
-        return self._host[3].tolist()
+        return list(self._host[3])
 
     @property
     def host_cu_seqlens(self) -> list[int]:
-        return [0] + self._host[1].tolist()
+        return [0, *self._host[1]]
 
     def to(self, device: torch.device | str) -> CondensationLayout:
         """The same layout with its tensors on ``device`` (no re-validation on the host)."""

@@ -34,8 +34,9 @@ import triton.language as tl
 
 __all__ = ["condensation_fwd_triton", "condensation_bwd_triton"]
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+# kernels may read only constexpr globals
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 # ----------------------------------------------------------------------------------------
@@ -446,7 +447,7 @@ def condensation_fwd_triton(
     upcast, precision = _dot_flags(q.dtype)
     grid = (total // block_m + n_seqs, hq)
     condensation_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E,
+        q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E.value,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0),
         G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
@@ -478,7 +479,7 @@ def condensation_bwd_triton(
         out, do, delta, total, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )
-    qk_scale = softmax_scale * LOG2E
+    qk_scale = softmax_scale * LOG2E.value
     common = dict(G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision,
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     condensation_bwd_dkdv_kernel[(total // cfg["BLOCK_N1"] + n_seqs, hkv)](

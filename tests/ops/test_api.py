@@ -1,0 +1,109 @@
+"""condensation_attention: argument errors, torch.compile, custom-op registration, memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from condensation_oracle import LargestTensor, rel_err
+
+from btok_kernels import CondensationLayout, condensation_attention
+
+
+def _qkv(total, hq=4, hkv=2, d=16, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(total, h, d, generator=g, dtype=dtype).to(device) for h in (hq, hkv, hkv))
+
+
+LAYOUT = CondensationLayout.from_lengths([5, 3], 2, [4, 1])  # 17 tokens
+
+
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (lambda q, k, v: (q[0], k, v, LAYOUT, {}), ValueError, r"q must be 3-D \[total_tokens, heads, head_dim\], got shape \(4, 16\)"),
+        (lambda q, k, v: (q, k.half(), v, LAYOUT, {}), ValueError, "q, k and v must share one dtype"),
+        (lambda q, k, v: (q, k[:, :, :8], v[:, :, :8], LAYOUT, {}), ValueError, r"k must have shape \[17, Hkv, 16\]"),
+        (lambda q, k, v: (q, k, v[:, :1], LAYOUT, {}), ValueError, "k and v must have the same shape"),
+        (lambda q, k, v: (q[:, :3], k, v, LAYOUT, {}), ValueError, r"query heads \(3\) must be a multiple of the number of KV heads \(2\)"),
+        (lambda q, k, v: (q[:16], k[:16], v[:16], LAYOUT, {}), ValueError, r"q has 16 tokens but the layout packs 17"),
+        (lambda q, k, v: (q, k, v, [0, 17], {}), TypeError, "layout must be a CondensationLayout, got list"),
+        (lambda q, k, v: (q, k, v, LAYOUT, dict(backend="flash")), ValueError, r"backend must be one of \('auto', 'triton', 'cuda', 'reference'\), got 'flash'"),
+        (lambda q, k, v: (q, k, v, LAYOUT, dict(backend="cuda")), NotImplementedError, "CUDA C\\+\\+ fallback is not part of this build"),
+        (lambda q, k, v: (q, k, v, LAYOUT, dict(softmax_scale=-1.0)), ValueError, "softmax_scale must be a positive finite number, got -1.0"),
+        (lambda q, k, v: (q.double(), k.double(), v.double(), LAYOUT, dict(backend="triton")), ValueError, "backend='triton' supports dtypes"),
+        (lambda q, k, v: (q[..., :12], k[..., :12], v[..., :12], LAYOUT, dict(backend="triton")), ValueError, "multiples of 8 up to 256, got 12"),
+        (lambda q, k, v: (q.int(), k.int(), v.int(), LAYOUT, {}), ValueError, "must be floating point, got torch.int32"),
+        (lambda q, k, v: (q, k, v, LAYOUT.to("meta"), {}), ValueError, r"layout is on meta but q is on cpu; move it once with layout.to\(q.device\)"),
+    ],
+    ids=["q_2d", "dtype_mismatch", "head_dim_mismatch", "kv_shape", "gqa_ratio", "token_count", "layout_type",
+         "bad_backend", "cuda_backend", "bad_scale", "triton_fp64", "triton_head_dim", "int_inputs", "layout_device"],
+)
+def test_argument_errors(change, exc, match):
+    q, k, v = _qkv(17)
+    q, k, v, layout, kwargs = change(q, k, v)
+    with pytest.raises(exc, match=match):
+        condensation_attention(q, k, v, layout, **kwargs)
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v = _qkv(17)
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        condensation_attention(q, k, v, LAYOUT, backend="triton")
+
+
+def test_custom_ops_pass_opcheck():
+    """Schema, fake (meta) implementation and autograd registration of both custom ops."""
+    q, k, v = _qkv(17)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, 0.25, "reference")
+    torch.library.opcheck(torch.ops.btok.condensation_fwd.default, args)
+    out, lse = torch.ops.btok.condensation_fwd(*args)
+    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse) + args[3:]
+    torch.library.opcheck(torch.ops.btok.condensation_bwd.default, bwd_args)
+
+
+class TinyAttentionBlock(torch.nn.Module):
+    def __init__(self, hidden=32, hq=4, hkv=2, d=8):
+        super().__init__()
+        self.hq, self.hkv, self.d = hq, hkv, d
+        self.qkv = torch.nn.Linear(hidden, (hq + 2 * hkv) * d)
+        self.o = torch.nn.Linear(hq * d, hidden)
+
+    def forward(self, x, layout, backend):
+        q, k, v = self.qkv(x).view(x.shape[0], -1, self.d).split([self.hq, self.hkv, self.hkv], dim=1)
+        out = condensation_attention(q, k, v, layout, backend=backend)
+        return self.o(out.reshape(x.shape[0], -1)).square().mean()
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpret)])
+def test_compiles_without_graph_break(backend, device):
+    """fullgraph=True fails on any graph break; the loss and the gradients must match eager."""
+    torch.manual_seed(0)
+    block = TinyAttentionBlock().to(device)
+    layout = LAYOUT.to(device)
+    x = torch.randn(layout.total_tokens, 32, device=device)
+    loss = block(x, layout, backend)
+    grads = torch.autograd.grad(loss, list(block.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    loss_c = compiled(x, layout, backend)
+    grads_c = torch.autograd.grad(loss_c, list(block.parameters()))
+    assert rel_err(loss_c, loss) < 1e-6
+    for g, gc in zip(grads, grads_c):
+        assert rel_err(gc, g) < 1e-5
+
+
+@pytest.mark.parametrize("backend,length", [("reference", 4096), pytest.param("triton", 768, marks=pytest.mark.interpret)])
+def test_memory_stays_linear(backend, length, device):
+    """No tensor of the forward or backward may grow like L^2 on one long sequence: the
+    largest one must stay below L * L / 4 elements (a dense mask or score matrix is L^2)."""
+    hq, hkv, d = 2, 1, 16
+    layout = CondensationLayout.from_lengths([length - 64 - 16], 16, [64], device=device)
+    q, k, v = _qkv(length, hq, hkv, d, device=device)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    with LargestTensor() as probe:
+        out = condensation_attention(q, k, v, layout, backend=backend)
+        out.sum().backward()
+    assert probe.max_numel < length * length / 4, f"a tensor of {probe.max_numel} elements was allocated"
+    assert probe.max_numel >= length * hq * d  # the probe saw the outputs

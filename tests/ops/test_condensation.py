@@ -1,0 +1,230 @@
+"""Condensation attention: the Triton kernels and the reference against a float64 oracle.
+
+Kernel tests run the real Triton kernels (through the interpreter on a CPU machine).
+Error rule (flash-attention's): a kernel's relative L2 error against the fp64 oracle may be
+at most twice that of a plain PyTorch implementation in the same dtype, plus a small floor,
+and never above an absolute bound per dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from condensation_oracle import PoisonEmpty, dense_attention, rel_err
+
+from btok_kernels import CondensationLayout, condensation_attention
+from btok_kernels.condensation.parallel import condensation_bwd_triton, condensation_fwd_triton
+
+# absolute ceilings on the relative L2 error, and floors added to the 2x rule
+CEILING = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+# (query_lens, num_btoks, target_lens)
+EDGE_LAYOUTS = {
+    "one_long": ([97], 4, [58]),  # longer than many tiles, boundaries off the tile grid
+    "query_len_1": ([1, 1], [4, 2], [9, 1]),
+    "no_target": ([23, 40], 4, [0, 0]),
+    "K1": ([30, 5], 1, [12, 20]),
+    "no_btoks": ([12], 0, [21]),  # b == t: target rows see only the target
+    "no_query": ([0, 0], [3, 16], [20, 1]),  # b == 0: plain causal
+    "shorter_than_tile": ([3, 2, 5], [2, 1, 3], [4, 0, 2]),
+    "tile_aligned": ([16, 32], 16, [32, 16]),
+    "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
+}
+
+
+def random_layout(seed: int, max_seqs: int = 5) -> tuple[list[int], list[int], list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, max_seqs + 1, (1,), generator=g))
+    query = torch.randint(0, 70, (n,), generator=g).tolist()
+    btoks = torch.randint(1, 9, (n,), generator=g).tolist()
+    target = torch.randint(0, 45, (n,), generator=g).tolist()
+    return query, btoks, target
+
+
+def make_inputs(layout, hq, hkv, d, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    total = layout.total_tokens
+    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
+    v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
+    do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    return [x.to(device) for x in (q, k, v, do)], [x.to(device=device, dtype=dtype) for x in (q, k, v, do)]
+
+
+def oracle_and_same_dtype(layout, exact, lowp, scale):
+    """(out, dq, dk, dv) of the fp64 oracle and of dense PyTorch in the low dtype."""
+    results = []
+    for q, k, v, do in (exact, lowp):
+        q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+        out = dense_attention(q, k, v, layout, scale)
+        results.append((out.detach(), *torch.autograd.grad(out, (q, k, v), do)))
+    return results
+
+
+def assert_close_by_rule(name, got, oracle, same_dtype, dtype):
+    err = rel_err(got, oracle)
+    bound = min(2 * rel_err(same_dtype, oracle) + FLOOR[dtype], CEILING[dtype])
+    assert not torch.isnan(got).any(), f"{name}: NaN in the result (an element was never written)"
+    assert err <= bound, f"{name}: relative L2 error {err:.3e} > bound {bound:.3e}"
+
+
+def check_kernels(layout, hq, hkv, d, dtype, device, fwd_cfg=None, bwd_cfg=None, seed=0):
+    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed)
+    scale = 1.0 / math.sqrt(d)
+    (o_ref, *g_ref), (o_low, *g_low) = oracle_and_same_dtype(layout, exact, lowp, scale)
+    q, k, v, do = lowp
+    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, scale)
+    with PoisonEmpty():
+        out, lse = condensation_fwd_triton(q, k, v, *args, config=fwd_cfg)
+        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, config=bwd_cfg)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    assert_close_by_rule("out", out, o_ref, o_low, dtype)
+    for name, got, ref, low in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
+        assert_close_by_rule(name, got, ref, low, dtype)
+    # the LSE is fp32 whatever the input dtype: compare it to the oracle's directly
+    _, lse_ref = dense_attention(*exact[:3], layout, scale, return_lse=True)
+    lse_bound = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel_err(lse, lse_ref) <= lse_bound
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("name", list(EDGE_LAYOUTS))
+def test_kernels_edge_layouts(name, dtype, device):
+    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS[name], device=device)
+    check_kernels(layout, hq=4, hkv=2, d=32, dtype=dtype, device=device)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("seed", range(6))
+def test_kernels_random_layouts(seed, device):
+    layout = CondensationLayout.from_lengths(*random_layout(seed), device=device)
+    dtype = (torch.bfloat16, torch.float16, torch.float32)[seed % 3]
+    check_kernels(layout, hq=2, hkv=1, d=16, dtype=dtype, device=device, seed=seed)
+
+
+# tile shapes that are not square, so that diagonal tiles and cut boundaries fall
+# differently in the forward, dK/dV and dQ kernels
+TILES = {
+    "m16n32": (dict(BLOCK_M=16, BLOCK_N=32), dict(BLOCK_M1=16, BLOCK_N1=32, BLOCK_M2=32, BLOCK_N2=16)),
+    "m32n16": (dict(BLOCK_M=32, BLOCK_N=16), dict(BLOCK_M1=32, BLOCK_N1=16, BLOCK_M2=16, BLOCK_N2=32)),
+    "m64n16": (dict(BLOCK_M=64, BLOCK_N=16), dict(BLOCK_M1=16, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=16)),
+}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("tiles", list(TILES))
+@pytest.mark.parametrize("seed", [10, 11])
+def test_kernels_tile_shapes(tiles, seed, device):
+    layout = CondensationLayout.from_lengths(*random_layout(seed, max_seqs=4), device=device)
+    fwd_cfg, bwd_cfg = TILES[tiles]
+    check_kernels(layout, hq=2, hkv=2, d=16, dtype=torch.float32, device=device,
+                  fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seed=seed)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("hq,hkv", [(6, 6), (6, 3), (6, 1)], ids=["gqa1", "gqa2", "gqa6"])
+@pytest.mark.parametrize("d", [64, 80, 128], ids=lambda d: f"d{d}")
+def test_kernels_gqa_head_dims(hq, hkv, d, device):
+    layout = CondensationLayout.from_lengths([19, 2], [4, 1], [13, 7], device=device)
+    check_kernels(layout, hq=hq, hkv=hkv, d=d, dtype=torch.bfloat16, device=device)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("d", [8, 24, 96, 256], ids=lambda d: f"d{d}")
+def test_kernels_more_head_dims(d, device):
+    layout = CondensationLayout.from_lengths([9], 2, [6], device=device)
+    check_kernels(layout, hq=1, hkv=1, d=d, dtype=torch.float16, device=device)
+
+
+# --------------------------------------------------------------------------------------
+# the public function, both backends, autograd
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpret)])
+def test_public_function_autograd_and_lse(backend, device):
+    layout = CondensationLayout.from_lengths([14, 3], [4, 2], [9, 0], device=device)
+    exact, (q, k, v, do) = make_inputs(layout, 4, 2, 32, torch.float32, device)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out, lse = condensation_attention(q, k, v, layout, backend=backend, return_lse=True, softmax_scale=0.3)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+    eq, ek, ev = (x.detach().requires_grad_() for x in exact[:3])
+    ref, lse_ref = dense_attention(eq, ek, ev, layout, 0.3, return_lse=True)
+    gref = torch.autograd.grad(ref, (eq, ek, ev), exact[3])
+    assert lse.dtype == torch.float32 and lse.shape == (4, layout.total_tokens)
+    assert rel_err(out, ref) < 1e-5 and rel_err(lse, lse_ref) < 1e-6
+    for got, want in zip((dq, dk, dv), gref):
+        assert rel_err(got, want) < 1e-5
+    assert not lse.requires_grad
+
+
+def test_reference_backend_float64_matches_oracle(device):
+    layout = CondensationLayout.from_lengths(*random_layout(3), device=device)
+    exact, _ = make_inputs(layout, 3, 1, 16, torch.float64, device)
+    q, k, v = (x.requires_grad_() for x in exact[:3])
+    out = condensation_attention(q, k, v, layout, backend="reference")
+    assert out.dtype == torch.float64
+    grads = torch.autograd.grad(out, (q, k, v), exact[3])
+    eq, ek, ev = (x.detach().requires_grad_() for x in exact[:3])
+    ref = dense_attention(eq, ek, ev, layout, 0.25)
+    gref = torch.autograd.grad(ref, (eq, ek, ev), exact[3])
+    assert rel_err(out, ref) < 1e-12
+    for got, want in zip(grads, gref):
+        assert rel_err(got, want) < 1e-12
+
+
+def test_reference_chunks_long_sequence(device):
+    """A sequence longer than the reference's row chunk, target straddling chunks."""
+    layout = CondensationLayout.from_lengths([150, 7], 4, [130, 5], device=device)
+    exact, _ = make_inputs(layout, 2, 1, 8, torch.float64, device)
+    q, k, v = (x.requires_grad_() for x in exact[:3])
+    out = condensation_attention(q, k, v, layout, backend="reference")
+    grads = torch.autograd.grad(out, (q, k, v), exact[3])
+    eq, ek, ev = (x.detach().requires_grad_() for x in exact[:3])
+    ref = dense_attention(eq, ek, ev, layout, 8**-0.5)
+    gref = torch.autograd.grad(ref, (eq, ek, ev), exact[3])
+    assert rel_err(out, ref) < 1e-12
+    for got, want in zip(grads, gref):
+        assert rel_err(got, want) < 1e-12
+
+
+def test_mask_is_applied(device):
+    """Target rows must not depend on query tokens; the BTok rows must."""
+    layout = CondensationLayout.from_lengths([10], 3, [6], device=device)
+    _, (q, k, v, _) = make_inputs(layout, 2, 2, 16, torch.float32, device)
+    out = condensation_attention(q, k, v, layout, backend="reference")
+    k2, v2 = k.clone(), v.clone()
+    k2[:10] += 1.0
+    v2[:10] -= 2.0
+    out2 = condensation_attention(q, k2, v2, layout, backend="reference")
+    assert torch.equal(out[13:], out2[13:])  # target rows
+    assert (out[10:13] - out2[10:13]).abs().min() > 0  # BTok rows see the query
+
+
+@pytest.mark.interpret
+def test_triton_unaligned_strides(device):
+    """q, k, v as views of a fused qkv projection (row stride != H * D)."""
+    layout = CondensationLayout.from_lengths([20], 2, [11], device=device)
+    total, hq, hkv, d = layout.total_tokens, 4, 2, 16
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(total, hq + 2 * hkv, d, generator=g).to(device)
+    q, k, v = qkv[:, :hq], qkv[:, hq : hq + hkv], qkv[:, hq + hkv :]
+    out = condensation_attention(q, k, v, layout, backend="triton")
+    ref = condensation_attention(q.contiguous(), k.contiguous(), v.contiguous(), layout, backend="reference")
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_env_overrides_auto(monkeypatch, device):
+    layout = CondensationLayout.from_lengths([3], 1, [2], device=device)
+    _, (q, k, v, _) = make_inputs(layout, 1, 1, 8, torch.float32, device)
+    monkeypatch.setenv("BTOK_BACKEND", "cuda")
+    with pytest.raises(NotImplementedError, match="CUDA C\\+\\+ fallback"):
+        condensation_attention(q, k, v, layout)
+    # an explicit backend is not overridden
+    condensation_attention(q, k, v, layout, backend="reference")
+    monkeypatch.setenv("BTOK_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="BTOK_BACKEND"):
+        condensation_attention(q, k, v, layout)

@@ -1,0 +1,168 @@
+"""The tile schedule of the kernels: which blocks are visited, and which are masked.
+
+The device helpers that the kernels use to plan their loops (``_find_tile``,
+``_key_blocks``, ``_row_blocks``) are run here through small Triton kernels over many
+layouts, and the plan is checked pair by pair against the mask:
+
+- a visited block holds at least one allowed pair (masked tiles are skipped),
+- an unmasked block holds only allowed, in-bounds pairs (only partial tiles pay a mask),
+- the visited blocks cover every allowed pair exactly once,
+- every (sequence, tile) gets exactly one program, and at most one program per sequence
+  has no tile.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from btok_kernels.condensation.parallel import _find_tile, _key_blocks, _row_blocks
+
+pytestmark = pytest.mark.interpret
+
+
+@triton.jit
+def _find_tile_probe(cu_seqlens, n_seqs, Out, BLOCK: tl.constexpr):
+    i_t = tl.program_id(0)
+    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK)
+    tl.store(Out + i_t * 3 + 0, i_s)
+    tl.store(Out + i_t * 3 + 1, i_m)
+    tl.store(Out + i_t * 3 + 2, n_m)
+
+
+@triton.jit
+def _plan_probe(Cases, Out, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Cases [n, 4]: (tile start, seqlen, b, t). Out [n, 8]: the query-tile plan
+    (lo, n_cut, n_diag, n_blocks) with the tile as rows, and the key-tile plan
+    (n_diag, n_full, n_blocks) with the tile as keys."""
+    i = tl.program_id(0)
+    start = tl.load(Cases + i * 4 + 0)
+    seqlen = tl.load(Cases + i * 4 + 1)
+    b = tl.load(Cases + i * 4 + 2)
+    t = tl.load(Cases + i * 4 + 3)
+    q1 = tl.minimum(start + BLOCK_M, seqlen)
+    lo, n_cut, n_diag, n_blocks = _key_blocks(start, q1, b, t, BLOCK_N)
+    tl.store(Out + i * 8 + 0, lo)
+    tl.store(Out + i * 8 + 1, n_cut)
+    tl.store(Out + i * 8 + 2, n_diag)
+    tl.store(Out + i * 8 + 3, n_blocks)
+    n1 = tl.minimum(start + BLOCK_N, seqlen)
+    r_diag, r_full, r_blocks = _row_blocks(start, n1, b, t, seqlen, BLOCK_M, BLOCK_N)
+    tl.store(Out + i * 8 + 4, r_diag)
+    tl.store(Out + i * 8 + 5, r_full)
+    tl.store(Out + i * 8 + 6, r_blocks)
+
+
+def allowed(i: torch.Tensor, j: torch.Tensor, seqlen: int, b: int, t: int) -> torch.Tensor:
+    return (i < seqlen) & (j < seqlen) & (j <= i) & ~((i >= t) & (j < b))
+
+
+def check_block(rows: range, cols: range, seqlen, b, t, masked: bool, tile_axis: str) -> torch.Tensor:
+    """Checks one visited block and returns its allowed pairs. ``tile_axis`` is the axis
+    of the program's own tile ("rows" in the forward and dQ, "cols" in dK/dV): padding
+    past the sequence end on that axis is harmless (never stored), but the other axis is
+    loaded without a mask in an unmasked block, so it must stay in bounds."""
+    i = torch.tensor(list(rows))[:, None]
+    j = torch.tensor(list(cols))[None, :]
+    ok = allowed(i, j, seqlen, b, t)
+    where = f"rows [{rows.start}, {rows.stop}) keys [{cols.start}, {cols.stop}) (len {seqlen}, b {b}, t {t})"
+    assert ok.any(), f"visited block with no allowed pair: {where}"
+    valid = (i < seqlen) if tile_axis == "rows" else (j < seqlen)
+    if masked:
+        assert not ok[valid.expand_as(ok)].all(), f"masked block that needs no mask: {where}"
+    else:
+        other = j if tile_axis == "rows" else i
+        assert (other < seqlen).all(), f"unmasked block reads past the sequence end: {where}"
+        assert ok[valid.expand_as(ok)].all(), f"unmasked block holds a masked pair: {where}"
+    return ok
+
+
+LAYOUT_CASES = [
+    # (seqlen, b, t)
+    (1, 0, 1), (1, 0, 0), (1, 1, 1), (7, 3, 5), (16, 8, 16), (17, 4, 10), (40, 0, 40),
+    (40, 40, 40), (50, 13, 29), (64, 32, 48), (65, 33, 49), (97, 70, 74), (97, 5, 6),
+    (100, 0, 0), (100, 99, 99), (33, 16, 16), (48, 31, 33),
+]
+TILES = [(16, 16), (16, 32), (32, 16), (64, 16)]
+
+
+@pytest.mark.parametrize("block_m,block_n", TILES, ids=[f"m{m}n{n}" for m, n in TILES])
+def test_query_and_key_tile_plans(block_m, block_n):
+    cases = []
+    for seqlen, b, t in LAYOUT_CASES:
+        cases += [(s, seqlen, b, t) for s in range(0, seqlen, block_m)]
+    # the key-tile plan walks key tiles of BLOCK_N; run it on key-tile starts too
+    key_cases = []
+    for seqlen, b, t in LAYOUT_CASES:
+        key_cases += [(s, seqlen, b, t) for s in range(0, seqlen, block_n)]
+    for rows_as_tiles, case_list in ((True, cases), (False, key_cases)):
+        c = torch.tensor(case_list, dtype=torch.int32)
+        out = torch.zeros(len(case_list), 8, dtype=torch.int32)
+        _plan_probe[(len(case_list),)](c, out, BLOCK_M=block_m, BLOCK_N=block_n)
+        covered: dict[tuple, torch.Tensor] = {}
+        for (start, seqlen, b, t), plan in zip(case_list, out.tolist()):
+            key = (seqlen, b, t)
+            if key not in covered:
+                covered[key] = torch.zeros(seqlen, seqlen, dtype=torch.int32)
+            if rows_as_tiles:
+                lo, n_cut, n_diag, n_blocks = plan[:4]
+                rows = range(start, start + block_m)
+                spans = [(n, True) for n in range(0, n_cut)]
+                spans += [(n, False) for n in range(n_cut, n_diag)]
+                spans += [(n, True) for n in range(n_diag, n_blocks)]
+                for n, masked in spans:
+                    cols = range(lo + n * block_n, lo + (n + 1) * block_n)
+                    ok = check_block(rows, cols, seqlen, b, t, masked, tile_axis="rows")
+                    add_cover(covered[key], rows, cols, ok)
+            else:
+                r_diag, r_full, r_blocks = plan[4:7]
+                cols = range(start, start + block_n)
+                spans = [(m, True) for m in range(0, r_diag)]
+                spans += [(m, False) for m in range(r_diag, r_full)]
+                spans += [(m, True) for m in range(r_full, r_blocks)]
+                for m, masked in spans:
+                    rows = range(start + m * block_m, start + (m + 1) * block_m)
+                    ok = check_block(rows, cols, seqlen, b, t, masked, tile_axis="cols")
+                    add_cover(covered[key], rows, cols, ok)
+        for (seqlen, b, t), cover in covered.items():
+            i = torch.arange(seqlen)[:, None]
+            j = torch.arange(seqlen)[None, :]
+            want = allowed(i, j, seqlen, b, t).int()
+            assert torch.equal(cover, want), f"pairs not covered exactly once (len {seqlen}, b {b}, t {t})"
+
+
+def add_cover(cover: torch.Tensor, rows: range, cols: range, ok: torch.Tensor):
+    seqlen = cover.shape[0]
+    for a, i in enumerate(rows):
+        for c, j in enumerate(cols):
+            if ok[a, c] and i < seqlen and j < seqlen:
+                cover[i, j] += 1
+
+
+@pytest.mark.parametrize("block", [16, 64])
+@pytest.mark.parametrize(
+    "lens",
+    [[1], [1000], [16, 16, 16], [0, 5, 0, 0, 17], [1] * 50, [3, 200, 1, 64, 65, 15, 0, 31]],
+    ids=["one_token", "one_long", "aligned", "empties", "many_tiny", "mixed"],
+)
+def test_every_tile_gets_one_program(lens, block):
+    cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32)
+    n = len(lens)
+    grid = int(cu[-1]) // block + n  # what the launchers launch
+    out = torch.full((grid, 3), -1, dtype=torch.int32)
+    _find_tile_probe[(grid,)](cu, n, out, BLOCK=block)
+    seen = set()
+    empty_per_seq = [0] * n
+    for s, m, n_m in out.tolist():
+        assert n_m == -(-lens[s] // block)
+        if m >= n_m:
+            empty_per_seq[s] += 1
+            continue
+        assert 0 <= m and (s, m) not in seen
+        seen.add((s, m))
+    assert seen == {(s, m) for s in range(n) for m in range(-(-lens[s] // block))}
+    assert max(empty_per_seq) <= 1

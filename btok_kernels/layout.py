@@ -62,8 +62,9 @@ class CondensationLayout:
                row 6:  . . . x x x x
 
     Build it with :meth:`from_lengths` or :meth:`causal`; the constructor validates.
-    The integers are kept on the host as well (``host_*``), so that building the layout
-    is the only place that ever synchronises; kernels read only the device tensors.
+    The integers are kept on the host as well (``host_*``): ``from_lengths`` validates and
+    builds on the host, then copies to the device without synchronising; constructing from
+    device tensors reads them back once. Kernels read only the device tensors.
     """
 
     cu_seqlens: torch.Tensor
@@ -174,19 +175,21 @@ class CondensationLayout:
         if cu[-1] >= 2**31:
             raise ValueError(f"the pack holds {cu[-1]} tokens, more than int32 offsets allow")
         t = [a + b for a, b in zip(q, kb)]
-        return cls(
-            cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
-            btok_start=torch.tensor(q, dtype=torch.int32, device=device),
-            target_start=torch.tensor(t, dtype=torch.int32, device=device),
+        layout = cls(
+            cu_seqlens=torch.tensor(cu, dtype=torch.int32),
+            btok_start=torch.tensor(q, dtype=torch.int32),
+            target_start=torch.tensor(t, dtype=torch.int32),
             max_seqlen=max(lens),
         )
+        return layout if device is None else layout.to(device)
 
     @classmethod
     def causal(cls, cu_seqlens: Sequence[int] | torch.Tensor, device=None) -> CondensationLayout:
         """Plain causal varlen attention (``flash_attn_varlen_func(..., causal=True)``).
 
         Every sequence gets ``b = 0`` and ``t = len``: no row is cut off from any key.
-        A tensor ``cu_seqlens`` keeps its device unless ``device`` is given.
+        A tensor ``cu_seqlens`` keeps its device unless ``device`` is given (a GPU tensor is
+        read back once, here, to validate it and keep the host copy).
         """
         if device is None and isinstance(cu_seqlens, torch.Tensor):
             device = cu_seqlens.device
@@ -194,13 +197,13 @@ class CondensationLayout:
         if len(cu) < 2:
             raise ValueError(f"cu_seqlens must hold at least 2 entries (one sequence), got {len(cu)}")
         lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
-        cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
-        return cls(
-            cu_seqlens=cu_t,
-            btok_start=torch.zeros(len(lens), dtype=torch.int32, device=device),
-            target_start=torch.tensor(lens, dtype=torch.int32, device=device),
+        layout = cls(
+            cu_seqlens=torch.tensor(cu, dtype=torch.int32),
+            btok_start=torch.zeros(len(lens), dtype=torch.int32),
+            target_start=torch.tensor(lens, dtype=torch.int32),
             max_seqlen=max(lens),
         )
+        return layout if device is None else layout.to(device)
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -232,13 +235,20 @@ class CondensationLayout:
         return [0, *self._host[1]]
 
     def to(self, device: torch.device | str) -> CondensationLayout:
-        """The same layout with its tensors on ``device`` (no re-validation on the host)."""
+        """The same layout with its tensors on ``device``. The host copy travels along, so
+        nothing is validated or read back; host-to-GPU copies go through pinned memory
+        without blocking the host."""
         device = torch.device(device)
         if device == self.device:
             return self
         new = object.__new__(CondensationLayout)
         for name in ("cu_seqlens", "btok_start", "target_start"):
-            object.__setattr__(new, name, getattr(self, name).to(device))
+            t = getattr(self, name)
+            if t.device.type == "cpu" and device.type == "cuda":
+                t = t.pin_memory().to(device, non_blocking=True)
+            else:
+                t = t.to(device)
+            object.__setattr__(new, name, t)
         object.__setattr__(new, "max_seqlen", self.max_seqlen)
         object.__setattr__(new, "_host", self._host)
         return new

@@ -1,0 +1,122 @@
+"""Ahead-of-time compilation of the kernels for a named NVIDIA target, without a GPU.
+
+Triton's compiler and ptxas run on any machine, so the kernels can be compiled to a cubin
+for sm_90 (H100/H200) or sm_80 here: the tests use it to catch errors that only the
+compiler sees (the interpreter runs Python), and ``benchmarks/kernel_resources.py`` reports
+registers, spills and shared memory per tile configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import parallel as P
+
+__all__ = ["KernelResources", "compile_kernel", "kernel_resources", "KERNELS"]
+
+_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_INT_PTRS = {"cu_seqlens", "btok_start", "target_start"}
+_FP32_PTRS = {"LSE", "DELTA"}
+_FLOATS = {"qk_scale", "sm_scale"}
+
+# kernel name -> (kernel, which tiles of the config it takes, whether G is the group size)
+KERNELS = {
+    "fwd": (P.condensation_fwd_kernel, ("BLOCK_M", "BLOCK_N")),
+    "bwd_dkdv": (P.condensation_bwd_dkdv_kernel, ("BLOCK_M1", "BLOCK_N1")),
+    "bwd_dq": (P.condensation_bwd_dq_kernel, ("BLOCK_M2", "BLOCK_N2")),
+}
+
+
+@dataclass
+class KernelResources:
+    kernel: str
+    registers: int
+    stack_bytes: int
+    local_bytes: int
+    shared_bytes: int
+
+    @property
+    def spills(self) -> bool:
+        return self.stack_bytes > 0 or self.local_bytes > 0
+
+
+def _signature(fn, dtype: str, constexprs: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in _INT_PTRS:
+            sig[name] = "*i32"
+        elif name in _FP32_PTRS:
+            sig[name] = "*fp32"
+        elif name[0].isupper():
+            sig[name] = f"*{dtype}"
+        elif name in _FLOATS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
+                   config: dict | None = None, arch: int = 90):
+    """Compiles one kernel ("fwd", "bwd_dkdv" or "bwd_dq") with the launchers' default tile
+    configuration for ``(head_dim, dtype)`` (or ``config``) for ``sm_{arch}``; returns
+    Triton's compiled kernel (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata``)."""
+    jit, (bm, bn) = KERNELS[kernel]
+    if not hasattr(jit.fn, "cache_key"):
+        raise RuntimeError(
+            "compile_kernel needs the real Triton compiler: run it in a process where "
+            "TRITON_INTERPRET is unset or 0 when triton is first imported"
+        )
+    env_interpret = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"  # the launchers' GPU configuration, not the interpreter's
+    try:
+        base = P.fwd_config(head_dim, dtype) if kernel == "fwd" else P.bwd_config(head_dim, dtype)
+        precision = P._dot_flags(dtype)[1]
+    finally:
+        if env_interpret is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = env_interpret
+    cfg = dict(base, **(config or {}))
+    block_d = P._block_d(head_dim)
+    constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg[bm], BLOCK_N=cfg[bn],
+                      EVEN_D=head_dim == block_d, UPCAST=False, PRECISION=precision)
+    fn = jit.fn  # under @triton.heuristics
+    sig = _signature(fn, _DTYPE[dtype], constexprs)
+    # what the launcher specialises on: 16-byte aligned pointers and strides that are multiples of 16
+    aligned = [(i,) for i, name in enumerate(fn.arg_names)
+               if sig[name].startswith("*") or (name.startswith("stride") and head_dim % 16 == 0)]
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs,
+                    attrs={k: [["tt.divisibility", 16]] for k in aligned})
+    target = GPUTarget("cuda", arch, 32)
+    return triton.compile(src, target=target, options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+
+
+def kernel_resources(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
+                     config: dict | None = None, arch: int = 90) -> KernelResources:
+    """Registers per thread, spill stack/local bytes and shared memory of one compiled kernel."""
+    compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        report = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True,
+                                check=True).stdout
+
+    def field(name):
+        m = re.search(rf"{name}:(\d+)", report)
+        return int(m.group(1)) if m else 0
+
+    return KernelResources(kernel, field("REG"), field("STACK"), field("LOCAL"), compiled.metadata.shared)

@@ -92,6 +92,8 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
     block_d = P._block_d(head_dim)
     constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg[bm], BLOCK_N=cfg[bn],
                       EVEN_D=head_dim == block_d, UPCAST=False, PRECISION=precision)
+    if kernel == "bwd_dkdv":
+        constexprs["HEADS"] = group // cfg.get("GQA_SPLIT", 1)
     fn = jit.fn  # under @triton.heuristics
     sig = _signature(fn, _DTYPE[dtype], constexprs)
     # what the launcher specialises on: 16-byte aligned pointers and strides that are multiples of 16

@@ -25,7 +25,7 @@ lie before ``b`` and rows ``[n0, len)`` the others, with the same three kinds of
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 
 import torch
@@ -247,13 +247,18 @@ def condensation_bwd_dkdv_kernel(
     sm_scale, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
-    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    G: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One program per (key tile, KV head): accumulates dK, dV over the G query heads that
-    share the KV head and over the row blocks that see the tile. No atomics."""
-    i_t, i_kvh = tl.program_id(0), tl.program_id(1)
+    """One program per (key tile, group of HEADS query heads sharing one KV head): sums dK,
+    dV over those heads and over the row blocks that see the tile. No atomics.
+
+    HEADS == G: one program per KV head, DK/DV are the [T, Hkv, D] results. HEADS < G (few
+    key tiles, long sequences): G // HEADS programs share a KV head and each writes its
+    partial sums to DK/DV of shape [T, Hq // HEADS, D], reduced by the launcher."""
+    i_t, i_hg = tl.program_id(0), tl.program_id(1)
+    i_kvh = (i_hg * HEADS) // G
     i_s, i_n, n_n, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_N)
     if i_n >= n_n:
         return
@@ -273,8 +278,8 @@ def condensation_bwd_dkdv_kernel(
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     n_diag, n_full, n_blocks = _row_blocks(n0, n1, b, t, seqlen, BLOCK_M, BLOCK_N)
-    for g in range(0, G):
-        i_h = i_kvh * G + g
+    for g in range(0, HEADS):
+        i_h = i_hg * HEADS + g
         p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
         p_do = DO + bos.to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
         p_lse = LSE + i_h * stride_lse_h + bos
@@ -292,8 +297,8 @@ def condensation_bwd_dkdv_kernel(
                 b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
                 qk_scale, stride_qt, stride_dot, True, EVEN_D, UPCAST, PRECISION, BLOCK_M, BLOCK_D, HEAD_DIM)
 
-    p_dk = DK + (bos + o_n[:, None]).to(tl.int64) * stride_dkt + i_kvh * stride_dkh + o_d[None, :]
-    p_dv = DV + (bos + o_n[:, None]).to(tl.int64) * stride_dvt + i_kvh * stride_dvh + o_d[None, :]
+    p_dk = DK + (bos + o_n[:, None]).to(tl.int64) * stride_dkt + i_hg * stride_dkh + o_d[None, :]
+    p_dv = DV + (bos + o_n[:, None]).to(tl.int64) * stride_dvt + i_hg * stride_dvh + o_d[None, :]
     tl.store(p_dk, (b_dk * sm_scale).to(DK.dtype.element_ty), mask=m_kv)
     tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_kv)
 
@@ -398,6 +403,33 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# dK/dV programs per SM below which the GQA group is split across programs
+GQA_SPLIT_WAVES = 4
+
+
+def gqa_split(programs: int, group: int, device: torch.device) -> int:
+    """How many dK/dV programs share one KV head (a divisor of the GQA group size).
+
+    One program per KV head needs no reduction, but a pack of few long sequences then
+    launches about as many programs as the GPU has SMs (long_8k: 130 on 132), and the first
+    key tile of a causal sequence carries the most rows. The group is split into the fewest
+    parts that give ``GQA_SPLIT_WAVES`` programs per SM; the parts' fp32 partial sums are
+    added by the launcher. The threshold is a prediction, to be tuned on a GPU
+    (benchmarks/NOTES.md)."""
+    if group == 1 or device.type != "cuda":
+        return 1
+    target = GQA_SPLIT_WAVES * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    for split in range(1, group + 1):
+        if group % split == 0 and programs * split >= target:
+            return split
+    return group
+
+
 def fwd_config(head_dim: int, dtype: torch.dtype) -> dict:
     """Tile sizes of the forward. Under the interpreter, small tiles keep tests fast and
     exercise many tile boundaries."""
@@ -414,7 +446,8 @@ def fwd_config(head_dim: int, dtype: torch.dtype) -> dict:
 
 def bwd_config(head_dim: int, dtype: torch.dtype) -> dict:
     """Tile sizes of the backward: dK/dV uses (BLOCK_M1 rows, BLOCK_N1 keys), dQ uses
-    (BLOCK_M2 rows, BLOCK_N2 keys)."""
+    (BLOCK_M2 rows, BLOCK_N2 keys). ``GQA_SPLIT`` (optional) forces how many dK/dV programs
+    share one KV head; by default :func:`gqa_split` decides."""
     if _interpreting():
         return dict(BLOCK_M1=16, BLOCK_N1=16, BLOCK_M2=16, BLOCK_N2=16, num_warps=4, num_stages=1)
     d = _block_d(head_dim)
@@ -480,15 +513,28 @@ def condensation_bwd_triton(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )
     qk_scale = softmax_scale * LOG2E.value
-    common = dict(G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision,
+    group = hq // hkv
+    common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision,
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    condensation_bwd_dkdv_kernel[(total // cfg["BLOCK_N1"] + n_seqs, hkv)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens, btok_start, target_start, n_seqs,
+    key_programs = total // cfg["BLOCK_N1"] + n_seqs
+    split = cfg.get("GQA_SPLIT") or gqa_split(key_programs * hkv, group, q.device)
+    if group % split != 0:
+        raise ValueError(f"GQA_SPLIT={split} must divide the GQA group size {group}")
+    if split == 1:
+        dk_acc, dv_acc = dk, dv
+    else:  # fp32 partial sums, one slot per program sharing a KV head
+        dk_acc = torch.empty(total, hkv * split, head_dim, dtype=torch.float32, device=q.device)
+        dv_acc = torch.empty_like(dk_acc)
+    condensation_bwd_dkdv_kernel[(key_programs, hkv * split)](
+        q, k, v, do, lse, delta, dk_acc, dv_acc, cu_seqlens, btok_start, target_start, n_seqs,
         softmax_scale, qk_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
-        BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common,
+        do.stride(0), do.stride(1), dk_acc.stride(0), dk_acc.stride(1), dv_acc.stride(0), dv_acc.stride(1),
+        lse.stride(0), HEADS=group // split, BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common,
     )
+    if split > 1:
+        dk.copy_(dk_acc.view(total, hkv, split, head_dim).sum(2))
+        dv.copy_(dv_acc.view(total, hkv, split, head_dim).sum(2))
     condensation_bwd_dq_kernel[(total // cfg["BLOCK_M2"] + n_seqs, hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens, btok_start, target_start, n_seqs,
         softmax_scale, qk_scale,
@@ -497,7 +543,3 @@ def condensation_bwd_triton(
         BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], **common,
     )
     return dq, dk, dv
-
-
-def default_softmax_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

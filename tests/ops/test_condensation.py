@@ -135,6 +135,25 @@ def test_kernels_gqa_head_dims(hq, hkv, d, device):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("hkv,split", [(1, 2), (1, 3), (1, 6), (2, 3)], ids=["g6s2", "g6s3", "g6s6", "g3s3"])
+def test_kernels_gqa_split(hkv, split, device):
+    """dK/dV programs that share a KV head write partial sums, added by the launcher."""
+    layout = CondensationLayout.from_lengths([19, 2, 40], [4, 1, 3], [13, 7, 0], device=device)
+    check_kernels(layout, hq=6, hkv=hkv, d=32, dtype=torch.bfloat16, device=device,
+                  bwd_cfg=dict(GQA_SPLIT=split))
+
+
+@pytest.mark.interpret
+def test_gqa_split_must_divide_group(device):
+    layout = CondensationLayout.from_lengths([5], 2, [3], device=device)
+    _, (q, k, v, do) = make_inputs(layout, 6, 1, 16, torch.float32, device)
+    out, lse = condensation_fwd_triton(q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25)
+    with pytest.raises(ValueError, match="GQA_SPLIT=4 must divide the GQA group size 6"):
+        condensation_bwd_triton(do, q, k, v, out, lse, layout.cu_seqlens, layout.btok_start,
+                                layout.target_start, 0.25, config=dict(GQA_SPLIT=4))
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("d", [8, 24, 96, 256], ids=lambda d: f"d{d}")
 def test_kernels_more_head_dims(d, device):
     layout = CondensationLayout.from_lengths([9], 2, [6], device=device)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -185,6 +186,28 @@ def _btok(backend: str) -> Callable:
                    note="mask build = CondensationLayout.from_lengths")
 
     return prepare
+
+
+def _btok_autotuned(case: Case, grad: bool, args) -> Run:
+    """btok Triton with BTOK_AUTOTUNE=1: each kernel times its candidate tiles on the first
+    call (outside the timed region: warm-up and the error check come first)."""
+    run = _btok("triton")(case, grad, args)
+    call = run.fn
+
+    def fn():
+        before = os.environ.get("BTOK_AUTOTUNE")
+        os.environ["BTOK_AUTOTUNE"] = "1"
+        try:
+            return call()
+        finally:
+            if before is None:
+                del os.environ["BTOK_AUTOTUNE"]
+            else:
+                os.environ["BTOK_AUTOTUNE"] = before
+
+    run.fn = fn
+    run.note = "BTOK_AUTOTUNE=1; " + run.note
+    return run
 
 
 def _btok_triton_available(device):
@@ -412,6 +435,7 @@ def _fa_varlen(name: str) -> Callable:
 
 PEERS = [
     Peer("btok_triton", True, _btok("triton"), _btok_triton_available),
+    Peer("btok_triton_autotune", True, _btok_autotuned, _btok_triton_available),
     Peer("btok_cuda", True, _btok("cuda"), _btok_cuda_available),
     Peer("btok_reference", True, _btok("reference"), lambda d: None if d.type == "cpu" else "btok_reference: CPU only"),
     Peer(FLEX_PEER, True, _flex(None)),

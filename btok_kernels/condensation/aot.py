@@ -28,12 +28,7 @@ _INT_PTRS = {"cu_seqlens", "btok_start", "target_start"}
 _FP32_PTRS = {"LSE", "DELTA"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
-# kernel name -> (kernel, which tiles of the config it takes, whether G is the group size)
-KERNELS = {
-    "fwd": (P.condensation_fwd_kernel, ("BLOCK_M", "BLOCK_N")),
-    "bwd_dkdv": (P.condensation_bwd_dkdv_kernel, ("BLOCK_M1", "BLOCK_N1")),
-    "bwd_dq": (P.condensation_bwd_dq_kernel, ("BLOCK_M2", "BLOCK_N2")),
-}
+KERNELS = P.KERNEL_NAMES  # "fwd", "dkdv", "dq"
 
 
 @dataclass
@@ -68,11 +63,12 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
 
 
 def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
-                   config: dict | None = None, arch: int = 90):
-    """Compiles one kernel ("fwd", "bwd_dkdv" or "bwd_dq") with the launchers' default tile
-    configuration for ``(head_dim, dtype)`` (or ``config``) for ``sm_{arch}``; returns
-    Triton's compiled kernel (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata``)."""
-    jit, (bm, bn) = KERNELS[kernel]
+                   config: dict | None = None, arch: int = 90, gqa_split: int = 1):
+    """Compiles one kernel ("fwd", "dkdv" or "dq") with the launchers' default GPU
+    configuration for ``(head_dim, dtype)``, updated by ``config`` (``BLOCK_M``, ``BLOCK_N``,
+    ``num_warps``, ``num_stages``), for ``sm_{arch}``; returns Triton's compiled kernel
+    (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata``)."""
+    jit = P._FIXED[kernel]
     if not hasattr(jit.fn, "cache_key"):
         raise RuntimeError(
             "compile_kernel needs the real Triton compiler: run it in a process where "
@@ -81,19 +77,19 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
     env_interpret = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "0"  # the launchers' GPU configuration, not the interpreter's
     try:
-        base = P.fwd_config(head_dim, dtype) if kernel == "fwd" else P.bwd_config(head_dim, dtype)
+        cfg = P.default_configs(head_dim, dtype)[kernel]
         precision = P._dot_flags(dtype)[1]
     finally:
         if env_interpret is None:
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = env_interpret
-    cfg = dict(base, **(config or {}))
+    cfg.update(config or {})
     block_d = P._block_d(head_dim)
-    constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg[bm], BLOCK_N=cfg[bn],
+    constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       EVEN_D=head_dim == block_d, UPCAST=False, PRECISION=precision)
-    if kernel == "bwd_dkdv":
-        constexprs["HEADS"] = group // cfg.get("GQA_SPLIT", 1)
+    if kernel == "dkdv":
+        constexprs["HEADS"] = group // gqa_split
     fn = jit.fn  # under @triton.heuristics
     sig = _signature(fn, _DTYPE[dtype], constexprs)
     # what the launcher specialises on: 16-byte aligned pointers and strides that are multiples of 16
@@ -106,9 +102,9 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
 
 
 def kernel_resources(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
-                     config: dict | None = None, arch: int = 90) -> KernelResources:
+                     config: dict | None = None, arch: int = 90, gqa_split: int = 1) -> KernelResources:
     """Registers per thread, spill stack/local bytes and shared memory of one compiled kernel."""
-    compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch)
+    compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch, gqa_split)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")

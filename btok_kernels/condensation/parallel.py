@@ -412,7 +412,7 @@ def _sm_count(device_index: int) -> int:
 GQA_SPLIT_WAVES = 4
 
 
-def gqa_split(programs: int, group: int, device: torch.device) -> int:
+def choose_gqa_split(programs: int, group: int, device: torch.device) -> int:
     """How many dK/dV programs share one KV head (a divisor of the GQA group size).
 
     One program per KV head needs no reduction, but a pack of few long sequences then
@@ -430,35 +430,81 @@ def gqa_split(programs: int, group: int, device: torch.device) -> int:
     return group
 
 
-def fwd_config(head_dim: int, dtype: torch.dtype) -> dict:
-    """Tile sizes of the forward. Under the interpreter, small tiles keep tests fast and
-    exercise many tile boundaries."""
-    if _interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
-    d = _block_d(head_dim)
-    wide = dtype == torch.float32
-    if d <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64 if wide else 128, num_warps=4 if wide else 8, num_stages=3)
-    if d <= 128:
-        return dict(BLOCK_M=128, BLOCK_N=32 if wide else 64, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+def _launch(block_m: int, block_n: int, num_warps: int, num_stages: int) -> dict:
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
 
 
-def bwd_config(head_dim: int, dtype: torch.dtype) -> dict:
-    """Tile sizes of the backward: dK/dV uses (BLOCK_M1 rows, BLOCK_N1 keys), dQ uses
-    (BLOCK_M2 rows, BLOCK_N2 keys). ``GQA_SPLIT`` (optional) forces how many dK/dV programs
-    share one KV head; by default :func:`gqa_split` decides."""
+# Default tiles on a GPU per kernel, by padded head dim: (fwd, dkdv, dq). Chosen from sm_90
+# compiler figures (benchmarks/kernel_resources.py: large tiles that compile without
+# register spills), not yet from timings; BTOK_AUTOTUNE=1 times the candidates below instead.
+_DEFAULTS = {
+    64: (_launch(128, 64, 8, 3), _launch(32, 128, 8, 2), _launch(128, 32, 8, 2)),
+    128: (_launch(128, 64, 8, 2), _launch(16, 128, 8, 2), _launch(128, 32, 8, 2)),
+    256: (_launch(64, 32, 8, 2), _launch(16, 64, 8, 1), _launch(64, 16, 8, 1)),
+}
+_DEFAULTS_FP32 = {
+    64: (_launch(64, 32, 4, 2), _launch(32, 64, 8, 2), _launch(64, 32, 8, 2)),
+    128: (_launch(64, 32, 8, 2), _launch(16, 64, 8, 2), _launch(64, 16, 8, 2)),
+    256: (_launch(32, 32, 8, 1), _launch(16, 32, 8, 1), _launch(32, 16, 8, 1)),
+}
+# under the interpreter: small tiles keep tests fast and put many tile boundaries in small inputs
+_INTERPRETER = _launch(16, 16, 4, 1)
+KERNEL_NAMES = ("fwd", "dkdv", "dq")
+
+
+def default_configs(head_dim: int, dtype: torch.dtype) -> dict[str, dict]:
+    """Launch configuration of each kernel ("fwd", "dkdv", "dq") for this head dim and dtype:
+    ``BLOCK_M`` query rows and ``BLOCK_N`` keys per block, ``num_warps``, ``num_stages``."""
     if _interpreting():
-        return dict(BLOCK_M1=16, BLOCK_N1=16, BLOCK_M2=16, BLOCK_N2=16, num_warps=4, num_stages=1)
-    d = _block_d(head_dim)
-    wide = dtype == torch.float32
-    if d <= 64:
-        return dict(BLOCK_M1=32, BLOCK_N1=128 if not wide else 64, BLOCK_M2=128 if not wide else 64,
-                    BLOCK_N2=32, num_warps=4, num_stages=3)
-    if d <= 128:
-        return dict(BLOCK_M1=32, BLOCK_N1=64 if wide else 128, BLOCK_M2=64 if wide else 128,
-                    BLOCK_N2=32, num_warps=8, num_stages=2)
-    return dict(BLOCK_M1=16, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=16, num_warps=8, num_stages=1)
+        return {name: dict(_INTERPRETER) for name in KERNEL_NAMES}
+    table = _DEFAULTS_FP32 if dtype == torch.float32 else _DEFAULTS
+    return {name: dict(c) for name, c in zip(KERNEL_NAMES, table[max(64, _block_d(head_dim))])}
+
+
+def _candidates(tiles) -> list:
+    return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in tiles]
+
+
+def _prune_large_tiles(configs, named_args, **kwargs):
+    # at head dim 256 a 128-row or 128-key tile does not fit the register file
+    if named_args.get("BLOCK_D", kwargs.get("BLOCK_D")) == 256:
+        configs = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64] or configs[-1:]
+    return configs
+
+
+def _autotuned(kernel, tiles, key):
+    return triton.autotune(configs=_candidates(tiles), key=key,
+                           prune_configs_by={"early_config_prune": _prune_large_tiles})(kernel)
+
+
+# BTOK_AUTOTUNE=1: time these once per (head dim, group, dtypes) and keep the fastest
+_TUNED = {
+    "fwd": _autotuned(condensation_fwd_kernel, [
+        (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 8, 2),
+    ], ["HEAD_DIM", "G"]),
+    "dkdv": _autotuned(condensation_bwd_dkdv_kernel, [
+        (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (16, 64, 8, 1),
+    ], ["HEAD_DIM", "G", "HEADS"]),
+    "dq": _autotuned(condensation_bwd_dq_kernel, [
+        (128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 16, 8, 1),
+    ], ["HEAD_DIM", "G"]),
+}
+_FIXED = {"fwd": condensation_fwd_kernel, "dkdv": condensation_bwd_dkdv_kernel, "dq": condensation_bwd_dq_kernel}
+
+
+def autotuning() -> bool:
+    return os.environ.get("BTOK_AUTOTUNE", "0") == "1"
+
+
+def _kernel_and_meta(name: str, head_dim: int, dtype: torch.dtype, config: dict | None):
+    """The kernel to launch and its launch kwargs: with BTOK_AUTOTUNE=1 and no explicit
+    config for it, the autotuned kernel (which picks its own tiles); else the fixed tiles."""
+    override = (config or {}).get(name)
+    if autotuning() and not override:
+        return _TUNED[name], {}
+    cfg = default_configs(head_dim, dtype)[name]
+    cfg.update(override or {})
+    return _FIXED[name], cfg
 
 
 def condensation_fwd_triton(
@@ -467,24 +513,22 @@ def condensation_fwd_triton(
     softmax_scale: float, config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher. q [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous).
-    Returns out [T, Hq, D] (q's dtype) and lse [Hq, T] (fp32, natural log)."""
+    Returns out [T, Hq, D] (q's dtype) and lse [Hq, T] (fp32, natural log).
+    ``config`` may override the tiles: ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32}}``."""
     total, hq, head_dim = q.shape
     hkv = k.shape[1]
     n_seqs = cu_seqlens.numel() - 1
-    cfg = dict(fwd_config(head_dim, q.dtype), **(config or {}))
-    block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
     out = torch.empty_like(q)
     lse = torch.empty(hq, total, dtype=torch.float32, device=q.device)
     if total == 0:
         return out, lse
     upcast, precision = _dot_flags(q.dtype)
-    grid = (total // block_m + n_seqs, hq)
-    condensation_fwd_kernel[grid](
+    kernel, meta = _kernel_and_meta("fwd", head_dim, q.dtype, config)
+    kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
         q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E.value,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0),
-        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
-        UPCAST=upcast, PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), UPCAST=upcast, PRECISION=precision, **meta,
     )
     return out, lse
 
@@ -493,13 +537,15 @@ def condensation_bwd_triton(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, config: dict | None = None,
+    softmax_scale: float, config: dict | None = None, gqa_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward launcher: delta preprocess, then dK/dV per key tile and dQ per query tile."""
+    """Backward launcher: delta preprocess, then dK/dV per key tile and dQ per query tile.
+    ``config`` may override the tiles of "dkdv" and "dq"; ``gqa_split`` forces how many
+    dK/dV programs share one KV head (default: :func:`choose_gqa_split`)."""
     total, hq, head_dim = q.shape
     hkv = k.shape[1]
+    group = hq // hkv
     n_seqs = cu_seqlens.numel() - 1
-    cfg = dict(bwd_config(head_dim, q.dtype), **(config or {}))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if total == 0:
         return dq, dk, dv
@@ -507,39 +553,41 @@ def condensation_bwd_triton(
     block_d = _block_d(head_dim)
     upcast, precision = _dot_flags(q.dtype)
     delta = torch.empty_like(lse)
-    pre_m = 64 if not _interpreting() else 16
+    pre_m = 16 if _interpreting() else 64
     condensation_bwd_preprocess_kernel[(triton.cdiv(total, pre_m), hq)](
         out, do, delta, total, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )
     qk_scale = softmax_scale * LOG2E.value
-    group = hq // hkv
-    common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision,
-                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    key_programs = total // cfg["BLOCK_N1"] + n_seqs
-    split = cfg.get("GQA_SPLIT") or gqa_split(key_programs * hkv, group, q.device)
-    if group % split != 0:
-        raise ValueError(f"GQA_SPLIT={split} must divide the GQA group size {group}")
-    if split == 1:
+    common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision)
+
+    kernel, meta = _kernel_and_meta("dkdv", head_dim, q.dtype, config)
+    if gqa_split is None:
+        key_tiles = default_configs(head_dim, q.dtype)["dkdv"]["BLOCK_N"]
+        gqa_split = choose_gqa_split((total // key_tiles + n_seqs) * hkv, group, q.device)
+    if group % gqa_split != 0:
+        raise ValueError(f"gqa_split={gqa_split} must divide the GQA group size {group}")
+    if gqa_split == 1:
         dk_acc, dv_acc = dk, dv
     else:  # fp32 partial sums, one slot per program sharing a KV head
-        dk_acc = torch.empty(total, hkv * split, head_dim, dtype=torch.float32, device=q.device)
+        dk_acc = torch.empty(total, hkv * gqa_split, head_dim, dtype=torch.float32, device=q.device)
         dv_acc = torch.empty_like(dk_acc)
-    condensation_bwd_dkdv_kernel[(key_programs, hkv * split)](
+    kernel[lambda m: (total // m["BLOCK_N"] + n_seqs, hkv * gqa_split)](
         q, k, v, do, lse, delta, dk_acc, dv_acc, cu_seqlens, btok_start, target_start, n_seqs,
         softmax_scale, qk_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk_acc.stride(0), dk_acc.stride(1), dv_acc.stride(0), dv_acc.stride(1),
-        lse.stride(0), HEADS=group // split, BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common,
+        lse.stride(0), HEADS=group // gqa_split, **common, **meta,
     )
-    if split > 1:
-        dk.copy_(dk_acc.view(total, hkv, split, head_dim).sum(2))
-        dv.copy_(dv_acc.view(total, hkv, split, head_dim).sum(2))
-    condensation_bwd_dq_kernel[(total // cfg["BLOCK_M2"] + n_seqs, hq)](
+    if gqa_split > 1:
+        dk.copy_(dk_acc.view(total, hkv, gqa_split, head_dim).sum(2))
+        dv.copy_(dv_acc.view(total, hkv, gqa_split, head_dim).sum(2))
+
+    kernel, meta = _kernel_and_meta("dq", head_dim, q.dtype, config)
+    kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens, btok_start, target_start, n_seqs,
         softmax_scale, qk_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0),
-        BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], **common,
+        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), **common, **meta,
     )
     return dq, dk, dv

@@ -72,15 +72,15 @@ def assert_close_by_rule(name, got, oracle, same_dtype, dtype):
     assert err <= bound, f"{name}: relative L2 error {err:.3e} > bound {bound:.3e}"
 
 
-def check_kernels(layout, hq, hkv, d, dtype, device, fwd_cfg=None, bwd_cfg=None, seed=0):
+def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None, seed=0):
     exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed)
     scale = 1.0 / math.sqrt(d)
     (o_ref, *g_ref), (o_low, *g_low) = oracle_and_same_dtype(layout, exact, lowp, scale)
     q, k, v, do = lowp
     args = (layout.cu_seqlens, layout.btok_start, layout.target_start, scale)
     with PoisonEmpty():
-        out, lse = condensation_fwd_triton(q, k, v, *args, config=fwd_cfg)
-        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, config=bwd_cfg)
+        out, lse = condensation_fwd_triton(q, k, v, *args, config=config)
+        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, config=config, gqa_split=gqa_split)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert_close_by_rule("out", out, o_ref, o_low, dtype)
     for name, got, ref, low in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
@@ -109,10 +109,15 @@ def test_kernels_random_layouts(seed, device):
 
 # tile shapes that are not square, so that diagonal tiles and cut boundaries fall
 # differently in the forward, dK/dV and dQ kernels
+def _tiles(fwd, dkdv, dq):
+    return {name: dict(BLOCK_M=m, BLOCK_N=n) for name, (m, n) in zip(("fwd", "dkdv", "dq"), (fwd, dkdv, dq))}
+
+
 TILES = {
-    "m16n32": (dict(BLOCK_M=16, BLOCK_N=32), dict(BLOCK_M1=16, BLOCK_N1=32, BLOCK_M2=32, BLOCK_N2=16)),
-    "m32n16": (dict(BLOCK_M=32, BLOCK_N=16), dict(BLOCK_M1=32, BLOCK_N1=16, BLOCK_M2=16, BLOCK_N2=32)),
-    "m64n16": (dict(BLOCK_M=64, BLOCK_N=16), dict(BLOCK_M1=16, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=16)),
+    "m16n32": _tiles((16, 32), (16, 32), (32, 16)),
+    "m32n16": _tiles((32, 16), (32, 16), (16, 32)),
+    "m64n16": _tiles((64, 16), (16, 64), (64, 16)),
+    "m16n128": _tiles((16, 64), (16, 128), (128, 16)),
 }
 
 
@@ -121,9 +126,7 @@ TILES = {
 @pytest.mark.parametrize("seed", [10, 11])
 def test_kernels_tile_shapes(tiles, seed, device):
     layout = CondensationLayout.from_lengths(*random_layout(seed, max_seqs=4), device=device)
-    fwd_cfg, bwd_cfg = TILES[tiles]
-    check_kernels(layout, hq=2, hkv=2, d=16, dtype=torch.float32, device=device,
-                  fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seed=seed)
+    check_kernels(layout, hq=2, hkv=2, d=16, dtype=torch.float32, device=device, config=TILES[tiles], seed=seed)
 
 
 @pytest.mark.interpret
@@ -139,8 +142,7 @@ def test_kernels_gqa_head_dims(hq, hkv, d, device):
 def test_kernels_gqa_split(hkv, split, device):
     """dK/dV programs that share a KV head write partial sums, added by the launcher."""
     layout = CondensationLayout.from_lengths([19, 2, 40], [4, 1, 3], [13, 7, 0], device=device)
-    check_kernels(layout, hq=6, hkv=hkv, d=32, dtype=torch.bfloat16, device=device,
-                  bwd_cfg=dict(GQA_SPLIT=split))
+    check_kernels(layout, hq=6, hkv=hkv, d=32, dtype=torch.bfloat16, device=device, gqa_split=split)
 
 
 @pytest.mark.interpret
@@ -148,9 +150,9 @@ def test_gqa_split_must_divide_group(device):
     layout = CondensationLayout.from_lengths([5], 2, [3], device=device)
     _, (q, k, v, do) = make_inputs(layout, 6, 1, 16, torch.float32, device)
     out, lse = condensation_fwd_triton(q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25)
-    with pytest.raises(ValueError, match="GQA_SPLIT=4 must divide the GQA group size 6"):
+    with pytest.raises(ValueError, match="gqa_split=4 must divide the GQA group size 6"):
         condensation_bwd_triton(do, q, k, v, out, lse, layout.cu_seqlens, layout.btok_start,
-                                layout.target_start, 0.25, config=dict(GQA_SPLIT=4))
+                                layout.target_start, 0.25, gqa_split=4)
 
 
 @pytest.mark.interpret
@@ -247,3 +249,27 @@ def test_env_overrides_auto(monkeypatch, device):
     monkeypatch.setenv("BTOK_BACKEND", "bogus")
     with pytest.raises(ValueError, match="BTOK_BACKEND"):
         condensation_attention(q, k, v, layout)
+
+
+@pytest.mark.interpret
+def test_autotuned_launch_path(monkeypatch, device):
+    """BTOK_AUTOTUNE=1 launches the autotuned kernels, each of which times its candidate tiles
+    (with a wall-clock timer on the CPU) and keeps one; the result must stay exact."""
+    from btok_kernels.condensation import parallel
+
+    if device == "cpu":
+        import time
+
+        def wall_clock(fn, quantiles=None):
+            start = time.perf_counter()
+            fn()
+            ms = (time.perf_counter() - start) * 1e3
+            return [ms, ms, ms] if quantiles else ms
+
+        for tuned in parallel._TUNED.values():
+            monkeypatch.setattr(tuned, "_do_bench", wall_clock)
+    monkeypatch.setenv("BTOK_AUTOTUNE", "1")
+    layout = CondensationLayout.from_lengths([40, 3], [4, 2], [30, 5], device=device)
+    check_kernels(layout, hq=2, hkv=1, d=16, dtype=torch.float32, device=device)
+    for tuned in parallel._TUNED.values():
+        assert tuned.best_config is not None

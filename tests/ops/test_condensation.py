@@ -45,10 +45,10 @@ def random_layout(seed: int, max_seqs: int = 5) -> tuple[list[int], list[int], l
     return query, btoks, target
 
 
-def make_inputs(layout, hq, hkv, d, dtype, device, seed=0):
+def make_inputs(layout, hq, hkv, d, dtype, device, seed=0, q_scale=1.0):
     g = torch.Generator().manual_seed(seed)
     total = layout.total_tokens
-    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64) * q_scale
     k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
     v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
     do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
@@ -72,8 +72,8 @@ def assert_close_by_rule(name, got, oracle, same_dtype, dtype):
     assert err <= bound, f"{name}: relative L2 error {err:.3e} > bound {bound:.3e}"
 
 
-def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None, seed=0):
-    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed)
+def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None, seed=0, q_scale=1.0):
+    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale)
     scale = 1.0 / math.sqrt(d)
     (o_ref, *g_ref), (o_low, *g_low) = oracle_and_same_dtype(layout, exact, lowp, scale)
     q, k, v, do = lowp
@@ -105,6 +105,15 @@ def test_kernels_random_layouts(seed, device):
     layout = CondensationLayout.from_lengths(*random_layout(seed), device=device)
     dtype = (torch.bfloat16, torch.float16, torch.float32)[seed % 3]
     check_kernels(layout, hq=2, hkv=1, d=16, dtype=dtype, device=device, seed=seed)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_kernels_peaked_softmax(dtype, device):
+    """Scores spread over ~±40 (q scaled by 8): the running max must keep the sums finite
+    and exact when a later key block holds a much larger score."""
+    layout = CondensationLayout.from_lengths([37, 4], [3, 2], [29, 11], device=device)
+    check_kernels(layout, hq=2, hkv=1, d=32, dtype=dtype, device=device, q_scale=8.0)
 
 
 # tile shapes that are not square, so that diagonal tiles and cut boundaries fall

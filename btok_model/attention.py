@@ -1,0 +1,208 @@
+"""``attn_implementation="btok_triton"``: the transformers attention function.
+
+It keeps ``sdpa_attention_forward``'s signature and return shape and picks, per call:
+
+==============================================  ==========================================
+call                                            computed by
+==============================================  ==========================================
+``btok_layout=`` in the forward kwargs           condensation kernel, that layout
+2D padding mask (left/right/both sides)          condensation kernel on the padded rows,
+                                                 split into [pad | tokens | pad] segments,
+                                                 or unpad -> kernel -> scatter back (rows
+                                                 with holes, heavy padding, or
+                                                 ``BTOK_PADDING_MODE=unpad``)
+``cu_seq_lens_q/k`` (padding-free path)          condensation kernel, causal varlen
+packed ``position_ids`` / no mask                condensation kernel, causal varlen
+KV-cache decoding (fewer queries than keys)      exact SDPA fallback, bottom-right causal
+non-causal module (``is_causal`` False)          exact SDPA fallback, bidirectional
+==============================================  ==========================================
+
+The kernel backend follows :func:`btok_kernels.condensation_attention` with
+``backend="auto"``: Triton on CUDA tensors, the PyTorch reference on the CPU; the
+environment variable ``BTOK_BACKEND`` overrides it. Features it cannot compute exactly
+raise :class:`~btok_model.errors.UnsupportedModelFeatureError`.
+
+Packing from ``position_ids`` follows ``"flash_attention_2"``: it is honoured with or
+without a KV cache, whereas ``"sdpa"`` ignores packed positions when a cache is passed
+(``use_cache=True`` in eval mode). Sequence boundaries are rebuilt once per forward
+(one host synchronisation), then reused by every layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from btok_kernels import CondensationLayout, condensation_attention
+
+from .errors import UnsupportedModelFeatureError
+from .fallback import bidirectional_attention, decode_attention
+from .layouts import (
+    cu_seqlens_layout,
+    memoized,
+    padding_layout,
+    padding_mode,
+    position_ids_layout,
+    rows_layout,
+)
+
+__all__ = ["btok_attention_forward"]
+
+_USE_INSTEAD = 'Use attn_implementation="sdpa" or "eager" for this model.'
+
+
+def _unsupported(feature: str) -> UnsupportedModelFeatureError:
+    return UnsupportedModelFeatureError(f'attn_implementation="btok_triton" does not support {feature}. {_USE_INSTEAD}')
+
+
+def _check_features(module, attention_mask, dropout, softcap, kwargs) -> None:
+    """Refuse what the kernel cannot compute exactly, naming the model feature."""
+    if dropout:
+        raise _unsupported(
+            f"attention dropout (dropout={dropout} while training{_model_name(module)}); set the config's "
+            "attention_dropout to 0.0"
+        )
+    if softcap is not None:
+        raise _unsupported(f"attention logit softcapping (softcap={softcap}{_model_name(module)})")
+    if kwargs.get("s_aux") is not None:
+        raise _unsupported(f"attention sinks (s_aux{_model_name(module)})")
+    if kwargs.get("position_bias") is not None:
+        raise _unsupported(f"a relative position bias (position_bias{_model_name(module)})")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        shape = tuple(attention_mask.shape) if hasattr(attention_mask, "shape") else type(attention_mask).__name__
+        raise _unsupported(
+            f"a custom 4D attention mask (got {shape}); pass a 2D padding mask [batch, seq], packed "
+            "position_ids, or btok_layout= for the condensation mask"
+        )
+
+
+def _model_name(module) -> str:
+    config = getattr(module, "config", None)
+    model_type = getattr(config, "model_type", None)
+    return f", model_type={model_type!r}" if model_type else ""
+
+
+def _check_sliding_window(sliding_window: int | None, longest_span: int) -> None:
+    """A window at least as long as every sequence never cuts: exact, so allowed."""
+    if sliding_window is not None and longest_span > sliding_window:
+        raise _unsupported(
+            f"sliding-window attention (sliding_window={sliding_window}) on sequences longer than the window "
+            f"(longest: {longest_span} tokens)"
+        )
+
+
+def _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k):
+    """Layout of the ``B * S`` flattened tokens of a square call, and the unpad index or None."""
+    batch_size, _, seq_len, _ = query.shape
+    if btok_layout is not None:
+        return _check_btok_layout(btok_layout, query, attention_mask).to(query.device), None
+    if attention_mask is not None:
+        mode = padding_mode()
+        return memoized(attention_mask, ("mask", mode), lambda: padding_layout(attention_mask, mode))
+    if cu_seq_lens_q is not None:
+        if batch_size != 1:
+            raise ValueError(f"btok_triton: cu_seq_lens_q needs a packed batch of size 1, got batch size {batch_size}")
+        return memoized(
+            cu_seq_lens_q, ("cu", id(cu_seq_lens_k)), lambda: (cu_seqlens_layout(cu_seq_lens_q, cu_seq_lens_k), None)
+        )
+    if position_ids is not None and position_ids.dim() <= 2 and seq_len > 1:
+        return memoized(
+            position_ids, ("pos", batch_size), lambda: (position_ids_layout(position_ids, batch_size), None)
+        )
+    return rows_layout(batch_size, seq_len, query.device), None
+
+
+def _check_btok_layout(layout, query, attention_mask) -> CondensationLayout:
+    if not isinstance(layout, CondensationLayout):
+        raise TypeError(f"btok_layout must be a btok_kernels.CondensationLayout, got {type(layout).__name__}")
+    batch_size, _, seq_len, _ = query.shape
+    if batch_size != 1 or layout.total_tokens != seq_len:
+        raise ValueError(
+            f"btok_layout packs {layout.total_tokens} tokens into one row: input_ids must have shape "
+            f"[1, {layout.total_tokens}], got a batch of shape [{batch_size}, {seq_len}]"
+        )
+    if attention_mask is not None:
+        raise ValueError("btok_layout describes a packed batch without padding: do not pass a padding attention_mask")
+    return layout
+
+
+def _causal_square(query, key, value, scaling, layout, index):
+    """Condensation kernel on the flattened ``[B, S]`` tokens; returns ``[B, S, Hq, D]``."""
+    batch_size, num_heads, seq_len, head_dim = query.shape
+    q, k, v = (x.transpose(1, 2).reshape(batch_size * seq_len, x.shape[1], x.shape[3]) for x in (query, key, value))
+    if index is not None:
+        q, k, v = q[index], k[index], v[index]
+    out = condensation_attention(q, k, v, layout, softmax_scale=scaling)
+    if index is not None:
+        out = out.new_zeros(batch_size * seq_len, num_heads, head_dim).index_copy(0, index, out)
+    return out.view(batch_size, seq_len, num_heads, head_dim)
+
+
+def btok_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    btok_layout: CondensationLayout | None = None,
+    position_ids: torch.Tensor | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention for ``attn_implementation="btok_triton"`` (same contract as ``"sdpa"``).
+
+    Args:
+        module: the calling attention module (``is_causal`` and ``config`` are read).
+        query: ``[B, Hq, Sq, D]``; key, value: ``[B, Hkv, Sk, D]`` (``Hq % Hkv == 0``;
+            a smaller value head dim is zero-padded and the output cropped).
+        attention_mask: None, or the bool ``[B, L]`` padding mask from
+            :func:`btok_model.masking.btok_mask`. A 4D mask is refused.
+        dropout: must be 0 (attention dropout is refused).
+        scaling: softmax scale (None: ``1 / sqrt(D)``).
+        is_causal: overrides ``module.is_causal``.
+        sliding_window: allowed only when no sequence is longer than the window.
+        softcap: must be None (logit softcapping is refused).
+        btok_layout: :class:`~btok_kernels.CondensationLayout` of a packed ``[1, T]``
+            batch: applies the condensation mask. Ignored by non-causal modules (a vision
+            tower sees the forward kwargs too); refused with padding or a KV cache.
+        position_ids: ``[B or 1, S]``; positions that do not grow by 1 (e.g. restart at 0)
+            start a new packed sequence, as with ``"sdpa"``. Used only without a mask.
+        cu_seq_lens_q, cu_seq_lens_k: int ``[n + 1]`` packed boundaries (padding-free path).
+
+    Returns:
+        ``(attn_output [B, Sq, Hq, Dv], None)``: no attention weights, as with ``"sdpa"``.
+    """
+    _check_features(module, attention_mask, dropout, softcap, kwargs)
+    v_head_dim = value.shape[-1]
+    if v_head_dim != query.shape[-1]:
+        if v_head_dim > query.shape[-1]:
+            raise _unsupported(f"a value head dim ({v_head_dim}) larger than the query head dim ({query.shape[-1]})")
+        value = F.pad(value, (0, query.shape[-1] - v_head_dim))
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if attention_mask is not None and attention_mask.shape[-1] < key.shape[2]:
+        # Static cache: the slots past the mask are not written yet. Dropping them makes a
+        # static-cache prefill square again, so it runs on the kernel.
+        key, value = key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
+    q_len, k_len = query.shape[2], key.shape[2]
+
+    if not is_causal:
+        _check_sliding_window(sliding_window, k_len)
+        out = bidirectional_attention(query, key, value, attention_mask, cu_seq_lens_q, scaling)
+    elif q_len != k_len:
+        if btok_layout is not None:
+            raise ValueError("btok_layout does not apply to KV-cache decoding (fewer queries than keys)")
+        _check_sliding_window(sliding_window, k_len)
+        out = decode_attention(query, key, value, attention_mask, scaling)
+    else:
+        layout, index = _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k)
+        # Unpadded rows with holes are shorter than their span in the padded row, which is
+        # what a sliding window measures.
+        _check_sliding_window(sliding_window, q_len if index is not None else layout.max_seqlen)
+        out = _causal_square(query, key, value, scaling, layout, index)
+    return out[..., :v_head_dim], None

@@ -1,0 +1,154 @@
+"""Tiny random-weight models built from real transformers config classes, and comparisons.
+
+Nothing is downloaded. Models are fp32, 2 layers, hidden 64, head dim 16, GQA (4 query
+heads, 2 KV heads), so that the Triton interpreter stays fast.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+VOCAB = 96
+IMAGE_TOKEN, VISION_START, VISION_END = 93, 94, 95  # Qwen2-VL special tokens, outside the text ids
+
+_TEXT = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+)
+
+
+def _llama():
+    return LlamaForCausalLM(LlamaConfig(**_TEXT, head_dim=16))
+
+
+def _mistral():
+    # A sliding window longer than every test sequence: exact, so the backend accepts it.
+    return MistralForCausalLM(MistralConfig(**_TEXT, head_dim=16, sliding_window=64))
+
+
+def _qwen2():
+    return Qwen2ForCausalLM(Qwen2Config(**_TEXT))
+
+
+def _qwen3():
+    return Qwen3ForCausalLM(Qwen3Config(**_TEXT, head_dim=16))
+
+
+def _qwen2_vl():
+    text = dict(_TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
+    vision = dict(
+        depth=2,
+        embed_dim=32,
+        hidden_size=64,
+        num_heads=2,
+        mlp_ratio=2,
+        in_channels=3,
+        patch_size=2,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+    )
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+    return Qwen2VLForConditionalGeneration(config)
+
+
+BUILDERS = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "qwen2_vl": _qwen2_vl}
+
+
+def tiny_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random model of family ``name`` in eval mode, fp32, on the CPU."""
+    torch.manual_seed(seed)
+    model = BUILDERS[name]().float().eval()
+    # Wider random weights than the default init make the logits depend strongly on the
+    # attention pattern, so a wrong mask cannot hide under the tolerance.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.08)
+    return model
+
+
+def random_ids(lengths: list[int], seed: int = 1) -> list[torch.Tensor]:
+    """One random token-id sequence per length (ids 1..89: no pad id, no special tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 90, (n,), generator=g) for n in lengths]
+
+
+def pad_batch(seqs: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids [B, S], attention_mask [B, S])`` padded with id 0 on ``side``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[r, sl], mask[r, sl] = s, 1
+    return ids, mask
+
+
+def forward_backward(model, impl: str, weight_seed: int = 7, weights: torch.Tensor | None = None, **inputs):
+    """Logits and parameter gradients of a fixed random linear loss on the valid logits.
+
+    The loss weighs each logit of a real token by a fixed random number (``weights``, by
+    default drawn from ``weight_seed``), so every logit row and every parameter gradient is
+    checked. Returns ``(logits, {name: grad})``.
+    """
+    model.set_attn_implementation(impl)
+    model.zero_grad(set_to_none=True)
+    logits = model(**inputs).logits
+    if weights is None:
+        weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(weight_seed))
+    weights = weights.to(logits.device)
+    valid = inputs.get("attention_mask")
+    if valid is not None:
+        weights = weights * valid[..., None]
+    (logits * weights).sum().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+def dense_condensation_mask(query_len: int, num_btoks: int, length: int, dtype=torch.float32) -> torch.Tensor:
+    """Additive ``[1, 1, L, L]`` mask of one ``[query | BToks | target]`` sequence, for "eager"."""
+    b, t = query_len, query_len + num_btoks
+    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    allowed = (j <= i) & ~((i >= t) & (j < b))
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative L2 error ``|a - e| / |e|``."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
+
+
+def assert_close(actual, expected, tol: float, what: str):
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{what}: relative L2 error {err:.3e} > {tol:.0e}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+
+
+def assert_grads_close(actual: dict, expected: dict, tol: float):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert_close(actual[name], expected[name], tol, f"grad of {name}")

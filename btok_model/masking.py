@@ -51,20 +51,27 @@ def _children(fn: Callable) -> list[Callable]:
     return found
 
 
-def check_mask_function(fn: Callable) -> None:
+@torch.compiler.disable
+def check_mask_function(fn: Callable) -> bool:
     """Raise :class:`UnsupportedModelFeatureError` if ``fn`` is not a pattern we reproduce.
 
     ``fn`` is the ``mask_function`` transformers composes in ``create_causal_mask`` and
     friends (``and_masks(causal_mask_function, ...)`` and so on); its closures are walked
-    and every building block must be known.
+    and every building block must be known. It reads function names and closures, which
+    ``torch.compile`` cannot trace: it runs eagerly there (one graph break per mask).
     """
-    name = getattr(fn, "__qualname__", repr(fn))
+    _check_mask_function(fn)
+    return True
+
+
+def _check_mask_function(fn: Callable) -> None:
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
     if getattr(fn, "__module__", None) == masking_utils.__name__:
         if name in _SUPPORTED_LEAVES:
             return
         if name in _SUPPORTED_WRAPPERS:
             for child in _children(fn):
-                check_mask_function(child)
+                _check_mask_function(child)
             return
     feature = _FEATURE_NAMES.get(name, f"a custom mask function ({getattr(fn, '__module__', '?')}.{name})")
     raise UnsupportedModelFeatureError(

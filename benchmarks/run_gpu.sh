@@ -12,9 +12,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee "
 pip install --no-deps --no-build-isolation -e . > "$OUT_DIR/pip.log" 2>&1 || echo "pip install -e . failed: see pip.log"
 case "$stage" in
   check)
-    TRITON_INTERPRET=0 timeout 300 python -m pytest tests/ops -q -x -p no:cacheprovider 2>&1 \
-      | tee "$OUT_DIR/tests_ops_cuda.log" | tail -30
-    timeout 200 python benchmarks/model_step.py --quick --out-dir "$OUT_DIR" 2>&1 | tee "$OUT_DIR/model_step.log"
+    # the kernel tests on CUDA with the compiled kernels (test_aot compiles for a GPU it does not
+    # need: it is for machines without one)
+    TRITON_INTERPRET=0 timeout 330 python -m pytest tests/ops -q --maxfail=20 -p no:cacheprovider \
+      --ignore=tests/ops/test_aot.py 2>&1 | tee "$OUT_DIR/tests_ops_cuda.log" | tail -30
+    timeout 180 python benchmarks/model_step.py --quick --out-dir "$OUT_DIR" 2>&1 | tee "$OUT_DIR/model_step.log"
     ;;
   bench)
     timeout 400 python benchmarks/mask_attn.py --quick --out-dir "$OUT_DIR" 2>&1 | tee "$OUT_DIR/mask_attn_quick.log"

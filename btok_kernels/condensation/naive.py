@@ -47,7 +47,7 @@ def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softma
     """Reference forward. Returns ``out`` [T, Hq, D] in q's dtype and ``lse`` [Hq, T]
     (natural log, fp32; fp64 for fp64 inputs)."""
     acc = _acc_dtype(q.dtype)
-    total, hq, d = q.shape
+    total, hq, _ = q.shape
     hkv = k.shape[1]
     out = torch.zeros(total, hq, v.shape[2], dtype=q.dtype, device=q.device)
     lse = torch.zeros(hq, total, dtype=acc, device=q.device)

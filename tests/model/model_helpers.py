@@ -23,7 +23,7 @@ from transformers import (
 VOCAB = 96
 IMAGE_TOKEN, VISION_START, VISION_END = 93, 94, 95  # Qwen2-VL special tokens, outside the text ids
 
-_TEXT = dict(
+TEXT_CONFIG = dict(
     vocab_size=VOCAB,
     hidden_size=64,
     intermediate_size=128,
@@ -36,24 +36,24 @@ _TEXT = dict(
 
 
 def _llama():
-    return LlamaForCausalLM(LlamaConfig(**_TEXT, head_dim=16))
+    return LlamaForCausalLM(LlamaConfig(**TEXT_CONFIG, head_dim=16))
 
 
 def _mistral():
     # A sliding window longer than every test sequence: exact, so the backend accepts it.
-    return MistralForCausalLM(MistralConfig(**_TEXT, head_dim=16, sliding_window=64))
+    return MistralForCausalLM(MistralConfig(**TEXT_CONFIG, head_dim=16, sliding_window=64))
 
 
 def _qwen2():
-    return Qwen2ForCausalLM(Qwen2Config(**_TEXT))
+    return Qwen2ForCausalLM(Qwen2Config(**TEXT_CONFIG))
 
 
 def _qwen3():
-    return Qwen3ForCausalLM(Qwen3Config(**_TEXT, head_dim=16))
+    return Qwen3ForCausalLM(Qwen3Config(**TEXT_CONFIG, head_dim=16))
 
 
 def _qwen2_vl():
-    text = dict(_TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
+    text = dict(TEXT_CONFIG, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
     vision = dict(
         depth=2,
         embed_dim=32,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from model_helpers import tiny_model
+from model_helpers import TEXT_CONFIG, tiny_model
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
@@ -23,15 +23,7 @@ from btok_kernels import CondensationLayout
 from btok_model import UnsupportedModelFeatureError, btok_attention_forward
 from btok_model.masking import check_mask_function
 
-SMALL = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
+
 
 
 def ids(n, b=1):
@@ -39,14 +31,14 @@ def ids(n, b=1):
 
 
 def test_sliding_window_shorter_than_the_input():
-    model = Qwen2ForCausalLM(Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=4, max_window_layers=0))
+    model = Qwen2ForCausalLM(Qwen2Config(**TEXT_CONFIG, use_sliding_window=True, sliding_window=4, max_window_layers=0))
     model.set_attn_implementation("btok_triton")
     with pytest.raises(UnsupportedModelFeatureError, match="sliding-window attention"):
         model(input_ids=ids(9))
 
 
 def test_logit_softcapping():
-    config = Gemma2Config(**SMALL, head_dim=16, attn_logit_softcapping=50.0, sliding_window=512)
+    config = Gemma2Config(**TEXT_CONFIG, head_dim=16, attn_logit_softcapping=50.0, sliding_window=512)
     model = Gemma2ForCausalLM(config)
     model.set_attn_implementation("btok_triton")
     with pytest.raises(UnsupportedModelFeatureError, match="softcapping"):
@@ -54,7 +46,7 @@ def test_logit_softcapping():
 
 
 def test_attention_dropout_while_training():
-    model = LlamaForCausalLM(LlamaConfig(**SMALL, attention_dropout=0.1))
+    model = LlamaForCausalLM(LlamaConfig(**TEXT_CONFIG, attention_dropout=0.1))
     model.set_attn_implementation("btok_triton")
     model.eval()(input_ids=ids(5))  # no dropout at inference: fine
     with pytest.raises(UnsupportedModelFeatureError, match="attention dropout"):

@@ -2,6 +2,7 @@
 """Markdown for benchmarks/RESULTS.md from the JSON files the benchmarks wrote.
 
     python benchmarks/report.py benchmarks/out/mask_attn_quick_cuda.json [benchmarks/out/model_step_cuda.json]
+    python benchmarks/report.py RUN.json --png RUN.png   # the plot again, e.g. where matplotlib is
 
 Prints the run's header (GPU, versions, date, command), one table per workload group, and
 where each DESIGN.md target stands, computed from the rows of that same run only.
@@ -11,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # DESIGN.md "Targets"
 PACKED_TARGET_MS = {"image_2B": 0.78, "video_2B": 1.45, "image_7B": 1.53}
@@ -133,8 +138,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("mask_attn_json", type=Path)
     ap.add_argument("model_step_json", type=Path, nargs="?")
+    ap.add_argument("--png", type=Path, help="also draw mask_attn.py's plot of these rows (needs matplotlib)")
     args = ap.parse_args(argv)
     data = json.loads(args.mask_attn_json.read_text())
+    if args.png:
+        from benchmarks.mask_attn import plot
+
+        why = plot(data["rows"], args.png)
+        print(f"<!-- {why or 'wrote ' + str(args.png)} -->\n")
     model = json.loads(args.model_step_json.read_text()) if args.model_step_json else None
     rows = data["rows"]
     print(f"### Attention ({args.mask_attn_json.name})\n\n{header(data['meta'])}\n")

@@ -188,26 +188,30 @@ def _btok(backend: str) -> Callable:
     return prepare
 
 
-def _btok_autotuned(case: Case, grad: bool, args) -> Run:
-    """btok Triton with BTOK_AUTOTUNE=1: each kernel times its candidate tiles on the first
-    call (outside the timed region: warm-up and the error check come first)."""
-    run = _btok("triton")(case, grad, args)
-    call = run.fn
+def _btok_with_env(variable: str, help: str) -> Callable:
+    """btok Triton with ``variable=1`` set around each call (a launcher option that
+    ``condensation_attention`` reads from the environment)."""
 
-    def fn():
-        before = os.environ.get("BTOK_AUTOTUNE")
-        os.environ["BTOK_AUTOTUNE"] = "1"
-        try:
-            return call()
-        finally:
-            if before is None:
-                del os.environ["BTOK_AUTOTUNE"]
-            else:
-                os.environ["BTOK_AUTOTUNE"] = before
+    def prepare(case: Case, grad: bool, args) -> Run:
+        run = _btok("triton")(case, grad, args)
+        call = run.fn
 
-    run.fn = fn
-    run.note = "BTOK_AUTOTUNE=1; " + run.note
-    return run
+        def fn():
+            before = os.environ.get(variable)
+            os.environ[variable] = "1"
+            try:
+                return call()
+            finally:
+                if before is None:
+                    del os.environ[variable]
+                else:
+                    os.environ[variable] = before
+
+        run.fn = fn
+        run.note = f"{variable}=1 ({help}); " + run.note
+        return run
+
+    return prepare
 
 
 def _btok_triton_available(device):
@@ -435,7 +439,11 @@ def _fa_varlen(name: str) -> Callable:
 
 PEERS = [
     Peer("btok_triton", True, _btok("triton"), _btok_triton_available),
-    Peer("btok_triton_autotune", True, _btok_autotuned, _btok_triton_available),
+    Peer("btok_triton_autotune", True,
+         _btok_with_env("BTOK_AUTOTUNE", "tiles timed on the first call, outside the timed region"),
+         _btok_triton_available),
+    Peer("btok_triton_fused_dq", True, _btok_with_env("BTOK_FUSED_DQ", "dQ by atomics in the dK/dV kernel"),
+         _btok_triton_available),
     Peer("btok_cuda", True, _btok("cuda"), _btok_cuda_available),
     Peer("btok_reference", True, _btok("reference"), lambda d: None if d.type == "cpu" else "btok_reference: CPU only"),
     Peer(FLEX_PEER, True, _flex(None)),
@@ -721,6 +729,7 @@ def main(argv=None) -> dict:
     for p in peers:
         why = p.available(device)
         if why:
+            why = f"{p.name}: {why.split(': ', 1)[-1]}"
             print(f"# not run: {why}")
             meta["peers_not_run"].append(why)
         else:

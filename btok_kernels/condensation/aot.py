@@ -25,7 +25,7 @@ __all__ = ["KernelResources", "compile_kernel", "kernel_resources", "KERNELS"]
 
 _DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _INT_PTRS = {"cu_seqlens", "btok_start", "target_start"}
-_FP32_PTRS = {"LSE", "DELTA"}
+_FP32_PTRS = {"LSE", "DELTA", "DQ_ACC"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
 KERNELS = P.KERNEL_NAMES  # "fwd", "dkdv", "dq"
@@ -63,7 +63,7 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
 
 
 def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
-                   config: dict | None = None, arch: int = 90, gqa_split: int = 1):
+                   config: dict | None = None, arch: int = 90, gqa_split: int = 1, fused_dq: bool = False):
     """Compiles one kernel ("fwd", "dkdv" or "dq") with the launchers' default GPU
     configuration for ``(head_dim, dtype)``, updated by ``config`` (``BLOCK_M``, ``BLOCK_N``,
     ``num_warps``, ``num_stages``), for ``sm_{arch}``; returns Triton's compiled kernel
@@ -90,6 +90,7 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
                       EVEN_D=head_dim == block_d, UPCAST=False, PRECISION=precision)
     if kernel == "dkdv":
         constexprs["HEADS"] = group // gqa_split
+        constexprs["FUSED_DQ"] = fused_dq
     fn = jit.fn  # under @triton.heuristics
     sig = _signature(fn, _DTYPE[dtype], constexprs)
     # what the launcher specialises on: 16-byte aligned pointers and strides that are multiples of 16
@@ -102,9 +103,10 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
 
 
 def kernel_resources(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
-                     config: dict | None = None, arch: int = 90, gqa_split: int = 1) -> KernelResources:
+                     config: dict | None = None, arch: int = 90, gqa_split: int = 1,
+                     fused_dq: bool = False) -> KernelResources:
     """Registers per thread, spill stack/local bytes and shared memory of one compiled kernel."""
-    compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch, gqa_split)
+    compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch, gqa_split, fused_dq)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")

@@ -205,10 +205,10 @@ def condensation_bwd_preprocess_kernel(
 
 @triton.jit
 def _bwd_dkdv_block(
-    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, start_m, seqlen, b, t, qk_scale,
-    stride_qt, stride_dot,
+    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, start_m, seqlen, b, t, sm_scale, qk_scale,
+    stride_qt, stride_dot, stride_dqt,
     MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
@@ -222,7 +222,7 @@ def _bwd_dkdv_block(
         b_q = tl.load(p_q + o_m[:, None].to(tl.int64) * stride_qt)
         b_do = tl.load(p_do + o_m[:, None].to(tl.int64) * stride_dot)
     if MASKED:
-        b_lse = tl.load(p_lse + o_m, mask=o_m < seqlen, other=0.0)  # [BLOCK_M], log2 units
+        b_lse = tl.load(p_lse + o_m, mask=o_m < seqlen, other=0.0)  # [BLOCK_M], natural log
         b_delta = tl.load(p_delta + o_m, mask=o_m < seqlen, other=0.0)
     else:
         b_lse = tl.load(p_lse + o_m)
@@ -237,26 +237,34 @@ def _bwd_dkdv_block(
     b_dpT = _dot(b_v, tl.trans(b_do), UPCAST, PRECISION)  # [BLOCK_N, BLOCK_M]
     b_dsT = b_pT * (b_dpT - b_delta[None, :])
     b_dk += _dot(b_dsT.to(b_q.dtype), b_q, UPCAST, PRECISION)
+    if FUSED_DQ:
+        # this key tile's share of dQ for these rows; other key tiles add theirs
+        b_dq = _dot(tl.trans(b_dsT.to(b_k.dtype)), b_k, UPCAST, PRECISION) * sm_scale  # [BLOCK_M, BLOCK_D]
+        m_dq = (o_m[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
+        tl.atomic_add(p_dq + o_m[:, None].to(tl.int64) * stride_dqt, b_dq, mask=m_dq)
     return b_dk, b_dv
 
 
 @triton.heuristics({"EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"]})
 @triton.jit
 def condensation_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, cu_seqlens, btok_start, target_start, n_seqs,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, cu_seqlens, btok_start, target_start, n_seqs,
     sm_scale, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_dqt, stride_dqh, stride_lse_h,
     G: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr,
 ):
     """One program per (key tile, group of HEADS query heads sharing one KV head): sums dK,
     dV over those heads and over the row blocks that see the tile. No atomics.
 
     HEADS == G: one program per KV head, DK/DV are the [T, Hkv, D] results. HEADS < G (few
     key tiles, long sequences): G // HEADS programs share a KV head and each writes its
-    partial sums to DK/DV of shape [T, Hq // HEADS, D], reduced by the launcher."""
+    partial sums to DK/DV of shape [T, Hq // HEADS, D], reduced by the launcher.
+
+    FUSED_DQ: also add each block's dQ share into the fp32 DQ_ACC [T, Hq, D] with atomics
+    (5 matmuls per block pair instead of the 7 of a separate dQ kernel)."""
     i_t, i_hg = tl.program_id(0), tl.program_id(1)
     i_kvh = (i_hg * HEADS) // G
     i_s, i_n, n_n, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_N)
@@ -284,18 +292,22 @@ def condensation_bwd_dkdv_kernel(
         p_do = DO + bos.to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
         p_lse = LSE + i_h * stride_lse_h + bos
         p_delta = DELTA + i_h * stride_lse_h + bos
+        p_dq = DQ_ACC + bos.to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
         for i_m in range(0, n_diag):
             b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
-                qk_scale, stride_qt, stride_dot, True, EVEN_D, UPCAST, PRECISION, BLOCK_M, BLOCK_D, HEAD_DIM)
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
+                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM)
         for i_m in range(n_diag, n_full):
             b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
-                qk_scale, stride_qt, stride_dot, False, EVEN_D, UPCAST, PRECISION, BLOCK_M, BLOCK_D, HEAD_DIM)
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
+                False, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM)
         for i_m in range(n_full, n_blocks):
             b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
-                qk_scale, stride_qt, stride_dot, True, EVEN_D, UPCAST, PRECISION, BLOCK_M, BLOCK_D, HEAD_DIM)
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
+                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM)
 
     p_dk = DK + (bos + o_n[:, None]).to(tl.int64) * stride_dkt + i_hg * stride_dkh + o_d[None, :]
     p_dv = DV + (bos + o_n[:, None]).to(tl.int64) * stride_dvt + i_hg * stride_dvh + o_d[None, :]
@@ -485,7 +497,7 @@ _TUNED = {
     ], ["HEAD_DIM", "G"]),
     "dkdv": _autotuned(condensation_bwd_dkdv_kernel, [
         (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (16, 64, 8, 1),
-    ], ["HEAD_DIM", "G", "HEADS"]),
+    ], ["HEAD_DIM", "G", "HEADS", "FUSED_DQ"]),
     "dq": _autotuned(condensation_bwd_dq_kernel, [
         (128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 16, 8, 1),
     ], ["HEAD_DIM", "G"]),
@@ -539,10 +551,13 @@ def condensation_bwd_triton(
     out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
     softmax_scale: float, config: dict | None = None, gqa_split: int | None = None,
+    fused_dq: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launcher: delta preprocess, then dK/dV per key tile and dQ per query tile.
     ``config`` may override the tiles of "dkdv" and "dq"; ``gqa_split`` forces how many
-    dK/dV programs share one KV head (default: :func:`choose_gqa_split`)."""
+    dK/dV programs share one KV head (default: :func:`choose_gqa_split`); ``fused_dq``
+    computes dQ inside the dK/dV kernel with fp32 atomics instead of a dQ kernel (default:
+    the environment variable ``BTOK_FUSED_DQ=1``; off otherwise, until measured)."""
     total, hq, head_dim = q.shape
     hkv = k.shape[1]
     group = hq // hkv
@@ -568,22 +583,29 @@ def condensation_bwd_triton(
         gqa_split = choose_gqa_split((total // key_tiles + n_seqs) * hkv, group, q.device)
     if group % gqa_split != 0:
         raise ValueError(f"gqa_split={gqa_split} must divide the GQA group size {group}")
+    if fused_dq is None:
+        fused_dq = os.environ.get("BTOK_FUSED_DQ", "0") == "1"
+    dq_acc = torch.zeros(total, hq, head_dim, dtype=torch.float32, device=q.device) if fused_dq else dq
     if gqa_split == 1:
         dk_acc, dv_acc = dk, dv
     else:  # fp32 partial sums, one slot per program sharing a KV head
         dk_acc = torch.empty(total, hkv * gqa_split, head_dim, dtype=torch.float32, device=q.device)
         dv_acc = torch.empty_like(dk_acc)
     kernel[lambda m: (total // m["BLOCK_N"] + n_seqs, hkv * gqa_split)](
-        q, k, v, do, lse, delta, dk_acc, dv_acc, cu_seqlens, btok_start, target_start, n_seqs,
+        q, k, v, do, lse, delta, dk_acc, dv_acc, dq_acc, cu_seqlens, btok_start, target_start, n_seqs,
         softmax_scale, qk_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk_acc.stride(0), dk_acc.stride(1), dv_acc.stride(0), dv_acc.stride(1),
-        lse.stride(0), HEADS=group // gqa_split, **common, **meta,
+        dq_acc.stride(0), dq_acc.stride(1), lse.stride(0), HEADS=group // gqa_split, FUSED_DQ=fused_dq,
+        **common, **meta,
     )
     if gqa_split > 1:
         dk.copy_(dk_acc.view(total, hkv, gqa_split, head_dim).sum(2))
         dv.copy_(dv_acc.view(total, hkv, gqa_split, head_dim).sum(2))
 
+    if fused_dq:
+        dq.copy_(dq_acc)
+        return dq, dk, dv
     kernel, meta = _kernel_and_meta("dq", head_dim, q.dtype, config)
     kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens, btok_start, target_start, n_seqs,

@@ -26,6 +26,8 @@ for name, d in json.loads(sys.argv[1]):
     for kernel in KERNELS:
         r = kernel_resources(kernel, dtypes[name], d, group=6, arch=90)
         out.append([kernel, name, d, r.registers, r.shared_bytes])
+r = kernel_resources("dkdv", torch.bfloat16, 128, group=6, arch=90, gqa_split=3, fused_dq=True)
+out.append(["dkdv_fused_dq_split3", "bf16", 128, r.registers, r.shared_bytes])
 print(json.dumps(out))
 """
 
@@ -43,7 +45,7 @@ def compiled():
 def test_every_kernel_compiles_for_sm90(compiled):
     assert {(k, name, d) for k, name, d, _, _ in compiled} == {
         (k, name, d) for k in ("fwd", "dkdv", "dq") for name, d in CASES
-    }
+    } | {("dkdv_fused_dq_split3", "bf16", 128)}
     for kernel, name, d, registers, shared in compiled:
         assert 0 < registers <= 255, (kernel, name, d, registers)
         assert 0 < shared <= H100_SHARED, (kernel, name, d, shared)

@@ -72,7 +72,8 @@ def assert_close_by_rule(name, got, oracle, same_dtype, dtype):
     assert err <= bound, f"{name}: relative L2 error {err:.3e} > bound {bound:.3e}"
 
 
-def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None, seed=0, q_scale=1.0):
+def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None, seed=0, q_scale=1.0,
+                  fused_dq=False):
     exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale)
     scale = 1.0 / math.sqrt(d)
     (o_ref, *g_ref), (o_low, *g_low) = oracle_and_same_dtype(layout, exact, lowp, scale)
@@ -80,7 +81,8 @@ def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None
     args = (layout.cu_seqlens, layout.btok_start, layout.target_start, scale)
     with PoisonEmpty():
         out, lse = condensation_fwd_triton(q, k, v, *args, config=config)
-        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, config=config, gqa_split=gqa_split)
+        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, config=config, gqa_split=gqa_split,
+                                        fused_dq=fused_dq)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert_close_by_rule("out", out, o_ref, o_low, dtype)
     for name, got, ref, low in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
@@ -152,6 +154,15 @@ def test_kernels_gqa_split(hkv, split, device):
     """dK/dV programs that share a KV head write partial sums, added by the launcher."""
     layout = CondensationLayout.from_lengths([19, 2, 40], [4, 1, 3], [13, 7, 0], device=device)
     check_kernels(layout, hq=6, hkv=hkv, d=32, dtype=torch.bfloat16, device=device, gqa_split=split)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("seed,split", [(20, 1), (21, 3), (22, 1)])
+def test_kernels_fused_dq(dtype, seed, split, device):
+    """dQ added by the dK/dV programs with fp32 atomics, one share per key tile."""
+    layout = CondensationLayout.from_lengths(*random_layout(seed), device=device)
+    check_kernels(layout, hq=6, hkv=2, d=32, dtype=dtype, device=device, seed=seed, gqa_split=split, fused_dq=True)
 
 
 @pytest.mark.interpret

@@ -485,8 +485,8 @@ def _prune_large_tiles(configs, named_args, **kwargs):
     return configs
 
 
-def _autotuned(kernel, tiles, key):
-    return triton.autotune(configs=_candidates(tiles), key=key,
+def _autotuned(kernel, tiles, key, reset_to_zero=None):
+    return triton.autotune(configs=_candidates(tiles), key=key, reset_to_zero=reset_to_zero,
                            prune_configs_by={"early_config_prune": _prune_large_tiles})(kernel)
 
 
@@ -497,7 +497,7 @@ _TUNED = {
     ], ["HEAD_DIM", "G"]),
     "dkdv": _autotuned(condensation_bwd_dkdv_kernel, [
         (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (16, 64, 8, 1),
-    ], ["HEAD_DIM", "G", "HEADS", "FUSED_DQ"]),
+    ], ["HEAD_DIM", "G", "HEADS", "FUSED_DQ"], reset_to_zero=["DQ_ACC"]),  # timing runs add into DQ_ACC
     "dq": _autotuned(condensation_bwd_dq_kernel, [
         (128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 16, 8, 1),
     ], ["HEAD_DIM", "G"]),

@@ -272,7 +272,8 @@ def test_env_overrides_auto(monkeypatch, device):
 
 
 @pytest.mark.interpret
-def test_autotuned_launch_path(monkeypatch, device):
+@pytest.mark.parametrize("fused_dq", [False, True], ids=["dq_kernel", "fused_dq"])
+def test_autotuned_launch_path(fused_dq, monkeypatch, device):
     """BTOK_AUTOTUNE=1 launches the autotuned kernels, each of which times its candidate tiles
     (with a wall-clock timer on the CPU) and keeps one; the result must stay exact."""
     from btok_kernels.condensation import parallel
@@ -290,6 +291,7 @@ def test_autotuned_launch_path(monkeypatch, device):
             monkeypatch.setattr(tuned, "_do_bench", wall_clock)
     monkeypatch.setenv("BTOK_AUTOTUNE", "1")
     layout = CondensationLayout.from_lengths([40, 3], [4, 2], [30, 5], device=device)
-    check_kernels(layout, hq=2, hkv=1, d=16, dtype=torch.float32, device=device)
-    for tuned in parallel._TUNED.values():
-        assert tuned.best_config is not None
+    # the tuner runs each candidate several times: atomically accumulated dQ must be reset
+    check_kernels(layout, hq=2, hkv=1, d=16, dtype=torch.float32, device=device, fused_dq=fused_dq)
+    for name, tuned in parallel._TUNED.items():
+        assert tuned.best_config is not None or (fused_dq and name == "dq")

@@ -132,6 +132,25 @@ TILES = {
 }
 
 
+def _gpu_tiles(head_dim: int, dtype: torch.dtype) -> dict:
+    from btok_kernels.condensation import parallel
+
+    table = parallel._DEFAULTS_FP32 if dtype == torch.float32 else parallel._DEFAULTS
+    fwd, dkdv, dq = table[max(64, parallel._block_d(head_dim))]
+    return {name: {k: c[k] for k in ("BLOCK_M", "BLOCK_N")} for name, c in zip(("fwd", "dkdv", "dq"), (fwd, dkdv, dq))}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float16, 256),
+                                     (torch.float32, 64), (torch.float32, 128)],
+                         ids=["bf16-d64", "bf16-d128", "fp16-d256", "fp32-d64", "fp32-d128"])
+def test_kernels_with_the_gpu_default_tiles(dtype, d, device):
+    """The tiles the launchers use on a GPU (large, non-square), on sequences shorter and
+    longer than one tile, with the cut inside a tile."""
+    layout = CondensationLayout.from_lengths([150, 9, 40], [16, 4, 16], [120, 3, 0], device=device)
+    check_kernels(layout, hq=2, hkv=1, d=d, dtype=dtype, device=device, config=_gpu_tiles(d, dtype))
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("tiles", list(TILES))
 @pytest.mark.parametrize("seed", [10, 11])

@@ -146,3 +146,15 @@ def test_mask_attn_btok_triton_row_passes_its_check(device):
     for key in ("fwd_err_out", "fwd_bwd_err_out", "fwd_bwd_err_dq", "fwd_bwd_err_dk"):
         assert row[key] < 2e-2, (key, row[key])
     assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0
+
+
+def test_backend_overhead_cpu_configuration_runs(tmp_path):
+    """The transformers backend and the bare kernel give the same output on the same inputs,
+    and the script writes its rows (the timings themselves are only meaningful on a GPU)."""
+    from benchmarks import backend_overhead
+
+    assert backend_overhead.main(["--device", "cpu", "--cpu-reps", "1", "--out-dir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "backend_overhead_cpu.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["fwd", "fwd_bwd"]
+    for r in rows:
+        assert r["max_err"] < 1e-6 and r["kernel_ms"] > 0 and r["backend_ms"] > 0

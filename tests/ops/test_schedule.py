@@ -87,6 +87,18 @@ LAYOUT_CASES = [
     (40, 40, 40), (50, 13, 29), (64, 32, 48), (65, 33, 49), (97, 70, 74), (97, 5, 6),
     (100, 0, 0), (100, 99, 99), (33, 16, 16), (48, 31, 33),
 ]
+
+def _random_cases(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for _ in range(n):
+        length = int(torch.randint(1, 300, (1,), generator=g))
+        b, t = sorted(torch.randint(0, length + 1, (2,), generator=g).tolist())
+        cases.append((length, b, t))
+    return cases
+
+
+LAYOUT_CASES += _random_cases(24)
 TILES = [(16, 16), (16, 32), (32, 16), (64, 16), (16, 128), (128, 32)]
 
 
@@ -137,10 +149,10 @@ def test_query_and_key_tile_plans(block_m, block_n):
 
 def add_cover(cover: torch.Tensor, rows: range, cols: range, ok: torch.Tensor):
     seqlen = cover.shape[0]
-    for a, i in enumerate(rows):
-        for c, j in enumerate(cols):
-            if ok[a, c] and i < seqlen and j < seqlen:
-                cover[i, j] += 1
+    r = torch.tensor(list(rows))
+    c = torch.tensor(list(cols))
+    keep_r, keep_c = r < seqlen, c < seqlen
+    cover[r[keep_r][:, None], c[keep_c][None, :]] += ok[keep_r][:, keep_c].int()
 
 
 @pytest.mark.parametrize("block", [16, 64])

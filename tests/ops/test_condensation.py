@@ -33,6 +33,7 @@ EDGE_LAYOUTS = {
     "shorter_than_tile": ([3, 2, 5], [2, 1, 3], [4, 0, 2]),
     "tile_aligned": ([16, 32], 16, [32, 16]),
     "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
+    "empty_sequences": ([0, 21, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),  # zero-length slots in the pack
 }
 
 
@@ -219,6 +220,15 @@ def test_public_function_autograd_and_lse(backend, device):
     for got, want in zip((dq, dk, dv), gref):
         assert rel_err(got, want) < 1e-5
     assert not lse.requires_grad
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpret)])
+def test_empty_pack(backend, device):
+    layout = CondensationLayout.from_lengths([0, 0], 0, [0, 0], device=device)
+    q, k, v = (torch.randn(0, h, 16, device=device, requires_grad=True) for h in (2, 1, 1))
+    out = condensation_attention(q, k, v, layout, backend=backend)
+    out.sum().backward()
+    assert out.shape == (0, 2, 16) and q.grad.shape == (0, 2, 16) and k.grad.shape == (0, 1, 16)
 
 
 def test_reference_backend_float64_matches_oracle(device):

@@ -120,26 +120,18 @@ def test_query_and_key_tile_plans(block_m, block_n):
             key = (seqlen, b, t)
             if key not in covered:
                 covered[key] = torch.zeros(seqlen, seqlen, dtype=torch.int32)
-            if rows_as_tiles:
-                lo, n_cut, n_diag, n_blocks = plan[:4]
-                rows = range(start, start + block_m)
-                spans = [(n, True) for n in range(0, n_cut)]
-                spans += [(n, False) for n in range(n_cut, n_diag)]
-                spans += [(n, True) for n in range(n_diag, n_blocks)]
-                for n, masked in spans:
-                    cols = range(lo + n * block_n, lo + (n + 1) * block_n)
-                    ok = check_block(rows, cols, seqlen, b, t, masked, tile_axis="rows")
-                    add_cover(covered[key], rows, cols, ok)
-            else:
-                r_diag, r_full, r_blocks = plan[4:7]
-                cols = range(start, start + block_n)
-                spans = [(m, True) for m in range(0, r_diag)]
-                spans += [(m, False) for m in range(r_diag, r_full)]
-                spans += [(m, True) for m in range(r_full, r_blocks)]
-                for m, masked in spans:
-                    rows = range(start + m * block_m, start + (m + 1) * block_m)
-                    ok = check_block(rows, cols, seqlen, b, t, masked, tile_axis="cols")
-                    add_cover(covered[key], rows, cols, ok)
+            # the kernels' three loops: masked [0, a), unmasked [a, z), masked [z, end)
+            if rows_as_tiles:  # forward / dQ: key blocks of BLOCK_N from lo
+                lo, a, z, end = plan[:4]
+                tile, step, axis = range(start, start + block_m), block_n, "rows"
+            else:  # dK/dV: row blocks of BLOCK_M from the key tile's start
+                (a, z, end), lo = plan[4:7], start
+                tile, step, axis = range(start, start + block_n), block_m, "cols"
+            for i_blk in range(end):
+                other = range(lo + i_blk * step, lo + (i_blk + 1) * step)
+                rows, cols = (tile, other) if rows_as_tiles else (other, tile)
+                ok = check_block(rows, cols, seqlen, b, t, masked=not a <= i_blk < z, tile_axis=axis)
+                add_cover(covered[key], rows, cols, ok)
         for (seqlen, b, t), cover in covered.items():
             i = torch.arange(seqlen)[:, None]
             j = torch.arange(seqlen)[None, :]

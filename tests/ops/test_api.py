@@ -32,15 +32,17 @@ LAYOUT = CondensationLayout.from_lengths([5, 3], 2, [4, 1])  # 17 tokens
         (lambda q, k, v: (q, k, v, LAYOUT, dict(softmax_scale=-1.0)), ValueError, "softmax_scale must be a positive finite number, got -1.0"),
         (lambda q, k, v: (q.double(), k.double(), v.double(), LAYOUT, dict(backend="triton")), ValueError, "backend='triton' supports dtypes"),
         (lambda q, k, v: (q[..., :12], k[..., :12], v[..., :12], LAYOUT, dict(backend="triton")), ValueError, "multiples of 8 up to 256, got 12"),
-        (lambda q, k, v: (q.int(), k.int(), v.int(), LAYOUT, {}), ValueError, "must be floating point, got torch.int32"),
-        (lambda q, k, v: (q, k, v, LAYOUT.to("meta"), {}), ValueError, r"layout is on meta but q is on cpu; move it once with layout.to\(q.device\)"),
+        (lambda q, k, v: (q.int(), k.int(), v.int(), LAYOUT, dict(backend="reference")), ValueError, "must be floating point, got torch.int32"),
+        (lambda q, k, v: (q, k, v, LAYOUT.to("meta"), {}), ValueError, r"layout is on meta but q is on \S+; move it once with layout.to\(q.device\)"),
     ],
     ids=["q_2d", "dtype_mismatch", "head_dim_mismatch", "kv_shape", "gqa_ratio", "token_count", "layout_type",
          "bad_backend", "cuda_backend", "bad_scale", "triton_fp64", "triton_head_dim", "int_inputs", "layout_device"],
 )
-def test_argument_errors(change, exc, match):
-    q, k, v = _qkv(17)
+def test_argument_errors(change, exc, match, device):
+    q, k, v = _qkv(17, device=device)
     q, k, v, layout, kwargs = change(q, k, v)
+    if layout is LAYOUT:
+        layout = LAYOUT.to(device)
     with pytest.raises(exc, match=match):
         condensation_attention(q, k, v, layout, **kwargs)
 

@@ -103,7 +103,7 @@ TILES = [(16, 16), (16, 32), (32, 16), (64, 16), (16, 128), (128, 32)]
 
 
 @pytest.mark.parametrize("block_m,block_n", TILES, ids=[f"m{m}n{n}" for m, n in TILES])
-def test_query_and_key_tile_plans(block_m, block_n):
+def test_query_and_key_tile_plans(block_m, block_n, device):
     cases = []
     for seqlen, b, t in LAYOUT_CASES:
         cases += [(s, seqlen, b, t) for s in range(0, seqlen, block_m)]
@@ -112,9 +112,10 @@ def test_query_and_key_tile_plans(block_m, block_n):
     for seqlen, b, t in LAYOUT_CASES:
         key_cases += [(s, seqlen, b, t) for s in range(0, seqlen, block_n)]
     for rows_as_tiles, case_list in ((True, cases), (False, key_cases)):
-        c = torch.tensor(case_list, dtype=torch.int32)
-        out = torch.zeros(len(case_list), 8, dtype=torch.int32)
+        c = torch.tensor(case_list, dtype=torch.int32, device=device)
+        out = torch.zeros(len(case_list), 8, dtype=torch.int32, device=device)
         _plan_probe[(len(case_list),)](c, out, BLOCK_M=block_m, BLOCK_N=block_n)
+        out = out.cpu()
         covered: dict[tuple, torch.Tensor] = {}
         for (start, seqlen, b, t), plan in zip(case_list, out.tolist()):
             key = (seqlen, b, t)
@@ -153,12 +154,13 @@ def add_cover(cover: torch.Tensor, rows: range, cols: range, ok: torch.Tensor):
     [[1], [1000], [16, 16, 16], [0, 5, 0, 0, 17], [1] * 50, [3, 200, 1, 64, 65, 15, 0, 31]],
     ids=["one_token", "one_long", "aligned", "empties", "many_tiny", "mixed"],
 )
-def test_every_tile_gets_one_program(lens, block):
-    cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32)
+def test_every_tile_gets_one_program(lens, block, device):
+    cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device=device)
     n = len(lens)
     grid = int(cu[-1]) // block + n  # what the launchers launch
-    out = torch.full((grid, 3), -1, dtype=torch.int32)
+    out = torch.full((grid, 3), -1, dtype=torch.int32, device=device)
     _find_tile_probe[(grid,)](cu, n, out, BLOCK=block)
+    out = out.cpu()
     seen = set()
     empty_per_seq = [0] * n
     for s, m, n_m in out.tolist():

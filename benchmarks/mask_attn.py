@@ -23,13 +23,15 @@ btok reference (relative L2 of the output, dQ and dK). A row whose error is abov
 prints FAILED and no timing. No-cut rows are checked against plain causal attention.
 
 Outputs: a table on stdout, and ``<out-dir>/<stem>.json`` / ``.csv`` (GPU name, versions,
-date) and ``.png`` (with matplotlib: ``pip install -e .[bench]``).
+date; rewritten after each workload, so a run cut short keeps its rows) and ``.png`` (with
+matplotlib: ``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import math
 import os
 import sys
@@ -140,6 +142,10 @@ class Run:
     extra_bytes: int = 0  # other inputs the peer needs (dense mask, BlockMask)
     setup_ms: float | None = None  # per-batch mask build (BlockMask, dense mask, layout)
     note: str = ""
+    # environment variables set around everything the measuring code does with this run
+    # (error check, timed forward, timed forward+backward, peak memory): the library reads
+    # some launcher options (BTOK_FUSED_DQ, BTOK_AUTOTUNE) in the backward too
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_bytes(self) -> int:
@@ -189,29 +195,32 @@ def _btok(backend: str) -> Callable:
 
 
 def _btok_with_env(variable: str, help: str) -> Callable:
-    """btok Triton with ``variable=1`` set around each call (a launcher option that
-    ``condensation_attention`` reads from the environment)."""
+    """btok Triton with ``variable=1`` (a launcher option that ``condensation_attention``
+    reads from the environment, in the forward and in the backward): ``run.env``, which the
+    measuring code sets around the forward, the backward and the error check."""
 
     def prepare(case: Case, grad: bool, args) -> Run:
         run = _btok("triton")(case, grad, args)
-        call = run.fn
-
-        def fn():
-            before = os.environ.get(variable)
-            os.environ[variable] = "1"
-            try:
-                return call()
-            finally:
-                if before is None:
-                    del os.environ[variable]
-                else:
-                    os.environ[variable] = before
-
-        run.fn = fn
+        run.env = {**run.env, variable: "1"}
         run.note = f"{variable}=1 ({help}); " + run.note
         return run
 
     return prepare
+
+
+@contextlib.contextmanager
+def _env(variables: dict[str, str]):
+    """Sets ``variables`` in ``os.environ`` and restores the previous values on exit."""
+    before = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _btok_triton_available(device):
@@ -421,18 +430,35 @@ def _fa_available(name: str):
     return available
 
 
+def _accepted_kwargs(func: Callable, kwargs: dict) -> tuple[dict, list[str]]:
+    """The entries of ``kwargs`` that ``func``'s signature accepts (all of them when it takes
+    ``**kwargs`` or has no readable signature), and the names left out. flash-attn builds
+    differ (FA4's ``flash_attn.cute`` has had no ``max_seqlen_q`` / ``max_seqlen_k``)."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs), []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs), []
+    names = {n for n, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}, [k for k in kwargs if k not in names]
+
+
 def _fa_varlen(name: str) -> Callable:
     def prepare(case: Case, grad: bool, args) -> Run:
         func = optional_import(_FA_MODULES[name])[0].flash_attn_varlen_func
         q, k, v = _leaves((case.q, case.k, case.v), grad)
         cu, m = case.layout.cu_seqlens, case.layout.max_seqlen
+        kwargs, dropped = _accepted_kwargs(func, {"cu_seqlens_q": cu, "cu_seqlens_k": cu, "max_seqlen_q": m,
+                                                  "max_seqlen_k": m, "softmax_scale": case.scale, "causal": True})
 
         def fn():
-            res = func(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m,
-                       softmax_scale=case.scale, causal=True)
+            res = func(q, k, v, **kwargs)
             return res[0] if isinstance(res, tuple) else res
 
-        return Run(fn, (q, k, v), case.do, lambda x: x, note="no cut (reference speed)")
+        note = "no cut (reference speed)" + (f"; not in its signature: {', '.join(dropped)}" if dropped else "")
+        return Run(fn, (q, k, v), case.do, lambda x: x, note=note)
 
     return prepare
 
@@ -481,6 +507,24 @@ def _check(case: Case, peer: Peer, run: Run, grad: bool) -> tuple[dict[str, floa
     return err, first_s
 
 
+# a worse status is never replaced by a milder one (a FAILED check stays FAILED when a later mode raises)
+_STATUS_RANK = {"ok": 0, "skipped": 1, "error": 2, "FAILED": 3}
+
+
+def _set_status(row: dict, status: str) -> None:
+    if _STATUS_RANK[status] >= _STATUS_RANK.get(row["status"], 0):
+        row["status"] = status
+
+
+def is_timing_key(key: str) -> bool:
+    """A timing-derived column (ms and its percentiles, mask build ms, TFLOP/s, peak MiB, xFlex)."""
+    return "_ms" in key or key.endswith(("_tflops", "_peak_mib", "_x_flex"))
+
+
+def _short(e: BaseException, n: int) -> str:
+    return str(e).splitlines()[0][:n] if str(e) else ""
+
+
 def measure(case: Case, peer: Peer, args) -> dict:
     wl = case.wl
     row = {"workload": wl.name, "group": wl.group, "peer": peer.name, "exact": peer.exact, "head_dim": wl.head_dim,
@@ -488,61 +532,80 @@ def measure(case: Case, peer: Peer, args) -> dict:
     notes = []
     for mode in MODES:
         grad = mode == "fwd_bwd"
+        run, stop, free_cuda = None, False, False
         try:
             run = peer.prepare(case, grad, args)
-            err, first_s = _check(case, peer, run, grad)
+            with _env(run.env):
+                err, first_s = _check(case, peer, run, grad)
+            for key, value in err.items():
+                row[f"{mode}_{key}"] = value
+            row[f"{mode}_first_call_s"] = first_s
+            if run.setup_ms is not None:
+                row["mask_build_ms"] = run.setup_ms
+            if run.note and run.note not in notes:
+                notes.append(run.note)
+            if max(err.values()) > args.tol:
+                _set_status(row, "FAILED")
+                notes.append(f"{mode}: FAILED error check (max rel L2 {max(err.values()):.2e} > {args.tol:.0e})")
+            else:
+                row.update(_time(case, run, mode, args))
         except Skip as e:
             notes.append(f"{mode}: {e}" if grad else str(e))
             if not grad:
-                row["status"] = "skipped"
-                break
-            continue
+                _set_status(row, "skipped")
+                stop = True
         except NotImplementedError as e:
-            notes.append(f"not implemented ({str(e).splitlines()[0][:80]})")
-            row["status"] = "skipped"
-            break
+            notes.append(f"not implemented ({_short(e, 80)})")
+            _set_status(row, "skipped")
+            stop = True
         except Exception as e:  # noqa: BLE001 -- a peer that breaks (compile error, OOM...) is a row, not a crash
-            notes.append(f"{mode}: ERROR {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
-            row["status"] = "error"
-            if case.device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        for key, value in err.items():
-            row[f"{mode}_{key}"] = value
-        row[f"{mode}_first_call_s"] = first_s
-        if run.setup_ms is not None:
-            row["mask_build_ms"] = run.setup_ms
-        if run.note and run.note not in notes:
-            notes.append(run.note)
-        if max(err.values()) > args.tol:
-            row["status"] = "FAILED"
-            notes.append(f"{mode}: FAILED error check (max rel L2 {max(err.values()):.2e} > {args.tol:.0e})")
-            continue
-        if grad:
-            def timed():
-                run.fn().backward(run.do)
-        else:
-            def timed():
-                with torch.no_grad():
-                    run.fn()
-        t = bench(timed, case.device, grad_to_none=run.leaves if grad else None, **_bench_kwargs(args))
-        flops = wl.flops(mode)
-        row[f"{mode}_ms"], row[f"{mode}_ms_p20"], row[f"{mode}_ms_p80"] = t["ms"], t["ms_p20"], t["ms_p80"]
-        row[f"{mode}_tflops"] = flops / (t["ms"] * 1e-3) / 1e12
-        for x in run.leaves:
-            x.grad = None
-        row[f"{mode}_peak_mib"] = peak_memory_mib(timed, case.device, run.input_bytes)
+            notes.append(f"{mode}: ERROR {type(e).__name__}: {_short(e, 120)}")
+            _set_status(row, "error")
+            free_cuda = True
+        # outside the except clause: the traceback (and the tensors its frames hold) is gone
         del run
+        if free_cuda and case.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if stop:
+            break
+    if row["status"] == "FAILED":  # no timing of a row that fails its check, in either mode
+        for key in [k for k in row if is_timing_key(k)]:
+            del row[key]
     row["note"] = "; ".join(notes)
     return row
 
 
+def _time(case: Case, run: Run, mode: str, args) -> dict:
+    """Median / p20 / p80 ms, TFLOP/s and peak memory of one mode of a run that passed its
+    check, with ``run.env`` set throughout."""
+    grad = mode == "fwd_bwd"
+    if grad:
+        def timed():
+            run.fn().backward(run.do)
+    else:
+        def timed():
+            with torch.no_grad():
+                run.fn()
+    with _env(run.env):
+        t = bench(timed, case.device, grad_to_none=run.leaves if grad else None, **_bench_kwargs(args))
+        for x in run.leaves:
+            x.grad = None
+        peak = peak_memory_mib(timed, case.device, run.input_bytes)
+    return {f"{mode}_ms": t["ms"], f"{mode}_ms_p20": t["ms_p20"], f"{mode}_ms_p80": t["ms_p80"],
+            f"{mode}_tflops": case.wl.flops(mode) / (t["ms"] * 1e-3) / 1e12, f"{mode}_peak_mib": peak}
+
+
 def _add_speedups(rows: list[dict]) -> None:
+    """``<mode>_x_flex``: Flex Triton's ms / the row's ms, same workload; none for a FAILED
+    row, and none at all on a workload whose Flex row FAILED."""
     flex = {r["workload"]: r for r in rows if r["peer"] == FLEX_PEER}
     for r in rows:
         f = flex.get(r["workload"])
         for mode in MODES:
-            if f is not None and f.get(f"{mode}_ms") and r.get(f"{mode}_ms"):
+            r.pop(f"{mode}_x_flex", None)
+            if f is None or "FAILED" in (f["status"], r["status"]):
+                continue
+            if f.get(f"{mode}_ms") and r.get(f"{mode}_ms"):
                 r[f"{mode}_x_flex"] = f[f"{mode}_ms"] / r[f"{mode}_ms"]
 
 
@@ -659,7 +722,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-dedupe", dest="dedupe", action="store_false",
                     help="also run sdpa_dense_packed on one-sequence workloads (same as padded)")
     ap.add_argument("--time-budget-s", type=float, default=None,
-                    help="start no new workload after this many seconds (default: 270 with --quick, none otherwise)")
+                    help="start no new workload that would end past this many seconds, taking it to last as "
+                         "long as the previous one (default: 270 with --quick, none otherwise)")
     ap.add_argument("--seed", type=int, default=0, help="seed of q, k, v, dO")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "out")
     ap.add_argument("--stem", default=None, help="output file stem (default mask_attn[_quick]_<device>)")
@@ -735,12 +799,16 @@ def main(argv=None) -> dict:
         else:
             active.append(p)
     rows = []
+    last_s = 0.0  # wall time of the previous workload: the next one is assumed to take as long
     for i, wl in enumerate(workloads):
-        if args.time_budget_s and time.perf_counter() - t_start > args.time_budget_s:
+        elapsed = time.perf_counter() - t_start
+        if args.time_budget_s and elapsed + last_s > args.time_budget_s:
             left = [w.name for w in workloads[i:]]
             meta["workloads_not_run"] = left
-            print(f"# time budget of {args.time_budget_s:.0f} s spent: not run: {', '.join(left)}")
+            print(f"# time budget of {args.time_budget_s:.0f} s: {elapsed:.0f} s spent and the last workload took "
+                  f"{last_s:.0f} s: not run: {', '.join(left)}")
             break
+        t_wl = time.perf_counter()
         print(f"# {wl.describe()}, kept pairs {wl.kept_pairs():,} "
               f"({wl.kept_pairs() / wl.causal_pairs():.1%} of causal)", flush=True)
         case = Case(wl, device, args.dtype, args.seed)
@@ -750,6 +818,13 @@ def main(argv=None) -> dict:
         del case
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        last_s = time.perf_counter() - t_wl
+        # rows so far, overwritten after each workload: a run killed by an outer timeout keeps them
+        _add_speedups(rows)
+        meta["wall_s"] = time.perf_counter() - t_start
+        meta["workloads_done"] = i + 1
+        meta["workloads_total"] = len(workloads)
+        write_outputs(rows, meta, args.out_dir, args.stem)
     _add_speedups(rows)
     print()
     print(format_table(_table_rows(rows), TABLE_COLUMNS))

@@ -27,8 +27,23 @@ MODEL_X_SDPA, MODEL_X_FLEX = 1.3, 1.15
 BTOK = "btok_triton"
 
 
+NO_TIMING_STATUS = ("FAILED", "error")  # rows whose numbers are not shown nor counted toward a target
+
+
 def _f(v, spec=".3f"):
     return "—" if v is None else format(v, spec)
+
+
+def _is_timing_key(key: str) -> bool:
+    """Same rule as mask_attn.is_timing_key (ms, mask build ms, TFLOP/s, peak MiB, xFlex)."""
+    return "_ms" in key or key.endswith(("_tflops", "_peak_mib", "_x_flex"))
+
+
+def _timed(r: dict) -> dict:
+    """The row without its timing-derived values when it FAILED its check or raised."""
+    if r.get("status") not in NO_TIMING_STATUS:
+        return r
+    return {k: v for k, v in r.items() if not _is_timing_key(k)}
 
 
 def header(meta: dict) -> str:
@@ -42,7 +57,7 @@ def attention_table(rows: list[dict]) -> str:
     out = ["| workload | peer | kind | fwd ms | fwd TFLOP/s | f+b ms | f+b TFLOP/s | peak MiB (f+b) | mask build ms "
            "| ×Flex fwd | ×Flex f+b | max rel err | status / note |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in map(_timed, rows):
         errs = [v for k, v in r.items() if "_err_" in k and v is not None]
         kind = "exact" if r["exact"] else "no cut"
         note = r["status"] + (f": {r['note']}" if r.get("note") else "")
@@ -56,7 +71,7 @@ def attention_table(rows: list[dict]) -> str:
 
 
 def targets(rows: list[dict], model_rows: list[dict] | None) -> str:
-    by = {(r["workload"], r["peer"]): r for r in rows}
+    by = {(r["workload"], r["peer"]): _timed(r) for r in rows}
     lines = ["| target | btok (this run) | bar | peers (this run) | met? |", "|---|---|---|---|---|"]
 
     def met(ok):

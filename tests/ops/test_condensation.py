@@ -231,30 +231,20 @@ def test_empty_pack(backend, device):
     assert out.shape == (0, 2, 16) and q.grad.shape == (0, 2, 16) and k.grad.shape == (0, 1, 16)
 
 
-def test_reference_backend_float64_matches_oracle(device):
-    layout = CondensationLayout.from_lengths(*random_layout(3), device=device)
-    exact, _ = make_inputs(layout, 3, 1, 16, torch.float64, device)
+@pytest.mark.parametrize(
+    "lengths,hq,d",
+    [(random_layout(3), 3, 16), (([150, 7], 4, [130, 5]), 2, 8)],  # the second: longer than a chunk, target across chunks
+    ids=["random", "longer_than_chunk"],
+)
+def test_reference_backend_float64_matches_oracle(lengths, hq, d, device):
+    layout = CondensationLayout.from_lengths(*lengths, device=device)
+    exact, _ = make_inputs(layout, hq, 1, d, torch.float64, device)
     q, k, v = (x.requires_grad_() for x in exact[:3])
     out = condensation_attention(q, k, v, layout, backend="reference")
     assert out.dtype == torch.float64
     grads = torch.autograd.grad(out, (q, k, v), exact[3])
     eq, ek, ev = (x.detach().requires_grad_() for x in exact[:3])
-    ref = dense_attention(eq, ek, ev, layout, 0.25)
-    gref = torch.autograd.grad(ref, (eq, ek, ev), exact[3])
-    assert rel_err(out, ref) < 1e-12
-    for got, want in zip(grads, gref):
-        assert rel_err(got, want) < 1e-12
-
-
-def test_reference_chunks_long_sequence(device):
-    """A sequence longer than the reference's row chunk, target straddling chunks."""
-    layout = CondensationLayout.from_lengths([150, 7], 4, [130, 5], device=device)
-    exact, _ = make_inputs(layout, 2, 1, 8, torch.float64, device)
-    q, k, v = (x.requires_grad_() for x in exact[:3])
-    out = condensation_attention(q, k, v, layout, backend="reference")
-    grads = torch.autograd.grad(out, (q, k, v), exact[3])
-    eq, ek, ev = (x.detach().requires_grad_() for x in exact[:3])
-    ref = dense_attention(eq, ek, ev, layout, 8**-0.5)
+    ref = dense_attention(eq, ek, ev, layout, d**-0.5)
     gref = torch.autograd.grad(ref, (eq, ek, ev), exact[3])
     assert rel_err(out, ref) < 1e-12
     for got, want in zip(grads, gref):

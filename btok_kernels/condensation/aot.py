@@ -74,16 +74,8 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
             "compile_kernel needs the real Triton compiler: run it in a process where "
             "TRITON_INTERPRET is unset or 0 when triton is first imported"
         )
-    env_interpret = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"  # the launchers' GPU configuration, not the interpreter's
-    try:
-        cfg = P.default_configs(head_dim, dtype)[kernel]
-        precision = P._dot_flags(dtype)[1]
-    finally:
-        if env_interpret is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = env_interpret
+    cfg = P.gpu_configs(head_dim, dtype)[kernel]
+    precision = P._dot_flags(dtype, interpreting=False)[1]
     cfg.update(config or {})
     block_d = P._block_d(head_dim)
     constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],

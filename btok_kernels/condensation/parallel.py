@@ -405,8 +405,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _dot_flags(dtype: torch.dtype) -> tuple[bool, str]:
-    upcast = _interpreting() and dtype == torch.bfloat16
+def _dot_flags(dtype: torch.dtype, interpreting: bool | None = None) -> tuple[bool, str]:
+    if interpreting is None:
+        interpreting = _interpreting()
+    upcast = interpreting and dtype == torch.bfloat16
     precision = "ieee" if (dtype == torch.float32 or upcast) else "tf32"
     return upcast, precision
 
@@ -465,13 +467,18 @@ _INTERPRETER = _launch(16, 16, 4, 1)
 KERNEL_NAMES = ("fwd", "dkdv", "dq")
 
 
-def default_configs(head_dim: int, dtype: torch.dtype) -> dict[str, dict]:
-    """Launch configuration of each kernel ("fwd", "dkdv", "dq") for this head dim and dtype:
-    ``BLOCK_M`` query rows and ``BLOCK_N`` keys per block, ``num_warps``, ``num_stages``."""
-    if _interpreting():
-        return {name: dict(_INTERPRETER) for name in KERNEL_NAMES}
+def gpu_configs(head_dim: int, dtype: torch.dtype) -> dict[str, dict]:
+    """Launch configuration of each kernel ("fwd", "dkdv", "dq") on a GPU for this head dim
+    and dtype: ``BLOCK_M`` query rows and ``BLOCK_N`` keys per block, ``num_warps``, ``num_stages``."""
     table = _DEFAULTS_FP32 if dtype == torch.float32 else _DEFAULTS
     return {name: dict(c) for name, c in zip(KERNEL_NAMES, table[max(64, _block_d(head_dim))])}
+
+
+def default_configs(head_dim: int, dtype: torch.dtype) -> dict[str, dict]:
+    """What the launchers use: :func:`gpu_configs`, or the small tiles under the interpreter."""
+    if _interpreting():
+        return {name: dict(_INTERPRETER) for name in KERNEL_NAMES}
+    return gpu_configs(head_dim, dtype)
 
 
 def _candidates(tiles) -> list:
@@ -579,8 +586,9 @@ def condensation_bwd_triton(
 
     kernel, meta = _kernel_and_meta("dkdv", head_dim, q.dtype, config)
     if gqa_split is None:
-        key_tiles = default_configs(head_dim, q.dtype)["dkdv"]["BLOCK_N"]
-        gqa_split = choose_gqa_split((total // key_tiles + n_seqs) * hkv, group, q.device)
+        # the autotuner picks BLOCK_N later; count programs with the default tile then
+        key_tile = meta.get("BLOCK_N") or default_configs(head_dim, q.dtype)["dkdv"]["BLOCK_N"]
+        gqa_split = choose_gqa_split((total // key_tile + n_seqs) * hkv, group, q.device)
     if group % gqa_split != 0:
         raise ValueError(f"gqa_split={gqa_split} must divide the GQA group size {group}")
     if fused_dq is None:

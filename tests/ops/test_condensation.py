@@ -134,11 +134,10 @@ TILES = {
 
 
 def _gpu_tiles(head_dim: int, dtype: torch.dtype) -> dict:
-    from btok_kernels.condensation import parallel
+    """The GPU tiles without their warps and stages, which the interpreter ignores."""
+    from btok_kernels.condensation.parallel import gpu_configs
 
-    table = parallel._DEFAULTS_FP32 if dtype == torch.float32 else parallel._DEFAULTS
-    fwd, dkdv, dq = table[max(64, parallel._block_d(head_dim))]
-    return {name: {k: c[k] for k in ("BLOCK_M", "BLOCK_N")} for name, c in zip(("fwd", "dkdv", "dq"), (fwd, dkdv, dq))}
+    return {name: {k: c[k] for k in ("BLOCK_M", "BLOCK_N")} for name, c in gpu_configs(head_dim, dtype).items()}
 
 
 @pytest.mark.interpret

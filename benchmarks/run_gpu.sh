@@ -25,7 +25,7 @@ case "$stage" in
     shard b tests/ops/test_condensation.py -k "autotuned or gqa_head_dims or fused_dq or peaked" &
     shard c tests/ops/test_condensation.py -k "gpu_default or more_head_dims or tile_shapes or gqa_split or public or reference or mask_is or strides or env" &
     shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_schedule.py &
-    shard e tests/model &
+    shard e tests/backend &
     wait
     timeout 75 python benchmarks/backend_overhead.py --out-dir "$OUT_DIR" 2>&1 | tee "$OUT_DIR/backend_overhead.log"
     ;;

@@ -1,4 +1,8 @@
-"""btok_model: the ``attn_implementation="btok_triton"`` backend for transformers.
+"""btok_model: Bottleneck-Token embedders on transformers models, in two layers.
+
+* :mod:`btok_model.backend` -- ``attn_implementation="btok_triton"``: the condensation kernel
+  as a transformers attention backend (registered when this package is imported).
+* the BTok model layer -- BToks, packed collation, losses and :class:`BTokModel`.
 
     import btok_model   # registers "btok_triton"; nothing else happens at import
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="btok_triton")
@@ -9,10 +13,14 @@ mask to a packed ``[1, T]`` batch; without it the backend gives the same results
 ``"sdpa"``.
 """
 
-from .attention import btok_attention_forward
-from .errors import UnsupportedModelFeatureError
-from .masking import btok_mask
-from .registration import ATTN_IMPLEMENTATION, is_registered, register
+from .backend import (
+    ATTN_IMPLEMENTATION,
+    UnsupportedModelFeatureError,
+    btok_attention_forward,
+    btok_mask,
+    is_registered,
+    register,
+)
 
 __all__ = [
     "ATTN_IMPLEMENTATION",

@@ -30,6 +30,6 @@ def register() -> str:
 def is_registered() -> bool:
     """Whether both registries map ``"btok_triton"`` to this package's functions."""
     return (
-        AttentionInterface._global_mapping.get(ATTN_IMPLEMENTATION) is btok_attention_forward
-        and AttentionMaskInterface._global_mapping.get(ATTN_IMPLEMENTATION) is btok_mask
+        AttentionInterface().get(ATTN_IMPLEMENTATION) is btok_attention_forward
+        and AttentionMaskInterface().get(ATTN_IMPLEMENTATION) is btok_mask
     )

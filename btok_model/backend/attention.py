@@ -20,7 +20,7 @@ non-causal module (``is_causal`` False)          exact SDPA fallback, bidirectio
 The kernel backend follows :func:`btok_kernels.condensation_attention` with
 ``backend="auto"``: Triton on CUDA tensors, the PyTorch reference on the CPU; the
 environment variable ``BTOK_BACKEND`` overrides it. Features it cannot compute exactly
-raise :class:`~btok_model.errors.UnsupportedModelFeatureError`.
+raise :class:`~btok_model.UnsupportedModelFeatureError`.
 
 Packing from ``position_ids`` follows ``"flash_attention_2"``: it is honoured with or
 without a KV cache, whereas ``"sdpa"`` ignores packed positions when a cache is passed
@@ -162,7 +162,7 @@ def btok_attention_forward(
         query: ``[B, Hq, Sq, D]``; key, value: ``[B, Hkv, Sk, D]`` (``Hq % Hkv == 0``;
             a smaller value head dim is zero-padded and the output cropped).
         attention_mask: None, or the bool ``[B, L]`` padding mask from
-            :func:`btok_model.masking.btok_mask`. A 4D mask is refused.
+            :func:`btok_model.backend.masking.btok_mask`. A 4D mask is refused.
         dropout: must be 0 (attention dropout is refused).
         scaling: softmax scale (None: ``1 / sqrt(D)``).
         is_causal: overrides ``module.is_causal``.

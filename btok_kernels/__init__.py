@@ -5,6 +5,7 @@
 
 from .condensation import BACKENDS, condensation_attention, condensation_bwd_naive, condensation_fwd_naive
 from .layout import CondensationLayout
+from .mask import condensation_mask, sequence_mask
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,6 @@ __all__ = [
     "condensation_attention",
     "condensation_fwd_naive",
     "condensation_bwd_naive",
+    "condensation_mask",
+    "sequence_mask",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..mask import allowed_pairs
+
 __all__ = ["condensation_fwd_naive", "condensation_bwd_naive"]
 
 # rows per chunk: each chunk holds [Hq, CHUNK, L] scores, linear in L
@@ -28,7 +30,7 @@ def _chunk_mask(r0: int, r1: int, b: int, t: int, device) -> torch.Tensor:
     """allowed(i, j) for rows i in [r0, r1), keys j in [0, r1) of one sequence."""
     i = torch.arange(r0, r1, device=device)[:, None]
     j = torch.arange(0, r1, device=device)[None, :]
-    return (j <= i) & ~((i >= t) & (j < b))  # [C, r1]
+    return allowed_pairs(i, j, b, t)  # [C, r1]
 
 
 def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:

@@ -1,0 +1,47 @@
+"""The exported dense mask helpers against the mask's definition, pair by pair."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from btok_kernels import CondensationLayout, condensation_mask, sequence_mask
+
+
+def brute_force(length: int, b: int, t: int, causal: bool = True) -> torch.Tensor:
+    return torch.tensor(
+        [[(j <= i or not causal) and not (i >= t and j < b) for j in range(length)] for i in range(length)],
+        dtype=torch.bool,
+    ).reshape(length, length)
+
+
+@pytest.mark.parametrize("length,b,t", [(0, 0, 0), (1, 0, 1), (1, 1, 1), (7, 3, 5), (9, 0, 9), (9, 4, 4), (12, 12, 12)])
+def test_sequence_mask_matches_the_definition(length, b, t):
+    got = sequence_mask(length, b, t)
+    assert got.dtype == torch.bool and got.shape == (length, length)
+    assert torch.equal(got, brute_force(length, b, t))
+
+
+def test_sequence_mask_bidirectional_sees_every_key():
+    assert sequence_mask(6, 0, 6, causal=False).all()
+
+
+def test_condensation_mask_is_block_diagonal():
+    layout = CondensationLayout.from_lengths([3, 0, 2], [2, 1, 1], [1, 2, 0])
+    got = condensation_mask(layout)
+    want = torch.block_diag(*(brute_force(n, b, t) for n, b, t in
+                              zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)))
+    assert got.device == layout.device and torch.equal(got, want)
+    assert int(got.sum()) == layout.num_kept_pairs()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [((5, 3, 2), r"0 <= btok_start <= target_start <= length, got btok_start=3, target_start=2"),
+     ((5, 1, 6), "target_start=6, length=5"),
+     ((5.0, 1, 2), "length must be an int, got float")],
+    ids=["b_after_t", "t_past_end", "float_length"],
+)
+def test_sequence_mask_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        sequence_mask(*args)

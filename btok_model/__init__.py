@@ -2,7 +2,8 @@
 
 * :mod:`btok_model.backend` -- ``attn_implementation="btok_triton"``: the condensation kernel
   as a transformers attention backend (registered when this package is imported).
-* the BTok model layer -- BToks, packed collation, losses and :class:`BTokModel`.
+* :mod:`btok_model.embedder` -- the BTok model layer: BToks, packed collation, losses and
+  :class:`BTokModel` (``from btok_model import BTokModel``).
 
     import btok_model   # registers "btok_triton"; nothing else happens at import
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="btok_triton")
@@ -21,9 +22,14 @@ from .backend import (
     is_registered,
     register,
 )
+from .embedder import BTokConfig, BTokModel, BTokOutput, ExampleError
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "BTokConfig",
+    "BTokModel",
+    "BTokOutput",
+    "ExampleError",
     "UnsupportedModelFeatureError",
     "btok_attention_forward",
     "btok_mask",

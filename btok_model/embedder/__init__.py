@@ -1,0 +1,15 @@
+"""The BTok model layer: BToks, packed collation, losses and :class:`BTokModel`.
+
+* :mod:`.tokens` -- adding the BTok tokens, initialising and training their rows (PEFT).
+* :mod:`.collate` -- examples -> one packed batch; texts -> BTok inputs.
+* :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
+* :mod:`.masks` -- the condensation mask for backends other than ``"btok_triton"``.
+* :mod:`.modeling` -- :class:`BTokModel`, :class:`BTokOutput`.
+* :mod:`.twopass` -- the authors' two-pass formulation (reference and benchmark peer).
+"""
+
+from .collate import BTokCollator, EncodedExample, ExampleError
+from .config import BTokConfig
+from .modeling import BTokModel, BTokOutput, pool_btok_states
+
+__all__ = ["BTokCollator", "BTokConfig", "BTokModel", "BTokOutput", "EncodedExample", "ExampleError", "pool_btok_states"]

@@ -1,0 +1,128 @@
+"""The two training losses of a BTok embedder and the cross-rank gather of embeddings.
+
+* :func:`info_nce` -- contrastive loss of query embeddings against candidate embeddings
+  (in-batch negatives, hard negatives, and the candidates of other ranks).
+* :func:`next_token_loss` -- the generative loss on target tokens.
+* :func:`gather_with_grad` -- all-gather across ranks that sends gradients back to the
+  rank that owns each row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+__all__ = ["gather_sizes", "gather_with_grad", "info_nce", "is_distributed", "next_token_loss", "rank_offset"]
+
+
+def info_nce(
+    query: torch.Tensor, candidates: torch.Tensor, positive_index: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean InfoNCE loss: each query against every candidate, its positive as the class.
+
+    ``loss = mean_i [ logsumexp_j(s_ij / T) - s_(i, p_i) / T ]`` with ``s_ij = q_i . c_j``
+    (cosine similarities when the embeddings are L2-normalised), computed in fp32.
+
+    Args:
+        query: ``[Nq, H]`` float query embeddings.
+        candidates: ``[Nc, H]`` float candidate embeddings (positives and negatives).
+        positive_index: int64 ``[Nq]``, index of each query's positive among the candidates.
+        temperature: softmax temperature (> 0).
+
+    Returns:
+        fp32 scalar.
+    """
+    if query.dim() != 2 or candidates.dim() != 2 or query.shape[1] != candidates.shape[1]:
+        raise ValueError(
+            f"query and candidates must be [Nq, H] and [Nc, H], got {tuple(query.shape)} and {tuple(candidates.shape)}"
+        )
+    if positive_index.shape != (query.shape[0],):
+        raise ValueError(
+            f"positive_index must have shape [Nq] = [{query.shape[0]}], got {tuple(positive_index.shape)}"
+        )
+    scores = query.float() @ candidates.float().T / temperature  # [Nq, Nc]
+    return F.cross_entropy(scores, positive_index.to(scores.device))
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Summed next-token cross-entropy over the labelled rows, divided by ``num_tokens``.
+
+    Args:
+        logits: ``[R, V]`` logits of R rows (any float dtype; computed in fp32).
+        labels: int64 ``[R]``, the token each row predicts, -100 for rows without loss.
+        num_tokens: how many labels are not -100 (known on the host, so the mean needs no
+            device read-back); must be > 0.
+
+    Returns:
+        fp32 scalar, the mean loss per target token.
+    """
+    if num_tokens <= 0:
+        raise ValueError(f"num_tokens must be > 0, got {num_tokens}")
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum") / num_tokens
+
+
+def is_distributed() -> bool:
+    """Whether ``torch.distributed`` is initialised with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_sizes(n: int, device: torch.device) -> list[int]:
+    """The first-dimension size ``n`` of every rank (one small all-gather and a host read)."""
+    if not is_distributed():
+        return [n]
+    local = torch.tensor([n], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, local)
+    return [int(s) for s in torch.cat(sizes).tolist()]
+
+
+def rank_offset(sizes: list[int]) -> int:
+    """Where this rank's rows start in a gather with per-rank ``sizes``."""
+    return sum(sizes[: dist.get_rank()]) if is_distributed() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather of rows of unequal count; backward sums every rank's gradient of the
+    gathered tensor and hands each rank the slice of its own rows."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.sizes = sizes
+        longest = max(sizes)
+        padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        # Every rank's loss reads every rank's rows: the gradient of a row is the sum over ranks.
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = rank_offset(ctx.sizes)
+        return grad[start : start + ctx.sizes[dist.get_rank()]], None
+
+
+def gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank in rank order; gradients flow to the owner.
+
+    Each rank's loss may read the rows of every rank; the backward sums the gradients that
+    all ranks computed for a row and returns them to the rank owning it. With DDP's gradient
+    averaging, a per-rank mean loss then gives the gradient of the mean over ranks. Identity
+    when ``torch.distributed`` is not initialised or has one rank.
+
+    Args:
+        tensor: ``[n, ...]``; ``n`` may differ between ranks (rows are padded for the
+            transfer and stripped again).
+        sizes: every rank's ``n`` (from :func:`gather_sizes`), or None to gather them here.
+
+    Returns:
+        ``[sum(sizes), ...]``, this rank's rows at ``rank_offset(sizes)``.
+    """
+    if not is_distributed():
+        return tensor
+    if sizes is None:
+        sizes = gather_sizes(tensor.shape[0], tensor.device)
+    return _GatherWithGrad.apply(tensor, sizes)

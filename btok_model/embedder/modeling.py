@@ -1,0 +1,539 @@
+"""``BTokModel``: a decoder-only transformers model turned into a Bottleneck-Token embedder.
+
+K learnable BTok tokens are appended after every input; the embedding is the mean of their
+last-layer states, L2-normalised. Training runs ONE packed forward pass for the whole batch
+(queries ``[query | BToks | target]`` under the condensation mask, candidates
+``[candidate | BToks]`` plain causal) and adds InfoNCE and a generative next-token loss on
+the targets::
+
+    model = BTokModel.from_backbone("HuggingFaceTB/SmolLM2-135M-Instruct", num_btoks=4, lora=16)
+    batch = model.collate([{"query": "...", "positive": "...", "negatives": ["..."]}, ...])
+    out = model(**batch)                  # out.loss = contrastive + generative_weight * generative
+    emb = model.encode(["a text", ...])   # float32 [N, H], L2-normalised
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import ModelOutput
+
+from btok_kernels import CondensationLayout
+
+from ..backend import ATTN_IMPLEMENTATION
+from .collate import BTokCollator, concat_ranges
+from .config import BTokConfig, check_generative_weight, check_pooling, check_temperature
+from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
+from .masks import condensation_attention_mask
+from .tokens import add_btok_tokens, init_btok_rows, make_trainable
+
+__all__ = ["BTokModel", "BTokOutput", "pool_btok_states"]
+
+# from_pretrained kwargs that the tokenizer needs as well (a GGUF file holds both).
+_TOKENIZER_KWARGS = ("gguf_file", "revision", "cache_dir", "token", "local_files_only", "trust_remote_code")
+
+
+@dataclass
+class BTokOutput(ModelOutput):
+    """Output of :meth:`BTokModel.forward` / :meth:`BTokModel.compute_loss`.
+
+    Attributes:
+        loss: fp32 scalar, ``contrastive_loss + generative_weight * generative_loss``.
+        contrastive_loss: fp32 scalar, InfoNCE.
+        generative_loss: fp32 scalar, mean next-token loss per target token, or None (no
+            target in the batch or generative weight 0).
+        query_embeddings: fp32 ``[Nq, H]``, L2-normalised.
+        candidate_embeddings: fp32 ``[Nc, H]``, L2-normalised (this rank's candidates).
+    """
+
+    loss: torch.Tensor | None = None
+    contrastive_loss: torch.Tensor | None = None
+    generative_loss: torch.Tensor | None = None
+    query_embeddings: torch.Tensor | None = None
+    candidate_embeddings: torch.Tensor | None = None
+
+
+def pool_btok_states(states: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The embedding from the last-layer states of the K BToks.
+
+    Args:
+        states: ``[N, K, H]`` any float dtype.
+        pooling: ``"mean"`` (mean over the K BToks) or ``"last"`` (the last BTok).
+
+    Returns:
+        fp32 ``[N, H]``, L2-normalised.
+    """
+    states = states.float()
+    pooled = states.mean(1) if pooling == "mean" else states[:, -1]
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+class BTokModel(nn.Module):
+    """A transformers causal LM with K BTok tokens, trained and used as an embedder.
+
+    Build one with :meth:`from_backbone` (a fresh backbone) or :meth:`from_pretrained` (a
+    saved BTok model); the constructor takes parts that are already prepared.
+
+    Args:
+        backbone: the transformers model, or a ``peft.PeftModel`` around it, whose
+            vocabulary holds the BTok tokens with initialised embedding rows.
+        tokenizer: its tokenizer, holding the BTok tokens.
+        config: the BTok settings (``config.btok_tokens`` must be in the tokenizer).
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer, config: BTokConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.btok_config = config
+        self.btok_token_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(config.btok_tokens)]
+        self.collator = self._make_collator()
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_model: str | os.PathLike | nn.Module,
+        num_btoks: int = 4,
+        tokenizer=None,
+        attn_implementation: str | None = ATTN_IMPLEMENTATION,
+        *,
+        lora=None,
+        freeze_backbone: bool = False,
+        pooling: str = "mean",
+        temperature: float = 0.02,
+        generative_weight: float = 5.0,
+        target_prefix: str = "<|im_start|>assistant\n",
+        target_suffix: str = "<|im_end|>",
+        max_length: int | None = None,
+        **from_pretrained_kwargs,
+    ) -> BTokModel:
+        """Add K BToks to a causal LM and choose what trains.
+
+        The BTok tokens are added to the tokenizer and their embedding rows initialised (see
+        :func:`btok_model.embedder.tokens.init_btok_rows`); a model or tokenizer passed in
+        is modified in place.
+
+        Args:
+            name_or_model: a hub name / local folder for ``AutoModelForCausalLM``, or a
+                transformers model instance (then pass ``tokenizer``, unless its
+                ``name_or_path`` holds one).
+            num_btoks: K.
+            tokenizer: a tokenizer, a name / folder to load one from, or None (from
+                ``name_or_model``).
+            attn_implementation: the attention backend (``"btok_triton"``: the fused
+                condensation kernel; ``"sdpa"``/``"eager"``/``"flex_attention"`` build the mask
+                explicitly, for comparisons); None keeps the model's.
+            lora: None or 0 (no LoRA), a LoRA rank r, or a ``peft.LoraConfig``; the BTok
+                rows always train (``trainable_token_indices``).
+            freeze_backbone: without LoRA, train only the BTok rows.
+            pooling, temperature, generative_weight, target_prefix, target_suffix,
+                max_length: the settings of :class:`~btok_model.embedder.config.BTokConfig`.
+            **from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``
+                (``torch_dtype``, ``gguf_file``, ...).
+        """
+        config = BTokConfig(
+            num_btoks=num_btoks,
+            pooling=pooling,
+            temperature=temperature,
+            generative_weight=generative_weight,
+            target_prefix=target_prefix,
+            target_suffix=target_suffix,
+            max_length=max_length,
+        )
+        model, tokenizer = _load_backbone(name_or_model, tokenizer, attn_implementation, from_pretrained_kwargs)
+        btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
+        if added or model.get_input_embeddings().weight.shape[0] <= max(btok_ids):
+            init_btok_rows(model, btok_ids, source_rows=min(btok_ids))
+        return cls(make_trainable(model, btok_ids, lora=lora, freeze_backbone=freeze_backbone), tokenizer, config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        attn_implementation: str | None = ATTN_IMPLEMENTATION,
+        *,
+        lora=None,
+        freeze_backbone: bool = False,
+        **from_pretrained_kwargs,
+    ) -> BTokModel:
+        """Load a model written by :meth:`save_pretrained`.
+
+        Args:
+            path: the folder.
+            attn_implementation: as in :meth:`from_backbone`.
+            lora, freeze_backbone: what trains from here on (as in :meth:`from_backbone`);
+                by default everything (a saved LoRA model was merged into its weights).
+            **from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+        """
+        config = BTokConfig.load(path)
+        kwargs = dict(from_pretrained_kwargs)
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
+        if added:
+            raise ValueError(f"the tokenizer saved in {path} lacks the BTok tokens {config.btok_tokens}")
+        return cls(make_trainable(model, btok_ids, lora=lora, freeze_backbone=freeze_backbone), tokenizer, config)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the backbone, the tokenizer and ``btok_config.json`` to ``path``.
+
+        The folder is a plain transformers model folder (weights, ``config.json``, tokenizer
+        with the BTok tokens) plus ``btok_config.json``. PEFT adapters (LoRA, trainable BTok
+        rows) are merged into a copy of the weights first, so loading needs no PEFT and the
+        base model is never needed (it may have been built in memory); the live model keeps
+        its adapters. A merged LoRA layer computes ``x (W + s B A)`` instead of
+        ``x W + s (x A) B``: embeddings agree to float rounding, not bit for bit.
+        """
+        os.makedirs(path, exist_ok=True)
+        model = self._transformers_model
+        if model is not self.backbone:
+            model = copy.deepcopy(self.backbone).merge_and_unload()
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.btok_config.save(path)
+
+    # -- settings -------------------------------------------------------------------------
+    @property
+    def num_btoks(self) -> int:
+        return self.btok_config.num_btoks
+
+    @property
+    def pooling(self) -> str:
+        return self.btok_config.pooling
+
+    @pooling.setter
+    def pooling(self, value: str) -> None:
+        self.btok_config.pooling = check_pooling(value)
+
+    @property
+    def temperature(self) -> float:
+        return self.btok_config.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.btok_config.temperature = check_temperature(value)
+
+    @property
+    def generative_weight(self) -> float:
+        """Weight of the generative loss; set it to 0.0 to stop collating and computing targets."""
+        return self.btok_config.generative_weight
+
+    @generative_weight.setter
+    def generative_weight(self, value: float) -> None:
+        self.btok_config.generative_weight = check_generative_weight(value)
+        self.collator.with_targets = self.btok_config.generative_weight != 0
+
+    @property
+    def target_template(self) -> tuple[str, str]:
+        """``(prefix, suffix)`` wrapped around every target."""
+        return self.btok_config.target_prefix, self.btok_config.target_suffix
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest sequence accepted (None: the backbone's ``max_position_embeddings``)."""
+        return self.btok_config.max_length
+
+    @max_length.setter
+    def max_length(self, value: int | None) -> None:
+        self.btok_config.max_length = value
+        self.btok_config.__post_init__()
+        self.collator = self._make_collator()
+
+    @property
+    def gather_across_ranks(self) -> bool:
+        return self.btok_config.gather_across_ranks
+
+    @gather_across_ranks.setter
+    def gather_across_ranks(self, value: bool) -> None:
+        self.btok_config.gather_across_ranks = bool(value)
+
+    # -- parts of the backbone --------------------------------------------------------------
+    @property
+    def _transformers_model(self) -> nn.Module:
+        """The transformers model (inside the PEFT wrapper when there is one)."""
+        get_base = getattr(self.backbone, "get_base_model", None)
+        return get_base() if callable(get_base) else self.backbone
+
+    @property
+    def _decoder(self) -> nn.Module:
+        """The model without its LM head: returns ``last_hidden_state``."""
+        model = self._transformers_model
+        return getattr(model, model.base_model_prefix, model)
+
+    @property
+    def attn_implementation(self) -> str:
+        return self._transformers_model.config._attn_implementation
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return self._transformers_model.get_input_embeddings().weight.shape[1]
+
+    def _make_collator(self) -> BTokCollator:
+        cfg = self.btok_config
+        limit, name = cfg.max_length, f"max_length={cfg.max_length}"
+        model_limit = getattr(self._transformers_model.config.get_text_config(), "max_position_embeddings", None)
+        if model_limit is not None and (limit is None or model_limit < limit):
+            limit, name = model_limit, f"the model's limit (max_position_embeddings={model_limit})"
+        return BTokCollator(
+            self.tokenizer,
+            self.btok_token_ids,
+            target_prefix=cfg.target_prefix,
+            target_suffix=cfg.target_suffix,
+            max_length=limit,
+            limit_name=name,
+            with_targets=cfg.generative_weight != 0,
+        )
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation checkpointing in the backbone's layers (non-reentrant by default)."""
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self._transformers_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    # -- tokenisation and collation -------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text with the K BToks appended: what :meth:`encode` embeds."""
+        return self.collator.tokenize(texts)
+
+    def collate(self, examples: list[dict]) -> dict:
+        """One packed training batch from ``examples`` (see :class:`~btok_model.embedder.collate.BTokCollator`)."""
+        return self.collator(examples)
+
+    # -- the packed forward ---------------------------------------------------------------
+    def _last_hidden_state(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: CondensationLayout
+    ) -> torch.Tensor:
+        """``[T, H]`` last-layer states of a packed ``[1, T]`` batch under ``layout``."""
+        kwargs = dict(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        impl = self.attn_implementation
+        if impl == ATTN_IMPLEMENTATION:
+            kwargs["btok_layout"] = layout
+        else:
+            dtype = self._transformers_model.get_input_embeddings().weight.dtype
+            kwargs["attention_mask"] = condensation_attention_mask(layout, impl, dtype, input_ids.device)
+        return self._decoder(**kwargs).last_hidden_state[0]
+
+    def _pool(self, hidden: torch.Tensor, btok_index: torch.Tensor) -> torch.Tensor:
+        return pool_btok_states(hidden[btok_index.to(hidden.device)], self.pooling)
+
+    def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """Embeddings and generative loss of a collated batch, in one packed forward pass.
+
+        Args:
+            batch: from :meth:`collate` (tensors on any device; they are moved to the model's).
+
+        Returns:
+            ``(query_embeddings fp32 [Nq, H], candidate_embeddings fp32 [Nc, H],
+            generative_loss fp32 scalar or None, num_target_tokens int)``. The embeddings are
+            L2-normalised. The generative loss is the mean next-token loss over the batch's
+            scored target tokens, computed at the target rows only (never ``[T, vocab]``);
+            None when the batch has no target or the generative weight is 0.
+        """
+        device = self.device
+        layout = batch["btok_layout"].to(device)
+        hidden = self._last_hidden_state(
+            batch["input_ids"].to(device, non_blocking=True), batch["position_ids"].to(device, non_blocking=True), layout
+        )
+        query = self._pool(hidden, batch["query_btok_index"])
+        candidates = self._pool(hidden, batch["candidate_btok_index"])
+        num_targets = batch.get("num_target_tokens")
+        if num_targets is None:
+            num_targets = int((batch["labels"] != -100).sum())
+        generative = None
+        if self.generative_weight != 0 and num_targets > 0:
+            rows = _target_rows(layout).to(device, non_blocking=True)
+            labels = batch["labels"][0].to(device, non_blocking=True)
+            generative = next_token_loss(self._logits(hidden[rows]), labels[rows + 1], num_targets)
+        return query, candidates, generative, num_targets
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits ``[R, V]`` of the ``[R, H]`` states."""
+        model = self._transformers_model
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError(
+                f"{type(model).__name__} has no LM head, so it cannot compute the generative loss; load a causal LM "
+                "or set generative_weight=0"
+            )
+        text_config = model.config.get_text_config()
+        for name in ("final_logit_softcapping", "logit_scale"):
+            if getattr(text_config, name, None) is not None:
+                raise ValueError(f"the generative loss does not support a model with {name} (model_type={model.config.model_type!r})")
+        return head(hidden)
+
+    def compute_loss(
+        self,
+        query_embeddings: torch.Tensor,
+        candidate_embeddings: torch.Tensor,
+        positive_index: torch.Tensor,
+        generative_loss: torch.Tensor | None = None,
+    ) -> BTokOutput:
+        """InfoNCE (+ ``generative_weight`` x ``generative_loss``).
+
+        With ``torch.distributed`` initialised and :attr:`gather_across_ranks`, each rank's
+        queries are scored against the candidates of every rank (gathered with gradients
+        flowing back to their owner), positives offset by the rank's position.
+
+        Args:
+            query_embeddings: fp32 ``[Nq, H]``.
+            candidate_embeddings: fp32 ``[Nc, H]`` (this rank's).
+            positive_index: int64 ``[Nq]`` into this rank's candidates.
+            generative_loss: fp32 scalar or None.
+        """
+        candidates, positive_index = candidate_embeddings, positive_index.to(query_embeddings.device)
+        if self.gather_across_ranks and is_distributed():
+            sizes = gather_sizes(candidate_embeddings.shape[0], candidate_embeddings.device)
+            candidates = gather_with_grad(candidate_embeddings, sizes)
+            positive_index = positive_index + rank_offset(sizes)
+        contrastive = info_nce(query_embeddings, candidates, positive_index, self.temperature)
+        loss = contrastive
+        if generative_loss is not None and self.generative_weight != 0:
+            loss = loss + self.generative_weight * generative_loss
+        return BTokOutput(
+            loss=loss,
+            contrastive_loss=contrastive,
+            generative_loss=generative_loss,
+            query_embeddings=query_embeddings,
+            candidate_embeddings=candidate_embeddings,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        btok_layout: CondensationLayout,
+        labels: torch.Tensor,
+        query_btok_index: torch.Tensor,
+        candidate_btok_index: torch.Tensor,
+        positive_index: torch.Tensor,
+        num_target_tokens: int | None = None,
+    ) -> BTokOutput:
+        """The training step's forward: :meth:`embed_batch` then :meth:`compute_loss`.
+
+        Takes the keys of a collated batch (``model(**batch)``); see :meth:`collate`.
+        """
+        batch = dict(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            btok_layout=btok_layout,
+            labels=labels,
+            query_btok_index=query_btok_index,
+            candidate_btok_index=candidate_btok_index,
+            num_target_tokens=num_target_tokens,
+        )
+        query, candidates, generative, _ = self.embed_batch(batch)
+        return self.compute_loss(query, candidates, positive_index, generative)
+
+    # -- inference ------------------------------------------------------------------------
+    def encode(
+        self,
+        texts: list[str],
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        packed: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed texts: one forward of ``[text | BToks]`` per text, batched.
+
+        Texts are sorted by length (longest first) into batches of ``batch_size`` and the
+        results put back in input order. Runs under ``torch.inference_mode`` with the model
+        in eval mode (its previous mode is restored).
+
+        Args:
+            texts: N strings.
+            batch_size: texts per forward pass.
+            show_progress_bar: show a tqdm bar over the batches.
+            packed: True: each batch is one packed ``[1, T]`` row (no padding); False: right-
+                padded ``[B, S]`` rows with an attention mask. None: packed with
+                ``"btok_triton"`` (the kernel reads the layout directly), padded otherwise.
+
+        Returns:
+            fp32 ``[N, H]`` on the CPU, L2-normalised.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        sequences = self.tokenize(texts)
+        if packed is None:
+            packed = self.attn_implementation == ATTN_IMPLEMENTATION
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        out = torch.empty(len(sequences), self.hidden_size, dtype=torch.float32)
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for start in tqdm(
+                    range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar, unit="batch"
+                ):
+                    index = order[start : start + batch_size]
+                    out[index] = self._embed_sequences([sequences[i] for i in index], packed).cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    def _embed_sequences(self, sequences: list[list[int]], packed: bool) -> torch.Tensor:
+        """fp32 ``[n, H]`` embeddings of ``[input | BToks]`` id lists."""
+        device = self.device
+        if packed:
+            k = self.num_btoks
+            batch = self.collator.pack_sequences([s[:-k] for s in sequences])
+            hidden = self._last_hidden_state(
+                batch["input_ids"].to(device), batch["position_ids"].to(device), batch["btok_layout"].to(device)
+            )
+        else:
+            batch = self.collator.pad_sequences(sequences)
+            out = self._decoder(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                position_ids=batch["position_ids"].to(device),
+                use_cache=False,
+            )
+            hidden = out.last_hidden_state.flatten(0, 1)
+        return self._pool(hidden, batch["btok_index"])
+
+
+def _load_backbone(name_or_model, tokenizer, attn_implementation, kwargs):
+    """``(transformers model, tokenizer)`` from a name / folder or an instance."""
+    if isinstance(name_or_model, nn.Module):
+        if kwargs:
+            raise ValueError(f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name, not to a model")
+        model = name_or_model
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        if tokenizer is None:
+            source = getattr(model, "name_or_path", "") or ""
+            if not source:
+                raise ValueError("pass tokenizer= with a model instance (it has no name_or_path to load one from)")
+            tokenizer = source
+    else:
+        load_kwargs = dict(kwargs)
+        if attn_implementation is not None:
+            load_kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(name_or_model, **load_kwargs)
+        if tokenizer is None:
+            tokenizer = name_or_model
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tok_kwargs)
+    return model, tokenizer
+
+
+def _target_rows(layout: CondensationLayout) -> torch.Tensor:
+    """int64 positions of every target row that predicts a next target token (all target
+    rows but each sequence's last), built from the layout's host integers."""
+    cu = layout.host_cu_seqlens
+    starts = torch.tensor(cu[:-1], dtype=torch.long)
+    ends = torch.tensor(cu[1:], dtype=torch.long)
+    first = starts + torch.tensor(layout.host_target_start, dtype=torch.long)
+    return concat_ranges(first, (ends - first - 1).clamp_min(0))

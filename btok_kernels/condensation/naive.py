@@ -92,7 +92,8 @@ def condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target
             lse_c = _grouped(lse[:, rows].T[..., None], hkv)  # [Hkv, G, C, 1]
             delta_c = _grouped(delta[rows][..., None], hkv)
             s = (qc @ ks[..., :r1, :].transpose(-1, -2)) * softmax_scale
-            p = torch.exp(s - lse_c).masked_fill(~_chunk_mask(r0, r1, b, t, q.device), 0.0)
+            # masked before the exponent: a hidden score far above the row's LSE would overflow
+            p = torch.exp(s.masked_fill(~_chunk_mask(r0, r1, b, t, q.device), float("-inf")) - lse_c)
             dvs[..., :r1, :] += p.transpose(-1, -2) @ doc
             dp = doc @ vs[..., :r1, :].transpose(-1, -2)
             ds = p * (dp - delta_c) * softmax_scale  # [Hkv, G, C, r1]

@@ -118,11 +118,15 @@ def _fwd_block(
         m_s = (o_n[None, :] <= o_m[:, None]) & ~((o_m[:, None] >= t) & (o_n[None, :] < b))
         b_s = tl.where(m_s, b_s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(b_s, 1))
+    m_shift = m_new
     if MASKED:
-        # a row with no key in this block keeps m = -inf; shift by 0 so exp2 gives 0, not NaN
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    b_p = tl.math.exp2(b_s - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+        # A row that has seen no key yet keeps m = -inf as its state: a finite stand-in
+        # would become its max and make exp2(s - m) underflow (to 0 once P is fp16) when
+        # all its later scores lie far below it. Only the exponent's shift needs to be
+        # finite (-inf - -inf is NaN): exp2(-inf - 0) = 0 for the masked scores.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    b_p = tl.math.exp2(b_s - m_shift[:, None])
+    alpha = tl.math.exp2(m_i - m_shift)
     l_i = l_i * alpha + tl.sum(b_p, 1)
     acc = acc * alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v, UPCAST, PRECISION)
     return acc, l_i, m_new
@@ -228,11 +232,12 @@ def _bwd_dkdv_block(
         b_lse = tl.load(p_lse + o_m)
         b_delta = tl.load(p_delta + o_m)
     b_sT = _dot(b_k, tl.trans(b_q), UPCAST, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
-    b_pT = tl.math.exp2(b_sT - b_lse[None, :] * LOG2E)
     if MASKED:
+        # masked before the exponent: a hidden score far above the row's LSE would overflow
         m_s = (o_n[:, None] <= o_m[None, :]) & (o_m[None, :] < seqlen)
         m_s = m_s & ~((o_m[None, :] >= t) & (o_n[:, None] < b))
-        b_pT = tl.where(m_s, b_pT, 0.0)
+        b_sT = tl.where(m_s, b_sT, float("-inf"))
+    b_pT = tl.math.exp2(b_sT - b_lse[None, :] * LOG2E)
     b_dv += _dot(b_pT.to(b_do.dtype), b_do, UPCAST, PRECISION)
     b_dpT = _dot(b_v, tl.trans(b_do), UPCAST, PRECISION)  # [BLOCK_N, BLOCK_M]
     b_dsT = b_pT * (b_dpT - b_delta[None, :])
@@ -334,10 +339,11 @@ def _bwd_dq_block(
         b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt)
         b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt)
     b_s = _dot(b_q, tl.trans(b_k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-    b_p = tl.math.exp2(b_s - b_lse[:, None])
     if MASKED:
+        # masked before the exponent: a hidden score far above the row's LSE would overflow
         m_s = (o_n[None, :] <= o_m[:, None]) & ~((o_m[:, None] >= t) & (o_n[None, :] < b))
-        b_p = tl.where(m_s, b_p, 0.0)
+        b_s = tl.where(m_s, b_s, float("-inf"))
+    b_p = tl.math.exp2(b_s - b_lse[:, None])
     b_dp = _dot(b_do, tl.trans(b_v), UPCAST, PRECISION)  # [BLOCK_M, BLOCK_N]
     b_ds = b_p * (b_dp - b_delta[:, None])
     b_dq += _dot(b_ds.to(b_k.dtype), b_k, UPCAST, PRECISION)

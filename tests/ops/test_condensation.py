@@ -66,16 +66,53 @@ def oracle_and_same_dtype(layout, exact, lowp, scale):
     return results
 
 
-def assert_close_by_rule(name, got, oracle, same_dtype, dtype):
+def assert_close_by_rule(name, got, oracle, same_dtype, dtype, ceiling=True):
     err = rel_err(got, oracle)
-    bound = min(2 * rel_err(same_dtype, oracle) + FLOOR[dtype], CEILING[dtype])
+    bound = 2 * rel_err(same_dtype, oracle) + FLOOR[dtype]
+    if ceiling:
+        bound = min(bound, CEILING[dtype])
     assert not torch.isnan(got).any(), f"{name}: NaN in the result (an element was never written)"
     assert err <= bound, f"{name}: relative L2 error {err:.3e} > bound {bound:.3e}"
 
 
+def extreme_inputs(layout, hq, hkv, d, dtype, device, mode, seed=0):
+    """Inputs whose scaled logits are far from 0 (softmax scale ``1 / sqrt(d)``), rounded to
+    ``dtype`` first so that the fp64 oracle sees the same numbers as the kernel:
+
+    - "negative": every logit any row sees is near -30 (q against k's direction),
+    - "positive": every logit near +70 (exp overflows fp32 without a max shift),
+    - "mixed": rows and keys of random sign and magnitude, logits spread over about ±45.
+    """
+    g = torch.Generator().manual_seed(seed)
+    total = layout.total_tokens
+    u = torch.randn(d, generator=g, dtype=torch.float64)
+    u /= u.norm()
+
+    def along_u(n, heads, magnitude):  # [n, heads, d]: magnitude * u plus a little noise
+        noise = 0.5 * torch.randn(n, heads, d, generator=g, dtype=torch.float64)
+        return magnitude[:, :, None] * u + noise
+
+    ones = torch.ones(total, 1, dtype=torch.float64)
+    if mode == "negative":
+        q, k = along_u(total, hq, -13 * ones), along_u(total, hkv, 13 * ones)
+    elif mode == "positive":
+        q, k = along_u(total, hq, 20 * ones), along_u(total, hkv, 20 * ones)
+    else:
+        sign = lambda n, h: torch.randint(0, 2, (n, h), generator=g).double() * 2 - 1  # noqa: E731
+        size = lambda n, h: 4 + 12 * torch.rand(n, h, generator=g, dtype=torch.float64)  # noqa: E731
+        q, k = along_u(total, hq, sign(total, hq) * size(total, hq)), along_u(total, hkv, sign(total, hkv) * 16)
+    v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
+    do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    lowp = [x.to(device=device, dtype=dtype) for x in (q, k, v, do)]
+    return [x.double() for x in lowp], lowp
+
+
 def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None, seed=0, q_scale=1.0,
-                  fused_dq=False):
-    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale)
+                  fused_dq=False, extreme=None):
+    if extreme is None:
+        exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale)
+    else:
+        exact, lowp = extreme_inputs(layout, hq, hkv, d, dtype, device, extreme, seed)
     scale = 1.0 / math.sqrt(d)
     (o_ref, *g_ref), (o_low, *g_low) = oracle_and_same_dtype(layout, exact, lowp, scale)
     q, k, v, do = lowp
@@ -87,7 +124,12 @@ def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert_close_by_rule("out", out, o_ref, o_low, dtype)
     for name, got, ref, low in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
-        assert_close_by_rule(name, got, ref, low, dtype)
+        # With extreme logits every key shares a large component along one direction and
+        # dQ = scale * sum_j dS_j k_j cancels it (sum_j dS_j = 0): the rounding of dS to
+        # the tensor-core dtype is amplified ~|k| / |noise| (about 40x; 1.5-4e-2 in bf16
+        # where PyTorch in bf16 reaches 4-11e-2). The ceilings were set on well-conditioned
+        # inputs, so dQ is held to the flash-attention rule alone there.
+        assert_close_by_rule(name, got, ref, low, dtype, ceiling=not (extreme and name == "dq"))
     # the LSE is fp32 whatever the input dtype: compare it to the oracle's directly
     _, lse_ref = dense_attention(*exact[:3], layout, scale, return_lse=True)
     lse_bound = 1e-5 if dtype == torch.float32 else 2e-2
@@ -111,12 +153,16 @@ def test_kernels_random_layouts(seed, device):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
-def test_kernels_peaked_softmax(dtype, device):
-    """Scores spread over ~±40 (q scaled by 8): the running max must keep the sums finite
-    and exact when a later key block holds a much larger score."""
-    layout = CondensationLayout.from_lengths([37, 4], [3, 2], [29, 11], device=device)
-    check_kernels(layout, hq=2, hkv=1, d=32, dtype=dtype, device=device, q_scale=8.0)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("mode", ["negative", "positive", "mixed"])
+def test_kernels_extreme_logits(mode, dtype, device):
+    """Logits far below or above 0, or of both signs (a peaked softmax whose later key blocks
+    may hold much larger scores). A target row visits masked cut blocks first; its running
+    max must stay -inf there, or exp(s - max) underflows in fp16 once every logit it sees is
+    below about -17. Every sequence has 16-row tiles (the interpreter's) that mix query,
+    BTok and target rows; the first is issue 7's reproduction (query 20, K=2, target 30)."""
+    layout = CondensationLayout.from_lengths([20, 5, 9], [2, 3, 4], [30, 9, 1], device=device)
+    check_kernels(layout, hq=2, hkv=1, d=32, dtype=dtype, device=device, extreme=mode)
 
 
 # tile shapes that are not square, so that diagonal tiles and cut boundaries fall

@@ -12,4 +12,12 @@ from .collate import BTokCollator, EncodedExample, ExampleError
 from .config import BTokConfig
 from .modeling import BTokModel, BTokOutput, pool_btok_states
 
-__all__ = ["BTokCollator", "BTokConfig", "BTokModel", "BTokOutput", "EncodedExample", "ExampleError", "pool_btok_states"]
+__all__ = [
+    "BTokCollator",
+    "BTokConfig",
+    "BTokModel",
+    "BTokOutput",
+    "EncodedExample",
+    "ExampleError",
+    "pool_btok_states",
+]

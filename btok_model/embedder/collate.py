@@ -124,6 +124,14 @@ class BTokCollator:
     def num_btoks(self) -> int:
         return len(self.btok_ids)
 
+    @property
+    def pad_id(self) -> int:
+        """The id written into padding (never attended): the tokenizer's pad, else EOS, else 0."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return candidate
+        return 0
+
     def __call__(self, examples: Sequence[dict]) -> dict:
         """Pack ``examples`` into one batch.
 
@@ -316,10 +324,7 @@ class BTokCollator:
         """
         lens = torch.tensor([len(s) for s in sequences], dtype=torch.long)
         width = int(lens.max())
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         positions = torch.arange(width).expand(len(sequences), width)
         mask = positions < lens[:, None]
         input_ids[mask] = torch.tensor(list(chain.from_iterable(sequences)), dtype=torch.long)

@@ -342,9 +342,8 @@ class BTokModel(nn.Module):
         """
         device = self.device
         layout = batch["btok_layout"].to(device)
-        hidden = self._last_hidden_state(
-            batch["input_ids"].to(device, non_blocking=True), batch["position_ids"].to(device, non_blocking=True), layout
-        )
+        input_ids = batch["input_ids"].to(device, non_blocking=True)
+        hidden = self._last_hidden_state(input_ids, batch["position_ids"].to(device, non_blocking=True), layout)
         query = self._pool(hidden, batch["query_btok_index"])
         candidates = self._pool(hidden, batch["candidate_btok_index"])
         num_targets = batch.get("num_target_tokens")
@@ -369,7 +368,9 @@ class BTokModel(nn.Module):
         text_config = model.config.get_text_config()
         for name in ("final_logit_softcapping", "logit_scale"):
             if getattr(text_config, name, None) is not None:
-                raise ValueError(f"the generative loss does not support a model with {name} (model_type={model.config.model_type!r})")
+                raise ValueError(
+                    f"the generative loss does not support a model with {name} (model_type={model.config.model_type!r})"
+                )
         return head(hidden)
 
     def compute_loss(
@@ -507,7 +508,9 @@ def _load_backbone(name_or_model, tokenizer, attn_implementation, kwargs):
     """``(transformers model, tokenizer)`` from a name / folder or an instance."""
     if isinstance(name_or_model, nn.Module):
         if kwargs:
-            raise ValueError(f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name, not to a model")
+            raise ValueError(
+                f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name, not to a model instance"
+            )
         model = name_or_model
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)

@@ -1,0 +1,147 @@
+"""WordNet definition -> word retrieval, from Debian's ``wordnet-base`` files (offline).
+
+``/usr/share/wordnet/data.{noun,verb,adj,adv}`` hold 117k synsets: a set of words (lemmas)
+sharing one sense, and a gloss (a definition, often followed by quoted examples). The task
+built here: given a definition, retrieve the word it defines from a pool of words.
+
+The split is by synset and leak-free: test synsets are drawn at random; no test word is the
+lemma of any training synset (so a polysemous test word -- "bank" -- is not trained on under
+another sense either), no test definition appears in training, and the pool words are unique
+(one relevant candidate per query).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_WORDNET_DIR", "PARTS", "Synset", "WordNetSplit", "load_synsets", "retrieval_split"]
+
+DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
+PARTS = ("noun", "verb", "adj", "adv")
+
+_INSTALL = (
+    "WordNet data files not found in {dir} (missing: {missing}). Install Debian's wordnet-base "
+    "package (`sudo apt-get install wordnet-base`, which puts data.noun/.verb/.adj/.adv in "
+    "/usr/share/wordnet), or pass the directory holding those files (wordnet_dir= / --wordnet-dir)."
+)
+_ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")  # syntactic markers on adjective lemmas: "galore(ip)"
+
+
+@dataclass(frozen=True)
+class Synset:
+    """One WordNet sense. ``words`` are lemmas with underscores turned into spaces."""
+
+    id: str  # "<pos>:<byte offset>", unique across the four files
+    pos: str
+    words: tuple[str, ...]
+    definition: str
+    examples: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WordNetSplit:
+    """Training and test examples as ``{"query": definition, "positive": word}`` dicts."""
+
+    train: list[dict]
+    test: list[dict]
+
+
+def _parse_line(line: str, pos: str) -> Synset | None:
+    if line.startswith("  "):  # the licence header
+        return None
+    head, _, gloss = line.partition(" | ")
+    fields = head.split()
+    offset, num_words = fields[0], int(fields[3], 16)
+    words = []
+    for i in range(num_words):
+        word = _ADJ_MARKER.sub("", fields[4 + 2 * i]).replace("_", " ")
+        words.append(word)
+    gloss = gloss.strip()
+    definition, _, rest = gloss.partition('; "')
+    examples = tuple(e.strip() for e in re.findall(r'"([^"]*)"', '"' + rest)) if rest else ()
+    return Synset(f"{pos}:{offset}", pos, tuple(words), definition.strip().rstrip(";").strip(), examples)
+
+
+def load_synsets(wordnet_dir: str | None = None, parts: tuple[str, ...] = PARTS) -> list[Synset]:
+    """All synsets of the given parts of speech, in file order.
+
+    Args:
+        wordnet_dir: directory holding ``data.noun`` etc. (default ``/usr/share/wordnet``).
+        parts: subset of ``("noun", "verb", "adj", "adv")``.
+
+    Raises:
+        FileNotFoundError: the files are missing; the message says how to install them.
+    """
+    wordnet_dir = wordnet_dir or DEFAULT_WORDNET_DIR
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"parts must be a subset of {PARTS}, got unknown {unknown}")
+    missing = [f"data.{p}" for p in parts if not os.path.isfile(os.path.join(wordnet_dir, f"data.{p}"))]
+    if missing:
+        raise FileNotFoundError(_INSTALL.format(dir=wordnet_dir, missing=", ".join(missing)))
+    synsets = []
+    for pos in parts:
+        with open(os.path.join(wordnet_dir, f"data.{pos}"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                synset = _parse_line(line, pos)
+                if synset is not None and synset.definition:
+                    synsets.append(synset)
+    return synsets
+
+
+def retrieval_split(
+    synsets: list[Synset], test_size: int = 1000, train_size: int | None = None, seed: int = 0
+) -> WordNetSplit:
+    """Definition -> word examples, split by synset with no test word or definition in training.
+
+    Each synset gives one example ``{"query": definition, "positive": first lemma}``.
+
+    Args:
+        synsets: from :func:`load_synsets`.
+        test_size: number of test synsets; their first lemmas form the candidate pool, so
+            they are drawn among synsets whose first lemma is not taken yet (unique pool words).
+        train_size: keep at most this many training examples (``None``: all eligible ones).
+        seed: seeds the draw of the test synsets and the order of the training examples.
+
+    Training keeps a synset only if none of its lemmas is a test word, its definition is
+    not a test definition, and its first lemma is not already the positive of another
+    training example (two identical positives in a batch would be false negatives).
+    """
+    if test_size < 1:
+        raise ValueError(f"test_size must be at least 1, got {test_size}")
+    rng = random.Random(seed)
+    order = list(range(len(synsets)))
+    rng.shuffle(order)
+    test, test_words, test_definitions, used = [], set(), set(), set()
+    for i in order:
+        if len(test) == test_size:
+            break
+        synset = synsets[i]
+        word = synset.words[0].lower()
+        if word in test_words or synset.definition in test_definitions:
+            continue
+        test.append(synset)
+        test_words.add(word)
+        test_definitions.add(synset.definition)
+        used.add(i)
+    if len(test) < test_size:
+        raise ValueError(f"only {len(test)} synsets with distinct words and definitions, asked for {test_size}")
+    train, train_words = [], set()
+    for i in order:
+        synset = synsets[i]
+        word = synset.words[0].lower()
+        if i in used or word in train_words or synset.definition in test_definitions:
+            continue
+        if any(w.lower() in test_words for w in synset.words):
+            continue
+        train.append(synset)
+        train_words.add(word)
+        if train_size is not None and len(train) == train_size:
+            break
+    return WordNetSplit(
+        train=[{"query": s.definition, "positive": s.words[0]} for s in train],
+        test=[{"query": s.definition, "positive": s.words[0]} for s in test],
+    )

@@ -1,0 +1,229 @@
+"""Embedders without BToks: last-token or mean pooling of a backbone's last layer.
+
+:class:`PooledEmbedder` is the comparison a BTok model has to beat. Untrained, it is the
+``--baseline last-token|mean`` of ``python -m btok_model.evaluate`` (no token is added to the
+tokenizer or the model). It also trains with the same Trainer, collation and InfoNCE as a
+BTok model (the "last-token trained contrastively" row of the demo): it offers the training
+interface of :class:`~btok_model.BTokModel` (``collator``, ``embed_batch``, ``compute_loss``,
+``generative_weight`` fixed at 0, ``save_pretrained``/``from_pretrained``), with K = 0 and the
+pooling over the input tokens themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import torch
+from torch import nn
+
+from ..backend import ATTN_IMPLEMENTATION
+from ..embedder.collate import BTokCollator
+from ..embedder.masks import condensation_attention_mask
+from ..embedder.modeling import BTokModel, BTokOutput
+
+__all__ = ["POOLINGS", "PooledEmbedder"]
+
+POOLINGS = ("last-token", "mean")
+CONFIG_NAME = "pooled_config.json"
+
+
+def _transformers_model(backbone: nn.Module) -> nn.Module:
+    get_base = getattr(backbone, "get_base_model", None)
+    return get_base() if callable(get_base) else backbone
+
+
+class PooledEmbedder(nn.Module):
+    """A causal LM used as an embedder with last-token or mean pooling, L2-normalised.
+
+    Args:
+        backbone: a transformers causal LM (or a ``peft.PeftModel`` around one).
+        tokenizer: its tokenizer.
+        pooling: ``"last-token"`` (the last input token's state) or ``"mean"`` (mean over
+            the input tokens).
+        temperature: InfoNCE temperature when trained.
+        max_length: longest input accepted (None: the backbone's ``max_position_embeddings``).
+    """
+
+    def __init__(self, backbone, tokenizer, pooling: str = "last-token", temperature: float = 0.02, max_length=None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.backbone, self.tokenizer = backbone, tokenizer
+        self.pooling, self.temperature, self.max_length = pooling, float(temperature), max_length
+        self.gather_across_ranks = True
+        config = _transformers_model(backbone).config.get_text_config()
+        limit = getattr(config, "max_position_embeddings", None)
+        if max_length is not None and (limit is None or max_length < limit):
+            limit = max_length
+        self.collator = BTokCollator(tokenizer, [], max_length=limit, with_targets=False)
+
+    # -- construction and saving --------------------------------------------------------------
+    @classmethod
+    def from_backbone(cls, name_or_model, tokenizer=None, pooling: str = "last-token", *, lora=None, **kwargs):
+        """Wrap a backbone (an instance, or a name / folder for ``AutoModelForCausalLM``).
+
+        Args:
+            name_or_model: the backbone.
+            tokenizer: a tokenizer or a name / folder (default: from ``name_or_model``).
+            pooling: ``"last-token"`` or ``"mean"``.
+            lora: None / 0 (every weight trains), a LoRA rank, or a ``peft.LoraConfig``.
+            **kwargs: ``temperature``, ``max_length``, ``attn_implementation`` and
+                ``AutoModelForCausalLM.from_pretrained`` keywords.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        settings = {k: kwargs.pop(k) for k in ("temperature", "max_length") if k in kwargs}
+        if isinstance(name_or_model, nn.Module):
+            model = name_or_model
+            impl = kwargs.pop("attn_implementation", None)
+            if kwargs:
+                raise ValueError(f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name")
+            if impl is not None:
+                model.set_attn_implementation(impl)
+        else:
+            kwargs.setdefault("attn_implementation", ATTN_IMPLEMENTATION)
+            model = AutoModelForCausalLM.from_pretrained(name_or_model, **kwargs)
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            source = tokenizer or getattr(model, "name_or_path", None)
+            if not source:
+                raise ValueError("pass tokenizer= with a model instance")
+            gguf = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+            tokenizer = AutoTokenizer.from_pretrained(source, **gguf)
+        if lora:
+            import peft
+
+            if isinstance(lora, int):
+                lora = peft.LoraConfig(r=lora, lora_alpha=2 * lora, target_modules="all-linear")
+            model = peft.get_peft_model(model, lora)
+        return cls(model, tokenizer, pooling, **settings)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """The backbone (LoRA merged into a copy), the tokenizer and ``pooled_config.json``."""
+        os.makedirs(path, exist_ok=True)
+        model = self.backbone
+        if _transformers_model(model) is not model:
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        with open(os.path.join(path, CONFIG_NAME), "w") as f:
+            json.dump({"pooling": self.pooling, "temperature": self.temperature, "max_length": self.max_length}, f)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, attn_implementation: str | None = ATTN_IMPLEMENTATION, **kwargs):
+        """Load a folder written by :meth:`save_pretrained`."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with open(os.path.join(path, CONFIG_NAME)) as f:
+            settings = json.load(f)
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return cls(model, AutoTokenizer.from_pretrained(path), **settings)
+
+    # -- the training interface of BTokModel ----------------------------------------------------
+    @property
+    def generative_weight(self) -> float:
+        """Always 0: without BToks there is no condensation target."""
+        return 0.0
+
+    @generative_weight.setter
+    def generative_weight(self, value: float) -> None:
+        if value != 0:
+            raise ValueError(f"a PooledEmbedder has no generative loss; generative_weight must stay 0, got {value}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def _decoder(self) -> nn.Module:
+        model = _transformers_model(self.backbone)
+        return getattr(model, model.base_model_prefix, model)
+
+    @property
+    def attn_implementation(self) -> str:
+        return _transformers_model(self.backbone).config._attn_implementation
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        _transformers_model(self.backbone).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def collate(self, examples: list[dict]) -> dict:
+        return self.collator(examples)
+
+    def _pool_packed(self, hidden: torch.Tensor, cu: list[int]) -> torch.Tensor:
+        """fp32 ``[n, H]`` L2-normalised pools of the ``n`` packed sequences bounded by ``cu``."""
+        starts = torch.tensor(cu[:-1], dtype=torch.long)
+        ends = torch.tensor(cu[1:], dtype=torch.long)
+        if self.pooling == "last-token":
+            pooled = hidden[(ends - 1).to(hidden.device)].float()
+        else:
+            lens = ends - starts
+            seq = torch.repeat_interleave(torch.arange(lens.numel()), lens).to(hidden.device)
+            sums = hidden.new_zeros((lens.numel(), hidden.shape[-1]), dtype=torch.float32)
+            sums.index_add_(0, seq, hidden.float())
+            pooled = sums / lens.to(hidden.device, torch.float32)[:, None]
+        return nn.functional.normalize(pooled, dim=-1)
+
+    def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, None, int]:
+        """``(query [Nq, H], candidates [Nc, H], None, 0)`` of a collated batch, one packed pass."""
+        device = self.device
+        layout = batch["btok_layout"].to(device)
+        kwargs = dict(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False)
+        if self.attn_implementation == ATTN_IMPLEMENTATION:
+            kwargs["btok_layout"] = layout
+        else:
+            dtype = _transformers_model(self.backbone).get_input_embeddings().weight.dtype
+            kwargs["attention_mask"] = condensation_attention_mask(layout, self.attn_implementation, dtype, device)
+        hidden = self._decoder(**kwargs).last_hidden_state[0]
+        pooled = self._pool_packed(hidden, layout.host_cu_seqlens)
+        num_queries = batch["query_btok_index"].shape[0]
+        return pooled[:num_queries], pooled[num_queries:], None, 0
+
+    # The same InfoNCE, cross-rank gather and output as a BTok model (one definition).
+    compute_loss = BTokModel.compute_loss
+
+    def forward(self, input_ids, position_ids, btok_layout, labels, query_btok_index, candidate_btok_index,
+                positive_index, num_target_tokens=None) -> BTokOutput:
+        batch = dict(input_ids=input_ids, position_ids=position_ids, btok_layout=btok_layout,
+                     query_btok_index=query_btok_index)
+        query, candidates, _, _ = self.embed_batch(batch)
+        return self.compute_loss(query, candidates, positive_index, None)
+
+    # -- inference -----------------------------------------------------------------------------
+    def encode(self, texts: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> torch.Tensor:
+        """fp32 ``[N, H]`` L2-normalised embeddings on the CPU, right-padded batches sorted by length."""
+        from tqdm.auto import tqdm
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        sequences = self.collator.tokenize(texts)
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        hidden_size = _transformers_model(self.backbone).get_input_embeddings().weight.shape[1]
+        out = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for start in tqdm(range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar):
+                    index = order[start : start + batch_size]
+                    out[index] = self._embed_padded([sequences[i] for i in index]).cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    def _embed_padded(self, sequences: list[list[int]]) -> torch.Tensor:
+        device = self.device
+        batch = self.collator.pad_sequences(sequences)
+        mask = batch["attention_mask"].to(device)
+        hidden = self._decoder(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=mask,
+            position_ids=batch["position_ids"].to(device),
+            use_cache=False,
+        ).last_hidden_state
+        lens = mask.sum(1)
+        cu = [0] + torch.cumsum(lens, 0).tolist()
+        return self._pool_packed(hidden[mask.bool()], cu)

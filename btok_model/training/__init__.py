@@ -1,0 +1,33 @@
+"""Training BTok embedders on the transformers Trainer.
+
+* :mod:`.data` -- JSONL training files (validated, file:line errors) mixed with weights.
+* :mod:`.schedule` -- the generative-loss weight per step.
+* :mod:`.collate` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
+* :mod:`.gradcache` -- the chunked step with the full batch's loss and gradients.
+* :mod:`.trainer` -- :class:`BTokTrainer` (losses logged apart, BTok checkpoints, resume, DDP).
+* :mod:`.recipe` -- the settings with the authors' defaults; :func:`build_model`, :func:`train`.
+"""
+
+from .collate import TrainingCollator
+from .data import DataSource, MixedDataset, load_examples, parse_data_spec
+from .gradcache import grad_cache_step
+from .recipe import Recipe, build_model, lora_config, train, training_arguments
+from .schedule import GenerativeSchedule
+from .trainer import BTokTrainer, load_checkpoint_weights
+
+__all__ = [
+    "BTokTrainer",
+    "DataSource",
+    "GenerativeSchedule",
+    "MixedDataset",
+    "Recipe",
+    "TrainingCollator",
+    "build_model",
+    "grad_cache_step",
+    "load_checkpoint_weights",
+    "load_examples",
+    "lora_config",
+    "parse_data_spec",
+    "train",
+    "training_arguments",
+]

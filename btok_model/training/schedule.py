@@ -1,0 +1,33 @@
+"""The generative-loss weight over training: ``weight`` for the first ``steps`` optimizer
+steps, then 0 (the authors' recipe: 5.0 for the first 2,000 of 5,000 steps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GenerativeSchedule"]
+
+
+@dataclass(frozen=True)
+class GenerativeSchedule:
+    """Piecewise-constant generative weight.
+
+    Attributes:
+        weight: the weight while the generative loss is on (>= 0; 0 = never on).
+        steps: how many optimizer steps it stays on (``None``: the whole run).
+    """
+
+    weight: float = 5.0
+    steps: int | None = 2000
+
+    def __post_init__(self):
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight >= 0:
+            raise ValueError(f"the generative weight must be a number >= 0, got {self.weight!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0):
+            raise ValueError(f"generative steps must be None or an int >= 0, got {self.steps!r}")
+
+    def weight_at(self, step: int) -> float:
+        """The weight of optimizer step ``step`` (0-based)."""
+        if self.steps is not None and step >= self.steps:
+            return 0.0
+        return float(self.weight)

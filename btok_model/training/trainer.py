@@ -1,0 +1,259 @@
+"""The transformers ``Trainer`` for BTok embedders (accelerate underneath).
+
+:class:`BTokTrainer` overrides what a contrastive + generative objective needs and nothing
+else: ``compute_loss`` (the model's own loss, its two parts recorded for the logs, the
+generative weight of the current step), ``training_step`` for GradCache batches, ``log``
+(``contrastive_loss``, ``generative_loss`` and ``generative_weight`` beside ``loss``), and
+saving / resuming in the BTok model's own format.
+
+Distributed training runs under ``torchrun`` with DDP: each rank embeds its share of the
+batch and scores its queries against the candidates of every rank
+(:func:`btok_model.embedder.losses.gather_with_grad` sends the gradients back to the owner),
+so a step with N ranks computes the loss and gradients of the concatenated batch. GradCache
+batches call ``embed_batch`` outside DDP's forward, so their gradients are averaged across
+ranks here, once per optimizer step. FSDP and DeepSpeed are refused (untested: the save and
+resume paths below assume an unsharded model).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
+
+from .collate import TrainingCollator, is_chunked
+from .gradcache import grad_cache_step
+from .schedule import GenerativeSchedule
+
+__all__ = ["TRAINABLE_STATE", "BTokTrainer", "load_checkpoint_weights", "save_trainable_state"]
+
+TRAINABLE_STATE = "trainable_parameters.safetensors"
+_STEP_KEY = "btok_step"  # the optimizer step a batch was collated for (checked, then dropped)
+
+
+def save_trainable_state(model: torch.nn.Module, directory: str) -> None:
+    """Write the trainable parameters to ``directory`` when some parameters are frozen.
+
+    A saved BTok folder holds merged weights (LoRA folded in), which cannot be split back
+    into a base and adapters; resuming a LoRA or partly frozen run instead reloads the
+    trainable tensors into a model built the same way. Full fine-tuning needs no extra file.
+    """
+    from safetensors.torch import save_file
+
+    params = list(model.named_parameters())
+    if all(p.requires_grad for _, p in params):
+        return
+    state = {name: p.detach().contiguous().cpu() for name, p in params if p.requires_grad}
+    save_file(state, os.path.join(directory, TRAINABLE_STATE))
+
+
+def load_checkpoint_weights(model: torch.nn.Module, directory: str) -> None:
+    """Load a checkpoint written by :class:`BTokTrainer` into ``model`` (built as for the run).
+
+    Raises:
+        ValueError: the checkpoint's trainable parameters do not match the model's (a run
+            resumed with a different model, LoRA rank or frozen set).
+    """
+    path = os.path.join(directory, TRAINABLE_STATE)
+    if os.path.isfile(path):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+        params = dict(model.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if set(state) != trainable:
+            raise ValueError(
+                f"{path}: the checkpoint's trainable parameters differ from the model's "
+                f"(only in checkpoint: {sorted(set(state) - trainable)[:5]}, only in model: "
+                f"{sorted(trainable - set(state))[:5]}); resume with the same model and LoRA settings"
+            )
+        with torch.no_grad():
+            for name, value in state.items():
+                if params[name].shape != value.shape:
+                    raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}")
+                params[name].copy_(value)
+        return
+    loaded = type(model).from_pretrained(directory, attn_implementation=None)
+    model.load_state_dict(loaded.state_dict())
+
+
+class _ScheduleCallback(TrainerCallback):
+    """Places the collator's batch count at the run's first step (0, or the resumed step)."""
+
+    def __init__(self, collator: TrainingCollator):
+        self.collator = collator
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.collator.start_at(state.global_step)
+
+
+class _StepStampingCollator:
+    """Adds the optimizer step each batch was built for, so the trainer can check it."""
+
+    def __init__(self, collator: TrainingCollator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        step = self.collator.batches_built // self.collator.gradient_accumulation_steps
+        batch = self.collator(examples)
+        batch[_STEP_KEY] = step
+        return batch
+
+
+class BTokTrainer(Trainer):
+    """``transformers.Trainer`` for :class:`~btok_model.BTokModel` (see the module docstring).
+
+    Args:
+        model: a :class:`~btok_model.BTokModel` (or any model with the same training
+            interface: ``collator``, ``embed_batch``, ``compute_loss``, ``generative_weight``,
+            ``save_pretrained``/``from_pretrained``).
+        args: ``transformers.TrainingArguments``; ``remove_unused_columns`` is forced off
+            and ``dataloader_num_workers`` must be 0 (the collator counts steps).
+        train_dataset: examples (dicts), e.g. a :class:`~btok_model.training.data.MixedDataset`.
+        schedule: the generative weight per step (default: the model's weight throughout).
+        chunk_size, max_tokens: GradCache chunking (see
+            :class:`~btok_model.training.collate.TrainingCollator`).
+        **kwargs: passed to ``Trainer`` (``callbacks``, ...).
+    """
+
+    def __init__(
+        self,
+        model,
+        args,
+        train_dataset,
+        *,
+        schedule: GenerativeSchedule | None = None,
+        chunk_size: int | None = None,
+        max_tokens: int | None = None,
+        **kwargs,
+    ):
+        if args.dataloader_num_workers:
+            raise ValueError(
+                "BTokTrainer collates in the training process (dataloader_num_workers=0): the collator follows "
+                f"the generative schedule step by step; got dataloader_num_workers={args.dataloader_num_workers}"
+            )
+        args.remove_unused_columns = False
+        self.schedule = schedule if schedule is not None else GenerativeSchedule(model.generative_weight, None)
+        self.training_collator = TrainingCollator(
+            model.collator,
+            self.schedule,
+            chunk_size=chunk_size,
+            max_tokens=max_tokens,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+        )
+        callbacks = list(kwargs.pop("callbacks", None) or []) + [_ScheduleCallback(self.training_collator)]
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=_StepStampingCollator(self.training_collator),
+            callbacks=callbacks,
+            **kwargs,
+        )
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ValueError("BTokTrainer supports single-process and DDP training (torchrun); FSDP and DeepSpeed are not supported")
+        self._loss_parts: dict[str, list] = {"contrastive_loss": [], "generative_loss": []}
+
+    # -- the loss -------------------------------------------------------------------------
+    def _btok_model(self, model=None):
+        return self.accelerator.unwrap_model(model if model is not None else self.model)
+
+    def _begin_step(self, model, inputs: dict) -> None:
+        """Check the batch was built for this step and set this step's generative weight."""
+        step = self.state.global_step
+        built_for = inputs.pop(_STEP_KEY, step)
+        if built_for != step:
+            raise RuntimeError(
+                f"a batch collated for step {built_for} reached step {step}: the training collator must run in "
+                "order in the training process (no dataloader workers)"
+            )
+        self._btok_model(model).generative_weight = self.schedule.weight_at(step)
+
+    def _record(self, contrastive: torch.Tensor, generative: torch.Tensor | None) -> None:
+        self._loss_parts["contrastive_loss"].append(contrastive.detach().float())
+        if generative is not None:
+            self._loss_parts["generative_loss"].append(generative.detach().float())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss (contrastive + weight x generative); the parts are logged."""
+        self._begin_step(model, inputs)
+        outputs = model(**inputs)
+        self._record(outputs.contrastive_loss, outputs.generative_loss)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """A plain batch: the Trainer's own step. A chunked batch: a GradCache step."""
+        if not is_chunked(inputs):
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        self._begin_step(model, inputs)
+        inputs = self._prepare_inputs(inputs)
+        btok_model = self._btok_model(model)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        parts = grad_cache_step(btok_model, inputs, self.accelerator.backward, scale=scale, autocast=self.accelerator.autocast)
+        if self.accelerator.sync_gradients:
+            self._average_gradients(btok_model)
+        self._record(parts["contrastive_loss"], parts["generative_loss"])
+        return parts["loss"] * scale
+
+    def _average_gradients(self, model) -> None:
+        """Mean of every trainable gradient across ranks (what DDP's backward would do)."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # unused on this rank: every rank must join the same reductions
+                p.grad = torch.zeros_like(p)
+        bucket, size, limit = [], 0, 1 << 25
+        for p in params + [None]:
+            if p is not None:
+                bucket.append(p)
+                size += p.numel()
+            if bucket and (p is None or size >= limit):
+                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+                dist.all_reduce(flat)
+                flat /= world
+                offset = 0
+                for q in bucket:
+                    q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
+                    offset += q.numel()
+                bucket, size = [], 0
+
+    # -- logging ----------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean contrastive and generative losses since the last log to a training log."""
+        if "loss" in logs:
+            for name, values in self._loss_parts.items():
+                mean = torch.stack(values).mean() if values else torch.tensor(float("nan"))
+                mean = mean.to(self.args.device)
+                if self.accelerator.num_processes > 1:
+                    mean = self.accelerator.reduce(mean, reduction="mean")
+                if values:
+                    logs[name] = round(float(mean), 4)
+                values.clear()
+            logs["generative_weight"] = self.schedule.weight_at(max(self.state.global_step - 1, 0))
+        super().log(logs, start_time)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """A folder :meth:`BTokModel.from_pretrained` loads (+ trainable tensors for resuming)."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = self._btok_model()
+        live_weight = model.generative_weight
+        model.generative_weight = self.schedule.weight  # the saved config states the recipe, not the step
+        try:
+            model.save_pretrained(output_dir)
+        finally:
+            model.generative_weight = live_weight
+        save_trainable_state(model, output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_checkpoint_weights(self._btok_model(model), resume_from_checkpoint)
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -27,23 +28,70 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------------------
+# kernel options: explicit, recorded for the backward
+# ----------------------------------------------------------------------------------------
+_TILE_KERNELS = ("fwd", "dkdv", "dq")
+_TILE_FIELDS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"environment variable {name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def _check_tiles(tiles) -> None:
+    if not isinstance(tiles, Mapping):
+        raise ValueError(f"tiles must be a dict like {{'fwd': {{'BLOCK_M': 64}}}}, got {type(tiles).__name__}")
+    for kernel, cfg in tiles.items():
+        if kernel not in _TILE_KERNELS:
+            raise ValueError(f"tiles: unknown kernel {kernel!r}; the kernels are {_TILE_KERNELS}")
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"tiles[{kernel!r}] must be a dict of {_TILE_FIELDS}, got {type(cfg).__name__}")
+        for field, value in cfg.items():
+            if field not in _TILE_FIELDS:
+                raise ValueError(f"tiles[{kernel!r}]: unknown field {field!r}; the fields are {_TILE_FIELDS}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"tiles[{kernel!r}][{field!r}] must be a positive int, got {value!r}")
+            if field.startswith("BLOCK") and (value < 16 or value & (value - 1)):
+                raise ValueError(f"tiles[{kernel!r}][{field!r}] must be a power of two >= 16, got {value}")
+
+
+def _encode_tiles(tiles) -> list[int]:
+    """Tile overrides as the flat int list a custom-op schema carries (0 = default)."""
+    tiles = tiles or {}
+    return [int(tiles.get(kernel, {}).get(field, 0)) for kernel in _TILE_KERNELS for field in _TILE_FIELDS]
+
+
+def _decode_tiles(flat: list[int]) -> dict | None:
+    it = iter(flat)
+    tiles = {kernel: {field: v for field in _TILE_FIELDS if (v := next(it))} for kernel in _TILE_KERNELS}
+    tiles = {kernel: cfg for kernel, cfg in tiles.items() if cfg}
+    return tiles or None
+
+
+# ----------------------------------------------------------------------------------------
 # custom ops
 # ----------------------------------------------------------------------------------------
+# Every kernel option is an argument of the forward op, so that the autograd context
+# records it and the backward op runs with exactly the forward's options.
 @torch.library.custom_op("btok::condensation_fwd", mutates_args=())
 def _condensation_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, backend: str,
+    softmax_scale: float, backend: str, fused_dq: bool, autotune: bool, gqa_split: int, tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from .parallel import condensation_fwd_triton
 
-        return condensation_fwd_triton(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale)
+        return condensation_fwd_triton(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale,
+                                       autotune=autotune, tiles=_decode_tiles(tiles))
     return condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale)
 
 
 @_condensation_fwd.register_fake
-def _(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, backend):
+def _(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, backend, fused_dq, autotune, gqa_split, tiles):
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
     return torch.empty_like(q), lse
 
@@ -53,35 +101,35 @@ def _condensation_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, backend: str,
+    softmax_scale: float, backend: str, fused_dq: bool, autotune: bool, gqa_split: int, tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from .parallel import condensation_bwd_triton
 
-        return condensation_bwd_triton(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale)
+        return condensation_bwd_triton(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
+                                       autotune=autotune, tiles=_decode_tiles(tiles), gqa_split=gqa_split or None,
+                                       fused_dq=fused_dq)
     return condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale)
 
 
 @_condensation_bwd.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale, backend):
+def _(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale, backend, fused_dq, autotune,
+      gqa_split, tiles):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, backend = inputs
+    q, k, v, cu_seqlens, btok_start, target_start, *options = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, btok_start, target_start)
-    ctx.softmax_scale = softmax_scale
-    ctx.backend = backend
+    ctx.options = options  # softmax_scale, backend, fused_dq, autotune, gqa_split, tiles
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, cu_seqlens, btok_start, target_start = ctx.saved_tensors
-    dq, dk, dv = _condensation_bwd(
-        dout, q, k, v, out, lse, cu_seqlens, btok_start, target_start, ctx.softmax_scale, ctx.backend
-    )
-    return dq, dk, dv, None, None, None, None, None
+    dq, dk, dv = _condensation_bwd(dout, q, k, v, out, lse, cu_seqlens, btok_start, target_start, *ctx.options)
+    return (dq, dk, dv) + (None,) * (3 + len(ctx.options))
 
 
 _condensation_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -151,6 +199,26 @@ def _check_inputs(q, k, v, layout, backend):
         raise ValueError(f"q, k and v must be floating point, got {q.dtype}")
 
 
+def _resolve_options(fused_dq, autotune, gqa_split, tiles, group: int) -> tuple[bool, bool, int, list[int]]:
+    """Validated kernel options, the environment filling in those left None; read once per
+    call, here, never in the launchers."""
+    if fused_dq is None:
+        fused_dq = _env_flag("BTOK_FUSED_DQ")
+    if autotune is None:
+        autotune = _env_flag("BTOK_AUTOTUNE")
+    for name, value in (("fused_dq", fused_dq), ("autotune", autotune)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a bool or None, got {value!r}")
+    if gqa_split is not None:
+        if isinstance(gqa_split, bool) or not isinstance(gqa_split, int) or gqa_split < 1:
+            raise ValueError(f"gqa_split must be a positive int or None, got {gqa_split!r}")
+        if group % gqa_split:
+            raise ValueError(f"gqa_split={gqa_split} must divide the GQA group size Hq // Hkv = {group}")
+    if tiles is not None:
+        _check_tiles(tiles)
+    return fused_dq, autotune, gqa_split or 0, _encode_tiles(tiles)
+
+
 def condensation_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -160,6 +228,10 @@ def condensation_attention(
     softmax_scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = False,
+    fused_dq: bool | None = None,
+    autotune: bool | None = None,
+    gqa_split: int | None = None,
+    tiles: dict | None = None,
 ):
     """Exact attention under the condensation mask on a packed varlen batch.
 
@@ -179,6 +251,23 @@ def condensation_attention(
         return_lse: also return the log-sum-exp of each row's scaled scores, fp32
             ``[Hq, total_tokens]`` (natural log; not differentiable).
 
+    Options of the Triton kernels (the other backends validate and ignore them). They are
+    recorded with the forward, so its backward runs with the same options whatever the
+    environment is by then:
+        fused_dq: compute dQ inside the dK/dV kernel with fp32 atomic adds instead of a
+            separate dQ kernel (fewer matmuls). The order of the atomic adds varies from run
+            to run, so dQ is not bitwise deterministic (it stays within rounding).
+            None: the environment variable ``BTOK_FUSED_DQ=1`` turns it on; off otherwise.
+        autotune: time candidate tiles on the first call for each shape bucket (next powers
+            of two of the token count and of the mean sequence length), head dim, GQA
+            group and dtype, and keep the fastest. None: ``BTOK_AUTOTUNE=1`` turns it on.
+        gqa_split: how many dK/dV programs share one KV head, a divisor of ``Hq // Hkv``
+            (None: chosen from the number of programs and the GPU's SM count).
+        tiles: per-kernel launch overrides, e.g. ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32},
+            "dkdv": {"num_warps": 4}}`` (kernels "fwd", "dkdv", "dq"; fields ``BLOCK_M``,
+            ``BLOCK_N`` (powers of two >= 16), ``num_warps``, ``num_stages``). A kernel
+            with explicit tiles is not autotuned.
+
     Returns:
         ``out`` ``[total_tokens, Hq, D]`` in q's dtype, and ``lse`` if ``return_lse``.
         Differentiable in q, k and v.
@@ -193,8 +282,9 @@ def condensation_attention(
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     elif not (isinstance(softmax_scale, (int, float)) and math.isfinite(softmax_scale) and softmax_scale > 0):
         raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale!r}")
+    options = _resolve_options(fused_dq, autotune, gqa_split, tiles, q.shape[1] // k.shape[1])
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out, lse = _condensation_fwd(
-        q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, float(softmax_scale), backend
+        q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, float(softmax_scale), backend, *options
     )
     return (out, lse) if return_lse else out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 import triton
@@ -185,7 +186,7 @@ def condensation_fwd_kernel(
     b_lse = (m_i + tl.math.log2(l_safe)) * LN2  # natural log
     p_o = O + (bos + o_m[:, None]).to(tl.int64) * stride_ot + i_h * stride_oh + o_d[None, :]
     tl.store(p_o, acc.to(O.dtype.element_ty), mask=m_q)
-    tl.store(LSE + i_h * stride_lse_h + bos + o_m, b_lse, mask=o_m < seqlen)
+    tl.store(LSE + i_h.to(tl.int64) * stride_lse_h + bos + o_m, b_lse, mask=o_m < seqlen)
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def condensation_bwd_preprocess_kernel(
     b_o = tl.load(O + o_m[:, None].to(tl.int64) * stride_ot + i_h * stride_oh + o_d[None, :], mask=m, other=0.0)
     b_do = tl.load(DO + o_m[:, None].to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :], mask=m, other=0.0)
     b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
-    tl.store(DELTA + i_h * stride_delta_h + o_m, b_delta, mask=o_m < total)
+    tl.store(DELTA + i_h.to(tl.int64) * stride_delta_h + o_m, b_delta, mask=o_m < total)
 
 
 @triton.jit
@@ -295,8 +296,8 @@ def condensation_bwd_dkdv_kernel(
         i_h = i_hg * HEADS + g
         p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
         p_do = DO + bos.to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
-        p_lse = LSE + i_h * stride_lse_h + bos
-        p_delta = DELTA + i_h * stride_lse_h + bos
+        p_lse = LSE + i_h.to(tl.int64) * stride_lse_h + bos
+        p_delta = DELTA + i_h.to(tl.int64) * stride_lse_h + bos
         p_dq = DQ_ACC + bos.to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
         for i_m in range(0, n_diag):
             b_dk, b_dv = _bwd_dkdv_block(
@@ -380,8 +381,8 @@ def condensation_bwd_dq_kernel(
     p_do = DO + (bos + o_m[:, None]).to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
     b_do = tl.load(p_do, mask=m_q, other=0.0)
-    b_lse = tl.load(LSE + i_h * stride_lse_h + bos + o_m, mask=m_row, other=0.0) * LOG2E
-    b_delta = tl.load(DELTA + i_h * stride_lse_h + bos + o_m, mask=m_row, other=0.0)
+    b_lse = tl.load(LSE + i_h.to(tl.int64) * stride_lse_h + bos + o_m, mask=m_row, other=0.0) * LOG2E
+    b_delta = tl.load(DELTA + i_h.to(tl.int64) * stride_lse_h + bos + o_m, mask=m_row, other=0.0)
     p_k = K + bos.to(tl.int64) * stride_kt + (i_h // G) * stride_kh + o_d[None, :]
     p_v = V + bos.to(tl.int64) * stride_vt + (i_h // G) * stride_vh + o_d[None, :]
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -456,7 +457,7 @@ def _launch(block_m: int, block_n: int, num_warps: int, num_stages: int) -> dict
 
 # Default tiles on a GPU per kernel, by padded head dim: (fwd, dkdv, dq). Chosen from sm_90
 # compiler figures (benchmarks/kernel_resources.py: large tiles that compile without
-# register spills), not yet from timings; BTOK_AUTOTUNE=1 times the candidates below instead.
+# register spills), not yet from timings; autotune=True times the candidates below instead.
 _DEFAULTS = {
     64: (_launch(128, 64, 8, 3), _launch(32, 128, 8, 2), _launch(128, 32, 8, 2)),
     128: (_launch(128, 64, 8, 2), _launch(16, 128, 8, 2), _launch(128, 32, 8, 2)),
@@ -498,36 +499,51 @@ def _prune_large_tiles(configs, named_args, **kwargs):
     return configs
 
 
-def _autotuned(kernel, tiles, key, reset_to_zero=None):
-    return triton.autotune(configs=_candidates(tiles), key=key, reset_to_zero=reset_to_zero,
-                           prune_configs_by={"early_config_prune": _prune_large_tiles})(kernel)
+def _wall_clock(kernel_call, quantiles=None):
+    """Autotuner timing under the interpreter, where there are no CUDA events."""
+    start = time.perf_counter()
+    kernel_call()
+    ms = (time.perf_counter() - start) * 1e3
+    return [ms] * len(quantiles) if quantiles else ms
 
 
-# BTOK_AUTOTUNE=1: time these once per (head dim, group, dtypes) and keep the fastest
-_TUNED = {
-    "fwd": _autotuned(condensation_fwd_kernel, [
-        (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 8, 2),
-    ], ["HEAD_DIM", "G"]),
-    "dkdv": _autotuned(condensation_bwd_dkdv_kernel, [
-        (16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (16, 64, 8, 1),
-    ], ["HEAD_DIM", "G", "HEADS", "FUSED_DQ"], reset_to_zero=["DQ_ACC"]),  # timing runs add into DQ_ACC
-    "dq": _autotuned(condensation_bwd_dq_kernel, [
-        (128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 16, 8, 1),
-    ], ["HEAD_DIM", "G"]),
+# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, and the
+# kernel arguments the choice depends on besides the shape bucket.
+_TUNE_CANDIDATES = {
+    "fwd": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 8, 2)],
+    "dkdv": [(16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (16, 64, 8, 1)],
+    "dq": [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 16, 8, 1)],
 }
+_TUNE_KEYS = {"fwd": ["HEAD_DIM", "G"], "dkdv": ["HEAD_DIM", "G", "HEADS", "FUSED_DQ"], "dq": ["HEAD_DIM", "G"]}
 _FIXED = {"fwd": condensation_fwd_kernel, "dkdv": condensation_bwd_dkdv_kernel, "dq": condensation_bwd_dq_kernel}
 
 
-def autotuning() -> bool:
-    return os.environ.get("BTOK_AUTOTUNE", "0") == "1"
+def shape_bucket(total: int, n_seqs: int) -> tuple[int, int]:
+    """The pack shape an autotuned choice is kept for: the next powers of two of the token
+    count and of the mean sequence length (known on the host without a device read)."""
+    return triton.next_power_of_2(total), triton.next_power_of_2(triton.cdiv(total, max(n_seqs, 1)))
 
 
-def _kernel_and_meta(name: str, head_dim: int, dtype: torch.dtype, config: dict | None):
-    """The kernel to launch and its launch kwargs: with BTOK_AUTOTUNE=1 and no explicit
-    config for it, the autotuned kernel (which picks its own tiles); else the fixed tiles."""
-    override = (config or {}).get(name)
-    if autotuning() and not override:
-        return _TUNED[name], {}
+@functools.lru_cache(maxsize=None)
+def autotuned_kernel(name: str, bucket: tuple[int, int]):
+    """Kernel ``name`` ("fwd", "dkdv", "dq") wrapped in a Triton autotuner for packs of one
+    :func:`shape_bucket`: it times its candidate tiles on its first launch for each (head
+    dim, GQA group, dtypes, ...) and keeps the fastest. Tiles tuned on a short pack are not
+    reused for a long one: each bucket has its own tuner."""
+    reset = ["DQ_ACC"] if name == "dkdv" else None  # timing runs add into the fused-dQ accumulator
+    return triton.autotune(configs=_candidates(_TUNE_CANDIDATES[name]), key=_TUNE_KEYS[name], reset_to_zero=reset,
+                           prune_configs_by={"early_config_prune": _prune_large_tiles},
+                           do_bench=_wall_clock if _interpreting() else None)(_FIXED[name])
+
+
+def _kernel_and_meta(name: str, head_dim: int, dtype: torch.dtype, bucket: tuple[int, int], autotune: bool,
+                     tiles: dict | None):
+    """The kernel to launch and its launch kwargs: with ``autotune`` and no explicit tiles for
+    it, the autotuned kernel of this shape bucket (which picks its own tiles); else the
+    default tiles, updated by ``tiles[name]``."""
+    override = (tiles or {}).get(name)
+    if autotune and not override:
+        return autotuned_kernel(name, bucket), {}
     cfg = default_configs(head_dim, dtype)[name]
     cfg.update(override or {})
     return _FIXED[name], cfg
@@ -536,11 +552,21 @@ def _kernel_and_meta(name: str, head_dim: int, dtype: torch.dtype, config: dict 
 def condensation_fwd_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, config: dict | None = None,
+    softmax_scale: float, *, autotune: bool = False, tiles: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward launcher. q [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous).
-    Returns out [T, Hq, D] (q's dtype) and lse [Hq, T] (fp32, natural log).
-    ``config`` may override the tiles: ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32}}``."""
+    """Forward launcher.
+
+    Args:
+        q: ``[T, Hq, D]``; k, v: ``[T, Hkv, D]`` (fp16/bf16/fp32, last dim contiguous).
+        cu_seqlens, btok_start, target_start: int32 ``[n + 1]``, ``[n]``, ``[n]`` (the layout).
+        softmax_scale: scale of the scores.
+        autotune: time candidate tiles per shape bucket (:func:`autotuned_kernel`).
+        tiles: per-kernel overrides of the launch configuration,
+            e.g. ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32}}``; only "fwd" is read here.
+
+    Returns:
+        ``out [T, Hq, D]`` in q's dtype and ``lse [Hq, T]`` (fp32, natural log).
+    """
     total, hq, head_dim = q.shape
     hkv = k.shape[1]
     n_seqs = cu_seqlens.numel() - 1
@@ -549,7 +575,7 @@ def condensation_fwd_triton(
     if total == 0:
         return out, lse
     upcast, precision = _dot_flags(q.dtype)
-    kernel, meta = _kernel_and_meta("fwd", head_dim, q.dtype, config)
+    kernel, meta = _kernel_and_meta("fwd", head_dim, q.dtype, shape_bucket(total, n_seqs), autotune, tiles)
     kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
         q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E.value,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -563,14 +589,24 @@ def condensation_bwd_triton(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, config: dict | None = None, gqa_split: int | None = None,
-    fused_dq: bool | None = None,
+    softmax_scale: float, *, autotune: bool = False, tiles: dict | None = None, gqa_split: int | None = None,
+    fused_dq: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launcher: delta preprocess, then dK/dV per key tile and dQ per query tile.
-    ``config`` may override the tiles of "dkdv" and "dq"; ``gqa_split`` forces how many
-    dK/dV programs share one KV head (default: :func:`choose_gqa_split`); ``fused_dq``
-    computes dQ inside the dK/dV kernel with fp32 atomics instead of a dQ kernel (default:
-    the environment variable ``BTOK_FUSED_DQ=1``; off otherwise, until measured)."""
+
+    Args:
+        do: ``[T, Hq, D]``, the gradient of ``out``.
+        q, k, v, cu_seqlens, btok_start, target_start, softmax_scale: as in the forward.
+        out, lse: the forward's results.
+        autotune, tiles: as in the forward; "dkdv" and "dq" are read from ``tiles``.
+        gqa_split: how many dK/dV programs share one KV head (a divisor of ``Hq // Hkv``;
+            None: :func:`choose_gqa_split`).
+        fused_dq: compute dQ inside the dK/dV kernel with fp32 atomics instead of a dQ
+            kernel (the order of the atomic adds varies: not bitwise deterministic).
+
+    Returns:
+        ``dq, dk, dv`` in the dtypes and shapes of ``q, k, v``.
+    """
     total, hq, head_dim = q.shape
     hkv = k.shape[1]
     group = hq // hkv
@@ -590,15 +626,14 @@ def condensation_bwd_triton(
     qk_scale = softmax_scale * LOG2E.value
     common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision)
 
-    kernel, meta = _kernel_and_meta("dkdv", head_dim, q.dtype, config)
+    bucket = shape_bucket(total, n_seqs)
+    kernel, meta = _kernel_and_meta("dkdv", head_dim, q.dtype, bucket, autotune, tiles)
     if gqa_split is None:
         # the autotuner picks BLOCK_N later; count programs with the default tile then
         key_tile = meta.get("BLOCK_N") or default_configs(head_dim, q.dtype)["dkdv"]["BLOCK_N"]
         gqa_split = choose_gqa_split((total // key_tile + n_seqs) * hkv, group, q.device)
     if group % gqa_split != 0:
         raise ValueError(f"gqa_split={gqa_split} must divide the GQA group size {group}")
-    if fused_dq is None:
-        fused_dq = os.environ.get("BTOK_FUSED_DQ", "0") == "1"
     dq_acc = torch.zeros(total, hq, head_dim, dtype=torch.float32, device=q.device) if fused_dq else dq
     if gqa_split == 1:
         dk_acc, dv_acc = dk, dv
@@ -620,7 +655,7 @@ def condensation_bwd_triton(
     if fused_dq:
         dq.copy_(dq_acc)
         return dq, dk, dv
-    kernel, meta = _kernel_and_meta("dq", head_dim, q.dtype, config)
+    kernel, meta = _kernel_and_meta("dq", head_dim, q.dtype, bucket, autotune, tiles)
     kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens, btok_start, target_start, n_seqs,
         softmax_scale, qk_scale,

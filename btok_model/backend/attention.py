@@ -10,7 +10,7 @@ call                                            computed by
                                                  split into [pad | tokens | pad] segments,
                                                  or unpad -> kernel -> scatter back (rows
                                                  with holes, heavy padding, or
-                                                 ``BTOK_PADDING_MODE=unpad``)
+                                                 ``btok_padding_mode="unpad"``)
 ``cu_seq_lens_q/k`` (padding-free path)          condensation kernel, causal varlen
 packed ``position_ids`` / no mask                condensation kernel, causal varlen
 KV-cache decoding (fewer queries than keys)      exact SDPA fallback, bottom-right causal
@@ -91,13 +91,13 @@ def _check_sliding_window(sliding_window: int | None, longest_span: int) -> None
         )
 
 
-def _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k):
+def _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, pad_mode):
     """Layout of the ``B * S`` flattened tokens of a square call, and the unpad index or None."""
     batch_size, _, seq_len, _ = query.shape
     if btok_layout is not None:
         return _check_btok_layout(btok_layout, query, attention_mask).to(query.device), None
     if attention_mask is not None:
-        mode = padding_mode()
+        mode = padding_mode(pad_mode)
         return memoized(attention_mask, ("mask", mode), lambda: padding_layout(attention_mask, mode))
     if cu_seq_lens_q is not None:
         if batch_size != 1:
@@ -153,6 +153,7 @@ def btok_attention_forward(
     position_ids: torch.Tensor | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     cu_seq_lens_k: torch.Tensor | None = None,
+    btok_padding_mode: str | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Attention for ``attn_implementation="btok_triton"`` (same contract as ``"sdpa"``).
@@ -174,6 +175,12 @@ def btok_attention_forward(
         position_ids: ``[B or 1, S]``; positions that do not grow by 1 (e.g. restart at 0)
             start a new packed sequence, as with ``"sdpa"``. Used only without a mask.
         cu_seq_lens_q, cu_seq_lens_k: int ``[n + 1]`` packed boundaries (padding-free path).
+        btok_padding_mode: how a 2D padding mask is run: "segments" (the padded rows as
+            ``[pad | tokens | pad]`` sequences, nothing gathered), "unpad" (gather the real
+            tokens, scatter the output back) or "auto" (segments unless the pad rows add more
+            than a quarter of the real attention pairs, or a row has holes). Pass it to the
+            model's forward like ``btok_layout``; None: the environment variable
+            ``BTOK_PADDING_MODE``, else "auto". Exact either way; it only changes speed.
 
     Returns:
         ``(attn_output [B, Sq, Hq, Dv], None)``: no attention weights, as with ``"sdpa"``.
@@ -200,7 +207,9 @@ def btok_attention_forward(
         _check_sliding_window(sliding_window, k_len)
         out = decode_attention(query, key, value, attention_mask, scaling)
     else:
-        layout, index = _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k)
+        layout, index = _packed_layout(
+            query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, btok_padding_mode
+        )
         # Unpadded rows with holes are shorter than their span in the padded row, which is
         # what a sliding window measures.
         _check_sliding_window(sliding_window, q_len if index is not None else layout.max_seqlen)

@@ -66,8 +66,13 @@ PADDING_MODES = ("auto", "segments", "unpad")
 MAX_PAD_PAIR_FRACTION = 0.25
 
 
-def padding_mode() -> str:
-    """The padding mode from the environment variable ``BTOK_PADDING_MODE`` (default "auto")."""
+def padding_mode(mode: str | None = None) -> str:
+    """The padding mode: ``mode`` if given (the ``btok_padding_mode=`` forward kwarg), else the
+    environment variable ``BTOK_PADDING_MODE``, else "auto"."""
+    if mode is not None:
+        if mode not in PADDING_MODES:
+            raise ValueError(f"btok_padding_mode must be one of {PADDING_MODES}, got {mode!r}")
+        return mode
     mode = os.environ.get("BTOK_PADDING_MODE", "").strip() or "auto"
     if mode not in PADDING_MODES:
         raise ValueError(f"environment variable BTOK_PADDING_MODE must be one of {PADDING_MODES}, got {mode!r}")

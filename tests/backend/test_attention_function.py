@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import assert_close
+from model_helpers import assert_close, pad_batch, random_ids, tiny_model
 
 from btok_model import btok_attention_forward
 
@@ -117,18 +117,45 @@ def test_sliding_window_longer_than_every_sequence_is_exact(device):
 
 
 @pytest.mark.parametrize("mode", ["segments", "unpad", "auto"])
-def test_padding_modes_agree(mode, kernel_backend, device, monkeypatch):
-    """Left, right and both-sided padding, in either padding mode (``BTOK_PADDING_MODE``)."""
-    monkeypatch.setenv("BTOK_PADDING_MODE", mode)
+def test_padding_modes_agree(mode, kernel_backend, device):
+    """Left, right and both-sided padding, in either padding mode (``btok_padding_mode=``)."""
     q, k, v = qkv(9, device=device)
     mask = torch.ones(B, 9, dtype=torch.bool)
     mask[0, :4] = False
     mask[1, 6:] = False
     mask[2, :1] = mask[2, 7:] = False
-    out, _ = btok_attention_forward(module(), q, k, v, mask.to(device))
+    out, _ = btok_attention_forward(module(), q, k, v, mask.to(device), btok_padding_mode=mode)
     allowed = (causal(9, 9)[None] & mask[:, None, :])[:, None].to(device)
     valid = mask.to(device)
     assert_close(out[valid], dense_reference(q, k, v, allowed)[valid], TOL, f"{mode} mode")
+
+
+def test_padding_mode_argument_and_environment(monkeypatch, device):
+    """The forward kwarg wins; the environment variable is only its default; both are checked."""
+    q, k, v = qkv(5, device=device)
+    mask = torch.ones(B, 5, dtype=torch.bool, device=device)
+    mask[0, :2] = False
+    monkeypatch.setenv("BTOK_PADDING_MODE", "bogus")
+    btok_attention_forward(module(), q, k, v, mask, btok_padding_mode="unpad")
+    with pytest.raises(ValueError, match="environment variable BTOK_PADDING_MODE must be one of"):
+        btok_attention_forward(module(), q, k, v, mask.clone())
+    with pytest.raises(ValueError, match=r"btok_padding_mode must be one of \('auto', 'segments', 'unpad'\), got 'pad'"):
+        btok_attention_forward(module(), q, k, v, mask.clone(), btok_padding_mode="pad")
+
+
+def test_padding_mode_reaches_attention_through_the_model(device):
+    """``btok_padding_mode=`` is a forward kwarg of the model, like ``btok_layout=``."""
+    model = tiny_model("llama").to(device)
+    model.set_attn_implementation("btok_triton")
+    ids, mask = pad_batch(random_ids([7, 3]), "left")
+    inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
+    with pytest.raises(ValueError, match="btok_padding_mode must be one of"):
+        model(**inputs, btok_padding_mode="pad")
+    with torch.no_grad():
+        segments = model(**inputs, btok_padding_mode="segments").logits
+        unpad = model(**inputs, btok_padding_mode="unpad").logits
+    valid = mask.bool().to(device)
+    assert_close(unpad[valid], segments[valid], TOL, "unpad vs segments")
 
 
 def test_layout_cache_sees_in_place_edits(device):

@@ -47,6 +47,84 @@ def test_argument_errors(change, exc, match, device):
         condensation_attention(q, k, v, layout, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [(dict(fused_dq=1), "fused_dq must be a bool or None, got 1"),
+     (dict(autotune="yes"), "autotune must be a bool or None, got 'yes'"),
+     (dict(gqa_split=0), "gqa_split must be a positive int or None, got 0"),
+     (dict(gqa_split=3), r"gqa_split=3 must divide the GQA group size Hq // Hkv = 2"),
+     (dict(tiles={"bwd": {}}), "tiles: unknown kernel 'bwd'"),
+     (dict(tiles={"fwd": {"BLOCK_K": 16}}), "tiles\\['fwd'\\]: unknown field 'BLOCK_K'"),
+     (dict(tiles={"dq": {"BLOCK_M": 48}}), "must be a power of two >= 16, got 48"),
+     (dict(tiles={"dq": {"num_warps": 0}}), "must be a positive int, got 0")],
+    ids=["fused_dq_int", "autotune_str", "split_0", "split_not_divisor", "tiles_kernel", "tiles_field",
+         "tiles_block", "tiles_warps"],
+)
+def test_option_errors(kwargs, match, device):
+    q, k, v = _qkv(17, device=device)
+    with pytest.raises(ValueError, match=match):
+        condensation_attention(q, k, v, LAYOUT.to(device), backend="reference", **kwargs)
+
+
+def test_option_environment_variables_are_checked(monkeypatch, device):
+    q, k, v = _qkv(17, device=device)
+    monkeypatch.setenv("BTOK_FUSED_DQ", "yes")
+    with pytest.raises(ValueError, match="environment variable BTOK_FUSED_DQ must be 0 or 1, got 'yes'"):
+        condensation_attention(q, k, v, LAYOUT.to(device))
+    # an explicit argument is not overridden: the variable is not even read
+    condensation_attention(q, k, v, LAYOUT.to(device), fused_dq=False)
+
+
+class LauncherSpy:
+    """Records the keyword options each launcher call receives, and calls through."""
+
+    def __init__(self, monkeypatch):
+        from btok_kernels.condensation import parallel
+
+        self.calls = {}
+        for name in ("condensation_fwd_triton", "condensation_bwd_triton"):
+            real = getattr(parallel, name)
+            monkeypatch.setattr(parallel, name, self._wrap(name, real))
+
+    def _wrap(self, name, real):
+        def spy(*args, **kwargs):
+            self.calls.setdefault(name, []).append(kwargs)
+            return real(*args, **kwargs)
+
+        return spy
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("source", ["env", "kwargs"])
+def test_backward_runs_with_the_forward_options(source, monkeypatch, device):
+    """Options come from the arguments, else from the environment at the forward call; the
+    backward gets the same ones even when the environment changed in between."""
+    spy = LauncherSpy(monkeypatch)
+    tiles = {"fwd": {"BLOCK_M": 32}, "dkdv": {"BLOCK_N": 32}, "dq": {"BLOCK_N": 32}}
+    layout = CondensationLayout.from_lengths([9, 4], [2, 1], [6, 3], device=device)
+    q, k, v = (x.requires_grad_() for x in _qkv(layout.total_tokens, hq=4, hkv=1, device=device))
+    if source == "env":
+        monkeypatch.setenv("BTOK_FUSED_DQ", "1")
+        monkeypatch.setenv("BTOK_AUTOTUNE", "0")
+        out = condensation_attention(q, k, v, layout, backend="triton", gqa_split=2, tiles=tiles)
+        monkeypatch.setenv("BTOK_FUSED_DQ", "0")
+        monkeypatch.setenv("BTOK_AUTOTUNE", "1")
+    else:  # explicit arguments win over the environment, in the forward and the backward
+        monkeypatch.setenv("BTOK_FUSED_DQ", "0")
+        monkeypatch.setenv("BTOK_AUTOTUNE", "1")
+        out = condensation_attention(q, k, v, layout, backend="triton", fused_dq=True, autotune=False,
+                                     gqa_split=2, tiles=tiles)
+    dq, dk, dv = torch.autograd.grad(out.square().sum(), (q, k, v))
+    (fwd,), (bwd,) = spy.calls["condensation_fwd_triton"], spy.calls["condensation_bwd_triton"]
+    assert fwd == dict(autotune=False, tiles=tiles)
+    assert bwd == dict(autotune=False, tiles=tiles, gqa_split=2, fused_dq=True)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    ref = condensation_attention(*leaves, layout, backend="reference")
+    assert rel_err(out, ref) < 1e-5
+    for got, want in zip((dq, dk, dv), torch.autograd.grad(ref.square().sum(), leaves)):
+        assert rel_err(got, want) < 1e-5
+
+
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     q, k, v = _qkv(17)
@@ -58,7 +136,8 @@ def test_custom_ops_pass_opcheck():
     """Schema, fake (meta) implementation and autograd registration of both custom ops."""
     q, k, v = _qkv(17)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, 0.25, "reference")
+    options = (False, False, 0, [0] * 12)  # fused_dq, autotune, gqa_split, tiles
+    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, 0.25, "reference", *options)
     torch.library.opcheck(torch.ops.btok.condensation_fwd.default, args)
     out, lse = torch.ops.btok.condensation_fwd(*args)
     bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse) + args[3:]

@@ -107,8 +107,8 @@ def extreme_inputs(layout, hq, hkv, d, dtype, device, mode, seed=0):
     return [x.double() for x in lowp], lowp
 
 
-def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None, seed=0, q_scale=1.0,
-                  fused_dq=False, extreme=None):
+def check_kernels(layout, hq, hkv, d, dtype, device, tiles=None, gqa_split=None, seed=0, q_scale=1.0,
+                  fused_dq=False, extreme=None, autotune=False):
     if extreme is None:
         exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale)
     else:
@@ -118,9 +118,9 @@ def check_kernels(layout, hq, hkv, d, dtype, device, config=None, gqa_split=None
     q, k, v, do = lowp
     args = (layout.cu_seqlens, layout.btok_start, layout.target_start, scale)
     with PoisonEmpty():
-        out, lse = condensation_fwd_triton(q, k, v, *args, config=config)
-        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, config=config, gqa_split=gqa_split,
-                                        fused_dq=fused_dq)
+        out, lse = condensation_fwd_triton(q, k, v, *args, autotune=autotune, tiles=tiles)
+        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, autotune=autotune, tiles=tiles,
+                                        gqa_split=gqa_split, fused_dq=fused_dq)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert_close_by_rule("out", out, o_ref, o_low, dtype)
     for name, got, ref, low in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
@@ -194,7 +194,7 @@ def test_kernels_with_the_gpu_default_tiles(dtype, d, device):
     """The tiles the launchers use on a GPU (large, non-square), on sequences shorter and
     longer than one tile, with the cut inside a tile."""
     layout = CondensationLayout.from_lengths([150, 9, 40], [16, 4, 16], [120, 3, 0], device=device)
-    check_kernels(layout, hq=2, hkv=1, d=d, dtype=dtype, device=device, config=_gpu_tiles(d, dtype))
+    check_kernels(layout, hq=2, hkv=1, d=d, dtype=dtype, device=device, tiles=_gpu_tiles(d, dtype))
 
 
 @pytest.mark.interpret
@@ -202,7 +202,7 @@ def test_kernels_with_the_gpu_default_tiles(dtype, d, device):
 @pytest.mark.parametrize("seed", [10, 11])
 def test_kernels_tile_shapes(tiles, seed, device):
     layout = CondensationLayout.from_lengths(*random_layout(seed, max_seqs=4), device=device)
-    check_kernels(layout, hq=2, hkv=2, d=16, dtype=torch.float32, device=device, config=TILES[tiles], seed=seed)
+    check_kernels(layout, hq=2, hkv=2, d=16, dtype=torch.float32, device=device, tiles=TILES[tiles], seed=seed)
 
 
 @pytest.mark.interpret
@@ -337,25 +337,22 @@ def test_env_overrides_auto(monkeypatch, device):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("fused_dq", [False, True], ids=["dq_kernel", "fused_dq"])
-def test_autotuned_launch_path(fused_dq, monkeypatch, device):
-    """BTOK_AUTOTUNE=1 launches the autotuned kernels, each of which times its candidate tiles
-    (with a wall-clock timer on the CPU) and keeps one; the result must stay exact."""
-    from btok_kernels.condensation import parallel
+def test_autotuned_launch_path(fused_dq, device):
+    """``autotune=True`` launches the autotuned kernels of the pack's shape bucket, each of
+    which times its candidate tiles (a wall-clock timer under the interpreter) and keeps
+    one; the result must stay exact. A pack of another bucket is tuned again."""
+    from btok_kernels.condensation.parallel import autotuned_kernel, shape_bucket
 
-    if device == "cpu":
-        import time
-
-        def wall_clock(fn, quantiles=None):
-            start = time.perf_counter()
-            fn()
-            ms = (time.perf_counter() - start) * 1e3
-            return [ms, ms, ms] if quantiles else ms
-
-        for tuned in parallel._TUNED.values():
-            monkeypatch.setattr(tuned, "_do_bench", wall_clock)
-    monkeypatch.setenv("BTOK_AUTOTUNE", "1")
     layout = CondensationLayout.from_lengths([40, 3], [4, 2], [30, 5], device=device)
+    bucket = shape_bucket(layout.total_tokens, layout.num_seqs)
     # the tuner runs each candidate several times: atomically accumulated dQ must be reset
-    check_kernels(layout, hq=2, hkv=1, d=16, dtype=torch.float32, device=device, fused_dq=fused_dq)
-    for name in ("fwd", "dkdv") if fused_dq else ("fwd", "dkdv", "dq"):
-        assert getattr(parallel._TUNED[name], "best_config", None) is not None, name
+    check_kernels(layout, hq=2, hkv=1, d=16, dtype=torch.float32, device=device, fused_dq=fused_dq, autotune=True)
+    tuned = ("fwd", "dkdv") if fused_dq else ("fwd", "dkdv", "dq")
+    for name in tuned:
+        assert autotuned_kernel(name, bucket).best_config is not None, name
+    short = CondensationLayout.from_lengths([3, 1, 2, 2], 1, [1, 0, 2, 1], device=device)
+    other = shape_bucket(short.total_tokens, short.num_seqs)
+    assert other != bucket
+    condensation_fwd_triton(*make_inputs(short, 2, 1, 16, torch.float32, device)[1][:3],
+                            short.cu_seqlens, short.btok_start, short.target_start, 0.25, autotune=True)
+    assert len(autotuned_kernel("fwd", other).cache) == 1, "a new shape bucket must be timed on its own"

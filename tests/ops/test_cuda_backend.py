@@ -1,0 +1,412 @@
+"""The CUDA C++ backend: its loader, argument checks and build logic (everywhere), and its
+kernels against a float64 oracle (on a CUDA device, with the extension built).
+
+The kernel tests follow tests/ops/test_condensation.py's rule (flash-attention's): the
+relative L2 error against the fp64 oracle is at most twice that of a plain PyTorch
+implementation in the same dtype, plus a small floor, and never above a ceiling per dtype.
+They need a CUDA device; that is their only skip condition: on a CUDA machine a missing
+extension fails them, with the loader's reason.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+from condensation_oracle import dense_mask, rel_err
+
+from btok_kernels import CondensationLayout
+from btok_kernels.condensation import cuda
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_CUDA = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """The loader with its cache cleared before and after (it remembers its first answer)."""
+    cuda._load.cache_clear()
+    yield monkeypatch
+    cuda._load.cache_clear()
+
+
+# --------------------------------------------------------------------------------------
+# loader, checks and build logic: every machine
+# --------------------------------------------------------------------------------------
+def test_missing_extension_says_why(fresh_loader):
+    fresh_loader.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    fresh_loader.setattr(torch.version, "cuda", None)
+    fresh_loader.setenv("BTOK_SKIP_CUDA_BUILD", "1")
+    assert not cuda.is_available()
+    with pytest.raises(cuda.CUDABackendUnavailable) as info:
+        cuda.require_extension()
+    msg = str(info.value)
+    assert "backend='cuda'" in msg and "btok_kernels._cuda was not built" in msg
+    assert "CPU-only build" in msg and "BTOK_SKIP_CUDA_BUILD=1 is set" in msg
+    assert "pip install --no-deps --no-build-isolation -e ." in msg
+    assert isinstance(info.value, NotImplementedError)  # what callers caught before the backend existed
+
+
+def test_extension_that_does_not_load_says_why(fresh_loader, tmp_path):
+    bogus = tmp_path / "_cuda.so"
+    bogus.write_bytes(b"not a shared library")
+    spec = importlib.machinery.ModuleSpec(cuda.EXTENSION, None, origin=str(bogus))
+    fresh_loader.setattr(importlib.util, "find_spec", lambda name, *a: spec)
+    with pytest.raises(cuda.CUDABackendUnavailable, match=r"_cuda\.so does not load"):
+        cuda.require_extension()
+
+
+def test_this_machine_reports_its_state():
+    """Without a CUDA build of torch the extension cannot exist; with one and a GPU, the
+    kernel tests below need it (and fail with this reason if it is missing)."""
+    if torch.version.cuda is None:
+        assert not cuda.is_available()
+        with pytest.raises(cuda.CUDABackendUnavailable, match="CPU-only build"):
+            cuda.require_extension()
+    elif HAS_CUDA:
+        cuda.require_extension()
+
+
+def _rows(total, heads, d, dtype=torch.float16, device="cpu"):
+    return torch.zeros(total, heads, d, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize(
+    "q,k,match",
+    [
+        (_rows(4, 2, 16, torch.float32), _rows(4, 1, 16, torch.float32), r"dtypes .*float16.*got torch.float32"),
+        (_rows(4, 2, 12), _rows(4, 1, 12), "multiples of 8 up to 256, got 12"),
+        (_rows(4, 2, 264), _rows(4, 1, 264), "multiples of 8 up to 256, got 264"),
+        (_rows(4, 2, 16), _rows(4, 1, 16), "needs CUDA tensors, got q on cpu"),
+    ],
+    ids=["fp32", "head_dim_12", "head_dim_264", "cpu_tensors"],
+)
+def test_launchers_check_their_inputs(q, k, match):
+    layout = CondensationLayout.from_lengths([2], 1, [1])
+    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25)
+    with pytest.raises(ValueError, match=match):
+        cuda.condensation_fwd_cuda(q, k, k, *args)
+    with pytest.raises(ValueError, match=match):
+        cuda.condensation_bwd_cuda(q, q, k, k, q, torch.zeros(2, 4), *args)
+
+
+def test_fake_implementations_match_the_ops_outputs():
+    """What torch.compile sees: the shapes and dtypes the C++ ops return (contiguous)."""
+    q, k = _rows(7, 6, 32, torch.bfloat16), _rows(7, 2, 32, torch.bfloat16)
+    out, lse = cuda._fwd_fake(q[:, ::2], k, k, None, None, None, 0.1)
+    assert out.shape == (7, 3, 32) and out.dtype == torch.bfloat16 and out.is_contiguous()
+    assert lse.shape == (3, 7) and lse.dtype == torch.float32
+    dq, dk, dv = cuda._bwd_fake(q, q, k, k, q, lse, None, None, None, 0.1, False)
+    assert dq.shape == q.shape and dk.shape == dv.shape == k.shape and dk.dtype == torch.bfloat16
+
+
+@pytest.fixture
+def setup_py():
+    return runpy.run_path(str(ROOT / "setup.py"))  # defines the functions; setup() runs only as __main__
+
+
+def test_setup_skips_with_one_line(setup_py, monkeypatch, capsys):
+    monkeypatch.setenv("BTOK_SKIP_CUDA_BUILD", "1")
+    assert setup_py["cuda_extension_kwargs"]() == {}
+    monkeypatch.delenv("BTOK_SKIP_CUDA_BUILD")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert setup_py["cuda_extension_kwargs"]() == {}
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("btok: not building the CUDA extension") for line in lines)
+    assert "BTOK_SKIP_CUDA_BUILD=1" in lines[0] and "CPU-only build" in lines[1]
+
+
+def test_setup_without_nvcc_skips(setup_py, monkeypatch, capsys):
+    from torch.utils import cpp_extension
+
+    monkeypatch.delenv("BTOK_SKIP_CUDA_BUILD", raising=False)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    assert setup_py["cuda_extension_kwargs"]() == {}
+    assert "nvcc was not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch_list", [None, "9.0"], ids=["default_archs", "TORCH_CUDA_ARCH_LIST"])
+def test_setup_builds_the_extension_with_cuda_torch_and_nvcc(setup_py, arch_list, monkeypatch):
+    from torch.utils import cpp_extension
+
+    monkeypatch.delenv("BTOK_SKIP_CUDA_BUILD", raising=False)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+    if arch_list is None:
+        monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    else:
+        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", arch_list)
+    kwargs = setup_py["cuda_extension_kwargs"]()
+    (ext,) = kwargs["ext_modules"]
+    assert ext.name == "btok_kernels._cuda" and kwargs["cmdclass"]["build_ext"] is cpp_extension.BuildExtension
+    assert all((ROOT / src).is_file() for src in ext.sources)
+    # every translation unit of csrc/ but the host-only test helpers
+    built = {p.relative_to(ROOT).as_posix() for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cu", ".cpp")}
+    assert set(ext.sources) == {s for s in built if not s.startswith("csrc/host/")}
+    nvcc = ext.extra_compile_args["nvcc"]
+    archs = [f for f in nvcc if "arch=" in f]
+    if arch_list is None:
+        assert archs == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=[sm_90,compute_90]"]
+    else:
+        assert archs == []  # cpp_extension turns TORCH_CUDA_ARCH_LIST into flags itself
+
+
+# --------------------------------------------------------------------------------------
+# the kernels against the fp64 oracle: CUDA devices
+# --------------------------------------------------------------------------------------
+CEILING = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
+FLOOR = {torch.float16: 1e-4, torch.bfloat16: 1e-3}
+DTYPE_IDS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+# (query_lens, num_btoks, target_lens)
+EDGE_LAYOUTS = {
+    "one_long": ([397], 16, [158]),  # several tiles, boundaries off the tile grid
+    "query_len_1": ([1, 1], [4, 2], [9, 1]),
+    "no_target": ([23, 140], 4, [0, 0]),
+    "K1": ([130, 5], 1, [12, 200]),
+    "no_btoks": ([12, 70], 0, [121, 3]),  # b == t: target rows see only the target
+    "no_query": ([0, 0], [3, 16], [120, 1]),  # b == 0: plain causal
+    "shorter_than_tile": ([3, 2, 5], [2, 1, 3], [4, 0, 2]),
+    "tile_aligned": ([64, 128], 64, [128, 64]),
+    "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
+    "empty_sequences": ([0, 210, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),
+}
+
+
+def random_layout(seed: int, max_seqs: int = 6, max_query: int = 600, max_target: int = 200):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, max_seqs + 1, (1,), generator=g))
+    query = torch.randint(0, max_query, (n,), generator=g).tolist()
+    btoks = torch.randint(1, 17, (n,), generator=g).tolist()
+    target = torch.randint(0, max_target, (n,), generator=g).tolist()
+    return query, btoks, target
+
+
+def dense_reference(q, k, v, layout: CondensationLayout, scale: float, causal: bool):
+    """Per-sequence dense attention in the inputs' dtype (fp64: the oracle), and its LSE."""
+    hq, hkv = q.shape[1], k.shape[1]
+    outs, lses = [], []
+    cu = layout.host_cu_seqlens
+    for s, (b, t) in enumerate(zip(layout.host_btok_start, layout.host_target_start)):
+        a, e = cu[s], cu[s + 1]
+        mask = dense_mask(e - a, b, t) if causal else torch.ones(e - a, e - a, dtype=torch.bool)
+        qs = q[a:e].transpose(0, 1)
+        ks = k[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)
+        vs = v[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)
+        scores = ((qs @ ks.transpose(-1, -2)) * scale).masked_fill(~mask.to(q.device), float("-inf"))
+        outs.append((scores.softmax(-1) @ vs).transpose(0, 1))
+        lses.append(scores.double().logsumexp(-1))
+    return torch.cat(outs, 0), torch.cat(lses, 1)
+
+
+def make_inputs(layout, hq, hkv, d, dtype, seed=0, q_scale=1.0, logits=None, device="cuda"):
+    """q, k, v, dout on ``device`` in ``dtype``, and the same numbers in fp64 for the oracle
+    (rounded first, so that the oracle sees what the kernels see).
+
+    ``logits``: None for Gaussian inputs (q times ``q_scale``); a number L: every q and k
+    lie near one direction, scaled so that every scaled logit is near L; "mixed": rows and
+    keys of random sign and size along it, logits spread over about +-45.
+    """
+    g = torch.Generator().manual_seed(seed)
+    total = layout.total_tokens
+    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64) * q_scale
+    k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
+    v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
+    do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    if logits is not None:
+        u = torch.randn(d, generator=g, dtype=torch.float64)
+        u /= u.norm()
+        if logits == "mixed":
+            size = math.sqrt(45 * math.sqrt(d))
+            q_amp = torch.rand(total, hq, 1, generator=g, dtype=torch.float64) * 2 - 1
+            k_amp = torch.randint(0, 2, (total, hkv, 1), generator=g).double() * 2 - 1
+        else:
+            size = math.sqrt(abs(logits) * math.sqrt(d))  # q . k / sqrt(d) = logits
+            q_amp = torch.full((total, hq, 1), math.copysign(1.0, logits), dtype=torch.float64)
+            k_amp = torch.ones(total, hkv, 1, dtype=torch.float64)
+        q = 0.5 * q + q_amp * size * u
+        k = 0.5 * k + k_amp * size * u
+    lowp = [x.to(device=device, dtype=dtype) for x in (q, k, v, do)]
+    return [x.double() for x in lowp], lowp
+
+
+def poison_allocator():
+    """Leaves NaN in the CUDA caching allocator's free blocks, so that an output element a
+    kernel forgets to write is likely to read as NaN (the ops allocate in C++, out of reach
+    of a dispatch mode)."""
+    blocks = [torch.full((n,), float("nan"), device="cuda") for n in (1 << 24, 1 << 20, 1 << 17, 1 << 14, 1 << 11)]
+    del blocks
+
+
+def check_cuda_kernels(layout, hq, hkv, d, dtype, seed=0, q_scale=1.0, logits=None, causal=True, launchers=None):
+    """Forward and backward against the fp64 oracle. ``launchers``: (fwd, bwd) with the
+    signatures of cuda.condensation_fwd_cuda / condensation_bwd_cuda (the default); the
+    tensors live on the layout's device."""
+    fwd, bwd = launchers or (cuda.condensation_fwd_cuda, cuda.condensation_bwd_cuda)
+    device = layout.device
+    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed, q_scale, logits, device)
+    scale = 1.0 / math.sqrt(d)
+    refs = []
+    for q, k, v, do in (exact, lowp):
+        q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+        out, lse = dense_reference(q, k, v, layout, scale, causal)
+        refs.append((out.detach(), *torch.autograd.grad(out, (q, k, v), do), lse))
+    (o_ref, *g_ref, lse_ref), (o_low, *g_low, _) = refs
+    q, k, v, do = lowp
+    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, scale, causal)
+    if device.type == "cuda":
+        poison_allocator()
+    out, lse = fwd(q, k, v, *args)
+    if device.type == "cuda":
+        poison_allocator()
+    grads = bwd(do, q, k, v, out, lse, *args)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    for name, got, ref, low in zip(("out", "dq", "dk", "dv"), (out, *grads), (o_ref, *g_ref), (o_low, *g_low)):
+        assert not torch.isnan(got).any(), f"{name}: NaN in the result (an element was never written?)"
+        err, bound = rel_err(got, ref), 2 * rel_err(low, ref) + FLOOR[dtype]
+        # With every key near one direction, dQ = scale * sum_j dS_j k_j cancels that large
+        # common part (sum_j dS_j = 0), which amplifies the rounding of dS to the tensor-core
+        # dtype; the ceilings assume well-conditioned inputs, so there dQ has the 2x rule only.
+        if not (logits is not None and name == "dq"):
+            bound = min(bound, CEILING[dtype])
+        assert err <= bound, f"{name}: relative L2 error {err:.3e} > bound {bound:.3e}"
+    assert lse.dtype == torch.float32 and lse.shape == (hq, layout.total_tokens)
+    # the LSE comes from fp32 scores of the same rounded inputs: close to the oracle's
+    assert rel_err(lse, lse_ref) <= 1e-4, f"lse: relative L2 error {rel_err(lse, lse_ref):.3e}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("name", list(EDGE_LAYOUTS))
+def test_cuda_edge_layouts(name, dtype):
+    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS[name], device="cuda")
+    check_cuda_kernels(layout, hq=4, hkv=2, d=64, dtype=dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("seed", range(8))
+def test_cuda_random_layouts(seed):
+    layout = CondensationLayout.from_lengths(*random_layout(seed), device="cuda")
+    dtype = (torch.bfloat16, torch.float16)[seed % 2]
+    d = (64, 128, 96, 256)[seed % 4]
+    check_cuda_kernels(layout, hq=6, hkv=2, d=d, dtype=dtype, seed=seed)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_cuda_realistic_image_batch(dtype):
+    """An mmeb_image_2B-shaped pack: 16 sequences, query 256-1280, 16 BToks, target 32-256,
+    Hq 12, Hkv 2, head dim 128."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.randint(256, 1281, (16,), generator=g).tolist()
+    target = torch.randint(32, 257, (16,), generator=g).tolist()
+    layout = CondensationLayout.from_lengths(query, 16, target, device="cuda")
+    check_cuda_kernels(layout, hq=12, hkv=2, d=128, dtype=dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("logits", [-30.0, 70.0, "mixed"], ids=["negative", "positive", "mixed"])
+def test_cuda_extreme_logits(logits, dtype):
+    """Logits far below 0 (exp underflows in fp16 without the max shift), far above 0 (exp
+    overflows fp32 without it) or of both signs, on tiles that mix query, BTok and target
+    rows: target rows visit masked cut blocks first, where their running max must stay -inf."""
+    layout = CondensationLayout.from_lengths([137, 40, 20], [16, 3, 2], [129, 71, 30], device="cuda")
+    check_cuda_kernels(layout, hq=2, hkv=1, d=64, dtype=dtype, logits=logits)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_cuda_peaked_softmax(dtype):
+    """Gaussian q scaled by 8: scores spread over about +-40 within each row."""
+    layout = CondensationLayout.from_lengths([237, 4], [16, 2], [129, 11], device="cuda")
+    check_cuda_kernels(layout, hq=2, hkv=1, d=128, dtype=dtype, q_scale=8.0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("hq,hkv", [(6, 6), (6, 3), (6, 1)], ids=["gqa1", "gqa2", "gqa6"])
+@pytest.mark.parametrize("d", [8, 64, 80, 96, 128, 192, 256], ids=lambda d: f"d{d}")
+def test_cuda_gqa_and_head_dims(hq, hkv, d):
+    layout = CondensationLayout.from_lengths([190, 2, 70], [16, 1, 4], [130, 7, 0], device="cuda")
+    check_cuda_kernels(layout, hq=hq, hkv=hkv, d=d, dtype=torch.bfloat16, seed=d)
+
+
+@needs_gpu
+@pytest.mark.parametrize("d", [64, 128, 256], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("lens", [[1, 63, 111, 1025], [300]], ids=["unaligned", "one"])
+def test_cuda_bidirectional(lens, d):
+    """causal=False: every row attends its whole sequence (b = 0, t = len)."""
+    layout = CondensationLayout.causal([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda")
+    check_cuda_kernels(layout, hq=4, hkv=2, d=d, dtype=torch.float16, causal=False)
+
+
+@needs_gpu
+def test_cuda_backward_is_deterministic():
+    layout = CondensationLayout.from_lengths([700, 90], [16, 4], [200, 30], device="cuda")
+    _, (q, k, v, do) = make_inputs(layout, 12, 2, 128, torch.bfloat16)
+    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, 0.1)
+    out, lse = cuda.condensation_fwd_cuda(q, k, v, *args)
+    first = cuda.condensation_bwd_cuda(do, q, k, v, out, lse, *args)
+    for _ in range(3):
+        again = cuda.condensation_bwd_cuda(do, q, k, v, out, lse, *args)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@needs_gpu
+def test_cuda_strided_and_misaligned_inputs():
+    """q, k, v as views of a fused qkv projection, and one starting off a 16-byte boundary."""
+    layout = CondensationLayout.from_lengths([100, 7], [4, 2], [51, 0], device="cuda")
+    total, hq, hkv, d = layout.total_tokens, 4, 2, 64
+    qkv = torch.randn(total, hq + 2 * hkv, d, device="cuda", dtype=torch.float16)
+    q, k, v = qkv[:, :hq], qkv[:, hq : hq + hkv], qkv[:, hq + hkv :]
+    odd = torch.randn(total * hq * d + 1, device="cuda", dtype=torch.float16)[1:].view(total, hq, d)
+    odd.copy_(q)
+    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, 0.125)
+    want, lse_want = cuda.condensation_fwd_cuda(q.contiguous(), k.contiguous(), v.contiguous(), *args)
+    for q_in in (q, odd):
+        out, lse = cuda.condensation_fwd_cuda(q_in, k, v, *args)
+        assert torch.equal(out, want) and torch.equal(lse, lse_want)
+
+
+@needs_gpu
+def test_cuda_empty_pack():
+    layout = CondensationLayout.from_lengths([0, 0], 0, [0, 0], device="cuda")
+    q, k = _rows(0, 2, 16, device="cuda"), _rows(0, 1, 16, device="cuda")
+    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25)
+    out, lse = cuda.condensation_fwd_cuda(q, k, k, *args)
+    dq, dk, dv = cuda.condensation_bwd_cuda(q, q, k, k, out, lse, *args)
+    assert out.shape == (0, 2, 16) and lse.shape == (2, 0) and dk.shape == (0, 1, 16)
+
+
+@needs_gpu
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda a: a.update(q=a["q"].float(), k=a["k"].float(), v=a["v"].float()), "must be float16 or bfloat16"),
+        (lambda a: a.update(k=a["k"][:, :, :8].contiguous(), v=a["v"][:, :, :8].contiguous()), "k must have shape"),
+        (lambda a: a.update(cu_seqlens=a["cu_seqlens"].long()), "cu_seqlens must have dtype int32"),
+        (lambda a: a.update(btok_start=a["btok_start"].cpu()), "btok_start must be on q's device"),
+        (lambda a: a.update(target_start=a["target_start"][:1]), "target_start must be a contiguous 1-D tensor of 2"),
+        (lambda a: a.update(q=a["q"].transpose(1, 2)), "q must have a contiguous last dim"),
+        (lambda a: a.update(softmax_scale=float("nan")), "softmax_scale must be a positive finite number"),
+    ],
+    ids=["fp32", "head_dims_differ", "cu_seqlens_int64", "btok_start_on_cpu", "target_start_short", "strided_last_dim",
+         "nan_scale"],
+)
+def test_cuda_ops_check_arguments(change, match):
+    """The C++ ops' TORCH_CHECKs, called directly (the launchers would fix or refuse first)."""
+    cuda.require_extension()
+    layout = CondensationLayout.from_lengths([5, 3], 2, [4, 1], device="cuda")
+    args = dict(q=_rows(layout.total_tokens, 4, 16, device="cuda"), k=_rows(layout.total_tokens, 2, 16, device="cuda"),
+                v=_rows(layout.total_tokens, 2, 16, device="cuda"), cu_seqlens=layout.cu_seqlens,
+                btok_start=layout.btok_start, target_start=layout.target_start, softmax_scale=0.25)
+    change(args)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.btok_cuda.fwd(*args.values())

@@ -18,14 +18,15 @@ CXX=${CXX:-g++}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 command -v "$NVCC" > /dev/null || { echo "check_build: nvcc not found (set NVCC or PATH)" >&2; exit 1; }
 [ -f "$CUDA_HOME/include/cuda_runtime_api.h" ] || { echo "check_build: no CUDA headers under CUDA_HOME=$CUDA_HOME" >&2; exit 1; }
-start=$(date +%s.%N)
-elapsed() { printf '%.1f' "$(echo "$(date +%s.%N) - $1" | bc)"; }
+now() { date +%s%N; }
+elapsed() { local ds=$((($(now) - $1) / 100000000)); echo "$((ds / 10)).$((ds % 10))"; }  # seconds, 1 decimal
+start=$(now)
 
 # kernels: C++17, the lowest standard the supported torch builds compile extensions with
 NVCC_FLAGS=(-std=c++17 -O3 -lineinfo -Xptxas -v)
 compile_arch() {  # arch (80 or 90)
   local arch=$1 t0
-  t0=$(date +%s.%N)
+  t0=$(now)
   for tu in fwd bwd; do
     "$NVCC" "${NVCC_FLAGS[@]}" -gencode "arch=compute_$arch,code=sm_$arch" -c "csrc/kernels/$tu.cu" \
       -o "$OUT/${tu}_sm$arch.o" > "$OUT/${tu}_sm$arch.log" 2>&1 || { cat "$OUT/${tu}_sm$arch.log" >&2; return 1; }
@@ -38,11 +39,11 @@ compile_arch 90 > "$OUT/sm90.txt" & pid90=$!
 trap 'kill $pid80 $pid90 2> /dev/null || true' EXIT  # an early failure leaves no nvcc behind
 
 # host side while nvcc runs: the tile plan test, then the torch binding
-t0=$(date +%s.%N)
+t0=$(now)
 "$CXX" -std=c++17 -O2 -Wall -Wextra -Werror -o "$OUT/tile_plan_test" csrc/host/tile_plan_test.cpp
 plan_result=$("$OUT/tile_plan_test")
 plan_time=$(elapsed "$t0")
-t0=$(date +%s.%N)
+t0=$(now)
 inc=$("$PYTHON" -c "from torch.utils.cpp_extension import include_paths; print(*include_paths(), sep='\n')") ||
   { echo "check_build: $PYTHON cannot import torch (activate the environment, or set PYTHON)" >&2; exit 1; }
 mapfile -t TORCH_INC <<< "$inc"

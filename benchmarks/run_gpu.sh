@@ -26,7 +26,23 @@ case "$stage" in
     shard c tests/ops/test_condensation.py -k "gpu_default or more_head_dims or tile_shapes or gqa_split or public or reference or mask_is or strides or env" &
     shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_schedule.py &
     shard e tests/backend &
+    # the CUDA C++ backend, built by the pip install above when nvcc is there
+    python -c "from btok_kernels.condensation import cuda; print('btok_kernels._cuda:', cuda._load() or 'loaded')"
+    shard f tests/ops/test_cuda_backend.py tests/ops/test_cuda_plan.py &
     wait
+    # once under compute-sanitizer: out-of-bounds accesses (memcheck), shared-memory races (racecheck)
+    sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+    if [ -x "$sanitizer" ]; then
+      for tool in memcheck racecheck; do
+        # without the caching allocator every tensor is its own allocation: memcheck sees overruns
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 "$sanitizer" --tool "$tool" --error-exitcode 1 \
+          python -m pytest -q -p no:cacheprovider \
+          tests/ops/test_cuda_backend.py -k "edge_layouts and fp16" > "$OUT_DIR/cuda_$tool.log" 2>&1
+        echo "compute-sanitizer $tool: exit $? ($(tail -1 "$OUT_DIR/cuda_$tool.log"))"
+      done
+    else
+      echo "compute-sanitizer: not found"
+    fi
     timeout 75 python benchmarks/backend_overhead.py --out-dir "$OUT_DIR" 2>&1 | tee "$OUT_DIR/backend_overhead.log"
     ;;
   bench)

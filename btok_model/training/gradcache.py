@@ -52,21 +52,30 @@ def grad_cache_step(
     backward: Callable[[torch.Tensor], None],
     *,
     scale: float = 1.0,
+    contrastive_weight: float = 1.0,
+    target_normalizer: float | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, torch.Tensor | None]:
     """Forward and backward of one chunked batch; gradients accumulate in ``.grad``.
+
+    The loss backpropagated is ``scale * (contrastive_weight * InfoNCE + w * sum_c(gen_c * n_c) /
+    target_normalizer)`` with ``gen_c`` the mean generative loss of chunk ``c`` over its
+    ``n_c`` target tokens and ``w`` the model's generative weight.
 
     Args:
         model: a :class:`~btok_model.BTokModel` (not a DDP wrapper: chunks call
             ``embed_batch`` directly, so the caller synchronises gradients across ranks).
         batch: a chunked batch from :class:`~btok_model.training.collate.TrainingCollator`.
         backward: runs the backward of a scalar (``loss.backward`` or ``accelerator.backward``).
-        scale: multiplies the loss that is backpropagated (1 / gradient-accumulation steps).
+        scale: multiplies everything backpropagated (1 / gradient-accumulation steps).
+        contrastive_weight: multiplies the contrastive loss (a rank's share of the queries).
+        target_normalizer: the token count the generative sum is divided by (default: the
+            batch's own ``num_target_tokens``, i.e. the batch's token mean).
         autocast: a context manager factory for the forward passes (mixed precision).
 
     Returns:
-        ``{"loss", "contrastive_loss", "generative_loss"}``: detached fp32 scalars of the
-        whole batch (generative None when no chunk has a target).
+        ``{"contrastive_loss", "generative_loss"}``: detached fp32 scalars, weighted as above
+        (generative None when no chunk has a target).
     """
     chunks = batch["chunks"]
     device = model.device
@@ -81,9 +90,10 @@ def grad_cache_step(
     query_cache = torch.cat(queries).detach().requires_grad_()
     candidate_cache = torch.cat(candidates).detach().requires_grad_()
     contrastive = model.compute_loss(query_cache, candidate_cache, batch["positive_index"], None).contrastive_loss
+    contrastive = contrastive * contrastive_weight
     query_grad, candidate_grad = torch.autograd.grad(contrastive * scale, [query_cache, candidate_cache])
 
-    total_targets = batch["num_target_tokens"]
+    normalizer = batch["num_target_tokens"] if target_normalizer is None else target_normalizer
     weight = model.generative_weight
     generative_sum = None
     q_start = c_start = 0
@@ -93,12 +103,10 @@ def grad_cache_step(
         q_end, c_end = q_start + q.shape[0], c_start + c.shape[0]
         surrogate = (q * query_grad[q_start:q_end]).sum() + (c * candidate_grad[c_start:c_end]).sum()
         if generative is not None:
-            share = num_targets / total_targets
+            share = num_targets / normalizer
             surrogate = surrogate + (weight * scale * share) * generative
             part = generative.detach() * share
             generative_sum = part if generative_sum is None else generative_sum + part
         backward(surrogate)
         q_start, c_start = q_end, c_end
-    contrastive = contrastive.detach()
-    loss = contrastive if generative_sum is None else contrastive + weight * generative_sum
-    return {"loss": loss, "contrastive_loss": contrastive, "generative_loss": generative_sum}
+    return {"contrastive_loss": contrastive.detach(), "generative_loss": generative_sum}

@@ -190,7 +190,17 @@ def _argument_names() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainingArguments)}
 
 
-def train(model, dataset, recipe: Recipe, output_dir: str, *, resume: str | bool | None = None, save: bool = True, **overrides):
+def train(
+    model,
+    dataset,
+    recipe: Recipe,
+    output_dir: str,
+    *,
+    resume: str | bool | None = None,
+    save: bool = True,
+    callbacks: list | None = None,
+    **overrides,
+):
     """Train ``model`` on ``dataset`` with ``recipe``; returns the :class:`BTokTrainer`.
 
     Args:
@@ -200,6 +210,7 @@ def train(model, dataset, recipe: Recipe, output_dir: str, *, resume: str | bool
         output_dir: checkpoints (``checkpoint-<step>``) and, with ``save``, the final model.
         resume: a checkpoint folder, or True for the latest one in ``output_dir``.
         save: write the final model to ``output_dir`` (loadable with ``from_pretrained``).
+        callbacks: ``transformers.TrainerCallback`` instances.
         **overrides: ``TrainingArguments`` fields that replace the recipe's.
     """
     from .trainer import BTokTrainer
@@ -213,6 +224,7 @@ def train(model, dataset, recipe: Recipe, output_dir: str, *, resume: str | bool
         schedule=recipe.schedule,
         chunk_size=recipe.chunk_size,
         max_tokens=recipe.max_tokens,
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume)
     if save:

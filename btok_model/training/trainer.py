@@ -176,12 +176,35 @@ class BTokTrainer(Trainer):
         if generative is not None:
             self._loss_parts["generative_loss"].append(generative.detach().float())
 
+    def _rank_shares(self, num_queries: int, num_targets: int) -> tuple[float, float]:
+        """How this rank's mean losses are weighted so that DDP's gradient mean over ranks is
+        the mean over the whole global batch: ``(queries here / mean queries per rank,
+        target tokens here / mean target tokens per rank)``; ``(1, 1)`` on one process."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return 1.0, 1.0
+        counts = torch.tensor([num_queries, num_targets], dtype=torch.float64, device=self.args.device)
+        dist.all_reduce(counts)
+        total_queries, total_targets = counts.tolist()
+        return num_queries * world / total_queries, (num_targets * world / total_targets if total_targets else 0.0)
+
+    def _combine(self, model, contrastive, generative) -> torch.Tensor:
+        loss = contrastive
+        if generative is not None:
+            loss = loss + self._btok_model(model).generative_weight * generative
+        self._record(contrastive, generative)
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's loss (contrastive + weight x generative); the parts are logged."""
+        """The model's loss (contrastive + weight x generative), each part weighted by this
+        rank's share of the global batch; the parts are logged."""
         self._begin_step(model, inputs)
         outputs = model(**inputs)
-        self._record(outputs.contrastive_loss, outputs.generative_loss)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        query_share, target_share = self._rank_shares(inputs["positive_index"].numel(), inputs["num_target_tokens"])
+        contrastive = outputs.contrastive_loss * query_share
+        generative = None if outputs.generative_loss is None else outputs.generative_loss * target_share
+        loss = self._combine(model, contrastive, generative)
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """A plain batch: the Trainer's own step. A chunked batch: a GradCache step."""
@@ -191,12 +214,20 @@ class BTokTrainer(Trainer):
         self._begin_step(model, inputs)
         inputs = self._prepare_inputs(inputs)
         btok_model = self._btok_model(model)
+        query_share, target_share = self._rank_shares(inputs["positive_index"].numel(), inputs["num_target_tokens"])
         scale = 1.0 / self.current_gradient_accumulation_steps
-        parts = grad_cache_step(btok_model, inputs, self.accelerator.backward, scale=scale, autocast=self.accelerator.autocast)
+        parts = grad_cache_step(
+            btok_model,
+            inputs,
+            self.accelerator.backward,
+            scale=scale,
+            contrastive_weight=query_share,
+            target_normalizer=inputs["num_target_tokens"] / target_share if target_share else None,
+            autocast=self.accelerator.autocast,
+        )
         if self.accelerator.sync_gradients:
             self._average_gradients(btok_model)
-        self._record(parts["contrastive_loss"], parts["generative_loss"])
-        return parts["loss"] * scale
+        return self._combine(model, parts["contrastive_loss"], parts["generative_loss"]).detach() * scale
 
     def _average_gradients(self, model) -> None:
         """Mean of every trainable gradient across ranks (what DDP's backward would do)."""
@@ -230,8 +261,8 @@ class BTokTrainer(Trainer):
                 mean = torch.stack(values).mean() if values else torch.tensor(float("nan"))
                 mean = mean.to(self.args.device)
                 if self.accelerator.num_processes > 1:
-                    mean = self.accelerator.reduce(mean, reduction="mean")
-                if values:
+                    mean = self.accelerator.gather(mean[None]).nanmean()
+                if not torch.isnan(mean):
                     logs[name] = round(float(mean), 4)
                 values.clear()
             logs["generative_weight"] = self.schedule.weight_at(max(self.state.global_step - 1, 0))

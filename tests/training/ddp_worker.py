@@ -1,0 +1,41 @@
+"""One rank of the two-process gloo test (tests/training/test_distributed.py).
+
+Each rank trains one SGD step (lr 1, so the update is minus the gradient) with
+``BTokTrainer`` under DDP -- once with plain batches, once with GradCache chunks -- and
+rank 0 writes the updated trainable weights and the logged losses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def run(rank: int, world: int, port: int, out_dir: str, helper_dirs: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    sys.path[:0] = helper_dirs
+    import torch
+    from train_helpers import examples, tiny_model, trainable
+
+    for name, chunk_size in (("plain", None), ("chunked", 2)):
+        recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size)
+        model = tiny_model(recipe)
+        trainer = train_one_step(model, recipe, examples(8), os.path.join(out_dir, f"run-{name}-{rank}"))
+        if rank == 0:
+            torch.save({"weights": trainable(model), "log": trainer.state.log_history[0]},
+                       os.path.join(out_dir, f"{name}.pt"))
+
+
+def one_step_recipe(batch_size: int, chunk_size: int | None = None):
+    from train_helpers import tiny_recipe
+
+    return tiny_recipe(max_steps=1, batch_size=batch_size, lr=1.0, lr_scheduler="constant", generative_weight=2.0,
+                       chunk_size=chunk_size)
+
+
+def train_one_step(model, recipe, data, output_dir, distributed: bool = True):
+    from btok_model.training import train
+
+    backend = {"ddp_backend": "gloo"} if distributed else {}
+    return train(model, data, recipe, output_dir, save=False, optim="sgd", **backend)

@@ -1,0 +1,50 @@
+"""Two processes with gloo train exactly like one process on the concatenated batch."""
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+from ddp_worker import one_step_recipe, run, train_one_step
+from train_helpers import assert_tensors_close, examples, tiny_model, trainable
+
+HERE = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
+    """Loss and gradients (one SGD step with lr 1) of 2 ranks x 4 examples, plain and GradCache,
+    equal one process with all 8: candidates are gathered across ranks with gradients sent
+    back to their owner, and each rank's losses are weighted by its share of the queries and
+    target tokens (the two ranks hold different numbers of target tokens here)."""
+    recipe = one_step_recipe(batch_size=8)
+    reference = tiny_model(recipe)
+    trainer = train_one_step(reference, recipe, examples(8), str(tmp_path / "single"), distributed=False)
+    expected_log = trainer.state.log_history[0]
+    untouched = trainable(tiny_model(recipe))
+    expected = {n: untouched[n] - p for n, p in trainable(reference).items()}  # the gradient
+
+    helper_dirs = [str(HERE), str(HERE.parent / "embedder")]
+    env = {"OMP_NUM_THREADS": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        mp.spawn(run, args=(2, _free_port(), str(tmp_path), helper_dirs), nprocs=2, join=True)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    for name in ("plain", "chunked"):
+        result = torch.load(tmp_path / f"{name}.pt")
+        actual = {n: untouched[n] - p for n, p in result["weights"].items()}
+        assert_tensors_close(actual, expected, 1e-5, f"{name} gradient")
+        for key in ("loss", "contrastive_loss", "generative_loss"):
+            assert abs(result["log"][key] - expected_log[key]) <= 1e-4 * abs(expected_log[key]), (name, key)

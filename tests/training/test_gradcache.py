@@ -1,0 +1,118 @@
+"""GradCache chunks give the full batch's loss and gradients."""
+
+import pytest
+import torch
+from train_helpers import assert_tensors_close, examples, grads, tiny_model, tiny_recipe
+
+from btok_model.training.collate import TrainingCollator, is_chunked
+from btok_model.training.gradcache import grad_cache_step
+from btok_model.training.schedule import GenerativeSchedule
+
+TOL = 2e-5  # fp32, a different summation order only
+
+
+def _full_step(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+    return out, grads(model)
+
+
+def _chunked_step(model, batch, **kwargs):
+    model.zero_grad(set_to_none=True)
+    parts = grad_cache_step(model, batch, lambda loss: loss.backward(), **kwargs)
+    return parts, grads(model)
+
+
+@pytest.mark.parametrize(
+    "family, chunk_size, max_tokens",
+    [("llama", 1, None), ("qwen2", 3, None), ("llama", 2, 150)],
+    ids=["llama-1-per-chunk", "qwen2-3-per-chunk", "llama-both-limits"],
+)
+def test_chunked_equals_full_batch(family, chunk_size, max_tokens):
+    model = tiny_model(tiny_recipe(generative_weight=2.0), family=family).train()
+    batch_examples = examples(8)
+    full_batch = model.collate(batch_examples)
+    chunker = TrainingCollator(model.collator, GenerativeSchedule(2.0, None), chunk_size=chunk_size, max_tokens=max_tokens)
+    chunked = chunker(batch_examples)
+    assert is_chunked(chunked) and len(chunked["chunks"]) > 1
+    if max_tokens is not None:
+        assert all(c["batch"]["input_ids"].shape[1] <= max_tokens for c in chunked["chunks"])
+    full, expected = _full_step(model, full_batch)
+    parts, actual = _chunked_step(model, chunked)
+    assert full.generative_loss is not None
+    torch.testing.assert_close(parts["contrastive_loss"], full.contrastive_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts["generative_loss"], full.generative_loss.detach(), rtol=1e-5, atol=0)
+    assert_tensors_close(actual, expected, TOL, "grad")
+
+
+def test_chunked_with_scales_equals_scaled_full_batch():
+    """The rank-share weights scale the two parts separately, exactly as a weighted full loss."""
+    model = tiny_model(tiny_recipe(generative_weight=3.0)).train()
+    batch_examples = examples(6)
+    full_batch = model.collate(batch_examples)
+    model.zero_grad(set_to_none=True)
+    out = model(**full_batch)
+    n = full_batch["num_target_tokens"]
+    (0.5 * (0.7 * out.contrastive_loss + 3.0 * out.generative_loss * n / 11.0)).backward()
+    expected = grads(model)
+    chunked = TrainingCollator(model.collator, GenerativeSchedule(3.0, None), chunk_size=2)(batch_examples)
+    _, actual = _chunked_step(model, chunked, scale=0.5, contrastive_weight=0.7, target_normalizer=11.0)
+    assert_tensors_close(actual, expected, TOL, "grad")
+
+
+def test_dropout_masks_replayed():
+    """With LoRA dropout, the re-run must draw the masks of the no-grad pass.
+
+    Reference: the same chunks run forward WITH autograd from the same generator states,
+    their embeddings concatenated and one backward through the whole loss -- the gradient
+    GradCache has to reproduce. Without the replay the masks differ and so do the gradients.
+    """
+    model = tiny_model(tiny_recipe(lora_r=4, lora_dropout=0.3, generative_weight=1.0)).train()
+    batch_examples = examples(6)
+    chunked = TrainingCollator(model.collator, GenerativeSchedule(1.0, None), chunk_size=2)(batch_examples)
+
+    torch.manual_seed(123)
+    parts, actual = _chunked_step(model, chunked)
+
+    torch.manual_seed(123)
+    model.zero_grad(set_to_none=True)
+    queries, candidates, states = [], [], []
+    for chunk in chunked["chunks"]:  # pass 1 draws from these generator states, one per chunk
+        states.append(torch.get_rng_state())
+        with torch.no_grad():
+            model.embed_batch(chunk["embed_batch"])
+    generative = 0.0
+    for chunk, state in zip(chunked["chunks"], states):
+        torch.set_rng_state(state)
+        q, c, gen, n = model.embed_batch(chunk["batch"])
+        queries.append(q)
+        candidates.append(c)
+        generative = generative + gen * n / chunked["num_target_tokens"]
+    out = model.compute_loss(torch.cat(queries), torch.cat(candidates), chunked["positive_index"], generative)
+    out.loss.backward()
+    expected = grads(model)
+    assert_tensors_close(actual, expected, TOL, "grad")
+    torch.testing.assert_close(parts["contrastive_loss"], out.contrastive_loss.detach(), rtol=1e-5, atol=0)
+
+
+def test_single_chunk_is_a_plain_batch():
+    model = tiny_model()
+    batch = TrainingCollator(model.collator, GenerativeSchedule(1.0, None), chunk_size=8)(examples(4))
+    assert not is_chunked(batch)
+    assert torch.equal(batch["input_ids"], model.collate(examples(4))["input_ids"])
+
+
+def test_token_budget_too_small_names_the_example():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="example 0 packs into .* tokens.*max_tokens=10"):
+        TrainingCollator(model.collator, GenerativeSchedule(1.0, None), max_tokens=10)(examples(2))
+
+
+def test_schedule_leaves_targets_out():
+    model = tiny_model()
+    collator = TrainingCollator(model.collator, GenerativeSchedule(1.0, 1), gradient_accumulation_steps=2)
+    sizes = [collator(examples(4))["num_target_tokens"] for _ in range(4)]
+    assert sizes[0] == sizes[1] > 0 and sizes[2] == sizes[3] == 0
+    collator.start_at(0)
+    assert collator(examples(4))["num_target_tokens"] == sizes[0]

@@ -1,0 +1,110 @@
+"""BTokTrainer: training lowers the loss, checkpoints load as BTok models, runs resume exactly."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import TrainerCallback
+from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
+
+from btok_model import BTokModel
+from btok_model.evaluation.baselines import PooledEmbedder
+from btok_model.training import train
+from btok_model.training.trainer import TRAINABLE_STATE
+
+TEXTS = ["a small furry animal", "paris", "in water", "what bees make"]
+
+
+def _batch_loss(model, batch_examples) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(model(**model.collate(batch_examples)).loss)
+
+
+def test_training_lowers_the_loss_and_logs_both_parts(tmp_path):
+    recipe = tiny_recipe(max_steps=8, batch_size=8, generative_weight=1.0, generative_steps=5)
+    model = tiny_model(recipe)
+    data = examples(8)
+    before = _batch_loss(model, data)
+    trainer = train(model, data, recipe, str(tmp_path), save=False)
+    after = _batch_loss(model, data)
+    assert after < 0.6 * before, (before, after)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 8
+    for step, entry in enumerate(logs):
+        on = step < 5
+        assert entry["generative_weight"] == (1.0 if on else 0.0)
+        assert ("generative_loss" in entry) == on
+        expected = entry["contrastive_loss"] + (entry["generative_loss"] if on else 0.0)
+        assert entry["loss"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_last_token_baseline_trains(tmp_path):
+    recipe = tiny_recipe(max_steps=6, batch_size=8, generative_weight=0.0, pooling="last-token")
+    model = tiny_model(recipe, btoks=False)
+    assert isinstance(model, PooledEmbedder)
+    data = examples(8)
+    before = _batch_loss(model, data)
+    train(model, data, recipe, str(tmp_path), save=False)
+    assert _batch_loss(model, data) < 0.6 * before
+
+
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_checkpoint_loads_as_btok_model(tmp_path, lora_r):
+    recipe = tiny_recipe(max_steps=2, save_steps=2, lora_r=lora_r, pooling="last")
+    model = tiny_model(recipe)
+    train(model, examples(8), recipe, str(tmp_path), save=False)
+    checkpoint = tmp_path / "checkpoint-2"
+    loaded = BTokModel.from_pretrained(checkpoint)
+    assert loaded.pooling == "last" and loaded.generative_weight == recipe.generative_weight
+    expected, actual = model.encode(TEXTS), loaded.encode(TEXTS)
+    if lora_r == 0:
+        assert torch.equal(actual, expected)
+    else:  # LoRA merged into the saved weights: equal to float rounding
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    assert (checkpoint / TRAINABLE_STATE).is_file() == (lora_r > 0)
+
+
+class _StopAt(TrainerCallback):
+    """Interrupts a run after ``step`` steps, as a killed job would (after its checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resumed_run_continues_where_it_stopped(tmp_path):
+    """Stop after 2 of 4 steps, resume: the same weights as 4 straight steps (same data order,
+    optimizer, scheduler and generative schedule, which switches off at step 3)."""
+    recipe = tiny_recipe(max_steps=4, batch_size=3, save_steps=2, lora_r=4, generative_steps=3)
+    data = examples(12)
+    straight = tiny_model(recipe)
+    train(straight, data, recipe, str(tmp_path / "straight"), save=False)
+
+    first = tiny_model(recipe)
+    train(first, data, recipe, str(tmp_path / "stopped"), save=False, callbacks=[_StopAt(2)])
+    resumed = tiny_model(recipe)  # built afresh, as a new process would
+    trainer = train(resumed, data, recipe, str(tmp_path / "stopped"), resume=str(tmp_path / "stopped/checkpoint-2"))
+    assert trainer.state.global_step == 4
+    assert_tensors_close(trainable(resumed), trainable(straight), 1e-6, "resumed weight")
+    untouched = tiny_model(recipe)
+    assert trainable(untouched).keys() == trainable(resumed).keys()
+    moved = [n for n, p in trainable(untouched).items() if not torch.equal(p, trainable(resumed)[n])]
+    assert moved, "the run changed nothing"
+
+    state = json.loads((tmp_path / "stopped/checkpoint-4/trainer_state.json").read_text())
+    weights = [e["generative_weight"] for e in state["log_history"] if "loss" in e]
+    assert weights == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_resume_with_other_lora_settings_is_refused(tmp_path):
+    recipe = tiny_recipe(max_steps=1, save_steps=1, lora_r=4)
+    train(tiny_model(recipe), examples(4), recipe, str(tmp_path), save=False)
+    other = tiny_recipe(max_steps=2, save_steps=1, lora_r=2)
+    with pytest.raises(ValueError, match="trainable parameters differ|shape"):
+        train(tiny_model(other), examples(4), other, str(tmp_path), resume=str(tmp_path / "checkpoint-1"))
+    assert os.path.isdir(tmp_path / "checkpoint-1")

@@ -1,0 +1,84 @@
+"""Tiny BTok models, examples and gradient comparisons for the training tests."""
+
+from __future__ import annotations
+
+import torch
+from btok_tiny import char_tokenizer, tiny_backbone
+
+from btok_model.training.recipe import Recipe, build_model
+
+# Lower-case texts the character tokenizer knows; varied lengths, some hard negatives,
+# explicit, default and absent targets.
+PAIRS = [
+    ("what is a cat?", "a small furry animal", ["a red fruit"], ...),
+    ("capital of france", "paris", [], "paris is the capital of france."),
+    ("opposite of hot", "cold", ["warm", "hot tea"], None),
+    ("2 + 2", "four", [], "it is 4"),
+    ("a color of the sky", "blue", [], ...),
+    ("the season after summer", "autumn, or fall", ["spring"], ...),
+    ("a large body of salt water", "the ocean", [], "ocean"),
+    ("what bees make", "honey", ["wax", "milk"], ...),
+    ("frozen water", "ice", [], ...),
+    ("the number after nine", "ten", [], "10, ten"),
+    ("a baby dog", "a puppy", ["a kitten"], ...),
+    ("where fish live", "in water", [], None),
+]
+
+
+def examples(n: int | None = None, negatives: bool = True) -> list[dict]:
+    """Training example dicts (``...`` in PAIRS: no "target" key, the positive is the target)."""
+    out = []
+    for query, positive, negs, target in PAIRS[:n]:
+        ex = {"query": query, "positive": positive}
+        if negatives and negs:
+            ex["negatives"] = list(negs)
+        if target is not ...:
+            ex["target"] = target
+        out.append(ex)
+    return out
+
+
+def tiny_recipe(**overrides) -> Recipe:
+    """A recipe for the tiny models: full fine-tuning, a few steps, no warmup, no clipping."""
+    values = dict(
+        lora_r=0,
+        max_steps=4,
+        batch_size=4,
+        lr=1e-3,
+        warmup_ratio=0.0,
+        max_grad_norm=0.0,
+        generative_weight=1.0,
+        generative_steps=None,
+        logging_steps=1,
+        save_steps=0,
+        seed=0,
+    )
+    values.update(overrides)
+    return Recipe(**values)
+
+
+def tiny_model(recipe: Recipe | None = None, family: str = "llama", seed: int = 0, btoks: bool = True):
+    """A trainable tiny BTok model (or PooledEmbedder) built like the CLI builds one."""
+    recipe = recipe or tiny_recipe()
+    return build_model(tiny_backbone(family, seed), recipe, char_tokenizer(), btoks=btoks)
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
+
+
+def assert_tensors_close(actual: dict, expected: dict, tol: float, what: str = "") -> None:
+    assert actual.keys() == expected.keys(), f"{what}: {sorted(set(actual) ^ set(expected))}"
+    assert expected, f"{what}: nothing to compare"
+    for name in expected:
+        assert torch.isfinite(actual[name]).all(), f"{what} {name}: non-finite"
+        err = rel_err(actual[name], expected[name])
+        assert err <= tol, f"{what} {name}: relative L2 error {err:.2e} > {tol:.0e}"

@@ -18,7 +18,7 @@ from .naive import condensation_bwd_naive, condensation_fwd_naive
 
 __all__ = ["condensation_attention", "BACKENDS"]
 
-BACKENDS = ("auto", "triton", "cuda", "reference")
+BACKENDS = ("auto", "triton", "cuda", "sdpa", "reference")
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
@@ -148,7 +148,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
                 raise ValueError(f"environment variable BTOK_BACKEND must be one of {BACKENDS}, got {env!r}")
             backend = env
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "reference"
+        backend = "triton" if device.type == "cuda" else "sdpa"
     if backend == "cuda":
         raise NotImplementedError(
             "backend='cuda': the CUDA C++ fallback is not part of this build of btok_kernels; "
@@ -245,9 +245,12 @@ def condensation_attention(
         k, v: ``[total_tokens, Hkv, D]``, ``Hq % Hkv == 0`` (GQA/MQA without repeating K/V).
         layout: :class:`CondensationLayout` on q's device.
         softmax_scale: defaults to ``1 / sqrt(D)``.
-        backend: ``"auto"`` (Triton for CUDA tensors, the reference otherwise; the
+        backend: ``"auto"`` (Triton for CUDA tensors, ``"sdpa"`` otherwise; the
             environment variable ``BTOK_BACKEND`` overrides it), ``"triton"``, ``"cuda"``
-            (not built yet: raises) or ``"reference"``.
+            (not built yet: raises), ``"sdpa"`` (exact and fast on the CPU: causal calls of
+            PyTorch's fused attention, or flash-attn varlen on CUDA when it imports;
+            :mod:`btok_kernels.condensation.sdpa`) or ``"reference"`` (the chunked
+            PyTorch oracle).
         return_lse: also return the log-sum-exp of each row's scaled scores, fp32
             ``[Hq, total_tokens]`` (natural log; not differentiable).
 
@@ -284,6 +287,10 @@ def condensation_attention(
         raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale!r}")
     options = _resolve_options(fused_dq, autotune, gqa_split, tiles, q.shape[1] // k.shape[1])
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if backend == "sdpa":
+        from .sdpa import condensation_attention_sdpa
+
+        return condensation_attention_sdpa(q, k, v, layout, float(softmax_scale), return_lse)
     out, lse = _condensation_fwd(
         q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, float(softmax_scale), backend, *options
     )

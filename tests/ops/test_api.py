@@ -27,7 +27,7 @@ LAYOUT = CondensationLayout.from_lengths([5, 3], 2, [4, 1])  # 17 tokens
         (lambda q, k, v: (q[:, :3], k, v, LAYOUT, {}), ValueError, r"query heads \(3\) must be a multiple of the number of KV heads \(2\)"),
         (lambda q, k, v: (q[:16], k[:16], v[:16], LAYOUT, {}), ValueError, r"q has 16 tokens but the layout packs 17"),
         (lambda q, k, v: (q, k, v, [0, 17], {}), TypeError, "layout must be a CondensationLayout, got list"),
-        (lambda q, k, v: (q, k, v, LAYOUT, dict(backend="flash")), ValueError, r"backend must be one of \('auto', 'triton', 'cuda', 'reference'\), got 'flash'"),
+        (lambda q, k, v: (q, k, v, LAYOUT, dict(backend="flash")), ValueError, r"backend must be one of \('auto', 'triton', 'cuda', 'sdpa', 'reference'\), got 'flash'"),
         (lambda q, k, v: (q, k, v, LAYOUT, dict(backend="cuda")), NotImplementedError, "CUDA C\\+\\+ fallback is not part of this build"),
         (lambda q, k, v: (q, k, v, LAYOUT, dict(softmax_scale=-1.0)), ValueError, "softmax_scale must be a positive finite number, got -1.0"),
         (lambda q, k, v: (q.double(), k.double(), v.double(), LAYOUT, dict(backend="triton")), ValueError, "backend='triton' supports dtypes"),
@@ -137,7 +137,7 @@ def test_custom_ops_pass_opcheck():
     q, k, v = _qkv(17)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     options = (False, False, 0, [0] * 12)  # fused_dq, autotune, gqa_split, tiles
-    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, 0.25, "reference", *options)
+    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, True, 0.25, "reference", *options)
     torch.library.opcheck(torch.ops.btok.condensation_fwd.default, args)
     out, lse = torch.ops.btok.condensation_fwd(*args)
     bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse) + args[3:]

@@ -137,7 +137,7 @@ def test_custom_ops_pass_opcheck():
     q, k, v = _qkv(17)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     options = (False, False, 0, [0] * 12)  # fused_dq, autotune, gqa_split, tiles
-    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, True, 0.25, "reference", *options)
+    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, 0.25, "reference", *options)
     torch.library.opcheck(torch.ops.btok.condensation_fwd.default, args)
     out, lse = torch.ops.btok.condensation_fwd(*args)
     bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse) + args[3:]

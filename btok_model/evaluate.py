@@ -1,0 +1,102 @@
+"""``python -m btok_model.evaluate``: retrieval metrics of a BTok model, a no-BTok baseline or TF-IDF.
+
+    python -m btok_model.evaluate --model runs/smol --data test.jsonl --output scores.json
+    python -m btok_model.evaluate --model HuggingFaceTB/SmolLM2-135M-Instruct --baseline mean --data test.jsonl
+    python -m btok_model.evaluate --baseline tfidf --data test.jsonl
+
+Each ``--data`` file is either ``{"query", "positive"}`` pairs (ranked against the pool of all
+positives plus ``--corpus``) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
+Hit@1, with the other metrics too). Reports Recall@1/5/10, MRR@10 and nDCG@10, as expected
+values under random tie-breaking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+__all__ = ["load_scorer", "main", "parser"]
+
+BASELINES = ("last-token", "mean", "tfidf")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m btok_model.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", help="a saved BTok model, or with --baseline a backbone (hub name, folder, 'smollm2')")
+    p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
+    p.add_argument("--data", nargs="+", required=True, help="evaluation JSONL files")
+    p.add_argument("--corpus", help="JSONL of extra candidates ({'text': ...} per line) for pair files")
+    p.add_argument("--baseline", choices=BASELINES,
+                   help="score without BToks: the backbone with last-token or mean pooling, or TF-IDF")
+    p.add_argument("--tfidf-analyzer", default="char_wb", choices=("char_wb", "word"))
+    p.add_argument("--tfidf-ngrams", type=int, nargs=2, default=(3, 5), metavar=("MIN", "MAX"))
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument("--attn-implementation", default="btok_triton")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--no-progress-bar", action="store_true")
+    return p
+
+
+def load_scorer(args: argparse.Namespace):
+    """The scorer the arguments ask for (a model is loaded unless TF-IDF)."""
+    from .evaluation.runner import EmbeddingScorer, TfidfTaskScorer
+
+    if args.baseline == "tfidf":
+        return TfidfTaskScorer(args.tfidf_analyzer, tuple(args.tfidf_ngrams))
+    if not args.model:
+        raise SystemExit("--model is required (except with --baseline tfidf)")
+    import torch
+
+    from .train import model_source
+
+    name, kwargs = model_source(args.model, args.gguf_file)
+    if args.baseline is None:
+        from .embedder.config import CONFIG_NAME
+        from .embedder.modeling import BTokModel
+
+        if not os.path.isfile(os.path.join(name, CONFIG_NAME)):
+            raise SystemExit(
+                f"{args.model} is not a saved BTok model (no {CONFIG_NAME}); train one with python -m btok_model.train, "
+                "or evaluate the backbone with --baseline last-token|mean"
+            )
+        model = BTokModel.from_pretrained(name, attn_implementation=args.attn_implementation)
+    else:
+        from .evaluation.baselines import PooledEmbedder
+
+        model = PooledEmbedder.from_backbone(name, pooling=args.baseline, attn_implementation=args.attn_implementation,
+                                             **kwargs)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return EmbeddingScorer(model.to(device).eval(), batch_size=args.batch_size, show_progress_bar=not args.no_progress_bar)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    from .evaluation.data import load_task
+    from .evaluation.runner import evaluate
+
+    tasks = [load_task(path, args.corpus) for path in args.data]  # bad data fails before a model loads
+    scorer = load_scorer(args)
+    results = {
+        "model": args.model,
+        "baseline": args.baseline,
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "command": ["python", "-m", "btok_model.evaluate", *(sys.argv[1:] if argv is None else argv)],
+        "tasks": [evaluate(task, scorer) for task in tasks],
+    }
+    for task in results["tasks"]:
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in task.items() if "@" in k)
+        print(f"{task['task']}: {task['num_queries']} queries, {task['num_candidates']} candidates  {metrics}")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""sentence-transformers loading of a saved BTok model (``pip install sentence-transformers``).
+
+:func:`save_sentence_transformer` writes a BTok model folder (``BTokModel.save_pretrained``)
+plus ``modules.json`` and ``config_sentence_transformers.json``. sentence-transformers then
+loads it with its own module system -- ``modules.json`` names :class:`BTokEmbedding` by
+import path -- so ``SentenceTransformer(path).encode(texts)`` returns the embeddings of
+``BTokModel.encode(texts)`` (the K BToks appended at tokenisation, their last-layer states
+pooled and L2-normalised), and MTEB-style tools that take a ``SentenceTransformer`` work on
+it. Only this module imports sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+
+try:  # sentence-transformers >= 6
+    from sentence_transformers.base.modules import InputModule
+except ImportError:  # sentence-transformers 5.x
+    from sentence_transformers.models import InputModule
+
+from .embedder.modeling import BTokModel, pool_btok_states
+
+__all__ = ["BTokEmbedding", "save_sentence_transformer", "write_sentence_transformers_files"]
+
+MODULE_TYPE = "btok_model.st.BTokEmbedding"
+
+
+def write_sentence_transformers_files(path: str | os.PathLike) -> None:
+    """Add ``modules.json`` and ``config_sentence_transformers.json`` to a saved BTok folder."""
+    import sentence_transformers
+
+    with open(os.path.join(path, "modules.json"), "w") as f:
+        json.dump([{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPE}], f, indent=2)
+    config = {
+        "__version__": {"sentence_transformers": sentence_transformers.__version__, "pytorch": torch.__version__},
+        "model_type": "SentenceTransformer",
+        "prompts": {},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+    with open(os.path.join(path, "config_sentence_transformers.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def save_sentence_transformer(model: BTokModel, path: str | os.PathLike) -> None:
+    """``model.save_pretrained(path)`` and the sentence-transformers files beside it."""
+    model.save_pretrained(path)
+    write_sentence_transformers_files(path)
+
+
+class BTokEmbedding(InputModule):
+    """The whole BTok embedder as one sentence-transformers input module.
+
+    ``preprocess`` tokenises with the BToks appended and right-pads; ``forward`` runs the
+    backbone's decoder and pools the K BTok states into ``"sentence_embedding"`` (fp32,
+    L2-normalised).
+
+    Args:
+        model: the BTok model.
+    """
+
+    save_in_root = True
+
+    def __init__(self, model: BTokModel):
+        super().__init__()
+        self.model = model
+        self.tokenizer = model.tokenizer
+
+    def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``/``attention_mask``/``position_ids`` int64 ``[B, S]`` and
+        ``btok_index`` int64 ``[B, K]`` (flat positions of the BToks in the ``B * S`` tokens)."""
+        texts = list(inputs)
+        if prompt:
+            texts = [prompt + text for text in texts]
+        return self.model.collator.pad_sequences(self.model.tokenize(texts))
+
+    def tokenize(self, texts: list[str], **kwargs) -> dict[str, torch.Tensor]:
+        """sentence-transformers 5.x calls this name."""
+        return self.preprocess(texts)
+
+    def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        hidden = self.model._decoder(
+            input_ids=features["input_ids"],
+            attention_mask=features["attention_mask"],
+            position_ids=features["position_ids"],
+            use_cache=False,
+        ).last_hidden_state
+        states = hidden.flatten(0, 1)[features["btok_index"]]  # [B, K, H]
+        features["sentence_embedding"] = pool_btok_states(states, self.model.pooling)
+        return features
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.model.hidden_size
+
+    def get_config_dict(self) -> dict:
+        return {}
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.model.save_pretrained(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,
+             local_files_only: bool = False, **kwargs) -> BTokEmbedding:
+        path = cls.load_dir_path(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
+                                 revision=revision, local_files_only=local_files_only)
+        return cls(BTokModel.from_pretrained(path))

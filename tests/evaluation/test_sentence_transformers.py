@@ -1,0 +1,29 @@
+"""A saved BTok model loads in sentence-transformers and embeds exactly like BTokModel.encode."""
+
+import pytest
+import torch
+from btok_tiny import tiny_btok
+
+st = pytest.importorskip("sentence_transformers")
+
+from btok_model.st import BTokEmbedding, save_sentence_transformer  # noqa: E402
+
+TEXTS = ["a small furry animal", "paris", "in water", "what bees make honey, and wax", "x"]
+
+
+@pytest.mark.parametrize("family, pooling", [("llama", "mean"), ("llama", "last")])
+def test_sentence_transformer_equals_encode(tmp_path, family, pooling):
+    model = tiny_btok(family, seed=3, pooling=pooling)
+    save_sentence_transformer(model, tmp_path)
+    loaded = st.SentenceTransformer(str(tmp_path), device="cpu", trust_remote_code=True)
+    assert isinstance(loaded[0], BTokEmbedding) and len(loaded) == 1
+    assert loaded[0].model.pooling == pooling and loaded.get_sentence_embedding_dimension() == 64
+    expected = model.encode(TEXTS)
+    for batch_size in (2, 32):
+        actual = loaded.encode(TEXTS, batch_size=batch_size, convert_to_tensor=True)
+        assert actual.dtype == torch.float32
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    # The folder is still a BTok model folder.
+    from btok_model import BTokModel
+
+    torch.testing.assert_close(BTokModel.from_pretrained(tmp_path).encode(TEXTS), expected, rtol=0, atol=0)

@@ -1,0 +1,301 @@
+"""Backend "sdpa": condensation attention from causal attention calls, against the fp64 oracle.
+
+Every route of :mod:`btok_kernels.condensation.sdpa` runs here on the CPU: ``cpu_flash`` (the
+CPU default), ``sdpa`` (padded batches through ``F.scaled_dot_product_attention``, the CUDA
+route without flash-attn) and ``varlen`` with a dense implementation of
+``flash_attn_varlen_func``'s documented semantics (the CUDA route with flash-attn).
+
+Error rule (flash-attention's): the L2 error against the fp64 oracle is at most twice that
+of a plain PyTorch implementation in the same dtype, plus a small floor relative to the
+oracle's norm (or absolute, where the exact value is 0: dQ of a row that sees one key).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from condensation_oracle import PoisonEmpty, dense_attention, rel_err
+
+from btok_kernels import CondensationLayout, condensation_attention
+from btok_kernels.condensation import sdpa
+from btok_kernels.condensation.sdpa import chunk_rows, condensation_attention_sdpa, padded_plan, segments, varlen_plan
+
+FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+LSE_BOUND = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+DTYPE_IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+# (query_lens, num_btoks, target_lens)
+EDGE_LAYOUTS = {
+    "length_1": ([1], 0, [0]),
+    "query_len_1": ([1, 1], [4, 2], [9, 1]),
+    "no_target": ([23, 40], 4, [0, 0]),
+    "K1": ([30, 5], 1, [12, 20]),
+    "no_btoks": ([12], 0, [21]),  # b == t: target rows see only the target
+    "b0": ([0, 0], [3, 16], [20, 1]),  # no query: plain causal
+    "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
+    "empty_sequences": ([0, 21, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),
+    "one_long": ([300], 4, [60]),  # longer than a chunk (256 rows at D=32): chunks and merges
+    "mixed_lengths": ([300, 7, 64, 65, 2, 120], 4, [40, 3, 0, 31, 1, 9]),  # several padded batches
+}
+ROUTES = ["cpu_flash", "sdpa", "varlen"]
+
+
+def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                     causal=False, return_attn_probs=False):
+    """``flash_attn_varlen_func`` as flash-attn >= 2.1 documents it, densely in the inputs'
+    dtype: segment ``s`` attends its queries to its keys; causal masks are aligned to the
+    bottom-right corner (query ``i`` of ``Lq`` sees keys ``j <= i + Lk - Lq``). Returns
+    ``(out, lse [Hq, total_q], None)`` with ``return_attn_probs``, as FA2 does."""
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    assert max_seqlen_q == max(b - a for a, b in zip(cq, cq[1:]))
+    assert max_seqlen_k == max(b - a for a, b in zip(ck, ck[1:]))
+    group = q.shape[1] // k.shape[1]
+    outs, lses = [], []
+    for s in range(len(cq) - 1):
+        qs = q[cq[s]:cq[s + 1]].transpose(0, 1)  # [Hq, Lq, D]
+        ks = k[ck[s]:ck[s + 1]].transpose(0, 1).repeat_interleave(group, 0)
+        vs = v[ck[s]:ck[s + 1]].transpose(0, 1).repeat_interleave(group, 0)
+        scores = (qs @ ks.transpose(-1, -2)) * softmax_scale
+        if causal:
+            lq, lk = qs.shape[1], ks.shape[1]
+            allowed = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        outs.append((scores.softmax(-1) @ vs).transpose(0, 1))
+        lses.append(scores.logsumexp(-1))
+    out = torch.cat(outs)
+    return (out, torch.cat(lses, 1), None) if return_attn_probs else out
+
+
+def l2(x: torch.Tensor) -> float:
+    return float(x.detach().double().norm())
+
+
+def make_inputs(layout, hq, hkv, d, dtype, seed=0):
+    """fp64 inputs and the same numbers rounded to ``dtype`` (the oracle sees the rounded ones)."""
+    g = torch.Generator().manual_seed(seed)
+    total = layout.total_tokens
+    lowp = [torch.randn(total, h, d, generator=g, dtype=torch.float64).to(dtype) for h in (hq, hkv, hkv, hq)]
+    return [x.double() for x in lowp], lowp
+
+
+def run(route, q, k, v, do, layout, scale):
+    """Output, dq, dk, dv and the LSE of one route, with uninitialised memory poisoned."""
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    with PoisonEmpty():
+        kwargs = dict(route=route, varlen_func=reference_varlen if route == "varlen" else None)
+        out, lse = condensation_attention_sdpa(q, k, v, layout, scale, return_lse=True, **kwargs)
+        grads = torch.autograd.grad(out, (q, k, v), do)
+    return out.detach(), grads, lse
+
+
+def check(layout, hq, hkv, d, dtype, route="cpu_flash", seed=0):
+    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed)
+    scale = 1.0 / math.sqrt(d)
+    q, k, v = (x.detach().requires_grad_() for x in exact[:3])
+    o_ref, lse_ref = dense_attention(q, k, v, layout, scale, return_lse=True)
+    g_ref = torch.autograd.grad(o_ref, (q, k, v), exact[3])
+    q, k, v = (x.detach().requires_grad_() for x in lowp[:3])
+    o_low = dense_attention(q, k, v, layout, scale)
+    g_low = torch.autograd.grad(o_low, (q, k, v), lowp[3])
+
+    out, grads, lse = run(route, *lowp, layout, scale)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert lse.shape == (hq, layout.total_tokens) and out.shape == (layout.total_tokens, hq, d)
+    for name, got, ref, low in zip(("out", "dq", "dk", "dv"), (out, *grads), (o_ref, *g_ref), (o_low.detach(), *g_low)):
+        assert not torch.isnan(got).any(), f"{name}: NaN (an element was never written)"
+        err, bound = l2(got - ref), 2 * l2(low - ref) + FLOOR[dtype] * max(l2(ref), 1.0)
+        assert err <= bound, f"{name}: L2 error {err:.3e} > bound {bound:.3e} (oracle norm {l2(ref):.3e})"
+    assert rel_err(lse, lse_ref) <= LSE_BOUND[dtype]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", list(EDGE_LAYOUTS))
+def test_edge_layouts_fp64(name, route):
+    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS[name])
+    check(layout, 4, 2, 32, torch.float64, route)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("route", ["cpu_flash", "sdpa"])
+def test_dtypes(dtype, route):
+    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS["mixed_lengths"])
+    check(layout, 4, 2, 64, dtype, route)
+
+
+@pytest.mark.parametrize("hq,hkv,d", [(3, 3, 80), (4, 2, 96), (6, 1, 128), (12, 2, 64)],
+                         ids=["gqa1_d80", "gqa2_d96", "gqa6_d128", "gqa6_d64"])
+def test_gqa_and_head_dims(hq, hkv, d):
+    """Unaligned head dims; the long sequence runs in several chunks at every head dim."""
+    layout = CondensationLayout.from_lengths([150, 9, 33], 4, [70, 0, 5])
+    check(layout, hq, hkv, d, torch.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_layouts_bf16(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 9, (1,), generator=g))
+    lengths = [torch.randint(0, 200, (n,), generator=g).tolist(), torch.randint(0, 9, (n,), generator=g).tolist(),
+               torch.randint(0, 60, (n,), generator=g).tolist()]
+    check(CondensationLayout.from_lengths(*lengths), 6, 2, 32, torch.bfloat16, seed=seed)
+
+
+def test_public_function_defaults_to_sdpa_on_cpu(monkeypatch):
+    """backend="auto" on CPU tensors runs this path (and BTOK_BACKEND still overrides it)."""
+    layout = CondensationLayout.from_lengths([9, 4], 2, [5, 3])
+    _, (q, k, v, _) = make_inputs(layout, 4, 2, 16, torch.float32)
+    calls = []
+    real = sdpa.condensation_attention_sdpa
+
+    def spy(*args, **kwargs):
+        calls.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sdpa, "condensation_attention_sdpa", spy)
+    monkeypatch.delenv("BTOK_BACKEND", raising=False)
+    out = condensation_attention(q, k, v, layout, softmax_scale=0.3)
+    assert calls == [0.3]
+    assert torch.equal(out, real(q, k, v, layout, 0.3))
+    monkeypatch.setenv("BTOK_BACKEND", "reference")
+    ref = condensation_attention(q, k, v, layout, softmax_scale=0.3)
+    assert calls == [0.3] and rel_err(ref, out) < 1e-6
+    out_lse, lse = condensation_attention(q, k, v, layout, backend="sdpa", return_lse=True)
+    assert lse.shape == (4, layout.total_tokens) and calls == [0.3, 0.25]
+
+
+def test_empty_pack():
+    layout = CondensationLayout.from_lengths([0, 0], 0, [0, 0])
+    q, k, v = (torch.randn(0, h, 16, requires_grad=True) for h in (2, 1, 1))
+    out, lse = condensation_attention(q, k, v, layout, backend="sdpa", return_lse=True)
+    out.sum().backward()
+    assert out.shape == (0, 2, 16) and lse.shape == (2, 0)
+    assert q.grad.shape == (0, 2, 16) and k.grad.shape == (0, 1, 16) and v.grad.shape == (0, 1, 16)
+
+
+def test_compiled_matches_eager():
+    """torch.compile traces the path (plans are built outside the graph, once per layout)."""
+    layout = CondensationLayout.from_lengths([300, 6], 4, [20, 3])
+    _, (q, k, v, do) = make_inputs(layout, 4, 2, 32, torch.float32)
+
+    def step(q, k, v):
+        q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+        out = condensation_attention(q, k, v, layout, backend="sdpa")
+        return (out, *torch.autograd.grad(out, (q, k, v), do))
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: condensation_attention(q, k, v, layout, backend="sdpa"),
+                             backend="aot_eager")
+    eager = step(q, k, v)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = compiled(*leaves)
+    grads = torch.autograd.grad(out, leaves, do)
+    for got, want in zip((out, *grads), eager):
+        assert rel_err(got, want) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------
+# the plans: every packed row computed once, every kept pair visited
+# ----------------------------------------------------------------------------------------
+def allowed_by_segments(layout):
+    """The [T, T] pairs the segments attend, as the kept rows see them (causal top-left)."""
+    total = layout.total_tokens
+    seen = torch.zeros(total, total, dtype=torch.bool)
+    for s in segments(layout):
+        rows = torch.arange(s.start + s.drop, s.start + s.length)
+        keys = torch.arange(s.start, s.start + s.length)
+        block = keys[None, :] <= rows[:, None] if s.causal else torch.ones(len(rows), len(keys), dtype=torch.bool)
+        seen[rows[:, None], keys[None, :]] |= block
+    return seen
+
+
+@pytest.mark.parametrize("name", ["many_tiny", "empty_sequences", "mixed_lengths", "no_btoks", "b0"])
+def test_segments_cover_the_mask_exactly(name):
+    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS[name])
+    kept = [r for s in segments(layout) for r in range(s.start + s.drop, s.start + s.length)]
+    assert kept == list(range(layout.total_tokens))  # packed order, each row once
+    want = torch.block_diag(*[dense_mask_of(n, b, t) for n, b, t in
+                              zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)])
+    assert torch.equal(allowed_by_segments(layout), want)
+
+
+def dense_mask_of(length, b, t):
+    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    return (j <= i) & ~((i >= t) & (j < b))
+
+
+@pytest.mark.parametrize("width", [1, 128, 10**6], ids=["merge_most", "mid", "merge_equal"])
+def test_padded_plan_puts_every_row_once(width):
+    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS["mixed_lengths"])
+    segs = segments(layout)
+    plan = padded_plan(layout, width)
+    outputs, total = [], 0
+    for b in plan.buckets:
+        rows = torch.arange(b.rows.start, b.rows.stop) if isinstance(b.rows, slice) else b.rows
+        kept = torch.arange(b.count * b.length)[b.kept]
+        dest = torch.arange(layout.total_tokens)[b.dest]
+        assert rows.numel() == b.count * b.length and kept.numel() == dest.numel()
+        # a kept batch row gathers the packed row it outputs
+        assert torch.equal(rows[kept], dest)
+        # padding repeats rows of the same segment, after the real ones
+        for j in range(b.count):
+            seg_rows = rows[j * b.length:(j + 1) * b.length]
+            assert torch.all(seg_rows[1:] >= seg_rows[:-1])
+        outputs.append(dest)
+        total += b.count
+    assert total == len(segs)
+    dest = torch.cat(outputs)
+    assert sorted(dest.tolist()) == list(range(layout.total_tokens))
+    order = torch.arange(layout.total_tokens) if plan.order is None else plan.order
+    assert torch.equal(dest[order], torch.arange(layout.total_tokens))
+    if width == 10**6:  # padding too dear: only equal lengths share a batch
+        assert all(b.count == 1 or len({s.length for s in segs if s.length == b.length}) == 1 for b in plan.buckets)
+        assert len(plan.buckets) == len({s.length for s in segs})
+
+
+def test_varlen_plan_offsets():
+    layout = CondensationLayout.from_lengths([5, 0, 3], [2, 1, 0], [4, 6, 2])  # b=5,t=7 | b=0 | b=t=3
+    plan = varlen_plan(layout)
+    # query rows stay in packed order; target segments gather keys from the BTok start
+    assert plan.cu_seqlens_q.tolist() == [0, 7, 11, 18, 21, 23]
+    assert plan.cu_seqlens_k.tolist() == [0, 7, 13, 20, 23, 25]
+    assert plan.key_rows.tolist() == [*range(0, 7), *range(5, 11), *range(11, 18), *range(18, 21), *range(21, 23)]
+    assert (plan.max_seqlen_q, plan.max_seqlen_k, plan.causal) == (7, 7, True)
+
+
+def test_chunk_rows():
+    assert [chunk_rows(d) for d in (16, 32, 64, 80, 96, 128, 256)] == [256, 256, 128, 96, 64, 64, 64]
+
+
+def test_plans_are_built_once_per_layout():
+    layout = CondensationLayout.from_lengths([40, 7], 2, [9, 3])
+    _, (q, k, v, _) = make_inputs(layout, 2, 1, 8, torch.float32)
+    condensation_attention_sdpa(q, k, v, layout, 0.3)
+    first = dict(sdpa._PLANS[layout])
+    condensation_attention_sdpa(q, k, v, layout, 0.5)
+    assert sdpa._PLANS[layout] == first and len(first) == 1
+
+
+def test_route_errors(monkeypatch):
+    layout = CondensationLayout.from_lengths([3], 1, [2])
+    q = torch.randn(6, 2, 8)
+    with pytest.raises(ValueError, match=r"route must be one of \('auto', 'cpu_flash', 'sdpa', 'varlen'\), got 'x'"):
+        condensation_attention_sdpa(q, q, q, layout, 0.3, route="x")
+    monkeypatch.setattr(sdpa, "FLASH_VARLEN_MODULES", ("btok_no_such_module",))
+    with pytest.raises(ValueError, match=r"route='varlen' needs flash-attn: none of \('btok_no_such_module',\)"):
+        condensation_attention_sdpa(q, q, q, layout, 0.3, route="varlen")
+
+
+def test_varlen_lse_shape_is_checked():
+    layout = CondensationLayout.from_lengths([3], 1, [2])
+    q = torch.randn(6, 2, 8)
+
+    def transposed_lse(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                       causal=False, return_attn_probs=False):
+        out, lse, _ = reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                       softmax_scale, causal, return_attn_probs)
+        return out, lse.t()
+
+    with pytest.raises(RuntimeError, match=r"log-sum-exp of shape \(6, 2\), expected \[Hq, total_tokens\]"):
+        condensation_attention_sdpa(q, q, q, layout, 0.3, return_lse=True, route="varlen", varlen_func=transposed_lse)

@@ -5,7 +5,9 @@
 #     the two archs in parallel), with `-Xptxas -v`: registers and spills per kernel;
 #   - binding.cpp with the host compiler against the installed torch's headers (a CPU build
 #     of torch is enough: the binding needs no torch CUDA header);
-#   - host/tile_plan_test.cpp, compiled for the host and run.
+#   - host/tile_plan_test.cpp, compiled for the host and run;
+#   - host/emulator.cpp (the kernels for the host SIMT emulator of the tests) and
+#     host/tile_plan_capi.cpp, compiled for the host.
 # Fails on a compile error, a register spill in a kernel, or a failing plan test.
 # Outputs go to build/csrc_check/ (or $BTOK_CHECK_BUILD_DIR). Usage: bash csrc/check_build.sh
 set -euo pipefail
@@ -44,11 +46,16 @@ t0=$(now)
 plan_result=$("$OUT/tile_plan_test")
 plan_time=$(elapsed "$t0")
 t0=$(now)
+"$CXX" -std=c++17 -O0 -DBTOK_EMULATE -fPIC -Wall -Wextra -Wno-unknown-pragmas -Werror -c csrc/host/emulator.cpp \
+  -o "$OUT/emulator.o"
+"$CXX" -std=c++17 -O0 -fPIC -Wall -Wextra -Werror -c csrc/host/tile_plan_capi.cpp -o "$OUT/tile_plan_capi.o"
+emu_time=$(elapsed "$t0")
+t0=$(now)
 inc=$("$PYTHON" -c "from torch.utils.cpp_extension import include_paths; print(*include_paths(), sep='\n')") ||
   { echo "check_build: $PYTHON cannot import torch (activate the environment, or set PYTHON)" >&2; exit 1; }
 mapfile -t TORCH_INC <<< "$inc"
 # torch's own headers warn under -Wall; the binding's warnings are what this checks
-"$CXX" -std=c++20 -O2 -fPIC -c csrc/binding.cpp -o "$OUT/binding.o" \
+"$CXX" -std=c++20 -O0 -fPIC -c csrc/binding.cpp -o "$OUT/binding.o" \
   "${TORCH_INC[@]/#/-isystem}" -isystem "$CUDA_HOME/include" -Wall -Wextra -Werror
 binding_time=$(elapsed "$t0")
 
@@ -61,6 +68,7 @@ echo "check_build: compiled with $("$NVCC" --version | tail -1)"
 cat "$OUT/sm80.txt" "$OUT/sm90.txt"
 echo "  host: binding.cpp against torch $("$PYTHON" -c 'import torch; print(torch.__version__)') headers ($binding_time s)"
 echo "  host: host/tile_plan_test.cpp, run: $plan_result ($plan_time s)"
+echo "  host: host/emulator.cpp (kernels under BTOK_EMULATE), host/tile_plan_capi.cpp ($emu_time s)"
 echo "  registers / spill bytes (stores, loads) per kernel:"
 spills=0
 for log in "$OUT"/fwd_sm*.log "$OUT"/bwd_sm*.log; do

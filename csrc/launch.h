@@ -4,9 +4,11 @@
 // last dim, 16-byte aligned rows and head dim d (a multiple of 8, at most 256).
 #pragma once
 
-#include <cuda_runtime_api.h>
-
 #include <cstdint>
+
+#if !defined(BTOK_EMULATE)  // the host emulator (host/emulator.cpp) launches without CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace btok {
 
@@ -52,14 +54,13 @@ struct BwdParams {
   MutRows dk, dv;                 // [T, hkv, d]
 };
 
-// The padded head dim (64, 128 or 256) the kernels are instantiated for; 0 if none fits.
-int padded_head_dim(int d);
-
+#if !defined(BTOK_EMULATE)
 // Forward: out and lse. Returns the launch error, if any.
 cudaError_t launch_fwd(const FwdParams& p, DType dtype, cudaStream_t stream);
 
 // Backward: delta, then dK/dV per key tile (summed over the query heads of each KV head in
 // one program: deterministic, no atomics), then dQ per query tile.
 cudaError_t launch_bwd(const BwdParams& p, DType dtype, cudaStream_t stream);
+#endif
 
 }  // namespace btok

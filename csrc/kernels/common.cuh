@@ -1,6 +1,6 @@
-// Device building blocks of the condensation kernels: the element types, tensor-core
-// mma.sync (m16n8k16, fp32 accumulation), ldmatrix fragment loads from shared memory,
-// cp.async copies with zero fill, and quad reductions. sm_80 and newer.
+// Building blocks of the condensation kernels on top of the primitives (CUDA or, for the host
+// tests, the emulator): tile loads into shared memory, mma fragments, products of a tile by a
+// tile and of an accumulator by a tile, quad reductions, and stores.
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + c:
 //   A 16x16, row-major: a0 = A[g][2c, 2c+1]   a1 = A[g+8][2c, 2c+1]
@@ -11,10 +11,13 @@
 // A fragment of the next product (P @ V after Q @ K^T): no shuffle between the two.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cstdint>
 
+#if defined(BTOK_EMULATE)
+#include "../host/emulator.h"
+#else
+#include "primitives_cuda.cuh"
+#endif
 #include "../tile_plan.h"
 
 namespace btok {
@@ -22,80 +25,14 @@ namespace btok {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Element types: tensors are read and written as raw 16-bit words; these tags say how to
-// convert and which mma to issue.
-struct F16 {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-  static __device__ __forceinline__ float to_float(uint16_t x) { return __half2float(__ushort_as_half(x)); }
-  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-
-struct BF16 {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-  static __device__ __forceinline__ float to_float(uint16_t x) { return __bfloat162float(__ushort_as_bfloat16(x)); }
-  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-
-__device__ __forceinline__ float fast_exp2(float x) {  // exp2(-inf) = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
+BTOK_DEVICE float quad_max(float x) {  // over the 4 lanes that hold one row of a C fragment
+  x = fmaxf(x, shfl_xor(x, 1));
+  return fmaxf(x, shfl_xor(x, 2));
 }
 
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// The dynamic shared memory of every kernel (one declaration: template instances share it).
-__device__ __forceinline__ uint16_t* dynamic_smem() {
-  extern __shared__ __align__(16) unsigned char btok_dynamic_smem[];
-  return reinterpret_cast<uint16_t*>(btok_dynamic_smem);
-}
-
-// ---------------------------------------------------------------------------------------
-// global -> shared copies (cp.async, 16 bytes, zero fill where `valid` is false)
-// ---------------------------------------------------------------------------------------
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+BTOK_DEVICE float quad_sum(float x) {
+  x += shfl_xor(x, 1);
+  return x + shfl_xor(x, 2);
 }
 
 // Shared-memory tiles hold ROWS rows of DP (padded head dim) 16-bit elements, each row
@@ -108,8 +45,7 @@ struct SmemRow {
 // Rows [row0, row0 + ROWS) of one head of a [T, H, D] tensor (`base` points at the head's
 // first element of the sequence) into `dst`; rows past `len` and columns past `d` become 0.
 template <int ROWS, int DP, int THREADS>
-__device__ __forceinline__ void load_rows(uint16_t* dst, const uint16_t* base, int64_t row_stride, int row0,
-                                          int len, int d) {
+BTOK_DEVICE void load_rows(uint16_t* dst, const uint16_t* base, int64_t row_stride, int row0, int len, int d) {
   constexpr int kChunks = DP / 8;  // 16-byte chunks per row
   constexpr int kIters = (ROWS * kChunks + THREADS - 1) / THREADS;
 #pragma unroll
@@ -120,65 +56,50 @@ __device__ __forceinline__ void load_rows(uint16_t* dst, const uint16_t* base, i
     const bool valid = row0 + r < len && col < d;
     // the source of a zero-filled chunk is not read; keep it a valid address anyway
     const uint16_t* src = valid ? base + static_cast<int64_t>(row0 + r) * row_stride + col : base;
-    cp_async_16(smem_u32(dst + r * SmemRow<DP>::kStride + col), src, valid);
+    cp_async_16(dst + r * SmemRow<DP>::kStride + col, src, valid);
   }
 }
 
 // ROWS fp32 values of a row block (LSE, delta) into shared memory; past `len`: 0.
 template <int ROWS, int THREADS>
-__device__ __forceinline__ void load_row_values(float* dst, const float* base, int row0, int len) {
+BTOK_DEVICE void load_row_values(float* dst, const float* base, int row0, int len) {
   for (int i = threadIdx.x; i < ROWS; i += THREADS) {
     const bool valid = row0 + i < len;
-    cp_async_4(smem_u32(dst + i), valid ? base + row0 + i : base, valid);
+    cp_async_4(dst + i, valid ? base + row0 + i : base, valid);
   }
-}
-
-// ---------------------------------------------------------------------------------------
-// fragments from shared memory (ldmatrix)
-// ---------------------------------------------------------------------------------------
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
 }
 
 // A fragment of the 16x16 block at (row0, col0) of a row-major tile.
 template <int DP>
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const uint16_t* tile, int row0, int col0, int lane) {
+BTOK_DEVICE void load_a(uint32_t (&a)[4], const uint16_t* tile, int row0, int col0, int lane) {
   const int row = row0 + (lane & 7) + ((lane >> 3) & 1) * 8;
   const int col = col0 + (lane >> 4) * 8;
-  ldmatrix_x4(a, smem_u32(tile + row * SmemRow<DP>::kStride + col));
+  ldmatrix_x4(a, tile + row * SmemRow<DP>::kStride + col);
 }
 
 // B fragments of two 8-column tiles when B[k][n] = M[n][k] (B is M transposed, M a row-major
 // tile; e.g. K for S = Q K^T): k in [k0, k0 + 16), n in [n0, n0 + 16).
 // b[0], b[1]: columns n0..n0+7; b[2], b[3]: columns n0+8..n0+15.
 template <int DP>
-__device__ __forceinline__ void load_b_from_rows(uint32_t (&b)[4], const uint16_t* tile, int n0, int k0, int lane) {
+BTOK_DEVICE void load_b_from_rows(uint32_t (&b)[4], const uint16_t* tile, int n0, int k0, int lane) {
   const int row = n0 + (lane & 7) + (lane >> 4) * 8;
   const int col = k0 + ((lane >> 3) & 1) * 8;
-  ldmatrix_x4(b, smem_u32(tile + row * SmemRow<DP>::kStride + col));
+  ldmatrix_x4(b, tile + row * SmemRow<DP>::kStride + col);
 }
 
 // B fragments of two 8-column tiles when B[k][n] = M[k][n] (M a row-major tile; e.g. V for
 // O = P V): k in [k0, k0 + 16), n in [n0, n0 + 16). Same register order as load_b_from_rows.
 template <int DP>
-__device__ __forceinline__ void load_b_from_cols(uint32_t (&b)[4], const uint16_t* tile, int k0, int n0, int lane) {
+BTOK_DEVICE void load_b_from_cols(uint32_t (&b)[4], const uint16_t* tile, int k0, int n0, int lane) {
   const int row = k0 + (lane & 7) + ((lane >> 3) & 1) * 8;
   const int col = n0 + (lane >> 4) * 8;
-  ldmatrix_x4_trans(b, smem_u32(tile + row * SmemRow<DP>::kStride + col));
+  ldmatrix_x4_trans(b, tile + row * SmemRow<DP>::kStride + col);
 }
 
 // The A fragment for k-step `ks` of a product whose left operand is the fp32 accumulator
 // `c` (16 x 8*NT) of an earlier product, rounded to the element type.
 template <typename E, int NT>
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[NT][4], int ks) {
+BTOK_DEVICE void acc_to_a(uint32_t (&a)[4], const float (&c)[NT][4], int ks) {
   a[0] = E::pack(c[2 * ks][0], c[2 * ks][1]);
   a[1] = E::pack(c[2 * ks][2], c[2 * ks][3]);
   a[2] = E::pack(c[2 * ks + 1][0], c[2 * ks + 1][1]);
@@ -186,17 +107,17 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[NT][
 }
 
 template <int NT>
-__device__ __forceinline__ void zero(float (&c)[NT][4]) {
+BTOK_DEVICE void zero(float (&c)[NT][4]) {
 #pragma unroll
   for (int i = 0; i < NT; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
 }
 
-// C (16 x 8*NT) += A (16 x 16*KS, row-major tile rows [row0, row0+16)) @ M^T where M is a
+// C (16 x 8*NT) += A (rows [row0, row0 + 16) of a row-major tile) @ M^T where M is a
 // row-major tile with rows [0, 8*NT) (S = Q K^T; dP = dO V^T); k-steps past `d` are skipped
 // (zero padding).
 template <typename E, int DP, int NT>
-__device__ __forceinline__ void mma_a_bt(float (&c)[NT][4], const uint16_t* a_tile, int row0, const uint16_t* m_tile,
-                                         int d, int lane) {
+BTOK_DEVICE void mma_a_bt(float (&c)[NT][4], const uint16_t* a_tile, int row0, const uint16_t* m_tile, int d,
+                          int lane) {
 #pragma unroll
   for (int kk = 0; kk < DP / 16; ++kk) {
     if (kk * 16 >= d) break;
@@ -216,8 +137,8 @@ __device__ __forceinline__ void mma_a_bt(float (&c)[NT][4], const uint16_t* a_ti
 // where M is a row-major tile with rows [0, 16*KS) (O += P V; dV += P^T dO; dQ += dS K);
 // column tiles past `d` are skipped.
 template <typename E, int DP, int KS, int NT, int NTP>
-__device__ __forceinline__ void mma_acc_b(float (&c)[NT][4], const float (&p)[NTP][4], const uint16_t* m_tile,
-                                          int col0, int d, int lane) {
+BTOK_DEVICE void mma_acc_b(float (&c)[NT][4], const float (&p)[NTP][4], const uint16_t* m_tile, int col0, int d,
+                           int lane) {
   static_assert(NTP == 2 * KS, "P must have two 8-column tiles per k-step");
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
@@ -234,11 +155,11 @@ __device__ __forceinline__ void mma_acc_b(float (&c)[NT][4], const float (&p)[NT
   }
 }
 
-// Stores a 16 x 8*NT fp32 accumulator (times `mult`) as 16-bit elements: rows `row0 + r`
-// of the sequence that are < len, columns `col0 + j` that are < d.
+// Stores a 16 x 8*NT fp32 accumulator (row r times mult[r / 8]) as 16-bit elements: rows
+// `row0 + r` of the sequence that are < len, columns `col0 + j` that are < d.
 template <typename E, int NT>
-__device__ __forceinline__ void store_acc(uint16_t* base, int64_t row_stride, const float (&c)[NT][4], int row0,
-                                          int col0, int len, int d, float mult_lo, float mult_hi, int lane) {
+BTOK_DEVICE void store_acc(uint16_t* base, int64_t row_stride, const float (&c)[NT][4], int row0, int col0, int len,
+                           int d, float mult_lo, float mult_hi, int lane) {
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -249,9 +170,7 @@ __device__ __forceinline__ void store_acc(uint16_t* base, int64_t row_stride, co
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int col = col0 + nt * 8 + 2 * q;
-      if (col < d) {
-        *reinterpret_cast<uint32_t*>(p_row + col) = E::pack(c[nt][2 * half] * mult, c[nt][2 * half + 1] * mult);
-      }
+      if (col < d) store_u32(p_row + col, E::pack(c[nt][2 * half] * mult, c[nt][2 * half + 1] * mult));
     }
   }
 }

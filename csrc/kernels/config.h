@@ -7,6 +7,20 @@
 
 namespace btok {
 
+// The padded head dim (64, 128 or 256) the kernels are instantiated for; 0 if none fits.
+inline int padded_head_dim(int d) {
+  if (d <= 0 || d % 8 != 0) return 0;
+  if (d <= 64) return 64;
+  if (d <= 128) return 128;
+  if (d <= 256) return 256;
+  return 0;
+}
+
+// A launch grid: x = tile slots, y = heads (what the dispatchers hand to a runner).
+struct Grid {
+  unsigned x, y;
+};
+
 template <int DP>
 struct FwdConfig;  // BM query rows per program, BN keys per block
 template <> struct FwdConfig<64> { static constexpr int BM = 64, BN = 64; };

@@ -2,7 +2,7 @@
 """What the transformers backend adds on top of the kernel: reshaping, layout handling, checks.
 
     python benchmarks/backend_overhead.py              # GPU: image_2B and long_8k shapes, bf16
-    python benchmarks/backend_overhead.py --device cpu # small shapes, reference backend
+    python benchmarks/backend_overhead.py --device cpu # small shapes, the CPU kernel backend (sdpa)
 
 Times, on the same inputs, ``condensation_attention`` on packed ``[T, H, D]`` tensors (the
 kernel alone) and ``btok_model.btok_attention_forward`` on the ``[1, H, T, D]`` views a
@@ -24,7 +24,8 @@ if __package__ in (None, ""):
 import torch
 
 import btok_model
-from benchmarks.common import bench, environment, format_table, rel_l2, write_outputs
+from benchmarks.harness import DEFAULT_OUT_DIR, bench, environment, rel_l2, run_stem, write_outputs
+from benchmarks.table import format_table
 from benchmarks.workloads import all_workloads, cpu_workloads
 from btok_kernels import condensation_attention
 
@@ -81,10 +82,11 @@ def measure(wl, device, dtype, args) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    ap.add_argument("--workloads", default="image_2B,long_8k", help="GPU workloads (DESIGN.md names)")
+    ap.add_argument("--workloads", default="image_2B,long_8k", help="GPU workloads (benchmarks/README.md names)")
     ap.add_argument("--rep-ms", type=float, default=200)
     ap.add_argument("--cpu-reps", type=int, default=3)
-    ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "out")
+    ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    ap.add_argument("--stem", default=None, help="output file stem (default backend_overhead_<device>_<UTC time>)")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -94,8 +96,8 @@ def main(argv=None) -> int:
     print(f"# backend overhead on {meta.get('gpu') or 'CPU'}, {meta['dtype']}, {meta['date_utc']}")
     rows = [row for wl in workloads for row in measure(wl, device, dtype, args)]
     print(format_table(rows, COLUMNS))
-    stem = f"backend_overhead_{device.type}"
-    for path in write_outputs(rows, meta, args.out_dir, stem):
+    stem = run_stem(args.out_dir, f"backend_overhead_{device.type}", args.stem)
+    for path in write_outputs(rows, meta, stem):
         print(f"# wrote {path}")
     return 0
 

@@ -42,7 +42,7 @@ def floor_rows(tflops: float, tbps: float, lengths=(1024, 2048, 4096, 8192, 1638
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tflops", type=float, default=812.0,
-                    help="dense bf16 matmul rate (DESIGN.md: 812 measured on H100)")
+                    help="dense bf16 matmul rate (812: measured on H100, benchmarks/README.md)")
     ap.add_argument("--tbps", type=float, default=3.35, help="HBM bandwidth in TB/s (H100 SXM spec 3.35; H200 4.8)")
     args = ap.parse_args(argv)
     print(f"| workload | tokens | kept pairs (/causal) | fwd GFLOP | fwd MB | fwd FLOP floor ms | fwd byte floor ms "

@@ -1,28 +1,33 @@
 #!/usr/bin/env python
 """One training step (forward + backward) of a 2B-shaped decoder on the image_2B batch.
 
-    python benchmarks/model_step.py            # GPU: Qwen2-VL-2B text dims, 4 layers, bf16
+    python benchmarks/model_step.py --quick    # GPU: Qwen2-VL-2B text dims, 4 layers, bf16
+    python benchmarks/model_step.py            # CPU: a tiny decoder of the same family, fp32
     python benchmarks/model_step.py --layers 28
 
-Rows, same weights (random, seeded), same tokens:
+Rows (:data:`ROWS`), same weights (random, seeded), same tokens:
 
 - ``btok_triton`` -- the packed ``[1, T]`` batch, ``position_ids`` restarting per sequence,
-  ``btok_layout=`` (the condensation mask from a few integers per sequence);
+  ``btok_layout=`` (the condensation mask from a few integers per sequence; on the CPU the
+  kernel backend is ``"sdpa"``, btok's exact CPU path);
 - ``sdpa`` -- the padded ``[n, Lmax]`` batch with a dense 4D boolean condensation mask;
 - ``flex_attention`` -- the packed batch with a BlockMask from the same ``mask_mod`` as
-  ``benchmarks/mask_attn.py`` (its ``create_block_mask`` time is shown apart, not in the step).
+  ``mask_attn.py`` (its ``create_block_mask`` time is shown apart, not in the step).
+
+A row is a function that builds its inputs and returns the step (see :class:`Row`); add
+one by appending to :data:`ROWS`.
 
 The step: ``model.model`` -> hidden states of the real tokens only (padding rows dropped) ->
 ``lm_head`` -> next-token cross-entropy within each sequence (fp32) -> backward. Dropping the
 padding rows before the LM head gives every row the same LM-head work, so the differences
-are attention plus the decoder layers' work on padding. Each row is checked first against an
-fp32 copy of the model (``sdpa`` with the dense mask): relative error of the loss and relative
-L2 of the gradient of layer 0's ``q_proj`` (which every attention backward reaches).
+are attention plus the decoder layers' work on padding. Each row is checked first against a
+float64 copy of the model (``sdpa``, math kernel, with the dense mask): relative error of the
+loss and relative L2 of the gradient of layer 0's ``q_proj`` (which every attention
+backward reaches).
 
 Dimensions (Qwen2-VL-2B text model): hidden 1536, 12 heads, 2 KV heads, head dim 128,
 intermediate 8960, vocab 151936, tied embeddings, RoPE theta 1e6 (plain 1D RoPE: M-RoPE only
 changes the position ids, not the attention work). ``--layers`` of its 28 decoder layers.
-On CPU it runs a tiny configuration of the same shape family.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -39,17 +46,11 @@ if __package__ in (None, ""):
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (
-    bench,
-    environment,
-    flex_mask_mod,
-    format_table,
-    optional_import,
-    padded_dense_mask,
-    rel_l2,
-    write_outputs,
-)
-from benchmarks.workloads import Workload, cpu_workloads, design_workloads
+from benchmarks.harness import DEFAULT_OUT_DIR, bench, environment, optional_import, rel_l2, run_stem, write_outputs
+from benchmarks.peers import flex_mask_mod, padded_dense_mask
+from benchmarks.plot import plot_model_step
+from benchmarks.table import MODEL_COLUMNS, format_table
+from benchmarks.workloads import Workload, all_workloads
 
 QWEN2VL_2B_TEXT = dict(hidden_size=1536, num_attention_heads=12, num_key_value_heads=2, head_dim=128,
                        intermediate_size=8960, vocab_size=151936, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
@@ -57,7 +58,10 @@ QWEN2VL_2B_TEXT = dict(hidden_size=1536, num_attention_heads=12, num_key_value_h
 CPU_TINY = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                 intermediate_size=384, vocab_size=1024, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
                 tie_word_embeddings=True)
-ROWS = ("btok_triton", "sdpa", "flex_attention")
+
+
+class Skip(Exception):
+    """A row that cannot run here; the message is its note."""
 
 
 def build_model(dims: dict, layers: int, seed: int):
@@ -97,65 +101,170 @@ class Batch:
                                       device=device)
 
 
-def make_step(model, batch: Batch, row: str, masks: dict):
-    """The step function of one row; returns the loss."""
+def _loss(model, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy (fp32, fp64 for the fp64 oracle) of the real tokens' hidden
+    states ``[rows, H]``, packed order."""
+    logits = model.lm_head(hidden)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), batch.labels,
+                           ignore_index=-100)
 
-    def loss_of(hidden):  # hidden [rows, H] of the real tokens, packed order
-        logits = model.lm_head(hidden)
-        return F.cross_entropy(logits.float(), batch.labels, ignore_index=-100)
 
-    if row == "btok_triton":
-        def step():
-            h = model.model(input_ids=batch.packed_ids, position_ids=batch.packed_pos,
-                            btok_layout=batch.layout).last_hidden_state
-            return loss_of(h[0])
-    elif row == "sdpa":
-        def step():
-            h = model.model(input_ids=batch.padded_ids, position_ids=batch.padded_pos,
-                            attention_mask=masks["dense"]).last_hidden_state
-            return loss_of(h.reshape(-1, h.shape[-1])[batch.real_rows])
-    elif row == "flex_attention":
-        def step():
-            h = model.model(input_ids=batch.packed_ids, position_ids=batch.packed_pos,
-                            attention_mask=masks["block"]).last_hidden_state
-            return loss_of(h[0])
-    else:
-        raise ValueError(row)
+@dataclass
+class Prepared:
+    """A row ready to run: ``loss()`` runs the forward; ``setup_ms`` the per-batch mask build."""
 
-    def train_step():
-        loss = step()
-        loss.backward()
-        return loss
+    loss: Callable[[], torch.Tensor]
+    setup_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
 
-    return train_step
+
+@dataclass
+class Row:
+    """One way to run the step: the model's ``attn_implementation`` and a function that
+    builds its inputs for a (model, batch, device) and returns the :class:`Prepared` step."""
+
+    name: str
+    attn_implementation: str
+    prepare: Callable[[object, Batch, torch.device], Prepared]
+
+
+def _packed_layout(model, batch: Batch, device) -> Prepared:
+    why = optional_import("btok_model")[1]
+    if why:
+        raise Skip(f"btok_model not importable: {why}")
+
+    def loss():
+        h = model.model(input_ids=batch.packed_ids, position_ids=batch.packed_pos,
+                        btok_layout=batch.layout).last_hidden_state
+        return _loss(model, batch, h[0])
+
+    kernel = "; kernel backend 'sdpa' on CPU" if device.type == "cpu" else ""
+    return Prepared(loss, notes=[f"packed, btok_layout (no mask){kernel}"])
+
+
+def _padded_dense(model, batch: Batch, device) -> Prepared:
+    t0 = time.perf_counter()
+    mask = padded_dense_mask(batch.layout)
+    setup_ms = (time.perf_counter() - t0) * 1e3
+
+    def loss():
+        h = model.model(input_ids=batch.padded_ids, position_ids=batch.padded_pos, attention_mask=mask).last_hidden_state
+        return _loss(model, batch, h.reshape(-1, h.shape[-1])[batch.real_rows])
+
+    return Prepared(loss, setup_ms, ["padded, dense 4D bool mask (build not in the step)"])
+
+
+def _packed_block_mask(model, batch: Batch, device) -> Prepared:
+    if device.type == "cpu":
+        raise Skip("FlexAttention has no backward on CPU")
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    t = batch.layout.total_tokens
+    mask_mod = flex_mask_mod(batch.layout)
+    build = lambda: create_block_mask(mask_mod, None, None, t, t, device=device)  # noqa: E731
+    block_mask = build()
+
+    def loss():
+        h = model.model(input_ids=batch.packed_ids, position_ids=batch.packed_pos,
+                        attention_mask=block_mask).last_hidden_state
+        return _loss(model, batch, h[0])
+
+    return Prepared(loss, bench(build, device, rep_ms=100)["ms"],
+                    ["packed, BlockMask; mask build = create_block_mask (not in the step)"])
+
+
+ROWS = [
+    Row("btok_triton", "btok_triton", _packed_layout),
+    Row("sdpa", "sdpa", _padded_dense),
+    Row("flex_attention", "flex_attention", _packed_block_mask),
+]
 
 
 def probe_grad(model) -> torch.Tensor:
     return model.model.layers[0].self_attn.q_proj.weight.grad
 
 
-def oracle_step(base, batch: Batch, masks: dict, device: torch.device) -> tuple[float, torch.Tensor]:
-    """Loss and probe gradient of an fp32 copy of the model with sdpa and the dense mask."""
-    oracle = copy.deepcopy(base).to(device, torch.float32)
+def train_step(loss: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    def step():
+        value = loss()
+        value.backward()
+        return value
+
+    return step
+
+
+def oracle_step(base, batch: Batch, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Loss and probe gradient of a float64 copy of the model (sdpa with the dense mask)."""
+    oracle = copy.deepcopy(base).to(device, torch.float64)
     set_attention(oracle, "sdpa")
-    loss = make_step(oracle, batch, "sdpa", masks)().item()
+    loss = train_step(_padded_dense(oracle, batch, device).loss)().item()
     return loss, probe_grad(oracle).detach().clone()
 
 
+def run_row(row: Row, model, batch: Batch, reference: tuple[float, torch.Tensor], args) -> dict:
+    """The checked and timed result of one row (its status and notes included)."""
+    device = args.device
+    result = {"row": row.name, "workload": args.workload, "layers": args.layers,
+              "tokens": batch.layout.total_tokens, "status": "ok"}
+    notes = []
+    try:
+        prepared = row.prepare(model, batch, device)  # first: it may import what registers the implementation
+        set_attention(model, row.attn_implementation)
+        notes += prepared.notes
+        if prepared.setup_ms is not None:
+            result["mask_build_ms"] = prepared.setup_ms
+        step = train_step(prepared.loss)
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss = step().item()
+        result["first_call_s"] = time.perf_counter() - t0
+        ref_loss, ref_grad = reference
+        result.update(loss=loss, err_loss=abs(loss - ref_loss) / abs(ref_loss), err_grad=rel_l2(probe_grad(model), ref_grad))
+        if max(result["err_loss"], result["err_grad"]) > args.tol:
+            result["status"] = "FAILED"
+            notes.append(f"FAILED check vs the float64 model (tol {args.tol:.0e})")
+        else:
+            params = list(model.parameters())
+            model.zero_grad(set_to_none=True)
+            t = bench(step, device, grad_to_none=params, warmup_ms=50, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps)
+            result.update(step_ms=t["ms"], step_ms_p20=t["ms_p20"], step_ms_p80=t["ms_p80"])
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                step()
+                torch.cuda.synchronize(device)
+                result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    except Skip as e:
+        result["status"] = "skipped"
+        notes.append(str(e))
+    except Exception as e:  # noqa: BLE001 -- a row that breaks is reported, the others still run
+        result["status"] = "error"
+        notes.append(f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    model.zero_grad(set_to_none=True)
+    result["note"] = "; ".join(notes)
+    return result
+
+
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter timing")
     ap.add_argument("--device", default=None)
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 4 on CUDA, 2 on CPU)")
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary (default 151936; 1024 on CPU)")
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma list of " + ", ".join(ROWS))
+    ap.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma list of rows")
     ap.add_argument("--workload", default=None, help="default image_2B on CUDA, cpu_pack on CPU")
-    ap.add_argument("--tol", type=float, default=5e-2, help="bound on the loss and gradient relative errors (bf16)")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="bound on the loss and gradient relative errors (default 5e-2 bf16, 1e-4 fp32)")
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 500, quick 200)")
-    ap.add_argument("--cpu-reps", type=int, default=2)
+    ap.add_argument("--cpu-reps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "out")
-    ap.add_argument("--stem", default=None)
+    ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    ap.add_argument("--stem", default=None, help="output file stem (default model_step_<device>_<UTC time>)")
+    ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = args.device.type == "cuda"
@@ -164,9 +273,14 @@ def parse_args(argv=None):
     if args.vocab:
         args.dims["vocab_size"] = args.vocab
     args.dtype = torch.bfloat16 if gpu else torch.float32
+    if args.tol is None:
+        args.tol = 5e-2 if gpu else 1e-4
     args.workload = args.workload or ("image_2B" if gpu else "cpu_pack")
     args.rep_ms = args.rep_ms or (200 if args.quick else 500)
-    args.stem = args.stem or f"model_step_{args.device.type}"
+    known = {r.name for r in ROWS}
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if set(args.rows) - known:
+        raise SystemExit(f"unknown rows {sorted(set(args.rows) - known)}: choose from {sorted(known)}")
     return args
 
 
@@ -174,136 +288,43 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     args = parse_args(argv)
     device = args.device
-    wl = {w.name: w for w in design_workloads() + cpu_workloads()}[args.workload]
+    wl = all_workloads()[args.workload]
+    stem = run_stem(args.out_dir, f"model_step_{device.type}", args.stem)
     meta = environment(device)
     meta.update(workload=wl.describe(), layers=args.layers, dims=args.dims, dtype=str(args.dtype).replace("torch.", ""),
-                step="model.model -> real rows -> lm_head -> fp32 CE -> backward", tol=args.tol)
-    print(f"# model_step on {meta['gpu'] or 'CPU'}, torch {meta['torch']}, transformers {meta.get('transformers')}, "
-          f"{meta['date_utc']}")
+                step="model.model -> real rows -> lm_head -> fp32 CE -> backward", tol=args.tol,
+                oracle="float64 copy of the model, sdpa with the dense 4D mask")
+    print(f"# model_step on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
+          f"transformers {meta.get('transformers')}, {meta['date_utc']}")
     print(f"# {wl.describe()}; Qwen2 decoder {args.layers} layers, {args.dims}")
-    _, why_btok = optional_import("btok_model")
     batch = Batch(wl, args.dims["vocab_size"], device, args.seed)
-    t0 = time.perf_counter()
-    masks = {"dense": padded_dense_mask(batch.layout)}
-    dense_ms = (time.perf_counter() - t0) * 1e3
-
     base = build_model(args.dims, args.layers, args.seed)
-    ref_loss, ref_grad = oracle_step(base, batch, masks, device)
+    reference = oracle_step(base, batch, device)
     model = base.to(device, args.dtype)
     del base
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-    results = []
-    for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
-        row = {"row": name, "workload": wl.name, "layers": args.layers, "tokens": wl.total_tokens, "status": "ok"}
-        notes = []
-        try:
-            if name == "btok_triton" and why_btok:
-                raise _Skip(f"btok_model not importable yet: {why_btok}")
-            if name == "flex_attention":
-                if device.type == "cpu":
-                    raise _Skip("FlexAttention has no backward on CPU")
-                from torch.nn.attention.flex_attention import create_block_mask
-
-                t = wl.total_tokens
-                mask_mod = flex_mask_mod(batch.layout)
-                build = lambda: create_block_mask(mask_mod, None, None, t, t, device=device)  # noqa: E731
-                masks["block"] = build()
-                row["mask_build_ms"] = bench(build, device, rep_ms=100)["ms"]
-                notes.append("packed, BlockMask; mask build = create_block_mask (not in the step)")
-            elif name == "sdpa":
-                row["mask_build_ms"] = dense_ms
-                notes.append("padded, dense 4D bool mask (build not in the step)")
-            else:
-                on_cpu = device.type == "cpu"
-                notes.append("packed, btok_layout (no mask)" + ("; kernel = reference on CPU" if on_cpu else ""))
-            set_attention(model, name)
-            step = make_step(model, batch, name, masks)
-            model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            loss = step().item()
-            row["first_call_s"] = time.perf_counter() - t0
-            row["loss"] = loss
-            row["err_loss"] = abs(loss - ref_loss) / abs(ref_loss)
-            row["err_grad"] = rel_l2(probe_grad(model), ref_grad)
-            if max(row["err_loss"], row["err_grad"]) > args.tol:
-                row["status"] = "FAILED"
-                notes.append(f"FAILED check vs fp32 sdpa (tol {args.tol:.0e})")
-            else:
-                params = [p for p in model.parameters()]
-                model.zero_grad(set_to_none=True)
-                t = bench(step, device, grad_to_none=params, warmup_ms=50, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps)
-                row.update(step_ms=t["ms"], step_ms_p20=t["ms_p20"], step_ms_p80=t["ms_p80"])
-                model.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                    step()
-                    torch.cuda.synchronize(device)
-                    row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                model.zero_grad(set_to_none=True)
-        except _Skip as e:
-            row["status"] = "skipped"
-            notes.append(str(e))
-        except Exception as e:  # noqa: BLE001 -- a row that breaks is reported, the others still run
-            row["status"] = "error"
-            notes.append(f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        row["note"] = "; ".join(notes)
-        results.append(row)
+    results = [run_row(row, model, batch, reference, args) for row in ROWS if row.name in args.rows]
     by = {r["row"]: r for r in results}
     for r in results:
         for other in ("sdpa", "flex_attention"):
             if r.get("step_ms") and by.get(other, {}).get("step_ms"):
                 r[f"x_{other}"] = by[other]["step_ms"] / r["step_ms"]
-    cols = [("row", "attention", ""), ("step_ms", "step ms", ".2f"), ("peak_gib", "peak GiB", ".2f"),
-            ("x_sdpa", "x sdpa", ".2f"), ("x_flex_attention", "x flex", ".2f"), ("mask_build_ms", "mask ms", ".2f"),
-            ("first_call_s", "1st call s", ".1f"), ("err_loss", "err loss", ".1e"), ("err_grad", "err grad", ".1e"),
-            ("status", "status", ""), ("note", "note", "")]
     print()
-    print(format_table(results, cols))
+    print(format_table(results, MODEL_COLUMNS))
     if device.type == "cpu":
         print("# peak memory is not measured on CPU (n/a)")
     meta["wall_s"] = time.perf_counter() - t_start
-    paths = write_outputs(results, meta, args.out_dir, args.stem)
-    why = plot(results, args.out_dir / f"{args.stem}.png", meta)
-    if why:
-        print(f"# {why}")
-    else:
-        paths.append(args.out_dir / f"{args.stem}.png")
+    paths = write_outputs(results, meta, stem)
+    if not args.no_plot:
+        png = stem.with_name(stem.name + ".png")
+        why = plot_model_step(results, png, meta)
+        if why:
+            print(f"# {why}")
+        else:
+            paths.append(png)
     print(f"# wrote {', '.join(str(p) for p in paths)}; total wall time {meta['wall_s']:.1f} s")
-    return {"rows": results, "meta": meta}
-
-
-def plot(results: list[dict], path: Path, meta: dict) -> str | None:
-    """Step time and peak memory per attention implementation."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "no PNG: matplotlib is not installed (pip install -e .[bench])"
-    ok = [r for r in results if r.get("step_ms")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    names = [r["row"] for r in ok]
-    axes[0].bar(names, [r["step_ms"] for r in ok], color=[f"C{i}" for i in range(len(ok))])
-    axes[0].set_ylabel("forward+backward step, ms (median)")
-    mem = [r.get("peak_gib") or 0 for r in ok]
-    axes[1].bar(names, mem, color=[f"C{i}" for i in range(len(ok))])
-    axes[1].set_ylabel("peak GiB" + ("" if any(mem) else " (not measured on CPU)"))
-    fig.suptitle(f"{meta['workload'].split(':')[0]}, {meta['layers']} layers, {meta['gpu'] or 'CPU'}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
-
-
-class _Skip(Exception):
-    pass
+    return {"rows": results, "meta": meta, "paths": paths}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A prepared GPU session in two calls of under ten minutes each (outputs in $OUT if set, as on
-# the device machine, else benchmarks/out); together they fit a 15-minute device budget:
+# the device machine, else benchmarks/out); together they fit a 15-minute device budget.
+# Run them as two separate commands:
 #   bash benchmarks/run_gpu.sh check   # install, kernel and model tests on CUDA, backend overhead (< 6 min)
 #   bash benchmarks/run_gpu.sh bench   # install, quick attention benchmark, model step, report (< 8 min)
 # Every step has its own timeout, so a slow one still leaves the others' outputs.
@@ -24,7 +25,7 @@ case "$stage" in
     shard a tests/ops/test_condensation.py -k "edge_layouts or random_layouts or empty" &
     shard b tests/ops/test_condensation.py -k "autotuned or gqa_head_dims or fused_dq or extreme" &
     shard c tests/ops/test_condensation.py -k "gpu_default or more_head_dims or tile_shapes or gqa_split or public or reference or mask_is or strides or env" &
-    shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_schedule.py &
+    shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_schedule.py tests/ops/test_sdpa_path.py &
     shard e tests/backend &
     # the CUDA C++ backend, built by the pip install above when nvcc is there
     python -c "from btok_kernels.condensation import cuda; print('btok_kernels._cuda:', cuda._load() or 'loaded')"
@@ -43,12 +44,15 @@ case "$stage" in
     else
       echo "compute-sanitizer: not found"
     fi
-    timeout 75 python benchmarks/backend_overhead.py --out-dir "$OUT_DIR" 2>&1 | tee "$OUT_DIR/backend_overhead.log"
+    timeout 75 python benchmarks/backend_overhead.py --out-dir "$OUT_DIR" --stem backend_overhead_cuda 2>&1 \
+      | tee "$OUT_DIR/backend_overhead.log"
     ;;
   bench)
-    timeout 300 python benchmarks/mask_attn.py --quick --time-budget-s 210 --out-dir "$OUT_DIR" 2>&1 \
-      | tee "$OUT_DIR/mask_attn_quick.log"
-    timeout 120 python benchmarks/model_step.py --quick --out-dir "$OUT_DIR" 2>&1 | tee "$OUT_DIR/model_step.log"
+    # fixed stems (a fresh $OUT per device call; elsewhere an existing stem gets a -2 suffix)
+    timeout 300 python benchmarks/mask_attn.py --quick --time-budget-s 210 --out-dir "$OUT_DIR" \
+      --stem mask_attn_quick_cuda 2>&1 | tee "$OUT_DIR/mask_attn_quick.log"
+    timeout 120 python benchmarks/model_step.py --quick --out-dir "$OUT_DIR" --stem model_step_cuda 2>&1 \
+      | tee "$OUT_DIR/model_step.log"
     python benchmarks/report.py "$OUT_DIR/mask_attn_quick_cuda.json" "$OUT_DIR/model_step_cuda.json" \
       > "$OUT_DIR/report.md" 2>&1 && echo "wrote $OUT_DIR/report.md"
     ;;

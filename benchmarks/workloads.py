@@ -1,15 +1,17 @@
-"""The benchmark workloads of DESIGN.md and the work they contain (FLOPs, bytes).
+"""The benchmark workloads (benchmarks/README.md) and the work they contain (FLOPs, bytes).
 
 Every figure the benchmarks print derives from the definitions here:
 
-- :func:`design_workloads` -- ``image_2B``, ``video_2B``, ``image_7B``, ``long_8k`` exactly as
-  DESIGN.md defines them (K = 16 BToks, head dim 128, lengths drawn with a seeded generator).
+- :func:`design_workloads` -- ``image_2B``, ``video_2B``, ``image_7B``, ``long_8k`` (K = 16
+  BToks, head dim 128, lengths drawn with a seeded generator).
 - :func:`sweep_workloads` -- one sequence of ``L`` tokens, target ``L // 8``, K = 16.
 - :func:`cpu_workloads` -- small shapes for a machine without a GPU.
+- :func:`tiny_workloads` -- one pack small enough for the tests to run every peer on it.
 
 The work an exact kernel must do is the number of (row, key) pairs the condensation mask
-keeps (:func:`kept_pairs`); forward FLOPs are ``4 * D * Hq`` per kept pair (``QK^T`` and
-``PV``, a multiply-add each) and backward counts 2.5x forward (:func:`attention_flops`).
+keeps (:meth:`CondensationLayout.num_kept_pairs`); forward FLOPs are ``4 * D * Hq`` per kept
+pair (``QK^T`` and ``PV``, a multiply-add each) and backward counts 2.5x forward
+(:func:`attention_flops`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from btok_kernels import CondensationLayout
+from btok_kernels.mask import allowed_pairs
 
 __all__ = [
     "Workload",
@@ -27,7 +30,9 @@ __all__ = [
     "design_workloads",
     "sweep_workloads",
     "cpu_workloads",
-    "kept_pairs",
+    "tiny_workloads",
+    "workload_groups",
+    "all_workloads",
     "tile_counts",
     "attention_flops",
     "attention_bytes",
@@ -35,7 +40,7 @@ __all__ = [
 ]
 
 BWD_FLOP_FACTOR = 2.5  # backward = 2.5x forward: dV, dP, dS->dQ, dS->dK plus the recomputed QK^T
-DESIGN_NUM_BTOKS = 16
+NUM_BTOKS = 16
 # hidden size Hq * D of the 2B model (Qwen2-VL-2B): the sweep keeps it at both head dims
 SWEEP_HIDDEN, SWEEP_GQA = 1536, 6
 
@@ -74,11 +79,11 @@ class Workload:
 
     def kept_pairs(self) -> int:
         """(row, key) pairs the condensation mask keeps, over the pack (one head)."""
-        return kept_pairs(self.seqlens, self.query_lens, [q + self.num_btoks for q in self.query_lens])
+        return self.layout().num_kept_pairs()
 
     def causal_pairs(self) -> int:
         """(row, key) pairs of plain causal attention on the same pack (what a no-cut kernel computes)."""
-        return kept_pairs(self.seqlens, [0] * self.num_seqs, self.seqlens)
+        return sum(n * (n + 1) // 2 for n in self.seqlens)
 
     def flops(self, mode: str = "fwd") -> float:
         return attention_flops(self.kept_pairs(), self.num_heads, self.head_dim, mode)
@@ -93,16 +98,6 @@ class Workload:
         )
 
 
-def kept_pairs(seqlens: Sequence[int], btok_starts: Sequence[int], target_starts: Sequence[int]) -> int:
-    """Pairs kept by ``allowed(i, j) = (j <= i) and not (i >= t and j < b)``, summed over sequences.
-
-    Per sequence of length ``L``: the causal triangle ``L (L + 1) / 2`` less the cut, which is
-    ``b`` keys for each of the ``L - t`` target rows (every cut key ``j < b <= t <= i`` is
-    causal, so the two sets overlap exactly).
-    """
-    return sum(n * (n + 1) // 2 - (n - t) * b for n, b, t in zip(seqlens, btok_starts, target_starts))
-
-
 def tile_counts(workload: Workload, block_m: int = 128, block_n: int = 128) -> tuple[int, int]:
     """(full, partial) ``block_m x block_n`` tiles of the pack that hold at least one kept pair.
 
@@ -112,17 +107,13 @@ def tile_counts(workload: Workload, block_m: int = 128, block_n: int = 128) -> t
     full = partial = 0
     for length, b, t in zip(workload.seqlens, workload.query_lens,
                             [q + workload.num_btoks for q in workload.query_lens]):
+        keys = torch.arange(length)
         for q0 in range(0, length, block_m):
-            q1 = min(q0 + block_m, length)
-            for k0 in range(0, q1, block_n):
-                k1 = min(k0 + block_n, length)
-                kept = sum(max(0, min(k1, i + 1) - max(k0, b if i >= t else 0)) for i in range(q0, q1))
-                if kept == 0:
-                    continue
-                if kept == block_m * block_n:
-                    full += 1
-                else:
-                    partial += 1
+            rows = torch.arange(q0, min(q0 + block_m, length))
+            kept = allowed_pairs(rows[:, None], keys[None, :], b, t)  # [rows, L]
+            per_tile = torch.stack([kept[:, k0:k0 + block_n].sum() for k0 in range(0, length, block_n)])
+            full += int((per_tile == block_m * block_n).sum())
+            partial += int(((per_tile > 0) & (per_tile < block_m * block_n)).sum())
     return full, partial
 
 
@@ -168,11 +159,11 @@ def packed_workload(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int = 128,
-    num_btoks: int = DESIGN_NUM_BTOKS,
+    num_btoks: int = NUM_BTOKS,
     group: str = "design",
 ) -> Workload:
     """Query then target lengths drawn uniformly (inclusive ranges) from one seeded generator,
-    as DESIGN.md specifies: ``torch.randint(lo, hi + 1, (n,), generator=g)``."""
+    as benchmarks/README.md specifies: ``torch.randint(lo, hi + 1, (n,), generator=g)``."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(query_range[0], query_range[1] + 1, (num_seqs,), generator=g)
     t = torch.randint(target_range[0], target_range[1] + 1, (num_seqs,), generator=g)
@@ -180,7 +171,7 @@ def packed_workload(
 
 
 def single_sequence(name: str, length: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                    num_btoks: int = DESIGN_NUM_BTOKS, target_len: int | None = None, group: str = "sweep") -> Workload:
+                    num_btoks: int = NUM_BTOKS, target_len: int | None = None, group: str = "sweep") -> Workload:
     """One sequence of ``length`` tokens: target ``length // 8`` (unless given), K BToks, the rest query."""
     target = length // 8 if target_len is None else target_len
     query = length - num_btoks - target
@@ -190,12 +181,12 @@ def single_sequence(name: str, length: int, num_heads: int, num_kv_heads: int, h
 
 
 def design_workloads() -> list[Workload]:
-    """The four packed workloads of DESIGN.md ("Peers on the same work")."""
+    """The four packed workloads the peers were measured on (benchmarks/README.md)."""
     return [
         packed_workload("image_2B", 16, (256, 1280), (32, 256), seed=0, num_heads=12, num_kv_heads=2),
         packed_workload("video_2B", 4, (3072, 4096), (128, 512), seed=1, num_heads=12, num_kv_heads=2),
         packed_workload("image_7B", 16, (256, 1280), (32, 256), seed=0, num_heads=28, num_kv_heads=4),
-        Workload("long_8k", (7152,), DESIGN_NUM_BTOKS, (1024,), 12, 2, 128),
+        Workload("long_8k", (7152,), NUM_BTOKS, (1024,), 12, 2, 128),
     ]
 
 
@@ -216,7 +207,18 @@ def cpu_workloads() -> list[Workload]:
                             head_dim=64, num_btoks=4, group="cpu")]
 
 
+def tiny_workloads() -> list[Workload]:
+    """Three short sequences, GQA 2: enough for every peer's code path, in milliseconds."""
+    return [packed_workload("tiny", 3, (8, 40), (2, 12), seed=0, num_heads=4, num_kv_heads=2, head_dim=16,
+                            num_btoks=2, group="tiny")]
+
+
+def workload_groups(lengths: Sequence[int] = (), head_dims: Sequence[int] = ()) -> dict[str, list[Workload]]:
+    """The workloads by group name: design, sweep (at the given lengths and head dims), cpu, tiny."""
+    return {"design": design_workloads(), "sweep": sweep_workloads(lengths, head_dims), "cpu": cpu_workloads(),
+            "tiny": tiny_workloads()}
+
+
 def all_workloads(lengths: Sequence[int] = (), head_dims: Sequence[int] = ()) -> dict[str, Workload]:
-    """Every named workload (design, cpu and the given sweep), by name."""
-    wls = design_workloads() + cpu_workloads() + sweep_workloads(lengths, head_dims)
-    return {w.name: w for w in wls}
+    """Every named workload (design, cpu, tiny and the given sweep), by name."""
+    return {w.name: w for group in workload_groups(lengths, head_dims).values() for w in group}

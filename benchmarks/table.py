@@ -1,0 +1,149 @@
+"""Tables of benchmark rows: fixed-width text for the terminal, Markdown for RESULTS.md.
+
+A row whose check FAILED or that raised shows no timing anywhere (nor counts toward a
+target): :func:`timed_view` drops its timing-derived values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .measure import is_timing_key
+
+__all__ = [
+    "format_table",
+    "ATTENTION_COLUMNS",
+    "attention_text_rows",
+    "MODEL_COLUMNS",
+    "timed_view",
+    "attention_markdown",
+    "model_markdown",
+    "run_header",
+]
+
+NO_TIMING_STATUS = ("FAILED", "error")
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Fixed-width text table. ``columns``: (key, header, format spec); None prints as '-'."""
+    cells = []
+    for r in rows:
+        line = []
+        for key, _, spec in columns:
+            v = r.get(key)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                line.append("-")
+            elif spec:
+                line.append(format(v, spec))
+            else:
+                line.append(str(v))
+        cells.append(line)
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(columns)]
+    out = ["  ".join(h.ljust(w) for (_, h, _), w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(x.ljust(w) for x, w in zip(c, widths)) for c in cells]
+    return "\n".join(out)
+
+
+def timed_view(r: dict) -> dict:
+    """The row without its timing-derived values when it FAILED its check or raised."""
+    if r.get("status") not in NO_TIMING_STATUS:
+        return r
+    return {k: v for k, v in r.items() if not is_timing_key(k)}
+
+
+def _max_err(r: dict) -> float | None:
+    errs = [v for k, v in r.items() if "_err_" in k and v is not None]
+    return max(errs) if errs else None
+
+
+# ----------------------------------------------------------------------------------------
+# text (mask_attn.py, model_step.py)
+# ----------------------------------------------------------------------------------------
+ATTENTION_COLUMNS = [
+    ("workload", "workload", ""),
+    ("peer", "peer", ""),
+    ("kind", "kind", ""),
+    ("fwd_ms", "fwd ms", ".3f"),
+    ("fwd_tflops", "TFLOP/s", ".3g"),
+    ("fwd_bwd_ms", "fwd+bwd ms", ".3f"),
+    ("fwd_bwd_tflops", "TFLOP/s", ".3g"),
+    ("peak", "peak MiB", ""),
+    ("mask_build_ms", "mask ms", ".3f"),
+    ("first_call_s", "1st call s", ".1f"),
+    ("fwd_x_flex", "xFlex fwd", ".2f"),
+    ("fwd_bwd_x_flex", "xFlex f+b", ".2f"),
+    ("err", "max err", ".1e"),
+    ("status", "status", ""),
+    ("note", "note", ""),
+]
+
+MODEL_COLUMNS = [
+    ("row", "attention", ""),
+    ("step_ms", "step ms", ".2f"),
+    ("peak_gib", "peak GiB", ".2f"),
+    ("x_sdpa", "x sdpa", ".2f"),
+    ("x_flex_attention", "x flex", ".2f"),
+    ("mask_build_ms", "mask ms", ".2f"),
+    ("first_call_s", "1st call s", ".1f"),
+    ("err_loss", "err loss", ".1e"),
+    ("err_grad", "err grad", ".1e"),
+    ("status", "status", ""),
+    ("note", "note", ""),
+]
+
+
+def attention_text_rows(rows: list[dict]) -> list[dict]:
+    """mask_attn rows with the derived columns of :data:`ATTENTION_COLUMNS`."""
+    out = []
+    for r in map(timed_view, rows):
+        d = dict(r)
+        d["kind"] = "exact" if r["exact"] else "no cut"
+        d["err"] = _max_err(r)
+        firsts = [v for k, v in r.items() if k.endswith("_first_call_s")]
+        d["first_call_s"] = max(firsts) if firsts else None
+        peak = r.get("fwd_bwd_peak_mib", r.get("fwd_peak_mib"))
+        d["peak"] = f"{peak:.0f}" if peak is not None else ("n/a" if r.get("fwd_ms") else None)
+        out.append(d)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Markdown (report.py -> RESULTS.md)
+# ----------------------------------------------------------------------------------------
+def _f(v, spec=".3f"):
+    return "—" if v is None else format(v, spec)
+
+
+def run_header(meta: dict) -> str:
+    keys = ("gpu", "device", "cpu_threads", "torch", "cuda", "triton", "transformers", "dtype", "git_commit",
+            "date_utc", "command", "wall_s")
+    shown = [k for k in keys if meta.get(k) is not None]
+    return "\n".join(f"- {k}: {round(meta[k], 1) if k == 'wall_s' else meta[k]}" for k in shown)
+
+
+def attention_markdown(rows: list[dict]) -> str:
+    out = ["| workload | peer | kind | fwd ms | fwd TFLOP/s | f+b ms | f+b TFLOP/s | peak MiB (f+b) | mask build ms "
+           "| ×Flex fwd | ×Flex f+b | max rel err | status / note |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in map(timed_view, rows):
+        kind = "exact" if r["exact"] else "no cut"
+        note = r["status"] + (f": {r['note']}" if r.get("note") else "")
+        out.append(
+            f"| {r['workload']} | {r['peer']} | {kind} | {_f(r.get('fwd_ms'))} | {_f(r.get('fwd_tflops'), '.3g')} | "
+            f"{_f(r.get('fwd_bwd_ms'))} | {_f(r.get('fwd_bwd_tflops'), '.3g')} | "
+            f"{_f(r.get('fwd_bwd_peak_mib'), '.0f')} | {_f(r.get('mask_build_ms'))} | "
+            f"{_f(r.get('fwd_x_flex'), '.2f')} | {_f(r.get('fwd_bwd_x_flex'), '.2f')} | "
+            f"{_f(_max_err(r), '.1e')} | {note} |")
+    return "\n".join(out)
+
+
+def model_markdown(rows: list[dict]) -> str:
+    out = ["| attention | step ms | peak GiB | ×sdpa | ×flex | mask build ms | err loss | err grad | status / note |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in map(timed_view, rows):
+        out.append(f"| {r['row']} | {_f(r.get('step_ms'), '.2f')} | {_f(r.get('peak_gib'), '.2f')} | "
+                   f"{_f(r.get('x_sdpa'), '.2f')} | {_f(r.get('x_flex_attention'), '.2f')} | "
+                   f"{_f(r.get('mask_build_ms'), '.2f')} | {_f(r.get('err_loss'), '.1e')} | "
+                   f"{_f(r.get('err_grad'), '.1e')} | {r['status']}{': ' + r['note'] if r.get('note') else ''} |")
+    return "\n".join(out)

@@ -27,6 +27,16 @@ from btok_kernels import CondensationLayout
 EAGER, DEFERRED, SHUFFLED = 0, 1, 2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small tensors only: one intra-op thread (a second one mostly waits, and on a busy
+    machine waits for long)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def emu():
     path = host_build("btok_emu", ["host/emulator.cpp"],

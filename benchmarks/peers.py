@@ -245,7 +245,7 @@ def _btok(backend: str, note: str = "", route: str | None = None, **options) -> 
 def _btok_cuda_available(device):
     if device.type != "cuda":
         return "btok cuda: needs a CUDA device"
-    x = torch.zeros(1, 1, 8, device=device)
+    x = torch.zeros(1, 1, 8, device=device, dtype=torch.bfloat16)  # the CUDA kernels take fp16/bf16
     try:
         condensation_attention(x, x, x, CondensationLayout.causal([0, 1], device=device), backend="cuda")
     except NotImplementedError as e:

@@ -410,3 +410,31 @@ def test_cuda_ops_check_arguments(change, match):
     change(args)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.btok_cuda.fwd(*args.values())
+
+
+@needs_gpu
+def test_cuda_ops_pass_opcheck():
+    """The registered ops against their fake implementations, schemas and autograd
+    registration (torch.library.opcheck), as torch.compile relies on them."""
+    cuda.require_extension()
+    layout = CondensationLayout.from_lengths([70, 9], [16, 2], [33, 0], device="cuda")
+    _, (q, k, v, do) = make_inputs(layout, 4, 2, 64, torch.bfloat16)
+    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, 0.125, True)
+    out, lse = torch.ops.btok_cuda.fwd(q, k, v, *args)
+    torch.library.opcheck(torch.ops.btok_cuda.fwd.default, (q, k, v, *args))
+    torch.library.opcheck(torch.ops.btok_cuda.bwd.default, (do, q, k, v, out, lse, *args))
+
+
+@needs_gpu
+def test_cuda_ops_under_torch_compile():
+    """One graph, no break: the compiled call equals the eager one bitwise."""
+    cuda.require_extension()
+    layout = CondensationLayout.from_lengths([70, 9], [16, 2], [33, 0], device="cuda")
+    _, (q, k, v, _) = make_inputs(layout, 4, 2, 64, torch.float16)
+
+    def attend(q, k, v):
+        return torch.ops.btok_cuda.fwd(q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, 0.125)
+
+    compiled = torch.compile(attend, fullgraph=True)
+    for got, want in zip(compiled(q, k, v), attend(q, k, v)):
+        assert torch.equal(got, want)

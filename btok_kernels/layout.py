@@ -7,7 +7,9 @@ row. The condensation mask is
 
     allowed(i, j) = (j <= i) and not (i >= t and j < b)
 
-so a layout with ``b = 0`` or ``t = len`` is plain causal attention.
+so a layout with ``b = 0`` or ``t = len`` is plain causal attention. A bidirectional
+layout (``is_causal=False``, from :meth:`CondensationLayout.bidirectional`) has no mask inside
+a sequence: ``allowed(i, j) = True`` for every ``i, j`` of the same sequence.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class CondensationLayout:
         target_start: int32 ``[n]``, first target row of each sequence, relative to its start
             (equal to the sequence length when the sequence has no target).
         max_seqlen: the longest sequence of the pack.
+        is_causal: True (default): the condensation mask above. False: bidirectional, every
+            row attends every key of its own sequence (never across sequences), as a vision
+            tower or a bidirectional embedder does; ``btok_start`` must then be 0 and
+            ``target_start`` the sequence length (so a kernel that ignored the flag would
+            see plain causal attention, never a cut).
 
     One sequence with query length 3, K = 2 BToks and target length 2 (``b = 3, t = 5``),
     ``x`` = attended, ``.`` = masked::
@@ -61,7 +68,22 @@ class CondensationLayout:
         target row 5:  . . . x x x .
                row 6:  . . . x x x x
 
-    Build it with :meth:`from_lengths` or :meth:`causal`; the constructor validates.
+    The same sequence in a bidirectional layout (``is_causal=False``, ``b = 0, t = 7``)::
+
+                 keys: 0 1 2 3 4 5 6
+               row 0:  x x x x x x x
+               ...     (every row the same)
+               row 6:  x x x x x x x
+
+    Exact semantics for every backend: for packed rows ``r`` and keys ``c`` of sequence
+    ``s`` (``start = cu_seqlens[s]``, ``i = r - start``, ``j = c - start``, both in
+    ``[0, len_s)``), ``allowed = (j <= i) and not (i >= t and j < b)`` when ``is_causal``,
+    ``allowed = True`` otherwise; pairs of different sequences are never allowed.
+    :func:`btok_kernels.sequence_mask` and :func:`btok_kernels.condensation_mask` build it
+    densely.
+
+    Build it with :meth:`from_lengths`, :meth:`causal` or :meth:`bidirectional`; the
+    constructor validates.
     The integers are kept on the host as well (``host_*``): ``from_lengths`` validates and
     builds on the host, then copies to the device without synchronising; constructing from
     device tensors reads them back once. Kernels read only the device tensors.
@@ -71,6 +93,7 @@ class CondensationLayout:
     btok_start: torch.Tensor
     target_start: torch.Tensor
     max_seqlen: int
+    is_causal: bool = True
 
     def __post_init__(self):
         for name in ("cu_seqlens", "btok_start", "target_start"):
@@ -130,6 +153,17 @@ class CondensationLayout:
             raise ValueError(
                 f"max_seqlen={self.max_seqlen} does not match the longest sequence ({int(lens.max())})"
             )
+        if not isinstance(self.is_causal, bool):
+            raise ValueError(f"is_causal must be a bool, got {type(self.is_causal).__name__}")
+        if not self.is_causal:
+            bad = ((host[2] != 0) | (host[3] != lens)).nonzero()
+            if bad.numel():
+                s = int(bad[0])
+                raise ValueError(
+                    f"a bidirectional layout (is_causal=False) needs btok_start = 0 and target_start = the "
+                    f"sequence length; sequence {s} has btok_start={int(host[2, s])}, "
+                    f"target_start={int(host[3, s])}, length {int(lens[s])}"
+                )
         # plain Python ints: no tensor reads later (and nothing data-dependent under torch.compile)
         object.__setattr__(self, "_host", tuple(tuple(row) for row in host.tolist()))
 
@@ -187,10 +221,31 @@ class CondensationLayout:
     def causal(cls, cu_seqlens: Sequence[int] | torch.Tensor, device=None) -> CondensationLayout:
         """Plain causal varlen attention (``flash_attn_varlen_func(..., causal=True)``).
 
+        Args:
+            cu_seqlens: int ``[n + 1]`` cumulative sequence lengths (a list or a tensor).
+            device: where the int32 tensors live. A tensor ``cu_seqlens`` keeps its device
+                unless ``device`` is given (a GPU tensor is read back once, here, to
+                validate it and keep the host copy).
+
         Every sequence gets ``b = 0`` and ``t = len``: no row is cut off from any key.
-        A tensor ``cu_seqlens`` keeps its device unless ``device`` is given (a GPU tensor is
-        read back once, here, to validate it and keep the host copy).
         """
+        return cls._without_cut(cu_seqlens, device, is_causal=True)
+
+    @classmethod
+    def bidirectional(cls, cu_seqlens: Sequence[int] | torch.Tensor, device=None) -> CondensationLayout:
+        """Bidirectional varlen attention (``flash_attn_varlen_func(..., causal=False)``):
+        every row attends every key of its own sequence, as in a vision tower.
+
+        Args:
+            cu_seqlens: int ``[n + 1]`` cumulative sequence lengths (a list or a tensor).
+            device: as in :meth:`causal`.
+
+        The layout has ``is_causal=False``, ``b = 0`` and ``t = len`` for every sequence.
+        """
+        return cls._without_cut(cu_seqlens, device, is_causal=False)
+
+    @classmethod
+    def _without_cut(cls, cu_seqlens, device, is_causal: bool) -> CondensationLayout:
         if device is None and isinstance(cu_seqlens, torch.Tensor):
             device = cu_seqlens.device
         cu = _as_host_int_list("cu_seqlens", cu_seqlens)
@@ -202,6 +257,7 @@ class CondensationLayout:
             btok_start=torch.zeros(len(lens), dtype=torch.int32),
             target_start=torch.tensor(lens, dtype=torch.int32),
             max_seqlen=max(lens),
+            is_causal=is_causal,
         )
         return layout if device is None else layout.to(device)
 
@@ -250,11 +306,14 @@ class CondensationLayout:
                 t = t.to(device)
             object.__setattr__(new, name, t)
         object.__setattr__(new, "max_seqlen", self.max_seqlen)
+        object.__setattr__(new, "is_causal", self.is_causal)
         object.__setattr__(new, "_host", self._host)
         return new
 
     def num_kept_pairs(self) -> int:
         """How many (row, key) pairs the mask keeps: the work an exact kernel must do."""
+        if not self.is_causal:
+            return sum(length * length for length in self.seqlens)
         total = 0
         for length, b, t in zip(self.seqlens, self.host_btok_start, self.host_target_start):
             total += length * (length + 1) // 2 - (length - t) * b
@@ -263,5 +322,5 @@ class CondensationLayout:
     def __repr__(self) -> str:
         return (
             f"CondensationLayout(num_seqs={self.num_seqs}, total_tokens={self.total_tokens}, "
-            f"max_seqlen={self.max_seqlen}, device={self.device})"
+            f"max_seqlen={self.max_seqlen}, is_causal={self.is_causal}, device={self.device})"
         )

@@ -79,7 +79,7 @@ def condensation_mask(layout, device: torch.device | str | None = None) -> torch
     total = layout.total_tokens
     mask = torch.zeros(total, total, dtype=torch.bool, device=device)
     cu = layout.host_cu_seqlens
-    causal = getattr(layout, "causal", True)
+    causal = layout.is_causal
     for s, (b, t) in enumerate(zip(layout.host_btok_start, layout.host_target_start)):
         start, end = cu[s], cu[s + 1]
         mask[start:end, start:end] = sequence_mask(end - start, b, t, causal=causal, device=device)

@@ -63,11 +63,13 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
 
 
 def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
-                   config: dict | None = None, arch: int = 90, gqa_split: int = 1, fused_dq: bool = False):
+                   config: dict | None = None, arch: int = 90, gqa_split: int = 1, fused_dq: bool = False,
+                   causal: bool = True):
     """Compiles one kernel ("fwd", "dkdv" or "dq") with the launchers' default GPU
     configuration for ``(head_dim, dtype)``, updated by ``config`` (``BLOCK_M``, ``BLOCK_N``,
-    ``num_warps``, ``num_stages``), for ``sm_{arch}``; returns Triton's compiled kernel
-    (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata``)."""
+    ``num_warps``, ``num_stages``), for ``sm_{arch}``; ``causal=False`` compiles the
+    bidirectional variant. Returns Triton's compiled kernel (``.asm["cubin"]``,
+    ``.asm["ptx"]``, ``.metadata``)."""
     jit = P._FIXED[kernel]
     if not hasattr(jit.fn, "cache_key"):
         raise RuntimeError(
@@ -79,7 +81,7 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
     cfg.update(config or {})
     block_d = P._block_d(head_dim)
     constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      EVEN_D=head_dim == block_d, UPCAST=False, PRECISION=precision)
+                      EVEN_D=head_dim == block_d, UPCAST=False, PRECISION=precision, CAUSAL=causal)
     if kernel == "dkdv":
         constexprs["HEADS"] = group // gqa_split
         constexprs["FUSED_DQ"] = fused_dq
@@ -96,9 +98,9 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
 
 def kernel_resources(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
                      config: dict | None = None, arch: int = 90, gqa_split: int = 1,
-                     fused_dq: bool = False) -> KernelResources:
+                     fused_dq: bool = False, causal: bool = True) -> KernelResources:
     """Registers per thread, spill stack/local bytes and shared memory of one compiled kernel."""
-    compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch, gqa_split, fused_dq)
+    compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch, gqa_split, fused_dq, causal)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")

@@ -26,11 +26,11 @@ def _sequences(cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start:
     return zip(*host)
 
 
-def _chunk_mask(r0: int, r1: int, b: int, t: int, device) -> torch.Tensor:
-    """allowed(i, j) for rows i in [r0, r1), keys j in [0, r1) of one sequence."""
+def _chunk_mask(r0: int, r1: int, kend: int, b: int, t: int, causal: bool, device) -> torch.Tensor:
+    """allowed(i, j) for rows i in [r0, r1), keys j in [0, kend) of one sequence."""
     i = torch.arange(r0, r1, device=device)[:, None]
-    j = torch.arange(0, r1, device=device)[None, :]
-    return allowed_pairs(i, j, b, t)  # [C, r1]
+    j = torch.arange(0, kend, device=device)[None, :]
+    return allowed_pairs(i, j, b, t, causal)  # [C, kend]
 
 
 def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
@@ -45,9 +45,20 @@ def _ungrouped(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(hkv * g, rows, d).permute(1, 0, 2)
 
 
-def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale: float):
-    """Reference forward. Returns ``out`` [T, Hq, D] in q's dtype and ``lse`` [Hq, T]
-    (natural log, fp32; fp64 for fp64 inputs)."""
+def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale: float,
+                           causal: bool = True):
+    """Reference forward.
+
+    Args:
+        q: ``[T, Hq, D]``; k, v: ``[T, Hkv, D]`` (any floating dtype).
+        cu_seqlens, btok_start, target_start: the layout's int32 tensors.
+        softmax_scale: scale of the scores.
+        causal: False for a bidirectional layout (every key of the row's sequence).
+
+    Returns:
+        ``out`` [T, Hq, D] in q's dtype and ``lse`` [Hq, T] (natural log, fp32; fp64 for
+        fp64 inputs).
+    """
     acc = _acc_dtype(q.dtype)
     total, hq, _ = q.shape
     hkv = k.shape[1]
@@ -58,21 +69,31 @@ def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softma
         vs = v[start:end].to(acc).permute(1, 0, 2)[:, None]
         for r0 in range(0, end - start, CHUNK):
             r1 = min(r0 + CHUNK, end - start)
+            kend = r1 if causal else end - start  # keys past the chunk's last row are masked when causal
             qc = _grouped(q[start + r0 : start + r1].to(acc), hkv)  # [Hkv, G, C, D]
-            s = (qc @ ks[..., :r1, :].transpose(-1, -2)) * softmax_scale  # [Hkv, G, C, r1]
-            s = s.masked_fill(~_chunk_mask(r0, r1, b, t, q.device), float("-inf"))
+            s = (qc @ ks[..., :kend, :].transpose(-1, -2)) * softmax_scale  # [Hkv, G, C, kend]
+            s = s.masked_fill(~_chunk_mask(r0, r1, kend, b, t, causal, q.device), float("-inf"))
             m = s.amax(-1, keepdim=True)
             p = torch.exp(s - m)
             l = p.sum(-1, keepdim=True)
-            o = (p @ vs[..., :r1, :]) / l
+            o = (p @ vs[..., :kend, :]) / l
             out[start + r0 : start + r1] = _ungrouped(o).to(q.dtype)
             lse[:, start + r0 : start + r1] = (m + torch.log(l)).reshape(hq, r1 - r0)
     return out, lse
 
 
-def condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale: float):
+def condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale: float,
+                           causal: bool = True):
     """Reference backward from the saved ``lse`` (recomputes the probabilities per chunk).
-    Returns ``dq, dk, dv`` in the dtypes of ``q, k, v``."""
+
+    Args:
+        do: ``[T, Hq, D]``, the gradient of ``out``; out, lse: the forward's results.
+        q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, causal: as in
+            :func:`condensation_fwd_naive`.
+
+    Returns:
+        ``dq, dk, dv`` in the dtypes of ``q, k, v``.
+    """
     acc = _acc_dtype(q.dtype)
     hkv = k.shape[1]
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
@@ -86,19 +107,20 @@ def condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target
         dvs = torch.zeros_like(vs.expand(-1, q.shape[1] // hkv, -1, -1))
         for r0 in range(0, end - start, CHUNK):
             r1 = min(r0 + CHUNK, end - start)
+            kend = r1 if causal else end - start
             rows = slice(start + r0, start + r1)
             qc = _grouped(q[rows].to(acc), hkv)  # [Hkv, G, C, D]
             doc = _grouped(do[rows].to(acc), hkv)
             lse_c = _grouped(lse[:, rows].T[..., None], hkv)  # [Hkv, G, C, 1]
             delta_c = _grouped(delta[rows][..., None], hkv)
-            s = (qc @ ks[..., :r1, :].transpose(-1, -2)) * softmax_scale
+            s = (qc @ ks[..., :kend, :].transpose(-1, -2)) * softmax_scale
             # masked before the exponent: a hidden score far above the row's LSE would overflow
-            p = torch.exp(s.masked_fill(~_chunk_mask(r0, r1, b, t, q.device), float("-inf")) - lse_c)
-            dvs[..., :r1, :] += p.transpose(-1, -2) @ doc
-            dp = doc @ vs[..., :r1, :].transpose(-1, -2)
-            ds = p * (dp - delta_c) * softmax_scale  # [Hkv, G, C, r1]
-            dq[rows] = _ungrouped(ds @ ks[..., :r1, :])
-            dks[..., :r1, :] += ds.transpose(-1, -2) @ qc
+            p = torch.exp(s.masked_fill(~_chunk_mask(r0, r1, kend, b, t, causal, q.device), float("-inf")) - lse_c)
+            dvs[..., :kend, :] += p.transpose(-1, -2) @ doc
+            dp = doc @ vs[..., :kend, :].transpose(-1, -2)
+            ds = p * (dp - delta_c) * softmax_scale  # [Hkv, G, C, kend]
+            dq[rows] = _ungrouped(ds @ ks[..., :kend, :])
+            dks[..., :kend, :] += ds.transpose(-1, -2) @ qc
         dk[start:end] = dks.sum(1).permute(1, 0, 2)
         dv[start:end] = dvs.sum(1).permute(1, 0, 2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

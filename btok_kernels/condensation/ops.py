@@ -79,19 +79,20 @@ def _decode_tiles(flat: list[int]) -> dict | None:
 @torch.library.custom_op("btok::condensation_fwd", mutates_args=())
 def _condensation_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
+    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor, causal: bool,
     softmax_scale: float, backend: str, fused_dq: bool, autotune: bool, gqa_split: int, tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from .parallel import condensation_fwd_triton
 
         return condensation_fwd_triton(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale,
-                                       autotune=autotune, tiles=_decode_tiles(tiles))
-    return condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale)
+                                       causal=causal, autotune=autotune, tiles=_decode_tiles(tiles))
+    return condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, causal)
 
 
 @_condensation_fwd.register_fake
-def _(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, backend, fused_dq, autotune, gqa_split, tiles):
+def _(q, k, v, cu_seqlens, btok_start, target_start, causal, softmax_scale, backend, fused_dq, autotune, gqa_split,
+      tiles):
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
     return torch.empty_like(q), lse
 
@@ -100,21 +101,22 @@ def _(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, backend, fus
 def _condensation_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
+    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor, causal: bool,
     softmax_scale: float, backend: str, fused_dq: bool, autotune: bool, gqa_split: int, tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from .parallel import condensation_bwd_triton
 
         return condensation_bwd_triton(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
-                                       autotune=autotune, tiles=_decode_tiles(tiles), gqa_split=gqa_split or None,
-                                       fused_dq=fused_dq)
-    return condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale)
+                                       causal=causal, autotune=autotune, tiles=_decode_tiles(tiles),
+                                       gqa_split=gqa_split or None, fused_dq=fused_dq)
+    return condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
+                                  causal)
 
 
 @_condensation_bwd.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale, backend, fused_dq, autotune,
-      gqa_split, tiles):
+def _(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, causal, softmax_scale, backend, fused_dq,
+      autotune, gqa_split, tiles):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -122,7 +124,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, cu_seqlens, btok_start, target_start, *options = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, btok_start, target_start)
-    ctx.options = options  # softmax_scale, backend, fused_dq, autotune, gqa_split, tiles
+    ctx.options = options  # causal, softmax_scale, backend, fused_dq, autotune, gqa_split, tiles
     ctx.mark_non_differentiable(lse)
 
 
@@ -238,7 +240,9 @@ def condensation_attention(
     For each sequence of ``layout`` (positions relative to its start, ``b`` its BTok start,
     ``t`` its target start), row ``i`` attends key ``j`` iff ``j <= i`` and not
     ``(i >= t and j < b)``: query and BTok rows are causal, target rows see only the BToks
-    and the target before them. Every row sees at least itself.
+    and the target before them. Every row sees at least itself. A bidirectional layout
+    (:meth:`CondensationLayout.bidirectional`, ``layout.is_causal`` False) lets every row
+    attend every key of its own sequence.
 
     Args:
         q: ``[total_tokens, Hq, D]``, fp16/bf16/fp32 (fp64 with the reference backend).
@@ -292,6 +296,7 @@ def condensation_attention(
 
         return condensation_attention_sdpa(q, k, v, layout, float(softmax_scale), return_lse)
     out, lse = _condensation_fwd(
-        q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, float(softmax_scale), backend, *options
+        q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, layout.is_causal, float(softmax_scale),
+        backend, *options,
     )
     return (out, lse) if return_lse else out

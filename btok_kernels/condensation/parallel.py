@@ -21,6 +21,10 @@ row (``q0 >= t``) and ``lo = 0`` otherwise, in blocks of ``BLOCK_N`` starting at
 
 The backward's dK/dV programs mirror this per key tile: rows ``[n0, t)`` see keys that all
 lie before ``b`` and rows ``[n0, len)`` the others, with the same three kinds of blocks.
+
+Bidirectional layouts (``CAUSAL=False``): every query tile visits every key block of its
+sequence and every key tile every row block; all blocks but the last, partial one
+(``len % BLOCK != 0``) run without a mask.
 """
 
 from __future__ import annotations
@@ -70,8 +74,20 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _key_blocks(q0, q1, b, t, BLOCK_N: tl.constexpr):
+def _allowed(rows, keys, seqlen, b, t, CAUSAL: tl.constexpr):
+    """The mask on broadcastable row and key positions of one sequence, in bounds:
+    causal ``(j <= i) and not (i >= t and j < b)``, bidirectional every pair."""
+    m_ok = (rows < seqlen) & (keys < seqlen)
+    if CAUSAL:
+        m_ok = m_ok & (keys <= rows) & ~((rows >= t) & (keys < b))
+    return m_ok
+
+
+@triton.jit
+def _key_blocks(q0, q1, b, t, seqlen, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
     """Key blocks of the query tile with rows [q0, q1): (lo, n_cut, n_diag, n_blocks)."""
+    if not CAUSAL:  # every key of the sequence; only the last, partial block is masked
+        return 0, 0, seqlen // BLOCK_N, tl.cdiv(seqlen, BLOCK_N)
     has_plain = q0 < t  # rows that see the query segment
     has_target = q1 > t  # rows that do not
     lo = tl.where(has_plain, 0, b)
@@ -82,15 +98,17 @@ def _key_blocks(q0, q1, b, t, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _row_blocks(n0, n1, b, t, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Query-row blocks that see the key tile [n0, n1): (n_diag, n_full, n_blocks), rows
-    starting at n0. Keys all before b are seen by rows < t only."""
+def _row_blocks(n0, n1, b, t, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Query-row blocks that see the key tile [n0, n1): (lo, n_diag, n_full, n_blocks), rows
+    starting at lo. Causal: from n0, and keys all before b are seen by rows < t only."""
+    if not CAUSAL:  # every row of the sequence; only the last, partial block is masked
+        return 0, 0, seqlen // BLOCK_M, tl.cdiv(seqlen, BLOCK_M)
     row_hi = tl.where(n1 <= b, t, seqlen)
     full_hi = tl.where(n0 < b, t, seqlen)
     n_blocks = tl.cdiv(row_hi - n0, BLOCK_M)
     n_diag = tl.minimum(tl.cdiv(BLOCK_N - 1, BLOCK_M), n_blocks)
     n_full = tl.maximum((full_hi - n0) // BLOCK_M, n_diag)
-    return n_diag, n_full, n_blocks
+    return n0, n_diag, n_full, n_blocks
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,7 +119,7 @@ def _fwd_block(
     acc, l_i, m_i, b_q, p_k, p_v, o_m, start_n, seqlen, b, t, qk_scale,
     stride_kt, stride_vt,
     MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     o_n = start_n + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -116,8 +134,7 @@ def _fwd_block(
         b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt)
     b_s = _dot(b_q, tl.trans(b_k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
     if MASKED:
-        m_s = (o_n[None, :] <= o_m[:, None]) & ~((o_m[:, None] >= t) & (o_n[None, :] < b))
-        b_s = tl.where(m_s, b_s, float("-inf"))
+        b_s = tl.where(_allowed(o_m[:, None], o_n[None, :], seqlen, b, t, CAUSAL), b_s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(b_s, 1))
     m_shift = m_new
     if MASKED:
@@ -141,7 +158,7 @@ def condensation_fwd_kernel(
     stride_lse_h,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     i_t, i_h = tl.program_id(0), tl.program_id(1)
     i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_M)
@@ -166,19 +183,19 @@ def condensation_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, BLOCK_N)
+    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, seqlen, BLOCK_N, CAUSAL)
     for i_n in range(0, n_cut):
         acc, l_i, m_i = _fwd_block(
             acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
     for i_n in range(n_cut, n_diag):
         acc, l_i, m_i = _fwd_block(
             acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
     for i_n in range(n_diag, n_blocks):
         acc, l_i, m_i = _fwd_block(
             acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
 
     # rows past the sequence end have l = 0; they are not stored
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -214,6 +231,7 @@ def _bwd_dkdv_block(
     stride_qt, stride_dot, stride_dqt,
     MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     o_m = start_m + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
@@ -235,9 +253,7 @@ def _bwd_dkdv_block(
     b_sT = _dot(b_k, tl.trans(b_q), UPCAST, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
     if MASKED:
         # masked before the exponent: a hidden score far above the row's LSE would overflow
-        m_s = (o_n[:, None] <= o_m[None, :]) & (o_m[None, :] < seqlen)
-        m_s = m_s & ~((o_m[None, :] >= t) & (o_n[:, None] < b))
-        b_sT = tl.where(m_s, b_sT, float("-inf"))
+        b_sT = tl.where(_allowed(o_m[None, :], o_n[:, None], seqlen, b, t, CAUSAL), b_sT, float("-inf"))
     b_pT = tl.math.exp2(b_sT - b_lse[None, :] * LOG2E)
     b_dv += _dot(b_pT.to(b_do.dtype), b_do, UPCAST, PRECISION)
     b_dpT = _dot(b_v, tl.trans(b_do), UPCAST, PRECISION)  # [BLOCK_N, BLOCK_M]
@@ -261,6 +277,7 @@ def condensation_bwd_dkdv_kernel(
     G: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     """One program per (key tile, group of HEADS query heads sharing one KV head): sums dK,
     dV over those heads and over the row blocks that see the tile. No atomics.
@@ -291,7 +308,7 @@ def condensation_bwd_dkdv_kernel(
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    n_diag, n_full, n_blocks = _row_blocks(n0, n1, b, t, seqlen, BLOCK_M, BLOCK_N)
+    row_lo, n_diag, n_full, n_blocks = _row_blocks(n0, n1, b, t, seqlen, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(0, HEADS):
         i_h = i_hg * HEADS + g
         p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
@@ -301,19 +318,19 @@ def condensation_bwd_dkdv_kernel(
         p_dq = DQ_ACC + bos.to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
         for i_m in range(0, n_diag):
             b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, row_lo + i_m * BLOCK_M, seqlen, b, t,
                 sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
-                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM)
+                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL)
         for i_m in range(n_diag, n_full):
             b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, row_lo + i_m * BLOCK_M, seqlen, b, t,
                 sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
-                False, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM)
+                False, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL)
         for i_m in range(n_full, n_blocks):
             b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, n0 + i_m * BLOCK_M, seqlen, b, t,
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, row_lo + i_m * BLOCK_M, seqlen, b, t,
                 sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
-                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM)
+                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL)
 
     p_dk = DK + (bos + o_n[:, None]).to(tl.int64) * stride_dkt + i_hg * stride_dkh + o_d[None, :]
     p_dv = DV + (bos + o_n[:, None]).to(tl.int64) * stride_dvt + i_hg * stride_dvh + o_d[None, :]
@@ -326,7 +343,7 @@ def _bwd_dq_block(
     b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, start_n, seqlen, b, t, qk_scale,
     stride_kt, stride_vt,
     MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     o_n = start_n + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -342,8 +359,7 @@ def _bwd_dq_block(
     b_s = _dot(b_q, tl.trans(b_k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
     if MASKED:
         # masked before the exponent: a hidden score far above the row's LSE would overflow
-        m_s = (o_n[None, :] <= o_m[:, None]) & ~((o_m[:, None] >= t) & (o_n[None, :] < b))
-        b_s = tl.where(m_s, b_s, float("-inf"))
+        b_s = tl.where(_allowed(o_m[:, None], o_n[None, :], seqlen, b, t, CAUSAL), b_s, float("-inf"))
     b_p = tl.math.exp2(b_s - b_lse[:, None])
     b_dp = _dot(b_do, tl.trans(b_v), UPCAST, PRECISION)  # [BLOCK_M, BLOCK_N]
     b_ds = b_p * (b_dp - b_delta[:, None])
@@ -360,7 +376,7 @@ def condensation_bwd_dq_kernel(
     stride_dqt, stride_dqh, stride_lse_h,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     """One program per (query tile, query head), visiting the same key blocks as the forward."""
     i_t, i_h = tl.program_id(0), tl.program_id(1)
@@ -387,19 +403,19 @@ def condensation_bwd_dq_kernel(
     p_v = V + bos.to(tl.int64) * stride_vt + (i_h // G) * stride_vh + o_d[None, :]
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, BLOCK_N)
+    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, seqlen, BLOCK_N, CAUSAL)
     for i_n in range(0, n_cut):
         b_dq = _bwd_dq_block(
             b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
     for i_n in range(n_cut, n_diag):
         b_dq = _bwd_dq_block(
             b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
     for i_n in range(n_diag, n_blocks):
         b_dq = _bwd_dq_block(
             b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM)
+            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
 
     p_dq = DQ + (bos + o_m[:, None]).to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
     tl.store(p_dq, (b_dq * sm_scale).to(DQ.dtype.element_ty), mask=m_q)
@@ -514,7 +530,11 @@ _TUNE_CANDIDATES = {
     "dkdv": [(16, 128, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (16, 64, 8, 1)],
     "dq": [(128, 32, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 16, 8, 1)],
 }
-_TUNE_KEYS = {"fwd": ["HEAD_DIM", "G"], "dkdv": ["HEAD_DIM", "G", "HEADS", "FUSED_DQ"], "dq": ["HEAD_DIM", "G"]}
+_TUNE_KEYS = {
+    "fwd": ["HEAD_DIM", "G", "CAUSAL"],
+    "dkdv": ["HEAD_DIM", "G", "HEADS", "FUSED_DQ", "CAUSAL"],
+    "dq": ["HEAD_DIM", "G", "CAUSAL"],
+}
 _FIXED = {"fwd": condensation_fwd_kernel, "dkdv": condensation_bwd_dkdv_kernel, "dq": condensation_bwd_dq_kernel}
 
 
@@ -552,7 +572,7 @@ def _kernel_and_meta(name: str, head_dim: int, dtype: torch.dtype, bucket: tuple
 def condensation_fwd_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, *, autotune: bool = False, tiles: dict | None = None,
+    softmax_scale: float, *, causal: bool = True, autotune: bool = False, tiles: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher.
 
@@ -560,6 +580,8 @@ def condensation_fwd_triton(
         q: ``[T, Hq, D]``; k, v: ``[T, Hkv, D]`` (fp16/bf16/fp32, last dim contiguous).
         cu_seqlens, btok_start, target_start: int32 ``[n + 1]``, ``[n]``, ``[n]`` (the layout).
         softmax_scale: scale of the scores.
+        causal: False for a bidirectional layout (every row attends every key of its
+            sequence; ``btok_start`` and ``target_start`` are then not read).
         autotune: time candidate tiles per shape bucket (:func:`autotuned_kernel`).
         tiles: per-kernel overrides of the launch configuration,
             e.g. ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32}}``; only "fwd" is read here.
@@ -580,7 +602,8 @@ def condensation_fwd_triton(
         q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E.value,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0),
-        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), UPCAST=upcast, PRECISION=precision, **meta,
+        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), UPCAST=upcast, PRECISION=precision,
+        CAUSAL=causal, **meta,
     )
     return out, lse
 
@@ -589,14 +612,14 @@ def condensation_bwd_triton(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, *, autotune: bool = False, tiles: dict | None = None, gqa_split: int | None = None,
-    fused_dq: bool = False,
+    softmax_scale: float, *, causal: bool = True, autotune: bool = False, tiles: dict | None = None,
+    gqa_split: int | None = None, fused_dq: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launcher: delta preprocess, then dK/dV per key tile and dQ per query tile.
 
     Args:
         do: ``[T, Hq, D]``, the gradient of ``out``.
-        q, k, v, cu_seqlens, btok_start, target_start, softmax_scale: as in the forward.
+        q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, causal: as in the forward.
         out, lse: the forward's results.
         autotune, tiles: as in the forward; "dkdv" and "dq" are read from ``tiles``.
         gqa_split: how many dK/dV programs share one KV head (a divisor of ``Hq // Hkv``;
@@ -624,7 +647,7 @@ def condensation_bwd_triton(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )
     qk_scale = softmax_scale * LOG2E.value
-    common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision)
+    common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision, CAUSAL=causal)
 
     bucket = shape_bucket(total, n_seqs)
     kernel, meta = _kernel_and_meta("dkdv", head_dim, q.dtype, bucket, autotune, tiles)

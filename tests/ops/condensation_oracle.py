@@ -12,8 +12,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from btok_kernels import CondensationLayout
 
 
-def dense_mask(length: int, b: int, t: int) -> torch.Tensor:
-    """allowed(i, j) = (j <= i) and not (i >= t and j < b), as a bool [L, L]."""
+def dense_mask(length: int, b: int, t: int, causal: bool = True) -> torch.Tensor:
+    """allowed(i, j) = (j <= i) and not (i >= t and j < b), as a bool [L, L]; every pair
+    when not ``causal`` (a bidirectional layout)."""
+    if not causal:
+        return torch.ones(length, length, dtype=torch.bool)
     i = torch.arange(length)[:, None]
     j = torch.arange(length)[None, :]
     return (j <= i) & ~((i >= t) & (j < b))
@@ -27,7 +30,7 @@ def dense_attention(q, k, v, layout: CondensationLayout, scale: float, return_ls
     cu = layout.host_cu_seqlens
     for s, (b, t) in enumerate(zip(layout.host_btok_start, layout.host_target_start)):
         a, e = cu[s], cu[s + 1]
-        mask = dense_mask(e - a, b, t).to(q.device)
+        mask = dense_mask(e - a, b, t, layout.is_causal).to(q.device)
         qs = q[a:e].transpose(0, 1)  # [Hq, L, D]
         ks = k[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)
         vs = v[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)

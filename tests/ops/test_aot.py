@@ -28,6 +28,9 @@ for name, d in json.loads(sys.argv[1]):
         out.append([kernel, name, d, r.registers, r.shared_bytes])
 r = kernel_resources("dkdv", torch.bfloat16, 128, group=6, arch=90, gqa_split=3, fused_dq=True)
 out.append(["dkdv_fused_dq_split3", "bf16", 128, r.registers, r.shared_bytes])
+for kernel in KERNELS:
+    r = kernel_resources(kernel, torch.bfloat16, 128, group=6, arch=90, causal=False)
+    out.append([kernel + "_bidirectional", "bf16", 128, r.registers, r.shared_bytes])
 print(json.dumps(out))
 """
 
@@ -45,7 +48,7 @@ def compiled():
 def test_every_kernel_compiles_for_sm90(compiled):
     assert {(k, name, d) for k, name, d, _, _ in compiled} == {
         (k, name, d) for k in ("fwd", "dkdv", "dq") for name, d in CASES
-    } | {("dkdv_fused_dq_split3", "bf16", 128)}
+    } | {("dkdv_fused_dq_split3", "bf16", 128)} | {(k + "_bidirectional", "bf16", 128) for k in ("fwd", "dkdv", "dq")}
     for kernel, name, d, registers, shared in compiled:
         assert 0 < registers <= 255, (kernel, name, d, registers)
         assert 0 < shared <= H100_SHARED, (kernel, name, d, shared)

@@ -98,10 +98,14 @@ class LauncherSpy:
 @pytest.mark.parametrize("source", ["env", "kwargs"])
 def test_backward_runs_with_the_forward_options(source, monkeypatch, device):
     """Options come from the arguments, else from the environment at the forward call; the
-    backward gets the same ones even when the environment changed in between."""
+    backward gets the same ones (and the layout's causality) even when the environment
+    changed in between."""
     spy = LauncherSpy(monkeypatch)
     tiles = {"fwd": {"BLOCK_M": 32}, "dkdv": {"BLOCK_N": 32}, "dq": {"BLOCK_N": 32}}
-    layout = CondensationLayout.from_lengths([9, 4], [2, 1], [6, 3], device=device)
+    if source == "env":
+        layout = CondensationLayout.from_lengths([9, 4], [2, 1], [6, 3], device=device)
+    else:
+        layout = CondensationLayout.bidirectional([0, 15, 26], device=device)
     q, k, v = (x.requires_grad_() for x in _qkv(layout.total_tokens, hq=4, hkv=1, device=device))
     if source == "env":
         monkeypatch.setenv("BTOK_FUSED_DQ", "1")
@@ -116,8 +120,9 @@ def test_backward_runs_with_the_forward_options(source, monkeypatch, device):
                                      gqa_split=2, tiles=tiles)
     dq, dk, dv = torch.autograd.grad(out.square().sum(), (q, k, v))
     (fwd,), (bwd,) = spy.calls["condensation_fwd_triton"], spy.calls["condensation_bwd_triton"]
-    assert fwd == dict(autotune=False, tiles=tiles)
-    assert bwd == dict(autotune=False, tiles=tiles, gqa_split=2, fused_dq=True)
+    causal = layout.is_causal
+    assert fwd == dict(causal=causal, autotune=False, tiles=tiles)
+    assert bwd == dict(causal=causal, autotune=False, tiles=tiles, gqa_split=2, fused_dq=True)
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
     ref = condensation_attention(*leaves, layout, backend="reference")
     assert rel_err(out, ref) < 1e-5
@@ -137,7 +142,7 @@ def test_custom_ops_pass_opcheck():
     q, k, v = _qkv(17)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     options = (False, False, 0, [0] * 12)  # fused_dq, autotune, gqa_split, tiles
-    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, 0.25, "reference", *options)
+    args = (q, k, v, LAYOUT.cu_seqlens, LAYOUT.btok_start, LAYOUT.target_start, True, 0.25, "reference", *options)
     torch.library.opcheck(torch.ops.btok.condensation_fwd.default, args)
     out, lse = torch.ops.btok.condensation_fwd(*args)
     bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse) + args[3:]

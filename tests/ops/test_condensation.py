@@ -8,6 +8,7 @@ and never above an absolute bound per dtype.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -117,9 +118,10 @@ def check_kernels(layout, hq, hkv, d, dtype, device, tiles=None, gqa_split=None,
     (o_ref, *g_ref), (o_low, *g_low) = oracle_and_same_dtype(layout, exact, lowp, scale)
     q, k, v, do = lowp
     args = (layout.cu_seqlens, layout.btok_start, layout.target_start, scale)
+    causal = layout.is_causal
     with PoisonEmpty():
-        out, lse = condensation_fwd_triton(q, k, v, *args, autotune=autotune, tiles=tiles)
-        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, autotune=autotune, tiles=tiles,
+        out, lse = condensation_fwd_triton(q, k, v, *args, causal=causal, autotune=autotune, tiles=tiles)
+        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, causal=causal, autotune=autotune, tiles=tiles,
                                         gqa_split=gqa_split, fused_dq=fused_dq)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert_close_by_rule("out", out, o_ref, o_low, dtype)
@@ -150,6 +152,36 @@ def test_kernels_random_layouts(seed, device):
     layout = CondensationLayout.from_lengths(*random_layout(seed), device=device)
     dtype = (torch.bfloat16, torch.float16, torch.float32)[seed % 3]
     check_kernels(layout, hq=2, hkv=1, d=16, dtype=dtype, device=device, seed=seed)
+
+
+def _cumsum(lengths):
+    return [0, *itertools.accumulate(lengths)]
+
+
+# bidirectional packs, each with its own dtype, GQA ratio and head dim:
+# (cu_seqlens, dtype, Hq, Hkv, D, check_kernels kwargs)
+BIDIRECTIONAL = {
+    "one_long": ([0, 97], torch.float32, 2, 1, 32, {}),
+    "length_1": ([0, 1, 2, 3], torch.bfloat16, 2, 2, 16, {}),
+    "tile_aligned": ([0, 16, 48], torch.float16, 4, 2, 32, {}),
+    "shorter_than_tile": ([0, 3, 5, 15], torch.bfloat16, 6, 1, 80, {}),
+    "many_tiny": (_cumsum([1, 0, 2, 1, 3, 0, 1, 2, 5]), torch.float32, 6, 3, 64, {}),
+    "empty_sequences": ([0, 0, 21, 21, 21, 26], torch.float16, 6, 6, 128, {}),
+    "fused_dq_split3": ([0, 40, 77], torch.bfloat16, 6, 1, 32, dict(fused_dq=True, gqa_split=3)),
+    "gpu_tiles": (_cumsum([150, 9, 40]), torch.bfloat16, 2, 1, 64, dict(tiles="gpu")),
+}
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name", list(BIDIRECTIONAL))
+def test_kernels_bidirectional(name, device):
+    """Every row attends every key of its own sequence (vision towers, bidirectional
+    embedders): all key blocks of the sequence, only the last partial one masked."""
+    cu, dtype, hq, hkv, d, kwargs = BIDIRECTIONAL[name]
+    layout = CondensationLayout.bidirectional(cu, device=device)
+    if kwargs.get("tiles") == "gpu":
+        kwargs = dict(kwargs, tiles=_gpu_tiles(d, dtype))
+    check_kernels(layout, hq=hq, hkv=hkv, d=d, dtype=dtype, device=device, **kwargs)
 
 
 @pytest.mark.interpret
@@ -250,9 +282,16 @@ def test_kernels_more_head_dims(d, device):
 # --------------------------------------------------------------------------------------
 # the public function, both backends, autograd
 # --------------------------------------------------------------------------------------
+LAYOUT_KINDS = {
+    "condensation": lambda device: CondensationLayout.from_lengths([14, 3], [4, 2], [9, 0], device=device),
+    "bidirectional": lambda device: CondensationLayout.bidirectional([0, 23, 28], device=device),
+}
+
+
+@pytest.mark.parametrize("kind", list(LAYOUT_KINDS))
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpret)])
-def test_public_function_autograd_and_lse(backend, device):
-    layout = CondensationLayout.from_lengths([14, 3], [4, 2], [9, 0], device=device)
+def test_public_function_autograd_and_lse(backend, kind, device):
+    layout = LAYOUT_KINDS[kind](device)
     exact, (q, k, v, do) = make_inputs(layout, 4, 2, 32, torch.float32, device)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     out, lse = condensation_attention(q, k, v, layout, backend=backend, return_lse=True, softmax_scale=0.3)
@@ -278,11 +317,15 @@ def test_empty_pack(backend, device):
 
 @pytest.mark.parametrize(
     "lengths,hq,d",
-    [(random_layout(3), 3, 16), (([150, 7], 4, [130, 5]), 2, 8)],  # the second: longer than a chunk, target across chunks
-    ids=["random", "longer_than_chunk"],
+    [(random_layout(3), 3, 16), (([150, 7], 4, [130, 5]), 2, 8),  # longer than a chunk, target across chunks
+     ([0, 150, 157], 2, 8)],  # bidirectional, longer than a chunk: later keys seen by earlier chunks
+    ids=["random", "longer_than_chunk", "bidirectional"],
 )
 def test_reference_backend_float64_matches_oracle(lengths, hq, d, device):
-    layout = CondensationLayout.from_lengths(*lengths, device=device)
+    if isinstance(lengths, list):
+        layout = CondensationLayout.bidirectional(lengths, device=device)
+    else:
+        layout = CondensationLayout.from_lengths(*lengths, device=device)
     exact, _ = make_inputs(layout, hq, 1, d, torch.float64, device)
     q, k, v = (x.requires_grad_() for x in exact[:3])
     out = condensation_attention(q, k, v, layout, backend="reference")

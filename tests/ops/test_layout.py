@@ -33,6 +33,27 @@ def test_causal():
     assert lay.max_seqlen == 6
 
 
+def test_bidirectional():
+    lay = CondensationLayout.bidirectional([0, 4, 4, 10])
+    assert lay.is_causal is False and CondensationLayout.causal([0, 4]).is_causal is True
+    assert lay.btok_start.tolist() == [0, 0, 0] and lay.target_start.tolist() == [4, 0, 6]
+    assert lay.num_kept_pairs() == 16 + 0 + 36
+    moved = lay.to("meta")
+    assert moved.is_causal is False and moved.cu_seqlens.device.type == "meta"
+    assert "is_causal=False" in repr(lay)
+
+
+def test_bidirectional_layout_has_no_cut():
+    """The flag needs b = 0 and t = len: a kernel that ignored it would see no cut."""
+    with pytest.raises(ValueError, match=r"is_causal=False\) needs btok_start = 0 .* sequence 1 has btok_start=2, "
+                                         r"target_start=3, length 4"):
+        CondensationLayout(torch.tensor([0, 3, 7], dtype=torch.int32), torch.tensor([0, 2], dtype=torch.int32),
+                           torch.tensor([3, 3], dtype=torch.int32), 4, is_causal=False)
+    with pytest.raises(ValueError, match="is_causal must be a bool, got int"):
+        CondensationLayout(torch.tensor([0, 3], dtype=torch.int32), torch.tensor([0], dtype=torch.int32),
+                           torch.tensor([3], dtype=torch.int32), 3, is_causal=0)
+
+
 def test_num_kept_pairs_matches_brute_force():
     lay = CondensationLayout.from_lengths([5, 0, 9], [2, 3, 1], [4, 6, 0])
     want = 0

@@ -26,10 +26,14 @@ def test_sequence_mask_bidirectional_sees_every_key():
     assert sequence_mask(6, 0, 6, causal=False).all()
 
 
-def test_condensation_mask_is_block_diagonal():
-    layout = CondensationLayout.from_lengths([3, 0, 2], [2, 1, 1], [1, 2, 0])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_condensation_mask_is_block_diagonal(causal):
+    if causal:
+        layout = CondensationLayout.from_lengths([3, 0, 2], [2, 1, 1], [1, 2, 0])
+    else:
+        layout = CondensationLayout.bidirectional([0, 6, 7, 7, 10])
     got = condensation_mask(layout)
-    want = torch.block_diag(*(brute_force(n, b, t) for n, b, t in
+    want = torch.block_diag(*(brute_force(n, b, t, causal) for n, b, t in
                               zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)))
     assert got.device == layout.device and torch.equal(got, want)
     assert int(got.sum()) == layout.num_kept_pairs()

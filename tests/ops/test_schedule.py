@@ -35,40 +35,47 @@ def _find_tile_probe(cu_seqlens, n_seqs, Out, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _plan_probe(Cases, Out, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _plan_probe(Cases, Out, n_cases, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                CASES: tl.constexpr):
     """Cases [n, 4]: (tile start, seqlen, b, t). Out [n, 8]: the query-tile plan
     (lo, n_cut, n_diag, n_blocks) with the tile as rows, and the key-tile plan
-    (n_diag, n_full, n_blocks) with the tile as keys."""
-    i = tl.program_id(0)
-    start = tl.load(Cases + i * 4 + 0)
-    seqlen = tl.load(Cases + i * 4 + 1)
-    b = tl.load(Cases + i * 4 + 2)
-    t = tl.load(Cases + i * 4 + 3)
+    (lo, n_diag, n_full, n_blocks) with the tile as keys. The helpers work elementwise, so
+    each program plans CASES cases at once (the interpreter's cost is per program)."""
+    o_c = tl.program_id(0) * CASES + tl.arange(0, CASES)
+    m_c = o_c < n_cases
+    start = tl.load(Cases + o_c * 4 + 0, mask=m_c, other=0)
+    seqlen = tl.load(Cases + o_c * 4 + 1, mask=m_c, other=1)
+    b = tl.load(Cases + o_c * 4 + 2, mask=m_c, other=0)
+    t = tl.load(Cases + o_c * 4 + 3, mask=m_c, other=0)
     q1 = tl.minimum(start + BLOCK_M, seqlen)
-    lo, n_cut, n_diag, n_blocks = _key_blocks(start, q1, b, t, BLOCK_N)
-    tl.store(Out + i * 8 + 0, lo)
-    tl.store(Out + i * 8 + 1, n_cut)
-    tl.store(Out + i * 8 + 2, n_diag)
-    tl.store(Out + i * 8 + 3, n_blocks)
+    lo, n_cut, n_diag, n_blocks = _key_blocks(start, q1, b, t, seqlen, BLOCK_N, CAUSAL)
+    tl.store(Out + o_c * 8 + 0, lo, mask=m_c)
+    tl.store(Out + o_c * 8 + 1, n_cut, mask=m_c)
+    tl.store(Out + o_c * 8 + 2, n_diag, mask=m_c)
+    tl.store(Out + o_c * 8 + 3, n_blocks, mask=m_c)
     n1 = tl.minimum(start + BLOCK_N, seqlen)
-    r_diag, r_full, r_blocks = _row_blocks(start, n1, b, t, seqlen, BLOCK_M, BLOCK_N)
-    tl.store(Out + i * 8 + 4, r_diag)
-    tl.store(Out + i * 8 + 5, r_full)
-    tl.store(Out + i * 8 + 6, r_blocks)
+    r_lo, r_diag, r_full, r_blocks = _row_blocks(start, n1, b, t, seqlen, BLOCK_M, BLOCK_N, CAUSAL)
+    tl.store(Out + o_c * 8 + 4, r_lo, mask=m_c)
+    tl.store(Out + o_c * 8 + 5, r_diag, mask=m_c)
+    tl.store(Out + o_c * 8 + 6, r_full, mask=m_c)
+    tl.store(Out + o_c * 8 + 7, r_blocks, mask=m_c)
 
 
-def allowed(i: torch.Tensor, j: torch.Tensor, seqlen: int, b: int, t: int) -> torch.Tensor:
-    return (i < seqlen) & (j < seqlen) & (j <= i) & ~((i >= t) & (j < b))
+def allowed(i: torch.Tensor, j: torch.Tensor, seqlen: int, b: int, t: int, causal: bool = True) -> torch.Tensor:
+    in_bounds = (i < seqlen) & (j < seqlen)
+    if not causal:
+        return in_bounds
+    return in_bounds & (j <= i) & ~((i >= t) & (j < b))
 
 
-def check_block(rows: range, cols: range, seqlen, b, t, masked: bool, tile_axis: str) -> torch.Tensor:
+def check_block(rows: range, cols: range, seqlen, b, t, masked: bool, tile_axis: str, causal: bool) -> torch.Tensor:
     """Checks one visited block and returns its allowed pairs. ``tile_axis`` is the axis
     of the program's own tile ("rows" in the forward and dQ, "cols" in dK/dV): padding
     past the sequence end on that axis is harmless (never stored), but the other axis is
     loaded without a mask in an unmasked block, so it must stay in bounds."""
     i = torch.tensor(list(rows))[:, None]
     j = torch.tensor(list(cols))[None, :]
-    ok = allowed(i, j, seqlen, b, t)
+    ok = allowed(i, j, seqlen, b, t, causal)
     where = f"rows [{rows.start}, {rows.stop}) keys [{cols.start}, {cols.stop}) (len {seqlen}, b {b}, t {t})"
     assert ok.any(), f"visited block with no allowed pair: {where}"
     valid = (i < seqlen) if tile_axis == "rows" else (j < seqlen)
@@ -102,19 +109,26 @@ LAYOUT_CASES += _random_cases(24)
 TILES = [(16, 16), (16, 32), (32, 16), (64, 16), (16, 128), (128, 32)]
 
 
+# a bidirectional layout has b = 0 and t = len
+BIDIRECTIONAL_CASES = sorted({(seqlen, 0, seqlen) for seqlen, _, _ in LAYOUT_CASES})
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("block_m,block_n", TILES, ids=[f"m{m}n{n}" for m, n in TILES])
-def test_query_and_key_tile_plans(block_m, block_n, device):
+def test_query_and_key_tile_plans(block_m, block_n, causal, device):
+    layout_cases = LAYOUT_CASES if causal else BIDIRECTIONAL_CASES
     cases = []
-    for seqlen, b, t in LAYOUT_CASES:
+    for seqlen, b, t in layout_cases:
         cases += [(s, seqlen, b, t) for s in range(0, seqlen, block_m)]
     # the key-tile plan walks key tiles of BLOCK_N; run it on key-tile starts too
     key_cases = []
-    for seqlen, b, t in LAYOUT_CASES:
+    for seqlen, b, t in layout_cases:
         key_cases += [(s, seqlen, b, t) for s in range(0, seqlen, block_n)]
     for rows_as_tiles, case_list in ((True, cases), (False, key_cases)):
         c = torch.tensor(case_list, dtype=torch.int32, device=device)
         out = torch.zeros(len(case_list), 8, dtype=torch.int32, device=device)
-        _plan_probe[(len(case_list),)](c, out, BLOCK_M=block_m, BLOCK_N=block_n)
+        _plan_probe[(triton.cdiv(len(case_list), 64),)](c, out, len(case_list), BLOCK_M=block_m, BLOCK_N=block_n,
+                                                       CAUSAL=causal, CASES=64)
         out = out.cpu()
         covered: dict[tuple, torch.Tensor] = {}
         for (start, seqlen, b, t), plan in zip(case_list, out.tolist()):
@@ -125,18 +139,18 @@ def test_query_and_key_tile_plans(block_m, block_n, device):
             if rows_as_tiles:  # forward / dQ: key blocks of BLOCK_N from lo
                 lo, a, z, end = plan[:4]
                 tile, step, axis = range(start, start + block_m), block_n, "rows"
-            else:  # dK/dV: row blocks of BLOCK_M from the key tile's start
-                (a, z, end), lo = plan[4:7], start
+            else:  # dK/dV: row blocks of BLOCK_M from lo
+                lo, a, z, end = plan[4:8]
                 tile, step, axis = range(start, start + block_n), block_m, "cols"
             for i_blk in range(end):
                 other = range(lo + i_blk * step, lo + (i_blk + 1) * step)
                 rows, cols = (tile, other) if rows_as_tiles else (other, tile)
-                ok = check_block(rows, cols, seqlen, b, t, masked=not a <= i_blk < z, tile_axis=axis)
+                ok = check_block(rows, cols, seqlen, b, t, masked=not a <= i_blk < z, tile_axis=axis, causal=causal)
                 add_cover(covered[key], rows, cols, ok)
         for (seqlen, b, t), cover in covered.items():
             i = torch.arange(seqlen)[:, None]
             j = torch.arange(seqlen)[None, :]
-            want = allowed(i, j, seqlen, b, t).int()
+            want = allowed(i, j, seqlen, b, t, causal).int()
             assert torch.equal(cover, want), f"pairs not covered exactly once (len {seqlen}, b {b}, t {t})"
 
 

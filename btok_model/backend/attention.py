@@ -5,22 +5,30 @@ It keeps ``sdpa_attention_forward``'s signature and return shape and picks, per 
 ==============================================  ==========================================
 call                                            computed by
 ==============================================  ==========================================
-``btok_layout=`` in the forward kwargs           condensation kernel, that layout
+``btok_layout=`` in the forward kwargs           condensation kernel, that layout (causal
+                                                 modules only)
 2D padding mask (left/right/both sides)          condensation kernel on the padded rows,
                                                  split into [pad | tokens | pad] segments,
                                                  or unpad -> kernel -> scatter back (rows
                                                  with holes, heavy padding, or
                                                  ``btok_padding_mode="unpad"``)
-``cu_seq_lens_q/k`` (padding-free path)          condensation kernel, causal varlen
+``cu_seq_lens_q/k`` (padding-free path)          condensation kernel, varlen
 packed ``position_ids`` / no mask                condensation kernel, causal varlen
+no mask (non-causal)                             condensation kernel, one sequence per row
 KV-cache decoding (fewer queries than keys)      exact SDPA fallback, bottom-right causal
-non-causal module (``is_causal`` False)          exact SDPA fallback, bidirectional
+non-square non-causal call                       exact SDPA fallback, bidirectional
 ==============================================  ==========================================
 
+Every kernel row holds for causal modules and for non-causal ones (``is_causal`` False,
+e.g. Qwen2-VL's vision tower): those run on a bidirectional layout
+(:meth:`btok_kernels.CondensationLayout.bidirectional`), every token attending every real
+token of its own sequence, with memory linear in the tokens. Only calls the kernel cannot
+compute (fewer queries than keys) use the SDPA fallback, which logs once at DEBUG level on
+the ``"btok_model"`` logger.
+
 The kernel backend follows :func:`btok_kernels.condensation_attention` with
-``backend="auto"``: Triton on CUDA tensors, the PyTorch reference on the CPU; the
-environment variable ``BTOK_BACKEND`` overrides it. Features it cannot compute exactly
-raise :class:`~btok_model.UnsupportedModelFeatureError`.
+``backend="auto"``; the environment variable ``BTOK_BACKEND`` overrides it. Features it
+cannot compute exactly raise :class:`~btok_model.UnsupportedModelFeatureError`.
 
 Packing from ``position_ids`` follows ``"flash_attention_2"``: it is honoured with or
 without a KV cache, whereas ``"sdpa"`` ignores packed positions when a cache is passed
@@ -91,25 +99,32 @@ def _check_sliding_window(sliding_window: int | None, longest_span: int) -> None
         )
 
 
-def _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, pad_mode):
-    """Layout of the ``B * S`` flattened tokens of a square call, and the unpad index or None."""
+def _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, pad_mode,
+                   causal: bool):
+    """Layout of the ``B * S`` flattened tokens of a square call, and the unpad index or None.
+
+    Non-causal calls get bidirectional layouts and ignore ``btok_layout`` (meant for the
+    text model) and ``position_ids`` (``"sdpa"`` does not pack bidirectional attention).
+    """
     batch_size, _, seq_len, _ = query.shape
-    if btok_layout is not None:
+    if btok_layout is not None and causal:
         return _check_btok_layout(btok_layout, query, attention_mask).to(query.device), None
     if attention_mask is not None:
         mode = padding_mode(pad_mode)
-        return memoized(attention_mask, ("mask", mode), lambda: padding_layout(attention_mask, mode))
+        return memoized(attention_mask, ("mask", mode, causal), lambda: padding_layout(attention_mask, mode, causal))
     if cu_seq_lens_q is not None:
         if batch_size != 1:
             raise ValueError(f"btok_triton: cu_seq_lens_q needs a packed batch of size 1, got batch size {batch_size}")
         return memoized(
-            cu_seq_lens_q, ("cu", id(cu_seq_lens_k)), lambda: (cu_seqlens_layout(cu_seq_lens_q, cu_seq_lens_k), None)
+            cu_seq_lens_q,
+            ("cu", id(cu_seq_lens_k), causal),
+            lambda: (cu_seqlens_layout(cu_seq_lens_q, cu_seq_lens_k, causal), None),
         )
-    if position_ids is not None and position_ids.dim() <= 2 and seq_len > 1:
+    if causal and position_ids is not None and position_ids.dim() <= 2 and seq_len > 1:
         return memoized(
             position_ids, ("pos", batch_size), lambda: (position_ids_layout(position_ids, batch_size), None)
         )
-    return rows_layout(batch_size, seq_len, query.device), None
+    return rows_layout(batch_size, seq_len, query.device, causal), None
 
 
 def _check_btok_layout(layout, query, attention_mask) -> CondensationLayout:
@@ -126,7 +141,7 @@ def _check_btok_layout(layout, query, attention_mask) -> CondensationLayout:
     return layout
 
 
-def _causal_square(query, key, value, scaling, layout, index):
+def _square(query, key, value, scaling, layout, index):
     """Condensation kernel on the flattened ``[B, S]`` tokens; returns ``[B, S, Hq, D]``."""
     batch_size, num_heads, seq_len, head_dim = query.shape
     q, k, v = (x.transpose(1, 2).reshape(batch_size * seq_len, x.shape[1], x.shape[3]) for x in (query, key, value))
@@ -170,11 +185,13 @@ def btok_attention_forward(
         sliding_window: allowed only when no sequence is longer than the window.
         softcap: must be None (logit softcapping is refused).
         btok_layout: :class:`~btok_kernels.CondensationLayout` of a packed ``[1, T]``
-            batch: applies the condensation mask. Ignored by non-causal modules (a vision
-            tower sees the forward kwargs too); refused with padding or a KV cache.
+            batch: applies the condensation mask (or, if bidirectional, no mask inside each
+            sequence). Ignored by non-causal modules (a vision tower sees the forward
+            kwargs too); refused with padding or a KV cache.
         position_ids: ``[B or 1, S]``; positions that do not grow by 1 (e.g. restart at 0)
             start a new packed sequence, as with ``"sdpa"``. Used only without a mask.
-        cu_seq_lens_q, cu_seq_lens_k: int ``[n + 1]`` packed boundaries (padding-free path).
+        cu_seq_lens_q, cu_seq_lens_k: int ``[n + 1]`` packed boundaries (padding-free path,
+            and the varlen vision towers of models that call attention flash-style).
         btok_padding_mode: how a 2D padding mask is run: "segments" (the padded rows as
             ``[pad | tokens | pad]`` sequences, nothing gathered), "unpad" (gather the real
             tokens, scatter the output back) or "auto" (segments unless the pad rows add more
@@ -198,20 +215,26 @@ def btok_attention_forward(
         key, value = key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
     q_len, k_len = query.shape[2], key.shape[2]
 
-    if not is_causal:
+    if q_len != k_len:
         _check_sliding_window(sliding_window, k_len)
-        out = bidirectional_attention(query, key, value, attention_mask, cu_seq_lens_q, scaling)
-    elif q_len != k_len:
-        if btok_layout is not None:
-            raise ValueError("btok_layout does not apply to KV-cache decoding (fewer queries than keys)")
-        _check_sliding_window(sliding_window, k_len)
-        out = decode_attention(query, key, value, attention_mask, scaling)
+        if not is_causal:
+            if cu_seq_lens_q is not None:
+                raise ValueError(
+                    f"btok_triton: cu_seq_lens_q with {q_len} queries and {k_len} keys; packed boundaries need "
+                    "self-attention (as many queries as keys)"
+                )
+            out = bidirectional_attention(query, key, value, attention_mask, scaling)
+        else:
+            if btok_layout is not None:
+                raise ValueError("btok_layout does not apply to KV-cache decoding (fewer queries than keys)")
+            out = decode_attention(query, key, value, attention_mask, scaling)
     else:
         layout, index = _packed_layout(
-            query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, btok_padding_mode
+            query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, btok_padding_mode,
+            is_causal,
         )
         # Unpadded rows with holes are shorter than their span in the padded row, which is
         # what a sliding window measures.
         _check_sliding_window(sliding_window, q_len if index is not None else layout.max_seqlen)
-        out = _causal_square(query, key, value, scaling, layout, index)
+        out = _square(query, key, value, scaling, layout, index)
     return out[..., :v_head_dim], None

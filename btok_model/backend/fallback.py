@@ -1,26 +1,43 @@
 """Exact fallbacks through ``torch.nn.functional.scaled_dot_product_attention``.
 
-The condensation kernel computes square (queries and keys are the same tokens) causal
-attention on packed sequences. Two kinds of call are outside that and go through SDPA
-with an explicit boolean mask instead; both are rare or cheap in BTok work:
+The condensation kernel computes square self-attention (queries and keys are the same
+tokens) on packed sequences, causal or bidirectional. Calls with fewer queries than keys
+are outside that and go through SDPA with an explicit boolean mask instead; they are rare
+or cheap in BTok work:
 
-* KV-cache decoding (``generate``): fewer queries than keys; causal is aligned
-  bottom-right (the queries are the last ``Sq`` of the ``Sk`` keys)::
+* KV-cache decoding (``generate``): causal, aligned bottom-right (the queries are the last
+  ``Sq`` of the ``Sk`` keys)::
 
       Sq = 2, Sk = 5:   keys  0 1 2 3 4
                 query 0:      x x x x .
                 query 1:      x x x x x
 
-* non-causal calls (``module.is_causal`` False, e.g. vision towers): every query sees
-  every real key of its own sequence.
+* non-square non-causal calls: every query sees every real key.
+
+Each kind logs once per process at DEBUG level on the ``"btok_model"`` logger when it
+first runs.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["bidirectional_attention", "decode_attention"]
+
+logger = logging.getLogger("btok_model")
+
+
+@functools.cache
+def _log_once(kind: str) -> None:
+    logger.debug(
+        'attn_implementation="btok_triton": %s runs through the exact SDPA fallback with a dense mask '
+        "(the kernel computes square self-attention only); logged once per process",
+        kind,
+    )
 
 
 def _sdpa(query, key, value, allowed, scaling):
@@ -47,6 +64,7 @@ def decode_attention(query, key, value, padding_mask, scaling):
     Returns:
         ``[B, Sq, Hq, D]``.
     """
+    _log_once("KV-cache decoding (fewer queries than keys)")
     q_len, k_len = query.shape[2], key.shape[2]
     rows = torch.arange(q_len, device=query.device)[:, None] + (k_len - q_len)
     allowed = (torch.arange(k_len, device=query.device)[None, :] <= rows)[None, None]
@@ -55,25 +73,19 @@ def decode_attention(query, key, value, padding_mask, scaling):
     return _sdpa(query, key, value, allowed, scaling)
 
 
-def bidirectional_attention(query, key, value, padding_mask, cu_seqlens, scaling):
-    """Non-causal attention, within each packed sequence and over real keys only.
+def bidirectional_attention(query, key, value, padding_mask, scaling):
+    """Non-causal attention of ``Sq`` queries on ``Sk`` keys, over real keys only.
 
     Args:
         query: ``[B, Hq, Sq, D]``; key, value: ``[B, Hkv, Sk, D]``.
         padding_mask: bool ``[B, Sk]`` or None.
-        cu_seqlens: int ``[n + 1]`` boundaries of sequences packed along the single row of a
-            ``B = 1``, ``Sq = Sk`` batch (transformers' ``cu_seq_lens_q``), or None.
         scaling: softmax scale (None: ``1 / sqrt(D)``).
 
     Returns:
         ``[B, Sq, Hq, D]``.
     """
+    _log_once("a non-causal call with fewer queries than keys")
     allowed = None
     if padding_mask is not None:
         allowed = padding_mask.to(torch.bool)[:, None, None, :]
-    if cu_seqlens is not None:
-        pos = torch.arange(key.shape[2], device=query.device)
-        seq = torch.searchsorted(cu_seqlens.to(device=query.device, dtype=torch.long), pos, right=True)
-        same = (seq[:, None] == seq[None, :])[None, None]
-        allowed = same if allowed is None else allowed & same
     return _sdpa(query, key, value, allowed, scaling)

@@ -2,7 +2,8 @@
 
 Every function here turns one description (a 2D padding mask, packed ``position_ids``,
 ``cu_seq_lens``) of a ``[B, S]`` batch into a :class:`~btok_kernels.CondensationLayout`
-over the ``B * S`` flattened tokens, with plain causal attention inside each sequence.
+over the ``B * S`` flattened tokens, with plain causal attention inside each sequence, or
+bidirectional attention (``causal=False``: non-causal modules such as vision towers).
 Each costs one host synchronisation (the layout keeps its integers on the host).
 """
 
@@ -29,10 +30,15 @@ __all__ = [
 ]
 
 
+def _varlen(cu: list[int], device: torch.device, causal: bool) -> CondensationLayout:
+    build = CondensationLayout.causal if causal else CondensationLayout.bidirectional
+    return build(cu, device=device)
+
+
 @functools.lru_cache(maxsize=16)
-def rows_layout(batch_size: int, seq_len: int, device: torch.device) -> CondensationLayout:
-    """Each of the ``batch_size`` rows is one causal sequence of ``seq_len`` tokens (cached per shape)."""
-    return CondensationLayout.causal([r * seq_len for r in range(batch_size + 1)], device=device)
+def rows_layout(batch_size: int, seq_len: int, device: torch.device, causal: bool = True) -> CondensationLayout:
+    """Each of the ``batch_size`` rows is one sequence of ``seq_len`` tokens (cached per shape)."""
+    return _varlen([r * seq_len for r in range(batch_size + 1)], device, causal)
 
 
 _MEMO: OrderedDict[int, tuple] = OrderedDict()
@@ -79,22 +85,26 @@ def padding_mode(mode: str | None = None) -> str:
     return mode
 
 
-def padding_layout(mask: torch.Tensor, mode: str = "auto") -> tuple[CondensationLayout, torch.Tensor | None]:
+def padding_layout(
+    mask: torch.Tensor, mode: str = "auto", causal: bool = True
+) -> tuple[CondensationLayout, torch.Tensor | None]:
     """Layout of a padded batch from its 2D padding mask.
 
     Args:
         mask: bool ``[B, S]``, True for real tokens (left, right or both-sided padding).
         mode: ``"segments"``, ``"unpad"`` or ``"auto"`` (segments unless the pad rows would
             add more than ``MAX_PAD_PAIR_FRACTION`` of the real attention pairs).
+        causal: False: each row's real tokens attend all real tokens of the row.
 
     Returns:
         ``(layout, index)``. Segments mode (possible when the real tokens of every row are
         contiguous, which is what a tokenizer produces): ``index`` is None and the layout
-        covers all ``B * S`` tokens, each row split into up to three causal sequences
+        covers all ``B * S`` tokens, each row split into up to three sequences
         ``[left pad | tokens | right pad]``, so real tokens attend exactly the real tokens
-        before them and nothing is gathered; pad rows get finite, meaningless outputs, as
-        with ``"sdpa"``. Unpad mode (always used when a row has holes): ``index`` is the
-        int64 ``[T]`` flat position of each real token and the layout covers only those.
+        before them (all of them when not ``causal``) and nothing is gathered; pad rows
+        get finite, meaningless outputs, as with ``"sdpa"``. Unpad mode (always used when
+        a row has holes): ``index`` is the int64 ``[T]`` flat position of each real token
+        and the layout covers only those.
     """
     mask = mask.to(torch.bool)
     seq_len = mask.shape[1]
@@ -106,25 +116,26 @@ def padding_layout(mask: torch.Tensor, mode: str = "auto") -> tuple[Condensation
     counts, firsts, ok = torch.stack([count, first, contiguous.long()]).tolist()
     if all(ok) and mode != "unpad":
         lefts = [left if n else seq_len for n, left in zip(counts, firsts)]
-        if mode == "segments" or _pad_pairs(counts, lefts, seq_len) <= MAX_PAD_PAIR_FRACTION * _pairs(counts):
+        pad_pairs = _pad_pairs(counts, lefts, seq_len, causal)
+        if mode == "segments" or pad_pairs <= MAX_PAD_PAIR_FRACTION * _pairs(counts, causal):
             cu = [0]
             for r, (n, left) in enumerate(zip(counts, lefts)):
                 base = r * seq_len
                 cu += [base + left, base + left + n, base + seq_len]
-            return CondensationLayout.causal(cu, device=mask.device), None
+            return _varlen(cu, mask.device, causal), None
     cu = [0]
     for n in counts:
         cu.append(cu[-1] + n)
     index = mask.reshape(-1).nonzero().squeeze(1)
-    return CondensationLayout.causal(cu, device=mask.device), index
+    return _varlen(cu, mask.device, causal), index
 
 
-def _pairs(lengths) -> int:
-    return sum(n * (n + 1) // 2 for n in lengths)
+def _pairs(lengths, causal: bool) -> int:
+    return sum(n * (n + 1) // 2 if causal else n * n for n in lengths)
 
 
-def _pad_pairs(counts, lefts, seq_len) -> int:
-    return _pairs(lefts) + _pairs(seq_len - left - n for n, left in zip(counts, lefts))
+def _pad_pairs(counts, lefts, seq_len, causal: bool) -> int:
+    return _pairs(lefts, causal) + _pairs((seq_len - left - n for n, left in zip(counts, lefts)), causal)
 
 
 def position_ids_layout(position_ids: torch.Tensor, batch_size: int) -> CondensationLayout:
@@ -148,11 +159,14 @@ def position_ids_layout(position_ids: torch.Tensor, batch_size: int) -> Condensa
     return CondensationLayout.causal(cu, device=position_ids.device)
 
 
-def cu_seqlens_layout(cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tensor | None) -> CondensationLayout:
+def cu_seqlens_layout(
+    cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tensor | None, causal: bool = True
+) -> CondensationLayout:
     """Layout from the ``cu_seq_lens_q/k`` kwargs of transformers' padding-free path.
 
     Args:
         cu_seq_lens_q, cu_seq_lens_k: int ``[n + 1]``; self-attention needs them equal.
+        causal: False for a non-causal module (each sequence attends all of itself).
     """
     cu_q = [int(x) for x in cu_seq_lens_q.tolist()]
     same_k = cu_seq_lens_k is None or cu_seq_lens_k is cu_seq_lens_q
@@ -161,4 +175,4 @@ def cu_seqlens_layout(cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tensor |
             "btok_triton: cu_seq_lens_q and cu_seq_lens_k differ; packed self-attention needs the same "
             "sequence boundaries for queries and keys"
         )
-    return CondensationLayout.causal(cu_q, device=cu_seq_lens_q.device)
+    return _varlen(cu_q, cu_seq_lens_q.device, causal)

@@ -1,6 +1,7 @@
 """The attention function called directly, on every calling convention transformers uses,
 against ``torch.nn.functional.scaled_dot_product_attention`` with an explicit dense mask."""
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 from model_helpers import assert_close, pad_batch, random_ids, tiny_model
 
 from btok_model import btok_attention_forward
+from btok_model.backend import attention as attention_module
+from btok_model.backend import fallback
 
 B, HQ, HKV, D = 3, 4, 2, 16
 TOL = 1e-5
@@ -62,19 +65,26 @@ def test_packed_position_ids_batch_of_several_rows(kernel_backend, device):
 
 
 @pytest.mark.parametrize("mask_len", [12, 9], ids=["dynamic_cache", "static_cache"])
-def test_decoding_is_bottom_right_causal(mask_len, device):
-    """Two new queries on a cache; with a static cache the mask is shorter than the keys."""
+def test_decoding_is_bottom_right_causal(mask_len, device, caplog):
+    """Two new queries on a cache; with a static cache the mask is shorter than the keys.
+    The SDPA fallback logs (once per process) at DEBUG level."""
+    fallback._log_once.cache_clear()
     q, k, v = qkv(12, q_len=2, device=device)
     mask = torch.ones(B, mask_len, dtype=torch.bool)
     mask[1, :3] = False
-    out, _ = btok_attention_forward(module(), q, k, v, mask.to(device))
+    with caplog.at_level(logging.DEBUG, logger="btok_model"):
+        out, _ = btok_attention_forward(module(), q, k, v, mask.to(device))
+    assert [r.levelno for r in caplog.records if "KV-cache decoding" in r.getMessage()] == [logging.DEBUG]
     k, v = k[:, :, :mask_len], v[:, :, :mask_len]
     allowed = (causal(2, mask_len)[None] & mask[:, None, :])[:, None].to(device)
     assert_close(out, dense_reference(q, k, v, allowed), TOL, "decoding")
 
 
-def test_non_causal_with_cu_seqlens_and_padding(device):
-    """Vision-tower style calls: ``is_causal=False`` with ``cu_seq_lens`` or a padding mask."""
+@pytest.mark.parametrize("mode", ["segments", "unpad"])
+def test_non_causal_with_cu_seqlens_and_padding(mode, kernel_backend, device, monkeypatch):
+    """Vision-tower style calls: ``is_causal=False`` with ``cu_seq_lens`` or a padding mask,
+    on the kernel with a bidirectional layout (the SDPA fallback must not run)."""
+    monkeypatch.setattr(attention_module, "bidirectional_attention", None)  # any call would raise
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, HQ, 9, D, generator=g).to(device) for _ in range(3))
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
@@ -95,9 +105,29 @@ def test_non_causal_with_cu_seqlens_and_padding(device):
     q, k, v = qkv(7, device=device)
     mask = torch.ones(B, 7, dtype=torch.bool)
     mask[0, 5:] = False
-    out, _ = btok_attention_forward(module(), q, k, v, mask.to(device), is_causal=False)
+    mask[2, :2] = False
+    out, _ = btok_attention_forward(module(), q, k, v, mask.to(device), is_causal=False, btok_padding_mode=mode)
     ref = dense_reference(q, k, v, mask[:, None, None, :].to(device))
-    assert_close(out[mask.to(device)], ref[mask.to(device)], TOL, "bidirectional with padding")
+    assert_close(out[mask.to(device)], ref[mask.to(device)], TOL, f"bidirectional with padding ({mode})")
+
+    q, k, v = qkv(6, device=device)  # no mask: each row is one sequence
+    out, _ = btok_attention_forward(module(False), q, k, v, None)
+    assert_close(out, dense_reference(q, k, v, None), TOL, "bidirectional rows")
+
+
+def test_non_square_non_causal_falls_back_and_logs_once(device, caplog):
+    """Fewer queries than keys is outside the kernel: SDPA, logged once at DEBUG level."""
+    fallback._log_once.cache_clear()
+    q, k, v = qkv(7, q_len=3, device=device)
+    mask = torch.ones(B, 7, dtype=torch.bool)
+    mask[1, :2] = False
+    with caplog.at_level(logging.DEBUG, logger="btok_model"):
+        for _ in range(2):
+            out, _ = btok_attention_forward(module(False), q, k, v, mask.to(device))
+    assert_close(out, dense_reference(q, k, v, mask[:, None, None, :].to(device)), TOL, "non-square")
+    logged = [r for r in caplog.records if r.name == "btok_model" and "SDPA fallback" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelno == logging.DEBUG
+    assert "non-causal call with fewer queries than keys" in logged[0].getMessage()
 
 
 def test_smaller_value_head_dim(kernel_backend, device):

@@ -1,5 +1,6 @@
 """Qwen2-VL with images: the vision tower (non-causal, ``is_causal=False``) and the text
-model both run under ``"btok_triton"`` and match ``"sdpa"``."""
+model both run under ``"btok_triton"`` and match ``"sdpa"``; the vision tower runs on the
+kernel with bidirectional layouts, not on the SDPA fallback."""
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from model_helpers import (
 
 import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
+from btok_model.backend import attention as attention_module
 
 TOL = 2e-5
 GRIDS = [(1, 4, 4), (1, 4, 6)]  # (t, h, w) patches per image; 2x2 merge -> 4 and 6 image tokens
@@ -48,13 +50,33 @@ def image_inputs(ids, mask, pixels, grid, device):
     )
 
 
+class KernelCalls:
+    """Counts the tokens the backend sends to the kernel with bidirectional layouts, and
+    makes any call of the non-causal SDPA fallback fail."""
+
+    def __init__(self, monkeypatch):
+        self.bidirectional_tokens = 0
+        real = attention_module.condensation_attention
+
+        def counting(q, k, v, layout, **kwargs):
+            if not layout.is_causal:
+                self.bidirectional_tokens += layout.total_tokens
+            return real(q, k, v, layout, **kwargs)
+
+        monkeypatch.setattr(attention_module, "condensation_attention", counting)
+        monkeypatch.setattr(attention_module, "bidirectional_attention", None)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_images_match_sdpa(side, kernel_backend, device):
+def test_images_match_sdpa(side, kernel_backend, device, monkeypatch):
     model = tiny_model("qwen2_vl").to(device)
     ids, mask, pixels, grid = image_batch(side)
     inputs = image_inputs(ids, mask, pixels, grid, device)
     ref_logits, ref_grads = forward_backward(model, "sdpa", **inputs)
+    calls = KernelCalls(monkeypatch)
     logits, grads = forward_backward(model, "btok_triton", **inputs)
+    # every patch of every vision block went through the kernel, none through SDPA
+    assert calls.bidirectional_tokens == len(model.model.visual.blocks) * pixels.shape[0]
     assert any("visual" in n for n in grads), "the vision tower must get gradients"
     valid = mask.bool().to(device)
     assert_close(logits[valid], ref_logits[valid], TOL, "logits with images")

@@ -7,6 +7,7 @@ instead of a graph break, whatever the backend.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -87,6 +88,10 @@ def _condensation_fwd(
 
         return condensation_fwd_triton(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale,
                                        causal=causal, autotune=autotune, tiles=_decode_tiles(tiles))
+    if backend == "cuda":
+        from .cuda import condensation_fwd_cuda
+
+        return condensation_fwd_cuda(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, causal)
     return condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale, causal)
 
 
@@ -110,6 +115,11 @@ def _condensation_bwd(
         return condensation_bwd_triton(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
                                        causal=causal, autotune=autotune, tiles=_decode_tiles(tiles),
                                        gqa_split=gqa_split or None, fused_dq=fused_dq)
+    if backend == "cuda":
+        from .cuda import condensation_bwd_cuda
+
+        return condensation_bwd_cuda(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
+                                     causal)
     return condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
                                   causal)
 
@@ -140,6 +150,15 @@ _condensation_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------
 # public function
 # ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -150,12 +169,12 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
                 raise ValueError(f"environment variable BTOK_BACKEND must be one of {BACKENDS}, got {env!r}")
             backend = env
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "sdpa"
+        # the CUDA C++ kernels stand in for Triton only where Triton does not import
+        backend = ("triton" if _triton_importable() else "cuda") if device.type == "cuda" else "sdpa"
     if backend == "cuda":
-        raise NotImplementedError(
-            "backend='cuda': the CUDA C++ fallback is not part of this build of btok_kernels; "
-            "use backend='triton' (CUDA tensors) or backend='reference'"
-        )
+        from .cuda import require_extension
+
+        require_extension()  # or CUDABackendUnavailable (a NotImplementedError) saying why not
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError(
             f"backend='triton' needs CUDA tensors (got tensors on {device}); on the CPU set "
@@ -249,10 +268,12 @@ def condensation_attention(
         k, v: ``[total_tokens, Hkv, D]``, ``Hq % Hkv == 0`` (GQA/MQA without repeating K/V).
         layout: :class:`CondensationLayout` on q's device.
         softmax_scale: defaults to ``1 / sqrt(D)``.
-        backend: ``"auto"`` (Triton for CUDA tensors, ``"sdpa"`` otherwise; the
-            environment variable ``BTOK_BACKEND`` overrides it), ``"triton"``, ``"cuda"``
-            (not built yet: raises), ``"sdpa"`` (exact and fast on the CPU: causal calls of
-            PyTorch's fused attention, or flash-attn varlen on CUDA when it imports;
+        backend: ``"auto"`` (Triton for CUDA tensors, or ``"cuda"`` where Triton does not
+            import; ``"sdpa"`` otherwise; the environment variable ``BTOK_BACKEND`` overrides
+            it), ``"triton"``, ``"cuda"`` (the CUDA C++ kernels of ``csrc/``, fp16/bf16, when
+            the extension is built: :mod:`btok_kernels.condensation.cuda`; else it raises
+            ``CUDABackendUnavailable`` saying why), ``"sdpa"`` (exact and fast on the CPU:
+            causal calls of PyTorch's fused attention, or flash-attn varlen on CUDA when it imports;
             :mod:`btok_kernels.condensation.sdpa`) or ``"reference"`` (the chunked
             PyTorch oracle).
         return_lse: also return the log-sum-exp of each row's scaled scores, fp32

@@ -4,7 +4,7 @@
 built). The peers need it spelled out: ``"eager"`` and ``"sdpa"`` get a dense additive
 ``[1, 1, T, T]`` mask (O(T^2) memory, exact, for comparisons and benchmarks) and
 ``"flex_attention"`` a ``BlockMask``. transformers passes a 4D mask or a ``BlockMask`` to the
-attention function as it is.
+attention function as it is. The mask itself is :mod:`btok_kernels.mask`'s definition.
 """
 
 from __future__ import annotations
@@ -12,29 +12,37 @@ from __future__ import annotations
 import torch
 
 from btok_kernels import CondensationLayout
+from btok_kernels.mask import allowed_pairs, condensation_mask
 
-__all__ = ["DENSE_MASK_IMPLEMENTATIONS", "condensation_attention_mask", "token_segments"]
+__all__ = ["DENSE_MASK_IMPLEMENTATIONS", "condensation_attention_mask", "condensation_mask_mod"]
 
 DENSE_MASK_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
-def token_segments(layout: CondensationLayout, device) -> tuple[torch.Tensor, ...]:
-    """Per token: ``(sequence id, position in its sequence, b, t)`` of its sequence, int64 ``[T]``."""
+def condensation_mask_mod(layout: CondensationLayout, device):
+    """The flex-attention ``mask_mod(batch, head, i, j) -> bool`` of a packed layout.
+
+    Same sequence and :func:`btok_kernels.mask.allowed_pairs` on the positions relative to
+    the sequence start. It broadcasts: index tensors ``i [T, 1]`` and ``j [1, T]`` give the
+    dense ``[T, T]`` mask.
+    """
     lens = torch.tensor(layout.seqlens, dtype=torch.long)
-    seq = torch.repeat_interleave(torch.arange(lens.numel()), lens)
+    seq = torch.repeat_interleave(torch.arange(lens.numel()), lens)  # [T] sequence of each token
     starts = torch.tensor(layout.host_cu_seqlens[:-1], dtype=torch.long)
-    pos = torch.arange(layout.total_tokens) - starts[seq]
+    pos = torch.arange(layout.total_tokens) - starts[seq]  # [T] position in its sequence
     b = torch.tensor(layout.host_btok_start, dtype=torch.long)[seq]
     t = torch.tensor(layout.host_target_start, dtype=torch.long)[seq]
-    return tuple(x.to(device) for x in (seq, pos, b, t))
+    seq, pos, b, t = (x.to(device) for x in (seq, pos, b, t))
+    causal = getattr(layout, "causal", True)
+
+    def mask_mod(batch, head, i, j):
+        return (seq[i] == seq[j]) & allowed_pairs(pos[i], pos[j], b[i], t[i], causal)
+
+    return mask_mod
 
 
-def condensation_attention_mask(
-    layout: CondensationLayout, attn_implementation: str, dtype: torch.dtype, device
-) -> torch.Tensor:
-    """The mask of ``layout`` as ``attn_implementation`` takes it as ``attention_mask``.
-
-    ``allowed(i, j) = same sequence and j <= i and not (i >= t and j < b)``.
+def condensation_attention_mask(layout: CondensationLayout, attn_implementation: str, dtype: torch.dtype, device):
+    """The mask of ``layout`` in the form ``attn_implementation`` takes as ``attention_mask``.
 
     Args:
         layout: the packed ``[1, T]`` batch.
@@ -46,24 +54,15 @@ def condensation_attention_mask(
         additive ``[1, 1, T, T]`` tensor of ``dtype`` (0 allowed, dtype min masked), or a
         flex ``BlockMask`` for ``"flex_attention"``.
     """
-    seq, pos, b, t = token_segments(layout, device)
     if attn_implementation == "flex_attention":
         from torch.nn.attention.flex_attention import create_block_mask
 
-        def mask_mod(batch, head, i, j):
-            return (seq[i] == seq[j]) & (pos[j] <= pos[i]) & ~((pos[i] >= t[i]) & (pos[j] < b[i]))
-
         total = layout.total_tokens
-        return create_block_mask(mask_mod, 1, None, total, total, device=device)
+        return create_block_mask(condensation_mask_mod(layout, device), 1, None, total, total, device=device)
     if attn_implementation not in DENSE_MASK_IMPLEMENTATIONS:
         raise ValueError(
             f"attn_implementation={attn_implementation!r} cannot apply the condensation mask of a packed BTok batch; "
             'use "btok_triton" (fused, no mask), "flex_attention", "sdpa" or "eager" (dense mask)'
         )
-    row, col = (slice(None), None), (None, slice(None))
-    allowed = (
-        (seq[row] == seq[col])
-        & (pos[col] <= pos[row])
-        & ~((pos[row] >= t[row]) & (pos[col] < b[row]))
-    )  # [T, T]
+    allowed = condensation_mask(layout, device)  # [T, T]
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]

@@ -15,10 +15,12 @@ the targets::
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import ModelOutput
@@ -176,7 +178,7 @@ class BTokModel(nn.Module):
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _load_saved_tokenizer(path)
         btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
         if added:
             raise ValueError(f"the tokenizer saved in {path} lacks the BTok tokens {config.btok_tokens}")
@@ -530,6 +532,22 @@ def _load_backbone(name_or_model, tokenizer, attn_implementation, kwargs):
         tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
         tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tok_kwargs)
     return model, tokenizer
+
+
+def _load_saved_tokenizer(path):
+    """The tokenizer saved in ``path``, as the class it was saved from.
+
+    ``AutoTokenizer`` prefers the class mapped to the folder's ``model_type`` over the saved
+    ``tokenizer_class`` (transformers 5): a generic ``TokenizersBackend`` tokenizer saved next
+    to a Qwen2 config would come back as ``Qwen2Tokenizer`` with Qwen2's pre-tokenizer.
+    """
+    config_file = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(config_file):
+        with open(config_file) as f:
+            cls = getattr(transformers, json.load(f).get("tokenizer_class") or "", None)
+        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+            return cls.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _target_rows(layout: CondensationLayout) -> torch.Tensor:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from condensation_oracle import dense_mask, rel_err
 
-from btok_kernels import CondensationLayout
+from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import cuda
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +71,31 @@ def test_this_machine_reports_its_state():
             cuda.require_extension()
     elif HAS_CUDA:
         cuda.require_extension()
+
+
+def test_public_function_reports_the_missing_extension(fresh_loader):
+    """condensation_attention(backend="cuda") on a machine without the extension (simulated
+    here where it exists): the reason, before any kernel runs."""
+    fresh_loader.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    layout = CondensationLayout.from_lengths([3], 1, [2])
+    x = torch.zeros(layout.total_tokens, 1, 16, dtype=torch.float16)
+    with pytest.raises(cuda.CUDABackendUnavailable, match="btok_kernels._cuda was not built"):
+        condensation_attention(x, x, x, layout, backend="cuda")
+
+
+def test_auto_takes_cuda_only_without_triton(fresh_loader):
+    from btok_kernels.condensation import ops
+
+    cuda_device = torch.device("cuda", 0)  # resolving the backend touches no device
+    fresh_loader.delenv("BTOK_BACKEND", raising=False)
+    fresh_loader.setattr(ops, "_triton_importable", lambda: True)
+    assert ops._resolve_backend("auto", cuda_device) == "triton"
+    assert ops._resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    fresh_loader.setattr(ops, "_triton_importable", lambda: False)
+    fresh_loader.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(cuda.CUDABackendUnavailable):  # "cuda" chosen, and it says why it cannot run
+        ops._resolve_backend("auto", cuda_device)
+    assert ops._resolve_backend("auto", torch.device("cpu")) == "sdpa"
 
 
 def _rows(total, heads, d, dtype=torch.float16, device="cpu"):
@@ -438,3 +463,31 @@ def test_cuda_ops_under_torch_compile():
     compiled = torch.compile(attend, fullgraph=True)
     for got, want in zip(compiled(q, k, v), attend(q, k, v)):
         assert torch.equal(got, want)
+
+
+@needs_gpu
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
+def test_cuda_public_function_autograd_lse_and_compile(bidirectional):
+    """condensation_attention(backend="cuda"): forward, LSE and autograd against the oracle,
+    and the same under torch.compile (fullgraph: the custom op is one node)."""
+    if bidirectional:
+        layout = CondensationLayout.bidirectional([0, 50, 177], device="cuda")
+    else:
+        layout = CondensationLayout.from_lengths([140, 3], [16, 2], [90, 0], device="cuda")
+    exact, (q, k, v, do) = make_inputs(layout, 4, 2, 64, torch.bfloat16)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out, lse = condensation_attention(q, k, v, layout, backend="cuda", return_lse=True, softmax_scale=0.1)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    eq, ek, ev = (x.detach().requires_grad_() for x in exact[:3])
+    ref, lse_ref = dense_reference(eq, ek, ev, layout, 0.1, causal=not bidirectional)
+    refs = (ref, *torch.autograd.grad(ref, (eq, ek, ev), exact[3]))
+    assert rel_err(lse, lse_ref) <= 1e-4 and not lse.requires_grad
+    for got, want in zip((out, *grads), refs):
+        assert rel_err(got, want) <= CEILING[torch.bfloat16]
+
+    def attend(q, k, v):
+        return condensation_attention(q, k, v, layout, backend="cuda", softmax_scale=0.1)
+
+    o_c = torch.compile(attend, fullgraph=True)(q, k, v)
+    g_c = torch.autograd.grad(o_c, (q, k, v), do)  # the compiled backward
+    assert torch.equal(o_c, out) and all(torch.equal(a, b) for a, b in zip(g_c, grads))

@@ -369,7 +369,8 @@ def test_env_overrides_auto(monkeypatch, device):
     layout = CondensationLayout.from_lengths([3], 1, [2], device=device)
     _, (q, k, v, _) = make_inputs(layout, 1, 1, 8, torch.float32, device)
     monkeypatch.setenv("BTOK_BACKEND", "cuda")
-    with pytest.raises(NotImplementedError, match="CUDA C\\+\\+ fallback"):
+    # fp32 is refused by the CUDA kernels where the extension is built; else it is missing
+    with pytest.raises((NotImplementedError, ValueError), match="backend='cuda'"):
         condensation_attention(q, k, v, layout)
     # an explicit backend is not overridden
     condensation_attention(q, k, v, layout, backend="reference")

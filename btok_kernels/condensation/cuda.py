@@ -33,6 +33,7 @@ __all__ = [
 EXTENSION = "btok_kernels._cuda"
 DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
+_FAKES: list = []  # the fake implementations, registered with the first successful load
 
 
 class CUDABackendUnavailable(NotImplementedError):
@@ -65,8 +66,9 @@ def _load() -> str | None:
         torch.ops.load_library(spec.origin)
     except (OSError, RuntimeError) as e:
         return f"the extension {spec.origin} does not load: {e}"
-    torch.library.register_fake("btok_cuda::fwd")(_fwd_fake)
-    torch.library.register_fake("btok_cuda::bwd")(_bwd_fake)
+    if not _FAKES:  # once per process, even if the loader's cache is cleared
+        _FAKES.append(torch.library.register_fake("btok_cuda::fwd")(_fwd_fake))
+        _FAKES.append(torch.library.register_fake("btok_cuda::bwd")(_bwd_fake))
     return None
 
 

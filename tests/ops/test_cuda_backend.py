@@ -62,6 +62,21 @@ def test_extension_that_does_not_load_says_why(fresh_loader, tmp_path):
         cuda.require_extension()
 
 
+def test_loading_again_registers_the_fakes_once(fresh_loader, tmp_path):
+    """A second load (the loader's cache cleared) must not register the fake implementations
+    again: torch refuses a second registration."""
+    spec = importlib.machinery.ModuleSpec(cuda.EXTENSION, None, origin=str(tmp_path / "_cuda.so"))
+    registered = []
+    fresh_loader.setattr(importlib.util, "find_spec", lambda name, *a: spec)
+    fresh_loader.setattr(torch.ops, "load_library", lambda path: None)
+    fresh_loader.setattr(torch.library, "register_fake", lambda name: lambda fn: registered.append(name) or fn)
+    fresh_loader.setattr(cuda, "_FAKES", [])
+    assert cuda.is_available()
+    cuda._load.cache_clear()
+    assert cuda.is_available()
+    assert registered == ["btok_cuda::fwd", "btok_cuda::bwd"]
+
+
 def test_this_machine_reports_its_state():
     """Without a CUDA build of torch the extension cannot exist; with one and a GPU, the
     kernel tests below need it (and fail with this reason if it is missing)."""

@@ -326,9 +326,6 @@ class BTokModel(nn.Module):
             kwargs["attention_mask"] = condensation_attention_mask(layout, impl, dtype, input_ids.device)
         return self._decoder(**kwargs).last_hidden_state[0]
 
-    def _pool(self, hidden: torch.Tensor, btok_index: torch.Tensor) -> torch.Tensor:
-        return pool_btok_states(hidden[btok_index.to(hidden.device)], self.pooling)
-
     def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
         """Embeddings and generative loss of a collated batch, in one packed forward pass.
 
@@ -343,19 +340,26 @@ class BTokModel(nn.Module):
             None when the batch has no target or the generative weight is 0.
         """
         device = self.device
-        layout = batch["btok_layout"].to(device)
-        input_ids = batch["input_ids"].to(device, non_blocking=True)
-        hidden = self._last_hidden_state(input_ids, batch["position_ids"].to(device, non_blocking=True), layout)
-        query = self._pool(hidden, batch["query_btok_index"])
-        candidates = self._pool(hidden, batch["candidate_btok_index"])
         num_targets = batch.get("num_target_tokens")
         if num_targets is None:
             num_targets = int((batch["labels"] != -100).sum())
-        generative = None
-        if self.generative_weight != 0 and num_targets > 0:
-            rows = _target_rows(layout).to(device, non_blocking=True)
-            labels = batch["labels"][0].to(device, non_blocking=True)
-            generative = next_token_loss(self._logits(hidden[rows]), labels[rows + 1], num_targets)
+        # Every index moves to the device before the forward is queued: a copy from pageable
+        # host memory later would wait for the whole forward.
+        layout = batch["btok_layout"].to(device)
+        input_ids, position_ids, query_index, candidate_index = (
+            _to_device(batch[key], device)
+            for key in ("input_ids", "position_ids", "query_btok_index", "candidate_btok_index")
+        )
+        scored = self.generative_weight != 0 and num_targets > 0
+        if scored:
+            rows = _target_rows(layout)  # row r predicts the token at r + 1
+            labels = batch["labels"][0]
+            next_labels = _to_device(labels[(rows + 1).to(labels.device)], device)
+            rows = _to_device(rows, device)
+        hidden = self._last_hidden_state(input_ids, position_ids, layout)
+        query = pool_btok_states(hidden[query_index], self.pooling)
+        candidates = pool_btok_states(hidden[candidate_index], self.pooling)
+        generative = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets) if scored else None
         return query, candidates, generative, num_targets
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -469,7 +473,12 @@ class BTokModel(nn.Module):
         if packed is None:
             packed = self.attn_implementation == ATTN_IMPLEMENTATION
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        out = torch.empty(len(sequences), self.hidden_size, dtype=torch.float32)
+        device = self.device
+        # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
+        # asynchronous, so the host packs the next batch while the GPU computes.
+        by_length = torch.empty(
+            len(sequences), self.hidden_size, dtype=torch.float32, pin_memory=device.type == "cuda"
+        )
         from tqdm.auto import tqdm
 
         was_training = self.training
@@ -479,31 +488,31 @@ class BTokModel(nn.Module):
                 for start in tqdm(
                     range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar, unit="batch"
                 ):
-                    index = order[start : start + batch_size]
-                    out[index] = self._embed_sequences([sequences[i] for i in index], packed).cpu()
+                    batch = [sequences[i] for i in order[start : start + batch_size]]
+                    by_length[start : start + len(batch)].copy_(self._embed_sequences(batch, packed), non_blocking=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         finally:
             self.train(was_training)
+        out = torch.empty_like(by_length, pin_memory=False)
+        out[torch.tensor(order, dtype=torch.long)] = by_length
         return out
 
     def _embed_sequences(self, sequences: list[list[int]], packed: bool) -> torch.Tensor:
-        """fp32 ``[n, H]`` embeddings of ``[input | BToks]`` id lists."""
+        """fp32 ``[n, H]`` embeddings (on the model's device) of ``[input | BToks]`` id lists."""
         device = self.device
         if packed:
-            k = self.num_btoks
-            batch = self.collator.pack_sequences([s[:-k] for s in sequences])
-            hidden = self._last_hidden_state(
-                batch["input_ids"].to(device), batch["position_ids"].to(device), batch["btok_layout"].to(device)
+            batch = self.collator.pack_sequences([s[: -self.num_btoks] for s in sequences])
+            layout = batch["btok_layout"].to(device)
+            input_ids, position_ids, btok_index = (
+                _to_device(batch[key], device) for key in ("input_ids", "position_ids", "btok_index")
             )
+            hidden = self._last_hidden_state(input_ids, position_ids, layout)
         else:
-            batch = self.collator.pad_sequences(sequences)
-            out = self._decoder(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device),
-                use_cache=False,
-            )
-            hidden = out.last_hidden_state.flatten(0, 1)
-        return self._pool(hidden, batch["btok_index"])
+            batch = {key: _to_device(value, device) for key, value in self.collator.pad_sequences(sequences).items()}
+            btok_index = batch.pop("btok_index")
+            hidden = self._decoder(**batch, use_cache=False).last_hidden_state.flatten(0, 1)
+        return pool_btok_states(hidden[btok_index], self.pooling)
 
 
 def _load_backbone(name_or_model, tokenizer, attn_implementation, kwargs):
@@ -532,6 +541,15 @@ def _load_backbone(name_or_model, tokenizer, attn_implementation, kwargs):
         tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
         tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tok_kwargs)
     return model, tokenizer
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; host-to-GPU copies go through pinned memory, without blocking."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _load_saved_tokenizer(path):

@@ -30,7 +30,8 @@ def test_batch_layout(model):
     k, btoks = model.num_btoks, model.btok_token_ids
     expected_targets = [EXAMPLES[0]["positive"], EXAMPLES[1]["target"], None, EXAMPLES[3]["target"]]
     queries = [ids(model, ex["query"]) for ex in EXAMPLES]
-    targets = [ids(model, PREFIX, False) + ids(model, t, False) + ids(model, SUFFIX, False) if t else [] for t in expected_targets]
+    wrap = ids(model, PREFIX, False), ids(model, SUFFIX, False)
+    targets = [wrap[0] + ids(model, t, False) + wrap[1] if t else [] for t in expected_targets]
     candidates = [ex["positive"] for ex in EXAMPLES] + ["a red fruit", "a tall tree", "warm"]
     expected = [q + btoks + t for q, t in zip(queries, targets)] + [ids(model, c) + btoks for c in candidates]
     assert sequences(batch) == expected
@@ -148,7 +149,10 @@ def test_lengths_are_checked_never_truncated():
     model.collate([{"query": "q", "positive": fits}])  # the positive is also the target
     cases = [
         ({"query": "q" * 21, "positive": "p", "target": None}, "example 0, field 'query': the query \\+ 4 BToks is 25"),
-        ({"query": "q", "positive": "p", "target": "t" * 8}, "example 0, field 'target': query \\+ 4 BToks \\+ target is 25"),
+        (
+            {"query": "q", "positive": "p", "target": "t" * 8},
+            "example 0, field 'target': query \\+ 4 BToks \\+ target is 25",
+        ),
         ({"query": "q", "positive": "p" * 21, "target": None}, "example 0, field 'positive': the candidate"),
         ({"query": "q", "positive": "p", "negatives": ["n", "n" * 30]}, r"example 0, field 'negatives\[1\]'"),
     ]
@@ -159,7 +163,8 @@ def test_lengths_are_checked_never_truncated():
         model.encode(["ok", "e" * 21])
 
     model.max_length = None  # the backbone's max_position_embeddings=256 still applies
-    with pytest.raises(ExampleError, match=r"text 0: .* 304 tokens, longer than the model's limit \(max_position_embeddings=256\)"):
+    limit = r"text 0: .* 304 tokens, longer than the model's limit \(max_position_embeddings=256\)"
+    with pytest.raises(ExampleError, match=limit):
         model.encode(["e" * 300])
 
 

@@ -12,6 +12,7 @@ loads with ``BTokModel.from_pretrained``; ``--resume`` continues the latest chec
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):
         raise SystemExit(f"--resume: no checkpoint-* folder in {args.output_dir}")
     train(model, dataset, recipe, args.output_dir, resume=resume)
+    if not args.no_btoks and importlib.util.find_spec("sentence_transformers") is not None:
+        from .st import write_sentence_transformers_files
+
+        write_sentence_transformers_files(args.output_dir)  # SentenceTransformer(output_dir) loads it too
     return 0
 
 

@@ -43,10 +43,13 @@ class Synset:
 
 @dataclass(frozen=True)
 class WordNetSplit:
-    """Training and test examples as ``{"query": definition, "positive": word}`` dicts."""
+    """Training and test examples as ``{"query": definition, "positive": word}`` dicts, and
+    the synsets they come from (same order)."""
 
     train: list[dict]
     test: list[dict]
+    train_synsets: list[Synset]
+    test_synsets: list[Synset]
 
 
 def _parse_line(line: str, pos: str) -> Synset | None:
@@ -144,4 +147,6 @@ def retrieval_split(
     return WordNetSplit(
         train=[{"query": s.definition, "positive": s.words[0]} for s in train],
         test=[{"query": s.definition, "positive": s.words[0]} for s in test],
+        train_synsets=train,
+        test_synsets=test,
     )

@@ -194,28 +194,60 @@ class PooledEmbedder(nn.Module):
 
     # -- inference -----------------------------------------------------------------------------
     def encode(self, texts: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> torch.Tensor:
-        """fp32 ``[N, H]`` L2-normalised embeddings on the CPU, right-padded batches sorted by length."""
+        """fp32 ``[N, H]`` L2-normalised embeddings on the CPU (see :meth:`encode_poolings`)."""
+        return self.encode_poolings(texts, (self.pooling,), batch_size, show_progress_bar)[self.pooling]
+
+    def encode_poolings(
+        self, texts: list[str], poolings: tuple[str, ...], batch_size: int = 32, show_progress_bar: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Embeddings under several poolings from one forward pass per batch.
+
+        Texts are sorted by length into batches of ``batch_size``, each batch one packed
+        ``[1, T]`` row with ``"btok_triton"`` (no padding), right-padded rows otherwise;
+        results come back in input order, under ``torch.inference_mode``.
+
+        Returns:
+            ``{pooling: fp32 [N, H]}`` on the CPU, L2-normalised.
+        """
         from tqdm.auto import tqdm
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        for pooling in poolings:
+            if pooling not in POOLINGS:
+                raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         sequences = self.collator.tokenize(texts)
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         hidden_size = _transformers_model(self.backbone).get_input_embeddings().weight.shape[1]
-        out = torch.empty(len(sequences), hidden_size, dtype=torch.float32)
-        was_training = self.training
+        out = {p: torch.empty(len(sequences), hidden_size, dtype=torch.float32) for p in poolings}
+        was_training, pooling = self.training, self.pooling
         self.eval()
         try:
             with torch.inference_mode():
                 for start in tqdm(range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar):
                     index = order[start : start + batch_size]
-                    out[index] = self._embed_padded([sequences[i] for i in index]).cpu()
+                    hidden, cu = self._hidden_states([sequences[i] for i in index])
+                    for p in poolings:
+                        self.pooling = p
+                        out[p][index] = self._pool_packed(hidden, cu).cpu()
         finally:
+            self.pooling = pooling
             self.train(was_training)
         return out
 
-    def _embed_padded(self, sequences: list[list[int]]) -> torch.Tensor:
+    def _hidden_states(self, sequences: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """Last-layer states ``[total tokens, H]`` of the sequences, back to back, and their bounds."""
         device = self.device
+        if self.attn_implementation == ATTN_IMPLEMENTATION:
+            batch = self.collator.pack_sequences(sequences)
+            layout = batch["btok_layout"].to(device)
+            hidden = self._decoder(
+                input_ids=batch["input_ids"].to(device),
+                position_ids=batch["position_ids"].to(device),
+                btok_layout=layout,
+                use_cache=False,
+            ).last_hidden_state[0]
+            return hidden, list(layout.host_cu_seqlens)
         batch = self.collator.pad_sequences(sequences)
         mask = batch["attention_mask"].to(device)
         hidden = self._decoder(
@@ -224,6 +256,4 @@ class PooledEmbedder(nn.Module):
             position_ids=batch["position_ids"].to(device),
             use_cache=False,
         ).last_hidden_state
-        lens = mask.sum(1)
-        cu = [0] + torch.cumsum(lens, 0).tolist()
-        return self._pool_packed(hidden[mask.bool()], cu)
+        return hidden[mask.bool()], [0] + torch.cumsum(mask.sum(1), 0).tolist()

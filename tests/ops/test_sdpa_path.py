@@ -137,6 +137,16 @@ def test_edge_layouts_fp64(name, route, device):
     check(layout, 4, 2, 32, torch.float64, on_device(route, device), device=device)
 
 
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_bidirectional(dtype, route, device):
+    """Every row sees every key of its sequence: one non-causal segment per sequence, padded
+    batches of equal lengths only (padding keys would be seen)."""
+    # lengths 30, 0, 1, 30, 300, 17, 27: a causal 27 would join the batch of the 30s
+    layout = CondensationLayout.bidirectional([0, 30, 30, 31, 61, 361, 378, 405])
+    check(layout, 4, 2, 32, dtype, on_device(route, device), device=device)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("route", ROUTES)
 def test_dtypes(dtype, route, device):
@@ -218,6 +228,16 @@ def test_compiled_matches_eager():
 # ----------------------------------------------------------------------------------------
 # the plans: every packed row computed once, every kept pair visited
 # ----------------------------------------------------------------------------------------
+def test_bidirectional_plans():
+    layout = CondensationLayout.bidirectional([0, 5, 10, 10, 13, 18])
+    segs = segments(layout)
+    assert [(s.start, s.length, s.drop, s.causal) for s in segs] == [
+        (0, 5, 0, False), (5, 5, 0, False), (10, 3, 0, False), (13, 5, 0, False)]
+    plan = padded_plan(layout, 1)  # padding would be almost free, but keys must not be padded
+    assert sorted((b.length, b.count, b.causal) for b in plan.buckets) == [(3, 1, False), (5, 3, False)]
+    assert varlen_plan(layout).causal is False
+
+
 def allowed_by_segments(layout):
     """The [T, T] pairs the segments attend, as the kept rows see them (causal top-left)."""
     total = layout.total_tokens

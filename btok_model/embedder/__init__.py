@@ -11,6 +11,7 @@
 from .collate import BTokCollator, EncodedExample, ExampleError
 from .config import BTokConfig
 from .modeling import BTokModel, BTokOutput, pool_btok_states
+from .twopass import TwoPassOutput, two_pass_forward
 
 __all__ = [
     "BTokCollator",
@@ -19,5 +20,7 @@ __all__ = [
     "BTokOutput",
     "EncodedExample",
     "ExampleError",
+    "TwoPassOutput",
     "pool_btok_states",
+    "two_pass_forward",
 ]

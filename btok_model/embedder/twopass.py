@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 from transformers import DynamicCache
@@ -62,7 +63,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     cols = torch.arange(width)[None]
     mask = cols >= (width - lens)[:, None]
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    ids[mask] = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+    ids[mask] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)
     return ids, mask.long(), (cols - (width - lens)[:, None]).clamp_min(0)
 
 
@@ -70,7 +71,7 @@ def _right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.T
     lens = torch.tensor([len(r) for r in rows])
     mask = torch.arange(int(lens.max()))[None] < lens[:, None]
     ids = torch.full(mask.shape, value, dtype=torch.long)
-    ids[mask] = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+    ids[mask] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)
     return ids, mask.long()
 
 

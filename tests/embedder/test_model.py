@@ -211,3 +211,15 @@ def test_lora_model_saves_merged(family, tmp_path):
     assert any("lora" in n for n, _ in model.named_parameters()), "saving must not unwrap the live model"
     relora = BTokModel.from_pretrained(tmp_path, lora=2)
     assert all(("lora" in n or "trainable_tokens" in n) for n, p in relora.named_parameters() if p.requires_grad)
+
+
+def test_from_backbone_by_name(tmp_path):
+    """A folder name loads through AutoModelForCausalLM with the from_pretrained kwargs."""
+    tiny_backbone("qwen2").save_pretrained(tmp_path)
+    model = BTokModel.from_backbone(str(tmp_path), tokenizer=char_tokenizer(), dtype=torch.bfloat16)
+    assert model.attn_implementation == "btok_triton"
+    assert model._transformers_model.dtype == torch.bfloat16
+    emb = model.encode(TEXTS[:2])
+    assert emb.dtype == torch.float32 and torch.allclose(emb.norm(dim=-1), torch.ones(2))
+    out = model(**model.collate(EXAMPLES))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)

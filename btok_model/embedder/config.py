@@ -57,10 +57,7 @@ class BTokConfig:
         for name in ("target_prefix", "target_suffix"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
-        if self.max_length is not None and (
-            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1
-        ):
-            raise ValueError(f"max_length must be None or an int >= 1, got {self.max_length!r}")
+        check_max_length(self.max_length)
 
     def save(self, directory: str | os.PathLike) -> None:
         with open(os.path.join(directory, CONFIG_NAME), "w") as f:
@@ -99,3 +96,9 @@ def check_generative_weight(weight: float) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
         raise ValueError(f"generative_weight must be a number >= 0, got {weight!r}")
     return float(weight)
+
+
+def check_max_length(max_length: int | None) -> int | None:
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"max_length must be None or an int >= 1, got {max_length!r}")
+    return max_length

@@ -29,7 +29,7 @@ from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
 from .collate import BTokCollator, concat_ranges
-from .config import BTokConfig, check_generative_weight, check_pooling, check_temperature
+from .config import BTokConfig, check_generative_weight, check_max_length, check_pooling, check_temperature
 from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
 from .masks import condensation_attention_mask
 from .tokens import add_btok_tokens, init_btok_rows, make_trainable
@@ -137,7 +137,7 @@ class BTokModel(nn.Module):
             pooling, temperature, generative_weight, target_prefix, target_suffix,
                 max_length: the settings of :class:`~btok_model.embedder.config.BTokConfig`.
             **from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``
-                (``torch_dtype``, ``gguf_file``, ...).
+                (``dtype``, ``gguf_file``, ...).
         """
         config = BTokConfig(
             num_btoks=num_btoks,
@@ -245,8 +245,7 @@ class BTokModel(nn.Module):
 
     @max_length.setter
     def max_length(self, value: int | None) -> None:
-        self.btok_config.max_length = value
-        self.btok_config.__post_init__()
+        self.btok_config.max_length = check_max_length(value)
         self.collator = self._make_collator()
 
     @property

@@ -66,6 +66,8 @@ def test_from_backbone_argument_errors():
     model = tiny_btok()
     with pytest.raises(ValueError, match="generative_weight must be a number >= 0"):
         model.generative_weight = -1.0
+    with pytest.raises(ValueError, match="max_length must be None or an int >= 1"):
+        model.max_length = 0
 
 
 def test_encode_contract():
@@ -106,6 +108,24 @@ def test_dense_mask_peers_equal_the_fused_backend(attn):
     for a, b in zip(got[:3], ref[:3]):
         assert rel_err(a.detach(), b.detach()) < 2e-6
     assert rel_err(model.encode(TEXTS), tiny_btok().encode(TEXTS)) < 2e-6
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_lm_head_runs_on_target_rows_only(family):
+    """Never ``[T, vocab]``: the head sees each target row that predicts a next target token."""
+    model = tiny_btok(family)
+    batch = model.collate(EXAMPLES)
+    layout = batch["btok_layout"]
+    rows = sum(max(n - t - 1, 0) for n, t in zip(layout.seqlens, layout.host_target_start))
+    seen = []
+    hook = model._transformers_model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append(tuple(out.shape))
+    )
+    try:
+        model(**batch)
+    finally:
+        hook.remove()
+    assert seen == [(rows, 64)] and rows < layout.total_tokens // 2
 
 
 def test_unsupported_attention_backend_is_refused():

@@ -7,7 +7,9 @@ import torch
 from btok_tiny import EXAMPLES, char_tokenizer, tiny_backbone, tiny_btok
 from transformers import AutoModelForCausalLM
 
+from btok_kernels.mask import condensation_mask
 from btok_model import BTokModel
+from btok_model.embedder.masks import condensation_mask_mod
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing in particular", "x", "four", "2 + 2"]
 
@@ -126,6 +128,30 @@ def test_lm_head_runs_on_target_rows_only(family):
     finally:
         hook.remove()
     assert seen == [(rows, 64)] and rows < layout.total_tokens // 2
+
+
+def test_flex_mask_mod_is_the_condensation_mask():
+    """flex_attention's mask function (checked here on the dense grid; compiling flex on a CPU
+    takes ~10 s per shape, so the suite does not run the flex model path)."""
+    model = tiny_btok()
+    layout = model.collate(EXAMPLES)["btok_layout"]
+    index = torch.arange(layout.total_tokens)
+    grid = condensation_mask_mod(layout, "cpu")(0, 0, index[:, None], index[None, :])
+    assert torch.equal(grid, condensation_mask(layout))
+    assert int(grid.sum()) == layout.num_kept_pairs()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_btok("qwen2")
+    model.train()
+    batch = model.collate(EXAMPLES)
+    model(**batch).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing_enable()
+    model(**batch).loss.backward()
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, plain[name]), name
 
 
 def test_unsupported_attention_backend_is_refused():

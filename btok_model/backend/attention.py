@@ -203,6 +203,11 @@ def btok_attention_forward(
         ``(attn_output [B, Sq, Hq, Dv], None)``: no attention weights, as with ``"sdpa"``.
     """
     _check_features(module, attention_mask, dropout, softcap, kwargs)
+    if torch.is_autocast_enabled(query.device.type):
+        # Under autocast RoPE leaves q and k in fp32 beside a half-precision v: compute in the
+        # autocast dtype, as SDPA does.
+        dtype = torch.get_autocast_dtype(query.device.type)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     v_head_dim = value.shape[-1]
     if v_head_dim != query.shape[-1]:
         if v_head_dim > query.shape[-1]:

@@ -108,3 +108,16 @@ def test_resume_with_other_lora_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="trainable parameters differ|shape"):
         train(tiny_model(other), examples(4), other, str(tmp_path), resume=str(tmp_path / "checkpoint-1"))
     assert os.path.isdir(tmp_path / "checkpoint-1")
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3], ids=["plain", "gradcache"])
+def test_bf16_autocast_matches_fp32(tmp_path, chunk_size):
+    """``--bf16`` (autocast) runs through btok_triton and GradCache, with fp32's losses to bf16 precision."""
+    logs = {}
+    for bf16 in (False, True):
+        recipe = tiny_recipe(max_steps=1, batch_size=8, bf16=bf16, chunk_size=chunk_size, generative_weight=2.0)
+        trainer = train(tiny_model(recipe), examples(8), recipe, str(tmp_path / str(bf16)), save=False)
+        logs[bf16] = trainer.state.log_history[0]
+    for key in ("loss", "contrastive_loss", "generative_loss"):
+        assert logs[True][key] == pytest.approx(logs[False][key], rel=3e-2), key
+    assert logs[True]["loss"] != logs[False]["loss"], "bf16 autocast was not applied"

@@ -276,14 +276,18 @@ def chunk_rows(head_dim: int) -> int:
     return max(64, min(256, (8192 // head_dim) // 32 * 32))
 
 
-def _merge(o1, l1, o2, l2):
-    """Two partial outputs ``[n, H, C, D]`` over disjoint key sets, each normalised over its
-    own keys, and their log-sum-exps ``[n, H, C]`` -> the output over the union (in the
-    log-sum-exp's dtype: fp32, fp64 for fp64) and its log-sum-exp. Both log-sum-exps are
-    finite: every row sees a key in each part."""
-    lse = torch.logaddexp(l1, l2)
-    out = o1.to(lse.dtype) * (l1 - lse).exp().unsqueeze(-1) + o2.to(lse.dtype) * (l2 - lse).exp().unsqueeze(-1)
-    return out, lse
+def _merge_into(out, lse, o1, l1, o2, l2) -> None:
+    """Writes the attention over the union of two disjoint key sets into ``out``
+    ``[n, H, C, D]`` and ``lse`` ``[n, H, C]``, from the two partial outputs (each normalised
+    over its own keys) and their log-sum-exps. The weight of part 1 is
+    ``exp(l1 - logaddexp(l1, l2)) = sigmoid(l1 - l2)``; both are finite (every row sees a key
+    in each part). Four element-wise ops, in the log-sum-exp's dtype (fp32, fp64 for fp64)."""
+    torch.logaddexp(l1, l2, out=lse)
+    w1 = torch.sigmoid(l1 - l2).unsqueeze(-1)
+    if out.dtype == w1.dtype:
+        torch.lerp(o2, o1, w1, out=out)
+    else:  # fp16 / bf16: mix in fp32, round once
+        out.copy_(torch.lerp(o2.to(w1.dtype), o1.to(w1.dtype), w1))
 
 
 def _flash_fwd(q, k, v, scale: float, causal: bool, chunk: int):
@@ -307,10 +311,11 @@ def _flash_fwd(q, k, v, scale: float, causal: bool, chunk: int):
         o, l = flash(qc, k[:, :, r0:r1], v[:, :, r0:r1], 0.0, True, scale=scale)
         if r0 == 0:
             lse = l.new_empty(n, h, length)
+            out[:, :, :r1] = o
+            lse[:, :, :r1] = l
         else:
-            o, l = _merge(*flash(qc, k[:, :, :r0], v[:, :, :r0], 0.0, False, scale=scale), o, l)
-        out[:, :, r0:r1] = o
-        lse[:, :, r0:r1] = l
+            _merge_into(out[:, :, r0:r1], lse[:, :, r0:r1],
+                        *flash(qc, k[:, :, :r0], v[:, :, :r0], 0.0, False, scale=scale), o, l)
     return out, lse
 
 
@@ -334,12 +339,13 @@ def _flash_bwd(dout, q, k, v, out, lse, scale: float, causal: bool, chunk: int):
         gq, gk, gv = backward(*rows, k[:, :, r0:r1], v[:, :, r0:r1], *stats, 0.0, True, scale=scale)
         dk[:, :, r0:r1] += gk
         dv[:, :, r0:r1] += gv
-        if r0:
-            gq_past, gk_past, gv_past = backward(*rows, k[:, :, :r0], v[:, :, :r0], *stats, 0.0, False, scale=scale)
-            gq = gq.to(acc) + gq_past
-            dk[:, :, :r0] += gk_past
-            dv[:, :, :r0] += gv_past
-        dq[:, :, r0:r1] = gq
+        if r0 == 0:
+            dq[:, :, :r1] = gq
+            continue
+        gq_past, gk_past, gv_past = backward(*rows, k[:, :, :r0], v[:, :, :r0], *stats, 0.0, False, scale=scale)
+        torch.add(gq, gq_past, out=dq[:, :, r0:r1])  # one rounding to q's dtype
+        dk[:, :, :r0] += gk_past
+        dv[:, :, :r0] += gv_past
     return dq, dk, dv
 
 
@@ -381,8 +387,11 @@ class _CpuSegments(torch.autograd.Function):
         dk = torch.zeros(k.shape, dtype=acc, device=k.device)
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         for bucket, ob, lb in zip(ctx.plan.buckets, saved[0::2], saved[1::2]):
-            dob = torch.zeros_like(ob)  # the rows this bucket does not output get no gradient
-            _put(_flat(dob), bucket.kept, _take(dout, bucket.dest))
+            if isinstance(bucket.kept, slice) and bucket.kept == slice(0, bucket.length):  # every row an output
+                dob = _batched(dout, bucket)
+            else:
+                dob = torch.zeros_like(ob)  # the rows this bucket does not output get no gradient
+                _put(_flat(dob), bucket.kept, _take(dout, bucket.dest))
             gq, gk, gv = _flash_bwd(dob, *(_batched(x, bucket) for x in (q, k, v)), ob, lb, ctx.scale,
                                     bucket.causal, ctx.chunk)
             _put(dq, bucket.dest, _take(_flat(gq), bucket.kept))

@@ -87,22 +87,59 @@ class Recipe:
         return asdict(self)
 
 
-def lora_config(recipe: Recipe):
-    """The ``peft.LoraConfig`` of ``recipe`` (None for full fine-tuning)."""
+def lora_config(recipe: Recipe, backbone=None):
+    """The ``peft.LoraConfig`` of ``recipe`` (None for full fine-tuning).
+
+    With ``lora_layers`` and the default ``"all-linear"`` modules, PEFT needs the module names
+    spelt out; they are read from ``backbone`` (every linear layer but the LM head).
+    """
     if recipe.lora_r < 0:
         raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {recipe.lora_r}")
     if recipe.lora_r == 0:
         return None
     import peft
 
+    modules = recipe.lora_modules
+    if recipe.lora_layers is not None and isinstance(modules, str):
+        if modules != "all-linear" or backbone is None:
+            raise ValueError("lora_layers needs lora_modules as a list of module names (or 'all-linear' and a backbone)")
+        modules = _linear_names(backbone)
     alpha = recipe.lora_alpha if recipe.lora_alpha is not None else 2 * recipe.lora_r
     return peft.LoraConfig(
         r=recipe.lora_r,
         lora_alpha=alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=recipe.lora_modules,
+        target_modules=modules,
         layers_to_transform=recipe.lora_layers,
     )
+
+
+def _linear_names(model) -> list[str]:
+    head = model.get_output_embeddings()
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    )
+
+
+def _load(backbone, tokenizer, kwargs: dict):
+    """``(model, tokenizer)`` from a name / folder (``kwargs`` such as ``gguf_file`` serve both) or an instance."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(backbone, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer with a model instance")
+        impl = kwargs.pop("attn_implementation", None)
+        if kwargs:
+            raise ValueError(f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name")
+        if impl is not None:
+            backbone.set_attn_implementation(impl)
+        model = backbone
+    else:
+        model = AutoModelForCausalLM.from_pretrained(backbone, **kwargs)
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        tok_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer or backbone, **tok_kwargs)
+    return model, tokenizer
 
 
 def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True, **from_pretrained_kwargs):
@@ -115,34 +152,32 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True,
         btoks: True: a :class:`~btok_model.BTokModel`; False: a
             :class:`~btok_model.evaluation.baselines.PooledEmbedder` (no BToks, pooling
             ``recipe.pooling``, no generative loss).
-        **from_pretrained_kwargs: for loading by name (``gguf_file``, ``torch_dtype``, ...).
+        **from_pretrained_kwargs: ``attn_implementation`` (default ``"btok_triton"``) and, for
+            loading by name, ``from_pretrained`` keywords (``gguf_file``, ``dtype``, ...).
     """
+    from_pretrained_kwargs.setdefault("attn_implementation", "btok_triton")
+    model, tokenizer = _load(backbone, tokenizer, from_pretrained_kwargs)
+    lora = lora_config(recipe, model)
     if btoks:
         from ..embedder.modeling import BTokModel
 
         return BTokModel.from_backbone(
-            backbone,
+            model,
             num_btoks=recipe.num_btoks,
             tokenizer=tokenizer,
-            lora=lora_config(recipe),
+            attn_implementation=None,
+            lora=lora,
             pooling=recipe.pooling,
             temperature=recipe.temperature,
             generative_weight=recipe.generative_weight,
             max_length=recipe.max_length,
-            **from_pretrained_kwargs,
         )
     from ..evaluation.baselines import PooledEmbedder
 
     if recipe.generative_weight != 0:
         raise ValueError("a model without BToks has no generative loss: set generative_weight to 0")
     return PooledEmbedder.from_backbone(
-        backbone,
-        tokenizer,
-        recipe.pooling,
-        lora=lora_config(recipe),
-        temperature=recipe.temperature,
-        max_length=recipe.max_length,
-        **from_pretrained_kwargs,
+        model, tokenizer, recipe.pooling, lora=lora, temperature=recipe.temperature, max_length=recipe.max_length
     )
 
 

@@ -1,0 +1,48 @@
+"""``python -m btok_model.train`` end to end on a tiny saved backbone: flags, outputs, --resume."""
+
+import json
+
+from btok_tiny import char_tokenizer, tiny_backbone
+from train_helpers import examples
+
+from btok_model import BTokModel
+from btok_model.datasets import write_jsonl
+from btok_model.train import main
+
+
+def test_train_cli(tmp_path):
+    backbone = tmp_path / "backbone"
+    tiny_backbone(vocab_size=None).save_pretrained(backbone)
+    char_tokenizer().save_pretrained(backbone)
+    write_jsonl(tmp_path / "a.jsonl", examples(6))
+    write_jsonl(tmp_path / "b.jsonl", examples(12)[6:])
+    out = tmp_path / "run"
+    argv = ["--model", str(backbone), "--train-data", f"{tmp_path / 'a.jsonl'}:0.5", f"{tmp_path / 'b.jsonl'}:0.5",
+            "--output-dir", str(out), "--batch-size", "4", "--lora-r", "2", "--lora-layers", "1",
+            "--grad-cache-chunk", "2", "--generative-weight", "2", "--generative-steps", "1", "--warmup-ratio", "0",
+            "--save-steps", "1", "--logging-steps", "1", "--num-btoks", "2", "--temperature", "0.05"]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    command = json.loads((out / "train_command.json").read_text())
+    assert command["recipe"]["lora_layers"] == [1] and command["examples_per_epoch"] == 12
+    model = BTokModel.from_pretrained(out)
+    assert model.num_btoks == 2 and model.temperature == 0.05 and model.generative_weight == 2.0
+    assert (out / "modules.json").is_file()  # sentence-transformers loads it too
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    logs = [e for e in state["log_history"] if "loss" in e]
+    assert [e["generative_weight"] for e in logs] == [2.0, 0.0] and "generative_loss" not in logs[1]
+
+    main([*argv, "--max-steps", "3", "--resume"])
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and len([e for e in state["log_history"] if "loss" in e]) == 3
+
+
+def test_lora_layers_pick_the_adapted_layers():
+    from train_helpers import tiny_model, tiny_recipe
+
+    model = tiny_model(tiny_recipe(lora_r=2, lora_layers=[1]))
+    lora = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert lora and all(".layers.1." in n for n in lora)
+    assert {n.split(".layers.1.")[1].split(".lora_")[0] for n in lora} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    assert any("trainable_tokens" in n for n, p in model.named_parameters() if p.requires_grad)

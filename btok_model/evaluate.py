@@ -24,14 +24,20 @@ BASELINES = ("last-token", "mean", "tfidf")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m btok_model.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m btok_model.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", help="a saved BTok model, or with --baseline a backbone (hub name, folder, 'smollm2')")
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
     p.add_argument("--data", nargs="+", required=True, help="evaluation JSONL files")
     p.add_argument("--corpus", help="JSONL of extra candidates ({'text': ...} per line) for pair files")
-    p.add_argument("--baseline", choices=BASELINES,
-                   help="score without BToks: the backbone with last-token or mean pooling, or TF-IDF")
+    p.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        help="score without BToks: the backbone with last-token or mean pooling, or TF-IDF",
+    )
     p.add_argument("--tfidf-analyzer", default="char_wb", choices=("char_wb", "word"))
     p.add_argument("--tfidf-ngrams", type=int, nargs=2, default=(3, 5), metavar=("MIN", "MAX"))
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
@@ -61,17 +67,20 @@ def load_scorer(args: argparse.Namespace):
 
         if not os.path.isfile(os.path.join(name, CONFIG_NAME)):
             raise SystemExit(
-                f"{args.model} is not a saved BTok model (no {CONFIG_NAME}); train one with python -m btok_model.train, "
-                "or evaluate the backbone with --baseline last-token|mean"
+                f"{args.model} is not a saved BTok model (no {CONFIG_NAME}); train one with "
+                "python -m btok_model.train, or evaluate the backbone with --baseline last-token|mean"
             )
         model = BTokModel.from_pretrained(name, attn_implementation=args.attn_implementation)
     else:
         from .evaluation.baselines import PooledEmbedder
 
-        model = PooledEmbedder.from_backbone(name, pooling=args.baseline, attn_implementation=args.attn_implementation,
-                                             **kwargs)
+        model = PooledEmbedder.from_backbone(
+            name, pooling=args.baseline, attn_implementation=args.attn_implementation, **kwargs
+        )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return EmbeddingScorer(model.to(device).eval(), batch_size=args.batch_size, show_progress_bar=not args.no_progress_bar)
+    return EmbeddingScorer(
+        model.to(device).eval(), batch_size=args.batch_size, show_progress_bar=not args.no_progress_bar
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

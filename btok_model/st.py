@@ -103,8 +103,22 @@ class BTokEmbedding(InputModule):
         self.model.save_pretrained(output_path)
 
     @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", token=None, cache_folder=None, revision=None,
-             local_files_only: bool = False, **kwargs) -> BTokEmbedding:
-        path = cls.load_dir_path(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
-                                 revision=revision, local_files_only=local_files_only)
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token=None,
+        cache_folder=None,
+        revision=None,
+        local_files_only: bool = False,
+        **kwargs,
+    ) -> BTokEmbedding:
+        path = cls.load_dir_path(
+            model_name_or_path,
+            subfolder=subfolder,
+            token=token,
+            cache_folder=cache_folder,
+            revision=revision,
+            local_files_only=local_files_only,
+        )
         return cls(BTokModel.from_pretrained(path))

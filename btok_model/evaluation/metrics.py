@@ -90,4 +90,3 @@ def metrics_from_scores(scores: torch.Tensor, positive_index: torch.Tensor) -> d
         raise ValueError("no queries to evaluate")
     per_query = expected_metrics(*rank_counts(scores, positive_index))
     return {name: float(values.mean()) for name, values in per_query.items()}
-

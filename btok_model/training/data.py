@@ -112,11 +112,11 @@ class MixedDataset(torch.utils.data.Dataset):
         total = sum(len(f) for f in self.files) if size is None else size
         if total < 1:
             raise ValueError(f"size must be at least 1, got {size}")
-        weights = [s.weight if s.weight is not None else len(f) for s, f in zip(sources, self.files)]
+        weights = [s.weight if s.weight is not None else len(f) for s, f in zip(sources, self.files, strict=True)]
         self.counts = _shares(weights, total)
         rng = random.Random(seed)
         self.index: list[tuple[int, int]] = []
-        for file_id, (examples, count) in enumerate(zip(self.files, self.counts)):
+        for file_id, (examples, count) in enumerate(zip(self.files, self.counts, strict=True)):
             order = list(range(len(examples)))
             rng.shuffle(order)
             self.index += [(file_id, order[i % len(order)]) for i in range(count)]

@@ -97,7 +97,7 @@ def grad_cache_step(
     weight = model.generative_weight
     generative_sum = None
     q_start = c_start = 0
-    for chunk, state in zip(chunks, states):
+    for chunk, state in zip(chunks, states, strict=True):
         with state.replay(), autocast():
             q, c, generative, num_targets = model.embed_batch(chunk["batch"])
         q_end, c_end = q_start + q.shape[0], c_start + c.shape[0]

@@ -102,7 +102,9 @@ def lora_config(recipe: Recipe, backbone=None):
     modules = recipe.lora_modules
     if recipe.lora_layers is not None and isinstance(modules, str):
         if modules != "all-linear" or backbone is None:
-            raise ValueError("lora_layers needs lora_modules as a list of module names (or 'all-linear' and a backbone)")
+            raise ValueError(
+                "lora_layers needs lora_modules as a list of module names (or 'all-linear' and a backbone)"
+            )
         modules = _linear_names(backbone)
     alpha = recipe.lora_alpha if recipe.lora_alpha is not None else 2 * recipe.lora_r
     return peft.LoraConfig(
@@ -117,7 +119,11 @@ def lora_config(recipe: Recipe, backbone=None):
 def _linear_names(model) -> list[str]:
     head = model.get_output_embeddings()
     return sorted(
-        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+        }
     )
 
 
@@ -210,7 +216,9 @@ def training_arguments(recipe: Recipe, output_dir: str, **overrides):
     )
     if recipe.gradient_checkpointing:
         # transformers 5.24 renamed the option; 5.17 knows only the old name.
-        name = "activation_checkpointing" if "activation_checkpointing" in _argument_names() else "gradient_checkpointing"
+        name = (
+            "activation_checkpointing" if "activation_checkpointing" in _argument_names() else "gradient_checkpointing"
+        )
         values[name] = True
         values[f"{name}_kwargs"] = {"use_reentrant": False}
     values.update(overrides)

@@ -23,7 +23,9 @@ class GenerativeSchedule:
     def __post_init__(self):
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight >= 0:
             raise ValueError(f"the generative weight must be a number >= 0, got {self.weight!r}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0):
+        if self.steps is not None and (
+            isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0
+        ):
             raise ValueError(f"generative steps must be None or an int >= 0, got {self.steps!r}")
 
     def weight_at(self, step: int) -> float:

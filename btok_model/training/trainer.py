@@ -72,7 +72,9 @@ def load_checkpoint_weights(model: torch.nn.Module, directory: str) -> None:
         with torch.no_grad():
             for name, value in state.items():
                 if params[name].shape != value.shape:
-                    raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}")
+                    raise ValueError(
+                        f"{path}: {name} has shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}"
+                    )
                 params[name].copy_(value)
         return
     loaded = type(model).from_pretrained(directory, attn_implementation=None)
@@ -153,7 +155,9 @@ class BTokTrainer(Trainer):
             **kwargs,
         )
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            raise ValueError("BTokTrainer supports single-process and DDP training (torchrun); FSDP and DeepSpeed are not supported")
+            raise ValueError(
+                "BTokTrainer supports single-process and DDP training (torchrun); FSDP and DeepSpeed are not supported"
+            )
         self._loss_parts: dict[str, list] = {"contrastive_loss": [], "generative_loss": []}
 
     # -- the loss -------------------------------------------------------------------------
@@ -287,4 +291,3 @@ class BTokTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_checkpoint_weights(self._btok_model(model), resume_from_checkpoint)
-

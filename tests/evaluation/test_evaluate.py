@@ -47,9 +47,16 @@ def test_pairs_pool_dedup_and_corpus(tmp_path):
 
 def test_runner_matches_direct_scores(tmp_path):
     task = load_task(_write(tmp_path / "pairs.jsonl", PAIRS), _write(tmp_path / "c.jsonl", [{"text": "fish"}]))
-    table = {"a small furry pet": [1, 0, 0], "it barks": [0, 0, 1], "a pet that meows": [0.9, 0.1, 0],
-             "frozen water": [0, 0.5, 0.5], "cat": [1, 0.1, 0], "dog": [0.5, 0, 1], "ice": [0, 1, 0.1],
-             "fish": [0, 1, 0]}
+    table = {
+        "a small furry pet": [1, 0, 0],
+        "it barks": [0, 0, 1],
+        "a pet that meows": [0.9, 0.1, 0],
+        "frozen water": [0, 0.5, 0.5],
+        "cat": [1, 0.1, 0],
+        "dog": [0.5, 0, 1],
+        "ice": [0, 1, 0.1],
+        "fish": [0, 1, 0],
+    }
     scorer = EmbeddingScorer(_Lookup(table))
     result = evaluate(task, scorer, block=3)
     q, c = scorer.encode(task.queries), scorer.encode(task.candidates)
@@ -59,12 +66,21 @@ def test_runner_matches_direct_scores(tmp_path):
 
 
 def test_candidate_lists(tmp_path):
-    rows = [{"query": "a small furry pet", "candidates": ["dog", "cat", "ice"], "label": 1},
-            {"query": "frozen water", "candidates": ["ice", "fish"], "label": 0},
-            {"query": "it barks", "candidates": ["cat", {"text": "dog"}], "label": 1}]
+    rows = [
+        {"query": "a small furry pet", "candidates": ["dog", "cat", "ice"], "label": 1},
+        {"query": "frozen water", "candidates": ["ice", "fish"], "label": 0},
+        {"query": "it barks", "candidates": ["cat", {"text": "dog"}], "label": 1},
+    ]
     task = load_task(_write(tmp_path / "lists.jsonl", rows))
-    table = {"a small furry pet": [1, 0], "frozen water": [0, 1], "it barks": [1, 0],
-             "dog": [0.9, 0.1], "cat": [1, 0], "ice": [0, 1], "fish": [0.1, 0.9]}
+    table = {
+        "a small furry pet": [1, 0],
+        "frozen water": [0, 1],
+        "it barks": [1, 0],
+        "dog": [0.9, 0.1],
+        "cat": [1, 0],
+        "ice": [0, 1],
+        "fish": [0.1, 0.9],
+    }
     result = evaluate(task, EmbeddingScorer(_Lookup(table)))
     # query 0: cat (1.0) beats dog; query 1: ice first; query 2: cat (1.0) beats dog (0.99) -> rank 2
     assert result["hit@1"] == pytest.approx(2 / 3)
@@ -133,16 +149,18 @@ def test_cli_btok_model_baselines_and_tfidf(tmp_path):
     model.save_pretrained(tmp_path / "btok")
     data = _write(tmp_path / "pairs.jsonl", PAIRS)
     out = tmp_path / "scores.json"
-    result = evaluate_main(["--model", str(tmp_path / "btok"), "--data", str(data), "--output", str(out),
-                            "--no-progress-bar"])
+    result = evaluate_main(
+        ["--model", str(tmp_path / "btok"), "--data", str(data), "--output", str(out), "--no-progress-bar"]
+    )
     saved = json.loads(out.read_text())
     assert saved["tasks"][0]["num_candidates"] == 3 and saved == json.loads(json.dumps(result))
     emb = model.encode([p["query"] for p in PAIRS] + ["cat", "dog", "ice"])
     direct = metrics_from_scores(emb[:4] @ emb[4:].T, torch.tensor([0, 1, 0, 2]))
     assert {k: saved["tasks"][0][k] for k in direct} == pytest.approx(direct, abs=1e-6)
     for baseline in ("mean", "tfidf"):
-        r = evaluate_main(["--model", str(tmp_path / "btok"), "--baseline", baseline, "--data", str(data),
-                           "--no-progress-bar"])
+        r = evaluate_main(
+            ["--model", str(tmp_path / "btok"), "--baseline", baseline, "--data", str(data), "--no-progress-bar"]
+        )
         assert r["baseline"] == baseline and 0 <= r["tasks"][0]["recall@1"] <= 1
     with pytest.raises(SystemExit, match="not a saved BTok model"):
         evaluate_main(["--model", str(tmp_path), "--data", str(data)])

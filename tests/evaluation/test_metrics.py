@@ -50,8 +50,9 @@ def test_ties_count_as_random_order():
     assert got["recall@1"].tolist() == pytest.approx([1 / 4, 1 / 20])
     assert got["recall@5"].tolist() == pytest.approx([1.0, 5 / 20])
     assert got["recall@10"].tolist() == pytest.approx([1.0, 10 / 20])
-    assert got["mrr@10"].tolist() == pytest.approx([sum(1 / r for r in range(1, 5)) / 4,
-                                                     sum(1 / r for r in range(1, 11)) / 20])
+    assert got["mrr@10"].tolist() == pytest.approx(
+        [sum(1 / r for r in range(1, 5)) / 4, sum(1 / r for r in range(1, 11)) / 20]
+    )
     assert got["ndcg@10"][0].item() == pytest.approx(sum(1 / math.log2(r + 1) for r in range(1, 5)) / 4)
 
 

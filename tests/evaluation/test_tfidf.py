@@ -18,8 +18,10 @@ def _reference(scorer: TfidfScorer, fit_texts, queries, candidates) -> torch.Ten
 
     def vector(text):
         counts = Counter(f for f in scorer.features(text) if f in df)
-        v = {f: (1 + math.log(c) if scorer.sublinear_tf else c) * (math.log((1 + n) / (1 + df[f])) + 1)
-             for f, c in counts.items()}
+        v = {
+            f: (1 + math.log(c) if scorer.sublinear_tf else c) * (math.log((1 + n) / (1 + df[f])) + 1)
+            for f, c in counts.items()
+        }
         norm = math.sqrt(sum(x * x for x in v.values()))
         return {f: x / norm for f, x in v.items()} if norm else {}
 
@@ -27,8 +29,10 @@ def _reference(scorer: TfidfScorer, fit_texts, queries, candidates) -> torch.Ten
     return torch.tensor([[sum(a.get(f, 0.0) * x for f, x in b.items()) for b in cv] for a in qv], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("analyzer, ngrams, sublinear", [("word", (1, 1), False), ("word", (1, 2), True),
-                                                         ("char_wb", (3, 5), True), ("char_wb", (2, 3), False)])
+@pytest.mark.parametrize(
+    "analyzer, ngrams, sublinear",
+    [("word", (1, 1), False), ("word", (1, 2), True), ("char_wb", (3, 5), True), ("char_wb", (2, 3), False)],
+)
 def test_matches_formula(analyzer, ngrams, sublinear):
     scorer = TfidfScorer(analyzer, ngrams, sublinear).fit(DOCS + QUERIES)
     got = scorer.scores(QUERIES, DOCS, block=2)

@@ -12,8 +12,14 @@ import sys
 
 
 def run(rank: int, world: int, port: int, out_dir: str, helper_dirs: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     sys.path[:0] = helper_dirs
     import torch
     from train_helpers import examples, tiny_model, trainable
@@ -23,15 +29,22 @@ def run(rank: int, world: int, port: int, out_dir: str, helper_dirs: list[str]) 
         model = tiny_model(recipe)
         trainer = train_one_step(model, recipe, examples(8), os.path.join(out_dir, f"run-{name}-{rank}"))
         if rank == 0:
-            torch.save({"weights": trainable(model), "log": trainer.state.log_history[0]},
-                       os.path.join(out_dir, f"{name}.pt"))
+            torch.save(
+                {"weights": trainable(model), "log": trainer.state.log_history[0]}, os.path.join(out_dir, f"{name}.pt")
+            )
 
 
 def one_step_recipe(batch_size: int, chunk_size: int | None = None):
     from train_helpers import tiny_recipe
 
-    return tiny_recipe(max_steps=1, batch_size=batch_size, lr=1.0, lr_scheduler="constant", generative_weight=2.0,
-                       chunk_size=chunk_size)
+    return tiny_recipe(
+        max_steps=1,
+        batch_size=batch_size,
+        lr=1.0,
+        lr_scheduler="constant",
+        generative_weight=2.0,
+        chunk_size=chunk_size,
+    )
 
 
 def train_one_step(model, recipe, data, output_dir, distributed: bool = True):

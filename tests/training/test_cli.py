@@ -17,10 +17,37 @@ def test_train_cli(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", examples(6))
     write_jsonl(tmp_path / "b.jsonl", examples(12)[6:])
     out = tmp_path / "run"
-    argv = ["--model", str(backbone), "--train-data", f"{tmp_path / 'a.jsonl'}:0.5", f"{tmp_path / 'b.jsonl'}:0.5",
-            "--output-dir", str(out), "--batch-size", "4", "--lora-r", "2", "--lora-layers", "1",
-            "--grad-cache-chunk", "2", "--generative-weight", "2", "--generative-steps", "1", "--warmup-ratio", "0",
-            "--save-steps", "1", "--logging-steps", "1", "--num-btoks", "2", "--temperature", "0.05"]
+    argv = [
+        "--model",
+        str(backbone),
+        "--train-data",
+        f"{tmp_path / 'a.jsonl'}:0.5",
+        f"{tmp_path / 'b.jsonl'}:0.5",
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        "--lora-r",
+        "2",
+        "--lora-layers",
+        "1",
+        "--grad-cache-chunk",
+        "2",
+        "--generative-weight",
+        "2",
+        "--generative-steps",
+        "1",
+        "--warmup-ratio",
+        "0",
+        "--save-steps",
+        "1",
+        "--logging-steps",
+        "1",
+        "--num-btoks",
+        "2",
+        "--temperature",
+        "0.05",
+    ]
     assert main([*argv, "--max-steps", "2"]) == 0
     command = json.loads((out / "train_command.json").read_text())
     assert command["recipe"]["lora_layers"] == [1] and command["examples_per_epoch"] == 12
@@ -43,6 +70,12 @@ def test_lora_layers_pick_the_adapted_layers():
     lora = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     assert lora and all(".layers.1." in n for n in lora)
     assert {n.split(".layers.1.")[1].split(".lora_")[0] for n in lora} == {
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    }
     assert any("trainable_tokens" in n for n, p in model.named_parameters() if p.requires_grad)

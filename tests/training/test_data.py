@@ -5,8 +5,8 @@ import json
 import pytest
 
 from btok_model.datasets import DataError
-from btok_model.training.data import DataSource, MixedDataset, load_examples, parse_data_spec
 from btok_model.train import main as train_main
+from btok_model.training.data import DataSource, MixedDataset, load_examples, parse_data_spec
 
 
 def _write(path, lines):
@@ -30,10 +30,24 @@ GOOD = {"query": "q", "positive": "p"}
         ({"query": "q", "positive": "p", "negatives": ["n", ""]}, r"negatives\[1\] is empty"),
         ({"query": "q", "positive": "p", "target": 5}, "field 'target' must be a string or null"),
         ({"query": "q", "positive": "p", "negative": ["n"]}, r"unknown field\(s\) \['negative'\]"),
-        ({"query": "q", "positive": "p", "query_image": "img/missing.png"}, "image file 'img/missing.png' does not exist"),
+        (
+            {"query": "q", "positive": "p", "query_image": "img/missing.png"},
+            "image file 'img/missing.png' does not exist",
+        ),
     ],
-    ids=["not-json", "not-object", "no-positive", "no-query", "empty", "not-str", "negatives-str",
-         "empty-negative", "target-type", "unknown-field", "missing-image"],
+    ids=[
+        "not-json",
+        "not-object",
+        "no-positive",
+        "no-query",
+        "empty",
+        "not-str",
+        "negatives-str",
+        "empty-negative",
+        "target-type",
+        "unknown-field",
+        "missing-image",
+    ],
 )
 def test_bad_line_names_file_and_line(tmp_path, bad, message):
     path = _write(tmp_path / "train.jsonl", [GOOD, "", GOOD, bad, GOOD])
@@ -50,11 +64,14 @@ def test_the_cli_reports_bad_data_before_loading_a_model(tmp_path):
 def test_fields_and_images(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "cat.png").write_bytes(b"\x89PNG")
-    path = _write(tmp_path / "train.jsonl", [
-        {"query": "q", "positive": "p", "negatives": ["n1", "n2"], "target": None},
-        {"query_image": "img/cat.png", "positive": "a cat"},
-        {"query": "q", "positive": "p", "target": ""},
-    ])
+    path = _write(
+        tmp_path / "train.jsonl",
+        [
+            {"query": "q", "positive": "p", "negatives": ["n1", "n2"], "target": None},
+            {"query_image": "img/cat.png", "positive": "a cat"},
+            {"query": "q", "positive": "p", "target": ""},
+        ],
+    )
     first, second, third = load_examples(path)
     assert first == {"query": "q", "positive": "p", "negatives": ["n1", "n2"], "target": None}
     assert second == {"query_image": str(tmp_path / "img" / "cat.png"), "positive": "a cat"}
@@ -83,8 +100,9 @@ def test_weighted_mixing(tmp_path):
     assert sum(q.startswith("a") for q in queries) == 28
     assert sorted(set(q for q in queries if q.startswith("a"))) == sorted(f"a{i}" for i in range(10))  # cycled
     assert len(set(q for q in queries if q.startswith("b"))) == 12  # no repeats while the file has enough
-    assert queries == [MixedDataset([DataSource(str(a), 0.7), DataSource(str(b), 0.3)], seed=1)[i]["query"]
-                       for i in range(40)]
+    assert queries == [
+        MixedDataset([DataSource(str(a), 0.7), DataSource(str(b), 0.3)], seed=1)[i]["query"] for i in range(40)
+    ]
     unweighted = MixedDataset([DataSource(str(a)), DataSource(str(b))])
     assert unweighted.counts == [10, 30]
     with pytest.raises(ValueError, match="weight to every training file or to none"):

@@ -33,7 +33,9 @@ def test_chunked_equals_full_batch(family, chunk_size, max_tokens):
     model = tiny_model(tiny_recipe(generative_weight=2.0), family=family).train()
     batch_examples = examples(8)
     full_batch = model.collate(batch_examples)
-    chunker = TrainingCollator(model.collator, GenerativeSchedule(2.0, None), chunk_size=chunk_size, max_tokens=max_tokens)
+    chunker = TrainingCollator(
+        model.collator, GenerativeSchedule(2.0, None), chunk_size=chunk_size, max_tokens=max_tokens
+    )
     chunked = chunker(batch_examples)
     assert is_chunked(chunked) and len(chunked["chunks"]) > 1
     if max_tokens is not None:
@@ -83,7 +85,7 @@ def test_dropout_masks_replayed():
         with torch.no_grad():
             model.embed_batch(chunk["embed_batch"])
     generative = 0.0
-    for chunk, state in zip(chunked["chunks"], states):
+    for chunk, state in zip(chunked["chunks"], states, strict=True):
         torch.set_rng_state(state)
         q, c, gen, n = model.embed_batch(chunk["batch"])
         queries.append(q)

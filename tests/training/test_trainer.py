@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-from transformers import TrainerCallback
 from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
+from transformers import TrainerCallback
 
 from btok_model import BTokModel
 from btok_model.evaluation.baselines import PooledEmbedder

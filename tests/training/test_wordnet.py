@@ -29,7 +29,7 @@ def fake_wordnet(directory: Path, n: int = 60) -> Path:
             words.append(f"word{i - 1}")  # shares a lemma with the previous synset
         nouns.append(_line(1000 + i, "n", words, f'the definition number {i}; "an example of word{i}"'))
     (directory / "data.noun").write_text("".join(nouns))
-    (directory / "data.verb").write_text(_line(5, "v", ["run", "go"], "move fast by using the legs; \"run!\"; \"go!\""))
+    (directory / "data.verb").write_text(_line(5, "v", ["run", "go"], 'move fast by using the legs; "run!"; "go!"'))
     (directory / "data.adj").write_text(_line(7, "s", ["galore(ip)"], "in great numbers"))
     (directory / "data.adv").write_text(_line(9, "r", ["very"], "to a high degree"))
     return directory
@@ -75,8 +75,10 @@ def test_split_is_leak_free(tmp_path):
         retrieval_split(synsets, test_size=1000)
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_WORDNET_DIR, "data.noun")),
-                    reason="Debian's wordnet-base is not installed (the fake-folder tests cover the parser)")
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(DEFAULT_WORDNET_DIR, "data.noun")),
+    reason="Debian's wordnet-base is not installed (the fake-folder tests cover the parser)",
+)
 def test_real_wordnet_split():
     synsets = load_synsets()
     assert len(synsets) > 100_000
@@ -98,12 +100,35 @@ def test_demo_command_on_a_tiny_model(tmp_path):
     tiny_backbone(vocab_size=None).save_pretrained(backbone_dir)
     char_tokenizer().save_pretrained(backbone_dir)
     out = tmp_path / "out"
-    results = _demo_module().main([
-        "--out-dir", str(out), "--backbone", str(backbone_dir), "--wordnet-dir", str(fake_wordnet(tmp_path / "wn")),
-        "--pool-size", "12", "--max-steps", "2", "--batch-size", "4", "--lora-r", "2", "--eval-batch-size", "8",
-    ])
-    assert list(results["rows"]) == ["tfidf-char", "tfidf-word", "last-token", "mean", "last-token-trained",
-                                     "btok-contrastive", "btok-generative"]
+    results = _demo_module().main(
+        [
+            "--out-dir",
+            str(out),
+            "--backbone",
+            str(backbone_dir),
+            "--wordnet-dir",
+            str(fake_wordnet(tmp_path / "wn")),
+            "--pool-size",
+            "12",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--lora-r",
+            "2",
+            "--eval-batch-size",
+            "8",
+        ]
+    )
+    assert list(results["rows"]) == [
+        "tfidf-char",
+        "tfidf-word",
+        "last-token",
+        "mean",
+        "last-token-trained",
+        "btok-contrastive",
+        "btok-generative",
+    ]
     for name, row in results["rows"].items():
         assert row["metrics"]["num_queries"] == 12 and 0 <= row["metrics"]["recall@1"] <= 1, name
     logs = [e for e in results["rows"]["btok-generative"]["log_history"] if "loss" in e]

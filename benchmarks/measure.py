@@ -72,8 +72,9 @@ def _time(case: Case, run: Run, mode: str, args) -> dict:
     for x in run.leaves:
         x.grad = None
     peak = peak_memory_mib(timed, case.device, run.input_bytes)
-    return {f"{mode}_ms": t["ms"], f"{mode}_ms_p20": t["ms_p20"], f"{mode}_ms_p80": t["ms_p80"],
-            f"{mode}_tflops": case.wl.flops(mode) / (t["ms"] * 1e-3) / 1e12, f"{mode}_peak_mib": peak}
+    row = {f"{mode}_{key}": value for key, value in t.items()}  # ms, ms_p20, ms_p80 (and ms_min on CPU)
+    row.update({f"{mode}_tflops": case.wl.flops(mode) / (t["ms"] * 1e-3) / 1e12, f"{mode}_peak_mib": peak})
+    return row
 
 
 def measure(case: Case, peer: Peer, args) -> dict:

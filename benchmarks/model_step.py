@@ -227,7 +227,7 @@ def run_row(row: Row, model, batch: Batch, reference: tuple[float, torch.Tensor]
             params = list(model.parameters())
             model.zero_grad(set_to_none=True)
             t = bench(step, device, grad_to_none=params, warmup_ms=50, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps)
-            result.update(step_ms=t["ms"], step_ms_p20=t["ms_p20"], step_ms_p80=t["ms_p80"])
+            result.update({f"step_{key}": value for key, value in t.items()})  # ms, ms_p20, ms_p80 (ms_min on CPU)
             model.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

@@ -12,8 +12,9 @@ length) splits into two causal problems, and every row belongs to exactly one of
            row 6:    . . . x x x x        dropped
 
 A sequence with ``b == 0`` or ``t == L`` is one causal segment; a bidirectional layout
-(``layout.is_causal`` False) gives one non-causal segment per sequence. Dropping rows costs ``K^2 / 2`` extra pairs per
-sequence (``K = t - b``). The BTok keys and values get gradients from both segments.
+(``layout.is_causal`` False) gives one non-causal segment per sequence. Dropping rows costs
+``K^2 / 2`` extra pairs per sequence (``K = t - b``). The BTok keys and values get gradients
+from both segments.
 
 Two ways to run the segments, neither with a dense mask:
 

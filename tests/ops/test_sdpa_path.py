@@ -105,22 +105,37 @@ def run(route, q, k, v, do, layout, scale, want_lse=True):
     return out.detach(), grads, lse
 
 
+_REFERENCES: dict = {}
+
+
+def references(layout, hq, hkv, d, dtype, seed):
+    """Inputs, the fp64 oracle (out, LSE, dq, dk, dv) and dense PyTorch in ``dtype``; the
+    routes of one case share them (keyed by the layout's integers)."""
+    key = (tuple(layout.host_cu_seqlens), tuple(layout.host_btok_start), tuple(layout.host_target_start),
+           layout.is_causal, str(layout.device), hq, hkv, d, dtype, seed)
+    if key not in _REFERENCES:
+        exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed)
+        scale = 1.0 / math.sqrt(d)
+        q, k, v = (x.detach().requires_grad_() for x in exact[:3])
+        o_ref, lse_ref = dense_attention(q, k, v, layout, scale, return_lse=True)
+        g_ref = torch.autograd.grad(o_ref, (q, k, v), exact[3])
+        q, k, v = (x.detach().requires_grad_() for x in lowp[:3])
+        o_low = dense_attention(q, k, v, layout, scale)
+        g_low = torch.autograd.grad(o_low, (q, k, v), lowp[3])
+        _REFERENCES.clear()  # one case at a time: the parametrizations run routes next to each other
+        _REFERENCES[key] = (lowp, (o_ref.detach(), *g_ref), lse_ref.detach(), (o_low.detach(), *g_low))
+    return _REFERENCES[key]
+
+
 def check(layout, hq, hkv, d, dtype, route="cpu_flash", seed=0, device="cpu"):
     layout = layout.to(device)
-    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed)
+    lowp, (o_ref, *g_ref), lse_ref, (o_low, *g_low) = references(layout, hq, hkv, d, dtype, seed)
     scale = 1.0 / math.sqrt(d)
-    q, k, v = (x.detach().requires_grad_() for x in exact[:3])
-    o_ref, lse_ref = dense_attention(q, k, v, layout, scale, return_lse=True)
-    g_ref = torch.autograd.grad(o_ref, (q, k, v), exact[3])
-    q, k, v = (x.detach().requires_grad_() for x in lowp[:3])
-    o_low = dense_attention(q, k, v, layout, scale)
-    g_low = torch.autograd.grad(o_low, (q, k, v), lowp[3])
-
     want_lse = lse_supported(route, dtype, device)
     out, grads, lse = run(route, *lowp, layout, scale, want_lse)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert out.shape == (layout.total_tokens, hq, d) and out.device == lowp[0].device
-    for name, got, ref, low in zip(("out", "dq", "dk", "dv"), (out, *grads), (o_ref, *g_ref), (o_low.detach(), *g_low)):
+    for name, got, ref, low in zip(("out", "dq", "dk", "dv"), (out, *grads), (o_ref, *g_ref), (o_low, *g_low)):
         assert not torch.isnan(got).any(), f"{name}: NaN (an element was never written)"
         err, bound = l2(got - ref), 2 * l2(low - ref) + FLOOR[dtype] * max(l2(ref), 1.0)
         assert err <= bound, f"{name}: L2 error {err:.3e} > bound {bound:.3e} (oracle norm {l2(ref):.3e})"
@@ -147,10 +162,11 @@ def test_bidirectional(dtype, route, device):
     check(layout, 4, 2, 32, dtype, on_device(route, device), device=device)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
 def test_dtypes(dtype, route, device):
-    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS["mixed_lengths"])
+    """Several padded batches, one sequence in two chunks (D = 64: 128 rows a chunk)."""
+    layout = CondensationLayout.from_lengths([150, 7, 33, 34, 2], 4, [40, 3, 0, 5, 1])
     check(layout, 4, 2, 64, dtype, on_device(route, device), device=device)
 
 
@@ -206,7 +222,7 @@ def test_empty_pack():
 
 def test_compiled_matches_eager():
     """torch.compile traces the path (plans are built outside the graph, once per layout)."""
-    layout = CondensationLayout.from_lengths([100, 6], 4, [20, 3])  # D=128: the long one in two chunks
+    layout = CondensationLayout.from_lengths([60, 3], 4, [10, 2])  # D=128: the long head segment in two chunks
     _, (q, k, v, do) = make_inputs(layout, 2, 1, 128, torch.float32)
 
     def step(q, k, v):

@@ -2,7 +2,12 @@
 
 Training examples are dicts::
 
-    {"query": str, "positive": str, "negatives": [str, ...] (optional), "target": str | None (optional)}
+    {"query": input, "positive": input, "negatives": [input, ...] (optional), "target": str | None (optional)}
+
+An input is a str, or (multimodal backbones, :mod:`.multimodal`) a dict
+``{"text": str | None, "image": ..., "video": ..., "fps": ...}``; the flat keys
+``query_image`` / ``positive_image`` (the JSONL training format) add an image to the query /
+positive. Targets are text only.
 
 One batch packs every sequence into a single row ``[1, T]`` (no padding): first the ``Nq``
 queries ``[query | K BToks | target]`` (condensation mask), then the ``Nq`` positives and
@@ -18,9 +23,10 @@ token would have to be predicted by the last BTok, which sees the query, so it i
 unscored too (the authors' two-pass formulation cannot score it either).
 
 :class:`BTokCollator` holds no model, so DataLoader workers can pickle it. Multimodal
-backbones will get a processor-based collator that overrides :meth:`BTokCollator._encode_inputs`
-(images through the model's processor) and :meth:`BTokCollator._position_ids` (the model's
-3D rope index) and reuses the packing; today an image anywhere raises a clear error.
+backbones get :class:`~btok_model.embedder.multimodal.MultimodalCollator`, which overrides
+:meth:`BTokCollator._encode_inputs` (images and videos through the model's processor) and
+the packing's positions and pixel inputs (the model's own 3D rope index); this text-only
+collator refuses images with an error naming the example.
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import torch
 
 from btok_kernels import CondensationLayout
+
+if TYPE_CHECKING:
+    from .multimodal import Media
 
 __all__ = ["BTokCollator", "EncodedExample", "ExampleError", "concat_ranges"]
 
@@ -47,6 +57,9 @@ IMAGE_KEYS = (
     "query_video",
     "positive_video",
 )
+# The keys of a multimodal input dict (``{"text": ..., "image": ...}``).
+INPUT_KEYS = ("text", "image", "video", "fps")
+MEDIA_INPUT_KEYS = ("image", "images", "video", "videos")
 IGNORE_INDEX = -100
 
 
@@ -76,16 +89,25 @@ class EncodedExample:
     """Token ids of one example (no BToks).
 
     Attributes:
-        query: the query ids.
+        query: the query ids (image / video placeholders expanded).
         candidates: the positive's ids, then each hard negative's.
         target: ``prefix + text + suffix`` ids, or ``[]`` for no target.
         unscored: how many leading target ids get no loss.
+        query_media: the processed image / video of the query, or None (text only).
+        candidate_media: one entry (:class:`~btok_model.embedder.multimodal.Media` or None)
+            per candidate, or None when every candidate is text only.
     """
 
     query: list[int]
     candidates: list[list[int]]
     target: list[int]
     unscored: int
+    query_media: Media | None = None
+    candidate_media: list[Media | None] | None = None
+
+    def media(self) -> list[Media | None]:
+        """The media of the query, then of each candidate (None: text only)."""
+        return [self.query_media] + (self.candidate_media or [None] * len(self.candidates))
 
 
 class BTokCollator:
@@ -152,12 +174,13 @@ class BTokCollator:
         if isinstance(examples, dict) or not isinstance(examples, Sequence) or len(examples) == 0:
             raise ExampleError(f"examples must be a non-empty list of dicts, got {_describe(examples)}")
         fields = [self._check_example(i, ex) for i, ex in enumerate(examples)]
-        queries = self._encode_inputs([f[0] for f in fields], [(i, "query") for i in range(len(fields))])
-        cand_texts, cand_where = [], []
+        queries, query_media = self._encode_inputs([f[0] for f in fields], [(i, "query") for i in range(len(fields))])
+        cand_values, cand_where = [], []
         for i, (_, positive, negatives, _) in enumerate(fields):
-            cand_texts += [positive, *negatives]
+            cand_values += [positive, *negatives]
             cand_where += [(i, "positive")] + [(i, f"negatives[{j}]") for j in range(len(negatives))]
-        candidates = iter(self._encode_inputs(cand_texts, cand_where))
+        cand_ids, cand_media = self._encode_inputs(cand_values, cand_where)
+        candidates, media = iter(cand_ids), iter(cand_media)
         with_target = [i for i, f in enumerate(fields) if f[3] is not None]
         target_text = dict(zip(with_target, self._plain_batch([fields[i][3] for i in with_target])))
         encoded = []
@@ -167,12 +190,16 @@ class BTokCollator:
                 target = self.prefix_ids + target_text[i] + self.suffix_ids
                 if len(target) <= self.unscored:
                     raise ExampleError(f"example {i}, field 'target': the target has no tokens to score")
+            n = 1 + len(negatives)
+            own_media = [next(media) for _ in range(n)]
             encoded.append(
                 EncodedExample(
                     query=queries[i],
-                    candidates=[next(candidates) for _ in range(1 + len(negatives))],
+                    candidates=[next(candidates) for _ in range(n)],
                     target=target,
                     unscored=self.unscored if target else 0,
+                    query_media=query_media[i],
+                    candidate_media=own_media if any(m is not None for m in own_media) else None,
                 )
             )
         return encoded
@@ -181,9 +208,7 @@ class BTokCollator:
         """``(query, positive, negatives, target text or None)`` of example ``i``, validated."""
         if not isinstance(ex, dict):
             raise ExampleError(f"example {i} must be a dict with 'query' and 'positive', got {_describe(ex)}")
-        images = [k for k in ex if k in IMAGE_KEYS]
-        if images:
-            raise ExampleError(f"example {i}, field {images[0]!r}: {_NO_IMAGES}")
+        ex = self._merge_flat_media(i, ex)
         unknown = sorted(set(ex) - set(EXAMPLE_KEYS))
         if unknown:
             raise ExampleError(f"example {i}: unknown fields {unknown}; known fields: {list(EXAMPLE_KEYS)}")
@@ -197,36 +222,71 @@ class BTokCollator:
             negatives = []
         if isinstance(negatives, str) or not isinstance(negatives, (list, tuple)):
             raise ExampleError(f"example {i}, field 'negatives': must be a list of texts, got {_describe(negatives)}")
-        target = ex["positive"] if "target" not in ex else ex["target"]
+        if "target" in ex:
+            target, field = ex["target"], "target"
+        else:  # the positive's text; an image-only positive gives no target
+            target, field = ex["positive"], "positive"
+            if isinstance(target, dict) and set(target) <= set(INPUT_KEYS):
+                target = target.get("text") or None
         if target is not None and not isinstance(target, str):
-            field = "target" if "target" in ex else "positive"
-            raise ExampleError(f"example {i}, field {field!r}: a target must be a str or None, got {_describe(target)}")
+            raise ExampleError(
+                f"example {i}, field {field!r}: a target must be a str or None (targets are text only, no image or "
+                f"video), got {_describe(target)}"
+            )
         if not self.with_targets or target == "":
             target = None
         return ex["query"], ex["positive"], list(negatives), target
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text with the K BToks appended (what ``encode`` embeds)."""
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
+    def _merge_flat_media(self, i: int, ex: dict) -> dict:
+        """The example with flat image keys (``query_image``...) folded into its inputs; this
+        text-only collator refuses them."""
+        images = [k for k in ex if k in IMAGE_KEYS]
+        if images:
+            raise ExampleError(f"example {i}, field {images[0]!r}: {_NO_IMAGES}")
+        return ex
+
+    def tokenize(self, texts: Sequence) -> list[list[int]]:
+        """Token ids of each input with the K BToks appended (what ``encode`` embeds)."""
+        return self.encode_for_embedding(texts)[0]
+
+    def encode_for_embedding(self, texts: Sequence) -> tuple[list[list[int]], list[Media | None]]:
+        """``(ids + K BToks, media)`` of each input to embed; media None for text only."""
+        if isinstance(texts, (str, dict)) or not isinstance(texts, Sequence):
             raise ExampleError(f"texts must be a list of str (wrap a single text: [text]), got {_describe(texts)}")
         where = [(i, None) for i in range(len(texts))]
-        ids = self._encode_inputs(list(texts), where)
+        ids, media = self._encode_inputs(list(texts), where)
         for (i, _), seq in zip(where, ids):
             self._check_length(len(seq) + self.num_btoks, i, None, "the text + K BToks")
-        return [seq + self.btok_ids for seq in ids]
+        return [seq + self.btok_ids for seq in ids], media
 
-    def _encode_inputs(self, values: list, where: list[tuple[int, str | None]]) -> list[list[int]]:
-        """Ids of query/candidate inputs (texts today), with the tokenizer's special tokens."""
-        for value, (i, field) in zip(values, where):
-            if isinstance(value, dict) and any(k in value for k in ("image", "images", "video")):
-                raise ExampleError(f"{_name(i, field)}: {_NO_IMAGES}")
-            if not isinstance(value, str):
-                raise ExampleError(f"{_name(i, field)}: must be a str, got {_describe(value)}")
-            if not value.strip():
-                raise ExampleError(f"{_name(i, field)}: empty text")
-        if not values:
+    def _encode_inputs(
+        self, values: list, where: list[tuple[int, str | None]]
+    ) -> tuple[list[list[int]], list[Media | None]]:
+        """Ids of query/candidate inputs with the tokenizer's special tokens, and their media
+        (all None here: this collator takes texts, or ``{"text": ...}`` dicts without media)."""
+        texts = [self._input_text(value, _name(i, field)) for value, (i, field) in zip(values, where)]
+        return self._text_ids(texts, where), [None] * len(values)
+
+    def _input_text(self, value, name: str) -> str:
+        """The text of a text-only input, validated."""
+        if isinstance(value, dict):
+            if any(value.get(k) is not None for k in MEDIA_INPUT_KEYS):
+                raise ExampleError(f"{name}: {_NO_IMAGES}")
+            unknown = sorted(set(value) - set(INPUT_KEYS))
+            if unknown:
+                raise ExampleError(f"{name}: unknown keys {unknown} in an input dict; known keys: {list(INPUT_KEYS)}")
+            value = value.get("text")
+        if not isinstance(value, str):
+            raise ExampleError(f"{name}: must be a str, got {_describe(value)}")
+        if not value.strip():
+            raise ExampleError(f"{name}: empty text")
+        return value
+
+    def _text_ids(self, texts: list[str], where: list[tuple[int, str | None]]) -> list[list[int]]:
+        """Ids of validated texts (the tokenizer's special tokens added); no text may hold a BTok."""
+        if not texts:
             return []
-        ids = [list(x) for x in self.tokenizer(values, add_special_tokens=True)["input_ids"]]
+        ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
         btoks = set(self.btok_ids)
         for seq, (i, field) in zip(ids, where):
             if not seq:
@@ -268,7 +328,9 @@ class BTokCollator:
         negatives = [c for ex in encoded for c in ex.candidates[1:]]
         inputs = [ex.query for ex in encoded] + positives + negatives
         targets = [ex.target for ex in encoded] + [[]] * (len(positives) + len(negatives))
-        batch = self.pack_sequences(inputs, targets)
+        media = [ex.query_media for ex in encoded]
+        media += [ex.media()[1] for ex in encoded] + [m for ex in encoded for m in ex.media()[2:]]
+        batch = self.pack_sequences(inputs, targets, media)
         num_queries = len(encoded)
         btok_index = batch.pop("btok_index")
         batch["query_btok_index"] = btok_index[:num_queries]
@@ -287,17 +349,22 @@ class BTokCollator:
         batch["num_target_tokens"] = scored.numel()
         return batch
 
-    def pack_sequences(self, inputs: list[list[int]], targets: list[list[int]] | None = None) -> dict:
+    def pack_sequences(
+        self, inputs: list[list[int]], targets: list[list[int]] | None = None, media: list | None = None
+    ) -> dict:
         """Pack ``[input | BToks | target]`` sequences into one row.
 
         Args:
             inputs: ids of each input (no BToks).
             targets: ids of each target (``[]``: none), or None for no targets at all.
+            media: the media of each input (None entries: text only), or None; a text-only
+                collator accepts only None entries.
 
         Returns:
             dict with ``input_ids`` / ``position_ids`` int64 ``[1, T]``, ``btok_layout``
             (CPU) and ``btok_index`` int64 ``[n, K]``.
         """
+        _check_text_only(media)
         if targets is None:
             targets = [[]] * len(inputs)
         k = self.num_btoks
@@ -315,13 +382,18 @@ class BTokCollator:
             "btok_index": btok_index,
         }
 
-    def pad_sequences(self, sequences: list[list[int]]) -> dict:
+    def pad_sequences(self, sequences: list[list[int]], media: list | None = None) -> dict:
         """Right-pad ``[input | BToks]`` sequences into ``[B, S]``.
+
+        Args:
+            sequences: ids of each ``[input | BToks]``.
+            media: as in :meth:`pack_sequences`.
 
         Returns:
             dict with ``input_ids``, ``attention_mask`` and ``position_ids`` int64 ``[B, S]``
             and ``btok_index`` int64 ``[B, K]`` (flat positions in the ``B * S`` tokens).
         """
+        _check_text_only(media)
         lens = torch.tensor([len(s) for s in sequences], dtype=torch.long)
         width = int(lens.max())
         input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
@@ -347,6 +419,11 @@ _NO_IMAGES = (
     "images and videos need a multimodal backbone (Qwen2-VL / Qwen2.5-VL) with its processor; this BTok "
     "model is text-only"
 )
+
+
+def _check_text_only(media: list | None) -> None:
+    if media is not None and any(m is not None for m in media):
+        raise ValueError("this collator is text-only: it cannot pack images or videos")
 
 
 def _name(i: int, field: str | None) -> str:

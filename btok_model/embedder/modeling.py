@@ -10,6 +10,9 @@ the targets::
     batch = model.collate([{"query": "...", "positive": "...", "negatives": ["..."]}, ...])
     out = model(**batch)                  # out.loss = contrastive + generative_weight * generative
     emb = model.encode(["a text", ...])   # float32 [N, H], L2-normalised
+
+Qwen2-VL / Qwen2.5-VL backbones also take images and video (``{"text": ..., "image": ...}``
+inputs, see :mod:`.multimodal`) through the model's own processor.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.utils import ModelOutput
 
 from btok_kernels import CondensationLayout
@@ -32,6 +35,15 @@ from .collate import BTokCollator, concat_ranges
 from .config import BTokConfig, check_generative_weight, check_max_length, check_pooling, check_temperature
 from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
 from .masks import condensation_attention_mask
+from .multimodal import (
+    MEDIA_BATCH_KEYS,
+    MultimodalCollator,
+    RopeIndex,
+    VisionTokens,
+    is_vision_model,
+    language_model_lora_targets,
+    processor_parts,
+)
 from .tokens import add_btok_tokens, init_btok_rows, make_trainable
 
 __all__ = ["BTokModel", "BTokOutput", "pool_btok_states"]
@@ -86,14 +98,24 @@ class BTokModel(nn.Module):
             vocabulary holds the BTok tokens with initialised embedding rows.
         tokenizer: its tokenizer, holding the BTok tokens.
         config: the BTok settings (``config.btok_tokens`` must be in the tokenizer).
+        processor: a Qwen2-VL / Qwen2.5-VL backbone's processor (see :meth:`from_backbone`),
+            or None (text only).
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer, config: BTokConfig):
+    def __init__(self, backbone: nn.Module, tokenizer, config: BTokConfig, processor=None, *,
+                 no_video_reason: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.btok_config = config
+        self.processor = processor
+        self._no_video_reason = no_video_reason
         self.btok_token_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(config.btok_tokens)]
+        if processor is not None and not is_vision_model(self._transformers_model):
+            raise ValueError(
+                f"processor= is for Qwen2-VL / Qwen2.5-VL backbones; {type(self._transformers_model).__name__} is "
+                "text-only"
+            )
         self.collator = self._make_collator()
 
     # -- construction ---------------------------------------------------------------------
@@ -105,6 +127,7 @@ class BTokModel(nn.Module):
         tokenizer=None,
         attn_implementation: str | None = ATTN_IMPLEMENTATION,
         *,
+        processor=None,
         lora=None,
         freeze_backbone: bool = False,
         pooling: str = "mean",
@@ -122,17 +145,23 @@ class BTokModel(nn.Module):
         is modified in place.
 
         Args:
-            name_or_model: a hub name / local folder for ``AutoModelForCausalLM``, or a
-                transformers model instance (then pass ``tokenizer``, unless its
-                ``name_or_path`` holds one).
+            name_or_model: a hub name / local folder for ``AutoModelForCausalLM`` (Qwen2-VL /
+                Qwen2.5-VL: ``AutoModelForImageTextToText``), or a transformers model instance
+                (then pass ``tokenizer``, unless its ``name_or_path`` holds one).
             num_btoks: K.
             tokenizer: a tokenizer, a name / folder to load one from, or None (from
-                ``name_or_model``).
+                ``processor`` when it holds one, else from ``name_or_model``).
+            processor: Qwen2-VL / Qwen2.5-VL only: the model's processor (``AutoProcessor``;
+                without torchvision, where transformers cannot build it, its image processor
+                alone), a name / folder to load it from, or None: loaded from the model's
+                name / ``name_or_path`` when there is one. Without any, images raise and
+                text works.
             attn_implementation: the attention backend (``"btok_triton"``: the fused
                 condensation kernel; ``"sdpa"``/``"eager"``/``"flex_attention"`` build the mask
                 explicitly, for comparisons); None keeps the model's.
             lora: None or 0 (no LoRA), a LoRA rank r, or a ``peft.LoraConfig``; the BTok
-                rows always train (``trainable_token_indices``).
+                rows always train (``trainable_token_indices``). A rank puts adapters on the
+                language model's linear layers (of a VL model: not on the vision tower).
             freeze_backbone: without LoRA, train only the BTok rows.
             pooling, temperature, generative_weight, target_prefix, target_suffix,
                 max_length: the settings of :class:`~btok_model.embedder.config.BTokConfig`.
@@ -148,11 +177,16 @@ class BTokModel(nn.Module):
             target_suffix=target_suffix,
             max_length=max_length,
         )
-        model, tokenizer = _load_backbone(name_or_model, tokenizer, attn_implementation, from_pretrained_kwargs)
+        model, tokenizer, processor, no_video = _load_backbone(
+            name_or_model, tokenizer, processor, attn_implementation, from_pretrained_kwargs
+        )
         btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
         if added or model.get_input_embeddings().weight.shape[0] <= max(btok_ids):
             init_btok_rows(model, btok_ids, source_rows=min(btok_ids))
-        return cls(make_trainable(model, btok_ids, lora=lora, freeze_backbone=freeze_backbone), tokenizer, config)
+        backbone = make_trainable(
+            model, btok_ids, lora=lora, freeze_backbone=freeze_backbone, lora_targets=language_model_lora_targets(model)
+        )
+        return cls(backbone, tokenizer, config, processor, no_video_reason=no_video)
 
     @classmethod
     def from_pretrained(
@@ -177,18 +211,23 @@ class BTokModel(nn.Module):
         kwargs = dict(from_pretrained_kwargs)
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = _auto_class(path, kwargs).from_pretrained(path, **kwargs)
         tokenizer = _load_saved_tokenizer(path)
         btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
         if added:
             raise ValueError(f"the tokenizer saved in {path} lacks the BTok tokens {config.btok_tokens}")
-        return cls(make_trainable(model, btok_ids, lora=lora, freeze_backbone=freeze_backbone), tokenizer, config)
+        processor, no_video = _load_saved_processor(path, tokenizer) if is_vision_model(model) else (None, None)
+        backbone = make_trainable(
+            model, btok_ids, lora=lora, freeze_backbone=freeze_backbone, lora_targets=language_model_lora_targets(model)
+        )
+        return cls(backbone, tokenizer, config, processor, no_video_reason=no_video)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the backbone, the tokenizer and ``btok_config.json`` to ``path``.
+        """Write the backbone, the tokenizer (the processor), and ``btok_config.json`` to ``path``.
 
         The folder is a plain transformers model folder (weights, ``config.json``, tokenizer
-        with the BTok tokens) plus ``btok_config.json``. PEFT adapters (LoRA, trainable BTok
+        with the BTok tokens, and for a VL model the processor's image / video processor
+        configs) plus ``btok_config.json``. PEFT adapters (LoRA, trainable BTok
         rows) are merged into a copy of the weights first, so loading needs no PEFT and the
         base model is never needed (it may have been built in memory); the live model keeps
         its adapters. A merged LoRA layer computes ``x (W + s B A)`` instead of
@@ -199,6 +238,12 @@ class BTokModel(nn.Module):
         if model is not self.backbone:
             model = copy.deepcopy(self.backbone).merge_and_unload()
         model.save_pretrained(path)
+        if hasattr(self.processor, "save_pretrained"):
+            self.processor.save_pretrained(path)
+        else:  # the processor's parts (the processor class itself may not be buildable here)
+            for part in processor_parts(self.processor)[1:]:
+                if hasattr(part, "save_pretrained"):
+                    part.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         self.btok_config.save(path)
 
@@ -283,18 +328,33 @@ class BTokModel(nn.Module):
 
     def _make_collator(self) -> BTokCollator:
         cfg = self.btok_config
+        model = self._transformers_model
         limit, name = cfg.max_length, f"max_length={cfg.max_length}"
-        model_limit = getattr(self._transformers_model.config.get_text_config(), "max_position_embeddings", None)
+        model_limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if model_limit is not None and (limit is None or model_limit < limit):
             limit, name = model_limit, f"the model's limit (max_position_embeddings={model_limit})"
-        return BTokCollator(
-            self.tokenizer,
-            self.btok_token_ids,
+        kwargs = dict(
             target_prefix=cfg.target_prefix,
             target_suffix=cfg.target_suffix,
             max_length=limit,
             limit_name=name,
             with_targets=cfg.generative_weight != 0,
+        )
+        if not is_vision_model(model):
+            return BTokCollator(self.tokenizer, self.btok_token_ids, **kwargs)
+        _, image_processor, video_processor = processor_parts(self.processor)
+        no_video = self._no_video_reason
+        if video_processor is None and no_video is None:
+            no_video = "pass the model's processor, with its video processor, to BTokModel.from_backbone(processor=)"
+        return MultimodalCollator(
+            self.tokenizer,
+            self.btok_token_ids,
+            vision_tokens=VisionTokens.from_model(model.config, self.tokenizer),
+            rope_index=RopeIndex(model),
+            image_processor=image_processor,
+            video_processor=video_processor,
+            no_video_reason=no_video,
+            **kwargs,
         )
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
@@ -303,8 +363,9 @@ class BTokModel(nn.Module):
         self._transformers_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # -- tokenisation and collation -------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text with the K BToks appended: what :meth:`encode` embeds."""
+    def tokenize(self, texts: list) -> list[list[int]]:
+        """Token ids of each input with the K BToks appended: what :meth:`encode` embeds (for
+        an image or video, its placeholder tokens expanded)."""
         return self.collator.tokenize(texts)
 
     def collate(self, examples: list[dict]) -> dict:
@@ -313,10 +374,15 @@ class BTokModel(nn.Module):
 
     # -- the packed forward ---------------------------------------------------------------
     def _last_hidden_state(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: CondensationLayout
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        layout: CondensationLayout,
+        media: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``[T, H]`` last-layer states of a packed ``[1, T]`` batch under ``layout``."""
-        kwargs = dict(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        """``[T, H]`` last-layer states of a packed ``[1, T]`` batch under ``layout``
+        (``media``: the batch's pixel inputs, :data:`~.multimodal.MEDIA_BATCH_KEYS`)."""
+        kwargs = dict(input_ids=input_ids, position_ids=position_ids, use_cache=False, **(media or {}))
         impl = self.attn_implementation
         if impl == ATTN_IMPLEMENTATION:
             kwargs["btok_layout"] = layout
@@ -349,13 +415,14 @@ class BTokModel(nn.Module):
             _to_device(batch[key], device)
             for key in ("input_ids", "position_ids", "query_btok_index", "candidate_btok_index")
         )
+        media = _media_inputs(batch, device)
         scored = self.generative_weight != 0 and num_targets > 0
         if scored:
             rows = _target_rows(layout)  # row r predicts the token at r + 1
             labels = batch["labels"][0]
             next_labels = _to_device(labels[(rows + 1).to(labels.device)], device)
             rows = _to_device(rows, device)
-        hidden = self._last_hidden_state(input_ids, position_ids, layout)
+        hidden = self._last_hidden_state(input_ids, position_ids, layout, media)
         query = pool_btok_states(hidden[query_index], self.pooling)
         candidates = pool_btok_states(hidden[candidate_index], self.pooling)
         generative = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets) if scored else None
@@ -424,10 +491,16 @@ class BTokModel(nn.Module):
         candidate_btok_index: torch.Tensor,
         positive_index: torch.Tensor,
         num_target_tokens: int | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
     ) -> BTokOutput:
         """The training step's forward: :meth:`embed_batch` then :meth:`compute_loss`.
 
-        Takes the keys of a collated batch (``model(**batch)``); see :meth:`collate`.
+        Takes the keys of a collated batch (``model(**batch)``); see :meth:`collate`. A VL
+        batch adds the images' ``pixel_values`` float ``[P, D]`` and ``image_grid_thw`` int64
+        ``[n, 3]`` (and the videos' ``pixel_values_videos`` / ``video_grid_thw``).
         """
         batch = dict(
             input_ids=input_ids,
@@ -437,6 +510,10 @@ class BTokModel(nn.Module):
             query_btok_index=query_btok_index,
             candidate_btok_index=candidate_btok_index,
             num_target_tokens=num_target_tokens,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
         )
         query, candidates, generative, _ = self.embed_batch(batch)
         return self.compute_loss(query, candidates, positive_index, generative)
@@ -444,19 +521,21 @@ class BTokModel(nn.Module):
     # -- inference ------------------------------------------------------------------------
     def encode(
         self,
-        texts: list[str],
+        texts: list,
         batch_size: int = 32,
         show_progress_bar: bool = False,
         packed: bool | None = None,
     ) -> torch.Tensor:
-        """Embed texts: one forward of ``[text | BToks]`` per text, batched.
+        """Embed inputs: one forward of ``[input | BToks]`` per input, batched.
 
-        Texts are sorted by length (longest first) into batches of ``batch_size`` and the
+        Inputs are sorted by length (longest first) into batches of ``batch_size`` and the
         results put back in input order. Runs under ``torch.inference_mode`` with the model
         in eval mode (its previous mode is restored).
 
         Args:
-            texts: N strings.
+            texts: N inputs: strings, or for a Qwen2-VL / Qwen2.5-VL backbone also dicts
+                ``{"text": str | None, "image": ..., "video": ..., "fps": ...}`` (see
+                :mod:`~btok_model.embedder.multimodal`).
             batch_size: texts per forward pass.
             show_progress_bar: show a tqdm bar over the batches.
             packed: True: each batch is one packed ``[1, T]`` row (no padding); False: right-
@@ -468,7 +547,7 @@ class BTokModel(nn.Module):
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        sequences = self.tokenize(texts)
+        sequences, media = self.collator.encode_for_embedding(texts)
         if packed is None:
             packed = self.attn_implementation == ATTN_IMPLEMENTATION
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
@@ -487,8 +566,9 @@ class BTokModel(nn.Module):
                 for start in tqdm(
                     range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar, unit="batch"
                 ):
-                    batch = [sequences[i] for i in order[start : start + batch_size]]
-                    by_length[start : start + len(batch)].copy_(self._embed_sequences(batch, packed), non_blocking=True)
+                    rows = order[start : start + batch_size]
+                    embedded = self._embed_sequences([sequences[i] for i in rows], packed, [media[i] for i in rows])
+                    by_length[start : start + len(rows)].copy_(embedded, non_blocking=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         finally:
@@ -497,25 +577,31 @@ class BTokModel(nn.Module):
         out[torch.tensor(order, dtype=torch.long)] = by_length
         return out
 
-    def _embed_sequences(self, sequences: list[list[int]], packed: bool) -> torch.Tensor:
-        """fp32 ``[n, H]`` embeddings (on the model's device) of ``[input | BToks]`` id lists."""
+    def _embed_sequences(self, sequences: list[list[int]], packed: bool, media: list | None = None) -> torch.Tensor:
+        """fp32 ``[n, H]`` embeddings (on the model's device) of ``[input | BToks]`` id lists
+        (``media``: each one's processed image / video, None for text)."""
         device = self.device
+        if media is not None and all(m is None for m in media):
+            media = None
         if packed:
-            batch = self.collator.pack_sequences([s[: -self.num_btoks] for s in sequences])
+            batch = self.collator.pack_sequences([s[: -self.num_btoks] for s in sequences], media=media)
             layout = batch["btok_layout"].to(device)
             input_ids, position_ids, btok_index = (
                 _to_device(batch[key], device) for key in ("input_ids", "position_ids", "btok_index")
             )
-            hidden = self._last_hidden_state(input_ids, position_ids, layout)
+            hidden = self._last_hidden_state(input_ids, position_ids, layout, _media_inputs(batch, device))
         else:
-            batch = {key: _to_device(value, device) for key, value in self.collator.pad_sequences(sequences).items()}
+            padded = self.collator.pad_sequences(sequences, media=media)
+            batch = {key: _to_device(value, device) for key, value in padded.items()}
             btok_index = batch.pop("btok_index")
             hidden = self._decoder(**batch, use_cache=False).last_hidden_state.flatten(0, 1)
         return pool_btok_states(hidden[btok_index], self.pooling)
 
 
-def _load_backbone(name_or_model, tokenizer, attn_implementation, kwargs):
-    """``(transformers model, tokenizer)`` from a name / folder or an instance."""
+def _load_backbone(name_or_model, tokenizer, processor, attn_implementation, kwargs):
+    """``(transformers model, tokenizer, processor or None, why there is no video processor
+    or None)`` from a name / folder or an instance."""
+    tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
     if isinstance(name_or_model, nn.Module):
         if kwargs:
             raise ValueError(
@@ -524,22 +610,61 @@ def _load_backbone(name_or_model, tokenizer, attn_implementation, kwargs):
         model = name_or_model
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
-        if tokenizer is None:
-            source = getattr(model, "name_or_path", "") or ""
-            if not source:
-                raise ValueError("pass tokenizer= with a model instance (it has no name_or_path to load one from)")
-            tokenizer = source
+        source = getattr(model, "name_or_path", "") or ""
     else:
         load_kwargs = dict(kwargs)
         if attn_implementation is not None:
             load_kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(name_or_model, **load_kwargs)
-        if tokenizer is None:
-            tokenizer = name_or_model
+        model = _auto_class(name_or_model, kwargs).from_pretrained(name_or_model, **load_kwargs)
+        source = name_or_model
+    no_video = None
+    if is_vision_model(model) and isinstance(processor, (str, os.PathLike)):
+        processor, no_video = _load_processor(processor, tok_kwargs)
+    elif is_vision_model(model) and processor is None and source:
+        try:
+            processor, no_video = _load_processor(source, tok_kwargs)
+        except OSError:  # nothing saved there: text works, and an image says to pass processor=
+            processor = None
+    if tokenizer is None:
+        tokenizer = processor_parts(processor)[0] or source
+        if not tokenizer:
+            raise ValueError("pass tokenizer= with a model instance (it has no name_or_path to load one from)")
     if isinstance(tokenizer, (str, os.PathLike)):
-        tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
         tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tok_kwargs)
-    return model, tokenizer
+    return model, tokenizer, processor, no_video
+
+
+def _auto_class(name_or_path, kwargs):
+    """``AutoModelForImageTextToText`` for Qwen2-VL / Qwen2.5-VL, else ``AutoModelForCausalLM``."""
+    if "gguf_file" in kwargs:  # GGUF files hold text models
+        return AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(name_or_path, **{k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs})
+    return AutoModelForImageTextToText if is_vision_model(config) else AutoModelForCausalLM
+
+
+def _load_processor(source, kwargs, tokenizer=None):
+    """``(processor, why there is no video processor or None)`` from a name / folder.
+
+    ``AutoProcessor`` first; transformers cannot build the Qwen2-VL processor classes
+    without torchvision (their video processor needs it), and then the image processor
+    alone serves images.
+
+    Raises:
+        OSError: ``source`` has no image processor.
+    """
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    try:
+        extra = {} if tokenizer is None else {"tokenizer": tokenizer}
+        return AutoProcessor.from_pretrained(source, **kwargs, **extra), None
+    except (ImportError, AttributeError, TypeError, ValueError, OSError) as err:
+        reason = f"transformers could not build the model's processor: {type(err).__name__}: {err}"
+    return AutoImageProcessor.from_pretrained(source, **kwargs), reason
+
+
+def _media_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The pixel inputs of a batch (:data:`~.multimodal.MEDIA_BATCH_KEYS` present), on ``device``."""
+    return {key: _to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -565,6 +690,14 @@ def _load_saved_tokenizer(path):
         if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
             return cls.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
+
+
+def _load_saved_processor(path, tokenizer):
+    """The processor saved beside a BTok model (None if none was saved), with ``tokenizer``."""
+    try:
+        return _load_processor(path, {}, tokenizer=tokenizer)
+    except OSError:
+        return None, None
 
 
 def _target_rows(layout: CondensationLayout) -> torch.Tensor:

@@ -98,21 +98,28 @@ def _set_rows_to_mean(module: torch.nn.Module, index: torch.Tensor, source_rows:
         bias[index] = bias[:rows].float().mean().to(bias.dtype)
 
 
-def make_trainable(model, btok_ids: list[int], lora=None, freeze_backbone: bool = False):
+def make_trainable(
+    model, btok_ids: list[int], lora=None, freeze_backbone: bool = False, lora_targets: str | None = None
+):
     """Choose what trains: everything, LoRA adapters + BTok rows, or the BTok rows only.
 
     Args:
         model: the transformers model, BTok rows already initialised.
         btok_ids: the K ids whose embedding rows must train in every mode.
-        lora: None or 0 (no LoRA), an int ``r`` > 0 (LoRA of rank r on every linear layer
-            except the LM head, ``lora_alpha = 2 r``, no dropout), or a ``peft.LoraConfig``
-            (copied; the BTok ids are added to its ``trainable_token_indices``).
+        lora: None or 0 (no LoRA), an int ``r`` > 0 (LoRA of rank r on the linear layers
+            ``lora_targets`` names, ``lora_alpha = 2 r``, no dropout), or a
+            ``peft.LoraConfig`` (copied; the BTok ids are added to its
+            ``trainable_token_indices``; its own ``target_modules`` apply).
         freeze_backbone: without LoRA, train the BTok rows only.
+        lora_targets: PEFT ``target_modules`` for a LoRA rank; None: every linear layer
+            except the LM head (``"all-linear"``). A VL model passes its language model's
+            layers (:func:`~btok_model.embedder.multimodal.language_model_lora_targets`),
+            keeping the vision tower frozen.
 
     Returns:
         ``model`` itself (full fine-tuning) or a ``peft.PeftModel`` around it.
     """
-    config = _peft_config(btok_ids, lora, freeze_backbone)
+    config = _peft_config(btok_ids, lora, freeze_backbone, lora_targets or "all-linear")
     if config is None:
         model.requires_grad_(True)
         return model
@@ -125,7 +132,7 @@ def wrap_peft(model, config):
     return peft.get_peft_model(model, config)
 
 
-def _peft_config(btok_ids: list[int], lora, freeze_backbone: bool):
+def _peft_config(btok_ids: list[int], lora, freeze_backbone: bool, targets: str):
     if lora is None or (isinstance(lora, int) and not isinstance(lora, bool) and lora == 0):
         if not freeze_backbone:
             return None
@@ -141,7 +148,7 @@ def _peft_config(btok_ids: list[int], lora, freeze_backbone: bool):
             raise ValueError(f"lora (the LoRA rank) must be >= 0, got {lora}")
         # The LM head stays out: PEFT's "all-linear" skips the output layer.
         return peft.LoraConfig(
-            r=lora, lora_alpha=2 * lora, lora_dropout=0.0, target_modules="all-linear", trainable_token_indices=btok_ids
+            r=lora, lora_alpha=2 * lora, lora_dropout=0.0, target_modules=targets, trainable_token_indices=btok_ids
         )
     config = copy.deepcopy(lora)
     config.trainable_token_indices = _merge_token_indices(config.trainable_token_indices, btok_ids)

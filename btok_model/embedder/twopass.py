@@ -4,10 +4,13 @@ Instead of one packed pass under the condensation mask, the target sees the quer
 through a KV cache that holds the BTok keys/values alone:
 
 * pass 1 runs ``[query | BToks]``, left-padded so that every row's K BToks are its last K
-  columns, with a KV cache; the query embeddings pool the last K states;
+  columns, with a KV cache; the query embeddings pool the last K states (a Qwen2-VL /
+  Qwen2.5-VL query's image / video runs through the vision tower here, positions from the
+  model's own rope index);
 * the cache of every layer is cut to those last K columns (the BTok keys/values);
 * pass 2 runs the targets, right-padded, against that cache, with positions continuing
-  after the BToks (``query_len + K + j``), and scores the next-token loss.
+  after the BToks (last BTok position + 1 + j, on every M-RoPE axis), and scores the
+  next-token loss.
 
 It works with any attention backend that supports padding and a KV cache (``"sdpa"``,
 ``"eager"``, ``"btok_triton"``). :class:`~btok_model.BTokModel`'s single pass must give the
@@ -26,6 +29,7 @@ from transformers import DynamicCache
 from .collate import IGNORE_INDEX
 from .losses import next_token_loss
 from .modeling import BTokModel, pool_btok_states
+from .multimodal import MEDIA_BATCH_KEYS, MultimodalCollator, concat_media
 
 __all__ = ["TwoPassOutput", "two_pass_forward", "two_pass_ids"]
 
@@ -47,7 +51,11 @@ def two_pass_forward(model: BTokModel, examples: list[dict]) -> TwoPassOutput:
     """The two-pass loss of training examples, tokenised exactly as :meth:`BTokModel.collate` does."""
     encoded = model.collator.encode_examples(examples)
     return two_pass_ids(
-        model, [ex.query for ex in encoded], [ex.target for ex in encoded], [ex.unscored for ex in encoded]
+        model,
+        [ex.query for ex in encoded],
+        [ex.target for ex in encoded],
+        [ex.unscored for ex in encoded],
+        [ex.query_media for ex in encoded],
     )
 
 
@@ -76,28 +84,42 @@ def _right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.T
 
 
 def two_pass_ids(
-    model: BTokModel, queries: list[list[int]], targets: list[list[int]], unscored: list[int]
+    model: BTokModel,
+    queries: list[list[int]],
+    targets: list[list[int]],
+    unscored: list[int],
+    media: list | None = None,
 ) -> TwoPassOutput:
     """The two-pass forward on token ids.
 
     Args:
         model: the BTok model (its backbone's attention implementation is used as it is).
-        queries: N query id lists (no BToks).
+        queries: N query id lists (no BToks; vision placeholders expanded).
         targets: N target id lists (prefix + text + suffix; ``[]``: no target).
         unscored: N counts of leading target ids that get no loss.
+        media: N processed images / videos of the queries (None entries: text), or None.
     """
     k, device = model.num_btoks, model.device
     decoder, causal_lm = model._decoder, model._transformers_model
-    pad_id = model.collator.pad_id
+    collator = model.collator
+    pad_id = collator.pad_id
 
     # Pass 1: [query | BToks], left-padded, with a cache of every layer.
     ids, mask, positions = _left_pad([q + model.btok_token_ids for q in queries], pad_id)
+    pixels = {}
+    if isinstance(collator, MultimodalCollator):  # M-RoPE positions [3, N, W] from the model's rope index
+        media = media or [None] * len(queries)
+        positions = collator.rope_positions(ids, mask, media)
+        pixels = {key: value.to(device) for key, value in concat_media(media, MEDIA_BATCH_KEYS).items()}
+    elif media is not None and any(m is not None for m in media):
+        raise ValueError("images or videos need a Qwen2-VL / Qwen2.5-VL BTok model")
     cache = DynamicCache()
     out = decoder(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
         use_cache=True,
+        **pixels,
         **{_cache_kwarg(decoder): cache},
     )
     query_embeddings = pool_btok_states(out.last_hidden_state[:, -k:], model.pooling)
@@ -116,8 +138,9 @@ def two_pass_ids(
     labels, _ = _right_pad(
         [[IGNORE_INDEX] * unscored[i] + targets[i][unscored[i] :] for i in rows], IGNORE_INDEX
     )
-    start = torch.tensor([len(queries[i]) + k for i in rows])
-    target_positions = start[:, None] + torch.arange(target_ids.shape[1])[None]
+    # Continue after each row's last BTok (the last column), on every axis of the positions.
+    start = positions[..., select.cpu(), -1] + 1  # [N'] or [3, N']
+    target_positions = start[..., None] + torch.arange(target_ids.shape[1])
     logits = causal_lm(
         input_ids=target_ids.to(device),
         attention_mask=torch.cat([torch.ones(len(rows), k, dtype=torch.long), target_mask], 1).to(device),

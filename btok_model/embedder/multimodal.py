@@ -1,0 +1,509 @@
+"""Images and video for Qwen2-VL / Qwen2.5-VL backbones: inputs, the processor, M-RoPE positions.
+
+An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "fps": ...}``:
+
+* ``image``: a ``PIL.Image``, a path (str / ``os.PathLike``), or an ``[H, W, C]`` array /
+  tensor; ``video``: a list of frames (``PIL.Image`` or ``[H, W, C]`` arrays) or an
+  ``[F, H, W, C]`` array / tensor, frames already sampled; ``fps``: the rate they were
+  sampled at (default 2.0, Qwen's sampling rate; only Qwen2.5-VL's positions use it).
+* The vision block goes BEFORE the text, as in VLM2Vec and in Qwen's chat template:
+  ``<|vision_start|><|image_pad|>...<|vision_end|>`` (image), then the video block, then
+  the text, tokenised exactly as the model's processor does it for the prompt
+  ``"<|vision_start|><|image_pad|><|vision_end|>" + text`` (one ``<|image_pad|>`` per merged
+  patch). No chat template is applied, as for text inputs. The K BToks follow; a target
+  (text only) follows the BToks.
+* Pixels go through the model's own image processor (and video processor); the placeholder
+  count per image is ``prod(image_grid_thw) // merge_size**2``, the processor's formula.
+
+Packing keeps ONE row for the whole batch: ``pixel_values`` / ``image_grid_thw`` (and
+``pixel_values_videos`` / ``video_grid_thw``) hold the images in the order of their
+placeholder tokens in the row. ``position_ids`` are ``[3, 1, T]``: the model's own
+``get_rope_index`` applied to every sequence alone (positions restart per sequence; target
+positions continue after the BToks), computed in one call per batch on the host over the
+sequences that hold vision tokens (the rope index of a text-only sequence is ``0, 1, ...``
+on all three axes). With explicit position ids the model needs no ``mm_token_type_ids``
+(transformers 5.17 and 5.24 use them only to compute the positions), so batches carry none.
+
+transformers' Qwen2-VL processor class and its video processor need torchvision; without it
+the model's image processor alone is enough for images (a video then raises, saying why).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import re
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .collate import (
+    EXAMPLE_KEYS,
+    IMAGE_KEYS,
+    INPUT_KEYS,
+    BTokCollator,
+    ExampleError,
+    _describe,
+    _name,
+)
+
+__all__ = [
+    "DEFAULT_FPS",
+    "MEDIA_BATCH_KEYS",
+    "VISION_MODEL_TYPES",
+    "Media",
+    "MultimodalCollator",
+    "RopeIndex",
+    "VisionTokens",
+    "is_vision_model",
+    "language_model_lora_targets",
+    "load_image",
+    "processor_parts",
+]
+
+VISION_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# Batch keys the backbone's forward takes besides input_ids / position_ids.
+MEDIA_BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+# Flat example keys (the JSONL training format): (input field, media key).
+FLAT_MEDIA_KEYS = {"query_image": ("query", "image"), "positive_image": ("positive", "image")}
+DEFAULT_FPS = 2.0
+
+
+def is_vision_model(model_or_config) -> bool:
+    """Whether a transformers model (or its config) is a supported Qwen2-VL / Qwen2.5-VL."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) in VISION_MODEL_TYPES
+
+
+@dataclass
+class Media:
+    """The processed image and video of one input (CPU tensors; None where absent).
+
+    Attributes:
+        pixel_values: float ``[P, C * t * p * p]``, the image's patches.
+        image_grid_thw: int64 ``[1, 3]``, its patch grid.
+        pixel_values_videos: float ``[Pv, C * t * p * p]``, the video's patches.
+        video_grid_thw: int64 ``[1, 3]``.
+        second_per_grid_ts: fp32 ``[1]``, seconds per temporal patch of the video.
+    """
+
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    second_per_grid_ts: torch.Tensor | None = None
+
+
+def concat_media(media: Sequence[Media | None], keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``{key: cat(the media's tensors along dim 0)}`` for each key some entry has, in order."""
+    out = {}
+    for key in keys:
+        parts = [getattr(m, key) for m in media if m is not None and getattr(m, key) is not None]
+        if parts:
+            out[key] = torch.cat(parts)
+    return out
+
+
+@dataclass(frozen=True)
+class VisionTokens:
+    """The vision token ids of the model's config, and their strings in the tokenizer."""
+
+    vision_start: int
+    vision_end: int
+    image: int
+    video: int
+    strings: tuple[str, str, str, str]
+
+    @classmethod
+    def from_model(cls, config, tokenizer) -> VisionTokens:
+        ids = [getattr(config, name, None) for name in ("vision_start_token_id", "vision_end_token_id")]
+        ids += [getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)]
+        if any(i is None for i in ids):
+            raise ValueError(f"the model config lacks vision token ids (vision start/end, image, video): {ids}")
+        strings = tuple(tokenizer.convert_ids_to_tokens(ids))
+        if any(s is None for s in strings) or tokenizer.convert_tokens_to_ids(list(strings)) != ids:
+            raise ValueError(
+                f"the tokenizer does not hold the model's vision tokens (ids {ids} -> {strings}): pass the model's own "
+                "tokenizer / processor"
+            )
+        return cls(*ids, strings=strings)
+
+
+class _ConfigHost:
+    """Stands in for the model in its own ``get_rope_index``: the config and the model
+    class's methods, bound to this object (the rope index reads nothing else)."""
+
+    def __init__(self, owner: type, config):
+        self._owner, self.config = owner, config
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = getattr(self._owner, name)
+        if not inspect.isfunction(attr):
+            raise AttributeError(f"{self._owner.__name__}.{name} is not a method the rope index can use here")
+        return types.MethodType(attr, self)
+
+
+class RopeIndex:
+    """The backbone's own 3D rope index (``get_rope_index``), usable without the model.
+
+    The collator must stay model-free (DataLoader workers pickle it) while positions must
+    come from the model's own function; that function depends only on the config, so this
+    keeps the model class and a copy of its config and runs the class's function on them.
+
+    Args:
+        model: the Qwen2-VL / Qwen2.5-VL model (``...ForConditionalGeneration``, or its
+            inner model) whose ``get_rope_index`` gives the positions.
+    """
+
+    def __init__(self, model: nn.Module):
+        # The inner model (Qwen2VLModel) defines the rope index and the vision-position helper it calls.
+        inner = next((m for m in model.modules() if hasattr(type(m), "get_vision_position_ids")), None)
+        if inner is None or not callable(getattr(type(inner), "get_rope_index", None)):
+            raise ValueError(f"{type(model).__name__} has no get_rope_index (not a Qwen2-VL family model)")
+        self.owner = type(inner)
+        self.config = copy.deepcopy(inner.config)
+        self.takes_seconds = "second_per_grid_ts" in inspect.signature(self.owner.get_rope_index).parameters
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_grid_thw: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """int64 ``[3, B, S]`` positions of a padded batch (0 at padding).
+
+        Args:
+            input_ids, mm_token_type_ids (0 text, 1 image, 2 video), attention_mask:
+                int64 ``[B, S]``.
+            image_grid_thw, video_grid_thw: int64 ``[n, 3]`` in row-major token order.
+            second_per_grid_ts: fp32 ``[n_videos]`` (Qwen2.5-VL).
+        """
+        kwargs = dict(
+            input_ids=input_ids,
+            mm_token_type_ids=mm_token_type_ids,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            attention_mask=attention_mask,
+        )
+        if self.takes_seconds:
+            kwargs["second_per_grid_ts"] = second_per_grid_ts
+        return self.owner.get_rope_index(_ConfigHost(self.owner, self.config), **kwargs)[0]
+
+
+def processor_parts(processor) -> tuple[object | None, object | None, object | None]:
+    """``(tokenizer, image_processor, video_processor)`` of a processor (a ``ProcessorMixin``
+    such as ``Qwen2VLProcessor``), or ``(None, processor, None)`` for an image processor."""
+    if processor is None:
+        return None, None, None
+    if hasattr(processor, "image_processor") or hasattr(processor, "tokenizer"):
+        return (
+            getattr(processor, "tokenizer", None),
+            getattr(processor, "image_processor", None),
+            getattr(processor, "video_processor", None),
+        )
+    if callable(processor) and hasattr(processor, "merge_size"):
+        return None, processor, None
+    raise TypeError(
+        f"processor must be the model's processor (e.g. Qwen2VLProcessor) or its image processor, got "
+        f"{type(processor).__name__}"
+    )
+
+
+def language_model_lora_targets(model: nn.Module) -> str | None:
+    """A PEFT ``target_modules`` regex matching the linear layers of the language model only
+    (not the vision tower, not the LM head), or None when the model has no vision tower."""
+    if not is_vision_model(model):
+        return None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    prefix = next((name for name, module in model.named_modules() if module is decoder and name), None)
+    if prefix is None:
+        raise ValueError(f"cannot find the language model inside {type(model).__name__} to put LoRA adapters on")
+    leaves = sorted(
+        {name.rsplit(".", 1)[-1] for name, m in decoder.named_modules() if isinstance(m, nn.Linear) and name}
+    )
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
+
+
+def load_image(value, name: str):
+    """``value`` as an image the processor takes: a path is opened (RGB), others pass as they are.
+
+    Raises:
+        ExampleError: naming ``name``, for a missing or unreadable file or an unknown type.
+    """
+    if isinstance(value, (str, os.PathLike)):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(value) as image:
+                return image.convert("RGB")
+        except FileNotFoundError:
+            raise ExampleError(f"{name}: image file {os.fspath(value)!r} does not exist") from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise ExampleError(f"{name}: cannot read image file {os.fspath(value)!r} ({err})") from None
+    if _is_pil(value) or isinstance(value, torch.Tensor) or type(value).__name__ == "ndarray":
+        return value
+    raise ExampleError(f"{name}: an image must be a PIL.Image, a path or an [H, W, C] array, got {_describe(value)}")
+
+
+def _is_pil(value) -> bool:
+    return any(cls.__module__.startswith("PIL.") and cls.__name__ == "Image" for cls in type(value).__mro__)
+
+
+@dataclass
+class _Item:
+    """One input being encoded: its text and media, and where it came from."""
+
+    text: str | None
+    image: object | None
+    video: object | None
+    fps: float
+    name: str
+
+
+class MultimodalCollator(BTokCollator):
+    """:class:`~btok_model.embedder.collate.BTokCollator` for Qwen2-VL / Qwen2.5-VL: inputs
+    may carry an image and/or a video (see the module docstring). Picklable, no model inside.
+
+    Args:
+        tokenizer: the model's tokenizer, holding the BTok and vision tokens.
+        btok_ids: the K BTok ids.
+        vision_tokens: the model's vision token ids.
+        rope_index: the model's rope index.
+        image_processor: the model's image processor, or None (then an image raises).
+        video_processor: the model's video processor, or None (then a video raises).
+        no_video_reason: why there is no video processor (said when a video comes).
+        **kwargs: as for :class:`~btok_model.embedder.collate.BTokCollator`.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        btok_ids: Sequence[int],
+        *,
+        vision_tokens: VisionTokens,
+        rope_index: RopeIndex,
+        image_processor=None,
+        video_processor=None,
+        no_video_reason: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(tokenizer, btok_ids, **kwargs)
+        self.vision_tokens = vision_tokens
+        self.rope_index = rope_index
+        self.image_processor = image_processor
+        self.video_processor = video_processor
+        self.no_video_reason = no_video_reason
+
+    # -- examples and inputs ----------------------------------------------------------------
+    def _merge_flat_media(self, i: int, ex: dict) -> dict:
+        """``{"query": q, "query_image": path}`` -> ``{"query": {"text": q, "image": path}}``."""
+        flat = [k for k in ex if k in FLAT_MEDIA_KEYS]
+        other = [k for k in ex if k in IMAGE_KEYS and k not in FLAT_MEDIA_KEYS]
+        if other:
+            raise ExampleError(
+                f"example {i}, field {other[0]!r}: not a known field; give an image as {sorted(FLAT_MEDIA_KEYS)} or "
+                "inside an input: {'text': ..., 'image': ..., 'video': ...}"
+            )
+        target_media = [k for k in ex if k.startswith("target_") and k not in EXAMPLE_KEYS]
+        if target_media:
+            raise ExampleError(f"example {i}, field {target_media[0]!r}: targets are text only (no image or video)")
+        if not flat:
+            return ex
+        ex = dict(ex)
+        for key in flat:
+            field, media_key = FLAT_MEDIA_KEYS[key]
+            value = ex.pop(key)
+            if value is None:
+                continue
+            current = ex.get(field)
+            if isinstance(current, dict):
+                if current.get(media_key) is not None:
+                    raise ExampleError(f"example {i}: field {key!r} and field {field!r} both give an {media_key}")
+                ex[field] = {**current, media_key: value}
+            else:
+                ex[field] = {"text": current, media_key: value}
+        return ex
+
+    def _encode_inputs(self, values: list, where: list[tuple[int, str | None]]):
+        """Ids (vision placeholders expanded, before the text) and media of each input."""
+        items = [self._item(value, _name(i, field)) for value, (i, field) in zip(values, where)]
+        image_media = self._process_images(items)
+        video_media = self._process_videos(items)
+        prompts = [self._prompt(item) for item in items]
+        ids = self._text_ids(prompts, where) if prompts else []
+        tokens = self.vision_tokens
+        media = []
+        for k, item in enumerate(items):
+            image, video = image_media.get(k), video_media.get(k)
+            expand = ((tokens.image, image and image.image_grid_thw, self.image_processor),
+                      (tokens.video, video and video.video_grid_thw, self.video_processor))
+            for token, grid, processor in expand:
+                if ids[k].count(token) != (grid is not None):
+                    raise ExampleError(
+                        f"{item.name}: the text contains a vision token ({', '.join(tokens.strings)}); "
+                        "give images and videos as 'image' / 'video'"
+                    )
+                if grid is not None:  # one placeholder per merged patch, as the processor expands it
+                    at = ids[k].index(token)
+                    ids[k][at : at + 1] = [token] * (int(grid.prod()) // processor.merge_size**2)
+            if image is None and video is None:
+                media.append(None)
+            else:
+                media.append(Media(**{**vars(image or Media()), **_present(video)}))
+        return ids, media
+
+    def _item(self, value, name: str) -> _Item:
+        if not isinstance(value, dict):
+            return _Item(self._input_text(value, name), None, None, DEFAULT_FPS, name)
+        unknown = sorted(set(value) - set(INPUT_KEYS))
+        if unknown:
+            raise ExampleError(f"{name}: unknown keys {unknown} in an input dict; known keys: {list(INPUT_KEYS)}")
+        image, video = value.get("image"), value.get("video")
+        text = value.get("text")
+        if image is None and video is None:
+            return _Item(self._input_text(text, name), None, None, DEFAULT_FPS, name)
+        if text is not None and text != "":
+            text = self._input_text(text, name)
+        fps = value.get("fps", DEFAULT_FPS)
+        if video is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
+            raise ExampleError(f"{name}: fps must be a number > 0, got {_describe(fps)}")
+        if image is not None:
+            if self.image_processor is None:
+                raise ExampleError(
+                    f"{name}: this BTok model has no image processor; pass the model's processor to "
+                    "BTokModel.from_backbone(..., processor=...)"
+                )
+            image = load_image(image, name)
+        if video is not None:
+            if self.video_processor is None:
+                reason = f" ({self.no_video_reason})" if self.no_video_reason else ""
+                raise ExampleError(f"{name}: this BTok model has no video processor{reason}")
+            video = _check_video(video, name)
+        return _Item(text or None, image, video, float(fps), name)
+
+    def _prompt(self, item: _Item) -> str:
+        start, end, image, video = self.vision_tokens.strings
+        prompt = (start + image + end if item.image is not None else "") + (
+            start + video + end if item.video is not None else ""
+        )
+        return prompt + (item.text or "")
+
+    def _process_images(self, items: list[_Item]) -> dict[int, Media]:
+        """``{item index: Media with its pixel_values and image_grid_thw}``, one processor call."""
+        which = [k for k, item in enumerate(items) if item.image is not None]
+        if not which:
+            return {}
+        try:
+            out = self.image_processor(images=[items[k].image for k in which], return_tensors="pt")
+        except Exception as err:  # name the example: the processor's own message says only what failed
+            raise ExampleError(f"{_names(items, which)}: the image processor failed: {err}") from err
+        grids = out["image_grid_thw"].long()
+        pixels = torch.split(out["pixel_values"], grids.prod(-1).tolist())
+        return {k: Media(pixel_values=p, image_grid_thw=g[None]) for k, p, g in zip(which, pixels, grids)}
+
+    def _process_videos(self, items: list[_Item]) -> dict[int, Media]:
+        """``{item index: Media with its video patches, grid and seconds per temporal patch}``."""
+        which = [k for k, item in enumerate(items) if item.video is not None]
+        if not which:
+            return {}
+        try:
+            out = self.video_processor(videos=[items[k].video for k in which], return_tensors="pt")
+        except Exception as err:
+            raise ExampleError(f"{_names(items, which)}: the video processor failed: {err}") from err
+        grids = out["video_grid_thw"].long()
+        pixels = torch.split(out["pixel_values_videos"], grids.prod(-1).tolist())
+        temporal = self.video_processor.temporal_patch_size
+        return {
+            k: Media(
+                pixel_values_videos=p,
+                video_grid_thw=g[None],
+                second_per_grid_ts=torch.tensor([temporal / items[k].fps], dtype=torch.float32),
+            )
+            for k, p, g in zip(which, pixels, grids)
+        }
+
+    # -- packing --------------------------------------------------------------------------
+    def pack_sequences(self, inputs, targets=None, media=None) -> dict:
+        """As :meth:`BTokCollator.pack_sequences`, with ``position_ids`` int64 ``[3, 1, T]``
+        (the model's rope index of every sequence alone) and the keys of
+        :data:`MEDIA_BATCH_KEYS` that the batch has (images in row order)."""
+        batch = super().pack_sequences(inputs, targets)
+        media = media or [None] * len(inputs)
+        lens = torch.tensor(batch["btok_layout"].seqlens, dtype=torch.long)
+        # The packed sequences as right-padded rows (row-major order over the real tokens is
+        # the packed order), so that one rope-index call covers them all.
+        valid = torch.arange(int(lens.max())) < lens[:, None]  # [n, S]
+        ids = torch.zeros(valid.shape, dtype=torch.long)
+        ids[valid] = batch["input_ids"][0]
+        positions = self.rope_positions(ids, valid, media)  # [3, n, S]
+        batch["position_ids"] = positions[:, valid][:, None]
+        batch.update(concat_media(media, MEDIA_BATCH_KEYS))
+        return batch
+
+    def pad_sequences(self, sequences, media=None) -> dict:
+        """As :meth:`BTokCollator.pad_sequences`, with ``position_ids`` int64 ``[3, B, S]``
+        and the keys of :data:`MEDIA_BATCH_KEYS` that the batch has (images in row order)."""
+        batch = super().pad_sequences(sequences)
+        media = media or [None] * len(sequences)
+        batch["position_ids"] = self.rope_positions(batch["input_ids"], batch["attention_mask"], media)
+        batch.update(concat_media(media, MEDIA_BATCH_KEYS))
+        return batch
+
+    def rope_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: list) -> torch.Tensor:
+        """int64 ``[3, B, S]`` positions of a padded batch (any padding side), one entry of
+        ``media`` per row (None: text only, positions ``0, 1, ...`` on all three axes)."""
+        mask = attention_mask.bool()
+        text = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        positions = text.expand(3, -1, -1).clone()
+        rows = [s for s, m in enumerate(media) if m is not None]
+        if rows:
+            rows_t = torch.tensor(rows, dtype=torch.long)
+            positions[:, rows_t] = self._rope(input_ids[rows_t], mask[rows_t], [media[s] for s in rows])
+        return positions.masked_fill(~mask, 0)
+
+    def _rope(self, input_ids: torch.Tensor, valid: torch.Tensor, media: list[Media]) -> torch.Tensor:
+        """The model's rope index of padded rows that hold vision tokens: ``[3, n, S]``."""
+        tokens = self.vision_tokens
+        types_ = (input_ids == tokens.image).long() + 2 * (input_ids == tokens.video).long()
+        types_ = types_ * valid
+        grids = concat_media(media, ("image_grid_thw", "video_grid_thw", "second_per_grid_ts"))
+        return self.rope_index(
+            input_ids * valid,
+            types_,
+            valid.long(),
+            image_grid_thw=grids.get("image_grid_thw"),
+            video_grid_thw=grids.get("video_grid_thw"),
+            second_per_grid_ts=grids.get("second_per_grid_ts"),
+        )
+
+
+def _present(media: Media | None) -> dict:
+    return {} if media is None else {k: v for k, v in vars(media).items() if v is not None}
+
+
+def _names(items: list[_Item], which: list[int]) -> str:
+    names = [items[k].name for k in which]
+    return names[0] if len(names) == 1 else f"one of {', '.join(names)}"
+
+
+def _check_video(video, name: str):
+    """A video as the video processor takes it: a list of >= 1 frames, or an ``[F, ...]`` array."""
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise ExampleError(f"{name}: the video has no frames")
+        return list(video)
+    if (isinstance(video, torch.Tensor) or type(video).__name__ == "ndarray") and video.ndim == 4:
+        if video.shape[0] < 1:
+            raise ExampleError(f"{name}: the video has no frames")
+        return video
+    raise ExampleError(f"{name}: a video must be a list of frames or an [F, H, W, C] array, got {_describe(video)}")
+

@@ -1,0 +1,265 @@
+"""Qwen2-VL / Qwen2.5-VL inputs: collation with images and video, the model's own M-RoPE
+positions, encode() (packed == padded == the training pass), and errors naming the example."""
+
+import json
+
+import pytest
+import torch
+from btok_tiny import tiny_btok
+from vl_tiny import (
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    VISION_END,
+    VISION_START,
+    FrameVideoProcessor,
+    frames,
+    image,
+    image_processor,
+    tiny_vl_btok,
+)
+
+from btok_model import ExampleError
+from btok_model.training.data import load_examples
+
+TOL = 2e-5
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def sequences(batch, key="input_ids"):
+    cu = batch["btok_layout"].host_cu_seqlens
+    return [batch[key][..., a:b] for a, b in zip(cu[:-1], cu[1:])]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_vl_btok("qwen2_vl")
+
+
+def examples():
+    """Images of 1..6 tokens, non-square grids, an image-only positive, a 4-frame video query, text."""
+    return [
+        {
+            "query": {"text": "what is this?", "image": image(56, 84, 1)},
+            "positive": "a cat",
+            "negatives": [{"text": "a dog", "image": image(28, 28, 2)}],
+        },
+        {"query": "plain text", "positive": {"image": image(84, 56, 3)}},
+        {"query": {"text": "clip", "video": frames(4, 28, 56, 5)}, "positive": "moving", "target": "it moves"},
+        {"query": {"image": image(40, 50, 7)}, "positive": {"text": "blue", "image": image(30, 60, 8)}},
+    ]
+
+
+def test_batch_layout_and_pixels(model):
+    """Vision block before the text, one placeholder per merged patch, pixels in row order,
+    BToks after the input, the target after the BToks."""
+    exs = examples()
+    batch = model.collate(exs)
+    tok, btoks, k = model.tokenizer, model.btok_token_ids, model.num_btoks
+    processor = image_processor()
+
+    def vision(img):
+        out = processor(images=[img], return_tensors="pt")
+        n = int(out["image_grid_thw"].prod()) // 4
+        return [VISION_START] + [IMAGE_TOKEN] * n + [VISION_END], out["pixel_values"], out["image_grid_thw"]
+
+    def text(t):
+        return tok(t)["input_ids"] if t else []
+
+    # (input, its image or None) in packed order: queries, positives, negatives
+    inputs = [ex["query"] for ex in exs] + [ex["positive"] for ex in exs] + [exs[0]["negatives"][0]]
+    expected_ids, pixels, grids = [], [], []
+    for value in inputs:
+        value = value if isinstance(value, dict) else {"text": value}
+        ids = text(value.get("text"))
+        if value.get("image") is not None:
+            block, px, grid = vision(value["image"])
+            ids, pixels, grids = block + ids, pixels + [px], grids + [grid]
+        if value.get("video") is not None:
+            video = FrameVideoProcessor()(videos=[value["video"]])
+            n = int(video["video_grid_thw"].prod()) // 4
+            ids = [VISION_START] + [VIDEO_TOKEN] * n + [VISION_END] + ids
+            assert torch.equal(batch["pixel_values_videos"], video["pixel_values_videos"])
+            assert torch.equal(batch["video_grid_thw"], video["video_grid_thw"])
+        expected_ids.append(ids)
+    got = [s[0].tolist() for s in sequences(batch)]
+    prefix = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    suffix = tok("<|im_end|>", add_special_tokens=False)["input_ids"]
+    # the positive's text unless given; example 1's positive is image-only: no target
+    targets = {0: "a cat", 2: "it moves", 3: "blue"}
+    for s, ids in enumerate(expected_ids):
+        target = prefix + text(targets[s]) + suffix if s in targets else []
+        assert got[s] == ids + btoks + target, s
+    assert torch.equal(batch["pixel_values"], torch.cat(pixels))
+    assert torch.equal(batch["image_grid_thw"], torch.cat(grids))
+    assert batch["image_grid_thw"].tolist()[0] == [1, 4, 6] and int((batch["input_ids"] == IMAGE_TOKEN).sum()) == sum(
+        int(g.prod()) // 4 for g in grids
+    )
+    layout = batch["btok_layout"]
+    assert layout.host_btok_start == [len(ids) for ids in expected_ids]
+    assert (batch["input_ids"][0, batch["query_btok_index"]] == torch.tensor(btoks)).all()
+    assert (batch["input_ids"][0, batch["candidate_btok_index"]] == torch.tensor(btoks)).all()
+    assert batch["num_target_tokens"] == sum(len(text(t)) + len(suffix) for t in targets.values())
+    assert batch["position_ids"].shape == (3, 1, layout.total_tokens)
+    assert k == 4
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_position_ids_are_the_models_own_per_sequence(family):
+    """Every packed sequence's ``[3, L]`` positions equal the model's ``get_rope_index`` on
+    that sequence alone (so they restart per sequence and targets continue after the BToks);
+    the padded encode batch too. Qwen2.5-VL's video positions use the seconds per patch."""
+    model = tiny_vl_btok(family)
+    inner = model._transformers_model.model
+    exs = examples()
+    exs[2]["query"]["fps"] = 1.0
+    batch = model.collate(exs)
+    grids = {"image": iter(batch["image_grid_thw"]), "video": iter(batch["video_grid_thw"])}
+    for ids, pos in zip(sequences(batch), sequences(batch, "position_ids")):
+        types = (ids == IMAGE_TOKEN).long() + 2 * (ids == VIDEO_TOKEN).long()
+        kwargs = {}
+        if (types == 1).any():
+            kwargs["image_grid_thw"] = next(grids["image"])[None]
+        if (types == 2).any():
+            kwargs["video_grid_thw"] = next(grids["video"])[None]
+            if family == "qwen2_5_vl":
+                kwargs["second_per_grid_ts"] = torch.tensor([2 / 1.0])  # temporal_patch_size / fps
+        expected = inner.get_rope_index(ids, types, **kwargs)[0]
+        assert torch.equal(pos, expected)
+        if int((types > 0).sum()) > 1:  # a grid of several tokens leaves 0, 1, 2, ... on some axis
+            assert not torch.equal(pos, torch.arange(ids.shape[1]).expand(3, 1, -1)), "positions must be 3D"
+    if family == "qwen2_5_vl":  # the video's temporal axis depends on fps
+        exs[2]["query"]["fps"] = 4.0
+        assert not torch.equal(model.collate(exs)["position_ids"], batch["position_ids"])
+
+    # encode's padded batch: [3, B, S], each row the model's function on the row alone
+    inputs = [exs[0]["query"], "some text", exs[2]["query"], exs[3]["query"]]
+    seqs, media = model.collator.encode_for_embedding(inputs)
+    padded = model.collator.pad_sequences(seqs, media)
+    for r, seq in enumerate(seqs):
+        ids = torch.tensor(seq)[None]
+        types = (ids == IMAGE_TOKEN).long() + 2 * (ids == VIDEO_TOKEN).long()
+        m = media[r]
+        kwargs = {}
+        if m is not None:
+            kwargs = {key: getattr(m, key) for key in ("image_grid_thw", "video_grid_thw") if getattr(m, key) is not None}
+            if family == "qwen2_5_vl" and m.second_per_grid_ts is not None:
+                kwargs["second_per_grid_ts"] = m.second_per_grid_ts
+        expected = inner.get_rope_index(ids, types, **kwargs)[0][:, 0]
+        assert torch.equal(padded["position_ids"][:, r, : len(seq)], expected)
+
+
+def test_training_pass_equals_encode_and_targets_change_no_embedding(model):
+    exs = examples()
+    query, candidates, generative, _ = model.embed_batch(model.collate(exs))
+    assert generative is not None
+    inputs = [ex["query"] for ex in exs]
+    cands = [ex["positive"] for ex in exs] + [exs[0]["negatives"][0]]
+    for packed in (True, False):
+        assert rel_err(model.encode(inputs, batch_size=3, packed=packed), query.detach()) < TOL
+        assert rel_err(model.encode(cands, batch_size=2, packed=packed), candidates.detach()) < TOL
+    changed = [dict(ex, target="a completely different target text") for ex in exs]
+    q2, c2, g2, _ = model.embed_batch(model.collate(changed))
+    assert torch.equal(q2, query) and torch.equal(c2, candidates)
+    assert not torch.allclose(g2, generative)
+
+
+def test_images_change_the_embedding(model):
+    """The pixels and the image position reach the embedding (nothing is dropped on the way)."""
+    a = model.encode([{"text": "x", "image": image(56, 84, 1)}, {"text": "x", "image": image(56, 84, 2)}, "x"])
+    assert rel_err(a[0], a[1]) > 1e-3 and rel_err(a[0], a[2]) > 1e-3
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_dense_mask_peers_with_images(attn):
+    """sdpa / eager with the dense condensation mask give the fused backend's results."""
+    model = tiny_vl_btok("qwen2_vl")
+    batch = model.collate(examples())
+    ref = model.embed_batch(batch)
+    model.backbone.set_attn_implementation(attn)
+    got = model.embed_batch(batch)
+    for a, b in zip(got[:3], ref[:3]):
+        assert rel_err(a.detach(), b.detach()) < TOL
+
+
+def test_text_only_use_of_a_vl_model():
+    model = tiny_vl_btok("qwen2_vl", video=False)
+    texts = ["what is a cat?", "paris", "x"]
+    batch = model.collate([{"query": "q one", "positive": "p", "target": "t"}, {"query": "q", "positive": "pp"}])
+    lens = batch["btok_layout"].seqlens
+    expected = torch.cat([torch.arange(n) for n in lens])
+    assert torch.equal(batch["position_ids"], expected.expand(3, 1, -1))
+    assert not any(key in batch for key in ("pixel_values", "pixel_values_videos"))
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    emb = model.encode(texts, packed=True)
+    assert rel_err(model.encode(texts, packed=False), emb) < TOL
+
+
+def test_flat_jsonl_keys_and_paths(model, tmp_path):
+    """The training loader's ``query_image`` / ``positive_image`` paths collate like dict inputs."""
+    image(56, 84, 1).save(tmp_path / "cat.png")
+    image(40, 50, 3).save(tmp_path / "dog.png")
+    lines = [
+        {"query": "what is this?", "query_image": "cat.png", "positive": "a cat"},
+        {"query": "plain", "positive_image": "dog.png"},
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    loaded = load_examples(tmp_path / "train.jsonl")
+    flat = model.collate(loaded)
+    as_dicts = model.collate([
+        {"query": {"text": "what is this?", "image": image(56, 84, 1)}, "positive": "a cat"},
+        {"query": "plain", "positive": {"image": image(40, 50, 3)}},
+    ])
+    for key in ("input_ids", "position_ids", "labels", "pixel_values", "image_grid_thw"):
+        assert torch.equal(flat[key], as_dicts[key]), key
+
+
+def test_video_processor_stand_in_matches_the_image_processor():
+    """Two identical frames make one temporal patch equal to the still image's (the image
+    processor repeats a still image over the temporal axis); distinct frames differ."""
+    still = image(56, 84, 1)
+    video = FrameVideoProcessor()(videos=[[still, still]])
+    img = image_processor()(images=[still], return_tensors="pt")
+    assert torch.equal(video["pixel_values_videos"], img["pixel_values"])
+    assert video["video_grid_thw"].tolist() == img["image_grid_thw"].tolist()
+    moving = FrameVideoProcessor()(videos=[frames(4, 56, 84, 1)])
+    assert moving["video_grid_thw"].tolist() == [[2, 4, 6]]
+
+
+BAD = [
+    ({"query": {"text": "q", "image": "missing.png"}, "positive": "p"}, "example 0, field 'query': image file .* not exist"),
+    ({"query": "q", "positive": "p", "query_image": "unreadable.png"}, "example 0, field 'query': cannot read image"),
+    ({"query": "q", "positive": "p", "target": {"text": "t", "image": "x.png"}}, "field 'target': .*text only"),
+    ({"query": "q", "positive": "p", "target_image": "x.png"}, "field 'target_image': targets are text only"),
+    ({"query": "q <|image_pad|>", "positive": "p"}, "field 'query': the text contains a vision token"),
+    ({"query": {"text": "q", "image": 3}, "positive": "p"}, "field 'query': an image must be a PIL.Image"),
+    ({"query": {"text": "q", "video": []}, "positive": "p"}, "field 'query': the video has no frames"),
+    ({"query": {"text": "q", "imgae": "x.png"}, "positive": "p"}, r"field 'query': unknown keys \['imgae'\]"),
+    ({"query": {"text": "  ", "image": "x.png"}, "positive": "p"}, "field 'query': empty text"),
+    ({"query": "q", "positive": "p", "negative_images": ["x.png"]}, "field 'negative_images': not a known field"),
+]
+
+
+@pytest.mark.parametrize("example, message", BAD, ids=[m.split(":")[-1][:30] for _, m in BAD])
+def test_bad_multimodal_examples_name_the_example(model, example, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unreadable.png").write_text("not an image")
+    with pytest.raises(ExampleError, match=message):
+        model.collate([example])
+
+
+def test_missing_processors_and_text_only_models_say_so(tmp_path):
+    with pytest.raises(ExampleError, match="text 0: images .* text-only"):
+        tiny_btok().encode([{"text": "q", "image": image(28, 28, 1)}])
+    with pytest.raises(ExampleError, match="example 0, field 'query_image': images .* text-only"):
+        tiny_btok().collate([{"query": "q", "query_image": "a.png", "positive": "p"}])
+    no_video = tiny_vl_btok("qwen2_vl", video=False)
+    with pytest.raises(ExampleError, match="text 1: this BTok model has no video processor"):
+        no_video.encode(["fine", {"video": frames(2, 28, 28, 1)}])
+    bare = tiny_vl_btok("qwen2_vl", processor=None)
+    with pytest.raises(ExampleError, match="text 0: this BTok model has no image processor; pass the model's processor"):
+        bare.encode([{"text": "q", "image": image(28, 28, 1)}])
+    assert bare.encode(["text works"]).shape == (1, 64)

@@ -652,14 +652,30 @@ def _load_processor(source, kwargs, tokenizer=None):
     Raises:
         OSError: ``source`` has no image processor.
     """
-    from transformers import AutoImageProcessor, AutoProcessor
+    from transformers import AutoProcessor
 
     try:
         extra = {} if tokenizer is None else {"tokenizer": tokenizer}
         return AutoProcessor.from_pretrained(source, **kwargs, **extra), None
     except (ImportError, AttributeError, TypeError, ValueError, OSError) as err:
         reason = f"transformers could not build the model's processor: {type(err).__name__}: {err}"
-    return AutoImageProcessor.from_pretrained(source, **kwargs), reason
+    return _load_image_processor(source, kwargs), reason
+
+
+def _load_image_processor(source, kwargs):
+    """The image processor saved in ``source``, as the class its config names.
+
+    ``AutoImageProcessor`` refuses to run without torchvision in transformers 5.17, while
+    ``Qwen2VLImageProcessor`` itself falls back to its PIL backend.
+    """
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    config, _ = ImageProcessingMixin.get_image_processor_dict(source, **kwargs)
+    name = config.get("image_processor_type") or ""
+    cls = getattr(transformers, name, None)
+    if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+        raise OSError(f"{source}: unknown image processor type {name!r} in its preprocessor config")
+    return cls.from_pretrained(source, **kwargs)
 
 
 def _media_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:

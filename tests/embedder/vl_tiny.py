@@ -84,6 +84,8 @@ TEXT = dict(
     num_key_value_heads=2,
     max_position_embeddings=256,
     pad_token_id=0,
+    bos_token_id=None,
+    eos_token_id=None,
     rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
 )
 TOKEN_IDS = dict(

@@ -1,0 +1,135 @@
+"""Training a BTok embedder on Qwen2-VL / Qwen2.5-VL: the single packed pass equals the
+authors' two-pass formulation with images and video in the queries (generative loss, query
+embeddings, every parameter gradient, vision tower included); what trains under LoRA, a
+frozen backbone and full fine-tuning; save/load with the processor."""
+
+import json
+
+import pytest
+import torch
+from test_twopass import assert_same, single_pass, two_pass
+from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
+
+from btok_model import BTokModel
+
+# Queries with images (1..6 tokens, non-square grids), a 4-frame video, text only; targets
+# given, defaulted to the positive, absent. Targets are long enough to span several rows.
+EXAMPLES = [
+    {"query": {"text": "what is in the picture?", "image": image(56, 84, 1)}, "positive": "a cat on a mat"},
+    {"query": "plain text query", "positive": "p", "target": "a target after a text query"},
+    {"query": {"image": image(84, 56, 2)}, "positive": {"text": "tall", "image": image(28, 28, 3)}},
+    {"query": {"text": "clip", "video": frames(4, 28, 56, 4)}, "positive": "moving", "target": "it moves left"},
+    {"query": {"text": "x", "image": image(40, 50, 5)}, "positive": "y", "target": None},
+]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_single_pass_equals_two_pass_with_images(family):
+    model = tiny_vl_btok(family)
+    single, double = single_pass(model, EXAMPLES), two_pass(model, EXAMPLES, "sdpa")
+    assert_same(single, double, family)
+    grads = single[3]
+    assert any("visual" in n for n in grads), "the vision tower must get gradients"
+    assert all(grads[n].abs().sum() > 0 for n in grads if "visual" in n and "bias" not in n)
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+
+
+def _train_one_step(model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    model(**model.collate(EXAMPLES)).loss.backward()
+    opt.step()
+    return {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+
+
+def _embedding_rows(model):
+    embed = model._transformers_model.get_input_embeddings()
+    with torch.no_grad():
+        return embed(torch.arange(embed.weight.shape[0])).clone()
+
+
+@pytest.mark.parametrize("mode", ["lora", "frozen", "full"])
+def test_what_trains(mode):
+    """LoRA: adapters on the language model only (none in the vision tower) + the BTok rows;
+    frozen: the BTok rows only; full: everything, the vision tower included."""
+    kwargs = {"lora": dict(lora=4), "frozen": dict(freeze_backbone=True), "full": {}}[mode]
+    model = tiny_vl_btok("qwen2_vl", **kwargs)
+    before, rows_before = _snapshot(model), _embedding_rows(model)
+    trainable = _train_one_step(model)
+    after, rows_after = _snapshot(model), _embedding_rows(model)
+    changed = {n for n in before if not torch.equal(after[n], before[n])}
+    visual = {n for n in before if ".visual." in n}
+    assert visual, "the vision tower's parameters must be found"
+
+    if mode == "full":
+        assert changed == set(before)
+        return
+    kinds = {"lora_A", "lora_B", "trainable_tokens_delta"} if mode == "lora" else {"trainable_tokens_delta"}
+    assert all(any(k in n for k in kinds) for n in trainable), sorted(trainable)
+    assert changed <= trainable and not changed & visual
+    assert not any("lora" in n for n in visual), "no adapters on the vision tower"
+    if mode == "lora":
+        lora_modules = {n.split(".lora_")[0] for n in trainable if "lora_B" in n}
+        assert lora_modules and all(".language_model." in n for n in lora_modules)
+        assert {n.rsplit(".", 1)[-1] for n in lora_modules} == {
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        }
+        assert any("lora_B" in n for n in changed)
+    ids = model.btok_token_ids
+    others = torch.ones(rows_before.shape[0], dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(rows_after[others], rows_before[others]), "non-BTok embedding rows changed"
+    assert (rows_after[ids] != rows_before[ids]).any(dim=1).all(), "every BTok row must train"
+
+
+def test_save_load_round_trip_with_the_processor(tmp_path):
+    model = tiny_vl_btok("qwen2_5_vl", video=False, pooling="last")
+    with torch.no_grad():
+        model._transformers_model.get_input_embeddings().weight[model.btok_token_ids] += 0.3
+    inputs = [{"text": "a cat", "image": image(56, 84, 1)}, "just text", {"image": image(28, 56, 2)}]
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert (saved["patch_size"], saved["merge_size"], saved["temporal_patch_size"]) == (14, 2, 2)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+
+    loaded = BTokModel.from_pretrained(tmp_path)
+    assert type(loaded._transformers_model) is type(model._transformers_model)
+    assert loaded.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|btok_3|>"]) == [50, model.btok_token_ids[3]]
+    assert loaded.processor is not None and loaded.pooling == "last"
+    assert torch.equal(loaded.encode(inputs), model.encode(inputs))
+    a, b = loaded(**loaded.collate(EXAMPLES[:3])), model(**model.collate(EXAMPLES[:3]))
+    assert torch.equal(a.loss, b.loss)
+
+
+def test_from_backbone_by_folder_name_loads_the_processor(tmp_path):
+    """A VL folder loads through AutoModelForImageTextToText; the processor comes from the
+    folder (its image processor alone here: transformers cannot build the processor class
+    without torchvision, and a video then says why)."""
+    backbone = tiny_vl_backbone("qwen2_vl")
+    backbone.save_pretrained(tmp_path)
+    reference = tiny_vl_btok("qwen2_vl", video=False)
+    reference.collator.image_processor.save_pretrained(tmp_path)
+    model = BTokModel.from_backbone(str(tmp_path), tokenizer=vl_tokenizer(), dtype=torch.bfloat16)
+    assert model._transformers_model.dtype == torch.bfloat16 and model.attn_implementation == "btok_triton"
+    inputs = [{"text": "a cat", "image": image(56, 84, 1)}]
+    emb = model.encode(inputs)
+    assert emb.dtype == torch.float32 and torch.allclose(emb.norm(dim=-1), torch.ones(1))
+    assert torch.equal(
+        model.collate([{"query": inputs[0], "positive": "p"}])["pixel_values"],
+        reference.collate([{"query": inputs[0], "positive": "p"}])["pixel_values"],
+    )
+    with pytest.raises(ValueError, match="no video processor"):
+        model.encode([{"video": frames(2, 28, 28, 1)}])
+
+
+@pytest.mark.interpret
+def test_single_pass_equals_two_pass_triton_kernel(monkeypatch):
+    """The real Triton kernels (under the interpreter on a CPU): the text model's condensation
+    layout and the vision tower's bidirectional one, against the two passes under sdpa."""
+    monkeypatch.setenv("BTOK_BACKEND", "triton")
+    model = tiny_vl_btok("qwen2_vl")
+    examples = [{"query": {"text": "hi", "image": image(28, 56, 1)}, "positive": "yo", "target": "odd"}]
+    assert_same(single_pass(model, examples), two_pass(model, examples, "sdpa"), "triton")

@@ -643,7 +643,8 @@ def _auto_class(name_or_path, kwargs):
 
 
 def _load_processor(source, kwargs, tokenizer=None):
-    """``(processor, why there is no video processor or None)`` from a name / folder.
+    """``(processor, why there is no video processor or None)`` from a name / folder
+    (``tokenizer``: replaces the processor's own).
 
     ``AutoProcessor`` first; transformers cannot build the Qwen2-VL processor classes
     without torchvision (their video processor needs it), and then the image processor
@@ -655,11 +656,13 @@ def _load_processor(source, kwargs, tokenizer=None):
     from transformers import AutoProcessor
 
     try:
-        extra = {} if tokenizer is None else {"tokenizer": tokenizer}
-        return AutoProcessor.from_pretrained(source, **kwargs, **extra), None
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
     except (ImportError, AttributeError, TypeError, ValueError, OSError) as err:
         reason = f"transformers could not build the model's processor: {type(err).__name__}: {err}"
-    return _load_image_processor(source, kwargs), reason
+        return _load_image_processor(source, kwargs), reason
+    if tokenizer is not None and hasattr(processor, "tokenizer"):
+        processor.tokenizer = tokenizer  # the saved tokenizer as its own class (see _load_saved_tokenizer)
+    return processor, None
 
 
 def _load_image_processor(source, kwargs):

@@ -2,10 +2,11 @@
 positions, encode() (packed == padded == the training pass), and errors naming the example."""
 
 import json
+import pickle
 
 import pytest
 import torch
-from btok_tiny import tiny_btok
+from btok_tiny import char_tokenizer, tiny_backbone, tiny_btok
 from vl_tiny import (
     IMAGE_TOKEN,
     VIDEO_TOKEN,
@@ -18,7 +19,7 @@ from vl_tiny import (
     tiny_vl_btok,
 )
 
-from btok_model import ExampleError
+from btok_model import BTokModel, ExampleError
 from btok_model.training.data import load_examples
 
 TOL = 2e-5
@@ -151,6 +152,17 @@ def test_position_ids_are_the_models_own_per_sequence(family):
         assert torch.equal(padded["position_ids"][:, r, : len(seq)], expected)
 
 
+def test_collator_is_picklable_and_model_free(model):
+    """DataLoader workers pickle the collator: it holds the processor and the rope index, no model."""
+    collator = pickle.loads(pickle.dumps(model.collator))
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(collator).values())
+    a, b = collator(examples()), model.collate(examples())
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+
+
 def test_training_pass_equals_encode_and_targets_change_no_embedding(model):
     exs = examples()
     query, candidates, generative, _ = model.embed_batch(model.collate(exs))
@@ -259,6 +271,8 @@ def test_missing_processors_and_text_only_models_say_so(tmp_path):
     no_video = tiny_vl_btok("qwen2_vl", video=False)
     with pytest.raises(ExampleError, match="text 1: this BTok model has no video processor"):
         no_video.encode(["fine", {"video": frames(2, 28, 28, 1)}])
+    with pytest.raises(ValueError, match="processor= is for Qwen2-VL / Qwen2.5-VL backbones; LlamaForCausalLM"):
+        BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), processor=image_processor())
     bare = tiny_vl_btok("qwen2_vl", processor=None)
     with pytest.raises(ExampleError, match="text 0: this BTok model has no image processor; pass the model's processor"):
         bare.encode([{"text": "q", "image": image(28, 28, 1)}])

@@ -7,10 +7,13 @@ import json
 
 import pytest
 import torch
-from test_twopass import assert_same, single_pass, two_pass
+from test_twopass import assert_same, rel_err, single_pass, two_pass
 from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 from btok_model import BTokModel
+from btok_model.training.collate import TrainingCollator
+from btok_model.training.gradcache import grad_cache_step
+from btok_model.training.schedule import GenerativeSchedule
 
 # Queries with images (1..6 tokens, non-square grids), a 4-frame video, text only; targets
 # given, defaulted to the positive, absent. Targets are long enough to span several rows.
@@ -133,3 +136,24 @@ def test_single_pass_equals_two_pass_triton_kernel(monkeypatch):
     model = tiny_vl_btok("qwen2_vl")
     examples = [{"query": {"text": "hi", "image": image(28, 56, 1)}, "positive": "yo", "target": "odd"}]
     assert_same(single_pass(model, examples), two_pass(model, examples, "sdpa"), "triton")
+
+
+def test_grad_cache_chunks_with_images_equal_the_full_batch():
+    """The training collator's GradCache chunks carry each example's pixels: the chunked
+    step gives the full batch's losses and gradients (vision tower included)."""
+    model = tiny_vl_btok("qwen2_vl").train()
+    full_batch = model.collate(EXAMPLES)
+    chunked = TrainingCollator(model.collator, GenerativeSchedule(5.0, None), chunk_size=2)(EXAMPLES)
+    assert len(chunked["chunks"]) == 3 and all("pixel_values" in c["batch"] for c in chunked["chunks"])
+    model.zero_grad(set_to_none=True)
+    full = model(**full_batch)
+    full.loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    parts = grad_cache_step(model, chunked, lambda loss: loss.backward())
+    torch.testing.assert_close(parts["contrastive_loss"], full.contrastive_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts["generative_loss"], full.generative_loss.detach(), rtol=1e-5, atol=0)
+    actual = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert actual.keys() == expected.keys() and any(".visual." in n for n in actual)
+    for name in expected:
+        assert rel_err(actual[name], expected[name]) < 2e-5, name

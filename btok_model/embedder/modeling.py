@@ -102,8 +102,9 @@ class BTokModel(nn.Module):
             or None (text only).
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer, config: BTokConfig, processor=None, *,
-                 no_video_reason: str | None = None):
+    def __init__(
+        self, backbone: nn.Module, tokenizer, config: BTokConfig, processor=None, *, no_video_reason: str | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -554,9 +555,7 @@ class BTokModel(nn.Module):
         device = self.device
         # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
         # asynchronous, so the host packs the next batch while the GPU computes.
-        by_length = torch.empty(
-            len(sequences), self.hidden_size, dtype=torch.float32, pin_memory=device.type == "cuda"
-        )
+        by_length = torch.empty(len(sequences), self.hidden_size, dtype=torch.float32, pin_memory=device.type == "cuda")
         from tqdm.auto import tqdm
 
         was_training = self.training

@@ -344,14 +344,19 @@ class MultimodalCollator(BTokCollator):
         media = []
         for k, item in enumerate(items):
             image, video = image_media.get(k), video_media.get(k)
-            expand = ((tokens.image, image and image.image_grid_thw, self.image_processor),
-                      (tokens.video, video and video.video_grid_thw, self.video_processor))
+            blocks = (image is not None) + (video is not None)
+            expected = {tokens.vision_start: blocks, tokens.vision_end: blocks}
+            expected.update({tokens.image: image is not None, tokens.video: video is not None})
+            if any(ids[k].count(token) != count for token, count in expected.items()):
+                raise ExampleError(
+                    f"{item.name}: the text contains a vision token ({', '.join(tokens.strings)}); "
+                    "give images and videos as 'image' / 'video'"
+                )
+            expand = (
+                (tokens.image, image and image.image_grid_thw, self.image_processor),
+                (tokens.video, video and video.video_grid_thw, self.video_processor),
+            )
             for token, grid, processor in expand:
-                if ids[k].count(token) != (grid is not None):
-                    raise ExampleError(
-                        f"{item.name}: the text contains a vision token ({', '.join(tokens.strings)}); "
-                        "give images and videos as 'image' / 'video'"
-                    )
                 if grid is not None:  # one placeholder per merged patch, as the processor expands it
                     at = ids[k].index(token)
                     ids[k][at : at + 1] = [token] * (int(grid.prod()) // processor.merge_size**2)
@@ -506,4 +511,3 @@ def _check_video(video, name: str):
             raise ExampleError(f"{name}: the video has no frames")
         return video
     raise ExampleError(f"{name}: a video must be a list of frames or an [F, H, W, C] array, got {_describe(video)}")
-

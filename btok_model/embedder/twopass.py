@@ -135,9 +135,7 @@ def two_pass_ids(
 
     # Pass 2: the targets, right-padded, positions continuing after the BToks.
     target_ids, target_mask = _right_pad([targets[i] for i in rows], pad_id)
-    labels, _ = _right_pad(
-        [[IGNORE_INDEX] * unscored[i] + targets[i][unscored[i] :] for i in rows], IGNORE_INDEX
-    )
+    labels, _ = _right_pad([[IGNORE_INDEX] * unscored[i] + targets[i][unscored[i] :] for i in rows], IGNORE_INDEX)
     # Continue after each row's last BTok (the last column), on every axis of the positions.
     start = positions[..., select.cpu(), -1] + 1  # [N'] or [3, N']
     target_positions = start[..., None] + torch.arange(target_ids.shape[1])

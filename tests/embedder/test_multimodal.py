@@ -145,7 +145,9 @@ def test_position_ids_are_the_models_own_per_sequence(family):
         m = media[r]
         kwargs = {}
         if m is not None:
-            kwargs = {key: getattr(m, key) for key in ("image_grid_thw", "video_grid_thw") if getattr(m, key) is not None}
+            kwargs = {
+                key: getattr(m, key) for key in ("image_grid_thw", "video_grid_thw") if getattr(m, key) is not None
+            }
             if family == "qwen2_5_vl" and m.second_per_grid_ts is not None:
                 kwargs["second_per_grid_ts"] = m.second_per_grid_ts
         expected = inner.get_rope_index(ids, types, **kwargs)[0][:, 0]
@@ -221,10 +223,12 @@ def test_flat_jsonl_keys_and_paths(model, tmp_path):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     loaded = load_examples(tmp_path / "train.jsonl")
     flat = model.collate(loaded)
-    as_dicts = model.collate([
-        {"query": {"text": "what is this?", "image": image(56, 84, 1)}, "positive": "a cat"},
-        {"query": "plain", "positive": {"image": image(40, 50, 3)}},
-    ])
+    as_dicts = model.collate(
+        [
+            {"query": {"text": "what is this?", "image": image(56, 84, 1)}, "positive": "a cat"},
+            {"query": "plain", "positive": {"image": image(40, 50, 3)}},
+        ]
+    )
     for key in ("input_ids", "position_ids", "labels", "pixel_values", "image_grid_thw"):
         assert torch.equal(flat[key], as_dicts[key]), key
 
@@ -242,11 +246,18 @@ def test_video_processor_stand_in_matches_the_image_processor():
 
 
 BAD = [
-    ({"query": {"text": "q", "image": "missing.png"}, "positive": "p"}, "example 0, field 'query': image file .* not exist"),
+    (
+        {"query": {"text": "q", "image": "missing.png"}, "positive": "p"},
+        "example 0, field 'query': image file .* not exist",
+    ),
     ({"query": "q", "positive": "p", "query_image": "unreadable.png"}, "example 0, field 'query': cannot read image"),
     ({"query": "q", "positive": "p", "target": {"text": "t", "image": "x.png"}}, "field 'target': .*text only"),
     ({"query": "q", "positive": "p", "target_image": "x.png"}, "field 'target_image': targets are text only"),
     ({"query": "q <|image_pad|>", "positive": "p"}, "field 'query': the text contains a vision token"),
+    (
+        {"query": {"text": "<|vision_end|>", "image": image(28, 28, 1)}, "positive": "p"},
+        "field 'query': the text contains a vision token",
+    ),
     ({"query": {"text": "q", "image": 3}, "positive": "p"}, "field 'query': an image must be a PIL.Image"),
     ({"query": {"text": "q", "video": []}, "positive": "p"}, "field 'query': the video has no frames"),
     ({"query": {"text": "q", "imgae": "x.png"}, "positive": "p"}, r"field 'query': unknown keys \['imgae'\]"),
@@ -274,6 +285,8 @@ def test_missing_processors_and_text_only_models_say_so(tmp_path):
     with pytest.raises(ValueError, match="processor= is for Qwen2-VL / Qwen2.5-VL backbones; LlamaForCausalLM"):
         BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), processor=image_processor())
     bare = tiny_vl_btok("qwen2_vl", processor=None)
-    with pytest.raises(ExampleError, match="text 0: this BTok model has no image processor; pass the model's processor"):
+    with pytest.raises(
+        ExampleError, match="text 0: this BTok model has no image processor; pass the model's processor"
+    ):
         bare.encode([{"text": "q", "image": image(28, 28, 1)}])
     assert bare.encode(["text works"]).shape == (1, 64)

@@ -78,7 +78,13 @@ def test_what_trains(mode):
         lora_modules = {n.split(".lora_")[0] for n in trainable if "lora_B" in n}
         assert lora_modules and all(".language_model." in n for n in lora_modules)
         assert {n.rsplit(".", 1)[-1] for n in lora_modules} == {
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
         }
         assert any("lora_B" in n for n in changed)
     ids = model.btok_token_ids

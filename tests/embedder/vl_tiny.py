@@ -104,17 +104,28 @@ def tiny_vl_backbone(family: str = "qwen2_vl", seed: int = 0) -> torch.nn.Module
     if family == "qwen2_vl":
         vision = dict(VISION_COMMON, depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
         config = Qwen2VLConfig(
-            text_config=dict(TEXT, tie_word_embeddings=True), vision_config=vision, tie_word_embeddings=True,
+            text_config=dict(TEXT, tie_word_embeddings=True),
+            vision_config=vision,
+            tie_word_embeddings=True,
             **TOKEN_IDS,
         )
         model = Qwen2VLForConditionalGeneration(config)
     elif family == "qwen2_5_vl":
         vision = dict(
-            VISION_COMMON, depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-            window_size=56, fullatt_block_indexes=[1], tokens_per_second=2,
+            VISION_COMMON,
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
         )
         config = Qwen2_5_VLConfig(
-            text_config=dict(TEXT, tie_word_embeddings=False), vision_config=vision, tie_word_embeddings=False,
+            text_config=dict(TEXT, tie_word_embeddings=False),
+            vision_config=vision,
+            tie_word_embeddings=False,
             **TOKEN_IDS,
         )
         model = Qwen2_5_VLForConditionalGeneration(config)

@@ -2,6 +2,7 @@
 
 * :mod:`.tokens` -- adding the BTok tokens, initialising and training their rows (PEFT).
 * :mod:`.collate` -- examples -> one packed batch; texts -> BTok inputs.
+* :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL: the processor, M-RoPE positions.
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
 * :mod:`.masks` -- the condensation mask for backends other than ``"btok_triton"``.
 * :mod:`.modeling` -- :class:`BTokModel`, :class:`BTokOutput`.
@@ -11,6 +12,7 @@
 from .collate import BTokCollator, EncodedExample, ExampleError
 from .config import BTokConfig
 from .modeling import BTokModel, BTokOutput, pool_btok_states
+from .multimodal import Media, MultimodalCollator
 from .twopass import TwoPassOutput, two_pass_forward
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "BTokOutput",
     "EncodedExample",
     "ExampleError",
+    "Media",
+    "MultimodalCollator",
     "TwoPassOutput",
     "pool_btok_states",
     "two_pass_forward",

@@ -443,14 +443,20 @@ class MultimodalCollator(BTokCollator):
         :data:`MEDIA_BATCH_KEYS` that the batch has (images in row order)."""
         batch = super().pack_sequences(inputs, targets)
         media = media or [None] * len(inputs)
-        lens = torch.tensor(batch["btok_layout"].seqlens, dtype=torch.long)
-        # The packed sequences as right-padded rows (row-major order over the real tokens is
-        # the packed order), so that one rope-index call covers them all.
-        valid = torch.arange(int(lens.max())) < lens[:, None]  # [n, S]
-        ids = torch.zeros(valid.shape, dtype=torch.long)
-        ids[valid] = batch["input_ids"][0]
-        positions = self.rope_positions(ids, valid, media)  # [3, n, S]
-        batch["position_ids"] = positions[:, valid][:, None]
+        positions = batch["position_ids"][0].expand(3, -1).clone()  # [3, T]: 0, 1, ... per sequence
+        rows = [s for s, m in enumerate(media) if m is not None]
+        if rows:
+            # The sequences with vision tokens as right-padded rows: one rope-index call for all.
+            layout = batch["btok_layout"]
+            select = torch.tensor(rows, dtype=torch.long)
+            starts = torch.tensor(layout.host_cu_seqlens[:-1], dtype=torch.long)[select]
+            lens = torch.tensor(layout.seqlens, dtype=torch.long)[select]
+            valid = torch.arange(int(lens.max())) < lens[:, None]  # [n, S]
+            index = (starts[:, None] + torch.arange(valid.shape[1]))[valid]  # their tokens in the row
+            ids = torch.zeros(valid.shape, dtype=torch.long)
+            ids[valid] = batch["input_ids"][0, index]
+            positions[:, index] = self._rope(ids, valid, [media[s] for s in rows])[:, valid]
+        batch["position_ids"] = positions[:, None]
         batch.update(concat_media(media, MEDIA_BATCH_KEYS))
         return batch
 

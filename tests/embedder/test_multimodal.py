@@ -40,7 +40,8 @@ def model():
 
 
 def examples():
-    """Images of 1..6 tokens, non-square grids, an image-only positive, a 4-frame video query, text."""
+    """Images of 1..6 tokens, non-square grids, an image-only positive, a query with an image and
+    a 4-frame video, text."""
     return [
         {
             "query": {"text": "what is this?", "image": image(56, 84, 1)},
@@ -48,7 +49,11 @@ def examples():
             "negatives": [{"text": "a dog", "image": image(28, 28, 2)}],
         },
         {"query": "plain text", "positive": {"image": image(84, 56, 3)}},
-        {"query": {"text": "clip", "video": frames(4, 28, 56, 5)}, "positive": "moving", "target": "it moves"},
+        {
+            "query": {"text": "clip", "image": image(28, 56, 9), "video": frames(4, 28, 56, 5)},
+            "positive": "moving",
+            "target": "it moves",
+        },
         {"query": {"image": image(40, 50, 7)}, "positive": {"text": "blue", "image": image(30, 60, 8)}},
     ]
 
@@ -72,18 +77,19 @@ def test_batch_layout_and_pixels(model):
     # (input, its image or None) in packed order: queries, positives, negatives
     inputs = [ex["query"] for ex in exs] + [ex["positive"] for ex in exs] + [exs[0]["negatives"][0]]
     expected_ids, pixels, grids = [], [], []
-    for value in inputs:
+    for value in inputs:  # the image block, then the video block, then the text
         value = value if isinstance(value, dict) else {"text": value}
-        ids = text(value.get("text"))
+        ids = []
         if value.get("image") is not None:
             block, px, grid = vision(value["image"])
-            ids, pixels, grids = block + ids, pixels + [px], grids + [grid]
+            ids, pixels, grids = block, pixels + [px], grids + [grid]
         if value.get("video") is not None:
             video = FrameVideoProcessor()(videos=[value["video"]])
             n = int(video["video_grid_thw"].prod()) // 4
-            ids = [VISION_START] + [VIDEO_TOKEN] * n + [VISION_END] + ids
+            ids = ids + [VISION_START] + [VIDEO_TOKEN] * n + [VISION_END]
             assert torch.equal(batch["pixel_values_videos"], video["pixel_values_videos"])
             assert torch.equal(batch["video_grid_thw"], video["video_grid_thw"])
+        ids = ids + text(value.get("text"))
         expected_ids.append(ids)
     got = [s[0].tolist() for s in sequences(batch)]
     prefix = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]

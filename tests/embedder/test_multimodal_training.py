@@ -15,13 +15,17 @@ from btok_model.training.collate import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
 
-# Queries with images (1..6 tokens, non-square grids), a 4-frame video, text only; targets
+# Queries with images (1..6 tokens, non-square grids), an image + a 4-frame video, text only; targets
 # given, defaulted to the positive, absent. Targets are long enough to span several rows.
 EXAMPLES = [
     {"query": {"text": "what is in the picture?", "image": image(56, 84, 1)}, "positive": "a cat on a mat"},
     {"query": "plain text query", "positive": "p", "target": "a target after a text query"},
     {"query": {"image": image(84, 56, 2)}, "positive": {"text": "tall", "image": image(28, 28, 3)}},
-    {"query": {"text": "clip", "video": frames(4, 28, 56, 4)}, "positive": "moving", "target": "it moves left"},
+    {
+        "query": {"text": "clip", "image": image(28, 56, 9), "video": frames(4, 28, 56, 4)},
+        "positive": "moving",
+        "target": "it moves left",
+    },
     {"query": {"text": "x", "image": image(40, 50, 5)}, "positive": "y", "target": None},
 ]
 

@@ -70,22 +70,21 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
     ``num_warps``, ``num_stages``), for ``sm_{arch}``; ``causal=False`` compiles the
     bidirectional variant. Returns Triton's compiled kernel (``.asm["cubin"]``,
     ``.asm["ptx"]``, ``.metadata``)."""
-    jit = P._FIXED[kernel]
-    if not hasattr(jit.fn, "cache_key"):
+    fn = P._FIXED[kernel]
+    if not hasattr(fn, "cache_key"):
         raise RuntimeError(
             "compile_kernel needs the real Triton compiler: run it in a process where "
             "TRITON_INTERPRET is unset or 0 when triton is first imported"
         )
     cfg = P.gpu_configs(head_dim, dtype)[kernel]
-    precision = P._dot_flags(dtype, interpreting=False)[1]
+    precision = P.dot_precision(dtype, interpreting=False)
     cfg.update(config or {})
     block_d = P._block_d(head_dim)
     constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      EVEN_D=head_dim == block_d, UPCAST=False, PRECISION=precision, CAUSAL=causal)
+                      PRECISION=precision, CAUSAL=causal)
     if kernel == "dkdv":
         constexprs["HEADS"] = group // gqa_split
         constexprs["FUSED_DQ"] = fused_dq
-    fn = jit.fn  # under @triton.heuristics
     sig = _signature(fn, _DTYPE[dtype], constexprs)
     # what the launcher specialises on: 16-byte aligned pointers and strides that are multiples of 16
     aligned = [(i,) for i, name in enumerate(fn.arg_names)

@@ -1,7 +1,9 @@
 """Triton kernels for condensation-mask attention on packed varlen sequences.
 
 The tile schedule is computed inside the kernels from ``cu_seqlens``, ``btok_start`` and
-``target_start``; nothing is precomputed per batch.
+``target_start``; nothing is precomputed per batch. The file has the four layers of an op,
+in order: kernels (device helpers, forward, backward), launchers; the custom ops, autograd
+and the public function are in ``ops.py``.
 
 Programs. A pack of ``n`` sequences and ``T`` tokens launches ``T // BLOCK + n`` programs
 per head along axis 0. Sequence ``s`` owns the program slots starting at
@@ -10,17 +12,26 @@ tiles; a program finds its sequence by binary search over ``cu_seqlens`` and at 
 slot per sequence has no tile and returns at once. No host synchronisation, no padding to
 ``max_seqlen``.
 
-Tiles. For a query tile with rows ``[q0, q1)`` of a sequence (``b`` = BTok start, ``t`` =
-target start), the keys visited are ``[lo, q1)`` with ``lo = b`` when every row is a target
-row (``q0 >= t``) and ``lo = 0`` otherwise, in blocks of ``BLOCK_N`` starting at ``lo``:
+The mask, per row and per key. Each row ``i`` attends one contiguous key range
+``[k_first, k_last]``: ``[0, i]`` for query and BTok rows, ``[b, i]`` for target rows
+(``b`` = BTok start, ``t`` = target start), ``[0, len)`` when bidirectional. Seen from a
+key ``j``, the rows attending it are ``[j, t)`` if ``j < b``, else ``[j, len)``, and
+``[0, len)`` when bidirectional. :func:`_key_range` and :func:`_row_range` are the only
+places that write the mask down; a masked block compares positions with these ranges
+(tests/ops/test_schedule.py checks them against the mask pair by pair).
 
-    blocks [0, n_cut)       hold keys < b for a tile that mixes target and other rows:
-                            per-element mask (the cut)
-    blocks [n_cut, n_diag)  every key <= q0 and no cut applies: no mask at all
-    blocks [n_diag, end)    cross the diagonal: per-element mask
+Tiles. For a query tile with rows ``[q0, q1)`` of a sequence, the keys visited are
+``[lo, hi)`` with ``lo = b`` when every row is a target row (``q0 >= t``) and ``lo = 0``
+otherwise, in blocks of ``BLOCK_N`` starting at ``lo`` (:func:`_key_plan`):
 
-The backward's dK/dV programs mirror this per key tile: rows ``[n0, t)`` see keys that all
-lie before ``b`` and rows ``[n0, len)`` the others, with the same three kinds of blocks.
+    keys [lo, cut_hi)       blocks holding keys < b for a tile that mixes target and other
+                            rows: per-element mask (the cut)
+    keys [cut_hi, full_hi)  every key <= q0 and no cut applies: no mask at all
+    keys [full_hi, hi)      blocks crossing the diagonal: per-element mask
+
+The backward's dK/dV programs mirror this per key tile (:func:`_row_plan`): row blocks
+from the key tile's start, masked on the diagonal, then unmasked while every row sees
+every key of the tile, then masked where rows ``>= t`` stop seeing keys ``< b``.
 
 Bidirectional layouts (``CAUSAL=False``): every query tile visits every key block of its
 sequence and every key tile every row block; all blocks but the last, partial one
@@ -45,12 +56,13 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 # ----------------------------------------------------------------------------------------
-# device helpers
+# device helpers: tiles, plans, the mask, loads and stores
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _find_tile(cu_seqlens, n_seqs, i_t, BLOCK: tl.constexpr):
-    """Program slot ``i_t`` -> (sequence, tile index within it, tile count of the sequence).
-    Sequence ``s`` owns the slots from ``cu_seqlens[s] // BLOCK + s``."""
+    """Program slot ``i_t`` -> (sequence, tile index within it, tile count of the sequence,
+    first packed row of the sequence, its length). Sequence ``s`` owns the slots from
+    ``cu_seqlens[s] // BLOCK + s``."""
     lo = 0
     hi = n_seqs - 1
     while lo < hi:
@@ -64,145 +76,195 @@ def _find_tile(cu_seqlens, n_seqs, i_t, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    # UPCAST: the Triton interpreter multiplies bf16 blocks wrongly; fp32 products of
+def _dot(a, b, PRECISION: tl.constexpr):
+    # "upcast": the Triton interpreter multiplies bf16 blocks wrongly; fp32 products of
     # bf16 values are exact, so the result matches a bf16 tensor-core dot with fp32 acc.
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
+    if PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
-def _allowed(rows, keys, seqlen, b, t, CAUSAL: tl.constexpr):
-    """The mask on broadcastable row and key positions of one sequence, in bounds:
-    causal ``(j <= i) and not (i >= t and j < b)``, bidirectional every pair."""
-    m_ok = (rows < seqlen) & (keys < seqlen)
+def _key_range(o_m, seqlen, b, t, CAUSAL: tl.constexpr):
+    """First and last key each row of ``o_m`` attends (int32 ``[BLOCK_M]`` each): the mask,
+    row by row. Rows past the sequence end get keys of the sequence only (never stored)."""
     if CAUSAL:
-        m_ok = m_ok & (keys <= rows) & ~((rows >= t) & (keys < b))
-    return m_ok
+        return tl.where(o_m >= t, b, 0), tl.minimum(o_m, seqlen - 1)
+    return tl.zeros_like(o_m), tl.zeros_like(o_m) + seqlen - 1
 
 
 @triton.jit
-def _key_blocks(q0, q1, b, t, seqlen, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    """Key blocks of the query tile with rows [q0, q1): (lo, n_cut, n_diag, n_blocks)."""
+def _row_range(o_n, seqlen, b, t, CAUSAL: tl.constexpr):
+    """First and last row attending each key of ``o_n`` (int32 ``[BLOCK_N]`` each): the
+    mask, key by key. Keys past the sequence end get an empty range."""
+    if CAUSAL:
+        return o_n, tl.where(o_n < b, t, seqlen) - 1
+    return tl.where(o_n < seqlen, 0, seqlen), tl.zeros_like(o_n) + seqlen - 1
+
+
+@triton.jit
+def _key_plan(q0, q1, b, t, seqlen, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Keys visited by the query tile with rows [q0, q1), in blocks of BLOCK_N from lo:
+    (lo, cut_hi, full_hi, hi); blocks in [cut_hi, full_hi) need no mask."""
     if not CAUSAL:  # every key of the sequence; only the last, partial block is masked
-        return 0, 0, seqlen // BLOCK_N, tl.cdiv(seqlen, BLOCK_N)
+        return 0, 0, seqlen // BLOCK_N * BLOCK_N, tl.cdiv(seqlen, BLOCK_N) * BLOCK_N
     has_plain = q0 < t  # rows that see the query segment
     has_target = q1 > t  # rows that do not
     lo = tl.where(has_plain, 0, b)
     n_blocks = tl.cdiv(q1 - lo, BLOCK_N)
     n_diag = (q0 + 1 - lo) // BLOCK_N
-    n_cut = tl.where(has_plain & has_target, tl.cdiv(b, BLOCK_N), 0)
-    return lo, tl.minimum(n_cut, n_diag), n_diag, n_blocks
+    n_cut = tl.minimum(tl.where(has_plain & has_target, tl.cdiv(b, BLOCK_N), 0), n_diag)
+    return lo, lo + n_cut * BLOCK_N, lo + n_diag * BLOCK_N, lo + n_blocks * BLOCK_N
 
 
 @triton.jit
-def _row_blocks(n0, n1, b, t, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    """Query-row blocks that see the key tile [n0, n1): (lo, n_diag, n_full, n_blocks), rows
-    starting at lo. Causal: from n0, and keys all before b are seen by rows < t only."""
+def _row_plan(n0, n1, b, t, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Rows visited by the key tile [n0, n1), in blocks of BLOCK_M from lo:
+    (lo, diag_hi, full_hi, hi); blocks in [diag_hi, full_hi) need no mask. Causal: keys
+    all before b are seen by rows < t only."""
     if not CAUSAL:  # every row of the sequence; only the last, partial block is masked
-        return 0, 0, seqlen // BLOCK_M, tl.cdiv(seqlen, BLOCK_M)
+        return 0, 0, seqlen // BLOCK_M * BLOCK_M, tl.cdiv(seqlen, BLOCK_M) * BLOCK_M
     row_hi = tl.where(n1 <= b, t, seqlen)
     full_hi = tl.where(n0 < b, t, seqlen)
     n_blocks = tl.cdiv(row_hi - n0, BLOCK_M)
     n_diag = tl.minimum(tl.cdiv(BLOCK_N - 1, BLOCK_M), n_blocks)
     n_full = tl.maximum((full_hi - n0) // BLOCK_M, n_diag)
-    return n0, n_diag, n_full, n_blocks
+    return n0, n0 + n_diag * BLOCK_M, n0 + n_full * BLOCK_M, n0 + n_blocks * BLOCK_M
+
+
+# The kernels' prologue is _find_tile, a return for a slot without a tile (before anything
+# else is loaded: an early return keeps registers free on sm_90), then one of these two.
+@triton.jit
+def _query_tile(btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr):
+    """The forward's and dQ's query tile ``i_m`` of sequence ``i_s`` and its key plan:
+    ``(b, t, o_m, lo, cut_hi, full_hi, hi)``. Tiles run last first (they see the most keys)."""
+    b = tl.load(btok_start + i_s)
+    t = tl.load(target_start + i_s)
+    q0 = (n_m - 1 - i_m) * BLOCK_M
+    o_m = q0 + tl.arange(0, BLOCK_M)
+    lo, cut_hi, full_hi, hi = _key_plan(q0, tl.minimum(q0 + BLOCK_M, seqlen), b, t, seqlen, BLOCK_N, CAUSAL)
+    return b, t, o_m, lo, cut_hi, full_hi, hi
+
+
+@triton.jit
+def _key_tile(btok_start, target_start, i_s, i_n, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              CAUSAL: tl.constexpr):
+    """The dK/dV key tile ``i_n`` of sequence ``i_s`` and its row plan:
+    ``(b, t, o_n, lo, diag_hi, full_hi, hi)``."""
+    b = tl.load(btok_start + i_s)
+    t = tl.load(target_start + i_s)
+    n0 = i_n * BLOCK_N
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    lo, diag_hi, full_hi, hi = _row_plan(n0, tl.minimum(n0 + BLOCK_N, seqlen), b, t, seqlen, BLOCK_M, BLOCK_N, CAUSAL)
+    return b, t, o_n, lo, diag_hi, full_hi, hi
+
+
+@triton.jit
+def _load_rows(p, o_r, seqlen, stride, MASK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Rows ``o_r`` of one head as a ``[len(o_r), BLOCK_D]`` block. ``p`` ``[1, BLOCK_D]``
+    points at the sequence's first row with the head-dim offsets added. Zeros past
+    ``HEAD_DIM`` and, with ``MASK_ROWS``, past the sequence end."""
+    o_d = tl.arange(0, p.shape[1])
+    p_r = p + o_r[:, None].to(tl.int64) * stride
+    if MASK_ROWS:
+        return tl.load(p_r, mask=(o_r[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM), other=0.0)
+    if HEAD_DIM != p.shape[1]:
+        return tl.load(p_r, mask=o_d[None, :] < HEAD_DIM, other=0.0)
+    return tl.load(p_r)
+
+
+@triton.jit
+def _store_rows(p, o_r, seqlen, stride, value, HEAD_DIM: tl.constexpr):
+    """Stores ``value`` into rows ``o_r`` of one head (``p`` as in :func:`_load_rows`),
+    rows past the sequence end and columns past ``HEAD_DIM`` left out."""
+    o_d = tl.arange(0, p.shape[1])
+    m = (o_r[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
+    tl.store(p + o_r[:, None].to(tl.int64) * stride, value.to(p.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _load_row_stats(p, o_r, seqlen, MASK_ROWS: tl.constexpr):
+    """Per-row fp32 values (LSE, delta) of rows ``o_r``; ``p`` points at the sequence's first row."""
+    if MASK_ROWS:
+        return tl.load(p + o_r, mask=o_r < seqlen, other=0.0)
+    return tl.load(p + o_r)
 
 
 # ----------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_block(
-    acc, l_i, m_i, b_q, p_k, p_v, o_m, start_n, seqlen, b, t, qk_scale,
-    stride_kt, stride_vt,
-    MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-):
-    o_n = start_n + tl.arange(0, BLOCK_N)
-    o_d = tl.arange(0, BLOCK_D)
-    m_kv = o_d[None, :] < HEAD_DIM
-    if MASKED:
-        m_kv = m_kv & (o_n[:, None] < seqlen)
-    if MASKED or not EVEN_D:
-        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt, mask=m_kv, other=0.0)
-    else:
-        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt)
-        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt)
-    b_s = _dot(b_q, tl.trans(b_k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
-    if MASKED:
-        b_s = tl.where(_allowed(o_m[:, None], o_n[None, :], seqlen, b, t, CAUSAL), b_s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(b_s, 1))
-    m_shift = m_new
-    if MASKED:
-        # A row that has seen no key yet keeps m = -inf as its state: a finite stand-in
-        # would become its max and make exp2(s - m) underflow (to 0 once P is fp16) when
-        # all its later scores lie far below it. Only the exponent's shift needs to be
-        # finite (-inf - -inf is NaN): exp2(-inf - 0) = 0 for the masked scores.
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    b_p = tl.math.exp2(b_s - m_shift[:, None])
-    alpha = tl.math.exp2(m_i - m_shift)
-    l_i = l_i * alpha + tl.sum(b_p, 1)
-    acc = acc * alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v, UPCAST, PRECISION)
-    return acc, l_i, m_new
+def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, b, t,
+               key_lo, key_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Online softmax of the query tile ``b_q`` over keys [key_lo, key_hi), a block of
+    BLOCK_N at a time; scores in log2 units (``qk_scale`` includes log2(e)). MASKED blocks
+    compare each key with the key range of each row ``o_m`` (:func:`_key_range` of the
+    sequence's ``b``, ``t``)."""
+    # counted loops: a strided range(key_lo, key_hi, BLOCK_N) costs registers (sm_90: dK/dV spills)
+    for i_n in range(0, (key_hi - key_lo) // BLOCK_N):
+        o_n = key_lo + i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        b_k = _load_rows(p_k, o_n, seqlen, stride_kt, MASKED, HEAD_DIM)  # [BLOCK_N, BLOCK_D]
+        b_v = _load_rows(p_v, o_n, seqlen, stride_vt, MASKED, HEAD_DIM)
+        b_s = _dot(b_q, tl.trans(b_k), PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            k_first, k_last = _key_range(o_m, seqlen, b, t, CAUSAL)  # recomputed: fewer live registers
+            m_s = (o_n[None, :] >= k_first[:, None]) & (o_n[None, :] <= k_last[:, None])
+            b_s = tl.where(m_s, b_s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(b_s, 1))
+        m_shift = m_new
+        if MASKED:
+            # A row that has seen no key yet keeps m = -inf as its state: a finite stand-in
+            # would become its max and make exp2(s - m) underflow (to 0 once P is fp16) when
+            # all its later scores lie far below it. Only the exponent's shift needs to be
+            # finite (-inf - -inf is NaN): exp2(-inf - 0) = 0 for the masked scores.
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        b_p = tl.math.exp2(b_s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(b_p, 1)
+        acc = acc * alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v, PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
-@triton.heuristics({"EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"]})
 @triton.jit
 def condensation_fwd_kernel(
     Q, K, V, O, LSE, cu_seqlens, btok_start, target_start, n_seqs, qk_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_lse_h,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
 ):
-    i_t, i_h = tl.program_id(0), tl.program_id(1)
-    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_M)
+    """One program per (query tile, query head). O [T, Hq, D]; LSE fp32 [Hq, T], natural log."""
+    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, tl.program_id(0), BLOCK_M)
     if i_m >= n_m:
         return
-    # the last tiles of a sequence see the most keys: run them first
-    i_m = n_m - 1 - i_m
-    b = tl.load(btok_start + i_s)
-    t = tl.load(target_start + i_s)
-    q0 = i_m * BLOCK_M
-    q1 = tl.minimum(q0 + BLOCK_M, seqlen)
-
-    o_m = q0 + tl.arange(0, BLOCK_M)
+    b, t, o_m, lo, cut_hi, full_hi, hi = _query_tile(btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M,
+                                                     BLOCK_N, CAUSAL)
+    i_h = tl.program_id(1)
     o_d = tl.arange(0, BLOCK_D)
-    m_q = (o_m[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
-    p_q = Q + (bos + o_m[:, None]).to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
+    p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
     p_k = K + bos.to(tl.int64) * stride_kt + (i_h // G) * stride_kh + o_d[None, :]
     p_v = V + bos.to(tl.int64) * stride_vt + (i_h // G) * stride_vh + o_d[None, :]
+    b_q = _load_rows(p_q, o_m, seqlen, stride_qt, True, HEAD_DIM)  # [BLOCK_M, BLOCK_D]
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    kv = (p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, b, t)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, *kv, lo, cut_hi, MASKED=True, CAUSAL=CAUSAL,
+                               PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, *kv, cut_hi, full_hi, MASKED=False, CAUSAL=CAUSAL,
+                               PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, *kv, full_hi, hi, MASKED=True, CAUSAL=CAUSAL,
+                               PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
 
-    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, seqlen, BLOCK_N, CAUSAL)
-    for i_n in range(0, n_cut):
-        acc, l_i, m_i = _fwd_block(
-            acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
-    for i_n in range(n_cut, n_diag):
-        acc, l_i, m_i = _fwd_block(
-            acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
-    for i_n in range(n_diag, n_blocks):
-        acc, l_i, m_i = _fwd_block(
-            acc, l_i, m_i, b_q, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
-
-    # rows past the sequence end have l = 0; they are not stored
+    # every row of the sequence sees at least itself: l > 0; rows past its end are not stored
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    acc = acc / l_safe[:, None]
+    p_o = O + bos.to(tl.int64) * stride_ot + i_h * stride_oh + o_d[None, :]
+    _store_rows(p_o, o_m, seqlen, stride_ot, acc / l_safe[:, None], HEAD_DIM)
     b_lse = (m_i + tl.math.log2(l_safe)) * LN2  # natural log
-    p_o = O + (bos + o_m[:, None]).to(tl.int64) * stride_ot + i_h * stride_oh + o_d[None, :]
-    tl.store(p_o, acc.to(O.dtype.element_ty), mask=m_q)
     tl.store(LSE + i_h.to(tl.int64) * stride_lse_h + bos + o_m, b_lse, mask=o_m < seqlen)
 
 
@@ -218,65 +280,56 @@ def condensation_bwd_preprocess_kernel(
     i_m, i_h = tl.program_id(0), tl.program_id(1)
     o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, BLOCK_D)
-    m = (o_m[:, None] < total) & (o_d[None, :] < HEAD_DIM)
-    b_o = tl.load(O + o_m[:, None].to(tl.int64) * stride_ot + i_h * stride_oh + o_d[None, :], mask=m, other=0.0)
-    b_do = tl.load(DO + o_m[:, None].to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :], mask=m, other=0.0)
+    b_o = _load_rows(O + i_h * stride_oh + o_d[None, :], o_m, total, stride_ot, True, HEAD_DIM)
+    b_do = _load_rows(DO + i_h * stride_doh + o_d[None, :], o_m, total, stride_dot, True, HEAD_DIM)
     b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
     tl.store(DELTA + i_h.to(tl.int64) * stride_delta_h + o_m, b_delta, mask=o_m < total)
 
 
 @triton.jit
-def _bwd_dkdv_block(
-    b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, start_m, seqlen, b, t, sm_scale, qk_scale,
-    stride_qt, stride_dot, stride_dqt,
-    MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    CAUSAL: tl.constexpr,
-):
-    o_m = start_m + tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, BLOCK_D)
-    m_q = o_d[None, :] < HEAD_DIM
-    if MASKED:
-        m_q = m_q & (o_m[:, None] < seqlen)
-    if MASKED or not EVEN_D:
-        b_q = tl.load(p_q + o_m[:, None].to(tl.int64) * stride_qt, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
-        b_do = tl.load(p_do + o_m[:, None].to(tl.int64) * stride_dot, mask=m_q, other=0.0)
-    else:
-        b_q = tl.load(p_q + o_m[:, None].to(tl.int64) * stride_qt)
-        b_do = tl.load(p_do + o_m[:, None].to(tl.int64) * stride_dot)
-    if MASKED:
-        b_lse = tl.load(p_lse + o_m, mask=o_m < seqlen, other=0.0)  # [BLOCK_M], natural log
-        b_delta = tl.load(p_delta + o_m, mask=o_m < seqlen, other=0.0)
-    else:
-        b_lse = tl.load(p_lse + o_m)
-        b_delta = tl.load(p_delta + o_m)
-    b_sT = _dot(b_k, tl.trans(b_q), UPCAST, PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
-    if MASKED:
-        # masked before the exponent: a hidden score far above the row's LSE would overflow
-        b_sT = tl.where(_allowed(o_m[None, :], o_n[:, None], seqlen, b, t, CAUSAL), b_sT, float("-inf"))
-    b_pT = tl.math.exp2(b_sT - b_lse[None, :] * LOG2E)
-    b_dv += _dot(b_pT.to(b_do.dtype), b_do, UPCAST, PRECISION)
-    b_dpT = _dot(b_v, tl.trans(b_do), UPCAST, PRECISION)  # [BLOCK_N, BLOCK_M]
-    b_dsT = b_pT * (b_dpT - b_delta[None, :])
-    b_dk += _dot(b_dsT.to(b_q.dtype), b_q, UPCAST, PRECISION)
-    if FUSED_DQ:
-        # this key tile's share of dQ for these rows; other key tiles add theirs
-        b_dq = _dot(tl.trans(b_dsT.to(b_k.dtype)), b_k, UPCAST, PRECISION) * sm_scale  # [BLOCK_M, BLOCK_D]
-        m_dq = (o_m[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
-        tl.atomic_add(p_dq + o_m[:, None].to(tl.int64) * stride_dqt, b_dq, mask=m_dq)
+def _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, stride_qt, p_do, p_dq, stride_dot, p_lse, p_delta, sm_scale, seqlen,
+                o_n, b, t, row_lo, row_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+                FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """dK and dV of the key tile (``b_k``, ``b_v``) summed over rows [row_lo, row_hi) of one
+    query head, a block of BLOCK_M rows at a time, transposed ([keys, rows]) so the sums
+    run along the rows. MASKED blocks compare each row with the row range of each key
+    ``o_n`` (:func:`_row_range`). FUSED_DQ: also add each block's share of dQ into the fp32
+    accumulator at ``p_dq`` (same strides as dO) with atomics."""
+    qk_scale = sm_scale * LOG2E
+    # counted loops: a strided range(row_lo, row_hi, BLOCK_M) costs registers (sm_90: dK/dV spills)
+    for i_m in range(0, (row_hi - row_lo) // BLOCK_M):
+        o_m = row_lo + i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        b_q = _load_rows(p_q, o_m, seqlen, stride_qt, MASKED, HEAD_DIM)  # [BLOCK_M, BLOCK_D]
+        b_do = _load_rows(p_do, o_m, seqlen, stride_dot, MASKED, HEAD_DIM)
+        b_lse = _load_row_stats(p_lse, o_m, seqlen, MASKED)  # [BLOCK_M], natural log
+        b_delta = _load_row_stats(p_delta, o_m, seqlen, MASKED)
+        b_sT = _dot(b_k, tl.trans(b_q), PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
+        if MASKED:
+            # masked before the exponent: a hidden score far above the row's LSE would overflow
+            r_first, r_last = _row_range(o_n, seqlen, b, t, CAUSAL)  # recomputed: fewer live registers
+            m_sT = (o_m[None, :] >= r_first[:, None]) & (o_m[None, :] <= r_last[:, None])
+            b_sT = tl.where(m_sT, b_sT, float("-inf"))
+        b_pT = tl.math.exp2(b_sT - b_lse[None, :] * LOG2E)
+        b_dv += _dot(b_pT.to(b_do.dtype), b_do, PRECISION)
+        b_dpT = _dot(b_v, tl.trans(b_do), PRECISION)  # [BLOCK_N, BLOCK_M]
+        b_dsT = b_pT * (b_dpT - b_delta[None, :])
+        b_dk += _dot(b_dsT.to(b_q.dtype), b_q, PRECISION)
+        if FUSED_DQ:
+            # this key tile's share of dQ for these rows; other key tiles add theirs
+            b_dq = _dot(tl.trans(b_dsT.to(b_k.dtype)), b_k, PRECISION) * sm_scale  # [BLOCK_M, BLOCK_D]
+            o_d = tl.arange(0, p_dq.shape[1])
+            m_dq = (o_m[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
+            tl.atomic_add(p_dq + o_m[:, None].to(tl.int64) * stride_dot, b_dq, mask=m_dq)
     return b_dk, b_dv
 
 
-@triton.heuristics({"EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"]})
 @triton.jit
 def condensation_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, cu_seqlens, btok_start, target_start, n_seqs,
-    sm_scale, qk_scale,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, cu_seqlens, btok_start, target_start, n_seqs, sm_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_dqt, stride_dqh, stride_lse_h,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
     G: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):
     """One program per (key tile, group of HEADS query heads sharing one KV head): sums dK,
@@ -286,139 +339,104 @@ def condensation_bwd_dkdv_kernel(
     key tiles, long sequences): G // HEADS programs share a KV head and each writes its
     partial sums to DK/DV of shape [T, Hq // HEADS, D], reduced by the launcher.
 
-    FUSED_DQ: also add each block's dQ share into the fp32 DQ_ACC [T, Hq, D] with atomics
-    (5 matmuls per block pair instead of the 7 of a separate dQ kernel)."""
-    i_t, i_hg = tl.program_id(0), tl.program_id(1)
-    i_kvh = (i_hg * HEADS) // G
-    i_s, i_n, n_n, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_N)
+    FUSED_DQ: also add each block's dQ share into the fp32 DQ_ACC (dO's shape and strides)
+    with atomics (5 matmuls per block pair instead of the 7 of a separate dQ kernel)."""
+    i_s, i_n, n_n, bos, seqlen = _find_tile(cu_seqlens, n_seqs, tl.program_id(0), BLOCK_N)
     if i_n >= n_n:
         return
-    b = tl.load(btok_start + i_s)
-    t = tl.load(target_start + i_s)
-    n0 = i_n * BLOCK_N
-    n1 = tl.minimum(n0 + BLOCK_N, seqlen)
-
-    o_n = n0 + tl.arange(0, BLOCK_N)
+    b, t, o_n, lo, diag_hi, full_hi, hi = _key_tile(btok_start, target_start, i_s, i_n, seqlen, BLOCK_M, BLOCK_N,
+                                                    CAUSAL)
+    i_hg = tl.program_id(1)
+    i_kvh = (i_hg * HEADS) // G
     o_d = tl.arange(0, BLOCK_D)
-    m_kv = (o_n[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM)
-    p_k = K + (bos + o_n[:, None]).to(tl.int64) * stride_kt + i_kvh * stride_kh + o_d[None, :]
-    p_v = V + (bos + o_n[:, None]).to(tl.int64) * stride_vt + i_kvh * stride_vh + o_d[None, :]
-    b_k = tl.load(p_k, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
-    b_v = tl.load(p_v, mask=m_kv, other=0.0)
+    p_k = K + bos.to(tl.int64) * stride_kt + i_kvh * stride_kh + o_d[None, :]
+    p_v = V + bos.to(tl.int64) * stride_vt + i_kvh * stride_vh + o_d[None, :]
+    b_k = _load_rows(p_k, o_n, seqlen, stride_kt, True, HEAD_DIM)  # [BLOCK_N, BLOCK_D]
+    b_v = _load_rows(p_v, o_n, seqlen, stride_vt, True, HEAD_DIM)
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    row_lo, n_diag, n_full, n_blocks = _row_blocks(n0, n1, b, t, seqlen, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(0, HEADS):
         i_h = i_hg * HEADS + g
         p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
         p_do = DO + bos.to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
+        p_dq = DQ_ACC + bos.to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
         p_lse = LSE + i_h.to(tl.int64) * stride_lse_h + bos
         p_delta = DELTA + i_h.to(tl.int64) * stride_lse_h + bos
-        p_dq = DQ_ACC + bos.to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
-        for i_m in range(0, n_diag):
-            b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, row_lo + i_m * BLOCK_M, seqlen, b, t,
-                sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
-                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL)
-        for i_m in range(n_diag, n_full):
-            b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, row_lo + i_m * BLOCK_M, seqlen, b, t,
-                sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
-                False, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL)
-        for i_m in range(n_full, n_blocks):
-            b_dk, b_dv = _bwd_dkdv_block(
-                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, p_dq, o_n, row_lo + i_m * BLOCK_M, seqlen, b, t,
-                sm_scale, qk_scale, stride_qt, stride_dot, stride_dqt,
-                True, EVEN_D, UPCAST, PRECISION, FUSED_DQ, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL)
+        rows = (p_q, stride_qt, p_do, p_dq, stride_dot, p_lse, p_delta, sm_scale, seqlen, o_n, b, t)
+        b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, *rows, lo, diag_hi, MASKED=True, CAUSAL=CAUSAL,
+                                 PRECISION=PRECISION, FUSED_DQ=FUSED_DQ, BLOCK_M=BLOCK_M, HEAD_DIM=HEAD_DIM)
+        b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, *rows, diag_hi, full_hi, MASKED=False, CAUSAL=CAUSAL,
+                                 PRECISION=PRECISION, FUSED_DQ=FUSED_DQ, BLOCK_M=BLOCK_M, HEAD_DIM=HEAD_DIM)
+        b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, *rows, full_hi, hi, MASKED=True, CAUSAL=CAUSAL,
+                                 PRECISION=PRECISION, FUSED_DQ=FUSED_DQ, BLOCK_M=BLOCK_M, HEAD_DIM=HEAD_DIM)
 
-    p_dk = DK + (bos + o_n[:, None]).to(tl.int64) * stride_dkt + i_hg * stride_dkh + o_d[None, :]
-    p_dv = DV + (bos + o_n[:, None]).to(tl.int64) * stride_dvt + i_hg * stride_dvh + o_d[None, :]
-    tl.store(p_dk, (b_dk * sm_scale).to(DK.dtype.element_ty), mask=m_kv)
-    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_kv)
+    p_dk = DK + bos.to(tl.int64) * stride_dkt + i_hg * stride_dkh + o_d[None, :]
+    p_dv = DV + bos.to(tl.int64) * stride_dvt + i_hg * stride_dvh + o_d[None, :]
+    _store_rows(p_dk, o_n, seqlen, stride_dkt, b_dk * sm_scale, HEAD_DIM)
+    _store_rows(p_dv, o_n, seqlen, stride_dvt, b_dv, HEAD_DIM)
 
 
 @triton.jit
-def _bwd_dq_block(
-    b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, start_n, seqlen, b, t, qk_scale,
-    stride_kt, stride_vt,
-    MASKED: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-):
-    o_n = start_n + tl.arange(0, BLOCK_N)
-    o_d = tl.arange(0, BLOCK_D)
-    m_kv = o_d[None, :] < HEAD_DIM
-    if MASKED:
-        m_kv = m_kv & (o_n[:, None] < seqlen)
-    if MASKED or not EVEN_D:
-        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt, mask=m_kv, other=0.0)
-    else:
-        b_k = tl.load(p_k + o_n[:, None].to(tl.int64) * stride_kt)
-        b_v = tl.load(p_v + o_n[:, None].to(tl.int64) * stride_vt)
-    b_s = _dot(b_q, tl.trans(b_k), UPCAST, PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-    if MASKED:
-        # masked before the exponent: a hidden score far above the row's LSE would overflow
-        b_s = tl.where(_allowed(o_m[:, None], o_n[None, :], seqlen, b, t, CAUSAL), b_s, float("-inf"))
-    b_p = tl.math.exp2(b_s - b_lse[:, None])
-    b_dp = _dot(b_do, tl.trans(b_v), UPCAST, PRECISION)  # [BLOCK_M, BLOCK_N]
-    b_ds = b_p * (b_dp - b_delta[:, None])
-    b_dq += _dot(b_ds.to(b_k.dtype), b_k, UPCAST, PRECISION)
+def _dq_inner(b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, b, t,
+              key_lo, key_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """dQ of the query tile summed over keys [key_lo, key_hi), as :func:`_fwd_inner` visits
+    and masks them; ``b_lse`` is in log2 units."""
+    # counted loops: a strided range(key_lo, key_hi, BLOCK_N) costs registers (sm_90: dK/dV spills)
+    for i_n in range(0, (key_hi - key_lo) // BLOCK_N):
+        o_n = key_lo + i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        b_k = _load_rows(p_k, o_n, seqlen, stride_kt, MASKED, HEAD_DIM)  # [BLOCK_N, BLOCK_D]
+        b_v = _load_rows(p_v, o_n, seqlen, stride_vt, MASKED, HEAD_DIM)
+        b_s = _dot(b_q, tl.trans(b_k), PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            # masked before the exponent: a hidden score far above the row's LSE would overflow
+            k_first, k_last = _key_range(o_m, seqlen, b, t, CAUSAL)  # recomputed: fewer live registers
+            m_s = (o_n[None, :] >= k_first[:, None]) & (o_n[None, :] <= k_last[:, None])
+            b_s = tl.where(m_s, b_s, float("-inf"))
+        b_p = tl.math.exp2(b_s - b_lse[:, None])
+        b_dp = _dot(b_do, tl.trans(b_v), PRECISION)  # [BLOCK_M, BLOCK_N]
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq += _dot(b_ds.to(b_k.dtype), b_k, PRECISION)
     return b_dq
 
 
-@triton.heuristics({"EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"]})
 @triton.jit
 def condensation_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, cu_seqlens, btok_start, target_start, n_seqs,
-    sm_scale, qk_scale,
+    Q, K, V, DO, LSE, DELTA, DQ, cu_seqlens, btok_start, target_start, n_seqs, sm_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, stride_lse_h,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     """One program per (query tile, query head), visiting the same key blocks as the forward."""
-    i_t, i_h = tl.program_id(0), tl.program_id(1)
-    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK_M)
+    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, tl.program_id(0), BLOCK_M)
     if i_m >= n_m:
         return
-    i_m = n_m - 1 - i_m
-    b = tl.load(btok_start + i_s)
-    t = tl.load(target_start + i_s)
-    q0 = i_m * BLOCK_M
-    q1 = tl.minimum(q0 + BLOCK_M, seqlen)
-
-    o_m = q0 + tl.arange(0, BLOCK_M)
+    b, t, o_m, lo, cut_hi, full_hi, hi = _query_tile(btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M,
+                                                     BLOCK_N, CAUSAL)
+    i_h = tl.program_id(1)
     o_d = tl.arange(0, BLOCK_D)
-    m_row = o_m < seqlen
-    m_q = m_row[:, None] & (o_d[None, :] < HEAD_DIM)
-    p_q = Q + (bos + o_m[:, None]).to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
-    p_do = DO + (bos + o_m[:, None]).to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
-    b_do = tl.load(p_do, mask=m_q, other=0.0)
-    b_lse = tl.load(LSE + i_h.to(tl.int64) * stride_lse_h + bos + o_m, mask=m_row, other=0.0) * LOG2E
-    b_delta = tl.load(DELTA + i_h.to(tl.int64) * stride_lse_h + bos + o_m, mask=m_row, other=0.0)
+    p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
+    p_do = DO + bos.to(tl.int64) * stride_dot + i_h * stride_doh + o_d[None, :]
     p_k = K + bos.to(tl.int64) * stride_kt + (i_h // G) * stride_kh + o_d[None, :]
     p_v = V + bos.to(tl.int64) * stride_vt + (i_h // G) * stride_vh + o_d[None, :]
+    b_q = _load_rows(p_q, o_m, seqlen, stride_qt, True, HEAD_DIM)  # [BLOCK_M, BLOCK_D]
+    b_do = _load_rows(p_do, o_m, seqlen, stride_dot, True, HEAD_DIM)
+    b_lse = _load_row_stats(LSE + i_h.to(tl.int64) * stride_lse_h + bos, o_m, seqlen, True) * LOG2E
+    b_delta = _load_row_stats(DELTA + i_h.to(tl.int64) * stride_lse_h + bos, o_m, seqlen, True)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    lo, n_cut, n_diag, n_blocks = _key_blocks(q0, q1, b, t, seqlen, BLOCK_N, CAUSAL)
-    for i_n in range(0, n_cut):
-        b_dq = _bwd_dq_block(
-            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
-    for i_n in range(n_cut, n_diag):
-        b_dq = _bwd_dq_block(
-            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, False, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
-    for i_n in range(n_diag, n_blocks):
-        b_dq = _bwd_dq_block(
-            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, o_m, lo + i_n * BLOCK_N, seqlen, b, t, qk_scale,
-            stride_kt, stride_vt, True, EVEN_D, UPCAST, PRECISION, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL)
+    tile = (b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kt, stride_vt, sm_scale * LOG2E, seqlen, o_m, b, t)
+    b_dq = _dq_inner(b_dq, *tile, lo, cut_hi, MASKED=True, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N,
+                     HEAD_DIM=HEAD_DIM)
+    b_dq = _dq_inner(b_dq, *tile, cut_hi, full_hi, MASKED=False, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N,
+                     HEAD_DIM=HEAD_DIM)
+    b_dq = _dq_inner(b_dq, *tile, full_hi, hi, MASKED=True, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N,
+                     HEAD_DIM=HEAD_DIM)
 
-    p_dq = DQ + (bos + o_m[:, None]).to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
-    tl.store(p_dq, (b_dq * sm_scale).to(DQ.dtype.element_ty), mask=m_q)
+    p_dq = DQ + bos.to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
+    _store_rows(p_dq, o_m, seqlen, stride_dqt, b_dq * sm_scale, HEAD_DIM)
 
 
 # ----------------------------------------------------------------------------------------
@@ -428,12 +446,15 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _dot_flags(dtype: torch.dtype, interpreting: bool | None = None) -> tuple[bool, str]:
+def dot_precision(dtype: torch.dtype, interpreting: bool | None = None) -> str:
+    """The kernels' ``PRECISION``: "ieee" for fp32 inputs (exact dots, no TF32), "tf32" for
+    fp16/bf16 (which run on tensor cores whatever it says), "upcast" for bf16 under the
+    interpreter (see ``_dot``)."""
     if interpreting is None:
         interpreting = _interpreting()
-    upcast = interpreting and dtype == torch.bfloat16
-    precision = "ieee" if (dtype == torch.float32 or upcast) else "tf32"
-    return upcast, precision
+    if interpreting and dtype == torch.bfloat16:
+        return "upcast"
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _block_d(head_dim: int) -> int:
@@ -473,17 +494,18 @@ def _launch(block_m: int, block_n: int, num_warps: int, num_stages: int) -> dict
 
 # Default tiles on a GPU per kernel, by padded head dim: (fwd, dkdv, dq). Chosen from sm_90
 # compiler figures (benchmarks/kernel_resources.py: large tiles that compile without
-# register spills), not yet from timings; autotune=True times the candidates below instead.
+# register spills with Triton 3.6 and 3.9, head dims 64/80/128/256, causal and
+# bidirectional), not yet from timings; autotune=True times the candidates below instead.
 _DEFAULTS = {
     64: (_launch(128, 64, 8, 3), _launch(32, 128, 8, 2), _launch(128, 32, 8, 2)),
     128: (_launch(128, 64, 8, 2), _launch(16, 128, 8, 2), _launch(128, 32, 8, 2)),
-    256: (_launch(64, 32, 8, 2), _launch(32, 32, 8, 1), _launch(64, 16, 4, 1)),
+    256: (_launch(64, 32, 8, 2), _launch(32, 32, 8, 1), _launch(32, 16, 4, 1)),
 }
 # fp32 runs the dots in IEEE precision (no tensor cores): smaller tiles
 _DEFAULTS_FP32 = {
-    64: (_launch(64, 32, 8, 2), _launch(16, 32, 4, 2), _launch(64, 32, 8, 2)),
-    128: (_launch(32, 32, 8, 2), _launch(16, 64, 8, 2), _launch(64, 16, 8, 2)),  # fwd, dq spill a little
-    256: (_launch(32, 16, 8, 1), _launch(16, 16, 4, 1), _launch(32, 16, 8, 1)),
+    64: (_launch(64, 32, 8, 2), _launch(32, 32, 8, 1), _launch(64, 32, 8, 2)),
+    128: (_launch(32, 16, 8, 2), _launch(16, 64, 8, 2), _launch(32, 16, 8, 2)),
+    256: (_launch(32, 16, 8, 1), _launch(16, 16, 4, 1), _launch(32, 16, 4, 1)),
 }
 # under the interpreter: small tiles keep tests fast and put many tile boundaries in small inputs
 _INTERPRETER = _launch(16, 16, 4, 1)
@@ -596,13 +618,12 @@ def condensation_fwd_triton(
     lse = torch.empty(hq, total, dtype=torch.float32, device=q.device)
     if total == 0:
         return out, lse
-    upcast, precision = _dot_flags(q.dtype)
     kernel, meta = _kernel_and_meta("fwd", head_dim, q.dtype, shape_bucket(total, n_seqs), autotune, tiles)
     kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
         q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E.value,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0),
-        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), UPCAST=upcast, PRECISION=precision,
+        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), PRECISION=dot_precision(q.dtype),
         CAUSAL=causal, **meta,
     )
     return out, lse
@@ -637,17 +658,15 @@ def condensation_bwd_triton(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if total == 0:
         return dq, dk, dv
-    do = do if do.stride(-1) == 1 else do.contiguous()
+    do = do.contiguous()  # the fused-dQ accumulator shares its strides
     block_d = _block_d(head_dim)
-    upcast, precision = _dot_flags(q.dtype)
     delta = torch.empty_like(lse)
     pre_m = 16 if _interpreting() else 64
     condensation_bwd_preprocess_kernel[(triton.cdiv(total, pre_m), hq)](
         out, do, delta, total, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )
-    qk_scale = softmax_scale * LOG2E.value
-    common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision, CAUSAL=causal)
+    common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype), CAUSAL=causal)
 
     bucket = shape_bucket(total, n_seqs)
     kernel, meta = _kernel_and_meta("dkdv", head_dim, q.dtype, bucket, autotune, tiles)
@@ -657,7 +676,7 @@ def condensation_bwd_triton(
         gqa_split = choose_gqa_split((total // key_tile + n_seqs) * hkv, group, q.device)
     if group % gqa_split != 0:
         raise ValueError(f"gqa_split={gqa_split} must divide the GQA group size {group}")
-    dq_acc = torch.zeros(total, hq, head_dim, dtype=torch.float32, device=q.device) if fused_dq else dq
+    dq_acc = torch.zeros_like(do, dtype=torch.float32) if fused_dq else dq
     if gqa_split == 1:
         dk_acc, dv_acc = dk, dv
     else:  # fp32 partial sums, one slot per program sharing a KV head
@@ -665,10 +684,10 @@ def condensation_bwd_triton(
         dv_acc = torch.empty_like(dk_acc)
     kernel[lambda m: (total // m["BLOCK_N"] + n_seqs, hkv * gqa_split)](
         q, k, v, do, lse, delta, dk_acc, dv_acc, dq_acc, cu_seqlens, btok_start, target_start, n_seqs,
-        softmax_scale, qk_scale,
+        softmax_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk_acc.stride(0), dk_acc.stride(1), dv_acc.stride(0), dv_acc.stride(1),
-        dq_acc.stride(0), dq_acc.stride(1), lse.stride(0), HEADS=group // gqa_split, FUSED_DQ=fused_dq,
+        lse.stride(0), HEADS=group // gqa_split, FUSED_DQ=fused_dq,
         **common, **meta,
     )
     if gqa_split > 1:
@@ -681,7 +700,7 @@ def condensation_bwd_triton(
     kernel, meta = _kernel_and_meta("dq", head_dim, q.dtype, bucket, autotune, tiles)
     kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
         q, k, v, do, lse, delta, dq, cu_seqlens, btok_start, target_start, n_seqs,
-        softmax_scale, qk_scale,
+        softmax_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), **common, **meta,
     )

@@ -1,12 +1,14 @@
 """The tile schedule of the kernels: which blocks are visited, and which are masked.
 
 The device helpers that the kernels use to plan their loops (``_find_tile``,
-``_key_blocks``, ``_row_blocks``) are run here through small Triton kernels over many
-layouts, and the plan is checked pair by pair against the mask:
+``_key_plan``, ``_row_plan``) and the mask ranges of their masked blocks (``_key_range``,
+``_row_range``) are run here through small Triton kernels over many layouts, and the plan
+is checked pair by pair against the mask:
 
 - a visited block holds at least one allowed pair (masked tiles are skipped),
 - an unmasked block holds only allowed, in-bounds pairs (only partial tiles pay a mask),
 - the visited blocks cover every allowed pair exactly once,
+- a masked block keeps exactly the allowed pairs (the ranges are the mask),
 - every (sequence, tile) gets exactly one program, and at most one program per sequence
   has no tile.
 """
@@ -20,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from btok_kernels.condensation.parallel import _find_tile, _key_blocks, _row_blocks
+from btok_kernels.condensation.parallel import _find_tile, _key_plan, _key_range, _row_plan, _row_range
 
 pytestmark = pytest.mark.interpret
 
@@ -38,9 +40,10 @@ def _find_tile_probe(cu_seqlens, n_seqs, Out, BLOCK: tl.constexpr):
 def _plan_probe(Cases, Out, n_cases, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                 CASES: tl.constexpr):
     """Cases [n, 4]: (tile start, seqlen, b, t). Out [n, 8]: the query-tile plan
-    (lo, n_cut, n_diag, n_blocks) with the tile as rows, and the key-tile plan
-    (lo, n_diag, n_full, n_blocks) with the tile as keys. The helpers work elementwise, so
-    each program plans CASES cases at once (the interpreter's cost is per program)."""
+    (lo, cut_hi, full_hi, hi) with the tile as rows, and the key-tile plan
+    (lo, diag_hi, full_hi, hi) with the tile as keys, all positions. The helpers work
+    elementwise, so each program plans CASES cases at once (the interpreter's cost is per
+    program)."""
     o_c = tl.program_id(0) * CASES + tl.arange(0, CASES)
     m_c = o_c < n_cases
     start = tl.load(Cases + o_c * 4 + 0, mask=m_c, other=0)
@@ -48,17 +51,30 @@ def _plan_probe(Cases, Out, n_cases, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
     b = tl.load(Cases + o_c * 4 + 2, mask=m_c, other=0)
     t = tl.load(Cases + o_c * 4 + 3, mask=m_c, other=0)
     q1 = tl.minimum(start + BLOCK_M, seqlen)
-    lo, n_cut, n_diag, n_blocks = _key_blocks(start, q1, b, t, seqlen, BLOCK_N, CAUSAL)
+    lo, cut_hi, full_hi, hi = _key_plan(start, q1, b, t, seqlen, BLOCK_N, CAUSAL)
     tl.store(Out + o_c * 8 + 0, lo, mask=m_c)
-    tl.store(Out + o_c * 8 + 1, n_cut, mask=m_c)
-    tl.store(Out + o_c * 8 + 2, n_diag, mask=m_c)
-    tl.store(Out + o_c * 8 + 3, n_blocks, mask=m_c)
+    tl.store(Out + o_c * 8 + 1, cut_hi, mask=m_c)
+    tl.store(Out + o_c * 8 + 2, full_hi, mask=m_c)
+    tl.store(Out + o_c * 8 + 3, hi, mask=m_c)
     n1 = tl.minimum(start + BLOCK_N, seqlen)
-    r_lo, r_diag, r_full, r_blocks = _row_blocks(start, n1, b, t, seqlen, BLOCK_M, BLOCK_N, CAUSAL)
+    r_lo, diag_hi, r_full_hi, r_hi = _row_plan(start, n1, b, t, seqlen, BLOCK_M, BLOCK_N, CAUSAL)
     tl.store(Out + o_c * 8 + 4, r_lo, mask=m_c)
-    tl.store(Out + o_c * 8 + 5, r_diag, mask=m_c)
-    tl.store(Out + o_c * 8 + 6, r_full, mask=m_c)
-    tl.store(Out + o_c * 8 + 7, r_blocks, mask=m_c)
+    tl.store(Out + o_c * 8 + 5, diag_hi, mask=m_c)
+    tl.store(Out + o_c * 8 + 6, r_full_hi, mask=m_c)
+    tl.store(Out + o_c * 8 + 7, r_hi, mask=m_c)
+
+
+@triton.jit
+def _range_probe(Pos, Out, n, seqlen, b, t, CAUSAL: tl.constexpr, BLOCK: tl.constexpr):
+    """Out [4, n]: the key range of each row position and the row range of each key position."""
+    o = tl.arange(0, BLOCK)
+    pos = tl.load(Pos + o, mask=o < n, other=0)
+    k_first, k_last = _key_range(pos, seqlen, b, t, CAUSAL)
+    r_first, r_last = _row_range(pos, seqlen, b, t, CAUSAL)
+    tl.store(Out + 0 * n + o, k_first, mask=o < n)
+    tl.store(Out + 1 * n + o, k_last, mask=o < n)
+    tl.store(Out + 2 * n + o, r_first, mask=o < n)
+    tl.store(Out + 3 * n + o, r_last, mask=o < n)
 
 
 def allowed(i: torch.Tensor, j: torch.Tensor, seqlen: int, b: int, t: int, causal: bool = True) -> torch.Tensor:
@@ -135,23 +151,46 @@ def test_query_and_key_tile_plans(block_m, block_n, causal, device):
             key = (seqlen, b, t)
             if key not in covered:
                 covered[key] = torch.zeros(seqlen, seqlen, dtype=torch.int32)
-            # the kernels' three loops: masked [0, a), unmasked [a, z), masked [z, end)
-            if rows_as_tiles:  # forward / dQ: key blocks of BLOCK_N from lo
-                lo, a, z, end = plan[:4]
+            # the kernels' three loops over positions: masked [lo, a), unmasked [a, z), masked [z, hi)
+            if rows_as_tiles:  # forward / dQ: key blocks of BLOCK_N
+                lo, a, z, hi = plan[:4]
                 tile, step, axis = range(start, start + block_m), block_n, "rows"
-            else:  # dK/dV: row blocks of BLOCK_M from lo
-                lo, a, z, end = plan[4:8]
+            else:  # dK/dV: row blocks of BLOCK_M
+                lo, a, z, hi = plan[4:8]
                 tile, step, axis = range(start, start + block_n), block_m, "cols"
-            for i_blk in range(end):
-                other = range(lo + i_blk * step, lo + (i_blk + 1) * step)
+            assert lo <= a <= z <= hi and all((x - lo) % step == 0 for x in (a, z, hi)), plan
+            for blk in range(lo, hi, step):
+                other = range(blk, blk + step)
                 rows, cols = (tile, other) if rows_as_tiles else (other, tile)
-                ok = check_block(rows, cols, seqlen, b, t, masked=not a <= i_blk < z, tile_axis=axis, causal=causal)
+                ok = check_block(rows, cols, seqlen, b, t, masked=not a <= blk < z, tile_axis=axis, causal=causal)
                 add_cover(covered[key], rows, cols, ok)
         for (seqlen, b, t), cover in covered.items():
             i = torch.arange(seqlen)[:, None]
             j = torch.arange(seqlen)[None, :]
             want = allowed(i, j, seqlen, b, t, causal).int()
             assert torch.equal(cover, want), f"pairs not covered exactly once (len {seqlen}, b {b}, t {t})"
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_mask_ranges_are_the_mask(causal, device):
+    """A masked block keeps key j for row i iff k_first[i] <= j <= k_last[i] (forward, dQ)
+    and iff r_first[j] <= i <= r_last[j] (dK/dV): both must be the mask exactly, rows and
+    keys past the sequence end included (padding of a tile)."""
+    for seqlen, b, t in LAYOUT_CASES if causal else BIDIRECTIONAL_CASES:
+        n = seqlen + 20  # positions past the end, as in a sequence's last tile
+        pos = torch.arange(n, dtype=torch.int32, device=device)
+        out = torch.zeros(4, n, dtype=torch.int32, device=device)
+        _range_probe[(1,)](pos, out, n, seqlen, b, t, CAUSAL=causal, BLOCK=triton.next_power_of_2(n))
+        k_first, k_last, r_first, r_last = out.cpu().long()
+        i = torch.arange(n)[:, None]
+        j = torch.arange(n)[None, :]
+        want = allowed(i, j, seqlen, b, t, causal)
+        by_row = (j >= k_first[:, None]) & (j <= k_last[:, None])
+        by_key = (i >= r_first[None, :]) & (i <= r_last[None, :])
+        where = f"(len {seqlen}, b {b}, t {t})"
+        assert torch.equal(by_row[:seqlen], want[:seqlen]), f"key ranges of the rows {where}"
+        assert (k_last[seqlen:] < seqlen).all(), f"rows past the end read keys past the end {where}"
+        assert torch.equal(by_key, want), f"row ranges of the keys {where}"
 
 
 def add_cover(cover: torch.Tensor, rows: range, cols: range, ok: torch.Tensor):

@@ -60,6 +60,10 @@ __all__ = [
 # In multiply-adds: padded pairs x 2 x Hq x D.
 CALL_COST_MACS = 50_000
 
+# a causal segment runs in chunks from this many chunks on (below, the saved pairs do not pay
+# for the extra calls); measured with the chunk size, benchmarks/README.md
+MIN_CHUNKS = 2
+
 # flash-attn builds, best first: FA4 (CuTe DSL), FA3 (Hopper), FA2
 FLASH_VARLEN_MODULES = ("flash_attn.cute", "flash_attn_interface", "flash_attn")
 
@@ -297,12 +301,13 @@ def _flash_fwd(q, k, v, scale: float, causal: bool, chunk: int):
 
     PyTorch's CPU flash kernel masks inside its key blocks (up to 512 keys) instead of
     skipping them, so below ~768 rows a causal call costs about what a non-causal one does.
-    So causal rows run in chunks: chunk ``[r0, r1)`` is a causal call over keys ``[r0, r1)``
-    and a non-causal one over keys ``[0, r0)``, merged by their log-sum-exps, which skips
-    the pairs above the diagonal but for each chunk's own square."""
+    So causal segments of at least :data:`MIN_CHUNKS` chunks run in chunks: chunk
+    ``[r0, r1)`` is a causal call over keys ``[r0, r1)`` and a non-causal one over keys
+    ``[0, r0)``, merged by their log-sum-exps, which skips the pairs above the diagonal but
+    for each chunk's own square."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     n, h, length, _ = q.shape
-    if not causal or length <= chunk:
+    if not causal or length < MIN_CHUNKS * chunk:
         return flash(q, k, v, 0.0, causal, scale=scale)
     out = q.new_empty(n, length, h, v.shape[-1]).transpose(1, 2)
     lse = None
@@ -327,7 +332,7 @@ def _flash_bwd(dout, q, k, v, out, lse, scale: float, causal: bool, chunk: int):
     backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     length = q.shape[2]
     acc = lse.dtype
-    if not causal or length <= chunk:
+    if not causal or length < MIN_CHUNKS * chunk:
         dq, dk, dv = backward(dout, q, k, v, out, lse, 0.0, causal, scale=scale)
         return dq, dk.to(acc), dv.to(acc)
     dq = q.new_empty(q.shape[0], length, q.shape[1], q.shape[3]).transpose(1, 2)

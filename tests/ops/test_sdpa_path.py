@@ -37,7 +37,7 @@ EDGE_LAYOUTS = {
     "b0": ([0, 0], [3, 16], [20, 1]),  # no query: plain causal
     "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
     "empty_sequences": ([0, 21, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),
-    "one_long": ([300], 4, [60]),  # longer than a chunk (256 rows at D=32): chunks and merges
+    "one_long": ([530], 4, [90]),  # at least two chunks (256 rows at D=32): chunks and merges
     "mixed_lengths": ([300, 7, 64, 65, 2, 120], 4, [40, 3, 0, 31, 1, 9]),  # several padded batches
 }
 ROUTES = ["cpu_flash", "sdpa", "varlen"]
@@ -165,16 +165,16 @@ def test_bidirectional(dtype, route, device):
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=DTYPE_IDS.get)
 def test_dtypes(dtype, route, device):
-    """Several padded batches, one sequence in two chunks (D = 64: 128 rows a chunk)."""
-    layout = CondensationLayout.from_lengths([150, 7, 33, 34, 2], 4, [40, 3, 0, 5, 1])
-    check(layout, 4, 2, 64, dtype, on_device(route, device), device=device)
+    """Several padded batches, one sequence in chunks (D = 128: 64 rows a chunk)."""
+    layout = CondensationLayout.from_lengths([140, 7, 33, 34, 2], 4, [40, 3, 0, 5, 1])
+    check(layout, 2, 1, 128, dtype, on_device(route, device), device=device)
 
 
 @pytest.mark.parametrize("hq,hkv,d", [(3, 3, 80), (4, 2, 96), (6, 1, 128), (12, 2, 64)],
                          ids=["gqa1_d80", "gqa2_d96", "gqa6_d128", "gqa6_d64"])
 def test_gqa_and_head_dims(hq, hkv, d, device):
-    """Unaligned head dims; on the CPU the long sequence runs in several chunks at every head dim."""
-    layout = CondensationLayout.from_lengths([100, 9, 20], 4, [40, 0, 5])
+    """Unaligned head dims; on the CPU the long sequence runs in chunks at every head dim."""
+    layout = CondensationLayout.from_lengths([2 * chunk_rows(d) + 3, 9, 20], 4, [40, 0, 5])
     check(layout, hq, hkv, d, torch.float32, on_device("cpu_flash", device), device=device)
 
 
@@ -222,7 +222,7 @@ def test_empty_pack():
 
 def test_compiled_matches_eager():
     """torch.compile traces the path (plans are built outside the graph, once per layout)."""
-    layout = CondensationLayout.from_lengths([60, 3], 4, [10, 2])  # D=128: the long head segment in two chunks
+    layout = CondensationLayout.from_lengths([130, 3], 4, [10, 2])  # D=128: the long head segment in chunks
     _, (q, k, v, do) = make_inputs(layout, 2, 1, 128, torch.float32)
 
     def step(q, k, v):
@@ -322,6 +322,31 @@ def test_varlen_plan_offsets():
 
 def test_chunk_rows():
     assert [chunk_rows(d) for d in (16, 32, 64, 80, 96, 128, 256)] == [256, 256, 128, 96, 64, 64, 64]
+
+
+@pytest.mark.parametrize("length,d,calls", [(511, 32, 1), (512, 32, 3), (534, 32, 5), (127, 128, 1), (128, 128, 3),
+                                             (264, 64, 5)])
+def test_long_segments_run_in_chunks(length, d, calls, monkeypatch):
+    """From two chunks on (256 rows at D=32, 64 at D=128, 128 at D=64) a causal segment runs in
+    chunks: one call for the first, two for each other (its own keys, the keys before it).
+    The oracle tests use such segments: one_long, gqa_and_head_dims, dtypes, compiled."""
+    rows = []
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    def counting(*args, **kwargs):
+        rows.append((args[0].shape[2], args[1].shape[2]))  # (query rows, keys)
+        return flash(*args, **kwargs)
+
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", counting)
+    layout = CondensationLayout.causal([0, length])
+    _, (q, k, v, _) = make_inputs(layout, 2, 1, d, torch.float32)
+    condensation_attention_sdpa(q, k, v, layout, 0.3)
+    assert len(rows) == calls
+    done = rows[0][0]  # the first chunk: its rows over their own keys
+    for (r, own), (r_past, past) in zip(rows[1::2], rows[2::2]):
+        assert own == r and r_past == r and past == done  # the chunk's keys, then every key before it
+        done += r
+    assert done == length
 
 
 def test_plans_are_built_once_per_layout():

@@ -28,7 +28,10 @@ import torch
 
 __all__ = [
     "DEFAULT_OUT_DIR",
+    "CPU_CLOCKS",
     "bench",
+    "add_cpu_timing_arguments",
+    "apply_cpu_timing",
     "peak_memory_mib",
     "rel_l2",
     "environment",
@@ -44,6 +47,11 @@ DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "out"
 # ----------------------------------------------------------------------------------------
 # timing and memory
 # ----------------------------------------------------------------------------------------
+# CPU clocks: wall time, or the CPU time of the calling thread (``--threads 1`` only: then it
+# is the work of the call, whatever else runs on the machine)
+CPU_CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
 def bench(
     fn: Callable[[], object],
     device: torch.device,
@@ -51,29 +59,52 @@ def bench(
     warmup_ms: float = 25,
     rep_ms: float = 100,
     cpu_reps: int = 5,
+    cpu_clock: str = "wall",
 ) -> dict[str, float]:
     """Median and 20th / 80th percentile milliseconds of ``fn()``.
 
     CUDA: ``triton.testing.do_bench(fn, warmup_ms, rep_ms)``. CPU: one warm-up call, then
-    ``cpu_reps`` timed calls (``.grad`` of ``grad_to_none`` reset before each call, outside
-    the timed region), and their minimum as ``ms_min``.
+    ``cpu_reps`` timed calls on ``cpu_clock`` (:data:`CPU_CLOCKS`; ``.grad`` of
+    ``grad_to_none`` reset before each call, outside the timed region), and their minimum as
+    ``ms_min``.
     """
     if device.type == "cuda":
         from triton.testing import do_bench
 
         med, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8])
         return {"ms": float(med), "ms_p20": float(p20), "ms_p80": float(p80)}
+    clock = CPU_CLOCKS[cpu_clock]
     times = []
     for i in range(cpu_reps + 1):
         for x in grad_to_none or ():
             x.grad = None
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         if i:
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((clock() - t0) * 1e3)
     q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
     # the minimum too: on a CPU shared with other work the median absorbs their time slices
     return {"ms": statistics.median(times), "ms_p20": q[1], "ms_p80": q[7], "ms_min": min(times)}
+
+
+def add_cpu_timing_arguments(ap) -> None:
+    """``--threads`` and ``--cpu-clock`` of a benchmark's command line."""
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's, one per core); recorded with the run")
+    ap.add_argument("--cpu-clock", default="wall", choices=tuple(CPU_CLOCKS),
+                    help="CPU timer: wall time, or 'thread' = CPU time of the calling thread (needs --threads 1; "
+                         "insensitive to other work on a shared machine)")
+
+
+def apply_cpu_timing(args) -> None:
+    """Sets torch's thread count from ``args.threads``; a thread clock needs one thread."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.cpu_clock == "thread" and torch.get_num_threads() != 1:
+        raise SystemExit(f"--cpu-clock thread times the calling thread only: it needs --threads 1 "
+                         f"(torch uses {torch.get_num_threads()})")
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device, input_bytes: int) -> float | None:

@@ -29,7 +29,14 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.harness import DEFAULT_OUT_DIR, environment, run_stem, write_outputs
+from benchmarks.harness import (
+    DEFAULT_OUT_DIR,
+    add_cpu_timing_arguments,
+    apply_cpu_timing,
+    environment,
+    run_stem,
+    write_outputs,
+)
 from benchmarks.measure import add_speedups, measure
 from benchmarks.peers import PEERS, Case
 from benchmarks.plot import plot_attention
@@ -64,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-ms", type=float, default=None, help="do_bench warmup (default 25, quick 10)")
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 100, quick 40)")
     ap.add_argument("--cpu-reps", type=int, default=None, help="timed calls per row on CPU (default 5, tiny 1)")
+    add_cpu_timing_arguments(ap)
     ap.add_argument("--cpu-eager-gib", type=float, default=2.0, help="eager's memory budget on CPU")
     ap.add_argument("--no-dedupe", dest="dedupe", action="store_false",
                     help="also run sdpa_dense_packed on one-sequence workloads (same as padded)")
@@ -75,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--stem", default=None, help="output file stem (default mask_attn[_quick]_<device>_<UTC time>)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    apply_cpu_timing(args)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = args.device.type == "cuda"
     args.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
@@ -133,6 +142,7 @@ def main(argv=None) -> dict:
     stem = run_stem(args.out_dir, args.name, args.stem)
     meta = environment(device)
     meta.update(dtype=str(args.dtype).replace("torch.", ""), tol=args.tol, quick=args.quick, tiny=args.tiny,
+                cpu_clock=args.cpu_clock,
                 flops="kept pairs x 4 D Hq forward; backward 2.5x forward", oracle="float64 dense, benchmarks/oracle.py",
                 peers_not_run=[])
     print(f"# mask_attn on {meta['gpu'] or 'CPU'} ({device}, {meta['cpu_threads']} threads), {meta['dtype']}, "

@@ -68,7 +68,7 @@ def _time(case: Case, run: Run, mode: str, args) -> dict:
             with torch.no_grad():
                 run.fn()
     t = bench(timed, case.device, grad_to_none=run.leaves if grad else None, warmup_ms=args.warmup_ms,
-              rep_ms=args.rep_ms, cpu_reps=args.cpu_reps)
+              rep_ms=args.rep_ms, cpu_reps=args.cpu_reps, cpu_clock=args.cpu_clock)
     for x in run.leaves:
         x.grad = None
     peak = peak_memory_mib(timed, case.device, run.input_bytes)
@@ -79,7 +79,7 @@ def _time(case: Case, run: Run, mode: str, args) -> dict:
 
 def measure(case: Case, peer: Peer, args) -> dict:
     """The row of ``peer`` on ``case``: errors, timings, status (ok / skipped / error /
-    FAILED) and notes. ``args``: ``tol``, ``warmup_ms``, ``rep_ms``, ``cpu_reps`` and what
+    FAILED) and notes. ``args``: ``tol``, ``warmup_ms``, ``rep_ms``, ``cpu_reps``, ``cpu_clock`` and what
     the peers read (``dedupe``, ``cpu_eager_gib``)."""
     wl = case.wl
     row = {"workload": wl.name, "group": wl.group, "peer": peer.name, "exact": peer.exact, "head_dim": wl.head_dim,

@@ -46,7 +46,17 @@ if __package__ in (None, ""):
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import DEFAULT_OUT_DIR, bench, environment, optional_import, rel_l2, run_stem, write_outputs
+from benchmarks.harness import (
+    DEFAULT_OUT_DIR,
+    add_cpu_timing_arguments,
+    apply_cpu_timing,
+    bench,
+    environment,
+    optional_import,
+    rel_l2,
+    run_stem,
+    write_outputs,
+)
 from benchmarks.peers import flex_mask_mod, padded_dense_mask
 from benchmarks.plot import plot_model_step
 from benchmarks.table import MODEL_COLUMNS, format_table
@@ -226,7 +236,8 @@ def run_row(row: Row, model, batch: Batch, reference: tuple[float, torch.Tensor]
         else:
             params = list(model.parameters())
             model.zero_grad(set_to_none=True)
-            t = bench(step, device, grad_to_none=params, warmup_ms=50, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps)
+            t = bench(step, device, grad_to_none=params, warmup_ms=50, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps,
+                      cpu_clock=args.cpu_clock)
             result.update({f"step_{key}": value for key, value in t.items()})  # ms, ms_p20, ms_p80 (ms_min on CPU)
             model.zero_grad(set_to_none=True)
             if device.type == "cuda":
@@ -261,11 +272,13 @@ def parse_args(argv=None):
                     help="bound on the loss and gradient relative errors (default 5e-2 bf16, 1e-4 fp32)")
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 500, quick 200)")
     ap.add_argument("--cpu-reps", type=int, default=5)
+    add_cpu_timing_arguments(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     ap.add_argument("--stem", default=None, help="output file stem (default model_step_<device>_<UTC time>)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    apply_cpu_timing(args)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = args.device.type == "cuda"
     args.layers = args.layers or (4 if gpu else 2)
@@ -293,7 +306,7 @@ def main(argv=None) -> dict:
     meta = environment(device)
     meta.update(workload=wl.describe(), layers=args.layers, dims=args.dims, dtype=str(args.dtype).replace("torch.", ""),
                 step="model.model -> real rows -> lm_head -> fp32 CE -> backward", tol=args.tol,
-                oracle="float64 copy of the model, sdpa with the dense 4D mask")
+                oracle="float64 copy of the model, sdpa with the dense 4D mask", cpu_clock=args.cpu_clock)
     print(f"# model_step on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
           f"transformers {meta.get('transformers')}, {meta['date_utc']}")
     print(f"# {wl.describe()}; Qwen2 decoder {args.layers} layers, {args.dims}")

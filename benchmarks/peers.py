@@ -187,8 +187,8 @@ def _leaves(xs, grad: bool):
 
 
 def _setup_ms(case: Case, key: str, fn: Callable, args) -> float:
-    return case.cached(f"setup_ms:{key}", lambda: bench(fn, case.device, warmup_ms=args.warmup_ms,
-                                                         rep_ms=args.rep_ms, cpu_reps=args.cpu_reps)["ms"])
+    return case.cached(f"setup_ms:{key}", lambda: bench(fn, case.device, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
+                                                         cpu_reps=args.cpu_reps, cpu_clock=args.cpu_clock)["ms"])
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -145,12 +145,14 @@ def _cpu_env():
 
 
 def test_mask_attn_tiny_runs_every_cpu_peer(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "mask_attn.py"), "--tiny", "--device", "cpu",
-           "--out-dir", str(tmp_path), "--stem", "t", "--no-plot"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "mask_attn.py"), "--tiny", "--device", "cpu", "--threads", "1",
+           "--cpu-clock", "thread", "--out-dir", str(tmp_path), "--stem", "t", "--no-plot"]
     res = subprocess.run(cmd, cwd=ROOT, env=_cpu_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     data = json.loads((tmp_path / "t.json").read_text())
-    assert data["meta"]["torch"] == torch.__version__ and data["meta"]["date_utc"] and data["meta"]["tiny"]
+    meta = data["meta"]
+    assert meta["torch"] == torch.__version__ and meta["date_utc"] and meta["tiny"]
+    assert (meta["cpu_threads"], meta["cpu_clock"]) == (1, "thread")
     rows = {r["peer"]: r for r in data["rows"]}
     cpu_peers = {p.name for p in PEERS if p.available(torch.device("cpu")) is None}
     assert set(rows) == cpu_peers
@@ -165,6 +167,15 @@ def test_mask_attn_tiny_runs_every_cpu_peer(tmp_path):
     assert "no backward on CPU" in rows["flex_triton"]["note"]
     assert (tmp_path / "t.csv").read_text().startswith("workload,")
     assert "btok_sdpa" in res.stdout
+
+
+def test_thread_clock_needs_one_thread():
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit, match="--cpu-clock thread times the calling thread only: it needs --threads 1"):
+            mask_attn.parse_args(["--device", "cpu", "--threads", "2", "--cpu-clock", "thread"])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_mask_attn_runs_as_a_module():

@@ -22,8 +22,9 @@ Two ways to run the segments, neither with a dense mask:
   gathered into ``[n, H, Lmax, D]`` batches. Causal attention is top-left aligned, so a real
   row never sees the padding after it and padding is exact (non-causal segments are batched
   with equal lengths only). On the CPU, PyTorch's CPU flash kernel runs them in chunks of
-  query rows, inside one autograd node for the whole pack; on CUDA, SDPA with plain autograd.
-  GQA runs without repeating K/V.
+  query rows, inside one autograd node for the whole pack, in fp32 for fp16/bf16 inputs (its
+  backward is much slower in bf16); on CUDA, SDPA with plain autograd. GQA runs without
+  repeating K/V.
 - flash-attn varlen (CUDA, when ``flash_attn.cute``, ``flash_attn_interface`` or
   ``flash_attn`` imports): one call over all segments with separate query and key offsets
   and bottom-right causal alignment, so the query rows stay in packed order, no row is
@@ -286,13 +287,10 @@ def _merge_into(out, lse, o1, l1, o2, l2) -> None:
     ``[n, H, C, D]`` and ``lse`` ``[n, H, C]``, from the two partial outputs (each normalised
     over its own keys) and their log-sum-exps. The weight of part 1 is
     ``exp(l1 - logaddexp(l1, l2)) = sigmoid(l1 - l2)``; both are finite (every row sees a key
-    in each part). Four element-wise ops, in the log-sum-exp's dtype (fp32, fp64 for fp64)."""
+    in each part). Four element-wise ops, in the inputs' dtype (fp32 or fp64, as the CPU path
+    computes: see :class:`_CpuSegments`)."""
     torch.logaddexp(l1, l2, out=lse)
-    w1 = torch.sigmoid(l1 - l2).unsqueeze(-1)
-    if out.dtype == w1.dtype:
-        torch.lerp(o2, o1, w1, out=out)
-    else:  # fp16 / bf16: mix in fp32, round once
-        out.copy_(torch.lerp(o2.to(w1.dtype), o1.to(w1.dtype), w1))
+    torch.lerp(o2, o1, torch.sigmoid(l1 - l2).unsqueeze(-1), out=out)
 
 
 def _flash_fwd(q, k, v, scale: float, causal: bool, chunk: int):

@@ -6,6 +6,7 @@ heads, 2 KV heads), so that the Triton interpreter stays fast.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import (
     LlamaConfig,
@@ -135,6 +136,14 @@ def dense_condensation_mask(query_len: int, num_btoks: int, length: int, dtype=t
     i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
     allowed = (j <= i) & ~((i >= t) & (j < b))
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+
+
+def model_backends(models: list[str], triton: list[str]) -> list:
+    """``(model name, kernel backend)`` cases for ``@pytest.mark.parametrize("name,kernel_backend",
+    ..., indirect=["kernel_backend"])``: every model on the CPU default backend, the models
+    in ``triton`` also through the Triton kernels (interpreted: seconds per model)."""
+    cases = [pytest.param(name, "auto", id=f"{name}-auto") for name in models]
+    return cases + [pytest.param(name, "triton", id=f"{name}-triton", marks=pytest.mark.interpret) for name in triton]
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

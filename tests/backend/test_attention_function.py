@@ -169,7 +169,8 @@ def test_padding_mode_argument_and_environment(monkeypatch, device):
     btok_attention_forward(module(), q, k, v, mask, btok_padding_mode="unpad")
     with pytest.raises(ValueError, match="environment variable BTOK_PADDING_MODE must be one of"):
         btok_attention_forward(module(), q, k, v, mask.clone())
-    with pytest.raises(ValueError, match=r"btok_padding_mode must be one of \('auto', 'segments', 'unpad'\), got 'pad'"):
+    expected = r"btok_padding_mode must be one of \('auto', 'segments', 'unpad'\), got 'pad'"
+    with pytest.raises(ValueError, match=expected):
         btok_attention_forward(module(), q, k, v, mask.clone(), btok_padding_mode="pad")
 
 

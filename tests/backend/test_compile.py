@@ -1,5 +1,6 @@
 """torch.compile of a model that uses the backend on a packed condensation batch."""
 
+import pytest
 import torch
 from model_helpers import rel_err, tiny_model
 
@@ -7,9 +8,11 @@ import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
 
 
+@pytest.mark.parametrize("kernel_backend", [pytest.param("triton", marks=pytest.mark.interpret)], indirect=True)
 def test_compiled_training_step_matches_eager(kernel_backend, device):
     """The loss and every gradient of a compiled step equal the eager step. The kernel is one
-    graph node; the mask-pattern check runs eagerly (a graph break, not a wrong answer)."""
+    graph node (a custom op); the mask-pattern check runs eagerly (a graph break, not a wrong
+    answer)."""
     torch.manual_seed(0)
     model = tiny_model("qwen2").to(device)
     model.set_attn_implementation("btok_triton")

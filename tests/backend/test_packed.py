@@ -4,6 +4,7 @@ condensation mask exactly as an eager model with a dense 4D mask does."""
 import pytest
 import torch
 from model_helpers import (
+    model_backends,
     assert_close,
     assert_grads_close,
     dense_condensation_mask,
@@ -32,7 +33,9 @@ def single_positions(name, length, device):
     return pos[None].expand(3, 1, -1) if name == "qwen2_vl" else pos
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name,kernel_backend", model_backends(MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
+)
 def test_packed_position_ids_equal_padded(name, kernel_backend, device):
     model = tiny_model(name).to(device)
     lengths = [6, 9, 3]
@@ -101,7 +104,9 @@ def run_packed(model, name, seqs, device, with_layout=True):
     )
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name,kernel_backend", model_backends(MODELS, triton=["llama", "qwen3"]), indirect=["kernel_backend"]
+)
 def test_condensation_equals_eager_dense_mask(name, kernel_backend, device):
     model = tiny_model(name).to(device)
     seqs = condensation_batch()
@@ -137,7 +142,9 @@ def _target_rows():
     return torch.tensor(rows)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2_vl"])
+@pytest.mark.parametrize(
+    "name,kernel_backend", model_backends(["llama", "qwen2_vl"], triton=[]), indirect=["kernel_backend"]
+)
 def test_condensation_mask_is_applied(name, kernel_backend, device):
     """Target rows differ from plain causal packing, and see the query only through the BToks."""
     model = tiny_model(name).to(device)

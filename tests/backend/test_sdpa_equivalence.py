@@ -8,7 +8,15 @@ import inspect
 
 import pytest
 import torch
-from model_helpers import assert_close, assert_grads_close, forward_backward, pad_batch, random_ids, tiny_model
+from model_helpers import (
+    assert_close,
+    assert_grads_close,
+    forward_backward,
+    model_backends,
+    pad_batch,
+    random_ids,
+    tiny_model,
+)
 from transformers import Qwen3ForCausalLM
 
 import btok_model  # noqa: F401  (registers "btok_triton")
@@ -26,7 +34,9 @@ TOL = 2e-5
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("name", TEXT_MODELS)
+@pytest.mark.parametrize(
+    "name,kernel_backend", model_backends(TEXT_MODELS, triton=["llama", "qwen2_vl"]), indirect=["kernel_backend"]
+)
 def test_padded_batch_matches_sdpa(name, side, kernel_backend, device):
     model = tiny_model(name).to(device)
     ids, mask = pad_batch(random_ids([11, 4, 8]), side)
@@ -38,7 +48,9 @@ def test_padded_batch_matches_sdpa(name, side, kernel_backend, device):
     assert_grads_close(grads, ref_grads, TOL)
 
 
-@pytest.mark.parametrize("name", TEXT_MODELS)
+@pytest.mark.parametrize(
+    "name,kernel_backend", model_backends(TEXT_MODELS, triton=["qwen3"]), indirect=["kernel_backend"]
+)
 def test_unpadded_batch_matches_sdpa(name, kernel_backend, device):
     model = tiny_model(name).to(device)
     ids = torch.stack(random_ids([9, 9])).to(device)
@@ -48,10 +60,18 @@ def test_unpadded_batch_matches_sdpa(name, kernel_backend, device):
     assert_grads_close(grads, ref_grads, TOL)
 
 
-GENERATE_CASES = [(name, "dynamic") for name in TEXT_MODELS] + [("llama", "static"), ("qwen3", "static")]
+GENERATE_CASES = [(name, "dynamic", "auto") for name in TEXT_MODELS] + [("llama", "static", "auto"),
+                                                                         ("qwen3", "static", "auto"),
+                                                                         ("mistral", "dynamic", "triton"),
+                                                                         ("qwen3", "static", "triton")]
 
 
-@pytest.mark.parametrize(("name", "cache"), GENERATE_CASES, ids=[f"{n}-{c}" for n, c in GENERATE_CASES])
+@pytest.mark.parametrize(
+    ("name", "cache", "kernel_backend"),
+    [pytest.param(*case, marks=[pytest.mark.interpret] if case[2] == "triton" else []) for case in GENERATE_CASES],
+    ids=[f"{n}-{c}-{b}" for n, c, b in GENERATE_CASES],
+    indirect=["kernel_backend"],
+)
 def test_greedy_generate_matches_sdpa(name, cache, kernel_backend, device):
     """Left-padded prompts, KV cache: prefill through the kernel, decoding through the fallback.
 

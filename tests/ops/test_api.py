@@ -185,7 +185,9 @@ def test_compiles_without_graph_break(backend, device):
 _BIG_TILES = {name: dict(BLOCK_M=64, BLOCK_N=64) for name in ("fwd", "dkdv", "dq")}
 
 
-@pytest.mark.parametrize("backend,length", [("reference", 4096), pytest.param("triton", 512, marks=pytest.mark.interpret)])
+@pytest.mark.parametrize(
+    "backend,length", [("reference", 4096), pytest.param("triton", 512, marks=pytest.mark.interpret)]
+)
 def test_memory_stays_linear(backend, length, device):
     """No tensor of the forward or backward may grow like L^2 on one long sequence: the
     largest one must stay below L * L / 4 elements (a dense mask or score matrix is L^2)."""

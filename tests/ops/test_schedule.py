@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import triton
@@ -77,30 +78,31 @@ def _range_probe(Pos, Out, n, seqlen, b, t, CAUSAL: tl.constexpr, BLOCK: tl.cons
     tl.store(Out + 3 * n + o, r_last, mask=o < n)
 
 
-def allowed(i: torch.Tensor, j: torch.Tensor, seqlen: int, b: int, t: int, causal: bool = True) -> torch.Tensor:
+def allowed(i, j, seqlen: int, b: int, t: int, causal: bool = True):
+    """The mask on broadcastable integer arrays (NumPy in the walks: tiny arrays, fast)."""
     in_bounds = (i < seqlen) & (j < seqlen)
     if not causal:
         return in_bounds
     return in_bounds & (j <= i) & ~((i >= t) & (j < b))
 
 
-def check_block(rows: range, cols: range, seqlen, b, t, masked: bool, tile_axis: str, causal: bool) -> torch.Tensor:
+def check_block(rows: range, cols: range, seqlen, b, t, masked: bool, tile_axis: str, causal: bool) -> np.ndarray:
     """Checks one visited block and returns its allowed pairs. ``tile_axis`` is the axis
     of the program's own tile ("rows" in the forward and dQ, "cols" in dK/dV): padding
     past the sequence end on that axis is harmless (never stored), but the other axis is
     loaded without a mask in an unmasked block, so it must stay in bounds."""
-    i = torch.tensor(list(rows))[:, None]
-    j = torch.tensor(list(cols))[None, :]
+    i = np.arange(rows.start, rows.stop)[:, None]
+    j = np.arange(cols.start, cols.stop)[None, :]
     ok = allowed(i, j, seqlen, b, t, causal)
     where = f"rows [{rows.start}, {rows.stop}) keys [{cols.start}, {cols.stop}) (len {seqlen}, b {b}, t {t})"
     assert ok.any(), f"visited block with no allowed pair: {where}"
     valid = (i < seqlen) if tile_axis == "rows" else (j < seqlen)
     if masked:
-        assert not ok[valid.expand_as(ok)].all(), f"masked block that needs no mask: {where}"
+        assert not ok[np.broadcast_to(valid, ok.shape)].all(), f"masked block that needs no mask: {where}"
     else:
         other = j if tile_axis == "rows" else i
         assert (other < seqlen).all(), f"unmasked block reads past the sequence end: {where}"
-        assert ok[valid.expand_as(ok)].all(), f"unmasked block holds a masked pair: {where}"
+        assert ok[np.broadcast_to(valid, ok.shape)].all(), f"unmasked block holds a masked pair: {where}"
     return ok
 
 
@@ -146,11 +148,11 @@ def test_query_and_key_tile_plans(block_m, block_n, causal, device):
         _plan_probe[(triton.cdiv(len(case_list), 64),)](c, out, len(case_list), BLOCK_M=block_m, BLOCK_N=block_n,
                                                        CAUSAL=causal, CASES=64)
         out = out.cpu()
-        covered: dict[tuple, torch.Tensor] = {}
+        covered: dict[tuple, np.ndarray] = {}
         for (start, seqlen, b, t), plan in zip(case_list, out.tolist()):
             key = (seqlen, b, t)
             if key not in covered:
-                covered[key] = torch.zeros(seqlen, seqlen, dtype=torch.int32)
+                covered[key] = np.zeros((seqlen, seqlen), dtype=np.int32)
             # the kernels' three loops over positions: masked [lo, a), unmasked [a, z), masked [z, hi)
             if rows_as_tiles:  # forward / dQ: key blocks of BLOCK_N
                 lo, a, z, hi = plan[:4]
@@ -165,10 +167,10 @@ def test_query_and_key_tile_plans(block_m, block_n, causal, device):
                 ok = check_block(rows, cols, seqlen, b, t, masked=not a <= blk < z, tile_axis=axis, causal=causal)
                 add_cover(covered[key], rows, cols, ok)
         for (seqlen, b, t), cover in covered.items():
-            i = torch.arange(seqlen)[:, None]
-            j = torch.arange(seqlen)[None, :]
-            want = allowed(i, j, seqlen, b, t, causal).int()
-            assert torch.equal(cover, want), f"pairs not covered exactly once (len {seqlen}, b {b}, t {t})"
+            i = np.arange(seqlen)[:, None]
+            j = np.arange(seqlen)[None, :]
+            want = allowed(i, j, seqlen, b, t, causal)
+            assert np.array_equal(cover, want), f"pairs not covered exactly once (len {seqlen}, b {b}, t {t})"
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
@@ -193,12 +195,11 @@ def test_mask_ranges_are_the_mask(causal, device):
         assert torch.equal(by_key, want), f"row ranges of the keys {where}"
 
 
-def add_cover(cover: torch.Tensor, rows: range, cols: range, ok: torch.Tensor):
+def add_cover(cover: np.ndarray, rows: range, cols: range, ok: np.ndarray):
+    """Counts the block's allowed pairs inside the sequence into ``cover`` [L, L]."""
     seqlen = cover.shape[0]
-    r = torch.tensor(list(rows))
-    c = torch.tensor(list(cols))
-    keep_r, keep_c = r < seqlen, c < seqlen
-    cover[r[keep_r][:, None], c[keep_c][None, :]] += ok[keep_r][:, keep_c].int()
+    n_r, n_c = min(rows.stop, seqlen) - rows.start, min(cols.stop, seqlen) - cols.start
+    cover[rows.start : rows.start + n_r, cols.start : cols.start + n_c] += ok[:n_r, :n_c]
 
 
 @pytest.mark.parametrize("block", [16, 64])

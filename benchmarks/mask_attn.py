@@ -143,7 +143,8 @@ def main(argv=None) -> dict:
     meta = environment(device)
     meta.update(dtype=str(args.dtype).replace("torch.", ""), tol=args.tol, quick=args.quick, tiny=args.tiny,
                 cpu_clock=args.cpu_clock,
-                flops="kept pairs x 4 D Hq forward; backward 2.5x forward", oracle="float64 dense, benchmarks/oracle.py",
+                flops="kept pairs x 4 D Hq forward; backward 2.5x forward",
+                oracle="float64 dense, benchmarks/oracle.py",
                 peers_not_run=[])
     print(f"# mask_attn on {meta['gpu'] or 'CPU'} ({device}, {meta['cpu_threads']} threads), {meta['dtype']}, "
           f"torch {meta['torch']}, triton {meta.get('triton')}, {meta['date_utc']}")

@@ -158,7 +158,8 @@ def _padded_dense(model, batch: Batch, device) -> Prepared:
     setup_ms = (time.perf_counter() - t0) * 1e3
 
     def loss():
-        h = model.model(input_ids=batch.padded_ids, position_ids=batch.padded_pos, attention_mask=mask).last_hidden_state
+        h = model.model(input_ids=batch.padded_ids, position_ids=batch.padded_pos,
+                        attention_mask=mask).last_hidden_state
         return _loss(model, batch, h.reshape(-1, h.shape[-1])[batch.real_rows])
 
     return Prepared(loss, setup_ms, ["padded, dense 4D bool mask (build not in the step)"])
@@ -229,7 +230,8 @@ def run_row(row: Row, model, batch: Batch, reference: tuple[float, torch.Tensor]
         loss = step().item()
         result["first_call_s"] = time.perf_counter() - t0
         ref_loss, ref_grad = reference
-        result.update(loss=loss, err_loss=abs(loss - ref_loss) / abs(ref_loss), err_grad=rel_l2(probe_grad(model), ref_grad))
+        result.update(loss=loss, err_loss=abs(loss - ref_loss) / abs(ref_loss),
+                      err_grad=rel_l2(probe_grad(model), ref_grad))
         if max(result["err_loss"], result["err_grad"]) > args.tol:
             result["status"] = "FAILED"
             notes.append(f"FAILED check vs the float64 model (tol {args.tol:.0e})")

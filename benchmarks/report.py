@@ -49,7 +49,8 @@ def main(argv=None):
     if not data["meta"].get("gpu"):
         print("### CPU target, this run only\n\n" + cpu_targets_markdown(rows))
         return
-    print(f"### Targets (benchmarks/README.md), this run only\n\n{targets_markdown(rows, model['rows'] if model else None)}")
+    model_rows = model["rows"] if model else None
+    print(f"### Targets (benchmarks/README.md), this run only\n\n{targets_markdown(rows, model_rows)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .table import timed_view
 
-__all__ = ["PEER_FIGURES_MS", "PACKED_TARGET_MS", "MOONSHOT_MS", "LONG_TFLOPS", "targets_markdown", "cpu_targets_markdown"]
+__all__ = ["PEER_FIGURES_MS", "PACKED_TARGET_MS", "MOONSHOT_MS", "LONG_TFLOPS", "targets_markdown",
+           "cpu_targets_markdown"]
 
 # (forward, forward+backward) ms; None: not measured
 PEER_FIGURES_MS = {
@@ -89,8 +90,8 @@ def targets_markdown(rows: list[dict], model_rows: list[dict] | None) -> str:
             others = [m[o].get("peak_gib") for o in ("sdpa", "flex_attention") if m.get(o, {}).get("peak_gib")]
             peak_ok = all(b["peak_gib"] < o for o in others) if others else None
         sdpa, flex = m.get("sdpa", {}), m.get("flex_attention", {})
-        lines.append(f"| model step ×sdpa | {_f(xs, '.2f')}× | ≥ {MODEL_X_SDPA} | sdpa {_f(sdpa.get('step_ms'), '.2f')} "
-                     f"ms | {_met(None if xs is None else xs >= MODEL_X_SDPA)} |")
+        lines.append(f"| model step ×sdpa | {_f(xs, '.2f')}× | ≥ {MODEL_X_SDPA} | sdpa "
+                     f"{_f(sdpa.get('step_ms'), '.2f')} ms | {_met(None if xs is None else xs >= MODEL_X_SDPA)} |")
         lines.append(f"| model step ×flex_attention | {_f(xf, '.2f')}× | ≥ {MODEL_X_FLEX} | flex "
                      f"{_f(flex.get('step_ms'), '.2f')} ms | {_met(None if xf is None else xf >= MODEL_X_FLEX)} |")
         lines.append(f"| model step peak memory lower than both | {_f(b.get('peak_gib'), '.2f')} GiB | < both | "

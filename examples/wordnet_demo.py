@@ -59,6 +59,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wordnet-dir", default=None, help="folder with data.noun etc. (default /usr/share/wordnet)")
     p.add_argument("--pool-size", type=int, default=1000, help="held-out definitions, one word each in the pool")
     p.add_argument(
+        "--validation-size",
+        type=int,
+        default=None,
+        help="definitions held out of training for choosing a recipe (default: --pool-size); always held out, "
+        "so the training data does not depend on --eval-pool",
+    )
+    p.add_argument(
+        "--eval-pool",
+        choices=("test", "validation"),
+        default="test",
+        help="score the test pool (report once) or the validation pool (recipe search)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default="bfloat16",
+        help="backbone weights; LoRA adapters and BTok rows train in float32 either way",
+    )
+    p.add_argument(
         "--train-size",
         type=int,
         default=None,
@@ -103,13 +122,16 @@ def _data(args):
     if args.max_definition_words:
         synsets = [s for s in synsets if len(s.definition.split()) <= args.max_definition_words]
     train_size = args.train_size or args.max_steps * args.batch_size
-    split = retrieval_split(synsets, test_size=args.pool_size, train_size=train_size, seed=args.seed)
+    validation_size = args.pool_size if args.validation_size is None else args.validation_size
+    split = retrieval_split(
+        synsets, test_size=args.pool_size, train_size=train_size, seed=args.seed, validation_size=validation_size
+    )
     if args.target == "lemmas":
-        words = {s.definition: ", ".join(s.words) for s in synsets}
-        for example in split.train:
-            example["target"] = words[example["query"]]
+        for example, synset in zip(split.train, split.train_synsets, strict=True):
+            example["target"] = ", ".join(synset.words)
     write_jsonl(os.path.join(args.out_dir, "train.jsonl"), split.train)
     write_jsonl(os.path.join(args.out_dir, "test.jsonl"), split.test)
+    write_jsonl(os.path.join(args.out_dir, "validation.jsonl"), split.validation)
     return split
 
 
@@ -145,17 +167,16 @@ def _merged(model):
     return PooledEmbedder(backbone, model.tokenizer, model.pooling, model.temperature, model.max_length)
 
 
-def _load_backbone(name: str):
-    """``(model, tokenizer)``, attention ``"btok_triton"``."""
+def _load_backbone(name: str, dtype):
+    """``(model, tokenizer)``, weights in ``dtype``, attention ``"btok_triton"``."""
     if name == "smollm2":
         from btok_model.datasets import load_smollm2
 
-        return load_smollm2(attn_implementation="btok_triton")
+        return load_smollm2(attn_implementation="btok_triton", dtype=dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(name, attn_implementation="btok_triton"), AutoTokenizer.from_pretrained(
-        name
-    )
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="btok_triton", dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(name)
 
 
 class _Precomputed:
@@ -172,8 +193,8 @@ class _Precomputed:
 
 def _markdown(results: dict) -> str:
     lines = [
-        f"# WordNet definition -> word retrieval ({results['pool_size']} held-out definitions, one pool, "
-        f"backbone {results['backbone']})",
+        f"# WordNet definition -> word retrieval ({results['pool_size']} held-out definitions, one pool: "
+        f"{results['eval_pool']}, backbone {results['backbone']})",
         "",
         f"Machine: {results['machine']}. Command: `{results['command']}`",
         "",
@@ -214,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     from btok_model.evaluation.baselines import PooledEmbedder
 
     split = _data(args)
-    task = load_task(os.path.join(args.out_dir, "test.jsonl"))
+    task = load_task(os.path.join(args.out_dir, f"{args.eval_pool}.jsonl"))
     command = " ".join(
         shlex.quote(a) for a in ["python", "examples/wordnet_demo.py", *(sys.argv[1:] if argv is None else argv)]
     )
@@ -224,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"with {torch.get_num_threads()} threads",
         "backbone": args.backbone if args.backbone != "smollm2" else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)",
         "pool_size": len(task.queries),
+        "eval_pool": args.eval_pool,
         "train_examples": len(split.train),
         "recipe": _recipe(args).to_dict(),
         "generative_weight": args.generative_weight,
@@ -232,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = tokenizer = None
     if any(not r.startswith("tfidf") for r in args.rows):
         load_start = time.perf_counter()
-        backbone, tokenizer = _load_backbone(args.backbone)
+        backbone, tokenizer = _load_backbone(args.backbone, getattr(torch, args.dtype))
         results["load_seconds"] = time.perf_counter() - load_start
     untrained = {}
     autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=args.bf16)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["DEFAULT_WORDNET_DIR", "PARTS", "Synset", "WordNetSplit", "load_synsets", "retrieval_split"]
 
@@ -43,13 +43,15 @@ class Synset:
 
 @dataclass(frozen=True)
 class WordNetSplit:
-    """Training and test examples as ``{"query": definition, "positive": word}`` dicts, and
-    the synsets they come from (same order)."""
+    """Training, test and validation examples as ``{"query": definition, "positive": word}``
+    dicts, and the synsets they come from (same order)."""
 
     train: list[dict]
     test: list[dict]
     train_synsets: list[Synset]
     test_synsets: list[Synset]
+    validation: list[dict] = field(default_factory=list)
+    validation_synsets: list[Synset] = field(default_factory=list)
 
 
 def _parse_line(line: str, pos: str) -> Synset | None:
@@ -95,8 +97,40 @@ def load_synsets(wordnet_dir: str | None = None, parts: tuple[str, ...] = PARTS)
     return synsets
 
 
+def _example(synset: Synset) -> dict:
+    return {"query": synset.definition, "positive": synset.words[0]}
+
+
+def _draw_pool(synsets, order, size, words: set, definitions: set, used: set, name: str) -> list[Synset]:
+    """``size`` synsets in ``order`` whose first lemma is not in ``words`` and whose definition
+    is not in ``definitions`` (nor a lemma in ``words``, so no pool word is a polysemous
+    word of an earlier pool); adds what it takes to ``words``, ``definitions`` and ``used``."""
+    earlier = set(words)
+    pool = []
+    for i in order:
+        if len(pool) == size:
+            break
+        synset = synsets[i]
+        word = synset.words[0].lower()
+        if i in used or word in words or synset.definition in definitions:
+            continue
+        if any(w.lower() in earlier for w in synset.words):
+            continue
+        pool.append(synset)
+        words.add(word)
+        definitions.add(synset.definition)
+        used.add(i)
+    if len(pool) < size:
+        raise ValueError(f"only {len(pool)} synsets with distinct words and definitions, asked for {size} ({name})")
+    return pool
+
+
 def retrieval_split(
-    synsets: list[Synset], test_size: int = 1000, train_size: int | None = None, seed: int = 0
+    synsets: list[Synset],
+    test_size: int = 1000,
+    train_size: int | None = None,
+    seed: int = 0,
+    validation_size: int = 0,
 ) -> WordNetSplit:
     """Definition -> word examples, split by synset with no test word or definition in training.
 
@@ -108,45 +142,42 @@ def retrieval_split(
             they are drawn among synsets whose first lemma is not taken yet (unique pool words).
         train_size: keep at most this many training examples (``None``: all eligible ones).
         seed: seeds the draw of the test synsets and the order of the training examples.
+        validation_size: synsets held out of training for choosing a recipe, drawn after
+            the test synsets under the same rules (unique words, no lemma of a test word),
+            so the test pool is the same for every ``validation_size``.
 
-    Training keeps a synset only if none of its lemmas is a test word, its definition is
-    not a test definition, and its first lemma is not already the positive of another
-    training example (two identical positives in a batch would be false negatives).
+    Training keeps a synset only if none of its lemmas is a test or validation word, its
+    definition is not a test or validation definition, and its first lemma is not already
+    the positive of another training example (two identical positives in a batch would be
+    false negatives).
     """
     if test_size < 1:
         raise ValueError(f"test_size must be at least 1, got {test_size}")
+    if validation_size < 0:
+        raise ValueError(f"validation_size must be >= 0, got {validation_size}")
     rng = random.Random(seed)
     order = list(range(len(synsets)))
     rng.shuffle(order)
-    test, test_words, test_definitions, used = [], set(), set(), set()
+    words, definitions, used = set(), set(), set()
+    test = _draw_pool(synsets, order, test_size, words, definitions, used, "test")
+    validation = _draw_pool(synsets, order, validation_size, words, definitions, used, "validation")
+    train, train_words = [], set()
     for i in order:
-        if len(test) == test_size:
+        if train_size is not None and len(train) == train_size:
             break
         synset = synsets[i]
         word = synset.words[0].lower()
-        if word in test_words or synset.definition in test_definitions:
+        if i in used or word in train_words or synset.definition in definitions:
             continue
-        test.append(synset)
-        test_words.add(word)
-        test_definitions.add(synset.definition)
-        used.add(i)
-    if len(test) < test_size:
-        raise ValueError(f"only {len(test)} synsets with distinct words and definitions, asked for {test_size}")
-    train, train_words = [], set()
-    for i in order:
-        synset = synsets[i]
-        word = synset.words[0].lower()
-        if i in used or word in train_words or synset.definition in test_definitions:
-            continue
-        if any(w.lower() in test_words for w in synset.words):
+        if any(w.lower() in words for w in synset.words):
             continue
         train.append(synset)
         train_words.add(word)
-        if train_size is not None and len(train) == train_size:
-            break
     return WordNetSplit(
-        train=[{"query": s.definition, "positive": s.words[0]} for s in train],
-        test=[{"query": s.definition, "positive": s.words[0]} for s in test],
+        train=[_example(s) for s in train],
+        test=[_example(s) for s in test],
         train_synsets=train,
         test_synsets=test,
+        validation=[_example(s) for s in validation],
+        validation_synsets=validation,
     )

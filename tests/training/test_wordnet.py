@@ -53,12 +53,21 @@ def test_missing_files_say_how_to_install(tmp_path):
 
 
 def _assert_leak_free(split):
-    test_words = {ex["positive"].lower() for ex in split.test}
-    assert len(test_words) == len(split.test), "pool words must be unique"
+    held_out_words = set()
+    for pool, synsets in ((split.test, split.test_synsets), (split.validation, split.validation_synsets)):
+        words = {ex["positive"].lower() for ex in pool}
+        assert len(words) == len(pool), "pool words must be unique"
+        for ex, synset in zip(pool, synsets, strict=True):
+            assert ex == {"query": synset.definition, "positive": synset.words[0]}
+            # no lemma of a validation synset is a test word (a polysemous word in both pools)
+            assert not {w.lower() for w in synset.words} & held_out_words, synset
+        held_out_words |= words
+    held_out_definitions = {ex["query"] for ex in split.test + split.validation}
+    assert len(held_out_definitions) == len(split.test) + len(split.validation)
     for ex, synset in zip(split.train, split.train_synsets, strict=True):
         assert ex == {"query": synset.definition, "positive": synset.words[0]}
-        assert not {w.lower() for w in synset.words} & test_words, synset
-    assert not {ex["query"] for ex in split.train} & {ex["query"] for ex in split.test}
+        assert not {w.lower() for w in synset.words} & held_out_words, synset
+    assert not {ex["query"] for ex in split.train} & held_out_definitions
     train_words = [ex["positive"].lower() for ex in split.train]
     assert len(train_words) == len(set(train_words))
 
@@ -75,6 +84,20 @@ def test_split_is_leak_free(tmp_path):
         retrieval_split(synsets, test_size=1000)
 
 
+def test_validation_pool_is_held_out_and_leaves_the_test_pool_alone(tmp_path):
+    synsets = load_synsets(str(fake_wordnet(tmp_path)))
+    plain = retrieval_split(synsets, test_size=15, seed=3)
+    split = retrieval_split(synsets, test_size=15, seed=3, validation_size=10)
+    assert split.test == plain.test and len(split.validation) == 10
+    assert not plain.validation
+    _assert_leak_free(split)
+    assert len(split.train) < len(plain.train)
+    with pytest.raises(ValueError, match=r"distinct.*\(validation\)"):
+        retrieval_split(synsets, test_size=15, validation_size=100)
+    with pytest.raises(ValueError, match="validation_size"):
+        retrieval_split(synsets, test_size=15, validation_size=-1)
+
+
 @pytest.mark.skipif(
     not os.path.isfile(os.path.join(DEFAULT_WORDNET_DIR, "data.noun")),
     reason="Debian's wordnet-base is not installed (the fake-folder tests cover the parser)",
@@ -82,8 +105,9 @@ def test_split_is_leak_free(tmp_path):
 def test_real_wordnet_split():
     synsets = load_synsets()
     assert len(synsets) > 100_000
-    split = retrieval_split(synsets, test_size=300, train_size=2000, seed=0)
+    split = retrieval_split(synsets, test_size=300, train_size=2000, seed=0, validation_size=300)
     _assert_leak_free(split)
+    assert len(split.train) == 2000 and len(split.validation) == 300
 
 
 def _demo_module():

@@ -46,7 +46,7 @@ from .multimodal import (
 )
 from .tokens import add_btok_tokens, init_btok_rows, make_trainable
 
-__all__ = ["BTokModel", "BTokOutput", "pool_btok_states"]
+__all__ = ["BTokModel", "BTokOutput", "enable_activation_checkpointing", "pool_btok_states"]
 
 # from_pretrained kwargs that the tokenizer needs as well (a GGUF file holds both).
 _TOKENIZER_KWARGS = ("gguf_file", "revision", "cache_dir", "token", "local_files_only", "trust_remote_code")
@@ -70,6 +70,17 @@ class BTokOutput(ModelOutput):
     generative_loss: torch.Tensor | None = None
     query_embeddings: torch.Tensor | None = None
     candidate_embeddings: torch.Tensor | None = None
+
+
+def enable_activation_checkpointing(model: nn.Module, kwargs: dict | None = None) -> None:
+    """Turn on activation checkpointing in a transformers model's layers, non-reentrant by
+    default, through ``activation_checkpointing_enable`` (transformers >= 5.24) or the older
+    ``gradient_checkpointing_enable`` (which 5.24 deprecates with a warning)."""
+    kwargs = kwargs or {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def pool_btok_states(states: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -358,10 +369,13 @@ class BTokModel(nn.Module):
             **kwargs,
         )
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
         """Activation checkpointing in the backbone's layers (non-reentrant by default)."""
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self._transformers_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(self._transformers_model, activation_checkpointing_kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """The name transformers < 5.24 (and its Trainer) use for :meth:`activation_checkpointing_enable`."""
+        enable_activation_checkpointing(self._transformers_model, gradient_checkpointing_kwargs)
 
     # -- tokenisation and collation -------------------------------------------------------
     def tokenize(self, texts: list) -> list[list[int]]:

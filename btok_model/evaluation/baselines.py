@@ -21,7 +21,7 @@ from torch import nn
 from ..backend import ATTN_IMPLEMENTATION
 from ..embedder.collate import BTokCollator
 from ..embedder.masks import condensation_attention_mask
-from ..embedder.modeling import BTokModel, BTokOutput
+from ..embedder.modeling import BTokModel, BTokOutput, enable_activation_checkpointing
 
 __all__ = ["POOLINGS", "PooledEmbedder"]
 
@@ -146,9 +146,11 @@ class PooledEmbedder(nn.Module):
     def attn_implementation(self) -> str:
         return _transformers_model(self.backbone).config._attn_implementation
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        enable_activation_checkpointing(_transformers_model(self.backbone), activation_checkpointing_kwargs)
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        _transformers_model(self.backbone).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(_transformers_model(self.backbone), gradient_checkpointing_kwargs)
 
     def collate(self, examples: list[dict]) -> dict:
         return self.collator(examples)

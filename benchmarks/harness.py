@@ -33,6 +33,7 @@ __all__ = [
     "add_cpu_timing_arguments",
     "apply_cpu_timing",
     "peak_memory_mib",
+    "CpuPeakRss",
     "rel_l2",
     "environment",
     "optional_import",
@@ -119,6 +120,62 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device, input_bytes:
     fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base + input_bytes) / 2**20
+
+
+class CpuPeakRss:
+    """Peak resident memory that one call adds to the process, on Linux with glibc.
+
+    :meth:`start` sets glibc's malloc to serve every allocation of 64 KiB or more with its
+    own ``mmap`` (freed tensors go back to the OS at once) and to trim its heap; then
+    :meth:`measure` resets the kernel's high-water mark (``/proc/self/clear_refs``), runs
+    the call and returns ``VmHWM`` minus the resident size before it, in MiB: what the call
+    held at its peak (tensors, allocator and library overhead), never what earlier calls
+    left cached. ``start`` changes malloc for the rest of the process (more page faults per
+    allocation): call it after the timing.
+    """
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+    def __init__(self):
+        self._libc = None
+
+    def start(self) -> str | None:
+        """Prepares the measurement; returns why it cannot be done here, or None."""
+        import ctypes
+        import ctypes.util
+
+        if not os.path.exists("/proc/self/clear_refs"):
+            return "peak RSS not measured: no /proc/self/clear_refs (Linux only)"
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            ok = libc.mallopt(self.M_MMAP_THRESHOLD, 64 << 10) and libc.mallopt(self.M_TRIM_THRESHOLD, 128 << 10)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except (OSError, AttributeError) as e:
+            return f"peak RSS not measured: {type(e).__name__}: {e}"
+        if not ok:
+            return "peak RSS not measured: mallopt refused the mmap threshold (not glibc?)"
+        self._libc = libc
+        return None
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise OSError(f"{key} missing from /proc/self/status")
+
+    def measure(self, fn: Callable[[], object]) -> float:
+        """MiB the process's resident size grew to, at most, during ``fn()``."""
+        if self._libc is None:
+            raise RuntimeError("CpuPeakRss.measure before a successful start()")
+        self._libc.malloc_trim(0)
+        before = self._status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := the current resident size
+        fn()
+        return (self._status_kib("VmHWM") - before) / 1024
 
 
 def rel_l2(x: torch.Tensor, ref: torch.Tensor) -> float:

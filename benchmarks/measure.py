@@ -30,9 +30,15 @@ def _set_status(row: dict, status: str) -> None:
         row["status"] = status
 
 
+# timing-derived keys of the model-level rows (btok_step.py, encode.py) without a tell-tale suffix
+_MODEL_TIMING_KEYS = ("time_ratio", "throughput_vs_last", "code_overhead", "within_1pct")
+
+
 def is_timing_key(key: str) -> bool:
-    """A timing-derived column (ms and its percentiles, mask build ms, TFLOP/s, peak MiB, xFlex)."""
-    return "_ms" in key or key.endswith(("_tflops", "_peak_mib", "_x_flex"))
+    """A timing-derived column: ms and its percentiles, mask build ms, TFLOP/s, peak memory,
+    rates, and every speed ratio (xFlex, ``x_<row>``, encode's time ratio)."""
+    return ("_ms" in key or key.startswith(("ms", "x_")) or key in _MODEL_TIMING_KEYS
+            or key.endswith(("_tflops", "_peak_mib", "_x_flex", "_gib", "_mib", "_per_s")))
 
 
 def _short(e: BaseException, n: int) -> str:

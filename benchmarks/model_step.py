@@ -23,7 +23,9 @@ padding rows before the LM head gives every row the same LM-head work, so the di
 are attention plus the decoder layers' work on padding. Each row is checked first against a
 float64 copy of the model (``sdpa``, math kernel, with the dense mask): relative error of the
 loss and relative L2 of the gradient of layer 0's ``q_proj`` (which every attention
-backward reaches).
+backward reaches). Peak memory: ``steps.MEMORY_NOTE`` (CUDA: ``max_memory_allocated``; CPU:
+peak RSS growth, measured after the timing). The BTok-level step (InfoNCE + generative loss,
+the two-pass formulation as a row) is ``btok_step.py``.
 
 Dimensions (Qwen2-VL-2B text model): hidden 1536, 12 heads, 2 KV heads, head dim 128,
 intermediate 8960, vocab 151936, tied embeddings, RoPE theta 1e6 (plain 1D RoPE: M-RoPE only
@@ -36,8 +38,6 @@ import argparse
 import copy
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -53,34 +53,18 @@ from benchmarks.harness import (
     bench,
     environment,
     optional_import,
-    rel_l2,
     run_stem,
     write_outputs,
 )
+from benchmarks.model_setup import CPU_TINY, QWEN2VL_2B_TEXT
+from benchmarks.model_setup import build_decoder as build_model
 from benchmarks.peers import flex_mask_mod, padded_dense_mask
 from benchmarks.plot import plot_model_step
+from benchmarks.steps import Prepared, Reference, Row, Skip, run_rows, train_step
 from benchmarks.table import MODEL_COLUMNS, format_table
 from benchmarks.workloads import Workload, all_workloads
 
-QWEN2VL_2B_TEXT = dict(hidden_size=1536, num_attention_heads=12, num_key_value_heads=2, head_dim=128,
-                       intermediate_size=8960, vocab_size=151936, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                       tie_word_embeddings=True)
-CPU_TINY = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                intermediate_size=384, vocab_size=1024, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                tie_word_embeddings=True)
-
-
-class Skip(Exception):
-    """A row that cannot run here; the message is its note."""
-
-
-def build_model(dims: dict, layers: int, seed: int):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(num_hidden_layers=layers, max_position_embeddings=32768, attention_dropout=0.0,
-                         use_cache=False, **dims)
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
+__all__ = ["QWEN2VL_2B_TEXT", "CPU_TINY", "ROWS", "Row", "Prepared", "Skip", "Batch", "build_model", "main"]
 
 
 def set_attention(model, name: str) -> None:
@@ -117,25 +101,6 @@ def _loss(model, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.lm_head(hidden)
     return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), batch.labels,
                            ignore_index=-100)
-
-
-@dataclass
-class Prepared:
-    """A row ready to run: ``loss()`` runs the forward; ``setup_ms`` the per-batch mask build."""
-
-    loss: Callable[[], torch.Tensor]
-    setup_ms: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Row:
-    """One way to run the step: the model's ``attn_implementation`` and a function that
-    builds its inputs for a (model, batch, device) and returns the :class:`Prepared` step."""
-
-    name: str
-    attn_implementation: str
-    prepare: Callable[[object, Batch, torch.device], Prepared]
 
 
 def _packed_layout(model, batch: Batch, device) -> Prepared:
@@ -191,74 +156,17 @@ ROWS = [
 ]
 
 
-def probe_grad(model) -> torch.Tensor:
-    return model.model.layers[0].self_attn.q_proj.weight.grad
+def probe_grads(model) -> dict[str, torch.Tensor]:
+    """The gradient checked: layer 0's ``q_proj`` weight (every attention backward reaches it)."""
+    return {"grad": model.model.layers[0].self_attn.q_proj.weight.grad}
 
 
-def train_step(loss: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    def step():
-        value = loss()
-        value.backward()
-        return value
-
-    return step
-
-
-def oracle_step(base, batch: Batch, device: torch.device) -> tuple[float, torch.Tensor]:
+def oracle_step(base, batch: Batch, device: torch.device) -> Reference:
     """Loss and probe gradient of a float64 copy of the model (sdpa with the dense mask)."""
     oracle = copy.deepcopy(base).to(device, torch.float64)
     set_attention(oracle, "sdpa")
-    loss = train_step(_padded_dense(oracle, batch, device).loss)().item()
-    return loss, probe_grad(oracle).detach().clone()
-
-
-def run_row(row: Row, model, batch: Batch, reference: tuple[float, torch.Tensor], args) -> dict:
-    """The checked and timed result of one row (its status and notes included)."""
-    device = args.device
-    result = {"row": row.name, "workload": args.workload, "layers": args.layers,
-              "tokens": batch.layout.total_tokens, "status": "ok"}
-    notes = []
-    try:
-        prepared = row.prepare(model, batch, device)  # first: it may import what registers the implementation
-        set_attention(model, row.attn_implementation)
-        notes += prepared.notes
-        if prepared.setup_ms is not None:
-            result["mask_build_ms"] = prepared.setup_ms
-        step = train_step(prepared.loss)
-        model.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        loss = step().item()
-        result["first_call_s"] = time.perf_counter() - t0
-        ref_loss, ref_grad = reference
-        result.update(loss=loss, err_loss=abs(loss - ref_loss) / abs(ref_loss),
-                      err_grad=rel_l2(probe_grad(model), ref_grad))
-        if max(result["err_loss"], result["err_grad"]) > args.tol:
-            result["status"] = "FAILED"
-            notes.append(f"FAILED check vs the float64 model (tol {args.tol:.0e})")
-        else:
-            params = list(model.parameters())
-            model.zero_grad(set_to_none=True)
-            t = bench(step, device, grad_to_none=params, warmup_ms=50, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps,
-                      cpu_clock=args.cpu_clock)
-            result.update({f"step_{key}": value for key, value in t.items()})  # ms, ms_p20, ms_p80 (ms_min on CPU)
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                step()
-                torch.cuda.synchronize(device)
-                result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    except Skip as e:
-        result["status"] = "skipped"
-        notes.append(str(e))
-    except Exception as e:  # noqa: BLE001 -- a row that breaks is reported, the others still run
-        result["status"] = "error"
-        notes.append(f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    model.zero_grad(set_to_none=True)
-    result["note"] = "; ".join(notes)
-    return result
+    loss = train_step(_padded_dense(oracle, batch, device).loss)()["loss"].item()
+    return Reference({"loss": loss}, {name: g.detach().clone() for name, g in probe_grads(oracle).items()})
 
 
 def parse_args(argv=None):
@@ -275,6 +183,8 @@ def parse_args(argv=None):
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 500, quick 200)")
     ap.add_argument("--cpu-reps", type=int, default=5)
     add_cpu_timing_arguments(ap)
+    ap.add_argument("--no-memory", dest="cpu_memory", action="store_false",
+                    help="CPU: skip the peak-RSS pass after the timing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     ap.add_argument("--stem", default=None, help="output file stem (default model_step_<device>_<UTC time>)")
@@ -319,17 +229,13 @@ def main(argv=None) -> dict:
     del base
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    results = [run_row(row, model, batch, reference, args) for row in ROWS if row.name in args.rows]
-    by = {r["row"]: r for r in results}
-    for r in results:
-        for other in ("sdpa", "flex_attention"):
-            if r.get("step_ms") and by.get(other, {}).get("step_ms"):
-                r[f"x_{other}"] = by[other]["step_ms"] / r["step_ms"]
+    meta["wall_s"] = time.perf_counter() - t_start
+    fixed = {"workload": args.workload, "layers": args.layers, "tokens": batch.layout.total_tokens}
+    results = run_rows([row for row in ROWS if row.name in args.rows], model, batch, reference, probe_grads,
+                       set_attention, args, meta, stem, fixed, ["sdpa", "flex_attention"])
     print()
     print(format_table(results, MODEL_COLUMNS))
-    if device.type == "cpu":
-        print("# peak memory is not measured on CPU (n/a)")
-    meta["wall_s"] = time.perf_counter() - t_start
+    print(f"# memory: {meta['peak_memory']}")
     paths = write_outputs(results, meta, stem)
     if not args.no_plot:
         png = stem.with_name(stem.name + ".png")

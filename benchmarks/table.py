@@ -16,9 +16,11 @@ __all__ = [
     "ATTENTION_COLUMNS",
     "attention_text_rows",
     "MODEL_COLUMNS",
+    "model_columns",
     "timed_view",
     "attention_markdown",
     "model_markdown",
+    "encode_markdown",
     "run_header",
 ]
 
@@ -78,19 +80,20 @@ ATTENTION_COLUMNS = [
     ("note", "note", ""),
 ]
 
-MODEL_COLUMNS = [
-    ("row", "attention", ""),
-    ("step_ms", "step ms", ".2f"),
-    ("peak_gib", "peak GiB", ".2f"),
-    ("x_sdpa", "x sdpa", ".2f"),
-    ("x_flex_attention", "x flex", ".2f"),
-    ("mask_build_ms", "mask ms", ".2f"),
-    ("first_call_s", "1st call s", ".1f"),
-    ("err_loss", "err loss", ".1e"),
-    ("err_grad", "err grad", ".1e"),
-    ("status", "status", ""),
-    ("note", "note", ""),
-]
+def model_columns(ratio_to: Sequence[str] = ("sdpa", "flex_attention"),
+                  errors: Sequence[str] = ("loss", "grad")) -> list[tuple[str, str, str]]:
+    """Columns of a model-step table: step time and memory, the speed ratios to ``ratio_to``
+    rows (``x_<row>``), mask build, first call and the ``err_<name>`` checks."""
+    cols = [("row", "attention", ""), ("step_ms", "step ms", ".2f"), ("step_ms_min", "min ms", ".2f"),
+            ("peak_gib", "peak GiB", ".2f"), ("step_peak_gib", "step GiB", ".2f"),
+            ("rss_peak_mib", "RSS+ MiB", ".0f")]
+    cols += [(f"x_{r}", f"x {r}", ".2f") for r in ratio_to]
+    cols += [("mask_build_ms", "mask ms", ".2f"), ("first_call_s", "1st call s", ".1f")]
+    cols += [(f"err_{e}", f"err {e}", ".1e") for e in errors]
+    return cols + [("status", "status", ""), ("note", "note", "")]
+
+
+MODEL_COLUMNS = model_columns()
 
 
 def attention_text_rows(rows: list[dict]) -> list[dict]:
@@ -138,12 +141,40 @@ def attention_markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def model_markdown(rows: list[dict]) -> str:
-    out = ["| attention | step ms | peak GiB | ×sdpa | ×flex | mask build ms | err loss | err grad | status / note |",
-           "|---|---|---|---|---|---|---|---|---|"]
+def model_markdown(rows: list[dict], ratio_to: Sequence[str] = ("sdpa", "flex_attention"),
+                   errors: Sequence[str] = ("loss", "grad")) -> str:
+    """A model-step table: step ms (and, when the step builds a mask, step - mask build),
+    peak memory (CUDA: absolute and above the pre-step allocation; CPU: peak RSS growth),
+    the ratios ``x_<row>`` (``x_<row>_ex_mask`` after a slash), mask build, checks."""
+    head = ["attention", "step ms", "step − mask ms", "peak GiB", "step GiB", "RSS+ MiB"]
+    head += [f"×{r}" for r in ratio_to] + ["mask build ms"] + [f"err {e}" for e in errors] + ["status / note"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in map(timed_view, rows):
-        out.append(f"| {r['row']} | {_f(r.get('step_ms'), '.2f')} | {_f(r.get('peak_gib'), '.2f')} | "
-                   f"{_f(r.get('x_sdpa'), '.2f')} | {_f(r.get('x_flex_attention'), '.2f')} | "
-                   f"{_f(r.get('mask_build_ms'), '.2f')} | {_f(r.get('err_loss'), '.1e')} | "
-                   f"{_f(r.get('err_grad'), '.1e')} | {r['status']}{': ' + r['note'] if r.get('note') else ''} |")
+        cells = [r["row"], _f(r.get("step_ms"), ".2f"), _f(r.get("step_ex_mask_ms"), ".2f"),
+                 _f(r.get("peak_gib"), ".2f"), _f(r.get("step_peak_gib"), ".2f"), _f(r.get("rss_peak_mib"), ".0f")]
+        for other in ratio_to:
+            x, ex = r.get(f"x_{other}"), r.get(f"x_{other}_ex_mask")
+            cells.append(_f(x, ".2f") + (f" / {ex:.2f}" if ex is not None else ""))
+        cells.append(_f(r.get("mask_build_ms"), ".2f"))
+        cells += [_f(r.get(f"err_{e}"), ".1e") for e in errors]
+        cells.append(r["status"] + (f": {r['note']}" if r.get("note") else ""))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def encode_markdown(rows: list[dict]) -> str:
+    """encode.py rows: per workload, mode and method, the throughput; on the btok rows the
+    measured time ratio to last-token pooling, the ratio the token count predicts, and the rest."""
+    out = ["| workload | mode | method | texts | tokens | ms / call | texts/s | tokens/s | time ratio | by tokens "
+           "| code overhead | ≤ 1%? | err | status / note |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in map(timed_view, rows):
+        within, overhead = r.get("within_1pct"), r.get("code_overhead")
+        out.append(
+            f"| {r['workload']} | {r['mode']} | {r['method']} | {r.get('texts', '—')} | {r.get('input_tokens', '—')} "
+            f"| {_f(r.get('ms'), '.2f')} | {_f(r.get('texts_per_s'), '.1f')} | {_f(r.get('tokens_per_s'), '.0f')} "
+            f"| {_f(r.get('time_ratio'), '.4f')} | {_f(r.get('predicted_ratio'), '.4f')} "
+            f"| {'—' if overhead is None else format(overhead, '+.2%')} "
+            f"| {'—' if within is None else ('yes' if within else 'no')} | {_f(r.get('err'), '.1e')} "
+            f"| {r['status']}{': ' + r['note'] if r.get('note') else ''} |")
     return "\n".join(out)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .table import timed_view
 
-__all__ = ["PEER_FIGURES_MS", "PACKED_TARGET_MS", "MOONSHOT_MS", "LONG_TFLOPS", "targets_markdown",
-           "cpu_targets_markdown"]
+__all__ = ["PEER_FIGURES_MS", "PACKED_TARGET_MS", "MOONSHOT_MS", "LONG_TFLOPS", "BTOK_STEP_BARS", "targets_markdown",
+           "btok_step_target_lines", "encode_target_line", "cpu_targets_markdown", "cpu_btok_step_markdown"]
 
 # (forward, forward+backward) ms; None: not measured
 PEER_FIGURES_MS = {
@@ -41,9 +41,55 @@ def _met(ok):
     return "—" if ok is None else ("yes" if ok else "**no**")
 
 
-def targets_markdown(rows: list[dict], model_rows: list[dict] | None) -> str:
+# the BTok-level model step (btok_step.py): btok_triton at least this much faster than each peer row
+BTOK_STEP_BARS = {"two_pass_sdpa": MODEL_X_SDPA, "sdpa_dense": MODEL_X_SDPA, "flex_attention": MODEL_X_FLEX}
+
+
+def btok_step_target_lines(rows: list[dict]) -> list[str]:
+    """Target rows of btok_step.py's run: btok_triton's speed-up over each peer row (the
+    whole step; after a slash, the peer's step minus its mask build, which decides: the
+    generous comparison) and peak memory lower than every timed peer's."""
+    m = {r["row"]: timed_view(r) for r in rows}
+    b = m.get(BTOK, {})
+    lines = []
+    for peer, bar in BTOK_STEP_BARS.items():
+        p = m.get(peer, {})
+        timed = p.get("step_ms") is not None  # a FAILED or error peer is no bar to beat
+        x, ex = (b.get(f"x_{peer}"), b.get(f"x_{peer}_ex_mask")) if timed else (None, None)
+        decisive = ex if ex is not None else x
+        shown = _f(x, ".2f") + "×" + (f" / {ex:.2f}× without its mask build" if ex is not None else "")
+        state = p.get("status", "not run")
+        peer_ms = (f"{peer} {_f(p.get('step_ms'), '.2f')} ms" + (f" (mask build {p['mask_build_ms']:.2f} ms)"
+                                                                if p.get("mask_build_ms") is not None else "")
+                   if p.get("step_ms") else f"{peer}: {state}")
+        lines.append(f"| model step (BTok) ×{peer} | {shown} | ≥ {bar} | {peer_ms} | "
+                     f"{_met(None if decisive is None else decisive >= bar)} |")
+    peak = b.get("peak_gib")
+    others = {o: m[o].get("peak_gib") for o in BTOK_STEP_BARS if m.get(o, {}).get("peak_gib") is not None}
+    ok = None if peak is None or not others else all(peak < v for v in others.values())
+    lines.append(f"| model step (BTok) peak memory lower than every peer | {_f(peak, '.2f')} GiB | < each | "
+                 f"{', '.join(f'{o} {v:.2f}' for o, v in others.items()) or '—'} GiB | {_met(ok)} |")
+    return lines
+
+
+def encode_target_line(rows: list[dict]) -> str:
+    """The inference target: btok's encode() time within 1% of last-token pooling's, per
+    workload and mode of encode.py's run (met only if every one is), with the ratio the
+    token count predicts beside each."""
+    btok = [timed_view(r) for r in rows if r.get("method") == "btok"]
+    timed = [r for r in btok if r.get("time_ratio") is not None]
+    shown = "; ".join(f"{r['workload']} {r['mode']} {r['time_ratio']:.4f} (by tokens {r['predicted_ratio']:.4f})"
+                      for r in timed)
+    ok = None if not timed or len(timed) < len(btok) else all(r["within_1pct"] for r in timed)
+    return (f"| inference within 1% of last-token pooling (time ratio) | {shown or '—'} | ≤ {1 / 0.99:.4f} | "
+            f"last-token pooling, same inputs | {_met(ok)} |")
+
+
+def targets_markdown(rows: list[dict], model_rows: list[dict] | None, btok_step_rows: list[dict] | None = None,
+                     encode_rows: list[dict] | None = None) -> str:
     """A Markdown table: each GPU target, btok's figure in this run, the bar, the peers of
-    this run, and whether it is met (FAILED and error rows count for nothing)."""
+    this run, and whether it is met (FAILED and error rows count for nothing). The model
+    step, BTok step and encode lines appear when their runs are given."""
     by = {(r["workload"], r["peer"]): timed_view(r) for r in rows}
     lines = ["| target | btok (this run) | bar | peers (this run) | met? |", "|---|---|---|---|---|"]
     for wl, target in PACKED_TARGET_MS.items():
@@ -97,7 +143,12 @@ def targets_markdown(rows: list[dict], model_rows: list[dict] | None) -> str:
         lines.append(f"| model step peak memory lower than both | {_f(b.get('peak_gib'), '.2f')} GiB | < both | "
                      f"sdpa {_f(sdpa.get('peak_gib'), '.2f')}, flex {_f(flex.get('peak_gib'), '.2f')} GiB "
                      f"| {_met(peak_ok)} |")
-    lines.append("| inference within 1% of last-token pooling | not benchmarked here | ≤ 1% | — | — |")
+    if btok_step_rows:
+        lines += btok_step_target_lines(btok_step_rows)
+    if encode_rows:
+        lines.append(encode_target_line(encode_rows))
+    else:
+        lines.append("| inference within 1% of last-token pooling | not in this report (encode.py) | ≤ 1% | — | — |")
     return "\n".join(lines)
 
 
@@ -122,4 +173,19 @@ def cpu_targets_markdown(rows: list[dict]) -> str:
             lines.append(f"| {wl} | {mode.replace('_', '+')} | {_f(b)} | "
                          f"{f'{best[1]} {best[0]:.3f}' if best else '—'} | {_f(ratio, '.2f')} | "
                          f"{_met(None if ratio is None else ratio <= 1.0)} |")
+    return "\n".join(lines)
+
+
+def cpu_btok_step_markdown(rows: list[dict]) -> str:
+    """The CPU model-step target on btok_step.py's CPU run: btok_triton (kernel backend
+    ``"sdpa"``) no slower than each exact peer row that ran (ratio = btok / peer time)."""
+    m = {r["row"]: timed_view(r) for r in rows}
+    b = m.get(BTOK, {}).get("step_ms")
+    lines = ["| peer row | btok_triton ms | peer ms | ratio | met? |", "|---|---|---|---|---|"]
+    for peer in BTOK_STEP_BARS:
+        p = m.get(peer, {})
+        ratio = b / p["step_ms"] if b and p.get("step_ms") else None
+        lines.append(f"| {peer} | {_f(b, '.2f')} | {_f(p.get('step_ms'), '.2f') if p else '—'} "
+                     f"{'' if p.get('step_ms') else '(' + p.get('status', 'not run') + ')'} | {_f(ratio, '.2f')} | "
+                     f"{_met(None if ratio is None else ratio <= 1.0)} |")
     return "\n".join(lines)

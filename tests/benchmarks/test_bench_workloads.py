@@ -185,7 +185,8 @@ def test_mask_attn_runs_as_a_module():
 
 
 def test_model_step_tiny_runs(tmp_path):
-    out = model_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1",
+    # --no-memory: the peak-RSS probe changes malloc for the rest of its process (tested apart, in a subprocess)
+    out = model_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1", "--no-memory",
                            "--out-dir", str(tmp_path), "--stem", "m", "--no-plot"])
     rows = {r["row"]: r for r in out["rows"]}
     assert json.loads((tmp_path / "m.json").read_text())["rows"] == json.loads(json.dumps(out["rows"]))
@@ -207,7 +208,7 @@ def test_model_step_rows_are_extensible(tmp_path, monkeypatch):
         return model_step.Prepared(base.loss, None, ["the sdpa row under another name"])
 
     monkeypatch.setattr(model_step, "ROWS", [*model_step.ROWS, model_step.Row("sdpa_again", "sdpa", prepare)])
-    out = model_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1",
+    out = model_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1", "--no-memory",
                            "--rows", "sdpa_again", "--out-dir", str(tmp_path), "--no-plot"])
     (row,) = out["rows"]
     assert row["row"] == "sdpa_again" and row["status"] == "ok" and row["err_loss"] < 1e-5, row

@@ -269,7 +269,7 @@ def main(argv=None) -> dict:
     print(f"# btok_step on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
           f"transformers {meta.get('transformers')}, {meta['date_utc']}", flush=True)
     model, num_words = build_btok_model(args.dims, args.layers, args.seed, wl.num_btoks)
-    model.to(device, args.dtype)
+    model.to(device, args.dtype).train()  # a training step (no dropout in this config)
     batch = make_batch(model, wl, num_words, args.seed)
     meta.update(tokens=batch.layout.total_tokens, sequences=batch.layout.num_seqs,
                 target_tokens=int(batch.collated["num_target_tokens"]))

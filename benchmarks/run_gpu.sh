@@ -94,7 +94,7 @@ case "$stage" in
       shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_mask.py tests/ops/test_schedule.py tests/ops/test_sdpa_path.py &
       shard e tests/backend &
       # the model layer (BToks, packed training pass == two-pass, encode), the benchmarks' own tests
-      shard g tests/embedder tests/benchmarks &
+      OMP_NUM_THREADS=4 shard g tests/embedder tests/benchmarks &
       # the CUDA C++ backend, built by the pip install above when nvcc is there
       timeout 120 "$PY" -c "from btok_kernels.condensation import cuda; print('btok_kernels._cuda:', cuda._load() or 'loaded')" \
         2>&1 | tee "$OUT_DIR/cuda_build.txt"

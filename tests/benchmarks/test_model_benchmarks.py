@@ -122,12 +122,11 @@ def test_predicted_tokens_by_hand():
     assert encode.predicted_tokens([5, 3, 8], 2, 8, "padded") == 3 * 10
 
 
-def test_encode_benchmark_checks_and_compares_both_methods(tmp_path, one_thread):
+def test_encode_benchmark_checks_and_compares_the_methods(tmp_path, one_thread):
     out = encode.main(["--device", "cpu", "--workloads", "short", "--texts", "7", "--batch-size", "3", "--reps", "1",
                        "--layers", "1", "--check-texts", "4", "--out-dir", str(tmp_path), "--stem", "e"])
     rows = out["rows"]
-    assert [(r["mode"], r["method"]) for r in rows] == [("packed", "btok"), ("packed", "last_token"),
-                                                       ("padded", "btok"), ("padded", "last_token")]
+    assert [(r["mode"], r["method"]) for r in rows] == [(m, x) for m in encode.MODES for x in encode.METHODS]
     assert json.loads((tmp_path / "e.json").read_text())["rows"] == json.loads(json.dumps(rows))
     lengths = encode.WORKLOADS["short"].draw(False, False, 0, 7)
     for r in rows:
@@ -135,12 +134,30 @@ def test_encode_benchmark_checks_and_compares_both_methods(tmp_path, one_thread)
         assert r["tokens_per_s"] == pytest.approx(sum(lengths) / (r["ms"] / 1e3))
         # fp32 against the float64 one-text-at-a-time reference: a real, small error
         assert 0 < r["err"] < 1e-5, r
-    packed, padded = rows[0], rows[2]
-    assert packed["predicted_ratio"] == (sum(lengths) + 4 * 7) / sum(lengths)
-    assert padded["predicted_ratio"] == rows[2]["processed_tokens"] / rows[3]["processed_tokens"] > 1
-    for r in (packed, padded):
-        assert r["time_ratio"] == r["ms"] / rows[rows.index(r) + 1]["ms"]
-        assert r["code_overhead"] == pytest.approx(r["time_ratio"] / r["predicted_ratio"] - 1)
+    for i in (0, 3):  # the btok row of each mode, then last_token, then pooled_embedder
+        btok, last, pooled = rows[i:i + 3]
+        assert btok["predicted_ratio"] == btok["processed_tokens"] / last["processed_tokens"] > 1
+        assert btok["time_ratio"] == btok["ms"] / last["ms"] and btok["time_ratio_pooled"] == btok["ms"] / pooled["ms"]
+        assert btok["code_overhead"] == pytest.approx(btok["time_ratio"] / btok["predicted_ratio"] - 1)
+    assert rows[0]["predicted_ratio"] == (sum(lengths) + 4 * 7) / sum(lengths)
+
+
+def test_direct_last_token_equals_the_library_baseline():
+    """The decisive baseline pools exactly what PooledEmbedder pools (last text token),
+    packed and padded, and differs from the BTok embedding."""
+    from benchmarks.model_setup import CPU_TINY, build_btok_model, word_texts
+    from btok_model.evaluation.baselines import PooledEmbedder
+
+    model, num_words = build_btok_model(CPU_TINY, 1, 0, 3)
+    texts = word_texts([5, 17, 1, 9, 12], num_words, seed=1)
+    direct = encode.DirectLastToken(model)
+    pooled = PooledEmbedder(model.backbone, model.tokenizer, "last-token")
+    for mode, attn in encode.MODES.items():
+        encode.set_attention(model, attn)
+        got = direct.encode(texts, 2, mode == "packed")
+        assert got.dtype == torch.float32 and got.shape == (5, CPU_TINY["hidden_size"])
+        torch.testing.assert_close(got, pooled.encode(texts, batch_size=2), rtol=1e-5, atol=1e-6)
+        assert (got - model.encode(texts, batch_size=2, packed=mode == "packed")).norm() > 0.1
 
 
 def test_cpu_peak_rss_sees_a_freed_allocation():

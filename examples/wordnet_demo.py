@@ -32,6 +32,15 @@ import shlex
 import sys
 import time
 
+# (a, b): the table reports a - b on the same queries
+COMPARISONS = (
+    ("btok-generative", "btok-contrastive"),
+    ("btok-contrastive", "last-token-trained"),
+    ("btok-generative", "last-token-trained"),
+    ("last-token-trained", "tfidf-char"),
+    ("btok-contrastive", "tfidf-char"),
+    ("btok-generative", "tfidf-char"),
+)
 ROWS = ("tfidf-char", "tfidf-word", "last-token", "mean", "last-token-trained", "btok-contrastive", "btok-generative")
 TITLES = {
     "tfidf-char": "TF-IDF (char 3-5-grams)",
@@ -191,6 +200,21 @@ class _Precomputed:
         return self.embeddings[[self.row[t] for t in inputs]]
 
 
+def _comparisons(rows: dict) -> list[dict]:
+    """Paired differences (R@1, MRR@10) with 95 % bootstrap intervals over the pool's queries,
+    for the pairs of :data:`COMPARISONS` whose rows have run."""
+    from btok_model.evaluation import paired_bootstrap
+
+    out = []
+    for a, b in COMPARISONS:
+        if a in rows and b in rows:
+            entry = {"a": a, "b": b}
+            for metric in ("recall@1", "mrr@10"):
+                entry[metric] = paired_bootstrap(rows[a]["per_query"][metric], rows[b]["per_query"][metric])
+            out.append(entry)
+    return out
+
+
 def _markdown(results: dict) -> str:
     lines = [
         f"# WordNet definition -> word retrieval ({results['pool_size']} held-out definitions, one pool: "
@@ -209,6 +233,19 @@ def _markdown(results: dict) -> str:
             f"| {TITLES[name]} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
             f"{m['mrr@10']:.3f} | {m['ndcg@10']:.3f} | {train_s} | {eval_s:.0f} |"
         )
+    if results.get("comparisons"):
+        lines += [
+            "",
+            "Paired differences on the same queries (mean, 95 % bootstrap interval over the queries):",
+            "",
+            "| a - b | R@1 | MRR@10 |",
+            "|---|---|---|",
+        ]
+        for c in results["comparisons"]:
+            cells = [
+                f"{c[m]['difference']:+.3f} [{c[m]['low']:+.3f}, {c[m]['high']:+.3f}]" for m in ("recall@1", "mrr@10")
+            ]
+            lines.append(f"| {TITLES[c['a']]} - {TITLES[c['b']]} | {cells[0]} | {cells[1]} |")
     r = results["recipe"]
     lines += [
         "",
@@ -279,9 +316,11 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
         with autocast:
-            row["metrics"] = evaluate(task, scorer)
+            row["metrics"] = evaluate(task, scorer, per_query=True)
+        row["per_query"] = row["metrics"].pop("per_query")
         row["seconds"] = time.perf_counter() - row_start
         results["rows"][name] = row
+        results["comparisons"] = _comparisons(results["rows"])
         print(
             f"{TITLES[name]}: R@1 {row['metrics']['recall@1']:.3f}  MRR@10 {row['metrics']['mrr@10']:.3f}  "
             f"({row['seconds']:.0f} s)",

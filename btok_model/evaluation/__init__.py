@@ -1,7 +1,7 @@
 """Retrieval evaluation: metrics, evaluation files, TF-IDF and no-BTok baselines, the runner."""
 
 from .data import CandidateListTask, PairTask, load_corpus, load_task
-from .metrics import METRIC_NAMES, expected_metrics, metrics_from_scores, rank_counts
+from .metrics import METRIC_NAMES, expected_metrics, metrics_from_scores, paired_bootstrap, rank_counts
 from .runner import EmbeddingScorer, TfidfTaskScorer, evaluate
 from .tfidf import TfidfScorer
 
@@ -17,5 +17,6 @@ __all__ = [
     "load_corpus",
     "load_task",
     "metrics_from_scores",
+    "paired_bootstrap",
     "rank_counts",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "METRIC_NAMES",
     "expected_metrics",
     "metrics_from_scores",
+    "paired_bootstrap",
     "rank_counts",
 ]
 
@@ -90,3 +91,39 @@ def metrics_from_scores(scores: torch.Tensor, positive_index: torch.Tensor) -> d
         raise ValueError("no queries to evaluate")
     per_query = expected_metrics(*rank_counts(scores, positive_index))
     return {name: float(values.mean()) for name, values in per_query.items()}
+
+
+def paired_bootstrap(
+    a: torch.Tensor, b: torch.Tensor, samples: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """The mean difference ``a - b`` of two systems' per-query metrics on the same queries, and
+    its percentile bootstrap interval: queries are resampled with replacement, the same draw
+    for both systems, so what the queries share (how hard each one is) cancels out.
+
+    Args:
+        a, b: float ``[Nq]``, per-query values (e.g. one entry of :func:`expected_metrics`).
+        samples: bootstrap resamples.
+        confidence: the interval's coverage, in (0, 1).
+        seed: seeds the resampling (the same inputs and seed give the same interval).
+
+    Returns:
+        ``{"difference", "low", "high"}``.
+    """
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.dim() != 1 or a.shape != b.shape or a.numel() == 0:
+        raise ValueError(
+            f"a and b must be 1-D with the same number (> 0) of queries, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    diff = a - b
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.empty(samples, dtype=torch.float64)
+    for lo in range(0, samples, 1000):  # a block of resamples at a time: [block, Nq] indices
+        index = torch.randint(0, diff.numel(), (min(1000, samples - lo), diff.numel()), generator=generator)
+        means[lo : lo + index.shape[0]] = diff[index].mean(1)
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return {"difference": float(diff.mean()), "low": low, "high": high}

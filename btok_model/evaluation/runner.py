@@ -74,7 +74,7 @@ class TfidfTaskScorer:
         return TfidfScorer.similarity(queries, candidates)
 
 
-def evaluate(task: PairTask | CandidateListTask, scorer, block: int = 1024) -> dict:
+def evaluate(task: PairTask | CandidateListTask, scorer, block: int = 1024, *, per_query: bool = False) -> dict:
     """Retrieval metrics of ``scorer`` on ``task``.
 
     Args:
@@ -82,11 +82,14 @@ def evaluate(task: PairTask | CandidateListTask, scorer, block: int = 1024) -> d
         scorer: :class:`EmbeddingScorer`, :class:`TfidfTaskScorer` or anything with
             ``fit(inputs)``, ``encode(inputs)`` and ``similarity(q, c) -> [nq, nc]``.
         block: queries scored at once against a shared pool.
+        per_query: also return every query's metrics (for paired comparisons of systems,
+            :func:`~btok_model.evaluation.metrics.paired_bootstrap`).
 
     Returns:
         ``{"task", "layout", "num_queries", "num_candidates", <metrics>, "seconds"}`` with the
         metrics of :data:`~btok_model.evaluation.metrics.METRIC_NAMES` (expected values under
-        random tie-breaking), and ``"hit@1"`` (= recall@1) for candidate lists.
+        random tie-breaking), and ``"hit@1"`` (= recall@1) for candidate lists; with
+        ``per_query``, ``"per_query": {name: [value per query, in task order]}``.
     """
     start = time.perf_counter()
     scorer.fit(list(task.queries) + list(task.candidates))
@@ -108,15 +111,17 @@ def evaluate(task: PairTask | CandidateListTask, scorer, block: int = 1024) -> d
             greater.append(g)
             equal.append(e)
         layout = "candidate_lists"
-    per_query = expected_metrics(torch.cat(greater), torch.cat(equal))
+    per_query_values = expected_metrics(torch.cat(greater), torch.cat(equal))
     result = {
         "task": task.name,
         "layout": layout,
         "num_queries": len(task.queries),
         "num_candidates": len(task.candidates),
     }
-    result.update({name: float(per_query[name].mean()) for name in METRIC_NAMES})
+    result.update({name: float(per_query_values[name].mean()) for name in METRIC_NAMES})
     if layout == "candidate_lists":
         result["hit@1"] = result["recall@1"]
+    if per_query:
+        result["per_query"] = {name: values.tolist() for name, values in per_query_values.items()}
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

@@ -63,6 +63,29 @@ def test_runner_matches_direct_scores(tmp_path):
     direct = metrics_from_scores(q @ c.T, task.positive_index)
     assert {k: result[k] for k in direct} == pytest.approx(direct)
     assert result["num_queries"] == 4 and result["num_candidates"] == 4 and result["layout"] == "pairs"
+    assert "per_query" not in result
+
+
+def test_runner_per_query_metrics(tmp_path):
+    task = load_task(_write(tmp_path / "pairs.jsonl", PAIRS), _write(tmp_path / "c.jsonl", [{"text": "fish"}]))
+    # candidates cat, dog, ice, fish; each query's positive lands at a chosen rank
+    table = {
+        "cat": [1, 0, 0, 0],
+        "dog": [0, 1, 0, 0],
+        "ice": [0, 0, 1, 0],
+        "fish": [0, 0, 0, 1],
+        "a small furry pet": [1, 0, 0, 0],  # cat first
+        "it barks": [0, 0.5, 1, 0.5],  # dog tied with fish behind ice: rank 2 or 3
+        "a pet that meows": [0.1, 0.2, 0.3, 0.4],  # cat last: rank 4
+        "frozen water": [0, 0, 1, 1],  # ice tied with fish: rank 1 or 2
+    }
+    scorer = EmbeddingScorer(_Lookup(table))
+    result = evaluate(task, scorer, block=3, per_query=True)
+    per_query = result["per_query"]
+    assert per_query["recall@1"] == pytest.approx([1.0, 0.0, 0.0, 0.5])
+    assert per_query["mrr@10"] == pytest.approx([1.0, (1 / 2 + 1 / 3) / 2, 1 / 4, (1 + 1 / 2) / 2])
+    for name, values in per_query.items():
+        assert sum(values) / len(values) == pytest.approx(result[name])
 
 
 def test_candidate_lists(tmp_path):

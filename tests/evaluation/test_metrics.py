@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from btok_model.evaluation.metrics import METRIC_NAMES, expected_metrics, metrics_from_scores, rank_counts
+from btok_model.evaluation.metrics import (
+    METRIC_NAMES,
+    expected_metrics,
+    metrics_from_scores,
+    paired_bootstrap,
+    rank_counts,
+)
 
 
 def _metrics_of_rank(rank: int) -> dict[str, float]:
@@ -73,3 +79,42 @@ def test_bad_inputs():
         metrics_from_scores(torch.zeros(2, 2), torch.tensor([0]))
     with pytest.raises(ValueError, match="no queries"):
         metrics_from_scores(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+
+
+def test_paired_bootstrap_known_cases():
+    a = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    same = paired_bootstrap(a, a)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    shifted = paired_bootstrap(a + 0.25, a)  # every query gains the same: no spread at all
+    assert shifted["difference"] == pytest.approx(0.25) and shifted["low"] == pytest.approx(0.25)
+    assert shifted["high"] == pytest.approx(0.25)
+    assert paired_bootstrap(a, 1 - a, seed=3) == paired_bootstrap(a, 1 - a, seed=3)
+
+
+def test_paired_bootstrap_matches_the_normal_interval():
+    # 0/1 outcomes, a wins 30 % of the queries, b 20 %, independently: the interval of the mean
+    # difference is about mean +- 1.96 sd / sqrt(n), and it is paired (b's query difficulty cancels).
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    a = (torch.rand(n, generator=g) < 0.3).double()
+    b = (torch.rand(n, generator=g) < 0.2).double()
+    got = paired_bootstrap(a, b, samples=4000)
+    diff = a - b
+    half = 1.96 * float(diff.std()) / n**0.5
+    assert got["difference"] == pytest.approx(float(diff.mean()))
+    assert got["low"] == pytest.approx(float(diff.mean()) - half, abs=0.15 * half)
+    assert got["high"] == pytest.approx(float(diff.mean()) + half, abs=0.15 * half)
+    # the same systems with a shared per-query difficulty: unpaired intervals would widen, paired ones do not
+    hard = (torch.rand(n, generator=g) < 0.5).double()
+    assert paired_bootstrap(a + hard, b + hard, samples=4000) == pytest.approx(got)
+
+
+def test_paired_bootstrap_bad_inputs():
+    with pytest.raises(ValueError, match="same number"):
+        paired_bootstrap(torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="same number"):
+        paired_bootstrap(torch.zeros(0), torch.zeros(0))
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap(torch.zeros(3), torch.zeros(3), confidence=1.0)
+    with pytest.raises(ValueError, match="samples"):
+        paired_bootstrap(torch.zeros(3), torch.zeros(3), samples=0)

@@ -162,19 +162,24 @@ def model_markdown(rows: list[dict], ratio_to: Sequence[str] = ("sdpa", "flex_at
     return "\n".join(out)
 
 
+def _paren(v, spec=".4f") -> str:
+    return "" if v is None else f" ({v:{spec}})"
+
+
 def encode_markdown(rows: list[dict]) -> str:
     """encode.py rows: per workload, mode and method, the throughput; on the btok rows the
     measured time ratio to last-token pooling (same pipeline), the ratio the token count
     predicts, the code overhead, and the time ratio to the library's PooledEmbedder."""
-    out = ["| workload | mode | method | texts | tokens | ms / call | texts/s | tokens/s | time ratio | by tokens "
-           "| code overhead | ≤ 1%? | vs pooled_embedder | err | status / note |",
+    out = ["| workload | mode | method | texts | tokens | ms / call | texts/s | tokens/s | time ratio (of mins) "
+           "| by tokens | code overhead | ≤ 1%? | vs pooled_embedder | err | status / note |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in map(timed_view, rows):
         within, overhead = r.get("within_1pct"), r.get("code_overhead")
         out.append(
             f"| {r['workload']} | {r['mode']} | {r['method']} | {r.get('texts', '—')} | {r.get('input_tokens', '—')} "
             f"| {_f(r.get('ms'), '.2f')} | {_f(r.get('texts_per_s'), '.1f')} | {_f(r.get('tokens_per_s'), '.0f')} "
-            f"| {_f(r.get('time_ratio'), '.4f')} | {_f(r.get('predicted_ratio'), '.4f')} "
+            f"| {_f(r.get('time_ratio'), '.4f')}{_paren(r.get('time_ratio_min'))} "
+            f"| {_f(r.get('predicted_ratio'), '.4f')} "
             f"| {'—' if overhead is None else format(overhead, '+.2%')} "
             f"| {'—' if within is None else ('yes' if within else 'no')} | {_f(r.get('time_ratio_pooled'), '.4f')} "
             f"| {_f(r.get('err'), '.1e')} "

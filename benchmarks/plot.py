@@ -74,7 +74,8 @@ def plot_attention(rows: list[dict], path: Path) -> str | None:
 
 
 def plot_model_step(rows: list[dict], path: Path, meta: dict) -> str | None:
-    """model_step rows: step time and peak memory per attention implementation."""
+    """model_step / btok_step rows: step time and peak memory per row (CUDA: allocated;
+    CPU: resident-memory growth)."""
     plt = _pyplot()
     if plt is None:
         return NO_MATPLOTLIB
@@ -84,9 +85,11 @@ def plot_model_step(rows: list[dict], path: Path, meta: dict) -> str | None:
     colors = [f"C{i % 10}" for i in range(len(ok))]
     axes[0].bar(names, [r["step_ms"] for r in ok], color=colors)
     axes[0].set_ylabel("forward+backward step, ms (median)")
-    mem = [r.get("peak_gib") or 0 for r in ok]
+    mem, label = [r.get("peak_gib") or 0 for r in ok], "peak GiB (max_memory_allocated)"
+    if not any(mem):  # a CPU run: the peak resident-memory growth, if it was measured
+        mem, label = [r.get("rss_peak_mib") or 0 for r in ok], "peak RSS growth in one step, MiB"
     axes[1].bar(names, mem, color=colors)
-    axes[1].set_ylabel("peak GiB" + ("" if any(mem) else " (not measured on CPU)"))
+    axes[1].set_ylabel(label + ("" if any(mem) else " (not measured)"))
     fig.suptitle(f"{meta['workload'].split(':')[0]}, {meta['layers']} layers, {meta['gpu'] or 'CPU'}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -229,7 +229,7 @@ def add_ratios(results: list[dict], peers: list[str]) -> None:
             o = by.get(other, {})
             if r.get("step_ms") and o.get("step_ms"):
                 r[f"x_{other}"] = o["step_ms"] / r["step_ms"]
-                if o.get("step_ex_mask_ms"):
+                if o.get("step_ex_mask_ms") and other != r["row"]:
                     r[f"x_{other}_ex_mask"] = o["step_ex_mask_ms"] / r["step_ms"]
 
 

@@ -18,7 +18,7 @@ mkdir -p "$OUT_DIR"
 BUDGET=${BTOK_STAGE_BUDGET_S:-540}
 RESERVE=25  # kept for the report / the last lines
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 
 left() { echo $((BUDGET - SECONDS)); }
 
@@ -42,9 +42,12 @@ run_step() {
 }
 
 echo "== stage $stage, budget ${BUDGET}s, outputs in $OUT_DIR" | tee "$OUT_DIR/steps.txt"
-timeout 20 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT_DIR/gpu.txt" 2>&1 \
+timeout 20 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,compute_cap --format=csv > "$OUT_DIR/gpu.txt" 2>&1 \
   || echo "nvidia-smi: not available" >> "$OUT_DIR/gpu.txt"
 cat "$OUT_DIR/gpu.txt"
+# build the CUDA C++ extension for this card only (half the compile time of setup.py's two arches)
+cap=$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')
+case "$cap" in [0-9]*.[0-9]*) export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cap} ;; esac
 
 # Install unless this very checkout is already what `import btok_model` finds (looked up from
 # outside the checkout, where the working directory cannot stand in for an install).
@@ -82,9 +85,14 @@ case "$stage" in
       # The tests compiled on CUDA (TRITON_INTERPRET=0). Compiling ~160 kernel variants one after
       # the other would take minutes, so the suite runs as parallel shards sharing Triton's
       # cache. test_aot compiles for a GPU without one: it is for CPU machines.
+      # the shards' timeout: 240 s, or less when the install took long (backend_overhead keeps 75 s)
+      shard_t=$(( $(left) - RESERVE - 75 ))
+      [ "$shard_t" -gt 240 ] && shard_t=240
+      [ "$shard_t" -lt 60 ] && shard_t=60
+      echo "== test shards (timeout ${shard_t}s each, in parallel)"
       shard() {  # name, then pytest arguments
         local name=$1; shift
-        TRITON_INTERPRET=0 timeout -k 10 240 "$PY" -m pytest -q -p no:cacheprovider "$@" \
+        TRITON_INTERPRET=0 timeout -k 10 "$shard_t" "$PY" -m pytest -q -p no:cacheprovider "$@" \
           > "$OUT_DIR/tests_cuda_$name.log" 2>&1
         echo "shard $name: exit $? ($(tail -1 "$OUT_DIR/tests_cuda_$name.log"))" | tee -a "$OUT_DIR/steps.txt"
       }

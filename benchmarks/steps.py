@@ -250,6 +250,7 @@ def run_rows(rows: list[Row], model, batch, reference: Reference, probe, set_att
     t_start = time.perf_counter() - meta.get("wall_s", 0.0)
     results, done = [], []
     meta["peak_memory"] = MEMORY_NOTE["cuda" if args.device.type == "cuda" else "cpu"]
+    write_outputs(results, meta, stem)  # the environment record, before the first row can hang
     for row in rows:
         print(f"# {row.name} ...", flush=True)
         result, step = run_row(row, model, batch, reference, probe, args, set_attention)

@@ -211,3 +211,23 @@ def test_report_has_the_model_sections(tmp_path, capsys):
     assert "**no**" not in line and "5.00" in line, line  # lower than both timed peers; FAILED flex ignored
     line = next(x for x in md.splitlines() if x.startswith("| inference within 1%"))
     assert "long packed 1.0050" in line and "yes" in line, line
+
+
+def test_a_run_cut_short_keeps_its_rows(tmp_path, monkeypatch, one_thread):
+    """The JSON is written before the first row and after each one (an outer timeout keeps them)."""
+    real = steps.run_row
+    done = []
+
+    def run_row(row, *args, **kwargs):
+        if done:
+            raise KeyboardInterrupt  # killed during the second row
+        done.append(row.name)
+        return real(row, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "run_row", run_row)
+    with pytest.raises(KeyboardInterrupt):
+        btok_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1", "--no-memory",
+                        "--out-dir", str(tmp_path), "--stem", "k", "--no-plot"])
+    data = json.loads((tmp_path / "k.json").read_text())
+    assert [r["row"] for r in data["rows"]] == done == ["btok_triton"] and data["rows"][0]["status"] == "ok"
+    assert data["meta"]["reference"] and data["meta"]["wall_s"] > 0

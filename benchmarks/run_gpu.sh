@@ -92,7 +92,7 @@ case "$stage" in
       echo "== test shards (timeout ${shard_t}s each, in parallel)"
       shard() {  # name, then pytest arguments
         local name=$1; shift
-        TRITON_INTERPRET=0 timeout -k 10 "$shard_t" "$PY" -m pytest -q -p no:cacheprovider "$@" \
+        TRITON_INTERPRET=${SHARD_INTERPRET:-0} timeout -k 10 "$shard_t" "$PY" -m pytest -q -p no:cacheprovider "$@" \
           > "$OUT_DIR/tests_cuda_$name.log" 2>&1
         echo "shard $name: exit $? ($(tail -1 "$OUT_DIR/tests_cuda_$name.log"))" | tee -a "$OUT_DIR/steps.txt"
       }
@@ -101,8 +101,10 @@ case "$stage" in
       shard c tests/ops/test_condensation.py -k "gpu_default or more_head_dims or tile_shapes or gqa_split or public or reference or mask_is or strides or env" &
       shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_mask.py tests/ops/test_schedule.py tests/ops/test_sdpa_path.py &
       shard e tests/backend &
-      # the model layer (BToks, packed training pass == two-pass, encode), the benchmarks' own tests
-      OMP_NUM_THREADS=4 shard g tests/embedder tests/benchmarks &
+      # the model layer (BToks, packed pass == two-pass, encode, training, evaluation) and the
+      # benchmarks' own tests, as on a CPU machine (interpreted kernels, CPU tensors) but under
+      # this machine's torch / triton / transformers
+      SHARD_INTERPRET=1 OMP_NUM_THREADS=4 shard g tests/embedder tests/training tests/evaluation tests/benchmarks &
       # the CUDA C++ backend, built by the pip install above when nvcc is there
       timeout 120 "$PY" -c "from btok_kernels.condensation import cuda; print('btok_kernels._cuda:', cuda._load() or 'loaded')" \
         2>&1 | tee "$OUT_DIR/cuda_build.txt"

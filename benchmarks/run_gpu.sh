@@ -2,7 +2,7 @@
 # A prepared GPU session in two calls of under ten minutes each (outputs in $OUT if set, as on
 # the device machine, else benchmarks/out); together they fit a 15-minute device budget.
 # Run them as two separate commands:
-#   bash benchmarks/run_gpu.sh check   # install, kernel / backend / model tests compiled on CUDA, backend overhead
+#   bash benchmarks/run_gpu.sh check   # install, kernel / backend tests on CUDA, model-layer tests, backend overhead
 #   bash benchmarks/run_gpu.sh bench   # install, mask_attn --quick, btok_step, encode, model_step (--quick), report
 # Every step has its own timeout, cut to what is left of the stage's budget (BTOK_STAGE_BUDGET_S,
 # default 540 s), so a slow step never costs the next ones their outputs; a step with too little

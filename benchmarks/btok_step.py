@@ -237,7 +237,7 @@ def parse_args(argv=None):
     apply_cpu_timing(args)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = args.device.type == "cuda"
-    args.layers = args.layers or (4 if gpu else 2)
+    args.layers = (4 if gpu else 2) if args.layers is None else args.layers
     args.dims = dict(DIMS[args.dims or ("2B" if gpu else "tiny")])
     if args.vocab:
         args.dims["vocab_size"] = args.vocab
@@ -246,7 +246,12 @@ def parse_args(argv=None):
     args.ref_dtype = torch.float64 if args.dtype == torch.float32 else torch.float32
     if args.tol is None:
         args.tol = 1e-4 if args.dtype == torch.float32 else 5e-2
+    for name, value in (("--layers", args.layers), ("--cpu-reps", args.cpu_reps)):
+        if value < 1:
+            raise SystemExit(f"{name} must be >= 1, got {value}")
     args.workload = args.workload or ("image_2B" if gpu else "cpu_pack")
+    if args.workload not in all_workloads():
+        raise SystemExit(f"unknown workload {args.workload!r}: choose from {sorted(all_workloads())}")
     args.rep_ms = args.rep_ms or (200 if args.quick else 500)
     known = [r.name for r in ROWS]
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]

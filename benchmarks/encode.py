@@ -335,7 +335,7 @@ def parse_args(argv=None):
     apply_cpu_timing(args)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = args.device.type == "cuda"
-    args.layers = args.layers or (4 if gpu else 2)
+    args.layers = (4 if gpu else 2) if args.layers is None else args.layers
     args.dims = dict({"2B": QWEN2VL_2B_TEXT, "tiny": CPU_TINY}[args.dims or ("2B" if gpu else "tiny")])
     args.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if gpu else "fp32")]
@@ -343,8 +343,10 @@ def parse_args(argv=None):
     args.ref_dtype_name = str(args.ref_dtype).replace("torch.", "")
     if args.tol is None:
         args.tol = 1e-4 if args.dtype == torch.float32 else 5e-2
-    args.reps = args.reps or (3 if args.quick else 5)
-    for name, value in (("--num-btoks", args.num_btoks), ("--batch-size", args.batch_size), ("--reps", args.reps),
+    args.reps = (3 if args.quick else 5) if args.reps is None else args.reps
+    if args.texts is not None and args.texts < 1:
+        raise SystemExit(f"--texts must be >= 1, got {args.texts}")
+    for name, value in (("--layers", args.layers), ("--num-btoks", args.num_btoks), ("--batch-size", args.batch_size), ("--reps", args.reps),
                         ("--check-texts", args.check_texts)):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")

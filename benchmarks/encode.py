@@ -344,10 +344,8 @@ def parse_args(argv=None):
     if args.tol is None:
         args.tol = 1e-4 if args.dtype == torch.float32 else 5e-2
     args.reps = (3 if args.quick else 5) if args.reps is None else args.reps
-    if args.texts is not None and args.texts < 1:
-        raise SystemExit(f"--texts must be >= 1, got {args.texts}")
-    for name, value in (("--layers", args.layers), ("--num-btoks", args.num_btoks), ("--batch-size", args.batch_size), ("--reps", args.reps),
-                        ("--check-texts", args.check_texts)):
+    for name, value in (("--layers", args.layers), ("--num-btoks", args.num_btoks), ("--batch-size", args.batch_size),
+                        ("--reps", args.reps), ("--check-texts", args.check_texts), ("--texts", args.texts or 1)):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]

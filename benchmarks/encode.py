@@ -97,7 +97,7 @@ class EncodeWorkload:
     def draw(self, gpu: bool, quick: bool, seed: int, n: int | None = None) -> list[int]:
         """The text lengths, drawn with ``torch.Generator().manual_seed(seed)``."""
         lo, hi = self.lengths if gpu else self.cpu_lengths
-        count = n or (self.texts[1 if quick else 0] if gpu else self.texts[2])
+        count = n if n is not None else self.texts[1 if quick else 0] if gpu else self.texts[2]
         g = torch.Generator().manual_seed(seed)
         return torch.randint(lo, hi + 1, (count,), generator=g).tolist()
 
@@ -345,7 +345,7 @@ def parse_args(argv=None):
         args.tol = 1e-4 if args.dtype == torch.float32 else 5e-2
     args.reps = (3 if args.quick else 5) if args.reps is None else args.reps
     for name, value in (("--layers", args.layers), ("--num-btoks", args.num_btoks), ("--batch-size", args.batch_size),
-                        ("--reps", args.reps), ("--check-texts", args.check_texts), ("--texts", args.texts or 1)):
+                        ("--reps", args.reps), ("--check-texts", args.check_texts), ("--texts", 1 if args.texts is None else args.texts)):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]

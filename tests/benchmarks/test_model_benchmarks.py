@@ -231,3 +231,23 @@ def test_a_run_cut_short_keeps_its_rows(tmp_path, monkeypatch, one_thread):
     data = json.loads((tmp_path / "k.json").read_text())
     assert [r["row"] for r in data["rows"]] == done == ["btok_triton"] and data["rows"][0]["status"] == "ok"
     assert data["meta"]["reference"] and data["meta"]["wall_s"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--texts", "0"], "--texts must be >= 1, got 0"),
+    (["--reps", "0"], "--reps must be >= 1, got 0"),
+    (["--modes", "packed,nope"], "--modes must name some of"),
+])
+def test_encode_refuses_bad_options(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        encode.parse_args(["--device", "cpu", *argv])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "0"], "--layers must be >= 1, got 0"),
+    (["--workload", "nope"], "unknown workload 'nope'"),
+    (["--rows", "btok_triton,nope"], r"unknown rows \['nope'\]"),
+])
+def test_btok_step_refuses_bad_options(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        btok_step.parse_args(["--device", "cpu", *argv])

@@ -45,8 +45,8 @@ def main(argv=None):
                     help="dense bf16 matmul rate (812: measured on H100, benchmarks/README.md)")
     ap.add_argument("--tbps", type=float, default=3.35, help="HBM bandwidth in TB/s (H100 SXM spec 3.35; H200 4.8)")
     args = ap.parse_args(argv)
-    print(f"| workload | tokens | kept pairs (/causal) | fwd GFLOP | fwd MB | fwd FLOP floor ms | fwd byte floor ms "
-          f"| f+b GFLOP | f+b MB | f+b FLOP floor ms | f+b byte floor ms | partial tiles (128x128) |")
+    print("| workload | tokens | kept pairs (/causal) | fwd GFLOP | fwd MB | fwd FLOP floor ms | fwd byte floor ms "
+          "| f+b GFLOP | f+b MB | f+b FLOP floor ms | f+b byte floor ms | partial tiles (128x128) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in floor_rows(args.tflops, args.tbps):
         print(f"| {r['workload']} | {r['tokens']:,} | {r['kept']:,} ({r['kept_frac']:.1%}) | {r['fwd_gflop']:.1f} | "

@@ -11,10 +11,8 @@ import os
 import sys
 
 
-def run(rank: int, world: int, port: int, out_dir: str, helper_dirs: list[str]) -> None:
+def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
         RANK=str(rank),
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
@@ -22,6 +20,12 @@ def run(rank: int, world: int, port: int, out_dir: str, helper_dirs: list[str]) 
     )
     sys.path[:0] = helper_dirs
     import torch
+
+    # A rendezvous file instead of a TCP port: a free port picked by the parent can be taken by
+    # another process before the ranks bind it. accelerate reuses an initialised group.
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
+    )
     from train_helpers import examples, tiny_model, trainable
 
     for name, chunk_size in (("plain", None), ("chunked", 2)):

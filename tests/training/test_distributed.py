@@ -1,7 +1,6 @@
 """Two processes with gloo train exactly like one process on the concatenated batch."""
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -10,12 +9,6 @@ from ddp_worker import one_step_recipe, run, train_one_step
 from train_helpers import assert_tensors_close, examples, tiny_model, trainable
 
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
@@ -35,7 +28,7 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        mp.spawn(run, args=(2, _free_port(), str(tmp_path), helper_dirs), nprocs=2, join=True)
+        mp.spawn(run, args=(2, str(tmp_path), helper_dirs), nprocs=2, join=True)
     finally:
         for k, v in old.items():
             if v is None:

@@ -19,6 +19,7 @@ same parameters.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -129,7 +130,11 @@ def make_trainable(
 def wrap_peft(model, config):
     import peft
 
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated alias `is_gradient_checkpointing` (5.24); the
+        # FutureWarning is about PEFT's code, not the user's.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 def _peft_config(btok_ids: list[int], lora, freeze_backbone: bool, targets: str):

@@ -215,12 +215,56 @@ def _comparisons(rows: dict) -> list[dict]:
     return out
 
 
+def _machine(torch) -> str:
+    """CPU model, core count, torch version and threads (what the timings depend on)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    return (
+        f"{name}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads "
+        f"(OMP_WAIT_POLICY={policy})"
+    )
+
+
+def _load(load) -> str:
+    return "-" if load is None else "/".join(f"{x:.2f}" for x in load)
+
+
+def _recipe_line(results: dict) -> str:
+    r, data = results["recipe"], results["data"]
+    layers = r["lora_layers"] if r["lora_layers"] is not None else "all"
+    steps = r["generative_steps"] if r["generative_steps"] is not None else "all"
+    cap = f", definitions of at most {data['max_definition_words']} words" if data["max_definition_words"] else ""
+    return (
+        f"Trained rows: {r['max_steps']} steps x {r['batch_size']} pairs ({results['train_examples']} training "
+        f"definitions, each seen once{cap}), AdamW lr {r['lr']} ({r['lr_scheduler']}, warmup {r['warmup_ratio']}), "
+        f"LoRA r={r['lora_r']} on {layers} layers, temperature {r['temperature']}, backbone weights "
+        f"{data['dtype']}. BTok rows: K={r['num_btoks']}; the generative row adds weight "
+        f"{results['generative_weight']} for {steps} steps on the target '{data['target']}'. Total wall time "
+        f"{results['total_seconds']:.0f} s (loading the backbone: {results.get('load_seconds', 0):.0f} s; the "
+        "untrained rows share one forward pass, counted in the first)."
+    )
+
+
 def _markdown(results: dict) -> str:
-    lines = [
+    title = (
         f"# WordNet definition -> word retrieval ({results['pool_size']} held-out definitions, one pool: "
-        f"{results['eval_pool']}, backbone {results['backbone']})",
+        f"{results['eval_pool']}, backbone {results['backbone']})"
+    )
+    machine = (
+        f"Machine: {results['machine']}; load average (1/5/15 min) {_load(results['load_average_start'])} at the "
+        f"start, {_load(results.get('load_average_end'))} at the end. Date: {results['date']}."
+    )
+    lines = [
+        title,
         "",
-        f"Machine: {results['machine']}. Command: `{results['command']}`",
+        machine,
+        "",
+        f"Command: `{results['command']}`",
         "",
         "| row | R@1 | R@5 | R@10 | MRR@10 | nDCG@10 | train s | eval s |",
         "|---|---|---|---|---|---|---|---|",
@@ -246,23 +290,13 @@ def _markdown(results: dict) -> str:
                 f"{c[m]['difference']:+.3f} [{c[m]['low']:+.3f}, {c[m]['high']:+.3f}]" for m in ("recall@1", "mrr@10")
             ]
             lines.append(f"| {TITLES[c['a']]} - {TITLES[c['b']]} | {cells[0]} | {cells[1]} |")
-    r = results["recipe"]
-    lines += [
-        "",
-        f"Trained rows: {r['max_steps']} steps x {r['batch_size']} pairs ({results['train_examples']} training "
-        f"definitions, each seen once), lr {r['lr']}, LoRA r={r['lora_r']} on layers "
-        f"{r['lora_layers'] if r['lora_layers'] is not None else 'all'}, temperature {r['temperature']}, "
-        f"K={r['num_btoks']}, generative weight {results['generative_weight']} for "
-        f"{r['generative_steps'] if r['generative_steps'] is not None else 'all'} steps. "
-        f"Total wall time {results['total_seconds']:.0f} s (loading the backbone: "
-        f"{results.get('load_seconds', 0):.0f} s; the untrained rows share one forward pass, counted in the first).",
-    ]
+    lines += ["", _recipe_line(results)]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()
     import torch
 
     if args.threads:
@@ -278,14 +312,16 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results = {
         "command": command,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads",
+        "machine": _machine(torch),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_start": load_start,
         "backbone": args.backbone if args.backbone != "smollm2" else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)",
         "pool_size": len(task.queries),
         "eval_pool": args.eval_pool,
         "train_examples": len(split.train),
         "recipe": _recipe(args).to_dict(),
         "generative_weight": args.generative_weight,
+        "data": {"target": args.target, "max_definition_words": args.max_definition_words, "dtype": args.dtype},
         "rows": {},
     }
     backbone = tokenizer = None
@@ -327,6 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
         results["total_seconds"] = time.perf_counter() - start
+        results["load_average_end"] = os.getloadavg()
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         with open(os.path.join(args.out_dir, "results.md"), "w") as f:
@@ -336,4 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    # OpenMP threads that spin while waiting lose most of their time on a CPU shared with other
+    # processes (a training step measured 2.3-40 s instead of 2.3 s with 2 threads beside other
+    # jobs); sleeping waiters cost ~10 % on an idle machine. Read when torch loads, so set here;
+    # an explicit OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()

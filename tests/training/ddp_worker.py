@@ -28,14 +28,23 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     )
     from train_helpers import examples, tiny_model, trainable
 
-    for name, chunk_size in (("plain", None), ("chunked", 2)):
-        recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size)
-        model = tiny_model(recipe)
-        trainer = train_one_step(model, recipe, examples(8), os.path.join(out_dir, f"run-{name}-{rank}"))
-        if rank == 0:
-            torch.save(
-                {"weights": trainable(model), "log": trainer.state.log_history[0]}, os.path.join(out_dir, f"{name}.pt")
-            )
+    try:
+        for name, chunk_size in (("plain", None), ("chunked", 2)):
+            recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size)
+            model = tiny_model(recipe)
+            trainer = train_one_step(model, recipe, examples(8), os.path.join(out_dir, f"run-{name}-{rank}"))
+            if rank == 0:
+                torch.save(
+                    {"weights": trainable(model), "log": trainer.state.log_history[0]},
+                    os.path.join(out_dir, f"{name}.pt"),
+                )
+        # Both ranks leave together and tear gloo down before the interpreter exits: a rank
+        # that exits with the group alive aborts in gloo's thread destructors ("terminate
+        # called without an active exception", SIGABRT), which failed a CI run.
+        torch.distributed.barrier()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def one_step_recipe(batch_size: int, chunk_size: int | None = None):

@@ -2,7 +2,7 @@
 // per-element mask. Written once, used by the forward, dK/dV and dQ kernels on the device
 // and by the host unit tests (tests/ops/test_cuda_plan.py, csrc/tile_plan_test.cpp).
 //
-// It mirrors the Triton helpers `_find_tile`, `_key_blocks` and `_row_blocks` of
+// It mirrors the Triton helpers `_find_tile`, `_key_plan` and `_row_plan` of
 // btok_kernels/condensation/parallel.py. Positions are relative to the sequence start;
 // for a sequence of length `len` with BTok start `b` and target start `t`, the mask is
 //

@@ -94,9 +94,11 @@ class PooledEmbedder(nn.Module):
         if lora:
             import peft
 
+            from ..embedder.tokens import wrap_peft
+
             if isinstance(lora, int):
                 lora = peft.LoraConfig(r=lora, lora_alpha=2 * lora, target_modules="all-linear")
-            model = peft.get_peft_model(model, lora)
+            model = wrap_peft(model, lora)
         return cls(model, tokenizer, pooling, **settings)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

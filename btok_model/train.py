@@ -3,10 +3,12 @@
     python -m btok_model.train --model HuggingFaceTB/SmolLM2-135M-Instruct \\
         --train-data pairs.jsonl --output-dir runs/smol
     torchrun --nproc-per-node 8 -m btok_model.train --model ... --train-data a.jsonl:0.7 b.jsonl:0.3 ...
+    torchrun --nnodes 2 --nproc-per-node 8 ... -m btok_model.train --fsdp --model ... --train-data ...
 
 Defaults follow the authors' recipe (K = 4, temperature 0.02, generative weight 5.0 for the
 first 2,000 of 5,000 steps, LoRA r = 16). The output folder (and every ``checkpoint-N`` in it)
-loads with ``BTokModel.from_pretrained``; ``--resume`` continues the latest checkpoint.
+loads with ``BTokModel.from_pretrained``; ``--resume`` continues the latest checkpoint (not
+under ``--fsdp``). Under ``torchrun`` the model is replicated (DDP), or sharded with ``--fsdp``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ def _layers(text: str) -> list[int]:
         lo, sep, hi = part.partition("-")
         out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
     return out
+
+
+def _json_file(path: str) -> dict:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{path}: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,6 +140,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attn-implementation", default="btok_triton")
     p.add_argument("--torch-dtype", default=None, help="load the backbone in this dtype (e.g. bfloat16)")
     add_recipe_arguments(p)
+    g = p.add_argument_group("sharding (torchrun)")
+    g.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard the model with FSDP2 (accelerate's, one unit per decoder layer) instead of replicating it with DDP",
+    )
+    g.add_argument(
+        "--fsdp-config",
+        type=_json_file,
+        default=None,
+        metavar="JSON",
+        help="a JSON file of more TrainingArguments.fsdp_config settings (cpu_offload, transformer_layer_cls_to_wrap, "
+        "reshard_after_forward, ...); needs --fsdp",
+    )
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--logging-steps", type=int, default=Recipe.logging_steps)
     g.add_argument("--save-steps", type=int, default=Recipe.save_steps, help="0: no intermediate checkpoints")

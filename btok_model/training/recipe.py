@@ -48,6 +48,10 @@ class Recipe:
         max_length: longest packed sequence accepted (None: the model's limit).
         logging_steps, save_steps, save_total_limit: logging and checkpoints (save_steps 0: no
             intermediate checkpoints).
+        fsdp: shard the model with FSDP2 under ``torchrun`` instead of replicating it (DDP).
+        fsdp_config: more ``TrainingArguments.fsdp_config`` settings (``cpu_offload``,
+            ``transformer_layer_cls_to_wrap``, ``reshard_after_forward``, ...; ``version``
+            defaults to 2, the only one supported).
     """
 
     num_btoks: int = 4
@@ -77,6 +81,8 @@ class Recipe:
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2
+    fsdp: bool = False
+    fsdp_config: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -221,6 +227,11 @@ def training_arguments(recipe: Recipe, output_dir: str, **overrides):
         )
         values[name] = True
         values[f"{name}_kwargs"] = {"use_reentrant": False}
+    if recipe.fsdp:
+        values["fsdp"] = True
+        values["fsdp_config"] = {"version": 2, **(recipe.fsdp_config or {})}
+    elif recipe.fsdp_config:
+        raise ValueError("fsdp_config is set but fsdp is off: set fsdp=True (--fsdp) to shard the model")
     values.update(overrides)
     return TrainingArguments(**values)
 

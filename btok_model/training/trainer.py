@@ -11,16 +11,29 @@ batch and scores its queries against the candidates of every rank
 (:func:`btok_model.embedder.losses.gather_with_grad` sends the gradients back to the owner),
 so a step with N ranks computes the loss and gradients of the concatenated batch. GradCache
 batches call ``embed_batch`` outside DDP's forward, so their gradients are averaged across
-ranks here, once per optimizer step. FSDP and DeepSpeed are refused (untested: the save and
-resume paths below assume an unsharded model).
+ranks here, once per optimizer step.
+
+FSDP (``TrainingArguments(fsdp=True, fsdp_config={"version": 2})``, accelerate's FSDP2) shards
+the model with ``fully_shard``: each decoder layer of the backbone is its own unit (the
+backbone's ``_no_split_modules`` unless ``transformer_layer_cls_to_wrap`` names others), the
+BTok model is the root. The cross-rank gather and the loss weighting are the same as under
+DDP (FSDP's reduce-scatter averages gradients over ranks as DDP does). A GradCache step
+calls ``embed_batch`` through FSDP's hooks and lets only its last backward reduce-scatter.
+Saves gather the full state dict (accelerate's ``get_state_dict``) into an unsharded copy of
+the model kept on the meta device, so a checkpoint is the same folder as without FSDP
+(LoRA merged). On the CPU (gloo), accelerate leaves FSDP off -- it turns the plugin on only
+for accelerator devices -- and :meth:`BTokTrainer.create_accelerator_and_postprocess` turns
+it on itself, so the CPU tests run the same FSDP path. DeepSpeed is refused.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import DistributedType
 from transformers import Trainer, TrainerCallback
 
 from .collate import TrainingCollator, is_chunked
@@ -79,6 +92,63 @@ def load_checkpoint_weights(model: torch.nn.Module, directory: str) -> None:
         return
     loaded = type(model).from_pretrained(directory, attn_implementation=None)
     model.load_state_dict(loaded.state_dict())
+
+
+def _configure_fsdp(plugin, model) -> None:
+    """Check the FSDP settings BTokTrainer supports; shard the backbone's decoder layers by default."""
+    if plugin.fsdp_version != 2:
+        raise ValueError(
+            f"BTokTrainer supports FSDP2 only (fsdp_config={{'version': 2}}), got fsdp_version={plugin.fsdp_version}"
+        )
+    if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        raise ValueError(
+            "BTokTrainer saves BTok model folders from the full state dict: fsdp_config 'state_dict_type' must be "
+            f"FULL_STATE_DICT, got {plugin.state_dict_type}"
+        )
+    if plugin.transformer_cls_names_to_wrap is None:
+        backbone = model._transformers_model
+        plugin.transformer_cls_names_to_wrap = list(getattr(backbone, "_no_split_modules", None) or [])
+
+
+def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters live on the meta device (no memory), tied
+    parameters still tied, buffers and everything else copied; the tokenizer is shared."""
+    memo = {
+        id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in model.parameters()
+    }
+    for shared in (getattr(model, "tokenizer", None), getattr(model, "processor", None)):
+        if shared is not None:
+            memo[id(shared)] = shared
+    return copy.deepcopy(model, memo)
+
+
+def _materialize(meta_model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """``meta_model`` (from :func:`_meta_copy`, used once) with the values of a full state dict.
+
+    Raises:
+        ValueError: the state dict lacks a parameter or persistent buffer, or has extra keys.
+    """
+    expected = set(meta_model.state_dict())
+    if set(state_dict) != expected:
+        raise ValueError(
+            f"the gathered state dict does not match the model (missing: {sorted(expected - set(state_dict))[:5]}, "
+            f"unexpected: {sorted(set(state_dict) - expected)[:5]})"
+        )
+    replaced: dict[int, torch.nn.Parameter] = {}
+    for module_name, module in meta_model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in replaced:  # a tied parameter gets one tensor, shared again
+                value = state_dict[prefix + name]
+                replaced[id(p)] = torch.nn.Parameter(value.detach().clone(), requires_grad=p.requires_grad)
+            module._parameters[name] = replaced[id(p)]
+        for name, b in module._buffers.items():
+            if b is not None and prefix + name in state_dict:
+                b.copy_(state_dict[prefix + name])
+    return meta_model
 
 
 class _ScheduleCallback(TrainerCallback):
@@ -154,11 +224,46 @@ class BTokTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if self.is_deepspeed_enabled:
             raise ValueError(
-                "BTokTrainer supports single-process and DDP training (torchrun); FSDP and DeepSpeed are not supported"
+                "BTokTrainer supports single-process, DDP and FSDP training (torchrun); DeepSpeed is not supported"
             )
+        self._unsharded_copy = _meta_copy(model) if self.is_fsdp_enabled else None
+        if self.is_fsdp_enabled:
+            _configure_fsdp(self.accelerator.state.fsdp_plugin, model)
         self._loss_parts: dict[str, list] = {"contrastive_loss": [], "generative_loss": []}
+
+    def create_accelerator_and_postprocess(self):
+        """The Trainer's accelerator; on the CPU with ``fsdp`` set, FSDP turned on as on GPUs.
+
+        accelerate's ``AcceleratorState`` switches to ``DistributedType.FSDP`` only for
+        accelerator devices (its multi-GPU/NPU/XPU/... branch) and would otherwise run a
+        ``MULTI_CPU`` job as plain DDP, silently ignoring ``fsdp``. FSDP2's ``fully_shard``
+        works on CPU tensors with gloo, so the plugin is installed here the way accelerate
+        installs it on a GPU.
+        """
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        if self.args.fsdp and not self.is_fsdp_enabled and state.distributed_type == DistributedType.MULTI_CPU:
+            from accelerate.state import PartialState
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            if state.mixed_precision != "no":
+                plugin.set_mixed_precision(state.mixed_precision)
+            state.fsdp_plugin = plugin
+            state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``; resuming under FSDP is refused (the trainable state is restored
+        into an unsharded model only)."""
+        if self.is_fsdp_enabled and resume_from_checkpoint:
+            raise ValueError(
+                f"resuming ({resume_from_checkpoint!r}) under FSDP is not supported: resume without FSDP (DDP or one "
+                "process), or start a new FSDP run from the saved model (BTokModel.from_pretrained)"
+            )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- the loss -------------------------------------------------------------------------
     def _btok_model(self, model=None):
@@ -220,18 +325,40 @@ class BTokTrainer(Trainer):
         btok_model = self._btok_model(model)
         query_share, target_share = self._rank_shares(inputs["positive_index"].numel(), inputs["num_target_tokens"])
         scale = 1.0 / self.current_gradient_accumulation_steps
+        backward = self.accelerator.backward
+        if self.is_fsdp_enabled:
+            backward = self._fsdp_chunk_backward(btok_model, len(inputs["chunks"]))
         parts = grad_cache_step(
             btok_model,
             inputs,
-            self.accelerator.backward,
+            backward,
             scale=scale,
             contrastive_weight=query_share,
             target_normalizer=inputs["num_target_tokens"] / target_share if target_share else None,
             autocast=self.accelerator.autocast,
         )
-        if self.accelerator.sync_gradients:
+        if self.accelerator.sync_gradients and not self.is_fsdp_enabled:
             self._average_gradients(btok_model)
         return self._combine(model, parts["contrastive_loss"], parts["generative_loss"]).detach() * scale
+
+    def _fsdp_chunk_backward(self, model, num_chunks: int):
+        """``backward`` for the ``num_chunks`` re-runs of a GradCache step under FSDP2: the
+        chunks' gradients accumulate unsharded and only the step's last backward reduce-scatters
+        them (none does inside a gradient-accumulation window: the Trainer's ``no_sync`` then
+        restores syncing). Chunks call ``embed_batch``, which runs FSDP's hooks like ``forward``."""
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        if not getattr(model, "_btok_fsdp_embed_batch", False):
+            register_fsdp_forward_method(model, "embed_batch")
+            model._btok_fsdp_embed_batch = True
+        sync = self.accelerator.sync_gradients
+        calls = iter(range(1, num_chunks + 1))
+
+        def backward(loss: torch.Tensor) -> None:
+            model.set_requires_gradient_sync(sync and next(calls) == num_chunks)
+            self.accelerator.backward(loss)
+
+        return backward
 
     def _average_gradients(self, model) -> None:
         """Mean of every trainable gradient across ranks (what DDP's backward would do)."""
@@ -280,6 +407,12 @@ class BTokTrainer(Trainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         model = self._btok_model()
+        if self.is_fsdp_enabled:
+            if state_dict is None:
+                raise RuntimeError("an FSDP save needs the gathered full state dict (Trainer.save_model passes it)")
+            live = model
+            model = _materialize(_meta_copy(self._unsharded_copy), state_dict)
+            model.btok_config = copy.deepcopy(live.btok_config)
         live_weight = model.generative_weight
         model.generative_weight = self.schedule.weight  # the saved config states the recipe, not the step
         try:

@@ -1,0 +1,86 @@
+"""One rank of the two-process FSDP test (tests/training/test_fsdp.py).
+
+Each rank trains one SGD step (lr 1, so the update is minus the gradient) with
+``BTokTrainer`` under FSDP2 (accelerate's, through ``TrainingArguments(fsdp=True)``) for every
+case of :data:`CASES`; the ranks gather the full trainable weights and rank 0 writes them with
+the logged losses. Cases with ``save`` also write the final model folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# name -> (lora_r, GradCache chunk size, save the final model)
+CASES = {
+    "full-plain": (0, None, True),
+    "full-chunked": (0, 2, False),
+    "lora-chunked": (4, 2, True),
+}
+
+
+def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    sys.path[:0] = helper_dirs
+    import torch
+
+    # A rendezvous file instead of a TCP port (see ddp_worker.py); accelerate reuses the group.
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
+    )
+    from train_helpers import examples, tiny_model
+
+    from btok_model.training import train
+
+    try:
+        for name, (lora_r, chunk_size, save) in CASES.items():
+            recipe = case_recipe(4, lora_r, chunk_size, fsdp=True)
+            model = tiny_model(recipe)
+            trainer = train_one_step(model, recipe, examples(8), os.path.join(out_dir, name), save=save)
+            assert trainer.is_fsdp_enabled and type(trainer.model).__name__.startswith("FSDP")
+            weights = full_trainable(trainer.model)
+            if rank == 0:
+                result = {"weights": weights, "log": trainer.state.log_history[0]}
+                torch.save(result, os.path.join(out_dir, f"{name}.pt"))
+        recipe = case_recipe(4, 0, None, fsdp=True)
+        try:  # resuming under FSDP is refused, on every rank alike
+            train(tiny_model(recipe), examples(8), recipe, os.path.join(out_dir, "resumed"), resume=out_dir)
+            refusal = "not refused"
+        except ValueError as e:
+            refusal = str(e)
+        if rank == 0:
+            with open(os.path.join(out_dir, "resume.txt"), "w") as f:
+                f.write(refusal)
+        # Both ranks leave together and tear gloo down before exiting (see ddp_worker.py).
+        torch.distributed.barrier()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def case_recipe(batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False):
+    from ddp_worker import one_step_recipe
+
+    recipe = one_step_recipe(batch_size=batch_size, chunk_size=chunk_size)
+    recipe.lora_r = lora_r
+    recipe.fsdp = fsdp
+    return recipe
+
+
+def full_trainable(model) -> dict:
+    """Every trainable parameter, unsharded (a collective: all ranks call it)."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            value = p.full_tensor() if isinstance(p, DTensor) else p
+            out[name] = value.detach().clone()
+    return out
+
+
+def train_one_step(model, recipe, data, output_dir, save: bool):
+    from btok_model.training import train
+
+    backend = {"ddp_backend": "gloo"} if recipe.fsdp else {}
+    return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend)

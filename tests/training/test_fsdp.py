@@ -1,0 +1,97 @@
+"""Two processes under FSDP2 (gloo) train and save exactly like one process on the whole batch."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from fsdp_worker import CASES, case_recipe, run, train_one_step
+from train_helpers import assert_tensors_close, examples, tiny_model, trainable
+
+from btok_model import BTokModel
+from btok_model.training import train
+
+HERE = Path(__file__).resolve().parent
+TEXTS = ["a small furry animal", "paris", "in water", "what bees make", "frozen water"]
+
+
+def _embeddings(folder) -> torch.Tensor:
+    return BTokModel.from_pretrained(folder).encode(TEXTS)
+
+
+def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model(tmp_path):
+    """One SGD step (lr 1) of 2 ranks x 4 examples under FSDP2 -- full fine-tuning plain and
+    GradCache, LoRA + BTok rows with GradCache -- gives the weights and logged losses of one
+    process (no FSDP) with all 8; the final save gathers the sharded weights into a folder that
+    loads to the embeddings of the non-FSDP model (LoRA merged as without FSDP). Resuming under
+    FSDP is refused."""
+    references = {}
+    for lora_r in {case[0] for case in CASES.values()}:
+        recipe = case_recipe(8, lora_r, None)
+        model = tiny_model(recipe)
+        folder = tmp_path / f"single-{lora_r}"
+        trainer = train_one_step(model, recipe, examples(8), str(folder), save=True)
+        untouched = trainable(tiny_model(recipe))
+        references[lora_r] = (untouched, trainable(model), trainer.state.log_history[0], folder)
+
+    env = {"OMP_NUM_THREADS": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        mp.spawn(run, args=(2, str(tmp_path), [str(HERE), str(HERE.parent / "embedder")]), nprocs=2, join=True)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+    assert "under FSDP is not supported" in (tmp_path / "resume.txt").read_text()
+    for name, (lora_r, _, saved) in CASES.items():
+        untouched, trained, expected_log, folder = references[lora_r]
+        result = torch.load(tmp_path / f"{name}.pt")
+        expected = {n: untouched[n] - p for n, p in trained.items()}  # the gradient
+        actual = {n: untouched[n] - p for n, p in result["weights"].items()}
+        assert_tensors_close(actual, expected, 1e-5, f"{name} gradient")
+        for key in ("loss", "contrastive_loss", "generative_loss"):
+            assert abs(result["log"][key] - expected_log[key]) <= 1e-4 * abs(expected_log[key]), (name, key)
+        if saved:
+            expected_emb = _embeddings(folder)
+            actual_emb = _embeddings(tmp_path / name)
+            assert_tensors_close({"embeddings": actual_emb}, {"embeddings": expected_emb}, 1e-5, f"{name} save")
+
+
+def test_fsdp_refusals(tmp_path):
+    """FSDP1, a sharded state dict (it would save no loadable folder) and fsdp_config without
+    fsdp are refused with a message that says what to set."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from btok_model.training.trainer import _configure_fsdp
+
+    model = tiny_model(case_recipe(8, 0, None))
+    with pytest.raises(ValueError, match="FSDP2 only"):
+        _configure_fsdp(FullyShardedDataParallelPlugin(fsdp_version=1), model)
+    with pytest.raises(ValueError, match="FULL_STATE_DICT"):
+        _configure_fsdp(FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT"), model)
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT")
+    _configure_fsdp(plugin, model)
+    assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    recipe = case_recipe(8, 0, None)
+    recipe.fsdp_config = {"cpu_offload": True}
+    with pytest.raises(ValueError, match="fsdp is off"):
+        train(model, examples(8), recipe, str(tmp_path))
+
+
+def test_cli_carries_fsdp_into_the_training_arguments(tmp_path):
+    from btok_model.train import parser, recipe_from_args
+    from btok_model.training.recipe import training_arguments
+
+    config = tmp_path / "fsdp.json"
+    config.write_text('{"reshard_after_forward": false}')
+    base = ["--model", "m", "--train-data", "d.jsonl", "--output-dir", str(tmp_path)]
+    recipe = recipe_from_args(parser().parse_args([*base, "--fsdp", "--fsdp-config", str(config)]))
+    assert recipe.fsdp and recipe.to_dict()["fsdp_config"] == {"reshard_after_forward": False}
+    args = training_arguments(recipe, str(tmp_path))
+    assert args.fsdp and args.fsdp_config["version"] == 2 and args.fsdp_plugin_args["reshard_after_forward"] is False
+    assert not recipe_from_args(parser().parse_args(base)).fsdp

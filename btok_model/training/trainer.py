@@ -280,28 +280,53 @@ class BTokTrainer(Trainer):
             )
         self._btok_model(model).generative_weight = self.schedule.weight_at(step)
 
-    def _record(self, contrastive: torch.Tensor, generative: torch.Tensor | None) -> None:
+    def _record(self, contrastive: torch.Tensor, generative: torch.Tensor | None, target_share: float | None) -> None:
         self._loss_parts["contrastive_loss"].append(contrastive.detach().float())
+        if generative is None and target_share is not None:
+            # Other ranks scored target tokens: this rank's weighted part of the mean is 0, and
+            # the log's mean over ranks must count it.
+            generative = torch.zeros((), device=contrastive.device)
         if generative is not None:
             self._loss_parts["generative_loss"].append(generative.detach().float())
 
-    def _rank_shares(self, num_queries: int, num_targets: int) -> tuple[float, float]:
-        """How this rank's mean losses are weighted so that DDP's gradient mean over ranks is
-        the mean over the whole global batch: ``(queries here / mean queries per rank,
-        target tokens here / mean target tokens per rank)``; ``(1, 1)`` on one process."""
+    def _rank_shares(self, num_queries: int, num_targets: int) -> tuple[float, float | None]:
+        """How this rank's mean losses are weighted so that the gradient mean over ranks (DDP,
+        FSDP) is the mean over the whole global batch: ``(queries here / mean queries per rank,
+        target tokens here / mean target tokens per rank)``, the latter None when no rank has a
+        target token; ``(1, 1)`` on one process."""
         world = self.accelerator.num_processes
         if world == 1:
-            return 1.0, 1.0
-        counts = torch.tensor([num_queries, num_targets], dtype=torch.float64, device=self.args.device)
+            return 1.0, (1.0 if num_targets else None)
+        counts = torch.tensor(
+            [num_queries, num_targets, num_targets == 0], dtype=torch.float64, device=self.args.device
+        )
         dist.all_reduce(counts)
-        total_queries, total_targets = counts.tolist()
-        return num_queries * world / total_queries, (num_targets * world / total_targets if total_targets else 0.0)
+        total_queries, total_targets, ranks_without_targets = counts.tolist()
+        if self.is_fsdp_enabled:
+            self._fsdp_reduce_unused(0 < ranks_without_targets < world)
+        return num_queries * world / total_queries, (num_targets * world / total_targets if total_targets else None)
 
-    def _combine(self, model, contrastive, generative) -> torch.Tensor:
+    def _fsdp_reduce_unused(self, mixed: bool) -> None:
+        """On a step where some ranks score target tokens and others do not, an untied LM head
+        has a gradient on some ranks only; FSDP2 must then reduce-scatter a zero gradient for it
+        on the others, or the ranks' reduce-scatters differ in size. Otherwise it is left off,
+        so parameters no rank used keep no gradient (as under DDP)."""
+        setter = getattr(self.model_wrapped, "set_reduce_scatter_unused_params", None)
+        if setter is None:
+            if mixed:
+                raise RuntimeError(
+                    "under FSDP with this torch, every rank's batch must have target tokens or none must: "
+                    "FSDPModule.set_reduce_scatter_unused_params (needed when only some ranks use the LM head) is "
+                    "missing; set generative_weight to 0, give every example a target, or train with DDP"
+                )
+            return
+        setter(mixed)
+
+    def _combine(self, model, contrastive, generative, target_share: float | None) -> torch.Tensor:
         loss = contrastive
         if generative is not None:
             loss = loss + self._btok_model(model).generative_weight * generative
-        self._record(contrastive, generative)
+        self._record(contrastive, generative, target_share)
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -312,7 +337,7 @@ class BTokTrainer(Trainer):
         query_share, target_share = self._rank_shares(inputs["positive_index"].numel(), inputs["num_target_tokens"])
         contrastive = outputs.contrastive_loss * query_share
         generative = None if outputs.generative_loss is None else outputs.generative_loss * target_share
-        loss = self._combine(model, contrastive, generative)
+        loss = self._combine(model, contrastive, generative, target_share)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -339,7 +364,8 @@ class BTokTrainer(Trainer):
         )
         if self.accelerator.sync_gradients and not self.is_fsdp_enabled:
             self._average_gradients(btok_model)
-        return self._combine(model, parts["contrastive_loss"], parts["generative_loss"]).detach() * scale
+        parts = parts["contrastive_loss"], parts["generative_loss"]
+        return self._combine(model, *parts, target_share).detach() * scale
 
     def _fsdp_chunk_backward(self, model, num_chunks: int):
         """``backward`` for the ``num_chunks`` re-runs of a GradCache step under FSDP2: the

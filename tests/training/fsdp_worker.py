@@ -3,7 +3,8 @@
 Each rank trains one SGD step (lr 1, so the update is minus the gradient) with
 ``BTokTrainer`` under FSDP2 (accelerate's, through ``TrainingArguments(fsdp=True)``) for every
 case of :data:`CASES`; the ranks gather the full trainable weights and rank 0 writes them with
-the logged losses. Cases with ``save`` also write the final model folder.
+the logged losses. Cases with ``save`` also write a checkpoint (``checkpoint-1``, through the
+Trainer's checkpoint path) and the final model folder.
 """
 
 from __future__ import annotations
@@ -11,12 +12,24 @@ from __future__ import annotations
 import os
 import sys
 
-# name -> (lora_r, GradCache chunk size, save the final model)
+# name -> (lora_r, GradCache chunk size, save, backbone family, data). "qwen2" unties its LM
+# head; "one-target" data gives one rank no target tokens, so only the other uses the head.
 CASES = {
-    "full-plain": (0, None, True),
-    "full-chunked": (0, 2, False),
-    "lora-chunked": (4, 2, True),
+    "full-plain": (0, None, True, "llama", "all"),
+    "full-chunked": (0, 2, False, "llama", "all"),
+    "lora-chunked": (4, 2, True, "llama", "all"),
+    "untied-one-target": (0, None, False, "qwen2", "one-target"),
 }
+
+
+def case_data(kind: str) -> list[dict]:
+    from train_helpers import examples
+
+    data = examples(8)
+    if kind == "one-target":
+        for i, example in enumerate(data):
+            example["target"] = "a target" if i == 0 else None
+    return data
 
 
 def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
@@ -33,10 +46,10 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     from btok_model.training import train
 
     try:
-        for name, (lora_r, chunk_size, save) in CASES.items():
-            recipe = case_recipe(4, lora_r, chunk_size, fsdp=True)
-            model = tiny_model(recipe)
-            trainer = train_one_step(model, recipe, examples(8), os.path.join(out_dir, name), save=save)
+        for name, (lora_r, chunk_size, save, family, data) in CASES.items():
+            recipe = case_recipe(4, lora_r, chunk_size, fsdp=True, save=save)
+            model = tiny_model(recipe, family=family)
+            trainer = train_one_step(model, recipe, case_data(data), os.path.join(out_dir, name), save=save)
             assert trainer.is_fsdp_enabled and type(trainer.model).__name__.startswith("FSDP")
             weights = full_trainable(trainer.model)
             if rank == 0:
@@ -58,12 +71,13 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
             torch.distributed.destroy_process_group()
 
 
-def case_recipe(batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False):
+def case_recipe(batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False, save: bool = False):
     from ddp_worker import one_step_recipe
 
     recipe = one_step_recipe(batch_size=batch_size, chunk_size=chunk_size)
     recipe.lora_r = lora_r
     recipe.fsdp = fsdp
+    recipe.save_steps = 1 if save else 0
     return recipe
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from fsdp_worker import CASES, case_recipe, run, train_one_step
+from fsdp_worker import CASES, case_data, case_recipe, run, train_one_step
 from train_helpers import assert_tensors_close, examples, tiny_model, trainable
 
 from btok_model import BTokModel
@@ -22,18 +22,22 @@ def _embeddings(folder) -> torch.Tensor:
 
 def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model(tmp_path):
     """One SGD step (lr 1) of 2 ranks x 4 examples under FSDP2 -- full fine-tuning plain and
-    GradCache, LoRA + BTok rows with GradCache -- gives the weights and logged losses of one
-    process (no FSDP) with all 8; the final save gathers the sharded weights into a folder that
+    GradCache, LoRA + BTok rows with GradCache, an untied LM head that only one rank's batch
+    uses -- gives the weights and logged losses of one
+    process (no FSDP) with all 8; a checkpoint and the final save gather the sharded weights into a folder that
     loads to the embeddings of the non-FSDP model (LoRA merged as without FSDP). Resuming under
     FSDP is refused."""
     references = {}
-    for lora_r in {case[0] for case in CASES.values()}:
+    for lora_r, _, save, family, data in CASES.values():
+        key = (lora_r, family, data)
+        if key in references:
+            continue
         recipe = case_recipe(8, lora_r, None)
-        model = tiny_model(recipe)
-        folder = tmp_path / f"single-{lora_r}"
-        trainer = train_one_step(model, recipe, examples(8), str(folder), save=True)
-        untouched = trainable(tiny_model(recipe))
-        references[lora_r] = (untouched, trainable(model), trainer.state.log_history[0], folder)
+        model = tiny_model(recipe, family=family)
+        folder = tmp_path / f"single-{lora_r}-{family}-{data}"
+        trainer = train_one_step(model, recipe, case_data(data), str(folder), save=save)
+        untouched = trainable(tiny_model(recipe, family=family))
+        references[key] = (untouched, trainable(model), trainer.state.log_history[0], folder)
 
     env = {"OMP_NUM_THREADS": "1"}
     old = {k: os.environ.get(k) for k in env}
@@ -48,18 +52,21 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
                 os.environ[k] = v
 
     assert "under FSDP is not supported" in (tmp_path / "resume.txt").read_text()
-    for name, (lora_r, _, saved) in CASES.items():
-        untouched, trained, expected_log, folder = references[lora_r]
+    for name, (lora_r, _, saved, family, data) in CASES.items():
+        untouched, trained, expected_log, folder = references[(lora_r, family, data)]
         result = torch.load(tmp_path / f"{name}.pt")
         expected = {n: untouched[n] - p for n, p in trained.items()}  # the gradient
         actual = {n: untouched[n] - p for n, p in result["weights"].items()}
         assert_tensors_close(actual, expected, 1e-5, f"{name} gradient")
         for key in ("loss", "contrastive_loss", "generative_loss"):
             assert abs(result["log"][key] - expected_log[key]) <= 1e-4 * abs(expected_log[key]), (name, key)
+        if family == "qwen2":  # the untied head learnt from the one rank that scored a target
+            assert expected["backbone.lm_head.weight"].abs().max() > 0
         if saved:
             expected_emb = _embeddings(folder)
-            actual_emb = _embeddings(tmp_path / name)
-            assert_tensors_close({"embeddings": actual_emb}, {"embeddings": expected_emb}, 1e-5, f"{name} save")
+            for saved_folder in (tmp_path / name, tmp_path / name / "checkpoint-1"):
+                actual_emb = _embeddings(saved_folder)
+                assert_tensors_close({"emb": actual_emb}, {"emb": expected_emb}, 1e-5, f"{saved_folder} save")
 
 
 def test_fsdp_refusals(tmp_path):

@@ -7,8 +7,9 @@
 
 Defaults follow the authors' recipe (K = 4, temperature 0.02, generative weight 5.0 for the
 first 2,000 of 5,000 steps, LoRA r = 16). The output folder (and every ``checkpoint-N`` in it)
-loads with ``BTokModel.from_pretrained``; ``--resume`` continues the latest checkpoint (not
-under ``--fsdp``). Under ``torchrun`` the model is replicated (DDP), or sharded with ``--fsdp``.
+loads with ``BTokModel.from_pretrained``; ``--resume`` continues the latest checkpoint (with
+``--fsdp`` if it was written with it). Under ``torchrun`` the model is replicated (DDP), or
+sharded with ``--fsdp``.
 """
 
 from __future__ import annotations

@@ -21,9 +21,11 @@ DDP (FSDP's reduce-scatter averages gradients over ranks as DDP does). A GradCac
 calls ``embed_batch`` through FSDP's hooks and lets only its last backward reduce-scatter.
 Saves gather the full state dict (accelerate's ``get_state_dict``) into an unsharded copy of
 the model kept on the meta device, so a checkpoint is the same folder as without FSDP
-(LoRA merged). On the CPU (gloo), accelerate leaves FSDP off -- it turns the plugin on only
-for accelerator devices -- and :meth:`BTokTrainer.create_accelerator_and_postprocess` turns
-it on itself, so the CPU tests run the same FSDP path. DeepSpeed is refused.
+(LoRA merged); a checkpoint also holds the Trainer's FSDP state (``pytorch_model_fsdp.bin``,
+the optimizer), which resuming under FSDP loads. On the CPU (gloo), accelerate leaves FSDP
+off -- it turns the plugin on only for accelerator devices -- and
+:meth:`BTokTrainer.create_accelerator_and_postprocess` turns it on itself, so the CPU tests
+run the same FSDP path. DeepSpeed is refused.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .schedule import GenerativeSchedule
 __all__ = ["TRAINABLE_STATE", "BTokTrainer", "load_checkpoint_weights", "save_trainable_state"]
 
 TRAINABLE_STATE = "trainable_parameters.safetensors"
+FSDP_CHECKPOINT = "pytorch_model_fsdp"  # accelerate's name for the full model state of an FSDP checkpoint
 _STEP_KEY = "btok_step"  # the optimizer step a batch was collated for (checked, then dropped)
 
 
@@ -62,8 +65,15 @@ def save_trainable_state(model: torch.nn.Module, directory: str) -> None:
     save_file(state, os.path.join(directory, TRAINABLE_STATE))
 
 
-def load_checkpoint_weights(model: torch.nn.Module, directory: str) -> None:
-    """Load a checkpoint written by :class:`BTokTrainer` into ``model`` (built as for the run).
+def load_checkpoint_weights(model: torch.nn.Module, directory: str, model_class: type | None = None) -> None:
+    """Load a checkpoint written by :class:`BTokTrainer` into ``model`` (built as for the run;
+    sharded by FSDP2 or not).
+
+    Args:
+        model: the model to load into.
+        directory: the checkpoint folder.
+        model_class: the class that reads a full fine-tuning checkpoint (default ``type(model)``;
+            FSDP2 replaces a sharded model's class by a subclass of its own).
 
     Raises:
         ValueError: the checkpoint's trainable parameters do not match the model's (a run
@@ -82,16 +92,28 @@ def load_checkpoint_weights(model: torch.nn.Module, directory: str) -> None:
                 f"(only in checkpoint: {sorted(set(state) - trainable)[:5]}, only in model: "
                 f"{sorted(trainable - set(state))[:5]}); resume with the same model and LoRA settings"
             )
-        with torch.no_grad():
-            for name, value in state.items():
-                if params[name].shape != value.shape:
-                    raise ValueError(
-                        f"{path}: {name} has shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}"
-                    )
-                params[name].copy_(value)
+        for name, value in state.items():
+            if params[name].shape != value.shape:
+                raise ValueError(
+                    f"{path}: {name} has shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}"
+                )
+        _load_state(model, state, strict=False)
         return
-    loaded = type(model).from_pretrained(directory, attn_implementation=None)
-    model.load_state_dict(loaded.state_dict())
+    loaded = (model_class or type(model)).from_pretrained(directory, attn_implementation=None)
+    _load_state(model, loaded.state_dict(), strict=True)
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
+    """Copy full (unsharded) tensors into ``model``'s parameters, sharded by FSDP2 or not."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # Every rank reads the checkpoint and keeps its own shard.
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+        return
+    model.load_state_dict(state, strict=strict)
 
 
 def _configure_fsdp(plugin, model) -> None:
@@ -254,16 +276,6 @@ class BTokTrainer(Trainer):
             state.fsdp_plugin = plugin
             state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
             self.is_fsdp_enabled = True
-
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """``Trainer.train``; resuming under FSDP is refused (the trainable state is restored
-        into an unsharded model only)."""
-        if self.is_fsdp_enabled and resume_from_checkpoint:
-            raise ValueError(
-                f"resuming ({resume_from_checkpoint!r}) under FSDP is not supported: resume without FSDP (DDP or one "
-                "process), or start a new FSDP run from the saved model (BTokModel.from_pretrained)"
-            )
-        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- the loss -------------------------------------------------------------------------
     def _btok_model(self, model=None):
@@ -449,4 +461,19 @@ class BTokTrainer(Trainer):
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled:
+            # The weights come from the BTok files as without FSDP; the Trainer then loads the
+            # optimizer state its FSDP checkpoint holds, which a checkpoint without FSDP lacks.
+            path = os.path.join(resume_from_checkpoint, f"{FSDP_CHECKPOINT}.bin")
+            found = torch.tensor([int(os.path.isfile(path))], device=self.args.device)
+            dist.all_reduce(found, op=dist.ReduceOp.MIN)  # every rank raises, or none
+            if not found.item():
+                raise ValueError(
+                    f"{resume_from_checkpoint}: no {FSDP_CHECKPOINT}.bin (the Trainer's FSDP state, with the "
+                    "optimizer's in optimizer.bin): a checkpoint written without FSDP resumes without FSDP"
+                )
+            load_checkpoint_weights(self._btok_model(model), resume_from_checkpoint, type(self._unsharded_copy))
+            return
+        if os.path.isfile(os.path.join(resume_from_checkpoint, f"{FSDP_CHECKPOINT}.bin")):
+            raise ValueError(f"{resume_from_checkpoint} was written under FSDP: resume it with FSDP (--fsdp)")
         load_checkpoint_weights(self._btok_model(model), resume_from_checkpoint)

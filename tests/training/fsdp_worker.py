@@ -22,6 +22,11 @@ CASES = {
 }
 
 
+def reference_dir(lora_r: int, family: str, data: str) -> str:
+    """The folder (in the test's output folder) of a case's single-process run."""
+    return f"single-{lora_r}-{family}-{data}"
+
+
 def case_data(kind: str) -> list[dict]:
     from train_helpers import examples
 
@@ -43,8 +48,6 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     )
     from train_helpers import examples, tiny_model
 
-    from btok_model.training import train
-
     try:
         for name, (lora_r, chunk_size, save, family, data) in CASES.items():
             recipe = case_recipe(4, lora_r, chunk_size, fsdp=True, save=save)
@@ -55,15 +58,7 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
             if rank == 0:
                 result = {"weights": weights, "log": trainer.state.log_history[0]}
                 torch.save(result, os.path.join(out_dir, f"{name}.pt"))
-        recipe = case_recipe(4, 0, None, fsdp=True)
-        try:  # resuming under FSDP is refused, on every rank alike
-            train(tiny_model(recipe), examples(8), recipe, os.path.join(out_dir, "resumed"), resume=out_dir)
-            refusal = "not refused"
-        except ValueError as e:
-            refusal = str(e)
-        if rank == 0:
-            with open(os.path.join(out_dir, "resume.txt"), "w") as f:
-                f.write(refusal)
+        resume_run(rank, out_dir)
         # Both ranks leave together and tear gloo down before exiting (see ddp_worker.py).
         torch.distributed.barrier()
     finally:
@@ -98,3 +93,41 @@ def train_one_step(model, recipe, data, output_dir, save: bool):
 
     backend = {"ddp_backend": "gloo"} if recipe.fsdp else {}
     return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend)
+
+
+def resume_run(rank: int, out_dir: str) -> None:
+    """Two AdamW steps under FSDP (LoRA and full fine-tuning) straight, and stopped after the
+    first and resumed from its checkpoint in a new model; then a resume from a checkpoint
+    written without FSDP."""
+    import torch
+    from train_helpers import examples, tiny_model, tiny_recipe
+    from transformers import TrainerCallback
+
+    from btok_model.training import train
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 1
+
+    result = {}
+    for lora_r in (4, 0):
+        recipe = tiny_recipe(max_steps=2, batch_size=2, lr=1e-2, save_steps=1, lora_r=lora_r, fsdp=True)
+        runs = os.path.join(out_dir, f"resume-{lora_r}")
+        straight = train(tiny_model(recipe), examples(8), recipe, os.path.join(runs, "straight"), save=False)
+        stopped = os.path.join(runs, "stopped")
+        train(tiny_model(recipe), examples(8), recipe, stopped, save=False, callbacks=[StopAt()])
+        checkpoint = os.path.join(stopped, "checkpoint-1")
+        resumed = train(tiny_model(recipe), examples(8), recipe, stopped, save=False, resume=checkpoint)
+        result[lora_r] = {
+            "straight": full_trainable(straight.model),
+            "resumed": full_trainable(resumed.model),
+            "step": resumed.state.global_step,
+        }
+    try:
+        checkpoint = os.path.join(out_dir, reference_dir(0, "llama", "all"), "checkpoint-1")  # written without FSDP
+        train(tiny_model(recipe), examples(8), recipe, os.path.join(out_dir, "refused"), resume=checkpoint)
+        result["refusal"] = "not refused"
+    except ValueError as e:
+        result["refusal"] = str(e)
+    if rank == 0:
+        torch.save(result, os.path.join(out_dir, "resume.pt"))

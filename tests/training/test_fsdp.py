@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from fsdp_worker import CASES, case_data, case_recipe, run, train_one_step
-from train_helpers import assert_tensors_close, examples, tiny_model, trainable
+from fsdp_worker import CASES, case_data, case_recipe, reference_dir, run, train_one_step
+from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
 
 from btok_model import BTokModel
 from btok_model.training import train
@@ -25,16 +25,18 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
     GradCache, LoRA + BTok rows with GradCache, an untied LM head that only one rank's batch
     uses -- gives the weights and logged losses of one
     process (no FSDP) with all 8; a checkpoint and the final save gather the sharded weights into a folder that
-    loads to the embeddings of the non-FSDP model (LoRA merged as without FSDP). Resuming under
-    FSDP is refused."""
+    loads to the embeddings of the non-FSDP model (LoRA merged as without FSDP). A run stopped
+    after its first step and resumed from its checkpoint ends with the weights of a straight run
+    (AdamW, LoRA); a checkpoint written without FSDP is refused under FSDP, and one written
+    under FSDP without it."""
     references = {}
     for lora_r, _, save, family, data in CASES.values():
         key = (lora_r, family, data)
         if key in references:
             continue
-        recipe = case_recipe(8, lora_r, None)
+        recipe = case_recipe(8, lora_r, None, save=save)
         model = tiny_model(recipe, family=family)
-        folder = tmp_path / f"single-{lora_r}-{family}-{data}"
+        folder = tmp_path / reference_dir(*key)
         trainer = train_one_step(model, recipe, case_data(data), str(folder), save=save)
         untouched = trainable(tiny_model(recipe, family=family))
         references[key] = (untouched, trainable(model), trainer.state.log_history[0], folder)
@@ -51,7 +53,15 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
             else:
                 os.environ[k] = v
 
-    assert "under FSDP is not supported" in (tmp_path / "resume.txt").read_text()
+    resume = torch.load(tmp_path / "resume.pt")
+    for lora_r in (4, 0):
+        assert resume[lora_r]["step"] == 2
+        assert_tensors_close(resume[lora_r]["resumed"], resume[lora_r]["straight"], 1e-6, f"resumed weight {lora_r}")
+    assert "no pytorch_model_fsdp.bin" in resume["refusal"]
+    recipe = tiny_recipe(max_steps=2, batch_size=2, save_steps=1, lora_r=4)  # the worker's, without FSDP
+    with pytest.raises(ValueError, match="written under FSDP"):
+        checkpoint = tmp_path / "resume-4/stopped/checkpoint-1"
+        train(tiny_model(recipe), examples(8), recipe, str(tmp_path / "not-fsdp"), resume=str(checkpoint))
     for name, (lora_r, _, saved, family, data) in CASES.items():
         untouched, trained, expected_log, folder = references[(lora_r, family, data)]
         result = torch.load(tmp_path / f"{name}.pt")

@@ -116,8 +116,12 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], strict: 
     model.load_state_dict(state, strict=strict)
 
 
-def _configure_fsdp(plugin, model) -> None:
+def _configure_fsdp(plugin, model, args) -> None:
     """Check the FSDP settings BTokTrainer supports; shard the backbone's decoder layers by default."""
+    if args.save_on_each_node:
+        raise ValueError(
+            "save_on_each_node is not supported under FSDP: the full state dict is gathered on rank 0 only"
+        )
     if plugin.fsdp_version != 2:
         raise ValueError(
             f"BTokTrainer supports FSDP2 only (fsdp_config={{'version': 2}}), got fsdp_version={plugin.fsdp_version}"
@@ -252,7 +256,7 @@ class BTokTrainer(Trainer):
             )
         self._unsharded_copy = _meta_copy(model) if self.is_fsdp_enabled else None
         if self.is_fsdp_enabled:
-            _configure_fsdp(self.accelerator.state.fsdp_plugin, model)
+            _configure_fsdp(self.accelerator.state.fsdp_plugin, model, args)
         self._loss_parts: dict[str, list] = {"contrastive_loss": [], "generative_loss": []}
 
     def create_accelerator_and_postprocess(self):

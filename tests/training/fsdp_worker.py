@@ -58,6 +58,12 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
             if rank == 0:
                 result = {"weights": weights, "log": trainer.state.log_history[0]}
                 torch.save(result, os.path.join(out_dir, f"{name}.pt"))
+        recipe = case_recipe(4, 4, 2, fsdp=True)
+        recipe.bf16 = True  # FSDP's mixed precision (bf16 parameters and gradient reduction) + autocast
+        trainer = train_one_step(tiny_model(recipe), recipe, examples(8), os.path.join(out_dir, "bf16"), save=False)
+        if rank == 0:
+            policy = str(trainer.accelerator.state.fsdp_plugin.mixed_precision_policy)
+            torch.save({"log": trainer.state.log_history[0], "policy": policy}, os.path.join(out_dir, "bf16.pt"))
         resume_run(rank, out_dir)
         # Both ranks leave together and tear gloo down before exiting (see ddp_worker.py).
         torch.distributed.barrier()

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,12 +24,12 @@ def _embeddings(folder) -> torch.Tensor:
 def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model(tmp_path):
     """One SGD step (lr 1) of 2 ranks x 4 examples under FSDP2 -- full fine-tuning plain and
     GradCache, LoRA + BTok rows with GradCache, an untied LM head that only one rank's batch
-    uses -- gives the weights and logged losses of one
-    process (no FSDP) with all 8; a checkpoint and the final save gather the sharded weights into a folder that
-    loads to the embeddings of the non-FSDP model (LoRA merged as without FSDP). A run stopped
-    after its first step and resumed from its checkpoint ends with the weights of a straight run
-    (AdamW, LoRA); a checkpoint written without FSDP is refused under FSDP, and one written
-    under FSDP without it."""
+    uses -- gives the weights and logged losses of one process (no FSDP) with all 8; with bf16
+    mixed precision the losses agree to bf16 precision. A checkpoint and the final save gather
+    the sharded weights into a folder that loads to the embeddings of the non-FSDP model (LoRA
+    merged as without FSDP). A run stopped after its first step and resumed from its checkpoint
+    ends with the weights of a straight run (AdamW; LoRA and full fine-tuning); a checkpoint
+    written without FSDP is refused under FSDP, and one written under FSDP without it."""
     references = {}
     for lora_r, _, save, family, data in CASES.values():
         key = (lora_r, family, data)
@@ -52,6 +53,13 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
                 os.environ.pop(k)
             else:
                 os.environ[k] = v
+
+    bf16 = torch.load(tmp_path / "bf16.pt")
+    assert "param_dtype=torch.bfloat16" in bf16["policy"]
+    fp32_log = torch.load(tmp_path / "lora-chunked.pt")["log"]
+    for key in ("loss", "contrastive_loss", "generative_loss"):
+        assert bf16["log"][key] == pytest.approx(fp32_log[key], rel=3e-2), key
+    assert bf16["log"]["loss"] != fp32_log["loss"], "bf16 was not applied"
 
     resume = torch.load(tmp_path / "resume.pt")
     for lora_r in (4, 0):
@@ -80,19 +88,23 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
 
 
 def test_fsdp_refusals(tmp_path):
-    """FSDP1, a sharded state dict (it would save no loadable folder) and fsdp_config without
-    fsdp are refused with a message that says what to set."""
+    """FSDP1, a sharded state dict (it would save no loadable folder), save_on_each_node and
+    fsdp_config without fsdp are refused with a message that says what to set."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     from btok_model.training.trainer import _configure_fsdp
 
     model = tiny_model(case_recipe(8, 0, None))
+    args = SimpleNamespace(save_on_each_node=False)
     with pytest.raises(ValueError, match="FSDP2 only"):
-        _configure_fsdp(FullyShardedDataParallelPlugin(fsdp_version=1), model)
+        _configure_fsdp(FullyShardedDataParallelPlugin(fsdp_version=1), model, args)
     with pytest.raises(ValueError, match="FULL_STATE_DICT"):
-        _configure_fsdp(FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT"), model)
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+        _configure_fsdp(plugin, model, args)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT")
-    _configure_fsdp(plugin, model)
+    with pytest.raises(ValueError, match="save_on_each_node"):
+        _configure_fsdp(plugin, model, SimpleNamespace(save_on_each_node=True))
+    _configure_fsdp(plugin, model, args)
     assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
     recipe = case_recipe(8, 0, None)
     recipe.fsdp_config = {"cpu_offload": True}

@@ -64,6 +64,15 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
         if rank == 0:
             policy = str(trainer.accelerator.state.fsdp_plugin.mixed_precision_policy)
             torch.save({"log": trainer.state.log_history[0], "policy": policy}, os.path.join(out_dir, "bf16.pt"))
+        accumulated = {}  # 2 micro-batches of 2 GradCache chunks per rank: FSDP as DDP
+        for fsdp in (False, True):
+            recipe = case_recipe(2, 0, 1, fsdp=fsdp)
+            folder = os.path.join(out_dir, f"accumulated-{fsdp}")
+            model = tiny_model(recipe)
+            trainer = train_one_step(model, recipe, examples(8), folder, False, True, gradient_accumulation_steps=2)
+            accumulated[fsdp] = {"weights": full_trainable(trainer.model), "log": trainer.state.log_history[0]}
+        if rank == 0:
+            torch.save(accumulated, os.path.join(out_dir, "accumulated.pt"))
         resume_run(rank, out_dir)
         # Both ranks leave together and tear gloo down before exiting (see ddp_worker.py).
         torch.distributed.barrier()
@@ -94,11 +103,11 @@ def full_trainable(model) -> dict:
     return out
 
 
-def train_one_step(model, recipe, data, output_dir, save: bool):
+def train_one_step(model, recipe, data, output_dir, save: bool, distributed: bool | None = None, **overrides):
     from btok_model.training import train
 
-    backend = {"ddp_backend": "gloo"} if recipe.fsdp else {}
-    return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend)
+    backend = {"ddp_backend": "gloo"} if (recipe.fsdp if distributed is None else distributed) else {}
+    return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend, **overrides)
 
 
 def resume_run(rank: int, out_dir: str) -> None:

@@ -25,7 +25,8 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
     """One SGD step (lr 1) of 2 ranks x 4 examples under FSDP2 -- full fine-tuning plain and
     GradCache, LoRA + BTok rows with GradCache, an untied LM head that only one rank's batch
     uses -- gives the weights and logged losses of one process (no FSDP) with all 8; with bf16
-    mixed precision the losses agree to bf16 precision. A checkpoint and the final save gather
+    mixed precision the losses agree to bf16 precision; with gradient accumulation (2 micro-batches
+    of 2 GradCache chunks) FSDP gives the weights of DDP. A checkpoint and the final save gather
     the sharded weights into a folder that loads to the embeddings of the non-FSDP model (LoRA
     merged as without FSDP). A run stopped after its first step and resumed from its checkpoint
     ends with the weights of a straight run (AdamW; LoRA and full fine-tuning); a checkpoint
@@ -60,6 +61,10 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
     for key in ("loss", "contrastive_loss", "generative_loss"):
         assert bf16["log"][key] == pytest.approx(fp32_log[key], rel=3e-2), key
     assert bf16["log"]["loss"] != fp32_log["loss"], "bf16 was not applied"
+
+    accumulated = torch.load(tmp_path / "accumulated.pt")
+    assert_tensors_close(accumulated[True]["weights"], accumulated[False]["weights"], 1e-5, "accumulated FSDP vs DDP")
+    assert accumulated[True]["log"]["loss"] == pytest.approx(accumulated[False]["log"]["loss"], rel=1e-4)
 
     resume = torch.load(tmp_path / "resume.pt")
     for lora_r in (4, 0):

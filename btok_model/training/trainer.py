@@ -131,9 +131,9 @@ def _configure_fsdp(plugin, model, args) -> None:
             "BTokTrainer saves BTok model folders from the full state dict: fsdp_config 'state_dict_type' must be "
             f"FULL_STATE_DICT, got {plugin.state_dict_type}"
         )
-    if plugin.transformer_cls_names_to_wrap is None:
-        backbone = model._transformers_model
-        plugin.transformer_cls_names_to_wrap = list(getattr(backbone, "_no_split_modules", None) or [])
+    if plugin.transformer_cls_names_to_wrap is None:  # the transformers model's decoder layers
+        layers = (getattr(m, "_no_split_modules", None) for m in model.modules())
+        plugin.transformer_cls_names_to_wrap = list(next((names for names in layers if names), []))
 
 
 def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -452,9 +452,9 @@ class BTokTrainer(Trainer):
         if self.is_fsdp_enabled:
             if state_dict is None:
                 raise RuntimeError("an FSDP save needs the gathered full state dict (Trainer.save_model passes it)")
-            live = model
+            # The copy holds the settings the run began with (only the generative weight changes
+            # during training, and the saved one is set below).
             model = _materialize(_meta_copy(self._unsharded_copy), state_dict)
-            model.btok_config = copy.deepcopy(live.btok_config)
         live_weight = model.generative_weight
         model.generative_weight = self.schedule.weight  # the saved config states the recipe, not the step
         try:

@@ -13,13 +13,22 @@ import os
 import sys
 
 # name -> (lora_r, GradCache chunk size, save, backbone family, data). "qwen2" unties its LM
-# head; "one-target" data gives one rank no target tokens, so only the other uses the head.
+# head; "one-target" data gives one rank no target tokens, so only the other uses the head;
+# "baseline" trains the model without BToks (PooledEmbedder, last-token pooling).
 CASES = {
     "full-plain": (0, None, True, "llama", "all"),
     "full-chunked": (0, 2, False, "llama", "all"),
     "lora-chunked": (4, 2, True, "llama", "all"),
     "untied-one-target": (0, None, False, "qwen2", "one-target"),
+    "baseline": (4, None, True, "llama", "baseline"),
 }
+
+
+def case_model(recipe, family: str, data: str):
+    """The case's model (``recipe`` from :func:`case_recipe` with ``data``)."""
+    from train_helpers import tiny_model
+
+    return tiny_model(recipe, family=family, btoks=data != "baseline")
 
 
 def reference_dir(lora_r: int, family: str, data: str) -> str:
@@ -50,8 +59,8 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
 
     try:
         for name, (lora_r, chunk_size, save, family, data) in CASES.items():
-            recipe = case_recipe(4, lora_r, chunk_size, fsdp=True, save=save)
-            model = tiny_model(recipe, family=family)
+            recipe = case_recipe(4, lora_r, chunk_size, fsdp=True, save=save, data=data)
+            model = case_model(recipe, family, data)
             trainer = train_one_step(model, recipe, case_data(data), os.path.join(out_dir, name), save=save)
             assert trainer.is_fsdp_enabled and type(trainer.model).__name__.startswith("FSDP")
             weights = full_trainable(trainer.model)
@@ -81,13 +90,17 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
             torch.distributed.destroy_process_group()
 
 
-def case_recipe(batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False, save: bool = False):
+def case_recipe(
+    batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False, save: bool = False, data: str = "all"
+):
     from ddp_worker import one_step_recipe
 
     recipe = one_step_recipe(batch_size=batch_size, chunk_size=chunk_size)
     recipe.lora_r = lora_r
     recipe.fsdp = fsdp
     recipe.save_steps = 1 if save else 0
+    if data == "baseline":
+        recipe.generative_weight, recipe.pooling = 0.0, "last-token"
     return recipe
 
 

@@ -7,40 +7,38 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.multiprocessing as mp
-from fsdp_worker import CASES, case_data, case_recipe, reference_dir, run, train_one_step
+from fsdp_worker import CASES, case_data, case_model, case_recipe, reference_dir, run, train_one_step
 from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
 
 from btok_model import BTokModel
+from btok_model.evaluation.baselines import PooledEmbedder
 from btok_model.training import train
 
 HERE = Path(__file__).resolve().parent
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make", "frozen water"]
 
 
-def _embeddings(folder) -> torch.Tensor:
-    return BTokModel.from_pretrained(folder).encode(TEXTS)
-
-
 def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model(tmp_path):
     """One SGD step (lr 1) of 2 ranks x 4 examples under FSDP2 -- full fine-tuning plain and
     GradCache, LoRA + BTok rows with GradCache, an untied LM head that only one rank's batch
-    uses -- gives the weights and logged losses of one process (no FSDP) with all 8; with bf16
-    mixed precision the losses agree to bf16 precision; with gradient accumulation (2 micro-batches
-    of 2 GradCache chunks) FSDP gives the weights of DDP. A checkpoint and the final save gather
-    the sharded weights into a folder that loads to the embeddings of the non-FSDP model (LoRA
-    merged as without FSDP). A run stopped after its first step and resumed from its checkpoint
-    ends with the weights of a straight run (AdamW; LoRA and full fine-tuning); a checkpoint
-    written without FSDP is refused under FSDP, and one written under FSDP without it."""
+    uses, the no-BTok baseline with LoRA -- gives the weights and logged losses of one process
+    (no FSDP) with all 8; with bf16 mixed precision the losses agree to bf16 precision; with
+    gradient accumulation (2 micro-batches of 2 GradCache chunks) FSDP gives the weights of DDP.
+    A checkpoint and the final save gather the sharded weights into a folder that loads to the
+    embeddings of the non-FSDP model (LoRA merged as without FSDP). A run stopped after its
+    first step and resumed from its checkpoint ends with the weights of a straight run (AdamW;
+    LoRA and full fine-tuning); a checkpoint written without FSDP is refused under FSDP, and one
+    written under FSDP without it."""
     references = {}
     for lora_r, _, save, family, data in CASES.values():
         key = (lora_r, family, data)
         if key in references:
             continue
-        recipe = case_recipe(8, lora_r, None, save=save)
-        model = tiny_model(recipe, family=family)
+        recipe = case_recipe(8, lora_r, None, save=save, data=data)
+        model = case_model(recipe, family, data)
         folder = tmp_path / reference_dir(*key)
         trainer = train_one_step(model, recipe, case_data(data), str(folder), save=save)
-        untouched = trainable(tiny_model(recipe, family=family))
+        untouched = trainable(case_model(recipe, family, data))
         references[key] = (untouched, trainable(model), trainer.state.log_history[0], folder)
 
     env = {"OMP_NUM_THREADS": "1"}
@@ -82,13 +80,15 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
         actual = {n: untouched[n] - p for n, p in result["weights"].items()}
         assert_tensors_close(actual, expected, 1e-5, f"{name} gradient")
         for key in ("loss", "contrastive_loss", "generative_loss"):
-            assert abs(result["log"][key] - expected_log[key]) <= 1e-4 * abs(expected_log[key]), (name, key)
+            if key in expected_log or key in result["log"]:
+                assert abs(result["log"][key] - expected_log[key]) <= 1e-4 * abs(expected_log[key]), (name, key)
         if family == "qwen2":  # the untied head learnt from the one rank that scored a target
             assert expected["backbone.lm_head.weight"].abs().max() > 0
         if saved:
-            expected_emb = _embeddings(folder)
+            load = PooledEmbedder if data == "baseline" else BTokModel
+            expected_emb = load.from_pretrained(folder).encode(TEXTS)
             for saved_folder in (tmp_path / name, tmp_path / name / "checkpoint-1"):
-                actual_emb = _embeddings(saved_folder)
+                actual_emb = load.from_pretrained(saved_folder).encode(TEXTS)
                 assert_tensors_close({"emb": actual_emb}, {"emb": expected_emb}, 1e-5, f"{saved_folder} save")
 
 

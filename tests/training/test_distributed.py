@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-from ddp_worker import one_step_recipe, run, train_one_step
-from train_helpers import assert_tensors_close, examples, tiny_model, trainable
+from ddp_worker import CASES, one_step_recipe, run, train_one_step
+from fsdp_worker import case_data
+from train_helpers import assert_tensors_close, tiny_model, trainable
 
 HERE = Path(__file__).resolve().parent
 
@@ -15,13 +16,17 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
     """Loss and gradients (one SGD step with lr 1) of 2 ranks x 4 examples, plain and GradCache,
     equal one process with all 8: candidates are gathered across ranks with gradients sent
     back to their owner, and each rank's losses are weighted by its share of the queries and
-    target tokens (the two ranks hold different numbers of target tokens here)."""
+    target tokens (the two ranks hold different numbers of target tokens here; in the
+    "one-target" case the second rank holds none, and the logged generative loss must still be
+    the whole batch's)."""
     recipe = one_step_recipe(batch_size=8)
-    reference = tiny_model(recipe)
-    trainer = train_one_step(reference, recipe, examples(8), str(tmp_path / "single"), distributed=False)
-    expected_log = trainer.state.log_history[0]
     untouched = trainable(tiny_model(recipe))
-    expected = {n: untouched[n] - p for n, p in trainable(reference).items()}  # the gradient
+    expected, expected_log = {}, {}
+    for data in sorted({data for _, _, data in CASES}):
+        reference = tiny_model(recipe)
+        trainer = train_one_step(reference, recipe, case_data(data), str(tmp_path / f"single-{data}"), distributed=False)
+        expected_log[data] = trainer.state.log_history[0]
+        expected[data] = {n: untouched[n] - p for n, p in trainable(reference).items()}  # the gradient
 
     helper_dirs = [str(HERE), str(HERE.parent / "embedder")]
     env = {"OMP_NUM_THREADS": "1"}
@@ -35,9 +40,10 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
                 os.environ.pop(k)
             else:
                 os.environ[k] = v
-    for name in ("plain", "chunked"):
+    for name, _, data in CASES:
         result = torch.load(tmp_path / f"{name}.pt")
         actual = {n: untouched[n] - p for n, p in result["weights"].items()}
-        assert_tensors_close(actual, expected, 1e-5, f"{name} gradient")
+        assert_tensors_close(actual, expected[data], 1e-5, f"{name} gradient")
         for key in ("loss", "contrastive_loss", "generative_loss"):
-            assert abs(result["log"][key] - expected_log[key]) <= 1e-4 * abs(expected_log[key]), (name, key)
+            want = expected_log[data][key]
+            assert abs(result["log"][key] - want) <= 1e-4 * abs(want), (name, key, result["log"][key], want)

@@ -59,12 +59,10 @@ from benchmarks.harness import (
     bench,
     environment,
     run_stem,
-    write_outputs,
 )
 from benchmarks.model_setup import CPU_TINY, QWEN2VL_2B_TEXT, SPECIAL_TOKENS, build_btok_model
-from benchmarks.plot import plot_model_step
-from benchmarks.steps import Prepared, Reference, Row, Skip, run_rows
-from benchmarks.table import format_table, model_columns
+from benchmarks.steps import Prepared, Reference, Row, Skip, report_rows, run_rows
+from benchmarks.table import model_columns
 from benchmarks.workloads import Workload, all_workloads
 
 __all__ = ["ROWS", "BTokBatch", "make_batch", "main", "RATIO_TO", "ERRORS"]
@@ -285,19 +283,7 @@ def main(argv=None) -> dict:
     fixed = {"workload": args.workload, "layers": args.layers, "tokens": batch.layout.total_tokens}
     rows = [row for row in ROWS if row.name in args.rows]
     results = run_rows(rows, model, batch, reference, probe_grads, set_attention, args, meta, stem, fixed, RATIO_TO)
-    print()
-    print(format_table(results, model_columns(RATIO_TO, ERRORS)))
-    print(f"# memory: {meta['peak_memory']}")
-    paths = write_outputs(results, meta, stem)
-    if not args.no_plot:
-        png = stem.with_name(stem.name + ".png")
-        why = plot_model_step(results, png, meta)
-        if why:
-            print(f"# {why}")
-        else:
-            paths.append(png)
-    print(f"# wrote {', '.join(str(p) for p in paths)}; total wall time {meta['wall_s']:.1f} s")
-    return {"rows": results, "meta": meta, "paths": paths}
+    return report_rows(results, meta, stem, model_columns(RATIO_TO, ERRORS), plot=not args.no_plot)
 
 
 if __name__ == "__main__":

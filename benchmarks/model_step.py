@@ -54,14 +54,12 @@ from benchmarks.harness import (
     environment,
     optional_import,
     run_stem,
-    write_outputs,
 )
 from benchmarks.model_setup import CPU_TINY, QWEN2VL_2B_TEXT
 from benchmarks.model_setup import build_decoder as build_model
 from benchmarks.peers import flex_mask_mod, padded_dense_mask
-from benchmarks.plot import plot_model_step
-from benchmarks.steps import Prepared, Reference, Row, Skip, run_rows, train_step
-from benchmarks.table import MODEL_COLUMNS, format_table
+from benchmarks.steps import Prepared, Reference, Row, Skip, report_rows, run_rows, train_step
+from benchmarks.table import MODEL_COLUMNS
 from benchmarks.workloads import Workload, all_workloads
 
 __all__ = ["QWEN2VL_2B_TEXT", "CPU_TINY", "ROWS", "Row", "Prepared", "Skip", "Batch", "build_model", "main"]
@@ -233,19 +231,7 @@ def main(argv=None) -> dict:
     fixed = {"workload": args.workload, "layers": args.layers, "tokens": batch.layout.total_tokens}
     results = run_rows([row for row in ROWS if row.name in args.rows], model, batch, reference, probe_grads,
                        set_attention, args, meta, stem, fixed, ["sdpa", "flex_attention"])
-    print()
-    print(format_table(results, MODEL_COLUMNS))
-    print(f"# memory: {meta['peak_memory']}")
-    paths = write_outputs(results, meta, stem)
-    if not args.no_plot:
-        png = stem.with_name(stem.name + ".png")
-        why = plot_model_step(results, png, meta)
-        if why:
-            print(f"# {why}")
-        else:
-            paths.append(png)
-    print(f"# wrote {', '.join(str(p) for p in paths)}; total wall time {meta['wall_s']:.1f} s")
-    return {"rows": results, "meta": meta, "paths": paths}
+    return report_rows(results, meta, stem, MODEL_COLUMNS, plot=not args.no_plot)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .harness import CpuPeakRss, bench, rel_l2, write_outputs
+from .plot import plot_model_step
+from .table import format_table
 
 __all__ = ["Skip", "Prepared", "Row", "Reference", "named_losses", "train_step", "errors", "run_row",
            "cpu_memory_pass", "add_ratios", "run_rows", "MEMORY_NOTE"]
@@ -267,3 +269,22 @@ def run_rows(rows: list[Row], model, batch, reference: Reference, probe, set_att
     meta["wall_s"] = time.perf_counter() - t_start
     write_outputs(results, meta, stem)
     return results
+
+
+def report_rows(results: list[dict], meta: dict, stem, columns, plot: bool) -> dict:
+    """The end of a model-level run: the table (``columns`` of :func:`format_table`), the
+    memory note, the JSON/CSV files and, with ``plot``, the PNG beside them. Returns the
+    run's ``{"rows", "meta", "paths"}``."""
+    print()
+    print(format_table(results, columns))
+    print(f"# memory: {meta['peak_memory']}")
+    paths = write_outputs(results, meta, stem)
+    if plot:
+        png = stem.with_name(stem.name + ".png")
+        why = plot_model_step(results, png, meta)
+        if why:
+            print(f"# {why}")
+        else:
+            paths.append(png)
+    print(f"# wrote {', '.join(str(p) for p in paths)}; total wall time {meta['wall_s']:.1f} s")
+    return {"rows": results, "meta": meta, "paths": paths}

@@ -195,6 +195,23 @@ def _load_row_stats(p, o_r, seqlen, MASK_ROWS: tl.constexpr):
 # forward
 # ----------------------------------------------------------------------------------------
 @triton.jit
+def _key_block_scores(b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t,
+                      MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """K and V of the key block ``o_n`` ([BLOCK_N, BLOCK_D] each) and the query tile's scaled
+    scores against it ([BLOCK_M, BLOCK_N]), -inf where the mask hides a pair in a MASKED block.
+    Shared by the forward and dQ so that both see exactly the same scores; masking before the
+    exponent also keeps a hidden score far above a row's LSE from overflowing in dQ."""
+    b_k = _load_rows(p_k, o_n, seqlen, stride_kt, MASKED, HEAD_DIM)
+    b_v = _load_rows(p_v, o_n, seqlen, stride_vt, MASKED, HEAD_DIM)
+    b_s = _dot(b_q, tl.trans(b_k), PRECISION) * qk_scale
+    if MASKED:
+        k_first, k_last = _key_range(o_m, seqlen, b, t, CAUSAL)  # recomputed here: fewer live registers
+        m_s = (o_n[None, :] >= k_first[:, None]) & (o_n[None, :] <= k_last[:, None])
+        b_s = tl.where(m_s, b_s, float("-inf"))
+    return b_k, b_v, b_s
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, b, t,
                key_lo, key_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
@@ -205,13 +222,8 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seq
     # counted loops: a strided range(key_lo, key_hi, BLOCK_N) costs registers (sm_90: dK/dV spills)
     for i_n in range(0, (key_hi - key_lo) // BLOCK_N):
         o_n = key_lo + i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        b_k = _load_rows(p_k, o_n, seqlen, stride_kt, MASKED, HEAD_DIM)  # [BLOCK_N, BLOCK_D]
-        b_v = _load_rows(p_v, o_n, seqlen, stride_vt, MASKED, HEAD_DIM)
-        b_s = _dot(b_q, tl.trans(b_k), PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        if MASKED:
-            k_first, k_last = _key_range(o_m, seqlen, b, t, CAUSAL)  # recomputed: fewer live registers
-            m_s = (o_n[None, :] >= k_first[:, None]) & (o_n[None, :] <= k_last[:, None])
-            b_s = tl.where(m_s, b_s, float("-inf"))
+        b_k, b_v, b_s = _key_block_scores(b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t,
+                                          MASKED, CAUSAL, PRECISION, HEAD_DIM)
         m_new = tl.maximum(m_i, tl.max(b_s, 1))
         m_shift = m_new
         if MASKED:
@@ -386,14 +398,8 @@ def _dq_inner(b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kt, stride_vt, q
     # counted loops: a strided range(key_lo, key_hi, BLOCK_N) costs registers (sm_90: dK/dV spills)
     for i_n in range(0, (key_hi - key_lo) // BLOCK_N):
         o_n = key_lo + i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        b_k = _load_rows(p_k, o_n, seqlen, stride_kt, MASKED, HEAD_DIM)  # [BLOCK_N, BLOCK_D]
-        b_v = _load_rows(p_v, o_n, seqlen, stride_vt, MASKED, HEAD_DIM)
-        b_s = _dot(b_q, tl.trans(b_k), PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        if MASKED:
-            # masked before the exponent: a hidden score far above the row's LSE would overflow
-            k_first, k_last = _key_range(o_m, seqlen, b, t, CAUSAL)  # recomputed: fewer live registers
-            m_s = (o_n[None, :] >= k_first[:, None]) & (o_n[None, :] <= k_last[:, None])
-            b_s = tl.where(m_s, b_s, float("-inf"))
+        b_k, b_v, b_s = _key_block_scores(b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t,
+                                          MASKED, CAUSAL, PRECISION, HEAD_DIM)
         b_p = tl.math.exp2(b_s - b_lse[:, None])
         b_dp = _dot(b_do, tl.trans(b_v), PRECISION)  # [BLOCK_M, BLOCK_N]
         b_ds = b_p * (b_dp - b_delta[:, None])

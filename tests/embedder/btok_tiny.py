@@ -52,8 +52,13 @@ def tiny_backbone(family: str = "llama", seed: int = 0, vocab_size: int | None =
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
     else:
         raise ValueError(family)
-    # Wider random weights than the default init: the outputs then depend strongly on the
-    # attention pattern, so a wrong mask cannot hide under a tolerance.
+    return widened(model)
+
+
+def widened(model):
+    """``model`` in fp32 with wider random weights than the default init: the outputs then
+    depend strongly on the attention pattern and the positions, so a wrong mask cannot hide
+    under a tolerance."""
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from btok_tiny import char_tokenizer
+from btok_tiny import char_tokenizer, widened
 from transformers import (
     BatchFeature,
     Qwen2_5_VLConfig,
@@ -131,13 +131,7 @@ def tiny_vl_backbone(family: str = "qwen2_vl", seed: int = 0) -> torch.nn.Module
         model = Qwen2_5_VLForConditionalGeneration(config)
     else:
         raise ValueError(family)
-    # Wider random weights than the default init (as btok_tiny): outputs then depend strongly
-    # on the attention pattern and the positions.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.08)
-    return model.float()
+    return widened(model)
 
 
 def processor(video: bool = True) -> SimpleNamespace:

@@ -145,29 +145,16 @@ class DirectLastToken:
     def encode(self, texts: list[str], batch_size: int, packed: bool) -> torch.Tensor:
         """fp32 ``[N, H]`` L2-normalised last-token states, in input order, on the CPU."""
         from btok_model.embedder import pool_btok_states
+        from btok_model.embedder.modeling import encode_in_length_order
 
         model, k = self.model, self.model.num_btoks
         sequences = [s[:-k] for s in model.collator.encode_for_embedding(texts)[0]]
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        device = model.device
-        by_length = torch.empty(len(sequences), model.hidden_size, dtype=torch.float32,
-                                pin_memory=device.type == "cuda")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    rows = [sequences[i] for i in order[start:start + batch_size]]
-                    last = self._last_states(rows, packed, device)
-                    by_length[start:start + len(rows)].copy_(pool_btok_states(last[:, None], "last"),
-                                                            non_blocking=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        finally:
-            model.train(was_training)
-        out = torch.empty_like(by_length, pin_memory=False)
-        out[torch.tensor(order, dtype=torch.long)] = by_length
-        return out
+
+        def embed(rows: list[int]) -> torch.Tensor:
+            last = self._last_states([sequences[i] for i in rows], packed, model.device)
+            return pool_btok_states(last[:, None], "last")
+
+        return encode_in_length_order(model, [len(s) for s in sequences], batch_size, model.hidden_size, embed)
 
     def _last_states(self, rows: list[list[int]], packed: bool, device: torch.device) -> torch.Tensor:
         """``[n, H]`` last-layer states of each row's last token."""

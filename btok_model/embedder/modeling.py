@@ -46,7 +46,7 @@ from .multimodal import (
 )
 from .tokens import add_btok_tokens, init_btok_rows, make_trainable
 
-__all__ = ["BTokModel", "BTokOutput", "enable_activation_checkpointing", "pool_btok_states"]
+__all__ = ["BTokModel", "BTokOutput", "enable_activation_checkpointing", "encode_in_length_order", "pool_btok_states"]
 
 # from_pretrained kwargs that the tokenizer needs as well (a GGUF file holds both).
 _TOKENIZER_KWARGS = ("gguf_file", "revision", "cache_dir", "token", "local_files_only", "trust_remote_code")
@@ -565,30 +565,14 @@ class BTokModel(nn.Module):
         sequences, media = self.collator.encode_for_embedding(texts)
         if packed is None:
             packed = self.attn_implementation == ATTN_IMPLEMENTATION
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        device = self.device
-        # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
-        # asynchronous, so the host packs the next batch while the GPU computes.
-        by_length = torch.empty(len(sequences), self.hidden_size, dtype=torch.float32, pin_memory=device.type == "cuda")
-        from tqdm.auto import tqdm
-
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                for start in tqdm(
-                    range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar, unit="batch"
-                ):
-                    rows = order[start : start + batch_size]
-                    embedded = self._embed_sequences([sequences[i] for i in rows], packed, [media[i] for i in rows])
-                    by_length[start : start + len(rows)].copy_(embedded, non_blocking=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        finally:
-            self.train(was_training)
-        out = torch.empty_like(by_length, pin_memory=False)
-        out[torch.tensor(order, dtype=torch.long)] = by_length
-        return out
+        return encode_in_length_order(
+            self,
+            [len(s) for s in sequences],
+            batch_size,
+            self.hidden_size,
+            lambda rows: self._embed_sequences([sequences[i] for i in rows], packed, [media[i] for i in rows]),
+            show_progress_bar,
+        )
 
     def _embed_sequences(self, sequences: list[list[int]], packed: bool, media: list | None = None) -> torch.Tensor:
         """fp32 ``[n, H]`` embeddings (on the model's device) of ``[input | BToks]`` id lists
@@ -609,6 +593,55 @@ class BTokModel(nn.Module):
             btok_index = batch.pop("btok_index")
             hidden = self._decoder(**batch, use_cache=False).last_hidden_state.flatten(0, 1)
         return pool_btok_states(hidden[btok_index], self.pooling)
+
+
+def encode_in_length_order(
+    module: nn.Module,
+    lengths: list[int],
+    batch_size: int,
+    hidden_size: int,
+    embed,
+    show_progress_bar: bool = False,
+) -> torch.Tensor:
+    """The batching of :meth:`BTokModel.encode`: inputs sorted longest first into batches of
+    ``batch_size``, ``embed(indices)`` (fp32 ``[len(indices), H]`` on ``module``'s device) per
+    batch under ``torch.inference_mode`` with ``module`` in eval mode (its mode restored), the
+    results put back in input order.
+
+    Args:
+        module: the model (its ``device`` and train/eval mode).
+        lengths: N input lengths in tokens.
+        batch_size: inputs per ``embed`` call.
+        hidden_size: H.
+        embed: ``list[int] -> fp32 [n, H]``, the embeddings of those inputs.
+        show_progress_bar: show a tqdm bar over the batches.
+
+    Returns:
+        fp32 ``[N, H]`` on the CPU, in input order.
+    """
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    device = module.device
+    # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
+    # asynchronous, so the host packs the next batch while the GPU computes.
+    by_length = torch.empty(len(lengths), hidden_size, dtype=torch.float32, pin_memory=device.type == "cuda")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(
+                range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar, unit="batch"
+            ):
+                rows = order[start : start + batch_size]
+                by_length[start : start + len(rows)].copy_(embed(rows), non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        module.train(was_training)
+    out = torch.empty_like(by_length, pin_memory=False)
+    out[torch.tensor(order, dtype=torch.long)] = by_length
+    return out
 
 
 def _load_backbone(name_or_model, tokenizer, processor, attn_implementation, kwargs):

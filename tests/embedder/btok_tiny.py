@@ -79,3 +79,18 @@ EXAMPLES = [
     {"query": "opposite of hot", "positive": "cold", "target": None, "negatives": ["warm"]},
     {"query": "2 + 2", "positive": "four", "target": "it is 4"},
 ]
+
+
+def snapshot(model: BTokModel) -> dict[str, torch.Tensor]:
+    """A copy of every backbone parameter, by name."""
+    return {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+
+
+def train_one_step(model: BTokModel, examples: list[dict]) -> set[str]:
+    """One AdamW step (lr 1e-2, weight decay 0.1) on ``examples``; returns the names of the
+    backbone parameters that require gradients."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    model(**model.collate(examples)).loss.backward()
+    opt.step()
+    return {n for n, p in model.backbone.named_parameters() if p.requires_grad}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, char_tokenizer, tiny_backbone, tiny_btok
+from btok_tiny import EXAMPLES, char_tokenizer, snapshot, tiny_backbone, tiny_btok, train_one_step
 from transformers import AutoModelForCausalLM
 
 from btok_kernels.mask import condensation_mask
@@ -182,10 +182,6 @@ def test_save_load_round_trip(tmp_path):
         BTokModel.from_pretrained(tmp_path / "missing")
 
 
-def _snapshot(model):
-    return {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
-
-
 def _effective_rows(model, module):
     """All rows of an embedding (or tied/untied LM head) as the model computes with them."""
     vocab = model._transformers_model.get_input_embeddings().weight.shape[0]
@@ -195,14 +191,6 @@ def _effective_rows(model, module):
         return module(torch.eye(model.hidden_size)).T.clone()  # [V, H]
 
 
-def _train_one_step(model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
-    model(**model.collate(EXAMPLES)).loss.backward()
-    opt.step()
-    return {n for n, p in model.backbone.named_parameters() if p.requires_grad}
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("mode", ["lora", "frozen"])
 def test_only_adapters_and_btok_rows_train(family, mode):
@@ -210,14 +198,14 @@ def test_only_adapters_and_btok_rows_train(family, mode):
     model = tiny_btok(family, **kwargs)
     hf = model._transformers_model
     embed, head = hf.get_input_embeddings(), hf.get_output_embeddings()
-    before = _snapshot(model)
+    before = snapshot(model)
     rows_before, head_before = _effective_rows(model, embed), _effective_rows(model, head)
-    trainable = _train_one_step(model)
+    trainable = train_one_step(model, EXAMPLES)
 
     kinds = {"lora_A", "lora_B", "trainable_tokens_delta"} if mode == "lora" else {"trainable_tokens_delta"}
     assert trainable and all(any(k in n for k in kinds) for n in trainable), sorted(trainable)
     assert any("trainable_tokens_delta" in n for n in trainable)
-    after = _snapshot(model)
+    after = snapshot(model)
     for name in before:
         if name not in trainable:
             assert torch.equal(after[name], before[name]), f"frozen {name} changed"
@@ -238,15 +226,15 @@ def test_only_adapters_and_btok_rows_train(family, mode):
 def test_full_fine_tuning_trains_everything():
     model = tiny_btok()
     assert all(p.requires_grad for p in model.parameters())
-    before = _snapshot(model)
-    _train_one_step(model)
+    before = snapshot(model)
+    train_one_step(model, EXAMPLES)
     assert all(not torch.equal(p, before[n]) for n, p in model.backbone.named_parameters())
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_lora_model_saves_merged(family, tmp_path):
     model = tiny_btok(family, lora=4)
-    _train_one_step(model)
+    train_one_step(model, EXAMPLES)
     model.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("adapter*")), "the folder must be a plain transformers model"
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)

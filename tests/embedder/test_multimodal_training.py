@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from test_twopass import assert_same, rel_err, single_pass, two_pass
+from btok_tiny import snapshot, train_one_step
 from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 from btok_model import BTokModel
@@ -40,18 +41,6 @@ def test_single_pass_equals_two_pass_with_images(family):
     assert all(grads[n].abs().sum() > 0 for n in grads if "visual" in n and "bias" not in n)
 
 
-def _snapshot(model):
-    return {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
-
-
-def _train_one_step(model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
-    model(**model.collate(EXAMPLES)).loss.backward()
-    opt.step()
-    return {n for n, p in model.backbone.named_parameters() if p.requires_grad}
-
-
 def _embedding_rows(model):
     embed = model._transformers_model.get_input_embeddings()
     with torch.no_grad():
@@ -64,9 +53,9 @@ def test_what_trains(mode):
     frozen: the BTok rows only; full: everything, the vision tower included."""
     kwargs = {"lora": dict(lora=4), "frozen": dict(freeze_backbone=True), "full": {}}[mode]
     model = tiny_vl_btok("qwen2_vl", **kwargs)
-    before, rows_before = _snapshot(model), _embedding_rows(model)
-    trainable = _train_one_step(model)
-    after, rows_after = _snapshot(model), _embedding_rows(model)
+    before, rows_before = snapshot(model), _embedding_rows(model)
+    trainable = train_one_step(model, EXAMPLES)
+    after, rows_after = snapshot(model), _embedding_rows(model)
     changed = {n for n in before if not torch.equal(after[n], before[n])}
     visual = {n for n in before if ".visual." in n}
     assert visual, "the vision tower's parameters must be found"

@@ -1,6 +1,5 @@
 """Two processes with gloo train exactly like one process on the concatenated batch."""
 
-import os
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ from train_helpers import assert_tensors_close, tiny_model, trainable
 HERE = Path(__file__).resolve().parent
 
 
-def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
+def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
     """Loss and gradients (one SGD step with lr 1) of 2 ranks x 4 examples, plain and GradCache,
     equal one process with all 8: candidates are gathered across ranks with gradients sent
     back to their owner, and each rank's losses are weighted by its share of the queries and
@@ -29,17 +28,8 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
         expected[data] = {n: untouched[n] - p for n, p in trainable(reference).items()}  # the gradient
 
     helper_dirs = [str(HERE), str(HERE.parent / "embedder")]
-    env = {"OMP_NUM_THREADS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        mp.spawn(run, args=(2, str(tmp_path), helper_dirs), nprocs=2, join=True)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the ranks inherit it: one thread each on a 2-core machine
+    mp.spawn(run, args=(2, str(tmp_path), helper_dirs), nprocs=2, join=True)
     for name, _, data in CASES:
         result = torch.load(tmp_path / f"{name}.pt")
         actual = {n: untouched[n] - p for n, p in result["weights"].items()}

@@ -1,6 +1,5 @@
 """Two processes under FSDP2 (gloo) train and save exactly like one process on the whole batch."""
 
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make", "frozen water"]
 
 
-def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model(tmp_path):
+def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model(tmp_path, monkeypatch):
     """One SGD step (lr 1) of 2 ranks x 4 examples under FSDP2 -- full fine-tuning plain and
     GradCache, LoRA + BTok rows with GradCache, an untied LM head that only one rank's batch
     uses, the no-BTok baseline with LoRA -- gives the weights and logged losses of one process
@@ -41,17 +40,8 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
         untouched = trainable(case_model(recipe, family, data))
         references[key] = (untouched, trainable(model), trainer.state.log_history[0], folder)
 
-    env = {"OMP_NUM_THREADS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        mp.spawn(run, args=(2, str(tmp_path), [str(HERE), str(HERE.parent / "embedder")]), nprocs=2, join=True)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the ranks inherit it: one thread each on a 2-core machine
+    mp.spawn(run, args=(2, str(tmp_path), [str(HERE), str(HERE.parent / "embedder")]), nprocs=2, join=True)
 
     bf16 = torch.load(tmp_path / "bf16.pt")
     assert "param_dtype=torch.bfloat16" in bf16["policy"]

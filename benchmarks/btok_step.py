@@ -61,7 +61,7 @@ from benchmarks.harness import (
     run_stem,
 )
 from benchmarks.model_setup import CPU_TINY, QWEN2VL_2B_TEXT, SPECIAL_TOKENS, build_btok_model
-from benchmarks.steps import Prepared, Reference, Row, Skip, report_rows, run_rows
+from benchmarks.steps import Prepared, Reference, Row, Skip, check_run_options, report_rows, run_rows
 from benchmarks.table import model_columns
 from benchmarks.workloads import Workload, all_workloads
 
@@ -244,17 +244,9 @@ def parse_args(argv=None):
     args.ref_dtype = torch.float64 if args.dtype == torch.float32 else torch.float32
     if args.tol is None:
         args.tol = 1e-4 if args.dtype == torch.float32 else 5e-2
-    for name, value in (("--layers", args.layers), ("--cpu-reps", args.cpu_reps)):
-        if value < 1:
-            raise SystemExit(f"{name} must be >= 1, got {value}")
     args.workload = args.workload or ("image_2B" if gpu else "cpu_pack")
-    if args.workload not in all_workloads():
-        raise SystemExit(f"unknown workload {args.workload!r}: choose from {sorted(all_workloads())}")
     args.rep_ms = args.rep_ms or (200 if args.quick else 500)
-    known = [r.name for r in ROWS]
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    if set(args.rows) - set(known):
-        raise SystemExit(f"unknown rows {sorted(set(args.rows) - set(known))}: choose from {known}")
+    check_run_options(args, ROWS)
     return args
 
 

@@ -58,7 +58,7 @@ from benchmarks.harness import (
 from benchmarks.model_setup import CPU_TINY, QWEN2VL_2B_TEXT
 from benchmarks.model_setup import build_decoder as build_model
 from benchmarks.peers import flex_mask_mod, padded_dense_mask
-from benchmarks.steps import Prepared, Reference, Row, Skip, report_rows, run_rows, train_step
+from benchmarks.steps import Prepared, Reference, Row, Skip, check_run_options, report_rows, run_rows, train_step
 from benchmarks.table import MODEL_COLUMNS
 from benchmarks.workloads import Workload, all_workloads
 
@@ -191,7 +191,7 @@ def parse_args(argv=None):
     apply_cpu_timing(args)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = args.device.type == "cuda"
-    args.layers = args.layers or (4 if gpu else 2)
+    args.layers = (4 if gpu else 2) if args.layers is None else args.layers
     args.dims = dict(QWEN2VL_2B_TEXT if gpu else CPU_TINY)
     if args.vocab:
         args.dims["vocab_size"] = args.vocab
@@ -200,10 +200,7 @@ def parse_args(argv=None):
         args.tol = 5e-2 if gpu else 1e-4
     args.workload = args.workload or ("image_2B" if gpu else "cpu_pack")
     args.rep_ms = args.rep_ms or (200 if args.quick else 500)
-    known = {r.name for r in ROWS}
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    if set(args.rows) - known:
-        raise SystemExit(f"unknown rows {sorted(set(args.rows) - known)}: choose from {sorted(known)}")
+    check_run_options(args, ROWS)
     return args
 
 

@@ -22,6 +22,7 @@ import torch
 from .harness import CpuPeakRss, bench, rel_l2, write_outputs
 from .plot import plot_model_step
 from .table import format_table
+from .workloads import all_workloads
 
 __all__ = ["Skip", "Prepared", "Row", "Reference", "named_losses", "train_step", "errors", "run_row",
            "cpu_memory_pass", "add_ratios", "run_rows", "MEMORY_NOTE"]
@@ -288,3 +289,19 @@ def report_rows(results: list[dict], meta: dict, stem, columns, plot: bool) -> d
             paths.append(png)
     print(f"# wrote {', '.join(str(p) for p in paths)}; total wall time {meta['wall_s']:.1f} s")
     return {"rows": results, "meta": meta, "paths": paths}
+
+
+def check_run_options(args, rows: list[Row]) -> None:
+    """Options shared by the model-level benchmarks, checked before any model is built:
+    ``--layers`` and ``--cpu-reps`` at least 1, a known ``--workload``, and ``--rows`` (a
+    comma-separated string, replaced by its list of names) naming known rows. Raises
+    ``SystemExit`` naming the option."""
+    for name, value in (("--layers", args.layers), ("--cpu-reps", args.cpu_reps)):
+        if value < 1:
+            raise SystemExit(f"{name} must be >= 1, got {value}")
+    if args.workload not in all_workloads():
+        raise SystemExit(f"unknown workload {args.workload!r}: choose from {sorted(all_workloads())}")
+    known = [r.name for r in rows]
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if set(args.rows) - set(known):
+        raise SystemExit(f"unknown rows {sorted(set(args.rows) - set(known))}: choose from {known}")

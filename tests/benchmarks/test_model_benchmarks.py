@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import btok_step, encode, report, steps  # noqa: E402
+from benchmarks import btok_step, encode, model_step, report, steps  # noqa: E402
 from btok_kernels import CondensationLayout  # noqa: E402
 
 
@@ -245,9 +245,11 @@ def test_encode_refuses_bad_options(argv, message):
 
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "0"], "--layers must be >= 1, got 0"),
+    (["--cpu-reps", "0"], "--cpu-reps must be >= 1, got 0"),
     (["--workload", "nope"], "unknown workload 'nope'"),
     (["--rows", "btok_triton,nope"], r"unknown rows \['nope'\]"),
 ])
-def test_btok_step_refuses_bad_options(argv, message):
+@pytest.mark.parametrize("bench", [btok_step, model_step], ids=["btok_step", "model_step"])
+def test_model_benchmarks_refuse_bad_options(bench, argv, message):
     with pytest.raises(SystemExit, match=message):
-        btok_step.parse_args(["--device", "cpu", *argv])
+        bench.parse_args(["--device", "cpu", *argv])

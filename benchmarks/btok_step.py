@@ -18,7 +18,7 @@ temperature 0.02 + 5.0 x the generative next-token loss):
   CPU path);
 - ``two_pass_sdpa`` -- the authors' formulation with ``"sdpa"``: pass 1 ``[query | BToks]``
   (left-padded, KV cache), pass 2 the targets against the BTok keys/values only
-  (``btok_model.embedder.twopass.two_pass_ids``), then the candidates' padded pass and the
+  (``btok_model.embedder.twopass.two_pass_sequences``), then the candidates' padded pass and the
   same ``compute_loss``; it pads its inputs inside the step, as it must;
 - ``sdpa_dense`` -- ``model(**batch)`` with ``"sdpa"``: BTokModel builds the dense additive
   ``[1, 1, T, T]`` condensation mask in every step;
@@ -78,14 +78,15 @@ class BTokBatch:
     """One BTok batch as token ids and as the collated packed batch.
 
     Attributes:
-        queries, positives, targets: per example, token id lists (no BToks).
+        queries, positives: per example, token id lists (no BToks).
+        targets: per example, the query's target (its first ``unscored`` tokens without loss).
         unscored: leading target tokens without loss (the template prefix).
         collated: ``BTokModel.collate``'s dict, tensors and layout on the model's device.
     """
 
     queries: list[list[int]]
     positives: list[list[int]]
-    targets: list[list[int]]
+    targets: list  # btok_model.embedder.Target
     unscored: int
     collated: dict
 
@@ -96,7 +97,8 @@ class BTokBatch:
 
 def make_batch(model, wl: Workload, num_words: int, seed: int) -> BTokBatch:
     """The workload's BTok batch for ``model`` (whose K must be the workload's)."""
-    from btok_model.embedder import EncodedExample
+    from btok_model.embedder import EncodedExample, Target
+    from btok_model.embedder.collate import IGNORE_INDEX
 
     if model.num_btoks != wl.num_btoks:
         raise ValueError(f"the model has K={model.num_btoks} BToks, the workload {wl.name} K={wl.num_btoks}")
@@ -106,13 +108,14 @@ def make_batch(model, wl: Workload, num_words: int, seed: int) -> BTokBatch:
         return (torch.randint(0, num_words, (n,), generator=g) + len(SPECIAL_TOKENS)).tolist()
 
     queries = [draw(n) for n in wl.query_lens]
-    targets = [draw(n) for n in wl.target_lens]
+    target_ids = [draw(n) for n in wl.target_lens]
     positives = [draw(n) for n in wl.target_lens]
     unscored = model.collator.unscored
     if min(wl.target_lens) <= unscored:
         raise ValueError(f"every target must be longer than the {unscored} unscored prefix tokens, got "
                          f"{min(wl.target_lens)}")
-    encoded = [EncodedExample(q, [p], t, unscored) for q, p, t in zip(queries, positives, targets)]
+    targets = [Target(t, [IGNORE_INDEX] * unscored + t[unscored:]) for t in target_ids]
+    encoded = [EncodedExample(q, [p], query_target=t) for q, p, t in zip(queries, positives, targets)]
     collated = model.collator.pack(encoded)
     device = model.device
     collated = {k: v.to(device) if hasattr(v, "to") else v for k, v in collated.items()}
@@ -154,16 +157,16 @@ def _single_pass(mask_implementation: str | None):
 
 def _two_pass(model, batch: BTokBatch, device) -> Prepared:
     """The authors' two-pass formulation plus the candidates' pass, then BTokModel's losses."""
-    from btok_model.embedder.twopass import two_pass_ids
+    from btok_model.embedder.twopass import two_pass_sequences
 
     n = len(batch.queries)
     candidates = [p + model.btok_token_ids for p in batch.positives]
     positive_index = torch.arange(n, device=device)
 
     def loss():
-        out = two_pass_ids(model, batch.queries, batch.targets, [batch.unscored] * n)
+        query, generative, _ = two_pass_sequences(model, batch.queries, batch.targets)
         cand = model._embed_sequences(candidates, packed=False)  # [positive | BToks], right-padded
-        return _losses(model.compute_loss(out.query_embeddings, cand, positive_index, out.generative_loss))
+        return _losses(model.compute_loss(query, cand, positive_index, generative))
 
     note = "query+BToks pass with KV cache, target pass on the BTok KV, candidates' pass (padded in the step)"
     return Prepared(loss, notes=[note])

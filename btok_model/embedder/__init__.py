@@ -9,7 +9,7 @@
 * :mod:`.twopass` -- the authors' two-pass formulation (reference and benchmark peer).
 """
 
-from .collate import BTokCollator, EncodedExample, ExampleError
+from .collate import TARGET_SIDES, BTokCollator, EncodedExample, ExampleError, Target
 from .config import BTokConfig
 from .modeling import BTokModel, BTokOutput, pool_btok_states
 from .multimodal import Media, MultimodalCollator
@@ -24,6 +24,8 @@ __all__ = [
     "ExampleError",
     "Media",
     "MultimodalCollator",
+    "TARGET_SIDES",
+    "Target",
     "TwoPassOutput",
     "pool_btok_states",
     "two_pass_forward",

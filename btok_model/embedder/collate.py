@@ -2,37 +2,57 @@
 
 Training examples are dicts::
 
-    {"query": input, "positive": input, "negatives": [input, ...] (optional), "target": str | None (optional)}
+    {"query": input, "positive": input, "negatives": [input, ...] (optional),
+     "target_side": "positive" | "query" | "both" | "none" (optional, default "positive"),
+     "target": str | None (optional), "source": str (optional)}
 
 An input is a str, or (multimodal backbones, :mod:`.multimodal`) a dict
 ``{"text": str | None, "image": ..., "video": ..., "fps": ...}``; the flat keys
 ``query_image`` / ``positive_image`` (the JSONL training format) add an image to the query /
-positive. Targets are text only.
+positive. ``source`` names the data source the example came from; the collator checks that
+it is a str and otherwise ignores it (samplers and loggers group by it).
 
 One batch packs every sequence into a single row ``[1, T]`` (no padding): first the ``Nq``
-queries ``[query | K BToks | target]`` (condensation mask), then the ``Nq`` positives and
-the hard negatives ``[candidate | K BToks]`` (plain causal). Positions restart at 0 for every
-sequence, so target positions continue after the BToks.
+queries ``[query | K BToks | target?]``, then the ``Nq`` positives ``[positive | K BToks |
+target?]`` and the hard negatives ``[negative | K BToks]`` (never a target). A sequence with
+a target has the condensation mask; the others are plain causal. Positions restart at 0 for
+every sequence; a target's positions start at the sequence's token count before it
+(input + K BToks), as the authors' two-pass code starts them.
 
-Target of an example: ``"target"`` when given (``None`` or ``""``: this example has no
-target); otherwise the positive's text. It is wrapped ``prefix + text + suffix``
-(``<|im_start|>assistant\\n`` + text + ``<|im_end|>`` by default), each piece tokenised on its
-own; the text and suffix tokens are scored, the prefix is only seen. The first scored token
-is predicted by the last prefix token, a target row: were the prefix empty, the first text
-token would have to be predicted by the last BTok, which sees the query, so it is then left
+Generation side (``target_side``, the authors' ``ntp_side``): whose BToks generate whose input.
+
+* ``"positive"`` (default): the query's BToks generate the positive: ``[query | BToks |
+  positive]``;
+* ``"query"``: the positive's BToks generate the query: ``[positive | BToks | query]``;
+* ``"both"``: both of these; ``"none"``: no target for this example.
+
+A target generated from an input is that input exactly as it is embedded (its full text,
+instruction included; an image or video with its vision block, placed as in
+:mod:`.multimodal`, visible to the target rows and never scored), tokenised without the
+tokenizer's special tokens. ``"target"`` replaces the text the query's BToks generate (a str,
+text only): with ``"positive"`` (or no ``target_side``) ``None`` or ``""`` means no target for
+this example; with ``"both"`` it must be a non-empty str; with ``"query"`` and ``"none"``
+the query's BToks generate nothing, so a non-empty ``"target"`` there is an error naming the
+example and the field. ``with_targets=False`` (generative weight 0) leaves every target out.
+
+A target is wrapped ``prefix + body + suffix`` (``<|im_start|>assistant\\n`` + body +
+``<|im_end|>`` by default), each piece tokenised on its own; the body's text and the suffix
+are scored; the prefix and any image / video token are only seen. The first scored token is
+predicted by the last prefix token, a target row: were the prefix empty, the first body token
+would have to be predicted by the last BTok, which sees the input, so it is then left
 unscored too (the authors' two-pass formulation cannot score it either).
 
 :class:`BTokCollator` holds no model, so DataLoader workers can pickle it. Multimodal
 backbones get :class:`~btok_model.embedder.multimodal.MultimodalCollator`, which overrides
-:meth:`BTokCollator._encode_inputs` (images and videos through the model's processor) and
-the packing's positions and pixel inputs (the model's own 3D rope index); this text-only
+how inputs become prompts and ids (images and videos through the model's processor) and the
+packing's positions and pixel inputs (the model's own 3D rope index); this text-only
 collator refuses images with an error naming the example.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import TYPE_CHECKING
 
@@ -43,9 +63,11 @@ from btok_kernels import CondensationLayout
 if TYPE_CHECKING:
     from .multimodal import Media
 
-__all__ = ["BTokCollator", "EncodedExample", "ExampleError", "concat_ranges"]
+__all__ = ["TARGET_SIDES", "BTokCollator", "EncodedExample", "ExampleError", "Target", "concat_ranges"]
 
-EXAMPLE_KEYS = ("query", "positive", "negatives", "target")
+EXAMPLE_KEYS = ("query", "positive", "negatives", "target", "target_side", "source")
+# Whose BToks generate a target (the authors' ``ntp_side``), see the module docstring.
+TARGET_SIDES = ("positive", "query", "both", "none")
 IMAGE_KEYS = (
     "query_image",
     "positive_image",
@@ -61,6 +83,8 @@ IMAGE_KEYS = (
 INPUT_KEYS = ("text", "image", "video", "fps")
 MEDIA_INPUT_KEYS = ("image", "images", "video", "videos")
 IGNORE_INDEX = -100
+# ``"target"`` left out of an example (its query's BToks generate the positive's input).
+_ABSENT = object()
 
 
 class ExampleError(ValueError):
@@ -85,29 +109,67 @@ def concat_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class Target:
+    """A generative target, placed after a sequence's K BToks.
+
+    Attributes:
+        ids: ``prefix + body + suffix`` token ids (an input's vision placeholders expanded).
+        labels: one per id: the id where it is scored, ``IGNORE_INDEX`` where it is only
+            seen (the prefix, image and video tokens).
+        media: the processed image / video of the body, or None (text only).
+    """
+
+    ids: list[int]
+    labels: list[int]
+    media: Media | None = None
+
+    @property
+    def num_scored(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+@dataclass
 class EncodedExample:
     """Token ids of one example (no BToks).
 
     Attributes:
         query: the query ids (image / video placeholders expanded).
         candidates: the positive's ids, then each hard negative's.
-        target: ``prefix + text + suffix`` ids, or ``[]`` for no target.
-        unscored: how many leading target ids get no loss.
+        query_target: the target after the query's BToks (the positive side), or None.
+        positive_target: the target after the positive's BToks (the query side), or None.
         query_media: the processed image / video of the query, or None (text only).
-        candidate_media: one entry (:class:`~btok_model.embedder.multimodal.Media` or None)
-            per candidate, or None when every candidate is text only.
+        candidate_media: the processed media of each candidate, or None when all are text.
     """
 
     query: list[int]
     candidates: list[list[int]]
-    target: list[int]
-    unscored: int
+    query_target: Target | None = None
+    positive_target: Target | None = None
     query_media: Media | None = None
     candidate_media: list[Media | None] | None = None
 
     def media(self) -> list[Media | None]:
         """The media of the query, then of each candidate (None: text only)."""
         return [self.query_media] + (self.candidate_media or [None] * len(self.candidates))
+
+    def targets(self) -> list[Target | None]:
+        """The target of the query, then of each candidate (negatives: None)."""
+        return [self.query_target, self.positive_target] + [None] * (len(self.candidates) - 1)
+
+    def without_targets(self) -> EncodedExample:
+        """The same example with no target anywhere."""
+        return replace(self, query_target=None, positive_target=None)
+
+
+@dataclass
+class _Fields:
+    """The validated fields of one example (see :meth:`BTokCollator._check_example`)."""
+
+    query: object
+    positive: object
+    negatives: list
+    side: str
+    target: object  # _ABSENT, None or a non-empty str (the query's BToks' explicit text)
 
 
 class BTokCollator:
@@ -154,6 +216,11 @@ class BTokCollator:
                 return candidate
         return 0
 
+    @property
+    def unscored_ids(self) -> frozenset[int]:
+        """Ids a target shows but never scores (a multimodal collator's vision tokens)."""
+        return frozenset()
+
     def __call__(self, examples: Sequence[dict]) -> dict:
         """Pack ``examples`` into one batch.
 
@@ -174,38 +241,79 @@ class BTokCollator:
         if isinstance(examples, dict) or not isinstance(examples, Sequence) or len(examples) == 0:
             raise ExampleError(f"examples must be a non-empty list of dicts, got {_describe(examples)}")
         fields = [self._check_example(i, ex) for i, ex in enumerate(examples)]
-        queries, query_media = self._encode_inputs([f[0] for f in fields], [(i, "query") for i in range(len(fields))])
+        n = len(fields)
+        query_where = [(i, "query") for i in range(n)]
+        query_prompts, query_media = self._prompts([f.query for f in fields], query_where)
+        queries = self._prompt_ids(query_prompts, query_media, query_where)
         cand_values, cand_where = [], []
-        for i, (_, positive, negatives, _) in enumerate(fields):
-            cand_values += [positive, *negatives]
-            cand_where += [(i, "positive")] + [(i, f"negatives[{j}]") for j in range(len(negatives))]
-        cand_ids, cand_media = self._encode_inputs(cand_values, cand_where)
-        candidates, media = iter(cand_ids), iter(cand_media)
-        with_target = [i for i, f in enumerate(fields) if f[3] is not None]
-        target_text = dict(zip(with_target, self._plain_batch([fields[i][3] for i in with_target])))
+        for i, f in enumerate(fields):
+            cand_values += [f.positive, *f.negatives]
+            cand_where += [(i, "positive")] + [(i, f"negatives[{j}]") for j in range(len(f.negatives))]
+        cand_prompts, cand_media = self._prompts(cand_values, cand_where)
+        cand_ids = self._prompt_ids(cand_prompts, cand_media, cand_where)
+        first = [0] * n  # where each example's positive sits among the candidates
+        for i in range(1, n):
+            first[i] = first[i - 1] + 1 + len(fields[i - 1].negatives)
+        query_targets, positive_targets = self._targets(
+            fields, (query_prompts, query_media), [(cand_prompts[c], cand_media[c]) for c in first]
+        )
         encoded = []
-        for i, (_, _, negatives, _) in enumerate(fields):
-            target = []
-            if i in target_text:
-                target = self.prefix_ids + target_text[i] + self.suffix_ids
-                if len(target) <= self.unscored:
-                    raise ExampleError(f"example {i}, field 'target': the target has no tokens to score")
-            n = 1 + len(negatives)
-            own_media = [next(media) for _ in range(n)]
+        for i, f in enumerate(fields):
+            own = slice(first[i], first[i] + 1 + len(f.negatives))
+            media = cand_media[own]
             encoded.append(
                 EncodedExample(
                     query=queries[i],
-                    candidates=[next(candidates) for _ in range(n)],
-                    target=target,
-                    unscored=self.unscored if target else 0,
+                    candidates=cand_ids[own],
+                    query_target=query_targets[i],
+                    positive_target=positive_targets[i],
                     query_media=query_media[i],
-                    candidate_media=own_media if any(m is not None for m in own_media) else None,
+                    candidate_media=media if any(m is not None for m in media) else None,
                 )
             )
         return encoded
 
-    def _check_example(self, i: int, ex) -> tuple:
-        """``(query, positive, negatives, target text or None)`` of example ``i``, validated."""
+    def _targets(self, fields: list[_Fields], queries: tuple[list, list], positives: list[tuple]) -> tuple[list, list]:
+        """``(targets after the queries' BToks, targets after the positives' BToks)``, None
+        where an example has none.
+
+        Args:
+            fields: the examples' validated fields.
+            queries: ``(prompts, media)`` of the queries.
+            positives: ``(prompt, media)`` of each example's positive.
+        """
+        n = len(fields)
+        query_targets, positive_targets = [None] * n, [None] * n
+        if not self.with_targets:
+            return query_targets, positive_targets
+        # One tokenisation (no special tokens) for every body: (slot list, example, field, prompt, media)
+        bodies = []
+        for i, f in enumerate(fields):
+            if f.side in ("positive", "both") and f.target is not None:
+                if f.target is _ABSENT:
+                    bodies.append((query_targets, i, "positive", *positives[i]))
+                else:
+                    bodies.append((query_targets, i, "target", f.target, None))
+            if f.side in ("query", "both"):
+                bodies.append((positive_targets, i, "query", queries[0][i], queries[1][i]))
+        where = [(i, field) for _, i, field, _, _ in bodies]
+        ids = self._prompt_ids([b[3] for b in bodies], [b[4] for b in bodies], where, special_tokens=False)
+        for (slots, i, field, _, media), body in zip(bodies, ids):
+            target = self._target(body, media)
+            if target.num_scored == 0:
+                raise ExampleError(f"example {i}, field {field!r}: the target has no tokens to score")
+            slots[i] = target
+        return query_targets, positive_targets
+
+    def _target(self, body: list[int], media: Media | None) -> Target:
+        """``prefix + body + suffix`` with its labels (see the module docstring)."""
+        ids = self.prefix_ids + body + self.suffix_ids
+        never = self.unscored_ids
+        labels = [IGNORE_INDEX if j < self.unscored or t in never else t for j, t in enumerate(ids)]
+        return Target(ids, labels, media)
+
+    def _check_example(self, i: int, ex) -> _Fields:
+        """The fields of example ``i``, validated (the target rules of the module docstring)."""
         if not isinstance(ex, dict):
             raise ExampleError(f"example {i} must be a dict with 'query' and 'positive', got {_describe(ex)}")
         ex = self._merge_flat_media(i, ex)
@@ -222,20 +330,41 @@ class BTokCollator:
             negatives = []
         if isinstance(negatives, str) or not isinstance(negatives, (list, tuple)):
             raise ExampleError(f"example {i}, field 'negatives': must be a list of texts, got {_describe(negatives)}")
-        if "target" in ex:
-            target, field = ex["target"], "target"
-        else:  # the positive's text; an image-only positive gives no target
-            target, field = ex["positive"], "positive"
-            if isinstance(target, dict) and set(target) <= set(INPUT_KEYS):
-                target = target.get("text") or None
+        source = ex.get("source")
+        if "source" in ex and not isinstance(source, str):
+            raise ExampleError(
+                f"example {i}, field 'source': must be a str naming the data source, got {_describe(source)}"
+            )
+        side = ex.get("target_side", "positive")
+        if not isinstance(side, str) or side not in TARGET_SIDES:
+            raise ExampleError(
+                f"example {i}, field 'target_side': must be one of {list(TARGET_SIDES)}, got {_describe(side)}"
+            )
+        return _Fields(ex["query"], ex["positive"], list(negatives), side, self._check_target(i, ex, side))
+
+    def _check_target(self, i: int, ex: dict, side: str):
+        """The explicit ``"target"`` of example ``i`` (``_ABSENT``, None or a non-empty str),
+        checked against its ``target_side``."""
+        if "target" not in ex:
+            return _ABSENT
+        target = ex["target"]
         if target is not None and not isinstance(target, str):
             raise ExampleError(
-                f"example {i}, field {field!r}: a target must be a str or None (targets are text only, no image or "
-                f"video), got {_describe(target)}"
+                f"example {i}, field 'target': a target must be a str or None (targets given as text are text only, "
+                f"no image or video), got {_describe(target)}"
             )
-        if not self.with_targets or target == "":
-            target = None
-        return ex["query"], ex["positive"], list(negatives), target
+        target = target or None
+        if target is not None and side in ("query", "none"):
+            raise ExampleError(
+                f"example {i}, field 'target': gives the text the query's BToks generate, but target_side {side!r} "
+                "has the query's BToks generate nothing; drop 'target' or use target_side 'positive' or 'both'"
+            )
+        if target is None and side == "both":
+            raise ExampleError(
+                f"example {i}, field 'target': is empty, but target_side 'both' has the query's BToks generate a "
+                "target; drop 'target' (they generate the positive) or use target_side 'query'"
+            )
+        return target
 
     def _merge_flat_media(self, i: int, ex: dict) -> dict:
         """The example with flat image keys (``query_image``...) folded into its inputs; this
@@ -262,10 +391,27 @@ class BTokCollator:
     def _encode_inputs(
         self, values: list, where: list[tuple[int, str | None]]
     ) -> tuple[list[list[int]], list[Media | None]]:
-        """Ids of query/candidate inputs with the tokenizer's special tokens, and their media
-        (all None here: this collator takes texts, or ``{"text": ...}`` dicts without media)."""
-        texts = [self._input_text(value, _name(i, field)) for value, (i, field) in zip(values, where)]
-        return self._text_ids(texts, where), [None] * len(values)
+        """Ids of query/candidate inputs with the tokenizer's special tokens, and their media."""
+        prompts, media = self._prompts(values, where)
+        return self._prompt_ids(prompts, media, where), media
+
+    def _prompts(self, values: list, where: list[tuple[int, str | None]]) -> tuple[list[str], list[Media | None]]:
+        """The text each input is tokenised from, and its processed media (all None here:
+        this collator takes texts, or ``{"text": ...}`` dicts without media)."""
+        return [self._input_text(value, _name(i, field)) for value, (i, field) in zip(values, where)], [None] * len(
+            values
+        )
+
+    def _prompt_ids(
+        self,
+        prompts: list[str],
+        media: list[Media | None],
+        where: list[tuple[int, str | None]],
+        special_tokens: bool = True,
+    ) -> list[list[int]]:
+        """Ids of :meth:`_prompts`' texts, with or without the tokenizer's special tokens (a
+        multimodal collator also expands the vision placeholders of ``media``)."""
+        return self._text_ids(prompts, where, special_tokens)
 
     def _input_text(self, value, name: str) -> str:
         """The text of a text-only input, validated."""
@@ -282,11 +428,13 @@ class BTokCollator:
             raise ExampleError(f"{name}: empty text")
         return value
 
-    def _text_ids(self, texts: list[str], where: list[tuple[int, str | None]]) -> list[list[int]]:
-        """Ids of validated texts (the tokenizer's special tokens added); no text may hold a BTok."""
+    def _text_ids(
+        self, texts: list[str], where: list[tuple[int, str | None]], special_tokens: bool = True
+    ) -> list[list[int]]:
+        """Ids of validated texts (with or without the tokenizer's special tokens); no text may hold a BTok."""
         if not texts:
             return []
-        ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]]
         btoks = set(self.btok_ids)
         for seq, (i, field) in zip(ids, where):
             if not seq:
@@ -320,16 +468,21 @@ class BTokCollator:
         k = self.num_btoks
         for i, ex in enumerate(encoded):
             self._check_length(len(ex.query) + k, i, "query", f"the query + {k} BToks")
-            self._check_length(len(ex.query) + k + len(ex.target), i, "target", f"query + {k} BToks + target")
             for j, cand in enumerate(ex.candidates):
                 field = "positive" if j == 0 else f"negatives[{j - 1}]"
                 self._check_length(len(cand) + k, i, field, f"the candidate + {k} BToks")
-        positives = [ex.candidates[0] for ex in encoded]
-        negatives = [c for ex in encoded for c in ex.candidates[1:]]
-        inputs = [ex.query for ex in encoded] + positives + negatives
-        targets = [ex.target for ex in encoded] + [[]] * (len(positives) + len(negatives))
-        media = [ex.query_media for ex in encoded]
-        media += [ex.media()[1] for ex in encoded] + [m for ex in encoded for m in ex.media()[2:]]
+            if ex.query_target is not None:
+                length = len(ex.query) + k + len(ex.query_target.ids)
+                self._check_length(length, i, "target", f"query + {k} BToks + target")
+            if ex.positive_target is not None:
+                length = len(ex.candidates[0]) + k + len(ex.positive_target.ids)
+                self._check_length(length, i, "positive", f"positive + {k} BToks + target (the query)")
+        # Queries, then positives, then negatives; each with its own media and target.
+        order = [(ex, 0) for ex in encoded] + [(ex, 1) for ex in encoded]
+        order += [(ex, j) for ex in encoded for j in range(2, 1 + len(ex.candidates))]
+        inputs = [ex.query if j == 0 else ex.candidates[j - 1] for ex, j in order]
+        media = [ex.media()[j] for ex, j in order]
+        targets = [ex.targets()[j] for ex, j in order]
         batch = self.pack_sequences(inputs, targets, media)
         num_queries = len(encoded)
         btok_index = batch.pop("btok_index")
@@ -337,41 +490,46 @@ class BTokCollator:
         batch["candidate_btok_index"] = btok_index[num_queries:]
         batch["positive_index"] = torch.arange(num_queries)
 
-        # Scored target tokens: all but the first ``unscored`` of each target.
-        starts = batch["btok_layout"].cu_seqlens[:num_queries].long()
-        target_lens = torch.tensor([len(ex.target) for ex in encoded], dtype=torch.long)
-        unscored = torch.tensor([ex.unscored for ex in encoded], dtype=torch.long)
-        query_lens = torch.tensor([len(ex.query) for ex in encoded], dtype=torch.long)
-        scored = concat_ranges(starts + query_lens + k + unscored, (target_lens - unscored).clamp_min(0))
+        # Labels: each target's own, at its rows (right after its sequence's BToks).
+        with_target = [s for s, t in enumerate(targets) if t is not None]
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-        labels[0, scored] = batch["input_ids"][0, scored]
+        if with_target:
+            cu = batch["btok_layout"].host_cu_seqlens
+            starts = torch.tensor([cu[s] + len(inputs[s]) + k for s in with_target], dtype=torch.long)
+            lens = torch.tensor([len(targets[s].ids) for s in with_target], dtype=torch.long)
+            values = list(chain.from_iterable(targets[s].labels for s in with_target))
+            labels[0, concat_ranges(starts, lens)] = torch.tensor(values, dtype=torch.long)
         batch["labels"] = labels
-        batch["num_target_tokens"] = scored.numel()
+        batch["num_target_tokens"] = sum(targets[s].num_scored for s in with_target)
         return batch
 
     def pack_sequences(
-        self, inputs: list[list[int]], targets: list[list[int]] | None = None, media: list | None = None
+        self, inputs: list[list[int]], targets: list[Target | None] | None = None, media: list | None = None
     ) -> dict:
         """Pack ``[input | BToks | target]`` sequences into one row.
 
         Args:
             inputs: ids of each input (no BToks).
-            targets: ids of each target (``[]``: none), or None for no targets at all.
+            targets: the target of each sequence (None: none), or None for no targets at all.
             media: the media of each input (None entries: text only), or None; a text-only
-                collator accepts only None entries.
+                collator accepts only None entries (and targets without media).
 
         Returns:
             dict with ``input_ids`` / ``position_ids`` int64 ``[1, T]``, ``btok_layout``
             (CPU) and ``btok_index`` int64 ``[n, K]``.
         """
         _check_text_only(media)
-        if targets is None:
-            targets = [[]] * len(inputs)
+        _check_text_only([t.media for t in targets or [] if t is not None])
+        return self._pack_ids(inputs, targets)
+
+    def _pack_ids(self, inputs: list[list[int]], targets: list[Target | None] | None) -> dict:
+        """:meth:`pack_sequences`' ids, layout, BTok indices and text positions (``0, 1, ...``
+        per sequence: a target starts at its input's length + K)."""
+        target_ids = [t.ids if t is not None else [] for t in targets or [None] * len(inputs)]
         k = self.num_btoks
         input_lens = [len(x) for x in inputs]
-        target_lens = [len(t) for t in targets]
-        layout = CondensationLayout.from_lengths(input_lens, k, target_lens)
-        ids = list(chain.from_iterable(chain(x, self.btok_ids, t) for x, t in zip(inputs, targets)))
+        layout = CondensationLayout.from_lengths(input_lens, k, [len(t) for t in target_ids])
+        ids = list(chain.from_iterable(chain(x, self.btok_ids, t) for x, t in zip(inputs, target_ids)))
         input_ids = torch.tensor(ids, dtype=torch.long)[None]
         starts = layout.cu_seqlens[:-1].long()
         btok_index = (starts + torch.tensor(input_lens, dtype=torch.long))[:, None] + torch.arange(k)
@@ -410,7 +568,8 @@ class BTokCollator:
         }
 
     def _position_ids(self, layout: CondensationLayout) -> torch.Tensor:
-        """int64 ``[1, T]``: 0, 1, ... within every packed sequence (targets continue after the BToks)."""
+        """int64 ``[1, T]``: 0, 1, ... within every packed sequence (a target starts at its
+        sequence's token count before it: input + K)."""
         lens = torch.tensor(layout.seqlens, dtype=torch.long)
         return concat_ranges(torch.zeros_like(lens), lens)[None]
 

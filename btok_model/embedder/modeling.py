@@ -31,7 +31,7 @@ from transformers.utils import ModelOutput
 from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
-from .collate import BTokCollator, concat_ranges
+from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import BTokConfig, check_generative_weight, check_max_length, check_pooling, check_temperature
 from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
 from .masks import condensation_attention_mask
@@ -417,7 +417,8 @@ class BTokModel(nn.Module):
             generative_loss fp32 scalar or None, num_target_tokens int)``. The embeddings are
             L2-normalised. The generative loss is the mean next-token loss over the batch's
             scored target tokens, computed at the target rows only (never ``[T, vocab]``);
-            None when the batch has no target or the generative weight is 0.
+            None when the batch has no target or the generative weight is 0. Targets may sit
+            on any sequence (a query's or a positive's).
         """
         device = self.device
         num_targets = batch.get("num_target_tokens")
@@ -437,6 +438,11 @@ class BTokModel(nn.Module):
             labels = batch["labels"][0]
             next_labels = _to_device(labels[(rows + 1).to(labels.device)], device)
             rows = _to_device(rows, device)
+            # Only the num_targets rows whose next token is scored run the LM head (not the rows
+            # before a target's image tokens or inside its prefix). A stable sort puts them first
+            # in row order; their count is known on the host, so nothing waits for the device.
+            keep = torch.argsort((next_labels == IGNORE_INDEX).int(), stable=True)[:num_targets]
+            rows, next_labels = rows[keep], next_labels[keep]
         hidden = self._last_hidden_state(input_ids, position_ids, layout, media)
         query = pool_btok_states(hidden[query_index], self.pooling)
         candidates = pool_btok_states(hidden[candidate_index], self.pooling)

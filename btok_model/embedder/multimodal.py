@@ -6,23 +6,33 @@ An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "
   tensor; ``video``: a list of frames (``PIL.Image`` or ``[H, W, C]`` arrays) or an
   ``[F, H, W, C]`` array / tensor, frames already sampled; ``fps``: the rate they were
   sampled at (default 2.0, Qwen's sampling rate; only Qwen2.5-VL's positions use it).
-* The vision block goes BEFORE the text, as in VLM2Vec and in Qwen's chat template:
-  ``<|vision_start|><|image_pad|>...<|vision_end|>`` (image), then the video block, then
-  the text, tokenised exactly as the model's processor does it for the prompt
-  ``"<|vision_start|><|image_pad|><|vision_end|>" + text`` (one ``<|image_pad|>`` per merged
-  patch). No chat template is applied, as for text inputs. The K BToks follow; a target
-  (text only) follows the BToks.
+* The vision blocks go on their own line BEFORE the text, as the authors place them
+  (``visual_token_placement: own_line``): the prompt is
+  ``"<|vision_start|><|image_pad|><|vision_end|>"`` (image), then
+  ``"<|vision_start|><|video_pad|><|vision_end|>"`` (video), then ``"\\n"``, then the text
+  with one final ``"\\n"`` (its ends stripped of whitespace and its lines of trailing spaces);
+  an image or video without text is its blocks and ``"\\n"``. It is tokenised as the model's
+  processor tokenises it (one ``<|image_pad|>`` per merged patch). No chat template is
+  applied, as for text inputs, and a text-only input is its text as it is. The K BToks
+  follow; a target follows the BToks.
 * Pixels go through the model's own image processor (and video processor); the placeholder
   count per image is ``prod(image_grid_thw) // merge_size**2``, the processor's formula.
+* A target generated from an input with an image or video holds the input's vision blocks
+  and pixels: the target rows see the image, and no vision token is scored.
 
 Packing keeps ONE row for the whole batch: ``pixel_values`` / ``image_grid_thw`` (and
 ``pixel_values_videos`` / ``video_grid_thw``) hold the images in the order of their
-placeholder tokens in the row. ``position_ids`` are ``[3, 1, T]``: the model's own
-``get_rope_index`` applied to every sequence alone (positions restart per sequence; target
-positions continue after the BToks), computed in one call per batch on the host over the
-sequences that hold vision tokens (the rope index of a text-only sequence is ``0, 1, ...``
-on all three axes). With explicit position ids the model needs no ``mm_token_type_ids``
-(transformers 5.17 and 5.24 use them only to compute the positions), so batches carry none.
+placeholder tokens in the row (an input's, then its target's). ``position_ids`` are
+``[3, 1, T]`` and restart per sequence: ``[input | BToks]`` gets the model's own
+``get_rope_index`` on that part alone; a target gets ``S`` + the model's rope index on the
+target alone, where ``S`` is the number of tokens of ``[input | BToks]`` -- the positions the
+authors' trainer gives its second pass (it starts them at the first pass's attention-mask
+sum). For a text input ``S`` is the last BTok's position + 1; after an image or video, whose
+M-RoPE positions grow slower than its token count, ``S`` is larger than that. They are
+computed in one call per batch on the host over the parts that hold vision tokens (the rope
+index of text alone is ``0, 1, ...`` on all three axes). With explicit position ids the
+model needs no ``mm_token_type_ids`` (transformers 5.17 and 5.24 use them only to compute
+the positions), so batches carry none.
 
 transformers' Qwen2-VL processor class and its video processor need torchvision; without it
 the model's image processor alone is enough for images (a video then raises, saying why).
@@ -333,38 +343,49 @@ class MultimodalCollator(BTokCollator):
                 ex[field] = {"text": current, media_key: value}
         return ex
 
-    def _encode_inputs(self, values: list, where: list[tuple[int, str | None]]):
-        """Ids (vision placeholders expanded, before the text) and media of each input."""
+    @property
+    def unscored_ids(self) -> frozenset[int]:
+        """The vision tokens: a target shows an image or video, never scores it."""
+        t = self.vision_tokens
+        return frozenset((t.vision_start, t.vision_end, t.image, t.video))
+
+    def _prompts(self, values: list, where: list[tuple[int, str | None]]) -> tuple[list[str], list[Media | None]]:
+        """The prompt of each input (its vision blocks on their own line before the text)
+        and its processed image / video."""
         items = [self._item(value, _name(i, field)) for value, (i, field) in zip(values, where)]
         image_media = self._process_images(items)
         video_media = self._process_videos(items)
-        prompts = [self._prompt(item) for item in items]
-        ids = self._text_ids(prompts, where) if prompts else []
-        tokens = self.vision_tokens
         media = []
-        for k, item in enumerate(items):
+        for k in range(len(items)):
             image, video = image_media.get(k), video_media.get(k)
-            blocks = (image is not None) + (video is not None)
+            media.append(
+                None if image is None and video is None else Media(**{**vars(image or Media()), **_present(video)})
+            )
+        return [self._prompt(item) for item in items], media
+
+    def _prompt_ids(self, prompts, media, where, special_tokens: bool = True) -> list[list[int]]:
+        """Ids of the prompts, each vision placeholder expanded to one token per merged patch
+        (as the processor expands it); a text holding a vision token of its own raises."""
+        ids = self._text_ids(prompts, where, special_tokens)
+        tokens = self.vision_tokens
+        for seq, m, (i, field) in zip(ids, media, where):
+            grids = (
+                (tokens.image, m and m.image_grid_thw, self.image_processor),
+                (tokens.video, m and m.video_grid_thw, self.video_processor),
+            )
+            blocks = sum(grid is not None for _, grid, _ in grids)
             expected = {tokens.vision_start: blocks, tokens.vision_end: blocks}
-            expected.update({tokens.image: image is not None, tokens.video: video is not None})
-            if any(ids[k].count(token) != count for token, count in expected.items()):
+            expected.update({token: int(grid is not None) for token, grid, _ in grids})
+            if any(seq.count(token) != count for token, count in expected.items()):
                 raise ExampleError(
-                    f"{item.name}: the text contains a vision token ({', '.join(tokens.strings)}); "
+                    f"{_name(i, field)}: the text contains a vision token ({', '.join(tokens.strings)}); "
                     "give images and videos as 'image' / 'video'"
                 )
-            expand = (
-                (tokens.image, image and image.image_grid_thw, self.image_processor),
-                (tokens.video, video and video.video_grid_thw, self.video_processor),
-            )
-            for token, grid, processor in expand:
-                if grid is not None:  # one placeholder per merged patch, as the processor expands it
-                    at = ids[k].index(token)
-                    ids[k][at : at + 1] = [token] * (int(grid.prod()) // processor.merge_size**2)
-            if image is None and video is None:
-                media.append(None)
-            else:
-                media.append(Media(**{**vars(image or Media()), **_present(video)}))
-        return ids, media
+            for token, grid, processor in grids:
+                if grid is not None:
+                    at = seq.index(token)
+                    seq[at : at + 1] = [token] * (int(grid.prod()) // processor.merge_size**2)
+        return ids
 
     def _item(self, value, name: str) -> _Item:
         if not isinstance(value, dict):
@@ -396,11 +417,16 @@ class MultimodalCollator(BTokCollator):
         return _Item(text or None, image, video, float(fps), name)
 
     def _prompt(self, item: _Item) -> str:
+        """The authors' placement (``own_line``): the vision blocks, a newline, then the text
+        with its line ends stripped of spaces and one final newline; a text-only input as it is."""
         start, end, image, video = self.vision_tokens.strings
-        prompt = (start + image + end if item.image is not None else "") + (
+        blocks = (start + image + end if item.image is not None else "") + (
             start + video + end if item.video is not None else ""
         )
-        return prompt + (item.text or "")
+        if not blocks:
+            return item.text
+        body = "\n".join(line.rstrip(" \t") for line in (item.text or "").split("\n")).strip()
+        return blocks + "\n" + (body + "\n" if body else "")
 
     def _process_images(self, items: list[_Item]) -> dict[int, Media]:
         """``{item index: Media with its pixel_values and image_grid_thw}``, one processor call."""
@@ -439,25 +465,39 @@ class MultimodalCollator(BTokCollator):
     # -- packing --------------------------------------------------------------------------
     def pack_sequences(self, inputs, targets=None, media=None) -> dict:
         """As :meth:`BTokCollator.pack_sequences`, with ``position_ids`` int64 ``[3, 1, T]``
-        (the model's rope index of every sequence alone) and the keys of
-        :data:`MEDIA_BATCH_KEYS` that the batch has (images in row order)."""
-        batch = super().pack_sequences(inputs, targets)
-        media = media or [None] * len(inputs)
+        and the keys of :data:`MEDIA_BATCH_KEYS` that the batch has (images in row order).
+
+        Positions, per sequence: ``[input | BToks]`` gets the model's rope index of that part
+        alone; a target gets ``S`` + the model's rope index of the target alone, ``S`` the
+        token count of ``[input | BToks]`` (the authors' continuation positions; for a text
+        input ``S`` is the last BTok's position + 1, after an image or video it is more). A
+        part without vision tokens has ``0, 1, ...`` on all three axes.
+        """
+        batch = self._pack_ids(inputs, targets)
+        n, k = len(inputs), self.num_btoks
+        media = media or [None] * n
+        targets = targets or [None] * n
         positions = batch["position_ids"][0].expand(3, -1).clone()  # [3, T]: 0, 1, ... per sequence
-        rows = [s for s, m in enumerate(media) if m is not None]
-        if rows:
-            # The sequences with vision tokens as right-padded rows: one rope-index call for all.
-            layout = batch["btok_layout"]
-            select = torch.tensor(rows, dtype=torch.long)
-            starts = torch.tensor(layout.host_cu_seqlens[:-1], dtype=torch.long)[select]
-            lens = torch.tensor(layout.seqlens, dtype=torch.long)[select]
+        # The parts with vision tokens: (first token in the row, length, offset, media)
+        parts = []
+        for s, (start, m, target) in enumerate(zip(batch["btok_layout"].host_cu_seqlens, media, targets)):
+            head = len(inputs[s]) + k
+            if m is not None:
+                parts.append((start, head, 0, m))
+            if target is not None and target.media is not None:
+                parts.append((start + head, len(target.ids), head, target.media))
+        if parts:
+            # As right-padded rows: one rope-index call for all.
+            starts, lens, offsets = (torch.tensor([p[j] for p in parts], dtype=torch.long) for j in range(3))
             valid = torch.arange(int(lens.max())) < lens[:, None]  # [n, S]
             index = (starts[:, None] + torch.arange(valid.shape[1]))[valid]  # their tokens in the row
             ids = torch.zeros(valid.shape, dtype=torch.long)
             ids[valid] = batch["input_ids"][0, index]
-            positions[:, index] = self._rope(ids, valid, [media[s] for s in rows])[:, valid]
+            rope = self._rope(ids, valid, [p[3] for p in parts]) + offsets[:, None]
+            positions[:, index] = rope[:, valid]
         batch["position_ids"] = positions[:, None]
-        batch.update(concat_media(media, MEDIA_BATCH_KEYS))
+        row_media = [m for pair in zip(media, (t.media if t is not None else None for t in targets)) for m in pair]
+        batch.update(concat_media(row_media, MEDIA_BATCH_KEYS))
         return batch
 
     def pad_sequences(self, sequences, media=None) -> dict:

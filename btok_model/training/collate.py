@@ -12,17 +12,16 @@ batch it
 * splits the batch into GradCache chunks when it holds more than ``chunk_size`` examples or
   more than ``max_tokens`` tokens. A chunked batch is ``{"chunks": [...], "positive_index",
   "num_target_tokens"}``; each chunk holds the packed ``batch`` (with targets) and the packed
-  ``embed_batch`` (the same sequences without targets, for the no-grad embedding pass:
-  under the condensation mask no query or BTok row sees a target, so the embeddings do not
-  change and the pass is cheaper). The candidates of all chunks, concatenated in chunk
-  order, are the batch's candidates; ``positive_index`` points into them.
+  ``embed_batch`` (the same sequences without any target, the queries' and the positives'
+  alike, for the no-grad embedding pass: under the condensation mask no input or BTok row
+  sees a target, so the embeddings do not change and the pass is cheaper). The candidates of
+  all chunks, concatenated in chunk order, are the batch's candidates; ``positive_index``
+  points into them.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
-
 import torch
 
 from .schedule import GenerativeSchedule
@@ -81,8 +80,8 @@ class TrainingCollator:
         for group in groups:
             part = [encoded[i] for i in group]
             batch = self.collator.pack(part)
-            has_targets = any(ex.target for ex in part)
-            embed = self.collator.pack([replace(ex, target=[], unscored=0) for ex in part]) if has_targets else batch
+            has_targets = any(t is not None for ex in part for t in ex.targets())
+            embed = self.collator.pack([ex.without_targets() for ex in part]) if has_targets else batch
             chunks.append({"batch": batch, "embed_batch": embed})
             positive_index.append(batch["positive_index"] + offset)
             offset += batch["candidate_btok_index"].shape[0]
@@ -97,10 +96,11 @@ class TrainingCollator:
         k = self.collator.num_btoks
         groups, current, tokens = [], [], 0
         for i, ex in enumerate(encoded):
-            size = len(ex.query) + k + len(ex.target) + sum(len(c) + k for c in ex.candidates)
+            size = len(ex.query) + sum(len(c) for c in ex.candidates) + k * (1 + len(ex.candidates))
+            size += sum(len(t.ids) for t in ex.targets() if t is not None)
             if self.max_tokens is not None and size > self.max_tokens:
                 raise ValueError(
-                    f"example {i} packs into {size} tokens (query + target + candidates, {k} BToks each), more than "
+                    f"example {i} packs into {size} tokens (query, candidates and targets, {k} BToks each), more than "
                     f"the token budget max_tokens={self.max_tokens}; raise the budget or shorten the example"
                 )
             full = (self.chunk_size is not None and len(current) == self.chunk_size) or (

@@ -114,20 +114,23 @@ def test_dense_mask_peers_equal_the_fused_backend(attn):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_lm_head_runs_on_target_rows_only(family):
-    """Never ``[T, vocab]``: the head sees each target row that predicts a next target token."""
+    """Never ``[T, vocab]``: the head sees exactly the target rows whose next token is scored
+    (not the rows inside a target's prefix), in row order."""
     model = tiny_btok(family)
     batch = model.collate(EXAMPLES)
     layout = batch["btok_layout"]
-    rows = sum(max(n - t - 1, 0) for n, t in zip(layout.seqlens, layout.host_target_start))
+    rows = (batch["labels"][0, 1:] != -100).nonzero().flatten()  # row r predicts token r + 1
+    assert rows.numel() == batch["num_target_tokens"] < layout.total_tokens // 2
     seen = []
     hook = model._transformers_model.get_output_embeddings().register_forward_hook(
-        lambda module, args, out: seen.append(tuple(out.shape))
+        lambda module, args, out: seen.append(args[0].detach())
     )
     try:
         model(**batch)
     finally:
         hook.remove()
-    assert seen == [(rows, 64)] and rows < layout.total_tokens // 2
+    hidden = model._last_hidden_state(batch["input_ids"], batch["position_ids"], layout).detach()
+    assert len(seen) == 1 and torch.equal(seen[0], hidden[rows])
 
 
 def test_flex_mask_mod_is_the_condensation_mask():

@@ -58,73 +58,88 @@ def examples():
     ]
 
 
+def by_hand(model, value):
+    """``(ids, [pixel_values], [image_grid_thw])`` of an input as the authors' processor gets it:
+    the image block, then the video block, each ``<|vision_start|>`` + one placeholder per
+    merged patch + ``<|vision_end|>``, then a newline, then the text and a newline."""
+    value = value if isinstance(value, dict) else {"text": value}
+    tok, ids, pixels, grids = model.tokenizer, [], [], []
+    if value.get("image") is not None:
+        out = image_processor()(images=[value["image"]], return_tensors="pt")
+        ids += [VISION_START] + [IMAGE_TOKEN] * (int(out["image_grid_thw"].prod()) // 4) + [VISION_END]
+        pixels, grids = [out["pixel_values"]], [out["image_grid_thw"]]
+    if value.get("video") is not None:
+        video = FrameVideoProcessor()(videos=[value["video"]])
+        ids += [VISION_START] + [VIDEO_TOKEN] * (int(video["video_grid_thw"].prod()) // 4) + [VISION_END]
+    text = tok(value.get("text") or "", add_special_tokens=False)["input_ids"]
+    if not ids:
+        return text, pixels, grids
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    return ids + newline + (text + newline if text else []), pixels, grids
+
+
 def test_batch_layout_and_pixels(model):
-    """Vision block before the text, one placeholder per merged patch, pixels in row order,
-    BToks after the input, the target after the BToks."""
+    """Vision blocks on their own line before the text, one placeholder per merged patch,
+    BToks after the input, the target after the BToks (a positive with an image generates its
+    image block too, never scored), pixels in row order (an input's, then its target's)."""
     exs = examples()
     batch = model.collate(exs)
-    tok, btoks, k = model.tokenizer, model.btok_token_ids, model.num_btoks
-    processor = image_processor()
-
-    def vision(img):
-        out = processor(images=[img], return_tensors="pt")
-        n = int(out["image_grid_thw"].prod()) // 4
-        return [VISION_START] + [IMAGE_TOKEN] * n + [VISION_END], out["pixel_values"], out["image_grid_thw"]
-
-    def text(t):
-        return tok(t)["input_ids"] if t else []
-
-    # (input, its image or None) in packed order: queries, positives, negatives
-    inputs = [ex["query"] for ex in exs] + [ex["positive"] for ex in exs] + [exs[0]["negatives"][0]]
-    expected_ids, pixels, grids = [], [], []
-    for value in inputs:  # the image block, then the video block, then the text
-        value = value if isinstance(value, dict) else {"text": value}
-        ids = []
-        if value.get("image") is not None:
-            block, px, grid = vision(value["image"])
-            ids, pixels, grids = block, pixels + [px], grids + [grid]
-        if value.get("video") is not None:
-            video = FrameVideoProcessor()(videos=[value["video"]])
-            n = int(video["video_grid_thw"].prod()) // 4
-            ids = ids + [VISION_START] + [VIDEO_TOKEN] * n + [VISION_END]
-            assert torch.equal(batch["pixel_values_videos"], video["pixel_values_videos"])
-            assert torch.equal(batch["video_grid_thw"], video["video_grid_thw"])
-        ids = ids + text(value.get("text"))
-        expected_ids.append(ids)
-    got = [s[0].tolist() for s in sequences(batch)]
+    tok, btoks = model.tokenizer, model.btok_token_ids
     prefix = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     suffix = tok("<|im_end|>", add_special_tokens=False)["input_ids"]
-    # the positive's text unless given; example 1's positive is image-only: no target
-    targets = {0: "a cat", 2: "it moves", 3: "blue"}
-    for s, ids in enumerate(expected_ids):
-        target = prefix + text(targets[s]) + suffix if s in targets else []
+    vision = {VISION_START, VISION_END, IMAGE_TOKEN, VIDEO_TOKEN}
+
+    # (input, its target's body: an input or an explicit text) in packed order
+    inputs = [ex["query"] for ex in exs] + [ex["positive"] for ex in exs] + [exs[0]["negatives"][0]]
+    bodies = {0: exs[0]["positive"], 1: exs[1]["positive"], 2: "it moves", 3: exs[3]["positive"]}
+    got = [s[0].tolist() for s in sequences(batch)]
+    labels = [s[0].tolist() for s in sequences(batch, "labels")]
+    pixels, grids, scored = [], [], 0
+    for s, value in enumerate(inputs):
+        ids, px, grid = by_hand(model, value)
+        pixels, grids = pixels + px, grids + grid
+        target = []
+        if s in bodies:
+            body, px, grid = by_hand(model, bodies[s])
+            pixels, grids = pixels + px, grids + grid
+            target = prefix + body + suffix
+            expected = [-100] * len(prefix) + [-100 if t in vision else t for t in body] + suffix
+            assert labels[s] == [-100] * (len(ids) + len(btoks)) + expected, s
+            scored += sum(t != -100 for t in expected)
         assert got[s] == ids + btoks + target, s
+        assert batch["btok_layout"].host_btok_start[s] == len(ids)
+    assert (
+        scored == batch["num_target_tokens"] and batch["labels"][0, 1:][batch["labels"][0, 1:] >= 0].numel() == scored
+    )
     assert torch.equal(batch["pixel_values"], torch.cat(pixels))
     assert torch.equal(batch["image_grid_thw"], torch.cat(grids))
     assert batch["image_grid_thw"].tolist()[0] == [1, 4, 6] and int((batch["input_ids"] == IMAGE_TOKEN).sum()) == sum(
         int(g.prod()) // 4 for g in grids
     )
-    layout = batch["btok_layout"]
-    assert layout.host_btok_start == [len(ids) for ids in expected_ids]
+    video = FrameVideoProcessor()(videos=[exs[2]["query"]["video"]])
+    assert torch.equal(batch["pixel_values_videos"], video["pixel_values_videos"])
+    assert torch.equal(batch["video_grid_thw"], video["video_grid_thw"])
     assert (batch["input_ids"][0, batch["query_btok_index"]] == torch.tensor(btoks)).all()
     assert (batch["input_ids"][0, batch["candidate_btok_index"]] == torch.tensor(btoks)).all()
-    assert batch["num_target_tokens"] == sum(len(text(t)) + len(suffix) for t in targets.values())
-    assert batch["position_ids"].shape == (3, 1, layout.total_tokens)
-    assert k == 4
+    assert batch["position_ids"].shape == (3, 1, batch["btok_layout"].total_tokens)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_position_ids_are_the_models_own_per_sequence(family):
-    """Every packed sequence's ``[3, L]`` positions equal the model's ``get_rope_index`` on
-    that sequence alone (so they restart per sequence and targets continue after the BToks);
-    the padded encode batch too. Qwen2.5-VL's video positions use the seconds per patch."""
+    """Every packed sequence's ``[input | BToks]`` positions equal the model's
+    ``get_rope_index`` on that part alone, and its target's equal ``S`` + the model's rope
+    index on the target alone, ``S`` the part's token count (the authors' continuation);
+    the padded encode batch's rows too. Qwen2.5-VL's video positions use the seconds per patch."""
     model = tiny_vl_btok(family)
     inner = model._transformers_model.model
     exs = examples()
     exs[2]["query"]["fps"] = 1.0
+    exs[0]["target_side"] = "both"  # a positive's target holding the query's image
     batch = model.collate(exs)
+    layout = batch["btok_layout"]
     grids = {"image": iter(batch["image_grid_thw"]), "video": iter(batch["video_grid_thw"])}
-    for ids, pos in zip(sequences(batch), sequences(batch, "position_ids")):
+
+    def rope(ids):  # the model's own function on one part, its grids next in row order
         types = (ids == IMAGE_TOKEN).long() + 2 * (ids == VIDEO_TOKEN).long()
         kwargs = {}
         if (types == 1).any():
@@ -133,10 +148,21 @@ def test_position_ids_are_the_models_own_per_sequence(family):
             kwargs["video_grid_thw"] = next(grids["video"])[None]
             if family == "qwen2_5_vl":
                 kwargs["second_per_grid_ts"] = torch.tensor([2 / 1.0])  # temporal_patch_size / fps
-        expected = inner.get_rope_index(ids, types, **kwargs)[0]
-        assert torch.equal(pos, expected)
-        if int((types > 0).sum()) > 1:  # a grid of several tokens leaves 0, 1, 2, ... on some axis
+        return inner.get_rope_index(ids, types, **kwargs)[0]
+
+    gaps = []
+    for s, (ids, pos) in enumerate(zip(sequences(batch), sequences(batch, "position_ids"))):
+        t = layout.host_target_start[s]
+        head = rope(ids[:, :t])
+        assert torch.equal(pos[..., :t], head), s
+        if t < ids.shape[1]:
+            assert torch.equal(pos[..., t:], t + rope(ids[:, t:])), s
+            gaps.append(t - int(head.max()) - 1)
+        if int(((ids == IMAGE_TOKEN) | (ids == VIDEO_TOKEN)).sum()) > 1:  # a grid of several tokens: 3D
             assert not torch.equal(pos, torch.arange(ids.shape[1]).expand(3, 1, -1)), "positions must be 3D"
+    # After a text input the target continues right after the last BTok; after an image it
+    # starts at the token count, past the image's last M-RoPE position.
+    assert 0 in gaps and max(gaps) > 0
     if family == "qwen2_5_vl":  # the video's temporal axis depends on fps
         exs[2]["query"]["fps"] = 4.0
         assert not torch.equal(model.collate(exs)["position_ids"], batch["position_ids"])

@@ -63,7 +63,15 @@ from btok_kernels import CondensationLayout
 if TYPE_CHECKING:
     from .multimodal import Media
 
-__all__ = ["TARGET_SIDES", "BTokCollator", "EncodedExample", "ExampleError", "Target", "concat_ranges"]
+__all__ = [
+    "TARGET_SIDES",
+    "BTokCollator",
+    "EncodedExample",
+    "ExampleError",
+    "Target",
+    "check_generation",
+    "concat_ranges",
+]
 
 EXAMPLE_KEYS = ("query", "positive", "negatives", "target", "target_side", "source")
 # Whose BToks generate a target (the authors' ``ntp_side``), see the module docstring.
@@ -106,6 +114,45 @@ def concat_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     offsets = torch.cumsum(lengths, 0) - lengths  # where each range starts in the output
     within = torch.arange(total) - torch.repeat_interleave(offsets, lengths)
     return torch.repeat_interleave(starts, lengths) + within
+
+
+def check_generation(example: dict) -> tuple[str, object]:
+    """``(target_side, the explicit target)`` of an example dict, checked as the module
+    docstring says (``target_side`` one of :data:`TARGET_SIDES`, default ``"positive"``;
+    ``"target"`` absent, None / ``""`` or a str, consistent with the side; ``source`` a str).
+
+    Returns:
+        the side, and ``"target"``: a non-empty str, None (no target for the query's BToks)
+        or a private marker for "absent" (they generate the positive's input).
+
+    Raises:
+        ValueError: ``"field 'NAME': what is wrong"`` (callers add where the example is).
+    """
+    if "source" in example and not isinstance(example["source"], str):
+        raise ValueError(f"field 'source': must be a str naming the data source, got {_describe(example['source'])}")
+    side = example.get("target_side", "positive")
+    if not isinstance(side, str) or side not in TARGET_SIDES:
+        raise ValueError(f"field 'target_side': must be one of {list(TARGET_SIDES)}, got {_describe(side)}")
+    if "target" not in example:
+        return side, _ABSENT
+    target = example["target"]
+    if target is not None and not isinstance(target, str):
+        raise ValueError(
+            "field 'target': a target must be a str or None (targets given as text are text only, no image or "
+            f"video), got {_describe(target)}"
+        )
+    target = target or None
+    if target is not None and side in ("query", "none"):
+        raise ValueError(
+            f"field 'target': gives the text the query's BToks generate, but target_side {side!r} has the query's "
+            "BToks generate nothing; drop 'target' or use target_side 'positive' or 'both'"
+        )
+    if target is None and side == "both":
+        raise ValueError(
+            "field 'target': is empty, but target_side 'both' has the query's BToks generate a target; drop "
+            "'target' (they generate the positive) or use target_side 'query'"
+        )
+    return side, target
 
 
 @dataclass
@@ -330,41 +377,11 @@ class BTokCollator:
             negatives = []
         if isinstance(negatives, str) or not isinstance(negatives, (list, tuple)):
             raise ExampleError(f"example {i}, field 'negatives': must be a list of texts, got {_describe(negatives)}")
-        source = ex.get("source")
-        if "source" in ex and not isinstance(source, str):
-            raise ExampleError(
-                f"example {i}, field 'source': must be a str naming the data source, got {_describe(source)}"
-            )
-        side = ex.get("target_side", "positive")
-        if not isinstance(side, str) or side not in TARGET_SIDES:
-            raise ExampleError(
-                f"example {i}, field 'target_side': must be one of {list(TARGET_SIDES)}, got {_describe(side)}"
-            )
-        return _Fields(ex["query"], ex["positive"], list(negatives), side, self._check_target(i, ex, side))
-
-    def _check_target(self, i: int, ex: dict, side: str):
-        """The explicit ``"target"`` of example ``i`` (``_ABSENT``, None or a non-empty str),
-        checked against its ``target_side``."""
-        if "target" not in ex:
-            return _ABSENT
-        target = ex["target"]
-        if target is not None and not isinstance(target, str):
-            raise ExampleError(
-                f"example {i}, field 'target': a target must be a str or None (targets given as text are text only, "
-                f"no image or video), got {_describe(target)}"
-            )
-        target = target or None
-        if target is not None and side in ("query", "none"):
-            raise ExampleError(
-                f"example {i}, field 'target': gives the text the query's BToks generate, but target_side {side!r} "
-                "has the query's BToks generate nothing; drop 'target' or use target_side 'positive' or 'both'"
-            )
-        if target is None and side == "both":
-            raise ExampleError(
-                f"example {i}, field 'target': is empty, but target_side 'both' has the query's BToks generate a "
-                "target; drop 'target' (they generate the positive) or use target_side 'query'"
-            )
-        return target
+        try:
+            side, target = check_generation(ex)
+        except ValueError as err:
+            raise ExampleError(f"example {i}, {err}") from None
+        return _Fields(ex["query"], ex["positive"], list(negatives), side, target)
 
     def _merge_flat_media(self, i: int, ex: dict) -> dict:
         """The example with flat image keys (``query_image``...) folded into its inputs; this

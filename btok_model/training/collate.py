@@ -22,6 +22,7 @@ batch it
 from __future__ import annotations
 
 import copy
+
 import torch
 
 from .schedule import GenerativeSchedule

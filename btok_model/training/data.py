@@ -3,14 +3,17 @@
 One example per line::
 
     {"query": str, "positive": str, "negatives": [str, ...]?, "target": str | null?,
+     "target_side": "positive" | "query" | "both" | "none"?, "source": str?,
      "query_image": path?, "positive_image": path?}
 
 ``query`` and ``positive`` may be left out only when the matching image is given. Image
 paths are relative to the file and must exist (the images themselves are read by a
 multimodal collator; a text-only model refuses them). ``target`` follows
 :class:`~btok_model.embedder.collate.BTokCollator`: absent means the positive's text, null
-or ``""`` means no generative target for that example. Anything else -- a line that is not
-JSON, a missing or empty field, an unknown field, an image that does not exist -- raises a
+or ``""`` means no generative target for that example; ``target_side`` (whose BToks
+generate whose text) and ``source`` (the data source's name) follow it too. Anything else --
+a line that is not JSON, a missing or empty field, an unknown field, an image that does not
+exist, a ``target_side`` that is not one of the four or contradicts ``target`` -- raises a
 :class:`~btok_model.datasets.DataError` naming the file and line.
 
 Several files mix with weights (``a.jsonl:0.7 b.jsonl:0.3``): an epoch holds as many
@@ -29,10 +32,11 @@ from dataclasses import dataclass
 import torch
 
 from ..datasets.jsonl import DataError, Record, read_jsonl
+from ..embedder.collate import check_generation
 
 __all__ = ["DataSource", "MixedDataset", "load_examples", "parse_data_spec"]
 
-TRAIN_KEYS = {"query", "positive", "negatives", "target", "query_image", "positive_image"}
+TRAIN_KEYS = {"query", "positive", "negatives", "target", "target_side", "source", "query_image", "positive_image"}
 
 
 def _example(record: Record) -> dict:
@@ -53,6 +57,11 @@ def _example(record: Record) -> dict:
         if target is not None and not isinstance(target, str):
             raise record.error(f"field 'target' must be a string or null, got {type(target).__name__}")
         example["target"] = target
+    example.update({key: record.data[key] for key in ("target_side", "source") if key in record.data})
+    try:  # the collator's rules, checked here so that a bad line fails before training starts
+        check_generation(example)
+    except ValueError as err:
+        raise record.error(str(err)) from None
     return example
 
 

@@ -74,6 +74,76 @@ def test_target_rules(model):
     assert target_of({"query": "q", "positive": "pos", "target": ""}) == ""
 
 
+def targets_of(model, examples):
+    """The decoded target of every packed sequence ("" where none), queries then candidates."""
+    batch = model.collate(examples)
+    layout = batch["btok_layout"]
+    cu = layout.host_cu_seqlens
+    return [
+        model.tokenizer.decode(batch["input_ids"][0, cu[s] + layout.host_target_start[s] : cu[s + 1]].tolist())
+        for s in range(len(cu) - 1)
+    ]
+
+
+def test_generation_sides(model):
+    """positive: the query's BToks generate the positive; query: the positive's BToks generate
+    the query; both; none. Negatives never get a target; "source" changes nothing."""
+    ex = {"query": "q text", "positive": "pos", "negatives": ["neg"]}
+    wrap = PREFIX + "{}" + SUFFIX
+    expected = {
+        "positive": [wrap.format("pos"), "", ""],
+        "query": ["", wrap.format("q text"), ""],
+        "both": [wrap.format("pos"), wrap.format("q text"), ""],
+        "none": ["", "", ""],
+    }
+    for side, targets in expected.items():
+        assert targets_of(model, [dict(ex, target_side=side)]) == targets, side
+        assert targets_of(model, [dict(ex, target_side=side, source="wiki")]) == targets, side
+    assert targets_of(model, [ex]) == expected["positive"]
+    # "target" replaces the text the query's BToks generate, with "positive" and "both"
+    assert targets_of(model, [dict(ex, target="tgt")])[0] == wrap.format("tgt")
+    assert targets_of(model, [dict(ex, target_side="both", target="tgt")]) == [
+        wrap.format("tgt"),
+        wrap.format("q text"),
+        "",
+    ]
+    assert targets_of(model, [dict(ex, target_side="query", target=None)]) == expected["query"]
+    assert targets_of(model, [dict(ex, target_side="none", target="")]) == expected["none"]
+
+
+def test_mixed_sides_pack_labels_on_every_target():
+    """One batch mixing the sides: every target's text and end marker are scored where it sits,
+    nothing else; num_target_tokens counts them all."""
+    model = tiny_btok()
+    examples = [
+        {"query": "aa", "positive": "bbb", "target_side": "query"},
+        {"query": "cccc", "positive": "d", "target_side": "both", "negatives": ["e"]},
+        {"query": "ff", "positive": "gg", "target_side": "none"},
+        {"query": "hhh", "positive": "ii", "target": "jjjjj"},
+    ]
+    batch = model.collate(examples)
+    layout, k = batch["btok_layout"], model.num_btoks
+    # sequence: its target's text (queries 0-3, positives 4-7, the negative 8)
+    texts = {1: "d", 3: "jjjjj", 4: "aa", 5: "cccc"}
+    prefix = len(ids(model, PREFIX, False))
+    scored = []
+    for s, text in texts.items():
+        start = layout.host_cu_seqlens[s] + layout.host_target_start[s]
+        assert layout.host_target_start[s] == layout.host_btok_start[s] + k
+        scored += range(start + prefix, layout.host_cu_seqlens[s + 1])
+        assert layout.host_cu_seqlens[s + 1] - start == prefix + len(text) + len(ids(model, SUFFIX, False))
+    for s in set(range(9)) - set(texts):
+        assert layout.host_target_start[s] == layout.seqlens[s], f"sequence {s} must have no target"
+    labels = batch["labels"][0]
+    assert (labels != -100).nonzero().flatten().tolist() == sorted(scored)
+    assert torch.equal(labels[scored], batch["input_ids"][0, scored])
+    assert batch["num_target_tokens"] == len(scored)
+    positions = batch["position_ids"][0]
+    for s in range(9):  # 0, 1, ... per sequence: a target starts at input + K
+        a, b = layout.host_cu_seqlens[s], layout.host_cu_seqlens[s + 1]
+        assert positions[a:b].tolist() == list(range(b - a))
+
+
 def test_empty_prefix_leaves_the_first_target_token_unscored():
     """The first token must be predicted by a target row, never by a BTok that sees the query."""
     model = tiny_btok(target_prefix="", target_suffix="")
@@ -87,10 +157,12 @@ def test_empty_prefix_leaves_the_first_target_token_unscored():
 
 
 def test_generative_weight_zero_collates_no_targets():
+    """No target anywhere: neither the queries' nor the positives' (target_side query / both)."""
     model = tiny_btok()
-    with_targets = model.collate(EXAMPLES)
+    examples = EXAMPLES + [{"query": "q", "positive": "p", "target_side": "query"}, {**GOOD, "target_side": "both"}]
+    with_targets = model.collate(examples)
     model.generative_weight = 0.0
-    batch = model.collate(EXAMPLES)
+    batch = model.collate(examples)
     layout = batch["btok_layout"]
     assert layout.host_target_start == layout.seqlens
     assert batch["num_target_tokens"] == 0 and (batch["labels"] == -100).all()
@@ -101,7 +173,7 @@ def test_generative_weight_zero_collates_no_targets():
     out = model(**with_targets)
     assert out.generative_loss is None and torch.equal(out.loss, out.contrastive_loss)
     model.generative_weight = 5.0
-    assert model.collate(EXAMPLES)["num_target_tokens"] == with_targets["num_target_tokens"]
+    assert model.collate(examples)["num_target_tokens"] == with_targets["num_target_tokens"]
 
 
 def test_collator_is_picklable_and_model_free(model):
@@ -130,6 +202,13 @@ BAD_EXAMPLES = [
     ([{"query": "q", "positive": "p", "negatives": ["n", ""]}], r"example 0, field 'negatives\[1\]': empty text"),
     ([{"query": "q", "positive": "p", "target": 7}], "example 0, field 'target': a target must be a str or None"),
     ([{"query": "q", "positive": "p <|btok_1|>"}], "example 0, field 'positive': the text contains a BTok token"),
+    ([{**GOOD, "target": "t <|btok_0|>"}], "example 0, field 'target': the text contains a BTok token"),
+    ([GOOD, {**GOOD, "target_side": "pos"}], r"example 1, field 'target_side': must be one of \['positive', 'query'"),
+    ([{**GOOD, "target_side": None}], "example 0, field 'target_side': must be one of .* got NoneType"),
+    ([{**GOOD, "target_side": "query", "target": "t"}], "example 0, field 'target': .* target_side 'query' has the"),
+    ([{**GOOD, "target_side": "none", "target": "t"}], "example 0, field 'target': .* target_side 'none' has the"),
+    ([{**GOOD, "target_side": "both", "target": None}], "example 0, field 'target': is empty, but target_side 'both'"),
+    ([{**GOOD, "source": 3}], "example 0, field 'source': must be a str naming the data source, got int"),
     ([GOOD, ["q", "p"]], "example 1 must be a dict"),
     ([], "examples must be a non-empty list"),
     (GOOD, "examples must be a non-empty list"),
@@ -154,6 +233,10 @@ def test_lengths_are_checked_never_truncated():
             "example 0, field 'target': query \\+ 4 BToks \\+ target is 25",
         ),
         ({"query": "q", "positive": "p" * 21, "target": None}, "example 0, field 'positive': the candidate"),
+        (
+            {"query": "q" * 8, "positive": "p", "target_side": "query"},
+            "example 0, field 'positive': positive \\+ 4 BToks \\+ target \\(the query\\) is 25",
+        ),
         ({"query": "q", "positive": "p", "negatives": ["n", "n" * 30]}, r"example 0, field 'negatives\[1\]'"),
     ]
     for example, message in cases:

@@ -124,6 +124,46 @@ def test_batch_layout_and_pixels(model):
     assert batch["position_ids"].shape == (3, 1, batch["btok_layout"].total_tokens)
 
 
+def test_vision_blocks_on_their_own_line(model):
+    """The authors' own_line prompt: blocks, newline, the text with its ends stripped and its
+    lines' trailing spaces dropped, one final newline; blocks and a newline without text."""
+    photo, clip = image(28, 56, 1), frames(2, 28, 28, 2)
+    tok, btoks = model.tokenizer, model.btok_token_ids
+    image_block = [VISION_START, IMAGE_TOKEN, IMAGE_TOKEN, VISION_END]
+    video_block = [VISION_START, VIDEO_TOKEN, VISION_END]
+    inputs = [
+        {"text": " \n what is this?  \nsecond line \n\n", "image": photo},
+        {"image": photo, "video": clip},
+        {"text": "a clip", "video": clip},
+        " plain text stays as it is ",
+    ]
+    expected = [
+        image_block + tok("\nwhat is this?\nsecond line\n")["input_ids"],
+        image_block + video_block + tok("\n")["input_ids"],
+        video_block + tok("\na clip\n")["input_ids"],
+        tok(" plain text stays as it is ")["input_ids"],
+    ]
+    assert model.tokenize(inputs) == [ids + btoks for ids in expected]
+
+
+def test_an_image_only_input_as_a_target(model):
+    """As the authors' trainer does it: a positive generating an image-only query still has a
+    target, the query's vision block (seen, unscored), its newline and the end marker (scored);
+    the query itself has none (target_side "query")."""
+    photo = image(56, 84, 1)
+    batch = model.collate([{"query": {"image": photo}, "positive": "a cat", "target_side": "query"}])
+    layout = batch["btok_layout"]
+    query, positive = sequences(batch), sequences(batch, "labels")
+    assert layout.host_target_start[0] == layout.seqlens[0]
+    t = layout.host_target_start[1]
+    block, _, _ = by_hand(model, {"image": photo})  # <|vision_start|> 6 x <|image_pad|> <|vision_end|> \n
+    prefix = model.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    suffix = model.tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert query[1][0, t:].tolist() == prefix + block + suffix and len(block) == 9
+    assert positive[1][0, t:].tolist() == [-100] * (len(prefix) + 8) + block[-1:] + suffix
+    assert batch["num_target_tokens"] == 2 and batch["image_grid_thw"].shape[0] == 2
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_position_ids_are_the_models_own_per_sequence(family):
     """Every packed sequence's ``[input | BToks]`` positions equal the model's

@@ -1,14 +1,16 @@
 """Training a BTok embedder on Qwen2-VL / Qwen2.5-VL: the single packed pass equals the
-authors' two-pass formulation with images and video in the queries (generative loss, query
-embeddings, every parameter gradient, vision tower included); what trains under LoRA, a
-frozen backbone and full fine-tuning; save/load with the processor."""
+authors' two-pass formulation with images and video in the queries and candidates, for every
+generation side (generative loss, embeddings, every parameter gradient, vision tower
+included; a target's image visible and unscored, its positions starting at its sequence's
+token count); what trains under LoRA, a frozen backbone and full fine-tuning; save/load with
+the processor."""
 
 import json
 
 import pytest
 import torch
-from test_twopass import assert_same, rel_err, single_pass, two_pass
 from btok_tiny import snapshot, train_one_step
+from test_twopass import TOL, assert_same, rel_err, single_pass, two_pass
 from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 from btok_model import BTokModel
@@ -39,6 +41,72 @@ def test_single_pass_equals_two_pass_with_images(family):
     grads = single[3]
     assert any("visual" in n for n in grads), "the vision tower must get gradients"
     assert all(grads[n].abs().sum() > 0 for n in grads if "visual" in n and "bias" not in n)
+
+
+def side_examples(side: str) -> list[dict]:
+    """An image query, a text query with an image positive, a video query, an image-only query
+    with an image positive; every example generating on ``side``. Every image spans several
+    rows and columns of tokens, so its M-RoPE positions end before its token count: a target
+    after it starts later than the last BTok's position + 1."""
+    examples = [
+        {"query": {"text": "what is in the picture?", "image": image(56, 84, 1)}, "positive": "a cat on a mat"},
+        {"query": "find the tall one", "positive": {"text": "tall", "image": image(56, 56, 3)}, "negatives": ["x"]},
+        {"query": {"text": "clip", "video": frames(4, 28, 56, 4)}, "positive": "moving left"},
+        {"query": {"image": image(84, 56, 2)}, "positive": {"text": "blue sky", "image": image(56, 84, 8)}},
+    ]
+    return [dict(ex, target_side=side) for ex in examples]
+
+
+def continuing_positions(batch: dict) -> torch.Tensor:
+    """``position_ids`` with every target moved to start right after its ``[input | BToks]``'s
+    largest M-RoPE position (btok's rule before it followed the authors' token count)."""
+    layout, positions = batch["btok_layout"], batch["position_ids"].clone()
+    cu = layout.host_cu_seqlens
+    for s, t in enumerate(layout.host_target_start):
+        a, b = cu[s], cu[s + 1]
+        if t < b - a:
+            positions[..., a + t : b] -= t - 1 - int(positions[..., a : a + t].max())
+    return positions
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("side", ["positive", "query", "both"])
+def test_each_generation_side_with_images_equals_two_pass(family, side):
+    """Image and video inputs on either side of the target: the two passes position a target
+    at S + the model's rope index of the target alone (S: the first pass's token count), the
+    target's image runs through the vision tower again, its vision tokens score nothing."""
+    model = tiny_vl_btok(family)
+    examples = side_examples(side)
+    single, double = single_pass(model, examples), two_pass(model, examples, "sdpa")
+    assert_same(single, double, f"{family}/{side}")
+    assert all(single[3][n].abs().sum() > 0 for n in single[3] if ".visual." in n and "bias" not in n)
+    batch = model.collate(examples)
+    # Control: targets continuing right after the last BTok's M-RoPE position fail this check.
+    continuing = dict(batch, position_ids=continuing_positions(batch))
+    with torch.no_grad():
+        assert rel_err(model.embed_batch(continuing)[2], double[1].detach()) > TOL
+    # 4 images and a video in the inputs; a target generated from an input with media holds them again
+    in_targets = {"positive": (2, 0), "query": (2, 1), "both": (4, 1)}[side]
+    assert (batch["image_grid_thw"].shape[0], batch["video_grid_thw"].shape[0]) == (
+        4 + in_targets[0],
+        1 + in_targets[1],
+    )
+
+
+def test_side_none_with_images_and_targets_change_no_embedding():
+    """``none`` leaves no target (nor a target's pixels); every side gives the same embeddings."""
+    model = tiny_vl_btok("qwen2_vl")
+    batch = model.collate(side_examples("none"))
+    assert batch["num_target_tokens"] == 0 and (batch["labels"] == -100).all()
+    assert batch["btok_layout"].host_target_start == batch["btok_layout"].seqlens
+    assert batch["image_grid_thw"].shape[0] == 4 and batch["video_grid_thw"].shape[0] == 1
+    query, candidates, generative, _ = model.embed_batch(batch)
+    assert generative is None
+    for side in ("positive", "query", "both"):
+        q, c, generative, _ = model.embed_batch(model.collate(side_examples(side)))
+        assert generative is not None
+        # fp32 ulps at most: another packing may round differently, a leak would move them by ~1e-2
+        assert rel_err(q.detach(), query.detach()) < 1e-6 and rel_err(c.detach(), candidates.detach()) < 1e-6, side
 
 
 def _embedding_rows(model):

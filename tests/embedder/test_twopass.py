@@ -1,6 +1,7 @@
 """The single packed pass equals the authors' two-pass formulation: generative loss, every
-parameter gradient and the query embeddings, on tiny random Llama (tied LM head) and Qwen2
-(untied), fp32."""
+parameter gradient and the query and candidate embeddings, on tiny random Llama (tied LM head)
+and Qwen2 (untied), fp32, for every generation side (targets after the queries' BToks, after
+the positives', both, none)."""
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def probe(n: int, h: int, seed: int = 3) -> torch.Tensor:
-    """Fixed random weights for a linear functional of the query embeddings."""
+    """Fixed random weights for a linear functional of the embeddings."""
     return torch.randn(n, h, generator=torch.Generator().manual_seed(seed))
 
 
@@ -35,21 +36,30 @@ def grads(model) -> dict:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _backward(embeddings, generative):
+    """Backward of the generative loss (if any) + a fixed linear functional of the embeddings."""
+    loss = (embeddings * probe(*embeddings.shape)).sum()
+    (loss if generative is None else loss + generative).backward()
+
+
 def single_pass(model, examples):
+    """``(query and candidate embeddings, generative loss, scored tokens, gradients)`` of the packed pass."""
     model.zero_grad(set_to_none=True)
-    query, _, generative, num_tokens = model.embed_batch(model.collate(examples))
-    (generative + (query * probe(*query.shape)).sum()).backward()
-    return query.detach(), generative.detach(), num_tokens, grads(model)
+    query, candidates, generative, num_tokens = model.embed_batch(model.collate(examples))
+    embeddings = torch.cat([query, candidates])
+    _backward(embeddings, generative)
+    return embeddings.detach(), generative, num_tokens, grads(model)
 
 
 def two_pass(model, examples, attn):
+    """The same from :func:`two_pass_forward` under the attention implementation ``attn``."""
     model.backbone.set_attn_implementation(attn)
     try:
         model.zero_grad(set_to_none=True)
         out = two_pass_forward(model, examples)
-        query = out.query_embeddings
-        (out.generative_loss + (query * probe(*query.shape)).sum()).backward()
-        return query.detach(), out.generative_loss.detach(), out.num_target_tokens, grads(model)
+        embeddings = torch.cat([out.query_embeddings, out.candidate_embeddings])
+        _backward(embeddings, out.generative_loss)
+        return embeddings.detach(), out.generative_loss, out.num_target_tokens, grads(model)
     finally:
         model.backbone.set_attn_implementation("btok_triton")
 
@@ -57,12 +67,26 @@ def two_pass(model, examples, attn):
 def assert_same(single, double, what):
     (q1, g1, n1, grads1), (q2, g2, n2, grads2) = single, double
     assert n1 == n2 > 0
-    assert rel_err(g1, g2) < TOL, f"{what}: generative loss {g1.item()} vs {g2.item()}"
-    assert rel_err(q1, q2) < TOL, f"{what}: query embeddings"
+    assert rel_err(g1.detach(), g2.detach()) < TOL, f"{what}: generative loss {g1.item()} vs {g2.item()}"
+    assert rel_err(q1, q2) < TOL, f"{what}: embeddings"
     assert grads1.keys() == grads2.keys() and len(grads1) > 0
     for name in grads2:
         assert torch.isfinite(grads1[name]).all(), name
         assert rel_err(grads1[name], grads2[name]) < TOL, f"{what}: gradient of {name}"
+
+
+def with_side(examples, side):
+    """The examples with ``target_side`` set ("mixed": each example another side), an explicit
+    ``"target"`` kept only where the side lets the query's BToks generate."""
+    sides = ["positive", "query", "both", "none"]
+    out = []
+    for i, ex in enumerate(examples):
+        s = sides[i % 4] if side == "mixed" else side
+        ex = dict(ex, target_side=s)
+        if s in ("query", "none") or (s == "both" and not ex.get("target", "x")):
+            ex.pop("target", None)
+        out.append(ex)
+    return out
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -70,6 +94,42 @@ def assert_same(single, double, what):
 def test_single_pass_equals_two_pass(family, attn):
     model = tiny_btok(family)
     assert_same(single_pass(model, LONG_EXAMPLES), two_pass(model, LONG_EXAMPLES, attn), f"{family}/{attn}")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("side", ["query", "both", "mixed"])
+def test_each_generation_side_equals_two_pass(family, side):
+    """Targets after the positives' BToks (the positive generates the query) too."""
+    model = tiny_btok(family)
+    examples = with_side(LONG_EXAMPLES, side)
+    single, double = single_pass(model, examples), two_pass(model, examples, "sdpa")
+    assert_same(single, double, f"{family}/{side}")
+    batch = model.collate(examples)
+    layout, n = batch["btok_layout"], len(examples)
+    on_positives = [t < len_ for t, len_ in zip(layout.host_target_start[n : 2 * n], layout.seqlens[n : 2 * n])]
+    assert any(on_positives) and not any(
+        t < len_ for t, len_ in zip(layout.host_target_start[2 * n :], layout.seqlens[2 * n :])
+    )
+
+
+def test_side_none_leaves_no_target_and_targets_change_no_embedding():
+    """``none``: no target, no label, 0 target tokens, nothing generated in the two passes; the
+    embeddings of every query and candidate are the same whichever side generates."""
+    model = tiny_btok("qwen2")
+    batch = model.collate(with_side(LONG_EXAMPLES, "none"))
+    layout = batch["btok_layout"]
+    assert layout.host_target_start == layout.seqlens and batch["num_target_tokens"] == 0
+    assert (batch["labels"] == -100).all()
+    out = two_pass_forward(model, with_side(LONG_EXAMPLES, "none"))
+    assert out.generative_loss is None and out.num_target_tokens == 0
+    query, candidates, generative, n = model.embed_batch(batch)
+    assert generative is None and n == 0
+    for side in ("positive", "query", "both", "mixed"):
+        q, c, generative, _ = model.embed_batch(model.collate(with_side(LONG_EXAMPLES, side)))
+        assert generative is not None
+        # A packing with other lengths may round differently (fp32 ulps: the CPU kernel batches
+        # sequences by length); a target reaching an embedding would move it by ~1e-2.
+        assert rel_err(q.detach(), query.detach()) < 1e-6 and rel_err(c.detach(), candidates.detach()) < 1e-6, side
 
 
 def test_single_pass_equals_two_pass_lora_last_pooling():
@@ -96,3 +156,4 @@ def test_two_pass_without_targets():
     out = two_pass_forward(model, [{"query": "abc", "positive": "d", "target": None}])
     assert out.generative_loss is None and out.num_target_tokens == 0
     assert rel_err(out.query_embeddings.detach(), model.encode(["abc"])) < TOL
+    assert rel_err(out.candidate_embeddings.detach(), model.encode(["d"])) < TOL

@@ -30,6 +30,9 @@ GOOD = {"query": "q", "positive": "p"}
         ({"query": "q", "positive": "p", "negatives": ["n", ""]}, r"negatives\[1\] is empty"),
         ({"query": "q", "positive": "p", "target": 5}, "field 'target' must be a string or null"),
         ({"query": "q", "positive": "p", "negative": ["n"]}, r"unknown field\(s\) \['negative'\]"),
+        ({"query": "q", "positive": "p", "target_side": "qry"}, "field 'target_side': must be one of"),
+        ({"query": "q", "positive": "p", "target_side": "none", "target": "t"}, "field 'target': .* 'none'"),
+        ({"query": "q", "positive": "p", "source": ["a"]}, "field 'source': must be a str"),
         (
             {"query": "q", "positive": "p", "query_image": "img/missing.png"},
             "image file 'img/missing.png' does not exist",
@@ -46,6 +49,9 @@ GOOD = {"query": "q", "positive": "p"}
         "empty-negative",
         "target-type",
         "unknown-field",
+        "target-side",
+        "side-conflicts-target",
+        "source-type",
         "missing-image",
     ],
 )
@@ -70,12 +76,14 @@ def test_fields_and_images(tmp_path):
             {"query": "q", "positive": "p", "negatives": ["n1", "n2"], "target": None},
             {"query_image": "img/cat.png", "positive": "a cat"},
             {"query": "q", "positive": "p", "target": ""},
+            {"query": "q", "positive": "p", "target_side": "query", "source": "MSCOCO_t2i"},
         ],
     )
-    first, second, third = load_examples(path)
+    first, second, third, fourth = load_examples(path)
     assert first == {"query": "q", "positive": "p", "negatives": ["n1", "n2"], "target": None}
     assert second == {"query_image": str(tmp_path / "img" / "cat.png"), "positive": "a cat"}
     assert third["target"] == ""
+    assert fourth == {"query": "q", "positive": "p", "target_side": "query", "source": "MSCOCO_t2i"}
 
 
 def test_empty_file(tmp_path):

@@ -48,6 +48,41 @@ def test_chunked_equals_full_batch(family, chunk_size, max_tokens):
     assert_tensors_close(actual, expected, TOL, "grad")
 
 
+def sided(batch_examples: list[dict]) -> list[dict]:
+    """The examples generating on every side in turn: targets after the positives' BToks too."""
+    out = []
+    for i, ex in enumerate(batch_examples):
+        side = ("query", "both", "positive", "none")[i % 4]
+        ex = dict(ex, target_side=side, source=f"source-{i % 2}")
+        if side in ("query", "none") or (side == "both" and not ex.get("target", "x")):
+            ex.pop("target", None)
+        out.append(ex)
+    return out
+
+
+def test_chunked_with_positive_side_targets_equals_full_batch():
+    """Targets after the positives' BToks (target_side query / both): the chunks' embedding
+    passes carry no target at all, and the chunked step equals the full batch."""
+    model = tiny_model(tiny_recipe(generative_weight=2.0), family="qwen2").train()
+    batch_examples = sided(examples(8))
+    full_batch = model.collate(batch_examples)
+    chunked = TrainingCollator(model.collator, GenerativeSchedule(2.0, None), chunk_size=3)(batch_examples)
+    assert len(chunked["chunks"]) == 3
+    for chunk in chunked["chunks"]:
+        layout, embed_layout = chunk["batch"]["btok_layout"], chunk["embed_batch"]["btok_layout"]
+        assert embed_layout.host_target_start == embed_layout.seqlens and chunk["embed_batch"]["num_target_tokens"] == 0
+        assert embed_layout.host_btok_start == layout.host_btok_start
+    n = len(batch_examples)
+    on_positives = full_batch["btok_layout"].host_target_start[n : 2 * n]
+    assert any(t < length for t, length in zip(on_positives, full_batch["btok_layout"].seqlens[n : 2 * n]))
+    assert chunked["num_target_tokens"] == full_batch["num_target_tokens"]
+    full, expected = _full_step(model, full_batch)
+    parts, actual = _chunked_step(model, chunked)
+    torch.testing.assert_close(parts["contrastive_loss"], full.contrastive_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts["generative_loss"], full.generative_loss.detach(), rtol=1e-5, atol=0)
+    assert_tensors_close(actual, expected, TOL, "grad")
+
+
 def test_chunked_with_scales_equals_scaled_full_batch():
     """The rank-share weights scale the two parts separately, exactly as a weighted full loss."""
     model = tiny_model(tiny_recipe(generative_weight=3.0)).train()
@@ -112,9 +147,13 @@ def test_token_budget_too_small_names_the_example():
 
 
 def test_schedule_leaves_targets_out():
+    """Past the generative steps no sequence has a target, the positives' included."""
     model = tiny_model()
     collator = TrainingCollator(model.collator, GenerativeSchedule(1.0, 1), gradient_accumulation_steps=2)
-    sizes = [collator(examples(4))["num_target_tokens"] for _ in range(4)]
+    sizes = [collator(sided(examples(4)))["num_target_tokens"] for _ in range(4)]
     assert sizes[0] == sizes[1] > 0 and sizes[2] == sizes[3] == 0
+    collator.start_at(2)
+    layout = collator(sided(examples(4)))["btok_layout"]
+    assert layout.host_target_start == layout.seqlens
     collator.start_at(0)
-    assert collator(examples(4))["num_target_tokens"] == sizes[0]
+    assert collator(sided(examples(4)))["num_target_tokens"] == sizes[0]

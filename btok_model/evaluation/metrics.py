@@ -195,8 +195,8 @@ def expected_graded_metrics(
         cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), (1.0 / torch.log2(ranks + 1)).cumsum(0)])
         lo = greater.clamp(max=k).long()
         hi = (greater + ties + 1).clamp(max=k).long()
-        discount = (cumulative[hi] - cumulative[lo]) / (ties + 1)
-        dcg = (gains * discount * valid).sum(1)
+        discount = (cumulative[hi] - cumulative[lo]) / (ties + 1).clamp(min=1)
+        dcg = torch.where(valid, gains * discount, torch.zeros_like(discount)).sum(1)
         ideal = gains.sort(1, descending=True).values[:, :k]
         idcg = (ideal / torch.log2(torch.arange(2, ideal.shape[1] + 2, dtype=torch.float64))).sum(1)
         out[f"ndcg@{k}"] = torch.where(idcg > 0, dcg / idcg.clamp(min=1e-300), torch.zeros_like(dcg))

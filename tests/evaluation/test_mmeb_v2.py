@@ -263,3 +263,30 @@ def test_aggregate_and_table_by_hand():
     table = markdown_table(rows, summary)
     assert table.splitlines()[0].startswith("| Image CLS | Image QA | Image RET | Image GD | **Image** | Video CLS")
     assert table.splitlines()[2] == "| 60.0 | 30.0 | – | – | 50.0 | 20.0 | – | – | – | 20.0 | – | – | – | – | – | 42.5 |"
+
+
+def test_cli(root, tmp_path, monkeypatch, capsys):
+    import btok_model.evaluate as cli
+    from btok_model.evaluation import EmbeddingScorer
+
+    loads = []
+    monkeypatch.setattr(cli, "load_scorer", lambda args: loads.append(args.model) or EmbeddingScorer(HashEmbedder()))
+    out = tmp_path / "out"
+    argv = ["--model", "m", "--mmeb-v2", root, "--datasets", *FIXTURE_DATASETS, "--output-dir", str(out)]
+    report = cli.main([*argv, "--limit", "2", "--no-progress-bar"])
+    assert [r["num_queries"] for r in report["datasets"]] == [2, 2, 2, 2]
+    assert report["settings"] == {"limit": 2, "num_frames": 8, "model": "m", "gguf_file": None, "baseline": None}
+    printed = capsys.readouterr().out
+    assert "ImageNet-1K: hit@1" in printed and printed.endswith((out / "results.md").read_text())
+    for extra, message in [
+        (["--output-dir", str(out)], "give --data FILE ... or --mmeb-v2 ROOT"),
+        (["--mmeb-v2", root, "--datasets", "K7OO", "--output-dir", str(out)], "error: unknown MMEB-V2 dataset 'K7OO'"),
+        (["--mmeb-v2", root, "--modalities", "video", "--output-dir", str(out)], "error: MMEB-V2 root .* lacks 17 of"),
+        (["--mmeb-v2", root, "--datasets", "K700"], "needs --output-dir"),
+        (["--mmeb-v2", root, "--baseline", "tfidf", "--output-dir", str(out)], "scores text only"),
+        (["--mmeb-v2", root, "--datasets", "ImageNet-1K", "--output-dir", str(out), "--limit", "3"],
+         "holds MMEB-V2 results of other settings"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["--model", "m", *extra])
+    assert loads == ["m", "m"]  # bad data fails before a model loads; the folder check after

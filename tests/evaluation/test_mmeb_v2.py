@@ -290,3 +290,21 @@ def test_cli(root, tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit, match=message):
             cli.main(["--model", "m", *extra])
     assert loads == ["m", "m"]  # bad data fails before a model loads; the folder check after
+
+
+def test_training_eval_source(root):
+    from btok_model.training.evaluation import load_eval_source
+
+    source = load_eval_source(root, datasets=["ImageNet-1K", "ViDoRe_arxivqa"], limit=3)
+    assert source.metric_names() == [
+        "overall", "image", "visdoc", "image_classification", "visdoc_vidore_v1", "ImageNet-1K", "ViDoRe_arxivqa",
+    ]  # fmt: skip
+    model = HashEmbedder()
+    metrics = source.evaluate(model)
+    scores = [evaluate_task(t, model, show_progress_bar=False)["score"] for t in source.mmeb_tasks]
+    assert metrics["ImageNet-1K"] == scores[0] and metrics["visdoc"] == scores[1]
+    assert metrics["overall"] == pytest.approx(sum(scores) / 2)
+    single = load_eval_source(os.path.join(root, "video-tasks", "Video-MME"))
+    assert [t.name for t in single.mmeb_tasks] == ["Video-MME"]
+    with pytest.raises(ValueError, match="is one MMEB-V2 dataset"):
+        load_eval_source(os.path.join(root, "video-tasks", "Video-MME"), datasets=["K700"])

@@ -13,7 +13,6 @@ from btok_model.evaluation.metrics import graded_metrics_from_scores
 from btok_model.evaluation.mmeb_v2 import aggregate, evaluate_mmeb_v2, evaluate_task, markdown_table, open_tasks
 from btok_model.evaluation.mmeb_v2_index import dataset
 
-pytest.importorskip("lance")
 
 QUIET = dict(show_progress_bar=False, log=lambda _: None)
 QA_PREFIX = (

@@ -182,9 +182,7 @@ def parser() -> argparse.ArgumentParser:
         "--metric-for-best-model",
         help="keep the checkpoint with the best value of this evaluation metric (eval_recall@1, eval_overall, ...)",
     )
-    g.add_argument(
-        "--load-best-model-at-end", action="store_true", help="the final model is the best checkpoint's"
-    )
+    g.add_argument("--load-best-model-at-end", action="store_true", help="the final model is the best checkpoint's")
     return p
 
 
@@ -202,9 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .training.data import MixedDataset, parse_data_spec
-    from .training.recipe import build_model, train
-
     from .training.evaluation import eval_callback_from_args
+    from .training.recipe import build_model, train
 
     callbacks, eval_overrides = eval_callback_from_args(args)  # evaluation data checked before the model loads
     recipe = recipe_from_args(args)

@@ -221,7 +221,8 @@ def graded_metrics_from_scores(
             f"{tuple(scores.shape)} and {tuple(gains.shape)}"
         )
     width = max(int((gains > 0).sum(1).max()), 1)
-    order = torch.argsort((gains > 0).double(), dim=1, descending=True, stable=True)[:, :width]  # relevant columns first
+    # the relevant columns first
+    order = torch.argsort((gains > 0).double(), dim=1, descending=True, stable=True)[:, :width]
     slot_gains = gains.double().gather(1, order).clamp(min=0)
     targets = scores.gather(1, order)
     greater, equal = tie_counts(scores, targets)

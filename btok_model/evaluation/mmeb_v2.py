@@ -168,7 +168,16 @@ def open_task(root: str | os.PathLike, spec: MMEBDataset, limit: int | None = No
         lists.append(judged[row][0])
         relevant.append(judged[row][1])
     return MMEBTask(
-        spec, folder, inputs, queries, candidates, rows, [query_ids[r] for r in rows], candidate_ids, lists, relevant,
+        spec,
+        folder,
+        inputs,
+        queries,
+        candidates,
+        rows,
+        [query_ids[r] for r in rows],
+        candidate_ids,
+        lists,
+        relevant,
         len(query_ids),
     )
 
@@ -425,7 +434,7 @@ def evaluate_task(
     needed = task.needed_candidates()
     total = len(task.query_rows) + len(needed)
     with tqdm(total=total, desc=f"MMEB-V2 {task.name}", unit="input", disable=not show_progress_bar) as bar:
-        settings = dict(batch_size=batch_size, block=block, num_frames=num_frames, bar=bar)
+        settings = {"batch_size": batch_size, "block": block, "num_frames": num_frames, "bar": bar}
         candidates = _embed(task, model, task.inputs.candidate, task.candidates, needed, "candidate", **settings)
         queries = _embed(task, model, task.inputs.query, task.queries, task.query_rows, "query", **settings)
     if not (torch.isfinite(queries).all() and torch.isfinite(candidates).all()):
@@ -536,8 +545,10 @@ def markdown_table(results: list[dict], summary: dict) -> str:
     ]
     if not summary["complete"]:
         lines += [
-            f"Over {summary['num_datasets']} of the {len(DATASETS)} MMEB-V2 datasets: not comparable with the "
-            "paper's full-benchmark columns.",
+            (
+                f"Over {summary['num_datasets']} of the {len(DATASETS)} MMEB-V2 datasets: not comparable with the "
+                "paper's full-benchmark columns."
+            ),
             "",
         ]
     lines += [

@@ -151,9 +151,7 @@ def select_datasets(names: list[str] | None = None, modalities: list[str] | None
             raise ValueError(f"MMEB-V2 dataset(s) named twice: {', '.join(repeated)}")
         wanted = {dataset(n).name for n in names}
     chosen = [
-        d
-        for d in DATASETS
-        if (names is None or d.name in wanted) and (modalities is None or d.modality in modalities)
+        d for d in DATASETS if (names is None or d.name in wanted) and (modalities is None or d.modality in modalities)
     ]
     if not chosen:
         raise ValueError(f"no MMEB-V2 dataset is both in {names} and of modality {modalities}")

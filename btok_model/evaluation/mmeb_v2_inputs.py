@@ -445,7 +445,9 @@ DOCUMENT_CANDIDATE = "Understand the content of the provided document image."
 
 def _visdoc(name: str) -> DatasetInputs:
     def query(row: dict, num_frames: int) -> Prompt:
-        return Prompt(normalize_whitespace(f"{DOCUMENT_QUERY} {_required(row, 'query', name)}\n", trailing_newline=True))
+        return Prompt(
+            normalize_whitespace(f"{DOCUMENT_QUERY} {_required(row, 'query', name)}\n", trailing_newline=True)
+        )
 
     candidate_text = _compose(DOCUMENT_CANDIDATE, token=IMAGE_TOKEN, separator="\n", trailing_newline=True)
 

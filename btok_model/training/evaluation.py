@@ -100,7 +100,9 @@ def load_eval_source(
         from ..evaluation.data import load_task
 
         if datasets or modalities or limit is not None:
-            raise ValueError("--eval-datasets, --eval-modalities and --eval-limit apply to MMEB-V2, not to a JSONL file")
+            raise ValueError(
+                "--eval-datasets, --eval-modalities and --eval-limit apply to MMEB-V2, not to a JSONL file"
+            )
         return EvalSource(os.path.basename(spec), pairs_task=load_task(spec))
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"--eval-data {spec!r}: no such file or folder")
@@ -272,4 +274,8 @@ class _Settings:
     """The TrainingArguments fields :meth:`RetrievalEvalCallback.check` reads, before they exist."""
 
     def __init__(self, metric_for_best_model, save_strategy, save_steps):
-        self.metric_for_best_model, self.save_strategy, self.save_steps = metric_for_best_model, save_strategy, save_steps
+        self.metric_for_best_model, self.save_strategy, self.save_steps = (
+            metric_for_best_model,
+            save_strategy,
+            save_steps,
+        )

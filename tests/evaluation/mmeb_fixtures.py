@@ -72,7 +72,12 @@ def write_dataset(root: str, folder: str, queries: list, candidates: list, qrels
 
 
 def _sparse(query_id, ids, scores=None):
-    return {"query_id": query_id, "mode": "sparse", "candidate_ids": ids, "candidate_scores": scores or [1.0] * len(ids)}
+    return {
+        "query_id": query_id,
+        "mode": "sparse",
+        "candidate_ids": ids,
+        "candidate_scores": scores or [1.0] * len(ids),
+    }
 
 
 def write_fixture(root: str) -> str:
@@ -100,13 +105,23 @@ def write_fixture(root: str) -> str:
         root,
         "image-tasks/MSCOCO_t2i",
         [
-            {"id": i, "qry_text": f"find me an everyday image that matches the given caption: {c}\n",
-             "qry_inst": None, "qry_img_path": None, "image": None}
+            {
+                "id": i,
+                "qry_text": f"find me an everyday image that matches the given caption: {c}\n",
+                "qry_inst": None,
+                "qry_img_path": None,
+                "image": None,
+            }
             for i, c in enumerate(captions)
         ],
         [
-            {"id": i, "tgt_text": "<|image_1|>\nrepresent the given image.\n", "tgt_inst": None,
-             "tgt_img_path": f"coco/{i}.png", "image": png(100 + i, 42, 28)}
+            {
+                "id": i,
+                "tgt_text": "<|image_1|>\nrepresent the given image.\n",
+                "tgt_inst": None,
+                "tgt_img_path": f"coco/{i}.png",
+                "image": png(100 + i, 42, 28),
+            }
             for i in range(4)
         ],
         [_sparse(0, [2]), _sparse(1, [0]), _sparse(2, [3])],
@@ -117,14 +132,24 @@ def write_fixture(root: str) -> str:
         root,
         "video-tasks/Video-MME",
         [
-            {"id": i, "videoID": f"v{i}", "question": q, "options": options[i], "answer": "ab"[i % 2],
-             "video": [png(200 + 10 * i + f) for f in range(10)]}
+            {
+                "id": i,
+                "videoID": f"v{i}",
+                "question": q,
+                "options": options[i],
+                "answer": "ab"[i % 2],
+                "video": [png(200 + 10 * i + f) for f in range(10)],
+            }
             for i, q in enumerate(["is it day?", "what color?", "how many?"])
         ],
         [{"id": 3 * i + j, "text": options[i][j]} for i in range(3) for j in range(3)],
         [
-            {"query_id": i, "mode": "exhaustive", "candidate_ids": [3 * i, 3 * i + 1, 3 * i + 2],
-             "candidate_scores": [1.0 * (j == i % 2) for j in range(3)]}
+            {
+                "query_id": i,
+                "mode": "exhaustive",
+                "candidate_ids": [3 * i, 3 * i + 1, 3 * i + 2],
+                "candidate_scores": [1.0 * (j == i % 2) for j in range(3)],
+            }
             for i in range(3)
         ],
         {"name": "Video-MME", "modality": "video", "task_type": "video_question_answer"},

@@ -142,7 +142,11 @@ def _brute_force(scores, gains, k_hit, k_ndcg):
     all permutations of the candidates that sort the scores in descending order."""
     totals = [0.0, 0.0]
     for row, row_gains in zip(scores.tolist(), gains.tolist()):
-        orders = [p for p in itertools.permutations(range(len(row))) if all(row[a] >= row[b] for a, b in zip(p, p[1:]))]
+        orders = [
+            p
+            for p in itertools.permutations(range(len(row)))
+            if all(row[a] >= row[b] for a, b in itertools.pairwise(p))
+        ]
         for i in range(2):
             totals[i] += sum(_ordered_metrics(o, row_gains, k_hit, k_ndcg)[i] for o in orders) / len(orders)
     return totals[0] / scores.shape[0], totals[1] / scores.shape[0]

@@ -13,8 +13,7 @@ from btok_model.evaluation.metrics import graded_metrics_from_scores
 from btok_model.evaluation.mmeb_v2 import aggregate, evaluate_mmeb_v2, evaluate_task, markdown_table, open_tasks
 from btok_model.evaluation.mmeb_v2_index import dataset
 
-
-QUIET = dict(show_progress_bar=False, log=lambda _: None)
+QUIET = {"show_progress_bar": False, "log": lambda _: None}
 QA_PREFIX = (
     "Given a video and a question, select the most accurate answer from the provided candidates. "
     "Return only the exact text of your chosen answer. Question:  "
@@ -44,7 +43,8 @@ class HashEmbedder:
 
     def encode(self, inputs, batch_size=32, show_progress_bar=False):
         self.calls.append(list(inputs))
-        if self.fail_on is not None and any(self.fail_on in str(getattr(i, "get", lambda k: i)("text")) for i in inputs):
+        texts = [i if isinstance(i, str) else i.get("text") or "" for i in inputs]
+        if self.fail_on is not None and any(self.fail_on in t for t in texts):
             raise KeyboardInterrupt  # an interruption in the middle of a run
         rows = []
         for item in inputs:
@@ -143,7 +143,9 @@ def test_ties_and_limit(root):
     assert tasks["Video-MME"].lists == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert tasks["Video-MME"].relevant == [[(0, 1.0)], [(4, 1.0)], [(6, 1.0)]]
     collapsed = HashEmbedder(collapse=True)  # every score equal: Hit@1 is 1 / (candidates ranked against)
-    by = {t.name: evaluate_task(t, collapsed, show_progress_bar=False) for t in open_tasks(root, list(FIXTURE_DATASETS))}
+    by = {
+        t.name: evaluate_task(t, collapsed, show_progress_bar=False) for t in open_tasks(root, list(FIXTURE_DATASETS))
+    }
     assert by["ImageNet-1K"]["hit@1"] == pytest.approx(1 / 5)
     assert by["MSCOCO_t2i"]["hit@1"] == pytest.approx(1 / 4)
     assert by["Video-MME"]["hit@1"] == pytest.approx(1 / 3)
@@ -159,8 +161,10 @@ def test_ties_and_limit(root):
 def test_mixed_sparse_and_exhaustive_rows(tmp_path):
     # Image QA stores a sparse row when a query's options are the whole candidate set, an
     # exhaustive row otherwise: both kinds in one dataset.
-    rows = [{"id": i, "qry_text": f"<|image_1|>\nq{i}?\n", "qry_inst": None, "qry_img_path": None, "image": png(i)}
-            for i in range(3)]
+    rows = [
+        {"id": i, "qry_text": f"<|image_1|>\nq{i}?\n", "qry_inst": None, "qry_img_path": None, "image": png(i)}
+        for i in range(3)
+    ]
     write_dataset(
         str(tmp_path),
         "image-tasks/GQA",
@@ -194,10 +198,15 @@ def test_resume_finishes_with_the_same_table(root, tmp_path):
     resumed = evaluate_mmeb_v2(
         root, again, tmp_path / "b", datasets=list(FIXTURE_DATASETS), show_progress_bar=False, log=lines.append
     )
-    assert lines[:2] == [f"{n}: already evaluated ({tmp_path / 'b' / 'datasets' / n}.json)" for n in FIXTURE_DATASETS[:2]]
+    assert lines[:2] == [
+        f"{n}: already evaluated ({tmp_path / 'b' / 'datasets' / n}.json)" for n in FIXTURE_DATASETS[:2]
+    ]
     embedded = [item for call in again.calls for item in call]
     assert not any(isinstance(i, str) and i in ("tench", "goldfish") for i in embedded)  # ImageNet not redone
-    drop = lambda report: [{k: v for k, v in r.items() if k != "seconds"} for r in report["datasets"]]  # noqa: E731
+
+    def drop(report):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in report["datasets"]]
+
     assert drop(resumed) == drop(straight) and resumed["summary"] == straight["summary"]
     assert (tmp_path / "b" / "results.md").read_text() == (tmp_path / "a" / "results.md").read_text()
     with pytest.raises(ValueError, match=r"holds MMEB-V2 results of other settings \(limit"):
@@ -251,17 +260,30 @@ def test_aggregate_and_table_by_hand():
         {"dataset": "K700", "score": 0.2},
     ]
     summary = aggregate(results)
-    assert summary["meta_tasks"] == pytest.approx({"image_classification": 0.6, "image_question_answer": 0.3,
-                                                   "video_classification": 0.2})
+    assert summary["meta_tasks"] == pytest.approx(
+        {"image_classification": 0.6, "image_question_answer": 0.3, "video_classification": 0.2}
+    )
     assert summary["modalities"] == pytest.approx({"image": 0.5, "video": 0.2})  # image: (0.5+0.7+0.3)/3
     assert summary["overall"] == pytest.approx(1.7 / 4)
     with pytest.raises(ValueError, match="two results for MMEB-V2 dataset 'K700'"):
         aggregate(results + [{"dataset": "K700", "score": 0.1}])
-    rows = [dict(r, modality=dataset(r["dataset"]).modality, meta_task=dataset(r["dataset"]).meta_task,
-                 metric="hit@1", num_queries=10, num_queries_total=10, num_candidates=5) for r in results]
+    rows = [
+        dict(
+            r,
+            modality=dataset(r["dataset"]).modality,
+            meta_task=dataset(r["dataset"]).meta_task,
+            metric="hit@1",
+            num_queries=10,
+            num_queries_total=10,
+            num_candidates=5,
+        )
+        for r in results
+    ]
     table = markdown_table(rows, summary)
     assert table.splitlines()[0].startswith("| Image CLS | Image QA | Image RET | Image GD | **Image** | Video CLS")
-    assert table.splitlines()[2] == "| 60.0 | 30.0 | – | – | 50.0 | 20.0 | – | – | – | 20.0 | – | – | – | – | – | 42.5 |"
+    assert (
+        table.splitlines()[2] == "| 60.0 | 30.0 | – | – | 50.0 | 20.0 | – | – | – | 20.0 | – | – | – | – | – | 42.5 |"
+    )
 
 
 def test_cli(root, tmp_path, monkeypatch, capsys):
@@ -283,8 +305,10 @@ def test_cli(root, tmp_path, monkeypatch, capsys):
         (["--mmeb-v2", root, "--modalities", "video", "--output-dir", str(out)], "error: MMEB-V2 root .* lacks 17 of"),
         (["--mmeb-v2", root, "--datasets", "K700"], "needs --output-dir"),
         (["--mmeb-v2", root, "--baseline", "tfidf", "--output-dir", str(out)], "scores text only"),
-        (["--mmeb-v2", root, "--datasets", "ImageNet-1K", "--output-dir", str(out), "--limit", "3"],
-         "holds MMEB-V2 results of other settings"),
+        (
+            ["--mmeb-v2", root, "--datasets", "ImageNet-1K", "--output-dir", str(out), "--limit", "3"],
+            "holds MMEB-V2 results of other settings",
+        ),
     ]:
         with pytest.raises(SystemExit, match=message):
             cli.main(["--model", "m", *extra])

@@ -113,7 +113,9 @@ def test_video_queries_and_candidates():
     msrvtt = _query("MSR-VTT", caption=["", "a man  is cooking \n"])
     assert msrvtt.text == "Find a video that contains the following visual content: a man  is cooking\n"
     assert _candidate("MSR-VTT", video=frames).text == "<|video_pad|>\nUnderstand the content of the provided video.\n"
-    nextqa = _query("NExTQA", question="why did he fall ", a0="slip", a1="push", a2="jump", a3="trip", a4="sit", video=frames)
+    nextqa = _query(
+        "NExTQA", question="why did he fall ", a0="slip", a1="push", a2="jump", a3="trip", a4="sit", video=frames
+    )
     prefix = (
         "<|video_pad|>\nGiven a video and a question, select the most accurate answer from the provided candidates. "
         "Return only the exact text of your chosen answer. Question:  "

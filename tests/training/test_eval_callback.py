@@ -64,8 +64,10 @@ def test_bad_flags_fail_before_training(run):
     cases = [
         (["--metric-for-best-model", "recall@1"], "need --eval-data"),
         (["--eval-data", eval_file, "--metric-for-best-model", "recall@2"], "'recall@2' is not one of the evaluation"),
-        (["--eval-data", eval_file, "--eval-steps", "2", "--save-steps", "3", "--metric-for-best-model", "mrr@10"],
-         "save every multiple of 2 steps"),
+        (
+            ["--eval-data", eval_file, "--eval-steps", "2", "--save-steps", "3", "--metric-for-best-model", "mrr@10"],
+            "save every multiple of 2 steps",
+        ),
         (["--eval-data", str(tmp_path / "missing.jsonl")], "no such file or folder"),
         (["--eval-data", eval_file, "--eval-limit", "3"], "apply to MMEB-V2"),
         (["--eval-data", eval_file, "--eval-steps", "0"], "eval_steps must be an int >= 1"),

@@ -348,6 +348,7 @@ def _count_against_corpus(
         row's score comes from the same block product it is counted in (identical inputs give
         identical products), so it ties with itself exactly.
     """
+    corpus = corpus.to(device)  # once: every query block reads all of it
     spans = [(lo, min(lo + corpus_block, corpus.shape[0])) for lo in range(0, corpus.shape[0], corpus_block)]
     targets = torch.full(index.shape, math.inf, dtype=torch.float32)
     greater = torch.zeros(index.shape, dtype=torch.long)
@@ -358,7 +359,7 @@ def _count_against_corpus(
         block_targets = torch.full(idx.shape, math.inf, dtype=torch.float32, device=device)
         cached = None
         for lo, hi in spans:  # pass 1: the relevant rows' scores
-            scores = q @ corpus[lo:hi].to(device).T
+            scores = q @ corpus[lo:hi].T
             inside = (idx >= lo) & (idx < hi)
             picked = scores.gather(1, (idx - lo).clamp(0, hi - lo - 1))
             block_targets = torch.where(inside, picked, block_targets)
@@ -366,7 +367,7 @@ def _count_against_corpus(
         g = torch.zeros(idx.shape, dtype=torch.long, device=device)
         e = torch.zeros(idx.shape, dtype=torch.long, device=device)
         for lo, hi in spans:  # pass 2: count
-            scores = cached if cached is not None else q @ corpus[lo:hi].to(device).T
+            scores = cached if cached is not None else q @ corpus[lo:hi].T
             dg, de = tie_counts(scores, block_targets)
             g, e = g + dg, e + de
         targets[qlo : qlo + query_block] = block_targets.cpu()
@@ -381,8 +382,9 @@ def _count_against_lists(
     targets = torch.full(index.shape, math.inf, dtype=torch.float32)
     greater = torch.zeros(index.shape, dtype=torch.long)
     equal = torch.zeros(index.shape, dtype=torch.long)
+    corpus, queries = corpus.to(device), queries.to(device)
     for q, rows in enumerate(lists):
-        scores = corpus[rows].to(device) @ queries[q].to(device)  # [L]
+        scores = corpus[rows] @ queries[q]  # [L]
         position = {row: i for i, row in enumerate(rows)}
         valid = index[q] >= 0
         picks = torch.tensor([position[int(c)] for c in index[q][valid]], dtype=torch.long, device=device)

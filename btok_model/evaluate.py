@@ -3,11 +3,14 @@
     python -m btok_model.evaluate --model runs/smol --data test.jsonl --output scores.json
     python -m btok_model.evaluate --model HuggingFaceTB/SmolLM2-135M-Instruct --baseline mean --data test.jsonl
     python -m btok_model.evaluate --baseline tfidf --data test.jsonl
+    python -m btok_model.evaluate --model runs/qwen2vl --mmeb-v2 data/MMEB-V2 --output-dir eval/mmeb_v2
 
 Each ``--data`` file is either ``{"query", "positive"}`` pairs (ranked against the pool of all
 positives plus ``--corpus``) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
 Hit@1, with the other metrics too). Reports Recall@1/5/10, MRR@10 and nDCG@10, as expected
-values under random tie-breaking.
+values under random tie-breaking. ``--mmeb-v2 ROOT`` scores MMEB-V2 as the paper does (see
+:mod:`btok_model.evaluation.mmeb_v2`): Hit@1 or nDCG@5 per dataset, the meta-task, modality and
+Overall means, written to ``--output-dir`` dataset by dataset (a rerun resumes).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import platform
 import sys
 
-__all__ = ["load_scorer", "main", "parser"]
+__all__ = ["load_scorer", "main", "parser", "run_mmeb_v2"]
 
 BASELINES = ("last-token", "mean", "tfidf")
 
@@ -31,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="a saved BTok model, or with --baseline a backbone (hub name, folder, 'smollm2')")
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
-    p.add_argument("--data", nargs="+", required=True, help="evaluation JSONL files")
+    p.add_argument("--data", nargs="+", help="evaluation JSONL files (or --mmeb-v2)")
     p.add_argument("--corpus", help="JSONL of extra candidates ({'text': ...} per line) for pair files")
     p.add_argument(
         "--baseline",
@@ -45,6 +48,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--no-progress-bar", action="store_true")
+    g = p.add_argument_group("MMEB-V2")
+    g.add_argument("--mmeb-v2", metavar="ROOT", help="the MMEB-V2 root (image-tasks/, video-tasks/, visdoc-tasks/)")
+    g.add_argument("--datasets", nargs="+", metavar="NAME", help="only these MMEB-V2 datasets (none: all 78)")
+    g.add_argument("--modalities", nargs="+", choices=("image", "video", "visdoc"), help="only these modalities")
+    g.add_argument("--limit", type=int, help="the first N queries of each dataset (smoke runs)")
+    g.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
+    g.add_argument(
+        "--output-dir", help="MMEB-V2 results: one JSON per dataset as it finishes, results.json/.md; reruns resume"
+    )
     return p
 
 
@@ -83,8 +95,47 @@ def load_scorer(args: argparse.Namespace):
     )
 
 
+def run_mmeb_v2(args: argparse.Namespace) -> dict:
+    """``--mmeb-v2``: check the datasets, load the model, evaluate (resumable), print the table."""
+    from .evaluation.mmeb_v2 import evaluate_mmeb_v2, markdown_table, open_tasks
+
+    if args.baseline == "tfidf":
+        raise SystemExit("error: --baseline tfidf scores text only; MMEB-V2 needs an image and video embedder")
+    if args.output_dir is None:
+        raise SystemExit("error: --mmeb-v2 needs --output-dir (results are written there dataset by dataset)")
+    if args.corpus or args.output:
+        raise SystemExit("error: --corpus and --output apply to --data files; MMEB-V2 writes to --output-dir")
+    if args.limit is not None and args.limit < 1 or args.num_frames < 1:
+        raise SystemExit("error: --limit and --num-frames must be >= 1")
+    try:
+        tasks = open_tasks(args.mmeb_v2, args.datasets, args.modalities, args.limit)  # before a model loads
+    except (OSError, ValueError, ImportError) as err:
+        raise SystemExit(f"error: {err}") from None
+    scorer = load_scorer(args)
+    try:
+        report = evaluate_mmeb_v2(
+            args.mmeb_v2,
+            scorer.model,
+            args.output_dir,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            num_frames=args.num_frames,
+            run_info={"model": args.model, "gguf_file": args.gguf_file, "baseline": args.baseline},
+            show_progress_bar=not args.no_progress_bar,
+            tasks=tasks,
+        )
+    except (OSError, ValueError) as err:  # bad data met mid-run, or a folder of another run
+        raise SystemExit(f"error: {err}") from None
+    print(markdown_table(report["datasets"], report["summary"]), end="")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    if (args.data is None) == (args.mmeb_v2 is None):
+        raise SystemExit("error: give --data FILE ... or --mmeb-v2 ROOT (one of them)")
+    if args.mmeb_v2 is not None:
+        return run_mmeb_v2(args)
     from .evaluation.data import load_task
     from .evaluation.runner import evaluate
 

@@ -167,6 +167,22 @@ def parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from a checkpoint (default: the latest in --output-dir)",
     )
+    g = p.add_argument_group("evaluation during training (btok_model.training.evaluation)")
+    g.add_argument(
+        "--eval-data",
+        metavar="FILE|DIR",
+        help="a pairs / candidate-list JSONL file, an MMEB-V2 root, or one MMEB-V2 dataset folder",
+    )
+    g.add_argument("--eval-steps", type=int, default=500, help="evaluate every this many steps")
+    g.add_argument("--eval-datasets", nargs="+", metavar="NAME", help="MMEB-V2 datasets (none: all 78)")
+    g.add_argument("--eval-modalities", nargs="+", choices=("image", "video", "visdoc"), help="MMEB-V2 modalities")
+    g.add_argument("--eval-limit", type=int, help="the first N queries of each MMEB-V2 dataset")
+    g.add_argument("--eval-batch-size", type=int, default=32, help="inputs per forward pass while evaluating")
+    g.add_argument(
+        "--metric-for-best-model",
+        help="keep the checkpoint with the best value of this evaluation metric (eval_recall@1, eval_overall, ...)",
+    )
+    g.add_argument("--load-best-model-at-end", action="store_true", help="the final model is the best checkpoint's")
     return p
 
 
@@ -184,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .training.data import MixedDataset, parse_data_spec
+    from .training.evaluation import eval_callback_from_args
     from .training.recipe import build_model, train
 
+    callbacks, eval_overrides = eval_callback_from_args(args)  # evaluation data checked before the model loads
     recipe = recipe_from_args(args)
     if args.no_btoks:
         recipe.generative_weight = 0.0
@@ -208,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.resume
     if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):
         raise SystemExit(f"--resume: no checkpoint-* folder in {args.output_dir}")
-    train(model, dataset, recipe, args.output_dir, resume=resume)
+    train(model, dataset, recipe, args.output_dir, resume=resume, callbacks=callbacks, **eval_overrides)
     if not args.no_btoks and importlib.util.find_spec("sentence_transformers") is not None:
         from .st import write_sentence_transformers_files
 

@@ -1,23 +1,37 @@
-"""Retrieval metrics with one relevant candidate per query, exact under score ties.
+"""Retrieval metrics, exact under score ties.
 
-Every metric here is a function of the positive's rank. Ties are broken uniformly at random
-and the metric's *expected* value is reported: with ``g`` candidates scoring strictly higher
-than the positive and ``e`` other candidates scoring exactly the same, the positive's rank is
-uniform on ``{g + 1, ..., g + e + 1}``. This keeps scorers with many exact ties (TF-IDF on
-queries sharing no word with any candidate, a collapsed embedder) from being credited with a
-lucky order, and needs no sort: only counts.
+Ties are broken uniformly at random and every metric's *expected* value is reported: with
+``g`` candidates scoring strictly higher than a relevant candidate and ``e`` other candidates
+scoring exactly the same, its rank is uniform on ``{g + 1, ..., g + e + 1}``. This keeps
+scorers with many exact ties (TF-IDF on queries sharing no word with any candidate, a
+collapsed embedder) from being credited with a lucky order, and needs no sort of the
+candidates: only counts, which a scorer can accumulate block by block over a corpus.
+
+Two families:
+
+* one relevant candidate per query (:func:`rank_counts`, :func:`expected_metrics`):
+  Recall@1/5/10, MRR@10, nDCG@10;
+* several relevant candidates with graded gains (:func:`tie_counts`,
+  :func:`expected_graded_metrics`), as MMEB-V2 scores its tasks: Hit@k (a relevant candidate
+  among the first k) and nDCG@k with the qrels' gains (linear gain, ``1 / log2(rank + 1)``
+  discount, the ideal DCG from the gains sorted).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 __all__ = [
     "METRIC_NAMES",
+    "expected_graded_metrics",
     "expected_metrics",
+    "graded_metrics_from_scores",
     "metrics_from_scores",
     "paired_bootstrap",
     "rank_counts",
+    "tie_counts",
 ]
 
 RECALL_KS = (1, 5, 10)
@@ -90,6 +104,129 @@ def metrics_from_scores(scores: torch.Tensor, positive_index: torch.Tensor) -> d
     if scores.shape[0] == 0:
         raise ValueError("no queries to evaluate")
     per_query = expected_metrics(*rank_counts(scores, positive_index))
+    return {name: float(values.mean()) for name, values in per_query.items()}
+
+
+def tie_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many scores of each row lie strictly above, and exactly at, each of the row's targets.
+
+    Args:
+        scores: float ``[Nq, Nc]``, one row of candidate scores per query (``-inf`` may pad a
+            row: it is below every finite target). NaN is refused.
+        targets: float ``[Nq, R]`` of the same dtype, e.g. the scores of each query's relevant
+            candidates (``+inf`` may pad: it counts nothing).
+
+    Returns:
+        ``(greater, equal)``: long ``[Nq, R]``. ``equal`` counts every score equal to the target,
+        so a target taken from ``scores`` counts itself once.
+    """
+    if scores.dim() != 2 or targets.dim() != 2 or scores.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"scores must be [num_queries, num_candidates] and targets [num_queries, R] with the same number of "
+            f"queries, got {tuple(scores.shape)} and {tuple(targets.shape)}"
+        )
+    if torch.isnan(scores).any() or torch.isnan(targets).any():
+        raise ValueError("scores contain NaN: the embeddings or the scorer produced invalid values")
+    ordered = scores.sort(dim=1).values
+    targets = targets.to(ordered.dtype).contiguous()
+    above = torch.searchsorted(ordered, targets, right=True)  # scores <= target
+    below = torch.searchsorted(ordered, targets, right=False)  # scores < target
+    return scores.shape[1] - above, above - below
+
+
+def expected_graded_metrics(
+    gains: torch.Tensor,
+    targets: torch.Tensor,
+    greater: torch.Tensor,
+    ties: torch.Tensor,
+    hit_ks: tuple[int, ...] = (1, 5, 10),
+    ndcg_ks: tuple[int, ...] = (5, 10),
+) -> dict[str, torch.Tensor]:
+    """Per-query expected Hit@k and nDCG@k with several graded relevant candidates per query.
+
+    Slot ``j`` of a query describes one of its relevant candidates (or padding).
+
+    Args:
+        gains: float ``[Nq, R]``, the relevant candidates' gains (> 0); 0 marks padding. A
+            query without any relevant candidate scores 0 on every metric (as the authors'
+            MMEB-V2 evaluation counts it).
+        targets: float ``[Nq, R]``, their scores.
+        greater: long ``[Nq, R]``, candidates of the query's pool scoring strictly higher.
+        ties: long ``[Nq, R]``, OTHER candidates of the pool scoring exactly the same (other
+            relevant ones included).
+        hit_ks, ndcg_ks: the cutoffs.
+
+    Returns:
+        ``{"hit@k": float64 [Nq], ..., "ndcg@k": float64 [Nq], ...}``: expectations over a
+        uniformly random order of tied candidates. Hit@k depends only on the best-scoring
+        relevant candidates: with ``g`` candidates above them and a tie group of ``e``
+        candidates holding ``r`` relevant ones, ``k - g`` slots are drawn from the group, so
+        Hit@k = ``1 - C(e - r, k - g) / C(e, k - g)``. nDCG@k is linear in each relevant
+        candidate's discount, whose rank is uniform over its tie group.
+    """
+    if gains.dim() != 2 or gains.shape[1] == 0 or not gains.shape == targets.shape == greater.shape == ties.shape:
+        raise ValueError(
+            "gains, targets, greater and ties must share one [num_queries, R >= 1] shape, got "
+            f"{[tuple(t.shape) for t in (gains, targets, greater, ties)]}"
+        )
+    gains = gains.double().cpu()
+    targets, greater, ties = targets.double().cpu(), greater.double().cpu(), ties.double().cpu()
+    valid = gains > 0
+    out = {}
+    # Hit@k: the best-scoring relevant candidates and the tie group they share.
+    masked = torch.where(valid, targets, torch.tensor(-math.inf, dtype=torch.float64))
+    at_best = valid & (masked == masked.max(1, keepdim=True).values)
+    first = at_best.double().argmax(1, keepdim=True)  # one of them: they share g and the group
+    has = at_best.any(1)
+    relevant_in_group = at_best.sum(1).double()
+    above = greater.gather(1, first)[:, 0]
+    group = ties.gather(1, first)[:, 0] + 1
+    for k in hit_ks:
+        slots = k - above
+        miss = torch.ones_like(slots)  # P(no relevant candidate among the slots drawn from the group)
+        for i in range(k):
+            term = ((group - relevant_in_group - i).clamp(min=0) / (group - i).clamp(min=1)).clamp(max=1)
+            miss = miss * torch.where(i < slots, term, torch.ones_like(term))
+        hit = torch.where(slots >= group, torch.ones_like(slots), 1 - miss)
+        out[f"hit@{k}"] = torch.where(has & (slots > 0), hit, torch.zeros_like(hit))
+    # nDCG@k: each relevant candidate's expected discount over the ranks of its tie group.
+    for k in ndcg_ks:
+        ranks = torch.arange(1, k + 1, dtype=torch.float64)
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), (1.0 / torch.log2(ranks + 1)).cumsum(0)])
+        lo = greater.clamp(max=k).long()
+        hi = (greater + ties + 1).clamp(max=k).long()
+        discount = (cumulative[hi] - cumulative[lo]) / (ties + 1).clamp(min=1)
+        dcg = torch.where(valid, gains * discount, torch.zeros_like(discount)).sum(1)
+        ideal = gains.sort(1, descending=True).values[:, :k]
+        idcg = (ideal / torch.log2(torch.arange(2, ideal.shape[1] + 2, dtype=torch.float64))).sum(1)
+        out[f"ndcg@{k}"] = torch.where(idcg > 0, dcg / idcg.clamp(min=1e-300), torch.zeros_like(dcg))
+    return out
+
+
+def graded_metrics_from_scores(
+    scores: torch.Tensor, gains: torch.Tensor, hit_ks: tuple[int, ...] = (1, 5, 10), ndcg_ks: tuple[int, ...] = (5, 10)
+) -> dict[str, float]:
+    """Mean expected Hit@k and nDCG@k of a dense score matrix (small problems, tests).
+
+    Args:
+        scores: float ``[Nq, Nc]``, higher is better.
+        gains: float ``[Nq, Nc]``, each candidate's gain for each query (> 0: relevant).
+
+    Returns:
+        ``{"hit@k": float, "ndcg@k": float}`` averaged over queries.
+    """
+    if scores.shape != gains.shape or scores.dim() != 2 or scores.shape[0] == 0:
+        raise ValueError(
+            "scores and gains must be the same [num_queries > 0, num_candidates], got "
+            f"{tuple(scores.shape)} and {tuple(gains.shape)}"
+        )
+    width = max(int((gains > 0).sum(1).max()), 1)
+    # the relevant columns first
+    order = torch.argsort((gains > 0).double(), dim=1, descending=True, stable=True)[:, :width]
+    slot_gains = gains.double().gather(1, order).clamp(min=0)
+    targets = scores.gather(1, order)
+    greater, equal = tie_counts(scores, targets)
+    per_query = expected_graded_metrics(slot_gains, targets, greater, equal - 1, hit_ks, ndcg_ks)
     return {name: float(values.mean()) for name, values in per_query.items()}
 
 

@@ -1,0 +1,663 @@
+"""MMEB-V2 as the paper scores it: 78 datasets, Hit@1 / nDCG@5, meta-task, modality and Overall means.
+
+Reads the benchmark in the layout of the authors' Lance release: ``ROOT/<modality>-tasks/
+<dataset>/`` holding ``queries.lance``, ``candidates.lance``, ``qrels.lance`` (and a
+``metadata.json``). A qrels row gives one query's judged candidates:
+
+* ``mode == "sparse"``: the query is ranked against every candidate of the dataset; the row
+  lists its relevant ones (gain = score > 0);
+* ``mode == "exhaustive"``: the query is ranked against exactly the candidates the row lists
+  (its own candidate list); those with score > 0 are relevant.
+
+Per dataset, as the authors' evaluation does: every query and every candidate it needs is
+embedded once (identical text-only candidates once), similarity is the dot product of the
+L2-normalised embeddings, and each query scores Hit@1 (image and video tasks: one of its
+relevant candidates first) or nDCG@5 with the qrels' graded gains (visual documents); a query
+without a relevant candidate counts 0. Ties are broken uniformly at random and the expected
+value is reported (:mod:`~btok_model.evaluation.metrics`; the authors take ``torch.topk``'s
+order). A meta-task's score is the mean over its datasets, a modality's the mean over its
+datasets (not over its meta-tasks), Overall the mean over all datasets evaluated.
+
+Memory: media are read and decoded a block of rows at a time; scores are computed a block of
+queries against a block of candidates at a time, counting how many candidates beat or tie each
+relevant one, so no ``[queries, corpus]`` matrix is ever held (the embeddings of the dataset's
+queries and candidates are, ``[N, H]`` float32).
+
+:func:`evaluate_mmeb_v2` writes each dataset's result as it finishes
+(``OUT/datasets/<name>.json``) and skips the datasets already there when run again with the
+same settings, so an interrupted run continues where it stopped and ends with the same table
+(``OUT/results.json``, ``OUT/results.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .lance_io import LanceTable
+from .metrics import expected_graded_metrics, tie_counts
+from .mmeb_v2_index import (
+    DATASETS,
+    META_TASK_LABELS,
+    META_TASKS,
+    MODALITIES,
+    MODALITY_LABELS,
+    MMEBDataset,
+    select_datasets,
+)
+from .mmeb_v2_inputs import NUM_FRAMES, DatasetInputs, Side, dataset_inputs, to_model_input
+
+__all__ = [
+    "HIT_KS",
+    "NDCG_KS",
+    "MMEBTask",
+    "aggregate",
+    "evaluate_mmeb_v2",
+    "evaluate_task",
+    "markdown_table",
+    "open_task",
+    "open_tasks",
+    "preflight",
+]
+
+HIT_KS = (1, 5, 10)
+NDCG_KS = (5, 10)
+TABLES = ("queries.lance", "candidates.lance", "qrels.lance")
+QRELS_COLUMNS = ("query_id", "mode", "candidate_ids", "candidate_scores")
+
+
+@dataclass
+class MMEBTask:
+    """One MMEB-V2 dataset, opened and checked; no media read yet.
+
+    Attributes:
+        spec: the dataset's index entry.
+        path: its folder.
+        inputs: how its queries and candidates are composed.
+        queries, candidates: its tables.
+        query_rows: the rows of ``queries`` evaluated (the first ``limit`` ones).
+        query_ids: their ids.
+        candidate_ids: every candidate's id, in row order.
+        lists: per evaluated query, the candidate rows it is ranked against (an exhaustive
+            qrels row), or None (ranked against every candidate).
+        relevant: per evaluated query, ``(candidate row, gain > 0)`` of its relevant candidates.
+        num_queries_total: rows of ``queries``.
+    """
+
+    spec: MMEBDataset
+    path: str
+    inputs: DatasetInputs
+    queries: LanceTable
+    candidates: LanceTable
+    query_rows: list[int]
+    query_ids: list
+    candidate_ids: list
+    lists: list[list[int] | None]
+    relevant: list[list[tuple[int, float]]]
+    num_queries_total: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def needed_candidates(self) -> list[int]:
+        """The candidate rows the evaluated queries are ranked against (all, when one is sparse)."""
+        if any(rows is None for rows in self.lists):
+            return list(range(len(self.candidate_ids)))
+        return sorted({row for rows in self.lists for row in rows})
+
+
+def _unique_ids(ids: list, where: str) -> dict:
+    index = {}
+    for row, value in enumerate(ids):
+        if value is None:
+            raise ValueError(f"{where}: row {row} has no id")
+        if value in index:
+            raise ValueError(f"{where}: id {value!r} appears twice (rows {index[value]} and {row})")
+        index[value] = row
+    return index
+
+
+def open_task(root: str | os.PathLike, spec: MMEBDataset, limit: int | None = None) -> MMEBTask:
+    """Open one dataset under the benchmark ``root`` and check its tables and qrels.
+
+    Args:
+        root: the benchmark root (holding ``image-tasks/`` ...).
+        spec: which dataset.
+        limit: evaluate only its first ``limit`` queries (their candidate lists stay whole).
+
+    Raises:
+        FileNotFoundError: the dataset's folder or one of its tables is missing.
+        ValueError: a table lacks a column, ids repeat, a ``metadata.json`` names another
+            dataset, or a qrels row is malformed (no candidates, an unknown mode, an unknown
+            query or candidate id, ids and scores of different lengths, a candidate listed twice).
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
+    folder = os.path.join(os.fspath(root), spec.folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{spec.name}: no dataset folder {folder}")
+    for table in TABLES:
+        if not os.path.isdir(os.path.join(folder, table)):
+            raise FileNotFoundError(f"{spec.name}: missing table {os.path.join(folder, table)}")
+    _check_metadata(folder, spec)
+    inputs = dataset_inputs(spec.name)
+    queries = LanceTable(os.path.join(folder, "queries.lance"))
+    candidates = LanceTable(os.path.join(folder, "candidates.lance"))
+    qrels = LanceTable(os.path.join(folder, "qrels.lance"))
+    queries.require(("id", *inputs.query.columns), f"{spec.name} queries")
+    candidates.require(("id", *inputs.candidate.columns), f"{spec.name} candidates")
+    qrels.require(QRELS_COLUMNS, f"{spec.name} qrels")
+    query_ids = queries.column("id")
+    query_index = _unique_ids(query_ids, queries.path)
+    candidate_ids = candidates.column("id")
+    candidate_index = _unique_ids(candidate_ids, candidates.path)
+    judged = _read_qrels(qrels, query_index, candidate_index, spec.name)
+    rows = list(range(len(query_ids) if limit is None else min(limit, len(query_ids))))
+    if not rows:
+        raise ValueError(f"{spec.name}: {queries.path} has no queries")
+    lists, relevant = [], []
+    for row in rows:
+        if row not in judged:
+            raise ValueError(f"{spec.name}: no qrels row for query id {query_ids[row]!r}")
+        lists.append(judged[row][0])
+        relevant.append(judged[row][1])
+    return MMEBTask(
+        spec,
+        folder,
+        inputs,
+        queries,
+        candidates,
+        rows,
+        [query_ids[r] for r in rows],
+        candidate_ids,
+        lists,
+        relevant,
+        len(query_ids),
+    )
+
+
+def _check_metadata(folder: str, spec: MMEBDataset) -> None:
+    path = os.path.join(folder, "metadata.json")
+    if not os.path.isfile(path):
+        return  # optional: the index says what the dataset is
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not readable JSON ({err})") from None
+    for key, want in (("name", spec.name), ("modality", spec.modality), ("task_type", spec.meta_task)):
+        if key in meta and meta[key] != want:
+            raise ValueError(f"{path}: {key} is {meta[key]!r}, but {spec.folder} holds {spec.name!r} ({key} {want!r})")
+
+
+def _read_qrels(qrels: LanceTable, query_index: dict, candidate_index: dict, name: str) -> dict:
+    """``{query row: (candidate rows of an exhaustive row or None, [(candidate row, gain > 0)])}``."""
+    columns = {c: qrels.column(c) for c in QRELS_COLUMNS}
+    judged = {}
+    for i in range(qrels.num_rows):
+        query_id, mode = columns["query_id"][i], columns["mode"][i]
+        ids, scores = columns["candidate_ids"][i] or [], columns["candidate_scores"][i] or []
+        where = f"{name}: qrels row {i} (query id {query_id!r})"
+        if query_id not in query_index:
+            raise ValueError(f"{where}: no such query")
+        row = query_index[query_id]
+        if row in judged:
+            raise ValueError(f"{where}: a second qrels row for this query")
+        if mode not in ("sparse", "exhaustive"):
+            raise ValueError(f"{where}: mode must be 'sparse' or 'exhaustive', got {mode!r}")
+        if not ids:
+            raise ValueError(f"{where}: lists no candidates")
+        if len(ids) != len(scores):
+            raise ValueError(f"{where}: {len(ids)} candidate_ids but {len(scores)} candidate_scores")
+        unknown = [c for c in ids if c not in candidate_index]
+        if unknown:
+            raise ValueError(f"{where}: unknown candidate id(s) {unknown[:5]!r}")
+        rows = [candidate_index[c] for c in ids]
+        if len(set(rows)) != len(rows):
+            repeated = sorted({c for c in ids if ids.count(c) > 1}, key=repr)
+            raise ValueError(f"{where}: candidate id(s) {repeated[:5]!r} listed twice")
+        gains = [0.0 if s is None else float(s) for s in scores]
+        if any(math.isnan(g) for g in gains):
+            raise ValueError(f"{where}: a candidate score is NaN")
+        relevant = [(r, g) for r, g in zip(rows, gains) if g > 0]
+        judged[row] = (rows if mode == "exhaustive" else None, relevant)
+    return judged
+
+
+def open_tasks(
+    root: str | os.PathLike,
+    datasets: list[str] | None = None,
+    modalities: list[str] | None = None,
+    limit: int | None = None,
+) -> list[MMEBTask]:
+    """Open and check every selected dataset (see :func:`open_task`); nothing is embedded.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or a dataset's folder or table is missing
+            (all missing datasets named at once).
+    """
+    if not os.path.isdir(os.fspath(root)):
+        raise FileNotFoundError(f"MMEB-V2 root {os.fspath(root)!r} is not a folder")
+    specs = select_datasets(datasets, modalities)
+    missing = [s.folder for s in specs if not os.path.isdir(os.path.join(os.fspath(root), s.folder))]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise FileNotFoundError(
+            f"MMEB-V2 root {os.fspath(root)!r} lacks {len(missing)} of the {len(specs)} datasets selected: {shown} "
+            "(choose some with --datasets / --modalities)"
+        )
+    return [open_task(root, s, limit) for s in specs]
+
+
+# -- embedding ----------------------------------------------------------------------------------------
+
+
+def _model_inputs(task: MMEBTask, side: Side, table: LanceTable, rows: list[int], role: str, num_frames: int) -> list:
+    """The embedder inputs of ``rows`` of ``table`` (media decoded)."""
+    records = table.rows(rows, ("id", *side.columns))
+    return [
+        to_model_input(side.build(record, num_frames), f"{task.name} {role} id {record['id']!r}") for record in records
+    ]
+
+
+def _embed(
+    task: MMEBTask,
+    model,
+    side: Side,
+    table: LanceTable,
+    rows: list[int],
+    role: str,
+    *,
+    batch_size: int,
+    block: int,
+    num_frames: int,
+    bar,
+) -> torch.Tensor:
+    """fp32 ``[len(rows), H]`` embeddings of ``rows``: text-only rows read at once and
+    deduplicated, media rows read, decoded and embedded ``block`` rows at a time."""
+    if not side.media:
+        inputs = _model_inputs(task, side, table, rows, role, num_frames)
+        unique = list(dict.fromkeys(inputs))
+        parts = []
+        for lo in range(0, len(unique), block):
+            parts.append(_encode(model, unique[lo : lo + block], batch_size))
+            bar.update(len(unique[lo : lo + block]))
+        position = {text: i for i, text in enumerate(unique)}
+        return torch.cat(parts)[torch.tensor([position[text] for text in inputs], dtype=torch.long)]
+    parts = []
+    for lo in range(0, len(rows), block):
+        chunk = rows[lo : lo + block]
+        parts.append(_encode(model, _model_inputs(task, side, table, chunk, role, num_frames), batch_size))
+        bar.update(len(chunk))
+    return torch.cat(parts)
+
+
+def _encode(model, inputs: list, batch_size: int) -> torch.Tensor:
+    emb = torch.as_tensor(model.encode(inputs, batch_size=batch_size, show_progress_bar=False), dtype=torch.float32)
+    if emb.dim() != 2 or emb.shape[0] != len(inputs):
+        raise ValueError(f"model.encode returned shape {tuple(emb.shape)} for {len(inputs)} inputs")
+    return emb.cpu()
+
+
+def preflight(tasks: list[MMEBTask], model, num_frames: int = NUM_FRAMES) -> None:
+    """Embed each dataset's first query and first candidate: a model that cannot take a
+    dataset's inputs (no video processor, a text-only backbone) fails here, before a long run."""
+    for task in tasks:
+        inputs = _model_inputs(task, task.inputs.query, task.queries, task.query_rows[:1], "query", num_frames)
+        inputs += _model_inputs(
+            task, task.inputs.candidate, task.candidates, task.needed_candidates()[:1], "candidate", num_frames
+        )
+        try:
+            _encode(model, inputs, batch_size=2)
+        except Exception as err:  # whatever the model raises, say which dataset it was
+            raise ValueError(f"{task.name}: the model cannot embed its inputs: {err}") from err
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+
+
+def _padded(relevant: list[list[tuple[int, float]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(candidate index long [Q, R] (-1 = padding), gain float64 [Q, R])`` with ``R >= 1``."""
+    width = max([len(r) for r in relevant] + [1])
+    index = torch.full((len(relevant), width), -1, dtype=torch.long)
+    gains = torch.zeros(len(relevant), width, dtype=torch.float64)
+    for q, pairs in enumerate(relevant):
+        for j, (c, g) in enumerate(pairs):
+            index[q, j], gains[q, j] = c, g
+    return index, gains
+
+
+def _count_against_corpus(
+    queries: torch.Tensor, corpus: torch.Tensor, index: torch.Tensor, device, query_block: int, corpus_block: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each query against every row of ``corpus``, a block of queries against a block of rows at a time.
+
+    Args:
+        queries: fp32 ``[Q, H]``; corpus: fp32 ``[C, H]``; index: long ``[Q, R]``, each query's
+            relevant rows of ``corpus`` (-1 pads).
+
+    Returns:
+        ``(targets fp32 [Q, R], greater long [Q, R], equal long [Q, R])``: the relevant rows'
+        scores (+inf at padding) and how many rows score above / exactly at them. A relevant
+        row's score comes from the same block product it is counted in (identical inputs give
+        identical products), so it ties with itself exactly.
+    """
+    corpus = corpus.to(device)  # once: every query block reads all of it
+    spans = [(lo, min(lo + corpus_block, corpus.shape[0])) for lo in range(0, corpus.shape[0], corpus_block)]
+    targets = torch.full(index.shape, math.inf, dtype=torch.float32)
+    greater = torch.zeros(index.shape, dtype=torch.long)
+    equal = torch.zeros(index.shape, dtype=torch.long)
+    for qlo in range(0, queries.shape[0], query_block):
+        q = queries[qlo : qlo + query_block].to(device)
+        idx = index[qlo : qlo + query_block].to(device)
+        block_targets = torch.full(idx.shape, math.inf, dtype=torch.float32, device=device)
+        cached = None
+        for lo, hi in spans:  # pass 1: the relevant rows' scores
+            scores = q @ corpus[lo:hi].T
+            inside = (idx >= lo) & (idx < hi)
+            picked = scores.gather(1, (idx - lo).clamp(0, hi - lo - 1))
+            block_targets = torch.where(inside, picked, block_targets)
+            cached = scores if len(spans) == 1 else None
+        g = torch.zeros(idx.shape, dtype=torch.long, device=device)
+        e = torch.zeros(idx.shape, dtype=torch.long, device=device)
+        for lo, hi in spans:  # pass 2: count
+            scores = cached if cached is not None else q @ corpus[lo:hi].T
+            dg, de = tie_counts(scores, block_targets)
+            g, e = g + dg, e + de
+        targets[qlo : qlo + query_block] = block_targets.cpu()
+        greater[qlo : qlo + query_block], equal[qlo : qlo + query_block] = g.cpu(), e.cpu()
+    return targets, greater, equal
+
+
+def _count_against_lists(
+    queries: torch.Tensor, corpus: torch.Tensor, lists: list[list[int]], index: torch.Tensor, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As :func:`_count_against_corpus`, each query against its own rows of ``corpus``."""
+    targets = torch.full(index.shape, math.inf, dtype=torch.float32)
+    greater = torch.zeros(index.shape, dtype=torch.long)
+    equal = torch.zeros(index.shape, dtype=torch.long)
+    corpus, queries = corpus.to(device), queries.to(device)
+    for q, rows in enumerate(lists):
+        scores = corpus[rows] @ queries[q]  # [L]
+        position = {row: i for i, row in enumerate(rows)}
+        valid = index[q] >= 0
+        picks = torch.tensor([position[int(c)] for c in index[q][valid]], dtype=torch.long, device=device)
+        row_targets = torch.full((index.shape[1],), math.inf, dtype=torch.float32, device=device)
+        row_targets[valid.to(device)] = scores[picks]
+        g, e = tie_counts(scores[None], row_targets[None])
+        targets[q], greater[q], equal[q] = row_targets.cpu(), g[0].cpu(), e[0].cpu()
+    return targets, greater, equal
+
+
+def _scoring_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def evaluate_task(
+    task: MMEBTask,
+    model,
+    *,
+    batch_size: int = 32,
+    block: int = 256,
+    num_frames: int = NUM_FRAMES,
+    show_progress_bar: bool = True,
+    query_block: int = 1024,
+    corpus_block: int = 16384,
+) -> dict:
+    """Embed and score one dataset.
+
+    Args:
+        task: from :func:`open_task`.
+        model: anything with ``encode(inputs, batch_size=, show_progress_bar=)`` returning
+            L2-normalised float ``[N, H]`` (a :class:`~btok_model.BTokModel`, a
+            :class:`~btok_model.evaluation.baselines.PooledEmbedder`).
+        batch_size: inputs per forward pass.
+        block: rows read, decoded and handed to ``encode`` at once.
+        num_frames: frames sampled per video.
+        show_progress_bar: a tqdm bar over the dataset's queries and candidates.
+        query_block, corpus_block: the score block (queries x candidates) of a shared corpus.
+
+    Returns:
+        ``{"dataset", "modality", "meta_task", "metric", "score", "hit@1", "hit@5", "hit@10",
+        "ndcg@5", "ndcg@10", "num_queries", "num_queries_total", "num_candidates" (embedded),
+        "num_candidates_total", "sparse_queries", "exhaustive_queries",
+        "queries_without_relevant", "seconds"}``.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    needed = task.needed_candidates()
+    total = len(task.query_rows) + len(needed)
+    with tqdm(total=total, desc=f"MMEB-V2 {task.name}", unit="input", disable=not show_progress_bar) as bar:
+        settings = {"batch_size": batch_size, "block": block, "num_frames": num_frames, "bar": bar}
+        candidates = _embed(task, model, task.inputs.candidate, task.candidates, needed, "candidate", **settings)
+        queries = _embed(task, model, task.inputs.query, task.queries, task.query_rows, "query", **settings)
+    if not (torch.isfinite(queries).all() and torch.isfinite(candidates).all()):
+        raise ValueError(f"{task.name}: the model returned non-finite embeddings")
+    at = {row: i for i, row in enumerate(needed)}  # candidate row -> embedding row
+    relevant = [[(at[c], g) for c, g in pairs] for pairs in task.relevant]
+    index, gains = _padded(relevant)
+    device = _scoring_device(model)
+    targets = torch.full(index.shape, math.inf, dtype=torch.float32)
+    greater = torch.zeros(index.shape, dtype=torch.long)
+    equal = torch.zeros(index.shape, dtype=torch.long)
+    sparse = [q for q, rows in enumerate(task.lists) if rows is None]
+    exhaustive = [q for q, rows in enumerate(task.lists) if rows is not None]
+    if sparse:
+        pick = torch.tensor(sparse, dtype=torch.long)
+        t, g, e = _count_against_corpus(queries[pick], candidates, index[pick], device, query_block, corpus_block)
+        targets[pick], greater[pick], equal[pick] = t, g, e
+    if exhaustive:
+        pick = torch.tensor(exhaustive, dtype=torch.long)
+        lists = [[at[c] for c in task.lists[q]] for q in exhaustive]
+        t, g, e = _count_against_lists(queries[pick], candidates, lists, index[pick], device)
+        targets[pick], greater[pick], equal[pick] = t, g, e
+    ties = (equal - 1).clamp(min=0)  # the relevant candidate ties with itself
+    per_query = expected_graded_metrics(gains, targets.double(), greater, ties, HIT_KS, NDCG_KS)
+    metrics = {name: float(values.mean()) for name, values in per_query.items()}
+    return {
+        "dataset": task.name,
+        "modality": task.spec.modality,
+        "meta_task": task.spec.meta_task,
+        "metric": task.spec.metric,
+        "score": metrics[task.spec.metric],
+        **metrics,
+        "num_queries": len(task.query_rows),
+        "num_queries_total": task.num_queries_total,
+        "num_candidates": len(needed),
+        "num_candidates_total": len(task.candidate_ids),
+        "sparse_queries": len(sparse),
+        "exhaustive_queries": len(exhaustive),
+        "queries_without_relevant": sum(not pairs for pairs in task.relevant),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+# -- aggregation and reports --------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(results: list[dict]) -> dict:
+    """The paper's summary of per-dataset results (each with ``"dataset"`` and ``"score"``).
+
+    Returns:
+        ``{"meta_tasks": {meta_task: mean score of its datasets}, "modalities": {modality:
+        mean score of its datasets}, "overall": mean score of all datasets, "num_datasets": n,
+        "complete": whether all 78 are in}``; a group without datasets is left out.
+    """
+    by_name = {}
+    for result in results:
+        name = result["dataset"]
+        if name in by_name:
+            raise ValueError(f"two results for MMEB-V2 dataset {name!r}")
+        by_name[name] = float(result["score"])
+    meta_tasks, modalities = {}, {}
+    for modality in MODALITIES:
+        for meta_task in META_TASKS[modality]:
+            mean = _mean([by_name[d.name] for d in DATASETS if d.meta_task == meta_task and d.name in by_name])
+            if mean is not None:
+                meta_tasks[meta_task] = mean
+        mean = _mean([by_name[d.name] for d in DATASETS if d.modality == modality and d.name in by_name])
+        if mean is not None:
+            modalities[modality] = mean
+    known = [d.name for d in DATASETS if d.name in by_name]
+    unknown = sorted(set(by_name) - set(known))
+    if unknown:
+        raise ValueError(f"results for datasets that are not in MMEB-V2: {unknown}")
+    return {
+        "meta_tasks": meta_tasks,
+        "modalities": modalities,
+        "overall": _mean([by_name[n] for n in known]),
+        "num_datasets": len(known),
+        "complete": len(known) == len(DATASETS),
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(results: list[dict], summary: dict) -> str:
+    """The summary in the paper's column layout and the per-dataset scores, as markdown (x 100)."""
+    header, cells = [], []
+    for modality in MODALITIES:
+        label = MODALITY_LABELS[modality]
+        for meta_task in META_TASKS[modality]:
+            header.append(f"{label} {META_TASK_LABELS[meta_task]}")
+            cells.append(_pct(summary["meta_tasks"].get(meta_task)))
+        header.append(f"**{label}**")
+        cells.append(_pct(summary["modalities"].get(modality)))
+    header.append("**Overall**")
+    cells.append(_pct(summary["overall"]))
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        "| " + " | ".join(cells) + " |",
+        "",
+    ]
+    if not summary["complete"]:
+        lines += [
+            (
+                f"Over {summary['num_datasets']} of the {len(DATASETS)} MMEB-V2 datasets: not comparable with the "
+                "paper's full-benchmark columns."
+            ),
+            "",
+        ]
+    lines += [
+        "| dataset | modality | meta-task | metric | score | queries | candidates |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = {d.name: i for i, d in enumerate(DATASETS)}
+    for r in sorted(results, key=lambda r: order[r["dataset"]]):
+        queries = f"{r['num_queries']}" + (
+            f" of {r['num_queries_total']}" if r["num_queries"] != r["num_queries_total"] else ""
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['modality']} | {META_TASK_LABELS[r['meta_task']]} | {r['metric']} | "
+            f"{_pct(r['score'])} | {queries} | {r['num_candidates']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: str, value) -> None:
+    """Write atomically: a result file is either whole or absent."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+
+
+def evaluate_mmeb_v2(
+    root: str | os.PathLike,
+    model,
+    output_dir: str | os.PathLike,
+    *,
+    datasets: list[str] | None = None,
+    modalities: list[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    num_frames: int = NUM_FRAMES,
+    block: int = 256,
+    run_info: dict | None = None,
+    show_progress_bar: bool = True,
+    tasks: list[MMEBTask] | None = None,
+    log=print,
+) -> dict:
+    """Evaluate ``model`` on MMEB-V2 (or some of its datasets), resumable.
+
+    Args:
+        root: the benchmark root.
+        model: see :func:`evaluate_task`.
+        output_dir: ``datasets/<name>.json`` per dataset as it finishes, ``settings.json``,
+            and at the end ``results.json`` and ``results.md``. Datasets whose result file is
+            already there are not evaluated again.
+        datasets, modalities: which datasets (default all 78).
+        limit: queries per dataset (smoke runs).
+        batch_size, num_frames, block: see :func:`evaluate_task`.
+        run_info: what identifies the model (name, baseline, ...), stored with the settings; a
+            folder holding results of other settings is refused.
+        tasks: already opened datasets (from :func:`open_tasks` with the same selection).
+        log: prints one line per dataset.
+
+    Returns:
+        ``{"settings", "datasets": [per-dataset results in benchmark order], "summary"}``
+        (see :func:`evaluate_task`, :func:`aggregate`).
+
+    Raises:
+        ValueError: ``output_dir`` holds results of other settings.
+    """
+    if tasks is None:
+        tasks = open_tasks(root, datasets, modalities, limit)
+    settings = {"limit": limit, "num_frames": num_frames, **(run_info or {})}
+    out = os.fspath(output_dir)
+    os.makedirs(os.path.join(out, "datasets"), exist_ok=True)
+    settings_path = os.path.join(out, "settings.json")
+    if os.path.isfile(settings_path):
+        with open(settings_path) as f:
+            previous = json.load(f)
+        if previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise ValueError(
+                f"{out} holds MMEB-V2 results of other settings ({', '.join(changed)}: "
+                f"{[previous.get(k) for k in changed]} there, {[settings.get(k) for k in changed]} now); "
+                "use another output folder"
+            )
+    else:
+        _write_json(settings_path, settings)
+    results, pending = {}, []
+    for task in tasks:
+        path = os.path.join(out, "datasets", f"{task.name}.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                results[task.name] = json.load(f)
+            log(f"{task.name}: already evaluated ({path})")
+        else:
+            pending.append(task)
+    preflight(pending, model, num_frames)
+    for task in pending:
+        result = evaluate_task(
+            task, model, batch_size=batch_size, block=block, num_frames=num_frames, show_progress_bar=show_progress_bar
+        )
+        _write_json(os.path.join(out, "datasets", f"{task.name}.json"), result)
+        results[task.name] = result
+        log(
+            f"{task.name}: {result['metric']} {100 * result['score']:.2f} ({result['num_queries']} queries, "
+            f"{result['num_candidates']} candidates, {result['seconds']:.1f} s)"
+        )
+    ordered = [results[t.name] for t in tasks]
+    summary = aggregate(ordered)
+    report = {"settings": settings, "datasets": ordered, "summary": summary}
+    _write_json(os.path.join(out, "results.json"), report)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown_table(ordered, summary))
+    return report

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BTokCollator", "EncodedExample", "ExampleError", "concat_ranges"]
 
-EXAMPLE_KEYS = ("query", "positive", "negatives", "target")
+EXAMPLE_KEYS = ("query", "positive", "negatives", "target", "source", "target_side")
 IMAGE_KEYS = (
     "query_image",
     "positive_image",
@@ -233,7 +233,13 @@ class BTokCollator:
                 f"example {i}, field {field!r}: a target must be a str or None (targets are text only, no image or "
                 f"video), got {_describe(target)}"
             )
-        if not self.with_targets or target == "":
+        side = ex.get("target_side", "positive")
+        if side not in ("positive", "none"):
+            raise ExampleError(
+                f"example {i}, field 'target_side': {side!r} is not supported here; this collator generates the "
+                "positive's text ('positive') or nothing ('none')"
+            )
+        if not self.with_targets or target == "" or side == "none":
             target = None
         return ex["query"], ex["positive"], list(negatives), target
 

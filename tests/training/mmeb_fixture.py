@@ -1,10 +1,12 @@
 """A few MMEB-train rows written in its two real layouts, and the examples they must read to.
 
-The rows are shortened from the samples in the authors' docs (``docs/en/datasets/train/mmeb/*.md``
-of siryuson/BottleneckTokens); the expected examples are written by hand from the rendering
-those docs and ``configs/datasets/mmeb_train.yaml`` give each subset (``final query`` /
-``final positive`` / ``final negative``), with the image token taken out (btok's collator
-places the image on its own line before the text).
+The rows are shortened from the sample rows of the ``train`` split in the authors' docs
+(``docs/en/datasets/train/mmeb/*.md`` of siryuson/BottleneckTokens; text-only answers carry no
+trailing newline there). The expected examples are written by hand from the transform each
+subset gets in ``configs/datasets/mmeb_train.yaml`` (as their loader applies it: a side without
+a ``trailing_newline`` rule keeps its text as stored, although the file's ``final positive``
+comments show a newline), with the image token taken out: btok's collator places the image on
+its own line before the text.
 
 * parquet: ``ROOT/<Subset>/train-00000-of-00001.parquet``, images under ``ROOT/images/``.
 * Lance: ``ROOT/data/<Subset>/train.lance`` and ``ROOT/data/images/<Subset>.lance`` (path, image bytes).
@@ -34,13 +36,13 @@ ROWS = {
         _row(
             f"{IMG}\nRepresent the given image for classification\n",
             "images/ImageNet_1K/Train/n01440764_1.JPEG",
-            "plane, carpenter's plane, woodworking plane\n",
-            neg_text="tench, Tinca tinca\n",
+            "plane, carpenter's plane, woodworking plane",
+            neg_text="tench, Tinca tinca",
         ),
         _row(
             f"{IMG} Represent the given image for classification  \n\n",
             "images/ImageNet_1K/Train/n01440764_2.JPEG",
-            "abbey\n",
+            "abbey",
         ),
     ],
     "N24News": [  # classification with text negatives kept
@@ -48,8 +50,8 @@ ROWS = {
             f"{IMG}\nRepresent the given news image with the following caption for domain classification: "
             "Danai Gurira and Andre Holland in a theater.\n",
             "images/N24News/Train/N24News_image_0.jpg",
-            "Theater\n",
-            neg_text="Global Business\n",
+            "Theater",
+            neg_text="Global Business",
         ),
     ],
     "ChartQA": [  # answers lose trailing spaces
@@ -95,8 +97,8 @@ ROWS = {
         _row(
             f"{IMG}\nRepresent the given image with the following question: What is the man by the bags awaiting?\n",
             "images/A-OKVQA/Train/A-OKVQA_image_0.jpg",
-            "cab\n",
-            neg_text="train\n",
+            "cab",
+            neg_text="train",
         ),
         _row(pos_text="bus\n"),
     ],
@@ -112,14 +114,14 @@ def expected(image) -> dict[str, list[dict]]:
                     "text": "Represent the given image for classification\n",
                     "image": image("images/ImageNet_1K/Train/n01440764_1.JPEG"),
                 },
-                "positive": "plane, carpenter's plane, woodworking plane\n",
+                "positive": "plane, carpenter's plane, woodworking plane",
             },
             {
                 "query": {
                     "text": "Represent the given image for classification\n",
                     "image": image("images/ImageNet_1K/Train/n01440764_2.JPEG"),
                 },
-                "positive": "abbey\n",
+                "positive": "abbey",
             },
         ],
         "N24News": [
@@ -129,8 +131,8 @@ def expected(image) -> dict[str, list[dict]]:
                     "Danai Gurira and Andre Holland in a theater.\n",
                     "image": image("images/N24News/Train/N24News_image_0.jpg"),
                 },
-                "positive": "Theater\n",
-                "negatives": ["Global Business\n"],
+                "positive": "Theater",
+                "negatives": ["Global Business"],
             }
         ],
         "ChartQA": [
@@ -186,8 +188,8 @@ def expected(image) -> dict[str, list[dict]]:
                     "awaiting?\n",
                     "image": image("images/A-OKVQA/Train/A-OKVQA_image_0.jpg"),
                 },
-                "positive": "cab\n",
-                "negatives": ["train\n"],
+                "positive": "cab",
+                "negatives": ["train"],
             }
         ],
     }

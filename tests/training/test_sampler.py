@@ -143,29 +143,28 @@ class _StopAt:
 
 
 def test_the_trainer_draws_blocks_and_a_resumed_run_continues_their_order(tmp_path):
-    """Two sources, blocks of 4, batches of 2: 4 steps per epoch. A run stopped at step 5 (in
-    epoch 1) and resumed fetches what an uninterrupted run fetches at step 6, epoch 1's order."""
+    """Two sources, blocks of 4, batches of 4: 2 steps per epoch. A run stopped at step 3 (in
+    epoch 1) and resumed fetches what an uninterrupted run fetches at step 4, epoch 1's order."""
     data = examples(8)
     write_jsonl(tmp_path / "a.jsonl", data[:4])
     write_jsonl(tmp_path / "b.jsonl", data[4:])
     sources = [DataSource(str(tmp_path / "a.jsonl"), 1.0), DataSource(str(tmp_path / "b.jsonl"), 3.0)]
-    recipe = tiny_recipe(max_steps=6, batch_size=2, source_block_size=4, save_steps=5, lora_r=2)
+    recipe = tiny_recipe(max_steps=4, batch_size=4, source_block_size=4, save_steps=3, lora_r=2)
     order = {e: _LoggedMixture(sources).sampler(recipe.seed, 4).order(e).tolist() for e in (0, 1)}
-    assert order[0][:4] != order[1][:4]
+    assert order[0][4:] != order[1][4:]
 
     straight = _LoggedMixture(sources)
     train(tiny_model(recipe), straight, recipe, str(tmp_path / "straight"), save=False)
-    assert straight.fetched[:8] == order[0] and straight.fetched[8:12] == order[1][:4]
-    for start in range(0, 12, 2):
-        assert len({MixedDataset.__getitem__(straight, i)["source"] for i in straight.fetched[start : start + 2]}) == 1
+    assert straight.fetched == order[0] + order[1]
+    for start in range(0, 16, 4):
+        assert len({MixedDataset.__getitem__(straight, i)["source"] for i in straight.fetched[start : start + 4]}) == 1
 
     stopped = _LoggedMixture(sources)
-    train(tiny_model(recipe), stopped, recipe, str(tmp_path / "stopped"), save=False, callbacks=[_StopAt(5)])
+    train(tiny_model(recipe), stopped, recipe, str(tmp_path / "stopped"), save=False, callbacks=[_StopAt(3)])
     resumed = _LoggedMixture(sources)
     trainer = train(tiny_model(recipe), resumed, recipe, str(tmp_path / "stopped"), resume=True, save=False)
-    assert trainer.state.global_step == 6
-    assert resumed.fetched[:2] == order[1][2:4], "the resumed step did not get epoch 1's next batch"
-    assert resumed.fetched == straight.fetched[-len(resumed.fetched) :]
+    assert trainer.state.global_step == 4
+    assert resumed.fetched == order[1][4:], "the resumed step did not get epoch 1's second batch"
 
     with pytest.raises(ValueError, match=r"source_block_size=3 must be a multiple .* = 2"):
         train(tiny_model(recipe), straight, tiny_recipe(batch_size=2, source_block_size=3), str(tmp_path / "x"))

@@ -181,6 +181,13 @@ def parser() -> argparse.ArgumentParser:
         "one source; a multiple of --batch-size x ranks (default: off, the sources' shares shuffled together)",
     )
     g.add_argument(
+        "--no-hard-negatives",
+        dest="hard_negatives",
+        action="store_false",
+        help="drop the examples' negatives: score each query against the in-batch candidates only (the authors "
+        "leave MMEB-train's negatives unused)",
+    )
+    g.add_argument(
         "--mmeb-split",
         default=DEFAULT_SPLIT,
         choices=["train", "original", "diverse_instruction"],
@@ -256,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             check_block_size(recipe.source_block_size, recipe.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
         except ValueError as err:
             cli.error(str(err))
-    dataset = MixedDataset(training_sources(args, cli))
+    dataset = MixedDataset(training_sources(args, cli), hard_negatives=args.hard_negatives)
     name, kwargs = model_source(args.model, args.gguf_file)
     if args.torch_dtype:
         kwargs["dtype"] = getattr(torch, args.torch_dtype)
@@ -269,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 "recipe": recipe.to_dict(),
                 "examples_per_epoch": len(dataset.sampler(recipe.seed, recipe.source_block_size)),
                 "sources": dataset.describe(),
+                "hard_negatives": dataset.hard_negatives,
             },
             f,
             indent=2,

@@ -222,6 +222,9 @@ class MixedDataset(torch.utils.data.Dataset):
     Args:
         sources: the sources; JSONL files either all with weights or none (MMEB-train subsets
             always have one).
+        hard_negatives: keep the examples' ``negatives``; False drops them, so each query is
+            scored against the in-batch candidates only, as the authors train (their loss
+            leaves MMEB-train's negatives unused).
 
     Attributes:
         sources, sizes (examples per source), weights (each source's, resolved), offsets.
@@ -231,7 +234,7 @@ class MixedDataset(torch.utils.data.Dataset):
         ValueError: no source, a source named twice, or weights given to some JSONL files only.
     """
 
-    def __init__(self, sources: list[DataSource]):
+    def __init__(self, sources: list[DataSource], hard_negatives: bool = True):
         if not sources:
             raise ValueError("no training data given")
         names = [s.name for s in sources]
@@ -246,6 +249,7 @@ class MixedDataset(torch.utils.data.Dataset):
                 f"unless given): no weight for {unweighted}"
             )
         self.sources = list(sources)
+        self.hard_negatives = hard_negatives
         self.parts = [s.load() for s in self.sources]
         self.sizes = [len(part) for part in self.parts]
         self.weights = [float(s.weight) if s.weight is not None else float(n) for s, n in zip(sources, self.sizes)]
@@ -263,6 +267,8 @@ class MixedDataset(torch.utils.data.Dataset):
         source = self.sources[s]
         example = dict(self.parts[s][i - self.offsets[s]])
         example["source"] = source.name
+        if not self.hard_negatives:
+            example.pop("negatives", None)
         if source.target_side is not None:
             example.setdefault("target_side", source.target_side)
         return example

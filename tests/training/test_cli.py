@@ -98,10 +98,12 @@ def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--model", str(backbone), "--train-data", f"{root}/N24News:3", f"{jsonl}:1", "--output-dir", str(out)]
     argv += ["--target-side", f"{jsonl}=none", "--source-block-size", "2", "--batch-size", "2", "--max-steps", "2"]
+    argv += ["--no-hard-negatives"]
     argv += ["--lora-r", "2", "--num-btoks", "2", "--save-steps", "0", "--warmup-ratio", "0", "--logging-steps", "1"]
     assert main(argv) == 0
     command = json.loads((out / "train_command.json").read_text())
     assert command["recipe"]["source_block_size"] == 2 and command["examples_per_epoch"] == 8
+    assert command["hard_negatives"] is False
     assert [(s["name"], s["examples"], s["probability"], s["target_side"]) for s in command["sources"]] == [
         ("N24News", 4, 0.75, "positive"),
         (jsonl, 4, 0.25, "none"),

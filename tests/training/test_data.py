@@ -179,6 +179,8 @@ def test_mixed_dataset_tags_examples_with_source_and_target_side(tmp_path):
     ]
     assert mixed[2] == {"query": "q", "positive": "p", "source": str(tmp_path / "a.jsonl"), "target_side": "query"}
     assert [d["probability"] for d in mixed.describe()] == [0.2, 0.6, 0.2]
+    assert "negatives" in mixed[0] and "negatives" in mixed[1]  # VisDial's image, N24News' text
+    assert all("negatives" not in MixedDataset(sources, hard_negatives=False)[i] for i in range(3))
     with pytest.raises(ValueError, match="names no training source"):
         with_target_sides(sources, {"Nope": "none"})
     with pytest.raises(ValueError, match="no weight for"):

@@ -177,7 +177,7 @@ SUBSETS: dict[str, SubsetSpec] = {
 
 
 class _FieldError(ValueError):
-    """A field of a row is unusable; the caller adds the file, row and field."""
+    """A field of a row is unusable; the reader adds the file, row and field to the message."""
 
 
 def _tidy(text: str, single_newline: bool) -> str:
@@ -202,7 +202,7 @@ def render_side(text: str, has_image: bool, rule: SideRule) -> str | None:
         The text; None for an image side with no text besides its image.
 
     Raises:
-        _FieldError: an image token without an image (and no rule removing it), or an image
+        ValueError: an image token without an image (and no rule removing it), or an image
             whose text does not start with the image token, or holds it twice.
     """
     for legacy in LEGACY_IMAGE_TOKENS:

@@ -9,6 +9,7 @@ from mmeb_fixture import IMG, ROWS, _row, expected, write_lance, write_parquet
 from PIL import Image
 
 from btok_model.datasets import DataError, MmebTrainSubset
+from btok_model.datasets.mmeb_train import SUBSETS, render_side
 
 
 def _pixels(value):
@@ -136,3 +137,21 @@ def test_examples_collate_with_the_multimodal_collator(tmp_path):
         batch = model.collate(examples)
         assert batch["image_grid_thw"].shape[0] == 2 + 2 + 1 + 1  # CIRR 2, VisDial 2, WebQA 1, N24News 1
         assert batch["candidate_btok_index"].shape[0] == 4 + 2  # 4 positives + VisDial's and N24News' negatives
+
+
+@pytest.mark.parametrize(
+    "subset, side, raw, has_image, want",
+    [
+        ("N24News", "query", "<|image_1|>\nnews\n", True, "news\n"),
+        ("N24News", "query", "<image>  news  \r\n\r\n", True, "news\n"),  # legacy token, CRLF, spaces
+        ("N24News", "query", "<|image_1|>", True, None),  # the image alone
+        ("MSCOCO", "positive", "<|image_1|>\nthe object", True, "the object\n"),  # a newline added
+        ("VisDial", "negative", "", True, None),  # image-only negative kept
+        ("VisDial", "query", "image retrieval: Q:hi\nA:yo\n\n", False, "image retrieval:\nQ:hi\nA:yo\n"),
+        ("WebQA", "query", "<|image_1|>\nwhich coin?\n", False, "which coin?\n"),
+        ("ChartQA", "positive", "10.5 \t", False, "10.5"),
+        ("ImageNet_1K", "positive", "plane ", False, "plane "),  # no rule: as stored
+    ],
+)
+def test_render_side(subset, side, raw, has_image, want):
+    assert render_side(raw, has_image, getattr(SUBSETS[subset], side)) == want

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from train_helpers import examples, tiny_model, tiny_recipe
+from transformers import TrainerCallback
 
 from btok_model.datasets import write_jsonl
 from btok_model.training import DataSource, MixedDataset, SourceBlockSampler, check_block_size, train
@@ -130,16 +131,13 @@ class _LoggedMixture(MixedDataset):
         return super().__getitem__(i)
 
 
-class _StopAt:
-    def __new__(cls, step):
-        from transformers import TrainerCallback
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
 
-        class Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == step:
-                    control.should_training_stop = True
-
-        return Stop()
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
 
 
 def test_the_trainer_draws_blocks_and_a_resumed_run_continues_their_order(tmp_path):

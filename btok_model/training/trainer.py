@@ -227,6 +227,8 @@ class _SamplerEpochCallback(TrainerCallback):
         self.sampler = sampler
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is None:  # no prepared dataloader to count the epoch's steps with
+            raise RuntimeError("BTokTrainer: the Trainer began an epoch without telling its callbacks the dataloader")
         steps_per_epoch = max(math.ceil(len(train_dataloader) / args.gradient_accumulation_steps), 1)
         self.sampler.set_epoch(state.global_step // steps_per_epoch)
 

@@ -124,7 +124,7 @@ def _target_side(text: str) -> tuple[str, str]:
 def training_sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
     """The :class:`~btok_model.training.data.DataSource` list of ``--train-data`` and ``--target-side``
     (a bad entry exits with ``error: ...``)."""
-    from .training.data import parse_data_spec, with_target_sides
+    from .training.data import check_sources, parse_data_spec, with_target_sides
 
     try:
         sources = [
@@ -132,6 +132,7 @@ def training_sources(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             for spec in args.train_data
             for source in parse_data_spec(spec, split=args.mmeb_split, image_root=args.mmeb_image_root)
         ]
+        check_sources(sources)
         return with_target_sides(sources, dict(args.target_side))
     except ValueError as err:  # DataError included
         parser.error(str(err))

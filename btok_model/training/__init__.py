@@ -1,6 +1,8 @@
 """Training BTok embedders on the transformers Trainer.
 
-* :mod:`.data` -- JSONL training files (validated, file:line errors) mixed with weights.
+* :mod:`.data` -- training sources (JSONL files, MMEB-train subsets; validated, errors naming
+  file and line or row) mixed with weights.
+* :mod:`.sampler` -- the order: weighted shares shuffled, or single-source blocks.
 * :mod:`.schedule` -- the generative-loss weight per step.
 * :mod:`.collate` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
 * :mod:`.gradcache` -- the chunked step with the full batch's loss and gradients.
@@ -9,9 +11,10 @@
 """
 
 from .collate import TrainingCollator
-from .data import DataSource, MixedDataset, load_examples, parse_data_spec
+from .data import DataSource, MixedDataset, load_examples, parse_data_spec, parse_target_side, with_target_sides
 from .gradcache import grad_cache_step
 from .recipe import Recipe, build_model, lora_config, train, training_arguments
+from .sampler import MixtureSampler, SourceBlockSampler, check_block_size
 from .schedule import GenerativeSchedule
 from .trainer import BTokTrainer, load_checkpoint_weights
 
@@ -20,14 +23,19 @@ __all__ = [
     "DataSource",
     "GenerativeSchedule",
     "MixedDataset",
+    "MixtureSampler",
     "Recipe",
+    "SourceBlockSampler",
     "TrainingCollator",
     "build_model",
+    "check_block_size",
     "grad_cache_step",
     "load_checkpoint_weights",
     "load_examples",
     "lora_config",
     "parse_data_spec",
+    "parse_target_side",
     "train",
     "training_arguments",
+    "with_target_sides",
 ]

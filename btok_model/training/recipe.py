@@ -52,6 +52,9 @@ class Recipe:
         fsdp_config: more ``TrainingArguments.fsdp_config`` settings (``cpu_offload``,
             ``transformer_layer_cls_to_wrap``, ``reshard_after_forward``, ...; ``version``
             defaults to 2, the only one supported).
+        source_block_size: blocks of this many examples from one training source each, the
+            source drawn by weight (the authors' interleaved sampler; their preset uses 512);
+            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks.
     """
 
     num_btoks: int = 4
@@ -83,6 +86,7 @@ class Recipe:
     save_total_limit: int | None = 2
     fsdp: bool = False
     fsdp_config: dict | None = None
+    source_block_size: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -259,7 +263,8 @@ def train(
 
     Args:
         model: from :func:`build_model`.
-        dataset: a sequence of example dicts (e.g. a :class:`~btok_model.training.data.MixedDataset`).
+        dataset: a sequence of example dicts, or a :class:`~btok_model.training.data.MixedDataset`
+            (read in the order of its sampler: weighted shares, or ``recipe.source_block_size`` blocks).
         recipe: the settings.
         output_dir: checkpoints (``checkpoint-<step>``) and, with ``save``, the final model.
         resume: a checkpoint folder, or True for the latest one in ``output_dir``.
@@ -278,6 +283,7 @@ def train(
         schedule=recipe.schedule,
         chunk_size=recipe.chunk_size,
         max_tokens=recipe.max_tokens,
+        source_block_size=recipe.source_block_size,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume)

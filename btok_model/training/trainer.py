@@ -26,11 +26,19 @@ the optimizer), which resuming under FSDP loads. On the CPU (gloo), accelerate l
 off -- it turns the plugin on only for accelerator devices -- and
 :meth:`BTokTrainer.create_accelerator_and_postprocess` turns it on itself, so the CPU tests
 run the same FSDP path. DeepSpeed is refused.
+
+A :class:`~btok_model.training.data.MixedDataset` is read in the order of its own sampler
+(:mod:`btok_model.training.sampler`): each source's weighted share, shuffled, or with
+``source_block_size`` blocks of that many examples from one source each (checked to line up
+with the steps, so every rank draws from one source at every step). The sampler's epoch is set
+from the step count at the start of every epoch, as the Trainer counts epochs when it resumes,
+so a resumed run continues the same order.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 import torch
@@ -39,7 +47,9 @@ from accelerate.utils import DistributedType
 from transformers import Trainer, TrainerCallback
 
 from .collate import TrainingCollator, is_chunked
+from .data import MixedDataset
 from .gradcache import grad_cache_step
+from .sampler import check_block_size
 from .schedule import GenerativeSchedule
 
 __all__ = ["TRAINABLE_STATE", "BTokTrainer", "load_checkpoint_weights", "save_trainable_state"]
@@ -136,6 +146,27 @@ def _configure_fsdp(plugin, model, args) -> None:
         plugin.transformer_cls_names_to_wrap = list(next((names for names in layers if names), []))
 
 
+def _mixture_sampler(dataset, args, block_size: int | None):
+    """The sampler of a :class:`~btok_model.training.data.MixedDataset` (None for other datasets).
+
+    Raises:
+        ValueError: ``block_size`` with a dataset that is not a MixedDataset, or one that does
+            not line up with the steps (:func:`~btok_model.training.sampler.check_block_size`).
+    """
+    if not isinstance(dataset, MixedDataset):
+        if block_size is not None:
+            raise ValueError(
+                "source_block_size needs a MixedDataset (training sources to draw blocks from), got "
+                f"{type(dataset).__name__}"
+            )
+        return None
+    if block_size is not None:
+        check_block_size(
+            block_size, args.per_device_train_batch_size, args.world_size, args.gradient_accumulation_steps
+        )
+    return dataset.sampler(args.seed, block_size)
+
+
 def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` whose parameters live on the meta device (no memory), tied
     parameters still tied, buffers and everything else copied; the tokenizer is shared."""
@@ -187,6 +218,21 @@ class _ScheduleCallback(TrainerCallback):
         self.collator.start_at(state.global_step)
 
 
+class _SamplerEpochCallback(TrainerCallback):
+    """Sets the sampler's epoch at the start of every epoch, counted from the optimizer step as
+    the Trainer counts it when it resumes: a resumed run's batches are skipped by a dataloader
+    wrapper through which the Trainer's own ``set_epoch`` does not reach the sampler."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is None:  # no prepared dataloader to count the epoch's steps with
+            raise RuntimeError("BTokTrainer: the Trainer began an epoch without telling its callbacks the dataloader")
+        steps_per_epoch = max(math.ceil(len(train_dataloader) / args.gradient_accumulation_steps), 1)
+        self.sampler.set_epoch(state.global_step // steps_per_epoch)
+
+
 class _StepStampingCollator:
     """Adds the optimizer step each batch was built for, so the trainer can check it."""
 
@@ -213,6 +259,9 @@ class BTokTrainer(Trainer):
         schedule: the generative weight per step (default: the model's weight throughout).
         chunk_size, max_tokens: GradCache chunking (see
             :class:`~btok_model.training.collate.TrainingCollator`).
+        source_block_size: with a :class:`~btok_model.training.data.MixedDataset`, draw blocks
+            of this many examples from one source each (None: each source's share, shuffled);
+            a multiple of ``per_device_train_batch_size x world_size x gradient_accumulation_steps``.
         **kwargs: passed to ``Trainer`` (``callbacks``, ...).
     """
 
@@ -225,8 +274,10 @@ class BTokTrainer(Trainer):
         schedule: GenerativeSchedule | None = None,
         chunk_size: int | None = None,
         max_tokens: int | None = None,
+        source_block_size: int | None = None,
         **kwargs,
     ):
+        self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size)
         if args.dataloader_num_workers:
             raise ValueError(
                 "BTokTrainer collates in the training process (dataloader_num_workers=0): the collator follows "
@@ -242,6 +293,8 @@ class BTokTrainer(Trainer):
             gradient_accumulation_steps=args.gradient_accumulation_steps,
         )
         callbacks = list(kwargs.pop("callbacks", None) or []) + [_ScheduleCallback(self.training_collator)]
+        if self.mixture_sampler is not None:
+            callbacks.append(_SamplerEpochCallback(self.mixture_sampler))
         super().__init__(
             model=model,
             args=args,
@@ -280,6 +333,12 @@ class BTokTrainer(Trainer):
             state.fsdp_plugin = plugin
             state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
             self.is_fsdp_enabled = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        """A :class:`~btok_model.training.data.MixedDataset`'s own sampler; otherwise the Trainer's."""
+        if self.mixture_sampler is not None and (train_dataset is None or train_dataset is self.train_dataset):
+            return self.mixture_sampler
+        return super()._get_train_sampler(train_dataset)
 
     # -- the loss -------------------------------------------------------------------------
     def _btok_model(self, model=None):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from btok_tiny import char_tokenizer, tiny_backbone
 from train_helpers import examples
 
@@ -79,3 +80,48 @@ def test_lora_layers_pick_the_adapted_layers():
         "mlp.down_proj",
     }
     assert any("trainable_tokens" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
+    """--train-data with an MMEB-train parquet subset and a JSONL file, --target-side and
+    --source-block-size: the run trains on single-source batches and records its sources.
+    (Text-only rows: the tiny model here is a text model; images need a VL backbone.)"""
+    from mmeb_fixture import _row, write_parquet
+
+    backbone = tmp_path / "backbone"
+    tiny_backbone(vocab_size=None).save_pretrained(backbone)
+    char_tokenizer().save_pretrained(backbone)
+    rows = [_row(f"which news is this? {i}\n", "", f"label {i}\n", neg_text="other\n") for i in range(4)]
+    root = write_parquet(tmp_path / "mmeb", {"N24News": rows, "VisDial": [_row("a dialogue\n", "", "an image\n")]})
+    jsonl = str(tmp_path / "a.jsonl")
+    write_jsonl(jsonl, examples(4))
+    out = tmp_path / "run"
+    argv = ["--model", str(backbone), "--train-data", f"{root}/N24News:3", f"{jsonl}:1", "--output-dir", str(out)]
+    argv += ["--target-side", f"{jsonl}=none", "--source-block-size", "2", "--batch-size", "2", "--max-steps", "2"]
+    argv += ["--no-hard-negatives"]
+    argv += ["--lora-r", "2", "--num-btoks", "2", "--save-steps", "0", "--warmup-ratio", "0", "--logging-steps", "1"]
+    assert main(argv) == 0
+    command = json.loads((out / "train_command.json").read_text())
+    assert command["recipe"]["source_block_size"] == 2 and command["examples_per_epoch"] == 8
+    assert command["hard_negatives"] is False
+    assert [(s["name"], s["examples"], s["probability"], s["target_side"]) for s in command["sources"]] == [
+        ("N24News", 4, 0.75, "positive"),
+        (jsonl, 4, 0.25, "none"),
+    ]
+    assert command["sources"][0]["layout"] == "parquet" and command["sources"][0]["split"] == "train"
+    BTokModel.from_pretrained(out)
+
+    def error(*extra) -> str:
+        with pytest.raises(SystemExit):
+            main(["--model", "no/such-model", "--output-dir", str(tmp_path / "x"), *extra])
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert "error: argument --target-side: 'VisDial': expected SOURCE=SIDE" in error(
+        "--train-data", jsonl, "--target-side", "VisDial"
+    )
+    assert "names no training source ['Nope']" in error("--train-data", jsonl, "--target-side", "Nope=none")
+    assert "without subset(s)" in error("--train-data", root)
+    assert "no weight for" in error("--train-data", f"{root}/N24News", jsonl)
+    assert "source_block_size=3 must be a multiple" in error(
+        "--train-data", jsonl, "--source-block-size", "3", "--batch-size", "2"
+    )

@@ -1,0 +1,77 @@
+"""Lance tables, the format of the authors' data repack (``pip install btok[lance]``, which installs ``pylance``).
+
+:func:`open_lance` opens a table with errors that name it; :class:`LanceImageTable` is an
+image side table (columns ``path`` and ``image``, the file's bytes) read by path: only the
+``path`` column is held in memory, an image's bytes are read when it is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .jsonl import DataError
+
+__all__ = ["LanceImageTable", "open_lance"]
+
+
+def open_lance(path: str, columns: tuple[str, ...] = ()):
+    """The Lance dataset at ``path`` (a ``*.lance`` folder), checked to hold ``columns``.
+
+    Raises:
+        ImportError: ``pylance`` is not installed (says how to install it).
+        DataError: ``path`` is not a folder, is not a Lance table, or lacks a column.
+    """
+    try:
+        import lance
+    except ImportError as err:
+        raise ImportError(
+            f"{path}: reading Lance tables needs pylance: pip install 'btok[lance]' (or pip install pylance)"
+        ) from err
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: no such Lance table (a *.lance folder)")
+    try:
+        table = lance.dataset(path)
+    except Exception as err:  # lance raises its own error types (OSError, ValueError, ...) for a bad folder
+        raise DataError(f"{path}: not a readable Lance table ({err})") from err
+    missing = [c for c in columns if c not in table.schema.names]
+    if missing:
+        raise DataError(f"{path}: no column(s) {missing}; the table has {table.schema.names}")
+    return table
+
+
+class LanceImageTable:
+    """An image side table: ``path`` (string, the key rows refer to) and ``image`` (the file's bytes).
+
+    Args:
+        path: the ``*.lance`` folder.
+
+    Raises:
+        DataError: the table is missing, lacks a column, or holds a path twice.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._table = open_lance(path, ("path", "image"))
+        keys = self._table.to_table(columns=["path"]).column("path").to_pylist()
+        self._offsets: dict[str, int] = {}
+        for offset, key in enumerate(keys):
+            if key in self._offsets:
+                raise DataError(f"{path}: path {key!r} is in the table twice (rows {self._offsets[key]} and {offset})")
+            self._offsets[key] = offset
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def read(self, key: str) -> bytes:
+        """The bytes stored for ``key``.
+
+        Raises:
+            KeyError: ``key`` is not in the table.
+        """
+        row = self._table.take([self._offsets[key]], columns=["image"]).column("image")[0].as_py()
+        if not isinstance(row, (bytes, bytearray)):
+            raise DataError(f"{self.path}: the image of path {key!r} is {type(row).__name__}, not bytes")
+        return bytes(row)

@@ -7,7 +7,9 @@ Training examples are dicts::
      "target": str | None (optional), "source": str (optional)}
 
 An input is a str, or (multimodal backbones, :mod:`.multimodal`) a dict
-``{"text": str | None, "image": ..., "video": ..., "fps": ...}``; the flat keys
+``{"text": str | None, "image": ..., "video": ..., "fps": ..., "placement": ...,
+"trailing_newline": ...}`` (the last two say where an image or video block goes and how the
+prompt ends, see :mod:`.multimodal`; a text-only input ignores them); the flat keys
 ``query_image`` / ``positive_image`` (the JSONL training format) add an image to the query /
 positive. ``source`` names the data source the example came from; the collator checks that
 it is a str and otherwise ignores it (samplers and loggers group by it).
@@ -88,7 +90,13 @@ IMAGE_KEYS = (
     "positive_video",
 )
 # The keys of a multimodal input dict (``{"text": ..., "image": ...}``).
-INPUT_KEYS = ("text", "image", "video", "fps")
+INPUT_KEYS = ("text", "image", "video", "fps", "placement", "trailing_newline")
+# Where an input's vision blocks go (the authors' ``visual_token_placement``): on their own line
+# before the text, or at the end of the text's last line.
+PLACEMENTS = ("own_line", "inline_end")
+# How an input with an image or video ends (the authors' ``trailing_newline``): one newline,
+# or the text's own end.
+TRAILING_NEWLINES = ("ensure_single", "preserve")
 MEDIA_INPUT_KEYS = ("image", "images", "video", "videos")
 IGNORE_INDEX = -100
 # ``"target"`` left out of an example (its query's BToks generate the positive's input).
@@ -114,6 +122,20 @@ def concat_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     offsets = torch.cumsum(lengths, 0) - lengths  # where each range starts in the output
     within = torch.arange(total) - torch.repeat_interleave(offsets, lengths)
     return torch.repeat_interleave(starts, lengths) + within
+
+
+def check_input_dict(value: dict, name: str) -> None:
+    """Check an input dict's keys and its ``placement`` / ``trailing_newline`` values.
+
+    Raises:
+        ExampleError: naming ``name``, for an unknown key or value.
+    """
+    unknown = sorted(set(value) - set(INPUT_KEYS))
+    if unknown:
+        raise ExampleError(f"{name}: unknown keys {unknown} in an input dict; known keys: {list(INPUT_KEYS)}")
+    for key, allowed in (("placement", PLACEMENTS), ("trailing_newline", TRAILING_NEWLINES)):
+        if key in value and value[key] not in allowed:
+            raise ExampleError(f"{name}: {key} must be one of {list(allowed)}, got {_describe(value[key])}")
 
 
 def check_generation(example: dict) -> tuple[str, object]:
@@ -435,9 +457,7 @@ class BTokCollator:
         if isinstance(value, dict):
             if any(value.get(k) is not None for k in MEDIA_INPUT_KEYS):
                 raise ExampleError(f"{name}: {_NO_IMAGES}")
-            unknown = sorted(set(value) - set(INPUT_KEYS))
-            if unknown:
-                raise ExampleError(f"{name}: unknown keys {unknown} in an input dict; known keys: {list(INPUT_KEYS)}")
+            check_input_dict(value, name)
             value = value.get("text")
         if not isinstance(value, str):
             raise ExampleError(f"{name}: must be a str, got {_describe(value)}")

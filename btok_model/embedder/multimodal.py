@@ -6,15 +6,20 @@ An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "
   tensor; ``video``: a list of frames (``PIL.Image`` or ``[H, W, C]`` arrays) or an
   ``[F, H, W, C]`` array / tensor, frames already sampled; ``fps``: the rate they were
   sampled at (default 2.0, Qwen's sampling rate; only Qwen2.5-VL's positions use it).
-* The vision blocks go on their own line BEFORE the text, as the authors place them
-  (``visual_token_placement: own_line``): the prompt is
-  ``"<|vision_start|><|image_pad|><|vision_end|>"`` (image), then
-  ``"<|vision_start|><|video_pad|><|vision_end|>"`` (video), then ``"\\n"``, then the text
-  with one final ``"\\n"`` (its ends stripped of whitespace and its lines of trailing spaces);
-  an image or video without text is its blocks and ``"\\n"``. It is tokenised as the model's
-  processor tokenises it (one ``<|image_pad|>`` per merged patch). No chat template is
-  applied, as for text inputs, and a text-only input is its text as it is. The K BToks
-  follow; a target follows the BToks.
+* The vision blocks -- ``"<|vision_start|><|image_pad|><|vision_end|>"`` (image), then
+  ``"<|vision_start|><|video_pad|><|vision_end|>"`` (video) -- are placed as the authors'
+  transforms place them. By default (``"placement": "own_line"``, ``"trailing_newline":
+  "ensure_single"``, what MMEB-train and MMEB-V2 use) they go on their own line BEFORE the
+  text: the blocks, ``"\\n"``, then the text with one final ``"\\n"`` (its ends stripped of
+  whitespace and its lines of trailing spaces); an image or video without text is its blocks
+  and ``"\\n"``. ``"placement": "inline_end"`` puts them at the end of the text's last line,
+  after one space (``"Understand the content of the provided video: <blocks>\\n"``).
+  ``"trailing_newline": "preserve"`` adds no final newline and takes the text as given (the
+  source's reader has normalised it): ``<blocks>\\n{text}`` or ``{text} <blocks>``, the blocks
+  alone without text. The prompt is tokenised as the model's processor tokenises it (one
+  ``<|image_pad|>`` per merged patch). No chat template is applied, as for text inputs, and a
+  text-only input is its text as it is (``placement`` and ``trailing_newline`` do not apply).
+  The K BToks follow; a target follows the BToks.
 * Pixels go through the model's own image processor (and video processor); the placeholder
   count per image is ``prod(image_grid_thw) // merge_size**2``, the processor's formula.
 * A target generated from an input with an image or video holds the input's vision blocks
@@ -54,11 +59,11 @@ from torch import nn
 from .collate import (
     EXAMPLE_KEYS,
     IMAGE_KEYS,
-    INPUT_KEYS,
     BTokCollator,
     ExampleError,
     _describe,
     _name,
+    check_input_dict,
 )
 
 __all__ = [
@@ -277,6 +282,8 @@ class _Item:
     video: object | None
     fps: float
     name: str
+    placement: str = "own_line"
+    trailing_newline: str = "ensure_single"
 
 
 class MultimodalCollator(BTokCollator):
@@ -390,9 +397,7 @@ class MultimodalCollator(BTokCollator):
     def _item(self, value, name: str) -> _Item:
         if not isinstance(value, dict):
             return _Item(self._input_text(value, name), None, None, DEFAULT_FPS, name)
-        unknown = sorted(set(value) - set(INPUT_KEYS))
-        if unknown:
-            raise ExampleError(f"{name}: unknown keys {unknown} in an input dict; known keys: {list(INPUT_KEYS)}")
+        check_input_dict(value, name)
         image, video = value.get("image"), value.get("video")
         text = value.get("text")
         if image is None and video is None:
@@ -414,19 +419,25 @@ class MultimodalCollator(BTokCollator):
                 reason = f" ({self.no_video_reason})" if self.no_video_reason else ""
                 raise ExampleError(f"{name}: this BTok model has no video processor{reason}")
             video = _check_video(video, name)
-        return _Item(text or None, image, video, float(fps), name)
+        layout = {k: value[k] for k in ("placement", "trailing_newline") if k in value}
+        return _Item(text or None, image, video, float(fps), name, **layout)
 
     def _prompt(self, item: _Item) -> str:
-        """The authors' placement (``own_line``): the vision blocks, a newline, then the text
-        with its line ends stripped of spaces and one final newline; a text-only input as it is."""
+        """The prompt of an input with its vision blocks placed (see the module docstring);
+        a text-only input as it is."""
         start, end, image, video = self.vision_tokens.strings
         blocks = (start + image + end if item.image is not None else "") + (
             start + video + end if item.video is not None else ""
         )
         if not blocks:
             return item.text
-        body = "\n".join(line.rstrip(" \t") for line in (item.text or "").split("\n")).strip()
-        return blocks + "\n" + (body + "\n" if body else "")
+        text, final = item.text or "", ""
+        if item.trailing_newline == "ensure_single":
+            text, final = "\n".join(line.rstrip(" \t") for line in text.split("\n")).strip(), "\n"
+        if item.placement == "inline_end":
+            text = text.rstrip()
+            return (text + " " + blocks if text else blocks) + final
+        return blocks + ("\n" + text if text else "") + final
 
     def _process_images(self, items: list[_Item]) -> dict[int, Media]:
         """``{item index: Media with its pixel_values and image_grid_thw}``, one processor call."""

@@ -146,6 +146,47 @@ def test_vision_blocks_on_their_own_line(model):
     assert model.tokenize(inputs) == [ids + btoks for ids in expected]
 
 
+def test_inline_end_placement_and_preserved_ends(model):
+    """``placement: inline_end`` puts the blocks after the text's last line and a space (the
+    authors' video positive "Understand the content of the provided video: <|video_pad|>");
+    ``trailing_newline: preserve`` adds no final newline and keeps the text as given; a
+    text-only input ignores both; an unknown value is refused, naming the input."""
+    photo, clip = image(28, 56, 1), frames(2, 28, 28, 2)
+    tok, btoks = model.tokenizer, model.btok_token_ids
+    image_block = [VISION_START, IMAGE_TOKEN, IMAGE_TOKEN, VISION_END]
+    video_block = [VISION_START, VIDEO_TOKEN, VISION_END]
+    inputs = [
+        {"text": "the video: \n", "video": clip, "placement": "inline_end"},
+        {"text": "the video:", "video": clip, "placement": "inline_end", "trailing_newline": "preserve"},
+        {"video": clip, "placement": "inline_end"},
+        {"text": "a query\nline two ", "image": photo, "trailing_newline": "preserve"},
+        {"image": photo, "trailing_newline": "preserve"},
+        {"text": "plain ", "placement": "inline_end", "trailing_newline": "preserve"},
+    ]
+    expected = [
+        tok("the video: ")["input_ids"] + video_block + tok("\n")["input_ids"],
+        tok("the video: ")["input_ids"] + video_block,
+        video_block + tok("\n")["input_ids"],
+        image_block + tok("\na query\nline two ")["input_ids"],
+        image_block,
+        tok("plain ")["input_ids"],
+    ]
+    assert model.tokenize(inputs) == [ids + btoks for ids in expected]
+    # the same prompt as a training example's positive, and as the target its query's BToks generate
+    batch = model.collate([{"query": "find it", "positive": inputs[1]}])
+    query, positive = (s[0].tolist() for s in sequences(batch))
+    prefix = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    suffix = tok("<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert positive == expected[1] + btoks
+    assert query == tok("find it")["input_ids"] + btoks + prefix + expected[1] + suffix
+    bad_values = (({"placement": "end"}, "placement must be one of"), ({"trailing_newline": "strip"}, "trailing_new"))
+    for bad, message in bad_values:
+        with pytest.raises(ExampleError, match=rf"^text 0: {message}"):
+            model.tokenize([{"text": "x", "image": photo, **bad}])
+        with pytest.raises(ExampleError, match=rf"^text 0: {message}"):
+            model.tokenize([{"text": "x", **bad}])
+
+
 def test_an_image_only_input_as_a_target(model):
     """As the authors' trainer does it: a positive generating an image-only query still has a
     target, the query's vision block (seen, unscored), its newline and the end marker (scored);

@@ -99,8 +99,9 @@ def _check_sliding_window(sliding_window: int | None, longest_span: int) -> None
         )
 
 
-def _packed_layout(query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, pad_mode,
-                   causal: bool):
+def _packed_layout(
+    query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, pad_mode, causal: bool
+):
     """Layout of the ``B * S`` flattened tokens of a square call, and the unpad index or None.
 
     Non-causal calls get bidirectional layouts and ignore ``btok_layout`` (meant for the
@@ -235,7 +236,13 @@ def btok_attention_forward(
             out = decode_attention(query, key, value, attention_mask, scaling)
     else:
         layout, index = _packed_layout(
-            query, attention_mask, btok_layout, position_ids, cu_seq_lens_q, cu_seq_lens_k, btok_padding_mode,
+            query,
+            attention_mask,
+            btok_layout,
+            position_ids,
+            cu_seq_lens_q,
+            cu_seq_lens_k,
+            btok_padding_mode,
             is_causal,
         )
         # Unpadded rows with holes are shorter than their span in the padded row, which is

@@ -11,7 +11,7 @@ import os
 
 from .jsonl import DataError
 
-__all__ = ["LanceImageTable", "open_lance"]
+__all__ = ["LanceImageTable", "lance_rows_where", "open_lance"]
 
 
 def open_lance(path: str, columns: tuple[str, ...] = ()):
@@ -37,6 +37,21 @@ def open_lance(path: str, columns: tuple[str, ...] = ()):
     if missing:
         raise DataError(f"{path}: no column(s) {missing}; the table has {table.schema.names}")
     return table
+
+
+def lance_rows_where(table, condition: str) -> list[int]:
+    """The row numbers (0-based, in the table's order) of ``table``'s rows that satisfy the SQL
+    ``condition`` (e.g. ``"image IS NULL"``), read without the other columns' data.
+
+    A row address is (fragment id, offset in the fragment); the row number adds the rows of
+    the fragments before it (deleted rows counted, as they were written).
+    """
+    starts, total = {}, 0
+    for fragment in table.get_fragments():
+        starts[fragment.fragment_id] = total
+        total += fragment.physical_rows
+    found = table.to_table(columns=[], filter=condition, with_row_address=True).column("_rowaddr").to_pylist()
+    return sorted(starts[address >> 32] + (address & 0xFFFFFFFF) for address in found)
 
 
 class LanceImageTable:

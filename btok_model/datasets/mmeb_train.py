@@ -58,6 +58,7 @@ from typing import Any
 
 from .jsonl import DataError
 from .lance_tables import LanceImageTable, open_lance
+from .rendering import IMAGE_TOKEN, LEGACY_IMAGE_TOKENS, FieldError, normalize_whitespace
 
 __all__ = [
     "DEFAULT_SPLIT",
@@ -70,8 +71,6 @@ __all__ = [
     "render_side",
 ]
 
-IMAGE_TOKEN = "<|image_pad|>"
-LEGACY_IMAGE_TOKENS = ("<|image_1|>", "<image>")
 DEFAULT_SPLIT = "train"
 ROW_FIELDS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 REQUIRED_FIELDS = ROW_FIELDS[:4]
@@ -174,20 +173,6 @@ SUBSETS: dict[str, SubsetSpec] = {
 }
 
 
-class _FieldError(ValueError):
-    """A field of a row is unusable; the reader adds the file, row and field to the message."""
-
-
-def _tidy(text: str, single_newline: bool) -> str:
-    """The authors' whitespace normalisation: ``\\r\\n`` -> ``\\n``, no spaces or tabs at line
-    ends or at the start, ``""`` for blank text; with ``single_newline`` exactly one final ``\\n``."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join(line.rstrip(" \t") for line in text.split("\n")).strip(" \t")
-    if not text.strip("\n"):
-        return ""
-    return text.rstrip("\n") + "\n" if single_newline else text
-
-
 def render_side(text: str, has_image: bool, rule: SideRule) -> str | None:
     """The text of one side as the authors render it, without the image token.
 
@@ -206,24 +191,24 @@ def render_side(text: str, has_image: bool, rule: SideRule) -> str | None:
     for legacy in LEGACY_IMAGE_TOKENS:
         text = text.replace(legacy, IMAGE_TOKEN)
     if rule.strip_token_without_image and not has_image:
-        text = _tidy(text.replace(IMAGE_TOKEN, "").strip("\n"), single_newline=False)
+        text = normalize_whitespace(text.replace(IMAGE_TOKEN, "").strip("\n"), final_newline=False)
     elif rule.token_if_empty and has_image and not text.strip():
         text = IMAGE_TOKEN
     if has_image:
         if not text.startswith(IMAGE_TOKEN):
-            raise _FieldError(f"has an image but its text does not start with the image token: {text[:60]!r}")
+            raise FieldError(f"has an image but its text does not start with the image token: {text[:60]!r}")
         body = text[len(IMAGE_TOKEN) :].lstrip(" \t\n")
         if IMAGE_TOKEN in body:
-            raise _FieldError("holds more than one image token (one image per side)")
-        text = _tidy(f"{IMAGE_TOKEN}\n{body}" if body else IMAGE_TOKEN, single_newline=True)
+            raise FieldError("holds more than one image token (one image per side)")
+        text = normalize_whitespace(f"{IMAGE_TOKEN}\n{body}" if body else IMAGE_TOKEN, final_newline=True)
     elif IMAGE_TOKEN in text:
-        raise _FieldError(f"holds an image token but the row gives no image for it: {text[:60]!r}")
+        raise FieldError(f"holds an image token but the row gives no image for it: {text[:60]!r}")
     if rule.dialogue_break:
         text = text.replace("image retrieval: Q:", "image retrieval:\nQ:", 1)
     if rule.strip_tail_spaces:
         text = text.rstrip(" \t")
     if rule.single_newline:
-        text = _tidy(text, single_newline=True)
+        text = normalize_whitespace(text, final_newline=True)
     if has_image:
         return text[len(IMAGE_TOKEN) + 1 :] or None  # drop the token and the newline after it
     return text
@@ -269,7 +254,7 @@ class _ParquetImages:
             return
         path = os.path.join(self.image_root, key)
         if not os.path.isfile(path):
-            raise _FieldError(
+            raise FieldError(
                 f"image file {key!r} does not exist (looked for {path}; MMEB-train's row paths are relative to the "
                 "root its images were unpacked in)"
             )
@@ -287,7 +272,7 @@ class _LanceImages:
 
     def check(self, key: str) -> None:
         if key not in self.table:
-            raise _FieldError(f"image {key!r} is not in the image table {self.table.path}")
+            raise FieldError(f"image {key!r} is not in the image table {self.table.path}")
 
     def value(self, key: str, where: str):
         from PIL import Image, UnidentifiedImageError
@@ -410,7 +395,7 @@ class MmebTrainSubset(Sequence):
                     self._images.check(image)
                 field = text_field
                 text = render_side(values[text_field], image is not None, rule)
-            except _FieldError as err:
+            except FieldError as err:
                 raise DataError(f"{path}: row {row}, field {field!r}: {err}") from None
             if image is None and not (text or "").strip():
                 if side == "negative":  # the authors' "no negative"

@@ -38,9 +38,7 @@ def info_nce(
             f"query and candidates must be [Nq, H] and [Nc, H], got {tuple(query.shape)} and {tuple(candidates.shape)}"
         )
     if positive_index.shape != (query.shape[0],):
-        raise ValueError(
-            f"positive_index must have shape [Nq] = [{query.shape[0]}], got {tuple(positive_index.shape)}"
-        )
+        raise ValueError(f"positive_index must have shape [Nq] = [{query.shape[0]}], got {tuple(positive_index.shape)}")
     scores = query.float() @ candidates.float().T / temperature  # [Nq, Nc]
     return F.cross_entropy(scores, positive_index.to(scores.device))
 

@@ -1,4 +1,4 @@
-"""Training data: sources (JSONL files, MMEB-train subsets) mixed by weight.
+"""Training data: sources (JSONL files, the authors' training sources) mixed by weight.
 
 **JSONL**, one example per line::
 
@@ -16,23 +16,36 @@ a line that is not JSON, a missing or empty field, an unknown field, an image th
 exist, a ``target_side`` that is not one of the four or contradicts ``target`` -- raises a
 :class:`~btok_model.datasets.DataError` naming the file and line.
 
-**MMEB-train** in its parquet layout or the authors' Lance repack
-(:mod:`btok_model.datasets.mmeb_train`): a root is its 20 subsets, each a source with the
-authors' weight and generation side.
+**The authors' sources** (:mod:`btok_model.datasets.mixtures`), each in its folder and in
+the public layout or the authors' Lance repack, rendered as the authors render them:
+MMEB-train's 20 subsets (:mod:`btok_model.datasets.mmeb_train`), ViDoRe's
+``colpali_train_set`` (:mod:`~btok_model.datasets.vidore_train`), VisRAG in-domain
+(:mod:`~btok_model.datasets.visrag_train`) and three LLaVA-Hound video sources
+(:mod:`~btok_model.datasets.llavahound_train`), each with the mixture's weight and generation
+side (default: the authors' v1 mixture, :data:`~btok_model.datasets.mixtures.AUTHORS_V1_MIXTURE`).
 
 **Sources** (:func:`parse_data_spec`, the ``--train-data`` syntax)::
 
     a.jsonl[:W]          a JSONL file
-    ROOT[:W]             an MMEB-train root: all 20 subsets, weighted as the authors weight them;
-                         with W, the subsets together weigh W (split in the authors' proportions)
-    ROOT/Subset[:W]      one subset (default weight: the authors')
+    DATA[:W]             a data root holding the authors' folders (MMEB-train,
+                         vidore_colpali_train_set, openbmb_VisRAG-Ret-Train-In-domain-data,
+                         ShareGPTVideo_train_video_and_instruction): the whole mixture, 25 sources;
+                         a missing folder is an error that names it
+    FOLDER[:W]           one family's folder (found by its layout): an MMEB-train root is its 20
+                         subsets, the ShareGPTVideo folder its 3 sources, the ViDoRe and VisRAG
+                         folders their one source
+    FOLDER/NAME[:W]      one source of a family's folder (an MMEB-train subset, a LLaVA-Hound
+                         source such as video_qa_240k)
+
+Without W a source has the mixture's weight; with W the sources of the entry together weigh W,
+split in the mixture's proportions.
 
 A weight is a source's expected share of the training examples (the authors' sampler draws
 each block's source with probability weight / sum of weights); with no weight anywhere (JSONL
 files only) each source weighs its size. Each example of :class:`MixedDataset` carries
 ``"source"`` (the source's name: the subset, or the file as given) and, when the source has
 one, ``"target_side"`` (whose text the other side's BToks generate: ``positive``, ``query``,
-``both`` or ``none``; the MMEB-train subsets' defaults are the authors', ``--target-side
+``both`` or ``none``; the authors' sources' defaults are the mixture's, ``--target-side
 NAME=SIDE`` changes them; a JSONL line's own ``target_side`` or ``target`` wins over its
 file's: a line with an explicit ``target`` keeps it, whatever its file's side).
 
@@ -50,7 +63,18 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..datasets.jsonl import DataError, Record, read_jsonl
-from ..datasets.mmeb_train import DEFAULT_SPLIT, SUBSETS, MmebTrainSubset, find_layout
+from ..datasets.mixtures import (
+    AUTHORS_V1_MIXTURE,
+    FAMILY_FOLDERS,
+    FAMILY_SOURCES,
+    FAMILY_TITLES,
+    Mixture,
+    MixtureEntry,
+    folder_family,
+    open_source,
+    source_available,
+)
+from ..datasets.mmeb_train import DEFAULT_SPLIT
 from ..embedder.collate import TARGET_SIDES, check_generation
 from .sampler import MixtureSampler, SourceBlockSampler
 
@@ -110,12 +134,15 @@ class DataSource:
     """One training source and its mixing weight.
 
     Attributes:
-        path: the JSONL file, or the MMEB-train root of ``subset``.
+        path: the JSONL file, or the folder of ``subset``'s family (an MMEB-train root, the
+            ViDoRe / VisRAG / ShareGPTVideo folder).
         weight: its weight (None: a JSONL file weighed by its size; see the module docstring).
-        subset: the MMEB-train subset (None: ``path`` is a JSONL file).
+        subset: the source's name in its family (an MMEB-train subset, ``colpali_train_set``,
+            ``visrag-indomain``, a LLaVA-Hound source); None: ``path`` is a JSONL file.
         target_side: the generation side of its examples (None: the collator's default).
         split: the MMEB-train split read.
-        image_root: where the parquet rows' image paths are relative to (None: the root).
+        image_root: where MMEB-train's parquet rows' image paths are relative to (None: the root).
+        family: the reader of ``subset`` (:data:`~btok_model.datasets.mixtures.FAMILIES`).
     """
 
     path: str
@@ -124,6 +151,7 @@ class DataSource:
     target_side: str | None = None
     split: str = DEFAULT_SPLIT
     image_root: str | None = None
+    family: str = "mmeb_train"
 
     @property
     def name(self) -> str:
@@ -131,50 +159,109 @@ class DataSource:
         return self.subset if self.subset is not None else self.path
 
     def load(self):
-        """Its examples: a list of dicts (JSONL) or an :class:`~btok_model.datasets.MmebTrainSubset`."""
+        """Its examples: a list of dicts (JSONL) or its family's reader (a sequence of dicts)."""
         if self.subset is None:
             return load_examples(self.path)
-        return MmebTrainSubset(self.path, self.subset, split=self.split, image_root=self.image_root)
+        return open_source(self.family, self.path, self.subset, split=self.split, image_root=self.image_root)
 
 
-def parse_data_spec(spec: str, *, split: str = DEFAULT_SPLIT, image_root: str | None = None) -> list[DataSource]:
+def parse_data_spec(
+    spec: str,
+    *,
+    split: str = DEFAULT_SPLIT,
+    image_root: str | None = None,
+    mixture: Mixture = AUTHORS_V1_MIXTURE,
+) -> list[DataSource]:
     """The sources of one ``--train-data`` entry (see the module docstring for the syntax).
 
     Args:
         spec: ``PATH`` or ``PATH:WEIGHT`` (the weight a number > 0).
         split: the MMEB-train split to read.
         image_root: where MMEB-train parquet rows' image paths are relative to (None: the root).
+        mixture: the weights and generation sides of the authors' sources
+            (:data:`~btok_model.datasets.mixtures.AUTHORS_V1_MIXTURE` or
+            :data:`~btok_model.datasets.mixtures.VLM2VEC_MIXTURE`).
 
     Raises:
         ValueError: a bad weight.
-        DataError: a folder that is not an MMEB-train root, or a root missing subsets.
+        DataError: a folder that is none of the layouts, or one missing sources (named).
     """
     path, weight = _split_weight(spec)
-    mmeb = {"split": split, "image_root": image_root}
     parent, base = os.path.split(os.path.normpath(path))
     parent = parent or os.curdir
-    if base in SUBSETS and _is_mmeb_root(parent, split):
-        if find_layout(parent, base, split) is None:
-            raise DataError(f"{path}: the MMEB-train root {parent} has no subset {base} (split {split!r})")
-        defaults = SUBSETS[base]
-        return [DataSource(parent, weight or defaults.weight, base, defaults.target_side, **mmeb)]
+    family = folder_family(parent, split)
+    if family is not None and base in FAMILY_SOURCES[family]:  # one source of a family's folder
+        if not source_available(family, parent, base, split):
+            _, title, what = FAMILY_TITLES[family]
+            raise DataError(f"{path}: the {title} {parent} has no {what} {base} (split {split!r})")
+        entry = _mixture_entry(mixture, base, path)
+        return [_source(parent, entry, weight or entry.weight, split, image_root)]
     if not os.path.isdir(path):
         return [DataSource(path, weight)]
-    layouts = {name: find_layout(path, name, split) for name in SUBSETS}
-    if not any(layouts.values()):
+    family = folder_family(path, split)
+    if family is not None:
+        entries = _family_sources(path, family, mixture, split)
+    else:
+        entries = _data_root_sources(path, mixture, split)
+    scale = 1.0 if weight is None else weight / sum(e.weight for _, e in entries)
+    return [_source(root, e, e.weight * scale, split, image_root) for root, e in entries]
+
+
+def _source(root: str, entry: MixtureEntry, weight: float, split: str, image_root: str | None) -> DataSource:
+    mmeb = entry.family == "mmeb_train"
+    return DataSource(
+        root, weight, entry.name, entry.target_side, split, image_root if mmeb else None, family=entry.family
+    )
+
+
+def _mixture_entry(mixture: Mixture, name: str, path: str) -> MixtureEntry:
+    try:
+        return mixture.entry(name)
+    except KeyError:
+        raise DataError(f"{path}: {name} is not a source of the mixture {mixture.name}") from None
+
+
+def _family_sources(root: str, family: str, mixture: Mixture, split: str) -> list[tuple[str, MixtureEntry]]:
+    """``(folder, entry)`` of every source of a family's folder; all of them must be there."""
+    entries = mixture.family(family)
+    missing = [e.name for e in entries if not source_available(family, root, e.name, split)]
+    if missing:
+        article, title, what = FAMILY_TITLES[family]
         raise DataError(
-            f"{path}: a folder, not a JSONL file or an MMEB-train root (its layouts: "
-            f"{os.path.join(path, '<Subset>', split + '-*.parquet')} or "
-            f"{os.path.join(path, 'data', '<Subset>', split + '.lance')})"
+            f"{root}: {article} {title} without {what}(s) {missing} (split {split!r}); give the {what}s it has one by one, "
+            f"as {os.path.join(root, '<' + what.capitalize() + '>')}[:WEIGHT]"
         )
-    missing = sorted(name for name, layout in layouts.items() if layout is None)
+    return [(root, e) for e in entries]
+
+
+def _data_root_sources(root: str, mixture: Mixture, split: str) -> list[tuple[str, MixtureEntry]]:
+    """``(folder, entry)`` of every source of ``mixture`` under a data root holding its families' folders."""
+    families = list(dict.fromkeys(e.family for e in mixture.entries))
+    folders = {f: os.path.join(root, FAMILY_FOLDERS[f]) for f in families}
+    present = {f: p for f, p in folders.items() if os.path.isdir(p)}
+    if not present:
+        raise DataError(
+            f"{root}: a folder, not a JSONL file, a source's folder (MMEB-train: "
+            f"{os.path.join(root, '<Subset>', split + '-*.parquet')} or "
+            f"{os.path.join(root, 'data', '<Subset>', split + '.lance')}; ViDoRe / VisRAG: "
+            f"{os.path.join(root, 'data', 'train.lance')} or data/train-*.parquet; ShareGPTVideo: "
+            f"{os.path.join(root, 'data', 'video_instruction')}/... or video_instruction/...) or a data root holding "
+            f"{sorted(FAMILY_FOLDERS[f] for f in families)}"
+        )
+    missing = [FAMILY_FOLDERS[f] for f in families if f not in present]
     if missing:
         raise DataError(
-            f"{path}: an MMEB-train root without subset(s) {missing} (split {split!r}); give the subsets it has one "
-            f"by one, as {os.path.join(path, '<Subset>')}[:WEIGHT]"
+            f"{root}: a data root of the authors' mixture {mixture.name} without {missing} (each downloaded into "
+            f"its folder under the root, as the authors' README does); add them, or give the folders it has "
+            f"one by one: {' '.join(sorted(present.values()))}"
         )
-    scale = 1.0 if weight is None else weight / sum(s.weight for s in SUBSETS.values())
-    return [DataSource(path, s.weight * scale, name, s.target_side, **mmeb) for name, s in SUBSETS.items()]
+    out = []
+    for family, folder in present.items():
+        found = folder_family(folder, split)
+        if found != family:
+            raise DataError(f"{folder}: not a {family} folder (its layout: {found or 'none btok reads'})")
+        out += _family_sources(folder, family, mixture, split)
+    return out
 
 
 def _split_weight(spec: str) -> tuple[str, float | None]:
@@ -189,10 +276,6 @@ def _split_weight(spec: str) -> tuple[str, float | None]:
     if not (value > 0 and value != float("inf")):
         raise ValueError(f"{spec!r}: the mixing weight must be a number > 0, got {weight!r}")
     return path, value
-
-
-def _is_mmeb_root(path: str, split: str) -> bool:
-    return os.path.isdir(path) and any(find_layout(path, name, split) for name in SUBSETS)
 
 
 def parse_target_side(text: str) -> tuple[str, str]:
@@ -316,7 +399,9 @@ class MixedDataset(torch.utils.data.Dataset):
             entry = {"name": source.name, "path": source.path, "examples": size, "weight": weight}
             entry["probability"] = weight / total
             entry["target_side"] = source.target_side
-            if isinstance(part, MmebTrainSubset):
-                entry.update(layout=part.layout, split=part.split, dropped_rows=part.dropped)
+            if source.subset is not None:
+                entry.update(family=source.family, layout=part.layout, files=list(part.files))
+            if source.family == "mmeb_train" and source.subset is not None:
+                entry.update(split=part.split, dropped_rows=part.dropped)
             out.append(entry)
         return out

@@ -164,7 +164,7 @@ def test_root_errors(tmp_path):
     with pytest.raises(DataError, match="has no subset NIGHTS"):
         parse_data_spec(os.path.join(root, "NIGHTS"))
     (tmp_path / "other").mkdir()
-    with pytest.raises(DataError, match="a folder, not a JSONL file or an MMEB-train root"):
+    with pytest.raises(DataError, match="a folder, not a JSONL file, a source's folder"):
         parse_data_spec(str(tmp_path / "other"))
     write_lance(root, {"VisDial": [_row("q\n", "", "p\n")]})
     with pytest.raises(DataError, match="holds VisDial in both the parquet layout .* and the Lance layout"):

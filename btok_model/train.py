@@ -159,9 +159,12 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="SOURCE[:WEIGHT]",
-        help="training sources with optional mixing weights: JSONL files (a.jsonl:0.7 b.jsonl:0.3), an MMEB-train "
-        "root (its 20 subsets, the authors' weights; parquet or Lance layout; ROOT:W gives them W in all), or "
-        "subsets of one (ROOT/VisDial:2)",
+        help="training sources with optional mixing weights: JSONL files (a.jsonl:0.7 b.jsonl:0.3); a data root "
+        "holding the authors' folders (MMEB-train, vidore_colpali_train_set, openbmb_VisRAG-Ret-Train-In-domain-data, "
+        "ShareGPTVideo_train_video_and_instruction): their v1 mixture of 25 sources with the authors' weights and "
+        "sides; one of those folders (an MMEB-train root: its 20 subsets; the ShareGPTVideo folder: its 3 video "
+        "sources), or one source of one (ROOT/VisDial:2, VIDEO/video_qa_240k); public or Lance layouts; FOLDER:W "
+        "gives its sources W in all",
     )
     g.add_argument(
         "--target-side",
@@ -170,8 +173,9 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SOURCE=SIDE",
         help="whose text the other side's BToks generate for a source's examples: positive, query, both or none "
-        "(repeatable; a source is named by its MMEB-train subset or its file as given; MMEB-train subsets start "
-        "with the authors' sides, files with the collator's)",
+        "(repeatable; a source is named by the authors' name (an MMEB-train subset, colpali_train_set, "
+        "visrag-indomain, video_caption_300k, ...) or its file as given; the authors' sources start with their "
+        "sides, files with the collator's)",
     )
     g.add_argument(
         "--source-block-size",

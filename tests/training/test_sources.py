@@ -187,3 +187,175 @@ def test_a_bad_frame_fails_when_taken_naming_the_example(tmp_path):
     data = LlavaHoundSet(root, "video_qa_240k")
     with pytest.raises(DataError, match=r"video_240k_caption_15k.jsonl:1: frame .*c01_0003.jpeg: the frame cannot be"):
         data[0]
+
+
+# --- the authors' mixtures from a data root --------------------------------------------------
+FOLDERS = {
+    "mmeb_train": "MMEB-train",
+    "vidore": "vidore_colpali_train_set",
+    "visrag": "openbmb_VisRAG-Ret-Train-In-domain-data",
+    "llavahound": "ShareGPTVideo_train_video_and_instruction",
+}
+# Written by hand from the authors' configs/datasets/mmeb_train.yaml (weight) and
+# btoks_mmeb_train.yaml (metadata.ntp_side): (weight, side) of the 25 v1 sources.
+V1_MIXTURE = {
+    **{name: (1.0, "positive") for name in ("ImageNet_1K", "N24News", "DocVQA", "Visual7W", "VisualNews_i2t")},
+    **{name: (1.0, "positive") for name in ("MSCOCO_i2t",)},
+    **{name: (0.5, "positive") for name in ("HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA")},
+    **{name: (0.5, "positive") for name in ("InfographicsVQA", "ChartQA")},
+    "VisDial": (1.0, "query"),
+    "CIRR": (0.5, "none"),
+    "VisualNews_t2i": (1.0, "query"),
+    "MSCOCO_t2i": (1.0, "query"),
+    "NIGHTS": (0.5, "none"),
+    "WebQA": (0.5, "both"),
+    "MSCOCO": (1.0, "query"),
+    "colpali_train_set": (10.0, "positive"),
+    "visrag-indomain": (12.0, "query"),
+    "video_caption_300k": (5.0, "positive"),
+    "video_caption_300k-video": (5.0, "query"),
+    "video_qa_240k": (5.0, "positive"),
+}
+
+
+def write_data_root(path, skip=()) -> str:
+    """The authors' four folders under one data root: MMEB-train (parquet, two text rows per
+    subset), ViDoRe (parquet), VisRAG (Lance), ShareGPTVideo (Lance)."""
+    from mmeb_fixture import _row, write_parquet
+
+    from btok_model.datasets.mmeb_train import SUBSETS
+
+    path = os.fspath(path)
+    if "mmeb_train" not in skip:
+        rows = {name: [_row(f"query {i} of {name}\n", "", f"positive {i}\n") for i in range(2)] for name in SUBSETS}
+        write_parquet(os.path.join(path, FOLDERS["mmeb_train"]), rows)
+    if "vidore" not in skip:
+        write_image_rows(os.path.join(path, FOLDERS["vidore"]), VIDORE_ROWS, "parquet")
+    if "visrag" not in skip:
+        write_image_rows(os.path.join(path, FOLDERS["visrag"]), VISRAG_ROWS, "lance")
+    if "llavahound" not in skip:
+        write_llavahound(os.path.join(path, FOLDERS["llavahound"]), "lance")
+    return path
+
+
+def test_a_data_root_is_the_authors_v1_mixture(tmp_path):
+    from btok_model.datasets.mixtures import AUTHORS_V1_MIXTURE
+    from btok_model.training.data import DataSource, parse_data_spec
+
+    root = write_data_root(tmp_path)
+    sources = parse_data_spec(root)
+    assert {s.name: (s.weight, s.target_side) for s in sources} == V1_MIXTURE and len(sources) == 25
+    assert sum(s.weight for s in sources) == 52.0 == AUTHORS_V1_MIXTURE.total_weight
+    folders = {s.family: s.path for s in sources}
+    assert folders == {family: os.path.join(root, folder) for family, folder in FOLDERS.items()}
+    # scaled, one folder, one source, an MMEB-train root as before
+    assert [s.weight for s in parse_data_spec(f"{root}:104")] == [2 * s.weight for s in sources]
+    video = os.path.join(root, FOLDERS["llavahound"])
+    assert [(s.name, s.weight) for s in parse_data_spec(video)] == [
+        ("video_caption_300k", 5.0),
+        ("video_caption_300k-video", 5.0),
+        ("video_qa_240k", 5.0),
+    ]
+    assert parse_data_spec(os.path.join(video, "video_qa_240k") + ":2") == [
+        DataSource(video, 2.0, "video_qa_240k", "positive", family="llavahound")
+    ]
+    vidore = os.path.join(root, FOLDERS["vidore"])
+    assert parse_data_spec(vidore) == [DataSource(vidore, 10.0, "colpali_train_set", "positive", family="vidore")]
+    mmeb = parse_data_spec(os.path.join(root, FOLDERS["mmeb_train"]))
+    assert len(mmeb) == 20 and sum(s.weight for s in mmeb) == 15.0
+
+
+def test_the_vlm2vec_mixture(tmp_path):
+    from btok_model.datasets.mixtures import VLM2VEC_MIXTURE
+    from btok_model.training.data import parse_data_spec
+
+    sources = parse_data_spec(write_data_root(tmp_path), mixture=VLM2VEC_MIXTURE)
+    weights = {s.name: s.weight for s in sources}
+    # configs/datasets/mmeb_train_optimized.yaml, by hand
+    assert (weights["ImageNet_1K"], weights["N24News"], weights["VisDial"], weights["MSCOCO"]) == (3, 2, 3, 3)
+    assert (weights["colpali_train_set"], weights["visrag-indomain"], weights["video_qa_240k"]) == (16, 17, 10)
+    assert sum(weights.values()) == 100 and all(s.target_side is None for s in sources)
+
+
+def test_missing_folders_and_sources_are_named(tmp_path):
+    from btok_model.training.data import parse_data_spec
+
+    root = write_data_root(tmp_path / "data", skip=("visrag", "llavahound"))
+    with pytest.raises(
+        DataError,
+        match=r"a data root of the authors' mixture btoks_qwen2vl_2b_v1 without "
+        r"\['openbmb_VisRAG-Ret-Train-In-domain-data', 'ShareGPTVideo_train_video_and_instruction'\].* give the "
+        r"folders it has one by one: .*MMEB-train .*vidore_colpali_train_set$",
+    ):
+        parse_data_spec(root)
+    video = write_llavahound(
+        tmp_path / "video", "lance", {"train/sft/video_caption_300k": INSTRUCTIONS["train/sft/video_caption_300k"]}
+    )
+    with pytest.raises(DataError, match=r"a ShareGPTVideo folder without source\(s\) \['video_qa_240k'\]"):
+        parse_data_spec(video)
+    with pytest.raises(DataError, match=r"video_qa_240k: the ShareGPTVideo folder .* has no source video_qa_240k"):
+        parse_data_spec(os.path.join(video, "video_qa_240k"))
+    assert len(parse_data_spec(os.path.join(video, "video_caption_300k-video"))) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="a folder, not a JSONL file, a source's folder .* or a data root holding"):
+        parse_data_spec(str(tmp_path / "empty"))
+
+
+def test_the_mixture_tags_and_collates_through_the_tiny_qwen2_vl(tmp_path):
+    """Examples of every new source, tagged with their source and side, collate in one batch:
+    a page image query (ViDoRe), a page image positive generating its query (VisRAG), a video
+    query, and a video positive at the end of its line generating its query (LLaVA-Hound)."""
+    from vl_tiny import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, tiny_vl_btok
+
+    from btok_model.training.data import MixedDataset, parse_data_spec
+
+    data = MixedDataset([s for s in parse_data_spec(write_data_root(tmp_path)) if s.family != "mmeb_train"])
+    assert [d["name"] for d in data.describe()] == list(V1_MIXTURE)[20:]
+    assert [d["layout"] for d in data.describe()] == ["parquet", "lance", "lance", "lance", "lance"]
+    start = dict(zip((d["name"] for d in data.describe()), data.offsets))
+    picks = {
+        "colpali_train_set": 2,
+        "visrag-indomain": 2,
+        "video_caption_300k": 0,
+        "video_caption_300k-video": 0,
+    }
+    examples = [data[start[name] + i] for name, i in picks.items()]
+    assert [(ex["source"], ex["target_side"]) for ex in examples] == [
+        ("colpali_train_set", "positive"),
+        ("visrag-indomain", "query"),
+        ("video_caption_300k", "positive"),
+        ("video_caption_300k-video", "query"),
+    ]
+    model = tiny_vl_btok()
+    batch = model.collate(examples)
+    tok, k = model.tokenizer, len(model.btok_token_ids)
+    # one image per page (the visrag positive's image also in no target: its side generates the query)
+    assert batch["image_grid_thw"].shape[0] == 2 and batch["video_grid_thw"].shape[0] == 2
+    cu = batch["btok_layout"].host_cu_seqlens
+    seqs = [batch["input_ids"][0, a:b].tolist() for a, b in zip(cu[:-1], cu[1:])]
+    video = [VISION_START] + [VIDEO_TOKEN] * 4 + [VISION_END]  # 8 frames of 28 px: 4 x 1 x 1 merged patches
+    # the LLaVA-Hound video positive: its text, a space, the video block, no newline, then the BToks
+    positive = tok("Understand the content of the provided video: ", add_special_tokens=False)["input_ids"] + video
+    assert seqs[4 + 3][: len(positive) + k] == positive + model.btok_token_ids
+    # the video query: the block on its own line, the text without a final newline
+    query = video + tok("\nWrite an in-depth depiction of the video, covering all its aspects.")["input_ids"]
+    assert seqs[2][: len(query) + k] == query + model.btok_token_ids
+    # the ViDoRe query: the page on its own line, the two-line question without a final newline,
+    # the BToks, then its target (the answer)
+    page = [VISION_START, IMAGE_TOKEN, VISION_END]
+    query = page + tok("\nWhat is the date?\nYour answer should be very brief.")["input_ids"]
+    target = tok("<|im_start|>assistant\nOCTOBER 17, 1995.<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert seqs[0] == query + model.btok_token_ids + target
+
+
+def test_the_cli_names_a_missing_folder_before_loading_a_model(tmp_path, capsys):
+    from btok_model.train import main as train_main
+
+    root = write_data_root(tmp_path / "data", skip=("llavahound",))
+    with pytest.raises(SystemExit):
+        train_main(["--model", "no/such-model", "--train-data", root, "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err.startswith("python -m btok_model.train: error: ")
+        and "without ['ShareGPTVideo_train_video_and_instruction']" in err
+    )

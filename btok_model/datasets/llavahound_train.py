@@ -196,6 +196,14 @@ class _FrameFolders:
     def __init__(self, path: str):
         self.path = path
 
+    def __contains__(self, video: str) -> bool:
+        """Whether ``video`` has a frame (stops at the first file: no full listing)."""
+        folder = os.path.join(self.path, video)
+        if not os.path.isdir(folder):
+            return False
+        with os.scandir(folder) as entries:
+            return any(e.is_file() and not e.name.startswith(".") for e in entries)
+
     def names(self, video: str) -> list[str]:
         """The frame files of ``video`` in frame order ([] when its folder is missing or empty)."""
         folder = os.path.join(self.path, video)
@@ -351,9 +359,7 @@ class LlavaHoundSet(Sequence):
         return video, text or "", other
 
     def _has_frames(self, video: str) -> bool:
-        if isinstance(self._frames, _FrameTable):
-            return video in self._frames
-        return bool(self._frames.names(video))
+        return video in self._frames
 
     def __len__(self) -> int:
         return len(self._columns["video"])

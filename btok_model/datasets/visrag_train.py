@@ -20,6 +20,9 @@ preserve``, negative emptied):
   positive the image alone);
 * no negative.
 
+The yaml's ``final query`` / ``final positive`` comments show a trailing ``\\n`` on both sides;
+the loader's code with the entry's ``trailing_newline: preserve``, which this follows, adds none.
+
 Example::
 
     {"query": str, "positive": {"text": str | None, "image": PIL.Image, "trailing_newline": "preserve"}}

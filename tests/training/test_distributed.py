@@ -23,7 +23,9 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
     expected, expected_log = {}, {}
     for data in sorted({data for _, _, data in CASES}):
         reference = tiny_model(recipe)
-        trainer = train_one_step(reference, recipe, case_data(data), str(tmp_path / f"single-{data}"), distributed=False)
+        trainer = train_one_step(
+            reference, recipe, case_data(data), str(tmp_path / f"single-{data}"), distributed=False
+        )
         expected_log[data] = trainer.state.log_history[0]
         expected[data] = {n: untouched[n] - p for n, p in trainable(reference).items()}  # the gradient
 

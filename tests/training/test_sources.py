@@ -359,3 +359,17 @@ def test_the_cli_names_a_missing_folder_before_loading_a_model(tmp_path, capsys)
         err.startswith("python -m btok_model.train: error: ")
         and "without ['ShareGPTVideo_train_video_and_instruction']" in err
     )
+
+
+def test_a_parquet_file_without_statistics_is_checked_row_by_row(tmp_path):
+    """The image check reads a row group's images only when its statistics cannot say it has
+    none missing: without statistics every group is read, and the missing one is still found."""
+    import pyarrow.parquet as pq
+
+    rows = [VISRAG_ROWS[0], VISRAG_ROWS[1], VISRAG_ROWS[0], {**VISRAG_ROWS[1], "image": None}]
+    root = write_image_rows(tmp_path, rows, "parquet")
+    path = os.path.join(root, "data", "train-00000-of-00001.parquet")
+    pq.write_table(pq.read_table(path), path, row_group_size=2, write_statistics=False)
+    assert pq.ParquetFile(path).metadata.row_group(1).column(1).statistics is None
+    with pytest.raises(DataError, match=rf"^{path}: row 3, field 'image': no image bytes"):
+        VisragTrainSet(root)

@@ -144,17 +144,21 @@ VISRAG_ROWS = [
 VISRAG_EXPECTED = [  # (image, query, positive text)
     (
         50,
-        "This query is related to retrieving an infographic that visually presents statistical or factual "
-        "information using charts, icons, and structured layouts. The retrieved image should contain the necessary "
-        "visual elements to provide the best context for answering the query: which are the countries with Chinese "
-        "speaking population other than China according to this infographic?",
+        (
+            "This query is related to retrieving an infographic that visually presents statistical or factual "
+            "information using charts, icons, and structured layouts. The retrieved image should contain the "
+            "necessary visual elements to provide the best context for answering the query: which are the countries "
+            "with Chinese speaking population other than China according to this infographic?"
+        ),
         "An infographic with structured data, charts, and annotations.",
     ),
     (
         60,
-        "This query is related to retrieving a relevant figure from an ArXiv research paper. The retrieved figure "
-        "should contain scientific plots, mathematical visualizations, or experimental results that best address "
-        "the query: In subfigure (b), which relationship does the blue dotted line indicate?",
+        (
+            "This query is related to retrieving a relevant figure from an ArXiv research paper. The retrieved figure "
+            "should contain scientific plots, mathematical visualizations, or experimental results that best address "
+            "the query: In subfigure (b), which relationship does the blue dotted line indicate?"
+        ),
         "A figure from a research paper, including plots or experimental results.",
     ),
     (70, "a question\n", None),

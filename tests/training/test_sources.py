@@ -4,7 +4,6 @@ row and field, the authors' mixtures from a data root, collation through the tin
 
 import os
 
-import pyarrow as pa
 import pytest
 from sources_fixture import (
     INSTRUCTIONS,
@@ -17,7 +16,6 @@ from sources_fixture import (
     VISRAG_ROWS,
     llavahound_expected,
     pixel,
-    png,
     write_image_rows,
     write_llavahound,
 )

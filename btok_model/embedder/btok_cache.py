@@ -139,7 +139,7 @@ def btok_cache(
     for layer, entry in enumerate(cache.layers):
         kept.update(entry.keys[select, :, -k:], entry.values[select, :, -k:], layer)
     return BTokCache(
-        btok_states=out.last_hidden_state[:, -k:],
+        btok_states=out.last_hidden_state[:, -k:].clone(),  # a copy: the [N, W, H] states can go
         cache=kept,
         btok_positions=positions[..., rows, -k:],
         token_counts=mask[rows].sum(1),

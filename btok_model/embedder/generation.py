@@ -103,9 +103,10 @@ def generate_from_btoks(
         **generate_kwargs: passed to transformers' ``generate``: greedy by default
             (``do_sample=False``); ``do_sample=True, temperature=..., top_p=...`` sample.
             ``eos_token_id``: the EOS ids (default: the tokenizer's and the model generation
-            config's; the suffix always stops); ``stopping_criteria`` are added to the suffix
-            stop; ``min_new_tokens`` holds back EOS and a one-token suffix. One
-            sequence per input: ``num_beams`` and ``num_return_sequences`` must be 1.
+            config's; the suffix always stops); ``min_new_tokens`` holds back EOS and a
+            one-token suffix; ``stopping_criteria`` are added to the suffix stop (a row they
+            stop keeps the ``pad_token_id`` padding ``generate`` writes after it). One sequence
+            per input: ``num_beams`` and ``num_return_sequences`` must be 1.
 
     Returns:
         N strings: the generated text up to (not including) the target suffix or EOS, decoded

@@ -22,7 +22,9 @@ recipe (60 steps x 32 pairs, LoRA r=16 on every layer, lr 2e-3, temperature 0.05
 weight 1.0 on the word for every step) was chosen with ``--eval-pool validation`` (definitions
 held out of training, disjoint from the test pool); the default ``--eval-pool test`` is the pool
 to report. Results go to ``<out-dir>/results.json`` and ``<out-dir>/results.md`` (the table, the
-machine, the command).
+machine, the command). The generative row also decodes its bottleneck for the first ``--decode``
+pool definitions (:meth:`~btok_model.BTokModel.generate_from_btoks`, greedy): the text its K
+BToks alone let the model generate, printed beside the definition and its word.
 """
 
 from __future__ import annotations
@@ -111,6 +113,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--decode",
+        type=int,
+        default=8,
+        help="decode the bottleneck of this many pool definitions with the generative row's model (0: none)",
+    )
     add_recipe_arguments(p)
     # The demo's recipe, chosen on the validation pool (never the test pool) to fit 15 minutes on
     # 2 CPU cores: a short run needs a LoRA learning rate ~10x a long run's (at 2e-4 every trained
@@ -216,6 +224,15 @@ class _Precomputed:
         return self.embeddings[[self.row[t] for t in inputs]]
 
 
+def _decoded(model, task, count: int) -> list[dict]:
+    """The first ``count`` pool definitions, their words, and the greedy text generated from
+    each definition's BToks alone (the condensation target: the word)."""
+    definitions = list(task.queries[:count])
+    words = [task.candidates[int(i)] for i in task.positive_index[:count]]
+    texts = model.generate_from_btoks(definitions, max_new_tokens=16)
+    return [{"definition": d, "word": w, "decoded": t} for d, w, t in zip(definitions, words, texts)]
+
+
 def _comparisons(rows: dict) -> list[dict]:
     """Paired differences (R@1, MRR@10) with 95 % bootstrap intervals over the pool's queries,
     for the pairs of :data:`COMPARISONS` whose rows have run."""
@@ -306,6 +323,16 @@ def _markdown(results: dict) -> str:
                 f"{c[m]['difference']:+.3f} [{c[m]['low']:+.3f}, {c[m]['high']:+.3f}]" for m in ("recall@1", "mrr@10")
             ]
             lines.append(f"| {TITLES[c['a']]} - {TITLES[c['b']]} | {cells[0]} | {cells[1]} |")
+    decoded = results["rows"].get("btok-generative", {}).get("decoded")
+    if decoded:
+        lines += [
+            "",
+            "Decoded bottlenecks (the generative row; greedy text from each definition's BToks alone):",
+            "",
+            "| definition | word | decoded |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {d['definition']} | {d['word']} | {d['decoded']!r} |" for d in decoded]
     lines += ["", _recipe_line(results)]
     return "\n".join(lines) + "\n"
 
@@ -369,6 +396,8 @@ def main(argv: list[str] | None = None) -> dict:
             scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
         with autocast:
             row["metrics"] = evaluate(task, scorer, per_query=True)
+            if name == "btok-generative" and args.decode:
+                row["decoded"] = _decoded(model, task, args.decode)
         row["per_query"] = row["metrics"].pop("per_query")
         row["seconds"] = time.perf_counter() - row_start
         results["rows"][name] = row
@@ -378,6 +407,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
+        for d in row.get("decoded", []):
+            print(f"  {d['definition']!r} ({d['word']}) -> {d['decoded']!r}", flush=True)
         results["total_seconds"] = time.perf_counter() - start
         results["load_average_end"] = os.getloadavg()
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:

@@ -6,7 +6,9 @@
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
 * :mod:`.masks` -- the condensation mask for backends other than ``"btok_triton"``.
 * :mod:`.modeling` -- :class:`BTokModel`, :class:`BTokOutput`.
+* :mod:`.btok_cache` -- ``[input | BToks]`` once, with a KV cache cut to the BToks' keys/values.
 * :mod:`.twopass` -- the authors' two-pass formulation (reference and benchmark peer).
+* :mod:`.generation` -- decoding the bottleneck: text generated from that cache.
 """
 
 from .collate import TARGET_SIDES, BTokCollator, EncodedExample, ExampleError, Target

@@ -33,6 +33,7 @@ from btok_kernels import CondensationLayout
 from ..backend import ATTN_IMPLEMENTATION
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import BTokConfig, check_generative_weight, check_max_length, check_pooling, check_temperature
+from .generation import generate_from_btoks
 from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
 from .masks import condensation_attention_mask
 from .multimodal import (
@@ -578,6 +579,33 @@ class BTokModel(nn.Module):
             self.hidden_size,
             lambda rows: self._embed_sequences([sequences[i] for i in rows], packed, [media[i] for i in rows]),
             show_progress_bar,
+        )
+
+    def generate_from_btoks(
+        self,
+        inputs: list,
+        max_new_tokens: int = 32,
+        *,
+        batch_size: int = 16,
+        return_ids: bool = False,
+        **generate_kwargs,
+    ) -> list[str] | tuple[list[str], list[list[int]]]:
+        """Decode the bottleneck: text generated from each input's K BToks alone.
+
+        Each ``[input | BToks]`` runs once; the KV cache keeps only the BToks' keys and values
+        and transformers' ``generate`` continues from it after the target prefix, at the
+        positions training gives a target (the condensation mask: the generated text sees the
+        BToks and itself, never the input). Stops at the target suffix or EOS. Runs under
+        ``torch.inference_mode`` in eval mode (the previous mode is restored). See
+        :func:`btok_model.embedder.generation.generate_from_btoks` for the arguments::
+
+            model.generate_from_btoks(["what barks?", {"text": "what is this?", "image": photo}], max_new_tokens=16)
+
+        Returns:
+            one string per input (and, with ``return_ids``, the generated ids).
+        """
+        return generate_from_btoks(
+            self, inputs, max_new_tokens, batch_size=batch_size, return_ids=return_ids, **generate_kwargs
         )
 
     def _embed_sequences(self, sequences: list[list[int]], packed: bool, media: list | None = None) -> torch.Tensor:

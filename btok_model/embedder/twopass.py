@@ -7,7 +7,7 @@ computes it:
 * pass 1 runs every ``[input | BToks]`` (queries and candidates), left-padded so that every
   row's K BToks are its last K columns, with a KV cache; the embeddings pool the last K
   states. Positions: the model's own rope index on the padded rows (``get_rope_index`` of a
-  Qwen2-VL / Qwen2.5-VL, an image / video running through the vision tower here), ``0, 1,
+  Qwen2-VL / Qwen2.5-VL / Qwen3-VL, an image / video running through the vision tower here), ``0, 1,
   ...`` for a text model;
 * the cache of every layer is cut to those last K columns (the BTok keys/values) of the rows
   with a target;

@@ -354,7 +354,7 @@ def test_missing_processors_and_text_only_models_say_so(tmp_path):
     no_video = tiny_vl_btok("qwen2_vl", video=False)
     with pytest.raises(ExampleError, match="text 1: this BTok model has no video processor"):
         no_video.encode(["fine", {"video": frames(2, 28, 28, 1)}])
-    with pytest.raises(ValueError, match="processor= is for Qwen2-VL / Qwen2.5-VL backbones; LlamaForCausalLM"):
+    with pytest.raises(ValueError, match="processor= is for Qwen2-VL, Qwen2.5-VL, Qwen3-VL backbones; LlamaForCausalLM"):
         BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), processor=image_processor())
     bare = tiny_vl_btok("qwen2_vl", processor=None)
     with pytest.raises(

@@ -98,9 +98,10 @@ class Qwen3FrameVideoProcessor(FrameVideoProcessor):
     """Qwen3-VL's video processor's output (patch 16), as :class:`FrameVideoProcessor`.
 
     Like transformers' ``Qwen3VLVideoProcessor`` it samples frames unless told
-    ``do_sample_frames=False`` (here: raises, since resampling would change the frames), pads
-    an odd number of frames with the last one, and returns ``video_metadata`` when asked
-    (what ``Qwen3VLProcessor`` reads its timestamps from).
+    ``do_sample_frames=False`` (here: raises, since resampling would change the frames),
+    refuses fewer frames than a temporal patch, pads an odd number of frames with the last
+    one, and returns ``video_metadata`` when asked (what ``Qwen3VLProcessor`` reads its
+    timestamps from).
     """
 
     do_sample_frames = True
@@ -111,6 +112,8 @@ class Qwen3FrameVideoProcessor(FrameVideoProcessor):
     def __call__(self, videos, return_tensors="pt", do_sample_frames=None, video_metadata=None, return_metadata=False):
         if do_sample_frames is not False:
             raise ValueError("Qwen3VLVideoProcessor would resample these frames: pass do_sample_frames=False")
+        if any(len(v) < TEMPORAL for v in videos):
+            raise ValueError(f"t:{min(len(v) for v in videos)} must be larger than temporal_factor:{TEMPORAL}")
         videos = [list(v) + list(v[-1:]) * (len(v) % TEMPORAL) for v in videos]
         out = super().__call__(videos, return_tensors)
         if return_metadata:
@@ -144,8 +147,8 @@ def tiny_vl_backbone(family: str = "qwen2_vl", seed: int = 0) -> torch.nn.Module
     """A random fp32 ``Qwen2VLForConditionalGeneration`` (tied LM head, as Qwen2-VL-2B),
     ``Qwen2_5_VLForConditionalGeneration`` (untied, as Qwen2.5-VL-7B; window attention) or
     ``Qwen3VLForConditionalGeneration`` (tied, as Qwen3-VL-2B; interleaved M-RoPE, q/k norms,
-    patch 16, learned vision positions, both vision blocks feeding both text layers through
-    deepstack)."""
+    patch 16, learned vision positions, deepstack: the first vision block's merged output is
+    added to the first text layer's output at the vision tokens)."""
     torch.manual_seed(seed)
     if family == "qwen2_vl":
         vision = dict(VISION_COMMON, depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
@@ -187,7 +190,9 @@ def tiny_vl_backbone(family: str = "qwen2_vl", seed: int = 0) -> torch.nn.Module
             num_heads=2,
             out_hidden_size=64,
             num_position_embeddings=16,
-            deepstack_visual_indexes=[0, 1],
+            # Not [0, 1]: a feature added after the last text layer reaches only the vision
+            # tokens' final states, which no BTok loss reads (its merger would get no gradient).
+            deepstack_visual_indexes=[0],
         )
         config = Qwen3VLConfig(
             text_config=dict(TEXT, head_dim=16, rope_parameters=rope, tie_word_embeddings=True),

@@ -41,8 +41,9 @@ placeholder tokens in the row (an input's, then its target's). ``position_ids`` 
 target alone, where ``S`` is the number of tokens of ``[input | BToks]`` -- the positions the
 authors' trainer gives its second pass (it starts them at the first pass's attention-mask
 sum), for Qwen3-VL as for Qwen2-VL (their Qwen3-VL backbone only adds a fourth, text row of
-cache positions, which transformers 5.x reads to build masks, not positions). For a text input ``S`` is the last BTok's position + 1; after an image or video, whose
-M-RoPE positions grow slower than its token count, ``S`` is larger than that. They are
+cache positions, which transformers reads to build masks, not rotary positions). For a text
+input ``S`` is the last BTok's position + 1; after an image or video, whose M-RoPE positions
+grow slower than its token count, ``S`` is larger than that. They are
 computed in one call per batch on the host over the parts that hold vision tokens (the rope
 index of text alone is ``0, 1, ...`` on all three axes). With explicit position ids the
 model needs no ``mm_token_type_ids`` (transformers 5.17 and 5.24 use them only to compute

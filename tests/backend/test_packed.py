@@ -5,11 +5,11 @@ import pytest
 import torch
 from model_helpers import (
     VL_MODELS,
-    model_backends,
     assert_close,
     assert_grads_close,
     dense_condensation_mask,
     forward_backward,
+    model_backends,
     pad_batch,
     random_ids,
     rel_err,

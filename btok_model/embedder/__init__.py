@@ -2,7 +2,7 @@
 
 * :mod:`.tokens` -- adding the BTok tokens, initialising and training their rows (PEFT).
 * :mod:`.collate` -- examples -> one packed batch; texts -> BTok inputs.
-* :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL: the processor, M-RoPE positions.
+* :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the processor, M-RoPE positions.
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
 * :mod:`.masks` -- the condensation mask for backends other than ``"btok_triton"``.
 * :mod:`.modeling` -- :class:`BTokModel`, :class:`BTokOutput`.

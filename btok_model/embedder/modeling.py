@@ -11,7 +11,7 @@ the targets::
     out = model(**batch)                  # out.loss = contrastive + generative_weight * generative
     emb = model.encode(["a text", ...])   # float32 [N, H], L2-normalised
 
-Qwen2-VL / Qwen2.5-VL backbones also take images and video (``{"text": ..., "image": ...}``
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL backbones also take images and video (``{"text": ..., "image": ...}``
 inputs, see :mod:`.multimodal`) through the model's own processor.
 """
 
@@ -38,6 +38,7 @@ from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, ne
 from .masks import condensation_attention_mask
 from .multimodal import (
     MEDIA_BATCH_KEYS,
+    VISION_MODEL_NAMES,
     MultimodalCollator,
     RopeIndex,
     VisionTokens,
@@ -110,7 +111,7 @@ class BTokModel(nn.Module):
             vocabulary holds the BTok tokens with initialised embedding rows.
         tokenizer: its tokenizer, holding the BTok tokens.
         config: the BTok settings (``config.btok_tokens`` must be in the tokenizer).
-        processor: a Qwen2-VL / Qwen2.5-VL backbone's processor (see :meth:`from_backbone`),
+        processor: a vision-language backbone's processor (see :meth:`from_backbone`),
             or None (text only).
     """
 
@@ -126,7 +127,7 @@ class BTokModel(nn.Module):
         self.btok_token_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(config.btok_tokens)]
         if processor is not None and not is_vision_model(self._transformers_model):
             raise ValueError(
-                f"processor= is for Qwen2-VL / Qwen2.5-VL backbones; {type(self._transformers_model).__name__} is "
+                f"processor= is for {VISION_MODEL_NAMES} backbones; {type(self._transformers_model).__name__} is "
                 "text-only"
             )
         self.collator = self._make_collator()
@@ -555,7 +556,7 @@ class BTokModel(nn.Module):
         in eval mode (its previous mode is restored).
 
         Args:
-            texts: N inputs: strings, or for a Qwen2-VL / Qwen2.5-VL backbone also dicts
+            texts: N inputs: strings, or for a vision-language backbone also dicts
                 ``{"text": str | None, "image": ..., "video": ..., "fps": ...}`` (see
                 :mod:`~btok_model.embedder.multimodal`).
             batch_size: texts per forward pass.

@@ -7,7 +7,7 @@ computes it:
 * pass 1 (:func:`~.btok_cache.btok_cache`) runs every ``[input | BToks]`` (queries and
   candidates), left-padded, with a KV cache; the embeddings pool the BToks' last-layer
   states, and the cache is cut to the BTok keys/values of the rows with a target. Positions:
-  the model's own rope index (``get_rope_index`` of a Qwen2-VL / Qwen2.5-VL, an image / video
+  the model's own rope index (``get_rope_index`` of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL, an image / video
   running through the vision tower here), ``0, 1, ...`` for a text model;
 * pass 2 runs the targets, right-padded, against that cache (a target's image / video runs
   through the vision tower here), and scores the next-token loss. Positions, as the authors'

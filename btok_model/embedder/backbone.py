@@ -169,9 +169,9 @@ def load_backbone(
     """A backbone from a hub name, a folder, a GGUF file or a model instance.
 
     Args:
-        name_or_model: a hub name or folder, ``"smollm2"``, or a transformers model instance
+        name_or_model: a hub name or folder, ``"smollm2"``, a transformers model instance
             (then pass ``tokenizer`` unless its ``name_or_path`` holds one; it is changed in
-            place: its attention implementation).
+            place: its attention implementation), or a :class:`Backbone` loaded already.
         tokenizer: a tokenizer, a name / folder to load one from, or None: the tokenizer of
             a ``processor`` instance, else ``name_or_model``'s (see the module docstring).
         processor: vision-language models only: the model's processor (``AutoProcessor``, or
@@ -184,6 +184,12 @@ def load_backbone(
         gguf_file: load ``name_or_model`` (a folder or hub name) from this GGUF file in it.
         **from_pretrained_kwargs: more ``from_pretrained`` keywords (``revision``, ``device_map``, ...).
     """
+    if isinstance(name_or_model, Backbone):  # loaded already: only the attention may change
+        if tokenizer is not None or processor is not None or dtype is not None or gguf_file or from_pretrained_kwargs:
+            raise ValueError("a loaded Backbone brings its own tokenizer and processor; pass no loading arguments")
+        if attn_implementation is not None:
+            name_or_model.model.set_attn_implementation(attn_implementation)
+        return name_or_model
     shared = {k: from_pretrained_kwargs[k] for k in _SHARED_KWARGS if k in from_pretrained_kwargs}
     if "torch_dtype" in from_pretrained_kwargs:  # the old name of dtype
         if dtype is not None:

@@ -25,9 +25,7 @@ _ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2",
 # ATen kernel levels without AVX-512 (what ATEN_CPU_CAPABILITY may force on x86).
 _ATEN_LEVELS_WITHOUT_BF16 = ("default", "avx2")
 _X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-SLOW_BF16 = (
-    "bfloat16 would be emulated, 12-20x slower than float32 (measured on a 2-core AMD EPYC without AVX-512)"
-)
+SLOW_BF16 = "bfloat16 would be emulated, 12-20x slower than float32 (measured on a 2-core AMD EPYC without AVX-512)"
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,9 @@ def parse_dtype(value: torch.dtype | str, what: str = "dtype") -> torch.dtype | 
         return value
     dtype = getattr(torch, str(value).removeprefix("torch."), None) if isinstance(value, str) else None
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"{what} must be a floating torch dtype name (float32, bfloat16, float16) or 'auto', got {value!r}")
+        raise ValueError(
+            f"{what} must be a floating torch dtype name (float32, bfloat16, float16) or 'auto', got {value!r}"
+        )
     return dtype
 
 

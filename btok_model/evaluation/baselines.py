@@ -71,7 +71,13 @@ class PooledEmbedder(nn.Module):
         self.pooling, self.temperature, self.max_length = pooling, float(temperature), max_length
         self.gather_across_ranks = True
         self.collator = make_collator(
-            backbone, tokenizer, [], processor, no_video_reason=no_video_reason, max_length=max_length, with_targets=False
+            backbone,
+            tokenizer,
+            [],
+            processor,
+            no_video_reason=no_video_reason,
+            max_length=max_length,
+            with_targets=False,
         )
 
     # -- construction and saving --------------------------------------------------------------
@@ -133,7 +139,11 @@ class PooledEmbedder(nn.Module):
             settings = json.load(f)
         loaded = load_saved_backbone(path, attn_implementation, **kwargs)
         return cls(
-            loaded.model, loaded.tokenizer, **settings, processor=loaded.processor, no_video_reason=loaded.no_video_reason
+            loaded.model,
+            loaded.tokenizer,
+            **settings,
+            processor=loaded.processor,
+            no_video_reason=loaded.no_video_reason,
         )
 
     # -- the training interface of BTokModel ----------------------------------------------------

@@ -358,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     for line in lines:
         print(line, flush=True)
     kwargs = {"dtype": dtype} if args.gguf_file is None else {"dtype": dtype, "gguf_file": args.gguf_file}
-    model = build_model(model_name, recipe, btoks=not no_btoks, attn_implementation=args.attn_implementation, **kwargs)
+    try:
+        model = build_model(
+            model_name, recipe, btoks=not no_btoks, attn_implementation=args.attn_implementation, **kwargs
+        )
+    except (ValueError, OSError, ImportError) as err:  # a model that is not there, settings that do not fit it
+        raise _fail(f"--model {model_name}: {err}") from None
     sentence_transformers = not no_btoks and importlib.util.find_spec("sentence_transformers") is not None
     _check_saveable(model, args.output_dir, sentence_transformers)
     with open(os.path.join(args.output_dir, "train_command.json"), "w") as f:

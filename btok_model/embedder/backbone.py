@@ -366,19 +366,22 @@ def set_pixel_limits(
     """Set the ``(min, max)`` pixels per image / video frame of a Qwen2-VL-family processor
     (its ``size["shortest_edge"]`` / ``size["longest_edge"]``), in place; None leaves a value.
 
+    A part the processor lacks is left out: the model then refuses every image (or video), so
+    its limits change nothing (without torchvision transformers builds no Qwen2-VL video
+    processor).
+
     Raises:
-        ValueError: a limit is given but the processor has no such part, or the part has no
-            pixel limits; or min > max.
+        ValueError: the part has no pixel limits to set, or min > max.
     """
     _, image_processor, video_processor = processor_parts(processor)
     for what, part, (low, high) in (("image", image_processor, image), ("video", video_processor, video)):
-        if low is None and high is None:
+        if part is None or (low is None and high is None):
             continue
         size = getattr(part, "size", None)
-        if part is None or size is None or "longest_edge" not in size or "shortest_edge" not in size:
+        if size is None or "longest_edge" not in size or "shortest_edge" not in size:
             raise ValueError(
-                f"{what} pixel limits given, but the model's processor has no {what} processor with min/max pixels "
-                f"({type(part).__name__ if part is not None else 'none'})"
+                f"{what} pixel limits given, but the model's {what} processor ({type(part).__name__}) has no "
+                "min/max pixels"
             )
         low = size["shortest_edge"] if low is None else low
         high = size["longest_edge"] if high is None else high

@@ -30,14 +30,14 @@ def tokens() -> list[str]:
 
 def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's row order for q / k: the two rope halves of every head interleaved."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-        weight.shape
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
     )
 
 
 def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
-    return weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-        weight.shape
+    return (
+        weight.reshape(heads, weight.shape[0] // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
     )
 
 

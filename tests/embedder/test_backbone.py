@@ -118,8 +118,9 @@ def test_pixel_limits():
     assert grid.tolist() == [[1, 4, 4]]  # a 28 x 28 image grows to the 3136-pixel minimum: 56 x 56
     grid = parts.image_processor(images=[image(280, 280, 0)], return_tensors="pt")["image_grid_thw"]
     assert grid.tolist() == [[1, 6, 6]]  # and a 280 x 280 one shrinks to the 7056-pixel maximum: 84 x 84
-    with pytest.raises(ValueError, match="video pixel limits given, but the model's processor has no video"):
-        set_pixel_limits(parts, video=(3136, None))
+    set_pixel_limits(parts, video=(3136, None))  # no video processor: no video is ever processed
+    with pytest.raises(ValueError, match="video pixel limits given, but the model's video processor"):
+        set_pixel_limits(processor(video=True), video=(3136, None))  # the test's frame-built processor has none
     with pytest.raises(ValueError, match="0 < min <= max"):
         set_pixel_limits(parts, image=(5000, 4000))
 

@@ -1,67 +1,26 @@
 """The command lines on saved tiny Qwen2-VL / Qwen2.5-VL folders with image examples: train
 (with a checkpoint), evaluate (the BTok model and the no-BTok baseline on the VL backbone),
-reload in sentence-transformers; the authors' preset; what fails before the first step."""
+reload in sentence-transformers; what fails before the first step."""
 
 import json
 
 import pytest
 import torch
-from vl_tiny import image, image_processor, tiny_vl_backbone, vl_tokenizer
+from train_helpers import VL_EVAL, vl_folder, write_vl_data
+from vl_tiny import tiny_vl_backbone, vl_tokenizer
 
 from btok_model import BTokModel
-from btok_model.datasets import write_jsonl
-from btok_model.embedder import precision
 from btok_model.evaluate import main as evaluate_main
 from btok_model.train import main as train_main
 
-TRAIN = [
-    {"query": "what is in the picture", "query_image": "img/0.png", "positive": "a red square"},
-    {"query": "find the photo of a cat", "positive": "a cat", "positive_image": "img/1.png"},
-    {"query": "a blue sky", "positive": "the sky is blue"},
-    {"query": "what colour is it", "query_image": "img/2.png", "positive": "green", "negatives": ["red"]},
-]
-EVAL = [
-    {"query": "what is in the picture", "query_image": "img/0.png", "positive": "a red square"},
-    {"query": "find the photo of a cat", "positive": "a cat", "positive_image": "img/1.png"},
-    {"query": "a blue sky", "positive": "the sky is blue"},
-]
 TEXTS = ["a red square", "the sky is blue", "x"]
-
-
-def vl_folder(tmp_path, family: str):
-    """A saved tiny VL backbone with its (character) tokenizer and image processor, as a user has
-    one; the tokenizer's EOS is Qwen2-VL-Instruct's, ``<|im_end|>``."""
-    folder = tmp_path / family
-    tiny_vl_backbone(family).save_pretrained(folder)
-    tokenizer = vl_tokenizer()
-    tokenizer.eos_token = "<|im_end|>"
-    tokenizer.save_pretrained(folder)
-    image_processor().save_pretrained(folder)
-    return folder
-
-
-def write_data(tmp_path):
-    (tmp_path / "img").mkdir(exist_ok=True)
-    for i, (h, w) in enumerate([(28, 56), (56, 56), (56, 28)]):
-        image(h, w, i).save(tmp_path / "img" / f"{i}.png")
-    write_jsonl(tmp_path / "train.jsonl", TRAIN)
-    write_jsonl(tmp_path / "eval.jsonl", EVAL)
-    return tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
-
-
-@pytest.fixture
-def float32_cpu(monkeypatch):
-    """The dtype decision pinned to a CPU without native bfloat16 (the outputs compared below
-    are float32 ones on any machine)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: (False, "mocked: no bf16 flags"))
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_train_evaluate_and_reload_a_vision_language_backbone(tmp_path, family, float32_cpu, capsys):
     st = pytest.importorskip("sentence_transformers")
     backbone = vl_folder(tmp_path, family)
-    train, evaluation = write_data(tmp_path)
+    train, evaluation = write_vl_data(tmp_path)
     out = tmp_path / "run"
     argv = ["--model", str(backbone), "--train-data", str(train), "--output-dir", str(out), "--batch-size", "2"]
     argv += ["--max-steps", "2", "--save-steps", "1", "--lora-r", "2", "--warmup-ratio", "0", "--logging-steps", "1"]
@@ -79,13 +38,13 @@ def test_train_evaluate_and_reload_a_vision_language_backbone(tmp_path, family, 
     result = evaluate_main(["--model", str(out), "--data", str(evaluation), "--no-progress-bar"])
     queries = [
         {"text": e["query"], "image": str(tmp_path / e["query_image"])} if "query_image" in e else e["query"]
-        for e in EVAL
+        for e in VL_EVAL
     ]
     candidates = [
         {"text": e["positive"], "image": str(tmp_path / e["positive_image"])}
         if "positive_image" in e
         else e["positive"]
-        for e in EVAL
+        for e in VL_EVAL
     ]
     emb = model.encode(queries + candidates)
     ranks = (emb[:3] @ emb[3:].T).argsort(dim=1, descending=True)
@@ -101,7 +60,7 @@ def test_train_evaluate_and_reload_a_vision_language_backbone(tmp_path, family, 
 
 
 def test_failures_at_the_end_are_caught_before_the_first_step(tmp_path, capsys):
-    train, _ = write_data(tmp_path)
+    train, _ = write_vl_data(tmp_path)
     (tmp_path / "a-file").write_text("")
     base = ["--model", "no/such-model", "--train-data", str(train)]
     with pytest.raises(SystemExit) as exit_:

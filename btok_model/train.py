@@ -193,12 +193,12 @@ def resolve_arguments(args: argparse.Namespace) -> dict[str, tuple[object, str]]
     given = {name for name in defaults if hasattr(args, name)}
     if {"warmup_ratio", "warmup_steps"} <= given and args.warmup_steps is not None:
         raise ValueError("give --warmup-ratio or --warmup-steps, not both")
-    if "warmup_ratio" in given and "warmup_steps" not in given:  # an explicit ratio replaces a preset's steps
-        given.add("warmup_steps")
-        args.warmup_steps = None
+    ratio_only = "warmup_ratio" in given and "warmup_steps" not in given  # it replaces a preset's steps
     out = {}
     for name, default in defaults.items():
-        if name in given:
+        if name == "warmup_steps" and ratio_only:
+            out[name] = (None, "flag")
+        elif name in given:
             out[name] = (getattr(args, name), "flag")
         elif name in preset:
             out[name] = (preset[name], "preset")

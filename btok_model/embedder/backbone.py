@@ -250,7 +250,9 @@ def load_tokenizer(source: str | os.PathLike, gguf_file: str | None = None, **kw
     source = os.fspath(source)
     if gguf_file is not None:
         _require_gguf()
-        return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **kwargs)
+        _set_gguf_special_tokens(tokenizer, source, gguf_file, kwargs)
+        return tokenizer
     config_file = os.path.join(source, "tokenizer_config.json")
     if os.path.isfile(config_file):
         with open(config_file) as f:
@@ -258,6 +260,26 @@ def load_tokenizer(source: str | os.PathLike, gguf_file: str | None = None, **kw
         if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
             return cls.from_pretrained(source, **kwargs)
     return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+def _set_gguf_special_tokens(tokenizer, source: str, gguf_file: str, kwargs: dict) -> None:
+    """Set the tokenizer's BOS, EOS, padding and unknown tokens to the ids the GGUF file names.
+
+    transformers 5.17 builds a GGUF file's GPT-2-style tokenizer with BOS and EOS swapped and no
+    padding token (SmolLM2's EOS came out as ``<|im_start|>``); 5.24 reads them right. The
+    file's ids are the truth either way.
+    """
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+    from transformers.utils import cached_file
+
+    where = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+    metadata, _ = read_gguf_metadata(cached_file(source, gguf_file, **where))
+    for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+        token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
+        if token_id is not None and 0 <= int(token_id) < len(tokenizer):
+            token = tokenizer.convert_ids_to_tokens(int(token_id))
+            if getattr(tokenizer, f"{name}_token") != token:
+                setattr(tokenizer, f"{name}_token", token)
 
 
 def _load_dtype(dtype):

@@ -340,11 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         raise _fail("--model is required (or a --preset that names one)")
     if no_btoks:
         recipe.generative_weight = 0.0
-    if recipe.source_block_size is not None:
-        raise _fail(
-            "--source-block-size: source-homogeneous batches are not available in this build (issue 15, part 4); "
-            "pass --source-block-size none"
-        )
+    from .training.recipe import check_source_blocks
+
+    try:
+        check_source_blocks(recipe)
+    except ValueError as err:
+        raise _fail(f"--source-block-size: {err}") from None
     _check_output_dir(args.output_dir)
     resume = args.resume
     if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):

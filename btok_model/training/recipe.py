@@ -209,6 +209,20 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True,
     )
 
 
+def check_source_blocks(recipe: Recipe) -> None:
+    """Refuse ``source_block_size``: the source-homogeneous sampler (issue 15, part 4) is not in
+    this build, and a run must not ignore a setting that changes its batches.
+
+    Raises:
+        ValueError: ``recipe.source_block_size`` is set.
+    """
+    if recipe.source_block_size is not None:
+        raise ValueError(
+            f"source_block_size={recipe.source_block_size}: source-homogeneous batches are not available in this "
+            "build (issue 15, part 4); set it to None (--source-block-size none)"
+        )
+
+
 def training_arguments(recipe: Recipe, output_dir: str, **overrides):
     """``transformers.TrainingArguments`` for ``recipe`` (``overrides`` win)."""
     from transformers import TrainingArguments
@@ -286,6 +300,7 @@ def train(
     """
     from .trainer import BTokTrainer
 
+    check_source_blocks(recipe)
     torch.manual_seed(recipe.seed)
     args = training_arguments(recipe, output_dir, **overrides)
     trainer = BTokTrainer(

@@ -181,6 +181,15 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True,
             )
         set_pixel_limits(loaded.processor, image, video)
     lora = lora_config(recipe, loaded.model)
+    # The adapters' random init follows recipe.seed (a run is reproducible from its recipe); the
+    # caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return _embedder(loaded, recipe, lora, btoks)
+
+
+def _embedder(loaded, recipe: Recipe, lora, btoks: bool):
+    """The BTok model or the no-BTok baseline on a loaded backbone (see :func:`build_model`)."""
     if btoks:
         from ..embedder.modeling import BTokModel
 

@@ -109,6 +109,21 @@ def test_dora_with_gaussian_init_trains_saves_and_reloads(tmp_path):
     torch.testing.assert_close(again.encode(texts), model.encode(texts), rtol=1e-5, atol=1e-5)
 
 
+def test_the_seed_fixes_the_adapters_init():
+    """A run is reproducible from its recipe: the LoRA adapters' random init follows its seed
+    (before, it drew from whatever state the caller's generator was in)."""
+    recipe = Recipe(lora_r=2, lora_dora=True, lora_init="gaussian", seed=3)
+    models = []
+    for draw in range(3):
+        torch.manual_seed(100 + draw)
+        models.append(
+            build_model(tiny_backbone("qwen2"), Recipe(**{**recipe.to_dict(), "seed": 3 + draw // 2}), char_tokenizer())
+        )
+    adapters = [{n: p for n, p in m.named_parameters() if "lora_A" in n} for m in models]
+    assert adapters[0] and all(torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])
+    assert not any(torch.equal(adapters[0][n], adapters[2][n]) for n in adapters[0])
+
+
 def test_preset_run_on_a_tiny_vision_language_folder(tmp_path, float32_cpu, capsys):
     backbone = vl_folder(tmp_path, "qwen2_vl")
     train, _ = write_vl_data(tmp_path)

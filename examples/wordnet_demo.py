@@ -89,8 +89,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         choices=("bfloat16", "float32"),
-        default="bfloat16",
-        help="backbone weights; LoRA adapters and BTok rows train in float32 either way",
+        default=None,
+        help="backbone weights (default: bfloat16 where the CPU / GPU computes it natively, else float32); LoRA "
+        "adapters and BTok rows train in float32 either way",
     )
     p.add_argument(
         "--train-size",
@@ -142,22 +143,22 @@ def _recipe(args, **changes):
     from btok_model.train import recipe_from_args
 
     recipe = recipe_from_args(args)
-    recipe.save_steps, recipe.logging_steps = 0, max(1, args.max_steps // 10)
+    recipe.save_steps, recipe.logging_steps = 0, max(1, recipe.max_steps // 10)
     for name, value in changes.items():
         setattr(recipe, name, value)
     return recipe
 
 
-def _data(args):
+def _data(args, recipe):
     from btok_model.datasets import load_synsets, retrieval_split, write_jsonl
 
     synsets = load_synsets(args.wordnet_dir)
     if args.max_definition_words:
         synsets = [s for s in synsets if len(s.definition.split()) <= args.max_definition_words]
-    train_size = args.train_size or args.max_steps * args.batch_size
+    train_size = args.train_size or recipe.max_steps * recipe.batch_size
     validation_size = args.pool_size if args.validation_size is None else args.validation_size
     split = retrieval_split(
-        synsets, test_size=args.pool_size, train_size=train_size, seed=args.seed, validation_size=validation_size
+        synsets, test_size=args.pool_size, train_size=train_size, seed=recipe.seed, validation_size=validation_size
     )
     if args.target == "lemmas":
         for example, synset in zip(split.train, split.train_synsets, strict=True):
@@ -174,7 +175,7 @@ def _train_row(name, args, backbone, tokenizer, train_examples):
 
     btoks = name.startswith("btok")
     if btoks:
-        weight = args.generative_weight if name == "btok-generative" else 0.0
+        weight = _recipe(args).generative_weight if name == "btok-generative" else 0.0
         recipe = _recipe(args, generative_weight=weight)
     else:
         recipe = _recipe(args, generative_weight=0.0, pooling="last-token")
@@ -201,15 +202,11 @@ def _merged(model):
 
 
 def _load_backbone(name: str, dtype):
-    """``(model, tokenizer)``, weights in ``dtype``, attention ``"btok_triton"``."""
-    if name == "smollm2":
-        from btok_model.datasets import load_smollm2
+    """``(model, tokenizer)``, weights in ``dtype`` (None: the dtype decision), attention ``"btok_triton"``."""
+    from btok_model.embedder.backbone import load_backbone
 
-        return load_smollm2(attn_implementation="btok_triton", dtype=dtype)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="btok_triton", dtype=dtype)
-    return model, AutoTokenizer.from_pretrained(name)
+    loaded = load_backbone(name, attn_implementation="btok_triton", dtype=dtype)
+    return loaded.model, loaded.tokenizer
 
 
 class _Precomputed:
@@ -345,10 +342,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
+    from btok_model.embedder.precision import resolve_dtype
     from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
     from btok_model.evaluation.baselines import PooledEmbedder
 
-    split = _data(args)
+    recipe = _recipe(args)
+    choice = resolve_dtype(args.dtype)
+    print(f"backbone weights: {choice.line}", flush=True)
+    split = _data(args, recipe)
     task = load_task(os.path.join(args.out_dir, f"{args.eval_pool}.jsonl"))
     command = " ".join(
         shlex.quote(a) for a in ["python", "examples/wordnet_demo.py", *(sys.argv[1:] if argv is None else argv)]
@@ -362,18 +363,23 @@ def main(argv: list[str] | None = None) -> dict:
         "pool_size": len(task.queries),
         "eval_pool": args.eval_pool,
         "train_examples": len(split.train),
-        "recipe": _recipe(args).to_dict(),
-        "generative_weight": args.generative_weight,
-        "data": {"target": args.target, "max_definition_words": args.max_definition_words, "dtype": args.dtype},
+        "recipe": recipe.to_dict(),
+        "generative_weight": recipe.generative_weight,
+        "data": {
+            "target": args.target,
+            "max_definition_words": args.max_definition_words,
+            "dtype": str(choice.dtype).removeprefix("torch."),
+            "dtype_reason": choice.reason,
+        },
         "rows": {},
     }
     backbone = tokenizer = None
     if any(not r.startswith("tfidf") for r in args.rows):
         load_start = time.perf_counter()
-        backbone, tokenizer = _load_backbone(args.backbone, getattr(torch, args.dtype))
+        backbone, tokenizer = _load_backbone(args.backbone, choice.dtype)
         results["load_seconds"] = time.perf_counter() - load_start
     untrained = {}
-    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=args.bf16)
+    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=recipe.bf16)
     for name in [r for r in ROWS if r in args.rows]:
         row_start = time.perf_counter()
         row = {"train_seconds": None}

@@ -1,5 +1,8 @@
 """The BTok model layer: BToks, packed collation, losses and :class:`BTokModel`.
 
+* :mod:`.backbone` -- the one backbone loader (name, folder, GGUF, instance; text or
+  vision-language), the collator factory and the save shared by every embedder.
+* :mod:`.precision` -- the one dtype decision (bfloat16 where the device computes it natively).
 * :mod:`.tokens` -- adding the BTok tokens, initialising and training their rows (PEFT).
 * :mod:`.collate` -- examples -> one packed batch; texts -> BTok inputs.
 * :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the processor, M-RoPE positions.

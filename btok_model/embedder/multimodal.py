@@ -89,7 +89,6 @@ __all__ = [
     "VisionFamily",
     "VisionTokens",
     "is_vision_model",
-    "language_model_lora_targets",
     "load_image",
     "patch_seconds",
     "processor_parts",
@@ -316,21 +315,6 @@ def processor_parts(processor) -> tuple[object | None, object | None, object | N
         f"processor must be the model's processor (e.g. Qwen3VLProcessor) or its image processor, got "
         f"{type(processor).__name__}"
     )
-
-
-def language_model_lora_targets(model: nn.Module) -> str | None:
-    """A PEFT ``target_modules`` regex matching the linear layers of the language model only
-    (not the vision tower, not the LM head), or None when the model has no vision tower."""
-    if not is_vision_model(model):
-        return None
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    prefix = next((name for name, module in model.named_modules() if module is decoder and name), None)
-    if prefix is None:
-        raise ValueError(f"cannot find the language model inside {type(model).__name__} to put LoRA adapters on")
-    leaves = sorted(
-        {name.rsplit(".", 1)[-1] for name, m in decoder.named_modules() if isinstance(m, nn.Linear) and name}
-    )
-    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
 
 
 def load_image(value, name: str):

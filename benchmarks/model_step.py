@@ -57,10 +57,11 @@ from benchmarks.harness import (
 )
 from benchmarks.model_setup import CPU_TINY, QWEN2VL_2B_TEXT
 from benchmarks.model_setup import build_decoder as build_model
-from benchmarks.peers import flex_mask_mod, padded_dense_mask
+from benchmarks.peers import padded_dense_mask
 from benchmarks.steps import Prepared, Reference, Row, Skip, check_run_options, report_rows, run_rows, train_step
 from benchmarks.table import MODEL_COLUMNS
 from benchmarks.workloads import Workload, all_workloads
+from btok_kernels.mask import condensation_mask_mod
 
 __all__ = ["QWEN2VL_2B_TEXT", "CPU_TINY", "ROWS", "Row", "Prepared", "Skip", "Batch", "build_model", "main"]
 
@@ -134,7 +135,7 @@ def _packed_block_mask(model, batch: Batch, device) -> Prepared:
     from torch.nn.attention.flex_attention import create_block_mask
 
     t = batch.layout.total_tokens
-    mask_mod = flex_mask_mod(batch.layout)
+    mask_mod = condensation_mask_mod(batch.layout)
     build = lambda: create_block_mask(mask_mod, None, None, t, t, device=device)  # noqa: E731
     block_mask = build()
 

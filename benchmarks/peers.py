@@ -34,13 +34,13 @@ from btok_kernels.condensation.sdpa import (
     padded_plan,
     varlen_plan,
 )
-from btok_kernels.mask import allowed_pairs
+from btok_kernels.mask import condensation_mask_mod
 
 from .harness import bench, optional_import, set_recompile_limit
 from .oracle import oracle
 from .workloads import Workload
 
-__all__ = ["Case", "Run", "Peer", "Skip", "PEERS", "FLEX_PEER", "Padder", "padded_dense_mask", "flex_mask_mod"]
+__all__ = ["Case", "Run", "Peer", "Skip", "PEERS", "FLEX_PEER", "Padder", "padded_dense_mask"]
 
 FLEX_PEER = "flex_triton"  # the peer the speed-up columns divide by
 
@@ -93,22 +93,6 @@ def padded_dense_mask(layout: CondensationLayout) -> torch.Tensor:
     for s, (length, b, t) in enumerate(zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)):
         mask[s, :length, :length] = sequence_mask(length, b, t, device=layout.device)
     return mask[:, None]
-
-
-def flex_mask_mod(layout: CondensationLayout) -> Callable:
-    """FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` over a pack laid out ``[1, H, T, D]``:
-    same sequence, and the condensation mask at the positions relative to its start."""
-    cu = layout.cu_seqlens.long()
-    seq_of = torch.repeat_interleave(torch.arange(layout.num_seqs, device=layout.device), cu[1:] - cu[:-1],
-                                     output_size=layout.total_tokens)
-    start, btok, target = cu[:-1], layout.btok_start.long(), layout.target_start.long()
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        s = seq_of[q_idx]
-        rel_q, rel_k = q_idx - start[s], kv_idx - start[s]
-        return (s == seq_of[kv_idx]) & allowed_pairs(rel_q, rel_k, btok[s], target[s])
-
-    return mask_mod
 
 
 @dataclass
@@ -276,7 +260,7 @@ def _block_mask(case: Case, args):
     from torch.nn.attention.flex_attention import create_block_mask
 
     t = case.wl.total_tokens
-    mask_mod = flex_mask_mod(case.layout)
+    mask_mod = condensation_mask_mod(case.layout)
     build = lambda: create_block_mask(mask_mod, None, None, t, t, device=case.device)  # noqa: E731
     return case.cached("block_mask", build), _setup_ms(case, "block_mask", build, args)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["allowed_pairs", "condensation_mask", "sequence_mask"]
+__all__ = ["allowed_pairs", "condensation_mask", "condensation_mask_mod", "sequence_mask"]
 
 
 def allowed_pairs(rows: torch.Tensor, keys: torch.Tensor, btok_start: int, target_start: int,
@@ -84,3 +84,35 @@ def condensation_mask(layout, device: torch.device | str | None = None) -> torch
         start, end = cu[s], cu[s + 1]
         mask[start:end, start:end] = sequence_mask(end - start, b, t, causal=causal, device=device)
     return mask
+
+
+def condensation_mask_mod(layout, device: torch.device | str | None = None):
+    """FlexAttention's ``mask_mod(batch, head, i, j) -> bool`` of a packed layout.
+
+    Same sequence and :func:`allowed_pairs` on the positions relative to the sequence start,
+    causal or bidirectional as the layout says (``layout.is_causal``). It broadcasts: index
+    tensors ``i [T, 1]`` and ``j [1, T]`` give :func:`condensation_mask`'s ``[T, T]``.
+
+    Args:
+        layout: a :class:`~btok_kernels.CondensationLayout` of a ``[1, T]`` pack.
+        device: where the per-token tables live (default: the layout's device); built from
+            the layout's host integers, so nothing waits for the GPU.
+
+    Returns:
+        ``mask_mod(batch, head, i, j)``: ``batch`` and ``head`` are ignored, ``i`` / ``j``
+        integer packed row / key indices; bool of their broadcast shape (True = attend).
+    """
+    device = layout.device if device is None else torch.device(device)
+    lens = torch.tensor(layout.seqlens, dtype=torch.long)
+    seq = torch.repeat_interleave(torch.arange(lens.numel()), lens)  # [T] sequence of each token
+    starts = torch.tensor(layout.host_cu_seqlens[:-1], dtype=torch.long)
+    pos = torch.arange(layout.total_tokens) - starts[seq]  # [T] position in its sequence
+    b = torch.tensor(layout.host_btok_start, dtype=torch.long)[seq]
+    t = torch.tensor(layout.host_target_start, dtype=torch.long)[seq]
+    seq, pos, b, t = (x.to(device) for x in (seq, pos, b, t))
+    causal = layout.is_causal
+
+    def mask_mod(batch, head, i, j):
+        return (seq[i] == seq[j]) & allowed_pairs(pos[i], pos[j], b[i], t[i], causal)
+
+    return mask_mod

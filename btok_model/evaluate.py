@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
     p.add_argument("--attn-implementation", default="btok_triton")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument(
+        "--torch-dtype",
+        default=None,
+        help="the model's weights (float32, bfloat16, auto: as saved); default: bfloat16 where --device computes it "
+        "natively, else float32",
+    )
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--no-progress-bar", action="store_true")
     g = p.add_argument_group("MMEB-V2")
@@ -61,35 +67,44 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_scorer(args: argparse.Namespace):
-    """The scorer the arguments ask for (a model is loaded unless TF-IDF)."""
+    """The scorer the arguments ask for (a model is loaded unless TF-IDF), in the dtype of
+    :func:`~btok_model.embedder.precision.resolve_dtype` for the device (the line saying which
+    is printed)."""
     from .evaluation.runner import EmbeddingScorer, TfidfTaskScorer
 
     if args.baseline == "tfidf":
         return TfidfTaskScorer(args.tfidf_analyzer, tuple(args.tfidf_ngrams))
     if not args.model:
-        raise SystemExit("--model is required (except with --baseline tfidf)")
-    import torch
+        raise SystemExit("error: --model is required (except with --baseline tfidf)")
+    from .embedder.precision import default_device, resolve_dtype
 
-    from .train import model_source
-
-    name, kwargs = model_source(args.model, args.gguf_file)
+    device = args.device or default_device()
+    try:
+        choice = resolve_dtype(args.torch_dtype, device)
+    except ValueError as err:
+        raise SystemExit(f"error: --torch-dtype: {err}") from None
+    print(f"weights: {choice.line}", flush=True)
     if args.baseline is None:
         from .embedder.config import CONFIG_NAME
         from .embedder.modeling import BTokModel
 
-        if not os.path.isfile(os.path.join(name, CONFIG_NAME)):
+        if args.gguf_file or not os.path.isfile(os.path.join(args.model, CONFIG_NAME)):
             raise SystemExit(
-                f"{args.model} is not a saved BTok model (no {CONFIG_NAME}); train one with "
+                f"error: {args.model} is not a saved BTok model (no {CONFIG_NAME}); train one with "
                 "python -m btok_model.train, or evaluate the backbone with --baseline last-token|mean"
             )
-        model = BTokModel.from_pretrained(name, attn_implementation=args.attn_implementation)
+        model = BTokModel.from_pretrained(args.model, attn_implementation=args.attn_implementation, dtype=choice.dtype)
     else:
         from .evaluation.baselines import PooledEmbedder
 
+        kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
         model = PooledEmbedder.from_backbone(
-            name, pooling=args.baseline, attn_implementation=args.attn_implementation, **kwargs
+            args.model,
+            pooling=args.baseline,
+            attn_implementation=args.attn_implementation,
+            dtype=choice.dtype,
+            **kwargs,
         )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return EmbeddingScorer(
         model.to(device).eval(), batch_size=args.batch_size, show_progress_bar=not args.no_progress_bar
     )

@@ -111,8 +111,11 @@ class BTokEmbedding(InputModule):
         cache_folder=None,
         revision=None,
         local_files_only: bool = False,
+        model_kwargs: dict | None = None,
         **kwargs,
     ) -> BTokEmbedding:
+        """``BTokModel.from_pretrained`` of the folder; ``SentenceTransformer(path, model_kwargs=...)``
+        passes ``from_pretrained`` keywords (``dtype``, ``attn_implementation``, ...)."""
         path = cls.load_dir_path(
             model_name_or_path,
             subfolder=subfolder,
@@ -121,4 +124,4 @@ class BTokEmbedding(InputModule):
             revision=revision,
             local_files_only=local_files_only,
         )
-        return cls(BTokModel.from_pretrained(path))
+        return cls(BTokModel.from_pretrained(path, **(model_kwargs or {})))

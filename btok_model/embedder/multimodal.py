@@ -1,11 +1,12 @@
-"""Images and video for Qwen2-VL / Qwen2.5-VL backbones: inputs, the processor, M-RoPE positions.
+"""Images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL backbones: inputs, the processor, M-RoPE positions.
 
 An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "fps": ...}``:
 
 * ``image``: a ``PIL.Image``, a path (str / ``os.PathLike``), or an ``[H, W, C]`` array /
   tensor; ``video``: a list of frames (``PIL.Image`` or ``[H, W, C]`` arrays) or an
   ``[F, H, W, C]`` array / tensor, frames already sampled; ``fps``: the rate they were
-  sampled at (default 2.0, Qwen's sampling rate; only Qwen2.5-VL's positions use it).
+  sampled at (default 2.0, Qwen's sampling rate; Qwen2.5-VL's positions and Qwen3-VL's
+  frame timestamps use it).
 * The vision blocks -- ``"<|vision_start|><|image_pad|><|vision_end|>"`` (image), then
   ``"<|vision_start|><|video_pad|><|vision_end|>"`` (video) -- are placed as the authors'
   transforms place them. By default (``"placement": "own_line"``, ``"trailing_newline":
@@ -21,9 +22,21 @@ An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "
   text-only input is its text as it is (``placement`` and ``trailing_newline`` do not apply).
   The K BToks follow; a target follows the BToks.
 * Pixels go through the model's own image processor (and video processor); the placeholder
-  count per image is ``prod(image_grid_thw) // merge_size**2``, the processor's formula.
+  count per image is ``prod(image_grid_thw) // merge_size**2``, the processor's formula. What
+  differs between the families lives in one :class:`VisionFamily` each: Qwen3-VL writes a
+  video as one block per temporal patch, each after its time in text, inside the video's
+  own block, exactly as transformers' ``Qwen3VLProcessor`` expands it (transformers 5.17 and
+  5.24; 4.57, which the authors pin, replaced the outer pair too: two tokens fewer a video)::
+
+      <|vision_start|><0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|><1.2 seconds>
+      <|vision_start|><|video_pad|>...<|vision_end|><|vision_end|>
+
+  (one line here; a patch's time is the mean of its first and last frame's, frame ``i`` at
+  ``i / fps``). A video processor that samples frames by default (Qwen3-VL's) is told not to:
+  the frames come sampled.
 * A target generated from an input with an image or video holds the input's vision blocks
-  and pixels: the target rows see the image, and no vision token is scored.
+  and pixels: the target rows see the image, and no vision token is scored (a Qwen3-VL
+  video's timestamps are text, and scored, as in the authors' trainer).
 
 Packing keeps ONE row for the whole batch: ``pixel_values`` / ``image_grid_thw`` (and
 ``pixel_values_videos`` / ``video_grid_thw``) hold the images in the order of their
@@ -32,15 +45,18 @@ placeholder tokens in the row (an input's, then its target's). ``position_ids`` 
 ``get_rope_index`` on that part alone; a target gets ``S`` + the model's rope index on the
 target alone, where ``S`` is the number of tokens of ``[input | BToks]`` -- the positions the
 authors' trainer gives its second pass (it starts them at the first pass's attention-mask
-sum). For a text input ``S`` is the last BTok's position + 1; after an image or video, whose
-M-RoPE positions grow slower than its token count, ``S`` is larger than that. They are
+sum), for Qwen3-VL as for Qwen2-VL (their Qwen3-VL backbone only adds a fourth, text row of
+cache positions, which transformers reads to build masks, not rotary positions). For a text
+input ``S`` is the last BTok's position + 1; after an image or video, whose M-RoPE positions
+grow slower than its token count, ``S`` is larger than that. They are
 computed in one call per batch on the host over the parts that hold vision tokens (the rope
 index of text alone is ``0, 1, ...`` on all three axes). With explicit position ids the
 model needs no ``mm_token_type_ids`` (transformers 5.17 and 5.24 use them only to compute
 the positions), so batches carry none.
 
-transformers' Qwen2-VL processor class and its video processor need torchvision; without it
-the model's image processor alone is enough for images (a video then raises, saying why).
+transformers' Qwen2-VL / Qwen3-VL processor classes and their video processors need
+torchvision; without it the model's image processor alone is enough for images (a video then
+raises, saying why).
 """
 
 from __future__ import annotations
@@ -69,18 +85,20 @@ from .collate import (
 __all__ = [
     "DEFAULT_FPS",
     "MEDIA_BATCH_KEYS",
+    "VISION_FAMILIES",
+    "VISION_MODEL_NAMES",
     "VISION_MODEL_TYPES",
     "Media",
     "MultimodalCollator",
     "RopeIndex",
+    "VisionFamily",
     "VisionTokens",
     "is_vision_model",
-    "language_model_lora_targets",
     "load_image",
+    "patch_seconds",
     "processor_parts",
+    "vision_family",
 ]
-
-VISION_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 # Batch keys the backbone's forward takes besides input_ids / position_ids.
 MEDIA_BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 # Flat example keys (the JSONL training format): (input field, media key).
@@ -88,10 +106,77 @@ FLAT_MEDIA_KEYS = {"query_image": ("query", "image"), "positive_image": ("positi
 DEFAULT_FPS = 2.0
 
 
-def is_vision_model(model_or_config) -> bool:
-    """Whether a transformers model (or its config) is a supported Qwen2-VL / Qwen2.5-VL."""
+@dataclass(frozen=True)
+class VisionFamily:
+    """What one supported vision-language family does its own way (the rest is shared).
+
+    Attributes:
+        model_type: the transformers ``model_type``.
+        name: how messages name the family.
+        timestamped_video: a video is one block per temporal patch, each after its time in
+            text (Qwen3-VL; see the module docstring), not one run of video tokens.
+    """
+
+    model_type: str
+    name: str
+    timestamped_video: bool = False
+
+    def video_ids(
+        self, grid: torch.Tensor, seconds: Sequence[float], merge_size: int, tokens: VisionTokens, text_ids
+    ) -> list[int]:
+        """The ids that replace a video's one placeholder token inside its block.
+
+        Args:
+            grid: int64 ``[3]``, the video's ``(t, h, w)`` patch grid.
+            seconds: the time of each of its ``t`` temporal patches (:func:`patch_seconds`).
+            merge_size: the processor's spatial merge size (``merge_size**2`` patches a token).
+            tokens: the model's vision tokens.
+            text_ids: ``list[str] -> list[list[int]]``, ids without special tokens.
+        """
+        t, h, w = (int(x) for x in grid)
+        if not self.timestamped_video:
+            return [tokens.video] * (t * h * w // merge_size**2)
+        frame = [tokens.vision_start] + [tokens.video] * (h * w // merge_size**2) + [tokens.vision_end]
+        return [i for stamp in text_ids([f"<{s:.1f} seconds>" for s in seconds]) for i in stamp + frame]
+
+
+VISION_FAMILIES = {
+    family.model_type: family
+    for family in (
+        VisionFamily("qwen2_vl", "Qwen2-VL"),
+        VisionFamily("qwen2_5_vl", "Qwen2.5-VL"),
+        VisionFamily("qwen3_vl", "Qwen3-VL", timestamped_video=True),
+    )
+}
+VISION_MODEL_TYPES = tuple(VISION_FAMILIES)
+# How messages list the supported vision-language backbones.
+VISION_MODEL_NAMES = ", ".join(family.name for family in VISION_FAMILIES.values())
+
+
+def vision_family(model_or_config) -> VisionFamily | None:
+    """The :class:`VisionFamily` of a transformers model (or its config), None for other models."""
     config = getattr(model_or_config, "config", model_or_config)
-    return getattr(config, "model_type", None) in VISION_MODEL_TYPES
+    return VISION_FAMILIES.get(getattr(config, "model_type", None))
+
+
+def is_vision_model(model_or_config) -> bool:
+    """Whether a transformers model (or its config) is a supported vision-language model
+    (:data:`VISION_MODEL_TYPES`: Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."""
+    return vision_family(model_or_config) is not None
+
+
+def patch_seconds(num_frames: int, fps: float, temporal_patch_size: int) -> tuple[float, ...]:
+    """The time of each temporal patch of ``num_frames`` frames sampled at ``fps``.
+
+    Frame ``i`` is at ``i / fps``; a patch's time is the mean of its first and last frame's,
+    a last patch short of frames repeating the last frame (the frames the video processor pads
+    it with). transformers' ``Qwen3VLProcessor`` computes its timestamps so, in this order.
+    """
+    last = num_frames - 1
+    return tuple(
+        (start / fps + min(start + temporal_patch_size - 1, last) / fps) / 2
+        for start in range(0, num_frames, temporal_patch_size)
+    )
 
 
 @dataclass
@@ -104,6 +189,7 @@ class Media:
         pixel_values_videos: float ``[Pv, C * t * p * p]``, the video's patches.
         video_grid_thw: int64 ``[1, 3]``.
         second_per_grid_ts: fp32 ``[1]``, seconds per temporal patch of the video.
+        video_seconds: the time of each temporal patch (:func:`patch_seconds`).
     """
 
     pixel_values: torch.Tensor | None = None
@@ -111,6 +197,7 @@ class Media:
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None
     second_per_grid_ts: torch.Tensor | None = None
+    video_seconds: tuple[float, ...] | None = None
 
 
 def concat_media(media: Sequence[Media | None], keys: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -172,15 +259,15 @@ class RopeIndex:
     keeps the model class and a copy of its config and runs the class's function on them.
 
     Args:
-        model: the Qwen2-VL / Qwen2.5-VL model (``...ForConditionalGeneration``, or its
-            inner model) whose ``get_rope_index`` gives the positions.
+        model: the Qwen2-VL / Qwen2.5-VL / Qwen3-VL model (``...ForConditionalGeneration``,
+            or its inner model) whose ``get_rope_index`` gives the positions.
     """
 
     def __init__(self, model: nn.Module):
         # The inner model (Qwen2VLModel) defines the rope index and the vision-position helper it calls.
         inner = next((m for m in model.modules() if hasattr(type(m), "get_vision_position_ids")), None)
         if inner is None or not callable(getattr(type(inner), "get_rope_index", None)):
-            raise ValueError(f"{type(model).__name__} has no get_rope_index (not a Qwen2-VL family model)")
+            raise ValueError(f"{type(model).__name__} has no get_rope_index (not one of {VISION_MODEL_NAMES})")
         self.owner = type(inner)
         self.config = copy.deepcopy(inner.config)
         self.takes_seconds = "second_per_grid_ts" in inspect.signature(self.owner.get_rope_index).parameters
@@ -200,7 +287,8 @@ class RopeIndex:
             input_ids, mm_token_type_ids (0 text, 1 image, 2 video), attention_mask:
                 int64 ``[B, S]``.
             image_grid_thw, video_grid_thw: int64 ``[n, 3]`` in row-major token order.
-            second_per_grid_ts: fp32 ``[n_videos]`` (Qwen2.5-VL).
+            second_per_grid_ts: fp32 ``[n_videos]`` (Qwen2.5-VL; the others' rope index
+                takes none).
         """
         kwargs = dict(
             input_ids=input_ids,
@@ -216,7 +304,8 @@ class RopeIndex:
 
 def processor_parts(processor) -> tuple[object | None, object | None, object | None]:
     """``(tokenizer, image_processor, video_processor)`` of a processor (a ``ProcessorMixin``
-    such as ``Qwen2VLProcessor``), or ``(None, processor, None)`` for an image processor."""
+    such as ``Qwen2VLProcessor`` or ``Qwen3VLProcessor``), or ``(None, processor, None)`` for
+    an image processor."""
     if processor is None:
         return None, None, None
     if hasattr(processor, "image_processor") or hasattr(processor, "tokenizer"):
@@ -228,24 +317,9 @@ def processor_parts(processor) -> tuple[object | None, object | None, object | N
     if callable(processor) and hasattr(processor, "merge_size"):
         return None, processor, None
     raise TypeError(
-        f"processor must be the model's processor (e.g. Qwen2VLProcessor) or its image processor, got "
+        f"processor must be the model's processor (e.g. Qwen3VLProcessor) or its image processor, got "
         f"{type(processor).__name__}"
     )
-
-
-def language_model_lora_targets(model: nn.Module) -> str | None:
-    """A PEFT ``target_modules`` regex matching the linear layers of the language model only
-    (not the vision tower, not the LM head), or None when the model has no vision tower."""
-    if not is_vision_model(model):
-        return None
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    prefix = next((name for name, module in model.named_modules() if module is decoder and name), None)
-    if prefix is None:
-        raise ValueError(f"cannot find the language model inside {type(model).__name__} to put LoRA adapters on")
-    leaves = sorted(
-        {name.rsplit(".", 1)[-1] for name, m in decoder.named_modules() if isinstance(m, nn.Linear) and name}
-    )
-    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
 
 
 def load_image(value, name: str):
@@ -287,14 +361,15 @@ class _Item:
 
 
 class MultimodalCollator(BTokCollator):
-    """:class:`~btok_model.embedder.collate.BTokCollator` for Qwen2-VL / Qwen2.5-VL: inputs
-    may carry an image and/or a video (see the module docstring). Picklable, no model inside.
+    """:class:`~btok_model.embedder.collate.BTokCollator` for Qwen2-VL / Qwen2.5-VL / Qwen3-VL:
+    inputs may carry an image and/or a video (see the module docstring). Picklable, no model
+    inside.
 
     Args:
         tokenizer: the model's tokenizer, holding the BTok and vision tokens.
         btok_ids: the K BTok ids.
         vision_tokens: the model's vision token ids.
-        rope_index: the model's rope index.
+        rope_index: the model's rope index (its config also gives the :class:`VisionFamily`).
         image_processor: the model's image processor, or None (then an image raises).
         video_processor: the model's video processor, or None (then a video raises).
         no_video_reason: why there is no video processor (said when a video comes).
@@ -314,6 +389,9 @@ class MultimodalCollator(BTokCollator):
         **kwargs,
     ):
         super().__init__(tokenizer, btok_ids, **kwargs)
+        self.family = vision_family(rope_index.config)
+        if self.family is None:
+            raise ValueError(f"model_type {rope_index.config.model_type!r} is not one of {VISION_MODEL_TYPES}")
         self.vision_tokens = vision_tokens
         self.rope_index = rope_index
         self.image_processor = image_processor
@@ -371,27 +449,29 @@ class MultimodalCollator(BTokCollator):
         return [self._prompt(item) for item in items], media
 
     def _prompt_ids(self, prompts, media, where, special_tokens: bool = True) -> list[list[int]]:
-        """Ids of the prompts, each vision placeholder expanded to one token per merged patch
-        (as the processor expands it); a text holding a vision token of its own raises."""
+        """Ids of the prompts, each vision placeholder expanded as the processor expands it (an
+        image: one token per merged patch; a video: its family's :meth:`VisionFamily.video_ids`);
+        a text holding a vision token of its own raises."""
         ids = self._text_ids(prompts, where, special_tokens)
         tokens = self.vision_tokens
         for seq, m, (i, field) in zip(ids, media, where):
-            grids = (
-                (tokens.image, m and m.image_grid_thw, self.image_processor),
-                (tokens.video, m and m.video_grid_thw, self.video_processor),
-            )
-            blocks = sum(grid is not None for _, grid, _ in grids)
+            grids = ((tokens.image, m and m.image_grid_thw), (tokens.video, m and m.video_grid_thw))
+            blocks = sum(grid is not None for _, grid in grids)
             expected = {tokens.vision_start: blocks, tokens.vision_end: blocks}
-            expected.update({token: int(grid is not None) for token, grid, _ in grids})
+            expected.update({token: int(grid is not None) for token, grid in grids})
             if any(seq.count(token) != count for token, count in expected.items()):
                 raise ExampleError(
                     f"{_name(i, field)}: the text contains a vision token ({', '.join(tokens.strings)}); "
                     "give images and videos as 'image' / 'video'"
                 )
-            for token, grid, processor in grids:
-                if grid is not None:
-                    at = seq.index(token)
-                    seq[at : at + 1] = [token] * (int(grid.prod()) // processor.merge_size**2)
+            if m is not None and m.image_grid_thw is not None:
+                at = seq.index(tokens.image)
+                seq[at : at + 1] = [tokens.image] * (int(m.image_grid_thw.prod()) // self.image_processor.merge_size**2)
+            if m is not None and m.video_grid_thw is not None:
+                at = seq.index(tokens.video)
+                seq[at : at + 1] = self.family.video_ids(
+                    m.video_grid_thw[0], m.video_seconds, self.video_processor.merge_size, tokens, self._plain_batch
+                )
         return ids
 
     def _item(self, value, name: str) -> _Item:
@@ -457,21 +537,30 @@ class MultimodalCollator(BTokCollator):
         which = [k for k, item in enumerate(items) if item.video is not None]
         if not which:
             return {}
+        # The frames come sampled: a video processor that samples by default (Qwen3-VL's) keeps them all.
+        sampling = {"do_sample_frames": False} if getattr(self.video_processor, "do_sample_frames", None) else {}
         try:
-            out = self.video_processor(videos=[items[k].video for k in which], return_tensors="pt")
+            out = self.video_processor(videos=[items[k].video for k in which], return_tensors="pt", **sampling)
         except Exception as err:
             raise ExampleError(f"{_names(items, which)}: the video processor failed: {err}") from err
         grids = out["video_grid_thw"].long()
         pixels = torch.split(out["pixel_values_videos"], grids.prod(-1).tolist())
         temporal = self.video_processor.temporal_patch_size
-        return {
-            k: Media(
+        media = {}
+        for k, p, g in zip(which, pixels, grids):
+            seconds = patch_seconds(len(items[k].video), items[k].fps, temporal)
+            if len(seconds) != int(g[0]):
+                raise ExampleError(
+                    f"{items[k].name}: the video processor made {int(g[0])} temporal patches of "
+                    f"{len(items[k].video)} frames, expected {len(seconds)} (it must not drop or add frames)"
+                )
+            media[k] = Media(
                 pixel_values_videos=p,
                 video_grid_thw=g[None],
                 second_per_grid_ts=torch.tensor([temporal / items[k].fps], dtype=torch.float32),
+                video_seconds=seconds,
             )
-            for k, p, g in zip(which, pixels, grids)
-        }
+        return media
 
     # -- packing --------------------------------------------------------------------------
     def pack_sequences(self, inputs, targets=None, media=None) -> dict:

@@ -13,17 +13,21 @@ frozen backbone             PEFT ``TrainableTokensConfig``: only the K BTok rows
 PEFT keeps the trainable rows as separate parameters, so the other rows stay bit-identical
 under any optimizer (a gradient mask would not: weight decay still moves masked rows). With
 tied input/output embeddings (SmolLM2, Qwen2-VL-2B) PEFT ties the LM head's BTok rows to the
-same parameters.
+same parameters. LoRA adapters go on the language model's linear layers only
+(:func:`lora_target_modules`): a vision tower and the LM head stay frozen.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import torch
 
-__all__ = ["add_btok_tokens", "init_btok_rows", "make_trainable", "wrap_peft"]
+__all__ = ["BTOK_INITS", "add_btok_tokens", "init_btok_rows", "lora_target_modules", "make_trainable", "wrap_peft"]
+
+BTOK_INITS = ("mean", "eos")
 
 
 def add_btok_tokens(tokenizer, tokens: list[str]) -> tuple[list[int], bool]:
@@ -57,33 +61,59 @@ def add_btok_tokens(tokenizer, tokens: list[str]) -> tuple[list[int], bool]:
 
 
 @torch.no_grad()
-def init_btok_rows(model, btok_ids: list[int], source_rows: int) -> None:
+def init_btok_rows(model, btok_ids: list[int], source_rows: int, init: str = "mean", eos_id: int | None = None) -> None:
     """Give the BTok ids embedding rows (resizing the matrix if needed), in place.
 
-    Every BTok row starts as the mean of the first ``source_rows`` input-embedding rows
-    (the tokenizer's vocabulary before the BToks were added), and an untied LM head's BTok
-    rows as the mean of its rows. Why the mean: it has the scale and direction statistics
-    of a real input embedding, so the first layers see an in-distribution vector (a zero or
-    random row would not be: RMSNorm of a near-zero vector blows it up); it carries no word
-    meaning, unlike a copy of a real token such as EOS, which the model has learnt to treat
-    as a sequence end; and with a tied LM head its logit stays near the average logit, so
-    a new token takes little probability mass from real tokens in the generative loss (the
-    argument of transformers' ``mean_resizing``). The K rows start equal; their positions
-    tell them apart from the first step (RoPE), and training separates them.
-    Rows of padded vocabularies past the tokenizer (Qwen) are never averaged.
+    ``init="mean"`` (btok's default): every BTok row starts as the mean of the first
+    ``source_rows`` input-embedding rows (the tokenizer's vocabulary before the BToks were
+    added), and an untied LM head's BTok rows as the mean of its rows. Why the mean: it has the
+    scale and direction statistics of a real input embedding, so the first layers see an
+    in-distribution vector (a zero or random row would not be: RMSNorm of a near-zero vector
+    blows it up); it carries no word meaning, unlike a copy of a real token such as EOS, which
+    the model has learnt to treat as a sequence end; and with a tied LM head its logit stays
+    near the average logit, so a new token takes little probability mass from real tokens in
+    the generative loss (the argument of transformers' ``mean_resizing``). Rows of padded
+    vocabularies past the tokenizer (Qwen) are never averaged.
+
+    ``init="eos"`` (the authors' recipe): every BTok input-embedding row is a copy of the EOS
+    token's row (with a tied LM head, Qwen2-VL-2B's, the head's rows too); an untied LM head's
+    BTok rows take the mean of its rows as above. btok copies the EOS row whether or not the
+    matrix grows. The authors' code (vlm2emb ``BToksTokenInjector.on_processor``) copies it only
+    when ``len(tokenizer)`` exceeds the embedding rows, after ``resize_token_embeddings`` (whose
+    default mean resizing fills an untied head's new rows near its mean); when the matrix has
+    spare rows it changes nothing, and the BToks keep the checkpoint's values for those unused
+    ids. Qwen2-VL-2B-Instruct is such a case: 151,936 rows (its config's ``vocab_size``) for a
+    151,657-token tokenizer, so its BToks (ids 151,657-151,660) start from rows no token ever
+    trained, not from EOS.
+
+    Either way the K rows start equal; their positions tell them apart from the first step
+    (RoPE), and training separates them.
 
     Args:
         model: the transformers model (not PEFT-wrapped).
         btok_ids: the K ids.
-        source_rows: how many leading rows to average (>= 1).
+        source_rows: how many leading rows are the original vocabulary (>= 1).
+        init: ``"mean"`` or ``"eos"``.
+        eos_id: the EOS token id (``init="eos"``), one of the first ``source_rows`` ids.
     """
+    if init not in BTOK_INITS:
+        raise ValueError(f"btok_init must be one of {BTOK_INITS}, got {init!r}")
+    if init == "eos" and (eos_id is None or not 0 <= eos_id < source_rows):
+        raise ValueError(
+            f"btok_init='eos' needs the tokenizer's EOS token among its original {source_rows} ids, got eos id {eos_id}"
+        )
     needed = max(btok_ids) + 1
     if model.get_input_embeddings().weight.shape[0] < needed:
         model.resize_token_embeddings(needed, mean_resizing=False)
     index = torch.tensor(btok_ids)
-    _set_rows_to_mean(model.get_input_embeddings(), index, source_rows)
+    embedding = model.get_input_embeddings()
+    if init == "eos":
+        weight = embedding.weight
+        weight[index.to(weight.device)] = weight[eos_id].clone()
+    else:
+        _set_rows_to_mean(embedding, index, source_rows)
     output = model.get_output_embeddings()
-    if output is not None and output.weight is not model.get_input_embeddings().weight:
+    if output is not None and output.weight is not embedding.weight:
         _set_rows_to_mean(output, index, source_rows)
 
 
@@ -99,32 +129,65 @@ def _set_rows_to_mean(module: torch.nn.Module, index: torch.Tensor, source_rows:
         bias[index] = bias[:rows].float().mean().to(bias.dtype)
 
 
-def make_trainable(
-    model, btok_ids: list[int], lora=None, freeze_backbone: bool = False, lora_targets: str | None = None
-):
+def make_trainable(model, btok_ids: list[int], lora=None, freeze_backbone: bool = False):
     """Choose what trains: everything, LoRA adapters + BTok rows, or the BTok rows only.
 
     Args:
         model: the transformers model, BTok rows already initialised.
         btok_ids: the K ids whose embedding rows must train in every mode.
-        lora: None or 0 (no LoRA), an int ``r`` > 0 (LoRA of rank r on the linear layers
-            ``lora_targets`` names, ``lora_alpha = 2 r``, no dropout), or a
-            ``peft.LoraConfig`` (copied; the BTok ids are added to its
+        lora: None or 0 (no LoRA), an int ``r`` > 0 (LoRA of rank r on every linear layer of
+            the language model, :func:`lora_target_modules`; ``lora_alpha = 2 r``, no
+            dropout), or a ``peft.LoraConfig`` (copied; the BTok ids are added to its
             ``trainable_token_indices``; its own ``target_modules`` apply).
         freeze_backbone: without LoRA, train the BTok rows only.
-        lora_targets: PEFT ``target_modules`` for a LoRA rank; None: every linear layer
-            except the LM head (``"all-linear"``). A VL model passes its language model's
-            layers (:func:`~btok_model.embedder.multimodal.language_model_lora_targets`),
-            keeping the vision tower frozen.
 
     Returns:
         ``model`` itself (full fine-tuning) or a ``peft.PeftModel`` around it.
     """
-    config = _peft_config(btok_ids, lora, freeze_backbone, lora_targets or "all-linear")
+    config = _peft_config(model, btok_ids, lora, freeze_backbone)
     if config is None:
         model.requires_grad_(True)
         return model
     return wrap_peft(model, config)
+
+
+def lora_target_modules(model, modules: str | list[str] = "all-linear", layers: list[int] | None = None) -> str:
+    """A PEFT ``target_modules`` regex for LoRA on the language model only.
+
+    It matches the linear layers inside the model's decoder (``get_decoder()``: not a vision
+    tower, not the LM head) whose last name is in ``modules``, in the decoder layers ``layers``.
+    Names the decoder does not have are ignored (the authors' list names ``qkv_proj``,
+    ``gate_up_proj`` and ``out_proj`` for other families), as PEFT ignores them in a list.
+
+    Args:
+        model: the transformers model (not PEFT-wrapped).
+        modules: ``"all-linear"`` (every linear layer of the decoder) or leaf names such as
+            ``["q_proj", "v_proj"]`` (a comma-separated string works too).
+        layers: decoder layer indices, or None for all.
+
+    Raises:
+        ValueError: no decoder found, or nothing matches (naming what the decoder has).
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    prefix = next((name for name, module in model.named_modules() if module is decoder and name), None)
+    if prefix is None:
+        raise ValueError(f"cannot find the language model inside {type(model).__name__} to put LoRA adapters on")
+    leaves = sorted(
+        {name.rsplit(".", 1)[-1] for name, m in decoder.named_modules() if isinstance(m, torch.nn.Linear) and name}
+    )
+    if isinstance(modules, str) and modules != "all-linear":
+        modules = [m.strip() for m in modules.split(",") if m.strip()]
+    wanted = leaves if modules == "all-linear" else [m for m in leaves if m in set(modules)]
+    if not wanted:
+        raise ValueError(f"LoRA target modules {modules} match no linear layer of the language model; it has {leaves}")
+    where = r".*"
+    if layers is not None:
+        count = len(getattr(decoder, "layers", ()))
+        bad = [i for i in layers if not 0 <= i < count]
+        if not layers or bad:
+            raise ValueError(f"LoRA layers must be indices in [0, {count}) of the decoder's layers, got {layers}")
+        where = rf"layers\.({'|'.join(str(i) for i in sorted(set(layers)))})\..*"
+    return rf"{re.escape(prefix)}\.{where}\.({'|'.join(map(re.escape, wanted))})"
 
 
 def wrap_peft(model, config):
@@ -137,7 +200,7 @@ def wrap_peft(model, config):
         return peft.get_peft_model(model, config)
 
 
-def _peft_config(btok_ids: list[int], lora, freeze_backbone: bool, targets: str):
+def _peft_config(model, btok_ids: list[int], lora, freeze_backbone: bool):
     if lora is None or (isinstance(lora, int) and not isinstance(lora, bool) and lora == 0):
         if not freeze_backbone:
             return None
@@ -151,9 +214,12 @@ def _peft_config(btok_ids: list[int], lora, freeze_backbone: bool, targets: str)
     if isinstance(lora, int):
         if lora < 0:
             raise ValueError(f"lora (the LoRA rank) must be >= 0, got {lora}")
-        # The LM head stays out: PEFT's "all-linear" skips the output layer.
         return peft.LoraConfig(
-            r=lora, lora_alpha=2 * lora, lora_dropout=0.0, target_modules=targets, trainable_token_indices=btok_ids
+            r=lora,
+            lora_alpha=2 * lora,
+            lora_dropout=0.0,
+            target_modules=lora_target_modules(model),
+            trainable_token_indices=btok_ids,
         )
     config = copy.deepcopy(lora)
     config.trainable_token_indices = _merge_token_indices(config.trainable_token_indices, btok_ids)

@@ -4,13 +4,11 @@ Instead of one packed pass under the condensation mask, a target sees its sequen
 only through a KV cache that holds the BTok keys/values alone, as the authors' trainer
 computes it:
 
-* pass 1 runs every ``[input | BToks]`` (queries and candidates), left-padded so that every
-  row's K BToks are its last K columns, with a KV cache; the embeddings pool the last K
-  states. Positions: the model's own rope index on the padded rows (``get_rope_index`` of a
-  Qwen2-VL / Qwen2.5-VL, an image / video running through the vision tower here), ``0, 1,
-  ...`` for a text model;
-* the cache of every layer is cut to those last K columns (the BTok keys/values) of the rows
-  with a target;
+* pass 1 (:func:`~.btok_cache.btok_cache`) runs every ``[input | BToks]`` (queries and
+  candidates), left-padded, with a KV cache; the embeddings pool the BToks' last-layer
+  states, and the cache is cut to the BTok keys/values of the rows with a target. Positions:
+  the model's own rope index (``get_rope_index`` of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL, an image / video
+  running through the vision tower here), ``0, 1, ...`` for a text model;
 * pass 2 runs the targets, right-padded, against that cache (a target's image / video runs
   through the vision tower here), and scores the next-token loss. Positions, as the authors'
   trainer assigns them: ``S`` + the model's rope index of the target alone, ``S`` the number
@@ -20,22 +18,18 @@ Positions and masks are computed here from the model's own functions, not from t
 code, so :class:`~btok_model.BTokModel`'s single pass is checked against an independent
 computation: it must give the same generative loss, gradients and embeddings
 (tests/embedder). It works with any attention backend that supports padding and a KV cache
-(``"sdpa"``, ``"eager"``, ``"btok_triton"``).
-"""
+(``"sdpa"``, ``"eager"``, ``"btok_triton"``)."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from itertools import chain
 
 import torch
-from transformers import DynamicCache
 
+from .btok_cache import btok_cache, cache_kwarg, media_inputs, model_positions, pad_rows
 from .collate import IGNORE_INDEX, Target
 from .losses import next_token_loss
 from .modeling import BTokModel, pool_btok_states
-from .multimodal import MEDIA_BATCH_KEYS, concat_media
 
 __all__ = ["TwoPassOutput", "two_pass_forward", "two_pass_sequences"]
 
@@ -71,38 +65,6 @@ def two_pass_forward(model: BTokModel, examples: list[dict]) -> TwoPassOutput:
     return TwoPassOutput(embeddings[:n], embeddings[n:], loss, num_tokens)
 
 
-def _cache_kwarg(module: torch.nn.Module) -> str:
-    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns)."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
-def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values, mask)`` int64 ``[B, W]``: the rows padded with ``value`` on the left or right."""
-    lens = torch.tensor([len(r) for r in rows])
-    width = int(lens.max())
-    cols = torch.arange(width)[None]
-    mask = cols >= (width - lens)[:, None] if left else cols < lens[:, None]
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    out[mask] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)
-    return out, mask.long()
-
-
-def _positions(inner, ids: torch.Tensor, mask: torch.Tensor, media: list) -> torch.Tensor:
-    """Positions of padded rows from the model's own function: a VL model's
-    ``get_rope_index`` (``[3, B, W]``), else ``0, 1, ...`` over each row's tokens (``[B, W]``)."""
-    text = (mask.cumsum(-1) - 1).clamp_min(0)
-    if not hasattr(inner, "get_rope_index"):
-        return text
-    config = inner.config
-    # The model's token types (0 text, 1 image, 2 video), as its processor returns them.
-    types = (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()
-    grids = concat_media(media, ("image_grid_thw", "video_grid_thw", "second_per_grid_ts"))
-    kwargs = {key: grids.get(key) for key in ("image_grid_thw", "video_grid_thw")}
-    if "second_per_grid_ts" in inspect.signature(inner.get_rope_index).parameters:
-        kwargs["second_per_grid_ts"] = grids.get("second_per_grid_ts")
-    return inner.get_rope_index(ids * mask, types * mask, attention_mask=mask, **kwargs)[0]
-
-
 def two_pass_sequences(
     model: BTokModel,
     inputs: list[list[int]],
@@ -121,48 +83,28 @@ def two_pass_sequences(
         ``(embeddings fp32 [N, H], generative loss fp32 scalar or None, scored target tokens)``.
     """
     k, device = model.num_btoks, model.device
-    decoder, causal_lm = model._decoder, model._transformers_model
+    causal_lm = model._transformers_model
     pad_id = model.collator.pad_id
     media = media or [None] * len(inputs)
-    pixels = lambda parts: {  # noqa: E731 -- the pixel inputs of these media, on the device
-        key: value.to(device) for key, value in concat_media(parts, MEDIA_BATCH_KEYS).items()
-    }
-
-    # Pass 1: [input | BToks], left-padded, with a cache of every layer.
-    ids, mask = _pad([x + model.btok_token_ids for x in inputs], pad_id, left=True)
-    cache = DynamicCache()
-    out = decoder(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=_positions(decoder, ids, mask, media).to(device),
-        use_cache=True,
-        **pixels(media),
-        **{_cache_kwarg(decoder): cache},
-    )
-    embeddings = pool_btok_states(out.last_hidden_state[:, -k:], model.pooling)
-
+    # Pass 1: [input | BToks], the cache cut to the BToks' keys/values of the rows with a target.
     rows = [i for i, t in enumerate(targets) if t is not None]
+    first = btok_cache(model, inputs, media, keep=rows)
+    embeddings = pool_btok_states(first.btok_states, model.pooling)
     if not rows:
         return embeddings, None, 0
-    # Keep only the BTok keys/values (the last K columns) of the rows with a target.
-    select = torch.tensor(rows, device=device)
-    btok_cache = DynamicCache()
-    for layer, entry in enumerate(cache.layers):
-        btok_cache.update(entry.keys[select, :, -k:], entry.values[select, :, -k:], layer)
 
     # Pass 2: the targets, right-padded; positions start at each row's token count.
-    target_ids, target_mask = _pad([targets[i].ids for i in rows], pad_id, left=False)
-    labels, _ = _pad([targets[i].labels for i in rows], IGNORE_INDEX, left=False)
+    target_ids, target_mask = pad_rows([targets[i].ids for i in rows], pad_id, left=False)
+    labels, _ = pad_rows([targets[i].labels for i in rows], IGNORE_INDEX, left=False)
     target_media = [targets[i].media for i in rows]
-    start = mask[rows].sum(1)  # [N']
-    positions = _positions(decoder, target_ids, target_mask, target_media) + start[:, None]
+    positions = model_positions(model._decoder, target_ids, target_mask, target_media) + first.token_counts[:, None]
     logits = causal_lm(
         input_ids=target_ids.to(device),
         attention_mask=torch.cat([torch.ones(len(rows), k, dtype=torch.long), target_mask], 1).to(device),
         position_ids=positions.to(device),
         use_cache=True,
-        **pixels(target_media),
-        **{_cache_kwarg(causal_lm): btok_cache},
+        **media_inputs(target_media, device),
+        **{cache_kwarg(causal_lm): first.cache},
     ).logits
     # Row j predicts token j + 1 of its target.
     next_labels = labels[:, 1:].to(device)

@@ -3,15 +3,17 @@
 :class:`PooledEmbedder` is the comparison a BTok model has to beat. Untrained, it is the
 ``--baseline last-token|mean`` of ``python -m btok_model.evaluate`` (no token is added to the
 tokenizer or the model). It also trains with the same Trainer, collation and InfoNCE as a
-BTok model (the "last-token trained contrastively" row of the demo): it offers the training
-interface of :class:`~btok_model.BTokModel` (``collator``, ``embed_batch``, ``compute_loss``,
+BTok model (the "last-token trained contrastively" row of the demo, or VLM2Vec: last-token
+pooling on Qwen2-VL with images): it offers the training interface of
+:class:`~btok_model.BTokModel` (``collator``, ``embed_batch``, ``compute_loss``,
 ``generative_weight`` fixed at 0, ``save_pretrained``/``from_pretrained``), with K = 0 and the
-pooling over the input tokens themselves.
+pooling over the input tokens themselves. It loads its backbone and builds its collator
+(text, or images and video on a vision-language backbone) through the same functions as a
+BTok model (:mod:`btok_model.embedder.backbone`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 
@@ -19,9 +21,16 @@ import torch
 from torch import nn
 
 from ..backend import ATTN_IMPLEMENTATION
-from ..embedder.collate import BTokCollator
+from ..embedder.backbone import (
+    load_backbone,
+    load_saved_backbone,
+    make_collator,
+    save_backbone,
+    transformers_model,
+)
 from ..embedder.masks import condensation_attention_mask
-from ..embedder.modeling import BTokModel, BTokOutput, enable_activation_checkpointing
+from ..embedder.modeling import BTokModel, BTokOutput, enable_activation_checkpointing, media_inputs, to_device
+from ..embedder.tokens import lora_target_modules, wrap_peft
 
 __all__ = ["POOLINGS", "PooledEmbedder"]
 
@@ -29,100 +38,113 @@ POOLINGS = ("last-token", "mean")
 CONFIG_NAME = "pooled_config.json"
 
 
-def _transformers_model(backbone: nn.Module) -> nn.Module:
-    get_base = getattr(backbone, "get_base_model", None)
-    return get_base() if callable(get_base) else backbone
-
-
 class PooledEmbedder(nn.Module):
-    """A causal LM used as an embedder with last-token or mean pooling, L2-normalised.
+    """A causal LM (or vision-language model) used as an embedder with last-token or mean
+    pooling, L2-normalised.
 
     Args:
-        backbone: a transformers causal LM (or a ``peft.PeftModel`` around one).
+        backbone: a transformers model (or a ``peft.PeftModel`` around one).
         tokenizer: its tokenizer.
         pooling: ``"last-token"`` (the last input token's state) or ``"mean"`` (mean over
             the input tokens).
         temperature: InfoNCE temperature when trained.
         max_length: longest input accepted (None: the backbone's ``max_position_embeddings``).
+        processor: a vision-language backbone's processor (or image processor), or None.
+        no_video_reason: why the processor has no video processor, or None.
     """
 
-    def __init__(self, backbone, tokenizer, pooling: str = "last-token", temperature: float = 0.02, max_length=None):
+    def __init__(
+        self,
+        backbone,
+        tokenizer,
+        pooling: str = "last-token",
+        temperature: float = 0.02,
+        max_length=None,
+        processor=None,
+        *,
+        no_video_reason: str | None = None,
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.backbone, self.tokenizer = backbone, tokenizer
+        self.backbone, self.tokenizer, self.processor = backbone, tokenizer, processor
         self.pooling, self.temperature, self.max_length = pooling, float(temperature), max_length
         self.gather_across_ranks = True
-        config = _transformers_model(backbone).config.get_text_config()
-        limit = getattr(config, "max_position_embeddings", None)
-        if max_length is not None and (limit is None or max_length < limit):
-            limit = max_length
-        self.collator = BTokCollator(tokenizer, [], max_length=limit, with_targets=False)
+        self.collator = make_collator(
+            backbone,
+            tokenizer,
+            [],
+            processor,
+            no_video_reason=no_video_reason,
+            max_length=max_length,
+            with_targets=False,
+        )
 
     # -- construction and saving --------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, name_or_model, tokenizer=None, pooling: str = "last-token", *, lora=None, **kwargs):
-        """Wrap a backbone (an instance, or a name / folder for ``AutoModelForCausalLM``).
+    def from_backbone(
+        cls,
+        name_or_model,
+        tokenizer=None,
+        pooling: str = "last-token",
+        *,
+        lora=None,
+        processor=None,
+        attn_implementation: str | None = ATTN_IMPLEMENTATION,
+        temperature: float = 0.02,
+        max_length: int | None = None,
+        **from_pretrained_kwargs,
+    ):
+        """Wrap a backbone (an instance, or a name / folder / ``"smollm2"``), loaded by
+        :func:`~btok_model.embedder.backbone.load_backbone` (as ``BTokModel.from_backbone``).
 
         Args:
             name_or_model: the backbone.
             tokenizer: a tokenizer or a name / folder (default: from ``name_or_model``).
             pooling: ``"last-token"`` or ``"mean"``.
-            lora: None / 0 (every weight trains), a LoRA rank, or a ``peft.LoraConfig``.
-            **kwargs: ``temperature``, ``max_length``, ``attn_implementation`` and
-                ``AutoModelForCausalLM.from_pretrained`` keywords.
+            lora: None / 0 (every weight trains), a LoRA rank (on the language model's linear
+                layers), or a ``peft.LoraConfig``.
+            processor, attn_implementation: as for ``BTokModel.from_backbone``.
+            temperature, max_length: the InfoNCE temperature and the longest input.
+            **from_pretrained_kwargs: loading by name only: ``dtype``, ``gguf_file``, ... .
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        settings = {k: kwargs.pop(k) for k in ("temperature", "max_length") if k in kwargs}
-        if isinstance(name_or_model, nn.Module):
-            model = name_or_model
-            impl = kwargs.pop("attn_implementation", None)
-            if kwargs:
-                raise ValueError(f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name")
-            if impl is not None:
-                model.set_attn_implementation(impl)
-        else:
-            kwargs.setdefault("attn_implementation", ATTN_IMPLEMENTATION)
-            model = AutoModelForCausalLM.from_pretrained(name_or_model, **kwargs)
-        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            source = tokenizer or getattr(model, "name_or_path", None)
-            if not source:
-                raise ValueError("pass tokenizer= with a model instance")
-            gguf = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
-            tokenizer = AutoTokenizer.from_pretrained(source, **gguf)
+        loaded = load_backbone(name_or_model, tokenizer, processor, attn_implementation, **from_pretrained_kwargs)
+        model = loaded.model
         if lora:
             import peft
 
-            from ..embedder.tokens import wrap_peft
-
-            if isinstance(lora, int):
-                lora = peft.LoraConfig(r=lora, lora_alpha=2 * lora, target_modules="all-linear")
+            if isinstance(lora, int) and not isinstance(lora, bool):
+                lora = peft.LoraConfig(r=lora, lora_alpha=2 * lora, target_modules=lora_target_modules(model))
             model = wrap_peft(model, lora)
-        return cls(model, tokenizer, pooling, **settings)
+        return cls(
+            model,
+            loaded.tokenizer,
+            pooling,
+            temperature,
+            max_length,
+            loaded.processor,
+            no_video_reason=loaded.no_video_reason,
+        )
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """The backbone (LoRA merged into a copy), the tokenizer and ``pooled_config.json``."""
-        os.makedirs(path, exist_ok=True)
-        model = self.backbone
-        if _transformers_model(model) is not model:
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        """The backbone (LoRA merged into a copy), the tokenizer, the processor and ``pooled_config.json``."""
+        save_backbone(self.backbone, self.tokenizer, self.processor, path)
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
             json.dump({"pooling": self.pooling, "temperature": self.temperature, "max_length": self.max_length}, f)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, attn_implementation: str | None = ATTN_IMPLEMENTATION, **kwargs):
-        """Load a folder written by :meth:`save_pretrained`."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        """Load a folder written by :meth:`save_pretrained` (in the dtype it was saved in unless ``dtype`` is given)."""
         with open(os.path.join(path, CONFIG_NAME)) as f:
             settings = json.load(f)
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        return cls(model, AutoTokenizer.from_pretrained(path), **settings)
+        loaded = load_saved_backbone(path, attn_implementation, **kwargs)
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            **settings,
+            processor=loaded.processor,
+            no_video_reason=loaded.no_video_reason,
+        )
 
     # -- the training interface of BTokModel ----------------------------------------------------
     @property
@@ -141,18 +163,18 @@ class PooledEmbedder(nn.Module):
 
     @property
     def _decoder(self) -> nn.Module:
-        model = _transformers_model(self.backbone)
+        model = transformers_model(self.backbone)
         return getattr(model, model.base_model_prefix, model)
 
     @property
     def attn_implementation(self) -> str:
-        return _transformers_model(self.backbone).config._attn_implementation
+        return transformers_model(self.backbone).config._attn_implementation
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
-        enable_activation_checkpointing(_transformers_model(self.backbone), activation_checkpointing_kwargs)
+        enable_activation_checkpointing(transformers_model(self.backbone), activation_checkpointing_kwargs)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        enable_activation_checkpointing(_transformers_model(self.backbone), gradient_checkpointing_kwargs)
+        enable_activation_checkpointing(transformers_model(self.backbone), gradient_checkpointing_kwargs)
 
     def collate(self, examples: list[dict]) -> dict:
         return self.collator(examples)
@@ -172,16 +194,20 @@ class PooledEmbedder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
     def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, None, int]:
-        """``(query [Nq, H], candidates [Nc, H], None, 0)`` of a collated batch, one packed pass."""
+        """``(query [Nq, H], candidates [Nc, H], None, 0)`` of a collated batch, one packed pass
+        (a vision-language batch's pixel inputs included)."""
         device = self.device
         layout = batch["btok_layout"].to(device)
         kwargs = dict(
-            input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False
+            input_ids=to_device(batch["input_ids"], device),
+            position_ids=to_device(batch["position_ids"], device),
+            use_cache=False,
+            **media_inputs(batch, device),
         )
         if self.attn_implementation == ATTN_IMPLEMENTATION:
             kwargs["btok_layout"] = layout
         else:
-            dtype = _transformers_model(self.backbone).get_input_embeddings().weight.dtype
+            dtype = transformers_model(self.backbone).get_input_embeddings().weight.dtype
             kwargs["attention_mask"] = condensation_attention_mask(layout, self.attn_implementation, dtype, device)
         hidden = self._decoder(**kwargs).last_hidden_state[0]
         pooled = self._pool_packed(hidden, layout.host_cu_seqlens)
@@ -201,24 +227,36 @@ class PooledEmbedder(nn.Module):
         candidate_btok_index,
         positive_index,
         num_target_tokens=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        pixel_values_videos=None,
+        video_grid_thw=None,
     ) -> BTokOutput:
         batch = dict(
-            input_ids=input_ids, position_ids=position_ids, btok_layout=btok_layout, query_btok_index=query_btok_index
+            input_ids=input_ids,
+            position_ids=position_ids,
+            btok_layout=btok_layout,
+            query_btok_index=query_btok_index,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
         )
         query, candidates, _, _ = self.embed_batch(batch)
         return self.compute_loss(query, candidates, positive_index, None)
 
     # -- inference -----------------------------------------------------------------------------
-    def encode(self, texts: list[str], batch_size: int = 32, show_progress_bar: bool = False) -> torch.Tensor:
+    def encode(self, texts: list, batch_size: int = 32, show_progress_bar: bool = False) -> torch.Tensor:
         """fp32 ``[N, H]`` L2-normalised embeddings on the CPU (see :meth:`encode_poolings`)."""
         return self.encode_poolings(texts, (self.pooling,), batch_size, show_progress_bar)[self.pooling]
 
     def encode_poolings(
-        self, texts: list[str], poolings: tuple[str, ...], batch_size: int = 32, show_progress_bar: bool = False
+        self, texts: list, poolings: tuple[str, ...], batch_size: int = 32, show_progress_bar: bool = False
     ) -> dict[str, torch.Tensor]:
         """Embeddings under several poolings from one forward pass per batch.
 
-        Texts are sorted by length into batches of ``batch_size``, each batch one packed
+        Inputs are strings, or on a vision-language backbone also ``{"text", "image", "video"}``
+        dicts (as for ``BTokModel.encode``). They are sorted by length into batches of ``batch_size``, each batch one packed
         ``[1, T]`` row with ``"btok_triton"`` (no padding), right-padded rows otherwise;
         results come back in input order, under ``torch.inference_mode``.
 
@@ -232,9 +270,9 @@ class PooledEmbedder(nn.Module):
         for pooling in poolings:
             if pooling not in POOLINGS:
                 raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        sequences = self.collator.tokenize(texts)
+        sequences, media = self.collator.encode_for_embedding(texts)
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        hidden_size = _transformers_model(self.backbone).get_input_embeddings().weight.shape[1]
+        hidden_size = transformers_model(self.backbone).get_input_embeddings().weight.shape[1]
         out = {p: torch.empty(len(sequences), hidden_size, dtype=torch.float32) for p in poolings}
         was_training, pooling = self.training, self.pooling
         self.eval()
@@ -242,7 +280,7 @@ class PooledEmbedder(nn.Module):
             with torch.inference_mode():
                 for start in tqdm(range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar):
                     index = order[start : start + batch_size]
-                    hidden, cu = self._hidden_states([sequences[i] for i in index])
+                    hidden, cu = self._hidden_states([sequences[i] for i in index], [media[i] for i in index])
                     for p in poolings:
                         self.pooling = p
                         out[p][index] = self._pool_packed(hidden, cu).cpu()
@@ -251,25 +289,30 @@ class PooledEmbedder(nn.Module):
             self.train(was_training)
         return out
 
-    def _hidden_states(self, sequences: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
-        """Last-layer states ``[total tokens, H]`` of the sequences, back to back, and their bounds."""
+    def _hidden_states(self, sequences: list[list[int]], media: list) -> tuple[torch.Tensor, list[int]]:
+        """Last-layer states ``[total tokens, H]`` of the sequences, back to back, and their
+        bounds (``media``: each one's processed image / video, None for text)."""
         device = self.device
+        if all(m is None for m in media):
+            media = None
         if self.attn_implementation == ATTN_IMPLEMENTATION:
-            batch = self.collator.pack_sequences(sequences)
+            batch = self.collator.pack_sequences(sequences, media=media)
             layout = batch["btok_layout"].to(device)
             hidden = self._decoder(
-                input_ids=batch["input_ids"].to(device),
-                position_ids=batch["position_ids"].to(device),
+                input_ids=to_device(batch["input_ids"], device),
+                position_ids=to_device(batch["position_ids"], device),
                 btok_layout=layout,
                 use_cache=False,
+                **media_inputs(batch, device),
             ).last_hidden_state[0]
             return hidden, list(layout.host_cu_seqlens)
-        batch = self.collator.pad_sequences(sequences)
-        mask = batch["attention_mask"].to(device)
+        batch = self.collator.pad_sequences(sequences, media=media)
+        mask = to_device(batch["attention_mask"], device)
         hidden = self._decoder(
-            input_ids=batch["input_ids"].to(device),
+            input_ids=to_device(batch["input_ids"], device),
             attention_mask=mask,
-            position_ids=batch["position_ids"].to(device),
+            position_ids=to_device(batch["position_ids"], device),
             use_cache=False,
+            **media_inputs(batch, device),
         ).last_hidden_state
         return hidden[mask.bool()], [0] + torch.cumsum(mask.sum(1), 0).tolist()

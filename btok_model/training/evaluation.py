@@ -239,8 +239,9 @@ def _from_rank_zero(metrics: dict[str, float]) -> dict[str, float]:
     return box[0]
 
 
-def eval_callback_from_args(args) -> tuple[list, dict]:
-    """``(callbacks, TrainingArguments overrides)`` for the ``--eval-*`` flags of ``python -m btok_model.train``.
+def eval_callback_from_args(args, save_steps: int) -> tuple[list, dict]:
+    """``(callbacks, TrainingArguments overrides)`` for the ``--eval-*`` flags of ``python -m btok_model.train``
+    (``save_steps``: the run's, resolved from its flags and preset; 0 = no intermediate checkpoints).
 
     Raises:
         SystemExit: one ``error: ...`` line for bad flags or evaluation data (before any model loads).
@@ -262,7 +263,6 @@ def eval_callback_from_args(args) -> tuple[list, dict]:
         overrides = {}
         if args.metric_for_best_model:
             overrides = {"metric_for_best_model": args.metric_for_best_model, "greater_is_better": True}
-        save_steps = args.save_steps
         check_args = _Settings(args.metric_for_best_model, "steps" if save_steps > 0 else "no", save_steps)
         callback.check(check_args)
     except (OSError, ValueError, ImportError) as err:

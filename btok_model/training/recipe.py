@@ -1,29 +1,31 @@
-"""The training recipe: settings with the authors' defaults, the model and the Trainer built from them.
+"""The training recipe: settings, the model and the Trainer built from them.
 
 ``python -m btok_model.train`` and ``examples/wordnet_demo.py`` both go through
-:func:`build_model` and :func:`train`, so a flag means the same thing everywhere.
+:func:`build_model` and :func:`train`, so a flag means the same thing everywhere. The
+authors' own recipe is a preset (:mod:`.presets`), not the defaults.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from .schedule import GenerativeSchedule
 
-__all__ = ["Recipe", "build_model", "lora_config", "train", "training_arguments"]
+__all__ = ["LORA_INITS", "Recipe", "build_model", "lora_config", "train", "training_arguments"]
 
 
 @dataclass
 class Recipe:
     """Everything that decides a training run besides the model and the data.
 
-    Defaults follow the authors' released configs where they state one (K = 4,
-    temperature 0.02, generative weight 5.0 for the first 2,000 of 5,000 steps, LoRA r = 16);
-    the batch size, learning rate, warmup and LoRA alpha/dropout are common choices of
-    ours, not theirs.
+    The method's settings default to the authors' (K = 4, mean pooling, temperature 0.02,
+    generative weight 5.0 for the first 2,000 of 5,000 steps, LoRA r = 16); the optimiser,
+    batch size, LoRA variant and BTok row init are btok's own plain choices (lr 1e-4, 3 %
+    warm-up, no weight decay, 32 per process, plain LoRA with alpha 2 r on every linear layer
+    of the language model, BTok rows from the vocabulary mean). The authors' full recipe is
+    the preset ``btoks-qwen2vl-2b-v1`` (:mod:`btok_model.training.presets`).
 
     Attributes:
         num_btoks: K.
@@ -32,29 +34,42 @@ class Recipe:
             or ``"mean"``.
         temperature: InfoNCE temperature.
         generative_weight, generative_steps: the generative schedule (steps None = always).
+        btok_init: how the BTok rows start: ``"mean"`` of the vocabulary's rows or a copy of
+            the ``"eos"`` row (see :func:`~btok_model.embedder.tokens.init_btok_rows`).
         lora_r: LoRA rank, 0 = full fine-tuning.
         lora_alpha: LoRA scale numerator (None: 2 x r).
         lora_dropout: LoRA dropout.
-        lora_layers: indices of the layers that get adapters (None: all).
-        lora_modules: PEFT ``target_modules`` (default every linear layer but the LM head).
+        lora_dora: DoRA (weight-decomposed LoRA, PEFT ``use_dora``).
+        lora_init: ``"default"`` (PEFT's: Kaiming-uniform A, zero B) or ``"gaussian"`` (A from
+            a normal distribution of std 1/r, zero B).
+        lora_layers: indices of the decoder layers that get adapters (None: all).
+        lora_modules: ``"all-linear"`` or the last names of the linear layers that get adapters
+            (e.g. ``["q_proj", "v_proj"]``); always on the language model only (never a vision
+            tower or the LM head), names it lacks ignored.
         max_steps: optimizer steps (overrides ``epochs`` when > 0).
         epochs: passes over the data when ``max_steps`` is 0 or less.
         batch_size: examples per step on each process (the contrastive batch of a rank).
-        lr, weight_decay, warmup_ratio, lr_scheduler, max_grad_norm: the optimizer (AdamW).
+        lr, weight_decay, lr_scheduler, max_grad_norm: the optimizer (AdamW) and schedule.
+        warmup_ratio: warm-up as a fraction of the steps, unless ``warmup_steps`` is set.
+        warmup_steps: warm-up in optimizer steps (None: use ``warmup_ratio``).
         bf16: bf16 autocast (mixed precision).
         gradient_checkpointing: recompute activations in the backward.
         seed: model init, data mixing and order.
         chunk_size, max_tokens: GradCache chunking (examples / packed tokens per forward pass).
         max_length: longest packed sequence accepted (None: the model's limit).
+        image_min_pixels, image_max_pixels, video_min_pixels, video_max_pixels: the pixels per
+            image / video frame the vision-language processor resizes to (None: the processor's own).
+        source_block_size: blocks of this many examples from one training source each, the
+            source drawn by weight (the authors' interleaved sampler; their preset uses 512);
+            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks.
+        hard_negatives: score each query against its example's negatives too; False drops them
+            (in-batch candidates only, as the authors' loss does).
         logging_steps, save_steps, save_total_limit: logging and checkpoints (save_steps 0: no
             intermediate checkpoints).
         fsdp: shard the model with FSDP2 under ``torchrun`` instead of replicating it (DDP).
         fsdp_config: more ``TrainingArguments.fsdp_config`` settings (``cpu_offload``,
             ``transformer_layer_cls_to_wrap``, ``reshard_after_forward``, ...; ``version``
             defaults to 2, the only one supported).
-        source_block_size: blocks of this many examples from one training source each, the
-            source drawn by weight (the authors' interleaved sampler; their preset uses 512);
-            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks.
     """
 
     num_btoks: int = 4
@@ -62,9 +77,12 @@ class Recipe:
     temperature: float = 0.02
     generative_weight: float = 5.0
     generative_steps: int | None = 2000
+    btok_init: str = "mean"
     lora_r: int = 16
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
+    lora_dora: bool = False
+    lora_init: str = "default"
     lora_layers: list[int] | None = None
     lora_modules: str | list[str] = "all-linear"
     max_steps: int = 5000
@@ -73,6 +91,7 @@ class Recipe:
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
+    warmup_steps: int | None = None
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
     bf16: bool = False
@@ -81,12 +100,17 @@ class Recipe:
     chunk_size: int | None = None
     max_tokens: int | None = None
     max_length: int | None = None
+    image_min_pixels: int | None = None
+    image_max_pixels: int | None = None
+    video_min_pixels: int | None = None
+    video_max_pixels: int | None = None
+    source_block_size: int | None = None
+    hard_negatives: bool = True
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2
     fsdp: bool = False
     fsdp_config: dict | None = None
-    source_block_size: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -97,103 +121,103 @@ class Recipe:
         return asdict(self)
 
 
-def lora_config(recipe: Recipe, backbone=None):
-    """The ``peft.LoraConfig`` of ``recipe`` (None for full fine-tuning).
+LORA_INITS = ("default", "gaussian")
 
-    With ``lora_layers`` and the default ``"all-linear"`` modules, PEFT needs the module names
-    spelt out; they are read from ``backbone`` (every linear layer but the LM head).
-    """
+
+def lora_config(recipe: Recipe, backbone):
+    """The ``peft.LoraConfig`` of ``recipe`` (None for full fine-tuning), its adapters on the
+    language model of ``backbone`` (the transformers model; see
+    :func:`~btok_model.embedder.tokens.lora_target_modules`)."""
     if recipe.lora_r < 0:
         raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {recipe.lora_r}")
     if recipe.lora_r == 0:
         return None
+    if recipe.lora_init not in LORA_INITS:
+        raise ValueError(f"lora_init must be one of {LORA_INITS}, got {recipe.lora_init!r}")
     import peft
 
-    modules = recipe.lora_modules
-    if recipe.lora_layers is not None and isinstance(modules, str):
-        if modules != "all-linear" or backbone is None:
-            raise ValueError(
-                "lora_layers needs lora_modules as a list of module names (or 'all-linear' and a backbone)"
-            )
-        modules = _linear_names(backbone)
+    from ..embedder.tokens import lora_target_modules
+
     alpha = recipe.lora_alpha if recipe.lora_alpha is not None else 2 * recipe.lora_r
     return peft.LoraConfig(
         r=recipe.lora_r,
         lora_alpha=alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=modules,
-        layers_to_transform=recipe.lora_layers,
+        target_modules=lora_target_modules(backbone, recipe.lora_modules, recipe.lora_layers),
+        use_dora=recipe.lora_dora,
+        init_lora_weights=True if recipe.lora_init == "default" else recipe.lora_init,
     )
-
-
-def _linear_names(model) -> list[str]:
-    head = model.get_output_embeddings()
-    return sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and m is not head
-        }
-    )
-
-
-def _load(backbone, tokenizer, kwargs: dict):
-    """``(model, tokenizer)`` from a name / folder (``kwargs`` such as ``gguf_file`` serve both) or an instance."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if isinstance(backbone, torch.nn.Module):
-        if tokenizer is None:
-            raise ValueError("pass the tokenizer with a model instance")
-        impl = kwargs.pop("attn_implementation", None)
-        if kwargs:
-            raise ValueError(f"from_pretrained kwargs {sorted(kwargs)} apply only when loading by name")
-        if impl is not None:
-            backbone.set_attn_implementation(impl)
-        model = backbone
-    else:
-        model = AutoModelForCausalLM.from_pretrained(backbone, **kwargs)
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tok_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer or backbone, **tok_kwargs)
-    return model, tokenizer
 
 
 def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True, **from_pretrained_kwargs):
     """A trainable embedder for ``recipe``.
 
     Args:
-        backbone: a name / folder for ``AutoModelForCausalLM`` or a model instance.
-        recipe: the settings (K, pooling, temperature, LoRA, max_length, generative weight).
+        backbone: a hub name / folder / ``"smollm2"``, a model instance, or a loaded
+            :class:`~btok_model.embedder.backbone.Backbone` (loaded by
+            :func:`~btok_model.embedder.backbone.load_backbone`: causal LMs and Qwen2-VL /
+            Qwen2.5-VL with their processor).
+        recipe: the settings (K, pooling, temperature, BTok init, LoRA, max_length, generative
+            weight, pixel limits).
         tokenizer: a tokenizer or a name / folder (default: from ``backbone``).
         btoks: True: a :class:`~btok_model.BTokModel`; False: a
             :class:`~btok_model.evaluation.baselines.PooledEmbedder` (no BToks, pooling
             ``recipe.pooling``, no generative loss).
         **from_pretrained_kwargs: ``attn_implementation`` (default ``"btok_triton"``) and, for
-            loading by name, ``from_pretrained`` keywords (``gguf_file``, ``dtype``, ...).
+            loading by name, ``from_pretrained`` keywords (``dtype``, ``gguf_file``, ...).
+
+    Raises:
+        ValueError: pixel limits for a text-only backbone, or settings that do not fit it.
     """
-    from_pretrained_kwargs.setdefault("attn_implementation", "btok_triton")
-    model, tokenizer = _load(backbone, tokenizer, from_pretrained_kwargs)
-    lora = lora_config(recipe, model)
+    from ..embedder.backbone import load_backbone, set_pixel_limits
+    from ..embedder.multimodal import is_vision_model
+
+    impl = from_pretrained_kwargs.pop("attn_implementation", "btok_triton")
+    loaded = load_backbone(backbone, tokenizer, None, impl, **from_pretrained_kwargs)
+    image = (recipe.image_min_pixels, recipe.image_max_pixels)
+    video = (recipe.video_min_pixels, recipe.video_max_pixels)
+    if any(v is not None for v in image + video):
+        if not is_vision_model(loaded.model):
+            raise ValueError(
+                f"image / video pixel limits apply to vision-language backbones; {type(loaded.model).__name__} is "
+                "text-only (unset them: --image-min-pixels none --image-max-pixels none ...)"
+            )
+        set_pixel_limits(loaded.processor, image, video)
+    lora = lora_config(recipe, loaded.model)
+    # The adapters' random init follows recipe.seed (a run is reproducible from its recipe); the
+    # caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return _embedder(loaded, recipe, lora, btoks)
+
+
+def _embedder(loaded, recipe: Recipe, lora, btoks: bool):
+    """The BTok model or the no-BTok baseline on a loaded backbone (see :func:`build_model`)."""
     if btoks:
         from ..embedder.modeling import BTokModel
 
         return BTokModel.from_backbone(
-            model,
+            loaded,
             num_btoks=recipe.num_btoks,
-            tokenizer=tokenizer,
             attn_implementation=None,
             lora=lora,
             pooling=recipe.pooling,
             temperature=recipe.temperature,
             generative_weight=recipe.generative_weight,
             max_length=recipe.max_length,
+            btok_init=recipe.btok_init,
         )
     from ..evaluation.baselines import PooledEmbedder
 
     if recipe.generative_weight != 0:
         raise ValueError("a model without BToks has no generative loss: set generative_weight to 0")
     return PooledEmbedder.from_backbone(
-        model, tokenizer, recipe.pooling, lora=lora, temperature=recipe.temperature, max_length=recipe.max_length
+        loaded,
+        pooling=recipe.pooling,
+        lora=lora,
+        attn_implementation=None,
+        temperature=recipe.temperature,
+        max_length=recipe.max_length,
     )
 
 
@@ -208,7 +232,8 @@ def training_arguments(recipe: Recipe, output_dir: str, **overrides):
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.lr,
         weight_decay=recipe.weight_decay,
-        warmup_steps=recipe.warmup_ratio,  # a float below 1 is a fraction of the steps
+        # An int is steps; a float below 1 a fraction of the steps (transformers 5 has no warmup_ratio).
+        warmup_steps=recipe.warmup_steps if recipe.warmup_steps is not None else recipe.warmup_ratio,
         lr_scheduler_type=recipe.lr_scheduler,
         max_grad_norm=recipe.max_grad_norm,
         bf16=recipe.bf16,

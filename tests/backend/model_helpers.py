@@ -19,10 +19,14 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
 VOCAB = 96
-IMAGE_TOKEN, VISION_START, VISION_END = 93, 94, 95  # Qwen2-VL special tokens, outside the text ids
+IMAGE_TOKEN, VISION_START, VISION_END = 93, 94, 95  # Qwen2-VL / Qwen3-VL special tokens, outside the text ids
+# The vision-language models: they take [text; 3 M-RoPE rows] packed positions.
+VL_MODELS = ("qwen2_vl", "qwen3_vl")
 
 TEXT_CONFIG = dict(
     vocab_size=VOCAB,
@@ -76,7 +80,40 @@ def _qwen2_vl():
     return Qwen2VLForConditionalGeneration(config)
 
 
-BUILDERS = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "qwen2_vl": _qwen2_vl}
+def _qwen3_vl():
+    # Interleaved M-RoPE over 8 frequencies, q/k norms; both vision blocks feed both text layers (deepstack).
+    rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 2, 2], mrope_interleaved=True)
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        in_channels=3,
+        patch_size=2,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        num_position_embeddings=16,
+        deepstack_visual_indexes=[0, 1],
+    )
+    config = Qwen3VLConfig(
+        text_config=dict(TEXT_CONFIG, head_dim=16, rope_parameters=rope),
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+    return Qwen3VLForConditionalGeneration(config)
+
+
+BUILDERS = {
+    "llama": _llama,
+    "mistral": _mistral,
+    "qwen2": _qwen2,
+    "qwen3": _qwen3,
+    "qwen2_vl": _qwen2_vl,
+    "qwen3_vl": _qwen3_vl,
+}
 
 
 def tiny_model(name: str, seed: int = 0) -> torch.nn.Module:

@@ -4,11 +4,12 @@ condensation mask exactly as an eager model with a dense 4D mask does."""
 import pytest
 import torch
 from model_helpers import (
-    model_backends,
+    VL_MODELS,
     assert_close,
     assert_grads_close,
     dense_condensation_mask,
     forward_backward,
+    model_backends,
     pad_batch,
     random_ids,
     rel_err,
@@ -18,19 +19,19 @@ from model_helpers import (
 import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
 
-MODELS = ["llama", "qwen2", "qwen3", "qwen2_vl"]
+MODELS = ["llama", "qwen2", "qwen3", "qwen2_vl", "qwen3_vl"]
 TOL = 2e-5
 
 
 def packed_positions(name, lengths, device):
-    """Positions restarting at 0 for each sequence; Qwen2-VL takes [text; 3 M-RoPE rows]."""
+    """Positions restarting at 0 for each sequence; Qwen2-VL / Qwen3-VL take [text; 3 M-RoPE rows]."""
     pos = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
-    return pos[None].expand(4, 1, -1) if name == "qwen2_vl" else pos
+    return pos[None].expand(4, 1, -1) if name in VL_MODELS else pos
 
 
 def single_positions(name, length, device):
     pos = torch.arange(length, device=device)[None]
-    return pos[None].expand(3, 1, -1) if name == "qwen2_vl" else pos
+    return pos[None].expand(3, 1, -1) if name in VL_MODELS else pos
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,7 @@ def _target_rows():
 
 
 @pytest.mark.parametrize(
-    "name,kernel_backend", model_backends(["llama", "qwen2_vl"], triton=[]), indirect=["kernel_backend"]
+    "name,kernel_backend", model_backends(["llama", "qwen2_vl", "qwen3_vl"], triton=[]), indirect=["kernel_backend"]
 )
 def test_condensation_mask_is_applied(name, kernel_backend, device):
     """Target rows differ from plain causal packing, and see the query only through the BToks."""

@@ -1,6 +1,8 @@
-"""Qwen2-VL with images: the vision tower (non-causal, ``is_causal=False``) and the text
-model both run under ``"btok_triton"`` and match ``"sdpa"``; the vision tower runs on the
-kernel with bidirectional layouts, not on the SDPA fallback."""
+"""Qwen2-VL and Qwen3-VL with images: the vision tower (non-causal, ``is_causal=False``) and
+the text model both run under ``"btok_triton"`` and match ``"sdpa"``; the vision tower runs
+on the kernel with bidirectional layouts, not on the SDPA fallback. Qwen3-VL adds interleaved
+M-RoPE, learned vision positions and deepstack (vision block outputs added to the first text
+layers' states at the image tokens), all checked through the same logits and gradients."""
 
 import pytest
 import torch
@@ -8,10 +10,12 @@ from model_helpers import (
     IMAGE_TOKEN,
     VISION_END,
     VISION_START,
+    VL_MODELS,
     assert_close,
     assert_grads_close,
     dense_condensation_mask,
     forward_backward,
+    model_backends,
     pad_batch,
     random_ids,
     tiny_model,
@@ -67,9 +71,17 @@ class KernelCalls:
         monkeypatch.setattr(attention_module, "bidirectional_attention", None)
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_images_match_sdpa(side, kernel_backend, device, monkeypatch):
-    model = tiny_model("qwen2_vl").to(device)
+def image_cases() -> list:
+    """``(model, kernel backend, padding side)``: every case on the CPU default backend; the
+    Triton kernels (interpreted, seconds each) on both sides for Qwen2-VL, one for Qwen3-VL."""
+    cases = [pytest.param(n, "auto", s, id=f"{n}-auto-{s}") for n in VL_MODELS for s in ("left", "right")]
+    triton = [("qwen2_vl", "left"), ("qwen2_vl", "right"), ("qwen3_vl", "left")]
+    return cases + [pytest.param(n, "triton", s, id=f"{n}-triton-{s}", marks=pytest.mark.interpret) for n, s in triton]
+
+
+@pytest.mark.parametrize("name,kernel_backend,side", image_cases(), indirect=["kernel_backend"])
+def test_images_match_sdpa(name, side, kernel_backend, device, monkeypatch):
+    model = tiny_model(name).to(device)
     ids, mask, pixels, grid = image_batch(side)
     inputs = image_inputs(ids, mask, pixels, grid, device)
     ref_logits, ref_grads = forward_backward(model, "sdpa", **inputs)
@@ -83,17 +95,21 @@ def test_images_match_sdpa(side, kernel_backend, device, monkeypatch):
     assert_grads_close(grads, ref_grads, TOL)
 
 
-def test_vision_tower_uses_the_backend(device):
+@pytest.mark.parametrize("name", VL_MODELS)
+def test_vision_tower_uses_the_backend(name, device):
     """The vision config is switched too, and its attention is not causal."""
-    model = tiny_model("qwen2_vl").to(device)
+    model = tiny_model(name).to(device)
     model.set_attn_implementation("btok_triton")
     vision = model.model.visual
     assert vision.config._attn_implementation == "btok_triton"
     assert vision.blocks[0].attn.is_causal is False
 
 
-def test_generate_with_images_matches_sdpa(kernel_backend, device):
-    model = tiny_model("qwen2_vl").to(device)
+@pytest.mark.parametrize(
+    "name,kernel_backend", model_backends(VL_MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
+)
+def test_generate_with_images_matches_sdpa(name, kernel_backend, device):
+    model = tiny_model(name).to(device)
     ids, mask, pixels, grid = image_batch("left")
     tokens = {}
     for impl in ("sdpa", "btok_triton"):
@@ -109,11 +125,14 @@ def test_generate_with_images_matches_sdpa(kernel_backend, device):
     assert tokens["btok_triton"] == tokens["sdpa"]
 
 
-def test_condensation_with_images_equals_eager_dense_mask(kernel_backend, device):
+@pytest.mark.parametrize(
+    "name,kernel_backend", model_backends(VL_MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
+)
+def test_condensation_with_images_equals_eager_dense_mask(name, kernel_backend, device):
     """BTok training on image queries: one packed pass with ``btok_layout`` (which also reaches
     the non-causal vision tower, where it does not apply) equals each sequence alone through
     ``"eager"`` with a dense condensation mask, with M-RoPE positions from the model."""
-    model = tiny_model("qwen2_vl").to(device)
+    model = tiny_model(name).to(device)
     btoks, targets = torch.tensor([91, 92]), random_ids([3, 2], seed=13)
     queries = [image_prompt(t, g) for t, g in zip(random_ids([3, 4], seed=11), GRIDS)]
     seqs = [torch.cat([q, btoks, t]) for q, t in zip(queries, targets)]

@@ -21,7 +21,7 @@ from transformers import Qwen3ForCausalLM
 
 import btok_model  # noqa: F401  (registers "btok_triton")
 
-TEXT_MODELS = ["llama", "mistral", "qwen2", "qwen3", "qwen2_vl"]
+TEXT_MODELS = ["llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen3_vl"]
 # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns); 5.17 has only the old one.
 CACHE = "cache" if "cache" in inspect.signature(Qwen3ForCausalLM.forward).parameters else "past_key_values"
 

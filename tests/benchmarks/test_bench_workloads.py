@@ -22,7 +22,7 @@ from condensation_oracle import dense_attention, rel_err  # noqa: E402
 
 from benchmarks import mask_attn, measure, model_step, oracle, report, table, targets  # noqa: E402
 from benchmarks.harness import run_stem, write_outputs  # noqa: E402
-from benchmarks.peers import PEERS, Case, Padder, Peer, flex_mask_mod, padded_dense_mask  # noqa: E402
+from benchmarks.peers import PEERS, Case, Padder, Peer, padded_dense_mask  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     Workload,
     attention_flops,
@@ -32,6 +32,7 @@ from benchmarks.workloads import (  # noqa: E402
     tile_counts,
 )
 from btok_kernels import CondensationLayout, condensation_mask, sequence_mask  # noqa: E402
+from btok_kernels.mask import condensation_mask_mod  # noqa: E402
 
 
 def test_design_workloads_match_the_readme():
@@ -98,7 +99,7 @@ def test_peer_masks_agree_with_the_package_mask():
     padded = padded_dense_mask(layout)[:, 0]
     t = layout.total_tokens
     qi, kj = torch.arange(t)[:, None], torch.arange(t)[None, :]
-    assert torch.equal(flex_mask_mod(layout)(0, 0, qi.expand(t, t), kj.expand(t, t)), packed)
+    assert torch.equal(condensation_mask_mod(layout)(0, 0, qi.expand(t, t), kj.expand(t, t)), packed)
     for s, (start, length, b, tt) in enumerate(zip(layout.host_cu_seqlens, layout.seqlens,
                                                    layout.host_btok_start, layout.host_target_start)):
         assert torch.equal(padded[s, :length, :length], sequence_mask(length, b, tt))

@@ -7,9 +7,7 @@ import torch
 from btok_tiny import EXAMPLES, char_tokenizer, snapshot, tiny_backbone, tiny_btok, train_one_step
 from transformers import AutoModelForCausalLM
 
-from btok_kernels.mask import condensation_mask
 from btok_model import BTokModel
-from btok_model.embedder.masks import condensation_mask_mod
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing in particular", "x", "four", "2 + 2"]
 
@@ -131,17 +129,6 @@ def test_lm_head_runs_on_target_rows_only(family):
         hook.remove()
     hidden = model._last_hidden_state(batch["input_ids"], batch["position_ids"], layout).detach()
     assert len(seen) == 1 and torch.equal(seen[0], hidden[rows])
-
-
-def test_flex_mask_mod_is_the_condensation_mask():
-    """flex_attention's mask function (checked here on the dense grid; compiling flex on a CPU
-    takes ~10 s per shape, so the suite does not run the flex model path)."""
-    model = tiny_btok()
-    layout = model.collate(EXAMPLES)["btok_layout"]
-    index = torch.arange(layout.total_tokens)
-    grid = condensation_mask_mod(layout, "cpu")(0, 0, index[:, None], index[None, :])
-    assert torch.equal(grid, condensation_mask(layout))
-    assert int(grid.sum()) == layout.num_kept_pairs()
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

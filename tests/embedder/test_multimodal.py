@@ -1,4 +1,5 @@
-"""Qwen2-VL / Qwen2.5-VL inputs: collation with images and video, the model's own M-RoPE
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL inputs: collation with images and video (Qwen3-VL's
+timestamped video prompt equal to transformers' Qwen3VLProcessor's), the model's own M-RoPE
 positions, encode() (packed == padded == the training pass), and errors naming the example."""
 
 import json
@@ -7,6 +8,8 @@ import pickle
 import pytest
 import torch
 from btok_tiny import char_tokenizer, tiny_backbone, tiny_btok
+from transformers import Qwen3VLProcessor
+from transformers.processing_utils import ProcessorMixin
 from vl_tiny import (
     IMAGE_TOKEN,
     VIDEO_TOKEN,
@@ -16,7 +19,9 @@ from vl_tiny import (
     frames,
     image,
     image_processor,
+    processor,
     tiny_vl_btok,
+    vl_tokenizer,
 )
 
 from btok_model import BTokModel, ExampleError
@@ -205,12 +210,13 @@ def test_an_image_only_input_as_a_target(model):
     assert batch["num_target_tokens"] == 2 and batch["image_grid_thw"].shape[0] == 2
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_position_ids_are_the_models_own_per_sequence(family):
     """Every packed sequence's ``[input | BToks]`` positions equal the model's
     ``get_rope_index`` on that part alone, and its target's equal ``S`` + the model's rope
     index on the target alone, ``S`` the part's token count (the authors' continuation);
-    the padded encode batch's rows too. Qwen2.5-VL's video positions use the seconds per patch."""
+    the padded encode batch's rows too. Qwen2.5-VL's video positions use the seconds per patch;
+    Qwen3-VL's rope index splits a video into its temporal patches, one block each."""
     model = tiny_vl_btok(family)
     inner = model._transformers_model.model
     exs = examples()
@@ -267,6 +273,70 @@ def test_position_ids_are_the_models_own_per_sequence(family):
         assert torch.equal(padded["position_ids"][:, r, : len(seq)], expected)
 
 
+def own_line_prompt(value) -> str:
+    """The prompt text of an input, as the authors place it (checked above): its vision blocks,
+    a newline, the text and a newline; a text-only input as it is."""
+    value = value if isinstance(value, dict) else {"text": value}
+    blocks = ""
+    if value.get("image") is not None:
+        blocks += "<|vision_start|><|image_pad|><|vision_end|>"
+    if value.get("video") is not None:
+        blocks += "<|vision_start|><|video_pad|><|vision_end|>"
+    if not blocks:
+        return value["text"]
+    return blocks + "\n" + (value["text"] + "\n" if value.get("text") else "")
+
+
+# Frames already sampled, at 2 fps unless given: 2 patches; 3 patches at 1 fps; an odd count (the
+# last patch repeats the last frame); a slow clip; an image beside a video; text.
+QWEN3_INPUTS = [
+    {"text": "what happens?", "video": frames(4, 28, 56, 1)},
+    {"text": "a slow clip", "video": frames(6, 56, 28, 2), "fps": 1.0},
+    {"image": image(56, 84, 3), "video": frames(3, 28, 28, 4), "fps": 3.0},
+    {"video": frames(2, 28, 28, 5), "fps": 0.5},
+    {"text": "plain", "image": image(28, 56, 6)},
+    "text only",
+]
+
+
+def test_qwen3_vl_prompts_are_the_processors(monkeypatch):
+    """Every input's ids, pixels and grids equal what transformers' own Qwen3VLProcessor makes
+    of the same prompt text, frames (``do_sample_frames=False``) and frame times (frame ``i``
+    at ``i / fps``): a video is one ``<t seconds><|vision_start|>...<|vision_end|>`` block per
+    temporal patch inside its own block. The processor class wants torchvision's video
+    processor, so its class check is bypassed to run it around the frame-built one."""
+    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: None)
+    parts = processor(family="qwen3_vl")
+    hf = Qwen3VLProcessor(
+        image_processor=parts.image_processor, tokenizer=vl_tokenizer("qwen3_vl"), video_processor=parts.video_processor
+    )
+    model = tiny_vl_btok("qwen3_vl")
+    seqs, media = model.collator.encode_for_embedding(QWEN3_INPUTS)
+    for i, (value, seq, m) in enumerate(zip(QWEN3_INPUTS, seqs, media)):
+        value = value if isinstance(value, dict) else {"text": value}
+        kwargs = {}
+        if value.get("image") is not None:
+            kwargs["images"] = [value["image"]]
+        if value.get("video") is not None:
+            n = len(value["video"])
+            metadata = {"fps": value.get("fps", 2.0), "frames_indices": list(range(n)), "total_num_frames": n}
+            kwargs.update(videos=[value["video"]], video_metadata=[metadata], do_sample_frames=False)
+        expected = hf(text=[own_line_prompt(value)], return_tensors="pt", **kwargs)
+        assert seq == expected["input_ids"][0].tolist() + model.btok_token_ids, i
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+            assert (key in expected) == (m is not None and getattr(m, key) is not None), (i, key)
+            if key in expected:
+                assert torch.equal(getattr(m, key), expected[key]), (i, key)
+    # The times by hand: 3 frames at 3 fps -> patches (0 + 1/3) / 2 and 2/3 (the last frame twice)
+    text = model.tokenizer.decode(seqs[2])
+    assert (
+        "<|vision_start|><0.2 seconds><|vision_start|>" in text
+        and "<|vision_end|><0.7 seconds><|vision_start|>" in text
+    )
+    assert text.count("<|vision_start|>") == 4 and text.count("<|video_pad|>") == 2
+    assert "<1.0 seconds>" in model.tokenizer.decode(seqs[3])  # frames 0 and 1 at 0.5 fps: 0 s and 2 s
+
+
 def test_collator_is_picklable_and_model_free(model):
     """DataLoader workers pickle the collator: it holds the processor and the rope index, no model."""
     collator = pickle.loads(pickle.dumps(model.collator))
@@ -278,7 +348,11 @@ def test_collator_is_picklable_and_model_free(model):
             assert torch.equal(a[key], b[key]), key
 
 
-def test_training_pass_equals_encode_and_targets_change_no_embedding(model):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_training_pass_equals_encode_and_targets_change_no_embedding(family):
+    """encode() (packed and padded: the model's rope index on padded rows) gives the training
+    pass's embeddings, images and a video included; another target changes none of them."""
+    model = tiny_vl_btok(family)
     exs = examples()
     query, candidates, generative, _ = model.embed_batch(model.collate(exs))
     assert generative is not None
@@ -299,10 +373,11 @@ def test_images_change_the_embedding(model):
     assert rel_err(a[0], a[1]) > 1e-3 and rel_err(a[0], a[2]) > 1e-3
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_dense_mask_peers_with_images(attn):
+def test_dense_mask_peers_with_images(attn, family):
     """sdpa / eager with the dense condensation mask give the fused backend's results."""
-    model = tiny_vl_btok("qwen2_vl")
+    model = tiny_vl_btok(family)
     batch = model.collate(examples())
     ref = model.embed_batch(batch)
     model.backbone.set_attn_implementation(attn)
@@ -395,7 +470,9 @@ def test_missing_processors_and_text_only_models_say_so(tmp_path):
     no_video = tiny_vl_btok("qwen2_vl", video=False)
     with pytest.raises(ExampleError, match="text 1: this BTok model has no video processor"):
         no_video.encode(["fine", {"video": frames(2, 28, 28, 1)}])
-    with pytest.raises(ValueError, match="processor= is for Qwen2-VL / Qwen2.5-VL backbones; LlamaForCausalLM"):
+    with pytest.raises(
+        ValueError, match="processor= is for Qwen2-VL, Qwen2.5-VL, Qwen3-VL backbones; LlamaForCausalLM"
+    ):
         BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), processor=image_processor())
     bare = tiny_vl_btok("qwen2_vl", processor=None)
     with pytest.raises(

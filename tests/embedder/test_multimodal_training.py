@@ -1,6 +1,6 @@
-"""Training a BTok embedder on Qwen2-VL / Qwen2.5-VL: the single packed pass equals the
-authors' two-pass formulation with images and video in the queries and candidates, for every
-generation side (generative loss, embeddings, every parameter gradient, vision tower
+"""Training a BTok embedder on Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the single packed pass equals
+the authors' two-pass formulation with images and video in the queries and candidates, for
+every generation side (generative loss, embeddings, every parameter gradient, vision tower
 included; a target's image visible and unscored, its positions starting at its sequence's
 token count); what trains under LoRA, a frozen backbone and full fine-tuning; save/load with
 the processor."""
@@ -33,7 +33,10 @@ EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+VL_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+
+
+@pytest.mark.parametrize("family", VL_FAMILIES)
 def test_single_pass_equals_two_pass_with_images(family):
     model = tiny_vl_btok(family)
     single, double = single_pass(model, EXAMPLES), two_pass(model, EXAMPLES, "sdpa")
@@ -69,12 +72,13 @@ def continuing_positions(batch: dict) -> torch.Tensor:
     return positions
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", VL_FAMILIES)
 @pytest.mark.parametrize("side", ["positive", "query", "both"])
 def test_each_generation_side_with_images_equals_two_pass(family, side):
     """Image and video inputs on either side of the target: the two passes position a target
     at S + the model's rope index of the target alone (S: the first pass's token count), the
-    target's image runs through the vision tower again, its vision tokens score nothing."""
+    target's image runs through the vision tower again, its vision tokens score nothing (a
+    Qwen3-VL video target's timestamps are text: scored in both formulations)."""
     model = tiny_vl_btok(family)
     examples = side_examples(side)
     single, double = single_pass(model, examples), two_pass(model, examples, "sdpa")
@@ -115,12 +119,15 @@ def _embedding_rows(model):
         return embed(torch.arange(embed.weight.shape[0])).clone()
 
 
-@pytest.mark.parametrize("mode", ["lora", "frozen", "full"])
-def test_what_trains(mode):
-    """LoRA: adapters on the language model only (none in the vision tower) + the BTok rows;
-    frozen: the BTok rows only; full: everything, the vision tower included."""
+@pytest.mark.parametrize(
+    "family, mode", [("qwen2_vl", "lora"), ("qwen2_vl", "frozen"), ("qwen2_vl", "full"), ("qwen3_vl", "lora")]
+)
+def test_what_trains(family, mode):
+    """LoRA: adapters on the language model only (none in the vision tower, nor Qwen3-VL's
+    deepstack mergers) + the BTok rows; frozen: the BTok rows only; full: everything, the
+    vision tower included."""
     kwargs = {"lora": dict(lora=4), "frozen": dict(freeze_backbone=True), "full": {}}[mode]
-    model = tiny_vl_btok("qwen2_vl", **kwargs)
+    model = tiny_vl_btok(family, **kwargs)
     before, rows_before = snapshot(model), _embedding_rows(model)
     trainable = train_one_step(model, EXAMPLES)
     after, rows_after = snapshot(model), _embedding_rows(model)
@@ -155,15 +162,16 @@ def test_what_trains(mode):
     assert (rows_after[ids] != rows_before[ids]).any(dim=1).all(), "every BTok row must train"
 
 
-def test_save_load_round_trip_with_the_processor(tmp_path):
-    model = tiny_vl_btok("qwen2_5_vl", video=False, pooling="last")
+@pytest.mark.parametrize("family, patch", [("qwen2_5_vl", 14), ("qwen3_vl", 16)])
+def test_save_load_round_trip_with_the_processor(family, patch, tmp_path):
+    model = tiny_vl_btok(family, video=False, pooling="last")
     with torch.no_grad():
         model._transformers_model.get_input_embeddings().weight[model.btok_token_ids] += 0.3
     inputs = [{"text": "a cat", "image": image(56, 84, 1)}, "just text", {"image": image(28, 56, 2)}]
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert (saved["patch_size"], saved["merge_size"], saved["temporal_patch_size"]) == (14, 2, 2)
-    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    assert (saved["patch_size"], saved["merge_size"], saved["temporal_patch_size"]) == (patch, 2, 2)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == family
 
     loaded = BTokModel.from_pretrained(tmp_path)
     assert type(loaded._transformers_model) is type(model._transformers_model)

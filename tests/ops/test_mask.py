@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from btok_kernels import CondensationLayout, condensation_mask, sequence_mask
+from btok_kernels.mask import condensation_mask_mod
 
 
 def brute_force(length: int, b: int, t: int, causal: bool = True) -> torch.Tensor:
@@ -49,3 +50,17 @@ def test_condensation_mask_is_block_diagonal(causal):
 def test_sequence_mask_errors(args, match):
     with pytest.raises(ValueError, match=match):
         sequence_mask(*args)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_flex_mask_mod_is_the_condensation_mask(causal):
+    """flex_attention's mask function on the dense grid equals the dense mask, for both kinds
+    of layout (a bidirectional layout once got a causal mask_mod)."""
+    if causal:
+        layout = CondensationLayout.from_lengths([3, 0, 5, 2], [2, 1, 2, 1], [2, 3, 0, 4])
+    else:
+        layout = CondensationLayout.bidirectional([0, 6, 7, 7, 10])
+    index = torch.arange(layout.total_tokens)
+    grid = condensation_mask_mod(layout)(0, 0, index[:, None], index[None, :])
+    assert torch.equal(grid, condensation_mask(layout))
+    assert int(grid.sum()) == layout.num_kept_pairs()

@@ -103,7 +103,7 @@ def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
     assert main(argv) == 0
     command = json.loads((out / "train_command.json").read_text())
     assert command["recipe"]["source_block_size"] == 2 and command["examples_per_epoch"] == 8
-    assert command["hard_negatives"] is False
+    assert command["recipe"]["hard_negatives"] is False
     assert [(s["name"], s["examples"], s["probability"], s["target_side"]) for s in command["sources"]] == [
         ("N24News", 4, 0.75, "positive"),
         (jsonl, 4, 0.25, "none"),

@@ -10,6 +10,7 @@ from btok_tiny import char_tokenizer, tiny_backbone
 
 from btok_model.datasets import load_synsets, retrieval_split
 from btok_model.datasets.wordnet import DEFAULT_WORDNET_DIR
+from btok_model.evaluation import load_task
 
 HEADER = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
 
@@ -161,4 +162,10 @@ def test_demo_command_on_a_tiny_model(tmp_path):
     assert json.loads((out / "results.json").read_text())["pool_size"] == 12
     table = (out / "results.md").read_text()
     assert "| BToks + generative condensation loss |" in table and "Machine:" in table
+    decoded = results["rows"]["btok-generative"]["decoded"]  # 8 by default, beside their definitions
+    task = load_task(out / "test.jsonl")
+    assert [(d["definition"], d["word"]) for d in decoded] == [
+        (task.queries[i], task.candidates[int(task.positive_index[i])]) for i in range(8)
+    ]
+    assert all(isinstance(d["decoded"], str) for d in decoded) and "| definition | word | decoded |" in table
     assert len((out / "train.jsonl").read_text().splitlines()) == 8  # steps x batch size

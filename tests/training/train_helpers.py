@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from btok_tiny import char_tokenizer, tiny_backbone
+from vl_tiny import image, image_processor, tiny_vl_backbone, vl_tokenizer
 
+from btok_model.datasets import write_jsonl
 from btok_model.training.recipe import Recipe, build_model
 
 # Lower-case texts the character tokenizer knows; varied lengths, some hard negatives,
@@ -82,3 +84,39 @@ def assert_tensors_close(actual: dict, expected: dict, tol: float, what: str = "
         assert torch.isfinite(actual[name]).all(), f"{what} {name}: non-finite"
         err = rel_err(actual[name], expected[name])
         assert err <= tol, f"{what} {name}: relative L2 error {err:.2e} > {tol:.0e}"
+
+
+# -- saved vision-language folders and image examples, for the command-line tests ------------------
+VL_TRAIN = [
+    {"query": "what is in the picture", "query_image": "img/0.png", "positive": "a red square"},
+    {"query": "find the photo of a cat", "positive": "a cat", "positive_image": "img/1.png"},
+    {"query": "a blue sky", "positive": "the sky is blue"},
+    {"query": "what colour is it", "query_image": "img/2.png", "positive": "green", "negatives": ["red"]},
+]
+VL_EVAL = [
+    {"query": "what is in the picture", "query_image": "img/0.png", "positive": "a red square"},
+    {"query": "find the photo of a cat", "positive": "a cat", "positive_image": "img/1.png"},
+    {"query": "a blue sky", "positive": "the sky is blue"},
+]
+
+
+def vl_folder(tmp_path, family: str):
+    """A saved tiny VL backbone with its (character) tokenizer and image processor, as a user has
+    one; the tokenizer's EOS is Qwen2-VL-Instruct's, ``<|im_end|>``."""
+    folder = tmp_path / family
+    tiny_vl_backbone(family).save_pretrained(folder)
+    tokenizer = vl_tokenizer()
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.save_pretrained(folder)
+    image_processor().save_pretrained(folder)
+    return folder
+
+
+def write_vl_data(tmp_path):
+    """Three small PNG images and the JSONL training / evaluation files naming them."""
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for i, (h, w) in enumerate([(28, 56), (56, 56), (56, 28)]):
+        image(h, w, i).save(tmp_path / "img" / f"{i}.png")
+    write_jsonl(tmp_path / "train.jsonl", VL_TRAIN)
+    write_jsonl(tmp_path / "eval.jsonl", VL_EVAL)
+    return tmp_path / "train.jsonl", tmp_path / "eval.jsonl"

@@ -228,14 +228,19 @@ def _target_side(text: str) -> tuple[str, str]:
 
 def training_sources(args: argparse.Namespace) -> list:
     """The :class:`~btok_model.training.data.DataSource` list of ``--train-data`` and ``--target-side``
-    (a bad entry exits with one ``error: ...`` line)."""
+    (a bad entry exits with one ``error: ...`` line); the authors' sources weigh what the preset's
+    mixture says (without a preset: their v1 mixture's weights)."""
+    from .datasets.mixtures import AUTHORS_V1_MIXTURE
     from .training.data import check_sources, parse_data_spec, with_target_sides
 
+    mixture = PRESETS[args.preset].mixture if args.preset else AUTHORS_V1_MIXTURE
     try:
         sources = [
             source
             for spec in args.train_data
-            for source in parse_data_spec(spec, split=args.mmeb_split, image_root=args.mmeb_image_root)
+            for source in parse_data_spec(
+                spec, split=args.mmeb_split, image_root=args.mmeb_image_root, mixture=mixture
+            )
         ]
         check_sources(sources)
         return with_target_sides(sources, dict(args.target_side))
@@ -438,7 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     from .training.data import MixedDataset
     from .training.recipe import build_model, train
 
-    dataset = MixedDataset(training_sources(args), hard_negatives=recipe.hard_negatives)
+    from .datasets.jsonl import DataError
+
+    try:  # every row is checked here, before the model loads
+        dataset = MixedDataset(training_sources(args), hard_negatives=recipe.hard_negatives)
+    except DataError as err:
+        raise _fail(str(err)) from None
     dtype, lines = _precision(args, recipe, sources)
     for line in lines:
         print(line, flush=True)

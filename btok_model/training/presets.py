@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..datasets.mixtures import AUTHORS_V1_MIXTURE, VLM2VEC_MIXTURE, Mixture
+
 __all__ = ["PRESETS", "Preset"]
 
 AUTHORS = "siryuson/BottleneckTokens"
@@ -41,12 +43,15 @@ class Preset:
         description: one line.
         settings: ``{argument name: (value, source)}``; the source names the authors' file and key.
         dataset: the authors' training-data config (weights and generation sides per source).
+        mixture: that config as a table: the weights and sides ``--train-data`` gives the
+            authors' sources under this preset.
     """
 
     name: str
     description: str
     settings: dict[str, tuple[object, str]]
     dataset: str
+    mixture: Mixture
 
     @property
     def values(self) -> dict[str, object]:
@@ -108,6 +113,7 @@ BTOKS_QWEN2VL_2B_V1 = Preset(
         "btok_init": ("eos", "src/vlm2emb/modules/btoks.py: BToksTokenInjector.on_processor (EOS row)"),
     },
     dataset="configs/datasets/btoks_mmeb_train.yaml (mmeb_train.yaml's weights, per-subset ntp_side)",
+    mixture=AUTHORS_V1_MIXTURE,
 )
 
 VLM2VEC_QWEN2VL_2B = Preset(
@@ -129,6 +135,7 @@ VLM2VEC_QWEN2VL_2B = Preset(
         "generative_steps": (None, "configs/training/vlm2vec_base.yaml: (no generation loss)"),
     },
     dataset="configs/datasets/mmeb_train_optimized.yaml (other weights than the BToks preset, no ntp_side)",
+    mixture=VLM2VEC_MIXTURE,
 )
 
 PRESETS = {preset.name: preset for preset in (BTOKS_QWEN2VL_2B_V1, VLM2VEC_QWEN2VL_2B)}

@@ -66,10 +66,12 @@ def test_bad_line_names_file_and_line(tmp_path, bad, message):
         load_examples(path)
 
 
-def test_the_cli_reports_bad_data_before_loading_a_model(tmp_path):
+def test_the_cli_reports_bad_data_before_loading_a_model(tmp_path, capsys):
     path = _write(tmp_path / "train.jsonl", [GOOD, {"query": "q"}])
-    with pytest.raises(DataError, match=rf"{path}:2: missing field 'positive'"):
+    with pytest.raises(SystemExit) as exit_:
         train_main(["--model", "no/such-model", "--train-data", str(path), "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == [f"error: {path}:2: missing field 'positive' (fields present: ['query'])"]
 
 
 def test_fields_and_images(tmp_path):

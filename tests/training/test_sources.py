@@ -368,3 +368,19 @@ def test_a_parquet_file_without_statistics_is_checked_row_by_row(tmp_path):
     assert pq.ParquetFile(path).metadata.row_group(1).column(1).statistics is None
     with pytest.raises(DataError, match=rf"^{path}: row 3, field 'image': no image bytes"):
         VisragTrainSet(root)
+
+
+def test_each_preset_reads_a_data_root_with_its_own_mixture(tmp_path):
+    """``--preset vlm2vec-qwen2vl-2b`` weighs the authors' sources as mmeb_train_optimized.yaml,
+    ``btoks-qwen2vl-2b-v1`` (and no preset) as the v1 mixture."""
+    from btok_model.train import parser, training_sources
+
+    root = write_data_root(tmp_path)
+
+    def weights(*preset):
+        args = parser().parse_args([*preset, "--train-data", root, "--output-dir", str(tmp_path / "out")])
+        return {s.name: s.weight for s in training_sources(args)}
+
+    v1, vlm2vec = weights("--preset", "btoks-qwen2vl-2b-v1"), weights("--preset", "vlm2vec-qwen2vl-2b")
+    assert weights() == v1 and sum(v1.values()) == 52 and sum(vlm2vec.values()) == 100
+    assert (v1["colpali_train_set"], vlm2vec["colpali_train_set"]) == (10, 16)

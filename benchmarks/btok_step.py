@@ -132,7 +132,7 @@ def _single_pass(mask_implementation: str | None):
     implementation whose mask BTokModel builds per step (timed alone too), or None."""
 
     def prepare(model, batch: BTokBatch, device) -> Prepared:
-        from btok_model.embedder.masks import condensation_attention_mask
+        from btok_model.embedder.peer_masks import condensation_attention_mask
 
         def loss():
             return _losses(model(**batch.collated))

@@ -14,7 +14,7 @@ The same texts, the same weights, the same tokenizer and batch size, three metho
   last text token pooled): the decisive baseline, whose only differences are the K tokens
   and the pooled rows;
 - ``pooled_embedder`` -- the library's no-BTok baseline
-  (:class:`btok_model.evaluation.baselines.PooledEmbedder`, last-token pooling) on
+  (:class:`btok_model.embedder.pooled.PooledEmbedder`, last-token pooling) on
   ``model.backbone`` and ``model.tokenizer``: what a user would compare with.
 
 each in two modes, with the same attention implementation on both sides: ``packed`` (one
@@ -186,7 +186,7 @@ def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _encoders(model, batch_size: int):
     """``{method: (texts, packed) -> fp32 [N, H]}``: the BTok model, the direct last-token
     encode and the library's last-token baseline, on the same backbone and tokenizer."""
-    from btok_model.evaluation.baselines import PooledEmbedder
+    from btok_model.embedder.pooled import PooledEmbedder
 
     direct = DirectLastToken(model)
     pooled = PooledEmbedder(model.backbone, model.tokenizer, "last-token")

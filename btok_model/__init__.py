@@ -22,7 +22,7 @@ from .backend import (
     is_registered,
     register,
 )
-from .embedder import BTokConfig, BTokModel, BTokOutput, ExampleError
+from .embedder import BTokConfig, BTokModel, BTokOutput, ExampleError, PooledEmbedder
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -30,6 +30,7 @@ __all__ = [
     "BTokModel",
     "BTokOutput",
     "ExampleError",
+    "PooledEmbedder",
     "UnsupportedModelFeatureError",
     "btok_attention_forward",
     "btok_mask",

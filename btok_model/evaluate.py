@@ -95,7 +95,7 @@ def load_scorer(args: argparse.Namespace):
             )
         model = BTokModel.from_pretrained(args.model, attn_implementation=args.attn_implementation, dtype=choice.dtype)
     else:
-        from .evaluation.baselines import PooledEmbedder
+        from .embedder.pooled import PooledEmbedder
 
         kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
         model = PooledEmbedder.from_backbone(
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: give --data FILE ... or --mmeb-v2 ROOT (one of them)")
     if args.mmeb_v2 is not None:
         return run_mmeb_v2(args)
-    from .evaluation.data import load_task
     from .evaluation.runner import evaluate
+    from .evaluation.task_files import load_task
 
     tasks = [load_task(path, args.corpus) for path in args.data]  # bad data fails before a model loads
     scorer = load_scorer(args)

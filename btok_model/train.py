@@ -218,7 +218,7 @@ def resolve_arguments(args: argparse.Namespace) -> dict[str, tuple[object, str]]
 
 
 def _target_side(text: str) -> tuple[str, str]:
-    from .training.data import parse_target_side
+    from .training.mixed_dataset import parse_target_side
 
     try:
         return parse_target_side(text)
@@ -227,11 +227,11 @@ def _target_side(text: str) -> tuple[str, str]:
 
 
 def training_sources(args: argparse.Namespace) -> list:
-    """The :class:`~btok_model.training.data.DataSource` list of ``--train-data`` and ``--target-side``
+    """The :class:`~btok_model.training.mixed_dataset.DataSource` list of ``--train-data`` and ``--target-side``
     (a bad entry exits with one ``error: ...`` line); the authors' sources weigh what the preset's
     mixture says (without a preset: their v1 mixture's weights)."""
-    from .datasets.mixtures import AUTHORS_V1_MIXTURE
-    from .training.data import check_sources, parse_data_spec, with_target_sides
+    from .datasets.catalog import AUTHORS_V1_MIXTURE
+    from .training.mixed_dataset import check_sources, parse_data_spec, with_target_sides
 
     mixture = PRESETS[args.preset].mixture if args.preset else AUTHORS_V1_MIXTURE
     try:
@@ -330,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from a checkpoint (default: the latest in --output-dir)",
     )
-    g = p.add_argument_group("evaluation during training (btok_model.training.evaluation)")
+    g = p.add_argument_group("evaluation during training (btok_model.training.eval_callback)")
     g.add_argument(
         "--eval-data",
         metavar="FILE|DIR",
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             check_block_size(recipe.source_block_size, recipe.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
         except ValueError as err:
             raise _fail(f"--source-block-size: {err}") from None
-    from .training.evaluation import eval_callback_from_args
+    from .training.eval_callback import eval_callback_from_args
 
     callbacks, eval_overrides = eval_callback_from_args(args, recipe.save_steps)  # evaluation data checked first
     _check_output_dir(args.output_dir)
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):
         raise _fail(f"--resume: no checkpoint-* folder in {args.output_dir}")
 
-    from .training.data import MixedDataset
+    from .training.mixed_dataset import MixedDataset
     from .training.recipe import build_model, train
 
     from .datasets.jsonl import DataError

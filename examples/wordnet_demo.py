@@ -191,7 +191,7 @@ def _merged(model):
     """The embedder with its LoRA adapters folded into the weights: the same embeddings,
     without PEFT's per-layer overhead at inference."""
     from btok_model import BTokModel
-    from btok_model.evaluation.baselines import PooledEmbedder
+    from btok_model.embedder.pooled import PooledEmbedder
 
     if not hasattr(model.backbone, "merge_and_unload"):
         return model
@@ -342,9 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
+    from btok_model.embedder.pooled import PooledEmbedder
     from btok_model.embedder.precision import resolve_dtype
     from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
-    from btok_model.evaluation.baselines import PooledEmbedder
 
     recipe = _recipe(args)
     choice = resolve_dtype(args.dtype)

@@ -7,7 +7,7 @@ a decoder (padded, packed, or a BTok batch with ``btok_layout=``) and keeps the 
 
 from .attention import btok_attention_forward
 from .errors import UnsupportedModelFeatureError
-from .masking import btok_mask
+from .mask_interface import btok_mask
 from .registration import ATTN_IMPLEMENTATION, is_registered, register
 
 __all__ = [

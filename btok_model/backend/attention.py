@@ -43,9 +43,7 @@ import torch.nn.functional as F
 
 from btok_kernels import CondensationLayout, condensation_attention
 
-from .errors import UnsupportedModelFeatureError
-from .fallback import bidirectional_attention, decode_attention
-from .layouts import (
+from .boundaries import (
     cu_seqlens_layout,
     memoized,
     padding_layout,
@@ -53,6 +51,8 @@ from .layouts import (
     position_ids_layout,
     rows_layout,
 )
+from .errors import UnsupportedModelFeatureError
+from .fallback import bidirectional_attention, decode_attention
 
 __all__ = ["btok_attention_forward"]
 
@@ -179,7 +179,7 @@ def btok_attention_forward(
         query: ``[B, Hq, Sq, D]``; key, value: ``[B, Hkv, Sk, D]`` (``Hq % Hkv == 0``;
             a smaller value head dim is zero-padded and the output cropped).
         attention_mask: None, or the bool ``[B, L]`` padding mask from
-            :func:`btok_model.backend.masking.btok_mask`. A 4D mask is refused.
+            :func:`btok_model.backend.mask_interface.btok_mask`. A 4D mask is refused.
         dropout: must be 0 (attention dropout is refused).
         scaling: softmax scale (None: ``1 / sqrt(D)``).
         is_causal: overrides ``module.is_causal``.

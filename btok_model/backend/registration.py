@@ -6,7 +6,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .attention import btok_attention_forward
-from .masking import btok_mask
+from .mask_interface import btok_mask
 
 __all__ = ["ATTN_IMPLEMENTATION", "is_registered", "register"]
 

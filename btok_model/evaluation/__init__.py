@@ -1,8 +1,9 @@
-"""Retrieval evaluation: metrics, evaluation files, TF-IDF and no-BTok baselines, the runner."""
+"""Retrieval evaluation: metrics, evaluation files, the TF-IDF baseline, the runner (the no-BTok
+baseline embedder is :class:`btok_model.embedder.pooled.PooledEmbedder`)."""
 
-from .data import CandidateListTask, PairTask, load_corpus, load_task
 from .metrics import METRIC_NAMES, expected_metrics, metrics_from_scores, paired_bootstrap, rank_counts
 from .runner import EmbeddingScorer, TfidfTaskScorer, evaluate
+from .task_files import CandidateListTask, PairTask, load_corpus, load_task
 from .tfidf import TfidfScorer
 
 __all__ = [

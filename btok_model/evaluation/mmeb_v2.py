@@ -417,7 +417,7 @@ def evaluate_task(
         task: from :func:`open_task`.
         model: anything with ``encode(inputs, batch_size=, show_progress_bar=)`` returning
             L2-normalised float ``[N, H]`` (a :class:`~btok_model.BTokModel`, a
-            :class:`~btok_model.evaluation.baselines.PooledEmbedder`).
+            :class:`~btok_model.embedder.pooled.PooledEmbedder`).
         batch_size: inputs per forward pass.
         block: rows read, decoded and handed to ``encode`` at once.
         num_frames: frames sampled per video.

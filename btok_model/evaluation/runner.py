@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from .data import CandidateListTask, PairTask
 from .metrics import METRIC_NAMES, expected_metrics, rank_counts
+from .task_files import CandidateListTask, PairTask
 from .tfidf import TfidfScorer
 
 __all__ = ["EmbeddingScorer", "TfidfTaskScorer", "evaluate"]
@@ -26,7 +26,7 @@ class EmbeddingScorer:
     Args:
         model: anything with ``encode(inputs, batch_size=, show_progress_bar=)`` returning
             float32 ``[N, H]`` L2-normalised rows (:class:`~btok_model.BTokModel`,
-            :class:`~btok_model.evaluation.baselines.PooledEmbedder`).
+            :class:`~btok_model.embedder.pooled.PooledEmbedder`).
         batch_size: inputs per forward pass.
         show_progress_bar: a tqdm bar per encode call.
     """
@@ -78,7 +78,7 @@ def evaluate(task: PairTask | CandidateListTask, scorer, block: int = 1024, *, p
     """Retrieval metrics of ``scorer`` on ``task``.
 
     Args:
-        task: from :func:`~btok_model.evaluation.data.load_task`.
+        task: from :func:`~btok_model.evaluation.task_files.load_task`.
         scorer: :class:`EmbeddingScorer`, :class:`TfidfTaskScorer` or anything with
             ``fit(inputs)``, ``encode(inputs)`` and ``similarity(q, c) -> [nq, nc]``.
         block: queries scored at once against a shared pool.

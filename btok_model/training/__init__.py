@@ -1,18 +1,27 @@
 """Training BTok embedders on the transformers Trainer.
 
-* :mod:`.data` -- training sources (JSONL files, MMEB-train subsets; validated, errors naming
+* :mod:`.mixed_dataset` -- training sources (JSONL files, MMEB-train subsets; validated, errors naming
   file and line or row) mixed with weights.
 * :mod:`.sampler` -- the order: weighted shares shuffled, or single-source blocks.
 * :mod:`.schedule` -- the generative-loss weight per step.
-* :mod:`.collate` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
+* :mod:`.batch_builder` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
 * :mod:`.gradcache` -- the chunked step with the full batch's loss and gradients.
 * :mod:`.trainer` -- :class:`BTokTrainer` (losses logged apart, BTok checkpoints, resume, DDP).
+* :mod:`.eval_callback` -- retrieval evaluation during training, the best checkpoint kept.
+* :mod:`.presets` -- the authors' recipes.
 * :mod:`.recipe` -- the settings with the authors' defaults; :func:`build_model`, :func:`train`.
 """
 
-from .collate import TrainingCollator
-from .data import DataSource, MixedDataset, load_examples, parse_data_spec, parse_target_side, with_target_sides
+from .batch_builder import TrainingCollator
 from .gradcache import grad_cache_step
+from .mixed_dataset import (
+    DataSource,
+    MixedDataset,
+    load_examples,
+    parse_data_spec,
+    parse_target_side,
+    with_target_sides,
+)
 from .recipe import Recipe, build_model, lora_config, train, training_arguments
 from .sampler import MixtureSampler, SourceBlockSampler, check_block_size
 from .schedule import GenerativeSchedule

@@ -65,7 +65,7 @@ def grad_cache_step(
     Args:
         model: a :class:`~btok_model.BTokModel` (not a DDP wrapper: chunks call
             ``embed_batch`` directly, so the caller synchronises gradients across ranks).
-        batch: a chunked batch from :class:`~btok_model.training.collate.TrainingCollator`.
+        batch: a chunked batch from :class:`~btok_model.training.batch_builder.TrainingCollator`.
         backward: runs the backward of a scalar (``loss.backward`` or ``accelerator.backward``).
         scale: multiplies everything backpropagated (1 / gradient-accumulation steps).
         contrastive_weight: multiplies the contrastive loss (a rank's share of the queries).

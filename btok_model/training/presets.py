@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..datasets.mixtures import AUTHORS_V1_MIXTURE, VLM2VEC_MIXTURE, Mixture
+from ..datasets.catalog import AUTHORS_V1_MIXTURE, VLM2VEC_MIXTURE, Mixture
 
 __all__ = ["PRESETS", "Preset"]
 

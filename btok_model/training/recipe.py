@@ -30,7 +30,7 @@ class Recipe:
     Attributes:
         num_btoks: K.
         pooling: ``"mean"`` over the K BToks (the method) or ``"last"``; for a model without
-            BToks (:class:`~btok_model.evaluation.baselines.PooledEmbedder`) ``"last-token"``
+            BToks (:class:`~btok_model.embedder.pooled.PooledEmbedder`) ``"last-token"``
             or ``"mean"``.
         temperature: InfoNCE temperature.
         generative_weight, generative_steps: the generative schedule (steps None = always).
@@ -161,7 +161,7 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True,
             weight, pixel limits).
         tokenizer: a tokenizer or a name / folder (default: from ``backbone``).
         btoks: True: a :class:`~btok_model.BTokModel`; False: a
-            :class:`~btok_model.evaluation.baselines.PooledEmbedder` (no BToks, pooling
+            :class:`~btok_model.embedder.pooled.PooledEmbedder` (no BToks, pooling
             ``recipe.pooling``, no generative loss).
         **from_pretrained_kwargs: ``attn_implementation`` (default ``"btok_triton"``) and, for
             loading by name, ``from_pretrained`` keywords (``dtype``, ``gguf_file``, ...).
@@ -207,7 +207,7 @@ def _embedder(loaded, recipe: Recipe, lora, btoks: bool):
             max_length=recipe.max_length,
             btok_init=recipe.btok_init,
         )
-    from ..evaluation.baselines import PooledEmbedder
+    from ..embedder.pooled import PooledEmbedder
 
     if recipe.generative_weight != 0:
         raise ValueError("a model without BToks has no generative loss: set generative_weight to 0")
@@ -288,7 +288,7 @@ def train(
 
     Args:
         model: from :func:`build_model`.
-        dataset: a sequence of example dicts, or a :class:`~btok_model.training.data.MixedDataset`
+        dataset: a sequence of example dicts, or a :class:`~btok_model.training.mixed_dataset.MixedDataset`
             (read in the order of its sampler: weighted shares, or ``recipe.source_block_size`` blocks).
         recipe: the settings.
         output_dir: checkpoints (``checkpoint-<step>``) and, with ``save``, the final model.

@@ -1,7 +1,7 @@
 """The order in which training examples are drawn from several sources.
 
 Sources sit side by side in one index space (source ``i`` holds indices ``offsets[i] ..
-offsets[i] + sizes[i] - 1``, as in :class:`~btok_model.training.data.MixedDataset`). A weight
+offsets[i] + sizes[i] - 1``, as in :class:`~btok_model.training.mixed_dataset.MixedDataset`). A weight
 is a source's expected share of the examples: the probability that the next example (or
 block) comes from it. Two orders:
 

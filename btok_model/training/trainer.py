@@ -27,7 +27,7 @@ off -- it turns the plugin on only for accelerator devices -- and
 :meth:`BTokTrainer.create_accelerator_and_postprocess` turns it on itself, so the CPU tests
 run the same FSDP path. DeepSpeed is refused.
 
-A :class:`~btok_model.training.data.MixedDataset` is read in the order of its own sampler
+A :class:`~btok_model.training.mixed_dataset.MixedDataset` is read in the order of its own sampler
 (:mod:`btok_model.training.sampler`): each source's weighted share, shuffled, or with
 ``source_block_size`` blocks of that many examples from one source each (checked to line up
 with the steps, so every rank draws from one source at every step). The sampler's epoch is set
@@ -46,9 +46,9 @@ import torch.distributed as dist
 from accelerate.utils import DistributedType
 from transformers import Trainer, TrainerCallback
 
-from .collate import TrainingCollator, is_chunked
-from .data import MixedDataset
+from .batch_builder import TrainingCollator, is_chunked
 from .gradcache import grad_cache_step
+from .mixed_dataset import MixedDataset
 from .sampler import check_block_size
 from .schedule import GenerativeSchedule
 
@@ -147,7 +147,7 @@ def _configure_fsdp(plugin, model, args) -> None:
 
 
 def _mixture_sampler(dataset, args, block_size: int | None):
-    """The sampler of a :class:`~btok_model.training.data.MixedDataset` (None for other datasets).
+    """The sampler of a :class:`~btok_model.training.mixed_dataset.MixedDataset` (None for other datasets).
 
     Raises:
         ValueError: ``block_size`` with a dataset that is not a MixedDataset, or one that does
@@ -255,11 +255,11 @@ class BTokTrainer(Trainer):
             ``save_pretrained``/``from_pretrained``).
         args: ``transformers.TrainingArguments``; ``remove_unused_columns`` is forced off
             and ``dataloader_num_workers`` must be 0 (the collator counts steps).
-        train_dataset: examples (dicts), e.g. a :class:`~btok_model.training.data.MixedDataset`.
+        train_dataset: examples (dicts), e.g. a :class:`~btok_model.training.mixed_dataset.MixedDataset`.
         schedule: the generative weight per step (default: the model's weight throughout).
         chunk_size, max_tokens: GradCache chunking (see
-            :class:`~btok_model.training.collate.TrainingCollator`).
-        source_block_size: with a :class:`~btok_model.training.data.MixedDataset`, draw blocks
+            :class:`~btok_model.training.batch_builder.TrainingCollator`).
+        source_block_size: with a :class:`~btok_model.training.mixed_dataset.MixedDataset`, draw blocks
             of this many examples from one source each (None: each source's share, shuffled);
             a multiple of ``per_device_train_batch_size x world_size x gradient_accumulation_steps``.
         **kwargs: passed to ``Trainer`` (``callbacks``, ...).
@@ -335,7 +335,7 @@ class BTokTrainer(Trainer):
             self.is_fsdp_enabled = True
 
     def _get_train_sampler(self, train_dataset=None):
-        """A :class:`~btok_model.training.data.MixedDataset`'s own sampler; otherwise the Trainer's."""
+        """A :class:`~btok_model.training.mixed_dataset.MixedDataset`'s own sampler; otherwise the Trainer's."""
         if self.mixture_sampler is not None and (train_dataset is None or train_dataset is self.train_dataset):
             return self.mixture_sampler
         return super()._get_train_sampler(train_dataset)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from btok_kernels import condensation_attention
-from btok_model.backend.layouts import rows_layout
+from btok_model.backend.boundaries import rows_layout
 
 
 @pytest.mark.interpret

@@ -21,7 +21,7 @@ from transformers import (
 import btok_model
 from btok_kernels import CondensationLayout
 from btok_model import UnsupportedModelFeatureError, btok_attention_forward
-from btok_model.backend.masking import check_mask_function
+from btok_model.backend.mask_interface import check_mask_function
 
 
 

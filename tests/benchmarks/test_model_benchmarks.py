@@ -146,7 +146,7 @@ def test_direct_last_token_equals_the_library_baseline():
     """The decisive baseline pools exactly what PooledEmbedder pools (last text token),
     packed and padded, and differs from the BTok embedding."""
     from benchmarks.model_setup import CPU_TINY, build_btok_model, word_texts
-    from btok_model.evaluation.baselines import PooledEmbedder
+    from btok_model.embedder.pooled import PooledEmbedder
 
     model, num_words = build_btok_model(CPU_TINY, 1, 0, 3)
     texts = word_texts([5, 17, 1, 9, 12], num_words, seed=1)

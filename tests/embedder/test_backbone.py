@@ -10,8 +10,8 @@ from vl_tiny import IMAGE_TOKEN, frames, image, image_processor, processor, tiny
 from btok_model import BTokModel
 from btok_model.embedder.backbone import backbone_class, check_saveable, load_backbone, set_pixel_limits
 from btok_model.embedder.multimodal import MultimodalCollator
+from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.tokens import lora_target_modules
-from btok_model.evaluation.baselines import PooledEmbedder
 from btok_model.training.presets import AUTHORS_LORA_MODULES
 
 TEXTS = ["the cat sat", "a dog", "x"]

@@ -25,7 +25,7 @@ from vl_tiny import (
 )
 
 from btok_model import BTokModel, ExampleError
-from btok_model.training.data import load_examples
+from btok_model.training.mixed_dataset import load_examples
 
 TOL = 2e-5
 

@@ -14,7 +14,7 @@ from test_twopass import TOL, assert_same, rel_err, single_pass, two_pass
 from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 from btok_model import BTokModel
-from btok_model.training.collate import TrainingCollator
+from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
 

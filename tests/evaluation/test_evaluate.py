@@ -8,9 +8,9 @@ import torch
 from btok_tiny import char_tokenizer, tiny_backbone, tiny_btok
 
 from btok_model.datasets import DataError
+from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.evaluate import main as evaluate_main
 from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
-from btok_model.evaluation.baselines import PooledEmbedder
 from btok_model.evaluation.metrics import metrics_from_scores
 
 

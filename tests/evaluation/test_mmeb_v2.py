@@ -316,7 +316,7 @@ def test_cli(root, tmp_path, monkeypatch, capsys):
 
 
 def test_training_eval_source(root):
-    from btok_model.training.evaluation import load_eval_source
+    from btok_model.training.eval_callback import load_eval_source
 
     source = load_eval_source(root, datasets=["ImageNet-1K", "ViDoRe_arxivqa"], limit=3)
     assert source.metric_names() == [

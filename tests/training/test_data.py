@@ -11,7 +11,13 @@ from mmeb_fixture import ROWS, _row, write_lance, write_parquet
 from btok_model.datasets import DataError, write_jsonl
 from btok_model.datasets.mmeb_train import SUBSETS
 from btok_model.train import main as train_main
-from btok_model.training.data import DataSource, MixedDataset, load_examples, parse_data_spec, with_target_sides
+from btok_model.training.mixed_dataset import (
+    DataSource,
+    MixedDataset,
+    load_examples,
+    parse_data_spec,
+    with_target_sides,
+)
 
 
 def _write(path, lines):

@@ -10,7 +10,7 @@ from fsdp_worker import CASES, case_data, case_model, case_recipe, reference_dir
 from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
 
 from btok_model import BTokModel
-from btok_model.evaluation.baselines import PooledEmbedder
+from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
 
 HERE = Path(__file__).resolve().parent

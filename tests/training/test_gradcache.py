@@ -4,7 +4,7 @@ import pytest
 import torch
 from train_helpers import assert_tensors_close, examples, grads, tiny_model, tiny_recipe
 
-from btok_model.training.collate import TrainingCollator, is_chunked
+from btok_model.training.batch_builder import TrainingCollator, is_chunked
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
 

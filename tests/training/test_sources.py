@@ -237,8 +237,8 @@ def write_data_root(path, skip=()) -> str:
 
 
 def test_a_data_root_is_the_authors_v1_mixture(tmp_path):
-    from btok_model.datasets.mixtures import AUTHORS_V1_MIXTURE
-    from btok_model.training.data import DataSource, parse_data_spec
+    from btok_model.datasets.catalog import AUTHORS_V1_MIXTURE
+    from btok_model.training.mixed_dataset import DataSource, parse_data_spec
 
     root = write_data_root(tmp_path)
     sources = parse_data_spec(root)
@@ -264,8 +264,8 @@ def test_a_data_root_is_the_authors_v1_mixture(tmp_path):
 
 
 def test_the_vlm2vec_mixture(tmp_path):
-    from btok_model.datasets.mixtures import VLM2VEC_MIXTURE
-    from btok_model.training.data import parse_data_spec
+    from btok_model.datasets.catalog import VLM2VEC_MIXTURE
+    from btok_model.training.mixed_dataset import parse_data_spec
 
     sources = parse_data_spec(write_data_root(tmp_path), mixture=VLM2VEC_MIXTURE)
     weights = {s.name: s.weight for s in sources}
@@ -276,7 +276,7 @@ def test_the_vlm2vec_mixture(tmp_path):
 
 
 def test_missing_folders_and_sources_are_named(tmp_path):
-    from btok_model.training.data import parse_data_spec
+    from btok_model.training.mixed_dataset import parse_data_spec
 
     root = write_data_root(tmp_path / "data", skip=("visrag", "llavahound"))
     with pytest.raises(
@@ -305,7 +305,7 @@ def test_the_mixture_tags_and_collates_through_the_tiny_qwen2_vl(tmp_path):
     query, and a video positive at the end of its line generating its query (LLaVA-Hound)."""
     from vl_tiny import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, tiny_vl_btok
 
-    from btok_model.training.data import MixedDataset, parse_data_spec
+    from btok_model.training.mixed_dataset import MixedDataset, parse_data_spec
 
     data = MixedDataset([s for s in parse_data_spec(write_data_root(tmp_path)) if s.family != "mmeb_train"])
     assert [d["name"] for d in data.describe()] == list(V1_MIXTURE)[20:]

@@ -9,7 +9,7 @@ from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recip
 from transformers import TrainerCallback
 
 from btok_model import BTokModel
-from btok_model.evaluation.baselines import PooledEmbedder
+from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
 from btok_model.training.trainer import TRAINABLE_STATE
 

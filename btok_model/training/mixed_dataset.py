@@ -16,13 +16,13 @@ a line that is not JSON, a missing or empty field, an unknown field, an image th
 exist, a ``target_side`` that is not one of the four or contradicts ``target`` -- raises a
 :class:`~btok_model.datasets.DataError` naming the file and line.
 
-**The authors' sources** (:mod:`btok_model.datasets.mixtures`), each in its folder and in
+**The authors' sources** (:mod:`btok_model.datasets.catalog`), each in its folder and in
 the public layout or the authors' Lance repack, rendered as the authors render them:
 MMEB-train's 20 subsets (:mod:`btok_model.datasets.mmeb_train`), ViDoRe's
 ``colpali_train_set`` (:mod:`~btok_model.datasets.vidore_train`), VisRAG in-domain
 (:mod:`~btok_model.datasets.visrag_train`) and three LLaVA-Hound video sources
 (:mod:`~btok_model.datasets.llavahound_train`), each with the mixture's weight and generation
-side (default: the authors' v1 mixture, :data:`~btok_model.datasets.mixtures.AUTHORS_V1_MIXTURE`).
+side (default: the authors' v1 mixture, :data:`~btok_model.datasets.catalog.AUTHORS_V1_MIXTURE`).
 
 **Sources** (:func:`parse_data_spec`, the ``--train-data`` syntax)::
 
@@ -62,8 +62,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..datasets.jsonl import DataError, Record, read_jsonl
-from ..datasets.mixtures import (
+from ..datasets.catalog import (
     AUTHORS_V1_MIXTURE,
     FAMILY_FOLDERS,
     FAMILY_SOURCES,
@@ -74,6 +73,7 @@ from ..datasets.mixtures import (
     open_source,
     source_available,
 )
+from ..datasets.jsonl import DataError, Record, read_jsonl
 from ..datasets.mmeb_train import DEFAULT_SPLIT
 from ..embedder.collate import TARGET_SIDES, check_generation
 from .sampler import MixtureSampler, SourceBlockSampler
@@ -142,7 +142,7 @@ class DataSource:
         target_side: the generation side of its examples (None: the collator's default).
         split: the MMEB-train split read.
         image_root: where MMEB-train's parquet rows' image paths are relative to (None: the root).
-        family: the reader of ``subset`` (:data:`~btok_model.datasets.mixtures.FAMILIES`).
+        family: the reader of ``subset`` (:data:`~btok_model.datasets.catalog.FAMILIES`).
     """
 
     path: str
@@ -179,8 +179,8 @@ def parse_data_spec(
         split: the MMEB-train split to read.
         image_root: where MMEB-train parquet rows' image paths are relative to (None: the root).
         mixture: the weights and generation sides of the authors' sources
-            (:data:`~btok_model.datasets.mixtures.AUTHORS_V1_MIXTURE` or
-            :data:`~btok_model.datasets.mixtures.VLM2VEC_MIXTURE`).
+            (:data:`~btok_model.datasets.catalog.AUTHORS_V1_MIXTURE` or
+            :data:`~btok_model.datasets.catalog.VLM2VEC_MIXTURE`).
 
     Raises:
         ValueError: a bad weight.

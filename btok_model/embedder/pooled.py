@@ -21,16 +21,16 @@ import torch
 from torch import nn
 
 from ..backend import ATTN_IMPLEMENTATION
-from ..embedder.backbone import (
+from .backbone import (
     load_backbone,
     load_saved_backbone,
     make_collator,
     save_backbone,
     transformers_model,
 )
-from ..embedder.masks import condensation_attention_mask
-from ..embedder.modeling import BTokModel, BTokOutput, enable_activation_checkpointing, media_inputs, to_device
-from ..embedder.tokens import lora_target_modules, wrap_peft
+from .modeling import BTokModel, BTokOutput, enable_activation_checkpointing, media_inputs, to_device
+from .peer_masks import condensation_attention_mask
+from .tokens import lora_target_modules, wrap_peft
 
 __all__ = ["POOLINGS", "PooledEmbedder"]
 

@@ -36,7 +36,7 @@ class EvalSource:
 
     Args:
         name: shown in logs.
-        pairs_task: a task from :func:`~btok_model.evaluation.data.load_task`, or None.
+        pairs_task: a task from :func:`~btok_model.evaluation.task_files.load_task`, or None.
         mmeb_tasks: opened MMEB-V2 datasets (:func:`~btok_model.evaluation.mmeb_v2.open_tasks`), or None.
         num_frames: frames sampled per MMEB-V2 video.
     """
@@ -49,8 +49,8 @@ class EvalSource:
     def metric_names(self) -> list[str]:
         """The keys :meth:`evaluate` returns (without the ``eval_`` prefix)."""
         if self.pairs_task is not None:
-            from ..evaluation.data import CandidateListTask
             from ..evaluation.metrics import METRIC_NAMES
+            from ..evaluation.task_files import CandidateListTask
 
             return list(METRIC_NAMES) + (["hit@1"] if isinstance(self.pairs_task, CandidateListTask) else [])
         tasks = self.mmeb_tasks
@@ -97,7 +97,7 @@ def load_eval_source(
     from ..evaluation.mmeb_v2 import open_tasks
 
     if os.path.isfile(spec):
-        from ..evaluation.data import load_task
+        from ..evaluation.task_files import load_task
 
         if datasets or modalities or limit is not None:
             raise ValueError(

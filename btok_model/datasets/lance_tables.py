@@ -1,8 +1,11 @@
-"""Lance tables, the format of the authors' data repack (``pip install btok[lance]``, which installs ``pylance``).
+"""Lance tables: the format of the authors' training-data repack and of MMEB-V2 (``pip install btok[lance]``,
+which installs ``pylance``). The one module that reads Lance.
 
-:func:`open_lance` opens a table with errors that name it; :class:`LanceImageTable` is an
-image side table (columns ``path`` and ``image``, the file's bytes) read by path: only the
-``path`` column is held in memory, an image's bytes are read when it is asked for.
+:func:`open_lance` opens a table with errors that name it; :class:`LanceTable` reads a table
+row block by row block (small columns whole, media columns only for the rows asked for, so
+MMEB-V2's images are decoded a block at a time); :class:`LanceImageTable` is an image side
+table (columns ``path`` and ``image``, the file's bytes) read by path: only the ``path``
+column is held in memory, an image's bytes are read when it is asked for.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ import os
 
 from .jsonl import DataError
 
-__all__ = ["LanceImageTable", "lance_rows_where", "open_lance"]
+__all__ = ["LanceImageTable", "LanceTable", "lance_rows_where", "open_lance"]
 
 
-def open_lance(path: str, columns: tuple[str, ...] = ()):
+def open_lance(path: str | os.PathLike, columns: tuple[str, ...] = ()):
     """The Lance dataset at ``path`` (a ``*.lance`` folder), checked to hold ``columns``.
 
     Raises:
@@ -37,6 +40,44 @@ def open_lance(path: str, columns: tuple[str, ...] = ()):
     if missing:
         raise DataError(f"{path}: no column(s) {missing}; the table has {table.schema.names}")
     return table
+
+
+class LanceTable:
+    """One Lance table, opened without reading it; columns and rows read on demand.
+
+    Args:
+        path: the ``*.lance`` folder.
+
+    Raises:
+        ImportError: ``pylance`` is not installed.
+        DataError: ``path`` is not a folder or not a readable Lance table.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._table = open_lance(self.path)
+        self.num_rows = self._table.count_rows()
+        self.columns = tuple(self._table.schema.names)
+
+    def require(self, columns: tuple[str, ...] | list[str], purpose: str) -> None:
+        """Raise DataError naming the table and the columns it lacks for ``purpose``."""
+        missing = [c for c in columns if c not in self.columns]
+        if missing:
+            raise DataError(
+                f"{self.path}: no column(s) {', '.join(missing)} ({purpose}); its columns: {', '.join(self.columns)}"
+            )
+
+    def column(self, name: str) -> list:
+        """Every value of one column, in row order."""
+        self.require([name], "asked for")
+        return self._table.to_table(columns=[name]).column(name).to_pylist()
+
+    def rows(self, indices: list[int], columns: tuple[str, ...] | list[str]) -> list[dict]:
+        """The rows at ``indices`` (in that order), with only ``columns``."""
+        self.require(columns, "asked for")
+        if not indices:
+            return []
+        return self._table.take(list(indices), columns=list(columns)).to_pylist()
 
 
 def lance_rows_where(table, condition: str) -> list[int]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .lance_io import LanceTable
+from ..datasets.lance_tables import LanceTable
 from .metrics import expected_graded_metrics, tie_counts
 from .mmeb_v2_index import (
     DATASETS,

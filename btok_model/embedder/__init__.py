@@ -5,6 +5,7 @@
 * :mod:`.precision` -- the one dtype decision (bfloat16 where the device computes it natively).
 * :mod:`.tokens` -- adding the BTok tokens, initialising and training their rows (PEFT).
 * :mod:`.collate` -- examples -> one packed batch; texts -> BTok inputs.
+* :mod:`.media` -- the processed image / video of an input, joined into the backbone's pixel inputs.
 * :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the processor, M-RoPE positions.
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
 * :mod:`.peer_masks` -- the condensation mask for the peer backends (``eager``, ``sdpa``, ``flex_attention``).
@@ -17,8 +18,9 @@
 
 from .collate import TARGET_SIDES, BTokCollator, EncodedExample, ExampleError, Target
 from .config import BTokConfig
+from .media import Media
 from .modeling import BTokModel, BTokOutput, pool_btok_states
-from .multimodal import Media, MultimodalCollator
+from .multimodal import MultimodalCollator
 from .pooled import PooledEmbedder
 from .twopass import TwoPassOutput, two_pass_forward
 

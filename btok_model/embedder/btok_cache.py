@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
-from .multimodal import MEDIA_BATCH_KEYS, Media, concat_media
+from .media import MEDIA_BATCH_KEYS, Media, concat_media
 
 if TYPE_CHECKING:
     from .modeling import BTokModel
@@ -95,7 +95,7 @@ def model_positions(inner, ids: torch.Tensor, mask: torch.Tensor, media: list) -
 
 
 def media_inputs(media: list[Media | None], device: torch.device) -> dict[str, torch.Tensor]:
-    """The pixel inputs (:data:`~.multimodal.MEDIA_BATCH_KEYS`) of these media, on ``device``."""
+    """The pixel inputs (:data:`~.media.MEDIA_BATCH_KEYS`) of these media, on ``device``."""
     return {key: value.to(device) for key, value in concat_media(media, MEDIA_BATCH_KEYS).items()}
 
 

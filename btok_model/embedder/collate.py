@@ -56,14 +56,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
-from typing import TYPE_CHECKING
 
 import torch
 
 from btok_kernels import CondensationLayout
 
-if TYPE_CHECKING:
-    from .multimodal import Media
+from .media import Media
 
 __all__ = [
     "TARGET_SIDES",
@@ -73,6 +71,8 @@ __all__ = [
     "Target",
     "check_generation",
     "concat_ranges",
+    "describe_value",
+    "input_name",
 ]
 
 EXAMPLE_KEYS = ("query", "positive", "negatives", "target", "target_side", "source")
@@ -135,7 +135,7 @@ def check_input_dict(value: dict, name: str) -> None:
         raise ExampleError(f"{name}: unknown keys {unknown} in an input dict; known keys: {list(INPUT_KEYS)}")
     for key, allowed in (("placement", PLACEMENTS), ("trailing_newline", TRAILING_NEWLINES)):
         if key in value and value[key] not in allowed:
-            raise ExampleError(f"{name}: {key} must be one of {list(allowed)}, got {_describe(value[key])}")
+            raise ExampleError(f"{name}: {key} must be one of {list(allowed)}, got {describe_value(value[key])}")
 
 
 def check_generation(example: dict) -> tuple[str, object]:
@@ -151,17 +151,17 @@ def check_generation(example: dict) -> tuple[str, object]:
         ValueError: ``"field 'NAME': what is wrong"`` (callers add where the example is).
     """
     if "source" in example and not isinstance(example["source"], str):
-        raise ValueError(f"field 'source': must be a str naming the data source, got {_describe(example['source'])}")
+        raise ValueError(f"field 'source': must be a str naming the data source, got {describe_value(example['source'])}")
     side = example.get("target_side", "positive")
     if not isinstance(side, str) or side not in TARGET_SIDES:
-        raise ValueError(f"field 'target_side': must be one of {list(TARGET_SIDES)}, got {_describe(side)}")
+        raise ValueError(f"field 'target_side': must be one of {list(TARGET_SIDES)}, got {describe_value(side)}")
     if "target" not in example:
         return side, _ABSENT
     target = example["target"]
     if target is not None and not isinstance(target, str):
         raise ValueError(
             "field 'target': a target must be a str or None (targets given as text are text only, no image or "
-            f"video), got {_describe(target)}"
+            f"video), got {describe_value(target)}"
         )
     target = target or None
     if target is not None and side in ("query", "none"):
@@ -308,7 +308,7 @@ class BTokCollator:
     def encode_examples(self, examples: Sequence[dict]) -> list[EncodedExample]:
         """Validate and tokenise training examples (no BToks added)."""
         if isinstance(examples, dict) or not isinstance(examples, Sequence) or len(examples) == 0:
-            raise ExampleError(f"examples must be a non-empty list of dicts, got {_describe(examples)}")
+            raise ExampleError(f"examples must be a non-empty list of dicts, got {describe_value(examples)}")
         fields = [self._check_example(i, ex) for i, ex in enumerate(examples)]
         n = len(fields)
         query_where = [(i, "query") for i in range(n)]
@@ -384,7 +384,7 @@ class BTokCollator:
     def _check_example(self, i: int, ex) -> _Fields:
         """The fields of example ``i``, validated (the target rules of the module docstring)."""
         if not isinstance(ex, dict):
-            raise ExampleError(f"example {i} must be a dict with 'query' and 'positive', got {_describe(ex)}")
+            raise ExampleError(f"example {i} must be a dict with 'query' and 'positive', got {describe_value(ex)}")
         ex = self._merge_flat_media(i, ex)
         unknown = sorted(set(ex) - set(EXAMPLE_KEYS))
         if unknown:
@@ -398,7 +398,7 @@ class BTokCollator:
         if negatives is None:
             negatives = []
         if isinstance(negatives, str) or not isinstance(negatives, (list, tuple)):
-            raise ExampleError(f"example {i}, field 'negatives': must be a list of texts, got {_describe(negatives)}")
+            raise ExampleError(f"example {i}, field 'negatives': must be a list of texts, got {describe_value(negatives)}")
         try:
             side, target = check_generation(ex)
         except ValueError as err:
@@ -420,7 +420,7 @@ class BTokCollator:
     def encode_for_embedding(self, texts: Sequence) -> tuple[list[list[int]], list[Media | None]]:
         """``(ids + K BToks, media)`` of each input to embed; media None for text only."""
         if isinstance(texts, (str, dict)) or not isinstance(texts, Sequence):
-            raise ExampleError(f"texts must be a list of str (wrap a single text: [text]), got {_describe(texts)}")
+            raise ExampleError(f"texts must be a list of str (wrap a single text: [text]), got {describe_value(texts)}")
         where = [(i, None) for i in range(len(texts))]
         ids, media = self._encode_inputs(list(texts), where)
         for (i, _), seq in zip(where, ids):
@@ -437,7 +437,7 @@ class BTokCollator:
     def _prompts(self, values: list, where: list[tuple[int, str | None]]) -> tuple[list[str], list[Media | None]]:
         """The text each input is tokenised from, and its processed media (all None here:
         this collator takes texts, or ``{"text": ...}`` dicts without media)."""
-        return [self._input_text(value, _name(i, field)) for value, (i, field) in zip(values, where)], [None] * len(
+        return [self._input_text(value, input_name(i, field)) for value, (i, field) in zip(values, where)], [None] * len(
             values
         )
 
@@ -460,7 +460,7 @@ class BTokCollator:
             check_input_dict(value, name)
             value = value.get("text")
         if not isinstance(value, str):
-            raise ExampleError(f"{name}: must be a str, got {_describe(value)}")
+            raise ExampleError(f"{name}: must be a str, got {describe_value(value)}")
         if not value.strip():
             raise ExampleError(f"{name}: empty text")
         return value
@@ -475,9 +475,9 @@ class BTokCollator:
         btoks = set(self.btok_ids)
         for seq, (i, field) in zip(ids, where):
             if not seq:
-                raise ExampleError(f"{_name(i, field)}: the text has no tokens")
+                raise ExampleError(f"{input_name(i, field)}: the text has no tokens")
             if btoks.intersection(seq):
-                raise ExampleError(f"{_name(i, field)}: the text contains a BTok token ({self._btok_names()})")
+                raise ExampleError(f"{input_name(i, field)}: the text contains a BTok token ({self._btok_names()})")
         return ids
 
     def _plain_ids(self, text: str) -> list[int]:
@@ -495,7 +495,7 @@ class BTokCollator:
     def _check_length(self, length: int, i: int, field: str | None, what: str) -> None:
         if self.max_length is not None and length > self.max_length:
             raise ExampleError(
-                f"{_name(i, field)}: {what} is {length} tokens, longer than {self.limit_name} "
+                f"{input_name(i, field)}: {what} is {length} tokens, longer than {self.limit_name} "
                 "(inputs are never truncated: shorten the text or raise the limit)"
             )
 
@@ -622,10 +622,12 @@ def _check_text_only(media: list | None) -> None:
         raise ValueError("this collator is text-only: it cannot pack images or videos")
 
 
-def _name(i: int, field: str | None) -> str:
+def input_name(i: int, field: str | None) -> str:
+    """How error messages name an input: ``text i`` (to embed) or ``example i, field 'FIELD'``."""
     return f"text {i}" if field is None else f"example {i}, field {field!r}"
 
 
-def _describe(value) -> str:
+def describe_value(value) -> str:
+    """A value's type and (short) repr, for error messages."""
     text = repr(value)
     return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"

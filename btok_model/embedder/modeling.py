@@ -32,7 +32,8 @@ from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import BTokConfig, check_generative_weight, check_max_length, check_pooling, check_temperature
 from .generation import generate_from_btoks
 from .losses import gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
-from .multimodal import MEDIA_BATCH_KEYS, VISION_MODEL_NAMES, is_vision_model
+from .media import MEDIA_BATCH_KEYS
+from .multimodal import VISION_MODEL_NAMES, is_vision_model
 from .peer_masks import condensation_attention_mask
 from .tokens import BTOK_INITS, add_btok_tokens, init_btok_rows, make_trainable
 
@@ -364,7 +365,7 @@ class BTokModel(nn.Module):
         media: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``[T, H]`` last-layer states of a packed ``[1, T]`` batch under ``layout``
-        (``media``: the batch's pixel inputs, :data:`~.multimodal.MEDIA_BATCH_KEYS`)."""
+        (``media``: the batch's pixel inputs, :data:`~.media.MEDIA_BATCH_KEYS`)."""
         kwargs = dict(input_ids=input_ids, position_ids=position_ids, use_cache=False, **(media or {}))
         impl = self.attn_implementation
         if impl == ATTN_IMPLEMENTATION:
@@ -646,7 +647,7 @@ def encode_in_length_order(
 
 
 def media_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """The pixel inputs of a batch (:data:`~.multimodal.MEDIA_BATCH_KEYS` present), on ``device``."""
+    """The pixel inputs of a batch (:data:`~.media.MEDIA_BATCH_KEYS` present), on ``device``."""
     return {key: to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
 
 

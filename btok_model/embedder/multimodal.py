@@ -64,7 +64,6 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-import re
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,18 +76,17 @@ from .collate import (
     IMAGE_KEYS,
     BTokCollator,
     ExampleError,
-    _describe,
-    _name,
     check_input_dict,
+    describe_value,
+    input_name,
 )
+from .media import MEDIA_BATCH_KEYS, Media, concat_media
 
 __all__ = [
     "DEFAULT_FPS",
-    "MEDIA_BATCH_KEYS",
     "VISION_FAMILIES",
     "VISION_MODEL_NAMES",
     "VISION_MODEL_TYPES",
-    "Media",
     "MultimodalCollator",
     "RopeIndex",
     "VisionFamily",
@@ -99,8 +97,6 @@ __all__ = [
     "processor_parts",
     "vision_family",
 ]
-# Batch keys the backbone's forward takes besides input_ids / position_ids.
-MEDIA_BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 # Flat example keys (the JSONL training format): (input field, media key).
 FLAT_MEDIA_KEYS = {"query_image": ("query", "image"), "positive_image": ("positive", "image")}
 DEFAULT_FPS = 2.0
@@ -177,37 +173,6 @@ def patch_seconds(num_frames: int, fps: float, temporal_patch_size: int) -> tupl
         (start / fps + min(start + temporal_patch_size - 1, last) / fps) / 2
         for start in range(0, num_frames, temporal_patch_size)
     )
-
-
-@dataclass
-class Media:
-    """The processed image and video of one input (CPU tensors; None where absent).
-
-    Attributes:
-        pixel_values: float ``[P, C * t * p * p]``, the image's patches.
-        image_grid_thw: int64 ``[1, 3]``, its patch grid.
-        pixel_values_videos: float ``[Pv, C * t * p * p]``, the video's patches.
-        video_grid_thw: int64 ``[1, 3]``.
-        second_per_grid_ts: fp32 ``[1]``, seconds per temporal patch of the video.
-        video_seconds: the time of each temporal patch (:func:`patch_seconds`).
-    """
-
-    pixel_values: torch.Tensor | None = None
-    image_grid_thw: torch.Tensor | None = None
-    pixel_values_videos: torch.Tensor | None = None
-    video_grid_thw: torch.Tensor | None = None
-    second_per_grid_ts: torch.Tensor | None = None
-    video_seconds: tuple[float, ...] | None = None
-
-
-def concat_media(media: Sequence[Media | None], keys: Sequence[str]) -> dict[str, torch.Tensor]:
-    """``{key: cat(the media's tensors along dim 0)}`` for each key some entry has, in order."""
-    out = {}
-    for key in keys:
-        parts = [getattr(m, key) for m in media if m is not None and getattr(m, key) is not None]
-        if parts:
-            out[key] = torch.cat(parts)
-    return out
 
 
 @dataclass(frozen=True)
@@ -340,7 +305,7 @@ def load_image(value, name: str):
             raise ExampleError(f"{name}: cannot read image file {os.fspath(value)!r} ({err})") from None
     if _is_pil(value) or isinstance(value, torch.Tensor) or type(value).__name__ == "ndarray":
         return value
-    raise ExampleError(f"{name}: an image must be a PIL.Image, a path or an [H, W, C] array, got {_describe(value)}")
+    raise ExampleError(f"{name}: an image must be a PIL.Image, a path or an [H, W, C] array, got {describe_value(value)}")
 
 
 def _is_pil(value) -> bool:
@@ -437,7 +402,7 @@ class MultimodalCollator(BTokCollator):
     def _prompts(self, values: list, where: list[tuple[int, str | None]]) -> tuple[list[str], list[Media | None]]:
         """The prompt of each input (its vision blocks on their own line before the text)
         and its processed image / video."""
-        items = [self._item(value, _name(i, field)) for value, (i, field) in zip(values, where)]
+        items = [self._item(value, input_name(i, field)) for value, (i, field) in zip(values, where)]
         image_media = self._process_images(items)
         video_media = self._process_videos(items)
         media = []
@@ -461,7 +426,7 @@ class MultimodalCollator(BTokCollator):
             expected.update({token: int(grid is not None) for token, grid in grids})
             if any(seq.count(token) != count for token, count in expected.items()):
                 raise ExampleError(
-                    f"{_name(i, field)}: the text contains a vision token ({', '.join(tokens.strings)}); "
+                    f"{input_name(i, field)}: the text contains a vision token ({', '.join(tokens.strings)}); "
                     "give images and videos as 'image' / 'video'"
                 )
             if m is not None and m.image_grid_thw is not None:
@@ -486,7 +451,7 @@ class MultimodalCollator(BTokCollator):
             text = self._input_text(text, name)
         fps = value.get("fps", DEFAULT_FPS)
         if video is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
-            raise ExampleError(f"{name}: fps must be a number > 0, got {_describe(fps)}")
+            raise ExampleError(f"{name}: fps must be a number > 0, got {describe_value(fps)}")
         if image is not None:
             if self.image_processor is None:
                 raise ExampleError(
@@ -656,4 +621,4 @@ def _check_video(video, name: str):
         if video.shape[0] < 1:
             raise ExampleError(f"{name}: the video has no frames")
         return video
-    raise ExampleError(f"{name}: a video must be a list of frames or an [F, H, W, C] array, got {_describe(video)}")
+    raise ExampleError(f"{name}: a video must be a list of frames or an [F, H, W, C] array, got {describe_value(video)}")

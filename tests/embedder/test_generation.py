@@ -16,7 +16,7 @@ from vl_tiny import image, tiny_vl_btok
 from btok_kernels import CondensationLayout
 from btok_model import ExampleError
 from btok_model.embedder import Target
-from btok_model.embedder.multimodal import MEDIA_BATCH_KEYS
+from btok_model.embedder.media import MEDIA_BATCH_KEYS
 
 STEPS = 3  # generated tokens compared: the first (predicted by the last prefix row) and two more
 

@@ -16,6 +16,7 @@ mask to a packed ``[1, T]`` batch; without it the backend gives the same results
 
 from .backend import (
     ATTN_IMPLEMENTATION,
+    KernelSettings,
     UnsupportedModelFeatureError,
     btok_attention_forward,
     btok_mask,
@@ -30,6 +31,7 @@ __all__ = [
     "BTokModel",
     "BTokOutput",
     "ExampleError",
+    "KernelSettings",
     "PooledEmbedder",
     "UnsupportedModelFeatureError",
     "btok_attention_forward",

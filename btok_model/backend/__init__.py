@@ -7,11 +7,13 @@ a decoder (padded, packed, or a BTok batch with ``btok_layout=``) and keeps the 
 
 from .attention import btok_attention_forward
 from .errors import UnsupportedModelFeatureError
+from .kernel_settings import KernelSettings
 from .mask_interface import btok_mask
 from .registration import ATTN_IMPLEMENTATION, is_registered, register
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "KernelSettings",
     "UnsupportedModelFeatureError",
     "btok_attention_forward",
     "btok_mask",

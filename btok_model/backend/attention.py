@@ -26,9 +26,10 @@ token of its own sequence, with memory linear in the tokens. Only calls the kern
 compute (fewer queries than keys) use the SDPA fallback, which logs once at DEBUG level on
 the ``"btok_model"`` logger.
 
-The kernel backend follows :func:`btok_kernels.condensation_attention` with
-``backend="auto"``; the environment variable ``BTOK_BACKEND`` overrides it. Features it
-cannot compute exactly raise :class:`~btok_model.UnsupportedModelFeatureError`.
+The kernel runs with the model's :class:`~btok_model.backend.kernel_settings.KernelSettings`,
+read from the calling module's ``config`` (its backend, Triton options and padding mode; a field
+left unset takes its ``BTOK_*`` environment variable, else the kernel's default, ``"auto"``).
+Features it cannot compute exactly raise :class:`~btok_model.UnsupportedModelFeatureError`.
 
 Packing from ``position_ids`` follows ``"flash_attention_2"``: it is honoured with or
 without a KV cache, whereas ``"sdpa"`` ignores packed positions when a cache is passed
@@ -53,6 +54,7 @@ from .boundaries import (
 )
 from .errors import UnsupportedModelFeatureError
 from .fallback import bidirectional_attention, decode_attention
+from .kernel_settings import KernelSettings, kernel_settings
 
 __all__ = ["btok_attention_forward"]
 
@@ -142,13 +144,22 @@ def _check_btok_layout(layout, query, attention_mask) -> CondensationLayout:
     return layout
 
 
-def _square(query, key, value, scaling, layout, index):
+def _square(query, key, value, scaling, layout, index, settings: KernelSettings):
     """Condensation kernel on the flattened ``[B, S]`` tokens; returns ``[B, S, Hq, D]``."""
     batch_size, num_heads, seq_len, head_dim = query.shape
     q, k, v = (x.transpose(1, 2).reshape(batch_size * seq_len, x.shape[1], x.shape[3]) for x in (query, key, value))
     if index is not None:
         q, k, v = q[index], k[index], v[index]
-    out = condensation_attention(q, k, v, layout, softmax_scale=scaling)
+    out = condensation_attention(
+        q,
+        k,
+        v,
+        layout,
+        softmax_scale=scaling,
+        backend=settings.backend or "auto",
+        fused_dq=settings.fused_dq,
+        autotune=settings.autotune,
+    )
     if index is not None:
         out = out.new_zeros(batch_size * seq_len, num_heads, head_dim).index_copy(0, index, out)
     return out.view(batch_size, seq_len, num_heads, head_dim)
@@ -175,7 +186,8 @@ def btok_attention_forward(
     """Attention for ``attn_implementation="btok_triton"`` (same contract as ``"sdpa"``).
 
     Args:
-        module: the calling attention module (``is_causal`` and ``config`` are read).
+        module: the calling attention module (``is_causal`` and ``config`` are read: the
+            config carries the model's :class:`~btok_model.backend.kernel_settings.KernelSettings`).
         query: ``[B, Hq, Sq, D]``; key, value: ``[B, Hkv, Sk, D]`` (``Hq % Hkv == 0``;
             a smaller value head dim is zero-padded and the output cropped).
         attention_mask: None, or the bool ``[B, L]`` padding mask from
@@ -197,8 +209,9 @@ def btok_attention_forward(
             ``[pad | tokens | pad]`` sequences, nothing gathered), "unpad" (gather the real
             tokens, scatter the output back) or "auto" (segments unless the pad rows add more
             than a quarter of the real attention pairs, or a row has holes). Pass it to the
-            model's forward like ``btok_layout``; None: the environment variable
-            ``BTOK_PADDING_MODE``, else "auto". Exact either way; it only changes speed.
+            model's forward like ``btok_layout``; None: the model's kernel settings, else the
+            environment variable ``BTOK_PADDING_MODE``, else "auto". Exact either way; it only
+            changes speed.
 
     Returns:
         ``(attn_output [B, Sq, Hq, Dv], None)``: no attention weights, as with ``"sdpa"``.
@@ -235,6 +248,7 @@ def btok_attention_forward(
                 raise ValueError("btok_layout does not apply to KV-cache decoding (fewer queries than keys)")
             out = decode_attention(query, key, value, attention_mask, scaling)
     else:
+        settings = kernel_settings(module)
         layout, index = _packed_layout(
             query,
             attention_mask,
@@ -242,11 +256,11 @@ def btok_attention_forward(
             position_ids,
             cu_seq_lens_q,
             cu_seq_lens_k,
-            btok_padding_mode,
+            btok_padding_mode if btok_padding_mode is not None else settings.padding_mode,
             is_causal,
         )
         # Unpadded rows with holes are shorter than their span in the padded row, which is
         # what a sliding window measures.
         _check_sliding_window(sliding_window, q_len if index is not None else layout.max_seqlen)
-        out = _square(query, key, value, scaling, layout, index)
+        out = _square(query, key, value, scaling, layout, index, settings)
     return out[..., :v_head_dim], None

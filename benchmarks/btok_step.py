@@ -65,7 +65,7 @@ from benchmarks.steps import Prepared, Reference, Row, Skip, check_run_options, 
 from benchmarks.table import model_columns
 from benchmarks.workloads import Workload, all_workloads
 
-__all__ = ["ROWS", "BTokBatch", "make_batch", "main", "RATIO_TO", "ERRORS"]
+__all__ = ["ROWS", "StepBatch", "make_batch", "main", "RATIO_TO", "ERRORS"]
 
 DIMS = {"2B": QWEN2VL_2B_TEXT, "tiny": CPU_TINY}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -74,34 +74,34 @@ ERRORS = ["loss", "contrastive", "generative", "grad", "grad_btok"]
 
 
 @dataclass
-class BTokBatch:
-    """One BTok batch as token ids and as the collated packed batch.
+class StepBatch:
+    """One BTok step's batch as token ids and as the library's packed batch.
 
     Attributes:
         queries, positives: per example, token id lists (no BToks).
         targets: per example, the query's target (its first ``unscored`` tokens without loss).
         unscored: leading target tokens without loss (the template prefix).
-        collated: ``BTokModel.collate``'s dict, tensors and layout on the model's device.
+        collated: the :class:`btok_model.embedder.BTokBatch` ``BTokModel.collate`` builds, on the model's device.
     """
 
     queries: list[list[int]]
     positives: list[list[int]]
     targets: list  # btok_model.embedder.Target
     unscored: int
-    collated: dict
+    collated: object  # btok_model.embedder.BTokBatch
 
     @property
     def layout(self):
         return self.collated["btok_layout"]
 
 
-def make_batch(model, wl: Workload, num_words: int, seed: int) -> BTokBatch:
+def make_batch(model, wl: Workload, num_words: int, seed: int) -> StepBatch:
     """The workload's BTok batch for ``model`` (whose K must be the workload's)."""
     from btok_model.embedder import EncodedExample, Target
     from btok_model.embedder.collate import IGNORE_INDEX
 
-    if model.num_btoks != wl.num_btoks:
-        raise ValueError(f"the model has K={model.num_btoks} BToks, the workload {wl.name} K={wl.num_btoks}")
+    if model.config.num_btoks != wl.num_btoks:
+        raise ValueError(f"the model has K={model.config.num_btoks} BToks, the workload {wl.name} K={wl.num_btoks}")
     g = torch.Generator().manual_seed(seed)
 
     def draw(n: int) -> list[int]:  # ids of the word vocabulary (never a special or BTok id)
@@ -116,11 +116,9 @@ def make_batch(model, wl: Workload, num_words: int, seed: int) -> BTokBatch:
                          f"{min(wl.target_lens)}")
     targets = [Target(t, [IGNORE_INDEX] * unscored + t[unscored:]) for t in target_ids]
     encoded = [EncodedExample(q, [p], query_target=t) for q, p, t in zip(queries, positives, targets)]
-    collated = model.collator.pack(encoded)
-    device = model.device
-    collated = {k: v.to(device) if hasattr(v, "to") else v for k, v in collated.items()}
+    collated = model.collator.pack(encoded).to(model.device)
     assert collated["btok_layout"].seqlens[: wl.num_seqs] == wl.seqlens, "collation changed the workload's queries"
-    return BTokBatch(queries, positives, targets, unscored, collated)
+    return StepBatch(queries, positives, targets, unscored, collated)
 
 
 def _losses(out) -> dict[str, torch.Tensor]:
@@ -131,11 +129,11 @@ def _single_pass(mask_implementation: str | None):
     """``prepare`` of a one-pass row: ``model(**batch)``; ``mask_implementation``: the
     implementation whose mask BTokModel builds per step (timed alone too), or None."""
 
-    def prepare(model, batch: BTokBatch, device) -> Prepared:
+    def prepare(model, batch: StepBatch, device) -> Prepared:
         from btok_model.embedder.peer_masks import condensation_attention_mask
 
         def loss():
-            return _losses(model(**batch.collated))
+            return _losses(model(batch.collated))
 
         if mask_implementation == "flex_attention" and device.type == "cpu":
             # its forward still runs (compiled, 10-20 s): the row's plumbing is checked on any machine
@@ -155,8 +153,9 @@ def _single_pass(mask_implementation: str | None):
     return prepare
 
 
-def _two_pass(model, batch: BTokBatch, device) -> Prepared:
+def _two_pass(model, batch: StepBatch, device) -> Prepared:
     """The authors' two-pass formulation plus the candidates' pass, then BTokModel's losses."""
+    from btok_model.embedder import BatchEmbeddings
     from btok_model.embedder.twopass import two_pass_sequences
 
     n = len(batch.queries)
@@ -165,8 +164,8 @@ def _two_pass(model, batch: BTokBatch, device) -> Prepared:
 
     def loss():
         query, generative, _ = two_pass_sequences(model, batch.queries, batch.targets)
-        cand = model._embed_sequences(candidates, packed=False)  # [positive | BToks], right-padded
-        return _losses(model.compute_loss(query, cand, positive_index, generative))
+        cand = model.embed_padded(model.collator.pad_sequences(candidates))  # [positive | BToks], right-padded
+        return _losses(model.compute_loss(BatchEmbeddings(query, cand, generative), positive_index))
 
     note = "query+BToks pass with KV cache, target pass on the BTok KV, candidates' pass (padded in the step)"
     return Prepared(loss, notes=[note])
@@ -181,19 +180,23 @@ ROWS = [
 
 
 def set_attention(model, name: str) -> None:
-    model._transformers_model.set_attn_implementation(name)
+    from btok_model.embedder.backbone import transformers_model
+
+    transformers_model(model.backbone).set_attn_implementation(name)
 
 
 def probe_grads(model) -> dict[str, torch.Tensor | None]:
     """Layer 0's ``q_proj`` weight gradient (every attention backward reaches it) and the K
     BTok rows of the input embedding's gradient (what only the BTok positions train)."""
-    lm = model._transformers_model
+    from btok_model.embedder.backbone import transformers_model
+
+    lm = transformers_model(model.backbone)
     emb = lm.get_input_embeddings().weight.grad
     ids = torch.tensor(model.btok_token_ids, device=lm.device)
     return {"grad": lm.model.layers[0].self_attn.q_proj.weight.grad, "grad_btok": None if emb is None else emb[ids]}
 
 
-def reference_step(model, batch: BTokBatch, device: torch.device, dtype: torch.dtype) -> Reference:
+def reference_step(model, batch: StepBatch, device: torch.device, dtype: torch.dtype) -> Reference:
     """Losses and probed gradients of a ``dtype`` copy of ``model`` (the same weights,
     computed wider; two-pass formulation, ``"sdpa"``)."""
     ref = copy.deepcopy(model).to(device, dtype)

@@ -123,14 +123,16 @@ def predicted_tokens(lengths: list[int], extra: int, batch_size: int, mode: str)
 
 
 def set_attention(model, name: str) -> None:
-    model._transformers_model.set_attn_implementation(name)
+    from btok_model.embedder.backbone import transformers_model
+
+    transformers_model(model.backbone).set_attn_implementation(name)
 
 
 class DirectLastToken:
     """Last-token pooling through ``BTokModel.encode``'s own pipeline with K = 0: the same
-    tokenizer call, longest-first batches, forward, pinned asynchronous copies and
-    ``pool_btok_states``, so that its only differences from ``btok`` are the K BTok tokens
-    and which states are pooled.
+    tokenizer call, longest-first batches, forward to the last-layer states, pinned asynchronous
+    copies and ``pool_btok_states``, so that its only differences from ``btok`` are the K BTok
+    tokens and which states are pooled.
 
     Args:
         model: the BTok model whose backbone and tokenizer are used (its BToks are not).
@@ -145,51 +147,46 @@ class DirectLastToken:
     def encode(self, texts: list[str], batch_size: int, packed: bool) -> torch.Tensor:
         """fp32 ``[N, H]`` L2-normalised last-token states, in input order, on the CPU."""
         from btok_model.embedder import pool_btok_states
-        from btok_model.embedder.modeling import encode_in_length_order
+        from btok_model.embedder.core import encode_in_length_order
 
-        model, k = self.model, self.model.num_btoks
+        model, k = self.model, self.model.config.num_btoks
         sequences = [s[:-k] for s in model.collator.encode_for_embedding(texts)[0]]
 
         def embed(rows: list[int]) -> torch.Tensor:
             last = self._last_states([sequences[i] for i in rows], packed, model.device)
             return pool_btok_states(last[:, None], "last")
 
-        return encode_in_length_order(model, [len(s) for s in sequences], batch_size, model.hidden_size, embed)
+        return encode_in_length_order(model, [len(s) for s in sequences], batch_size, model.embedding_dim, embed)
 
     def _last_states(self, rows: list[list[int]], packed: bool, device: torch.device) -> torch.Tensor:
         """``[n, H]`` last-layer states of each row's last token."""
-        decoder = self.model._decoder
+        from btok_model.embedder.packed_batch import to_device
+
+        model = self.model
         if packed:
             batch = self.collator.pack_sequences(rows)
             layout = batch["btok_layout"].to(device)
-            hidden = decoder(input_ids=_to(batch["input_ids"], device), position_ids=_to(batch["position_ids"], device),
-                             btok_layout=layout, use_cache=False).last_hidden_state[0]
+            ids, positions = (to_device(batch[key], device) for key in ("input_ids", "position_ids"))
+            hidden = model.last_hidden_states(ids, positions, layout=layout)
             last = torch.tensor(layout.host_cu_seqlens[1:], dtype=torch.long) - 1
         else:
             batch = self.collator.pad_sequences(rows)
             lens, width = batch["attention_mask"].sum(1), batch["input_ids"].shape[1]
-            hidden = decoder(input_ids=_to(batch["input_ids"], device),
-                             attention_mask=_to(batch["attention_mask"], device),
-                             position_ids=_to(batch["position_ids"], device), use_cache=False).last_hidden_state
-            hidden = hidden.flatten(0, 1)
+            ids, positions, mask = (
+                to_device(batch[key], device) for key in ("input_ids", "position_ids", "attention_mask")
+            )
+            hidden = model.last_hidden_states(ids, positions, attention_mask=mask)
             last = torch.arange(len(rows)) * width + lens - 1
-        return hidden[_to(last, device)]
-
-
-def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``; to a GPU through pinned memory, without blocking (as BTokModel does)."""
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
+        return hidden[to_device(last, device)]
 
 
 def _encoders(model, batch_size: int):
     """``{method: (texts, packed) -> fp32 [N, H]}``: the BTok model, the direct last-token
     encode and the library's last-token baseline, on the same backbone and tokenizer."""
-    from btok_model.embedder.pooled import PooledEmbedder
+    from btok_model.embedder import PooledConfig, PooledEmbedder
 
     direct = DirectLastToken(model)
-    pooled = PooledEmbedder(model.backbone, model.tokenizer, "last-token")
+    pooled = PooledEmbedder(model.backbone, model.tokenizer, PooledConfig(pooling="last-token"))
     return {
         "btok": lambda texts, packed: model.encode(texts, batch_size=batch_size, packed=packed),
         "last_token": lambda texts, packed: direct.encode(texts, batch_size, packed),
@@ -228,7 +225,7 @@ def run_mode(model, wl_name: str, lengths: list[int], texts: list[str], mode: st
     set_attention(model, MODES[mode])
     encoders = _encoders(model, args.batch_size)
     packed = mode == "packed"
-    k = model.num_btoks
+    k = model.config.num_btoks
     n_check = len(next(iter(reference.values())))
     input_tokens = sum(lengths)
     rows, calls = {}, {}

@@ -85,12 +85,12 @@ def load_scorer(args: argparse.Namespace):
         raise SystemExit(f"error: --torch-dtype: {err}") from None
     print(f"weights: {choice.line}", flush=True)
     if args.baseline is None:
-        from .embedder.config import CONFIG_NAME
         from .embedder.modeling import BTokModel
 
-        if args.gguf_file or not os.path.isfile(os.path.join(args.model, CONFIG_NAME)):
+        config_name = BTokModel.config_class.CONFIG_NAME
+        if args.gguf_file or not os.path.isfile(os.path.join(args.model, config_name)):
             raise SystemExit(
-                f"error: {args.model} is not a saved BTok model (no {CONFIG_NAME}); train one with "
+                f"error: {args.model} is not a saved BTok model (no {config_name}); train one with "
                 "python -m btok_model.train, or evaluate the backbone with --baseline last-token|mean"
             )
         model = BTokModel.from_pretrained(args.model, attn_implementation=args.attn_implementation, dtype=choice.dtype)

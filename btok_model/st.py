@@ -22,7 +22,7 @@ try:  # sentence-transformers >= 6
 except ImportError:  # sentence-transformers 5.x
     from sentence_transformers.models import InputModule
 
-from .embedder.modeling import BTokModel, pool_btok_states
+from .embedder.modeling import BTokModel
 
 __all__ = ["BTokEmbedding", "save_sentence_transformer", "write_sentence_transformers_files"]
 
@@ -55,9 +55,9 @@ def save_sentence_transformer(model: BTokModel, path: str | os.PathLike) -> None
 class BTokEmbedding(InputModule):
     """The whole BTok embedder as one sentence-transformers input module.
 
-    ``preprocess`` tokenises with the BToks appended and right-pads; ``forward`` runs the
-    backbone's decoder and pools the K BTok states into ``"sentence_embedding"`` (fp32,
-    L2-normalised).
+    ``preprocess`` tokenises with the BToks appended and right-pads; ``forward`` embeds the
+    padded rows as ``BTokModel.encode`` does (:meth:`~btok_model.embedder.core.Embedder.embed_padded`)
+    into ``"sentence_embedding"`` (fp32, L2-normalised).
 
     Args:
         model: the BTok model.
@@ -71,8 +71,7 @@ class BTokEmbedding(InputModule):
         self.tokenizer = model.tokenizer
 
     def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        """Right-padded ``input_ids``/``attention_mask``/``position_ids`` int64 ``[B, S]`` and
-        ``btok_index`` int64 ``[B, K]`` (flat positions of the BToks in the ``B * S`` tokens)."""
+        """Right-padded ``input_ids``/``attention_mask``/``position_ids`` int64 ``[B, S]``."""
         texts = list(inputs)
         if prompt:
             texts = [prompt + text for text in texts]
@@ -83,18 +82,11 @@ class BTokEmbedding(InputModule):
         return self.preprocess(texts)
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
-        hidden = self.model._decoder(
-            input_ids=features["input_ids"],
-            attention_mask=features["attention_mask"],
-            position_ids=features["position_ids"],
-            use_cache=False,
-        ).last_hidden_state
-        states = hidden.flatten(0, 1)[features["btok_index"]]  # [B, K, H]
-        features["sentence_embedding"] = pool_btok_states(states, self.model.pooling)
+        features["sentence_embedding"] = self.model.embed_padded(features)
         return features
 
     def get_sentence_embedding_dimension(self) -> int:
-        return self.model.hidden_size
+        return self.model.embedding_dim
 
     def get_config_dict(self) -> dict:
         return {}

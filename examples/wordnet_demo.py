@@ -184,21 +184,8 @@ def _train_row(name, args, backbone, tokenizer, train_examples):
     )
     start = time.perf_counter()
     trainer = train(model, train_examples, recipe, os.path.join(args.out_dir, name), save=False)
-    return _merged(model), time.perf_counter() - start, trainer.state.log_history
-
-
-def _merged(model):
-    """The embedder with its LoRA adapters folded into the weights: the same embeddings,
-    without PEFT's per-layer overhead at inference."""
-    from btok_model import BTokModel
-    from btok_model.embedder.pooled import PooledEmbedder
-
-    if not hasattr(model.backbone, "merge_and_unload"):
-        return model
-    backbone = model.backbone.merge_and_unload()
-    if isinstance(model, BTokModel):
-        return BTokModel(backbone, model.tokenizer, model.btok_config)
-    return PooledEmbedder(backbone, model.tokenizer, model.pooling, model.temperature, model.max_length)
+    # LoRA folded into the weights: the same embeddings, without PEFT's per-layer cost at inference
+    return model.merge_adapters(), time.perf_counter() - start, trainer.state.log_history
 
 
 def _load_backbone(name: str, dtype):
@@ -392,8 +379,9 @@ def main(argv: list[str] | None = None) -> dict:
                     model = PooledEmbedder.from_backbone(copy.deepcopy(backbone), copy.deepcopy(tokenizer))
                     texts = list(task.queries) + list(task.candidates)
                     with autocast:
-                        untrained = model.encode_poolings(texts, poolings, args.eval_batch_size, True)
-                    untrained = {p: _Precomputed(texts, e) for p, e in untrained.items()}
+                        both = model.encode(texts, args.eval_batch_size, True, poolings=poolings)
+                    blocks = both.split(both.shape[1] // len(poolings), dim=1)
+                    untrained = {p: _Precomputed(texts, e) for p, e in zip(poolings, blocks)}
                 model = untrained[name]
             else:
                 model, row["train_seconds"], row["log_history"] = _train_row(

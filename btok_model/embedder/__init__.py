@@ -9,7 +9,10 @@
 * :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the processor, M-RoPE positions.
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
 * :mod:`.peer_masks` -- the condensation mask for the peer backends (``eager``, ``sdpa``, ``flex_attention``).
-* :mod:`.modeling` -- :class:`BTokModel`, :class:`BTokOutput`.
+* :mod:`.core` -- :class:`Embedder`, the core both embedders share (forward, losses, encode,
+  save / load); :class:`BTokOutput`, :class:`BatchEmbeddings`.
+* :mod:`.packed_batch` -- :class:`BTokBatch`, the typed packed batch.
+* :mod:`.modeling` -- :class:`BTokModel`.
 * :mod:`.pooled` -- :class:`PooledEmbedder`, the no-BTok baseline (last-token or mean pooling).
 * :mod:`.btok_cache` -- ``[input | BToks]`` once, with a KV cache cut to the BToks' keys/values.
 * :mod:`.twopass` -- the authors' two-pass formulation (reference and benchmark peer).
@@ -17,14 +20,23 @@
 """
 
 from .collate import TARGET_SIDES, BTokCollator, EncodedExample, ExampleError, Target
-from .config import BTokConfig
+from .config import BTokConfig, EmbedderConfig, PooledConfig
+from .core import BatchEmbeddings, BTokOutput, Embedder, pool_btok_states
+from .losses import LossWeights
 from .media import Media
-from .modeling import BTokModel, BTokOutput, pool_btok_states
+from .modeling import BTokModel
 from .multimodal import MultimodalCollator
+from .packed_batch import BTokBatch
 from .pooled import PooledEmbedder
 from .twopass import TwoPassOutput, two_pass_forward
 
 __all__ = [
+    "BTokBatch",
+    "BatchEmbeddings",
+    "Embedder",
+    "EmbedderConfig",
+    "LossWeights",
+    "PooledConfig",
     "BTokCollator",
     "BTokConfig",
     "BTokModel",

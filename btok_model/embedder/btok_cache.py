@@ -29,8 +29,8 @@ from transformers import DynamicCache
 
 from .media import MEDIA_BATCH_KEYS, Media, concat_media
 
-if TYPE_CHECKING:
-    from .modeling import BTokModel
+if TYPE_CHECKING:  # a BTokModel; its module imports this one, so the annotation names its base class
+    from .core import Embedder
 
 __all__ = ["BTokCache", "btok_cache", "cache_kwarg", "media_inputs", "model_positions", "pad_rows"]
 
@@ -100,7 +100,7 @@ def media_inputs(media: list[Media | None], device: torch.device) -> dict[str, t
 
 
 def btok_cache(
-    model: BTokModel,
+    model: Embedder,
     inputs: list[list[int]],
     media: list[Media | None] | None = None,
     keep: list[int] | None = None,
@@ -119,8 +119,8 @@ def btok_cache(
     Returns:
         the :class:`BTokCache`.
     """
-    k, device = model.num_btoks, model.device
-    decoder = model._decoder
+    k, device = model.config.num_btoks, model.device
+    decoder = model.decoder
     media = media or [None] * len(inputs)
     ids, mask = pad_rows([x + model.btok_token_ids for x in inputs], model.collator.pad_id, left=True)
     positions = model_positions(decoder, ids, mask, media)

@@ -62,6 +62,7 @@ import torch
 from btok_kernels import CondensationLayout
 
 from .media import Media
+from .packed_batch import BTokBatch
 
 __all__ = [
     "TARGET_SIDES",
@@ -151,7 +152,9 @@ def check_generation(example: dict) -> tuple[str, object]:
         ValueError: ``"field 'NAME': what is wrong"`` (callers add where the example is).
     """
     if "source" in example and not isinstance(example["source"], str):
-        raise ValueError(f"field 'source': must be a str naming the data source, got {describe_value(example['source'])}")
+        raise ValueError(
+            f"field 'source': must be a str naming the data source, got {describe_value(example['source'])}"
+        )
     side = example.get("target_side", "positive")
     if not isinstance(side, str) or side not in TARGET_SIDES:
         raise ValueError(f"field 'target_side': must be one of {list(TARGET_SIDES)}, got {describe_value(side)}")
@@ -250,7 +253,8 @@ class BTokCollator:
         target_prefix, target_suffix: the target wrapping (see the module docstring).
         max_length: the longest sequence accepted (input + K [+ target]), or None.
         limit_name: how error messages name that limit (e.g. ``"max_length=512"``).
-        with_targets: collate targets; False (generative weight 0) leaves them out entirely.
+        with_targets: collate targets by default; False (generative weight 0) leaves them out
+            entirely. A call's ``with_targets=`` overrides it for that batch.
     """
 
     def __init__(
@@ -290,23 +294,26 @@ class BTokCollator:
         """Ids a target shows but never scores (a multimodal collator's vision tokens)."""
         return frozenset()
 
-    def __call__(self, examples: Sequence[dict]) -> dict:
-        """Pack ``examples`` into one batch.
+    def __call__(self, examples: Sequence[dict], with_targets: bool | None = None) -> BTokBatch:
+        """Pack ``examples`` into one :class:`~btok_model.embedder.packed_batch.BTokBatch`.
+
+        Args:
+            examples: training example dicts (see the module docstring).
+            with_targets: collate the targets; None: this collator's ``with_targets``.
 
         Returns:
-            dict with ``input_ids`` int64 ``[1, T]``; ``position_ids`` int64 ``[1, T]``
+            the batch: ``input_ids`` int64 ``[1, T]``; ``position_ids`` int64 ``[1, T]``
             (restarting at 0 per sequence); ``btok_layout`` a CPU
             :class:`~btok_kernels.CondensationLayout`; ``labels`` int64 ``[1, T]`` (-100 except
-            scored target tokens, unshifted as in transformers); ``query_btok_index`` int64
-            ``[Nq, K]`` and ``candidate_btok_index`` int64 ``[Nc, K]`` (flat positions of each
-            sequence's BToks); ``positive_index`` int64 ``[Nq]`` (``i``: the positives are the
-            first Nq candidates); ``num_target_tokens`` int (scored target tokens).
+            scored target tokens, unshifted as in transformers); ``positive_index`` int64
+            ``[Nq]`` (``i``: the positives are the first Nq candidates); ``num_target_tokens``
+            (scored target tokens).
         """
-        return self.pack(self.encode_examples(examples))
+        return self.pack(self.encode_examples(examples, with_targets))
 
     # -- tokenisation and validation ------------------------------------------------------
-    def encode_examples(self, examples: Sequence[dict]) -> list[EncodedExample]:
-        """Validate and tokenise training examples (no BToks added)."""
+    def encode_examples(self, examples: Sequence[dict], with_targets: bool | None = None) -> list[EncodedExample]:
+        """Validate and tokenise training examples (no BToks added); ``with_targets`` as in :meth:`__call__`."""
         if isinstance(examples, dict) or not isinstance(examples, Sequence) or len(examples) == 0:
             raise ExampleError(f"examples must be a non-empty list of dicts, got {describe_value(examples)}")
         fields = [self._check_example(i, ex) for i, ex in enumerate(examples)]
@@ -323,9 +330,12 @@ class BTokCollator:
         first = [0] * n  # where each example's positive sits among the candidates
         for i in range(1, n):
             first[i] = first[i - 1] + 1 + len(fields[i - 1].negatives)
-        query_targets, positive_targets = self._targets(
-            fields, (query_prompts, query_media), [(cand_prompts[c], cand_media[c]) for c in first]
-        )
+        with_targets = self.with_targets if with_targets is None else with_targets
+        query_targets, positive_targets = [None] * n, [None] * n
+        if with_targets:
+            query_targets, positive_targets = self._targets(
+                fields, (query_prompts, query_media), [(cand_prompts[c], cand_media[c]) for c in first]
+            )
         encoded = []
         for i, f in enumerate(fields):
             own = slice(first[i], first[i] + 1 + len(f.negatives))
@@ -353,8 +363,6 @@ class BTokCollator:
         """
         n = len(fields)
         query_targets, positive_targets = [None] * n, [None] * n
-        if not self.with_targets:
-            return query_targets, positive_targets
         # One tokenisation (no special tokens) for every body: (slot list, example, field, prompt, media)
         bodies = []
         for i, f in enumerate(fields):
@@ -398,7 +406,9 @@ class BTokCollator:
         if negatives is None:
             negatives = []
         if isinstance(negatives, str) or not isinstance(negatives, (list, tuple)):
-            raise ExampleError(f"example {i}, field 'negatives': must be a list of texts, got {describe_value(negatives)}")
+            raise ExampleError(
+                f"example {i}, field 'negatives': must be a list of texts, got {describe_value(negatives)}"
+            )
         try:
             side, target = check_generation(ex)
         except ValueError as err:
@@ -437,9 +447,9 @@ class BTokCollator:
     def _prompts(self, values: list, where: list[tuple[int, str | None]]) -> tuple[list[str], list[Media | None]]:
         """The text each input is tokenised from, and its processed media (all None here:
         this collator takes texts, or ``{"text": ...}`` dicts without media)."""
-        return [self._input_text(value, input_name(i, field)) for value, (i, field) in zip(values, where)], [None] * len(
-            values
-        )
+        return [self._input_text(value, input_name(i, field)) for value, (i, field) in zip(values, where)], [
+            None
+        ] * len(values)
 
     def _prompt_ids(
         self,
@@ -500,8 +510,8 @@ class BTokCollator:
             )
 
     # -- packing ----------------------------------------------------------------------------
-    def pack(self, encoded: list[EncodedExample]) -> dict:
-        """Pack tokenised examples into one batch (see :meth:`__call__` for the keys)."""
+    def pack(self, encoded: list[EncodedExample]) -> BTokBatch:
+        """Pack tokenised examples into one batch (see :meth:`__call__`)."""
         k = self.num_btoks
         for i, ex in enumerate(encoded):
             self._check_length(len(ex.query) + k, i, "query", f"the query + {k} BToks")
@@ -520,25 +530,23 @@ class BTokCollator:
         inputs = [ex.query if j == 0 else ex.candidates[j - 1] for ex, j in order]
         media = [ex.media()[j] for ex, j in order]
         targets = [ex.targets()[j] for ex, j in order]
-        batch = self.pack_sequences(inputs, targets, media)
-        num_queries = len(encoded)
-        btok_index = batch.pop("btok_index")
-        batch["query_btok_index"] = btok_index[:num_queries]
-        batch["candidate_btok_index"] = btok_index[num_queries:]
-        batch["positive_index"] = torch.arange(num_queries)
+        packed = self.pack_sequences(inputs, targets, media)
 
         # Labels: each target's own, at its rows (right after its sequence's BToks).
         with_target = [s for s, t in enumerate(targets) if t is not None]
-        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        labels = torch.full_like(packed["input_ids"], IGNORE_INDEX)
         if with_target:
-            cu = batch["btok_layout"].host_cu_seqlens
+            cu = packed["btok_layout"].host_cu_seqlens
             starts = torch.tensor([cu[s] + len(inputs[s]) + k for s in with_target], dtype=torch.long)
             lens = torch.tensor([len(targets[s].ids) for s in with_target], dtype=torch.long)
             values = list(chain.from_iterable(targets[s].labels for s in with_target))
             labels[0, concat_ranges(starts, lens)] = torch.tensor(values, dtype=torch.long)
-        batch["labels"] = labels
-        batch["num_target_tokens"] = sum(targets[s].num_scored for s in with_target)
-        return batch
+        return BTokBatch(
+            **packed,
+            labels=labels,
+            positive_index=torch.arange(len(encoded)),
+            num_target_tokens=sum(targets[s].num_scored for s in with_target),
+        )
 
     def pack_sequences(
         self, inputs: list[list[int]], targets: list[Target | None] | None = None, media: list | None = None
@@ -552,29 +560,25 @@ class BTokCollator:
                 collator accepts only None entries (and targets without media).
 
         Returns:
-            dict with ``input_ids`` / ``position_ids`` int64 ``[1, T]``, ``btok_layout``
-            (CPU) and ``btok_index`` int64 ``[n, K]``.
+            dict with ``input_ids`` / ``position_ids`` int64 ``[1, T]`` and ``btok_layout``
+            (CPU; sequence ``s``'s BToks at ``cu_seqlens[s] + btok_start[s] + 0..K-1``).
         """
         _check_text_only(media)
         _check_text_only([t.media for t in targets or [] if t is not None])
         return self._pack_ids(inputs, targets)
 
     def _pack_ids(self, inputs: list[list[int]], targets: list[Target | None] | None) -> dict:
-        """:meth:`pack_sequences`' ids, layout, BTok indices and text positions (``0, 1, ...``
-        per sequence: a target starts at its input's length + K)."""
+        """:meth:`pack_sequences`' ids, layout and text positions (``0, 1, ...`` per sequence: a
+        target starts at its input's length + K)."""
         target_ids = [t.ids if t is not None else [] for t in targets or [None] * len(inputs)]
         k = self.num_btoks
         input_lens = [len(x) for x in inputs]
         layout = CondensationLayout.from_lengths(input_lens, k, [len(t) for t in target_ids])
         ids = list(chain.from_iterable(chain(x, self.btok_ids, t) for x, t in zip(inputs, target_ids)))
-        input_ids = torch.tensor(ids, dtype=torch.long)[None]
-        starts = layout.cu_seqlens[:-1].long()
-        btok_index = (starts + torch.tensor(input_lens, dtype=torch.long))[:, None] + torch.arange(k)
         return {
-            "input_ids": input_ids,
+            "input_ids": torch.tensor(ids, dtype=torch.long)[None],
             "position_ids": self._position_ids(layout),
             "btok_layout": layout,
-            "btok_index": btok_index,
         }
 
     def pad_sequences(self, sequences: list[list[int]], media: list | None = None) -> dict:
@@ -586,7 +590,7 @@ class BTokCollator:
 
         Returns:
             dict with ``input_ids``, ``attention_mask`` and ``position_ids`` int64 ``[B, S]``
-            and ``btok_index`` int64 ``[B, K]`` (flat positions in the ``B * S`` tokens).
+            (row ``i``'s BToks are its last K real tokens).
         """
         _check_text_only(media)
         lens = torch.tensor([len(s) for s in sequences], dtype=torch.long)
@@ -595,14 +599,7 @@ class BTokCollator:
         positions = torch.arange(width).expand(len(sequences), width)
         mask = positions < lens[:, None]
         input_ids[mask] = torch.tensor(list(chain.from_iterable(sequences)), dtype=torch.long)
-        k = self.num_btoks
-        btok_index = (torch.arange(len(sequences)) * width + lens - k)[:, None] + torch.arange(k)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask.long(),
-            "position_ids": positions.clone(),
-            "btok_index": btok_index,
-        }
+        return {"input_ids": input_ids, "attention_mask": mask.long(), "position_ids": positions.clone()}
 
     def _position_ids(self, layout: CondensationLayout) -> torch.Tensor:
         """int64 ``[1, T]``: 0, 1, ... within every packed sequence (a target starts at its

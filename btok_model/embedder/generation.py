@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .backbone import transformers_model
 from .btok_cache import btok_cache, cache_kwarg
 from .collate import ExampleError
 
-if TYPE_CHECKING:
-    from .modeling import BTokModel
+if TYPE_CHECKING:  # a BTokModel; its module imports this one, so the annotation names its base class
+    from .core import Embedder
 
 __all__ = ["EndsWithIds", "generate_from_btoks"]
 
@@ -81,7 +82,7 @@ class EndsWithIds(StoppingCriteria):
 
 
 def generate_from_btoks(
-    model: BTokModel,
+    model: Embedder,
     inputs: Sequence,
     max_new_tokens: int = 32,
     *,
@@ -128,7 +129,7 @@ def generate_from_btoks(
             "never scores a target's first token, so nothing predicts it from the BToks"
         )
     sequences, media = collator.encode_for_embedding(inputs)
-    k = model.num_btoks
+    k = model.config.num_btoks
     if collator.max_length is not None:
         for i, seq in enumerate(sequences):
             length = len(seq) + len(prefix) + max_new_tokens
@@ -137,7 +138,7 @@ def generate_from_btoks(
                     f"text {i}: the text + {k} BToks + the target prefix + max_new_tokens={max_new_tokens} is {length} "
                     f"tokens, longer than {collator.limit_name}"
                 )
-    causal_lm = model._transformers_model
+    causal_lm = transformers_model(model.backbone)
     eos = generate_kwargs.pop("eos_token_id", None)
     if eos is None:
         eos = [model.tokenizer.eos_token_id, *_as_list(causal_lm.generation_config.eos_token_id)]
@@ -167,9 +168,9 @@ def generate_from_btoks(
 def _continue(model, first, prefix, suffix, eos, max_new_tokens, generate_kwargs) -> list[list[int]]:
     """The ids ``generate`` appends after ``[BToks | prefix]`` for each row of ``first`` (a
     :class:`~.btok_cache.BTokCache` of all rows), padding after a stop included."""
-    k, device = model.num_btoks, model.device
+    k, device = model.config.num_btoks, model.device
     n, p = first.token_counts.shape[0], len(prefix)
-    causal_lm = model._transformers_model
+    causal_lm = transformers_model(model.backbone)
     prompt = torch.tensor([model.btok_token_ids + prefix] * n, dtype=torch.long)
     # The prefix continues at S, S + 1, ... (every M-RoPE axis); the BTok columns are in the
     # cache, so only their shape matters to generate, which slices positions to the fed tokens.

@@ -1,19 +1,75 @@
-"""The two training losses of a BTok embedder and the cross-rank gather of embeddings.
+"""The two training losses of a BTok embedder, how they add up, and the cross-rank gather of embeddings.
 
 * :func:`info_nce` -- contrastive loss of query embeddings against candidate embeddings
   (in-batch negatives, hard negatives, and the candidates of other ranks).
 * :func:`next_token_loss` -- the generative loss on target tokens.
+* :class:`LossWeights` -- the one place the two become the loss a step backpropagates
+  (the generative weight, and each rank's share of a distributed batch).
 * :func:`gather_with_grad` -- all-gather across ranks that sends gradients back to the
   rank that owns each row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["gather_sizes", "gather_with_grad", "info_nce", "is_distributed", "next_token_loss", "rank_offset"]
+__all__ = [
+    "LossWeights",
+    "gather_sizes",
+    "gather_with_grad",
+    "info_nce",
+    "is_distributed",
+    "next_token_loss",
+    "rank_offset",
+]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """How a step's contrastive and generative losses add up into the loss it backpropagates::
+
+        contrastive part = query_share * contrastive
+        generative part  = target_share * generative
+        loss             = contrastive part + generative * generative part
+
+    The generative term is left out when there is no generative loss or its weight is 0.
+
+    Attributes:
+        generative: the generative loss's weight (a model's ``config.generative_weight``, or the
+            trainer's schedule for the step).
+        query_share: this rank's queries / the mean queries per rank (1 on one process). DDP and
+            FSDP average gradients over ranks; a rank's mean InfoNCE weighted by its share makes
+            that average the mean over the whole global batch.
+        target_share: this rank's scored target tokens / their mean per rank (1 on one process),
+            the same for the token-mean generative loss.
+    """
+
+    generative: float
+    query_share: float = 1.0
+    target_share: float = 1.0
+
+    def contrastive_part(self, contrastive: torch.Tensor) -> torch.Tensor:
+        """``query_share * contrastive``: this rank's share of the global batch's InfoNCE."""
+        return contrastive * self.query_share
+
+    def generative_part(self, generative: torch.Tensor | None) -> torch.Tensor | None:
+        """``target_share * generative`` (None without a generative loss)."""
+        return None if generative is None else generative * self.target_share
+
+    def generative_term(self, generative_part: torch.Tensor | None) -> torch.Tensor | None:
+        """What a generative part adds to the loss: ``generative * part`` (None when nothing)."""
+        if generative_part is None or self.generative == 0:
+            return None
+        return self.generative * generative_part
+
+    def total(self, contrastive_part: torch.Tensor, generative_part: torch.Tensor | None) -> torch.Tensor:
+        """The loss from the two parts (see the class docstring)."""
+        term = self.generative_term(generative_part)
+        return contrastive_part if term is None else contrastive_part + term
 
 
 def info_nce(

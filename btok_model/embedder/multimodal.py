@@ -305,7 +305,9 @@ def load_image(value, name: str):
             raise ExampleError(f"{name}: cannot read image file {os.fspath(value)!r} ({err})") from None
     if _is_pil(value) or isinstance(value, torch.Tensor) or type(value).__name__ == "ndarray":
         return value
-    raise ExampleError(f"{name}: an image must be a PIL.Image, a path or an [H, W, C] array, got {describe_value(value)}")
+    raise ExampleError(
+        f"{name}: an image must be a PIL.Image, a path or an [H, W, C] array, got {describe_value(value)}"
+    )
 
 
 def _is_pil(value) -> bool:
@@ -621,4 +623,6 @@ def _check_video(video, name: str):
         if video.shape[0] < 1:
             raise ExampleError(f"{name}: the video has no frames")
         return video
-    raise ExampleError(f"{name}: a video must be a list of frames or an [F, H, W, C] array, got {describe_value(video)}")
+    raise ExampleError(
+        f"{name}: a video must be a list of frames or an [F, H, W, C] array, got {describe_value(video)}"
+    )

@@ -134,7 +134,8 @@ def make_trainable(model, btok_ids: list[int], lora=None, freeze_backbone: bool 
 
     Args:
         model: the transformers model, BTok rows already initialised.
-        btok_ids: the K ids whose embedding rows must train in every mode.
+        btok_ids: the K ids whose embedding rows must train in every mode (``[]``: a model
+            without BToks, which has no frozen-backbone mode).
         lora: None or 0 (no LoRA), an int ``r`` > 0 (LoRA of rank r on every linear layer of
             the language model, :func:`lora_target_modules`; ``lora_alpha = 2 r``, no
             dropout), or a ``peft.LoraConfig`` (copied; the BTok ids are added to its
@@ -204,6 +205,8 @@ def _peft_config(model, btok_ids: list[int], lora, freeze_backbone: bool):
     if lora is None or (isinstance(lora, int) and not isinstance(lora, bool) and lora == 0):
         if not freeze_backbone:
             return None
+        if not btok_ids:
+            raise ValueError("freeze_backbone=True without LoRA trains only the BTok rows, and this model has none")
         import peft
 
         return peft.TrainableTokensConfig(token_indices=list(btok_ids))
@@ -219,7 +222,7 @@ def _peft_config(model, btok_ids: list[int], lora, freeze_backbone: bool):
             lora_alpha=2 * lora,
             lora_dropout=0.0,
             target_modules=lora_target_modules(model),
-            trainable_token_indices=btok_ids,
+            trainable_token_indices=list(btok_ids) or None,
         )
     config = copy.deepcopy(lora)
     config.trainable_token_indices = _merge_token_indices(config.trainable_token_indices, btok_ids)
@@ -228,6 +231,8 @@ def _peft_config(model, btok_ids: list[int], lora, freeze_backbone: bool):
 
 def _merge_token_indices(existing, btok_ids: list[int]):
     """The user's ``trainable_token_indices`` with the BTok ids added to the input embedding."""
+    if not btok_ids:
+        return existing
     if existing is None:
         return list(btok_ids)
     if isinstance(existing, dict):

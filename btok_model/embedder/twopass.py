@@ -23,13 +23,18 @@ computation: it must give the same generative loss, gradients and embeddings
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from .backbone import transformers_model
 from .btok_cache import btok_cache, cache_kwarg, media_inputs, model_positions, pad_rows
 from .collate import IGNORE_INDEX, Target
+from .core import pool_btok_states
 from .losses import next_token_loss
-from .modeling import BTokModel, pool_btok_states
+
+if TYPE_CHECKING:
+    from .modeling import BTokModel
 
 __all__ = ["TwoPassOutput", "two_pass_forward", "two_pass_sequences"]
 
@@ -82,14 +87,14 @@ def two_pass_sequences(
     Returns:
         ``(embeddings fp32 [N, H], generative loss fp32 scalar or None, scored target tokens)``.
     """
-    k, device = model.num_btoks, model.device
-    causal_lm = model._transformers_model
+    k, device = model.config.num_btoks, model.device
+    causal_lm = transformers_model(model.backbone)
     pad_id = model.collator.pad_id
     media = media or [None] * len(inputs)
     # Pass 1: [input | BToks], the cache cut to the BToks' keys/values of the rows with a target.
     rows = [i for i, t in enumerate(targets) if t is not None]
     first = btok_cache(model, inputs, media, keep=rows)
-    embeddings = pool_btok_states(first.btok_states, model.pooling)
+    embeddings = pool_btok_states(first.btok_states, model.config.reduction)
     if not rows:
         return embeddings, None, 0
 
@@ -97,7 +102,7 @@ def two_pass_sequences(
     target_ids, target_mask = pad_rows([targets[i].ids for i in rows], pad_id, left=False)
     labels, _ = pad_rows([targets[i].labels for i in rows], IGNORE_INDEX, left=False)
     target_media = [targets[i].media for i in rows]
-    positions = model_positions(model._decoder, target_ids, target_mask, target_media) + first.token_counts[:, None]
+    positions = model_positions(model.decoder, target_ids, target_mask, target_media) + first.token_counts[:, None]
     logits = causal_lm(
         input_ids=target_ids.to(device),
         attention_mask=torch.cat([torch.ones(len(rows), k, dtype=torch.long), target_mask], 1).to(device),

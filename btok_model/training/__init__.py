@@ -3,7 +3,7 @@
 * :mod:`.mixed_dataset` -- training sources (JSONL files, MMEB-train subsets; validated, errors naming
   file and line or row) mixed with weights.
 * :mod:`.sampler` -- the order: weighted shares shuffled, or single-source blocks.
-* :mod:`.schedule` -- the generative-loss weight per step.
+* :mod:`.schedule` -- the generative-loss weight per step, and the callback that sets it for the loss.
 * :mod:`.batch_builder` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
 * :mod:`.gradcache` -- the chunked step with the full batch's loss and gradients.
 * :mod:`.trainer` -- :class:`BTokTrainer` (losses logged apart, BTok checkpoints, resume, DDP).
@@ -12,7 +12,7 @@
 * :mod:`.recipe` -- the settings with the authors' defaults; :func:`build_model`, :func:`train`.
 """
 
-from .batch_builder import TrainingCollator
+from .batch_builder import ChunkedBatch, GradCacheChunk, TrainingCollator
 from .gradcache import grad_cache_step
 from .mixed_dataset import (
     DataSource,
@@ -24,13 +24,16 @@ from .mixed_dataset import (
 )
 from .recipe import Recipe, build_model, lora_config, train, training_arguments
 from .sampler import MixtureSampler, SourceBlockSampler, check_block_size
-from .schedule import GenerativeSchedule
+from .schedule import GenerativeSchedule, GenerativeWeightCallback
 from .trainer import BTokTrainer, load_checkpoint_weights
 
 __all__ = [
     "BTokTrainer",
+    "ChunkedBatch",
     "DataSource",
     "GenerativeSchedule",
+    "GenerativeWeightCallback",
+    "GradCacheChunk",
     "MixedDataset",
     "MixtureSampler",
     "Recipe",

@@ -10,7 +10,8 @@ Size under Memory Limited Setup", 2021), one step runs in three phases:
 3. re-run every chunk with autograd, the RNG state restored so dropout draws the same
    masks, and backpropagate ``sum(embeddings * their gradient)``; the chunk's generative
    loss joins this backward weighted by its share of the batch's target tokens, so the
-   sum over chunks is the full batch's token mean.
+   sum over chunks is the full batch's token mean. Both parts are weighted by the step's
+   :class:`~btok_model.embedder.losses.LossWeights`, as the model's own loss weighs them.
 
 Phase 3 recomputes the chunk exactly as phase 1 did (same inputs, weights and random
 draws), so the parameter gradients equal those of one backward through the whole batch,
@@ -23,6 +24,10 @@ import contextlib
 from collections.abc import Callable
 
 import torch
+
+from ..embedder.core import BatchEmbeddings, BTokOutput
+from ..embedder.losses import LossWeights
+from .batch_builder import ChunkedBatch
 
 __all__ = ["RandomState", "grad_cache_step"]
 
@@ -48,65 +53,73 @@ class RandomState:
 
 def grad_cache_step(
     model,
-    batch: dict,
+    batch: ChunkedBatch,
     backward: Callable[[torch.Tensor], None],
+    weights: LossWeights,
     *,
     scale: float = 1.0,
-    contrastive_weight: float = 1.0,
-    target_normalizer: float | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> dict[str, torch.Tensor | None]:
+) -> BTokOutput:
     """Forward and backward of one chunked batch; gradients accumulate in ``.grad``.
 
-    The loss backpropagated is ``scale * (contrastive_weight * InfoNCE + w * sum_c(gen_c * n_c) /
-    target_normalizer)`` with ``gen_c`` the mean generative loss of chunk ``c`` over its
-    ``n_c`` target tokens and ``w`` the model's generative weight.
+    What is backpropagated is ``scale`` x the loss of :class:`~btok_model.embedder.losses.LossWeights`
+    on the whole batch: the contrastive part from the model's own ``compute_loss`` on all the
+    embeddings, the generative part the sum over chunks ``c`` of ``gen_c * n_c / N`` (``gen_c``
+    the mean generative loss of chunk ``c`` over its ``n_c`` target tokens, ``N`` the batch's),
+    i.e. the batch's token mean.
 
     Args:
-        model: a :class:`~btok_model.BTokModel` (not a DDP wrapper: chunks call
-            ``embed_batch`` directly, so the caller synchronises gradients across ranks).
+        model: a BTok model or any :class:`~btok_model.embedder.core.Embedder` (not a DDP wrapper:
+            chunks call ``embed_batch`` directly, so the caller synchronises gradients across ranks).
         batch: a chunked batch from :class:`~btok_model.training.batch_builder.TrainingCollator`.
         backward: runs the backward of a scalar (``loss.backward`` or ``accelerator.backward``).
+        weights: the step's generative weight and this rank's shares.
         scale: multiplies everything backpropagated (1 / gradient-accumulation steps).
-        contrastive_weight: multiplies the contrastive loss (a rank's share of the queries).
-        target_normalizer: the token count the generative sum is divided by (default: the
-            batch's own ``num_target_tokens``, i.e. the batch's token mean).
         autocast: a context manager factory for the forward passes (mixed precision).
 
     Returns:
-        ``{"contrastive_loss", "generative_loss"}``: detached fp32 scalars, weighted as above
-        (generative None when no chunk has a target).
+        the batch's :class:`~btok_model.embedder.core.BTokOutput`, detached: ``loss``,
+        ``contrastive_loss`` and ``generative_loss`` (None when no chunk has a target) as
+        ``weights`` weigh them, unscaled by ``scale``; no embeddings.
     """
-    chunks = batch["chunks"]
     device = model.device
     states, queries, candidates = [], [], []
     with torch.no_grad():
-        for chunk in chunks:
+        for chunk in batch.chunks:
             states.append(RandomState(device))
             with autocast():
-                q, c, _, _ = model.embed_batch(chunk["embed_batch"])
-            queries.append(q)
-            candidates.append(c)
-    query_cache = torch.cat(queries).detach().requires_grad_()
-    candidate_cache = torch.cat(candidates).detach().requires_grad_()
-    contrastive = model.compute_loss(query_cache, candidate_cache, batch["positive_index"], None).contrastive_loss
-    contrastive = contrastive * contrastive_weight
-    query_grad, candidate_grad = torch.autograd.grad(contrastive * scale, [query_cache, candidate_cache])
+                embedded = model.embed_batch(chunk.embed_batch, generative=False)
+            queries.append(embedded.query_embeddings)
+            candidates.append(embedded.candidate_embeddings)
+    cache = BatchEmbeddings(
+        torch.cat(queries).detach().requires_grad_(), torch.cat(candidates).detach().requires_grad_()
+    )
+    contrastive = model.compute_loss(cache, batch.positive_index, weights).loss
+    query_grad, candidate_grad = torch.autograd.grad(
+        contrastive * scale, [cache.query_embeddings, cache.candidate_embeddings]
+    )
 
-    normalizer = batch["num_target_tokens"] if target_normalizer is None else target_normalizer
-    weight = model.generative_weight
     generative_sum = None
     q_start = c_start = 0
-    for chunk, state in zip(chunks, states, strict=True):
+    for chunk, state in zip(batch.chunks, states, strict=True):
         with state.replay(), autocast():
-            q, c, generative, num_targets = model.embed_batch(chunk["batch"])
+            embedded = model.embed_batch(chunk.batch, generative=weights.generative != 0)
+        q, c = embedded.query_embeddings, embedded.candidate_embeddings
         q_end, c_end = q_start + q.shape[0], c_start + c.shape[0]
         surrogate = (q * query_grad[q_start:q_end]).sum() + (c * candidate_grad[c_start:c_end]).sum()
-        if generative is not None:
-            share = num_targets / normalizer
-            surrogate = surrogate + (weight * scale * share) * generative
-            part = generative.detach() * share
-            generative_sum = part if generative_sum is None else generative_sum + part
+        part = weights.generative_part(
+            None
+            if embedded.generative_loss is None
+            else embedded.generative_loss * (embedded.num_target_tokens / batch.num_target_tokens)
+        )
+        term = weights.generative_term(part)
+        if term is not None:
+            surrogate = surrogate + scale * term
+        if part is not None:
+            generative_sum = part.detach() if generative_sum is None else generative_sum + part.detach()
         backward(surrogate)
         q_start, c_start = q_end, c_end
-    return {"contrastive_loss": contrastive.detach(), "generative_loss": generative_sum}
+    contrastive = contrastive.detach()
+    return BTokOutput(
+        loss=weights.total(contrastive, generative_sum), contrastive_loss=contrastive, generative_loss=generative_sum
+    )

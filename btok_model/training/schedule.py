@@ -1,11 +1,19 @@
 """The generative-loss weight over training: ``weight`` for the first ``steps`` optimizer
-steps, then 0 (the authors' recipe: 5.0 for the first 2,000 of 5,000 steps)."""
+steps, then 0 (the authors' recipe: 5.0 for the first 2,000 of 5,000 steps).
+
+:class:`GenerativeSchedule` says the weight of each step; :class:`GenerativeWeightCallback`
+sets the weight the trainer's loss reads at the start of every optimizer step, and nothing
+else (the batch builder asks the schedule itself whether a batch needs targets, for the step
+the batch is built for).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GenerativeSchedule"]
+from transformers import TrainerCallback
+
+__all__ = ["GenerativeSchedule", "GenerativeWeightCallback"]
 
 
 @dataclass(frozen=True)
@@ -33,3 +41,19 @@ class GenerativeSchedule:
         if self.steps is not None and step >= self.steps:
             return 0.0
         return float(self.weight)
+
+
+class GenerativeWeightCallback(TrainerCallback):
+    """Sets :attr:`weight`, the generative weight the loss of the current optimizer step reads,
+    from ``schedule`` at the start of every step.
+
+    Args:
+        schedule: the weight per step.
+    """
+
+    def __init__(self, schedule: GenerativeSchedule):
+        self.schedule = schedule
+        self.weight = schedule.weight_at(0)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.weight = self.schedule.weight_at(state.global_step)

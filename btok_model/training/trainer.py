@@ -1,10 +1,14 @@
 """The transformers ``Trainer`` for BTok embedders (accelerate underneath).
 
-:class:`BTokTrainer` overrides what a contrastive + generative objective needs and nothing
-else: ``compute_loss`` (the model's own loss, its two parts recorded for the logs, the
-generative weight of the current step), ``training_step`` for GradCache batches, ``log``
-(``contrastive_loss``, ``generative_loss`` and ``generative_weight`` beside ``loss``), and
-saving / resuming in the BTok model's own format.
+:class:`BTokTrainer` overrides the Trainer's documented extension points a contrastive +
+generative objective needs: ``compute_loss`` (the model's own loss, with the step's generative
+weight -- set by :class:`~btok_model.training.schedule.GenerativeWeightCallback` -- and this
+rank's shares, :class:`~btok_model.embedder.losses.LossWeights`; its two parts recorded for the
+logs), ``training_step`` for GradCache batches, ``log`` (``contrastive_loss``,
+``generative_loss`` and ``generative_weight`` beside ``loss``), ``get_train_dataloader`` (a
+mixture's own sampler) and ``save_model`` (the BTok model's own folder). One private method is
+overridden, ``_load_from_checkpoint``, because the Trainer has no public hook for how a
+checkpoint's weights are read (see there).
 
 Distributed training runs under ``torchrun`` with DDP: each rank embeds its share of the
 batch and scores its queries against the candidates of every rank
@@ -23,9 +27,9 @@ Saves gather the full state dict (accelerate's ``get_state_dict``) into an unsha
 the model kept on the meta device, so a checkpoint is the same folder as without FSDP
 (LoRA merged); a checkpoint also holds the Trainer's FSDP state (``pytorch_model_fsdp.bin``,
 the optimizer), which resuming under FSDP loads. On the CPU (gloo), accelerate leaves FSDP
-off -- it turns the plugin on only for accelerator devices -- and
-:meth:`BTokTrainer.create_accelerator_and_postprocess` turns it on itself, so the CPU tests
-run the same FSDP path. DeepSpeed is refused.
+off -- it turns the plugin on only for accelerator devices, and offers no setting that
+changes that -- so :meth:`BTokTrainer.create_accelerator_and_postprocess` turns it on in the
+accelerator's state itself, and the CPU tests run the same FSDP path. DeepSpeed is refused.
 
 A :class:`~btok_model.training.mixed_dataset.MixedDataset` is read in the order of its own sampler
 (:mod:`btok_model.training.sampler`): each source's weighted share, shuffled, or with
@@ -46,17 +50,17 @@ import torch.distributed as dist
 from accelerate.utils import DistributedType
 from transformers import Trainer, TrainerCallback
 
-from .batch_builder import TrainingCollator, is_chunked
+from ..embedder.losses import LossWeights
+from .batch_builder import ChunkedBatch, TrainingCollator
 from .gradcache import grad_cache_step
 from .mixed_dataset import MixedDataset
 from .sampler import check_block_size
-from .schedule import GenerativeSchedule
+from .schedule import GenerativeSchedule, GenerativeWeightCallback
 
 __all__ = ["TRAINABLE_STATE", "BTokTrainer", "load_checkpoint_weights", "save_trainable_state"]
 
 TRAINABLE_STATE = "trainable_parameters.safetensors"
 FSDP_CHECKPOINT = "pytorch_model_fsdp"  # accelerate's name for the full model state of an FSDP checkpoint
-_STEP_KEY = "btok_step"  # the optimizer step a batch was collated for (checked, then dropped)
 
 
 def save_trainable_state(model: torch.nn.Module, directory: str) -> None:
@@ -208,8 +212,8 @@ def _materialize(meta_model: torch.nn.Module, state_dict: dict[str, torch.Tensor
     return meta_model
 
 
-class _ScheduleCallback(TrainerCallback):
-    """Places the collator's batch count at the run's first step (0, or the resumed step)."""
+class _BatchCountCallback(TrainerCallback):
+    """Places the batch builder's count at the run's first step (0, or the resumed step)."""
 
     def __init__(self, collator: TrainingCollator):
         self.collator = collator
@@ -233,30 +237,16 @@ class _SamplerEpochCallback(TrainerCallback):
         self.sampler.set_epoch(state.global_step // steps_per_epoch)
 
 
-class _StepStampingCollator:
-    """Adds the optimizer step each batch was built for, so the trainer can check it."""
-
-    def __init__(self, collator: TrainingCollator):
-        self.collator = collator
-
-    def __call__(self, examples):
-        step = self.collator.batches_built // self.collator.gradient_accumulation_steps
-        batch = self.collator(examples)
-        batch[_STEP_KEY] = step
-        return batch
-
-
 class BTokTrainer(Trainer):
-    """``transformers.Trainer`` for :class:`~btok_model.BTokModel` (see the module docstring).
+    """``transformers.Trainer`` for a :class:`~btok_model.BTokModel` or a
+    :class:`~btok_model.embedder.pooled.PooledEmbedder` (see the module docstring).
 
     Args:
-        model: a :class:`~btok_model.BTokModel` (or any model with the same training
-            interface: ``collator``, ``embed_batch``, ``compute_loss``, ``generative_weight``,
-            ``save_pretrained``/``from_pretrained``).
+        model: the embedder (an :class:`~btok_model.embedder.core.Embedder`).
         args: ``transformers.TrainingArguments``; ``remove_unused_columns`` is forced off
-            and ``dataloader_num_workers`` must be 0 (the collator counts steps).
+            and ``dataloader_num_workers`` must be 0 (the batch builder counts steps).
         train_dataset: examples (dicts), e.g. a :class:`~btok_model.training.mixed_dataset.MixedDataset`.
-        schedule: the generative weight per step (default: the model's weight throughout).
+        schedule: the generative weight per step (default: the model's configured weight throughout).
         chunk_size, max_tokens: GradCache chunking (see
             :class:`~btok_model.training.batch_builder.TrainingCollator`).
         source_block_size: with a :class:`~btok_model.training.mixed_dataset.MixedDataset`, draw blocks
@@ -280,11 +270,12 @@ class BTokTrainer(Trainer):
         self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size)
         if args.dataloader_num_workers:
             raise ValueError(
-                "BTokTrainer collates in the training process (dataloader_num_workers=0): the collator follows "
+                "BTokTrainer collates in the training process (dataloader_num_workers=0): the batch builder follows "
                 f"the generative schedule step by step; got dataloader_num_workers={args.dataloader_num_workers}"
             )
         args.remove_unused_columns = False
-        self.schedule = schedule if schedule is not None else GenerativeSchedule(model.generative_weight, None)
+        self.schedule = schedule if schedule is not None else GenerativeSchedule(model.config.generative_weight, None)
+        self.generative_weight = GenerativeWeightCallback(self.schedule)
         self.training_collator = TrainingCollator(
             model.collator,
             self.schedule,
@@ -292,14 +283,15 @@ class BTokTrainer(Trainer):
             max_tokens=max_tokens,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
         )
-        callbacks = list(kwargs.pop("callbacks", None) or []) + [_ScheduleCallback(self.training_collator)]
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        callbacks += [_BatchCountCallback(self.training_collator), self.generative_weight]
         if self.mixture_sampler is not None:
             callbacks.append(_SamplerEpochCallback(self.mixture_sampler))
         super().__init__(
             model=model,
             args=args,
             train_dataset=train_dataset,
-            data_collator=_StepStampingCollator(self.training_collator),
+            data_collator=self.training_collator,
             callbacks=callbacks,
             **kwargs,
         )
@@ -317,50 +309,69 @@ class BTokTrainer(Trainer):
 
         accelerate's ``AcceleratorState`` switches to ``DistributedType.FSDP`` only for
         accelerator devices (its multi-GPU/NPU/XPU/... branch) and would otherwise run a
-        ``MULTI_CPU`` job as plain DDP, silently ignoring ``fsdp``. FSDP2's ``fully_shard``
-        works on CPU tensors with gloo, so the plugin is installed here the way accelerate
-        installs it on a GPU.
+        ``MULTI_CPU`` job as plain DDP, silently ignoring ``fsdp``; no setting or environment
+        variable of accelerate 1.x changes that (README, "Train and evaluate"). FSDP2's
+        ``fully_shard`` works on CPU tensors with gloo, so the FSDP plugin and distributed type
+        are set here through the public attributes of the two accelerate state objects, as
+        accelerate's own constructor leaves them on a GPU: the process state (``PartialState``)
+        too, because every later ``AcceleratorState()`` (the prepared optimizer builds one)
+        copies its distributed type from there.
         """
         super().create_accelerator_and_postprocess()
         state = self.accelerator.state
         if self.args.fsdp and not self.is_fsdp_enabled and state.distributed_type == DistributedType.MULTI_CPU:
-            from accelerate.state import PartialState
+            from accelerate import PartialState
             from accelerate.utils import FullyShardedDataParallelPlugin
 
             plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
             if state.mixed_precision != "no":
                 plugin.set_mixed_precision(state.mixed_precision)
             state.fsdp_plugin = plugin
-            state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
             self.is_fsdp_enabled = True
 
-    def _get_train_sampler(self, train_dataset=None):
-        """A :class:`~btok_model.training.mixed_dataset.MixedDataset`'s own sampler; otherwise the Trainer's."""
-        if self.mixture_sampler is not None and (train_dataset is None or train_dataset is self.train_dataset):
-            return self.mixture_sampler
-        return super()._get_train_sampler(train_dataset)
+    def get_train_dataloader(self):
+        """A :class:`~btok_model.training.mixed_dataset.MixedDataset` read in its own sampler's
+        order (batched, collated and prepared by accelerate as the Trainer's own loader is);
+        any other dataset: the Trainer's loader."""
+        if self.mixture_sampler is None:
+            return super().get_train_dataloader()
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            sampler=self.mixture_sampler,
+            collate_fn=self.data_collator,
+            pin_memory=self.args.dataloader_pin_memory,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        return self.accelerator.prepare(loader)
 
     # -- the loss -------------------------------------------------------------------------
     def _btok_model(self, model=None):
         return self.accelerator.unwrap_model(model if model is not None else self.model)
 
-    def _begin_step(self, model, inputs: dict) -> None:
-        """Check the batch was built for this step and set this step's generative weight."""
+    def _loss_weights(self, inputs) -> tuple[LossWeights, bool]:
+        """This step's :class:`~btok_model.embedder.losses.LossWeights` (after checking that
+        ``inputs`` was built for this step), and whether any rank's batch has target tokens."""
         step = self.state.global_step
-        built_for = inputs.pop(_STEP_KEY, step)
-        if built_for != step:
+        built_for = self.training_collator.take_built_step()
+        if built_for is not None and built_for != step:
             raise RuntimeError(
                 f"a batch collated for step {built_for} reached step {step}: the training collator must run in "
                 "order in the training process (no dataloader workers)"
             )
-        self._btok_model(model).generative_weight = self.schedule.weight_at(step)
+        query_share, target_share = self._rank_shares(inputs.num_queries, inputs.num_target_tokens)
+        weights = LossWeights(self.generative_weight.weight, query_share, 1.0 if target_share is None else target_share)
+        return weights, target_share is not None
 
-    def _record(self, contrastive: torch.Tensor, generative: torch.Tensor | None, target_share: float | None) -> None:
-        self._loss_parts["contrastive_loss"].append(contrastive.detach().float())
-        if generative is None and target_share is not None:
+    def _record(self, outputs, targets_somewhere: bool) -> None:
+        """Keep the step's loss parts (already this rank's shares) for the next log."""
+        self._loss_parts["contrastive_loss"].append(outputs.contrastive_loss.detach().float())
+        generative = outputs.generative_loss
+        if generative is None and targets_somewhere:
             # Other ranks scored target tokens: this rank's weighted part of the mean is 0, and
             # the log's mean over ranks must count it.
-            generative = torch.zeros((), device=contrastive.device)
+            generative = torch.zeros((), device=outputs.contrastive_loss.device)
         if generative is not None:
             self._loss_parts["generative_loss"].append(generative.detach().float())
 
@@ -397,50 +408,32 @@ class BTokTrainer(Trainer):
             return
         setter(mixed)
 
-    def _combine(self, model, contrastive, generative, target_share: float | None) -> torch.Tensor:
-        loss = contrastive
-        if generative is not None:
-            loss = loss + self._btok_model(model).generative_weight * generative
-        self._record(contrastive, generative, target_share)
-        return loss
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's loss (contrastive + weight x generative), each part weighted by this
+        """The model's own loss with this step's generative weight, each part weighted by this
         rank's share of the global batch; the parts are logged."""
-        self._begin_step(model, inputs)
-        outputs = model(**inputs)
-        query_share, target_share = self._rank_shares(inputs["positive_index"].numel(), inputs["num_target_tokens"])
-        contrastive = outputs.contrastive_loss * query_share
-        generative = None if outputs.generative_loss is None else outputs.generative_loss * target_share
-        loss = self._combine(model, contrastive, generative, target_share)
-        return (loss, outputs) if return_outputs else loss
+        weights, targets_somewhere = self._loss_weights(inputs)
+        outputs = model(inputs, loss_weights=weights)
+        self._record(outputs, targets_somewhere)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """A plain batch: the Trainer's own step. A chunked batch: a GradCache step."""
-        if not is_chunked(inputs):
+        if not isinstance(inputs, ChunkedBatch):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
-        self._begin_step(model, inputs)
-        inputs = self._prepare_inputs(inputs)
+        weights, targets_somewhere = self._loss_weights(inputs)
         btok_model = self._btok_model(model)
-        query_share, target_share = self._rank_shares(inputs["positive_index"].numel(), inputs["num_target_tokens"])
         scale = 1.0 / self.current_gradient_accumulation_steps
         backward = self.accelerator.backward
         if self.is_fsdp_enabled:
-            backward = self._fsdp_chunk_backward(btok_model, len(inputs["chunks"]))
-        parts = grad_cache_step(
-            btok_model,
-            inputs,
-            backward,
-            scale=scale,
-            contrastive_weight=query_share,
-            target_normalizer=inputs["num_target_tokens"] / target_share if target_share else None,
-            autocast=self.accelerator.autocast,
+            backward = self._fsdp_chunk_backward(btok_model, len(inputs.chunks))
+        outputs = grad_cache_step(
+            btok_model, inputs, backward, weights, scale=scale, autocast=self.accelerator.autocast
         )
         if self.accelerator.sync_gradients and not self.is_fsdp_enabled:
             self._average_gradients(btok_model)
-        parts = parts["contrastive_loss"], parts["generative_loss"]
-        return self._combine(model, *parts, target_share).detach() * scale
+        self._record(outputs, targets_somewhere)
+        return outputs.loss * scale
 
     def _fsdp_chunk_backward(self, model, num_chunks: int):
         """``backward`` for the ``num_chunks`` re-runs of a GradCache step under FSDP2: the
@@ -497,33 +490,41 @@ class BTokTrainer(Trainer):
                 if not torch.isnan(mean):
                     logs[name] = round(float(mean), 4)
                 values.clear()
-            logs["generative_weight"] = self.schedule.weight_at(max(self.state.global_step - 1, 0))
+            logs["generative_weight"] = self.generative_weight.weight  # the weight the last step's loss read
         super().log(logs, start_time)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """A folder :meth:`BTokModel.from_pretrained` loads (+ trainable tensors for resuming)."""
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Write a folder :meth:`BTokModel.from_pretrained` loads (+ the trainable tensors for
+        resuming and the training arguments); the Trainer's checkpoints call it too.
+
+        Every rank calls it: under FSDP the full state dict is gathered first (a collective,
+        accelerate's ``get_state_dict``) into an unsharded copy of the model on the meta device;
+        the process that saves (``args.should_save``) writes.
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
         model = self._btok_model()
         if self.is_fsdp_enabled:
-            if state_dict is None:
-                raise RuntimeError("an FSDP save needs the gathered full state dict (Trainer.save_model passes it)")
-            # The copy holds the settings the run began with (only the generative weight changes
-            # during training, and the saved one is set below).
-            model = _materialize(_meta_copy(self._unsharded_copy), state_dict)
-        live_weight = model.generative_weight
-        model.generative_weight = self.schedule.weight  # the saved config states the recipe, not the step
-        try:
+            state_dict = self.accelerator.get_state_dict(self.model)
+            if self.args.should_save:
+                model = _materialize(_meta_copy(self._unsharded_copy), state_dict)
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
             model.save_pretrained(output_dir)
-        finally:
-            model.generative_weight = live_weight
-        save_trainable_state(model, output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            save_trainable_state(model, output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load a checkpoint's weights from the BTok files :meth:`save_model` wrote.
+
+        A private method of the Trainer, overridden because nothing public says how a checkpoint's
+        weights are read: its own reader expects the model's state dict in ``model.safetensors``,
+        while a BTok checkpoint holds the backbone's (LoRA merged) and the trainable tensors. The
+        Trainer calls it at the point of ``train(resume_from_checkpoint=...)`` where the weights
+        must be in place (after FSDP has sharded the model, before the optimizer state loads).
+        """
         if self.is_fsdp_enabled:
             # The weights come from the BTok files as without FSDP; the Trainer then loads the
             # optimizer state its FSDP checkpoint holds, which a checkpoint without FSDP lacks.

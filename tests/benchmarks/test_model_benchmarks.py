@@ -3,6 +3,7 @@
 a wrong mask caught), encode() throughput (encode.py: BTok vs last-token pooling, the
 token-count prediction), the CPU peak-memory probe and the report's sections."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -29,15 +30,16 @@ def one_thread():
 
 def _plain_causal(model, batch, device):
     """The btok_triton row on a layout without the cut (btok_start 0, the same target rows):
-    targets see their query, which the condensation mask forbids."""
+    targets see their query, which the condensation mask forbids (and the model, which pools
+    the K tokens where the layout starts the BToks, pools other tokens)."""
     layout = batch.layout
     t = list(layout.host_target_start)
     wrong = CondensationLayout.from_lengths([0] * len(t), t, [n - s for n, s in zip(layout.seqlens, t)], device=device)
     assert list(wrong.host_target_start) == t and not any(wrong.host_btok_start)
-    collated = {**batch.collated, "btok_layout": wrong}
+    collated = dataclasses.replace(batch.collated, btok_layout=wrong)
 
     def loss():
-        out = model(**collated)
+        out = model(collated)
         return {"loss": out.loss, "contrastive": out.contrastive_loss, "generative": out.generative_loss}
 
     return steps.Prepared(loss, notes=["targets attend their query"])
@@ -87,7 +89,7 @@ def test_btok_step_rows_agree_with_the_reference_and_a_wrong_mask_fails(tmp_path
     wrong = rows["no_cut"]
     assert wrong["status"] == "FAILED" and "FAILED check" in wrong["note"], wrong
     # the embeddings do not see targets; the generative loss and the gradients do
-    assert wrong["err_contrastive"] < 1e-5 and wrong["err_generative"] > 1e-3 and wrong["err_grad"] > 1e-3, wrong
+    assert wrong["err_contrastive"] > 1e-3 and wrong["err_generative"] > 1e-3 and wrong["err_grad"] > 1e-3, wrong
     assert "step_ms" not in wrong and "x_two_pass_sdpa" not in wrong
 
 
@@ -103,10 +105,9 @@ def test_btok_batch_is_the_workload_plus_its_positives():
     assert layout.seqlens == wl.seqlens + [t + k for t in wl.target_lens]
     assert list(layout.host_btok_start[:n]) == list(wl.query_lens)
     assert list(layout.host_target_start[:n]) == [q + k for q in wl.query_lens]
-    assert c["positive_index"].tolist() == list(range(n)) and c["candidate_btok_index"].shape == (n, k)
+    assert c["positive_index"].tolist() == list(range(n)) and c.btok_positions().shape == (2 * n, k)
     ids = c["input_ids"][0]
-    assert (ids[c["query_btok_index"]] == torch.tensor(model.btok_token_ids)).all()
-    assert (ids[c["candidate_btok_index"]] == torch.tensor(model.btok_token_ids)).all()
+    assert (ids[c.btok_positions()] == torch.tensor(model.btok_token_ids)).all()
     # every target token but the unscored prefix is scored
     assert c["num_target_tokens"] == sum(t - batch.unscored for t in wl.target_lens) == int((c["labels"] != -100).sum())
     other = build_btok_model(CPU_TINY, 1, 0, wl.num_btoks + 1)[0]
@@ -146,12 +147,12 @@ def test_direct_last_token_equals_the_library_baseline():
     """The decisive baseline pools exactly what PooledEmbedder pools (last text token),
     packed and padded, and differs from the BTok embedding."""
     from benchmarks.model_setup import CPU_TINY, build_btok_model, word_texts
-    from btok_model.embedder.pooled import PooledEmbedder
+    from btok_model.embedder import PooledConfig, PooledEmbedder
 
     model, num_words = build_btok_model(CPU_TINY, 1, 0, 3)
     texts = word_texts([5, 17, 1, 9, 12], num_words, seed=1)
     direct = encode.DirectLastToken(model)
-    pooled = PooledEmbedder(model.backbone, model.tokenizer, "last-token")
+    pooled = PooledEmbedder(model.backbone, model.tokenizer, PooledConfig(pooling="last-token"))
     for mode, attn in encode.MODES.items():
         encode.set_attention(model, attn)
         got = direct.encode(texts, 2, mode == "packed")

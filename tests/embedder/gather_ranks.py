@@ -23,6 +23,7 @@ LOSSES_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "btok_model", 
 def load_losses():
     spec = importlib.util.spec_from_file_location("btok_losses_under_test", LOSSES_FILE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
 

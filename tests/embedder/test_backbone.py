@@ -8,7 +8,13 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Llav
 from vl_tiny import IMAGE_TOKEN, frames, image, image_processor, processor, tiny_vl_backbone, vl_tokenizer
 
 from btok_model import BTokModel
-from btok_model.embedder.backbone import backbone_class, check_saveable, load_backbone, set_pixel_limits
+from btok_model.embedder.backbone import (
+    backbone_class,
+    check_saveable,
+    load_backbone,
+    set_pixel_limits,
+    transformers_model,
+)
 from btok_model.embedder.multimodal import MultimodalCollator
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.tokens import lora_target_modules
@@ -78,10 +84,10 @@ def test_btok_rows_from_the_eos_row():
         head = backbone.get_output_embeddings().weight.detach().clone()
         model = BTokModel.from_backbone(backbone, tokenizer=char_tokenizer_with_eos(), btok_init="eos", lora=None)
         ids = model.btok_token_ids
-        weight = model._transformers_model.get_input_embeddings().weight
+        weight = transformers_model(model.backbone).get_input_embeddings().weight
         assert torch.equal(weight[ids], embed[eos].expand(4, -1)) and torch.equal(weight[: len(embed)], embed)
         if family == "qwen2":  # an untied head's BTok rows: the mean of its rows
-            out = model._transformers_model.get_output_embeddings().weight
+            out = transformers_model(model.backbone).get_output_embeddings().weight
             torch.testing.assert_close(out[ids], head.mean(0).expand(4, -1), rtol=0, atol=1e-7)
     with pytest.raises(ValueError, match="btok_init must be one of"):
         BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), btok_init="zero")
@@ -145,9 +151,9 @@ def test_pooled_baseline_on_a_vision_language_backbone():
             torch.testing.assert_close(emb[i], torch.nn.functional.normalize(hidden, dim=-1), rtol=1e-5, atol=1e-6)
     batch = model.collate([{"query": inputs[0], "positive": "p"}, {"query": "q", "positive": inputs[2]}])
     with torch.no_grad():
-        query, candidates, _, _ = model.embed_batch(batch)
-    torch.testing.assert_close(query[0], emb[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(candidates[1], emb[2], rtol=1e-5, atol=1e-6)
+        embedded = model.embed_batch(batch)
+    torch.testing.assert_close(embedded.query_embeddings[0], emb[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(embedded.candidate_embeddings[1], emb[2], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no video processor"):
         model.encode([{"video": frames(2, 28, 28, 1)}])
 

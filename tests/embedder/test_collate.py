@@ -7,6 +7,7 @@ import torch
 from btok_tiny import EXAMPLES, tiny_btok
 
 from btok_model import ExampleError
+from btok_model.embedder import LossWeights
 
 PREFIX, SUFFIX = "<|im_start|>assistant\n", "<|im_end|>"
 
@@ -27,7 +28,7 @@ def sequences(batch):
 
 def test_batch_layout(model):
     batch = model.collate(EXAMPLES)
-    k, btoks = model.num_btoks, model.btok_token_ids
+    k, btoks = model.config.num_btoks, model.btok_token_ids
     expected_targets = [EXAMPLES[0]["positive"], EXAMPLES[1]["target"], None, EXAMPLES[3]["target"]]
     queries = [ids(model, ex["query"]) for ex in EXAMPLES]
     wrap = ids(model, PREFIX, False), ids(model, SUFFIX, False)
@@ -43,11 +44,10 @@ def test_batch_layout(model):
     assert batch["position_ids"].shape == batch["input_ids"].shape == batch["labels"].shape == (1, layout.total_tokens)
     assert sequences({**batch, "input_ids": batch["position_ids"]}) == [list(range(len(s))) for s in expected]
 
-    for key, n in (("query_btok_index", 4), ("candidate_btok_index", 7)):
-        index = batch[key]
-        assert index.shape == (n, k) and index.dtype == torch.long
-        assert (batch["input_ids"][0, index] == torch.tensor(btoks)).all()
-    assert batch["candidate_btok_index"][0, 0] == layout.host_cu_seqlens[4] + layout.host_btok_start[4]
+    index = batch.btok_positions()
+    assert index.shape == (11, k) and index.dtype == torch.long and batch.num_queries == 4
+    assert (batch["input_ids"][0, index] == torch.tensor(btoks)).all()
+    assert index[4, 0] == layout.host_cu_seqlens[4] + layout.host_btok_start[4]
     assert batch["positive_index"].tolist() == [0, 1, 2, 3]
 
     # Labels: exactly the target text + suffix tokens, unshifted.
@@ -122,7 +122,7 @@ def test_mixed_sides_pack_labels_on_every_target():
         {"query": "hhh", "positive": "ii", "target": "jjjjj"},
     ]
     batch = model.collate(examples)
-    layout, k = batch["btok_layout"], model.num_btoks
+    layout, k = batch["btok_layout"], model.config.num_btoks
     # sequence: its target's text (queries 0-3, positives 4-7, the negative 8)
     texts = {1: "d", 3: "jjjjj", 4: "aa", 5: "cccc"}
     prefix = len(ids(model, PREFIX, False))
@@ -161,19 +161,18 @@ def test_generative_weight_zero_collates_no_targets():
     model = tiny_btok()
     examples = EXAMPLES + [{"query": "q", "positive": "p", "target_side": "query"}, {**GOOD, "target_side": "both"}]
     with_targets = model.collate(examples)
-    model.generative_weight = 0.0
-    batch = model.collate(examples)
-    layout = batch["btok_layout"]
-    assert layout.host_target_start == layout.seqlens
-    assert batch["num_target_tokens"] == 0 and (batch["labels"] == -100).all()
-    assert layout.total_tokens < with_targets["btok_layout"].total_tokens
-    query, candidates, generative, num_tokens = model.embed_batch(batch)
-    assert generative is None and num_tokens == 0
+    unweighted = tiny_btok(generative_weight=0.0)
+    for batch in (unweighted.collate(examples), model.collator(examples, with_targets=False)):
+        layout = batch["btok_layout"]
+        assert layout.host_target_start == layout.seqlens
+        assert batch["num_target_tokens"] == 0 and (batch["labels"] == -100).all()
+        assert layout.total_tokens < with_targets["btok_layout"].total_tokens
+        embedded = model.embed_batch(batch)
+        assert embedded.generative_loss is None and embedded.num_target_tokens == 0
     # A batch collated with targets: the weight, not the batch, decides.
-    out = model(**with_targets)
-    assert out.generative_loss is None and torch.equal(out.loss, out.contrastive_loss)
-    model.generative_weight = 5.0
-    assert model.collate(examples)["num_target_tokens"] == with_targets["num_target_tokens"]
+    for out in (unweighted(**with_targets), model(with_targets, loss_weights=LossWeights(0.0))):
+        assert out.generative_loss is None and torch.equal(out.loss, out.contrastive_loss)
+    assert model(with_targets).generative_loss is not None
 
 
 def test_collator_is_picklable_and_model_free(model):
@@ -223,7 +222,7 @@ def test_bad_examples_name_the_example(model, examples, message):
 
 def test_lengths_are_checked_never_truncated():
     model = tiny_btok(max_length=24)
-    k, prefix_and_suffix = model.num_btoks, len(ids(model, PREFIX + SUFFIX, False))
+    k, prefix_and_suffix = model.config.num_btoks, len(ids(model, PREFIX + SUFFIX, False))
     fits = "x" * (24 - k - prefix_and_suffix - 1)
     model.collate([{"query": "q", "positive": fits}])  # the positive is also the target
     cases = [
@@ -245,7 +244,7 @@ def test_lengths_are_checked_never_truncated():
     with pytest.raises(ExampleError, match="text 1: the text \\+ K BToks is 25 tokens, longer than max_length=24"):
         model.encode(["ok", "e" * 21])
 
-    model.max_length = None  # the backbone's max_position_embeddings=256 still applies
+    model = tiny_btok()  # no max_length: the backbone's max_position_embeddings=256 still applies
     limit = r"text 0: .* 304 tokens, longer than the model's limit \(max_position_embeddings=256\)"
     with pytest.raises(ExampleError, match=limit):
         model.encode(["e" * 300])

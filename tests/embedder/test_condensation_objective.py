@@ -6,7 +6,7 @@ import torch
 from btok_tiny import EXAMPLES, tiny_btok
 
 from btok_kernels import CondensationLayout
-from btok_model.embedder.modeling import _target_rows
+from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.losses import next_token_loss
 
 TOL = 2e-6
@@ -14,6 +14,14 @@ TOL = 2e-6
 
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def target_rows(layout) -> torch.Tensor:
+    """Every target row that predicts a next target token: all target rows but each sequence's last."""
+    cu, rows = layout.host_cu_seqlens, []
+    for s, t in enumerate(layout.host_target_start):
+        rows += range(cu[s] + t, cu[s + 1] - 1)
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def texts(examples):
@@ -27,7 +35,8 @@ def test_training_embeddings_equal_encode(family):
     model = tiny_btok(family)
     batch = model.collate(EXAMPLES)
     assert batch["num_target_tokens"] > 0
-    query, candidates, _, _ = model.embed_batch(batch)
+    embedded = model.embed_batch(batch)
+    query, candidates = embedded.query_embeddings, embedded.candidate_embeddings
     queries, cands = texts(EXAMPLES)
     for packed in (True, False):
         assert rel_err(model.encode(queries, batch_size=3, packed=packed), query.detach()) < TOL
@@ -40,12 +49,14 @@ def test_targets_change_no_embedding():
     same_length = [dict(ex, target=f"tarxet {i}") for i, ex in enumerate(EXAMPLES)]
     other_length = [dict(ex, target="a much longer target " * (i + 1)) for i, ex in enumerate(EXAMPLES)]
     with torch.no_grad():
-        ref_q, ref_c, ref_gen, _ = model.embed_batch(model.collate(base))
-        q, c, gen, _ = model.embed_batch(model.collate(same_length))
-        assert torch.equal(q, ref_q) and torch.equal(c, ref_c), "same-length target changed an embedding"
-        assert not torch.equal(gen, ref_gen), "the target must change the generative loss"
-        q, c, _, _ = model.embed_batch(model.collate(other_length))
-        assert rel_err(q, ref_q) < TOL and rel_err(c, ref_c) < TOL
+        ref = model.embed_batch(model.collate(base))
+        got = model.embed_batch(model.collate(same_length))
+        assert torch.equal(got.query_embeddings, ref.query_embeddings), "same-length target changed an embedding"
+        assert torch.equal(got.candidate_embeddings, ref.candidate_embeddings), "same-length target changed one"
+        assert not torch.equal(got.generative_loss, ref.generative_loss), "the target must change the generative loss"
+        got = model.embed_batch(model.collate(other_length))
+        assert rel_err(got.query_embeddings, ref.query_embeddings) < TOL
+        assert rel_err(got.candidate_embeddings, ref.candidate_embeddings) < TOL
 
 
 def _query_embedding_grad(model, batch, attention_layout, cut_btoks: bool) -> torch.Tensor:
@@ -57,7 +68,7 @@ def _query_embedding_grad(model, batch, attention_layout, cut_btoks: bool) -> to
     """
     layout = batch["btok_layout"]
     starts = torch.tensor(layout.host_cu_seqlens[:-1])
-    btok_rows = (starts + torch.tensor(layout.host_btok_start))[:, None] + torch.arange(model.num_btoks)
+    btok_rows = (starts + torch.tensor(layout.host_btok_start))[:, None] + torch.arange(model.config.num_btoks)
     is_btok = torch.zeros(layout.total_tokens, dtype=torch.bool)
     is_btok[btok_rows.flatten()] = True
 
@@ -71,14 +82,15 @@ def _query_embedding_grad(model, batch, attention_layout, cut_btoks: bool) -> to
         output.retain_grad()
         captured["embeds"] = output
 
-    decoder = model._decoder
-    hooks = [model._transformers_model.get_input_embeddings().register_forward_hook(keep)]
+    lm = transformers_model(model.backbone)
+    hooks = [lm.get_input_embeddings().register_forward_hook(keep)]
     if cut_btoks:
-        hooks += [layer.register_forward_pre_hook(cut, with_kwargs=True) for layer in decoder.layers]
+        hooks += [layer.register_forward_pre_hook(cut, with_kwargs=True) for layer in model.decoder.layers]
     try:
-        hidden = model._last_hidden_state(batch["input_ids"], batch["position_ids"], attention_layout)
-        rows = _target_rows(layout)
-        loss = next_token_loss(model._logits(hidden[rows]), batch["labels"][0, rows + 1], batch["num_target_tokens"])
+        hidden = model.last_hidden_states(batch["input_ids"], batch["position_ids"], layout=attention_layout)
+        rows = target_rows(layout)
+        logits = lm.get_output_embeddings()(hidden[rows])
+        loss = next_token_loss(logits, batch["labels"][0, rows + 1], batch["num_target_tokens"])
         loss.backward()
     finally:
         for hook in hooks:
@@ -110,8 +122,7 @@ def test_target_sees_the_query_only_through_btoks(family):
     # ... and with the BTok paths cut, on none: exactly zero, not just small.
     grad = _query_embedding_grad(model, batch, layout, cut_btoks=True)
     assert torch.count_nonzero(grad[query_rows]) == 0
-    target_rows = _target_rows(layout)
-    assert (grad[target_rows].abs().sum(1) > 0).all(), "target rows must still get gradients"
+    assert (grad[target_rows(layout)].abs().sum(1) > 0).all(), "target rows must still get gradients"
 
     # Control: a mask that lets target rows see the query (plain causal) fails this check.
     leaky = CondensationLayout.causal(layout.host_cu_seqlens)

@@ -16,6 +16,7 @@ from vl_tiny import image, tiny_vl_btok
 from btok_kernels import CondensationLayout
 from btok_model import ExampleError
 from btok_model.embedder import Target
+from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.media import MEDIA_BATCH_KEYS
 
 STEPS = 3  # generated tokens compared: the first (predicted by the last prefix row) and two more
@@ -33,7 +34,7 @@ def vl_inputs():
 def generated_logits(model, inputs, **kwargs):
     """``(generated ids per input, LM-head logits fp32 [steps, N, V])`` of a greedy run."""
     seen = []
-    head = model._transformers_model.get_output_embeddings()
+    head = transformers_model(model.backbone).get_output_embeddings()
     hook = head.register_forward_hook(lambda module, args, out: seen.append(out[:, -1].float()))
     try:
         _, ids = model.generate_from_btoks(
@@ -49,7 +50,7 @@ def packed_target_logits(model, inputs, generated, layout_of=None, positions_of=
     after it, in ONE packed pass over ``[input | BToks | prefix + generated]``.
 
     ``layout_of`` / ``positions_of`` replace the batch's layout / position ids (controls)."""
-    collator, k = model.collator, model.num_btoks
+    collator, k = model.collator, model.config.num_btoks
     sequences, media = collator.encode_for_embedding(inputs)
     prefix = collator.prefix_ids
     targets = [Target(prefix + ids, [-100] * len(prefix) + ids) for ids in generated]
@@ -58,12 +59,13 @@ def packed_target_logits(model, inputs, generated, layout_of=None, positions_of=
     positions = positions_of(batch) if positions_of else batch["position_ids"]
     pixels = {key: batch[key] for key in MEDIA_BATCH_KEYS if key in batch}
     with torch.no_grad():
-        hidden = model._last_hidden_state(batch["input_ids"], positions, layout, pixels)
+        hidden = model.last_hidden_states(batch["input_ids"], positions, layout=layout, media=pixels)
         starts = torch.tensor(batch["btok_layout"].host_cu_seqlens[:-1]) + torch.tensor(
             batch["btok_layout"].host_target_start
         )
         rows = starts[None] + len(prefix) - 1 + torch.arange(STEPS)[:, None]  # [steps, N]
-        return model._logits(hidden[rows.flatten()]).float().view(STEPS, len(inputs), -1)
+        head = transformers_model(model.backbone).get_output_embeddings()
+        return head(hidden[rows.flatten()]).float().view(STEPS, len(inputs), -1)
 
 
 def assert_matches_packed_pass(model, inputs):

@@ -44,7 +44,7 @@ def test_model_losses_match_direct_computation():
     q, c = out.query_embeddings.detach(), out.candidate_embeddings.detach()
     assert q.shape == (4, 64) and c.shape == (7, 64)
     assert torch.allclose(q.norm(dim=-1), torch.ones(4)) and torch.allclose(c.norm(dim=-1), torch.ones(7))
-    expected = info_nce_float64(q, c, batch["positive_index"], model.temperature)
+    expected = info_nce_float64(q, c, batch["positive_index"], model.config.temperature)
     assert out.contrastive_loss.item() == pytest.approx(expected, rel=2e-6)
     assert out.loss.item() == pytest.approx(out.contrastive_loss.item() + 5.0 * out.generative_loss.item(), rel=1e-6)
 
@@ -63,7 +63,7 @@ def test_total_gradient_is_the_sum_of_the_parts():
     generative = grads_of(lambda o: o.generative_loss)
     assert total.keys() == generative.keys() and set(contrastive) == set(total) - {"backbone.lm_head.weight"}
     for name, grad in total.items():
-        expected = contrastive.get(name, torch.zeros_like(grad)) + model.generative_weight * generative[name]
+        expected = contrastive.get(name, torch.zeros_like(grad)) + model.config.generative_weight * generative[name]
         err = ((grad - expected).norm() / expected.norm()).item()
         assert err < 1e-5, f"{name}: {err:.2e}"
 

@@ -8,6 +8,7 @@ from btok_tiny import EXAMPLES, char_tokenizer, snapshot, tiny_backbone, tiny_bt
 from transformers import AutoModelForCausalLM
 
 from btok_model import BTokModel
+from btok_model.embedder.backbone import transformers_model
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing in particular", "x", "four", "2 + 2"]
 
@@ -63,11 +64,14 @@ def test_from_backbone_argument_errors():
         tiny_btok(lora="16")
     with pytest.raises(ValueError, match="apply only when loading by name"):
         BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), torch_dtype=torch.float16)
-    model = tiny_btok()
     with pytest.raises(ValueError, match="generative_weight must be a number >= 0"):
-        model.generative_weight = -1.0
+        tiny_btok(generative_weight=-1.0)
     with pytest.raises(ValueError, match="max_length must be None or an int >= 1"):
-        model.max_length = 0
+        tiny_btok(max_length=0)
+    with pytest.raises(ValueError, match="kernel setting backend must be None or one of"):
+        tiny_btok(kernel={"backend": "fast"})
+    with pytest.raises(ValueError, match=r"unknown kernel settings \['fused'\]"):
+        tiny_btok(kernel={"fused": True})
 
 
 def test_encode_contract():
@@ -92,7 +96,7 @@ def test_padded_encode_equals_packed(family):
     packed = model.encode(TEXTS, batch_size=4, packed=True)
     padded = model.encode(TEXTS, batch_size=4, packed=False)
     assert rel_err(padded, packed) < 2e-6
-    model.pooling = "last"
+    model = tiny_btok(family, pooling="last")
     last = model.encode(TEXTS, packed=True)
     assert rel_err(model.encode(TEXTS, packed=False), last) < 2e-6 and rel_err(last, packed) > 1e-2
 
@@ -105,8 +109,8 @@ def test_dense_mask_peers_equal_the_fused_backend(attn):
     ref = model.embed_batch(batch)
     model.backbone.set_attn_implementation(attn)
     got = model.embed_batch(batch)
-    for a, b in zip(got[:3], ref[:3]):
-        assert rel_err(a.detach(), b.detach()) < 2e-6
+    for field in ("query_embeddings", "candidate_embeddings", "generative_loss"):
+        assert rel_err(getattr(got, field).detach(), getattr(ref, field).detach()) < 2e-6, field
     assert rel_err(model.encode(TEXTS), tiny_btok().encode(TEXTS)) < 2e-6
 
 
@@ -120,14 +124,14 @@ def test_lm_head_runs_on_target_rows_only(family):
     rows = (batch["labels"][0, 1:] != -100).nonzero().flatten()  # row r predicts token r + 1
     assert rows.numel() == batch["num_target_tokens"] < layout.total_tokens // 2
     seen = []
-    hook = model._transformers_model.get_output_embeddings().register_forward_hook(
+    hook = transformers_model(model.backbone).get_output_embeddings().register_forward_hook(
         lambda module, args, out: seen.append(args[0].detach())
     )
     try:
         model(**batch)
     finally:
         hook.remove()
-    hidden = model._last_hidden_state(batch["input_ids"], batch["position_ids"], layout).detach()
+    hidden = model.last_hidden_states(batch["input_ids"], batch["position_ids"], layout=layout).detach()
     assert len(seen) == 1 and torch.equal(seen[0], hidden[rows])
 
 
@@ -146,25 +150,28 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_unsupported_attention_backend_is_refused():
     model = tiny_btok()
-    model._transformers_model.config._attn_implementation = "flash_attention_2"
+    transformers_model(model.backbone).config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="cannot apply the condensation mask"):
         model.embed_batch(model.collate(EXAMPLES))
 
 
 def test_save_load_round_trip(tmp_path):
-    model = tiny_btok("qwen2", pooling="last", temperature=0.05, target_prefix="<|im_start|>", max_length=200)
-    model.generative_weight = 2.5
+    model = tiny_btok(
+        "qwen2", pooling="last", temperature=0.05, target_prefix="<|im_start|>", max_length=200, generative_weight=2.5
+    )
     with torch.no_grad():  # make the BTok rows differ from their initial value
-        model._transformers_model.get_input_embeddings().weight[model.btok_token_ids] += 0.3
+        transformers_model(model.backbone).get_input_embeddings().weight[model.btok_token_ids] += 0.3
     model.save_pretrained(tmp_path)
     settings = json.loads((tmp_path / "btok_config.json").read_text())
     assert settings["num_btoks"] == 4 and settings["pooling"] == "last" and settings["generative_weight"] == 2.5
 
     loaded = BTokModel.from_pretrained(tmp_path)
-    assert loaded.attn_implementation == "btok_triton"
+    assert loaded.decoder.config._attn_implementation == "btok_triton"
     assert loaded.btok_token_ids == model.btok_token_ids
-    assert (loaded.pooling, loaded.temperature, loaded.generative_weight) == ("last", 0.05, 2.5)
-    assert loaded.target_template == ("<|im_start|>", "<|im_end|>") and loaded.max_length == 200
+    assert loaded.config == model.config
+    cfg = loaded.config
+    assert (cfg.pooling, cfg.temperature, cfg.generative_weight) == ("last", 0.05, 2.5)
+    assert (cfg.target_prefix, cfg.target_suffix, cfg.max_length) == ("<|im_start|>", "<|im_end|>", 200)
     assert torch.equal(loaded.encode(TEXTS), model.encode(TEXTS))
     a, b = loaded(**loaded.collate(EXAMPLES)), model(**model.collate(EXAMPLES))
     assert torch.equal(a.loss, b.loss)
@@ -174,11 +181,11 @@ def test_save_load_round_trip(tmp_path):
 
 def _effective_rows(model, module):
     """All rows of an embedding (or tied/untied LM head) as the model computes with them."""
-    vocab = model._transformers_model.get_input_embeddings().weight.shape[0]
+    embedding = transformers_model(model.backbone).get_input_embeddings()
     with torch.no_grad():
-        if module is model._transformers_model.get_input_embeddings():
-            return module(torch.arange(vocab)).clone()
-        return module(torch.eye(model.hidden_size)).T.clone()  # [V, H]
+        if module is embedding:
+            return module(torch.arange(embedding.weight.shape[0])).clone()
+        return module(torch.eye(model.embedding_dim)).T.clone()  # [V, H]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -186,7 +193,7 @@ def _effective_rows(model, module):
 def test_only_adapters_and_btok_rows_train(family, mode):
     kwargs = dict(lora=4) if mode == "lora" else dict(freeze_backbone=True)
     model = tiny_btok(family, **kwargs)
-    hf = model._transformers_model
+    hf = transformers_model(model.backbone)
     embed, head = hf.get_input_embeddings(), hf.get_output_embeddings()
     before = snapshot(model)
     rows_before, head_before = _effective_rows(model, embed), _effective_rows(model, head)
@@ -241,8 +248,8 @@ def test_from_backbone_by_name(tmp_path):
     """A folder name loads through AutoModelForCausalLM with the from_pretrained kwargs."""
     tiny_backbone("qwen2").save_pretrained(tmp_path)
     model = BTokModel.from_backbone(str(tmp_path), tokenizer=char_tokenizer(), dtype=torch.bfloat16)
-    assert model.attn_implementation == "btok_triton"
-    assert model._transformers_model.dtype == torch.bfloat16
+    assert model.decoder.config._attn_implementation == "btok_triton"
+    assert transformers_model(model.backbone).dtype == torch.bfloat16
     emb = model.encode(TEXTS[:2])
     assert emb.dtype == torch.float32 and torch.allclose(emb.norm(dim=-1), torch.ones(2))
     out = model(**model.collate(EXAMPLES))

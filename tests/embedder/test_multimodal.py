@@ -124,8 +124,7 @@ def test_batch_layout_and_pixels(model):
     video = FrameVideoProcessor()(videos=[exs[2]["query"]["video"]])
     assert torch.equal(batch["pixel_values_videos"], video["pixel_values_videos"])
     assert torch.equal(batch["video_grid_thw"], video["video_grid_thw"])
-    assert (batch["input_ids"][0, batch["query_btok_index"]] == torch.tensor(btoks)).all()
-    assert (batch["input_ids"][0, batch["candidate_btok_index"]] == torch.tensor(btoks)).all()
+    assert (batch["input_ids"][0, batch.btok_positions()] == torch.tensor(btoks)).all()
     assert batch["position_ids"].shape == (3, 1, batch["btok_layout"].total_tokens)
 
 
@@ -218,7 +217,7 @@ def test_position_ids_are_the_models_own_per_sequence(family):
     the padded encode batch's rows too. Qwen2.5-VL's video positions use the seconds per patch;
     Qwen3-VL's rope index splits a video into its temporal patches, one block each."""
     model = tiny_vl_btok(family)
-    inner = model._transformers_model.model
+    inner = model.decoder
     exs = examples()
     exs[2]["query"]["fps"] = 1.0
     exs[0]["target_side"] = "both"  # a positive's target holding the query's image
@@ -354,7 +353,8 @@ def test_training_pass_equals_encode_and_targets_change_no_embedding(family):
     pass's embeddings, images and a video included; another target changes none of them."""
     model = tiny_vl_btok(family)
     exs = examples()
-    query, candidates, generative, _ = model.embed_batch(model.collate(exs))
+    embedded = model.embed_batch(model.collate(exs))
+    query, candidates, generative = embedded.query_embeddings, embedded.candidate_embeddings, embedded.generative_loss
     assert generative is not None
     inputs = [ex["query"] for ex in exs]
     cands = [ex["positive"] for ex in exs] + [exs[0]["negatives"][0]]
@@ -362,9 +362,9 @@ def test_training_pass_equals_encode_and_targets_change_no_embedding(family):
         assert rel_err(model.encode(inputs, batch_size=3, packed=packed), query.detach()) < TOL
         assert rel_err(model.encode(cands, batch_size=2, packed=packed), candidates.detach()) < TOL
     changed = [dict(ex, target="a completely different target text") for ex in exs]
-    q2, c2, g2, _ = model.embed_batch(model.collate(changed))
-    assert torch.equal(q2, query) and torch.equal(c2, candidates)
-    assert not torch.allclose(g2, generative)
+    again = model.embed_batch(model.collate(changed))
+    assert torch.equal(again.query_embeddings, query) and torch.equal(again.candidate_embeddings, candidates)
+    assert not torch.allclose(again.generative_loss, generative)
 
 
 def test_images_change_the_embedding(model):
@@ -382,8 +382,8 @@ def test_dense_mask_peers_with_images(attn, family):
     ref = model.embed_batch(batch)
     model.backbone.set_attn_implementation(attn)
     got = model.embed_batch(batch)
-    for a, b in zip(got[:3], ref[:3]):
-        assert rel_err(a.detach(), b.detach()) < TOL
+    for field in ("query_embeddings", "candidate_embeddings", "generative_loss"):
+        assert rel_err(getattr(got, field).detach(), getattr(ref, field).detach()) < TOL, field
 
 
 def test_text_only_use_of_a_vl_model():

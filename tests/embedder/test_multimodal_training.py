@@ -5,6 +5,7 @@ included; a target's image visible and unscored, its positions starting at its s
 token count); what trains under LoRA, a frozen backbone and full fine-tuning; save/load with
 the processor."""
 
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,8 @@ from test_twopass import TOL, assert_same, rel_err, single_pass, two_pass
 from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 from btok_model import BTokModel
+from btok_model.embedder import LossWeights
+from btok_model.embedder.backbone import transformers_model
 from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
@@ -86,9 +89,9 @@ def test_each_generation_side_with_images_equals_two_pass(family, side):
     assert all(single[3][n].abs().sum() > 0 for n in single[3] if ".visual." in n and "bias" not in n)
     batch = model.collate(examples)
     # Control: targets continuing right after the last BTok's M-RoPE position fail this check.
-    continuing = dict(batch, position_ids=continuing_positions(batch))
+    continuing = dataclasses.replace(batch, position_ids=continuing_positions(batch))
     with torch.no_grad():
-        assert rel_err(model.embed_batch(continuing)[2], double[1].detach()) > TOL
+        assert rel_err(model.embed_batch(continuing).generative_loss, double[1].detach()) > TOL
     # 4 images and a video in the inputs; a target generated from an input with media holds them again
     in_targets = {"positive": (2, 0), "query": (2, 1), "both": (4, 1)}[side]
     assert (batch["image_grid_thw"].shape[0], batch["video_grid_thw"].shape[0]) == (
@@ -104,17 +107,18 @@ def test_side_none_with_images_and_targets_change_no_embedding():
     assert batch["num_target_tokens"] == 0 and (batch["labels"] == -100).all()
     assert batch["btok_layout"].host_target_start == batch["btok_layout"].seqlens
     assert batch["image_grid_thw"].shape[0] == 4 and batch["video_grid_thw"].shape[0] == 1
-    query, candidates, generative, _ = model.embed_batch(batch)
-    assert generative is None
+    ref = model.embed_batch(batch)
+    assert ref.generative_loss is None
     for side in ("positive", "query", "both"):
-        q, c, generative, _ = model.embed_batch(model.collate(side_examples(side)))
-        assert generative is not None
+        got = model.embed_batch(model.collate(side_examples(side)))
+        assert got.generative_loss is not None
         # fp32 ulps at most: another packing may round differently, a leak would move them by ~1e-2
-        assert rel_err(q.detach(), query.detach()) < 1e-6 and rel_err(c.detach(), candidates.detach()) < 1e-6, side
+        assert rel_err(got.query_embeddings.detach(), ref.query_embeddings.detach()) < 1e-6, side
+        assert rel_err(got.candidate_embeddings.detach(), ref.candidate_embeddings.detach()) < 1e-6, side
 
 
 def _embedding_rows(model):
-    embed = model._transformers_model.get_input_embeddings()
+    embed = transformers_model(model.backbone).get_input_embeddings()
     with torch.no_grad():
         return embed(torch.arange(embed.weight.shape[0])).clone()
 
@@ -166,7 +170,7 @@ def test_what_trains(family, mode):
 def test_save_load_round_trip_with_the_processor(family, patch, tmp_path):
     model = tiny_vl_btok(family, video=False, pooling="last")
     with torch.no_grad():
-        model._transformers_model.get_input_embeddings().weight[model.btok_token_ids] += 0.3
+        transformers_model(model.backbone).get_input_embeddings().weight[model.btok_token_ids] += 0.3
     inputs = [{"text": "a cat", "image": image(56, 84, 1)}, "just text", {"image": image(28, 56, 2)}]
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
@@ -174,9 +178,9 @@ def test_save_load_round_trip_with_the_processor(family, patch, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == family
 
     loaded = BTokModel.from_pretrained(tmp_path)
-    assert type(loaded._transformers_model) is type(model._transformers_model)
+    assert type(transformers_model(loaded.backbone)) is type(transformers_model(model.backbone))
     assert loaded.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|btok_3|>"]) == [50, model.btok_token_ids[3]]
-    assert loaded.processor is not None and loaded.pooling == "last"
+    assert loaded.processor is not None and loaded.config.pooling == "last"
     assert torch.equal(loaded.encode(inputs), model.encode(inputs))
     a, b = loaded(**loaded.collate(EXAMPLES[:3])), model(**model.collate(EXAMPLES[:3]))
     assert torch.equal(a.loss, b.loss)
@@ -191,7 +195,8 @@ def test_from_backbone_by_folder_name_loads_the_processor(tmp_path):
     reference = tiny_vl_btok("qwen2_vl", video=False)
     reference.collator.image_processor.save_pretrained(tmp_path)
     model = BTokModel.from_backbone(str(tmp_path), tokenizer=vl_tokenizer(), dtype=torch.bfloat16)
-    assert model._transformers_model.dtype == torch.bfloat16 and model.attn_implementation == "btok_triton"
+    lm = transformers_model(model.backbone)
+    assert lm.dtype == torch.bfloat16 and lm.config._attn_implementation == "btok_triton"
     inputs = [{"text": "a cat", "image": image(56, 84, 1)}]
     emb = model.encode(inputs)
     assert emb.dtype == torch.float32 and torch.allclose(emb.norm(dim=-1), torch.ones(1))
@@ -219,15 +224,16 @@ def test_grad_cache_chunks_with_images_equal_the_full_batch():
     model = tiny_vl_btok("qwen2_vl").train()
     full_batch = model.collate(EXAMPLES)
     chunked = TrainingCollator(model.collator, GenerativeSchedule(5.0, None), chunk_size=2)(EXAMPLES)
-    assert len(chunked["chunks"]) == 3 and all("pixel_values" in c["batch"] for c in chunked["chunks"])
+    assert len(chunked.chunks) == 3 and all("pixel_values" in c.batch for c in chunked.chunks)
     model.zero_grad(set_to_none=True)
     full = model(**full_batch)
     full.loss.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    parts = grad_cache_step(model, chunked, lambda loss: loss.backward())
-    torch.testing.assert_close(parts["contrastive_loss"], full.contrastive_loss.detach(), rtol=1e-5, atol=0)
-    torch.testing.assert_close(parts["generative_loss"], full.generative_loss.detach(), rtol=1e-5, atol=0)
+    parts = grad_cache_step(model, chunked, lambda loss: loss.backward(), LossWeights(5.0))
+    torch.testing.assert_close(parts.contrastive_loss, full.contrastive_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts.generative_loss, full.generative_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts.loss, full.loss.detach(), rtol=1e-5, atol=0)
     actual = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert actual.keys() == expected.keys() and any(".visual." in n for n in actual)
     for name in expected:

@@ -6,6 +6,7 @@ from btok_tiny import char_tokenizer, tiny_backbone
 
 from btok_model import BTokModel
 from btok_model.embedder import precision
+from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.precision import choose_dtype, native_cpu_bf16, parse_dtype, resolve_dtype
 
 X86_NO_BF16 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
@@ -97,9 +98,10 @@ def test_from_backbone_by_name_follows_the_decision(tmp_path, monkeypatch, nativ
     _cpu(monkeypatch, native)
     tiny_backbone("qwen2").save_pretrained(tmp_path / "backbone")
     model = BTokModel.from_backbone(str(tmp_path / "backbone"), tokenizer=char_tokenizer())
-    assert model._transformers_model.dtype == (torch.bfloat16 if native else torch.float32)
+    assert transformers_model(model.backbone).dtype == (torch.bfloat16 if native else torch.float32)
     explicit = BTokModel.from_backbone(str(tmp_path / "backbone"), tokenizer=char_tokenizer(), dtype=torch.float32)
-    assert explicit._transformers_model.dtype == torch.float32
+    assert transformers_model(explicit.backbone).dtype == torch.float32
     model.save_pretrained(tmp_path / "saved")
     _cpu(monkeypatch, not native)
-    assert BTokModel.from_pretrained(tmp_path / "saved")._transformers_model.dtype == model._transformers_model.dtype
+    reloaded = BTokModel.from_pretrained(tmp_path / "saved")
+    assert transformers_model(reloaded.backbone).dtype == transformers_model(model.backbone).dtype

@@ -45,10 +45,10 @@ def _backward(embeddings, generative):
 def single_pass(model, examples):
     """``(query and candidate embeddings, generative loss, scored tokens, gradients)`` of the packed pass."""
     model.zero_grad(set_to_none=True)
-    query, candidates, generative, num_tokens = model.embed_batch(model.collate(examples))
-    embeddings = torch.cat([query, candidates])
-    _backward(embeddings, generative)
-    return embeddings.detach(), generative, num_tokens, grads(model)
+    out = model.embed_batch(model.collate(examples))
+    embeddings = torch.cat([out.query_embeddings, out.candidate_embeddings])
+    _backward(embeddings, out.generative_loss)
+    return embeddings.detach(), out.generative_loss, out.num_target_tokens, grads(model)
 
 
 def two_pass(model, examples, attn):
@@ -122,14 +122,15 @@ def test_side_none_leaves_no_target_and_targets_change_no_embedding():
     assert (batch["labels"] == -100).all()
     out = two_pass_forward(model, with_side(LONG_EXAMPLES, "none"))
     assert out.generative_loss is None and out.num_target_tokens == 0
-    query, candidates, generative, n = model.embed_batch(batch)
-    assert generative is None and n == 0
+    ref = model.embed_batch(batch)
+    assert ref.generative_loss is None and ref.num_target_tokens == 0
     for side in ("positive", "query", "both", "mixed"):
-        q, c, generative, _ = model.embed_batch(model.collate(with_side(LONG_EXAMPLES, side)))
-        assert generative is not None
+        got = model.embed_batch(model.collate(with_side(LONG_EXAMPLES, side)))
+        assert got.generative_loss is not None
         # A packing with other lengths may round differently (fp32 ulps: the CPU kernel batches
         # sequences by length); a target reaching an embedding would move it by ~1e-2.
-        assert rel_err(q.detach(), query.detach()) < 1e-6 and rel_err(c.detach(), candidates.detach()) < 1e-6, side
+        assert rel_err(got.query_embeddings.detach(), ref.query_embeddings.detach()) < 1e-6, side
+        assert rel_err(got.candidate_embeddings.detach(), ref.candidate_embeddings.detach()) < 1e-6, side
 
 
 def test_single_pass_equals_two_pass_lora_last_pooling():

@@ -157,12 +157,12 @@ def test_pooled_baseline_adds_no_tokens(pooling):
     # The packed training pass pools the same states.
     batch = model.collate([{"query": texts[2], "positive": texts[0]}])
     with torch.no_grad():
-        query, candidates, _, _ = model.embed_batch(batch)
-    torch.testing.assert_close(query[0], emb[2], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(candidates[0], emb[0], rtol=1e-5, atol=1e-6)
+        embedded = model.embed_batch(batch)
+    torch.testing.assert_close(embedded.query_embeddings[0], emb[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(embedded.candidate_embeddings[0], emb[0], rtol=1e-5, atol=1e-6)
     # Padded batches (another attention backend) and both poolings from one pass agree.
-    both = model.encode_poolings(texts, ("last-token", "mean"), batch_size=3)
-    torch.testing.assert_close(both[pooling], emb, rtol=1e-5, atol=1e-6)
+    both = model.encode(texts, batch_size=3, poolings=("last-token", "mean")).split(emb.shape[1], dim=1)
+    torch.testing.assert_close(both[("last-token", "mean").index(pooling)], emb, rtol=1e-5, atol=1e-6)
     model.backbone.set_attn_implementation("sdpa")
     torch.testing.assert_close(model.encode(texts, batch_size=3), emb, rtol=1e-5, atol=1e-6)
 

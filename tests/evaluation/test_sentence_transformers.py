@@ -17,7 +17,7 @@ def test_sentence_transformer_equals_encode(tmp_path, family, pooling):
     save_sentence_transformer(model, tmp_path)
     loaded = st.SentenceTransformer(str(tmp_path), device="cpu", trust_remote_code=True)
     assert isinstance(loaded[0], BTokEmbedding) and len(loaded) == 1
-    assert loaded[0].model.pooling == pooling and loaded[0].get_sentence_embedding_dimension() == 64
+    assert loaded[0].model.config.pooling == pooling and loaded[0].get_sentence_embedding_dimension() == 64
     expected = model.encode(TEXTS)
     for batch_size in (2, 32):
         actual = loaded.encode(TEXTS, batch_size=batch_size, convert_to_tensor=True)

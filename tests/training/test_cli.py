@@ -53,7 +53,8 @@ def test_train_cli(tmp_path):
     command = json.loads((out / "train_command.json").read_text())
     assert command["recipe"]["lora_layers"] == [1] and command["examples_per_epoch"] == 12
     model = BTokModel.from_pretrained(out)
-    assert model.num_btoks == 2 and model.temperature == 0.05 and model.generative_weight == 2.0
+    cfg = model.config
+    assert cfg.num_btoks == 2 and cfg.temperature == 0.05 and cfg.generative_weight == 2.0
     assert (out / "modules.json").is_file()  # sentence-transformers loads it too
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     logs = [e for e in state["log_history"] if "loss" in e]

@@ -10,6 +10,7 @@ from train_helpers import VL_EVAL, vl_folder, write_vl_data
 from vl_tiny import tiny_vl_backbone, vl_tokenizer
 
 from btok_model import BTokModel
+from btok_model.embedder.backbone import transformers_model
 from btok_model.evaluate import main as evaluate_main
 from btok_model.train import main as train_main
 
@@ -30,10 +31,10 @@ def test_train_evaluate_and_reload_a_vision_language_backbone(tmp_path, family, 
     logs = [e for e in state["log_history"] if "loss" in e]
     assert len(logs) == 2 and all("generative_loss" in e for e in logs)
     model = BTokModel.from_pretrained(out)
-    assert type(model._transformers_model) is type(tiny_vl_backbone(family))
+    assert type(transformers_model(model.backbone)) is type(tiny_vl_backbone(family))
     assert model.processor is not None and model.tokenizer("a cat")["input_ids"] == vl_tokenizer()("a cat")["input_ids"]
     checkpoint = BTokModel.from_pretrained(out / "checkpoint-1")
-    assert checkpoint.num_btoks == 4
+    assert checkpoint.config.num_btoks == 4
 
     result = evaluate_main(["--model", str(out), "--data", str(evaluation), "--no-progress-bar"])
     queries = [

@@ -4,7 +4,8 @@ import pytest
 import torch
 from train_helpers import assert_tensors_close, examples, grads, tiny_model, tiny_recipe
 
-from btok_model.training.batch_builder import TrainingCollator, is_chunked
+from btok_model.embedder import BatchEmbeddings, BTokBatch, LossWeights
+from btok_model.training.batch_builder import ChunkedBatch, TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
 
@@ -18,9 +19,9 @@ def _full_step(model, batch):
     return out, grads(model)
 
 
-def _chunked_step(model, batch, **kwargs):
+def _chunked_step(model, batch, weights: LossWeights, **kwargs):
     model.zero_grad(set_to_none=True)
-    parts = grad_cache_step(model, batch, lambda loss: loss.backward(), **kwargs)
+    parts = grad_cache_step(model, batch, lambda loss: loss.backward(), weights, **kwargs)
     return parts, grads(model)
 
 
@@ -37,14 +38,15 @@ def test_chunked_equals_full_batch(family, chunk_size, max_tokens):
         model.collator, GenerativeSchedule(2.0, None), chunk_size=chunk_size, max_tokens=max_tokens
     )
     chunked = chunker(batch_examples)
-    assert is_chunked(chunked) and len(chunked["chunks"]) > 1
+    assert isinstance(chunked, ChunkedBatch) and len(chunked.chunks) > 1
     if max_tokens is not None:
-        assert all(c["batch"]["input_ids"].shape[1] <= max_tokens for c in chunked["chunks"])
+        assert all(c.batch.input_ids.shape[1] <= max_tokens for c in chunked.chunks)
     full, expected = _full_step(model, full_batch)
-    parts, actual = _chunked_step(model, chunked)
+    parts, actual = _chunked_step(model, chunked, LossWeights(2.0))
     assert full.generative_loss is not None
-    torch.testing.assert_close(parts["contrastive_loss"], full.contrastive_loss.detach(), rtol=1e-5, atol=0)
-    torch.testing.assert_close(parts["generative_loss"], full.generative_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts.contrastive_loss, full.contrastive_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts.generative_loss, full.generative_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts.loss, full.loss.detach(), rtol=1e-5, atol=0)
     assert_tensors_close(actual, expected, TOL, "grad")
 
 
@@ -67,19 +69,19 @@ def test_chunked_with_positive_side_targets_equals_full_batch():
     batch_examples = sided(examples(8))
     full_batch = model.collate(batch_examples)
     chunked = TrainingCollator(model.collator, GenerativeSchedule(2.0, None), chunk_size=3)(batch_examples)
-    assert len(chunked["chunks"]) == 3
-    for chunk in chunked["chunks"]:
-        layout, embed_layout = chunk["batch"]["btok_layout"], chunk["embed_batch"]["btok_layout"]
-        assert embed_layout.host_target_start == embed_layout.seqlens and chunk["embed_batch"]["num_target_tokens"] == 0
+    assert len(chunked.chunks) == 3
+    for chunk in chunked.chunks:
+        layout, embed_layout = chunk.batch.btok_layout, chunk.embed_batch.btok_layout
+        assert embed_layout.host_target_start == embed_layout.seqlens and chunk.embed_batch.num_target_tokens == 0
         assert embed_layout.host_btok_start == layout.host_btok_start
     n = len(batch_examples)
     on_positives = full_batch["btok_layout"].host_target_start[n : 2 * n]
     assert any(t < length for t, length in zip(on_positives, full_batch["btok_layout"].seqlens[n : 2 * n]))
-    assert chunked["num_target_tokens"] == full_batch["num_target_tokens"]
+    assert chunked.num_target_tokens == full_batch.num_target_tokens
     full, expected = _full_step(model, full_batch)
-    parts, actual = _chunked_step(model, chunked)
-    torch.testing.assert_close(parts["contrastive_loss"], full.contrastive_loss.detach(), rtol=1e-5, atol=0)
-    torch.testing.assert_close(parts["generative_loss"], full.generative_loss.detach(), rtol=1e-5, atol=0)
+    parts, actual = _chunked_step(model, chunked, LossWeights(2.0))
+    torch.testing.assert_close(parts.contrastive_loss, full.contrastive_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts.generative_loss, full.generative_loss.detach(), rtol=1e-5, atol=0)
     assert_tensors_close(actual, expected, TOL, "grad")
 
 
@@ -94,7 +96,7 @@ def test_chunked_with_scales_equals_scaled_full_batch():
     (0.5 * (0.7 * out.contrastive_loss + 3.0 * out.generative_loss * n / 11.0)).backward()
     expected = grads(model)
     chunked = TrainingCollator(model.collator, GenerativeSchedule(3.0, None), chunk_size=2)(batch_examples)
-    _, actual = _chunked_step(model, chunked, scale=0.5, contrastive_weight=0.7, target_normalizer=11.0)
+    _, actual = _chunked_step(model, chunked, LossWeights(3.0, query_share=0.7, target_share=n / 11.0), scale=0.5)
     assert_tensors_close(actual, expected, TOL, "grad")
 
 
@@ -110,33 +112,34 @@ def test_dropout_masks_replayed():
     chunked = TrainingCollator(model.collator, GenerativeSchedule(1.0, None), chunk_size=2)(batch_examples)
 
     torch.manual_seed(123)
-    parts, actual = _chunked_step(model, chunked)
+    parts, actual = _chunked_step(model, chunked, LossWeights(1.0))
 
     torch.manual_seed(123)
     model.zero_grad(set_to_none=True)
     queries, candidates, states = [], [], []
-    for chunk in chunked["chunks"]:  # pass 1 draws from these generator states, one per chunk
+    for chunk in chunked.chunks:  # pass 1 draws from these generator states, one per chunk
         states.append(torch.get_rng_state())
         with torch.no_grad():
-            model.embed_batch(chunk["embed_batch"])
+            model.embed_batch(chunk.embed_batch)
     generative = 0.0
-    for chunk, state in zip(chunked["chunks"], states, strict=True):
+    for chunk, state in zip(chunked.chunks, states, strict=True):
         torch.set_rng_state(state)
-        q, c, gen, n = model.embed_batch(chunk["batch"])
-        queries.append(q)
-        candidates.append(c)
-        generative = generative + gen * n / chunked["num_target_tokens"]
-    out = model.compute_loss(torch.cat(queries), torch.cat(candidates), chunked["positive_index"], generative)
+        got = model.embed_batch(chunk.batch)
+        queries.append(got.query_embeddings)
+        candidates.append(got.candidate_embeddings)
+        generative = generative + got.generative_loss * got.num_target_tokens / chunked.num_target_tokens
+    embedded = BatchEmbeddings(torch.cat(queries), torch.cat(candidates), generative, chunked.num_target_tokens)
+    out = model.compute_loss(embedded, chunked.positive_index)
     out.loss.backward()
     expected = grads(model)
     assert_tensors_close(actual, expected, TOL, "grad")
-    torch.testing.assert_close(parts["contrastive_loss"], out.contrastive_loss.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts.contrastive_loss, out.contrastive_loss.detach(), rtol=1e-5, atol=0)
 
 
 def test_single_chunk_is_a_plain_batch():
     model = tiny_model()
     batch = TrainingCollator(model.collator, GenerativeSchedule(1.0, None), chunk_size=8)(examples(4))
-    assert not is_chunked(batch)
+    assert isinstance(batch, BTokBatch)
     assert torch.equal(batch["input_ids"], model.collate(examples(4))["input_ids"])
 
 

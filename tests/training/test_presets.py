@@ -149,4 +149,5 @@ def test_preset_run_on_a_tiny_vision_language_folder(tmp_path, float32_cpu, caps
     saved = json.loads((out / "preprocessor_config.json").read_text())["size"]
     assert saved == {"shortest_edge": 3136, "longest_edge": 1003520}
     model = BTokModel.from_pretrained(out)
-    assert model.num_btoks == 4 and model.temperature == 0.02 and model.generative_weight == 5.0
+    cfg = model.config
+    assert cfg.num_btoks == 4 and cfg.temperature == 0.02 and cfg.generative_weight == 5.0

@@ -1,5 +1,6 @@
 """BTokTrainer: training lowers the loss, checkpoints load as BTok models, runs resume exactly."""
 
+import dataclasses
 import json
 import os
 
@@ -27,7 +28,10 @@ def test_training_lowers_the_loss_and_logs_both_parts(tmp_path):
     model = tiny_model(recipe)
     data = examples(8)
     before = _batch_loss(model, data)
+    settings = dataclasses.asdict(model.config)
     trainer = train(model, data, recipe, str(tmp_path), save=False)
+    # The schedule set each step's weight for the loss; the model's settings never changed.
+    assert dataclasses.asdict(model.config) == settings and model.collator.with_targets
     after = _batch_loss(model, data)
     assert after < 0.6 * before, (before, after)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -57,7 +61,8 @@ def test_checkpoint_loads_as_btok_model(tmp_path, lora_r):
     train(model, examples(8), recipe, str(tmp_path), save=False)
     checkpoint = tmp_path / "checkpoint-2"
     loaded = BTokModel.from_pretrained(checkpoint)
-    assert loaded.pooling == "last" and loaded.generative_weight == recipe.generative_weight
+    assert loaded.config == model.config and loaded.config.pooling == "last"
+    assert loaded.config.generative_weight == recipe.generative_weight
     expected, actual = model.encode(TEXTS), loaded.encode(TEXTS)
     if lora_r == 0:
         assert torch.equal(actual, expected)

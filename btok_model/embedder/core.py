@@ -1,0 +1,578 @@
+"""The embedder core: what a BTok model and the no-BTok baseline share.
+
+:class:`Embedder` holds a backbone (a transformers model, PEFT-wrapped or not), its tokenizer,
+processor and collator, and its settings (``model.config``). It runs a packed batch (or padded
+rows) to the decoder's last-layer states, pools them, scores the targets' next tokens, adds up
+the losses, batches ``encode`` in length order, saves and loads through the one backbone loader,
+and merges LoRA adapters. Its two kinds differ only in where the pooled tokens sit and how they
+pool:
+
+* :class:`~btok_model.BTokModel`: the K BToks after each input, their mean (or the last);
+* :class:`~btok_model.embedder.pooled.PooledEmbedder`: the input's own tokens, their mean or
+  the last one.
+
+A subclass sets ``config_class`` and implements :meth:`Embedder.pooled_rows` and
+:meth:`Embedder.make_collator`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from btok_kernels import CondensationLayout
+
+from ..backend import ATTN_IMPLEMENTATION
+from ..backend.kernel_settings import set_kernel_settings
+from .backbone import Backbone, load_saved_backbone, save_backbone, transformers_model
+from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
+from .config import EmbedderConfig
+from .losses import LossWeights, gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
+from .media import MEDIA_BATCH_KEYS
+from .multimodal import VISION_MODEL_NAMES, is_vision_model
+from .packed_batch import BTokBatch, to_device
+from .peer_masks import condensation_attention_mask
+from .tokens import make_trainable
+
+__all__ = [
+    "BTokOutput",
+    "BatchEmbeddings",
+    "Embedder",
+    "enable_activation_checkpointing",
+    "encode_in_length_order",
+    "pool_btok_states",
+    "pool_token_groups",
+]
+
+
+@dataclass
+class BTokOutput(ModelOutput):
+    """Output of an embedder's ``forward`` / ``compute_loss``.
+
+    Attributes:
+        loss: fp32 scalar, the contrastive part + ``generative_weight`` x the generative part
+            (:class:`~btok_model.embedder.losses.LossWeights`; on one process the parts are the
+            losses themselves).
+        contrastive_loss: fp32 scalar, InfoNCE (times this rank's query share).
+        generative_loss: fp32 scalar, mean next-token loss per target token (times this rank's
+            target share), or None (no target in the batch, or generative weight 0).
+        query_embeddings: fp32 ``[Nq, H]``, L2-normalised.
+        candidate_embeddings: fp32 ``[Nc, H]``, L2-normalised (this rank's candidates).
+    """
+
+    loss: torch.Tensor | None = None
+    contrastive_loss: torch.Tensor | None = None
+    generative_loss: torch.Tensor | None = None
+    query_embeddings: torch.Tensor | None = None
+    candidate_embeddings: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class BatchEmbeddings:
+    """What the embedding pass of a packed batch gives (:meth:`Embedder.embed_batch`).
+
+    Attributes:
+        query_embeddings: fp32 ``[Nq, H]``, L2-normalised.
+        candidate_embeddings: fp32 ``[Nc, H]``, L2-normalised.
+        generative_loss: fp32 scalar, the mean next-token loss over the batch's scored target
+            tokens, or None (no target, or not asked for).
+        num_target_tokens: how many target tokens that mean is over (0 without one).
+    """
+
+    query_embeddings: torch.Tensor
+    candidate_embeddings: torch.Tensor
+    generative_loss: torch.Tensor | None = None
+    num_target_tokens: int = 0
+
+
+def enable_activation_checkpointing(model: nn.Module, kwargs: dict | None = None) -> None:
+    """Turn on activation checkpointing in a transformers model's layers, non-reentrant by
+    default, through ``activation_checkpointing_enable`` (transformers >= 5.24) or the older
+    ``gradient_checkpointing_enable`` (which 5.24 deprecates with a warning)."""
+    kwargs = kwargs or {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def pool_btok_states(states: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The embeddings of N equal groups of pooled states (the K BToks of each input).
+
+    Args:
+        states: ``[N, K, H]`` any float dtype.
+        pooling: ``"mean"`` (mean over the K states) or ``"last"`` (the last one).
+
+    Returns:
+        fp32 ``[N, H]``, L2-normalised.
+    """
+    states = states.float()
+    pooled = states.mean(1) if pooling == "mean" else states[:, -1]
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+def pool_token_groups(states: torch.Tensor, counts: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The embeddings of consecutive groups of pooled states, one group per input.
+
+    Args:
+        states: ``[M, H]`` any float dtype, the groups back to back.
+        counts: int64 ``[n]`` on the host, each group's size (>= 1; they sum to M).
+        reduction: ``"mean"`` or ``"last"``.
+
+    Returns:
+        fp32 ``[n, H]``, L2-normalised. Equal groups go through :func:`pool_btok_states`.
+    """
+    n = counts.numel()
+    if n and bool((counts == counts[0]).all()):
+        return pool_btok_states(states.view(n, int(counts[0]), -1), reduction)
+    if reduction == "last":
+        pooled = states[(torch.cumsum(counts, 0) - 1).to(states.device)].float()
+    else:
+        group = torch.repeat_interleave(torch.arange(n), counts).to(states.device)
+        sums = states.new_zeros((n, states.shape[-1]), dtype=torch.float32).index_add_(0, group, states.float())
+        pooled = sums / counts.to(states.device, torch.float32)[:, None]
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+class Embedder(nn.Module):
+    """A transformers decoder used as an embedder (see the module docstring).
+
+    Build one with a subclass's ``from_backbone`` (a fresh backbone) or :meth:`from_pretrained`
+    (a saved model); the constructor takes parts that are already prepared.
+
+    Args:
+        backbone: the transformers model, or a ``peft.PeftModel`` around it.
+        tokenizer: its tokenizer.
+        config: the settings (an instance of the subclass's ``config_class``).
+        processor: a vision-language backbone's processor (or image processor), or None (text only).
+        no_video_reason: why the processor has no video processor, or None.
+    """
+
+    config_class: ClassVar[type[EmbedderConfig]]
+    # Read by the transformers Trainer: the loss is already this model's own mean, so the
+    # Trainer passes no num_items_in_batch and divides the loss by the accumulation steps.
+    accepts_loss_kwargs = False
+
+    def __init__(self, backbone: nn.Module, tokenizer, config: EmbedderConfig, processor=None, *, no_video_reason=None):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self.processor = processor
+        model = transformers_model(backbone)
+        if processor is not None and not is_vision_model(model):
+            raise ValueError(f"processor= is for {VISION_MODEL_NAMES} backbones; {type(model).__name__} is text-only")
+        set_kernel_settings(backbone, config.kernel)
+        self.collator = self.make_collator(no_video_reason)
+
+    # -- what a subclass says ----------------------------------------------------------------
+    def make_collator(self, no_video_reason: str | None) -> BTokCollator:
+        """The collator of this embedder (built once, in the constructor)."""
+        raise NotImplementedError
+
+    def pooled_rows(
+        self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the pooled tokens of each sequence sit.
+
+        Args:
+            starts: int64 ``[n]``, each sequence's first row in the flattened states.
+            input_ends: int64 ``[n]``, the row after each sequence's input (where BToks would start).
+            pooling: a key of ``config_class.POOLINGS``.
+
+        Returns:
+            ``(rows int64 [M], counts int64 [n])``: the pooled rows, sequence by sequence, and
+            how many each sequence has (host tensors).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def trained_token_ids(cls, tokenizer, config: EmbedderConfig) -> list[int]:
+        """Token ids whose embedding rows train in every mode (BToks); none by default."""
+        return []
+
+    # -- construction and saving -------------------------------------------------------------
+    @classmethod
+    def from_loaded(cls, loaded: Backbone, config: EmbedderConfig, *, lora=None, freeze_backbone: bool = False):
+        """An embedder on a loaded backbone, with what trains chosen (see
+        :func:`~btok_model.embedder.tokens.make_trainable`)."""
+        ids = cls.trained_token_ids(loaded.tokenizer, config)
+        backbone = make_trainable(loaded.model, ids, lora=lora, freeze_backbone=freeze_backbone)
+        return cls(backbone, loaded.tokenizer, config, loaded.processor, no_video_reason=loaded.no_video_reason)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        attn_implementation: str | None = ATTN_IMPLEMENTATION,
+        *,
+        lora=None,
+        freeze_backbone: bool = False,
+        kernel=None,
+        **from_pretrained_kwargs,
+    ):
+        """Load a model written by :meth:`save_pretrained`.
+
+        Args:
+            path: the folder.
+            attn_implementation: the attention backend (None keeps the saved config's).
+            lora, freeze_backbone: what trains from here on (as in ``from_backbone``); by
+                default everything (saved LoRA adapters were merged into the weights).
+            kernel: kernel settings replacing the saved ones
+                (:class:`~btok_model.backend.kernel_settings.KernelSettings` or a dict), or None.
+            **from_pretrained_kwargs: passed to ``from_pretrained``; ``dtype`` defaults to
+                ``"auto"`` (the dtype the model was saved in: a reload gives the same model).
+        """
+        config = cls.config_class.load(path)
+        if kernel is not None:
+            config.kernel = type(config.kernel).from_value(kernel)
+        loaded = load_saved_backbone(path, attn_implementation, **from_pretrained_kwargs)
+        return cls.from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the backbone, the tokenizer (the processor) and the settings file to ``path``.
+
+        The folder is a plain transformers model folder (weights, ``config.json``, tokenizer,
+        and for a VL model the processor's configs) plus ``config.CONFIG_NAME``. PEFT adapters
+        are merged into a copy of the weights first (:func:`~.backbone.save_backbone`), so
+        loading needs no PEFT and the live model keeps its adapters. A merged LoRA layer
+        computes ``x (W + s B A)`` instead of ``x W + s (x A) B``: embeddings agree to float
+        rounding, not bit for bit.
+        """
+        save_backbone(self.backbone, self.tokenizer, self.processor, path)
+        self.config.save(path)
+
+    def merge_adapters(self):
+        """Fold PEFT adapters (LoRA, trainable token rows) into the backbone's weights, in place:
+        the same embeddings to float rounding, without the adapters' per-layer cost. Returns self."""
+        if hasattr(self.backbone, "merge_and_unload"):
+            self.backbone = self.backbone.merge_and_unload()
+        return self
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation checkpointing in the backbone's layers (non-reentrant by default)."""
+        enable_activation_checkpointing(transformers_model(self.backbone), activation_checkpointing_kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """The name transformers < 5.24 (and its Trainer) use for :meth:`activation_checkpointing_enable`."""
+        enable_activation_checkpointing(transformers_model(self.backbone), gradient_checkpointing_kwargs)
+
+    # -- parts ----------------------------------------------------------------------------------
+    @property
+    def decoder(self) -> nn.Module:
+        """The backbone without its LM head: its forward returns ``last_hidden_state``."""
+        model = transformers_model(self.backbone)
+        return getattr(model, model.base_model_prefix, model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        """``H``, the size of an embedding."""
+        return transformers_model(self.backbone).get_input_embeddings().weight.shape[1]
+
+    # -- tokenisation and collation -----------------------------------------------------------
+    def tokenize(self, texts: list) -> list[list[int]]:
+        """Token ids of each input as :meth:`encode` embeds them (a BTok model's K BToks
+        appended; an image's or video's placeholder tokens expanded)."""
+        return self.collator.tokenize(texts)
+
+    def collate(self, examples: list[dict]) -> BTokBatch:
+        """One packed training batch from ``examples`` (see :class:`~btok_model.embedder.collate.BTokCollator`);
+        targets only while the configured generative weight is not 0."""
+        return self.collator(examples, with_targets=self.config.generative_weight != 0)
+
+    # -- the forward to last-layer states ------------------------------------------------------
+    def last_hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        *,
+        layout: CondensationLayout | None = None,
+        attention_mask: torch.Tensor | None = None,
+        media: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The decoder's last-layer states of a packed row or of padded rows, flattened.
+
+        Args:
+            input_ids: int64 ``[1, T]`` (packed) or ``[B, S]`` (padded), on the model's device.
+            position_ids: int64 ``[1, T]`` / ``[B, S]``, or ``[3, ...]`` M-RoPE positions.
+            layout: the packed row's layout: ``"btok_triton"`` reads it; the peer
+                implementations get it as a mask (:func:`~.peer_masks.condensation_attention_mask`).
+            attention_mask: int64 ``[B, S]`` padding mask of padded rows (instead of ``layout``).
+            media: the pixel inputs (:data:`~.media.MEDIA_BATCH_KEYS`), on the device.
+
+        Returns:
+            ``[T, H]`` or ``[B * S, H]`` in the model's dtype.
+        """
+        kwargs = dict(input_ids=input_ids, position_ids=position_ids, use_cache=False, **(media or {}))
+        if layout is None:
+            return self.decoder(**kwargs, attention_mask=attention_mask).last_hidden_state.flatten(0, 1)
+        impl = transformers_model(self.backbone).config._attn_implementation
+        if impl == ATTN_IMPLEMENTATION:
+            kwargs["btok_layout"] = layout
+        else:
+            dtype = transformers_model(self.backbone).get_input_embeddings().weight.dtype
+            kwargs["attention_mask"] = condensation_attention_mask(layout, impl, dtype, input_ids.device)
+        return self.decoder(**kwargs).last_hidden_state[0]
+
+    def _pooling_plan(self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str) -> tuple:
+        """``(rows on the device, counts, reduction)`` of :meth:`pooled_rows`, moved before the
+        forward is queued: a copy from pageable host memory after it would wait for it."""
+        rows, counts = self.pooled_rows(starts, input_ends, pooling)
+        return to_device(rows, self.device), counts, self.config_class.POOLINGS[pooling]
+
+    # -- training ---------------------------------------------------------------------------------
+    def embed_batch(self, batch: BTokBatch, generative: bool = True) -> BatchEmbeddings:
+        """Embeddings (and generative loss) of a packed batch, in one forward pass.
+
+        Args:
+            batch: from :meth:`collate` (on any device; it is moved to the model's).
+            generative: score the batch's targets (the LM head runs only on the target rows
+                whose next token is scored, never ``[T, vocab]``); False leaves the loss None.
+
+        Returns:
+            :class:`BatchEmbeddings`: the first ``Nq`` sequences' embeddings are the queries',
+            the others the candidates'. Targets may sit on any sequence.
+        """
+        device = self.device
+        batch = batch.to(device)
+        layout = batch.btok_layout
+        num_targets = batch.num_target_tokens if generative else 0
+        if num_targets:
+            rows = _target_rows(layout)  # row r predicts the token at r + 1
+            labels = batch.labels[0]
+            next_labels = to_device(labels[(rows + 1).to(labels.device)], device)
+            rows = to_device(rows, device)
+            # Only the rows whose next token is scored run the LM head (not the rows before a
+            # target's image tokens or inside its prefix). A stable sort puts them first in row
+            # order; their count is known on the host, so nothing waits for the device.
+            keep = torch.argsort((next_labels == IGNORE_INDEX).int(), stable=True)[:num_targets]
+            rows, next_labels = rows[keep], next_labels[keep]
+        plan = self._pooling_plan(*_sequence_spans(layout), self.config.pooling)
+        hidden = self.last_hidden_states(batch.input_ids, batch.position_ids, layout=layout, media=batch.media_inputs())
+        pooled = pool_token_groups(hidden[plan[0]], plan[1], plan[2])
+        loss = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets) if num_targets else None
+        nq = batch.num_queries
+        return BatchEmbeddings(pooled[:nq], pooled[nq:], loss, num_targets)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits ``[R, V]`` of the ``[R, H]`` states."""
+        model = transformers_model(self.backbone)
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError(
+                f"{type(model).__name__} has no LM head, so it cannot compute the generative loss; load a causal LM "
+                "or set generative_weight=0"
+            )
+        text_config = model.config.get_text_config()
+        for name in ("final_logit_softcapping", "logit_scale"):
+            if getattr(text_config, name, None) is not None:
+                raise ValueError(
+                    f"the generative loss does not support a model with {name} (model_type={model.config.model_type!r})"
+                )
+        return head(hidden)
+
+    def compute_loss(
+        self, embeddings: BatchEmbeddings, positive_index: torch.Tensor, weights: LossWeights | None = None
+    ) -> BTokOutput:
+        """The loss of an embedding pass: InfoNCE and the generative loss, added up by ``weights``.
+
+        With ``torch.distributed`` initialised and ``config.gather_across_ranks``, each rank's
+        queries are scored against the candidates of every rank (gathered with gradients
+        flowing back to their owner), positives offset by the rank's position.
+
+        Args:
+            embeddings: from :meth:`embed_batch`.
+            positive_index: int64 ``[Nq]`` into this rank's candidates.
+            weights: the generative weight and rank shares (default: ``config.generative_weight``, shares 1).
+        """
+        weights = weights if weights is not None else LossWeights(self.config.generative_weight)
+        query, candidates = embeddings.query_embeddings, embeddings.candidate_embeddings
+        all_candidates, positive_index = candidates, positive_index.to(query.device)
+        if self.config.gather_across_ranks and is_distributed():
+            sizes = gather_sizes(candidates.shape[0], candidates.device)
+            all_candidates = gather_with_grad(candidates, sizes)
+            positive_index = positive_index + rank_offset(sizes)
+        contrastive = weights.contrastive_part(info_nce(query, all_candidates, positive_index, self.config.temperature))
+        generative = weights.generative_part(embeddings.generative_loss)
+        return BTokOutput(
+            loss=weights.total(contrastive, generative),
+            contrastive_loss=contrastive,
+            generative_loss=generative,
+            query_embeddings=query,
+            candidate_embeddings=candidates,
+        )
+
+    def forward(
+        self, batch: BTokBatch | None = None, *, loss_weights: LossWeights | None = None, **fields
+    ) -> BTokOutput:
+        """The training step's forward: :meth:`embed_batch`, then :meth:`compute_loss`.
+
+        ``model(batch)`` and ``model(**batch)`` are the same (``fields``: the fields of a
+        :class:`~btok_model.embedder.packed_batch.BTokBatch`). ``loss_weights`` (default: the
+        configured generative weight, shares 1) also decides whether the targets are scored.
+        """
+        if batch is None:
+            batch = BTokBatch(**fields)
+        elif fields:
+            raise TypeError(f"pass a BTokBatch or its fields, not both (got the batch and {sorted(fields)})")
+        weights = loss_weights if loss_weights is not None else LossWeights(self.config.generative_weight)
+        embeddings = self.embed_batch(batch, generative=weights.generative != 0)
+        return self.compute_loss(embeddings, batch.positive_index, weights)
+
+    # -- inference ------------------------------------------------------------------------------
+    def embed_packed(self, packed: dict, poolings: tuple[str, ...] | None = None) -> torch.Tensor:
+        """fp32 ``[n, H]`` embeddings (on the device) of a packed row from the collator's
+        ``pack_sequences`` (``poolings``: several, concatenated along H; default the configured one)."""
+        device = self.device
+        layout = packed["btok_layout"].to(device)
+        plans = [self._pooling_plan(*_sequence_spans(layout), p) for p in poolings or (self.config.pooling,)]
+        input_ids, position_ids = (to_device(packed[key], device) for key in ("input_ids", "position_ids"))
+        hidden = self.last_hidden_states(input_ids, position_ids, layout=layout, media=_media(packed, device))
+        return torch.cat([pool_token_groups(hidden[rows], counts, how) for rows, counts, how in plans], 1)
+
+    def embed_padded(self, padded: dict, poolings: tuple[str, ...] | None = None) -> torch.Tensor:
+        """fp32 ``[B, H]`` embeddings (on the device) of right-padded rows from the collator's
+        ``pad_sequences`` (``poolings`` as in :meth:`embed_packed`)."""
+        device = self.device
+        mask = padded["attention_mask"]
+        width, lengths = mask.shape[1], mask.sum(1).cpu()
+        starts = torch.arange(mask.shape[0]) * width
+        spans = starts, starts + lengths - self.collator.num_btoks
+        plans = [self._pooling_plan(*spans, p) for p in poolings or (self.config.pooling,)]
+        input_ids, position_ids, mask = (
+            to_device(padded[key], device) for key in ("input_ids", "position_ids", "attention_mask")
+        )
+        hidden = self.last_hidden_states(input_ids, position_ids, attention_mask=mask, media=_media(padded, device))
+        return torch.cat([pool_token_groups(hidden[rows], counts, how) for rows, counts, how in plans], 1)
+
+    def encode(
+        self,
+        inputs: list,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        packed: bool | None = None,
+        *,
+        poolings: tuple[str, ...] | None = None,
+    ) -> torch.Tensor:
+        """Embed inputs: one forward per batch of ``batch_size``, longest first, results in input order.
+
+        Runs under ``torch.inference_mode`` with the model in eval mode (its mode restored).
+
+        Args:
+            inputs: N inputs: strings, or for a vision-language backbone also dicts
+                ``{"text": str | None, "image": ..., "video": ..., "fps": ...}`` (see
+                :mod:`~btok_model.embedder.multimodal`).
+            batch_size: inputs per forward pass.
+            show_progress_bar: show a tqdm bar over the batches.
+            packed: True: each batch is one packed ``[1, T]`` row (no padding); False: right-
+                padded ``[B, S]`` rows with an attention mask. None: packed with
+                ``"btok_triton"`` (the kernel reads the layout directly), padded otherwise.
+            poolings: pool several ways from the same forward passes (keys of the config's
+                ``POOLINGS``); the result is then ``[N, len(poolings) * H]``, one block per
+                pooling in this order. Default: the configured pooling.
+
+        Returns:
+            fp32 ``[N, H]`` on the CPU, L2-normalised.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        for pooling in poolings or ():
+            if pooling not in self.config_class.POOLINGS:
+                raise ValueError(f"pooling must be one of {tuple(self.config_class.POOLINGS)}, got {pooling!r}")
+        sequences, media = self.collator.encode_for_embedding(inputs)
+        if packed is None:
+            packed = transformers_model(self.backbone).config._attn_implementation == ATTN_IMPLEMENTATION
+        k = self.collator.num_btoks
+
+        def embed(rows: list[int]) -> torch.Tensor:
+            part = [media[i] for i in rows]
+            part = None if all(m is None for m in part) else part
+            if packed:
+                inputs = [sequences[i][: len(sequences[i]) - k] for i in rows]
+                return self.embed_packed(self.collator.pack_sequences(inputs, media=part), poolings)
+            return self.embed_padded(self.collator.pad_sequences([sequences[i] for i in rows], media=part), poolings)
+
+        width = self.embedding_dim * len(poolings or (None,))
+        return encode_in_length_order(self, [len(s) for s in sequences], batch_size, width, embed, show_progress_bar)
+
+
+def encode_in_length_order(
+    module: nn.Module,
+    lengths: list[int],
+    batch_size: int,
+    hidden_size: int,
+    embed,
+    show_progress_bar: bool = False,
+) -> torch.Tensor:
+    """The batching of :meth:`Embedder.encode`: inputs sorted longest first into batches of
+    ``batch_size``, ``embed(indices)`` (fp32 ``[len(indices), H]`` on ``module``'s device) per
+    batch under ``torch.inference_mode`` with ``module`` in eval mode (its mode restored), the
+    results put back in input order.
+
+    Args:
+        module: the model (its ``device`` and train/eval mode).
+        lengths: N input lengths in tokens.
+        batch_size: inputs per ``embed`` call.
+        hidden_size: H.
+        embed: ``list[int] -> fp32 [n, H]``, the embeddings of those inputs.
+        show_progress_bar: show a tqdm bar over the batches.
+
+    Returns:
+        fp32 ``[N, H]`` on the CPU, in input order.
+    """
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    device = module.device
+    # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
+    # asynchronous, so the host packs the next batch while the GPU computes.
+    by_length = torch.empty(len(lengths), hidden_size, dtype=torch.float32, pin_memory=device.type == "cuda")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(
+                range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar, unit="batch"
+            ):
+                rows = order[start : start + batch_size]
+                by_length[start : start + len(rows)].copy_(embed(rows), non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        module.train(was_training)
+    out = torch.empty_like(by_length, pin_memory=False)
+    out[torch.tensor(order, dtype=torch.long)] = by_length
+    return out
+
+
+def _media(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The pixel inputs of a packed or padded dict (:data:`~.media.MEDIA_BATCH_KEYS` present), on ``device``."""
+    return {key: to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
+
+
+def _sequence_spans(layout: CondensationLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 ``(starts [n], input ends [n])`` of a packed layout's sequences, from its host
+    integers (a sequence's input ends where its BToks start)."""
+    starts = torch.tensor(layout.host_cu_seqlens[:-1], dtype=torch.long)
+    return starts, starts + torch.tensor(layout.host_btok_start, dtype=torch.long)
+
+
+def _target_rows(layout: CondensationLayout) -> torch.Tensor:
+    """int64 positions of every target row that predicts a next target token (all target
+    rows but each sequence's last), built from the layout's host integers."""
+    cu = layout.host_cu_seqlens
+    starts = torch.tensor(cu[:-1], dtype=torch.long)
+    ends = torch.tensor(cu[1:], dtype=torch.long)
+    first = starts + torch.tensor(layout.host_target_start, dtype=torch.long)
+    return concat_ranges(first, (ends - first - 1).clamp_min(0))

@@ -254,3 +254,20 @@ def test_from_backbone_by_name(tmp_path):
     assert emb.dtype == torch.float32 and torch.allclose(emb.norm(dim=-1), torch.ones(2))
     out = model(**model.collate(EXAMPLES))
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+def test_pooled_embedder_save_load_round_trip(tmp_path):
+    """The no-BTok baseline saves through the same core: its settings file, merged LoRA, the same embeddings."""
+    from btok_model import PooledEmbedder
+
+    model = PooledEmbedder.from_backbone(tiny_backbone("qwen2"), char_tokenizer(), "mean", lora=4, temperature=0.1)
+    train_one_step(model, EXAMPLES)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "pooled_config.json").read_text())["pooling"] == "mean"
+    loaded = PooledEmbedder.from_pretrained(tmp_path)
+    assert loaded.config == model.config and loaded.collator.num_btoks == 0
+    assert rel_err(loaded.encode(TEXTS), model.encode(TEXTS)) < 1e-5  # LoRA merged: fp32 rounding
+    with pytest.raises(ValueError, match="freeze_backbone=True without LoRA trains only the BTok rows"):
+        PooledEmbedder.from_pretrained(tmp_path, freeze_backbone=True)
+    with pytest.raises(FileNotFoundError, match="btok_config.json not found: .* is not a saved BTok model"):
+        BTokModel.from_pretrained(tmp_path)

@@ -11,8 +11,8 @@ pool:
 * :class:`~btok_model.embedder.pooled.PooledEmbedder`: the input's own tokens, their mean or
   the last one.
 
-A subclass sets ``config_class`` and implements :meth:`Embedder.pooled_rows` and
-:meth:`Embedder.make_collator`.
+A subclass sets ``config_class`` and implements :meth:`Embedder._pooled_rows` and
+:meth:`Embedder._make_collator` (private: hooks for the two subclasses, not API).
 """
 
 from __future__ import annotations
@@ -170,14 +170,14 @@ class Embedder(nn.Module):
         if processor is not None and not is_vision_model(model):
             raise ValueError(f"processor= is for {VISION_MODEL_NAMES} backbones; {type(model).__name__} is text-only")
         set_kernel_settings(backbone, config.kernel)
-        self.collator = self.make_collator(no_video_reason)
+        self.collator = self._make_collator(no_video_reason)
 
     # -- what a subclass says ----------------------------------------------------------------
-    def make_collator(self, no_video_reason: str | None) -> BTokCollator:
+    def _make_collator(self, no_video_reason: str | None) -> BTokCollator:
         """The collator of this embedder (built once, in the constructor)."""
         raise NotImplementedError
 
-    def pooled_rows(
+    def _pooled_rows(
         self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the pooled tokens of each sequence sit.
@@ -194,16 +194,16 @@ class Embedder(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def trained_token_ids(cls, tokenizer, config: EmbedderConfig) -> list[int]:
+    def _trained_token_ids(cls, tokenizer, config: EmbedderConfig) -> list[int]:
         """Token ids whose embedding rows train in every mode (BToks); none by default."""
         return []
 
     # -- construction and saving -------------------------------------------------------------
     @classmethod
-    def from_loaded(cls, loaded: Backbone, config: EmbedderConfig, *, lora=None, freeze_backbone: bool = False):
+    def _from_loaded(cls, loaded: Backbone, config: EmbedderConfig, *, lora=None, freeze_backbone: bool = False):
         """An embedder on a loaded backbone, with what trains chosen (see
         :func:`~btok_model.embedder.tokens.make_trainable`)."""
-        ids = cls.trained_token_ids(loaded.tokenizer, config)
+        ids = cls._trained_token_ids(loaded.tokenizer, config)
         backbone = make_trainable(loaded.model, ids, lora=lora, freeze_backbone=freeze_backbone)
         return cls(backbone, loaded.tokenizer, config, loaded.processor, no_video_reason=loaded.no_video_reason)
 
@@ -234,7 +234,7 @@ class Embedder(nn.Module):
         if kernel is not None:
             config.kernel = type(config.kernel).from_value(kernel)
         loaded = load_saved_backbone(path, attn_implementation, **from_pretrained_kwargs)
-        return cls.from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
+        return cls._from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the backbone, the tokenizer (the processor) and the settings file to ``path``.
@@ -326,9 +326,9 @@ class Embedder(nn.Module):
         return self.decoder(**kwargs).last_hidden_state[0]
 
     def _pooling_plan(self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str) -> tuple:
-        """``(rows on the device, counts, reduction)`` of :meth:`pooled_rows`, moved before the
+        """``(rows on the device, counts, reduction)`` of :meth:`_pooled_rows`, moved before the
         forward is queued: a copy from pageable host memory after it would wait for it."""
-        rows, counts = self.pooled_rows(starts, input_ends, pooling)
+        rows, counts = self._pooled_rows(starts, input_ends, pooling)
         return to_device(rows, self.device), counts, self.config_class.POOLINGS[pooling]
 
     # -- training ---------------------------------------------------------------------------------
@@ -431,7 +431,7 @@ class Embedder(nn.Module):
         return self.compute_loss(embeddings, batch.positive_index, weights)
 
     # -- inference ------------------------------------------------------------------------------
-    def embed_packed(self, packed: dict, poolings: tuple[str, ...] | None = None) -> torch.Tensor:
+    def _embed_packed(self, packed: dict, poolings: tuple[str, ...] | None = None) -> torch.Tensor:
         """fp32 ``[n, H]`` embeddings (on the device) of a packed row from the collator's
         ``pack_sequences`` (``poolings``: several, concatenated along H; default the configured one)."""
         device = self.device
@@ -443,7 +443,7 @@ class Embedder(nn.Module):
 
     def embed_padded(self, padded: dict, poolings: tuple[str, ...] | None = None) -> torch.Tensor:
         """fp32 ``[B, H]`` embeddings (on the device) of right-padded rows from the collator's
-        ``pad_sequences`` (``poolings`` as in :meth:`embed_packed`)."""
+        ``pad_sequences`` (``poolings`` as in :meth:`_embed_packed`)."""
         device = self.device
         mask = padded["attention_mask"]
         width, lengths = mask.shape[1], mask.sum(1).cpu()
@@ -500,7 +500,7 @@ class Embedder(nn.Module):
             part = None if all(m is None for m in part) else part
             if packed:
                 inputs = [sequences[i][: len(sequences[i]) - k] for i in rows]
-                return self.embed_packed(self.collator.pack_sequences(inputs, media=part), poolings)
+                return self._embed_packed(self.collator.pack_sequences(inputs, media=part), poolings)
             return self.embed_padded(self.collator.pad_sequences([sequences[i] for i in rows], media=part), poolings)
 
         width = self.embedding_dim * len(poolings or (None,))

@@ -55,11 +55,11 @@ class BTokModel(Embedder):
     config_class = BTokConfig
 
     def __init__(self, backbone: nn.Module, tokenizer, config: BTokConfig, processor=None, *, no_video_reason=None):
-        self.btok_token_ids: list[int] = self.trained_token_ids(tokenizer, config)
+        self.btok_token_ids: list[int] = self._trained_token_ids(tokenizer, config)
         super().__init__(backbone, tokenizer, config, processor, no_video_reason=no_video_reason)
 
     @classmethod
-    def trained_token_ids(cls, tokenizer, config: BTokConfig) -> list[int]:
+    def _trained_token_ids(cls, tokenizer, config: BTokConfig) -> list[int]:
         """The K BTok ids of ``tokenizer``.
 
         Raises:
@@ -70,7 +70,7 @@ class BTokModel(Embedder):
             raise ValueError(f"the tokenizer lacks the BTok tokens {config.btok_tokens}")
         return [int(i) for i in ids]
 
-    def make_collator(self, no_video_reason: str | None) -> BTokCollator:
+    def _make_collator(self, no_video_reason: str | None) -> BTokCollator:
         cfg = self.config
         return make_collator(
             self.backbone,
@@ -83,7 +83,7 @@ class BTokModel(Embedder):
             max_length=cfg.max_length,
         )
 
-    def pooled_rows(
+    def _pooled_rows(
         self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The K BToks right after each input (whatever the pooling)."""
@@ -171,7 +171,7 @@ class BTokModel(Embedder):
         if added or model.get_input_embeddings().weight.shape[0] <= max(btok_ids):
             eos = tokenizer.eos_token_id if btok_init == "eos" else None
             init_btok_rows(model, btok_ids, source_rows=min(btok_ids), init=btok_init, eos_id=eos)
-        return cls.from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
+        return cls._from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
 
     def generate_from_btoks(
         self,

@@ -71,9 +71,9 @@ class PooledEmbedder(Embedder):
         """
         config = PooledConfig(pooling=pooling, temperature=temperature, max_length=max_length, kernel=kernel)
         loaded = load_backbone(name_or_model, tokenizer, processor, attn_implementation, **from_pretrained_kwargs)
-        return cls.from_loaded(loaded, config, lora=lora)
+        return cls._from_loaded(loaded, config, lora=lora)
 
-    def make_collator(self, no_video_reason: str | None) -> BTokCollator:
+    def _make_collator(self, no_video_reason: str | None) -> BTokCollator:
         return make_collator(
             self.backbone,
             self.tokenizer,
@@ -84,7 +84,7 @@ class PooledEmbedder(Embedder):
             with_targets=False,
         )
 
-    def pooled_rows(
+    def _pooled_rows(
         self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The last input token (``"last-token"``) or every input token (``"mean"``)."""

@@ -360,10 +360,14 @@ class Embedder(nn.Module):
             rows, next_labels = rows[keep], next_labels[keep]
         plan = self._pooling_plan(*_sequence_spans(layout), self.config.pooling)
         hidden = self.last_hidden_states(batch.input_ids, batch.position_ids, layout=layout, media=batch.media_inputs())
-        pooled = pool_token_groups(hidden[plan[0]], plan[1], plan[2])
+        # Queries and candidates pooled apart: two tensors, not views of one (FSDP2 warns about
+        # views among a root module's outputs).
+        (rows_all, counts, how), nq = plan, batch.num_queries
+        split = int(counts[:nq].sum())
+        query = pool_token_groups(hidden[rows_all[:split]], counts[:nq], how)
+        candidates = pool_token_groups(hidden[rows_all[split:]], counts[nq:], how)
         loss = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets) if num_targets else None
-        nq = batch.num_queries
-        return BatchEmbeddings(pooled[:nq], pooled[nq:], loss, num_targets)
+        return BatchEmbeddings(query, candidates, loss, num_targets)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits ``[R, V]`` of the ``[R, H]`` states."""

@@ -52,9 +52,7 @@ class RunningTopK:
         """
         values, indices = self.values[rows], self.indices[rows]
         if scores.dim() != 2 or scores.shape[0] != values.shape[0]:
-            raise ValueError(
-                f"scores must be [{values.shape[0]} rows, candidates], got shape {tuple(scores.shape)}"
-            )
+            raise ValueError(f"scores must be [{values.shape[0]} rows, candidates], got shape {tuple(scores.shape)}")
         if torch.isnan(scores).any():
             raise ValueError("scores contain NaN: the embeddings produced invalid values")
         if self.k == 0 or scores.shape[1] == 0:

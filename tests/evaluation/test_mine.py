@@ -233,3 +233,52 @@ def test_cli_error_for_a_model_that_is_not_there(tmp_path, capsys):
         mine_main(["--model", str(tmp_path / "none"), "--data", data, "--output", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not a saved BTok model" in err and len(err.splitlines()) == 1
+
+
+def test_images_with_a_tiny_vl_model(tmp_path):
+    from vl_tiny import image, tiny_vl_btok
+
+    model = tiny_vl_btok(video=False)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(5):
+        image(28 + 14 * (i % 3), 42, seed=i).save(folder / f"im{i}.png")
+    rows = [
+        {"query": "a red square", "positive_image": "im0.png"},
+        {"query": "a blue circle", "positive": "photo", "positive_image": "im1.png", "negatives": ["not this"]},
+        {"query_image": "im2.png", "positive": "a caption"},
+    ]
+    data = _write(folder / "pairs.jsonl", rows)
+    corpus = _write(folder / "corpus.jsonl", [{"image": "im3.png"}, {"text": "a scan", "image": "im4.png"}])
+    out = tmp_path / "mined" / "out.jsonl"
+    mine_file(model, data, out, corpus, num_negatives=2, max_score_margin=1.0)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[1]["positive_image"] == "../data/im1.png" and lines[2]["query_image"] == "../data/im2.png"
+    assert lines[1]["negatives"][0] == "not this"
+    # the oracle on the model's embeddings; a candidate is its text and image
+    path = lambda i: str(folder / f"im{i}.png")  # noqa: E731
+    pool = [
+        {"text": None, "image": path(0)},
+        {"text": "photo", "image": path(1)},
+        "a caption",
+        {"text": None, "image": path(3)},
+        {"text": "a scan", "image": path(4)},
+    ]
+    queries = ["a red square", "a blue circle", {"text": None, "image": path(2)}]
+    emb = model.encode(queries + pool).double()
+    names = [f"q{i}" for i in range(3)] + [f"c{i}" for i in range(5)]
+    expected = _oracle(dict(zip(names, emb.tolist())), names[:3], ["c0", "c1", "c2"], names[3:], 2, 0, 1.0, [[]] * 3)
+    written = {
+        "c0": {"image": "../data/im0.png"},
+        "c1": {"text": "photo", "image": "../data/im1.png"},
+        "c2": "a caption",
+        "c3": {"image": "../data/im3.png"},
+        "c4": {"text": "a scan", "image": "../data/im4.png"},
+    }
+    assert [line["negatives"][-len(e) :] if e else [] for line, e in zip(lines, expected)] == [
+        [written[c] for c in e] for e in expected
+    ]
+    examples = load_examples(out)  # training reads it back, images resolved, and the VL collator packs it
+    assert any(isinstance(n, dict) for ex in examples for n in ex.get("negatives", []))
+    batch = model.collate(examples)
+    assert batch["input_ids"].shape[0] == 1

@@ -282,3 +282,20 @@ def test_images_with_a_tiny_vl_model(tmp_path):
     assert any(isinstance(n, dict) for ex in examples for n in ex.get("negatives", []))
     batch = model.collate(examples)
     assert batch["input_ids"].shape[0] == 1
+
+
+@pytest.mark.parametrize(
+    "negatives, message",
+    [
+        ([{"text": "x", "img": "a.png"}], r"negatives\[0\] has unknown field\(s\) \['img'\]"),
+        ([{}], r"negatives\[0\] has neither 'text' nor 'image'"),
+        (["ok", {"image": "none.png"}], r"negatives\[1\].image: image file 'none.png' does not exist"),
+        ([3], r"negatives\[0\] must be a string or an object"),
+    ],
+)
+def test_training_reads_negative_objects_and_names_bad_ones(tmp_path, negatives, message):
+    from btok_model.datasets import DataError
+
+    data = _write(tmp_path / "t.jsonl", [{"query": "q", "positive": "p", "negatives": negatives}])
+    with pytest.raises(DataError, match=r"t.jsonl:1: " + message):
+        load_examples(data)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from btok_model.evaluation.topk import RunningTopK
+from btok_model.evaluation import RunningTopK
 
 
 def _reference(scores: torch.Tensor, k: int) -> tuple[list, list]:

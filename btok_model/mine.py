@@ -101,9 +101,7 @@ def _encode(model, inputs: list, batch_size: int, show_progress_bar: bool, devic
     return emb.to(device=device, dtype=torch.float32)
 
 
-def _excluded(
-    queries: list, positives: list, exclude: list | None, index: dict, positive_index: list[int]
-) -> torch.Tensor:
+def _excluded(queries: list, exclude: list | None, index: dict, positive_index: list[int]) -> torch.Tensor:
     """long ``[L, E]``: per line the pool indices it may not take (-1 pads)."""
     by_query: dict = {}
     for query, pos in zip(queries, positive_index):
@@ -193,7 +191,7 @@ def mine_hard_negatives(
             pool.append(item)
     positive_index = [index[input_key(p)] for p in positives]
     num_positives = len({*positive_index})
-    excluded = _excluded(queries, positives, exclude, index, positive_index).to(device)
+    excluded = _excluded(queries, exclude, index, positive_index).to(device)
 
     distinct_queries = list({input_key(q): q for q in queries}.values())
     query_rows = {input_key(q): i for i, q in enumerate(distinct_queries)}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from btok_tiny import tiny_btok
 
+from btok_model.evaluation.baselines import PooledEmbedder
 from btok_model.mine import main as mine_main
 from btok_model.mine import mine_file, mine_hard_negatives
 from btok_model.training.data import load_examples
@@ -198,6 +199,14 @@ def test_cli_on_a_tiny_btok_model(tmp_path):
     assert [line["negatives"] for line in lines] == expected
     assert [{k: v for k, v in line.items() if k != "negatives"} for line in lines] == rows
     assert summary["pool"] == 8 and summary["lines"] == 4
+    # a no-BTok baseline on the same backbone folder, as evaluate takes it
+    baseline = PooledEmbedder.from_backbone(str(tmp_path / "btok"), pooling="mean", dtype=torch.float32)
+    mine_main([*args, "--baseline", "mean", "--max-score-margin", "1", "--torch-dtype", "float32", "--no-progress-bar"])
+    emb = baseline.encode([r["query"] for r in rows] + pool)
+    table = dict(zip([r["query"] for r in rows] + pool, emb.double().tolist()))
+    expected = _oracle(table, [r["query"] for r in rows], [r["positive"] for r in rows], pool, 4, 0, 1.0, [[]] * 4)
+    assert [json.loads(line).get("negatives", []) for line in out.read_text().splitlines()] == expected
+    assert sum(map(len, expected)) >= 4  # (a line none of whose candidates scores below its positive has none)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 **JSONL**, one example per line::
 
-    {"query": str, "positive": str, "negatives": [str, ...]?, "target": str | null?,
+    {"query": str, "positive": str, "negatives": [str | {"text"?, "image"?}, ...]?, "target": str | null?,
      "target_side": "positive" | "query" | "both" | "none"?, "source": str?,
      "query_image": path?, "positive_image": path?}
 
@@ -101,7 +101,7 @@ def _example(record: Record) -> dict:
             example[text_key] = text
         if image is not None:
             example[image_key] = image
-    negatives = record.text_list("negatives")
+    negatives = _negatives(record)
     if negatives:
         example["negatives"] = negatives
     if "target" in record.data:
@@ -115,6 +115,33 @@ def _example(record: Record) -> dict:
     except ValueError as err:
         raise record.error(str(err)) from None
     return example
+
+
+def _negatives(record: Record) -> list | None:
+    """Field ``negatives``: texts, or ``{"text"?, "image"?}`` objects (an image path relative to
+    the file, as ``python -m btok_model.mine`` writes image candidates) passed on as inputs."""
+    if "negatives" not in record.data:
+        return None
+    value = record.data["negatives"]
+    if not isinstance(value, list):
+        raise record.error(f"field 'negatives' must be a list of strings or objects, got {type(value).__name__}")
+    negatives = []
+    for i, item in enumerate(value):
+        name = f"negatives[{i}]"
+        if isinstance(item, str):
+            negatives.append(record.check_text(item, name))
+            continue
+        if not isinstance(item, dict):
+            raise record.error(f"{name} must be a string or an object with 'text'/'image', got {type(item).__name__}")
+        unknown = sorted(set(item) - {"text", "image"})
+        if unknown:
+            raise record.error(f"{name} has unknown field(s) {unknown}; allowed: ['image', 'text']")
+        image = None if item.get("image") is None else record.check_image(item["image"], f"{name}.image")
+        text = None if item.get("text") is None else record.check_text(item["text"], f"{name}.text")
+        if image is None and text is None:
+            raise record.error(f"{name} has neither 'text' nor 'image'")
+        negatives.append(text if image is None else {"text": text, "image": image})
+    return negatives
 
 
 def load_examples(path: str | os.PathLike) -> list[dict]:

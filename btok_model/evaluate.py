@@ -26,6 +26,18 @@ __all__ = ["load_scorer", "main", "parser", "run_mmeb_v2"]
 BASELINES = ("last-token", "mean", "tfidf")
 
 
+def add_loading_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags :func:`load_scorer` reads to load a model: attention, device, dtype."""
+    p.add_argument("--attn-implementation", default="btok_triton")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument(
+        "--torch-dtype",
+        default=None,
+        help="the model's weights (float32, bfloat16, auto: as saved); default: bfloat16 where --device computes it "
+        "natively, else float32",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m btok_model.evaluate",
@@ -44,14 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tfidf-analyzer", default="char_wb", choices=("char_wb", "word"))
     p.add_argument("--tfidf-ngrams", type=int, nargs=2, default=(3, 5), metavar=("MIN", "MAX"))
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
-    p.add_argument("--attn-implementation", default="btok_triton")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument(
-        "--torch-dtype",
-        default=None,
-        help="the model's weights (float32, bfloat16, auto: as saved); default: bfloat16 where --device computes it "
-        "natively, else float32",
-    )
+    add_loading_arguments(p)
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--no-progress-bar", action="store_true")
     g = p.add_argument_group("MMEB-V2")

@@ -356,6 +356,8 @@ def _summary(mined: MinedNegatives) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .evaluate import add_loading_arguments
+
     p = argparse.ArgumentParser(
         prog="python -m btok_model.mine",
         description=__doc__.split("\n\n")[0],
@@ -380,14 +382,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass")
     p.add_argument("--query-block", type=int, default=1024, help="lines scored at once")
     p.add_argument("--corpus-block", type=int, default=16384, help="corpus inputs embedded and scored at once")
-    p.add_argument("--attn-implementation", default="btok_triton")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument(
-        "--torch-dtype",
-        default=None,
-        help="the model's weights (float32, bfloat16, auto: as saved); default: bfloat16 where --device computes it "
-        "natively, else float32",
-    )
+    add_loading_arguments(p)
     p.add_argument("--no-progress-bar", action="store_true")
     return p
 

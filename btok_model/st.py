@@ -9,7 +9,7 @@ pooled and L2-normalised), and MTEB-style tools that take a ``SentenceTransforme
 it. Only this module imports sentence-transformers.
 
 A MaxSim model (``config.similarity == "maxsim"``) is saved as a sentence-transformers
-``MultiVectorEncoder`` (sentence-transformers >= 6.3 has it): ``MultiVectorEncoder(path).encode(texts)``
+``MultiVectorEncoder`` (sentence-transformers 6.3.0 has it): ``MultiVectorEncoder(path).encode(texts)``
 returns each input's K BTok vectors (``BTokModel.encode(texts, multi_vector=True)``) and its
 ``similarity`` scores them by MaxSim. With an older sentence-transformers, saving or loading a
 MaxSim model raises an ImportError that says so (cosine models are unaffected).
@@ -42,7 +42,7 @@ def _check_multi_vector_encoder() -> None:
     if not hasattr(sentence_transformers, "MultiVectorEncoder"):
         raise ImportError(
             f"a MaxSim BTok model loads in sentence-transformers as a MultiVectorEncoder, which sentence-transformers "
-            f"{sentence_transformers.__version__} lacks (added in 6.3); upgrade it, or use BTokModel.from_pretrained "
+            f"{sentence_transformers.__version__} lacks (6.3.0 has it); upgrade it, or use BTokModel.from_pretrained "
             "and encode(..., multi_vector=True)"
         )
 

@@ -527,9 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     if sentence_transformers:
         from .st import write_sentence_transformers_files
 
-        write_sentence_transformers_files(
-            args.output_dir, recipe.similarity
-        )  # SentenceTransformer(output_dir) loads it too
+        # SentenceTransformer(output_dir) loads it too (a MaxSim model: MultiVectorEncoder)
+        write_sentence_transformers_files(args.output_dir, recipe.similarity)
     return 0
 
 

@@ -73,27 +73,16 @@ class EmbedderConfig:
         self.temperature = float(t)
         self.kernel = KernelSettings.from_value(self.kernel)
         if self.similarity not in self.SIMILARITIES:
-            raise ValueError(
-                f"similarity must be one of {self.SIMILARITIES} for a {type(self).__name__.removesuffix('Config')} "
-                f"model, got {self.similarity!r}"
-                + (
-                    " (MaxSim compares the K BTok vectors: a model without BToks has none)"
-                    if self.similarity == "maxsim"
-                    else ""
-                )
+            kind = type(self).__name__.removesuffix("Config")
+            why = " (MaxSim compares K BTok vectors; this model has one vector per input)" * (
+                self.similarity == "maxsim"
             )
-        self.matryoshka_dims = check_dims(self.matryoshka_dims) if self.matryoshka_dims else []
-        self.matryoshka_weights = list(self.matryoshka_weights or [])
-        if self.matryoshka_weights:
-            if len(self.matryoshka_weights) != len(self.matryoshka_dims):
-                raise ValueError(
-                    f"matryoshka_weights must hold one weight per Matryoshka dimension ({len(self.matryoshka_dims)}: "
-                    f"{self.matryoshka_dims}), got {self.matryoshka_weights}"
-                )
-            for w in self.matryoshka_weights:
-                if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
-                    raise ValueError(f"matryoshka_weights must be numbers > 0, got {self.matryoshka_weights}")
-            self.matryoshka_weights = [float(w) for w in self.matryoshka_weights]
+            raise ValueError(
+                f"similarity must be one of {self.SIMILARITIES} for a {kind} model, got {self.similarity!r}{why}"
+            )
+        self.matryoshka_dims, self.matryoshka_weights = _checked_matryoshka(
+            self.matryoshka_dims, self.matryoshka_weights
+        )
 
     @property
     def reduction(self) -> str:
@@ -127,6 +116,20 @@ class EmbedderConfig:
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+
+def _checked_matryoshka(dims, weights) -> tuple[list, list[float]]:
+    """``(dims, weights)`` checked (:func:`~.similarity.check_dims`; one weight > 0 per dim, or
+    none), as lists; empty dims: Matryoshka off."""
+    dims = check_dims(dims) if dims else []
+    weights = list(weights or [])
+    if weights and len(weights) != len(dims):
+        raise ValueError(
+            f"matryoshka_weights must hold one weight per Matryoshka dimension ({len(dims)}: {dims}), got {weights}"
+        )
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in weights):
+        raise ValueError(f"matryoshka_weights must be numbers > 0, got {weights}")
+    return dims, [float(w) for w in weights]
 
 
 @dataclass

@@ -446,9 +446,10 @@ class Embedder(nn.Module):
 
         InfoNCE scores by ``config.similarity`` (cosine, or MaxSim of the K BTok vectors), and
         with ``config.matryoshka_dims`` is summed over those leading dimensions
-        (:func:`~btok_model.embedder.losses.matryoshka_info_nce`). With ``torch.distributed`` initialised and ``config.gather_across_ranks``, each rank's
-        queries are scored against the candidates of every rank (gathered with gradients
-        flowing back to their owner), positives offset by the rank's position.
+        (:func:`~btok_model.embedder.losses.matryoshka_info_nce`). With ``torch.distributed``
+        initialised and ``config.gather_across_ranks``, each rank's queries are scored against
+        the candidates of every rank (gathered with gradients flowing back to their owner, at
+        full size: Matryoshka truncates after), positives offset by the rank's position.
 
         Args:
             embeddings: from :meth:`embed_batch`.
@@ -476,8 +477,7 @@ class Embedder(nn.Module):
         """The configured InfoNCE (similarity, Matryoshka dimensions) of the gathered candidates."""
         cfg = self.config
         if cfg.matryoshka_dims:
-            weights = cfg.matryoshka_weights or None
-            dims = self.matryoshka_dims
+            weights, dims = cfg.matryoshka_weights or None, self.matryoshka_dims
             return matryoshka_info_nce(
                 query, candidates, positive_index, cfg.temperature, dims, weights, cfg.similarity
             )

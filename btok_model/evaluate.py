@@ -4,6 +4,7 @@
     python -m btok_model.evaluate --model HuggingFaceTB/SmolLM2-135M-Instruct --baseline mean --data test.jsonl
     python -m btok_model.evaluate --baseline tfidf --data test.jsonl
     python -m btok_model.evaluate --model runs/qwen2vl --mmeb-v2 data/MMEB-V2 --output-dir eval/mmeb_v2
+    python -m btok_model.evaluate --model runs/smol --data test.jsonl --similarity maxsim --dims 64 128 full
 
 Each ``--data`` file is either ``{"query", "positive"}`` pairs (ranked against the pool of all
 positives plus ``--corpus``) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
@@ -11,6 +12,9 @@ Hit@1, with the other metrics too). Reports Recall@1/5/10, MRR@10 and nDCG@10, a
 values under random tie-breaking. ``--mmeb-v2 ROOT`` scores MMEB-V2 as the paper does (see
 :mod:`btok_model.evaluation.mmeb_v2`): Hit@1 or nDCG@5 per dataset, the meta-task, modality and
 Overall means, written to ``--output-dir`` dataset by dataset (a rerun resumes).
+``--similarity maxsim`` scores a BTok model's K BTok vectors by MaxSim (default: the similarity
+the model was trained with); ``--dims`` scores the Matryoshka truncations of one embedding pass,
+one metrics block per dimension.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 __all__ = ["load_scorer", "main", "parser", "run_mmeb_v2"]
 
 BASELINES = ("last-token", "mean", "tfidf")
+SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
 
 
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +61,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tfidf-analyzer", default="char_wb", choices=("char_wb", "word"))
     p.add_argument("--tfidf-ngrams", type=int, nargs=2, default=(3, 5), metavar=("MIN", "MAX"))
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument(
+        "--similarity",
+        choices=SIMILARITIES,
+        default=None,
+        help="cosine of the pooled embeddings, or MaxSim of a BTok model's K BTok vectors (default: the model's saved "
+        "similarity; cosine for --baseline)",
+    )
+    p.add_argument(
+        "--dims",
+        nargs="+",
+        metavar="DIM",
+        help="Matryoshka evaluation: score the leading DIM components (re-normalised) of one embedding pass, e.g. "
+        "64 128 full (strictly increasing; one metrics block per dimension)",
+    )
     add_loading_arguments(p)
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--no-progress-bar", action="store_true")
@@ -78,7 +97,13 @@ def load_scorer(args: argparse.Namespace):
     from .evaluation.runner import EmbeddingScorer, TfidfTaskScorer
 
     if args.baseline == "tfidf":
+        if args.similarity or args.dims:
+            raise SystemExit("error: --similarity and --dims apply to embedders; TF-IDF scores by its own cosine")
         return TfidfTaskScorer(args.tfidf_analyzer, tuple(args.tfidf_ngrams))
+    if args.baseline is not None and args.similarity == "maxsim":
+        raise SystemExit(
+            "error: --similarity maxsim scores the K BTok vectors of a BTok model; a --baseline has one vector per input"
+        )
     if not args.model:
         raise SystemExit("error: --model is required (except with --baseline tfidf)")
     from .embedder.precision import default_device, resolve_dtype
@@ -111,7 +136,10 @@ def load_scorer(args: argparse.Namespace):
             **kwargs,
         )
     return EmbeddingScorer(
-        model.to(device).eval(), batch_size=args.batch_size, show_progress_bar=not args.no_progress_bar
+        model.to(device).eval(),
+        batch_size=args.batch_size,
+        show_progress_bar=not args.no_progress_bar,
+        similarity=args.similarity,
     )
 
 
@@ -125,6 +153,11 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
         raise SystemExit("error: --mmeb-v2 needs --output-dir (results are written there dataset by dataset)")
     if args.corpus or args.output:
         raise SystemExit("error: --corpus and --output apply to --data files; MMEB-V2 writes to --output-dir")
+    if args.similarity == "maxsim" or args.dims:
+        raise SystemExit(
+            "error: --mmeb-v2 scores pooled embeddings by cosine at full size: --similarity maxsim and "
+            "--dims apply to --data files"
+        )
     if args.limit is not None and args.limit < 1 or args.num_frames < 1:
         raise SystemExit("error: --limit and --num-frames must be >= 1")
     try:
@@ -156,21 +189,38 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: give --data FILE ... or --mmeb-v2 ROOT (one of them)")
     if args.mmeb_v2 is not None:
         return run_mmeb_v2(args)
-    from .evaluation.runner import evaluate
+    from .embedder.similarity import check_dims
+    from .evaluation.runner import evaluate, evaluate_dims
     from .evaluation.task_files import load_task
 
+    try:
+        dims = check_dims(args.dims, None, "--dims") if args.dims else None
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     tasks = [load_task(path, args.corpus) for path in args.data]  # bad data fails before a model loads
     scorer = load_scorer(args)
+    if dims is not None:
+        try:
+            size = scorer.model.embedding_dim
+            dims = [None if d == size else d for d in check_dims(dims, size, "--dims")]
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        scored = [result for task in tasks for result in evaluate_dims(task, scorer, dims)]
+    else:
+        scored = [evaluate(task, scorer) for task in tasks]
     results = {
         "model": args.model,
         "baseline": args.baseline,
+        "similarity": getattr(scorer, "similarity_name", "cosine"),
+        "dims": dims,
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
         "command": ["python", "-m", "btok_model.evaluate", *(sys.argv[1:] if argv is None else argv)],
-        "tasks": [evaluate(task, scorer) for task in tasks],
+        "tasks": scored,
     }
     for task in results["tasks"]:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in task.items() if "@" in k)
-        print(f"{task['task']}: {task['num_queries']} queries, {task['num_candidates']} candidates  {metrics}")
+        at = "" if "dims" not in task else f" @ {task['dims'] or 'full'} dims"
+        print(f"{task['task']}{at}: {task['num_queries']} queries, {task['num_candidates']} candidates  {metrics}")
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

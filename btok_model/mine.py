@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
     from .evaluate import load_scorer
 
     args.tfidf_analyzer = args.tfidf_ngrams = None  # load_scorer reads them for TF-IDF only
+    args.similarity = args.dims = None  # and these for scoring; mining scores pooled embeddings by cosine
     try:
         model = load_scorer(args).model
     except (OSError, ValueError) as err:  # a model folder or hub name that is not there

@@ -7,6 +7,12 @@ import path -- so ``SentenceTransformer(path).encode(texts)`` returns the embedd
 ``BTokModel.encode(texts)`` (the K BToks appended at tokenisation, their last-layer states
 pooled and L2-normalised), and MTEB-style tools that take a ``SentenceTransformer`` work on
 it. Only this module imports sentence-transformers.
+
+A MaxSim model (``config.similarity == "maxsim"``) is saved as a sentence-transformers
+``MultiVectorEncoder`` (sentence-transformers 6.3.0 has it): ``MultiVectorEncoder(path).encode(texts)``
+returns each input's K BTok vectors (``BTokModel.encode(texts, multi_vector=True)``) and its
+``similarity`` scores them by MaxSim. With an older sentence-transformers, saving or loading a
+MaxSim model raises an ImportError that says so (cosine models are unaffected).
 """
 
 from __future__ import annotations
@@ -29,18 +35,39 @@ __all__ = ["BTokEmbedding", "save_sentence_transformer", "write_sentence_transfo
 MODULE_TYPE = "btok_model.st.BTokEmbedding"
 
 
-def write_sentence_transformers_files(path: str | os.PathLike) -> None:
-    """Add ``modules.json`` and ``config_sentence_transformers.json`` to a saved BTok folder."""
+def _check_multi_vector_encoder() -> None:
+    """Raise a clear ImportError when sentence-transformers has no ``MultiVectorEncoder``."""
     import sentence_transformers
+
+    if not hasattr(sentence_transformers, "MultiVectorEncoder"):
+        raise ImportError(
+            f"a MaxSim BTok model loads in sentence-transformers as a MultiVectorEncoder, which sentence-transformers "
+            f"{sentence_transformers.__version__} lacks (6.3.0 has it); upgrade it, or use BTokModel.from_pretrained "
+            "and encode(..., multi_vector=True)"
+        )
+
+
+def write_sentence_transformers_files(path: str | os.PathLike, similarity: str = "cosine") -> None:
+    """Add ``modules.json`` and ``config_sentence_transformers.json`` to a saved BTok folder.
+
+    Args:
+        path: the folder.
+        similarity: the model's ``config.similarity``: ``"cosine"`` (a ``SentenceTransformer``)
+            or ``"maxsim"`` (a ``MultiVectorEncoder``, scored by MaxSim).
+    """
+    import sentence_transformers
+
+    if similarity == "maxsim":
+        _check_multi_vector_encoder()
 
     with open(os.path.join(path, "modules.json"), "w") as f:
         json.dump([{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPE}], f, indent=2)
     config = {
         "__version__": {"sentence_transformers": sentence_transformers.__version__, "pytorch": torch.__version__},
-        "model_type": "SentenceTransformer",
+        "model_type": "MultiVectorEncoder" if similarity == "maxsim" else "SentenceTransformer",
         "prompts": {},
         "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
+        "similarity_fn_name": similarity,
     }
     with open(os.path.join(path, "config_sentence_transformers.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -49,7 +76,7 @@ def write_sentence_transformers_files(path: str | os.PathLike) -> None:
 def save_sentence_transformer(model: BTokModel, path: str | os.PathLike) -> None:
     """``model.save_pretrained(path)`` and the sentence-transformers files beside it."""
     model.save_pretrained(path)
-    write_sentence_transformers_files(path)
+    write_sentence_transformers_files(path, model.config.similarity)
 
 
 class BTokEmbedding(InputModule):
@@ -57,7 +84,9 @@ class BTokEmbedding(InputModule):
 
     ``preprocess`` tokenises with the BToks appended and right-pads; ``forward`` embeds the
     padded rows as ``BTokModel.encode`` does (:meth:`~btok_model.embedder.core.Embedder.embed_padded`)
-    into ``"sentence_embedding"`` (fp32, L2-normalised).
+    into ``"sentence_embedding"`` (fp32 ``[B, H]``, L2-normalised); for a MaxSim model instead
+    into ``"token_embeddings"`` (fp32 ``[B, K, H]``, the K BTok vectors, each L2-normalised)
+    with an all-ones ``[B, K]`` ``"attention_mask"`` over them, which a ``MultiVectorEncoder`` reads.
 
     Args:
         model: the BTok model.
@@ -82,6 +111,11 @@ class BTokEmbedding(InputModule):
         return self.preprocess(texts)
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        if self.model.config.similarity == "maxsim":
+            vectors = self.model.embed_padded(features, multi_vector=True)  # [B, K, H]
+            features["token_embeddings"] = vectors
+            features["attention_mask"] = torch.ones(vectors.shape[:2], dtype=torch.long, device=vectors.device)
+            return features
         features["sentence_embedding"] = self.model.embed_padded(features)
         return features
 
@@ -116,4 +150,7 @@ class BTokEmbedding(InputModule):
             revision=revision,
             local_files_only=local_files_only,
         )
-        return cls(BTokModel.from_pretrained(path, **(model_kwargs or {})))
+        model = BTokModel.from_pretrained(path, **(model_kwargs or {}))
+        if model.config.similarity == "maxsim":
+            _check_multi_vector_encoder()
+        return cls(model)

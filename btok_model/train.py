@@ -57,6 +57,19 @@ def _layers(text: str) -> list[int] | None:
     return out
 
 
+def _dim(text: str) -> int | str:
+    """A Matryoshka dimension: an int >= 1 or ``"full"``."""
+    if text.lower() == "full":
+        return "full"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'full', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'full', got {text!r}")
+    return value
+
+
 def _modules(text: str) -> str | list[str]:
     """``"all-linear"`` or comma-separated module names."""
     names = [m.strip() for m in text.split(",") if m.strip()]
@@ -99,6 +112,31 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--generative-weight", type=float, help="0 turns the generative loss off")
     add(g, "--generative-steps", type=_optional_int, help="steps the generative loss stays on ('all' = whole run)")
     add(g, "--btok-init", choices=("mean", "eos"), help="BTok rows start as the vocabulary's mean or the EOS row")
+    add(
+        g,
+        "--similarity",
+        choices=("cosine", "maxsim"),
+        help="InfoNCE on the cosine of the pooled embeddings, or on MaxSim of the K BTok vectors (divided by K, so "
+        "--temperature means the same); saved with the model",
+    )
+    add(
+        g,
+        "--matryoshka-dims",
+        type=_dim,
+        nargs="+",
+        metavar="DIM",
+        default_text="off",
+        help="InfoNCE summed over these leading dimensions, e.g. 64 128 256 full (strictly increasing)",
+    )
+    add(
+        g,
+        "--matryoshka-weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        default_text="1 each",
+        help="one weight per --matryoshka-dims entry",
+    )
     add(
         g,
         "--max-length",
@@ -238,9 +276,7 @@ def training_sources(args: argparse.Namespace) -> list:
         sources = [
             source
             for spec in args.train_data
-            for source in parse_data_spec(
-                spec, split=args.mmeb_split, image_root=args.mmeb_image_root, mixture=mixture
-            )
+            for source in parse_data_spec(spec, split=args.mmeb_split, image_root=args.mmeb_image_root, mixture=mixture)
         ]
         check_sources(sources)
         return with_target_sides(sources, dict(args.target_side))
@@ -408,7 +444,7 @@ def _check_saveable(model, output_dir: str, sentence_transformers: bool) -> None
             from .st import write_sentence_transformers_files
 
             with tempfile.TemporaryDirectory(dir=output_dir, prefix=".btok-st-check-") as scratch:
-                write_sentence_transformers_files(scratch)
+                write_sentence_transformers_files(scratch, model.config.similarity)
     except (ValueError, OSError, ImportError) as err:
         raise _fail(f"the model could not be saved at the end of the run: {err}") from None
 
@@ -418,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources = resolve_arguments(args)
         recipe = recipe_from_args(args)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    try:  # the loss settings, before data or a model loads (the embedding size is checked with the model)
+        from .embedder.config import BTokConfig
+
+        BTokConfig(
+            similarity=recipe.similarity,
+            matryoshka_dims=recipe.matryoshka_dims or [],
+            matryoshka_weights=recipe.matryoshka_weights or [],
+        )
     except ValueError as err:
         raise _fail(str(err)) from None
     model_name, no_btoks = sources["model"][0], sources["no_btoks"][0]
@@ -481,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     if sentence_transformers:
         from .st import write_sentence_transformers_files
 
-        write_sentence_transformers_files(args.output_dir)  # SentenceTransformer(output_dir) loads it too
+        # SentenceTransformer(output_dir) loads it too (a MaxSim model: MultiVectorEncoder)
+        write_sentence_transformers_files(args.output_dir, recipe.similarity)
     return 0
 
 

@@ -17,12 +17,25 @@ btok contrastive         K BToks, trained with InfoNCE only
 btok + generative        K BToks, InfoNCE + the generative condensation loss
 =======================  ===================================================================
 
+Beyond the paper, each row the btok-generative recipe changed in one thing:
+
+=======================  ===================================================================
+btok-maxsim-scored       the btok-generative model, its K BTok vectors scored by MaxSim
+btok-maxsim              trained with InfoNCE on MaxSim (``--similarity maxsim``), scored so
+btok-matryoshka[-D]      trained with InfoNCE summed over dims 64, 128 and full, scored at D
+btok-generative-D        the btok-generative model truncated to D = 64 / 128 (re-normalised)
+btok-mined               4 negatives per training pair mined by the btok-generative model among
+                         the training positives, then trained again from the backbone
+=======================  ===================================================================
+
 The trained rows share the recipe flags, the training examples and their order. The default
 recipe (60 steps x 32 pairs, LoRA r=16 on every layer, lr 2e-3, temperature 0.05, generative
 weight 1.0 on the word for every step) was chosen with ``--eval-pool validation`` (definitions
 held out of training, disjoint from the test pool); the default ``--eval-pool test`` is the pool
 to report. Results go to ``<out-dir>/results.json`` and ``<out-dir>/results.md`` (the table, the
-machine, the command). The generative row also decodes its bottleneck for the first ``--decode``
+machine, the command). ``--seed`` picks the split, the LoRA init and the data order (the BTok
+rows start from the vocabulary mean, not at random); ``examples/wordnet_seeds.py`` aggregates
+the results of several seeds. The generative row also decodes its bottleneck for the first ``--decode``
 pool definitions (:meth:`~btok_model.BTokModel.generate_from_btoks`, greedy): the text its K
 BToks alone let the model generate, printed beside the definition and its word.
 """
@@ -46,8 +59,66 @@ COMPARISONS = (
     ("last-token-trained", "tfidf-char"),
     ("btok-contrastive", "tfidf-char"),
     ("btok-generative", "tfidf-char"),
+    ("btok-maxsim-scored", "btok-generative"),
+    ("btok-maxsim", "btok-generative"),
+    ("btok-matryoshka", "btok-generative"),
+    ("btok-matryoshka-128", "btok-generative"),
+    ("btok-matryoshka-64", "btok-generative"),
+    ("btok-generative-128", "btok-generative"),
+    ("btok-generative-64", "btok-generative"),
+    ("btok-matryoshka-128", "btok-generative-128"),
+    ("btok-matryoshka-64", "btok-generative-64"),
+    ("btok-mined", "btok-generative"),
 )
-ROWS = ("tfidf-char", "tfidf-word", "last-token", "mean", "last-token-trained", "btok-contrastive", "btok-generative")
+PAPER_ROWS = (
+    "tfidf-char",
+    "tfidf-word",
+    "last-token",
+    "mean",
+    "last-token-trained",
+    "btok-contrastive",
+    "btok-generative",
+)
+BEYOND_ROWS = (
+    "btok-generative-128",
+    "btok-generative-64",
+    "btok-maxsim-scored",
+    "btok-maxsim",
+    "btok-matryoshka",
+    "btok-matryoshka-128",
+    "btok-matryoshka-64",
+    "btok-mined",
+)
+ROWS = PAPER_ROWS + BEYOND_ROWS
+ROW_GROUPS = {"paper": PAPER_ROWS, "beyond": ("btok-generative", *BEYOND_ROWS), "all": ROWS}
+MATRYOSHKA_DIMS = [64, 128, "full"]
+# The trained models and how each recipe differs from the btok-generative one (None: a model
+# without BToks; "mined": the same pairs with mined negatives).
+MODELS = {
+    "last-token-trained": {"generative_weight": 0.0, "pooling": "last-token"},
+    "btok-contrastive": {"generative_weight": 0.0},
+    "btok-generative": {},
+    "btok-maxsim": {"similarity": "maxsim"},
+    "btok-matryoshka": {"matryoshka_dims": MATRYOSHKA_DIMS},
+    "btok-mined": {},
+}
+# A trained row: (model, similarity -- None: the model's own --, Matryoshka dims -- None: full).
+SCORED = {
+    "last-token-trained": ("last-token-trained", None, None),
+    "btok-contrastive": ("btok-contrastive", None, None),
+    "btok-generative": ("btok-generative", None, None),
+    "btok-generative-128": ("btok-generative", None, 128),
+    "btok-generative-64": ("btok-generative", None, 64),
+    "btok-maxsim-scored": ("btok-generative", "maxsim", None),
+    "btok-maxsim": ("btok-maxsim", "maxsim", None),
+    "btok-matryoshka": ("btok-matryoshka", None, None),
+    "btok-matryoshka-128": ("btok-matryoshka", None, 128),
+    "btok-matryoshka-64": ("btok-matryoshka", None, 64),
+    "btok-mined": ("btok-mined", None, None),
+}
+# Mining for btok-mined (btok_model.mine's rules): negatives per pair, skipped top ranks, and the
+# false-negative guard (no candidate above 0.95 x the positive's score).
+MINING = {"num_negatives": 4, "skip_top": 0, "max_score_margin": 0.95}
 TITLES = {
     "tfidf-char": "TF-IDF (char 3-5-grams)",
     "tfidf-word": "TF-IDF (words)",
@@ -56,6 +127,14 @@ TITLES = {
     "last-token-trained": "last-token pooling, trained contrastively",
     "btok-contrastive": "BToks, contrastive only",
     "btok-generative": "BToks + generative condensation loss",
+    "btok-generative-128": "BToks + generative, truncated to 128 dims",
+    "btok-generative-64": "BToks + generative, truncated to 64 dims",
+    "btok-maxsim-scored": "BToks + generative, scored by MaxSim of the K vectors",
+    "btok-maxsim": "BToks + generative, trained and scored by MaxSim",
+    "btok-matryoshka": "BToks + generative, Matryoshka-trained (64/128/full), full",
+    "btok-matryoshka-128": "BToks + generative, Matryoshka-trained, at 128 dims",
+    "btok-matryoshka-64": "BToks + generative, Matryoshka-trained, at 64 dims",
+    "btok-mined": "BToks + generative, 4 mined hard negatives per pair",
 }
 
 
@@ -111,7 +190,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="use only synsets whose definition has at most this many words (train and test alike)",
     )
-    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=(*ROWS, *ROW_GROUPS),
+        default=["paper"],
+        help="rows to run, or groups: paper (the method's rows), beyond (the rows beyond the paper and "
+        "btok-generative, their reference), all",
+    )
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
@@ -169,23 +255,96 @@ def _data(args, recipe):
     return split
 
 
-def _train_row(name, args, backbone, tokenizer, train_examples):
-    """``(embedder, seconds, log history)`` of a trained row."""
+def _train_model(key, args, backbone, tokenizer, train_examples):
+    """``(embedder, seconds, log history)`` of the trained model ``key`` of :data:`MODELS`."""
     from btok_model.training import build_model, train
 
-    btoks = name.startswith("btok")
-    if btoks:
-        weight = _recipe(args).generative_weight if name == "btok-generative" else 0.0
-        recipe = _recipe(args, generative_weight=weight)
-    else:
-        recipe = _recipe(args, generative_weight=0.0, pooling="last-token")
+    recipe = _recipe(args, **MODELS[key])
+    btoks = key.startswith("btok")
     model = build_model(
         copy.deepcopy(backbone), recipe, copy.deepcopy(tokenizer), btoks=btoks, attn_implementation="btok_triton"
     )
     start = time.perf_counter()
-    trainer = train(model, train_examples, recipe, os.path.join(args.out_dir, name), save=False)
+    trainer = train(model, train_examples, recipe, os.path.join(args.out_dir, key), save=False)
     # LoRA folded into the weights: the same embeddings, without PEFT's per-layer cost at inference
     return model.merge_adapters(), time.perf_counter() - start, trainer.state.log_history
+
+
+def _mined(model, train_examples, batch_size: int) -> tuple[list[dict], dict]:
+    """The training pairs with :data:`MINING` negatives mined by ``model`` among the training
+    positives (:func:`btok_model.mine.mine_hard_negatives`), and a summary."""
+    from btok_model.mine import mine_hard_negatives
+
+    queries = [e["query"] for e in train_examples]
+    positives = [e["positive"] for e in train_examples]
+    mined = mine_hard_negatives(model, queries, positives, batch_size=batch_size, show_progress_bar=True, **MINING)
+    out = []
+    for example, row in zip(train_examples, mined.negatives.tolist(), strict=True):
+        out.append({**example, "negatives": [mined.pool[i] for i in row if i >= 0]})
+    counts = [len(e["negatives"]) for e in out]
+    summary = {
+        **MINING,
+        "pool": len(mined.pool),
+        "mean_negatives": sum(counts) / len(counts),
+        "pairs_with_fewer": sum(c < MINING["num_negatives"] for c in counts),
+        "positive_ranked_first": float((mined.positive_rank == 0).float().mean()),
+    }
+    return out, summary
+
+
+class _Models:
+    """The trained models, each trained once when a row first needs it and dropped after the
+    last row that scores it (they are full copies of the backbone); ``btok-mined`` trains on
+    negatives mined with ``btok-generative``."""
+
+    def __init__(self, args, backbone, tokenizer, train_examples, rows: list[str]):
+        self.args, self.backbone, self.tokenizer, self.train_examples = args, backbone, tokenizer, train_examples
+        self.models, self.mining = {}, None
+        # Every use of a model to come, in row order (mining uses btok-generative once).
+        self.uses = [SCORED[r][0] for r in rows if r in SCORED]
+        if "btok-mined" in self.uses:
+            self.uses.insert(self.uses.index("btok-mined"), "btok-generative")
+
+    def get(self, key: str, row: dict):
+        """The model ``key``; training (and mining) time and logs go to ``row`` when trained here."""
+        if key not in self.models:
+            examples = self.train_examples
+            if key == "btok-mined":
+                start = time.perf_counter()  # mining, and training btok-generative if no row did yet
+                examples, self.mining = _mined(self.get("btok-generative", {}), examples, self.args.eval_batch_size)
+                row["mine_seconds"] = time.perf_counter() - start
+                self.done("btok-generative")
+            self.models[key], seconds, row["log_history"] = _train_model(
+                key, self.args, self.backbone, self.tokenizer, examples
+            )
+            row["train_seconds"] = seconds + row.get("mine_seconds", 0.0)
+        return self.models[key]
+
+    def done(self, key: str) -> None:
+        """One use of ``key`` is over: drop the model when no later use needs it."""
+        self.uses.remove(key)
+        if key not in self.uses:
+            self.models.pop(key, None)
+
+
+class _CachedScorer:
+    """An :class:`~btok_model.evaluation.EmbeddingScorer` that embeds each list of inputs once
+    (the rows of one model and similarity share one embedding pass)."""
+
+    def __init__(self, scorer):
+        self.scorer, self.cache = scorer, {}
+
+    def fit(self, inputs: list) -> None:
+        self.scorer.fit(inputs)
+
+    def encode(self, inputs: list):
+        key = tuple(inputs)
+        if key not in self.cache:
+            self.cache[key] = self.scorer.encode(inputs)
+        return self.cache[key]
+
+    def similarity(self, queries, candidates):
+        return self.scorer.similarity(queries, candidates)
 
 
 def _load_backbone(name: str, dtype):
@@ -281,6 +440,8 @@ def _markdown(results: dict) -> str:
         "",
         machine,
         "",
+        f"Seed: {results.get('seed', results['recipe']['seed'])} (the split, the LoRA init and the data order).",
+        "",
         f"Command: `{results['command']}`",
         "",
         "| row | R@1 | R@5 | R@10 | MRR@10 | nDCG@10 | train s | eval s |",
@@ -318,11 +479,31 @@ def _markdown(results: dict) -> str:
         ]
         lines += [f"| {d['definition']} | {d['word']} | {d['decoded']!r} |" for d in decoded]
     lines += ["", _recipe_line(results)]
+    if any(name in results["rows"] for name in BEYOND_ROWS):
+        lines += [
+            "",
+            "Rows beyond the paper: the btok-generative recipe changed in one thing. MaxSim: the sum over a "
+            "definition's K BTok vectors of the best cosine with a word's (trained: InfoNCE on MaxSim / K). "
+            f"Matryoshka: InfoNCE summed over the leading {MATRYOSHKA_DIMS} dims, scored at each. Rows scoring one "
+            "model with one similarity share its embedding pass (its time is counted in the first).",
+        ]
+    mining = results.get("mining")
+    if mining:
+        lines += [
+            "",
+            f"Mined negatives: {mining['num_negatives']} per training pair among the {mining['pool']} training "
+            f"positives, by the btok-generative model (skip top {mining['skip_top']}, false-negative guard "
+            f"{mining['max_score_margin']} x the positive's score); {mining['mean_negatives']:.2f} per pair on "
+            f"average, {mining['pairs_with_fewer']} pairs with fewer; the model ranked the positive first for "
+            f"{mining['positive_ranked_first']:.1%} of the training pairs.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    chosen = {row for name in args.rows for row in ROW_GROUPS.get(name, (name,))}
+    args.rows = [r for r in ROWS if r in chosen]
     start, load_start = time.perf_counter(), os.getloadavg()
     import torch
 
@@ -331,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(args.out_dir, exist_ok=True)
     from btok_model.embedder.pooled import PooledEmbedder
     from btok_model.embedder.precision import resolve_dtype
-    from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
+    from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate_dims, load_task
 
     recipe = _recipe(args)
     choice = resolve_dtype(args.dtype)
@@ -350,6 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pool_size": len(task.queries),
         "eval_pool": args.eval_pool,
         "train_examples": len(split.train),
+        "seed": recipe.seed,
         "recipe": recipe.to_dict(),
         "generative_weight": recipe.generative_weight,
         "data": {
@@ -365,11 +547,12 @@ def main(argv: list[str] | None = None) -> dict:
         load_start = time.perf_counter()
         backbone, tokenizer = _load_backbone(args.backbone, choice.dtype)
         results["load_seconds"] = time.perf_counter() - load_start
-    untrained = {}
+    untrained, scorers = {}, {}
+    models = _Models(args, backbone, tokenizer, split.train, [r for r in ROWS if r in args.rows])
     autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=recipe.bf16)
     for name in [r for r in ROWS if r in args.rows]:
         row_start = time.perf_counter()
-        row = {"train_seconds": None}
+        row, dims = {"train_seconds": None}, None
         if name.startswith("tfidf"):
             scorer = TfidfTaskScorer("char_wb", (3, 5)) if name == "tfidf-char" else TfidfTaskScorer("word", (1, 1))
         else:
@@ -383,15 +566,26 @@ def main(argv: list[str] | None = None) -> dict:
                     blocks = both.split(both.shape[1] // len(poolings), dim=1)
                     untrained = {p: _Precomputed(texts, e) for p, e in zip(poolings, blocks)}
                 model = untrained[name]
+                scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
             else:
-                model, row["train_seconds"], row["log_history"] = _train_row(
-                    name, args, backbone, tokenizer, split.train
-                )
-            scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
+                key, similarity, dims = SCORED[name]
+                model = models.get(key, row)
+                if (key, similarity) not in scorers:
+                    scorers[key, similarity] = _CachedScorer(
+                        EmbeddingScorer(model, args.eval_batch_size, True, similarity=similarity)
+                    )
+                scorer = scorers[key, similarity]
+                row.update(model=key, similarity=scorer.scorer.similarity_name, dims=dims)
         with autocast:
-            row["metrics"] = evaluate(task, scorer, per_query=True)
+            row["metrics"] = evaluate_dims(task, scorer, [dims], per_query=True)[0]
             if name == "btok-generative" and args.decode:
                 row["decoded"] = _decoded(model, task, args.decode)
+        if name in SCORED:
+            models.done(SCORED[name][0])
+            scorers = {k: v for k, v in scorers.items() if k[0] in models.models}
+        if name == "btok-mined":
+            results["mining"] = models.mining
+        row["metrics"].pop("dims")
         row["per_query"] = row["metrics"].pop("per_query")
         row["seconds"] = time.perf_counter() - row_start
         results["rows"][name] = row

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 from ..backend.kernel_settings import KernelSettings
+from .similarity import check_dims
 
 __all__ = ["BTokConfig", "EmbedderConfig", "PooledConfig"]
 
@@ -35,10 +36,17 @@ class EmbedderConfig:
             (more negatives) when ``torch.distributed`` is initialised.
         kernel: how ``"btok_triton"`` runs the condensation kernel for this model
             (:class:`~btok_model.backend.kernel_settings.KernelSettings`; a dict is accepted).
+        similarity: how embeddings compare, in training and by default in evaluation: one of
+            the subclass's ``SIMILARITIES`` (``"cosine"`` of the pooled embeddings; a BTok model
+            also ``"maxsim"`` of its K BTok vectors, :mod:`~btok_model.embedder.similarity`).
+        matryoshka_dims: train InfoNCE summed over these leading dimensions (ints, strictly
+            increasing, ``"full"`` last for the whole embedding); empty: the full embedding only.
+        matryoshka_weights: one weight per Matryoshka dimension (empty: 1 each).
     """
 
     CONFIG_NAME: ClassVar[str]
     POOLINGS: ClassVar[dict[str, str]]
+    SIMILARITIES: ClassVar[tuple[str, ...]] = ("cosine",)
     # The generative loss's weight when a loss is computed without explicit weights.
     generative_weight: ClassVar[float] = 0.0
 
@@ -47,6 +55,9 @@ class EmbedderConfig:
     max_length: int | None = None
     gather_across_ranks: bool = True
     kernel: KernelSettings = field(default_factory=KernelSettings)
+    similarity: str = "cosine"
+    matryoshka_dims: list = field(default_factory=list)
+    matryoshka_weights: list[float] = field(default_factory=list)
 
     def __post_init__(self):
         if self.pooling not in self.POOLINGS:
@@ -61,6 +72,17 @@ class EmbedderConfig:
             raise ValueError(f"gather_across_ranks must be a bool, got {self.gather_across_ranks!r}")
         self.temperature = float(t)
         self.kernel = KernelSettings.from_value(self.kernel)
+        if self.similarity not in self.SIMILARITIES:
+            kind = type(self).__name__.removesuffix("Config")
+            why = " (MaxSim compares K BTok vectors; this model has one vector per input)" * (
+                self.similarity == "maxsim"
+            )
+            raise ValueError(
+                f"similarity must be one of {self.SIMILARITIES} for a {kind} model, got {self.similarity!r}{why}"
+            )
+        self.matryoshka_dims, self.matryoshka_weights = _checked_matryoshka(
+            self.matryoshka_dims, self.matryoshka_weights
+        )
 
     @property
     def reduction(self) -> str:
@@ -96,6 +118,20 @@ class EmbedderConfig:
         return cls(**values)
 
 
+def _checked_matryoshka(dims, weights) -> tuple[list, list[float]]:
+    """``(dims, weights)`` checked (:func:`~.similarity.check_dims`; one weight > 0 per dim, or
+    none), as lists; empty dims: Matryoshka off."""
+    dims = check_dims(dims) if dims else []
+    weights = list(weights or [])
+    if weights and len(weights) != len(dims):
+        raise ValueError(
+            f"matryoshka_weights must hold one weight per Matryoshka dimension ({len(dims)}: {dims}), got {weights}"
+        )
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in weights):
+        raise ValueError(f"matryoshka_weights must be numbers > 0, got {weights}")
+    return dims, [float(w) for w in weights]
+
+
 @dataclass
 class BTokConfig(EmbedderConfig):
     """Everything besides the weights that decides what a BTok model computes.
@@ -110,12 +146,15 @@ class BTokConfig(EmbedderConfig):
             step's weight to the loss instead (:class:`~btok_model.embedder.losses.LossWeights`).
         target_prefix: text placed before every target; visible to the target, never scored.
         target_suffix: text placed after every target; scored like the target text.
+        similarity: ``"cosine"`` (of the pooled embeddings) or ``"maxsim"`` (of the K BTok
+            vectors, each L2-normalised; with K = 1 the two are the same).
         (``temperature``, ``max_length`` -- input + K BToks [+ target] --, ``gather_across_ranks``,
-        ``kernel``: see :class:`EmbedderConfig`.)
+        ``kernel``, ``matryoshka_dims``, ``matryoshka_weights``: see :class:`EmbedderConfig`.)
     """
 
     CONFIG_NAME: ClassVar[str] = "btok_config.json"
     POOLINGS: ClassVar[dict[str, str]] = {"mean": "mean", "last": "last"}
+    SIMILARITIES: ClassVar[tuple[str, ...]] = ("cosine", "maxsim")
 
     num_btoks: int = 4
     btok_tokens: list[str] = field(default_factory=list)
@@ -148,8 +187,8 @@ class PooledConfig(EmbedderConfig):
     Attributes:
         pooling: ``"last-token"`` (the last input token's state) or ``"mean"`` (mean over the
             input tokens). Without BToks there is no generative loss (``generative_weight`` 0).
-        (``temperature``, ``max_length``, ``gather_across_ranks``, ``kernel``: see
-        :class:`EmbedderConfig`.)
+        (``temperature``, ``max_length``, ``gather_across_ranks``, ``kernel``, ``similarity``
+        -- ``"cosine"`` only --, ``matryoshka_dims``, ``matryoshka_weights``: see :class:`EmbedderConfig`.)
     """
 
     CONFIG_NAME: ClassVar[str] = "pooled_config.json"

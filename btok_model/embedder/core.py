@@ -32,11 +32,21 @@ from ..backend.kernel_settings import set_kernel_settings
 from .backbone import Backbone, load_saved_backbone, save_backbone, transformers_model
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import EmbedderConfig
-from .losses import LossWeights, gather_sizes, gather_with_grad, info_nce, is_distributed, next_token_loss, rank_offset
+from .losses import (
+    LossWeights,
+    gather_sizes,
+    gather_with_grad,
+    info_nce,
+    is_distributed,
+    matryoshka_info_nce,
+    next_token_loss,
+    rank_offset,
+)
 from .media import MEDIA_BATCH_KEYS
 from .multimodal import VISION_MODEL_NAMES, is_vision_model
 from .packed_batch import BTokBatch, to_device
 from .peer_masks import condensation_attention_mask
+from .similarity import check_dims, truncate
 from .tokens import make_trainable
 
 __all__ = [
@@ -47,6 +57,7 @@ __all__ = [
     "encode_in_length_order",
     "pool_btok_states",
     "pool_token_groups",
+    "stack_token_groups",
 ]
 
 
@@ -58,11 +69,13 @@ class BTokOutput(ModelOutput):
         loss: fp32 scalar, the contrastive part + ``generative_weight`` x the generative part
             (:class:`~btok_model.embedder.losses.LossWeights`; on one process the parts are the
             losses themselves).
-        contrastive_loss: fp32 scalar, InfoNCE (times this rank's query share).
+        contrastive_loss: fp32 scalar, InfoNCE (Matryoshka: summed over the dimensions; times
+            this rank's query share).
         generative_loss: fp32 scalar, mean next-token loss per target token (times this rank's
             target share), or None (no target in the batch, or generative weight 0).
-        query_embeddings: fp32 ``[Nq, H]``, L2-normalised.
-        candidate_embeddings: fp32 ``[Nc, H]``, L2-normalised (this rank's candidates).
+        query_embeddings: fp32 ``[Nq, H]``, L2-normalised (``[Nq, K, H]``, each vector
+            normalised, when ``config.similarity`` is ``"maxsim"``).
+        candidate_embeddings: fp32 ``[Nc, H]`` (or ``[Nc, K, H]``), this rank's candidates.
     """
 
     loss: torch.Tensor | None = None
@@ -77,8 +90,9 @@ class BatchEmbeddings:
     """What the embedding pass of a packed batch gives (:meth:`Embedder.embed_batch`).
 
     Attributes:
-        query_embeddings: fp32 ``[Nq, H]``, L2-normalised.
-        candidate_embeddings: fp32 ``[Nc, H]``, L2-normalised.
+        query_embeddings: fp32 ``[Nq, H]``, L2-normalised; ``[Nq, K, H]`` with each of the K
+            vectors L2-normalised when the model's ``config.similarity`` is ``"maxsim"``.
+        candidate_embeddings: fp32 ``[Nc, H]`` (``[Nc, K, H]``), likewise.
         generative_loss: fp32 scalar, the mean next-token loss over the batch's scored target
             tokens, or None (no target, or not asked for).
         num_target_tokens: how many target tokens that mean is over (0 without one).
@@ -139,6 +153,28 @@ def pool_token_groups(states: torch.Tensor, counts: torch.Tensor, reduction: str
     return nn.functional.normalize(pooled, dim=-1)
 
 
+def stack_token_groups(states: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The multi-vector embeddings of equal groups of pooled states: each state L2-normalised.
+
+    Args:
+        states: ``[M, H]`` any float dtype, the groups back to back.
+        counts: int64 ``[n]`` on the host, each group's size; all equal (K).
+
+    Returns:
+        fp32 ``[n, K, H]``.
+    """
+    n = counts.numel()
+    if n and not bool((counts == counts[0]).all()):
+        raise ValueError(f"multi-vector embeddings need the same number of vectors per input, got {counts.tolist()}")
+    k = int(counts[0]) if n else 0
+    return nn.functional.normalize(states.float().view(n, k, -1), dim=-1)
+
+
+def _pool(states: torch.Tensor, counts: torch.Tensor, reduction: str, multi_vector: bool) -> torch.Tensor:
+    """:func:`stack_token_groups` (``multi_vector``) or :func:`pool_token_groups`."""
+    return stack_token_groups(states, counts) if multi_vector else pool_token_groups(states, counts, reduction)
+
+
 class Embedder(nn.Module):
     """A transformers decoder used as an embedder (see the module docstring).
 
@@ -170,6 +206,8 @@ class Embedder(nn.Module):
         if processor is not None and not is_vision_model(model):
             raise ValueError(f"processor= is for {VISION_MODEL_NAMES} backbones; {type(model).__name__} is text-only")
         set_kernel_settings(backbone, config.kernel)
+        if config.matryoshka_dims:
+            self.matryoshka_dims  # noqa: B018 (checked against H here, not at the first step)
         self.collator = self._make_collator(no_video_reason)
 
     # -- what a subclass says ----------------------------------------------------------------
@@ -280,6 +318,21 @@ class Embedder(nn.Module):
         """``H``, the size of an embedding."""
         return transformers_model(self.backbone).get_input_embeddings().weight.shape[1]
 
+    @property
+    def matryoshka_dims(self) -> list[int]:
+        """The configured Matryoshka dimensions as ints (``"full"`` = H); empty when off.
+
+        Raises:
+            ValueError: a dimension larger than H (or H beside ``"full"``).
+        """
+        dims = self.config.matryoshka_dims
+        return check_dims(dims, self.embedding_dim, "matryoshka_dims") if dims else []
+
+    @property
+    def multi_vector(self) -> bool:
+        """Whether training scores the K BTok vectors by MaxSim (``config.similarity``)."""
+        return self.config.similarity == "maxsim"
+
     # -- tokenisation and collation -----------------------------------------------------------
     def tokenize(self, texts: list) -> list[list[int]]:
         """Token ids of each input as :meth:`encode` embeds them (a BTok model's K BToks
@@ -362,10 +415,10 @@ class Embedder(nn.Module):
         hidden = self.last_hidden_states(batch.input_ids, batch.position_ids, layout=layout, media=batch.media_inputs())
         # Queries and candidates pooled apart: two tensors, not views of one (FSDP2 warns about
         # views among a root module's outputs).
-        (rows_all, counts, how), nq = plan, batch.num_queries
+        (rows_all, counts, how), nq, multi = plan, batch.num_queries, self.multi_vector
         split = int(counts[:nq].sum())
-        query = pool_token_groups(hidden[rows_all[:split]], counts[:nq], how)
-        candidates = pool_token_groups(hidden[rows_all[split:]], counts[nq:], how)
+        query = _pool(hidden[rows_all[:split]], counts[:nq], how, multi)
+        candidates = _pool(hidden[rows_all[split:]], counts[nq:], how, multi)
         loss = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets) if num_targets else None
         return BatchEmbeddings(query, candidates, loss, num_targets)
 
@@ -391,9 +444,12 @@ class Embedder(nn.Module):
     ) -> BTokOutput:
         """The loss of an embedding pass: InfoNCE and the generative loss, added up by ``weights``.
 
-        With ``torch.distributed`` initialised and ``config.gather_across_ranks``, each rank's
-        queries are scored against the candidates of every rank (gathered with gradients
-        flowing back to their owner), positives offset by the rank's position.
+        InfoNCE scores by ``config.similarity`` (cosine, or MaxSim of the K BTok vectors), and
+        with ``config.matryoshka_dims`` is summed over those leading dimensions
+        (:func:`~btok_model.embedder.losses.matryoshka_info_nce`). With ``torch.distributed``
+        initialised and ``config.gather_across_ranks``, each rank's queries are scored against
+        the candidates of every rank (gathered with gradients flowing back to their owner, at
+        full size: Matryoshka truncates after), positives offset by the rank's position.
 
         Args:
             embeddings: from :meth:`embed_batch`.
@@ -407,7 +463,7 @@ class Embedder(nn.Module):
             sizes = gather_sizes(candidates.shape[0], candidates.device)
             all_candidates = gather_with_grad(candidates, sizes)
             positive_index = positive_index + rank_offset(sizes)
-        contrastive = weights.contrastive_part(info_nce(query, all_candidates, positive_index, self.config.temperature))
+        contrastive = weights.contrastive_part(self._info_nce(query, all_candidates, positive_index))
         generative = weights.generative_part(embeddings.generative_loss)
         return BTokOutput(
             loss=weights.total(contrastive, generative),
@@ -416,6 +472,16 @@ class Embedder(nn.Module):
             query_embeddings=query,
             candidate_embeddings=candidates,
         )
+
+    def _info_nce(self, query: torch.Tensor, candidates: torch.Tensor, positive_index: torch.Tensor) -> torch.Tensor:
+        """The configured InfoNCE (similarity, Matryoshka dimensions) of the gathered candidates."""
+        cfg = self.config
+        if cfg.matryoshka_dims:
+            weights, dims = cfg.matryoshka_weights or None, self.matryoshka_dims
+            return matryoshka_info_nce(
+                query, candidates, positive_index, cfg.temperature, dims, weights, cfg.similarity
+            )
+        return info_nce(query, candidates, positive_index, cfg.temperature, cfg.similarity)
 
     def forward(
         self, batch: BTokBatch | None = None, *, loss_weights: LossWeights | None = None, **fields
@@ -435,19 +501,24 @@ class Embedder(nn.Module):
         return self.compute_loss(embeddings, batch.positive_index, weights)
 
     # -- inference ------------------------------------------------------------------------------
-    def _embed_packed(self, packed: dict, poolings: tuple[str, ...] | None = None) -> torch.Tensor:
+    def _embed_packed(
+        self, packed: dict, poolings: tuple[str, ...] | None = None, multi_vector: bool = False
+    ) -> torch.Tensor:
         """fp32 ``[n, H]`` embeddings (on the device) of a packed row from the collator's
-        ``pack_sequences`` (``poolings``: several, concatenated along H; default the configured one)."""
+        ``pack_sequences`` (``poolings``: several, concatenated along H; default the configured
+        one); ``[n, K, H]`` with ``multi_vector``."""
         device = self.device
         layout = packed["btok_layout"].to(device)
         plans = [self._pooling_plan(*_sequence_spans(layout), p) for p in poolings or (self.config.pooling,)]
         input_ids, position_ids = (to_device(packed[key], device) for key in ("input_ids", "position_ids"))
         hidden = self.last_hidden_states(input_ids, position_ids, layout=layout, media=_media(packed, device))
-        return torch.cat([pool_token_groups(hidden[rows], counts, how) for rows, counts, how in plans], 1)
+        return torch.cat([_pool(hidden[rows], counts, how, multi_vector) for rows, counts, how in plans], -1)
 
-    def embed_padded(self, padded: dict, poolings: tuple[str, ...] | None = None) -> torch.Tensor:
+    def embed_padded(
+        self, padded: dict, poolings: tuple[str, ...] | None = None, multi_vector: bool = False
+    ) -> torch.Tensor:
         """fp32 ``[B, H]`` embeddings (on the device) of right-padded rows from the collator's
-        ``pad_sequences`` (``poolings`` as in :meth:`_embed_packed`)."""
+        ``pad_sequences`` (``poolings``, ``multi_vector`` -> ``[B, K, H]``: as in :meth:`_embed_packed`)."""
         device = self.device
         mask = padded["attention_mask"]
         width, lengths = mask.shape[1], mask.sum(1).cpu()
@@ -458,7 +529,7 @@ class Embedder(nn.Module):
             to_device(padded[key], device) for key in ("input_ids", "position_ids", "attention_mask")
         )
         hidden = self.last_hidden_states(input_ids, position_ids, attention_mask=mask, media=_media(padded, device))
-        return torch.cat([pool_token_groups(hidden[rows], counts, how) for rows, counts, how in plans], 1)
+        return torch.cat([_pool(hidden[rows], counts, how, multi_vector) for rows, counts, how in plans], -1)
 
     def encode(
         self,
@@ -468,6 +539,8 @@ class Embedder(nn.Module):
         packed: bool | None = None,
         *,
         poolings: tuple[str, ...] | None = None,
+        multi_vector: bool = False,
+        dims: int | str | None = None,
     ) -> torch.Tensor:
         """Embed inputs: one forward per batch of ``batch_size``, longest first, results in input order.
 
@@ -485,15 +558,31 @@ class Embedder(nn.Module):
             poolings: pool several ways from the same forward passes (keys of the config's
                 ``POOLINGS``); the result is then ``[N, len(poolings) * H]``, one block per
                 pooling in this order. Default: the configured pooling.
+            multi_vector: a BTok model's K BTok states, each L2-normalised, instead of their
+                pooled embedding (for MaxSim, :func:`~btok_model.embedder.similarity.maxsim`).
+                The pooled embedding is the normalised mean of the raw states, so it is not in
+                general the normalised mean of these.
+            dims: Matryoshka truncation: keep the leading ``dims`` components of every vector
+                (of every pooling's block) and L2-normalise again; None or ``"full"``: all H.
 
         Returns:
-            fp32 ``[N, H]`` on the CPU, L2-normalised.
+            fp32 ``[N, H]`` (``[N, dims]``; with several poolings ``[N, len(poolings) * dims]``;
+            with ``multi_vector`` ``[N, K, dims]``) on the CPU, L2-normalised.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         for pooling in poolings or ():
             if pooling not in self.config_class.POOLINGS:
                 raise ValueError(f"pooling must be one of {tuple(self.config_class.POOLINGS)}, got {pooling!r}")
+        if multi_vector and "maxsim" not in self.config_class.SIMILARITIES:
+            raise ValueError(
+                f"multi_vector=True returns the K BTok vectors of a BTokModel; {type(self).__name__} has no BToks "
+                "(it pools the input's own tokens into one vector)"
+            )
+        if multi_vector and poolings:
+            raise ValueError("multi_vector=True returns the K BTok vectors unpooled: give no poolings")
+        if dims is not None:
+            dims = check_dims([dims], self.embedding_dim, "dims")[0]
         sequences, media = self.collator.encode_for_embedding(inputs)
         if packed is None:
             packed = transformers_model(self.backbone).config._attn_implementation == ATTN_IMPLEMENTATION
@@ -504,18 +593,25 @@ class Embedder(nn.Module):
             part = None if all(m is None for m in part) else part
             if packed:
                 inputs = [sequences[i][: len(sequences[i]) - k] for i in rows]
-                return self._embed_packed(self.collator.pack_sequences(inputs, media=part), poolings)
-            return self.embed_padded(self.collator.pad_sequences([sequences[i] for i in rows], media=part), poolings)
+                out = self._embed_packed(self.collator.pack_sequences(inputs, media=part), poolings, multi_vector)
+            else:
+                padded = self.collator.pad_sequences([sequences[i] for i in rows], media=part)
+                out = self.embed_padded(padded, poolings, multi_vector)
+            if dims is None or dims == self.embedding_dim:
+                return out
+            blocks = out.view(*out.shape[:-1], -1, self.embedding_dim)  # one block per pooling
+            return truncate(blocks, dims).flatten(-2)
 
-        width = self.embedding_dim * len(poolings or (None,))
-        return encode_in_length_order(self, [len(s) for s in sequences], batch_size, width, embed, show_progress_bar)
+        width = (dims or self.embedding_dim) * len(poolings or (None,))
+        shape = (k, width) if multi_vector else (width,)
+        return encode_in_length_order(self, [len(s) for s in sequences], batch_size, shape, embed, show_progress_bar)
 
 
 def encode_in_length_order(
     module: nn.Module,
     lengths: list[int],
     batch_size: int,
-    hidden_size: int,
+    hidden_size: int | tuple[int, ...],
     embed,
     show_progress_bar: bool = False,
 ) -> torch.Tensor:
@@ -528,12 +624,12 @@ def encode_in_length_order(
         module: the model (its ``device`` and train/eval mode).
         lengths: N input lengths in tokens.
         batch_size: inputs per ``embed`` call.
-        hidden_size: H.
-        embed: ``list[int] -> fp32 [n, H]``, the embeddings of those inputs.
+        hidden_size: H, or the shape of one input's embedding (``(K, H)`` for multi-vector).
+        embed: ``list[int] -> fp32 [n, H]`` (``[n, *hidden_size]``), the embeddings of those inputs.
         show_progress_bar: show a tqdm bar over the batches.
 
     Returns:
-        fp32 ``[N, H]`` on the CPU, in input order.
+        fp32 ``[N, H]`` (``[N, *hidden_size]``) on the CPU, in input order.
     """
     from tqdm.auto import tqdm
 
@@ -541,7 +637,8 @@ def encode_in_length_order(
     device = module.device
     # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
     # asynchronous, so the host packs the next batch while the GPU computes.
-    by_length = torch.empty(len(lengths), hidden_size, dtype=torch.float32, pin_memory=device.type == "cuda")
+    shape = hidden_size if isinstance(hidden_size, tuple) else (hidden_size,)
+    by_length = torch.empty(len(lengths), *shape, dtype=torch.float32, pin_memory=device.type == "cuda")
     was_training = module.training
     module.eval()
     try:

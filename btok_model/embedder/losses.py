@@ -1,7 +1,9 @@
 """The two training losses of a BTok embedder, how they add up, and the cross-rank gather of embeddings.
 
 * :func:`info_nce` -- contrastive loss of query embeddings against candidate embeddings
-  (in-batch negatives, hard negatives, and the candidates of other ranks).
+  (in-batch negatives, hard negatives, and the candidates of other ranks), on cosine or
+  MaxSim scores (:mod:`.similarity`).
+* :func:`matryoshka_info_nce` -- its weighted sum over leading-dimension truncations.
 * :func:`next_token_loss` -- the generative loss on target tokens.
 * :class:`LossWeights` -- the one place the two become the loss a step backpropagates
   (the generative weight, and each rank's share of a distributed batch).
@@ -17,12 +19,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .similarity import maxsim_logit_scale, similarity_scores, truncate
+
 __all__ = [
     "LossWeights",
     "gather_sizes",
     "gather_with_grad",
     "info_nce",
     "is_distributed",
+    "matryoshka_info_nce",
     "next_token_loss",
     "rank_offset",
 ]
@@ -73,30 +78,69 @@ class LossWeights:
 
 
 def info_nce(
-    query: torch.Tensor, candidates: torch.Tensor, positive_index: torch.Tensor, temperature: float
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_index: torch.Tensor,
+    temperature: float,
+    similarity: str = "cosine",
 ) -> torch.Tensor:
     """Mean InfoNCE loss: each query against every candidate, its positive as the class.
 
-    ``loss = mean_i [ logsumexp_j(s_ij / T) - s_(i, p_i) / T ]`` with ``s_ij = q_i . c_j``
-    (cosine similarities when the embeddings are L2-normalised), computed in fp32.
+    ``loss = mean_i [ logsumexp_j(s_ij / T) - s_(i, p_i) / T ]``, computed in fp32, with
+    ``s_ij = q_i . c_j`` (``"cosine"``: cosine similarities when the embeddings are
+    L2-normalised) or ``s_ij = maxsim(q_i, c_j) / Kq`` (``"maxsim"``: the mean over the query's
+    Kq vectors of the best cosine with the candidate's, so the temperature keeps its meaning,
+    see :func:`~.similarity.maxsim_logit_scale`).
 
     Args:
-        query: ``[Nq, H]`` float query embeddings.
-        candidates: ``[Nc, H]`` float candidate embeddings (positives and negatives).
+        query: ``[Nq, H]`` (cosine) or ``[Nq, Kq, H]`` (maxsim) float query embeddings.
+        candidates: ``[Nc, H]`` or ``[Nc, Kc, H]`` float candidate embeddings (positives and negatives).
         positive_index: int64 ``[Nq]``, index of each query's positive among the candidates.
         temperature: softmax temperature (> 0).
+        similarity: ``"cosine"`` or ``"maxsim"``.
 
     Returns:
         fp32 scalar.
     """
-    if query.dim() != 2 or candidates.dim() != 2 or query.shape[1] != candidates.shape[1]:
-        raise ValueError(
-            f"query and candidates must be [Nq, H] and [Nc, H], got {tuple(query.shape)} and {tuple(candidates.shape)}"
-        )
     if positive_index.shape != (query.shape[0],):
         raise ValueError(f"positive_index must have shape [Nq] = [{query.shape[0]}], got {tuple(positive_index.shape)}")
-    scores = query.float() @ candidates.float().T / temperature  # [Nq, Nc]
-    return F.cross_entropy(scores, positive_index.to(scores.device))
+    scores = similarity_scores(query, candidates, similarity)  # [Nq, Nc]
+    if similarity == "maxsim":
+        scores = scores / maxsim_logit_scale(query.shape[1])
+    return F.cross_entropy(scores / temperature, positive_index.to(scores.device))
+
+
+def matryoshka_info_nce(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_index: torch.Tensor,
+    temperature: float,
+    dims: list[int],
+    weights: list[float] | None = None,
+    similarity: str = "cosine",
+) -> torch.Tensor:
+    """Matryoshka InfoNCE: ``sum_d w_d * info_nce(truncate(q, d), truncate(c, d))``.
+
+    Each embedding (each vector of a multi-vector one) keeps its leading ``d`` components and
+    is L2-normalised again (:func:`~.similarity.truncate`), so every prefix is an embedding
+    of its own.
+
+    Args:
+        query, candidates, positive_index, temperature, similarity: as for :func:`info_nce`.
+        dims: the leading dimensions, each in ``[1, H]``.
+        weights: one weight per dimension (None: 1 each).
+
+    Returns:
+        fp32 scalar.
+    """
+    weights = [1.0] * len(dims) if weights is None else weights
+    if not dims or len(weights) != len(dims):
+        raise ValueError(f"need one weight per Matryoshka dimension, got dims {dims} and weights {weights}")
+    losses = [
+        w * info_nce(truncate(query, d), truncate(candidates, d), positive_index, temperature, similarity)
+        for d, w in zip(dims, weights)
+    ]
+    return torch.stack(losses).sum()
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -110,6 +110,9 @@ class BTokModel(Embedder):
         max_length: int | None = None,
         btok_init: str = "mean",
         kernel=None,
+        similarity: str = "cosine",
+        matryoshka_dims: list | None = None,
+        matryoshka_weights: list[float] | None = None,
         **from_pretrained_kwargs,
     ) -> BTokModel:
         """Add K BToks to a causal LM and choose what trains.
@@ -141,7 +144,10 @@ class BTokModel(Embedder):
                 language model's linear layers (of a VL model: not on the vision tower).
             freeze_backbone: without LoRA, train only the BTok rows.
             pooling, temperature, generative_weight, target_prefix, target_suffix,
-                max_length: the settings of :class:`~btok_model.embedder.config.BTokConfig`.
+                max_length, similarity, matryoshka_dims, matryoshka_weights: the settings of
+                :class:`~btok_model.embedder.config.BTokConfig` (``similarity="maxsim"``: InfoNCE
+                on MaxSim of the K BTok vectors; ``matryoshka_dims``: InfoNCE summed over those
+                leading dimensions, e.g. ``[64, 128, "full"]``).
             kernel: how ``"btok_triton"`` runs the condensation kernel for this model:
                 :class:`~btok_model.backend.kernel_settings.KernelSettings` (``backend``,
                 ``fused_dq``, ``autotune``, ``padding_mode``) or a dict of them; saved with the
@@ -162,6 +168,9 @@ class BTokModel(Embedder):
             target_suffix=target_suffix,
             max_length=max_length,
             kernel=kernel,
+            similarity=similarity,
+            matryoshka_dims=list(matryoshka_dims or []),
+            matryoshka_weights=list(matryoshka_weights or []),
         )
         if btok_init not in BTOK_INITS:
             raise ValueError(f"btok_init must be one of {BTOK_INITS}, got {btok_init!r}")

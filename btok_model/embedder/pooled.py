@@ -54,6 +54,8 @@ class PooledEmbedder(Embedder):
         temperature: float = 0.02,
         max_length: int | None = None,
         kernel=None,
+        matryoshka_dims: list | None = None,
+        matryoshka_weights: list[float] | None = None,
         **from_pretrained_kwargs,
     ) -> PooledEmbedder:
         """Wrap a backbone (an instance, or a name / folder / ``"smollm2"``), loaded by
@@ -67,9 +69,18 @@ class PooledEmbedder(Embedder):
                 layers), or a ``peft.LoraConfig``.
             processor, attn_implementation, kernel: as for ``BTokModel.from_backbone``.
             temperature, max_length: the InfoNCE temperature and the longest input.
+            matryoshka_dims, matryoshka_weights: InfoNCE summed over these leading dimensions
+                (see :class:`~btok_model.embedder.config.EmbedderConfig`).
             **from_pretrained_kwargs: loading by name only: ``dtype``, ``gguf_file``, ... .
         """
-        config = PooledConfig(pooling=pooling, temperature=temperature, max_length=max_length, kernel=kernel)
+        config = PooledConfig(
+            pooling=pooling,
+            temperature=temperature,
+            max_length=max_length,
+            kernel=kernel,
+            matryoshka_dims=list(matryoshka_dims or []),
+            matryoshka_weights=list(matryoshka_weights or []),
+        )
         loaded = load_backbone(name_or_model, tokenizer, processor, attn_implementation, **from_pretrained_kwargs)
         return cls._from_loaded(loaded, config, lora=lora)
 

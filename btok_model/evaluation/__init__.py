@@ -2,7 +2,7 @@
 baseline embedder is :class:`btok_model.embedder.pooled.PooledEmbedder`)."""
 
 from .metrics import METRIC_NAMES, expected_metrics, metrics_from_scores, paired_bootstrap, rank_counts
-from .runner import EmbeddingScorer, TfidfTaskScorer, evaluate
+from .runner import EmbeddingScorer, TfidfTaskScorer, evaluate, evaluate_dims
 from .task_files import CandidateListTask, PairTask, load_corpus, load_task
 from .tfidf import TfidfScorer
 from .topk import RunningTopK
@@ -16,6 +16,7 @@ __all__ = [
     "TfidfScorer",
     "TfidfTaskScorer",
     "evaluate",
+    "evaluate_dims",
     "expected_metrics",
     "load_corpus",
     "load_task",

@@ -64,6 +64,11 @@ class Recipe:
             None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks.
         hard_negatives: score each query against its example's negatives too; False drops them
             (in-batch candidates only, as the authors' loss does).
+        similarity: ``"cosine"`` (InfoNCE on the pooled embeddings, the method) or ``"maxsim"``
+            (InfoNCE on MaxSim of the K BTok vectors / K; BTok models only).
+        matryoshka_dims: InfoNCE summed over these leading dimensions (ints and ``"full"``,
+            strictly increasing); None: the full embedding only.
+        matryoshka_weights: one weight per Matryoshka dimension (None: 1 each).
         logging_steps, save_steps, save_total_limit: logging and checkpoints (save_steps 0: no
             intermediate checkpoints).
         fsdp: shard the model with FSDP2 under ``torchrun`` instead of replicating it (DDP).
@@ -106,6 +111,9 @@ class Recipe:
     video_max_pixels: int | None = None
     source_block_size: int | None = None
     hard_negatives: bool = True
+    similarity: str = "cosine"
+    matryoshka_dims: list | None = None
+    matryoshka_weights: list[float] | None = None
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2
@@ -206,11 +214,19 @@ def _embedder(loaded, recipe: Recipe, lora, btoks: bool):
             generative_weight=recipe.generative_weight,
             max_length=recipe.max_length,
             btok_init=recipe.btok_init,
+            similarity=recipe.similarity,
+            matryoshka_dims=recipe.matryoshka_dims,
+            matryoshka_weights=recipe.matryoshka_weights,
         )
     from ..embedder.pooled import PooledEmbedder
 
     if recipe.generative_weight != 0:
         raise ValueError("a model without BToks has no generative loss: set generative_weight to 0")
+    if recipe.similarity != "cosine":
+        raise ValueError(
+            f"similarity {recipe.similarity!r} compares the K BTok vectors: a model without BToks has one vector "
+            "(use similarity 'cosine')"
+        )
     return PooledEmbedder.from_backbone(
         loaded,
         pooling=recipe.pooling,
@@ -218,6 +234,8 @@ def _embedder(loaded, recipe: Recipe, lora, btoks: bool):
         attn_implementation=None,
         temperature=recipe.temperature,
         max_length=recipe.max_length,
+        matryoshka_dims=recipe.matryoshka_dims,
+        matryoshka_weights=recipe.matryoshka_weights,
     )
 
 

@@ -1,8 +1,9 @@
 """Two gloo ranks running ``gather_with_grad`` + InfoNCE; run as a script by test_losses.py.
 
 The ranks are forked from this fresh process before it computes anything (forking a process
-whose thread pools have run can hang). ``losses.py`` is loaded from its file: it needs only
-torch, and importing the ``btok_model`` package would also import transformers.
+whose thread pools have run can hang). ``losses.py`` is loaded from its file, in a stand-in
+package over its folder (for its import of ``similarity.py``): the two need only torch, and
+importing the ``btok_model`` package would also import transformers.
 
     python gather_ranks.py OUT_DIR    # writes OUT_DIR/{0,1}.pt
 """
@@ -10,6 +11,7 @@ torch, and importing the ``btok_model`` package would also import transformers.
 import importlib.util
 import os
 import sys
+import types
 
 import torch
 import torch.distributed as dist
@@ -17,11 +19,15 @@ import torch.multiprocessing as mp
 
 WORLD = 2
 QUERIES, CANDIDATES, H, TEMPERATURE = (3, 2), (5, 3), 8, 0.05  # per rank: unequal on purpose
-LOSSES_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "btok_model", "embedder", "losses.py")
+EMBEDDER_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "btok_model", "embedder")
+PACKAGE = "btok_embedder_under_test"
 
 
 def load_losses():
-    spec = importlib.util.spec_from_file_location("btok_losses_under_test", LOSSES_FILE)
+    package = types.ModuleType(PACKAGE)
+    package.__path__ = [EMBEDDER_DIR]  # relative imports of losses.py resolve in its folder
+    sys.modules[PACKAGE] = package
+    spec = importlib.util.spec_from_file_location(f"{PACKAGE}.losses", os.path.join(EMBEDDER_DIR, "losses.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as an import would (dataclasses look their module up there)
     spec.loader.exec_module(module)

@@ -1,8 +1,9 @@
 """One rank of the two-process gloo test (tests/training/test_distributed.py).
 
 Each rank trains one SGD step (lr 1, so the update is minus the gradient) with
-``BTokTrainer`` under DDP -- once with plain batches, once with GradCache chunks -- and
-rank 0 writes the updated trainable weights and the logged losses.
+``BTokTrainer`` under DDP -- once with plain batches, once with GradCache chunks, once with
+GradCache and InfoNCE on MaxSim scores summed over Matryoshka dimensions -- and rank 0 writes
+the updated trainable weights and the logged losses.
 """
 
 from __future__ import annotations
@@ -10,9 +11,18 @@ from __future__ import annotations
 import os
 import sys
 
-# (name, GradCache chunk size, data): "one-target" data gives the second rank no target tokens,
-# so the logged generative loss must count that rank as 0 in the mean over ranks.
-CASES = (("plain", None, "all"), ("chunked", 2, "all"), ("one-target", None, "one-target"))
+# (name, GradCache chunk size, data, loss): "one-target" data gives the second rank no target
+# tokens, so the logged generative loss must count that rank as 0 in the mean over ranks; the
+# loss is a key of LOSSES.
+CASES = (
+    ("plain", None, "all", "cosine"),
+    ("chunked", 2, "all", "cosine"),
+    ("one-target", None, "one-target", "cosine"),
+    ("maxsim-matryoshka", 2, "all", "maxsim-matryoshka"),
+)
+# Recipe settings of each loss: the multi-vector candidates [n, K, H] gathered across ranks and
+# through GradCache's cache, at two truncations.
+LOSSES = {"cosine": {}, "maxsim-matryoshka": {"similarity": "maxsim", "matryoshka_dims": [16, "full"]}}
 
 
 def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
@@ -34,8 +44,8 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     from train_helpers import tiny_model, trainable
 
     try:
-        for name, chunk_size, data in CASES:
-            recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size)
+        for name, chunk_size, data, loss in CASES:
+            recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size, loss=loss)
             model = tiny_model(recipe)
             trainer = train_one_step(model, recipe, case_data(data), os.path.join(out_dir, f"run-{name}-{rank}"))
             if rank == 0:
@@ -52,7 +62,7 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
             torch.distributed.destroy_process_group()
 
 
-def one_step_recipe(batch_size: int, chunk_size: int | None = None):
+def one_step_recipe(batch_size: int, chunk_size: int | None = None, loss: str = "cosine"):
     from train_helpers import tiny_recipe
 
     return tiny_recipe(
@@ -62,6 +72,7 @@ def one_step_recipe(batch_size: int, chunk_size: int | None = None):
         lr_scheduler="constant",
         generative_weight=2.0,
         chunk_size=chunk_size,
+        **LOSSES[loss],
     )
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from model_helpers import rel_err, tiny_model
 
 import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
+from tests.helpers.tiny_families import rel_err, tiny_model
 
 
 @pytest.mark.parametrize("kernel_backend", [pytest.param("triton", marks=pytest.mark.interpret)], indirect=True)

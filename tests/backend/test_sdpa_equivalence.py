@@ -8,7 +8,10 @@ import inspect
 
 import pytest
 import torch
-from model_helpers import (
+from transformers import Qwen3ForCausalLM
+
+import btok_model  # noqa: F401  (registers "btok_triton")
+from tests.helpers.tiny_families import (
     assert_close,
     assert_grads_close,
     forward_backward,
@@ -17,9 +20,6 @@ from model_helpers import (
     random_ids,
     tiny_model,
 )
-from transformers import Qwen3ForCausalLM
-
-import btok_model  # noqa: F401  (registers "btok_triton")
 
 TEXT_MODELS = ["llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen3_vl"]
 # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns); 5.17 has only the old one.

@@ -13,17 +13,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-if str(ROOT / "tests" / "ops") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests" / "ops"))
 
-from condensation_oracle import dense_attention, rel_err  # noqa: E402
-
-from benchmarks import mask_attn, measure, model_step, oracle, report, table, targets  # noqa: E402
-from benchmarks.harness import run_stem, write_outputs  # noqa: E402
-from benchmarks.peers import PEERS, Case, Padder, Peer, padded_dense_mask  # noqa: E402
-from benchmarks.workloads import (  # noqa: E402
+from benchmarks import mask_attn, measure, model_step, oracle, report, table, targets
+from benchmarks.harness import run_stem, write_outputs
+from benchmarks.peers import PEERS, Case, Padder, Peer, padded_dense_mask
+from benchmarks.workloads import (
     Workload,
     attention_flops,
     design_workloads,
@@ -31,8 +25,9 @@ from benchmarks.workloads import (  # noqa: E402
     sweep_workloads,
     tile_counts,
 )
-from btok_kernels import CondensationLayout, condensation_mask, sequence_mask  # noqa: E402
-from btok_kernels.mask import condensation_mask_mod  # noqa: E402
+from btok_kernels import CondensationLayout, condensation_mask, sequence_mask
+from btok_kernels.mask import condensation_mask_mod
+from tests.helpers.oracle import dense_attention, rel_err
 
 
 def test_design_workloads_match_the_readme():

@@ -13,11 +13,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks import btok_step, encode, model_step, report, steps  # noqa: E402
-from btok_kernels import CondensationLayout  # noqa: E402
+from benchmarks import btok_step, encode, model_step, report, steps
+from btok_kernels import CondensationLayout
 
 
 @pytest.fixture

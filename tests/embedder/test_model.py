@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, char_tokenizer, snapshot, tiny_backbone, tiny_btok, train_one_step
 from transformers import AutoModelForCausalLM
 
 from btok_model import BTokModel
 from btok_model.embedder.backbone import transformers_model
+from tests.helpers.tiny_models import EXAMPLES, char_tokenizer, snapshot, tiny_backbone, tiny_btok, train_one_step
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing in particular", "x", "four", "2 + 2"]
 

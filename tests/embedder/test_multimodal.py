@@ -7,10 +7,13 @@ import pickle
 
 import pytest
 import torch
-from btok_tiny import char_tokenizer, tiny_backbone, tiny_btok
 from transformers import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
-from vl_tiny import (
+
+from btok_model import BTokModel, ExampleError
+from btok_model.training.mixed_dataset import load_examples
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny_vl import (
     IMAGE_TOKEN,
     VIDEO_TOKEN,
     VISION_END,
@@ -23,9 +26,6 @@ from vl_tiny import (
     tiny_vl_btok,
     vl_tokenizer,
 )
-
-from btok_model import BTokModel, ExampleError
-from btok_model.training.mixed_dataset import load_examples
 
 TOL = 2e-5
 

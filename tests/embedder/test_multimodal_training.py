@@ -10,9 +10,6 @@ import json
 
 import pytest
 import torch
-from btok_tiny import snapshot, train_one_step
-from test_twopass import TOL, assert_same, rel_err, single_pass, two_pass
-from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 from btok_model import BTokModel
 from btok_model.embedder import LossWeights
@@ -20,6 +17,9 @@ from btok_model.embedder.backbone import transformers_model
 from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
+from tests.embedder.test_twopass import TOL, assert_same, rel_err, single_pass, two_pass
+from tests.helpers.tiny_models import snapshot, train_one_step
+from tests.helpers.tiny_vl import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 # Queries with images (1..6 tokens, non-square grids), an image + a 4-frame video, text only; targets
 # given, defaulted to the positive, absent. Targets are long enough to span several rows.

@@ -5,9 +5,9 @@ the positives', both, none)."""
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, tiny_btok
 
 from btok_model.embedder.twopass import two_pass_forward
+from tests.helpers.tiny_models import EXAMPLES, tiny_btok
 
 TOL = 2e-5  # relative L2, fp32: the two formulations sum the same terms in another order
 

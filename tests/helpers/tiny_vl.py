@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from btok_tiny import char_tokenizer, widened
 from transformers import (
     BatchFeature,
     Qwen2_5_VLConfig,
@@ -31,6 +30,7 @@ from transformers import (
 from transformers.video_utils import VideoMetadata
 
 from btok_model import BTokModel
+from tests.helpers.tiny_models import char_tokenizer, widened
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 VISION_START, VISION_END, IMAGE_TOKEN, VIDEO_TOKEN = 48, 49, 50, 51  # after the 48 character-tokenizer ids

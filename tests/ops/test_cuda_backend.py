@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from condensation_oracle import dense_mask, rel_err
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import cuda
+from tests.helpers.oracle import dense_mask, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_CUDA = torch.cuda.is_available()

@@ -18,10 +18,10 @@ import math
 
 import pytest
 import torch
-from test_cuda_backend import EDGE_LAYOUTS, check_cuda_kernels, random_layout
-from test_cuda_plan import host_build
 
 from btok_kernels import CondensationLayout
+from tests.ops.test_cuda_backend import EDGE_LAYOUTS, check_cuda_kernels, random_layout
+from tests.ops.test_cuda_plan import host_build
 
 # mode bits of btok_emu_configure
 EAGER, DEFERRED, SHUFFLED = 0, 1, 2

@@ -8,21 +8,19 @@ rank 0 writes the updated trainable weights and the logged losses.
 from __future__ import annotations
 
 import os
-import sys
 
 # (name, GradCache chunk size, data): "one-target" data gives the second rank no target tokens,
 # so the logged generative loss must count that rank as 0 in the mean over ranks.
 CASES = (("plain", None, "all"), ("chunked", 2, "all"), ("one-target", None, "one-target"))
 
 
-def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
+def run(rank: int, world: int, out_dir: str) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
     )
-    sys.path[:0] = helper_dirs
     import torch
 
     # A rendezvous file instead of a TCP port: a free port picked by the parent can be taken by
@@ -30,8 +28,8 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
     )
-    from fsdp_worker import case_data
-    from train_helpers import tiny_model, trainable
+    from tests.helpers.training import tiny_model, trainable
+    from tests.training.fsdp_worker import case_data
 
     try:
         for name, chunk_size, data in CASES:
@@ -53,7 +51,7 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
 
 
 def one_step_recipe(batch_size: int, chunk_size: int | None = None):
-    from train_helpers import tiny_recipe
+    from tests.helpers.training import tiny_recipe
 
     return tiny_recipe(
         max_steps=1,

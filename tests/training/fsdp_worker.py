@@ -10,7 +10,6 @@ Trainer's checkpoint path) and the final model folder.
 from __future__ import annotations
 
 import os
-import sys
 
 # name -> (lora_r, GradCache chunk size, save, backbone family, data). "qwen2" unties its LM
 # head; "one-target" data gives one rank no target tokens, so only the other uses the head;
@@ -26,7 +25,7 @@ CASES = {
 
 def case_model(recipe, family: str, data: str):
     """The case's model (``recipe`` from :func:`case_recipe` with ``data``)."""
-    from train_helpers import tiny_model
+    from tests.helpers.training import tiny_model
 
     return tiny_model(recipe, family=family, btoks=data != "baseline")
 
@@ -37,7 +36,7 @@ def reference_dir(lora_r: int, family: str, data: str) -> str:
 
 
 def case_data(kind: str) -> list[dict]:
-    from train_helpers import examples
+    from tests.helpers.training import examples
 
     data = examples(8)
     if kind == "one-target":
@@ -46,16 +45,15 @@ def case_data(kind: str) -> list[dict]:
     return data
 
 
-def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
+def run(rank: int, world: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    sys.path[:0] = helper_dirs
     import torch
 
     # A rendezvous file instead of a TCP port (see ddp_worker.py); accelerate reuses the group.
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
     )
-    from train_helpers import examples, tiny_model
+    from tests.helpers.training import examples, tiny_model
 
     try:
         for name, (lora_r, chunk_size, save, family, data) in CASES.items():
@@ -93,7 +91,7 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
 def case_recipe(
     batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False, save: bool = False, data: str = "all"
 ):
-    from ddp_worker import one_step_recipe
+    from tests.training.ddp_worker import one_step_recipe
 
     recipe = one_step_recipe(batch_size=batch_size, chunk_size=chunk_size)
     recipe.lora_r = lora_r
@@ -128,10 +126,10 @@ def resume_run(rank: int, out_dir: str) -> None:
     first and resumed from its checkpoint in a new model; then a resume from a checkpoint
     written without FSDP."""
     import torch
-    from train_helpers import examples, tiny_model, tiny_recipe
     from transformers import TrainerCallback
 
     from btok_model.training import train
+    from tests.helpers.training import examples, tiny_model, tiny_recipe
 
     class StopAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

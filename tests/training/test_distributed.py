@@ -1,14 +1,12 @@
 """Two processes with gloo train exactly like one process on the concatenated batch."""
 
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-from ddp_worker import CASES, one_step_recipe, run, train_one_step
-from fsdp_worker import case_data
-from train_helpers import assert_tensors_close, tiny_model, trainable
 
-HERE = Path(__file__).resolve().parent
+from tests.helpers.training import assert_tensors_close, tiny_model, trainable
+from tests.training.ddp_worker import CASES, one_step_recipe, run, train_one_step
+from tests.training.fsdp_worker import case_data
 
 
 def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
@@ -29,9 +27,8 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
         expected_log[data] = trainer.state.log_history[0]
         expected[data] = {n: untouched[n] - p for n, p in trainable(reference).items()}  # the gradient
 
-    helper_dirs = [str(HERE), str(HERE.parent / "embedder")]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the ranks inherit it: one thread each on a 2-core machine
-    mp.spawn(run, args=(2, str(tmp_path), helper_dirs), nprocs=2, join=True)
+    mp.spawn(run, args=(2, str(tmp_path)), nprocs=2, join=True)
     for name, _, data in CASES:
         result = torch.load(tmp_path / f"{name}.pt")
         actual = {n: untouched[n] - p for n, p in result["weights"].items()}

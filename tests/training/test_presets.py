@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, char_tokenizer, tiny_backbone, train_one_step
-from train_helpers import vl_folder, write_vl_data
 
 from btok_model import BTokModel
 from btok_model.train import main as train_main
 from btok_model.train import parser, recipe_from_args, resolve_arguments
 from btok_model.training.recipe import Recipe, build_model
+from tests.helpers.tiny_models import EXAMPLES, char_tokenizer, tiny_backbone, train_one_step
+from tests.helpers.training import vl_folder, write_vl_data
 
 # The authors' values, read from github siryuson/BottleneckTokens (configs/presets/btoks_qwen2vl_2b_v1.yaml,
 # configs/training/btoks_base.yaml, configs/peft/lora_default.yaml, configs/models/btoks_qwen2vl_2b_v1.yaml,

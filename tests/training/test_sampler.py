@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from train_helpers import examples, tiny_model, tiny_recipe
 from transformers import TrainerCallback
 
 from btok_model.datasets import write_jsonl
 from btok_model.training import DataSource, MixedDataset, SourceBlockSampler, check_block_size, train
+from tests.helpers.training import examples, tiny_model, tiny_recipe
 
 
 def _source_of(sampler, index: np.ndarray) -> np.ndarray:

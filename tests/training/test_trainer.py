@@ -6,13 +6,13 @@ import os
 
 import pytest
 import torch
-from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
 from transformers import TrainerCallback
 
 from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
 from btok_model.training.trainer import TRAINABLE_STATE
+from tests.helpers.training import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
 
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make"]
 

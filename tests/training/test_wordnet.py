@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from btok_tiny import char_tokenizer, tiny_backbone
 
 from btok_model.datasets import load_synsets, retrieval_split
 from btok_model.datasets.wordnet import DEFAULT_WORDNET_DIR
 from btok_model.evaluation import load_task
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 
 HEADER = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from btok_model import btok_attention_forward
 from btok_model.backend import attention as attention_module
 from btok_model.backend import fallback
-from tests.helpers.tiny_families import assert_close, pad_batch, random_ids, tiny_model
+from tests.helpers.numerics import assert_close
+from tests.helpers.tiny_families import pad_batch, random_ids, tiny_model
 
 B, HQ, HKV, D = 3, 4, 2, 16
 TOL = 1e-5

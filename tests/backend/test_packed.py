@@ -6,16 +6,14 @@ import torch
 
 import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
+from tests.helpers.numerics import assert_close, assert_grads_close, rel_err
 from tests.helpers.tiny_families import (
     VL_MODELS,
-    assert_close,
-    assert_grads_close,
     dense_condensation_mask,
     forward_backward,
     model_backends,
     pad_batch,
     random_ids,
-    rel_err,
     tiny_model,
 )
 

@@ -10,13 +10,12 @@ import torch
 import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
 from btok_model.backend import attention as attention_module
+from tests.helpers.numerics import assert_close, assert_grads_close
 from tests.helpers.tiny_families import (
     IMAGE_TOKEN,
     VISION_END,
     VISION_START,
     VL_MODELS,
-    assert_close,
-    assert_grads_close,
     dense_condensation_mask,
     forward_backward,
     model_backends,

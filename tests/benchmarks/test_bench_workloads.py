@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
 from benchmarks import mask_attn, measure, model_step, oracle, report, table, targets
 from benchmarks.harness import run_stem, write_outputs
 from benchmarks.peers import PEERS, Case, Padder, Peer, padded_dense_mask
@@ -27,7 +25,10 @@ from benchmarks.workloads import (
 )
 from btok_kernels import CondensationLayout, condensation_mask, sequence_mask
 from btok_kernels.mask import condensation_mask_mod
-from tests.helpers.oracle import dense_attention, rel_err
+from tests.helpers.numerics import rel_err
+from tests.helpers.oracle import dense_attention
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_design_workloads_match_the_readme():

@@ -8,13 +8,10 @@ from transformers import AutoModelForCausalLM
 
 from btok_model import BTokModel
 from btok_model.embedder.backbone import transformers_model
+from tests.helpers.numerics import rel_err
 from tests.helpers.tiny_models import EXAMPLES, char_tokenizer, snapshot, tiny_backbone, tiny_btok, train_one_step
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing in particular", "x", "four", "2 + 2"]
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -12,6 +12,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from btok_model import BTokModel, ExampleError
 from btok_model.training.mixed_dataset import load_examples
+from tests.helpers.numerics import rel_err
 from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
 from tests.helpers.tiny_vl import (
     IMAGE_TOKEN,
@@ -28,10 +29,6 @@ from tests.helpers.tiny_vl import (
 )
 
 TOL = 2e-5
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def sequences(batch, key="input_ids"):

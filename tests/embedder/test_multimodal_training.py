@@ -17,7 +17,8 @@ from btok_model.embedder.backbone import transformers_model
 from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
-from tests.embedder.test_twopass import TOL, assert_same, rel_err, single_pass, two_pass
+from tests.embedder.test_twopass import TOL, assert_same, single_pass, two_pass
+from tests.helpers.numerics import rel_err
 from tests.helpers.tiny_models import snapshot, train_one_step
 from tests.helpers.tiny_vl import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 

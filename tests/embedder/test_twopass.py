@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from btok_model.embedder.twopass import two_pass_forward
+from tests.helpers.numerics import rel_err
 from tests.helpers.tiny_models import EXAMPLES, tiny_btok
 
 TOL = 2e-5  # relative L2, fp32: the two formulations sum the same terms in another order
@@ -21,10 +22,6 @@ LONG_EXAMPLES = EXAMPLES + [
     },
     {"query": "x", "positive": "y", "target": "z"},
 ]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def probe(n: int, h: int, seed: int = 3) -> torch.Tensor:

@@ -181,20 +181,3 @@ def model_backends(models: list[str], triton: list[str]) -> list:
     in ``triton`` also through the Triton kernels (interpreted: seconds per model)."""
     cases = [pytest.param(name, "auto", id=f"{name}-auto") for name in models]
     return cases + [pytest.param(name, "triton", id=f"{name}-triton", marks=pytest.mark.interpret) for name in triton]
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Relative L2 error ``|a - e| / |e|``."""
-    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
-
-
-def assert_close(actual, expected, tol: float, what: str):
-    err = rel_err(actual, expected)
-    assert err <= tol, f"{what}: relative L2 error {err:.3e} > {tol:.0e}"
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-
-
-def assert_grads_close(actual: dict, expected: dict, tol: float):
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert_close(actual[name], expected[name], tol, f"grad of {name}")

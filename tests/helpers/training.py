@@ -73,19 +73,6 @@ def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
-
-
-def assert_tensors_close(actual: dict, expected: dict, tol: float, what: str = "") -> None:
-    assert actual.keys() == expected.keys(), f"{what}: {sorted(set(actual) ^ set(expected))}"
-    assert expected, f"{what}: nothing to compare"
-    for name in expected:
-        assert torch.isfinite(actual[name]).all(), f"{what} {name}: non-finite"
-        err = rel_err(actual[name], expected[name])
-        assert err <= tol, f"{what} {name}: relative L2 error {err:.2e} > {tol:.0e}"
-
-
 # -- saved vision-language folders and image examples, for the command-line tests ------------------
 VL_TRAIN = [
     {"query": "what is in the picture", "query_image": "img/0.png", "positive": "a red square"},

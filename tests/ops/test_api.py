@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from btok_kernels import CondensationLayout, condensation_attention
-from tests.helpers.oracle import LargestTensor, rel_err
+from tests.helpers.dispatch_modes import LargestTensor
+from tests.helpers.numerics import rel_err
 
 
 def _qkv(total, hq=4, hkv=2, d=16, dtype=torch.float32, device="cpu"):

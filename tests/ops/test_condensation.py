@@ -16,7 +16,9 @@ import torch
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation.parallel import condensation_bwd_triton, condensation_fwd_triton
-from tests.helpers.oracle import PoisonEmpty, dense_attention, rel_err
+from tests.helpers.dispatch_modes import PoisonEmpty
+from tests.helpers.numerics import rel_err
+from tests.helpers.oracle import dense_attention
 
 # absolute ceilings on the relative L2 error, and floors added to the 2x rule
 CEILING = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}

@@ -21,7 +21,8 @@ import torch
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import cuda
-from tests.helpers.oracle import dense_mask, rel_err
+from tests.helpers.numerics import rel_err
+from tests.helpers.oracle import dense_mask
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_CUDA = torch.cuda.is_available()

@@ -27,14 +27,9 @@ from tests.ops.test_cuda_plan import host_build
 EAGER, DEFERRED, SHUFFLED = 0, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors only: one intra-op thread (a second one mostly waits, and on a busy
-    machine waits for long)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors only: one intra-op thread (a second one mostly waits, and on a busy machine
+# waits for long).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

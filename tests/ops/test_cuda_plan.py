@@ -47,14 +47,9 @@ def host_build(name: str, sources: list[str], flags: list[str], shared: bool) ->
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors only: one intra-op thread (a second one mostly waits, and on a busy
-    machine waits for long)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors only: one intra-op thread (a second one mostly waits, and on a busy machine
+# waits for long).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

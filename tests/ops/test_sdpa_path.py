@@ -21,7 +21,9 @@ import torch
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import sdpa
 from btok_kernels.condensation.sdpa import chunk_rows, condensation_attention_sdpa, padded_plan, segments, varlen_plan
-from tests.helpers.oracle import PoisonEmpty, dense_attention, rel_err
+from tests.helpers.dispatch_modes import PoisonEmpty
+from tests.helpers.numerics import rel_err
+from tests.helpers.oracle import dense_attention
 
 FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 LSE_BOUND = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}

@@ -4,7 +4,8 @@
 import torch
 import torch.multiprocessing as mp
 
-from tests.helpers.training import assert_tensors_close, tiny_model, trainable
+from tests.helpers.numerics import assert_tensors_close
+from tests.helpers.training import tiny_model, trainable
 from tests.training.ddp_worker import CASES, one_step_recipe, run, train_one_step
 from tests.training.fsdp_worker import case_data
 

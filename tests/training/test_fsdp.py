@@ -9,7 +9,8 @@ import torch.multiprocessing as mp
 from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
-from tests.helpers.training import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
+from tests.helpers.numerics import assert_tensors_close
+from tests.helpers.training import examples, tiny_model, tiny_recipe, trainable
 from tests.training.fsdp_worker import CASES, case_data, case_model, case_recipe, reference_dir, run, train_one_step
 
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make", "frozen water"]

@@ -12,7 +12,8 @@ from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
 from btok_model.training.trainer import TRAINABLE_STATE
-from tests.helpers.training import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
+from tests.helpers.numerics import assert_tensors_close
+from tests.helpers.training import examples, tiny_model, tiny_recipe, trainable
 
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make"]
 

@@ -23,6 +23,8 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
+from tests.helpers.oracle import dense_mask
+
 VOCAB = 96
 IMAGE_TOKEN, VISION_START, VISION_END = 93, 94, 95  # Qwen2-VL / Qwen3-VL special tokens, outside the text ids
 # The vision-language models: they take [text; 3 M-RoPE rows] packed positions.
@@ -169,9 +171,7 @@ def forward_backward(model, impl: str, weight_seed: int = 7, weights: torch.Tens
 
 def dense_condensation_mask(query_len: int, num_btoks: int, length: int, dtype=torch.float32) -> torch.Tensor:
     """Additive ``[1, 1, L, L]`` mask of one ``[query | BToks | target]`` sequence, for "eager"."""
-    b, t = query_len, query_len + num_btoks
-    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
-    allowed = (j <= i) & ~((i >= t) & (j < b))
+    allowed = dense_mask(length, query_len, query_len + num_btoks)
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
 
 

@@ -17,13 +17,8 @@ import torch
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation.parallel import condensation_bwd_triton, condensation_fwd_triton
 from tests.helpers.dispatch_modes import PoisonEmpty
-from tests.helpers.numerics import rel_err
+from tests.helpers.numerics import CEILING, DTYPE_IDS, FLOOR, rel_err
 from tests.helpers.oracle import dense_attention
-
-# absolute ceilings on the relative L2 error, and floors added to the 2x rule
-CEILING = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
-DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 # (query_lens, num_btoks, target_lens)
 EDGE_LAYOUTS = {

@@ -21,7 +21,7 @@ import torch
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import cuda
-from tests.helpers.numerics import rel_err
+from tests.helpers.numerics import CEILING, DTYPE_IDS, FLOOR, rel_err
 from tests.helpers.oracle import dense_mask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,10 +202,6 @@ def test_setup_builds_the_extension_with_cuda_torch_and_nvcc(setup_py, arch_list
 # --------------------------------------------------------------------------------------
 # the kernels against the fp64 oracle: CUDA devices
 # --------------------------------------------------------------------------------------
-CEILING = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
-FLOOR = {torch.float16: 1e-4, torch.bfloat16: 1e-3}
-DTYPE_IDS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-
 # (query_lens, num_btoks, target_lens)
 EDGE_LAYOUTS = {
     "one_long": ([397], 16, [158]),  # several tiles, boundaries off the tile grid
@@ -237,7 +233,7 @@ def dense_reference(q, k, v, layout: CondensationLayout, scale: float, causal: b
     cu = layout.host_cu_seqlens
     for s, (b, t) in enumerate(zip(layout.host_btok_start, layout.host_target_start)):
         a, e = cu[s], cu[s + 1]
-        mask = dense_mask(e - a, b, t) if causal else torch.ones(e - a, e - a, dtype=torch.bool)
+        mask = dense_mask(e - a, b, t, causal)
         qs = q[a:e].transpose(0, 1)
         ks = k[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)
         vs = v[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)

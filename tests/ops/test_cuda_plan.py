@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.oracle import allowed
+
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -74,14 +76,6 @@ def test_header_unit_test():
     assert run.stdout.startswith("tile_plan_test: OK"), run.stdout
 
 
-def allowed(i: torch.Tensor, j: torch.Tensor, seqlen: int, b: int, t: int, causal: bool) -> torch.Tensor:
-    """The mask, written independently of the header."""
-    inside = (i < seqlen) & (j < seqlen)
-    if not causal:
-        return inside
-    return inside & (j <= i) & ~((i >= t) & (j < b))
-
-
 LAYOUT_CASES = [
     # (seqlen, b, t)
     (1, 0, 1), (1, 0, 0), (1, 1, 1), (7, 3, 5), (16, 8, 16), (17, 4, 10), (40, 0, 40),
@@ -110,7 +104,7 @@ def _walk(seqlen: int, b: int, t: int, causal: bool, plans, tile: int, step: int
     first_full, end_full, num) per tile."""
     pad = seqlen + 2 * max(tile, step)
     idx = torch.arange(pad)
-    ok_all = allowed(idx[:, None], idx[None, :], seqlen, b, t, causal)  # [pad, pad], views per block below
+    ok_all = allowed(idx[:, None], idx[None, :], b, t, causal, seqlen)  # [pad, pad], views per block below
     cover = torch.zeros(pad, pad, dtype=torch.int32)
     for start, lo, first_full, end_full, num in plans:
         for i_blk in range(num):

@@ -22,12 +22,10 @@ from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import sdpa
 from btok_kernels.condensation.sdpa import chunk_rows, condensation_attention_sdpa, padded_plan, segments, varlen_plan
 from tests.helpers.dispatch_modes import PoisonEmpty
-from tests.helpers.numerics import rel_err
-from tests.helpers.oracle import dense_attention
+from tests.helpers.numerics import DTYPE_IDS, FLOOR, rel_err
+from tests.helpers.oracle import dense_attention, dense_layout_mask
 
-FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 LSE_BOUND = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-DTYPE_IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 # (query_lens, num_btoks, target_lens)
 EDGE_LAYOUTS = {
@@ -273,14 +271,7 @@ def test_segments_cover_the_mask_exactly(name):
     layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS[name])
     kept = [r for s in segments(layout) for r in range(s.start + s.drop, s.start + s.length)]
     assert kept == list(range(layout.total_tokens))  # packed order, each row once
-    want = torch.block_diag(*[dense_mask_of(n, b, t) for n, b, t in
-                              zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)])
-    assert torch.equal(allowed_by_segments(layout), want)
-
-
-def dense_mask_of(length, b, t):
-    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
-    return (j <= i) & ~((i >= t) & (j < b))
+    assert torch.equal(allowed_by_segments(layout), dense_layout_mask(layout))
 
 
 @pytest.mark.parametrize("width", [1, 128, 10**6], ids=["merge_most", "mid", "merge_equal"])

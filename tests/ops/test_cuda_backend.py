@@ -21,6 +21,7 @@ import torch
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import cuda
+from tests.helpers.layouts import edge_layouts, make_inputs, random_layout
 from tests.helpers.numerics import CEILING, DTYPE_IDS, FLOOR, rel_err
 from tests.helpers.oracle import dense_mask
 
@@ -202,28 +203,24 @@ def test_setup_builds_the_extension_with_cuda_torch_and_nvcc(setup_py, arch_list
 # --------------------------------------------------------------------------------------
 # the kernels against the fp64 oracle: CUDA devices
 # --------------------------------------------------------------------------------------
-# (query_lens, num_btoks, target_lens)
+# the shared edge cases, sized past the CUDA kernels' 64-row tiles where size matters
 EDGE_LAYOUTS = {
     "one_long": ([397], 16, [158]),  # several tiles, boundaries off the tile grid
-    "query_len_1": ([1, 1], [4, 2], [9, 1]),
+    **edge_layouts("query_len_1"),
     "no_target": ([23, 140], 4, [0, 0]),
     "K1": ([130, 5], 1, [12, 200]),
     "no_btoks": ([12, 70], 0, [121, 3]),  # b == t: target rows see only the target
     "no_query": ([0, 0], [3, 16], [120, 1]),  # b == 0: plain causal
-    "shorter_than_tile": ([3, 2, 5], [2, 1, 3], [4, 0, 2]),
+    **edge_layouts("shorter_than_tile"),
     "tile_aligned": ([64, 128], 64, [128, 64]),
-    "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
+    **edge_layouts("many_tiny"),
     "empty_sequences": ([0, 210, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),
 }
 
 
-def random_layout(seed: int, max_seqs: int = 6, max_query: int = 600, max_target: int = 200):
-    g = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(1, max_seqs + 1, (1,), generator=g))
-    query = torch.randint(0, max_query, (n,), generator=g).tolist()
-    btoks = torch.randint(1, 17, (n,), generator=g).tolist()
-    target = torch.randint(0, max_target, (n,), generator=g).tolist()
-    return query, btoks, target
+def cuda_random_layout(seed: int, max_seqs: int = 6, max_query: int = 600, max_target: int = 200):
+    """A random layout sized for the CUDA kernels' tiles (up to 16 BToks a sequence)."""
+    return random_layout(seed, max_seqs, max_query, max_btoks=16, max_target=max_target)
 
 
 def dense_reference(q, k, v, layout: CondensationLayout, scale: float, causal: bool):
@@ -242,38 +239,6 @@ def dense_reference(q, k, v, layout: CondensationLayout, scale: float, causal: b
         lses.append(scores.double().logsumexp(-1))
     return torch.cat(outs, 0), torch.cat(lses, 1)
 
-
-def make_inputs(layout, hq, hkv, d, dtype, seed=0, q_scale=1.0, logits=None, device="cuda"):
-    """q, k, v, dout on ``device`` in ``dtype``, and the same numbers in fp64 for the oracle
-    (rounded first, so that the oracle sees what the kernels see).
-
-    ``logits``: None for Gaussian inputs (q times ``q_scale``); a number L: every q and k
-    lie near one direction, scaled so that every scaled logit is near L; "mixed": rows and
-    keys of random sign and size along it, logits spread over about +-45.
-    """
-    g = torch.Generator().manual_seed(seed)
-    total = layout.total_tokens
-    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64) * q_scale
-    k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
-    v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
-    do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
-    if logits is not None:
-        u = torch.randn(d, generator=g, dtype=torch.float64)
-        u /= u.norm()
-        if logits == "mixed":
-            size = math.sqrt(45 * math.sqrt(d))
-            q_amp = torch.rand(total, hq, 1, generator=g, dtype=torch.float64) * 2 - 1
-            k_amp = torch.randint(0, 2, (total, hkv, 1), generator=g).double() * 2 - 1
-        else:
-            size = math.sqrt(abs(logits) * math.sqrt(d))  # q . k / sqrt(d) = logits
-            q_amp = torch.full((total, hq, 1), math.copysign(1.0, logits), dtype=torch.float64)
-            k_amp = torch.ones(total, hkv, 1, dtype=torch.float64)
-        q = 0.5 * q + q_amp * size * u
-        k = 0.5 * k + k_amp * size * u
-    lowp = [x.to(device=device, dtype=dtype) for x in (q, k, v, do)]
-    return [x.double() for x in lowp], lowp
-
-
 def poison_allocator():
     """Leaves NaN in the CUDA caching allocator's free blocks, so that an output element a
     kernel forgets to write is likely to read as NaN (the ops allocate in C++, out of reach
@@ -288,7 +253,7 @@ def check_cuda_kernels(layout, hq, hkv, d, dtype, seed=0, q_scale=1.0, logits=No
     tensors live on the layout's device."""
     fwd, bwd = launchers or (cuda.condensation_fwd_cuda, cuda.condensation_bwd_cuda)
     device = layout.device
-    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed, q_scale, logits, device)
+    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale, logits)
     scale = 1.0 / math.sqrt(d)
     refs = []
     for q, k, v, do in (exact, lowp):
@@ -330,7 +295,7 @@ def test_cuda_edge_layouts(name, dtype):
 @needs_gpu
 @pytest.mark.parametrize("seed", range(8))
 def test_cuda_random_layouts(seed):
-    layout = CondensationLayout.from_lengths(*random_layout(seed), device="cuda")
+    layout = CondensationLayout.from_lengths(*cuda_random_layout(seed), device="cuda")
     dtype = (torch.bfloat16, torch.float16)[seed % 2]
     d = (64, 128, 96, 256)[seed % 4]
     check_cuda_kernels(layout, hq=6, hkv=2, d=d, dtype=dtype, seed=seed)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from btok_kernels import CondensationLayout
-from tests.ops.test_cuda_backend import EDGE_LAYOUTS, check_cuda_kernels, random_layout
+from tests.ops.test_cuda_backend import EDGE_LAYOUTS, check_cuda_kernels, cuda_random_layout
 from tests.ops.test_cuda_plan import host_build
 
 # mode bits of btok_emu_configure
@@ -140,7 +140,7 @@ def test_emulated_copy_timing_and_thread_order(mode, emu):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_emulated_random_layouts(seed, emu):
-    layout = CondensationLayout.from_lengths(*random_layout(seed, max_seqs=3, max_query=150, max_target=60))
+    layout = CondensationLayout.from_lengths(*cuda_random_layout(seed, max_seqs=3, max_query=150, max_target=60))
     dtype = (torch.bfloat16, torch.float16)[seed % 2]
     check_cuda_kernels(layout, hq=3, hkv=1, d=64, dtype=dtype, seed=seed, launchers=launchers(emu))
 

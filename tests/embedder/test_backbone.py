@@ -17,7 +17,7 @@ from btok_model.embedder.multimodal import MultimodalCollator
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.tokens import lora_target_modules
 from btok_model.training.presets import AUTHORS_LORA_MODULES
-from tests.helpers.tiny_models import EXAMPLES, char_tokenizer, tiny_backbone, train_one_step
+from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
 from tests.helpers.tiny_vl import IMAGE_TOKEN, frames, image, image_processor, processor, tiny_vl_backbone, vl_tokenizer
 
 TEXTS = ["the cat sat", "a dog", "x"]
@@ -57,7 +57,7 @@ def test_gguf_backbone_loads_dequantised_trains_saves_and_reloads(tiny_gguf, tmp
     assert not list((tmp_path / "check").iterdir()), "the check must leave nothing behind"
 
     btok = BTokModel.from_backbone(str(folder), gguf_file=name, dtype=torch.float32, lora=2)
-    train_one_step(btok, EXAMPLES)
+    adamw_step(btok, EXAMPLES)
     btok.save_pretrained(tmp_path / "saved")
     again = BTokModel.from_pretrained(tmp_path / "saved")
     assert again.tokenizer("the cat")["input_ids"] == btok.tokenizer("the cat")["input_ids"]

@@ -19,7 +19,7 @@ from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
 from tests.embedder.test_twopass import TOL, assert_same, single_pass, two_pass
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_models import snapshot, train_one_step
+from tests.helpers.tiny_models import adamw_step, snapshot
 from tests.helpers.tiny_vl import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 # Queries with images (1..6 tokens, non-square grids), an image + a 4-frame video, text only; targets
@@ -134,7 +134,7 @@ def test_what_trains(family, mode):
     kwargs = {"lora": dict(lora=4), "frozen": dict(freeze_backbone=True), "full": {}}[mode]
     model = tiny_vl_btok(family, **kwargs)
     before, rows_before = snapshot(model), _embedding_rows(model)
-    trainable = train_one_step(model, EXAMPLES)
+    trainable = adamw_step(model, EXAMPLES)
     after, rows_after = snapshot(model), _embedding_rows(model)
     changed = {n for n in before if not torch.equal(after[n], before[n])}
     visual = {n for n in before if ".visual." in n}

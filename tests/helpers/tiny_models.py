@@ -86,7 +86,7 @@ def snapshot(model: BTokModel) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
 
 
-def train_one_step(model: BTokModel, examples: list[dict]) -> set[str]:
+def adamw_step(model: BTokModel, examples: list[dict]) -> set[str]:
     """One AdamW step (lr 1e-2, weight decay 0.1) on ``examples``; returns the names of the
     backbone parameters that require gradients."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from btok_model.datasets import write_jsonl
+from btok_model.training import train
 from btok_model.training.recipe import Recipe, build_model
 from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 from tests.helpers.tiny_vl import image, image_processor, tiny_vl_backbone, vl_tokenizer
@@ -63,6 +64,38 @@ def tiny_model(recipe: Recipe | None = None, family: str = "llama", seed: int = 
     """A trainable tiny BTok model (or PooledEmbedder) built like the CLI builds one."""
     recipe = recipe or tiny_recipe()
     return build_model(tiny_backbone(family, seed), recipe, char_tokenizer(), btoks=btoks)
+
+
+def one_step_recipe(batch_size: int, chunk_size: int | None = None) -> Recipe:
+    """One SGD step with lr 1 (the update is minus the gradient), generative weight 2, GradCache
+    chunks of ``chunk_size`` (None: plain batches)."""
+    return tiny_recipe(
+        max_steps=1,
+        batch_size=batch_size,
+        lr=1.0,
+        lr_scheduler="constant",
+        generative_weight=2.0,
+        chunk_size=chunk_size,
+    )
+
+
+def case_data(kind: str) -> list[dict]:
+    """8 examples; ``"one-target"``: only the first has a target (the second rank of two gets none)."""
+    data = examples(8)
+    if kind == "one-target":
+        for i, example in enumerate(data):
+            example["target"] = "a target" if i == 0 else None
+    return data
+
+
+def train_one_step(model, recipe: Recipe, data: list[dict], output_dir, *, distributed: bool | None = None,
+                   save: bool = False, **overrides):
+    """``btok_model.training.train`` with SGD (a one-step recipe: :func:`one_step_recipe`);
+    ``distributed`` (default ``recipe.fsdp``): the ranks talk over gloo. ``overrides`` go to
+    ``train``. Returns the trainer."""
+    distributed = recipe.fsdp if distributed is None else distributed
+    backend = {"ddp_backend": "gloo"} if distributed else {}
+    return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend, **overrides)
 
 
 def grads(model) -> dict[str, torch.Tensor]:

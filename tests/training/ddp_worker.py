@@ -28,14 +28,14 @@ def run(rank: int, world: int, out_dir: str) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
     )
-    from tests.helpers.training import tiny_model, trainable
-    from tests.training.fsdp_worker import case_data
+    from tests.helpers.training import case_data, one_step_recipe, tiny_model, train_one_step, trainable
 
     try:
         for name, chunk_size, data in CASES:
             recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size)
             model = tiny_model(recipe)
-            trainer = train_one_step(model, recipe, case_data(data), os.path.join(out_dir, f"run-{name}-{rank}"))
+            trainer = train_one_step(model, recipe, case_data(data), os.path.join(out_dir, f"run-{name}-{rank}"),
+                                     distributed=True)
             if rank == 0:
                 torch.save(
                     {"weights": trainable(model), "log": trainer.state.log_history[0]},
@@ -49,22 +49,3 @@ def run(rank: int, world: int, out_dir: str) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-
-def one_step_recipe(batch_size: int, chunk_size: int | None = None):
-    from tests.helpers.training import tiny_recipe
-
-    return tiny_recipe(
-        max_steps=1,
-        batch_size=batch_size,
-        lr=1.0,
-        lr_scheduler="constant",
-        generative_weight=2.0,
-        chunk_size=chunk_size,
-    )
-
-
-def train_one_step(model, recipe, data, output_dir, distributed: bool = True):
-    from btok_model.training import train
-
-    backend = {"ddp_backend": "gloo"} if distributed else {}
-    return train(model, data, recipe, output_dir, save=False, optim="sgd", **backend)

@@ -35,16 +35,6 @@ def reference_dir(lora_r: int, family: str, data: str) -> str:
     return f"single-{lora_r}-{family}-{data}"
 
 
-def case_data(kind: str) -> list[dict]:
-    from tests.helpers.training import examples
-
-    data = examples(8)
-    if kind == "one-target":
-        for i, example in enumerate(data):
-            example["target"] = "a target" if i == 0 else None
-    return data
-
-
 def run(rank: int, world: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     import torch
@@ -53,7 +43,7 @@ def run(rank: int, world: int, out_dir: str) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
     )
-    from tests.helpers.training import examples, tiny_model
+    from tests.helpers.training import case_data, examples, tiny_model, train_one_step
 
     try:
         for name, (lora_r, chunk_size, save, family, data) in CASES.items():
@@ -76,7 +66,8 @@ def run(rank: int, world: int, out_dir: str) -> None:
             recipe = case_recipe(2, 0, 1, fsdp=fsdp)
             folder = os.path.join(out_dir, f"accumulated-{fsdp}")
             model = tiny_model(recipe)
-            trainer = train_one_step(model, recipe, examples(8), folder, False, True, gradient_accumulation_steps=2)
+            trainer = train_one_step(model, recipe, examples(8), folder, distributed=True,
+                                     gradient_accumulation_steps=2)
             accumulated[fsdp] = {"weights": full_trainable(trainer.model), "log": trainer.state.log_history[0]}
         if rank == 0:
             torch.save(accumulated, os.path.join(out_dir, "accumulated.pt"))
@@ -91,7 +82,7 @@ def run(rank: int, world: int, out_dir: str) -> None:
 def case_recipe(
     batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False, save: bool = False, data: str = "all"
 ):
-    from tests.training.ddp_worker import one_step_recipe
+    from tests.helpers.training import one_step_recipe
 
     recipe = one_step_recipe(batch_size=batch_size, chunk_size=chunk_size)
     recipe.lora_r = lora_r
@@ -112,13 +103,6 @@ def full_trainable(model) -> dict:
             value = p.full_tensor() if isinstance(p, DTensor) else p
             out[name] = value.detach().clone()
     return out
-
-
-def train_one_step(model, recipe, data, output_dir, save: bool, distributed: bool | None = None, **overrides):
-    from btok_model.training import train
-
-    backend = {"ddp_backend": "gloo"} if (recipe.fsdp if distributed is None else distributed) else {}
-    return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend, **overrides)
 
 
 def resume_run(rank: int, out_dir: str) -> None:

@@ -5,9 +5,8 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.helpers.numerics import assert_tensors_close
-from tests.helpers.training import tiny_model, trainable
-from tests.training.ddp_worker import CASES, one_step_recipe, run, train_one_step
-from tests.training.fsdp_worker import case_data
+from tests.helpers.training import case_data, one_step_recipe, tiny_model, train_one_step, trainable
+from tests.training.ddp_worker import CASES, run
 
 
 def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):

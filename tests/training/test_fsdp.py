@@ -10,8 +10,8 @@ from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
 from tests.helpers.numerics import assert_tensors_close
-from tests.helpers.training import examples, tiny_model, tiny_recipe, trainable
-from tests.training.fsdp_worker import CASES, case_data, case_model, case_recipe, reference_dir, run, train_one_step
+from tests.helpers.training import case_data, examples, tiny_model, tiny_recipe, train_one_step, trainable
+from tests.training.fsdp_worker import CASES, case_model, case_recipe, reference_dir, run
 
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make", "frozen water"]
 

@@ -51,15 +51,20 @@ def dense_layout_mask(layout: CondensationLayout) -> torch.Tensor:
     return torch.block_diag(*blocks) if blocks else torch.zeros(0, 0, dtype=torch.bool)
 
 
-def dense_attention(q, k, v, layout: CondensationLayout, scale: float, return_lse: bool = False):
+def dense_attention(q, k, v, layout: CondensationLayout, scale: float, return_lse: bool = False,
+                    causal: bool | None = None):
     """Per-sequence dense attention in the inputs' own dtype (fp64 inputs: the oracle;
-    bf16/fp16 inputs: what a plain same-dtype PyTorch implementation achieves)."""
+    bf16/fp16 inputs: what a plain same-dtype PyTorch implementation achieves).
+
+    ``q [T, Hq, D]``, ``k, v [T, Hkv, D]``; returns ``out [T, Hq, D]`` (and the LSE
+    ``[Hq, T]``, fp32 or fp64, with ``return_lse``). ``causal``: None for the layout's own
+    kind, False to run every sequence bidirectionally (a kernel's ``causal`` flag)."""
     hq, hkv = q.shape[1], k.shape[1]
     outs, lses = [], []
     cu = layout.host_cu_seqlens
     for s, (b, t) in enumerate(zip(layout.host_btok_start, layout.host_target_start)):
         a, e = cu[s], cu[s + 1]
-        mask = dense_mask(e - a, b, t, layout.is_causal).to(q.device)
+        mask = dense_mask(e - a, b, t, layout.is_causal if causal is None else causal).to(q.device)
         qs = q[a:e].transpose(0, 1)  # [Hq, L, D]
         ks = k[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)
         vs = v[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from btok_kernels import CondensationLayout
-from tests.ops.test_cuda_backend import EDGE_LAYOUTS, check_cuda_kernels, cuda_random_layout
-from tests.ops.test_cuda_plan import host_build
+from tests.helpers.cuda_kernels import CUDA_EDGE_LAYOUTS, check_cuda_kernels, cuda_random_layout
+from tests.helpers.host_build import host_build
 
 # mode bits of btok_emu_configure
 EAGER, DEFERRED, SHUFFLED = 0, 1, 2
@@ -124,7 +124,7 @@ def test_emulated_conversions_round_like_torch(bf16, emu):
 
 @pytest.mark.parametrize("name", ["one_long", "query_len_1", "no_btoks", "many_tiny", "empty_sequences"])
 def test_emulated_edge_layouts(name, emu):
-    query, btoks, target = EDGE_LAYOUTS[name]
+    query, btoks, target = CUDA_EDGE_LAYOUTS[name]
     layout = CondensationLayout.from_lengths(query, btoks, target)
     dtype = torch.bfloat16 if len(name) % 2 else torch.float16
     check_cuda_kernels(layout, hq=2, hkv=1, d=64, dtype=dtype, launchers=launchers(emu))

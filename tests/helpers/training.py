@@ -43,21 +43,9 @@ def examples(n: int | None = None, negatives: bool = True) -> list[dict]:
 
 def tiny_recipe(**overrides) -> Recipe:
     """A recipe for the tiny models: full fine-tuning, a few steps, no warmup, no clipping."""
-    values = dict(
-        lora_r=0,
-        max_steps=4,
-        batch_size=4,
-        lr=1e-3,
-        warmup_ratio=0.0,
-        max_grad_norm=0.0,
-        generative_weight=1.0,
-        generative_steps=None,
-        logging_steps=1,
-        save_steps=0,
-        seed=0,
-    )
-    values.update(overrides)
-    return Recipe(**values)
+    values = dict(lora_r=0, max_steps=4, batch_size=4, lr=1e-3, warmup_ratio=0.0, max_grad_norm=0.0,
+                  generative_weight=1.0, generative_steps=None, logging_steps=1, save_steps=0, seed=0)
+    return Recipe(**{**values, **overrides})
 
 
 def tiny_model(recipe: Recipe | None = None, family: str = "llama", seed: int = 0, btoks: bool = True):

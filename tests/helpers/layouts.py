@@ -41,6 +41,18 @@ def random_layout(seed: int, max_seqs: int = 5, max_query: int = 70, max_btoks: 
     return query, btoks, target
 
 
+def random_sequences(n: int, seed: int, max_length: int) -> list[tuple[int, int, int]]:
+    """``n`` single sequences ``(length, b, t)``: length 1..``max_length - 1``, then
+    ``0 <= b <= t <= length`` drawn uniformly, from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for _ in range(n):
+        length = int(torch.randint(1, max_length, (1,), generator=g))
+        b, t = sorted(torch.randint(0, length + 1, (2,), generator=g).tolist())
+        cases.append((length, b, t))
+    return cases
+
+
 def make_inputs(layout, hq: int, hkv: int, d: int, dtype: torch.dtype, device=None, seed: int = 0,
                 q_scale: float = 1.0, logits: float | str | None = None, rounded: bool = True):
     """Random ``q [T, hq, d]``, ``k, v [T, hkv, d]``, ``dout [T, hq, d]`` (``T`` the layout's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import TrainerCallback
 
 from btok_model.datasets import write_jsonl
 from btok_model.training import train
@@ -84,6 +85,17 @@ def train_one_step(model, recipe: Recipe, data: list[dict], output_dir, *, distr
     distributed = recipe.fsdp if distributed is None else distributed
     backend = {"ddp_backend": "gloo"} if distributed else {}
     return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend, **overrides)
+
+
+class StopAt(TrainerCallback):
+    """Interrupts a run after ``step`` steps, as a killed job would (after its checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
 
 
 def grads(model) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.helpers.host_build import host_build
+from tests.helpers.layouts import random_sequences
 from tests.helpers.oracle import allowed
 
 # Small tensors only: one intra-op thread (a second one mostly waits, and on a busy machine
@@ -57,17 +58,7 @@ LAYOUT_CASES = [
 ]
 
 
-def _random_cases(n: int, seed: int) -> list[tuple[int, int, int]]:
-    g = torch.Generator().manual_seed(seed)
-    cases = []
-    for _ in range(n):
-        length = int(torch.randint(1, 260, (1,), generator=g))
-        b, t = sorted(torch.randint(0, length + 1, (2,), generator=g).tolist())
-        cases.append((length, b, t))
-    return cases
-
-
-LAYOUT_CASES += _random_cases(16, seed=1)
+LAYOUT_CASES += random_sequences(16, seed=1, max_length=260)
 # (BLOCK_M, BLOCK_N): every shape in csrc/kernels/config.h, then odd ones
 TILES = [(64, 64), (64, 32), (64, 16), (32, 64), (16, 16), (16, 128), (128, 32)]
 

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from btok_kernels.condensation.parallel import _find_tile, _key_plan, _key_range, _row_plan, _row_range
+from tests.helpers.layouts import random_sequences
 from tests.helpers.oracle import allowed
 
 pytestmark = pytest.mark.interpret
@@ -106,17 +107,7 @@ LAYOUT_CASES = [
     (100, 0, 0), (100, 99, 99), (33, 16, 16), (48, 31, 33),
 ]
 
-def _random_cases(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
-    g = torch.Generator().manual_seed(seed)
-    cases = []
-    for _ in range(n):
-        length = int(torch.randint(1, 300, (1,), generator=g))
-        b, t = sorted(torch.randint(0, length + 1, (2,), generator=g).tolist())
-        cases.append((length, b, t))
-    return cases
-
-
-LAYOUT_CASES += _random_cases(24)
+LAYOUT_CASES += random_sequences(24, seed=0, max_length=300)
 TILES = [(16, 16), (16, 32), (32, 16), (64, 16), (16, 128), (128, 32)]
 
 

@@ -110,14 +110,9 @@ def resume_run(rank: int, out_dir: str) -> None:
     first and resumed from its checkpoint in a new model; then a resume from a checkpoint
     written without FSDP."""
     import torch
-    from transformers import TrainerCallback
 
     from btok_model.training import train
-    from tests.helpers.training import examples, tiny_model, tiny_recipe
-
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            control.should_training_stop = state.global_step == 1
+    from tests.helpers.training import StopAt, examples, tiny_model, tiny_recipe
 
     result = {}
     for lora_r in (4, 0):
@@ -125,7 +120,7 @@ def resume_run(rank: int, out_dir: str) -> None:
         runs = os.path.join(out_dir, f"resume-{lora_r}")
         straight = train(tiny_model(recipe), examples(8), recipe, os.path.join(runs, "straight"), save=False)
         stopped = os.path.join(runs, "stopped")
-        train(tiny_model(recipe), examples(8), recipe, stopped, save=False, callbacks=[StopAt()])
+        train(tiny_model(recipe), examples(8), recipe, stopped, save=False, callbacks=[StopAt(1)])
         checkpoint = os.path.join(stopped, "checkpoint-1")
         resumed = train(tiny_model(recipe), examples(8), recipe, stopped, save=False, resume=checkpoint)
         result[lora_r] = {

@@ -87,13 +87,13 @@ def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
     """--train-data with an MMEB-train parquet subset and a JSONL file, --target-side and
     --source-block-size: the run trains on single-source batches and records its sources.
     (Text-only rows: the tiny model here is a text model; images need a VL backbone.)"""
-    from tests.helpers.mmeb_train_data import row, write_parquet
+    from tests.helpers.mmeb_train_data import mmeb_row, write_parquet
 
     backbone = tmp_path / "backbone"
     tiny_backbone(vocab_size=None).save_pretrained(backbone)
     char_tokenizer().save_pretrained(backbone)
-    rows = [row(f"which news is this? {i}\n", "", f"label {i}\n", neg_text="other\n") for i in range(4)]
-    root = write_parquet(tmp_path / "mmeb", {"N24News": rows, "VisDial": [row("a dialogue\n", "", "an image\n")]})
+    rows = [mmeb_row(f"which news is this? {i}\n", "", f"label {i}\n", neg_text="other\n") for i in range(4)]
+    root = write_parquet(tmp_path / "mmeb", {"N24News": rows, "VisDial": [mmeb_row("a dialogue\n", "", "an image\n")]})
     jsonl = str(tmp_path / "a.jsonl")
     write_jsonl(jsonl, examples(4))
     out = tmp_path / "run"

@@ -220,11 +220,11 @@ def write_data_root(path, skip=()) -> str:
     """The authors' four folders under one data root: MMEB-train (parquet, two text rows per
     subset), ViDoRe (parquet), VisRAG (Lance), ShareGPTVideo (Lance)."""
     from btok_model.datasets.mmeb_train import SUBSETS
-    from tests.helpers.mmeb_train_data import row, write_parquet
+    from tests.helpers.mmeb_train_data import mmeb_row, write_parquet
 
     path = os.fspath(path)
     if "mmeb_train" not in skip:
-        rows = {name: [row(f"query {i} of {name}\n", "", f"positive {i}\n") for i in range(2)] for name in SUBSETS}
+        rows = {name: [mmeb_row(f"query {i} of {name}\n", "", f"positive {i}\n") for i in range(2)] for name in SUBSETS}
         write_parquet(os.path.join(path, FOLDERS["mmeb_train"]), rows)
     if "vidore" not in skip:
         write_image_rows(os.path.join(path, FOLDERS["vidore"]), VIDORE_ROWS, "parquet")

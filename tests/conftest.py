@@ -8,6 +8,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.helpers.threads import one_torch_thread  # noqa: E402, F401  (a fixture for every test directory)
+
 
 def _device() -> str:
     if os.environ["TRITON_INTERPRET"] != "1" and torch.cuda.is_available():

@@ -7,11 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import assert_close, pad_batch, random_ids, tiny_model
 
 from btok_model import btok_attention_forward
 from btok_model.backend import attention as attention_module
 from btok_model.backend import fallback
+from tests.helpers.numerics import assert_close
+from tests.helpers.tiny_families import pad_batch, random_ids, tiny_model
 
 B, HQ, HKV, D = 3, 4, 2, 16
 TOL = 1e-5

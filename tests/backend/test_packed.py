@@ -3,21 +3,19 @@ condensation mask exactly as an eager model with a dense 4D mask does."""
 
 import pytest
 import torch
-from model_helpers import (
+
+import btok_model  # noqa: F401  (registers "btok_triton")
+from btok_kernels import CondensationLayout
+from tests.helpers.numerics import assert_close, assert_grads_close, rel_err
+from tests.helpers.tiny_families import (
     VL_MODELS,
-    assert_close,
-    assert_grads_close,
     dense_condensation_mask,
     forward_backward,
     model_backends,
     pad_batch,
     random_ids,
-    rel_err,
     tiny_model,
 )
-
-import btok_model  # noqa: F401  (registers "btok_triton")
-from btok_kernels import CondensationLayout
 
 MODELS = ["llama", "qwen2", "qwen3", "qwen2_vl", "qwen3_vl"]
 TOL = 2e-5

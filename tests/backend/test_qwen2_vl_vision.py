@@ -6,13 +6,16 @@ layers' states at the image tokens), all checked through the same logits and gra
 
 import pytest
 import torch
-from model_helpers import (
+
+import btok_model  # noqa: F401  (registers "btok_triton")
+from btok_kernels import CondensationLayout
+from btok_model.backend import attention as attention_module
+from tests.helpers.numerics import assert_close, assert_grads_close
+from tests.helpers.tiny_families import (
     IMAGE_TOKEN,
     VISION_END,
     VISION_START,
     VL_MODELS,
-    assert_close,
-    assert_grads_close,
     dense_condensation_mask,
     forward_backward,
     model_backends,
@@ -20,10 +23,6 @@ from model_helpers import (
     random_ids,
     tiny_model,
 )
-
-import btok_model  # noqa: F401  (registers "btok_triton")
-from btok_kernels import CondensationLayout
-from btok_model.backend import attention as attention_module
 
 TOL = 2e-5
 GRIDS = [(1, 4, 4), (1, 4, 6)]  # (t, h, w) patches per image; 2x2 merge -> 4 and 6 image tokens

@@ -8,18 +8,11 @@ import inspect
 
 import pytest
 import torch
-from model_helpers import (
-    assert_close,
-    assert_grads_close,
-    forward_backward,
-    model_backends,
-    pad_batch,
-    random_ids,
-    tiny_model,
-)
 from transformers import Qwen3ForCausalLM
 
 import btok_model  # noqa: F401  (registers "btok_triton")
+from tests.helpers.numerics import assert_close, assert_grads_close
+from tests.helpers.tiny_families import forward_backward, model_backends, pad_batch, random_ids, tiny_model
 
 TEXT_MODELS = ["llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen3_vl"]
 # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns); 5.17 has only the old one.

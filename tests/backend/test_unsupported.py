@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from model_helpers import TEXT_CONFIG, tiny_model
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
@@ -22,8 +21,7 @@ import btok_model
 from btok_kernels import CondensationLayout
 from btok_model import UnsupportedModelFeatureError, btok_attention_forward
 from btok_model.backend.mask_interface import check_mask_function
-
-
+from tests.helpers.tiny_families import TEXT_CONFIG, tiny_model
 
 
 def ids(n, b=1):

@@ -12,18 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-if str(ROOT / "tests" / "ops") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests" / "ops"))
-
-from condensation_oracle import dense_attention, rel_err  # noqa: E402
-
-from benchmarks import mask_attn, measure, model_step, oracle, report, table, targets  # noqa: E402
-from benchmarks.harness import run_stem, write_outputs  # noqa: E402
-from benchmarks.peers import PEERS, Case, Padder, Peer, padded_dense_mask  # noqa: E402
-from benchmarks.workloads import (  # noqa: E402
+from benchmarks import mask_attn, measure, model_step, oracle, report, table, targets
+from benchmarks.harness import run_stem, write_outputs
+from benchmarks.peers import PEERS, Case, Padder, Peer, padded_dense_mask
+from benchmarks.workloads import (
     Workload,
     attention_flops,
     design_workloads,
@@ -31,8 +23,12 @@ from benchmarks.workloads import (  # noqa: E402
     sweep_workloads,
     tile_counts,
 )
-from btok_kernels import CondensationLayout, condensation_mask, sequence_mask  # noqa: E402
-from btok_kernels.mask import condensation_mask_mod  # noqa: E402
+from btok_kernels import CondensationLayout, condensation_mask, sequence_mask
+from btok_kernels.mask import condensation_mask_mod
+from tests.helpers.numerics import rel_err
+from tests.helpers.oracle import dense_attention, dense_layout_mask
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_design_workloads_match_the_readme():
@@ -60,21 +56,12 @@ def test_sweep_keeps_target_an_eighth_and_hidden_size():
         assert w.num_heads * w.head_dim == 1536 and w.num_heads % w.num_kv_heads == 0
 
 
-def _brute_force_pairs(layout):
-    brute = 0
-    for length, b, t in zip(layout.seqlens, layout.host_btok_start, layout.host_target_start):
-        for i in range(length):
-            for j in range(length):
-                brute += (j <= i) and not (i >= t and j < b)
-    return brute
-
-
 @pytest.mark.parametrize("lens", [((5, 2, 3), 2, (2, 1, 0)), ((1,), 0, (0,)), ((0, 7), 3, (2, 2))],
                          ids=["three", "single", "empty_query"])
 def test_kept_pairs_and_flops_by_brute_force(lens):
     query, btoks, target = lens
     wl = Workload("t", query, btoks, target, num_heads=3, num_kv_heads=1, head_dim=8)
-    brute = _brute_force_pairs(wl.layout())
+    brute = int(dense_layout_mask(wl.layout()).sum())
     assert wl.kept_pairs() == brute
     assert wl.flops("fwd") == attention_flops(brute, num_heads=3, head_dim=8, mode="fwd") == 4 * 8 * 3 * brute
     assert wl.flops("fwd_bwd") == 3.5 * wl.flops("fwd")

@@ -12,20 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import btok_step, encode, model_step, report, steps
+from btok_kernels import CondensationLayout
+
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import btok_step, encode, model_step, report, steps  # noqa: E402
-from btok_kernels import CondensationLayout  # noqa: E402
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _plain_causal(model, batch, device):
@@ -53,7 +43,7 @@ def _forward_only(prepare):
     return skipped
 
 
-def test_btok_step_rows_agree_with_the_reference_and_a_wrong_mask_fails(tmp_path, monkeypatch, one_thread):
+def test_btok_step_rows_agree_with_the_reference_and_a_wrong_mask_fails(tmp_path, monkeypatch, one_torch_thread):
     extra = [steps.Row("no_cut", "btok_triton", _plain_causal),
              steps.Row("fwd_ok", "sdpa", _forward_only(btok_step._single_pass(None))),
              steps.Row("fwd_no_cut", "btok_triton", _forward_only(_plain_causal))]
@@ -123,7 +113,7 @@ def test_predicted_tokens_by_hand():
     assert encode.predicted_tokens([5, 3, 8], 2, 8, "padded") == 3 * 10
 
 
-def test_encode_benchmark_checks_and_compares_the_methods(tmp_path, one_thread):
+def test_encode_benchmark_checks_and_compares_the_methods(tmp_path, one_torch_thread):
     out = encode.main(["--device", "cpu", "--workloads", "short", "--texts", "7", "--batch-size", "3", "--reps", "1",
                        "--layers", "1", "--check-texts", "4", "--out-dir", str(tmp_path), "--stem", "e"])
     rows = out["rows"]
@@ -214,7 +204,7 @@ def test_report_has_the_model_sections(tmp_path, capsys):
     assert "long packed 1.0050" in line and "yes" in line, line
 
 
-def test_a_run_cut_short_keeps_its_rows(tmp_path, monkeypatch, one_thread):
+def test_a_run_cut_short_keeps_its_rows(tmp_path, monkeypatch, one_torch_thread):
     """The JSON is written before the first row and after each one (an outer timeout keeps them)."""
     real = steps.run_row
     done = []

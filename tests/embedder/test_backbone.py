@@ -3,9 +3,7 @@ from the EOS row, LoRA on the language model only, pixel limits, the shared coll
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, char_tokenizer, tiny_backbone, train_one_step
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, LlavaConfig, Qwen2Config
-from vl_tiny import IMAGE_TOKEN, frames, image, image_processor, processor, tiny_vl_backbone, vl_tokenizer
 
 from btok_model import BTokModel
 from btok_model.embedder.backbone import (
@@ -19,6 +17,8 @@ from btok_model.embedder.multimodal import MultimodalCollator
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.tokens import lora_target_modules
 from btok_model.training.presets import AUTHORS_LORA_MODULES
+from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
+from tests.helpers.tiny_vl import IMAGE_TOKEN, frames, image, image_processor, processor, tiny_vl_backbone, vl_tokenizer
 
 TEXTS = ["the cat sat", "a dog", "x"]
 
@@ -34,7 +34,7 @@ def test_backbone_class_by_model_type():
 @pytest.fixture
 def tiny_gguf(tmp_path):
     pytest.importorskip("gguf")
-    from gguf_tiny import write_tiny_gguf
+    from tests.helpers.tiny_gguf import write_tiny_gguf
 
     reference = write_tiny_gguf(tmp_path / "tiny.gguf")
     return tmp_path, "tiny.gguf", reference
@@ -57,7 +57,7 @@ def test_gguf_backbone_loads_dequantised_trains_saves_and_reloads(tiny_gguf, tmp
     assert not list((tmp_path / "check").iterdir()), "the check must leave nothing behind"
 
     btok = BTokModel.from_backbone(str(folder), gguf_file=name, dtype=torch.float32, lora=2)
-    train_one_step(btok, EXAMPLES)
+    adamw_step(btok, EXAMPLES)
     btok.save_pretrained(tmp_path / "saved")
     again = BTokModel.from_pretrained(tmp_path / "saved")
     assert again.tokenizer("the cat")["input_ids"] == btok.tokenizer("the cat")["input_ids"]

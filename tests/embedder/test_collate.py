@@ -4,10 +4,10 @@ import pickle
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, tiny_btok
 
 from btok_model import ExampleError
 from btok_model.embedder import LossWeights
+from tests.helpers.tiny_models import EXAMPLES, tiny_btok
 
 PREFIX, SUFFIX = "<|im_start|>assistant\n", "<|im_end|>"
 

@@ -3,17 +3,14 @@ target sees its query only through the BToks."""
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, tiny_btok
 
 from btok_kernels import CondensationLayout
 from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.losses import next_token_loss
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny_models import EXAMPLES, tiny_btok
 
 TOL = 2e-6
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def target_rows(layout) -> torch.Tensor:

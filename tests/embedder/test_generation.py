@@ -8,16 +8,16 @@ bad arguments raise naming them."""
 
 import pytest
 import torch
-from btok_tiny import tiny_btok
-from test_multimodal_training import continuing_positions
-from test_twopass import TOL, rel_err
-from vl_tiny import image, tiny_vl_btok
 
 from btok_kernels import CondensationLayout
 from btok_model import ExampleError
 from btok_model.embedder import Target
 from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.media import MEDIA_BATCH_KEYS
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny_vl import image, tiny_vl_btok
+from tests.helpers.twopass import TOL, continuing_positions
 
 STEPS = 3  # generated tokens compared: the first (predicted by the last prefix row) and two more
 

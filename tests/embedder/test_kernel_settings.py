@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, tiny_btok
-from vl_tiny import image, tiny_vl_btok
 
 from btok_model import BTokModel, KernelSettings
 from btok_model.backend import attention
+from tests.helpers.tiny_models import EXAMPLES, tiny_btok
+from tests.helpers.tiny_vl import image, tiny_vl_btok
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing"]
 

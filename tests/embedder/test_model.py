@@ -4,17 +4,14 @@ import json
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, char_tokenizer, snapshot, tiny_backbone, tiny_btok, train_one_step
 from transformers import AutoModelForCausalLM
 
 from btok_model import BTokModel
 from btok_model.embedder.backbone import transformers_model
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, snapshot, tiny_backbone, tiny_btok
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing in particular", "x", "four", "2 + 2"]
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -197,7 +194,7 @@ def test_only_adapters_and_btok_rows_train(family, mode):
     embed, head = hf.get_input_embeddings(), hf.get_output_embeddings()
     before = snapshot(model)
     rows_before, head_before = _effective_rows(model, embed), _effective_rows(model, head)
-    trainable = train_one_step(model, EXAMPLES)
+    trainable = adamw_step(model, EXAMPLES)
 
     kinds = {"lora_A", "lora_B", "trainable_tokens_delta"} if mode == "lora" else {"trainable_tokens_delta"}
     assert trainable and all(any(k in n for k in kinds) for n in trainable), sorted(trainable)
@@ -224,14 +221,14 @@ def test_full_fine_tuning_trains_everything():
     model = tiny_btok()
     assert all(p.requires_grad for p in model.parameters())
     before = snapshot(model)
-    train_one_step(model, EXAMPLES)
+    adamw_step(model, EXAMPLES)
     assert all(not torch.equal(p, before[n]) for n, p in model.backbone.named_parameters())
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_lora_model_saves_merged(family, tmp_path):
     model = tiny_btok(family, lora=4)
-    train_one_step(model, EXAMPLES)
+    adamw_step(model, EXAMPLES)
     model.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("adapter*")), "the folder must be a plain transformers model"
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
@@ -261,7 +258,7 @@ def test_pooled_embedder_save_load_round_trip(tmp_path):
     from btok_model import PooledEmbedder
 
     model = PooledEmbedder.from_backbone(tiny_backbone("qwen2"), char_tokenizer(), "mean", lora=4, temperature=0.1)
-    train_one_step(model, EXAMPLES)
+    adamw_step(model, EXAMPLES)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "pooled_config.json").read_text())["pooling"] == "mean"
     loaded = PooledEmbedder.from_pretrained(tmp_path)

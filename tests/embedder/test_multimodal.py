@@ -7,10 +7,14 @@ import pickle
 
 import pytest
 import torch
-from btok_tiny import char_tokenizer, tiny_backbone, tiny_btok
 from transformers import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
-from vl_tiny import (
+
+from btok_model import BTokModel, ExampleError
+from btok_model.training.mixed_dataset import load_examples
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny_vl import (
     IMAGE_TOKEN,
     VIDEO_TOKEN,
     VISION_END,
@@ -24,14 +28,7 @@ from vl_tiny import (
     vl_tokenizer,
 )
 
-from btok_model import BTokModel, ExampleError
-from btok_model.training.mixed_dataset import load_examples
-
 TOL = 2e-5
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def sequences(batch, key="input_ids"):

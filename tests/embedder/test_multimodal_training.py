@@ -10,9 +10,6 @@ import json
 
 import pytest
 import torch
-from btok_tiny import snapshot, train_one_step
-from test_twopass import TOL, assert_same, rel_err, single_pass, two_pass
-from vl_tiny import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 
 from btok_model import BTokModel
 from btok_model.embedder import LossWeights
@@ -20,6 +17,10 @@ from btok_model.embedder.backbone import transformers_model
 from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny_models import adamw_step, snapshot
+from tests.helpers.tiny_vl import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
+from tests.helpers.twopass import TOL, assert_same, continuing_positions, single_pass, two_pass
 
 # Queries with images (1..6 tokens, non-square grids), an image + a 4-frame video, text only; targets
 # given, defaulted to the positive, absent. Targets are long enough to span several rows.
@@ -61,18 +62,6 @@ def side_examples(side: str) -> list[dict]:
         {"query": {"image": image(84, 56, 2)}, "positive": {"text": "blue sky", "image": image(56, 84, 8)}},
     ]
     return [dict(ex, target_side=side) for ex in examples]
-
-
-def continuing_positions(batch: dict) -> torch.Tensor:
-    """``position_ids`` with every target moved to start right after its ``[input | BToks]``'s
-    largest M-RoPE position (btok's rule before it followed the authors' token count)."""
-    layout, positions = batch["btok_layout"], batch["position_ids"].clone()
-    cu = layout.host_cu_seqlens
-    for s, t in enumerate(layout.host_target_start):
-        a, b = cu[s], cu[s + 1]
-        if t < b - a:
-            positions[..., a + t : b] -= t - 1 - int(positions[..., a : a + t].max())
-    return positions
 
 
 @pytest.mark.parametrize("family", VL_FAMILIES)
@@ -133,7 +122,7 @@ def test_what_trains(family, mode):
     kwargs = {"lora": dict(lora=4), "frozen": dict(freeze_backbone=True), "full": {}}[mode]
     model = tiny_vl_btok(family, **kwargs)
     before, rows_before = snapshot(model), _embedding_rows(model)
-    trainable = train_one_step(model, EXAMPLES)
+    trainable = adamw_step(model, EXAMPLES)
     after, rows_after = snapshot(model), _embedding_rows(model)
     changed = {n for n in before if not torch.equal(after[n], before[n])}
     visual = {n for n in before if ".visual." in n}

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from btok_tiny import char_tokenizer, tiny_backbone
 
 from btok_model import BTokModel
 from btok_model.embedder import precision
 from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.precision import choose_dtype, native_cpu_bf16, parse_dtype, resolve_dtype
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 
 X86_NO_BF16 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
 X86_AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"

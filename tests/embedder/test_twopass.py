@@ -5,11 +5,11 @@ the positives', both, none)."""
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, tiny_btok
 
 from btok_model.embedder.twopass import two_pass_forward
-
-TOL = 2e-5  # relative L2, fp32: the two formulations sum the same terms in another order
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny_models import EXAMPLES, tiny_btok
+from tests.helpers.twopass import TOL, assert_same, single_pass, two_pass
 
 # Long enough that queries and targets span several key blocks of the kernels.
 LONG_EXAMPLES = EXAMPLES + [
@@ -21,58 +21,6 @@ LONG_EXAMPLES = EXAMPLES + [
     },
     {"query": "x", "positive": "y", "target": "z"},
 ]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-def probe(n: int, h: int, seed: int = 3) -> torch.Tensor:
-    """Fixed random weights for a linear functional of the embeddings."""
-    return torch.randn(n, h, generator=torch.Generator().manual_seed(seed))
-
-
-def grads(model) -> dict:
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def _backward(embeddings, generative):
-    """Backward of the generative loss (if any) + a fixed linear functional of the embeddings."""
-    loss = (embeddings * probe(*embeddings.shape)).sum()
-    (loss if generative is None else loss + generative).backward()
-
-
-def single_pass(model, examples):
-    """``(query and candidate embeddings, generative loss, scored tokens, gradients)`` of the packed pass."""
-    model.zero_grad(set_to_none=True)
-    out = model.embed_batch(model.collate(examples))
-    embeddings = torch.cat([out.query_embeddings, out.candidate_embeddings])
-    _backward(embeddings, out.generative_loss)
-    return embeddings.detach(), out.generative_loss, out.num_target_tokens, grads(model)
-
-
-def two_pass(model, examples, attn):
-    """The same from :func:`two_pass_forward` under the attention implementation ``attn``."""
-    model.backbone.set_attn_implementation(attn)
-    try:
-        model.zero_grad(set_to_none=True)
-        out = two_pass_forward(model, examples)
-        embeddings = torch.cat([out.query_embeddings, out.candidate_embeddings])
-        _backward(embeddings, out.generative_loss)
-        return embeddings.detach(), out.generative_loss, out.num_target_tokens, grads(model)
-    finally:
-        model.backbone.set_attn_implementation("btok_triton")
-
-
-def assert_same(single, double, what):
-    (q1, g1, n1, grads1), (q2, g2, n2, grads2) = single, double
-    assert n1 == n2 > 0
-    assert rel_err(g1.detach(), g2.detach()) < TOL, f"{what}: generative loss {g1.item()} vs {g2.item()}"
-    assert rel_err(q1, q2) < TOL, f"{what}: embeddings"
-    assert grads1.keys() == grads2.keys() and len(grads1) > 0
-    for name in grads2:
-        assert torch.isfinite(grads1[name]).all(), name
-        assert rel_err(grads1[name], grads2[name]) < TOL, f"{what}: gradient of {name}"
 
 
 def with_side(examples, side):

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-from mmeb_fixtures import FIXTURE_DATASETS, png, write_dataset, write_fixture
 
 from btok_model.evaluation.metrics import graded_metrics_from_scores
 from btok_model.evaluation.mmeb_v2 import aggregate, evaluate_mmeb_v2, evaluate_task, markdown_table, open_tasks
 from btok_model.evaluation.mmeb_v2_index import dataset
+from tests.helpers.mmeb_v2_data import FIXTURE_DATASETS, png, write_dataset, write_fixture
 
 QUIET = {"show_progress_bar": False, "log": lambda _: None}
 QA_PREFIX = (
@@ -73,7 +73,7 @@ def _dense_reference(task, model) -> dict:
 
 
 def test_fixture_through_tiny_qwen2_vl(root, tmp_path):
-    from vl_tiny import tiny_vl_btok
+    from tests.helpers.tiny_vl import tiny_vl_btok
 
     torch.manual_seed(0)
     model = tiny_vl_btok()
@@ -336,9 +336,8 @@ def test_training_eval_source(root):
 def test_cli_baseline_path_names_what_the_model_cannot_embed(root, tmp_path):
     # --baseline last-token goes through the same pipeline; a text-only backbone cannot embed
     # an image query, and the check before the run says so, naming the dataset.
-    from btok_tiny import char_tokenizer, tiny_backbone
-
     from btok_model.evaluate import main
+    from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 
     backbone = tmp_path / "backbone"
     tiny_backbone(vocab_size=None).save_pretrained(backbone)

@@ -7,7 +7,6 @@ from pathlib import Path
 import mteb  # the [mteb] extra (in the test extra)
 import pytest
 import torch
-from btok_tiny import tiny_btok
 from datasets import Dataset  # mteb's dependency
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
@@ -17,6 +16,7 @@ from mteb.types import PromptType
 from btok_model.evaluation import evaluate, load_task
 from btok_model.evaluation.runner import EmbeddingScorer
 from btok_model.mteb import DEFAULT_INSTRUCTIONS, MTEBEncoder
+from tests.helpers.tiny_models import tiny_btok
 
 PAIRS = [
     {"query": "a small furry pet", "positive": "cat"},

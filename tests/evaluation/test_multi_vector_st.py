@@ -5,7 +5,8 @@ raises a clear ImportError."""
 
 import pytest
 import torch
-from btok_tiny import tiny_btok
+
+from tests.helpers.tiny_models import tiny_btok
 
 st = pytest.importorskip("sentence_transformers")
 

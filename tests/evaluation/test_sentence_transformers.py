@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from btok_tiny import tiny_btok
+
+from tests.helpers.tiny_models import tiny_btok
 
 st = pytest.importorskip("sentence_transformers")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from condensation_oracle import LargestTensor, rel_err
 
 from btok_kernels import CondensationLayout, condensation_attention
+from tests.helpers.dispatch_modes import LargestTensor
+from tests.helpers.numerics import rel_err
 
 
 def _qkv(total, hq=4, hkv=2, d=16, dtype=torch.float32, device="cpu"):

@@ -13,48 +13,22 @@ import math
 
 import pytest
 import torch
-from condensation_oracle import PoisonEmpty, dense_attention, rel_err
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation.parallel import condensation_bwd_triton, condensation_fwd_triton
+from tests.helpers.dispatch_modes import PoisonEmpty
+from tests.helpers.layouts import edge_layouts, make_inputs, random_layout
+from tests.helpers.numerics import CEILING, DTYPE_IDS, FLOOR, rel_err
+from tests.helpers.oracle import dense_attention
 
-# absolute ceilings on the relative L2 error, and floors added to the 2x rule
-CEILING = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
-DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-# (query_lens, num_btoks, target_lens)
+# the shared edge cases, with a long sequence and a tile-aligned one for the Triton kernels'
+# tiles (the order sets each case's dtype below)
 EDGE_LAYOUTS = {
     "one_long": ([97], 4, [58]),  # longer than many tiles, boundaries off the tile grid
-    "query_len_1": ([1, 1], [4, 2], [9, 1]),
-    "no_target": ([23, 40], 4, [0, 0]),
-    "K1": ([30, 5], 1, [12, 20]),
-    "no_btoks": ([12], 0, [21]),  # b == t: target rows see only the target
-    "no_query": ([0, 0], [3, 16], [20, 1]),  # b == 0: plain causal
-    "shorter_than_tile": ([3, 2, 5], [2, 1, 3], [4, 0, 2]),
+    **edge_layouts("query_len_1", "no_target", "K1", "no_btoks", "no_query", "shorter_than_tile"),
     "tile_aligned": ([16, 32], 16, [32, 16]),
-    "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
-    "empty_sequences": ([0, 21, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),  # zero-length slots in the pack
+    **edge_layouts("many_tiny", "empty_sequences"),
 }
-
-
-def random_layout(seed: int, max_seqs: int = 5) -> tuple[list[int], list[int], list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(1, max_seqs + 1, (1,), generator=g))
-    query = torch.randint(0, 70, (n,), generator=g).tolist()
-    btoks = torch.randint(1, 9, (n,), generator=g).tolist()
-    target = torch.randint(0, 45, (n,), generator=g).tolist()
-    return query, btoks, target
-
-
-def make_inputs(layout, hq, hkv, d, dtype, device, seed=0, q_scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    total = layout.total_tokens
-    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64) * q_scale
-    k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
-    v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
-    do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
-    return [x.to(device) for x in (q, k, v, do)], [x.to(device=device, dtype=dtype) for x in (q, k, v, do)]
 
 
 def oracle_and_same_dtype(layout, exact, lowp, scale):
@@ -111,7 +85,7 @@ def extreme_inputs(layout, hq, hkv, d, dtype, device, mode, seed=0):
 def check_kernels(layout, hq, hkv, d, dtype, device, tiles=None, gqa_split=None, seed=0, q_scale=1.0,
                   fused_dq=False, extreme=None, autotune=False):
     if extreme is None:
-        exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale)
+        exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale, rounded=False)
     else:
         exact, lowp = extreme_inputs(layout, hq, hkv, d, dtype, device, extreme, seed)
     scale = 1.0 / math.sqrt(d)
@@ -296,7 +270,7 @@ LAYOUT_KINDS = {
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpret)])
 def test_public_function_autograd_and_lse(backend, kind, device):
     layout = LAYOUT_KINDS[kind](device)
-    exact, (q, k, v, do) = make_inputs(layout, 4, 2, 32, torch.float32, device)
+    exact, (q, k, v, do) = make_inputs(layout, 4, 2, 32, torch.float32, device, rounded=False)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     out, lse = condensation_attention(q, k, v, layout, backend=backend, return_lse=True, softmax_scale=0.3)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import math
 import runpy
 from pathlib import Path
 
 import pytest
 import torch
-from condensation_oracle import dense_mask, rel_err
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import cuda
+from tests.helpers.cuda_kernels import CUDA_EDGE_LAYOUTS, check_cuda_kernels, cuda_random_layout
+from tests.helpers.layouts import make_inputs
+from tests.helpers.numerics import CEILING, DTYPE_IDS, rel_err
+from tests.helpers.oracle import dense_attention
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_CUDA = torch.cuda.is_available()
@@ -201,139 +203,18 @@ def test_setup_builds_the_extension_with_cuda_torch_and_nvcc(setup_py, arch_list
 # --------------------------------------------------------------------------------------
 # the kernels against the fp64 oracle: CUDA devices
 # --------------------------------------------------------------------------------------
-CEILING = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
-FLOOR = {torch.float16: 1e-4, torch.bfloat16: 1e-3}
-DTYPE_IDS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-# (query_lens, num_btoks, target_lens)
-EDGE_LAYOUTS = {
-    "one_long": ([397], 16, [158]),  # several tiles, boundaries off the tile grid
-    "query_len_1": ([1, 1], [4, 2], [9, 1]),
-    "no_target": ([23, 140], 4, [0, 0]),
-    "K1": ([130, 5], 1, [12, 200]),
-    "no_btoks": ([12, 70], 0, [121, 3]),  # b == t: target rows see only the target
-    "no_query": ([0, 0], [3, 16], [120, 1]),  # b == 0: plain causal
-    "shorter_than_tile": ([3, 2, 5], [2, 1, 3], [4, 0, 2]),
-    "tile_aligned": ([64, 128], 64, [128, 64]),
-    "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
-    "empty_sequences": ([0, 210, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),
-}
-
-
-def random_layout(seed: int, max_seqs: int = 6, max_query: int = 600, max_target: int = 200):
-    g = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(1, max_seqs + 1, (1,), generator=g))
-    query = torch.randint(0, max_query, (n,), generator=g).tolist()
-    btoks = torch.randint(1, 17, (n,), generator=g).tolist()
-    target = torch.randint(0, max_target, (n,), generator=g).tolist()
-    return query, btoks, target
-
-
-def dense_reference(q, k, v, layout: CondensationLayout, scale: float, causal: bool):
-    """Per-sequence dense attention in the inputs' dtype (fp64: the oracle), and its LSE."""
-    hq, hkv = q.shape[1], k.shape[1]
-    outs, lses = [], []
-    cu = layout.host_cu_seqlens
-    for s, (b, t) in enumerate(zip(layout.host_btok_start, layout.host_target_start)):
-        a, e = cu[s], cu[s + 1]
-        mask = dense_mask(e - a, b, t) if causal else torch.ones(e - a, e - a, dtype=torch.bool)
-        qs = q[a:e].transpose(0, 1)
-        ks = k[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)
-        vs = v[a:e].transpose(0, 1).repeat_interleave(hq // hkv, 0)
-        scores = ((qs @ ks.transpose(-1, -2)) * scale).masked_fill(~mask.to(q.device), float("-inf"))
-        outs.append((scores.softmax(-1) @ vs).transpose(0, 1))
-        lses.append(scores.double().logsumexp(-1))
-    return torch.cat(outs, 0), torch.cat(lses, 1)
-
-
-def make_inputs(layout, hq, hkv, d, dtype, seed=0, q_scale=1.0, logits=None, device="cuda"):
-    """q, k, v, dout on ``device`` in ``dtype``, and the same numbers in fp64 for the oracle
-    (rounded first, so that the oracle sees what the kernels see).
-
-    ``logits``: None for Gaussian inputs (q times ``q_scale``); a number L: every q and k
-    lie near one direction, scaled so that every scaled logit is near L; "mixed": rows and
-    keys of random sign and size along it, logits spread over about +-45.
-    """
-    g = torch.Generator().manual_seed(seed)
-    total = layout.total_tokens
-    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64) * q_scale
-    k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
-    v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
-    do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
-    if logits is not None:
-        u = torch.randn(d, generator=g, dtype=torch.float64)
-        u /= u.norm()
-        if logits == "mixed":
-            size = math.sqrt(45 * math.sqrt(d))
-            q_amp = torch.rand(total, hq, 1, generator=g, dtype=torch.float64) * 2 - 1
-            k_amp = torch.randint(0, 2, (total, hkv, 1), generator=g).double() * 2 - 1
-        else:
-            size = math.sqrt(abs(logits) * math.sqrt(d))  # q . k / sqrt(d) = logits
-            q_amp = torch.full((total, hq, 1), math.copysign(1.0, logits), dtype=torch.float64)
-            k_amp = torch.ones(total, hkv, 1, dtype=torch.float64)
-        q = 0.5 * q + q_amp * size * u
-        k = 0.5 * k + k_amp * size * u
-    lowp = [x.to(device=device, dtype=dtype) for x in (q, k, v, do)]
-    return [x.double() for x in lowp], lowp
-
-
-def poison_allocator():
-    """Leaves NaN in the CUDA caching allocator's free blocks, so that an output element a
-    kernel forgets to write is likely to read as NaN (the ops allocate in C++, out of reach
-    of a dispatch mode)."""
-    blocks = [torch.full((n,), float("nan"), device="cuda") for n in (1 << 24, 1 << 20, 1 << 17, 1 << 14, 1 << 11)]
-    del blocks
-
-
-def check_cuda_kernels(layout, hq, hkv, d, dtype, seed=0, q_scale=1.0, logits=None, causal=True, launchers=None):
-    """Forward and backward against the fp64 oracle. ``launchers``: (fwd, bwd) with the
-    signatures of cuda.condensation_fwd_cuda / condensation_bwd_cuda (the default); the
-    tensors live on the layout's device."""
-    fwd, bwd = launchers or (cuda.condensation_fwd_cuda, cuda.condensation_bwd_cuda)
-    device = layout.device
-    exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed, q_scale, logits, device)
-    scale = 1.0 / math.sqrt(d)
-    refs = []
-    for q, k, v, do in (exact, lowp):
-        q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
-        out, lse = dense_reference(q, k, v, layout, scale, causal)
-        refs.append((out.detach(), *torch.autograd.grad(out, (q, k, v), do), lse))
-    (o_ref, *g_ref, lse_ref), (o_low, *g_low, _) = refs
-    q, k, v, do = lowp
-    args = (layout.cu_seqlens, layout.btok_start, layout.target_start, scale, causal)
-    if device.type == "cuda":
-        poison_allocator()
-    out, lse = fwd(q, k, v, *args)
-    if device.type == "cuda":
-        poison_allocator()
-    grads = bwd(do, q, k, v, out, lse, *args)
-    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    for name, got, ref, low in zip(("out", "dq", "dk", "dv"), (out, *grads), (o_ref, *g_ref), (o_low, *g_low)):
-        assert not torch.isnan(got).any(), f"{name}: NaN in the result (an element was never written?)"
-        err, bound = rel_err(got, ref), 2 * rel_err(low, ref) + FLOOR[dtype]
-        # With every key near one direction, dQ = scale * sum_j dS_j k_j cancels that large
-        # common part (sum_j dS_j = 0), which amplifies the rounding of dS to the tensor-core
-        # dtype; the ceilings assume well-conditioned inputs, so there dQ has the 2x rule only.
-        if not (logits is not None and name == "dq"):
-            bound = min(bound, CEILING[dtype])
-        assert err <= bound, f"{name}: relative L2 error {err:.3e} > bound {bound:.3e}"
-    assert lse.dtype == torch.float32 and lse.shape == (hq, layout.total_tokens)
-    # the LSE comes from fp32 scores of the same rounded inputs: close to the oracle's
-    assert rel_err(lse, lse_ref) <= 1e-4, f"lse: relative L2 error {rel_err(lse, lse_ref):.3e}"
-
-
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("name", list(EDGE_LAYOUTS))
+@pytest.mark.parametrize("name", list(CUDA_EDGE_LAYOUTS))
 def test_cuda_edge_layouts(name, dtype):
-    layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS[name], device="cuda")
+    layout = CondensationLayout.from_lengths(*CUDA_EDGE_LAYOUTS[name], device="cuda")
     check_cuda_kernels(layout, hq=4, hkv=2, d=64, dtype=dtype)
 
 
 @needs_gpu
 @pytest.mark.parametrize("seed", range(8))
 def test_cuda_random_layouts(seed):
-    layout = CondensationLayout.from_lengths(*random_layout(seed), device="cuda")
+    layout = CondensationLayout.from_lengths(*cuda_random_layout(seed), device="cuda")
     dtype = (torch.bfloat16, torch.float16)[seed % 2]
     d = (64, 128, 96, 256)[seed % 4]
     check_cuda_kernels(layout, hq=6, hkv=2, d=d, dtype=dtype, seed=seed)
@@ -494,7 +375,7 @@ def test_cuda_public_function_autograd_lse_and_compile(bidirectional):
     out, lse = condensation_attention(q, k, v, layout, backend="cuda", return_lse=True, softmax_scale=0.1)
     grads = torch.autograd.grad(out, (q, k, v), do)
     eq, ek, ev = (x.detach().requires_grad_() for x in exact[:3])
-    ref, lse_ref = dense_reference(eq, ek, ev, layout, 0.1, causal=not bidirectional)
+    ref, lse_ref = dense_attention(eq, ek, ev, layout, 0.1, return_lse=True, causal=not bidirectional)
     refs = (ref, *torch.autograd.grad(ref, (eq, ek, ev), exact[3]))
     assert rel_err(lse, lse_ref) <= 1e-4 and not lse.requires_grad
     for got, want in zip((out, *grads), refs):

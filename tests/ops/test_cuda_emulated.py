@@ -18,23 +18,18 @@ import math
 
 import pytest
 import torch
-from test_cuda_backend import EDGE_LAYOUTS, check_cuda_kernels, random_layout
-from test_cuda_plan import host_build
 
 from btok_kernels import CondensationLayout
+from tests.helpers.cuda_kernels import CUDA_EDGE_LAYOUTS, check_cuda_kernels, cuda_random_layout
+from tests.helpers.host_build import host_build
 
 # mode bits of btok_emu_configure
 EAGER, DEFERRED, SHUFFLED = 0, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors only: one intra-op thread (a second one mostly waits, and on a busy
-    machine waits for long)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors only: one intra-op thread (a second one mostly waits, and on a busy machine
+# waits for long).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +124,7 @@ def test_emulated_conversions_round_like_torch(bf16, emu):
 
 @pytest.mark.parametrize("name", ["one_long", "query_len_1", "no_btoks", "many_tiny", "empty_sequences"])
 def test_emulated_edge_layouts(name, emu):
-    query, btoks, target = EDGE_LAYOUTS[name]
+    query, btoks, target = CUDA_EDGE_LAYOUTS[name]
     layout = CondensationLayout.from_lengths(query, btoks, target)
     dtype = torch.bfloat16 if len(name) % 2 else torch.float16
     check_cuda_kernels(layout, hq=2, hkv=1, d=64, dtype=dtype, launchers=launchers(emu))
@@ -145,7 +140,7 @@ def test_emulated_copy_timing_and_thread_order(mode, emu):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_emulated_random_layouts(seed, emu):
-    layout = CondensationLayout.from_lengths(*random_layout(seed, max_seqs=3, max_query=150, max_target=60))
+    layout = CondensationLayout.from_lengths(*cuda_random_layout(seed, max_seqs=3, max_query=150, max_target=60))
     dtype = (torch.bfloat16, torch.float16)[seed % 2]
     check_cuda_kernels(layout, hq=3, hkv=1, d=64, dtype=dtype, seed=seed, launchers=launchers(emu))
 

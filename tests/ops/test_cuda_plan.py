@@ -13,48 +13,19 @@ others. The header's own C++ unit test (the one csrc/check_build.sh runs) runs h
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import itertools
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-CSRC = ROOT / "csrc"
-CXX = shutil.which("g++") or shutil.which("c++")
+from tests.helpers.host_build import host_build
+from tests.helpers.layouts import random_sequences
+from tests.helpers.oracle import allowed
 
-
-def host_build(name: str, sources: list[str], flags: list[str], shared: bool) -> Path:
-    """Compiles csrc sources for the host into build/csrc_host/, reusing an earlier build of
-    the same sources, headers and flags."""
-    assert CXX is not None, "no host C++ compiler (g++) on PATH: the csrc host tests need one"
-    digest = hashlib.sha256(" ".join([CXX, *flags, str(shared)]).encode())
-    for path in sorted(CSRC.rglob("*")):
-        if path.suffix in (".h", ".cuh", ".cpp", ".cu"):
-            digest.update(path.read_bytes())
-    out_dir = ROOT / "build" / "csrc_host" / digest.hexdigest()[:16]
-    out = out_dir / (f"lib{name}.so" if shared else name)
-    if not out.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        cmd = [CXX, *flags, *(["-shared", "-fPIC"] if shared else []), "-o", str(tmp), *(str(CSRC / s) for s in sources)]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        assert run.returncode == 0, f"host build failed: {' '.join(cmd)}\n{run.stderr[-4000:]}"
-        tmp.rename(out)  # atomic: a concurrent run sees the whole file or none
-    return out
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors only: one intra-op thread (a second one mostly waits, and on a busy
-    machine waits for long)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors only: one intra-op thread (a second one mostly waits, and on a busy machine
+# waits for long).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +50,6 @@ def test_header_unit_test():
     assert run.stdout.startswith("tile_plan_test: OK"), run.stdout
 
 
-def allowed(i: torch.Tensor, j: torch.Tensor, seqlen: int, b: int, t: int, causal: bool) -> torch.Tensor:
-    """The mask, written independently of the header."""
-    inside = (i < seqlen) & (j < seqlen)
-    if not causal:
-        return inside
-    return inside & (j <= i) & ~((i >= t) & (j < b))
-
-
 LAYOUT_CASES = [
     # (seqlen, b, t)
     (1, 0, 1), (1, 0, 0), (1, 1, 1), (7, 3, 5), (16, 8, 16), (17, 4, 10), (40, 0, 40),
@@ -95,17 +58,7 @@ LAYOUT_CASES = [
 ]
 
 
-def _random_cases(n: int, seed: int) -> list[tuple[int, int, int]]:
-    g = torch.Generator().manual_seed(seed)
-    cases = []
-    for _ in range(n):
-        length = int(torch.randint(1, 260, (1,), generator=g))
-        b, t = sorted(torch.randint(0, length + 1, (2,), generator=g).tolist())
-        cases.append((length, b, t))
-    return cases
-
-
-LAYOUT_CASES += _random_cases(16, seed=1)
+LAYOUT_CASES += random_sequences(16, seed=1, max_length=260)
 # (BLOCK_M, BLOCK_N): every shape in csrc/kernels/config.h, then odd ones
 TILES = [(64, 64), (64, 32), (64, 16), (32, 64), (16, 16), (16, 128), (128, 32)]
 
@@ -115,7 +68,7 @@ def _walk(seqlen: int, b: int, t: int, causal: bool, plans, tile: int, step: int
     first_full, end_full, num) per tile."""
     pad = seqlen + 2 * max(tile, step)
     idx = torch.arange(pad)
-    ok_all = allowed(idx[:, None], idx[None, :], seqlen, b, t, causal)  # [pad, pad], views per block below
+    ok_all = allowed(idx[:, None], idx[None, :], b, t, causal, seqlen)  # [pad, pad], views per block below
     cover = torch.zeros(pad, pad, dtype=torch.int32)
     for start, lo, first_full, end_full, num in plans:
         for i_blk in range(num):

@@ -1,4 +1,4 @@
-"""The exported dense mask helpers against the mask's definition, pair by pair."""
+"""The exported dense mask helpers against the mask's definition (the test oracle's), pair by pair."""
 
 from __future__ import annotations
 
@@ -7,20 +7,14 @@ import torch
 
 from btok_kernels import CondensationLayout, condensation_mask, sequence_mask
 from btok_kernels.mask import condensation_mask_mod
-
-
-def brute_force(length: int, b: int, t: int, causal: bool = True) -> torch.Tensor:
-    return torch.tensor(
-        [[(j <= i or not causal) and not (i >= t and j < b) for j in range(length)] for i in range(length)],
-        dtype=torch.bool,
-    ).reshape(length, length)
+from tests.helpers.oracle import dense_layout_mask, dense_mask
 
 
 @pytest.mark.parametrize("length,b,t", [(0, 0, 0), (1, 0, 1), (1, 1, 1), (7, 3, 5), (9, 0, 9), (9, 4, 4), (12, 12, 12)])
 def test_sequence_mask_matches_the_definition(length, b, t):
     got = sequence_mask(length, b, t)
     assert got.dtype == torch.bool and got.shape == (length, length)
-    assert torch.equal(got, brute_force(length, b, t))
+    assert torch.equal(got, dense_mask(length, b, t))
 
 
 def test_sequence_mask_bidirectional_sees_every_key():
@@ -34,9 +28,7 @@ def test_condensation_mask_is_block_diagonal(causal):
     else:
         layout = CondensationLayout.bidirectional([0, 6, 7, 7, 10])
     got = condensation_mask(layout)
-    want = torch.block_diag(*(brute_force(n, b, t, causal) for n, b, t in
-                              zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)))
-    assert got.device == layout.device and torch.equal(got, want)
+    assert got.device == layout.device and torch.equal(got, dense_layout_mask(layout))
     assert int(got.sum()) == layout.num_kept_pairs()
 
 

@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 
 from btok_kernels.condensation.parallel import _find_tile, _key_plan, _key_range, _row_plan, _row_range
+from tests.helpers.layouts import random_sequences
+from tests.helpers.oracle import allowed
 
 pytestmark = pytest.mark.interpret
 
@@ -78,14 +80,6 @@ def _range_probe(Pos, Out, n, seqlen, b, t, CAUSAL: tl.constexpr, BLOCK: tl.cons
     tl.store(Out + 3 * n + o, r_last, mask=o < n)
 
 
-def allowed(i, j, seqlen: int, b: int, t: int, causal: bool = True):
-    """The mask on broadcastable integer arrays (NumPy in the walks: tiny arrays, fast)."""
-    in_bounds = (i < seqlen) & (j < seqlen)
-    if not causal:
-        return in_bounds
-    return in_bounds & (j <= i) & ~((i >= t) & (j < b))
-
-
 def check_block(rows: range, cols: range, seqlen, b, t, masked: bool, tile_axis: str, causal: bool) -> np.ndarray:
     """Checks one visited block and returns its allowed pairs. ``tile_axis`` is the axis
     of the program's own tile ("rows" in the forward and dQ, "cols" in dK/dV): padding
@@ -93,7 +87,7 @@ def check_block(rows: range, cols: range, seqlen, b, t, masked: bool, tile_axis:
     loaded without a mask in an unmasked block, so it must stay in bounds."""
     i = np.arange(rows.start, rows.stop)[:, None]
     j = np.arange(cols.start, cols.stop)[None, :]
-    ok = allowed(i, j, seqlen, b, t, causal)
+    ok = allowed(i, j, b, t, causal, seqlen)
     where = f"rows [{rows.start}, {rows.stop}) keys [{cols.start}, {cols.stop}) (len {seqlen}, b {b}, t {t})"
     assert ok.any(), f"visited block with no allowed pair: {where}"
     valid = (i < seqlen) if tile_axis == "rows" else (j < seqlen)
@@ -113,17 +107,7 @@ LAYOUT_CASES = [
     (100, 0, 0), (100, 99, 99), (33, 16, 16), (48, 31, 33),
 ]
 
-def _random_cases(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
-    g = torch.Generator().manual_seed(seed)
-    cases = []
-    for _ in range(n):
-        length = int(torch.randint(1, 300, (1,), generator=g))
-        b, t = sorted(torch.randint(0, length + 1, (2,), generator=g).tolist())
-        cases.append((length, b, t))
-    return cases
-
-
-LAYOUT_CASES += _random_cases(24)
+LAYOUT_CASES += random_sequences(24, seed=0, max_length=300)
 TILES = [(16, 16), (16, 32), (32, 16), (64, 16), (16, 128), (128, 32)]
 
 
@@ -169,7 +153,7 @@ def test_query_and_key_tile_plans(block_m, block_n, causal, device):
         for (seqlen, b, t), cover in covered.items():
             i = np.arange(seqlen)[:, None]
             j = np.arange(seqlen)[None, :]
-            want = allowed(i, j, seqlen, b, t, causal)
+            want = allowed(i, j, b, t, causal, seqlen)
             assert np.array_equal(cover, want), f"pairs not covered exactly once (len {seqlen}, b {b}, t {t})"
 
 
@@ -186,7 +170,7 @@ def test_mask_ranges_are_the_mask(causal, device):
         k_first, k_last, r_first, r_last = out.cpu().long()
         i = torch.arange(n)[:, None]
         j = torch.arange(n)[None, :]
-        want = allowed(i, j, seqlen, b, t, causal)
+        want = allowed(i, j, b, t, causal, seqlen)
         by_row = (j >= k_first[:, None]) & (j <= k_last[:, None])
         by_key = (i >= r_first[None, :]) & (i <= r_last[None, :])
         where = f"(len {seqlen}, b {b}, t {t})"

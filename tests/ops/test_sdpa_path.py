@@ -17,26 +17,22 @@ import math
 
 import pytest
 import torch
-from condensation_oracle import PoisonEmpty, dense_attention, rel_err
 
 from btok_kernels import CondensationLayout, condensation_attention
 from btok_kernels.condensation import sdpa
 from btok_kernels.condensation.sdpa import chunk_rows, condensation_attention_sdpa, padded_plan, segments, varlen_plan
+from tests.helpers.dispatch_modes import PoisonEmpty
+from tests.helpers.layouts import edge_layouts, make_inputs
+from tests.helpers.numerics import DTYPE_IDS, FLOOR, rel_err
+from tests.helpers.oracle import dense_attention, dense_layout_mask
 
-FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 LSE_BOUND = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-DTYPE_IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-# (query_lens, num_btoks, target_lens)
+# the shared edge cases (no tiles here: no "shorter_than_tile"), with one token, a sequence of
+# several row chunks and lengths spread over several padded batches
 EDGE_LAYOUTS = {
     "length_1": ([1], 0, [0]),
-    "query_len_1": ([1, 1], [4, 2], [9, 1]),
-    "no_target": ([23, 40], 4, [0, 0]),
-    "K1": ([30, 5], 1, [12, 20]),
-    "no_btoks": ([12], 0, [21]),  # b == t: target rows see only the target
-    "b0": ([0, 0], [3, 16], [20, 1]),  # no query: plain causal
-    "many_tiny": ([1, 0, 2, 1, 3, 0, 1, 2, 1, 1, 2, 0], 1, [1, 2, 0, 1, 1, 3, 0, 2, 1, 0, 1, 1]),
-    "empty_sequences": ([0, 21, 0, 0, 5], [0, 2, 0, 0, 3], [0, 17, 0, 0, 0]),
+    **edge_layouts("query_len_1", "no_target", "K1", "no_btoks", "no_query", "many_tiny", "empty_sequences"),
     "one_long": ([530], 4, [90]),  # at least two chunks (256 rows at D=32): chunks and merges
     "mixed_lengths": ([300, 7, 64, 65, 2, 120], 4, [40, 3, 0, 31, 1, 9]),  # several padded batches
 }
@@ -78,17 +74,6 @@ def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 def l2(x: torch.Tensor) -> float:
     return float(x.detach().double().norm())
 
-
-def make_inputs(layout, hq, hkv, d, dtype, seed=0):
-    """fp64 inputs and the same numbers rounded to ``dtype`` (the oracle sees the rounded
-    ones), on the layout's device."""
-    g = torch.Generator().manual_seed(seed)
-    total = layout.total_tokens
-    lowp = [torch.randn(total, h, d, generator=g, dtype=torch.float64).to(layout.device, dtype)
-            for h in (hq, hkv, hkv, hq)]
-    return [x.double() for x in lowp], lowp
-
-
 def lse_supported(route, dtype, device) -> bool:
     """SDPA on CUDA returns the log-sum-exp from its flash kernel only: fp16 / bf16."""
     return not (route == "sdpa" and device != "cpu" and dtype not in (torch.float16, torch.bfloat16))
@@ -114,7 +99,7 @@ def references(layout, hq, hkv, d, dtype, seed):
     key = (tuple(layout.host_cu_seqlens), tuple(layout.host_btok_start), tuple(layout.host_target_start),
            layout.is_causal, str(layout.device), hq, hkv, d, dtype, seed)
     if key not in _REFERENCES:
-        exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed)
+        exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed=seed)
         scale = 1.0 / math.sqrt(d)
         q, k, v = (x.detach().requires_grad_() for x in exact[:3])
         o_ref, lse_ref = dense_attention(q, k, v, layout, scale, return_lse=True)
@@ -266,19 +251,12 @@ def allowed_by_segments(layout):
     return seen
 
 
-@pytest.mark.parametrize("name", ["many_tiny", "empty_sequences", "mixed_lengths", "no_btoks", "b0"])
+@pytest.mark.parametrize("name", ["many_tiny", "empty_sequences", "mixed_lengths", "no_btoks", "no_query"])
 def test_segments_cover_the_mask_exactly(name):
     layout = CondensationLayout.from_lengths(*EDGE_LAYOUTS[name])
     kept = [r for s in segments(layout) for r in range(s.start + s.drop, s.start + s.length)]
     assert kept == list(range(layout.total_tokens))  # packed order, each row once
-    want = torch.block_diag(*[dense_mask_of(n, b, t) for n, b, t in
-                              zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)])
-    assert torch.equal(allowed_by_segments(layout), want)
-
-
-def dense_mask_of(length, b, t):
-    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
-    return (j <= i) & ~((i >= t) & (j < b))
+    assert torch.equal(allowed_by_segments(layout), dense_layout_mask(layout))
 
 
 @pytest.mark.parametrize("width", [1, 128, 10**6], ids=["merge_most", "mid", "merge_equal"])

@@ -9,7 +9,6 @@ the updated trainable weights and the logged losses.
 from __future__ import annotations
 
 import os
-import sys
 
 # (name, GradCache chunk size, data, loss): "one-target" data gives the second rank no target
 # tokens, so the logged generative loss must count that rank as 0 in the mean over ranks; the
@@ -25,14 +24,13 @@ CASES = (
 LOSSES = {"cosine": {}, "maxsim-matryoshka": {"similarity": "maxsim", "matryoshka_dims": [16, "full"]}}
 
 
-def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
+def run(rank: int, world: int, out_dir: str) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
     )
-    sys.path[:0] = helper_dirs
     import torch
 
     # A rendezvous file instead of a TCP port: a free port picked by the parent can be taken by
@@ -40,14 +38,15 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
     )
-    from fsdp_worker import case_data
-    from train_helpers import tiny_model, trainable
+    from tests.helpers.training import case_data, one_step_recipe, tiny_model, train_one_step, trainable
 
     try:
         for name, chunk_size, data, loss in CASES:
-            recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size, loss=loss)
+            recipe = one_step_recipe(batch_size=4, chunk_size=chunk_size, **LOSSES[loss])
             model = tiny_model(recipe)
-            trainer = train_one_step(model, recipe, case_data(data), os.path.join(out_dir, f"run-{name}-{rank}"))
+            trainer = train_one_step(
+                model, recipe, case_data(data), os.path.join(out_dir, f"run-{name}-{rank}"), distributed=True
+            )
             if rank == 0:
                 torch.save(
                     {"weights": trainable(model), "log": trainer.state.log_history[0]},
@@ -60,24 +59,3 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def one_step_recipe(batch_size: int, chunk_size: int | None = None, loss: str = "cosine"):
-    from train_helpers import tiny_recipe
-
-    return tiny_recipe(
-        max_steps=1,
-        batch_size=batch_size,
-        lr=1.0,
-        lr_scheduler="constant",
-        generative_weight=2.0,
-        chunk_size=chunk_size,
-        **LOSSES[loss],
-    )
-
-
-def train_one_step(model, recipe, data, output_dir, distributed: bool = True):
-    from btok_model.training import train
-
-    backend = {"ddp_backend": "gloo"} if distributed else {}
-    return train(model, data, recipe, output_dir, save=False, optim="sgd", **backend)

@@ -10,7 +10,6 @@ Trainer's checkpoint path) and the final model folder.
 from __future__ import annotations
 
 import os
-import sys
 
 # name -> (lora_r, GradCache chunk size, save, backbone family, data). "qwen2" unties its LM
 # head; "one-target" data gives one rank no target tokens, so only the other uses the head;
@@ -26,7 +25,7 @@ CASES = {
 
 def case_model(recipe, family: str, data: str):
     """The case's model (``recipe`` from :func:`case_recipe` with ``data``)."""
-    from train_helpers import tiny_model
+    from tests.helpers.training import tiny_model
 
     return tiny_model(recipe, family=family, btoks=data != "baseline")
 
@@ -36,26 +35,15 @@ def reference_dir(lora_r: int, family: str, data: str) -> str:
     return f"single-{lora_r}-{family}-{data}"
 
 
-def case_data(kind: str) -> list[dict]:
-    from train_helpers import examples
-
-    data = examples(8)
-    if kind == "one-target":
-        for i, example in enumerate(data):
-            example["target"] = "a target" if i == 0 else None
-    return data
-
-
-def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
+def run(rank: int, world: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    sys.path[:0] = helper_dirs
     import torch
 
     # A rendezvous file instead of a TCP port (see ddp_worker.py); accelerate reuses the group.
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world
     )
-    from train_helpers import examples, tiny_model
+    from tests.helpers.training import case_data, examples, tiny_model, train_one_step
 
     try:
         for name, (lora_r, chunk_size, save, family, data) in CASES.items():
@@ -78,7 +66,8 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
             recipe = case_recipe(2, 0, 1, fsdp=fsdp)
             folder = os.path.join(out_dir, f"accumulated-{fsdp}")
             model = tiny_model(recipe)
-            trainer = train_one_step(model, recipe, examples(8), folder, False, True, gradient_accumulation_steps=2)
+            trainer = train_one_step(model, recipe, examples(8), folder, distributed=True,
+                                     gradient_accumulation_steps=2)
             accumulated[fsdp] = {"weights": full_trainable(trainer.model), "log": trainer.state.log_history[0]}
         if rank == 0:
             torch.save(accumulated, os.path.join(out_dir, "accumulated.pt"))
@@ -93,7 +82,7 @@ def run(rank: int, world: int, out_dir: str, helper_dirs: list[str]) -> None:
 def case_recipe(
     batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False, save: bool = False, data: str = "all"
 ):
-    from ddp_worker import one_step_recipe
+    from tests.helpers.training import one_step_recipe
 
     recipe = one_step_recipe(batch_size=batch_size, chunk_size=chunk_size)
     recipe.lora_r = lora_r
@@ -116,26 +105,14 @@ def full_trainable(model) -> dict:
     return out
 
 
-def train_one_step(model, recipe, data, output_dir, save: bool, distributed: bool | None = None, **overrides):
-    from btok_model.training import train
-
-    backend = {"ddp_backend": "gloo"} if (recipe.fsdp if distributed is None else distributed) else {}
-    return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend, **overrides)
-
-
 def resume_run(rank: int, out_dir: str) -> None:
     """Two AdamW steps under FSDP (LoRA and full fine-tuning) straight, and stopped after the
     first and resumed from its checkpoint in a new model; then a resume from a checkpoint
     written without FSDP."""
     import torch
-    from train_helpers import examples, tiny_model, tiny_recipe
-    from transformers import TrainerCallback
 
     from btok_model.training import train
-
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            control.should_training_stop = state.global_step == 1
+    from tests.helpers.training import StopAt, examples, tiny_model, tiny_recipe
 
     result = {}
     for lora_r in (4, 0):
@@ -143,7 +120,7 @@ def resume_run(rank: int, out_dir: str) -> None:
         runs = os.path.join(out_dir, f"resume-{lora_r}")
         straight = train(tiny_model(recipe), examples(8), recipe, os.path.join(runs, "straight"), save=False)
         stopped = os.path.join(runs, "stopped")
-        train(tiny_model(recipe), examples(8), recipe, stopped, save=False, callbacks=[StopAt()])
+        train(tiny_model(recipe), examples(8), recipe, stopped, save=False, callbacks=[StopAt(1)])
         checkpoint = os.path.join(stopped, "checkpoint-1")
         resumed = train(tiny_model(recipe), examples(8), recipe, stopped, save=False, resume=checkpoint)
         result[lora_r] = {

@@ -3,12 +3,12 @@
 import json
 
 import pytest
-from btok_tiny import char_tokenizer, tiny_backbone
-from train_helpers import examples
 
 from btok_model import BTokModel
 from btok_model.datasets import write_jsonl
 from btok_model.train import main
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.training import examples
 
 
 def test_train_cli(tmp_path):
@@ -66,7 +66,7 @@ def test_train_cli(tmp_path):
 
 
 def test_lora_layers_pick_the_adapted_layers():
-    from train_helpers import tiny_model, tiny_recipe
+    from tests.helpers.training import tiny_model, tiny_recipe
 
     model = tiny_model(tiny_recipe(lora_r=2, lora_layers=[1]))
     lora = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
@@ -87,13 +87,13 @@ def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
     """--train-data with an MMEB-train parquet subset and a JSONL file, --target-side and
     --source-block-size: the run trains on single-source batches and records its sources.
     (Text-only rows: the tiny model here is a text model; images need a VL backbone.)"""
-    from mmeb_fixture import _row, write_parquet
+    from tests.helpers.mmeb_train_data import mmeb_row, write_parquet
 
     backbone = tmp_path / "backbone"
     tiny_backbone(vocab_size=None).save_pretrained(backbone)
     char_tokenizer().save_pretrained(backbone)
-    rows = [_row(f"which news is this? {i}\n", "", f"label {i}\n", neg_text="other\n") for i in range(4)]
-    root = write_parquet(tmp_path / "mmeb", {"N24News": rows, "VisDial": [_row("a dialogue\n", "", "an image\n")]})
+    rows = [mmeb_row(f"which news is this? {i}\n", "", f"label {i}\n", neg_text="other\n") for i in range(4)]
+    root = write_parquet(tmp_path / "mmeb", {"N24News": rows, "VisDial": [mmeb_row("a dialogue\n", "", "an image\n")]})
     jsonl = str(tmp_path / "a.jsonl")
     write_jsonl(jsonl, examples(4))
     out = tmp_path / "run"

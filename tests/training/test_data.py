@@ -6,7 +6,6 @@ import os
 from collections import Counter
 
 import pytest
-from mmeb_fixture import ROWS, _row, write_lance, write_parquet
 
 from btok_model.datasets import DataError, write_jsonl
 from btok_model.datasets.mmeb_train import SUBSETS
@@ -18,6 +17,7 @@ from btok_model.training.mixed_dataset import (
     parse_data_spec,
     with_target_sides,
 )
+from tests.helpers.mmeb_train_data import ROWS, mmeb_row, write_lance, write_parquet
 
 
 def _write(path, lines):
@@ -136,7 +136,7 @@ def test_weighted_mixing(tmp_path):
 def _text_root(path, layout="parquet", skip=()):
     """An MMEB-train root of every subset, two text-only rows each."""
     rows = {
-        name: [_row(f"query {i} of {name}\n", "", f"positive {i}\n") for i in range(2)]
+        name: [mmeb_row(f"query {i} of {name}\n", "", f"positive {i}\n") for i in range(2)]
         for name in SUBSETS
         if name not in skip
     }
@@ -174,7 +174,7 @@ def test_root_errors(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(DataError, match="a folder, not a JSONL file, a source's folder"):
         parse_data_spec(str(tmp_path / "other"))
-    write_lance(root, {"VisDial": [_row("q\n", "", "p\n")]})
+    write_lance(root, {"VisDial": [mmeb_row("q\n", "", "p\n")]})
     with pytest.raises(DataError, match="holds VisDial in both the parquet layout .* and the Lance layout"):
         parse_data_spec(os.path.join(root, "VisDial"))
     with pytest.raises(ValueError, match="weight must be a number > 0"):

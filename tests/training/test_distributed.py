@@ -1,14 +1,11 @@
 """Two processes with gloo train exactly like one process on the concatenated batch."""
 
-from pathlib import Path
-
 import torch
 import torch.multiprocessing as mp
-from ddp_worker import CASES, one_step_recipe, run, train_one_step
-from fsdp_worker import case_data
-from train_helpers import assert_tensors_close, tiny_model, trainable
 
-HERE = Path(__file__).resolve().parent
+from tests.helpers.numerics import assert_tensors_close
+from tests.helpers.training import case_data, one_step_recipe, tiny_model, train_one_step, trainable
+from tests.training.ddp_worker import CASES, LOSSES, run
 
 
 def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
@@ -22,7 +19,7 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
     untouched = trainable(tiny_model(one_step_recipe(batch_size=8)))
     expected, expected_log = {}, {}
     for data, loss in sorted({(data, loss) for _, _, data, loss in CASES}):
-        recipe = one_step_recipe(batch_size=8, loss=loss)
+        recipe = one_step_recipe(batch_size=8, **LOSSES[loss])
         reference = tiny_model(recipe)
         trainer = train_one_step(
             reference, recipe, case_data(data), str(tmp_path / f"single-{data}-{loss}"), distributed=False
@@ -30,9 +27,8 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, monkeypatch):
         expected_log[data, loss] = trainer.state.log_history[0]
         expected[data, loss] = {n: untouched[n] - p for n, p in trainable(reference).items()}  # the gradient
 
-    helper_dirs = [str(HERE), str(HERE.parent / "embedder")]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the ranks inherit it: one thread each on a 2-core machine
-    mp.spawn(run, args=(2, str(tmp_path), helper_dirs), nprocs=2, join=True)
+    mp.spawn(run, args=(2, str(tmp_path)), nprocs=2, join=True)
     for name, _, data, loss in CASES:
         result = torch.load(tmp_path / f"{name}.pt")
         actual = {n: untouched[n] - p for n, p in result["weights"].items()}

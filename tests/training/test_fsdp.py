@@ -1,19 +1,18 @@
 """Two processes under FSDP2 (gloo) train and save exactly like one process on the whole batch."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from fsdp_worker import CASES, case_data, case_model, case_recipe, reference_dir, run, train_one_step
-from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
 
 from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
+from tests.helpers.numerics import assert_tensors_close
+from tests.helpers.training import case_data, examples, tiny_model, tiny_recipe, train_one_step, trainable
+from tests.training.fsdp_worker import CASES, case_model, case_recipe, reference_dir, run
 
-HERE = Path(__file__).resolve().parent
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make", "frozen water"]
 
 
@@ -41,7 +40,7 @@ def test_fsdp_ranks_equal_one_process_on_the_whole_batch_and_save_the_same_model
         references[key] = (untouched, trainable(model), trainer.state.log_history[0], folder)
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the ranks inherit it: one thread each on a 2-core machine
-    mp.spawn(run, args=(2, str(tmp_path), [str(HERE), str(HERE.parent / "embedder")]), nprocs=2, join=True)
+    mp.spawn(run, args=(2, str(tmp_path)), nprocs=2, join=True)
 
     bf16 = torch.load(tmp_path / "bf16.pt")
     assert "param_dtype=torch.bfloat16" in bf16["policy"]

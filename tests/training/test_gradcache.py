@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from train_helpers import assert_tensors_close, examples, grads, tiny_model, tiny_recipe
 
 from btok_model.embedder import BatchEmbeddings, BTokBatch, LossWeights
 from btok_model.training.batch_builder import ChunkedBatch, TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
+from tests.helpers.numerics import assert_tensors_close
+from tests.helpers.training import examples, grads, tiny_model, tiny_recipe
 
 TOL = 2e-5  # fp32, a different summation order only
 

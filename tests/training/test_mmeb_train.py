@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
-from mmeb_fixture import IMG, ROWS, _row, expected, write_lance, write_parquet
 from PIL import Image
 
 from btok_model.datasets import DataError, MmebTrainSubset
 from btok_model.datasets.mmeb_train import SUBSETS, render_side
+from tests.helpers.mmeb_train_data import IMG, ROWS, expected, mmeb_row, write_lance, write_parquet
 
 
 def _pixels(value):
@@ -48,18 +48,18 @@ def test_parquet_and_lance_read_to_the_expected_examples(tmp_path):
     [
         (
             "N24News",
-            _row(f"{IMG}\nq\n", "images/N24News/missing.jpg", "p\n"),
+            mmeb_row(f"{IMG}\nq\n", "images/N24News/missing.jpg", "p\n"),
             "qry_image_path",
             "image file .* does not exist",
         ),
-        ("N24News", _row(f"{IMG}\nq\n", "images/N24News/a.jpg", " \n"), "pos_text", "the positive is empty"),
-        ("ImageNet_1K", _row("", "", "p\n"), "qry", "the query is empty"),
-        ("N24News", _row(f"{IMG}\nq\n", "", "p\n"), "qry", "image token but the row gives no image"),
-        ("N24News", _row("q\n", "images/N24News/a.jpg", "p\n"), "qry", "does not start with the image token"),
-        ("N24News", _row(f"{IMG}\nq {IMG}\n", "images/N24News/a.jpg", "p\n"), "qry", "more than one image token"),
+        ("N24News", mmeb_row(f"{IMG}\nq\n", "images/N24News/a.jpg", " \n"), "pos_text", "the positive is empty"),
+        ("ImageNet_1K", mmeb_row("", "", "p\n"), "qry", "the query is empty"),
+        ("N24News", mmeb_row(f"{IMG}\nq\n", "", "p\n"), "qry", "image token but the row gives no image"),
+        ("N24News", mmeb_row("q\n", "images/N24News/a.jpg", "p\n"), "qry", "does not start with the image token"),
+        ("N24News", mmeb_row(f"{IMG}\nq {IMG}\n", "images/N24News/a.jpg", "p\n"), "qry", "more than one image token"),
         (
             "N24News",
-            _row("q\n", "", "p\n", neg_text=f"{IMG} n\n"),
+            mmeb_row("q\n", "", "p\n", neg_text=f"{IMG} n\n"),
             "neg_text",
             "image token but the row gives no image",
         ),
@@ -75,9 +75,9 @@ def test_parquet_and_lance_read_to_the_expected_examples(tmp_path):
     ],
 )
 def test_bad_rows_name_file_row_and_field(tmp_path, subset, row, field, message):
-    good = _row(f"{IMG}\nq\n", "images/N24News/a.jpg", "p\n")
+    good = mmeb_row(f"{IMG}\nq\n", "images/N24News/a.jpg", "p\n")
     if subset == "ImageNet_1K":
-        good = _row(f"{IMG}\nq\n", "images/ImageNet_1K/a.jpg", "p\n")
+        good = mmeb_row(f"{IMG}\nq\n", "images/ImageNet_1K/a.jpg", "p\n")
     root = write_parquet(tmp_path, {subset: [good, row]})
     if "missing" in row["qry_image_path"]:
         os.remove(os.path.join(root, row["qry_image_path"]))
@@ -90,19 +90,19 @@ def test_bad_columns_and_lance_tables_are_named(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root = write_parquet(tmp_path / "p", {"N24News": [_row("q\n", "", "p\n")]})
+    root = write_parquet(tmp_path / "p", {"N24News": [mmeb_row("q\n", "", "p\n")]})
     path = os.path.join(root, "N24News", "train-00000-of-00001.parquet")
-    pq.write_table(pa.Table.from_pylist([{**_row("q\n", "", "p\n"), "qry_inst": "x"}]), path)
+    pq.write_table(pa.Table.from_pylist([{**mmeb_row("q\n", "", "p\n"), "qry_inst": "x"}]), path)
     with pytest.raises(DataError, match=rf"^{path}: unknown field\(s\) \['qry_inst'\]"):
         MmebTrainSubset(root, "N24News")
     pq.write_table(pa.Table.from_pylist([{"qry": "q\n", "pos_text": "p\n", "qry_image_path": ""}]), path)
     with pytest.raises(DataError, match=rf"^{path}: missing field\(s\) \['pos_image_path'\]"):
         MmebTrainSubset(root, "N24News")
-    pq.write_table(pa.Table.from_pylist([{**_row("q\n", "", "p\n"), "neg_text": 3}]), path)
+    pq.write_table(pa.Table.from_pylist([{**mmeb_row("q\n", "", "p\n"), "neg_text": 3}]), path)
     with pytest.raises(DataError, match=rf"^{path}: field 'neg_text' must hold strings"):
         MmebTrainSubset(root, "N24News")
     # an empty query outside the two subsets whose empty rows the authors drop
-    write_parquet(tmp_path / "q", {"VisDial": [_row(pos_text="p\n")]})
+    write_parquet(tmp_path / "q", {"VisDial": [mmeb_row(pos_text="p\n")]})
     with pytest.raises(DataError, match="row 0, field 'qry': the query is empty"):
         MmebTrainSubset(tmp_path / "q", "VisDial")
 
@@ -122,14 +122,14 @@ def test_bad_columns_and_lance_tables_are_named(tmp_path):
 
 
 def test_a_subset_of_only_empty_rows_is_an_error(tmp_path):
-    root = write_parquet(tmp_path, {"OK-VQA": [_row(pos_text="p\n"), _row("q\n")]})
+    root = write_parquet(tmp_path, {"OK-VQA": [mmeb_row(pos_text="p\n"), mmeb_row("q\n")]})
     with pytest.raises(DataError, match="OK-VQA/train-00000-of-00001.parquet: no rows"):
         MmebTrainSubset(root, "OK-VQA")
 
 
 def test_examples_collate_with_the_multimodal_collator(tmp_path):
     """The examples are what the VL collator takes: images by path or decoded, image-only negatives."""
-    from vl_tiny import tiny_vl_btok
+    from tests.helpers.tiny_vl import tiny_vl_btok
 
     model = tiny_vl_btok()
     for root in (write_parquet(tmp_path / "p"), write_lance(tmp_path / "l")):

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-from btok_tiny import EXAMPLES, char_tokenizer, tiny_backbone, train_one_step
-from train_helpers import vl_folder, write_vl_data
 
 from btok_model import BTokModel
 from btok_model.train import main as train_main
 from btok_model.train import parser, recipe_from_args, resolve_arguments
 from btok_model.training.recipe import Recipe, build_model
+from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
+from tests.helpers.training import vl_folder, write_vl_data
 
 # The authors' values, read from github siryuson/BottleneckTokens (configs/presets/btoks_qwen2vl_2b_v1.yaml,
 # configs/training/btoks_base.yaml, configs/peft/lora_default.yaml, configs/models/btoks_qwen2vl_2b_v1.yaml,
@@ -102,7 +102,7 @@ def test_dora_with_gaussian_init_trains_saves_and_reloads(tmp_path):
     a = next(p for n, p in model.named_parameters() if "lora_A" in n)
     b = next(p for n, p in model.named_parameters() if "lora_B" in n)
     assert torch.count_nonzero(b) == 0 and abs(a.std().item() - 1 / 4) < 0.05  # PEFT's gaussian: std 1/r
-    train_one_step(model, EXAMPLES)
+    adamw_step(model, EXAMPLES)
     model.save_pretrained(tmp_path)
     again = BTokModel.from_pretrained(tmp_path)
     texts = ["what is a cat?", "paris", "x"]

@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from train_helpers import examples, tiny_model, tiny_recipe
-from transformers import TrainerCallback
 
 from btok_model.datasets import write_jsonl
 from btok_model.training import DataSource, MixedDataset, SourceBlockSampler, check_block_size, train
+from tests.helpers.training import StopAt, examples, tiny_model, tiny_recipe
 
 
 def _source_of(sampler, index: np.ndarray) -> np.ndarray:
@@ -131,15 +130,6 @@ class _LoggedMixture(MixedDataset):
         return super().__getitem__(i)
 
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 def test_the_trainer_draws_blocks_and_a_resumed_run_continues_their_order(tmp_path):
     """Two sources, blocks of 4, batches of 4: 2 steps per epoch. A run stopped at step 3 (in
     epoch 1) and resumed fetches what an uninterrupted run fetches at step 4, epoch 1's order."""
@@ -158,7 +148,7 @@ def test_the_trainer_draws_blocks_and_a_resumed_run_continues_their_order(tmp_pa
         assert len({MixedDataset.__getitem__(straight, i)["source"] for i in straight.fetched[start : start + 4]}) == 1
 
     stopped = _LoggedMixture(sources)
-    train(tiny_model(recipe), stopped, recipe, str(tmp_path / "stopped"), save=False, callbacks=[_StopAt(3)])
+    train(tiny_model(recipe), stopped, recipe, str(tmp_path / "stopped"), save=False, callbacks=[StopAt(3)])
     resumed = _LoggedMixture(sources)
     trainer = train(tiny_model(recipe), resumed, recipe, str(tmp_path / "stopped"), resume=True, save=False)
     assert trainer.state.global_step == 4

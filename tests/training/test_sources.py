@@ -5,7 +5,13 @@ row and field, the authors' mixtures from a data root, collation through the tin
 import os
 
 import pytest
-from sources_fixture import (
+
+from btok_model.datasets import DataError
+from btok_model.datasets.llavahound_train import LlavaHoundSet, sample_frames
+from btok_model.datasets.rendering import token_first
+from btok_model.datasets.vidore_train import VidoreTrainSet
+from btok_model.datasets.visrag_train import VisragTrainSet
+from tests.helpers.sources_data import (
     INSTRUCTIONS,
     SAMPLED,
     V1,
@@ -19,12 +25,6 @@ from sources_fixture import (
     write_image_rows,
     write_llavahound,
 )
-
-from btok_model.datasets import DataError
-from btok_model.datasets.llavahound_train import LlavaHoundSet, sample_frames
-from btok_model.datasets.rendering import token_first
-from btok_model.datasets.vidore_train import VidoreTrainSet
-from btok_model.datasets.visrag_train import VisragTrainSet
 
 LAYOUTS = ["parquet", "lance"]
 
@@ -219,13 +219,12 @@ V1_MIXTURE = {
 def write_data_root(path, skip=()) -> str:
     """The authors' four folders under one data root: MMEB-train (parquet, two text rows per
     subset), ViDoRe (parquet), VisRAG (Lance), ShareGPTVideo (Lance)."""
-    from mmeb_fixture import _row, write_parquet
-
     from btok_model.datasets.mmeb_train import SUBSETS
+    from tests.helpers.mmeb_train_data import mmeb_row, write_parquet
 
     path = os.fspath(path)
     if "mmeb_train" not in skip:
-        rows = {name: [_row(f"query {i} of {name}\n", "", f"positive {i}\n") for i in range(2)] for name in SUBSETS}
+        rows = {name: [mmeb_row(f"query {i} of {name}\n", "", f"positive {i}\n") for i in range(2)] for name in SUBSETS}
         write_parquet(os.path.join(path, FOLDERS["mmeb_train"]), rows)
     if "vidore" not in skip:
         write_image_rows(os.path.join(path, FOLDERS["vidore"]), VIDORE_ROWS, "parquet")
@@ -303,9 +302,8 @@ def test_the_mixture_tags_and_collates_through_the_tiny_qwen2_vl(tmp_path):
     """Examples of every new source, tagged with their source and side, collate in one batch:
     a page image query (ViDoRe), a page image positive generating its query (VisRAG), a video
     query, and a video positive at the end of its line generating its query (LLaVA-Hound)."""
-    from vl_tiny import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, tiny_vl_btok
-
     from btok_model.training.mixed_dataset import MixedDataset, parse_data_spec
+    from tests.helpers.tiny_vl import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, tiny_vl_btok
 
     data = MixedDataset([s for s in parse_data_spec(write_data_root(tmp_path)) if s.family != "mmeb_train"])
     assert [d["name"] for d in data.describe()] == list(V1_MIXTURE)[20:]

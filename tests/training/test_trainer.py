@@ -6,13 +6,13 @@ import os
 
 import pytest
 import torch
-from train_helpers import assert_tensors_close, examples, tiny_model, tiny_recipe, trainable
-from transformers import TrainerCallback
 
 from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
 from btok_model.training.trainer import TRAINABLE_STATE
+from tests.helpers.numerics import assert_tensors_close
+from tests.helpers.training import StopAt, examples, tiny_model, tiny_recipe, trainable
 
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make"]
 
@@ -71,17 +71,6 @@ def test_checkpoint_loads_as_btok_model(tmp_path, lora_r):
     assert (checkpoint / TRAINABLE_STATE).is_file() == (lora_r > 0)
 
 
-class _StopAt(TrainerCallback):
-    """Interrupts a run after ``step`` steps, as a killed job would (after its checkpoint)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 def test_resumed_run_continues_where_it_stopped(tmp_path):
     """Stop after 2 of 4 steps, resume: the same weights as 4 straight steps (same data order,
     optimizer, scheduler and generative schedule, which switches off at step 3)."""
@@ -91,7 +80,7 @@ def test_resumed_run_continues_where_it_stopped(tmp_path):
     train(straight, data, recipe, str(tmp_path / "straight"), save=False)
 
     first = tiny_model(recipe)
-    train(first, data, recipe, str(tmp_path / "stopped"), save=False, callbacks=[_StopAt(2)])
+    train(first, data, recipe, str(tmp_path / "stopped"), save=False, callbacks=[StopAt(2)])
     resumed = tiny_model(recipe)  # built afresh, as a new process would
     trainer = train(resumed, data, recipe, str(tmp_path / "stopped"), resume=str(tmp_path / "stopped/checkpoint-2"))
     assert trainer.state.global_step == 4

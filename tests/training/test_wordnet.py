@@ -1,39 +1,15 @@
 """The WordNet loader, its leak-free split, and the demo command end to end on a tiny model."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
-from btok_tiny import char_tokenizer, tiny_backbone
 
 from btok_model.datasets import load_synsets, retrieval_split
 from btok_model.datasets.wordnet import DEFAULT_WORDNET_DIR
 from btok_model.evaluation import load_task
-
-HEADER = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
-
-
-def _line(offset, pos, words, gloss):
-    ids = " ".join(f"{w} 0" for w in words)
-    return f"{offset:08d} 03 {pos} {len(words):02x} {ids} 000 | {gloss}  \n"
-
-
-def fake_wordnet(directory: Path, n: int = 60) -> Path:
-    """A WordNet-format folder: n noun synsets, a few polysemous words, an adjective marker."""
-    directory.mkdir(parents=True, exist_ok=True)
-    nouns = [HEADER, HEADER.replace("1 This", "2 Lic")]
-    for i in range(n):
-        words = [f"word{i}", f"alias_{i}"] if i % 3 else [f"word{i}"]
-        if i % 10 == 5:
-            words.append(f"word{i - 1}")  # shares a lemma with the previous synset
-        nouns.append(_line(1000 + i, "n", words, f'the definition number {i}; "an example of word{i}"'))
-    (directory / "data.noun").write_text("".join(nouns))
-    (directory / "data.verb").write_text(_line(5, "v", ["run", "go"], 'move fast by using the legs; "run!"; "go!"'))
-    (directory / "data.adj").write_text(_line(7, "s", ["galore(ip)"], "in great numbers"))
-    (directory / "data.adv").write_text(_line(9, "r", ["very"], "to a high degree"))
-    return directory
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.wordnet_data import example_module, fake_wordnet
 
 
 def test_parse(tmp_path):
@@ -111,21 +87,13 @@ def test_real_wordnet_split():
     assert len(split.train) == 2000 and len(split.validation) == 300
 
 
-def _demo_module():
-    path = Path(__file__).resolve().parents[2] / "examples" / "wordnet_demo.py"
-    spec = importlib.util.spec_from_file_location("wordnet_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_demo_command_on_a_tiny_model(tmp_path):
     """The demo end to end (data split, every row, the table) with a tiny random backbone."""
     backbone_dir = tmp_path / "tiny"
     tiny_backbone(vocab_size=None).save_pretrained(backbone_dir)
     char_tokenizer().save_pretrained(backbone_dir)
     out = tmp_path / "out"
-    results = _demo_module().main(
+    results = example_module("wordnet_demo").main(
         [
             "--out-dir",
             str(out),

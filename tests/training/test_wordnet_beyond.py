@@ -1,30 +1,20 @@
 """The WordNet demo's rows beyond the paper (MaxSim, Matryoshka, mined negatives) end to end
 on a tiny random backbone, and the aggregation of several seeds' results."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-from btok_tiny import char_tokenizer, tiny_backbone
-from test_wordnet import fake_wordnet
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.wordnet_data import example_module, fake_wordnet
 
 
 def test_beyond_rows_on_a_tiny_model(tmp_path):
     backbone_dir = tmp_path / "tiny"
     tiny_backbone(vocab_size=None, hidden_size=160).save_pretrained(backbone_dir)  # H > 128: the 128-dim rows
     char_tokenizer().save_pretrained(backbone_dir)
-    demo = _module("wordnet_demo")
+    demo = example_module("wordnet_demo")
     argv = ["--out-dir", str(tmp_path / "out"), "--backbone", str(backbone_dir), "--wordnet-dir"]
     argv += [str(fake_wordnet(tmp_path / "wn")), "--pool-size", "12", "--max-steps", "1", "--batch-size", "4"]
     argv += ["--lora-r", "2", "--eval-batch-size", "8", "--decode", "0", "--seed", "3", "--rows", "beyond"]
@@ -54,7 +44,7 @@ def test_beyond_rows_on_a_tiny_model(tmp_path):
 
 
 def test_seed_aggregation(tmp_path):
-    seeds = _module("wordnet_seeds")
+    seeds = example_module("wordnet_seeds")
     paths = []
     for seed, (r1, diff) in enumerate([(0.2, 0.05), (0.4, 0.15), (0.3, 0.10)]):
         result = {

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
-from btok_tiny import char_tokenizer, tiny_backbone
-from vl_tiny import image, image_processor, tiny_vl_backbone, vl_tokenizer
+from transformers import TrainerCallback
 
 from btok_model.datasets import write_jsonl
+from btok_model.training import train
 from btok_model.training.recipe import Recipe, build_model
+from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.tiny_vl import image, image_processor, tiny_vl_backbone, vl_tokenizer
 
 # Lower-case texts the character tokenizer knows; varied lengths, some hard negatives,
 # explicit, default and absent targets.
@@ -55,8 +57,7 @@ def tiny_recipe(**overrides) -> Recipe:
         save_steps=0,
         seed=0,
     )
-    values.update(overrides)
-    return Recipe(**values)
+    return Recipe(**{**values, **overrides})
 
 
 def tiny_model(recipe: Recipe | None = None, family: str = "llama", seed: int = 0, btoks: bool = True):
@@ -65,25 +66,64 @@ def tiny_model(recipe: Recipe | None = None, family: str = "llama", seed: int = 
     return build_model(tiny_backbone(family, seed), recipe, char_tokenizer(), btoks=btoks)
 
 
+def one_step_recipe(batch_size: int, chunk_size: int | None = None, **settings) -> Recipe:
+    """One SGD step with lr 1 (the update is minus the gradient), generative weight 2, GradCache
+    chunks of ``chunk_size`` (None: plain batches); ``settings``: more recipe fields."""
+    return tiny_recipe(
+        max_steps=1,
+        batch_size=batch_size,
+        lr=1.0,
+        lr_scheduler="constant",
+        generative_weight=2.0,
+        chunk_size=chunk_size,
+        **settings,
+    )
+
+
+def case_data(kind: str) -> list[dict]:
+    """8 examples; ``"one-target"``: only the first has a target (the second rank of two gets none)."""
+    data = examples(8)
+    if kind == "one-target":
+        for i, example in enumerate(data):
+            example["target"] = "a target" if i == 0 else None
+    return data
+
+
+def train_one_step(
+    model,
+    recipe: Recipe,
+    data: list[dict],
+    output_dir,
+    *,
+    distributed: bool | None = None,
+    save: bool = False,
+    **overrides,
+):
+    """``btok_model.training.train`` with SGD (a one-step recipe: :func:`one_step_recipe`);
+    ``distributed`` (default ``recipe.fsdp``): the ranks talk over gloo. ``overrides`` go to
+    ``train``. Returns the trainer."""
+    distributed = recipe.fsdp if distributed is None else distributed
+    backend = {"ddp_backend": "gloo"} if distributed else {}
+    return train(model, data, recipe, output_dir, save=save, optim="sgd", **backend, **overrides)
+
+
+class StopAt(TrainerCallback):
+    """Interrupts a run after ``step`` steps, as a killed job would (after its checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
 def grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
-
-
-def assert_tensors_close(actual: dict, expected: dict, tol: float, what: str = "") -> None:
-    assert actual.keys() == expected.keys(), f"{what}: {sorted(set(actual) ^ set(expected))}"
-    assert expected, f"{what}: nothing to compare"
-    for name in expected:
-        assert torch.isfinite(actual[name]).all(), f"{what} {name}: non-finite"
-        err = rel_err(actual[name], expected[name])
-        assert err <= tol, f"{what} {name}: relative L2 error {err:.2e} > {tol:.0e}"
 
 
 # -- saved vision-language folders and image examples, for the command-line tests ------------------

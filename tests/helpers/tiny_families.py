@@ -23,21 +23,17 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
+from tests.helpers.oracle import dense_mask
+from tests.helpers.tiny_models import TINY_TEXT_CONFIG, widened
+
 VOCAB = 96
 IMAGE_TOKEN, VISION_START, VISION_END = 93, 94, 95  # Qwen2-VL / Qwen3-VL special tokens, outside the text ids
 # The vision-language models: they take [text; 3 M-RoPE rows] packed positions.
 VL_MODELS = ("qwen2_vl", "qwen3_vl")
 
-TEXT_CONFIG = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    pad_token_id=0,
-)
+TEXT_CONFIG = dict(TINY_TEXT_CONFIG, vocab_size=VOCAB)
+VISION_COMMON = dict(in_channels=3, patch_size=2, temporal_patch_size=2, spatial_merge_size=2)
+VL_TOKEN_IDS = dict(image_token_id=IMAGE_TOKEN, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
 
 
 def _llama():
@@ -59,51 +55,17 @@ def _qwen3():
 
 def _qwen2_vl():
     text = dict(TEXT_CONFIG, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
-    vision = dict(
-        depth=2,
-        embed_dim=32,
-        hidden_size=64,
-        num_heads=2,
-        mlp_ratio=2,
-        in_channels=3,
-        patch_size=2,
-        temporal_patch_size=2,
-        spatial_merge_size=2,
-    )
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=IMAGE_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-    )
-    return Qwen2VLForConditionalGeneration(config)
+    vision = dict(VISION_COMMON, depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
+    return Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision, **VL_TOKEN_IDS))
 
 
 def _qwen3_vl():
     # Interleaved M-RoPE over 8 frequencies, q/k norms; both vision blocks feed both text layers (deepstack).
     rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 2, 2], mrope_interleaved=True)
-    vision = dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=64,
-        in_channels=3,
-        patch_size=2,
-        temporal_patch_size=2,
-        spatial_merge_size=2,
-        num_position_embeddings=16,
-        deepstack_visual_indexes=[0, 1],
-    )
-    config = Qwen3VLConfig(
-        text_config=dict(TEXT_CONFIG, head_dim=16, rope_parameters=rope),
-        vision_config=vision,
-        image_token_id=IMAGE_TOKEN,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-    )
-    return Qwen3VLForConditionalGeneration(config)
+    vision = dict(VISION_COMMON, depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                  num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
+    text = dict(TEXT_CONFIG, head_dim=16, rope_parameters=rope)
+    return Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **VL_TOKEN_IDS))
 
 
 BUILDERS = {
@@ -119,14 +81,8 @@ BUILDERS = {
 def tiny_model(name: str, seed: int = 0) -> torch.nn.Module:
     """A tiny random model of family ``name`` in eval mode, fp32, on the CPU."""
     torch.manual_seed(seed)
-    model = BUILDERS[name]().float().eval()
-    # Wider random weights than the default init make the logits depend strongly on the
-    # attention pattern, so a wrong mask cannot hide under the tolerance.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.08)
-    return model
+    # wider random weights than the default init: a wrong mask cannot hide under the tolerance
+    return widened(BUILDERS[name]()).eval()
 
 
 def random_ids(lengths: list[int], seed: int = 1) -> list[torch.Tensor]:
@@ -169,9 +125,7 @@ def forward_backward(model, impl: str, weight_seed: int = 7, weights: torch.Tens
 
 def dense_condensation_mask(query_len: int, num_btoks: int, length: int, dtype=torch.float32) -> torch.Tensor:
     """Additive ``[1, 1, L, L]`` mask of one ``[query | BToks | target]`` sequence, for "eager"."""
-    b, t = query_len, query_len + num_btoks
-    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
-    allowed = (j <= i) & ~((i >= t) & (j < b))
+    allowed = dense_mask(length, query_len, query_len + num_btoks)
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
 
 
@@ -181,20 +135,3 @@ def model_backends(models: list[str], triton: list[str]) -> list:
     in ``triton`` also through the Triton kernels (interpreted: seconds per model)."""
     cases = [pytest.param(name, "auto", id=f"{name}-auto") for name in models]
     return cases + [pytest.param(name, "triton", id=f"{name}-triton", marks=pytest.mark.interpret) for name in triton]
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Relative L2 error ``|a - e| / |e|``."""
-    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
-
-
-def assert_close(actual, expected, tol: float, what: str):
-    err = rel_err(actual, expected)
-    assert err <= tol, f"{what}: relative L2 error {err:.3e} > {tol:.0e}"
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-
-
-def assert_grads_close(actual: dict, expected: dict, tol: float):
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert_close(actual[name], expected[name], tol, f"grad of {name}")

@@ -26,27 +26,27 @@ FIELDS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "ne
 IMG = "<|image_1|>"
 
 
-def _row(qry="", qry_image_path="", pos_text="", pos_image_path="", neg_text="", neg_image_path=""):
+def mmeb_row(qry="", qry_image_path="", pos_text="", pos_image_path="", neg_text="", neg_image_path=""):
     return dict(zip(FIELDS, (qry, qry_image_path, pos_text, pos_image_path, neg_text, neg_image_path)))
 
 
 # subset -> raw rows, as MMEB-train stores them
 ROWS = {
     "ImageNet_1K": [  # classification; the authors empty its negatives
-        _row(
+        mmeb_row(
             f"{IMG}\nRepresent the given image for classification\n",
             "images/ImageNet_1K/Train/n01440764_1.JPEG",
             "plane, carpenter's plane, woodworking plane",
             neg_text="tench, Tinca tinca",
         ),
-        _row(
+        mmeb_row(
             f"{IMG} Represent the given image for classification  \n\n",
             "images/ImageNet_1K/Train/n01440764_2.JPEG",
             "abbey",
         ),
     ],
     "N24News": [  # classification with text negatives kept
-        _row(
+        mmeb_row(
             f"{IMG}\nRepresent the given news image with the following caption for domain classification: "
             "Danai Gurira and Andre Holland in a theater.\n",
             "images/N24News/Train/N24News_image_0.jpg",
@@ -55,7 +55,7 @@ ROWS = {
         ),
     ],
     "ChartQA": [  # answers lose trailing spaces
-        _row(
+        mmeb_row(
             f"{IMG}\nRepresent the given image with the following question: Is the value of Favorable 38 in 2015?\n",
             "images/ChartQA/Train/ChartQA_image_0.jpg",
             "Yes ",
@@ -63,7 +63,7 @@ ROWS = {
         ),
     ],
     "VisDial": [  # text query, image positive, image-only negative
-        _row(
+        mmeb_row(
             "Represent the given dialogue about an image, which is used for image retrieval: Q:is this a child or "
             "adult\nA:adult\nQ:male or female\nA:male\n\n",
             "",
@@ -74,7 +74,7 @@ ROWS = {
         ),
     ],
     "WebQA": [  # the query carries an image token without an image
-        _row(
+        mmeb_row(
             f"{IMG}\nFind a Wikipedia image that answers this question: Which body part is found on both a 1913 D "
             "Barber half and a 1914 Barber Quarter?\n",
             "",
@@ -83,7 +83,7 @@ ROWS = {
         ),
     ],
     "CIRR": [  # images on both sides
-        _row(
+        mmeb_row(
             f"{IMG}\nGiven an image, find a similar everyday image with the described changes: Many hamster "
             "together playing in a different background.\n",
             "images/CIRR/Train/train-10108-0-img0.png",
@@ -94,13 +94,13 @@ ROWS = {
         ),
     ],
     "A-OKVQA": [  # the second row has no query at all: the authors drop such rows here
-        _row(
+        mmeb_row(
             f"{IMG}\nRepresent the given image with the following question: What is the man by the bags awaiting?\n",
             "images/A-OKVQA/Train/A-OKVQA_image_0.jpg",
             "cab",
             neg_text="train",
         ),
-        _row(pos_text="bus\n"),
+        mmeb_row(pos_text="bus\n"),
     ],
 }
 

@@ -19,6 +19,9 @@ from btok_model import BTokModel
 
 CHARS = string.ascii_lowercase + string.digits + " .,?!'-\n"
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+# The text model of every tiny backbone in the tests (a vocabulary size added per use).
+TINY_TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
@@ -34,17 +37,7 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_backbone(family: str = "llama", seed: int = 0, vocab_size: int | None = 64, **overrides) -> torch.nn.Module:
     """A random fp32 causal LM: ``"llama"`` ties its LM head to the embedding, ``"qwen2"`` does not."""
-    common = dict(
-        vocab_size=vocab_size or len(char_tokenizer()),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    common.update(overrides)
+    common = dict(TINY_TEXT_CONFIG, vocab_size=vocab_size or len(char_tokenizer()), **overrides)
     torch.manual_seed(seed)
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, head_dim=16, tie_word_embeddings=True))
@@ -86,7 +79,7 @@ def snapshot(model: BTokModel) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
 
 
-def train_one_step(model: BTokModel, examples: list[dict]) -> set[str]:
+def adamw_step(model: BTokModel, examples: list[dict]) -> set[str]:
     """One AdamW step (lr 1e-2, weight decay 0.1) on ``examples``; returns the names of the
     backbone parameters that require gradients."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from btok_tiny import char_tokenizer, widened
 from transformers import (
     BatchFeature,
     Qwen2_5_VLConfig,
@@ -31,6 +30,7 @@ from transformers import (
 from transformers.video_utils import VideoMetadata
 
 from btok_model import BTokModel
+from tests.helpers.tiny_models import TINY_TEXT_CONFIG, char_tokenizer, widened
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 VISION_START, VISION_END, IMAGE_TOKEN, VIDEO_TOKEN = 48, 49, 50, 51  # after the 48 character-tokenizer ids
@@ -122,14 +122,8 @@ class Qwen3FrameVideoProcessor(FrameVideoProcessor):
 
 
 TEXT = dict(
+    TINY_TEXT_CONFIG,
     vocab_size=64,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    pad_token_id=0,
     bos_token_id=None,
     eos_token_id=None,
     rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
@@ -149,61 +143,28 @@ def tiny_vl_backbone(family: str = "qwen2_vl", seed: int = 0) -> torch.nn.Module
     ``Qwen3VLForConditionalGeneration`` (tied, as Qwen3-VL-2B; interleaved M-RoPE, q/k norms,
     patch 16, learned vision positions, deepstack: the first vision block's merged output is
     added to the first text layer's output at the vision tokens)."""
-    torch.manual_seed(seed)
+    merged = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
     if family == "qwen2_vl":
+        config_class, model_class, tied, text = Qwen2VLConfig, Qwen2VLForConditionalGeneration, True, {}
         vision = dict(VISION_COMMON, depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
-        config = Qwen2VLConfig(
-            text_config=dict(TEXT, tie_word_embeddings=True),
-            vision_config=vision,
-            tie_word_embeddings=True,
-            **TOKEN_IDS,
-        )
-        model = Qwen2VLForConditionalGeneration(config)
     elif family == "qwen2_5_vl":
-        vision = dict(
-            VISION_COMMON,
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            window_size=56,
-            fullatt_block_indexes=[1],
-            tokens_per_second=2,
-        )
-        config = Qwen2_5_VLConfig(
-            text_config=dict(TEXT, tie_word_embeddings=False),
-            vision_config=vision,
-            tie_word_embeddings=False,
-            **TOKEN_IDS,
-        )
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        config_class, model_class, tied, text = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, False, {}
+        vision = dict(VISION_COMMON, **merged, window_size=56, fullatt_block_indexes=[1], tokens_per_second=2)
     elif family == "qwen3_vl":
+        config_class, model_class, tied = Qwen3VLConfig, Qwen3VLForConditionalGeneration, True
         # 8 rotary frequencies: height on 1 and 4, width on 2 and 5, time on the rest (interleaved)
         rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 2, 2], mrope_interleaved=True)
-        vision = dict(
-            VISION_COMMON,
-            patch_size=QWEN3_PATCH,
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            num_position_embeddings=16,
-            # Not [0, 1]: a feature added after the last text layer reaches only the vision
-            # tokens' final states, which no BTok loss reads (its merger would get no gradient).
-            deepstack_visual_indexes=[0],
-        )
-        config = Qwen3VLConfig(
-            text_config=dict(TEXT, head_dim=16, rope_parameters=rope, tie_word_embeddings=True),
-            vision_config=vision,
-            tie_word_embeddings=True,
-            **TOKEN_IDS,
-        )
-        model = Qwen3VLForConditionalGeneration(config)
+        text = dict(head_dim=16, rope_parameters=rope)
+        # deepstack not [0, 1]: a feature added after the last text layer reaches only the vision
+        # tokens' final states, which no BTok loss reads (its merger would get no gradient).
+        vision = dict(VISION_COMMON, **merged, patch_size=QWEN3_PATCH, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0])
     else:
         raise ValueError(family)
-    return widened(model)
+    config = config_class(text_config=dict(TEXT, **text, tie_word_embeddings=tied), vision_config=vision,
+                          tie_word_embeddings=tied, **TOKEN_IDS)
+    torch.manual_seed(seed)
+    return widened(model_class(config))
 
 
 def processor(video: bool = True, family: str = "qwen2_vl") -> SimpleNamespace:

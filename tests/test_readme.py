@@ -26,8 +26,12 @@ def test_readme_block_runs(code, tmp_path):
     # The working directory is a temporary one so that nothing an example writes lands in the repo.
     # The checkout under test comes first on the path (not whichever copy pip installed).
     path = os.pathsep.join(p for p in (str(README.parent), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path,
-           "PYTHONWARNINGS": "error::DeprecationWarning:btok_kernels,error::DeprecationWarning:btok_model"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": path,
+        "PYTHONWARNINGS": "error::DeprecationWarning:btok_kernels,error::DeprecationWarning:btok_model",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"README block starting {_first_line(code)!r} failed:\n{result.stderr[-3000:]}"

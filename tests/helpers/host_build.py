@@ -25,7 +25,14 @@ def host_build(name: str, sources: list[str], flags: list[str], shared: bool) ->
     if not out.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        cmd = [CXX, *flags, *(["-shared", "-fPIC"] if shared else []), "-o", str(tmp), *(str(CSRC / s) for s in sources)]
+        cmd = [
+            CXX,
+            *flags,
+            *(["-shared", "-fPIC"] if shared else []),
+            "-o",
+            str(tmp),
+            *(str(CSRC / s) for s in sources),
+        ]
         run = subprocess.run(cmd, capture_output=True, text=True)
         assert run.returncode == 0, f"host build failed: {' '.join(cmd)}\n{run.stderr[-4000:]}"
         tmp.rename(out)  # atomic: a concurrent run sees the whole file or none

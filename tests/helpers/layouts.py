@@ -29,8 +29,9 @@ def edge_layouts(*names: str) -> dict[str, tuple]:
     return {name: EDGE_LAYOUTS[name] for name in names}
 
 
-def random_layout(seed: int, max_seqs: int = 5, max_query: int = 70, max_btoks: int = 8,
-                  max_target: int = 45) -> tuple[list[int], list[int], list[int]]:
+def random_layout(
+    seed: int, max_seqs: int = 5, max_query: int = 70, max_btoks: int = 8, max_target: int = 45
+) -> tuple[list[int], list[int], list[int]]:
     """1..``max_seqs`` sequences with 0..``max_query - 1`` query tokens, 1..``max_btoks`` BToks
     and 0..``max_target - 1`` target tokens each, drawn from ``seed``."""
     g = torch.Generator().manual_seed(seed)
@@ -53,8 +54,18 @@ def random_sequences(n: int, seed: int, max_length: int) -> list[tuple[int, int,
     return cases
 
 
-def make_inputs(layout, hq: int, hkv: int, d: int, dtype: torch.dtype, device=None, seed: int = 0,
-                q_scale: float = 1.0, logits: float | str | None = None, rounded: bool = True):
+def make_inputs(
+    layout,
+    hq: int,
+    hkv: int,
+    d: int,
+    dtype: torch.dtype,
+    device=None,
+    seed: int = 0,
+    q_scale: float = 1.0,
+    logits: float | str | None = None,
+    rounded: bool = True,
+):
     """Random ``q [T, hq, d]``, ``k, v [T, hkv, d]``, ``dout [T, hq, d]`` (``T`` the layout's
     tokens) in ``dtype`` on ``device`` (default: the layout's), and the same numbers in fp64.
 

@@ -46,13 +46,16 @@ def dense_mask(length: int, b: int, t: int, causal: bool = True) -> torch.Tensor
 def dense_layout_mask(layout: CondensationLayout) -> torch.Tensor:
     """The mask of a packed batch, block-diagonal over its sequences: bool ``[T, T]`` on the
     CPU, ``T = layout.total_tokens`` (never across sequences)."""
-    blocks = [dense_mask(n, b, t, layout.is_causal)
-              for n, b, t in zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)]
+    blocks = [
+        dense_mask(n, b, t, layout.is_causal)
+        for n, b, t in zip(layout.seqlens, layout.host_btok_start, layout.host_target_start)
+    ]
     return torch.block_diag(*blocks) if blocks else torch.zeros(0, 0, dtype=torch.bool)
 
 
-def dense_attention(q, k, v, layout: CondensationLayout, scale: float, return_lse: bool = False,
-                    causal: bool | None = None):
+def dense_attention(
+    q, k, v, layout: CondensationLayout, scale: float, return_lse: bool = False, causal: bool | None = None
+):
     """Per-sequence dense attention in the inputs' own dtype (fp64 inputs: the oracle;
     bf16/fp16 inputs: what a plain same-dtype PyTorch implementation achieves).
 

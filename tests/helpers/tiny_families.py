@@ -62,8 +62,16 @@ def _qwen2_vl():
 def _qwen3_vl():
     # Interleaved M-RoPE over 8 frequencies, q/k norms; both vision blocks feed both text layers (deepstack).
     rope = dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 2, 2], mrope_interleaved=True)
-    vision = dict(VISION_COMMON, depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                  num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
+    vision = dict(
+        VISION_COMMON,
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        num_position_embeddings=16,
+        deepstack_visual_indexes=[0, 1],
+    )
     text = dict(TEXT_CONFIG, head_dim=16, rope_parameters=rope)
     return Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **VL_TOKEN_IDS))
 

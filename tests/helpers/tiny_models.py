@@ -20,8 +20,15 @@ from btok_model import BTokModel
 CHARS = string.ascii_lowercase + string.digits + " .,?!'-\n"
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 # The text model of every tiny backbone in the tests (a vocabulary size added per use).
-TINY_TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
+TINY_TEXT_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+)
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:

@@ -157,12 +157,17 @@ def tiny_vl_backbone(family: str = "qwen2_vl", seed: int = 0) -> torch.nn.Module
         text = dict(head_dim=16, rope_parameters=rope)
         # deepstack not [0, 1]: a feature added after the last text layer reaches only the vision
         # tokens' final states, which no BTok loss reads (its merger would get no gradient).
-        vision = dict(VISION_COMMON, **merged, patch_size=QWEN3_PATCH, num_position_embeddings=16,
-                      deepstack_visual_indexes=[0])
+        vision = dict(
+            VISION_COMMON, **merged, patch_size=QWEN3_PATCH, num_position_embeddings=16, deepstack_visual_indexes=[0]
+        )
     else:
         raise ValueError(family)
-    config = config_class(text_config=dict(TEXT, **text, tie_word_embeddings=tied), vision_config=vision,
-                          tie_word_embeddings=tied, **TOKEN_IDS)
+    config = config_class(
+        text_config=dict(TEXT, **text, tie_word_embeddings=tied),
+        vision_config=vision,
+        tie_word_embeddings=tied,
+        **TOKEN_IDS,
+    )
     torch.manual_seed(seed)
     return widened(model_class(config))
 

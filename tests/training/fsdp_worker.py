@@ -66,8 +66,9 @@ def run(rank: int, world: int, out_dir: str) -> None:
             recipe = case_recipe(2, 0, 1, fsdp=fsdp)
             folder = os.path.join(out_dir, f"accumulated-{fsdp}")
             model = tiny_model(recipe)
-            trainer = train_one_step(model, recipe, examples(8), folder, distributed=True,
-                                     gradient_accumulation_steps=2)
+            trainer = train_one_step(
+                model, recipe, examples(8), folder, distributed=True, gradient_accumulation_steps=2
+            )
             accumulated[fsdp] = {"weights": full_trainable(trainer.model), "log": trainer.state.log_history[0]}
         if rank == 0:
             torch.save(accumulated, os.path.join(out_dir, "accumulated.pt"))

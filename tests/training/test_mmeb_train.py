@@ -138,7 +138,9 @@ def test_examples_collate_with_the_multimodal_collator(tmp_path):
         # Inputs: CIRR 2, VisDial 2, WebQA 1, N24News 1; targets (default side "positive": the
         # query's BToks generate the positive as embedded, its image too): CIRR, VisDial, WebQA 1 each.
         assert batch["image_grid_thw"].shape[0] == (2 + 2 + 1 + 1) + 3
-        assert len(batch.btok_layout.seqlens) - batch.num_queries == 4 + 2  # 4 positives + VisDial's and N24News' negatives
+        assert (
+            len(batch.btok_layout.seqlens) - batch.num_queries == 4 + 2
+        )  # 4 positives + VisDial's and N24News' negatives
 
 
 @pytest.mark.parametrize(

@@ -25,14 +25,14 @@ import os
 import platform
 import sys
 
-__all__ = ["load_scorer", "main", "parser", "run_mmeb_v2"]
+__all__ = ["add_loading_arguments", "load_embedder", "load_scorer", "main", "parser", "run_mmeb_v2"]
 
 BASELINES = ("last-token", "mean", "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
 
 
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags :func:`load_scorer` reads to load a model: attention, device, dtype."""
+    """The flags :func:`load_embedder` reads to load a model: attention, device, dtype."""
     p.add_argument("--attn-implementation", default="btok_triton")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument(
@@ -91,9 +91,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_scorer(args: argparse.Namespace):
-    """The scorer the arguments ask for (a model is loaded unless TF-IDF), in the dtype of
-    :func:`~btok_model.embedder.precision.resolve_dtype` for the device (the line saying which
-    is printed)."""
+    """The scorer the arguments ask for: TF-IDF, or the embedder of :func:`load_embedder`
+    scored by cosine or MaxSim."""
     from .evaluation.runner import EmbeddingScorer, TfidfTaskScorer
 
     if args.baseline == "tfidf":
@@ -104,6 +103,19 @@ def load_scorer(args: argparse.Namespace):
         raise SystemExit(
             "error: --similarity maxsim scores the K BTok vectors of a BTok model; a --baseline has one vector per input"
         )
+    return EmbeddingScorer(
+        load_embedder(args),
+        batch_size=args.batch_size,
+        show_progress_bar=not args.no_progress_bar,
+        similarity=args.similarity,
+    )
+
+
+def load_embedder(args: argparse.Namespace):
+    """The embedder ``--model`` names (a saved BTok model, or with ``--baseline last-token|mean``
+    a backbone without BToks), on its device in eval mode, in the dtype of
+    :func:`~btok_model.embedder.precision.resolve_dtype` for the device (the line saying which
+    is printed). Reads ``model``, ``gguf_file``, ``baseline`` and :func:`add_loading_arguments`'."""
     if not args.model:
         raise SystemExit("error: --model is required (except with --baseline tfidf)")
     from .embedder.precision import default_device, resolve_dtype
@@ -135,12 +147,7 @@ def load_scorer(args: argparse.Namespace):
             dtype=choice.dtype,
             **kwargs,
         )
-    return EmbeddingScorer(
-        model.to(device).eval(),
-        batch_size=args.batch_size,
-        show_progress_bar=not args.no_progress_bar,
-        similarity=args.similarity,
-    )
+    return model.to(device).eval()
 
 
 def run_mmeb_v2(args: argparse.Namespace) -> dict:

@@ -412,15 +412,13 @@ def main(argv: list[str] | None = None) -> dict:
         check_output(args.output)
     except (OSError, ValueError) as err:
         raise _fail(str(err)) from None
-    from .evaluate import load_scorer
+    from .evaluate import load_embedder
 
-    args.tfidf_analyzer = args.tfidf_ngrams = None  # load_scorer reads them for TF-IDF only
-    args.similarity = args.dims = None  # and these for scoring; mining scores pooled embeddings by cosine
-    try:
-        model = load_scorer(args).model
+    try:  # mining scores pooled embeddings by cosine, whatever the model's similarity
+        model = load_embedder(args)
     except (OSError, ValueError) as err:  # a model folder or hub name that is not there
         raise _fail(f"--model {args.model}: {err}") from None
-    except SystemExit as err:  # load_scorer's own "error: ..." (not a saved BTok model), printed as ours
+    except SystemExit as err:  # load_embedder's own "error: ..." (not a saved BTok model), printed as ours
         if isinstance(err.code, str):
             raise _fail(err.code.removeprefix("error: ")) from None
         raise

@@ -150,8 +150,9 @@ def test_mask_attn_tiny_runs_every_cpu_peer(tmp_path):
         assert r["fwd_ms"] > 0 and r["fwd_peak_mib"] is None  # peak memory: not measured on CPU
         errors = [r["fwd_err_out"]] + ([] if name == "flex_triton" else
                                        [r[f"fwd_bwd_err_{x}"] for x in ("out", "dq", "dk", "dv")])
-        # against the fp64 oracle every fp32 row has a small, non-zero error (no row checks itself)
-        assert all(0 < e < 1e-4 for e in errors), (name, errors)
+        # against the fp64 oracle every fp32 row is within fp32 rounding (an exact match is fine: some
+        # CPUs give one); test_failed_row_has_no_timing_and_stays_failed shows the check failing a wrong row
+        assert all(0 <= e < 1e-4 for e in errors), (name, errors)
     assert "no backward on CPU" in rows["flex_triton"]["note"]
     assert (tmp_path / "t.csv").read_text().startswith("workload,")
     assert "btok_sdpa" in res.stdout
@@ -181,8 +182,9 @@ def test_model_step_tiny_runs(tmp_path):
     assert rows["sdpa"]["status"] == "ok" and rows["sdpa"]["step_ms"] > 0
     btok = rows["btok_triton"]
     assert btok["status"] == "ok" and btok["step_ms"] > 0, btok
-    # packed + layout == the float64 padded dense-mask model, to fp32 rounding
-    assert 0 < btok["err_loss"] < 1e-5 and 0 < btok["err_grad"] < 1e-4, btok
+    # packed + layout == the float64 padded dense-mask model, to fp32 rounding (exact on some CPUs;
+    # the same check in benchmarks/steps.py fails btok_step's no_cut row, test_model_benchmarks)
+    assert 0 <= btok["err_loss"] < 1e-5 and 0 <= btok["err_grad"] < 1e-4, btok
     assert rows["flex_attention"]["status"] == "skipped" and "no backward on CPU" in rows["flex_attention"]["note"]
 
 

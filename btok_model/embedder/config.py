@@ -42,6 +42,11 @@ class EmbedderConfig:
         matryoshka_dims: train InfoNCE summed over these leading dimensions (ints, strictly
             increasing, ``"full"`` last for the whole embedding); empty: the full embedding only.
         matryoshka_weights: one weight per Matryoshka dimension (empty: 1 each).
+        video_layout: how the model's Qwen3-VL video prompts were laid out when it was saved
+            (``"wrapped"`` or ``"frames"``, decided by the installed transformers:
+            :func:`~btok_model.embedder.multimodal.qwen3_vl_video_layout`); None for other
+            backbones and folders saved before it was recorded. Written by ``save_pretrained``
+            and checked by ``from_pretrained``, which warns when they differ.
     """
 
     CONFIG_NAME: ClassVar[str]
@@ -58,6 +63,7 @@ class EmbedderConfig:
     similarity: str = "cosine"
     matryoshka_dims: list = field(default_factory=list)
     matryoshka_weights: list[float] = field(default_factory=list)
+    video_layout: str | None = None
 
     def __post_init__(self):
         if self.pooling not in self.POOLINGS:
@@ -68,6 +74,8 @@ class EmbedderConfig:
         n = self.max_length
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"max_length must be None or an int >= 1, got {n!r}")
+        if self.video_layout not in (None, "wrapped", "frames"):
+            raise ValueError(f"video_layout must be None, 'wrapped' or 'frames', got {self.video_layout!r}")
         if not isinstance(self.gather_across_ranks, bool):
             raise ValueError(f"gather_across_ranks must be a bool, got {self.gather_across_ranks!r}")
         self.temperature = float(t)
@@ -149,7 +157,7 @@ class BTokConfig(EmbedderConfig):
         similarity: ``"cosine"`` (of the pooled embeddings) or ``"maxsim"`` (of the K BTok
             vectors, each L2-normalised; with K = 1 the two are the same).
         (``temperature``, ``max_length`` -- input + K BToks [+ target] --, ``gather_across_ranks``,
-        ``kernel``, ``matryoshka_dims``, ``matryoshka_weights``: see :class:`EmbedderConfig`.)
+        ``kernel``, ``matryoshka_dims``, ``matryoshka_weights``, ``video_layout``: see :class:`EmbedderConfig`.)
     """
 
     CONFIG_NAME: ClassVar[str] = "btok_config.json"
@@ -188,7 +196,8 @@ class PooledConfig(EmbedderConfig):
         pooling: ``"last-token"`` (the last input token's state) or ``"mean"`` (mean over the
             input tokens). Without BToks there is no generative loss (``generative_weight`` 0).
         (``temperature``, ``max_length``, ``gather_across_ranks``, ``kernel``, ``similarity``
-        -- ``"cosine"`` only --, ``matryoshka_dims``, ``matryoshka_weights``: see :class:`EmbedderConfig`.)
+        -- ``"cosine"`` only --, ``matryoshka_dims``, ``matryoshka_weights``, ``video_layout``: see
+        :class:`EmbedderConfig`.)
     """
 
     CONFIG_NAME: ClassVar[str] = "pooled_config.json"

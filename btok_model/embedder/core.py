@@ -17,6 +17,7 @@ A subclass sets ``config_class`` and implements :meth:`Embedder._pooled_rows` an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -43,7 +44,7 @@ from .losses import (
     rank_offset,
 )
 from .media import MEDIA_BATCH_KEYS
-from .multimodal import VISION_MODEL_NAMES, is_vision_model
+from .multimodal import VISION_MODEL_NAMES, check_video_layout, is_vision_model, vision_family
 from .packed_batch import BTokBatch, to_device
 from .peer_masks import condensation_attention_mask
 from .similarity import check_dims, truncate
@@ -272,20 +273,25 @@ class Embedder(nn.Module):
         if kernel is not None:
             config.kernel = type(config.kernel).from_value(kernel)
         loaded = load_saved_backbone(path, attn_implementation, **from_pretrained_kwargs)
+        family = vision_family(loaded.model)
+        check_video_layout(config.video_layout, family, os.fspath(path))
+        config.video_layout = family and family.video_layout  # the layout it computes with from here on
         return cls._from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the backbone, the tokenizer (the processor) and the settings file to ``path``.
 
         The folder is a plain transformers model folder (weights, ``config.json``, tokenizer,
-        and for a VL model the processor's configs) plus ``config.CONFIG_NAME``. PEFT adapters
+        and for a VL model the processor's configs) plus ``config.CONFIG_NAME`` (with the
+        Qwen3-VL video layout the installed transformers gives, ``video_layout``). PEFT adapters
         are merged into a copy of the weights first (:func:`~.backbone.save_backbone`), so
         loading needs no PEFT and the live model keeps its adapters. A merged LoRA layer
         computes ``x (W + s B A)`` instead of ``x W + s (x A) B``: embeddings agree to float
         rounding, not bit for bit.
         """
         save_backbone(self.backbone, self.tokenizer, self.processor, path)
-        self.config.save(path)
+        family = vision_family(transformers_model(self.backbone))
+        dataclasses.replace(self.config, video_layout=family and family.video_layout).save(path)
 
     def merge_adapters(self):
         """Fold PEFT adapters (LoRA, trainable token rows) into the backbone's weights, in place:

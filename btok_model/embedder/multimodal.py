@@ -24,16 +24,21 @@ An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "
 * Pixels go through the model's own image processor (and video processor); the placeholder
   count per image is ``prod(image_grid_thw) // merge_size**2``, the processor's formula. What
   differs between the families lives in one :class:`VisionFamily` each: Qwen3-VL writes a
-  video as one block per temporal patch, each after its time in text, inside the video's
-  own block, exactly as transformers' ``Qwen3VLProcessor`` expands it (transformers 5.17 and
-  5.24; 4.57, which the authors pin, replaced the outer pair too: two tokens fewer a video)::
+  video as one block per temporal patch, each after its time in text, exactly as the
+  installed transformers' ``Qwen3VLProcessor`` expands it. Versions differ on the video's
+  outer pair (:func:`qwen3_vl_video_layout` asks the installed class, once per process):
+  5.17 to 5.24 keep it around the frames (``"wrapped"``), 4.57 (the authors' pin) and 5.25
+  replace it with the frames (``"frames"``, two tokens fewer a video)::
 
-      <|vision_start|><0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|><1.2 seconds>
-      <|vision_start|><|video_pad|>...<|vision_end|><|vision_end|>
+      wrapped: <|vision_start|><0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|>
+               <1.2 seconds><|vision_start|><|video_pad|>...<|vision_end|><|vision_end|>
+      frames:  <0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|>
+               <1.2 seconds><|vision_start|><|video_pad|>...<|vision_end|>
 
-  (one line here; a patch's time is the mean of its first and last frame's, frame ``i`` at
-  ``i / fps``). A video processor that samples frames by default (Qwen3-VL's) is told not to:
-  the frames come sampled.
+  (a patch's time is the mean of its first and last frame's, frame ``i`` at ``i / fps``). A
+  saved model records the layout it used (``video_layout`` in its settings) and a load under
+  a transformers that lays videos out otherwise warns. A video processor that samples frames
+  by default (Qwen3-VL's) is told not to: the frames come sampled.
 * A target generated from an input with an image or video holds the input's vision blocks
   and pixels: the target rows see the image, and no vision token is scored (a Qwen3-VL
   video's timestamps are text, and scored, as in the authors' trainer).
@@ -62,9 +67,11 @@ raises, saying why).
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 import types
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,6 +102,7 @@ __all__ = [
     "load_image",
     "patch_seconds",
     "processor_parts",
+    "qwen3_vl_video_layout",
     "vision_family",
 ]
 # Flat example keys (the JSONL training format): (input field, media key).
@@ -117,12 +125,27 @@ class VisionFamily:
     name: str
     timestamped_video: bool = False
 
-    def video_ids(
-        self, grid: torch.Tensor, seconds: Sequence[float], merge_size: int, tokens: VisionTokens, text_ids
-    ) -> list[int]:
-        """The ids that replace a video's one placeholder token inside its block.
+    @property
+    def video_layout(self) -> str | None:
+        """How this family's videos are laid out under the installed transformers
+        (:func:`qwen3_vl_video_layout`), None where it does not vary (one run of video tokens)."""
+        return qwen3_vl_video_layout() if self.timestamped_video else None
+
+    def expand_video(
+        self,
+        seq: list[int],
+        grid: torch.Tensor,
+        seconds: Sequence[float],
+        merge_size: int,
+        tokens: VisionTokens,
+        text_ids,
+    ) -> None:
+        """Replace, in place, the one video placeholder of ``seq`` (inside its
+        ``vision_start, video, vision_end`` block) with the video's ids, as the installed
+        processor does.
 
         Args:
+            seq: token ids holding exactly one video block.
             grid: int64 ``[3]``, the video's ``(t, h, w)`` patch grid.
             seconds: the time of each of its ``t`` temporal patches (:func:`patch_seconds`).
             merge_size: the processor's spatial merge size (``merge_size**2`` patches a token).
@@ -130,10 +153,73 @@ class VisionFamily:
             text_ids: ``list[str] -> list[list[int]]``, ids without special tokens.
         """
         t, h, w = (int(x) for x in grid)
+        at = seq.index(tokens.video)
         if not self.timestamped_video:
-            return [tokens.video] * (t * h * w // merge_size**2)
+            seq[at : at + 1] = [tokens.video] * (t * h * w // merge_size**2)
+            return
         frame = [tokens.vision_start] + [tokens.video] * (h * w // merge_size**2) + [tokens.vision_end]
-        return [i for stamp in text_ids([f"<{s:.1f} seconds>" for s in seconds]) for i in stamp + frame]
+        ids = [i for stamp in text_ids([f"<{s:.1f} seconds>" for s in seconds]) for i in stamp + frame]
+        if self.video_layout == "frames":
+            seq[at - 1 : at + 2] = ids  # the frames replace the block, its outer pair included
+        else:
+            seq[at : at + 1] = ids
+
+
+# The layouts a Qwen3-VL video can have (see the module docstring).
+VIDEO_LAYOUTS = ("wrapped", "frames")
+
+
+@functools.cache
+def qwen3_vl_video_layout() -> str:
+    """``"wrapped"`` or ``"frames"``: whether the installed transformers' ``Qwen3VLProcessor``
+    keeps a video's outer ``<|vision_start|>...<|vision_end|>`` pair around its timestamped
+    frames (5.17 to 5.24) or replaces the pair with them (4.57, 5.25).
+
+    Asked of the class itself, once per process: its text replacement runs on a bare instance
+    (no tokenizer, no video processor, so no torchvision) with a marker for the frames. Where
+    the class no longer works that way, warns once and answers ``"frames"``, the newest
+    layout known.
+    """
+    wrapper = "<|vision_start|><|video_pad|><|vision_end|>"
+    try:
+        from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+        probe = object.__new__(Qwen3VLProcessor)
+        probe.image_token, probe.video_token = "<|image_pad|>", "<|video_pad|>"
+        probe.vision_start_token, probe.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+        (text,), _ = probe.get_text_with_replacements(["A" + wrapper + "B"], [], ["@"])
+    except Exception as e:  # noqa: BLE001 (any failure means: this transformers works otherwise)
+        text = f"{type(e).__name__}: {e}"
+    layouts = {"A<|vision_start|>@<|vision_end|>B": "wrapped", "A@B": "frames"}
+    if text not in layouts:
+        import transformers
+
+        warnings.warn(
+            f"cannot tell how transformers {transformers.__version__} lays out a Qwen3-VL video (its processor "
+            f"gave {text!r}); btok assumes the outer <|vision_start|>/<|vision_end|> pair is replaced by the "
+            "frames, as transformers 5.25 does",
+            stacklevel=2,
+        )
+    return layouts.get(text, "frames")
+
+
+def check_video_layout(recorded: str | None, family: VisionFamily | None, where: str) -> None:
+    """Warn when a model saved with Qwen3-VL video prompts laid out as ``recorded`` is loaded
+    under a transformers that lays them out otherwise (its video embeddings then differ from
+    the ones it was trained or evaluated with). Nothing for other families or unrecorded folders."""
+    current = family.video_layout if family is not None else None
+    if recorded is None or current is None or recorded == current:
+        return
+    import transformers
+
+    warnings.warn(
+        f"{where} was saved with Qwen3-VL video prompts laid out {recorded!r} (the outer vision pair "
+        f"{'kept' if recorded == 'wrapped' else 'replaced'}); transformers {transformers.__version__} lays them out "
+        f"{current!r}: btok follows the installed processor, so video embeddings differ from the saved model's; "
+        "install a transformers version that lays them out as saved to reproduce them (5.17 to 5.24: 'wrapped', "
+        "5.25 on: 'frames')",
+        stacklevel=3,
+    )
 
 
 VISION_FAMILIES = {
@@ -417,7 +503,7 @@ class MultimodalCollator(BTokCollator):
 
     def _prompt_ids(self, prompts, media, where, special_tokens: bool = True) -> list[list[int]]:
         """Ids of the prompts, each vision placeholder expanded as the processor expands it (an
-        image: one token per merged patch; a video: its family's :meth:`VisionFamily.video_ids`);
+        image: one token per merged patch; a video: its family's :meth:`VisionFamily.expand_video`);
         a text holding a vision token of its own raises."""
         ids = self._text_ids(prompts, where, special_tokens)
         tokens = self.vision_tokens
@@ -435,9 +521,8 @@ class MultimodalCollator(BTokCollator):
                 at = seq.index(tokens.image)
                 seq[at : at + 1] = [tokens.image] * (int(m.image_grid_thw.prod()) // self.image_processor.merge_size**2)
             if m is not None and m.video_grid_thw is not None:
-                at = seq.index(tokens.video)
-                seq[at : at + 1] = self.family.video_ids(
-                    m.video_grid_thw[0], m.video_seconds, self.video_processor.merge_size, tokens, self._plain_batch
+                self.family.expand_video(
+                    seq, m.video_grid_thw[0], m.video_seconds, self.video_processor.merge_size, tokens, self._plain_batch
                 )
         return ids
 

@@ -4,6 +4,7 @@ positions, encode() (packed == padded == the training pass), and errors naming t
 
 import json
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from btok_model import BTokModel, ExampleError
+from btok_model.embedder.multimodal import qwen3_vl_video_layout
 from btok_model.training.mixed_dataset import load_examples
 from tests.helpers.numerics import rel_err
 from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
@@ -323,14 +325,50 @@ def test_qwen3_vl_prompts_are_the_processors(monkeypatch):
             assert (key in expected) == (m is not None and getattr(m, key) is not None), (i, key)
             if key in expected:
                 assert torch.equal(getattr(m, key), expected[key]), (i, key)
-    # The times by hand: 3 frames at 3 fps -> patches (0 + 1/3) / 2 and 2/3 (the last frame twice)
+    # The times by hand: 3 frames at 3 fps -> patches (0 + 1/3) / 2 and 2/3 (the last frame twice),
+    # after the image's block; the video's outer pair as the installed transformers writes it
     text = model.tokenizer.decode(seqs[2])
-    assert (
-        "<|vision_start|><0.2 seconds><|vision_start|>" in text
-        and "<|vision_end|><0.7 seconds><|vision_start|>" in text
-    )
-    assert text.count("<|vision_start|>") == 4 and text.count("<|video_pad|>") == 2
+    outer = qwen3_vl_video_layout() == "wrapped"
+    after_image = "<|vision_end|>" + "<|vision_start|>" * outer + "<0.2 seconds><|vision_start|>"
+    assert after_image in text and "<|vision_end|><0.7 seconds><|vision_start|>" in text
+    assert text.count("<|vision_start|>") == 3 + outer and text.count("<|video_pad|>") == 2
+    assert text.count("<|vision_end|>") == 3 + outer and text.endswith("<|vision_end|>" * (1 + outer) + "\n" + "".join(
+        model.config.btok_tokens))
     assert "<1.0 seconds>" in model.tokenizer.decode(seqs[3])  # frames 0 and 1 at 0.5 fps: 0 s and 2 s
+
+
+def test_qwen3_vl_video_layout_is_the_installed_transformers():
+    """The layout asked of the installed class: transformers 5.25 replaced the video's outer vision
+    pair with its frames (as 4.57 did); 5.17 to 5.24 kept it."""
+    import transformers
+    from packaging.version import Version
+
+    version = Version(transformers.__version__)
+    assert qwen3_vl_video_layout() == ("frames" if version >= Version("5.25.0.dev0") else "wrapped"), version
+
+
+def test_saved_model_records_its_video_layout_and_a_load_under_another_warns(tmp_path):
+    model = tiny_vl_btok("qwen3_vl")
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "btok_config.json"
+    saved = json.loads(path.read_text())
+    assert saved["video_layout"] == qwen3_vl_video_layout()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same layout: no warning
+        assert BTokModel.from_pretrained(tmp_path).config.video_layout == qwen3_vl_video_layout()
+    other = {"wrapped": "frames", "frames": "wrapped"}[saved["video_layout"]]
+    path.write_text(json.dumps({**saved, "video_layout": other}))
+    with pytest.warns(UserWarning, match=f"laid out '{other}'.*video embeddings differ"):
+        loaded = BTokModel.from_pretrained(tmp_path)
+    assert loaded.config.video_layout == qwen3_vl_video_layout()  # computes with the installed layout
+    path.write_text(json.dumps({**saved, "video_layout": "sideways"}))
+    with pytest.raises(ValueError, match="video_layout must be None, 'wrapped' or 'frames'"):
+        BTokModel.from_pretrained(tmp_path)
+
+
+def test_other_families_record_no_video_layout(tmp_path):
+    tiny_vl_btok("qwen2_vl").save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "btok_config.json").read_text())["video_layout"] is None
 
 
 def test_collator_is_picklable_and_model_free(model):

@@ -37,7 +37,7 @@ from benchmarks.harness import (
     run_stem,
     write_outputs,
 )
-from benchmarks.measure import add_speedups, measure
+from benchmarks.measure import add_speedups, measure_rounds
 from benchmarks.peers import PEERS, Case
 from benchmarks.plot import plot_attention
 from benchmarks.table import ATTENTION_COLUMNS, attention_text_rows, format_table
@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-ms", type=float, default=None, help="do_bench warmup (default 25, quick 10)")
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 100, quick 40)")
     ap.add_argument("--cpu-reps", type=int, default=None, help="timed calls per row on CPU (default 5, tiny 1)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="CPU: measure every row of a workload this many times, alternating the order of the rows, "
+                         "and keep each row's median round (a protocol for shared machines; default 1)")
     add_cpu_timing_arguments(ap)
     ap.add_argument("--cpu-eager-gib", type=float, default=2.0, help="eager's memory budget on CPU")
     ap.add_argument("--no-dedupe", dest="dedupe", action="store_false",
@@ -98,6 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.rep_ms = 40 if args.quick or args.tiny else 100
     if args.cpu_reps is None:
         args.cpu_reps = 1 if args.tiny else 5
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
     default_lengths = (QUICK_SWEEP_LENGTHS if args.quick else SWEEP_LENGTHS) if on_gpu else CPU_SWEEP_LENGTHS
     args.sweep_lengths = _ints(args.sweep_lengths) if args.sweep_lengths else default_lengths
     args.head_dims = _ints(args.head_dims) if args.head_dims else SWEEP_HEAD_DIMS
@@ -174,8 +179,7 @@ def main(argv=None) -> dict:
         print(f"# {wl.describe()}, kept pairs {wl.kept_pairs():,} "
               f"({wl.kept_pairs() / wl.causal_pairs():.1%} of causal)", flush=True)
         case = Case(wl, device, args.dtype, args.seed)
-        for p in active:
-            rows.append(measure(case, p, args))
+        rows += measure_rounds(case, active, args)
         case.free()
         del case
         if device.type == "cuda":

@@ -3,12 +3,14 @@
 Per mode (``fwd``, ``fwd_bwd``): the first call (which compiles, for compiled peers) is
 the check -- relative L2 error of the output (and of dQ, dK, dV with the backward) against
 :func:`benchmarks.oracle.oracle`; a row above ``args.tol`` is FAILED and keeps no timing
-at all. Then median / p20 / p80 ms, TFLOP/s over the kept pairs and peak memory.
+at all. Then median / p20 / p80 ms, TFLOP/s over the kept pairs and peak memory. On the CPU,
+``--rounds`` repeats every row of a workload in alternating order and keeps the median round.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 
 import torch
@@ -16,7 +18,7 @@ import torch
 from .harness import bench, peak_memory_mib, rel_l2
 from .peers import FLEX_PEER, Case, Peer, Run, Skip
 
-__all__ = ["MODES", "measure", "is_timing_key", "add_speedups"]
+__all__ = ["MODES", "measure", "measure_rounds", "is_timing_key", "add_speedups"]
 
 MODES = ("fwd", "fwd_bwd")
 GRADS = ("dq", "dk", "dv")
@@ -133,6 +135,42 @@ def measure(case: Case, peer: Peer, args) -> dict:
         for key in [k for k in row if is_timing_key(k)]:
             del row[key]
     row["note"] = "; ".join(notes)
+    return row
+
+
+def measure_rounds(case: Case, peers: list[Peer], args) -> list[dict]:
+    """The rows of ``peers`` on ``case``. On the CPU with ``args.rounds`` > 1, every peer is
+    measured that many times in alternating order (the peers in order, then reversed, ...),
+    and each of its timings is the median over its rounds (``<mode>_ms_rounds`` keeps them):
+    a burst of other work on a shared machine lands in one round of a few rows, not in every
+    round of one row, and the ratios between rows come from the same run. A peer whose first
+    round is not "ok" is measured once."""
+    rounds = max(1, getattr(args, "rounds", 1)) if case.device.type == "cpu" else 1
+    runs: dict[str, list[dict]] = {p.name: [] for p in peers}
+    for r in range(rounds):
+        for p in peers if r % 2 == 0 else peers[::-1]:
+            if not runs[p.name] or runs[p.name][0]["status"] == "ok":
+                runs[p.name].append(measure(case, p, args))
+    return [_median_of_rounds(runs[p.name], case) for p in peers]
+
+
+def _median_of_rounds(rounds: list[dict], case: Case) -> dict:
+    """One row from the rows of several rounds: the first round's row (its errors and notes)
+    with each timing the median over the rounds; the first non-"ok" round's row if any."""
+    bad = [r for r in rounds if r["status"] != "ok"]
+    if bad or len(rounds) == 1:
+        return bad[0] if bad else rounds[0]
+    row = dict(rounds[0])
+    for mode in MODES:
+        if f"{mode}_ms" not in row:
+            continue
+        for key in ("ms", "ms_p20", "ms_p80", "ms_min"):
+            if f"{mode}_{key}" in row:
+                row[f"{mode}_{key}"] = statistics.median(r[f"{mode}_{key}"] for r in rounds)
+        row[f"{mode}_ms_rounds"] = [r[f"{mode}_ms"] for r in rounds]
+        row[f"{mode}_tflops"] = case.wl.flops(mode) / (row[f"{mode}_ms"] * 1e-3) / 1e12
+    if "mask_build_ms" in row:
+        row["mask_build_ms"] = statistics.median(r["mask_build_ms"] for r in rounds)
     return row
 
 

@@ -277,6 +277,31 @@ def test_failed_row_has_no_timing_and_stays_failed():
     assert not [k for k in row if measure.is_timing_key(k)], row
 
 
+def test_rounds_alternate_the_rows_and_keep_the_median(monkeypatch):
+    """--rounds: every row measured in each round, the order reversed every other round, each
+    timing the median round; a row not "ok" in its first round is not measured again."""
+    calls = []
+    times = {"a": [3.0, 1.0, 2.0], "b": [5.0, 7.0, 6.0]}
+
+    def fake(case, peer, args):
+        calls.append(peer.name)
+        if peer.name == "c":
+            return {"peer": "c", "status": "FAILED"}
+        ms = times[peer.name][sum(c == peer.name for c in calls) - 1]
+        return {"peer": peer.name, "status": "ok", "fwd_ms": ms, "fwd_ms_min": ms / 2, "fwd_err_out": 1e-7}
+
+    monkeypatch.setattr(measure, "measure", fake)
+    case, args = _tiny_case_and_args(["--rounds", "3"])
+    peers = [Peer(name, True, None) for name in "abc"]
+    a, b, c = measure.measure_rounds(case, peers, args)
+    assert calls == ["a", "b", "c", "b", "a", "a", "b"]
+    assert (a["fwd_ms"], a["fwd_ms_min"], a["fwd_ms_rounds"]) == (2.0, 1.0, [3.0, 1.0, 2.0])
+    assert b["fwd_ms"] == 6.0 and b["fwd_tflops"] == case.wl.flops("fwd") / 6e-3 / 1e12 and b["fwd_err_out"] == 1e-7
+    assert c == {"peer": "c", "status": "FAILED"}
+    with pytest.raises(SystemExit, match="--rounds must be >= 1"):
+        mask_attn.parse_args(["--device", "cpu", "--rounds", "0"])
+
+
 def test_error_while_timing_is_an_error_row(monkeypatch):
     """An exception in bench / peak_memory_mib (an OOM) makes the row "error", not a crash."""
     def oom(*a, **k):

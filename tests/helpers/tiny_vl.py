@@ -1,10 +1,10 @@
 """Tiny offline Qwen2-VL / Qwen2.5-VL / Qwen3-VL fixtures for the multimodal BTok tests.
 
-Nothing is downloaded. The tokenizer is :func:`btok_tiny.char_tokenizer` plus Qwen's four
+Nothing is downloaded. The tokenizer is :func:`tests.helpers.tiny_models.char_tokenizer` plus Qwen's four
 vision tokens (and ``<``, ``>`` for Qwen3-VL's frame timestamps, ``<0.2 seconds>``); the
 image processor is transformers' real ``Qwen2VLImageProcessor`` (its PIL backend without
 torchvision; Qwen3-VL uses it too) for images of 28..96 px (patch 14, or Qwen3-VL's 16, 2x2
-merge: 1..6 image tokens); the models are random 2-layer text models (as in ``btok_tiny``)
+merge: 1..6 image tokens); the models are random 2-layer text models (as in :mod:`tests.helpers.tiny_models`)
 with a 2-block vision tower. transformers' video processors need torchvision, which this
 machine cannot install beside its torch build, so :class:`FrameVideoProcessor` produces the
 video processor's output (``pixel_values_videos`` / ``video_grid_thw``) from the real image

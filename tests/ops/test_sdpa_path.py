@@ -298,10 +298,6 @@ def test_varlen_plan_offsets():
     assert (plan.max_seqlen_q, plan.max_seqlen_k, plan.causal) == (7, 7, True)
 
 
-def test_chunk_rows():
-    assert [chunk_rows(d) for d in (16, 32, 64, 80, 96, 128, 256)] == [256, 256, 128, 96, 64, 64, 64]
-
-
 @pytest.mark.parametrize("length,d,calls", [(511, 32, 1), (512, 32, 3), (534, 32, 5), (127, 128, 1), (128, 128, 3),
                                              (264, 64, 5)])
 def test_long_segments_run_in_chunks(length, d, calls, monkeypatch):
@@ -327,13 +323,19 @@ def test_long_segments_run_in_chunks(length, d, calls, monkeypatch):
     assert done == length
 
 
-def test_plans_are_built_once_per_layout():
+def test_plans_are_built_once_per_layout(monkeypatch):
+    """Every layer of a model calls the kernel with the same layout: its plan is built once."""
+    built = []
+    real = sdpa.padded_plan
+    monkeypatch.setattr(sdpa, "padded_plan", lambda layout, width: built.append(layout) or real(layout, width))
     layout = CondensationLayout.from_lengths([40, 7], 2, [9, 3])
     _, (q, k, v, _) = make_inputs(layout, 2, 1, 8, torch.float32)
-    condensation_attention_sdpa(q, k, v, layout, 0.3)
-    first = dict(sdpa._PLANS[layout])
-    condensation_attention_sdpa(q, k, v, layout, 0.5)
-    assert sdpa._PLANS[layout] == first and len(first) == 1
+    first = condensation_attention_sdpa(q, k, v, layout, 0.3)
+    assert torch.equal(condensation_attention_sdpa(q, k, v, layout, 0.3), first)
+    assert built == [layout]
+    other = CondensationLayout.from_lengths([40, 7], 2, [9, 3])  # equal, but another object: its own plan
+    condensation_attention_sdpa(q, k, v, other, 0.3)
+    assert built == [layout, other]
 
 
 def test_route_errors(monkeypatch):

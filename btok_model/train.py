@@ -29,6 +29,7 @@ import sys
 import tempfile
 
 from .datasets.mmeb_train import DEFAULT_SPLIT
+from .embedder.tokens import BTOK_INITS
 from .training.presets import PRESETS
 from .training.recipe import Recipe
 
@@ -111,7 +112,13 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--temperature", type=float, help="InfoNCE temperature")
     add(g, "--generative-weight", type=float, help="0 turns the generative loss off")
     add(g, "--generative-steps", type=_optional_int, help="steps the generative loss stays on ('all' = whole run)")
-    add(g, "--btok-init", choices=("mean", "eos"), help="BTok rows start as the vocabulary's mean or the EOS row")
+    add(
+        g,
+        "--btok-init",
+        choices=BTOK_INITS,
+        help="BTok rows start as the vocabulary's mean, the EOS row, or the rows the checkpoint already has for the "
+        "new ids (checkpoint: the authors' start on a backbone with spare rows; an error when the ids do not fit)",
+    )
     add(
         g,
         "--similarity",

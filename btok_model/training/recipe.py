@@ -34,8 +34,9 @@ class Recipe:
             or ``"mean"``.
         temperature: InfoNCE temperature.
         generative_weight, generative_steps: the generative schedule (steps None = always).
-        btok_init: how the BTok rows start: ``"mean"`` of the vocabulary's rows or a copy of
-            the ``"eos"`` row (see :func:`~btok_model.embedder.tokens.init_btok_rows`).
+        btok_init: how the BTok rows start: ``"mean"`` of the vocabulary's rows, a copy of the
+            ``"eos"`` row, or the backbone's own ``"checkpoint"`` rows for the new ids (see
+            :func:`~btok_model.embedder.tokens.init_btok_rows`).
         lora_r: LoRA rank, 0 = full fine-tuning.
         lora_alpha: LoRA scale numerator (None: 2 x r).
         lora_dropout: LoRA dropout.

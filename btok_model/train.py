@@ -29,6 +29,7 @@ import sys
 import tempfile
 
 from .datasets.mmeb_train import DEFAULT_SPLIT
+from .embedder.losses import GENERATIVE_NORMALIZATIONS
 from .embedder.tokens import BTOK_INITS
 from .training.presets import PRESETS
 from .training.recipe import Recipe
@@ -112,6 +113,14 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--temperature", type=float, help="InfoNCE temperature")
     add(g, "--generative-weight", type=float, help="0 turns the generative loss off")
     add(g, "--generative-steps", type=_optional_int, help="steps the generative loss stays on ('all' = whole run)")
+    add(
+        g,
+        "--generative-normalization",
+        choices=GENERATIVE_NORMALIZATIONS,
+        help="the generative loss as the mean over the batch's target tokens, or the authors' weighting (per GradCache "
+        "chunk, formed after sorting by query length, and per side: the token mean times generating examples / "
+        "examples per rank)",
+    )
     add(
         g,
         "--btok-init",

@@ -33,6 +33,7 @@ from .backbone import Backbone, load_saved_backbone, save_backbone, transformers
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import EmbedderConfig
 from .losses import (
+    authors_next_token_loss,
     LossWeights,
     gather_sizes,
     gather_with_grad,
@@ -385,13 +386,16 @@ class Embedder(nn.Module):
         return to_device(rows, self.device), counts, self.config_class.POOLINGS[pooling]
 
     # -- training ---------------------------------------------------------------------------------
-    def embed_batch(self, batch: BTokBatch, generative: bool = True) -> BatchEmbeddings:
+    def embed_batch(self, batch: BTokBatch, generative: bool = True, normalization: str = "token") -> BatchEmbeddings:
         """Embeddings (and generative loss) of a packed batch, in one forward pass.
 
         Args:
             batch: from :meth:`collate` (on any device; it is moved to the model's).
             generative: score the batch's targets (the LM head runs only on the target rows
                 whose next token is scored, never ``[T, vocab]``); False leaves the loss None.
+            normalization: the generative loss as a token mean (``"token"``) or with the
+                authors' per-side weighting over the batch's examples (``"authors"``, see
+                :class:`~btok_model.embedder.losses.LossWeights`).
 
         Returns:
             :class:`BatchEmbeddings`: the first ``Nq`` sequences' embeddings are the queries',
@@ -404,7 +408,10 @@ class Embedder(nn.Module):
         if num_targets:
             rows = _target_rows(layout)  # row r predicts the token at r + 1
             labels = batch.labels[0]
-            next_labels = to_device(labels[(rows + 1).to(labels.device)], device)
+            host_next = labels[(rows + 1).to(labels.device)]
+            if normalization == "authors":
+                on_query, side_tokens, side_sequences = _target_sides(layout, rows, host_next, batch.num_queries)
+            next_labels = to_device(host_next, device)
             rows = to_device(rows, device)
             # Only the rows whose next token is scored run the LM head (not the rows before a
             # target's image tokens or inside its prefix). A stable sort puts them first in row
@@ -419,7 +426,13 @@ class Embedder(nn.Module):
         split = int(counts[:nq].sum())
         query = _pool(hidden[rows_all[:split]], counts[:nq], how, multi)
         candidates = _pool(hidden[rows_all[split:]], counts[nq:], how, multi)
-        loss = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets) if num_targets else None
+        loss = None
+        if num_targets and normalization == "authors":
+            on_query = to_device(on_query, device)[keep]
+            logits = self._logits(hidden[rows])
+            loss = authors_next_token_loss(logits, next_labels, on_query, side_tokens, side_sequences, nq)
+        elif num_targets:
+            loss = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets)
         return BatchEmbeddings(query, candidates, loss, num_targets)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -497,7 +510,7 @@ class Embedder(nn.Module):
         elif fields:
             raise TypeError(f"pass a BTokBatch or its fields, not both (got the batch and {sorted(fields)})")
         weights = loss_weights if loss_weights is not None else LossWeights(self.config.generative_weight)
-        embeddings = self.embed_batch(batch, generative=weights.generative != 0)
+        embeddings = self.embed_batch(batch, generative=weights.generative != 0, normalization=weights.normalization)
         return self.compute_loss(embeddings, batch.positive_index, weights)
 
     # -- inference ------------------------------------------------------------------------------
@@ -677,3 +690,18 @@ def _target_rows(layout: CondensationLayout) -> torch.Tensor:
     ends = torch.tensor(cu[1:], dtype=torch.long)
     first = starts + torch.tensor(layout.host_target_start, dtype=torch.long)
     return concat_ranges(first, (ends - first - 1).clamp_min(0))
+
+
+def _target_sides(
+    layout: CondensationLayout, rows: torch.Tensor, next_labels: torch.Tensor, num_queries: int
+) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """For the authors' generative loss: whether each target row's sequence is a query (bool
+    ``[R]``), and per side (queries, candidates) the scored target tokens and the sequences
+    holding any, counted on the host from ``rows`` (:func:`_target_rows`) and their next labels."""
+    sequence = torch.searchsorted(torch.tensor(layout.host_cu_seqlens[1:], dtype=torch.long), rows, right=True)
+    on_query = sequence < num_queries
+    scored = (next_labels != IGNORE_INDEX).cpu()
+    tokens = (int((scored & on_query).sum()), int((scored & ~on_query).sum()))
+    generating = torch.unique(sequence[scored])
+    sequences = (int((generating < num_queries).sum()), int((generating >= num_queries).sum()))
+    return on_query, tokens, sequences

@@ -110,6 +110,11 @@ BTOKS_QWEN2VL_2B_V1 = Preset(
         "pooling": ("mean", "src/vlm2emb/modules/btoks.py: BToksPooling (mean of the BTok states)"),
         "generative_weight": (5.0, f"{_BASE}: generation_loss_weight"),
         "generative_steps": (2000, f"{_BASE}: generation_loss_duration"),
+        "generative_normalization": (
+            "authors",
+            "src/vlm2emb/training/trainers/btoks_trainer.py: forward_backward_fn (gen_loss x G_chunk / B_local per "
+            "group and chunk; chunks after the aligned sort by query length, gc_sort_by_length default True)",
+        ),
         "btok_init": (
             "checkpoint",
             "src/vlm2emb/modules/btoks.py: BToksTokenInjector.on_processor (copies EOS only when the tokenizer "

@@ -34,6 +34,9 @@ class Recipe:
             or ``"mean"``.
         temperature: InfoNCE temperature.
         generative_weight, generative_steps: the generative schedule (steps None = always).
+        generative_normalization: ``"token"`` (the generative loss is the mean over the global
+            batch's target tokens) or ``"authors"`` (their per-chunk, per-side weighting by
+            generating examples, :class:`~btok_model.embedder.losses.LossWeights`).
         btok_init: how the BTok rows start: ``"mean"`` of the vocabulary's rows, a copy of the
             ``"eos"`` row, or the backbone's own ``"checkpoint"`` rows for the new ids (see
             :func:`~btok_model.embedder.tokens.init_btok_rows`).
@@ -83,6 +86,7 @@ class Recipe:
     temperature: float = 0.02
     generative_weight: float = 5.0
     generative_steps: int | None = 2000
+    generative_normalization: str = "token"
     btok_init: str = "mean"
     lora_r: int = 16
     lora_alpha: float | None = None
@@ -328,6 +332,7 @@ def train(
         chunk_size=recipe.chunk_size,
         max_tokens=recipe.max_tokens,
         source_block_size=recipe.source_block_size,
+        generative_normalization=recipe.generative_normalization,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume)

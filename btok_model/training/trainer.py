@@ -252,6 +252,9 @@ class BTokTrainer(Trainer):
         source_block_size: with a :class:`~btok_model.training.mixed_dataset.MixedDataset`, draw blocks
             of this many examples from one source each (None: each source's share, shuffled);
             a multiple of ``per_device_train_batch_size x world_size x gradient_accumulation_steps``.
+        generative_normalization: ``"token"`` or ``"authors"`` (see
+            :class:`~btok_model.embedder.losses.LossWeights`; ``"authors"`` also sorts a batch by
+            query length before it is chunked, as their GradCache does).
         **kwargs: passed to ``Trainer`` (``callbacks``, ...).
     """
 
@@ -265,6 +268,7 @@ class BTokTrainer(Trainer):
         chunk_size: int | None = None,
         max_tokens: int | None = None,
         source_block_size: int | None = None,
+        generative_normalization: str = "token",
         **kwargs,
     ):
         self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size)
@@ -276,12 +280,15 @@ class BTokTrainer(Trainer):
         args.remove_unused_columns = False
         self.schedule = schedule if schedule is not None else GenerativeSchedule(model.config.generative_weight, None)
         self.generative_weight = GenerativeWeightCallback(self.schedule)
+        LossWeights(0.0, normalization=generative_normalization)  # checks the name
+        self.generative_normalization = generative_normalization
         self.training_collator = TrainingCollator(
             model.collator,
             self.schedule,
             chunk_size=chunk_size,
             max_tokens=max_tokens,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
+            sort_by_query_length=generative_normalization == "authors",
         )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks += [_BatchCountCallback(self.training_collator), self.generative_weight]
@@ -361,7 +368,13 @@ class BTokTrainer(Trainer):
                 "order in the training process (no dataloader workers)"
             )
         query_share, target_share = self._rank_shares(inputs.num_queries, inputs.num_target_tokens)
-        weights = LossWeights(self.generative_weight.weight, query_share, 1.0 if target_share is None else target_share)
+        authors = self.generative_normalization == "authors"  # each rank's value is per example already
+        weights = LossWeights(
+            self.generative_weight.weight,
+            query_share,
+            1.0 if target_share is None or authors else target_share,
+            self.generative_normalization,
+        )
         return weights, target_share is not None
 
     def _record(self, outputs, targets_somewhere: bool) -> None:

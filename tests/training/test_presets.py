@@ -22,6 +22,7 @@ AUTHORS = dict(
     temperature=0.02,
     generative_weight=5.0,
     generative_steps=2000,
+    generative_normalization="authors",
     btok_init="checkpoint",
     lora_r=16,
     lora_alpha=32,
@@ -86,7 +87,7 @@ def test_vlm2vec_preset_is_the_no_btok_baseline():
     shared = {
         k: v
         for k, v in AUTHORS.items()
-        if k not in ("num_btoks", "pooling", "generative_weight", "generative_steps", "btok_init")
+        if k not in ("num_btoks", "pooling", "generative_weight", "generative_steps", "generative_normalization", "btok_init")
     }
     assert {k: getattr(recipe, k) for k in shared} == shared
 

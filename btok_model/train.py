@@ -32,6 +32,7 @@ from .datasets.mmeb_train import DEFAULT_SPLIT
 from .embedder.losses import GENERATIVE_NORMALIZATIONS
 from .embedder.tokens import BTOK_INITS
 from .training.presets import PRESETS
+from .training.sampler import SOURCE_BLOCK_MODES
 from .training.recipe import Recipe
 
 __all__ = ["add_recipe_arguments", "main", "parser", "recipe_from_args", "resolve_arguments"]
@@ -222,6 +223,13 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         "--source-block-size",
         type=_optional_int,
         help="blocks of N examples from one training source each (the authors' interleaved sampler)",
+    )
+    add(
+        g,
+        "--source-block-mode",
+        choices=SOURCE_BLOCK_MODES,
+        help="strict: every rank's batch from one source at every step (the block a multiple of the global batch); "
+        "authors: their stride interleave, several sources per step once a step spans several blocks",
     )
     g = p.add_argument_group("logging and checkpoints")
     add(g, "--logging-steps", type=int)
@@ -491,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         from .training.sampler import check_block_size
 
         try:
-            check_block_size(recipe.source_block_size, recipe.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            check_block_size(recipe.source_block_size, recipe.batch_size, world, mode=recipe.source_block_mode)
         except ValueError as err:
             raise _fail(f"--source-block-size: {err}") from None
     from .training.eval_callback import eval_callback_from_args

@@ -93,6 +93,11 @@ def _shared(base: str) -> dict[str, tuple[object, str]]:
         "video_min_pixels": (3136, f"{_PRESET}: processor.video_min_pixels"),
         "video_max_pixels": (602112, f"{_PRESET}: processor.video_max_pixels"),
         "source_block_size": (512, f"{base}: interleave_batch_size"),
+        "source_block_mode": (
+            "authors",
+            "src/vlm2emb/training/samplers/batch_interleave.py: _apply_stride_interleave (per_device_batch_size x "
+            "world_size windows), then accelerate's per-device batches dealt to the ranks in turn",
+        ),
         "hard_negatives": (
             False,
             "src/vlm2emb/training/trainers/{btoks,vlm2vec}_trainer.py: GradCache over the query and positive groups only",

@@ -65,7 +65,12 @@ class Recipe:
             image / video frame the vision-language processor resizes to (None: the processor's own).
         source_block_size: blocks of this many examples from one training source each, the
             source drawn by weight (the authors' interleaved sampler; their preset uses 512);
-            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks.
+            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks
+            in ``"strict"`` mode.
+        source_block_mode: ``"strict"`` (every rank's batch from one source at every step) or
+            ``"authors"`` (their stride interleave and accelerate's hand-out: at 8 ranks x 128
+            with blocks of 512, 64 examples from each of two sources per rank and step; see
+            :mod:`~btok_model.training.sampler`).
         hard_negatives: score each query against its example's negatives too; False drops them
             (in-batch candidates only, as the authors' loss does).
         similarity: ``"cosine"`` (InfoNCE on the pooled embeddings, the method) or ``"maxsim"``
@@ -115,6 +120,7 @@ class Recipe:
     video_min_pixels: int | None = None
     video_max_pixels: int | None = None
     source_block_size: int | None = None
+    source_block_mode: str = "strict"
     hard_negatives: bool = True
     similarity: str = "cosine"
     matryoshka_dims: list | None = None
@@ -332,6 +338,7 @@ def train(
         chunk_size=recipe.chunk_size,
         max_tokens=recipe.max_tokens,
         source_block_size=recipe.source_block_size,
+        source_block_mode=recipe.source_block_mode,
         generative_normalization=recipe.generative_normalization,
         callbacks=callbacks,
     )

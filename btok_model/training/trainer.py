@@ -150,7 +150,7 @@ def _configure_fsdp(plugin, model, args) -> None:
         plugin.transformer_cls_names_to_wrap = list(next((names for names in layers if names), []))
 
 
-def _mixture_sampler(dataset, args, block_size: int | None):
+def _mixture_sampler(dataset, args, block_size: int | None, mode: str = "strict"):
     """The sampler of a :class:`~btok_model.training.mixed_dataset.MixedDataset` (None for other datasets).
 
     Raises:
@@ -166,9 +166,11 @@ def _mixture_sampler(dataset, args, block_size: int | None):
         return None
     if block_size is not None:
         check_block_size(
-            block_size, args.per_device_train_batch_size, args.world_size, args.gradient_accumulation_steps
+            block_size, args.per_device_train_batch_size, args.world_size, args.gradient_accumulation_steps, mode
         )
-    return dataset.sampler(args.seed, block_size)
+    return dataset.sampler(
+        args.seed, block_size, mode=mode, per_device=args.per_device_train_batch_size, world_size=args.world_size
+    )
 
 
 def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -252,6 +254,8 @@ class BTokTrainer(Trainer):
         source_block_size: with a :class:`~btok_model.training.mixed_dataset.MixedDataset`, draw blocks
             of this many examples from one source each (None: each source's share, shuffled);
             a multiple of ``per_device_train_batch_size x world_size x gradient_accumulation_steps``.
+        source_block_mode: how the blocks reach the ranks: ``"strict"`` (one source per step) or
+            ``"authors"`` (their stride; see :mod:`~btok_model.training.sampler`).
         generative_normalization: ``"token"`` or ``"authors"`` (see
             :class:`~btok_model.embedder.losses.LossWeights`; ``"authors"`` also sorts a batch by
             query length before it is chunked, as their GradCache does).
@@ -269,9 +273,10 @@ class BTokTrainer(Trainer):
         max_tokens: int | None = None,
         source_block_size: int | None = None,
         generative_normalization: str = "token",
+        source_block_mode: str = "strict",
         **kwargs,
     ):
-        self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size)
+        self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size, source_block_mode)
         if args.dataloader_num_workers:
             raise ValueError(
                 "BTokTrainer collates in the training process (dataloader_num_workers=0): the batch builder follows "

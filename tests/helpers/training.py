@@ -160,3 +160,16 @@ def write_vl_data(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", VL_TRAIN)
     write_jsonl(tmp_path / "eval.jsonl", VL_EVAL)
     return tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+
+
+def rank_batches(sampler, batch_size: int, num_processes: int) -> list[list[list[int]]]:
+    """Each rank's batches of ``sampler``'s indices as the Trainer's accelerate-prepared DataLoader deals them."""
+    from accelerate.data_loader import prepare_data_loader
+
+    dataset = list(range(sum(sampler.sizes)))
+    out = []
+    for rank in range(num_processes):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+        prepared = prepare_data_loader(loader, num_processes=num_processes, process_index=rank, put_on_device=False)
+        out.append([batch.tolist() for batch in prepared])
+    return out

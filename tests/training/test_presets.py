@@ -48,6 +48,7 @@ AUTHORS = dict(
     video_min_pixels=3136,
     video_max_pixels=602112,
     source_block_size=512,
+    source_block_mode="authors",
 )
 BASE = ["--train-data", "d.jsonl", "--output-dir", "out"]
 

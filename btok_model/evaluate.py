@@ -58,6 +58,12 @@ def add_loading_arguments(p: argparse.ArgumentParser) -> None:
     """The flags :func:`load_embedder` reads to load a model: attention, device, dtype, and a
     vision-language model's pixel limits."""
     p.add_argument("--attn-implementation", default="btok_triton")
+    p.add_argument(
+        "--merge-adapters",
+        action="store_true",
+        help="a model saved with unmerged LoRA/DoRA adapters (train --save-adapters): merge them into the weights on "
+        "loading (default: keep them apart, as the authors evaluate)",
+    )
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument(
         "--torch-dtype",
@@ -176,7 +182,12 @@ def load_embedder(args: argparse.Namespace):
                 f"error: {args.model} is not a saved BTok model (no {config_name}); train one with "
                 "python -m btok_model.train, or evaluate the backbone with --baseline last-token|mean"
             )
-        model = BTokModel.from_pretrained(args.model, attn_implementation=args.attn_implementation, dtype=choice.dtype)
+        model = BTokModel.from_pretrained(
+            args.model,
+            attn_implementation=args.attn_implementation,
+            dtype=choice.dtype,
+            merge_adapters=getattr(args, "merge_adapters", False),
+        )
     else:
         from .embedder.pooled import PooledEmbedder
 

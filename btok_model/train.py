@@ -235,6 +235,13 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--logging-steps", type=int)
     add(g, "--save-steps", type=int, help="0: no intermediate checkpoints")
     add(g, "--save-total-limit", type=_optional_int)
+    add(
+        g,
+        "--save-adapters",
+        action=argparse.BooleanOptionalAction,
+        help="the final model keeps its LoRA/DoRA adapters unmerged (base weights + adapter/), as the authors save "
+        "and evaluate them; checkpoints stay merged",
+    )
     g = p.add_argument_group("sharding (torchrun)")
     add(
         g,

@@ -29,7 +29,7 @@ from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
 from ..backend.kernel_settings import set_kernel_settings
-from .backbone import Backbone, load_saved_backbone, save_backbone, transformers_model
+from .backbone import Backbone, load_adapters, load_saved_backbone, save_backbone, transformers_model
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import EmbedderConfig
 from .losses import (
@@ -255,6 +255,7 @@ class Embedder(nn.Module):
         lora=None,
         freeze_backbone: bool = False,
         kernel=None,
+        merge_adapters: bool = False,
         **from_pretrained_kwargs,
     ):
         """Load a model written by :meth:`save_pretrained`.
@@ -264,6 +265,10 @@ class Embedder(nn.Module):
             attn_implementation: the attention backend (None keeps the saved config's).
             lora, freeze_backbone: what trains from here on (as in ``from_backbone``); by
                 default everything (saved LoRA adapters were merged into the weights).
+            merge_adapters: for a folder saved with unmerged adapters
+                (``save_pretrained(merge_adapters=False)``): merge them into the weights (then it
+                trains as any folder), or keep them apart (the default: inference only, the
+                adapters computed as during training).
             kernel: kernel settings replacing the saved ones
                 (:class:`~btok_model.backend.kernel_settings.KernelSettings` or a dict), or None.
             **from_pretrained_kwargs: passed to ``from_pretrained``; ``dtype`` defaults to
@@ -273,9 +278,16 @@ class Embedder(nn.Module):
         if kernel is not None:
             config.kernel = type(config.kernel).from_value(kernel)
         loaded = load_saved_backbone(path, attn_implementation, **from_pretrained_kwargs)
-        return cls._from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
+        adapted = load_adapters(loaded, path, merge=merge_adapters)
+        if adapted is not loaded and not merge_adapters:
+            if lora or freeze_backbone:
+                raise ValueError(
+                    f"{path} holds unmerged adapters, loaded for inference: pass merge_adapters=True to train on it"
+                )
+            return cls(adapted.model, adapted.tokenizer, config, adapted.processor, no_video_reason=adapted.no_video_reason)
+        return cls._from_loaded(adapted, config, lora=lora, freeze_backbone=freeze_backbone)
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(self, path: str | os.PathLike, *, merge_adapters: bool = True) -> None:
         """Write the backbone, the tokenizer (the processor) and the settings file to ``path``.
 
         The folder is a plain transformers model folder (weights, ``config.json``, tokenizer,
@@ -283,9 +295,11 @@ class Embedder(nn.Module):
         are merged into a copy of the weights first (:func:`~.backbone.save_backbone`), so
         loading needs no PEFT and the live model keeps its adapters. A merged LoRA layer
         computes ``x (W + s B A)`` instead of ``x W + s (x A) B``: embeddings agree to float
-        rounding, not bit for bit.
+        rounding, not bit for bit (in bf16, to bf16 rounding). ``merge_adapters=False`` saves
+        the base weights and the adapters apart (``adapter/``, PEFT's format), as the authors
+        keep and evaluate them; :meth:`from_pretrained` loads them either way.
         """
-        save_backbone(self.backbone, self.tokenizer, self.processor, path)
+        save_backbone(self.backbone, self.tokenizer, self.processor, path, merge_adapters=merge_adapters)
         self.config.save(path)
 
     def merge_adapters(self):

@@ -93,6 +93,10 @@ def _shared(base: str) -> dict[str, tuple[object, str]]:
         "video_min_pixels": (3136, f"{_PRESET}: processor.video_min_pixels"),
         "video_max_pixels": (602112, f"{_PRESET}: processor.video_max_pixels"),
         "source_block_size": (512, f"{base}: interleave_batch_size"),
+        "save_adapters": (
+            True,
+            "src/vlm2emb/training/train.py: the PEFT model saved with its adapters; evaluated unmerged",
+        ),
         "source_block_mode": (
             "authors",
             "src/vlm2emb/training/samplers/batch_interleave.py: _apply_stride_interleave (per_device_batch_size x "

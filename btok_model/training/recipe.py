@@ -80,6 +80,9 @@ class Recipe:
         matryoshka_weights: one weight per Matryoshka dimension (None: 1 each).
         logging_steps, save_steps, save_total_limit: logging and checkpoints (save_steps 0: no
             intermediate checkpoints).
+        save_adapters: the final model folder keeps the LoRA / DoRA adapters unmerged (base
+            weights + ``adapter/``), as the authors save and evaluate them; False merges them into
+            the weights (checkpoints are always merged, for resuming).
         fsdp: shard the model with FSDP2 under ``torchrun`` instead of replicating it (DDP).
         fsdp_config: more ``TrainingArguments.fsdp_config`` settings (``cpu_offload``,
             ``transformer_layer_cls_to_wrap``, ``reshard_after_forward``, ...; ``version``
@@ -130,6 +133,7 @@ class Recipe:
     save_total_limit: int | None = 2
     fsdp: bool = False
     fsdp_config: dict | None = None
+    save_adapters: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -340,6 +344,7 @@ def train(
         source_block_size=recipe.source_block_size,
         source_block_mode=recipe.source_block_mode,
         generative_normalization=recipe.generative_normalization,
+        save_adapters=recipe.save_adapters,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume)

@@ -254,6 +254,8 @@ class BTokTrainer(Trainer):
         source_block_size: with a :class:`~btok_model.training.mixed_dataset.MixedDataset`, draw blocks
             of this many examples from one source each (None: each source's share, shuffled);
             a multiple of ``per_device_train_batch_size x world_size x gradient_accumulation_steps``.
+        save_adapters: the final :meth:`save_model` (not a checkpoint's) keeps PEFT adapters
+            unmerged (:meth:`~btok_model.embedder.core.Embedder.save_pretrained`).
         source_block_mode: how the blocks reach the ranks: ``"strict"`` (one source per step) or
             ``"authors"`` (their stride; see :mod:`~btok_model.training.sampler`).
         generative_normalization: ``"token"`` or ``"authors"`` (see
@@ -274,6 +276,7 @@ class BTokTrainer(Trainer):
         source_block_size: int | None = None,
         generative_normalization: str = "token",
         source_block_mode: str = "strict",
+        save_adapters: bool = False,
         **kwargs,
     ):
         self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size, source_block_mode)
@@ -287,6 +290,7 @@ class BTokTrainer(Trainer):
         self.generative_weight = GenerativeWeightCallback(self.schedule)
         LossWeights(0.0, normalization=generative_normalization)  # checks the name
         self.generative_normalization = generative_normalization
+        self.save_adapters = save_adapters
         self.training_collator = TrainingCollator(
             model.collator,
             self.schedule,
@@ -528,7 +532,7 @@ class BTokTrainer(Trainer):
                 model = _materialize(_meta_copy(self._unsharded_copy), state_dict)
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-            model.save_pretrained(output_dir)
+            model.save_pretrained(output_dir, merge_adapters=not (self.save_adapters and not _internal_call))
             save_trainable_state(model, output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:

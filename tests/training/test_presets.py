@@ -49,6 +49,7 @@ AUTHORS = dict(
     video_max_pixels=602112,
     source_block_size=512,
     source_block_mode="authors",
+    save_adapters=True,
 )
 BASE = ["--train-data", "d.jsonl", "--output-dir", "out"]
 
@@ -150,6 +151,9 @@ def test_preset_run_on_a_tiny_vision_language_folder(tmp_path, float32_cpu, caps
     assert any("lora_magnitude_vector" in n for n in trained), "DoRA"
     saved = json.loads((out / "preprocessor_config.json").read_text())["size"]
     assert saved == {"shortest_edge": 3136, "longest_edge": 1003520}
+    assert (out / "adapter" / "adapter_config.json").is_file(), "the final model keeps its adapters unmerged"
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-1" / "adapter").exists(), "checkpoints: merged"
     model = BTokModel.from_pretrained(out)
+    assert hasattr(model.backbone, "peft_config")
     cfg = model.config
     assert cfg.num_btoks == 4 and cfg.temperature == 0.02 and cfg.generative_weight == 5.0

@@ -41,7 +41,11 @@ SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not im
 
 
 # The authors' pixel limits for Qwen2-VL (configs/presets/btoks_qwen2vl_2b_v1.yaml: processor.*), quoted in --help.
-AUTHORS_PIXELS = {"image_min_pixels": 28 * 28 * 4, "image_max_pixels": 28 * 28 * 1280, "video_max_pixels": 28 * 28 * 768}
+AUTHORS_PIXELS = {
+    "image_min_pixels": 28 * 28 * 4,
+    "image_max_pixels": 28 * 28 * 1280,
+    "video_max_pixels": 28 * 28 * 768,
+}
 
 
 def _pixels(text: str) -> int:

@@ -284,7 +284,9 @@ class Embedder(nn.Module):
                 raise ValueError(
                     f"{path} holds unmerged adapters, loaded for inference: pass merge_adapters=True to train on it"
                 )
-            return cls(adapted.model, adapted.tokenizer, config, adapted.processor, no_video_reason=adapted.no_video_reason)
+            return cls(
+                adapted.model, adapted.tokenizer, config, adapted.processor, no_video_reason=adapted.no_video_reason
+            )
         return cls._from_loaded(adapted, config, lora=lora, freeze_backbone=freeze_backbone)
 
     def save_pretrained(self, path: str | os.PathLike, *, merge_adapters: bool = True) -> None:

@@ -137,7 +137,8 @@ def _check_checkpoint_rows(model, btok_ids: list[int], needed: int) -> None:
         rows = module.weight.shape[0]
         if rows < needed:
             raise ValueError(
-                f"btok_init='checkpoint' keeps the backbone's own rows for the BTok ids {min(btok_ids)}..{max(btok_ids)}, "
+                f"btok_init='checkpoint' keeps the backbone's own rows for the BTok ids "
+                f"{min(btok_ids)}..{max(btok_ids)}, "
                 f"but its {name} has {rows} rows (ids 0..{rows - 1}) and the ids need {needed}: the tokenizer has "
                 f"no spare rows in this checkpoint; use btok_init='eos' (the authors' choice when the matrix grows) "
                 "or 'mean'"

@@ -86,11 +86,8 @@ def test_vlm2vec_preset_is_the_no_btok_baseline():
     recipe = recipe_from_args(args)
     assert values["no_btoks"] == (True, "preset") and recipe.pooling == "last-token"
     assert recipe.generative_weight == 0 and recipe.generative_steps is None
-    shared = {
-        k: v
-        for k, v in AUTHORS.items()
-        if k not in ("num_btoks", "pooling", "generative_weight", "generative_steps", "generative_normalization", "btok_init")
-    }
+    btok_only = ("num_btoks", "pooling", "generative_weight", "generative_steps", "generative_normalization")
+    shared = {k: v for k, v in AUTHORS.items() if k not in (*btok_only, "btok_init")}
     assert {k: getattr(recipe, k) for k in shared} == shared
 
 

@@ -69,7 +69,8 @@ def test_each_rank_gets_the_authors_examples(ranks):
 def test_the_stride_reads_each_window_column_wise():
     order = np.arange(2 * 3 * 2 + 5)
     strided = authors_stride(order, per_device=3, world_size=2)
-    assert strided.tolist() == _their_order(order.tolist(), 3, 2) == [0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11, 12, 13, 14, 15, 16]
+    expected = [0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11, 12, 13, 14, 15, 16]
+    assert strided.tolist() == _their_order(order.tolist(), 3, 2) == expected
     assert authors_stride(order, 3, 1) is order
 
 

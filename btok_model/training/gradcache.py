@@ -113,10 +113,12 @@ def grad_cache_step(
         q, c = embedded.query_embeddings, embedded.candidate_embeddings
         q_end, c_end = q_start + q.shape[0], c_start + c.shape[0]
         surrogate = (q * query_grad[q_start:q_end]).sum() + (c * candidate_grad[c_start:c_end]).sum()
-        share = weights.chunk_share(
-            embedded.num_target_tokens, batch.num_target_tokens, chunk.batch.num_queries, batch.num_queries
-        )
-        part = weights.generative_part(None if embedded.generative_loss is None else embedded.generative_loss * share)
+        part = None
+        if embedded.generative_loss is not None:
+            share = weights.chunk_share(
+                embedded.num_target_tokens, batch.num_target_tokens, chunk.batch.num_queries, batch.num_queries
+            )
+            part = weights.generative_part(embedded.generative_loss * share)
         term = weights.generative_term(part)
         if term is not None:
             surrogate = surrogate + scale * term

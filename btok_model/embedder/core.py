@@ -33,8 +33,8 @@ from .backbone import Backbone, load_adapters, load_saved_backbone, save_backbon
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import EmbedderConfig
 from .losses import (
-    authors_next_token_loss,
     LossWeights,
+    authors_next_token_loss,
     gather_sizes,
     gather_with_grad,
     info_nce,

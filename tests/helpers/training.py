@@ -42,6 +42,20 @@ def examples(n: int | None = None, negatives: bool = True) -> list[dict]:
     return out
 
 
+GENERATION_SIDES = ("both", "positive", "query", "none", "positive", "both", "query", "positive")
+
+
+def sided_examples() -> list[dict]:
+    """8 examples with every generation side (``target_side``), queries of unequal lengths out of order."""
+    out = []
+    for i, (ex, side) in enumerate(zip(examples(8, negatives=False), GENERATION_SIDES, strict=True)):
+        ex = dict(ex, target_side=side, query=ex["query"] + " x" * ((5 * i) % 7))
+        if side in ("query", "none"):
+            ex.pop("target", None)
+        out.append(ex)
+    return out
+
+
 def tiny_recipe(**overrides) -> Recipe:
     """A recipe for the tiny models: full fine-tuning, a few steps, no warmup, no clipping."""
     values = dict(

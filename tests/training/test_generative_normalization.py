@@ -15,21 +15,9 @@ from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from btok_model.training.schedule import GenerativeSchedule
 from tests.helpers.numerics import assert_tensors_close
-from tests.helpers.training import examples, grads, tiny_model, tiny_recipe
+from tests.helpers.training import grads, sided_examples, tiny_model, tiny_recipe
 
 WEIGHT = 2.0
-SIDES = ("both", "positive", "query", "none", "positive", "both", "query", "positive")
-
-
-def _sided() -> list[dict]:
-    """8 examples with every generation side, queries of unequal lengths out of order."""
-    out = []
-    for i, (ex, side) in enumerate(zip(examples(8, negatives=False), SIDES, strict=True)):
-        ex = dict(ex, target_side=side, query=ex["query"] + " x" * ((5 * i) % 7))
-        if side in ("query", "none"):
-            ex.pop("target", None)
-        out.append(ex)
-    return out
 
 
 def _side_sum(model, ex: dict, side: str) -> tuple[torch.Tensor, int]:
@@ -61,7 +49,7 @@ def _authors_by_hand(model, batch: list[dict], chunk_size: int | None) -> torch.
 @pytest.mark.parametrize("chunk_size", [3, None], ids=["chunks-of-3", "one-pass"])
 def test_authors_weighting_equals_the_hand_computation(chunk_size):
     model = tiny_model(tiny_recipe(generative_weight=WEIGHT), family="qwen2").train()
-    batch = _sided()
+    batch = sided_examples()
     assert sorted(range(8), key=lambda i: (len(batch[i]["query"]), i)) != list(range(8)), "the sort must matter"
     weights = LossWeights(WEIGHT, normalization="authors")
 
@@ -94,7 +82,7 @@ def test_authors_weighting_equals_the_hand_computation(chunk_size):
 def test_unsorted_chunks_give_another_authors_number():
     """The weighting depends on which examples share a chunk: the sort is part of it."""
     model = tiny_model(tiny_recipe(generative_weight=WEIGHT), family="qwen2").eval()
-    batch = _sided()
+    batch = sided_examples()
     weights = LossWeights(WEIGHT, normalization="authors")
     values = []
     for sort in (True, False):

@@ -25,21 +25,72 @@ import os
 import platform
 import sys
 
-__all__ = ["add_loading_arguments", "load_embedder", "load_scorer", "main", "parser", "run_mmeb_v2"]
+__all__ = [
+    "AUTHORS_PIXELS",
+    "add_loading_arguments",
+    "load_embedder",
+    "load_scorer",
+    "main",
+    "parser",
+    "pixel_limits",
+    "run_mmeb_v2",
+]
 
 BASELINES = ("last-token", "mean", "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
 
 
+# The authors' pixel limits for Qwen2-VL (configs/presets/btoks_qwen2vl_2b_v1.yaml: processor.*), quoted in --help.
+AUTHORS_PIXELS = {
+    "image_min_pixels": 28 * 28 * 4,
+    "image_max_pixels": 28 * 28 * 1280,
+    "video_max_pixels": 28 * 28 * 768,
+}
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags :func:`load_embedder` reads to load a model: attention, device, dtype."""
+    """The flags :func:`load_embedder` reads to load a model: attention, device, dtype, and a
+    vision-language model's pixel limits."""
     p.add_argument("--attn-implementation", default="btok_triton")
+    p.add_argument(
+        "--merge-adapters",
+        action="store_true",
+        help="a model saved with unmerged LoRA/DoRA adapters (train --save-adapters): merge them into the weights on "
+        "loading (default: keep them apart, as the authors evaluate)",
+    )
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument(
         "--torch-dtype",
         default=None,
         help="the model's weights (float32, bfloat16, auto: as saved); default: bfloat16 where --device computes it "
         "natively, else float32",
+    )
+    g = p.add_argument_group(
+        "pixel limits (Qwen2-VL family)",
+        "pixels per image / video frame the processor resizes to; unset: the saved processor's (a BTok model keeps "
+        "its training limits). The authors evaluate Qwen2-VL with --image-min-pixels {image_min_pixels} "
+        "--image-max-pixels {image_max_pixels} --video-max-pixels {video_max_pixels}".format(**AUTHORS_PIXELS),
+    )
+    for what in ("image", "video"):
+        for end in ("min", "max"):
+            g.add_argument(f"--{what}-{end}-pixels", type=_pixels, default=None, metavar="N")
+
+
+def pixel_limits(args: argparse.Namespace) -> tuple[tuple[int | None, int | None], tuple[int | None, int | None]]:
+    """``((image min, max), (video min, max))`` of the pixel flags (None where not given)."""
+    return tuple(
+        (getattr(args, f"{what}_min_pixels", None), getattr(args, f"{what}_max_pixels", None))
+        for what in ("image", "video")
     )
 
 
@@ -135,7 +186,12 @@ def load_embedder(args: argparse.Namespace):
                 f"error: {args.model} is not a saved BTok model (no {config_name}); train one with "
                 "python -m btok_model.train, or evaluate the backbone with --baseline last-token|mean"
             )
-        model = BTokModel.from_pretrained(args.model, attn_implementation=args.attn_implementation, dtype=choice.dtype)
+        model = BTokModel.from_pretrained(
+            args.model,
+            attn_implementation=args.attn_implementation,
+            dtype=choice.dtype,
+            merge_adapters=getattr(args, "merge_adapters", False),
+        )
     else:
         from .embedder.pooled import PooledEmbedder
 
@@ -147,7 +203,28 @@ def load_embedder(args: argparse.Namespace):
             dtype=choice.dtype,
             **kwargs,
         )
+    _apply_pixel_limits(model, args)
     return model.to(device).eval()
+
+
+def _apply_pixel_limits(model, args: argparse.Namespace) -> None:
+    """Set the pixel flags on the loaded model's processor (one ``error:`` line when they do not apply)."""
+    image, video = pixel_limits(args)
+    if all(v is None for v in image + video):
+        return
+    from .embedder.backbone import set_pixel_limits, transformers_model
+    from .embedder.multimodal import is_vision_model
+
+    if not is_vision_model(transformers_model(model.backbone)) or model.processor is None:
+        raise SystemExit(
+            f"error: --image-*/--video-*-pixels apply to vision-language models with a processor; {args.model} is "
+            f"{type(transformers_model(model.backbone)).__name__}"
+            + ("" if model.processor is None else " (text only)")
+        )
+    try:
+        set_pixel_limits(model.processor, image, video)
+    except ValueError as err:
+        raise SystemExit(f"error: --image-*/--video-*-pixels: {err}") from None
 
 
 def run_mmeb_v2(args: argparse.Namespace) -> dict:
@@ -180,7 +257,13 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
             limit=args.limit,
             batch_size=args.batch_size,
             num_frames=args.num_frames,
-            run_info={"model": args.model, "gguf_file": args.gguf_file, "baseline": args.baseline},
+            run_info={
+                "model": args.model,
+                "gguf_file": args.gguf_file,
+                "baseline": args.baseline,
+                # lists, as settings.json reads them back (a rerun compares them)
+                "pixel_limits": dict(zip(("image", "video"), map(list, pixel_limits(args)))),
+            },
             show_progress_bar=not args.no_progress_bar,
             tasks=tasks,
         )

@@ -29,7 +29,10 @@ import sys
 import tempfile
 
 from .datasets.mmeb_train import DEFAULT_SPLIT
+from .embedder.losses import GENERATIVE_NORMALIZATIONS
+from .embedder.tokens import BTOK_INITS
 from .training.presets import PRESETS
+from .training.sampler import SOURCE_BLOCK_MODES
 from .training.recipe import Recipe
 
 __all__ = ["add_recipe_arguments", "main", "parser", "recipe_from_args", "resolve_arguments"]
@@ -111,7 +114,21 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     add(g, "--temperature", type=float, help="InfoNCE temperature")
     add(g, "--generative-weight", type=float, help="0 turns the generative loss off")
     add(g, "--generative-steps", type=_optional_int, help="steps the generative loss stays on ('all' = whole run)")
-    add(g, "--btok-init", choices=("mean", "eos"), help="BTok rows start as the vocabulary's mean or the EOS row")
+    add(
+        g,
+        "--generative-normalization",
+        choices=GENERATIVE_NORMALIZATIONS,
+        help="the generative loss as the mean over the batch's target tokens, or the authors' weighting (per GradCache "
+        "chunk, formed after sorting by query length, and per side: the token mean times generating examples / "
+        "examples per rank)",
+    )
+    add(
+        g,
+        "--btok-init",
+        choices=BTOK_INITS,
+        help="BTok rows start as the vocabulary's mean, the EOS row, or the rows the checkpoint already has for the "
+        "new ids (checkpoint: the authors' start on a backbone with spare rows; an error when the ids do not fit)",
+    )
     add(
         g,
         "--similarity",
@@ -207,10 +224,24 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         type=_optional_int,
         help="blocks of N examples from one training source each (the authors' interleaved sampler)",
     )
+    add(
+        g,
+        "--source-block-mode",
+        choices=SOURCE_BLOCK_MODES,
+        help="strict: every rank's batch from one source at every step (the block a multiple of the global batch); "
+        "authors: their stride interleave, several sources per step once a step spans several blocks",
+    )
     g = p.add_argument_group("logging and checkpoints")
     add(g, "--logging-steps", type=int)
     add(g, "--save-steps", type=int, help="0: no intermediate checkpoints")
     add(g, "--save-total-limit", type=_optional_int)
+    add(
+        g,
+        "--save-adapters",
+        action=argparse.BooleanOptionalAction,
+        help="the final model keeps its LoRA/DoRA adapters unmerged (base weights + adapter/), as the authors save "
+        "and evaluate them; checkpoints stay merged",
+    )
     g = p.add_argument_group("sharding (torchrun)")
     add(
         g,
@@ -475,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         from .training.sampler import check_block_size
 
         try:
-            check_block_size(recipe.source_block_size, recipe.batch_size, int(os.environ.get("WORLD_SIZE", "1")))
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            check_block_size(recipe.source_block_size, recipe.batch_size, world, mode=recipe.source_block_mode)
         except ValueError as err:
             raise _fail(f"--source-block-size: {err}") from None
     from .training.eval_callback import eval_callback_from_args

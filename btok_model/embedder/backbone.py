@@ -243,6 +243,27 @@ def load_saved_backbone(
     return Backbone(model, tokenizer, processor, no_video)
 
 
+def load_adapters(loaded: Backbone, path: str | os.PathLike, merge: bool) -> Backbone:
+    """``loaded`` (a saved folder's base model) with the PEFT adapters saved unmerged in
+    ``path/ADAPTER_FOLDER``: as a ``peft.PeftModel`` (inference only, the adapters computed
+    apart from the weights, as the authors evaluate them), or merged into the weights
+    (``merge``). A folder without adapters gives ``loaded`` back."""
+    folder = os.path.join(os.fspath(path), ADAPTER_FOLDER)
+    if not os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        return loaded
+    import warnings
+
+    import peft
+
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated alias `is_gradient_checkpointing` (5.24), not the user's code.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = peft.PeftModel.from_pretrained(loaded.model, folder, is_trainable=False)
+    if merge:
+        model = model.merge_and_unload()
+    return Backbone(model, loaded.tokenizer, loaded.processor, loaded.no_video_reason)
+
+
 def load_tokenizer(source: str | os.PathLike, gguf_file: str | None = None, **kwargs):
     """The tokenizer of a folder (as the class it was saved as) or a hub name / GGUF file (``AutoTokenizer``)."""
     from transformers import AutoTokenizer
@@ -476,14 +497,29 @@ def make_collator(
 
 
 # -- saving -------------------------------------------------------------------------------------
-def save_backbone(module: nn.Module, tokenizer, processor, path: str | os.PathLike) -> None:
-    """Write a backbone folder: the transformers model (PEFT adapters merged into a copy, so the
-    live model keeps them and loading needs no PEFT), the processor (or its parts, where the
-    processor class cannot be built) and the tokenizer. :func:`load_saved_backbone` reads it."""
+# The subfolder of a saved backbone that holds its PEFT adapters, when they were saved unmerged.
+ADAPTER_FOLDER = "adapter"
+
+
+def save_backbone(
+    module: nn.Module, tokenizer, processor, path: str | os.PathLike, *, merge_adapters: bool = True
+) -> None:
+    """Write a backbone folder: the transformers model, the processor (or its parts, where the
+    processor class cannot be built) and the tokenizer. :func:`load_saved_backbone` reads it.
+
+    PEFT adapters (LoRA / DoRA, trainable token rows) are merged into a copy of the weights
+    (``merge_adapters``; the live model keeps them, loading needs no PEFT), or saved as they
+    are: the base weights without them, and the adapters in ``path/ADAPTER_FOLDER`` (PEFT's
+    own format), which :func:`load_adapters` puts back.
+    """
     os.makedirs(path, exist_ok=True)
     model = transformers_model(module)
     if model is not module:
-        model = copy.deepcopy(module).merge_and_unload()
+        if merge_adapters:
+            model = copy.deepcopy(module).merge_and_unload()
+        else:
+            module.save_pretrained(os.path.join(path, ADAPTER_FOLDER))
+            model = copy.deepcopy(module).unload()
     model.save_pretrained(path)
     _save_processor(processor, path)
     tokenizer.save_pretrained(path)

@@ -30,11 +30,12 @@ from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
 from ..backend.kernel_settings import set_kernel_settings
-from .backbone import Backbone, load_saved_backbone, save_backbone, transformers_model
+from .backbone import Backbone, load_adapters, load_saved_backbone, save_backbone, transformers_model
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import EmbedderConfig
 from .losses import (
     LossWeights,
+    authors_next_token_loss,
     gather_sizes,
     gather_with_grad,
     info_nce,
@@ -255,6 +256,7 @@ class Embedder(nn.Module):
         lora=None,
         freeze_backbone: bool = False,
         kernel=None,
+        merge_adapters: bool = False,
         **from_pretrained_kwargs,
     ):
         """Load a model written by :meth:`save_pretrained`.
@@ -264,6 +266,10 @@ class Embedder(nn.Module):
             attn_implementation: the attention backend (None keeps the saved config's).
             lora, freeze_backbone: what trains from here on (as in ``from_backbone``); by
                 default everything (saved LoRA adapters were merged into the weights).
+            merge_adapters: for a folder saved with unmerged adapters
+                (``save_pretrained(merge_adapters=False)``): merge them into the weights (then it
+                trains as any folder), or keep them apart (the default: inference only, the
+                adapters computed as during training).
             kernel: kernel settings replacing the saved ones
                 (:class:`~btok_model.backend.kernel_settings.KernelSettings` or a dict), or None.
             **from_pretrained_kwargs: passed to ``from_pretrained``; ``dtype`` defaults to
@@ -276,9 +282,18 @@ class Embedder(nn.Module):
         family = vision_family(loaded.model)
         check_video_layout(config.video_layout, family, os.fspath(path))
         config.video_layout = family and family.video_layout  # the layout it computes with from here on
-        return cls._from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
+        adapted = load_adapters(loaded, path, merge=merge_adapters)
+        if adapted is not loaded and not merge_adapters:
+            if lora or freeze_backbone:
+                raise ValueError(
+                    f"{path} holds unmerged adapters, loaded for inference: pass merge_adapters=True to train on it"
+                )
+            return cls(
+                adapted.model, adapted.tokenizer, config, adapted.processor, no_video_reason=adapted.no_video_reason
+            )
+        return cls._from_loaded(adapted, config, lora=lora, freeze_backbone=freeze_backbone)
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(self, path: str | os.PathLike, *, merge_adapters: bool = True) -> None:
         """Write the backbone, the tokenizer (the processor) and the settings file to ``path``.
 
         The folder is a plain transformers model folder (weights, ``config.json``, tokenizer,
@@ -287,9 +302,11 @@ class Embedder(nn.Module):
         are merged into a copy of the weights first (:func:`~.backbone.save_backbone`), so
         loading needs no PEFT and the live model keeps its adapters. A merged LoRA layer
         computes ``x (W + s B A)`` instead of ``x W + s (x A) B``: embeddings agree to float
-        rounding, not bit for bit.
+        rounding, not bit for bit (in bf16, to bf16 rounding). ``merge_adapters=False`` saves
+        the base weights and the adapters apart (``adapter/``, PEFT's format), as the authors
+        keep and evaluate them; :meth:`from_pretrained` loads them either way.
         """
-        save_backbone(self.backbone, self.tokenizer, self.processor, path)
+        save_backbone(self.backbone, self.tokenizer, self.processor, path, merge_adapters=merge_adapters)
         family = vision_family(transformers_model(self.backbone))
         dataclasses.replace(self.config, video_layout=family and family.video_layout).save(path)
 
@@ -391,13 +408,16 @@ class Embedder(nn.Module):
         return to_device(rows, self.device), counts, self.config_class.POOLINGS[pooling]
 
     # -- training ---------------------------------------------------------------------------------
-    def embed_batch(self, batch: BTokBatch, generative: bool = True) -> BatchEmbeddings:
+    def embed_batch(self, batch: BTokBatch, generative: bool = True, normalization: str = "token") -> BatchEmbeddings:
         """Embeddings (and generative loss) of a packed batch, in one forward pass.
 
         Args:
             batch: from :meth:`collate` (on any device; it is moved to the model's).
             generative: score the batch's targets (the LM head runs only on the target rows
                 whose next token is scored, never ``[T, vocab]``); False leaves the loss None.
+            normalization: the generative loss as a token mean (``"token"``) or with the
+                authors' per-side weighting over the batch's examples (``"authors"``, see
+                :class:`~btok_model.embedder.losses.LossWeights`).
 
         Returns:
             :class:`BatchEmbeddings`: the first ``Nq`` sequences' embeddings are the queries',
@@ -410,7 +430,10 @@ class Embedder(nn.Module):
         if num_targets:
             rows = _target_rows(layout)  # row r predicts the token at r + 1
             labels = batch.labels[0]
-            next_labels = to_device(labels[(rows + 1).to(labels.device)], device)
+            host_next = labels[(rows + 1).to(labels.device)]
+            if normalization == "authors":
+                on_query, side_tokens, side_sequences = _target_sides(layout, rows, host_next, batch.num_queries)
+            next_labels = to_device(host_next, device)
             rows = to_device(rows, device)
             # Only the rows whose next token is scored run the LM head (not the rows before a
             # target's image tokens or inside its prefix). A stable sort puts them first in row
@@ -425,7 +448,13 @@ class Embedder(nn.Module):
         split = int(counts[:nq].sum())
         query = _pool(hidden[rows_all[:split]], counts[:nq], how, multi)
         candidates = _pool(hidden[rows_all[split:]], counts[nq:], how, multi)
-        loss = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets) if num_targets else None
+        loss = None
+        if num_targets and normalization == "authors":
+            on_query = to_device(on_query, device)[keep]
+            logits = self._logits(hidden[rows])
+            loss = authors_next_token_loss(logits, next_labels, on_query, side_tokens, side_sequences, nq)
+        elif num_targets:
+            loss = next_token_loss(self._logits(hidden[rows]), next_labels, num_targets)
         return BatchEmbeddings(query, candidates, loss, num_targets)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -503,7 +532,7 @@ class Embedder(nn.Module):
         elif fields:
             raise TypeError(f"pass a BTokBatch or its fields, not both (got the batch and {sorted(fields)})")
         weights = loss_weights if loss_weights is not None else LossWeights(self.config.generative_weight)
-        embeddings = self.embed_batch(batch, generative=weights.generative != 0)
+        embeddings = self.embed_batch(batch, generative=weights.generative != 0, normalization=weights.normalization)
         return self.compute_loss(embeddings, batch.positive_index, weights)
 
     # -- inference ------------------------------------------------------------------------------
@@ -683,3 +712,18 @@ def _target_rows(layout: CondensationLayout) -> torch.Tensor:
     ends = torch.tensor(cu[1:], dtype=torch.long)
     first = starts + torch.tensor(layout.host_target_start, dtype=torch.long)
     return concat_ranges(first, (ends - first - 1).clamp_min(0))
+
+
+def _target_sides(
+    layout: CondensationLayout, rows: torch.Tensor, next_labels: torch.Tensor, num_queries: int
+) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """For the authors' generative loss: whether each target row's sequence is a query (bool
+    ``[R]``), and per side (queries, candidates) the scored target tokens and the sequences
+    holding any, counted on the host from ``rows`` (:func:`_target_rows`) and their next labels."""
+    sequence = torch.searchsorted(torch.tensor(layout.host_cu_seqlens[1:], dtype=torch.long), rows, right=True)
+    on_query = sequence < num_queries
+    scored = (next_labels != IGNORE_INDEX).cpu()
+    tokens = (int((scored & on_query).sum()), int((scored & ~on_query).sum()))
+    generating = torch.unique(sequence[scored])
+    sequences = (int((generating < num_queries).sum()), int((generating >= num_queries).sum()))
+    return on_query, tokens, sequences

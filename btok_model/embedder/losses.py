@@ -4,7 +4,8 @@
   (in-batch negatives, hard negatives, and the candidates of other ranks), on cosine or
   MaxSim scores (:mod:`.similarity`).
 * :func:`matryoshka_info_nce` -- its weighted sum over leading-dimension truncations.
-* :func:`next_token_loss` -- the generative loss on target tokens.
+* :func:`next_token_loss` -- the generative loss on target tokens (a token mean), and
+  :func:`authors_next_token_loss` -- the authors' per-side, per-chunk weighting of it.
 * :class:`LossWeights` -- the one place the two become the loss a step backpropagates
   (the generative weight, and each rank's share of a distributed batch).
 * :func:`gather_with_grad` -- all-gather across ranks that sends gradients back to the
@@ -22,7 +23,9 @@ import torch.nn.functional as F
 from .similarity import maxsim_logit_scale, similarity_scores, truncate
 
 __all__ = [
+    "GENERATIVE_NORMALIZATIONS",
     "LossWeights",
+    "authors_next_token_loss",
     "gather_sizes",
     "gather_with_grad",
     "info_nce",
@@ -31,6 +34,10 @@ __all__ = [
     "next_token_loss",
     "rank_offset",
 ]
+
+
+# How the generative loss of a batch is normalised (see LossWeights and the two loss functions).
+GENERATIVE_NORMALIZATIONS = ("token", "authors")
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,18 @@ class LossWeights:
 
     The generative term is left out when there is no generative loss or its weight is 0.
 
+    Two normalisations of the generative loss (``normalization``):
+
+    * ``"token"`` (btok's): the mean next-token loss over every scored target token of the
+      global batch (:func:`next_token_loss`); each target token weighs the same, wherever it sits.
+    * ``"authors"`` (vlm2emb's ``BToksTrainer``): per GradCache chunk and per side (targets the
+      queries' BToks generate, targets the positives' BToks generate), the mean over that
+      side's target tokens times (that side's generating examples in the chunk / the rank's
+      examples), summed (:func:`authors_next_token_loss`); the ranks' values are averaged. A
+      target then weighs by its example, not its length (a short target's tokens weigh more
+      than a long one's), and an example whose both sides generate (WebQA) weighs twice.
+      ``target_share`` is 1 in this mode (each rank's value is already per example).
+
     Attributes:
         generative: the generative loss's weight (a model's ``config.generative_weight``, or the
             trainer's schedule for the step).
@@ -51,11 +70,28 @@ class LossWeights:
             that average the mean over the whole global batch.
         target_share: this rank's scored target tokens / their mean per rank (1 on one process),
             the same for the token-mean generative loss.
+        normalization: ``"token"`` or ``"authors"`` (above).
     """
 
     generative: float
     query_share: float = 1.0
     target_share: float = 1.0
+    normalization: str = "token"
+
+    def __post_init__(self):
+        if self.normalization not in GENERATIVE_NORMALIZATIONS:
+            raise ValueError(
+                f"generative normalization must be one of {GENERATIVE_NORMALIZATIONS}, got {self.normalization!r}"
+            )
+
+    def chunk_share(self, chunk_tokens: int, batch_tokens: int, chunk_queries: int, batch_queries: int) -> float:
+        """What one GradCache chunk's generative loss (as the chunk alone would compute it)
+        counts for in its batch's: its share of the scored target tokens (``"token"``), or of
+        the examples (``"authors"``: the chunk's value divides by its own examples, the batch's
+        by the rank's)."""
+        if self.normalization == "authors":
+            return chunk_queries / batch_queries
+        return chunk_tokens / batch_tokens
 
     def contrastive_part(self, contrastive: torch.Tensor) -> torch.Tensor:
         """``query_share * contrastive``: this rank's share of the global batch's InfoNCE."""
@@ -158,6 +194,43 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int)
     if num_tokens <= 0:
         raise ValueError(f"num_tokens must be > 0, got {num_tokens}")
     return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum") / num_tokens
+
+
+def authors_next_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    on_query: torch.Tensor,
+    tokens: tuple[int, int],
+    sequences: tuple[int, int],
+    num_examples: int,
+) -> torch.Tensor:
+    """The authors' generative loss of one forward pass (one GradCache chunk)::
+
+        sum over sides s of  (sum of the side's token losses / tokens[s]) * sequences[s] / num_examples
+
+    Side 0: the targets after the queries' BToks (the positive generated); side 1: after the
+    candidates' BToks (the query generated). A side without target tokens adds nothing.
+
+    Args:
+        logits: ``[R, V]`` logits of R rows (any float dtype; computed in fp32).
+        labels: int64 ``[R]``, the token each row predicts, -100 for rows without loss.
+        on_query: bool ``[R]``, whether the row's target sits after a query's BToks.
+        tokens: scored target tokens on each side (host ints).
+        sequences: sequences with a scored target on each side (host ints; the generating examples).
+        num_examples: the examples of the pass (its queries), > 0.
+
+    Returns:
+        fp32 scalar.
+    """
+    if num_examples <= 0:
+        raise ValueError(f"num_examples must be > 0, got {num_examples}")
+    losses = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")  # [R]
+    total = losses.new_zeros(())
+    for side, mask in enumerate((on_query, ~on_query)):
+        if tokens[side]:
+            side_sum = torch.where(mask, losses, torch.zeros_like(losses)).sum()
+            total = total + side_sum / tokens[side] * (sequences[side] / num_examples)
+    return total
 
 
 def is_distributed() -> bool:

@@ -152,8 +152,10 @@ class BTokModel(Embedder):
                 :class:`~btok_model.backend.kernel_settings.KernelSettings` (``backend``,
                 ``fused_dq``, ``autotune``, ``padding_mode``) or a dict of them; saved with the
                 model. Unset fields follow the ``BTOK_*`` environment variables.
-            btok_init: how new BTok rows start: ``"mean"`` (the mean of the vocabulary's rows)
-                or ``"eos"`` (a copy of the EOS token's row, as in the authors' code); see
+            btok_init: how new BTok rows start: ``"mean"`` (the mean of the vocabulary's rows),
+                ``"eos"`` (a copy of the EOS token's row) or ``"checkpoint"`` (the rows the
+                backbone already has for the new ids, as the authors' code leaves Qwen2-VL-2B's
+                spare rows; raises when the ids do not fit); see
                 :func:`~btok_model.embedder.tokens.init_btok_rows`.
             **from_pretrained_kwargs: loading by name only: ``dtype`` (default: bfloat16 where
                 the default device computes it natively, else float32; ``"auto"``: the

@@ -27,7 +27,7 @@ import torch
 
 __all__ = ["BTOK_INITS", "add_btok_tokens", "init_btok_rows", "lora_target_modules", "make_trainable", "wrap_peft"]
 
-BTOK_INITS = ("mean", "eos")
+BTOK_INITS = ("mean", "eos", "checkpoint")
 
 
 def add_btok_tokens(tokenizer, tokens: list[str]) -> tuple[list[int], bool]:
@@ -75,26 +75,33 @@ def init_btok_rows(model, btok_ids: list[int], source_rows: int, init: str = "me
     the generative loss (the argument of transformers' ``mean_resizing``). Rows of padded
     vocabularies past the tokenizer (Qwen) are never averaged.
 
-    ``init="eos"`` (the authors' recipe): every BTok input-embedding row is a copy of the EOS
-    token's row (with a tied LM head, Qwen2-VL-2B's, the head's rows too); an untied LM head's
-    BTok rows take the mean of its rows as above. btok copies the EOS row whether or not the
-    matrix grows. The authors' code (vlm2emb ``BToksTokenInjector.on_processor``) copies it only
-    when ``len(tokenizer)`` exceeds the embedding rows, after ``resize_token_embeddings`` (whose
-    default mean resizing fills an untied head's new rows near its mean); when the matrix has
-    spare rows it changes nothing, and the BToks keep the checkpoint's values for those unused
-    ids. Qwen2-VL-2B-Instruct is such a case: 151,936 rows (its config's ``vocab_size``) for a
-    151,657-token tokenizer, so its BToks (ids 151,657-151,660) start from rows no token ever
-    trained, not from EOS.
+    ``init="eos"``: every BTok input-embedding row is a copy of the EOS token's row (with a tied
+    LM head the head's rows too); an untied LM head's BTok rows take the mean of its rows as
+    above. btok copies the EOS row whether or not the matrix grows.
 
-    Either way the K rows start equal; their positions tell them apart from the first step
-    (RoPE), and training separates them.
+    ``init="checkpoint"`` (the authors' recipe on a backbone with spare rows): the BTok ids
+    keep the rows the checkpoint already has for them, input embedding and LM head alike;
+    nothing is written. The authors' injector (vlm2emb ``BToksTokenInjector.on_processor``)
+    copies the EOS row only when ``len(tokenizer)`` exceeds the embedding rows; when the matrix
+    has spare rows it changes nothing. Qwen2-VL-2B-Instruct is such a case: 151,936 rows (its
+    config's ``vocab_size``) for a 151,657-token tokenizer, so its BToks (ids 151,657-151,660)
+    start from padding rows no token ever trained. Where the ids do not fit, ``"checkpoint"``
+    raises (the authors would resize and copy EOS: that is ``"eos"``).
+
+    With ``"mean"`` and ``"eos"`` the K rows start equal; their positions tell them apart from
+    the first step (RoPE), and training separates them.
 
     Args:
         model: the transformers model (not PEFT-wrapped).
         btok_ids: the K ids.
         source_rows: how many leading rows are the original vocabulary (>= 1).
-        init: ``"mean"`` or ``"eos"``.
+        init: ``"mean"``, ``"eos"`` or ``"checkpoint"``.
         eos_id: the EOS token id (``init="eos"``), one of the first ``source_rows`` ids.
+
+    Raises:
+        ValueError: an unknown ``init``; ``"eos"`` without an EOS id among the original ids;
+            ``"checkpoint"`` when the embedding matrix (or an untied LM head) has no row for
+            the largest BTok id (the message gives both sizes).
     """
     if init not in BTOK_INITS:
         raise ValueError(f"btok_init must be one of {BTOK_INITS}, got {init!r}")
@@ -103,6 +110,9 @@ def init_btok_rows(model, btok_ids: list[int], source_rows: int, init: str = "me
             f"btok_init='eos' needs the tokenizer's EOS token among its original {source_rows} ids, got eos id {eos_id}"
         )
     needed = max(btok_ids) + 1
+    if init == "checkpoint":
+        _check_checkpoint_rows(model, btok_ids, needed)
+        return
     if model.get_input_embeddings().weight.shape[0] < needed:
         model.resize_token_embeddings(needed, mean_resizing=False)
     index = torch.tensor(btok_ids)
@@ -115,6 +125,24 @@ def init_btok_rows(model, btok_ids: list[int], source_rows: int, init: str = "me
     output = model.get_output_embeddings()
     if output is not None and output.weight is not embedding.weight:
         _set_rows_to_mean(output, index, source_rows)
+
+
+def _check_checkpoint_rows(model, btok_ids: list[int], needed: int) -> None:
+    """Raise unless the input embedding and an LM head have a row for every BTok id."""
+    output = model.get_output_embeddings()
+    matrices = [("input embedding", model.get_input_embeddings())]
+    if output is not None and output.weight is not matrices[0][1].weight:
+        matrices.append(("LM head", output))
+    for name, module in matrices:
+        rows = module.weight.shape[0]
+        if rows < needed:
+            raise ValueError(
+                f"btok_init='checkpoint' keeps the backbone's own rows for the BTok ids "
+                f"{min(btok_ids)}..{max(btok_ids)}, "
+                f"but its {name} has {rows} rows (ids 0..{rows - 1}) and the ids need {needed}: the tokenizer has "
+                f"no spare rows in this checkpoint; use btok_init='eos' (the authors' choice when the matrix grows) "
+                "or 'mean'"
+            )
 
 
 def _set_rows_to_mean(module: torch.nn.Module, index: torch.Tensor, source_rows: int) -> None:

@@ -81,6 +81,10 @@ class TrainingCollator:
         max_tokens: at most this many packed tokens per forward pass (None: no limit). A
             single example longer than this raises, naming it.
         gradient_accumulation_steps: batches per optimizer step.
+        sort_by_query_length: form the chunks after a stable sort of the examples by query
+            length (tokens, placeholders expanded), as the authors' GradCache does before it
+            chunks: their per-chunk generative weighting depends on which examples share a
+            chunk. The contrastive loss does not depend on the order.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class TrainingCollator:
         chunk_size: int | None = None,
         max_tokens: int | None = None,
         gradient_accumulation_steps: int = 1,
+        sort_by_query_length: bool = False,
     ):
         for name, value in (("chunk_size", chunk_size), ("max_tokens", max_tokens)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -99,6 +104,7 @@ class TrainingCollator:
         self.schedule = schedule
         self.chunk_size, self.max_tokens = chunk_size, max_tokens
         self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.sort_by_query_length = sort_by_query_length
         self.batches_built = 0
         self.built_steps: deque[int] = deque()  # the step of each batch built and not yet taken
 
@@ -116,7 +122,10 @@ class TrainingCollator:
         self.batches_built += 1
         self.built_steps.append(step)
         encoded = self.collator.encode_examples(examples, with_targets=self.schedule.weight_at(step) != 0)
-        groups = self._chunks(encoded)
+        order = list(range(len(encoded)))
+        if self.sort_by_query_length:
+            order.sort(key=lambda i: (len(encoded[i].query), i))
+        groups = self._chunks(encoded, order)
         if len(groups) == 1:
             return self.collator.pack(encoded)
         chunks, positive_index, offset = [], [], 0
@@ -130,11 +139,12 @@ class TrainingCollator:
             offset += len(batch.btok_layout.seqlens) - batch.num_queries
         return ChunkedBatch(chunks, torch.cat(positive_index), sum(c.batch.num_target_tokens for c in chunks))
 
-    def _chunks(self, encoded) -> list[list[int]]:
-        """Consecutive example groups within ``chunk_size`` examples and ``max_tokens`` tokens."""
+    def _chunks(self, encoded, order: list[int]) -> list[list[int]]:
+        """Example groups, consecutive in ``order``, within ``chunk_size`` examples and ``max_tokens`` tokens."""
         k = self.collator.num_btoks
         groups, current, tokens = [], [], 0
-        for i, ex in enumerate(encoded):
+        for i in order:
+            ex = encoded[i]
             size = len(ex.query) + sum(len(c) for c in ex.candidates) + k * (1 + len(ex.candidates))
             size += sum(len(t.ids) for t in ex.targets() if t is not None)
             if self.max_tokens is not None and size > self.max_tokens:

@@ -10,8 +10,10 @@ Size under Memory Limited Setup", 2021), one step runs in three phases:
 3. re-run every chunk with autograd, the RNG state restored so dropout draws the same
    masks, and backpropagate ``sum(embeddings * their gradient)``; the chunk's generative
    loss joins this backward weighted by its share of the batch's target tokens, so the
-   sum over chunks is the full batch's token mean. Both parts are weighted by the step's
-   :class:`~btok_model.embedder.losses.LossWeights`, as the model's own loss weighs them.
+   sum over chunks is the full batch's token mean (or, with the authors' normalization, by
+   its share of the batch's examples: the sum over chunks of each chunk's per-side token means
+   times its generating examples / the batch's examples). Both parts are weighted by the
+   step's :class:`~btok_model.embedder.losses.LossWeights`, as the model's own loss weighs them.
 
 Phase 3 recomputes the chunk exactly as phase 1 did (same inputs, weights and random
 draws), so the parameter gradients equal those of one backward through the whole batch,
@@ -66,7 +68,9 @@ def grad_cache_step(
     on the whole batch: the contrastive part from the model's own ``compute_loss`` on all the
     embeddings, the generative part the sum over chunks ``c`` of ``gen_c * n_c / N`` (``gen_c``
     the mean generative loss of chunk ``c`` over its ``n_c`` target tokens, ``N`` the batch's),
-    i.e. the batch's token mean.
+    i.e. the batch's token mean; with ``weights.normalization == "authors"`` the sum of
+    ``gen_c * q_c / Q`` (``gen_c`` the chunk's authors' loss over its ``q_c`` examples, ``Q``
+    the batch's, :func:`~btok_model.embedder.losses.authors_next_token_loss`).
 
     Args:
         model: a BTok model or any :class:`~btok_model.embedder.core.Embedder` (not a DDP wrapper:
@@ -103,15 +107,18 @@ def grad_cache_step(
     q_start = c_start = 0
     for chunk, state in zip(batch.chunks, states, strict=True):
         with state.replay(), autocast():
-            embedded = model.embed_batch(chunk.batch, generative=weights.generative != 0)
+            embedded = model.embed_batch(
+                chunk.batch, generative=weights.generative != 0, normalization=weights.normalization
+            )
         q, c = embedded.query_embeddings, embedded.candidate_embeddings
         q_end, c_end = q_start + q.shape[0], c_start + c.shape[0]
         surrogate = (q * query_grad[q_start:q_end]).sum() + (c * candidate_grad[c_start:c_end]).sum()
-        part = weights.generative_part(
-            None
-            if embedded.generative_loss is None
-            else embedded.generative_loss * (embedded.num_target_tokens / batch.num_target_tokens)
-        )
+        part = None
+        if embedded.generative_loss is not None:
+            share = weights.chunk_share(
+                embedded.num_target_tokens, batch.num_target_tokens, chunk.batch.num_queries, batch.num_queries
+            )
+            part = weights.generative_part(embedded.generative_loss * share)
         term = weights.generative_term(part)
         if term is not None:
             surrogate = surrogate + scale * term

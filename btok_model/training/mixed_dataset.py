@@ -404,7 +404,14 @@ class MixedDataset(torch.utils.data.Dataset):
         return example
 
     def sampler(
-        self, seed: int, block_size: int | None = None, num_samples: int | None = None
+        self,
+        seed: int,
+        block_size: int | None = None,
+        num_samples: int | None = None,
+        *,
+        mode: str = "strict",
+        per_device: int | None = None,
+        world_size: int = 1,
     ) -> MixtureSampler | SourceBlockSampler:
         """The order of the training examples (see :mod:`.sampler`).
 
@@ -413,10 +420,15 @@ class MixedDataset(torch.utils.data.Dataset):
             block_size: None: each epoch holds each source's share of ``num_samples``, shuffled;
                 N: blocks of N examples from one source each, sources drawn by weight.
             num_samples: examples per epoch (default: the sources' total size).
+            mode, per_device, world_size: how blocks reach the ranks (``"strict"`` or the
+                ``"authors"`` stride for ``per_device`` x ``world_size``; see :class:`.SourceBlockSampler`).
         """
         if block_size is None:
             return MixtureSampler(self.sizes, self.weights, seed, num_samples)
-        return SourceBlockSampler(self.sizes, self.weights, block_size, seed, num_samples)
+        return SourceBlockSampler(
+            self.sizes, self.weights, block_size, seed, num_samples, mode=mode, per_device=per_device,
+            world_size=world_size,
+        )
 
     def describe(self) -> list[dict]:
         """One dict per source (name, path, examples, weight, probability, target side, ...), for run records."""

@@ -6,12 +6,12 @@ flags the user did not give: an explicit flag > the preset > the :class:`~.recip
 default. Keys are the train command's argument names: the :class:`~.recipe.Recipe` fields,
 ``model`` and ``no_btoks``.
 
-Where btok and the authors' code differ on these settings (see the README's table):
+Where btok and the authors' code differ on these settings (the table in ``docs/authors-preset.md``):
 
-* ``btok_init="eos"``: btok copies the EOS row into the BTok rows; the authors' injector does
-  so only when the embedding matrix grows, which Qwen2-VL-2B's does not (it has spare rows),
-  so their BToks start from the checkpoint's unused rows
-  (:func:`~btok_model.embedder.tokens.init_btok_rows`).
+* ``btok_init="checkpoint"``: the BToks keep the checkpoint's rows for their ids, as the
+  authors' injector leaves them when the embedding matrix has spare rows (Qwen2-VL-2B's
+  does); on a backbone without spare rows btok raises where the authors would resize and copy
+  EOS (``--btok-init eos``) (:func:`~btok_model.embedder.tokens.init_btok_rows`).
 * ``lora_modules``: the authors' list, applied by btok to the language model only; on
   Qwen2-VL this is the same set of layers (q/k/v/o/down_proj of the decoder; the vision
   tower's layers are named ``qkv``, ``proj``, ``fc1``, ``fc2``), on Qwen2.5-VL the authors'
@@ -93,6 +93,15 @@ def _shared(base: str) -> dict[str, tuple[object, str]]:
         "video_min_pixels": (3136, f"{_PRESET}: processor.video_min_pixels"),
         "video_max_pixels": (602112, f"{_PRESET}: processor.video_max_pixels"),
         "source_block_size": (512, f"{base}: interleave_batch_size"),
+        "save_adapters": (
+            True,
+            "src/vlm2emb/training/train.py: the PEFT model saved with its adapters; evaluated unmerged",
+        ),
+        "source_block_mode": (
+            "authors",
+            "src/vlm2emb/training/samplers/batch_interleave.py: _apply_stride_interleave (per_device_batch_size x "
+            "world_size windows), then accelerate's per-device batches dealt to the ranks in turn",
+        ),
         "hard_negatives": (
             False,
             "src/vlm2emb/training/trainers/{btoks,vlm2vec}_trainer.py: GradCache over the query and positive groups only",
@@ -110,7 +119,16 @@ BTOKS_QWEN2VL_2B_V1 = Preset(
         "pooling": ("mean", "src/vlm2emb/modules/btoks.py: BToksPooling (mean of the BTok states)"),
         "generative_weight": (5.0, f"{_BASE}: generation_loss_weight"),
         "generative_steps": (2000, f"{_BASE}: generation_loss_duration"),
-        "btok_init": ("eos", "src/vlm2emb/modules/btoks.py: BToksTokenInjector.on_processor (EOS row)"),
+        "generative_normalization": (
+            "authors",
+            "src/vlm2emb/training/trainers/btoks_trainer.py: forward_backward_fn (gen_loss x G_chunk / B_local per "
+            "group and chunk; chunks after the aligned sort by query length, gc_sort_by_length default True)",
+        ),
+        "btok_init": (
+            "checkpoint",
+            "src/vlm2emb/modules/btoks.py: BToksTokenInjector.on_processor (copies EOS only when the tokenizer "
+            "outgrows the embedding matrix; Qwen2-VL-2B's 151,936 rows hold its 151,657 ids and the 4 BToks)",
+        ),
     },
     dataset="configs/datasets/btoks_mmeb_train.yaml (mmeb_train.yaml's weights, per-subset ntp_side)",
     mixture=AUTHORS_V1_MIXTURE,

@@ -34,8 +34,12 @@ class Recipe:
             or ``"mean"``.
         temperature: InfoNCE temperature.
         generative_weight, generative_steps: the generative schedule (steps None = always).
-        btok_init: how the BTok rows start: ``"mean"`` of the vocabulary's rows or a copy of
-            the ``"eos"`` row (see :func:`~btok_model.embedder.tokens.init_btok_rows`).
+        generative_normalization: ``"token"`` (the generative loss is the mean over the global
+            batch's target tokens) or ``"authors"`` (their per-chunk, per-side weighting by
+            generating examples, :class:`~btok_model.embedder.losses.LossWeights`).
+        btok_init: how the BTok rows start: ``"mean"`` of the vocabulary's rows, a copy of the
+            ``"eos"`` row, or the backbone's own ``"checkpoint"`` rows for the new ids (see
+            :func:`~btok_model.embedder.tokens.init_btok_rows`).
         lora_r: LoRA rank, 0 = full fine-tuning.
         lora_alpha: LoRA scale numerator (None: 2 x r).
         lora_dropout: LoRA dropout.
@@ -61,7 +65,12 @@ class Recipe:
             image / video frame the vision-language processor resizes to (None: the processor's own).
         source_block_size: blocks of this many examples from one training source each, the
             source drawn by weight (the authors' interleaved sampler; their preset uses 512);
-            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks.
+            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks
+            in ``"strict"`` mode.
+        source_block_mode: ``"strict"`` (every rank's batch from one source at every step) or
+            ``"authors"`` (their stride interleave and accelerate's hand-out: at 8 ranks x 128
+            with blocks of 512, 64 examples from each of two sources per rank and step; see
+            :mod:`~btok_model.training.sampler`).
         hard_negatives: score each query against its example's negatives too; False drops them
             (in-batch candidates only, as the authors' loss does).
         similarity: ``"cosine"`` (InfoNCE on the pooled embeddings, the method) or ``"maxsim"``
@@ -71,6 +80,9 @@ class Recipe:
         matryoshka_weights: one weight per Matryoshka dimension (None: 1 each).
         logging_steps, save_steps, save_total_limit: logging and checkpoints (save_steps 0: no
             intermediate checkpoints).
+        save_adapters: the final model folder keeps the LoRA / DoRA adapters unmerged (base
+            weights + ``adapter/``), as the authors save and evaluate them; False merges them into
+            the weights (checkpoints are always merged, for resuming).
         fsdp: shard the model with FSDP2 under ``torchrun`` instead of replicating it (DDP).
         fsdp_config: more ``TrainingArguments.fsdp_config`` settings (``cpu_offload``,
             ``transformer_layer_cls_to_wrap``, ``reshard_after_forward``, ...; ``version``
@@ -82,6 +94,7 @@ class Recipe:
     temperature: float = 0.02
     generative_weight: float = 5.0
     generative_steps: int | None = 2000
+    generative_normalization: str = "token"
     btok_init: str = "mean"
     lora_r: int = 16
     lora_alpha: float | None = None
@@ -110,6 +123,7 @@ class Recipe:
     video_min_pixels: int | None = None
     video_max_pixels: int | None = None
     source_block_size: int | None = None
+    source_block_mode: str = "strict"
     hard_negatives: bool = True
     similarity: str = "cosine"
     matryoshka_dims: list | None = None
@@ -119,6 +133,7 @@ class Recipe:
     save_total_limit: int | None = 2
     fsdp: bool = False
     fsdp_config: dict | None = None
+    save_adapters: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -327,6 +342,9 @@ def train(
         chunk_size=recipe.chunk_size,
         max_tokens=recipe.max_tokens,
         source_block_size=recipe.source_block_size,
+        source_block_mode=recipe.source_block_mode,
+        generative_normalization=recipe.generative_normalization,
+        save_adapters=recipe.save_adapters,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume)

@@ -9,9 +9,18 @@ block) comes from it. Two orders:
   epoch's examples (largest remainders), and everything is shuffled together.
 * :class:`SourceBlockSampler` -- the authors' interleaved sampler: the epoch is a run of blocks
   of ``block_size`` consecutive indices, each block from one source drawn at random by weight.
-  With blocks a multiple of the global batch (:func:`check_block_size`), every rank's batch
-  at every step comes from one source, so in-batch and gathered negatives are negatives of
-  one task.
+  Two ways the blocks reach the ranks (``mode``):
+
+  - ``"strict"``: the stream as it is. With blocks a multiple of the global batch
+    (:func:`check_block_size`), every rank's batch at every step comes from one source, so
+    in-batch and gathered negatives are negatives of one task.
+  - ``"authors"``: vlm2emb's ``BatchInterleaveSampler`` with its stride interleave
+    (:func:`authors_stride`): each window of ``per_device x world_size`` indices is read
+    column-wise, then the Trainer (accelerate) deals consecutive per-device batches to the
+    ranks in turn. Rank ``r``'s ``j``-th example of a step is the window's index
+    ``(k % W) * per_device + k // W`` with ``k = r * per_device + j``. Blocks of any multiple of
+    ``per_device`` are accepted; where a window spans several blocks, every rank's batch holds
+    an equal part of each (at 8 x 128 with blocks of 512: 64 examples from each of two sources).
 
 Within a source, rows come without replacement from a random permutation, a fresh one each
 time the source is used up. An epoch's order is a function of ``(seed, epoch)`` alone:
@@ -23,7 +32,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["MixtureSampler", "SourceBlockSampler", "check_block_size", "shares"]
+__all__ = ["SOURCE_BLOCK_MODES", "MixtureSampler", "SourceBlockSampler", "authors_stride", "check_block_size", "shares"]
+
+# How source blocks reach the ranks (see the module docstring).
+SOURCE_BLOCK_MODES = ("strict", "authors")
 
 
 def shares(weights: list[float], total: int) -> list[int]:
@@ -37,18 +49,23 @@ def shares(weights: list[float], total: int) -> list[int]:
     return counts
 
 
-def check_block_size(block_size: int, per_device: int, world_size: int, accumulation: int = 1) -> None:
+def check_block_size(
+    block_size: int, per_device: int, world_size: int, accumulation: int = 1, mode: str = "strict"
+) -> None:
     """Check that blocks of ``block_size`` line up with the Trainer's steps.
 
     The Trainer (accelerate) batches the sampler's stream ``per_device`` indices at a time and
     deals the batches to the ranks in turn, so one optimizer step consumes
-    ``per_device x world_size x accumulation`` consecutive indices. A block size that is a
-    multiple of that puts every rank's batch, at every accumulated micro-step of every step,
-    inside one block: one source per step.
+    ``per_device x world_size x accumulation`` consecutive indices. In ``"strict"`` mode a
+    block size that is a multiple of that puts every rank's batch, at every accumulated
+    micro-step of every step, inside one block: one source per step. In ``"authors"`` mode a
+    multiple of ``per_device`` is enough (the authors' own check).
 
     Raises:
-        ValueError: it is not a multiple (the message gives the sizes that fit).
+        ValueError: it is not a multiple (the message gives the sizes that fit), or an unknown mode.
     """
+    if mode not in SOURCE_BLOCK_MODES:
+        raise ValueError(f"source_block_mode must be one of {SOURCE_BLOCK_MODES}, got {mode!r}")
     for name, value in (
         ("source_block_size", block_size),
         ("per_device_train_batch_size", per_device),
@@ -57,6 +74,13 @@ def check_block_size(block_size: int, per_device: int, world_size: int, accumula
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if mode == "authors":
+        if block_size % per_device:
+            raise ValueError(
+                f"source_block_size={block_size} must be a multiple of per_device_train_batch_size={per_device} "
+                "(source_block_mode 'authors', as the authors' sampler requires)"
+            )
+        return
     step = per_device * world_size * accumulation
     if block_size % step:
         below = block_size // step * step
@@ -65,8 +89,31 @@ def check_block_size(block_size: int, per_device: int, world_size: int, accumula
             f"source_block_size={block_size} must be a multiple of the examples one optimizer step takes, "
             f"per_device_train_batch_size x world_size x gradient_accumulation_steps = {per_device} x {world_size} x "
             f"{accumulation} = {step}, so that every rank draws from one source at every step (the nearest that "
-            f"fit: {fits})"
+            f"fit: {fits}; or source_block_mode 'authors': the authors' stride, several sources per step)"
         )
+
+
+def authors_stride(order: np.ndarray, per_device: int, world_size: int) -> np.ndarray:
+    """The authors' stride interleave of a stream (vlm2emb ``_apply_stride_interleave``).
+
+    Each full window of ``per_device x world_size`` indices, viewed as ``[world_size,
+    per_device]``, is read column by column; an incomplete last window stays as it is; one
+    rank leaves the stream unchanged.
+
+    Args:
+        order: int64 ``[n]``, the sampler's stream.
+        per_device: examples per rank and step.
+        world_size: ranks.
+
+    Returns:
+        int64 ``[n]``.
+    """
+    if world_size <= 1:
+        return order
+    window = per_device * world_size
+    full = len(order) // window * window
+    head = order[:full].reshape(-1, world_size, per_device).transpose(0, 2, 1).reshape(-1)
+    return np.concatenate([head, order[full:]])
 
 
 class _Source:
@@ -166,12 +213,32 @@ class SourceBlockSampler(_EpochSampler):
         num_samples: examples per epoch, rounded up to whole blocks (default: the sources'
             total size). The authors instead end an epoch once every source has been used up;
             with a step count (``max_steps``) the two give the same stream of blocks.
+        mode: ``"strict"`` (the stream of blocks) or ``"authors"`` (their stride interleave
+            for ``per_device`` x ``world_size``, :func:`authors_stride`).
+        per_device: examples per rank and step (``"authors"`` mode).
+        world_size: ranks (``"authors"`` mode).
     """
 
     def __init__(
-        self, sizes: list[int], weights: list[float], block_size: int, seed: int = 0, num_samples: int | None = None
+        self,
+        sizes: list[int],
+        weights: list[float],
+        block_size: int,
+        seed: int = 0,
+        num_samples: int | None = None,
+        *,
+        mode: str = "strict",
+        per_device: int | None = None,
+        world_size: int = 1,
     ):
         super().__init__(sizes, weights, seed)
+        if mode not in SOURCE_BLOCK_MODES:
+            raise ValueError(f"source_block_mode must be one of {SOURCE_BLOCK_MODES}, got {mode!r}")
+        if mode == "authors":
+            for name, value in (("per_device", per_device), ("world_size", world_size)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"source_block_mode 'authors' needs {name} as an int >= 1, got {value!r}")
+        self.mode, self.per_device, self.world_size = mode, per_device, world_size
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
         total = sum(self.sizes) if num_samples is None else num_samples
@@ -184,10 +251,16 @@ class SourceBlockSampler(_EpochSampler):
     def __len__(self) -> int:
         return self.num_blocks * self.block_size
 
+    def sources_of(self, indices: np.ndarray) -> np.ndarray:
+        """The source of each index, int64."""
+        return np.searchsorted(self.offsets, indices, side="right") - 1
+
     def block_sources(self, epoch: int | None = None) -> np.ndarray:
-        """The source of each block of epoch ``epoch`` (default: the current one), int64 ``[num_blocks]``."""
-        starts = self.order(epoch)[:: self.block_size]
-        return np.searchsorted(self.offsets, starts, side="right") - 1
+        """The source of each block of epoch ``epoch`` (default: the current one), int64
+        ``[num_blocks]`` (``"strict"`` mode: in ``"authors"`` mode the stream is strided)."""
+        if self.mode != "strict":
+            raise ValueError("block_sources reads the blocks of a 'strict' stream; this sampler strides them")
+        return self.sources_of(self.order(epoch)[:: self.block_size])
 
     def _build(self, rng: np.random.Generator) -> np.ndarray:
         picks = rng.choice(len(self.sizes), size=self.num_blocks, p=self.probabilities)
@@ -195,4 +268,6 @@ class SourceBlockSampler(_EpochSampler):
         order = np.empty(self.num_blocks * self.block_size, dtype=np.int64)
         for b, s in enumerate(picks):
             order[b * self.block_size : (b + 1) * self.block_size] = self.offsets[s] + sources[s].take(self.block_size)
+        if self.mode == "authors":
+            order = authors_stride(order, self.per_device, self.world_size)
         return order

@@ -150,7 +150,7 @@ def _configure_fsdp(plugin, model, args) -> None:
         plugin.transformer_cls_names_to_wrap = list(next((names for names in layers if names), []))
 
 
-def _mixture_sampler(dataset, args, block_size: int | None):
+def _mixture_sampler(dataset, args, block_size: int | None, mode: str = "strict"):
     """The sampler of a :class:`~btok_model.training.mixed_dataset.MixedDataset` (None for other datasets).
 
     Raises:
@@ -166,9 +166,11 @@ def _mixture_sampler(dataset, args, block_size: int | None):
         return None
     if block_size is not None:
         check_block_size(
-            block_size, args.per_device_train_batch_size, args.world_size, args.gradient_accumulation_steps
+            block_size, args.per_device_train_batch_size, args.world_size, args.gradient_accumulation_steps, mode
         )
-    return dataset.sampler(args.seed, block_size)
+    return dataset.sampler(
+        args.seed, block_size, mode=mode, per_device=args.per_device_train_batch_size, world_size=args.world_size
+    )
 
 
 def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -252,6 +254,13 @@ class BTokTrainer(Trainer):
         source_block_size: with a :class:`~btok_model.training.mixed_dataset.MixedDataset`, draw blocks
             of this many examples from one source each (None: each source's share, shuffled);
             a multiple of ``per_device_train_batch_size x world_size x gradient_accumulation_steps``.
+        save_adapters: the final :meth:`save_model` (not a checkpoint's) keeps PEFT adapters
+            unmerged (:meth:`~btok_model.embedder.core.Embedder.save_pretrained`).
+        source_block_mode: how the blocks reach the ranks: ``"strict"`` (one source per step) or
+            ``"authors"`` (their stride; see :mod:`~btok_model.training.sampler`).
+        generative_normalization: ``"token"`` or ``"authors"`` (see
+            :class:`~btok_model.embedder.losses.LossWeights`; ``"authors"`` also sorts a batch by
+            query length before it is chunked, as their GradCache does).
         **kwargs: passed to ``Trainer`` (``callbacks``, ...).
     """
 
@@ -265,9 +274,12 @@ class BTokTrainer(Trainer):
         chunk_size: int | None = None,
         max_tokens: int | None = None,
         source_block_size: int | None = None,
+        generative_normalization: str = "token",
+        source_block_mode: str = "strict",
+        save_adapters: bool = False,
         **kwargs,
     ):
-        self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size)
+        self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size, source_block_mode)
         if args.dataloader_num_workers:
             raise ValueError(
                 "BTokTrainer collates in the training process (dataloader_num_workers=0): the batch builder follows "
@@ -276,12 +288,16 @@ class BTokTrainer(Trainer):
         args.remove_unused_columns = False
         self.schedule = schedule if schedule is not None else GenerativeSchedule(model.config.generative_weight, None)
         self.generative_weight = GenerativeWeightCallback(self.schedule)
+        LossWeights(0.0, normalization=generative_normalization)  # checks the name
+        self.generative_normalization = generative_normalization
+        self.save_adapters = save_adapters
         self.training_collator = TrainingCollator(
             model.collator,
             self.schedule,
             chunk_size=chunk_size,
             max_tokens=max_tokens,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
+            sort_by_query_length=generative_normalization == "authors",
         )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks += [_BatchCountCallback(self.training_collator), self.generative_weight]
@@ -361,7 +377,13 @@ class BTokTrainer(Trainer):
                 "order in the training process (no dataloader workers)"
             )
         query_share, target_share = self._rank_shares(inputs.num_queries, inputs.num_target_tokens)
-        weights = LossWeights(self.generative_weight.weight, query_share, 1.0 if target_share is None else target_share)
+        authors = self.generative_normalization == "authors"  # each rank's value is per example already
+        weights = LossWeights(
+            self.generative_weight.weight,
+            query_share,
+            1.0 if target_share is None or authors else target_share,
+            self.generative_normalization,
+        )
         return weights, target_share is not None
 
     def _record(self, outputs, targets_somewhere: bool) -> None:
@@ -510,7 +532,7 @@ class BTokTrainer(Trainer):
                 model = _materialize(_meta_copy(self._unsharded_copy), state_dict)
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-            model.save_pretrained(output_dir)
+            model.save_pretrained(output_dir, merge_adapters=not (self.save_adapters and not _internal_call))
             save_trainable_state(model, output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:

@@ -42,6 +42,20 @@ def examples(n: int | None = None, negatives: bool = True) -> list[dict]:
     return out
 
 
+GENERATION_SIDES = ("both", "positive", "query", "none", "positive", "both", "query", "positive")
+
+
+def sided_examples() -> list[dict]:
+    """8 examples with every generation side (``target_side``), queries of unequal lengths out of order."""
+    out = []
+    for i, (ex, side) in enumerate(zip(examples(8, negatives=False), GENERATION_SIDES, strict=True)):
+        ex = dict(ex, target_side=side, query=ex["query"] + " x" * ((5 * i) % 7))
+        if side in ("query", "none"):
+            ex.pop("target", None)
+        out.append(ex)
+    return out
+
+
 def tiny_recipe(**overrides) -> Recipe:
     """A recipe for the tiny models: full fine-tuning, a few steps, no warmup, no clipping."""
     values = dict(
@@ -160,3 +174,16 @@ def write_vl_data(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", VL_TRAIN)
     write_jsonl(tmp_path / "eval.jsonl", VL_EVAL)
     return tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+
+
+def rank_batches(sampler, batch_size: int, num_processes: int) -> list[list[list[int]]]:
+    """Each rank's batches of ``sampler``'s indices as the Trainer's accelerate-prepared DataLoader deals them."""
+    from accelerate.data_loader import prepare_data_loader
+
+    dataset = list(range(sum(sampler.sizes)))
+    out = []
+    for rank in range(num_processes):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+        prepared = prepare_data_loader(loader, num_processes=num_processes, process_index=rank, put_on_device=False)
+        out.append([batch.tolist() for batch in prepared])
+    return out

@@ -22,7 +22,8 @@ AUTHORS = dict(
     temperature=0.02,
     generative_weight=5.0,
     generative_steps=2000,
-    btok_init="eos",
+    generative_normalization="authors",
+    btok_init="checkpoint",
     lora_r=16,
     lora_alpha=32,
     lora_dropout=0.05,
@@ -47,6 +48,8 @@ AUTHORS = dict(
     video_min_pixels=3136,
     video_max_pixels=602112,
     source_block_size=512,
+    source_block_mode="authors",
+    save_adapters=True,
 )
 BASE = ["--train-data", "d.jsonl", "--output-dir", "out"]
 
@@ -83,11 +86,8 @@ def test_vlm2vec_preset_is_the_no_btok_baseline():
     recipe = recipe_from_args(args)
     assert values["no_btoks"] == (True, "preset") and recipe.pooling == "last-token"
     assert recipe.generative_weight == 0 and recipe.generative_steps is None
-    shared = {
-        k: v
-        for k, v in AUTHORS.items()
-        if k not in ("num_btoks", "pooling", "generative_weight", "generative_steps", "btok_init")
-    }
+    btok_only = ("num_btoks", "pooling", "generative_weight", "generative_steps", "generative_normalization")
+    shared = {k: v for k, v in AUTHORS.items() if k not in (*btok_only, "btok_init")}
     assert {k: getattr(recipe, k) for k in shared} == shared
 
 
@@ -148,6 +148,9 @@ def test_preset_run_on_a_tiny_vision_language_folder(tmp_path, float32_cpu, caps
     assert any("lora_magnitude_vector" in n for n in trained), "DoRA"
     saved = json.loads((out / "preprocessor_config.json").read_text())["size"]
     assert saved == {"shortest_edge": 3136, "longest_edge": 1003520}
+    assert (out / "adapter" / "adapter_config.json").is_file(), "the final model keeps its adapters unmerged"
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-1" / "adapter").exists(), "checkpoints: merged"
     model = BTokModel.from_pretrained(out)
+    assert hasattr(model.backbone, "peft_config")
     cfg = model.config
     assert cfg.num_btoks == 4 and cfg.temperature == 0.02 and cfg.generative_weight == 5.0

@@ -9,7 +9,7 @@ import torch
 
 from btok_model.datasets import write_jsonl
 from btok_model.training import DataSource, MixedDataset, SourceBlockSampler, check_block_size, train
-from tests.helpers.training import StopAt, examples, tiny_model, tiny_recipe
+from tests.helpers.training import StopAt, examples, rank_batches, tiny_model, tiny_recipe
 
 
 def _source_of(sampler, index: np.ndarray) -> np.ndarray:
@@ -49,26 +49,13 @@ def test_block_sources_follow_the_weights():
     assert not within(np.full(3, 1 / 3)), "the check cannot tell the weights from uniform"
 
 
-def _rank_batches(sampler, batch_size: int, num_processes: int) -> list[list[list[int]]]:
-    """Each rank's batches as the Trainer's accelerate-prepared DataLoader deals them."""
-    from accelerate.data_loader import prepare_data_loader
-
-    dataset = list(range(sum(sampler.sizes)))
-    out = []
-    for rank in range(num_processes):
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
-        prepared = prepare_data_loader(loader, num_processes=num_processes, process_index=rank, put_on_device=False)
-        out.append([batch.tolist() for batch in prepared])
-    return out
-
-
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_every_rank_draws_one_source_per_step(accumulation):
     per_device, ranks = 3, 2
     block = per_device * ranks * accumulation * 2
     check_block_size(block, per_device, ranks, accumulation)
     sampler = SourceBlockSampler([7, 40, 19], [1.0, 1.0, 2.0], block_size=block, seed=5)
-    batches = _rank_batches(sampler, per_device, ranks)
+    batches = rank_batches(sampler, per_device, ranks)
     steps = len(batches[0]) // accumulation
     assert steps * per_device * ranks * accumulation == len(sampler)
     dealt = []
@@ -84,7 +71,7 @@ def test_every_rank_draws_one_source_per_step(accumulation):
     with pytest.raises(ValueError, match=rf"multiple of .* = {per_device * ranks * accumulation}"):
         check_block_size(per_device, per_device, ranks, accumulation)
     narrow = SourceBlockSampler([7, 40, 19], [1.0, 1.0, 2.0], block_size=per_device, seed=5)
-    batches = _rank_batches(narrow, per_device, ranks)
+    batches = rank_batches(narrow, per_device, ranks)
     assert any(len(set(_source_of(narrow, np.array([b[s] for b in batches])).ravel().tolist())) > 1 for s in range(5))
 
 

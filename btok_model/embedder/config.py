@@ -202,7 +202,7 @@ class EmbedderConfig:
         self.kernel = KernelSettings.from_value(self.kernel)
         if self.similarity not in self.SIMILARITIES:
             kind = type(self).__name__.removesuffix("Config")
-            why = " (MaxSim compares K BTok vectors; this model has one vector per input)" * (
+            why = " (MaxSim compares K BTok vectors; a model without BToks has one vector per input)" * (
                 self.similarity == "maxsim"
             )
             raise ValueError(

@@ -62,7 +62,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     default's value, and fill it from a preset or the Recipe default.
     """
     defaults = Recipe().to_dict()
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups = {}
     for f in recipe_settings():
         cli = f.metadata[SETTING]
         default = defaults[f.name]
@@ -71,7 +71,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _argparse_type(cli.get("parse", type(default)))
+            kwargs["type"] = _argparse_type(cli["parse"]) if "parse" in cli else type(default)
         shown = cli.get("shown", default)
         group.add_argument(
             cli.get("flag", "--" + f.name.replace("_", "-")),

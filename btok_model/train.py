@@ -29,245 +29,69 @@ import sys
 import tempfile
 
 from .datasets.mmeb_train import DEFAULT_SPLIT
-from .embedder.losses import GENERATIVE_NORMALIZATIONS
-from .embedder.tokens import BTOK_INITS
+from .embedder.config import SETTING
 from .training.presets import PRESETS
-from .training.sampler import SOURCE_BLOCK_MODES
-from .training.recipe import Recipe
+from .training.recipe import Recipe, recipe_settings
 
 __all__ = ["add_recipe_arguments", "main", "parser", "recipe_from_args", "resolve_arguments"]
 
-# Arguments a preset may set besides the Recipe fields.
+# Arguments a preset may set besides the Recipe's settings.
 _MODEL_ARGUMENTS = ("model", "no_btoks")
 
 
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "all") else int(text)
+def _argparse_type(parse):
+    """``parse`` with its ValueError as argparse's one-line error message."""
 
+    def parse_text(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
-
-
-def _layers(text: str) -> list[int] | None:
-    """``"26-29"`` or ``"0,5,7"`` -> layer indices; ``"all"`` -> None."""
-    if text.lower() in ("all", "none"):
-        return None
-    out = []
-    for part in text.split(","):
-        lo, sep, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-    return out
-
-
-def _dim(text: str) -> int | str:
-    """A Matryoshka dimension: an int >= 1 or ``"full"``."""
-    if text.lower() == "full":
-        return "full"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'full', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'full', got {text!r}")
-    return value
-
-
-def _modules(text: str) -> str | list[str]:
-    """``"all-linear"`` or comma-separated module names."""
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give 'all-linear' or comma-separated module names")
-    return "all-linear" if names == ["all-linear"] else names
-
-
-def _json_file(path: str) -> dict:
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise argparse.ArgumentTypeError(f"{path}: {e}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+    parse_text.__name__ = getattr(parse, "__name__", "value")
+    return parse_text
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of :class:`~btok_model.training.recipe.Recipe` (shared with the demo).
+    """One flag per setting of a :class:`~btok_model.training.recipe.Recipe` (shared with the
+    demo), built from the fields (:func:`~btok_model.training.recipe.recipe_settings`): name,
+    help, parser, choices and the default shown all come from the field.
 
     No flag has a parser default (``argparse.SUPPRESS``): a flag the user did not give is
     absent from the namespace, so :func:`resolve_arguments` can tell it from one given with the
     default's value, and fill it from a preset or the Recipe default.
     """
-    d = Recipe()
-    none = argparse.SUPPRESS
-
-    def add(group, *flags, default_text=None, **kwargs):
-        dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
-        shown = default_text if default_text is not None else getattr(d, dest)
-        help_text = kwargs.pop("help", "")
-        group.add_argument(*flags, default=none, help=f"{help_text} (default: {shown})".strip(), **kwargs)
-
-    g = p.add_argument_group("method")
-    add(g, "--num-btoks", type=int, help="K, the BToks appended to every input")
-    add(g, "--pooling", help="mean (of the K BToks) or last; without BToks: last-token or mean")
-    add(g, "--temperature", type=float, help="InfoNCE temperature")
-    add(g, "--generative-weight", type=float, help="0 turns the generative loss off")
-    add(g, "--generative-steps", type=_optional_int, help="steps the generative loss stays on ('all' = whole run)")
-    add(
-        g,
-        "--generative-normalization",
-        choices=GENERATIVE_NORMALIZATIONS,
-        help="the generative loss as the mean over the batch's target tokens, or the authors' weighting (per GradCache "
-        "chunk, formed after sorting by query length, and per side: the token mean times generating examples / "
-        "examples per rank)",
-    )
-    add(
-        g,
-        "--btok-init",
-        choices=BTOK_INITS,
-        help="BTok rows start as the vocabulary's mean, the EOS row, or the rows the checkpoint already has for the "
-        "new ids (checkpoint: the authors' start on a backbone with spare rows; an error when the ids do not fit)",
-    )
-    add(
-        g,
-        "--similarity",
-        choices=("cosine", "maxsim"),
-        help="InfoNCE on the cosine of the pooled embeddings, or on MaxSim of the K BTok vectors (divided by K, so "
-        "--temperature means the same); saved with the model",
-    )
-    add(
-        g,
-        "--matryoshka-dims",
-        type=_dim,
-        nargs="+",
-        metavar="DIM",
-        default_text="off",
-        help="InfoNCE summed over these leading dimensions, e.g. 64 128 256 full (strictly increasing)",
-    )
-    add(
-        g,
-        "--matryoshka-weights",
-        type=float,
-        nargs="+",
-        metavar="W",
-        default_text="1 each",
-        help="one weight per --matryoshka-dims entry",
-    )
-    add(
-        g,
-        "--max-length",
-        type=_optional_int,
-        help="longest packed sequence accepted (longer examples raise; none: the model's limit)",
-    )
-    g = p.add_argument_group("what trains")
-    add(g, "--lora-r", type=int, help="LoRA rank; 0 = full fine-tuning")
-    add(g, "--lora-alpha", type=_optional_float, default_text="2 x r", help="LoRA alpha")
-    add(g, "--lora-dropout", type=float)
-    add(g, "--lora-dora", action=argparse.BooleanOptionalAction, help="DoRA (weight-decomposed LoRA)")
-    add(g, "--lora-init", choices=("default", "gaussian"), help="LoRA A init: PEFT's default or gaussian")
-    add(
-        g,
-        "--lora-modules",
-        type=_modules,
-        help="'all-linear' or comma-separated layer names (q_proj,v_proj,...), on the language model only",
-    )
-    add(g, "--lora-layers", type=_layers, default_text="all", help="layers with adapters, e.g. 26-29 or 0,3,5")
-    g = p.add_argument_group("optimisation")
-    add(g, "--max-steps", type=int, help="optimizer steps (0: use --epochs)")
-    add(g, "--epochs", type=float, help="passes over the data when --max-steps is 0")
-    add(g, "--batch-size", type=int, help="examples per step and process")
-    add(g, "--lr", type=float)
-    add(g, "--weight-decay", type=float)
-    add(g, "--warmup-ratio", type=float, help="warm-up as a fraction of the steps")
-    add(g, "--warmup-steps", type=_optional_int, help="warm-up in steps (replaces --warmup-ratio)")
-    add(g, "--lr-scheduler", help="a transformers scheduler name")
-    add(g, "--max-grad-norm", type=float, help="0 disables clipping")
-    add(
-        g,
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        help="bf16 mixed precision (from a preset: only where the device computes bf16 natively)",
-    )
-    add(g, "--gradient-checkpointing", action=argparse.BooleanOptionalAction)
-    add(g, "--seed", type=int)
-    g = p.add_argument_group("batches larger than memory")
-    add(
-        g,
-        "--max-tokens-per-batch",
-        dest="max_tokens",
-        type=_optional_int,
-        help="token budget of one packed forward pass; a larger batch runs in GradCache chunks",
-    )
-    add(
-        g,
-        "--grad-cache-chunk",
-        dest="chunk_size",
-        type=_optional_int,
-        help="examples per forward pass; a larger batch runs in GradCache chunks (same loss and gradients)",
-    )
-    g = p.add_argument_group("images and video (Qwen2-VL family)")
-    for what in ("image", "video"):
-        for end in ("min", "max"):
-            add(g, f"--{what}-{end}-pixels", type=_optional_int, help=f"{end} pixels per {what} (frame)")
-    g = p.add_argument_group("training data order")
-    add(
-        g,
-        "--hard-negatives",
-        action=argparse.BooleanOptionalAction,
-        help="score each query against its example's negatives too (--no-hard-negatives: in-batch candidates only, "
-        "as the authors' loss)",
-    )
-    add(
-        g,
-        "--source-block-size",
-        type=_optional_int,
-        help="blocks of N examples from one training source each (the authors' interleaved sampler)",
-    )
-    add(
-        g,
-        "--source-block-mode",
-        choices=SOURCE_BLOCK_MODES,
-        help="strict: every rank's batch from one source at every step (the block a multiple of the global batch); "
-        "authors: their stride interleave, several sources per step once a step spans several blocks",
-    )
-    g = p.add_argument_group("logging and checkpoints")
-    add(g, "--logging-steps", type=int)
-    add(g, "--save-steps", type=int, help="0: no intermediate checkpoints")
-    add(g, "--save-total-limit", type=_optional_int)
-    add(
-        g,
-        "--save-adapters",
-        action=argparse.BooleanOptionalAction,
-        help="the final model keeps its LoRA/DoRA adapters unmerged (base weights + adapter/), as the authors save "
-        "and evaluate them; checkpoints stay merged",
-    )
-    g = p.add_argument_group("sharding (torchrun)")
-    add(
-        g,
-        "--fsdp",
-        action=argparse.BooleanOptionalAction,
-        help="shard the model with FSDP2 (accelerate's, one unit per decoder layer) instead of replicating it with DDP",
-    )
-    add(
-        g,
-        "--fsdp-config",
-        type=_json_file,
-        metavar="JSON",
-        help="a JSON file of more TrainingArguments.fsdp_config settings (cpu_offload, transformer_layer_cls_to_wrap, "
-        "reshard_after_forward, ...); needs --fsdp",
-    )
+    defaults = Recipe().to_dict()
+    groups = {}
+    for f in recipe_settings():
+        cli = f.metadata[SETTING]
+        default = defaults[f.name]
+        group = groups.get(cli["group"]) or groups.setdefault(cli["group"], p.add_argument_group(cli["group"]))
+        kwargs = {key: cli[key] for key in ("choices", "nargs", "metavar") if key in cli}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _argparse_type(cli["parse"]) if "parse" in cli else type(default)
+        shown = cli.get("shown", default)
+        group.add_argument(
+            cli.get("flag", "--" + f.name.replace("_", "-")),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=f"{cli['help']} (default: {shown})",
+            **kwargs,
+        )
 
 
 def resolve_arguments(args: argparse.Namespace) -> dict[str, tuple[object, str]]:
-    """``{name: (value, "flag" | "preset" | "default")}`` for every Recipe field and
+    """``{name: (value, "flag" | "preset" | "default")}`` for every Recipe setting and
     :data:`_MODEL_ARGUMENTS`: an explicit flag beats ``args.preset``, which beats the default.
 
     Raises:
         ValueError: ``--warmup-ratio`` and ``--warmup-steps`` both given.
     """
     preset = PRESETS[args.preset].values if getattr(args, "preset", None) else {}
-    defaults = {name: getattr(Recipe, name) for name in Recipe.__dataclass_fields__ if name != "extra"}
+    recipe = Recipe().to_dict()
+    defaults = {f.name: recipe[f.name] for f in recipe_settings()}
     defaults.update(model=None, no_btoks=False)
     given = {name for name in defaults if hasattr(args, name)}
     if {"warmup_ratio", "warmup_steps"} <= given and args.warmup_steps is not None:
@@ -315,10 +139,19 @@ def training_sources(args: argparse.Namespace) -> list:
         raise _fail(str(err)) from None
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """The Recipe of parsed arguments (explicit flags > ``--preset`` > Recipe defaults)."""
-    values = resolve_arguments(args)
-    return Recipe(**{name: value for name, (value, _) in values.items() if name not in _MODEL_ARGUMENTS})
+def recipe_from_args(args: argparse.Namespace, **changes) -> Recipe:
+    """The Recipe of parsed arguments (explicit flags > ``--preset`` > Recipe defaults; then
+    ``changes``, named as the settings or ``no_btoks``): a BTok model's, or with ``no_btoks`` the
+    baseline's (a :class:`~btok_model.embedder.config.PooledConfig`, no generative loss).
+
+    Raises:
+        ValueError: a bad setting, named.
+    """
+    values = {name: value for name, (value, _) in resolve_arguments(args).items()}
+    values.update(changes)
+    btoks = not values.pop("no_btoks")
+    values.pop("model")
+    return Recipe.from_values(values, btoks=btoks)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -432,36 +265,23 @@ def _check_output_dir(path: str) -> None:
         raise _fail(f"--output-dir {path}: cannot write there ({err.strerror or err})") from None
 
 
-def _precision(args, recipe: Recipe, sources: dict) -> tuple[object, list[str]]:
-    """``(dtype of the weights, lines to print)``: the one dtype decision, applied to the weights
-    and to bf16 mixed precision (``recipe.bf16`` is updated)."""
-    import torch
+def _precision(args, recipe: Recipe, sources: dict):
+    """The weights' dtype and bf16 mixed precision
+    (:func:`~btok_model.embedder.precision.training_precision`); ``recipe.bf16`` is updated."""
+    from .embedder.precision import training_precision
 
-    from .embedder.precision import choose_dtype, default_device, parse_dtype
-
-    device = default_device()
-    native = choose_dtype(device)
-    lines = []
-    if args.torch_dtype is not None:
-        try:
-            dtype = parse_dtype(args.torch_dtype, "--torch-dtype")
-        except ValueError as err:
-            raise _fail(str(err)) from None
-        lines.append(f"weights: {str(dtype).removeprefix('torch.')} (--torch-dtype)")
-    elif native.dtype == torch.bfloat16 and recipe.lora_r == 0:
-        # Full fine-tuning keeps float32 master weights: AdamW steps below bf16's resolution would be lost.
-        dtype = torch.float32
-        lines.append(f"weights: float32 (full fine-tuning keeps float32 weights; {native.reason}: use --bf16)")
-    else:
-        dtype = native.dtype
-        lines.append(f"weights: {native.line}")
-    if recipe.bf16 and native.dtype != torch.bfloat16:
-        if sources["bf16"][1] == "flag":
-            lines.append(f"warning: --bf16 on a device without native bfloat16 ({native.reason})")
-        else:
-            recipe.bf16 = False
-            lines.append(f"bf16 mixed precision off (asked by the {sources['bf16'][1]}): {native.reason}")
-    return dtype, lines
+    try:
+        precision = training_precision(
+            args.torch_dtype,
+            full_finetuning=recipe.lora_r == 0,
+            bf16=recipe.bf16,
+            bf16_from=sources["bf16"][1],
+            what="--torch-dtype",
+        )
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    recipe.bf16 = precision.bf16
+    return precision
 
 
 def _check_saveable(model, output_dir: str, sentence_transformers: bool) -> None:
@@ -487,21 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         recipe = recipe_from_args(args)
     except ValueError as err:
         raise _fail(str(err)) from None
-    try:  # the loss settings, before data or a model loads (the embedding size is checked with the model)
-        from .embedder.config import BTokConfig
-
-        BTokConfig(
-            similarity=recipe.similarity,
-            matryoshka_dims=recipe.matryoshka_dims or [],
-            matryoshka_weights=recipe.matryoshka_weights or [],
-        )
-    except ValueError as err:
-        raise _fail(str(err)) from None
     model_name, no_btoks = sources["model"][0], sources["no_btoks"][0]
     if model_name is None:
         raise _fail("--model is required (or a --preset that names one)")
-    if no_btoks:
-        recipe.generative_weight = 0.0
     if recipe.source_block_size is not None:  # the Trainer checks it too, once the model is loaded
         from .training.sampler import check_block_size
 
@@ -527,13 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         dataset = MixedDataset(training_sources(args), hard_negatives=recipe.hard_negatives)
     except DataError as err:
         raise _fail(str(err)) from None
-    dtype, lines = _precision(args, recipe, sources)
-    for line in lines:
+    precision = _precision(args, recipe, sources)
+    for line in precision.lines:
         print(line, flush=True)
-    kwargs = {"dtype": dtype} if args.gguf_file is None else {"dtype": dtype, "gguf_file": args.gguf_file}
+    kwargs = {"dtype": precision.dtype}
+    if args.gguf_file is not None:
+        kwargs["gguf_file"] = args.gguf_file
     try:
         model = build_model(
-            model_name, recipe, btoks=not no_btoks, attn_implementation=args.attn_implementation, **kwargs
+            model_name, recipe, attn_implementation=args.attn_implementation, **kwargs
         )
     except (ValueError, OSError, ImportError) as err:  # a model that is not there, settings that do not fit it
         raise _fail(f"--model {model_name}: {err}") from None
@@ -548,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 "no_btoks": no_btoks,
                 "recipe": recipe.to_dict(),
                 "from": {name: source for name, (_, source) in sources.items()},
-                "precision": lines,
+                "precision": list(precision.lines),
                 "examples_per_epoch": len(dataset.sampler(recipe.seed, recipe.source_block_size)),
                 "sources": dataset.describe(),
             },
@@ -560,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         from .st import write_sentence_transformers_files
 
         # SentenceTransformer(output_dir) loads it too (a MaxSim model: MultiVectorEncoder)
-        write_sentence_transformers_files(args.output_dir, recipe.similarity)
+        write_sentence_transformers_files(args.output_dir, recipe.embedder.similarity)
     return 0
 
 

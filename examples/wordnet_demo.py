@@ -226,12 +226,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _recipe(args, **changes):
+    """The recipe of the flags with ``changes`` (settings by name; ``no_btoks``: the baseline's)."""
     from btok_model.train import recipe_from_args
 
-    recipe = recipe_from_args(args)
+    recipe = recipe_from_args(args, **changes)
     recipe.save_steps, recipe.logging_steps = 0, max(1, recipe.max_steps // 10)
-    for name, value in changes.items():
-        setattr(recipe, name, value)
     return recipe
 
 
@@ -259,8 +258,8 @@ def _train_model(key, args, backbone, tokenizer, train_examples):
     """``(embedder, seconds, log history)`` of the trained model ``key`` of :data:`MODELS`."""
     from btok_model.training import build_model, train
 
-    recipe = _recipe(args, **MODELS[key])
     btoks = key.startswith("btok")
+    recipe = _recipe(args, no_btoks=not btoks, **MODELS[key])
     model = build_model(
         copy.deepcopy(backbone), recipe, copy.deepcopy(tokenizer), btoks=btoks, attn_implementation="btok_triton"
     )
@@ -533,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_examples": len(split.train),
         "seed": recipe.seed,
         "recipe": recipe.to_dict(),
-        "generative_weight": recipe.generative_weight,
+        "generative_weight": recipe.embedder.generative_weight,
         "data": {
             "target": args.target,
             "max_definition_words": args.max_definition_words,

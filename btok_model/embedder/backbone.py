@@ -49,7 +49,7 @@ from .multimodal import (
     is_vision_model,
     processor_parts,
 )
-from .precision import choose_dtype, parse_dtype
+from .precision import load_dtype, parse_dtype
 
 __all__ = [
     "SMOLLM2",
@@ -206,7 +206,7 @@ def load_backbone(
         gguf = None
     else:
         source, gguf = model_source(name_or_model, gguf_file)
-        choice = _load_dtype(dtype)
+        choice = load_dtype(dtype)
         model = _from_pretrained(source, gguf, choice, attn_implementation, from_pretrained_kwargs)
     given = processor if processor is not None and not isinstance(processor, (str, os.PathLike)) else None
     no_video = None
@@ -301,16 +301,6 @@ def _set_gguf_special_tokens(tokenizer, source: str, gguf_file: str, kwargs: dic
             token = tokenizer.convert_ids_to_tokens(int(token_id))
             if getattr(tokenizer, f"{name}_token") != token:
                 setattr(tokenizer, f"{name}_token", token)
-
-
-def _load_dtype(dtype):
-    """The dtype to load with: explicit, else the decision (logged when it is float32 for lack of bfloat16)."""
-    if dtype is not None:
-        return parse_dtype(dtype)
-    choice = choose_dtype()
-    if choice.dtype == torch.float32:
-        logger.info("loading the backbone in %s", choice.line)
-    return choice.dtype
 
 
 def _config(source: str, kwargs: dict):

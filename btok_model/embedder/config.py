@@ -1,6 +1,11 @@
 """The settings of an embedder, saved beside its backbone: ``btok_config.json`` (a BTok model) or
 ``pooled_config.json`` (the no-BTok baseline).
 
+These dataclasses are the one definition of the method's settings: their defaults, their
+checks, and (in each field's ``help``, see :func:`setting`) their meaning, from which
+``python -m btok_model.train`` builds its flags. ``from_backbone(config=...)`` takes them and
+the training :class:`~btok_model.training.recipe.Recipe` holds them.
+
 A model reads its settings from ``model.config`` (``model.config.temperature``); nothing in btok
 changes them while the model lives. Build a new model for other settings: the collator takes
 the target wrapping and the length limit, and the backbone the kernel settings, when the model
@@ -13,40 +18,130 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import ClassVar
 
 from ..backend.kernel_settings import KernelSettings
-from .similarity import check_dims
+from .similarity import FULL, check_dims
+from .similarity import SIMILARITIES as ALL_SIMILARITIES
+from .tokens import BTOK_INITS
 
-__all__ = ["BTokConfig", "EmbedderConfig", "PooledConfig"]
+__all__ = [
+    "SETTING",
+    "BTokConfig",
+    "EmbedderConfig",
+    "PooledConfig",
+    "parse_dim",
+    "parse_optional_float",
+    "parse_optional_int",
+    "setting",
+    "settings_of",
+]
+
+# The key of a field's metadata that makes it a setting with a command-line flag (see :func:`setting`).
+SETTING = "btok_setting"
+
+
+def setting(
+    default=MISSING,
+    *,
+    help: str,
+    default_factory=MISSING,
+    group: str = "method",
+    flag: str | None = None,
+    parse: Callable[[str], object] | None = None,
+    choices: tuple | None = None,
+    nargs: str | None = None,
+    metavar: str | None = None,
+    shown: str | None = None,
+) -> Field:
+    """A dataclass field that is a user-facing setting: its documentation and how a command line
+    gives it, in one place (``python -m btok_model.train`` builds its flags from these).
+
+    Args:
+        default, default_factory: as for :func:`dataclasses.field`.
+        help: what the setting means (the flag's help; the default is appended there).
+        group: the heading the flag is listed under in ``--help``.
+        flag: the flag, when not ``--`` + the field name with dashes.
+        parse: text -> value (raises ValueError with a message); default: the type of the default
+            (a bool default makes a ``--x/--no-x`` pair).
+        choices, nargs, metavar: as for ``argparse``.
+        shown: the default as ``--help`` shows it, when not the value itself.
+    """
+    cli = dict(help=help, group=group, flag=flag, parse=parse, choices=choices, nargs=nargs, metavar=metavar)
+    cli["shown"] = shown
+    return field(
+        default=default,
+        default_factory=default_factory,
+        metadata={SETTING: {k: v for k, v in cli.items() if v is not None}},
+    )
+
+
+def settings_of(cls) -> list[Field]:
+    """The fields of the dataclass ``cls`` made with :func:`setting`, in their order."""
+    return [f for f in fields(cls) if SETTING in f.metadata]
+
+
+def parse_optional_int(text: str) -> int | None:
+    """An int, or None for ``"none"`` / ``"all"``."""
+    if text.lower() in ("none", "all"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an int or 'none', got {text!r}") from None
+
+
+def parse_optional_float(text: str) -> float | None:
+    """A float, or None for ``"none"``."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number or 'none', got {text!r}") from None
+
+
+def parse_dim(text: str) -> int | str:
+    """A Matryoshka dimension: an int >= 1 or ``"full"``."""
+    if text.lower() == FULL:
+        return FULL
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"expected an int >= 1 or 'full', got {text!r}")
+    return value
+
+
+_POOLING_HELP = (
+    "how the pooled tokens become one embedding: mean (of the K BToks, the method) or last (the last BTok); "
+    "without BToks: last-token (the last input token) or mean (of the input tokens)"
+)
 
 
 @dataclass
 class EmbedderConfig:
     """What every embedder's settings hold (see :class:`BTokConfig` and :class:`PooledConfig`).
 
+    A field made with :func:`setting` is documented by its ``help`` (``python -m btok_model.train
+    --help`` prints them); the others:
+
     Attributes:
-        pooling: how the pooled tokens become one embedding; the names a subclass accepts are
-            the keys of its ``POOLINGS``, which map each to ``"mean"`` or ``"last"``.
-        temperature: InfoNCE temperature (the logits are cosine similarities / temperature).
-        max_length: the longest packed sequence accepted, or None for the backbone's own limit
-            (``max_position_embeddings``). Longer inputs raise.
         gather_across_ranks: gather the candidates of every rank into each rank's InfoNCE
             (more negatives) when ``torch.distributed`` is initialised.
         kernel: how ``"btok_triton"`` runs the condensation kernel for this model
             (:class:`~btok_model.backend.kernel_settings.KernelSettings`; a dict is accepted).
-        similarity: how embeddings compare, in training and by default in evaluation: one of
-            the subclass's ``SIMILARITIES`` (``"cosine"`` of the pooled embeddings; a BTok model
-            also ``"maxsim"`` of its K BTok vectors, :mod:`~btok_model.embedder.similarity`).
-        matryoshka_dims: train InfoNCE summed over these leading dimensions (ints, strictly
-            increasing, ``"full"`` last for the whole embedding); empty: the full embedding only.
-        matryoshka_weights: one weight per Matryoshka dimension (empty: 1 each).
         video_layout: how the model's Qwen3-VL video prompts were laid out when it was saved
             (``"wrapped"`` or ``"frames"``, decided by the installed transformers:
             :func:`~btok_model.embedder.multimodal.qwen3_vl_video_layout`); None for other
             backbones and folders saved before it was recorded. Written by ``save_pretrained``
             and checked by ``from_pretrained``, which warns when they differ.
+
+    ``pooling`` names are the keys of the subclass's ``POOLINGS``, which map each to ``"mean"``
+    or ``"last"``; ``similarity`` is one of its ``SIMILARITIES``.
     """
 
     CONFIG_NAME: ClassVar[str]
@@ -55,14 +150,39 @@ class EmbedderConfig:
     # The generative loss's weight when a loss is computed without explicit weights.
     generative_weight: ClassVar[float] = 0.0
 
-    pooling: str = "mean"
-    temperature: float = 0.02
-    max_length: int | None = None
+    pooling: str = setting("mean", help=_POOLING_HELP)
+    temperature: float = setting(0.02, help="InfoNCE temperature (the logits are similarities / temperature)")
+    max_length: int | None = setting(
+        None,
+        parse=parse_optional_int,
+        help="longest packed sequence accepted: input + K BToks (+ target); longer examples raise; none: the "
+        "backbone's limit (max_position_embeddings)",
+    )
     gather_across_ranks: bool = True
     kernel: KernelSettings = field(default_factory=KernelSettings)
-    similarity: str = "cosine"
-    matryoshka_dims: list = field(default_factory=list)
-    matryoshka_weights: list[float] = field(default_factory=list)
+    similarity: str = setting(
+        "cosine",
+        choices=ALL_SIMILARITIES,
+        help="InfoNCE (and by default evaluation) on the cosine of the pooled embeddings, or on MaxSim of the K "
+        "BTok vectors (divided by K, so --temperature means the same; BTok models only); saved with the model",
+    )
+    matryoshka_dims: list = setting(
+        default_factory=list,
+        parse=parse_dim,
+        nargs="+",
+        metavar="DIM",
+        shown="off",
+        help="InfoNCE summed over these leading dimensions, e.g. 64 128 256 full (ints strictly increasing, "
+        "'full' last for the whole embedding)",
+    )
+    matryoshka_weights: list[float] = setting(
+        default_factory=list,
+        parse=float,
+        nargs="+",
+        metavar="W",
+        shown="1 each",
+        help="one weight > 0 per --matryoshka-dims entry",
+    )
     video_layout: str | None = None
 
     def __post_init__(self):
@@ -82,7 +202,7 @@ class EmbedderConfig:
         self.kernel = KernelSettings.from_value(self.kernel)
         if self.similarity not in self.SIMILARITIES:
             kind = type(self).__name__.removesuffix("Config")
-            why = " (MaxSim compares K BTok vectors; this model has one vector per input)" * (
+            why = " (MaxSim compares K BTok vectors; a model without BToks has one vector per input)" * (
                 self.similarity == "maxsim"
             )
             raise ValueError(
@@ -125,6 +245,28 @@ class EmbedderConfig:
             raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+    @classmethod
+    def from_keywords(cls, config, keywords: dict) -> tuple[EmbedderConfig, dict]:
+        """``(settings, the other keywords)`` of a ``from_backbone`` call: ``config`` itself, or
+        the settings built from the keywords that are fields of ``cls`` (the rest are returned).
+
+        Raises:
+            TypeError: ``config`` is not a ``cls``.
+            ValueError: ``config`` and setting keywords both given, or a bad setting (named).
+        """
+        names = {f.name for f in fields(cls)}
+        settings = {name: keywords[name] for name in keywords if name in names}
+        others = {name: value for name, value in keywords.items() if name not in names}
+        if config is None:
+            return cls(**settings), others
+        if not isinstance(config, cls):
+            raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+        if settings:
+            raise ValueError(
+                f"pass the settings in config= or as keywords, not both: got config= and {sorted(settings)}"
+            )
+        return config, others
+
 
 def _checked_matryoshka(dims, weights) -> tuple[list, list[float]]:
     """``(dims, weights)`` checked (:func:`~.similarity.check_dims`; one weight > 0 per dim, or
@@ -144,31 +286,38 @@ def _checked_matryoshka(dims, weights) -> tuple[list, list[float]]:
 class BTokConfig(EmbedderConfig):
     """Everything besides the weights that decides what a BTok model computes.
 
+    The settings made with :func:`setting` are documented by their ``help``; the others:
+
     Attributes:
-        num_btoks: ``K``, the number of bottleneck tokens appended after every input.
         btok_tokens: the K token strings (``<|btok_0|>`` ...), special tokens of the tokenizer.
-        pooling: ``"mean"`` (mean of the K last-layer BTok states, the method's default) or
-            ``"last"`` (the state of the last BTok only).
-        generative_weight: weight of the generative loss in the total loss; 0 turns it off
-            (targets are then neither collated nor computed). A trainer's schedule passes each
-            step's weight to the loss instead (:class:`~btok_model.embedder.losses.LossWeights`).
         target_prefix: text placed before every target; visible to the target, never scored.
         target_suffix: text placed after every target; scored like the target text.
-        similarity: ``"cosine"`` (of the pooled embeddings) or ``"maxsim"`` (of the K BTok
-            vectors, each L2-normalised; with K = 1 the two are the same).
-        (``temperature``, ``max_length`` -- input + K BToks [+ target] --, ``gather_across_ranks``,
-        ``kernel``, ``matryoshka_dims``, ``matryoshka_weights``, ``video_layout``: see :class:`EmbedderConfig`.)
+        (``gather_across_ranks``, ``kernel``, ``video_layout``: see :class:`EmbedderConfig`.)
+
+    ``generative_weight`` is the loss's weight when it is computed without explicit weights; a
+    trainer's schedule passes each step's weight instead
+    (:class:`~btok_model.embedder.losses.LossWeights`). ``btok_init`` says how the BTok rows
+    started (:func:`~btok_model.embedder.tokens.init_btok_rows`); folders saved before it was
+    recorded read ``"mean"``.
     """
 
     CONFIG_NAME: ClassVar[str] = "btok_config.json"
     POOLINGS: ClassVar[dict[str, str]] = {"mean": "mean", "last": "last"}
-    SIMILARITIES: ClassVar[tuple[str, ...]] = ("cosine", "maxsim")
+    SIMILARITIES: ClassVar[tuple[str, ...]] = ALL_SIMILARITIES
 
-    num_btoks: int = 4
+    num_btoks: int = setting(4, help="K, the bottleneck tokens appended after every input")
     btok_tokens: list[str] = field(default_factory=list)
-    generative_weight: float = 5.0
+    generative_weight: float = setting(
+        5.0, help="weight of the generative loss on the targets (>= 0); 0 turns it off"
+    )
     target_prefix: str = "<|im_start|>assistant\n"
     target_suffix: str = "<|im_end|>"
+    btok_init: str = setting(
+        "mean",
+        choices=BTOK_INITS,
+        help="BTok rows start as the vocabulary's mean, the EOS row, or the rows the checkpoint already has for "
+        "the new ids (checkpoint: the authors' start on a backbone with spare rows; an error when the ids do not fit)",
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -183,6 +332,8 @@ class BTokConfig(EmbedderConfig):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
             raise ValueError(f"generative_weight must be a number >= 0, got {w!r}")
         self.generative_weight = float(w)
+        if self.btok_init not in BTOK_INITS:
+            raise ValueError(f"btok_init must be one of {BTOK_INITS}, got {self.btok_init!r}")
         for name in ("target_prefix", "target_suffix"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
@@ -190,17 +341,13 @@ class BTokConfig(EmbedderConfig):
 
 @dataclass
 class PooledConfig(EmbedderConfig):
-    """The settings of the no-BTok baseline (:class:`~btok_model.embedder.pooled.PooledEmbedder`).
-
-    Attributes:
-        pooling: ``"last-token"`` (the last input token's state) or ``"mean"`` (mean over the
-            input tokens). Without BToks there is no generative loss (``generative_weight`` 0).
-        (``temperature``, ``max_length``, ``gather_across_ranks``, ``kernel``, ``similarity``
-        -- ``"cosine"`` only --, ``matryoshka_dims``, ``matryoshka_weights``, ``video_layout``: see
-        :class:`EmbedderConfig`.)
+    """The settings of the no-BTok baseline (:class:`~btok_model.embedder.pooled.PooledEmbedder`):
+    those of :class:`EmbedderConfig`, ``pooling`` ``"last-token"`` (default) or ``"mean"``,
+    ``similarity`` ``"cosine"`` only. Without BToks there is no generative loss
+    (``generative_weight`` 0).
     """
 
     CONFIG_NAME: ClassVar[str] = "pooled_config.json"
     POOLINGS: ClassVar[dict[str, str]] = {"last-token": "last", "mean": "mean"}
 
-    pooling: str = "last-token"
+    pooling: str = setting("last-token", help=_POOLING_HELP)

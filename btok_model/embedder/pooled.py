@@ -46,17 +46,13 @@ class PooledEmbedder(Embedder):
         cls,
         name_or_model: str | os.PathLike | nn.Module,
         tokenizer=None,
-        pooling: str = "last-token",
+        pooling: str | None = None,
         *,
+        config: PooledConfig | None = None,
         lora=None,
         processor=None,
         attn_implementation: str | None = ATTN_IMPLEMENTATION,
-        temperature: float = 0.02,
-        max_length: int | None = None,
-        kernel=None,
-        matryoshka_dims: list | None = None,
-        matryoshka_weights: list[float] | None = None,
-        **from_pretrained_kwargs,
+        **settings_and_from_pretrained_kwargs,
     ) -> PooledEmbedder:
         """Wrap a backbone (an instance, or a name / folder / ``"smollm2"``), loaded by
         :func:`~btok_model.embedder.backbone.load_backbone` (as ``BTokModel.from_backbone``).
@@ -64,23 +60,21 @@ class PooledEmbedder(Embedder):
         Args:
             name_or_model: the backbone.
             tokenizer: a tokenizer or a name / folder (default: from ``name_or_model``).
-            pooling: ``"last-token"`` or ``"mean"``.
+            pooling: ``"last-token"`` (default) or ``"mean"`` (a setting, see below).
+            config: the settings (:class:`~btok_model.embedder.config.PooledConfig`), or None:
+                built from the setting keywords.
             lora: None / 0 (every weight trains), a LoRA rank (on the language model's linear
                 layers), or a ``peft.LoraConfig``.
-            processor, attn_implementation, kernel: as for ``BTokModel.from_backbone``.
-            temperature, max_length: the InfoNCE temperature and the longest input.
-            matryoshka_dims, matryoshka_weights: InfoNCE summed over these leading dimensions
-                (see :class:`~btok_model.embedder.config.EmbedderConfig`).
-            **from_pretrained_kwargs: loading by name only: ``dtype``, ``gguf_file``, ... .
+            processor, attn_implementation: as for ``BTokModel.from_backbone``.
+            **settings_and_from_pretrained_kwargs: fields of ``PooledConfig`` (``temperature=``,
+                ``max_length=``, ``kernel=``, ``matryoshka_dims=``, ... ; not together with
+                ``config``), and for loading by name ``from_pretrained`` keywords: ``dtype``,
+                ``gguf_file``, ... .
         """
-        config = PooledConfig(
-            pooling=pooling,
-            temperature=temperature,
-            max_length=max_length,
-            kernel=kernel,
-            matryoshka_dims=list(matryoshka_dims or []),
-            matryoshka_weights=list(matryoshka_weights or []),
-        )
+        keywords = dict(settings_and_from_pretrained_kwargs)
+        if pooling is not None:
+            keywords["pooling"] = pooling
+        config, from_pretrained_kwargs = PooledConfig.from_keywords(config, keywords)
         loaded = load_backbone(name_or_model, tokenizer, processor, attn_implementation, **from_pretrained_kwargs)
         return cls._from_loaded(loaded, config, lora=lora)
 

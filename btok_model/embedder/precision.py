@@ -7,18 +7,32 @@ without AVX-512. So :func:`choose_dtype` picks bfloat16 only where it is native,
 why when it picks float32. An explicit dtype always wins over it (:func:`resolve_dtype`).
 
 Who uses it: ``BTokModel.from_backbone`` / ``PooledEmbedder.from_backbone`` when loading a
-backbone by name without ``dtype``, ``python -m btok_model.train`` (weights and bf16 mixed
-precision), ``python -m btok_model.evaluate`` and ``examples/wordnet_demo.py``.
+backbone by name without ``dtype`` (:func:`load_dtype`), ``python -m btok_model.train`` (weights
+and bf16 mixed precision: :func:`training_precision`), ``python -m btok_model.evaluate`` and
+``examples/wordnet_demo.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DtypeChoice", "choose_dtype", "default_device", "native_cpu_bf16", "parse_dtype", "resolve_dtype"]
+__all__ = [
+    "DtypeChoice",
+    "TrainingPrecision",
+    "choose_dtype",
+    "default_device",
+    "load_dtype",
+    "native_cpu_bf16",
+    "parse_dtype",
+    "resolve_dtype",
+    "training_precision",
+]
+
+logger = logging.getLogger("btok_model")
 
 # oneDNN ISA limits below AVX512_CORE_BF16: with one of these, oneDNN never issues a bf16 dot product.
 _ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
@@ -126,3 +140,74 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str | 
         return choose_dtype(device)
     dtype = parse_dtype(dtype)
     return DtypeChoice(dtype, "given explicitly" if dtype != "auto" else "the checkpoint's own dtype")
+
+
+def load_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+    """The dtype a backbone loads in: ``dtype`` when given, else :func:`choose_dtype`'s (logged
+    when it is float32 for lack of native bfloat16)."""
+    choice = resolve_dtype(dtype)
+    if dtype is None and choice.dtype == torch.float32:
+        logger.info("loading the backbone in %s", choice.line)
+    return choice.dtype
+
+
+@dataclass(frozen=True)
+class TrainingPrecision:
+    """The precision of a training run (:func:`training_precision`).
+
+    Attributes:
+        dtype: the weights' dtype (or ``"auto"``: the checkpoint's).
+        bf16: bf16 mixed precision (autocast).
+        lines: what was decided and why, one line each, for the log.
+    """
+
+    dtype: torch.dtype | str
+    bf16: bool
+    lines: tuple[str, ...]
+
+
+def training_precision(
+    dtype: torch.dtype | str | None,
+    *,
+    full_finetuning: bool,
+    bf16: bool,
+    bf16_from: str = "flag",
+    what: str = "dtype",
+    device: torch.device | str | None = None,
+) -> TrainingPrecision:
+    """The weights' dtype and bf16 mixed precision of a training run, decided together.
+
+    The weights: ``dtype`` when given, else :func:`choose_dtype`'s, except float32 for full
+    fine-tuning (AdamW steps below bfloat16's resolution would be lost). bf16 mixed precision on
+    a device without native bfloat16: kept with a warning when the user asked for it
+    (``bf16_from="flag"``), turned off when it came from a preset or a default.
+
+    Args:
+        dtype: the dtype asked for, or None.
+        full_finetuning: every weight trains (no LoRA).
+        bf16: bf16 mixed precision asked for.
+        bf16_from: where ``bf16`` came from: ``"flag"``, ``"preset"`` or ``"default"``.
+        what: how errors name ``dtype`` (``"--torch-dtype"``).
+        device: the compute device (default :func:`default_device`).
+
+    Raises:
+        ValueError: ``dtype`` is not a floating dtype name (naming ``what``).
+    """
+    native = choose_dtype(device)
+    lines = []
+    if dtype is not None:
+        dtype = parse_dtype(dtype, what)
+        lines.append(f"weights: {str(dtype).removeprefix('torch.')} ({what})")
+    elif native.dtype == torch.bfloat16 and full_finetuning:
+        dtype = torch.float32
+        lines.append(f"weights: float32 (full fine-tuning keeps float32 weights; {native.reason}: use --bf16)")
+    else:
+        dtype = native.dtype
+        lines.append(f"weights: {native.line}")
+    if bf16 and native.dtype != torch.bfloat16:
+        if bf16_from == "flag":
+            lines.append(f"warning: --bf16 on a device without native bfloat16 ({native.reason})")
+        else:
+            bf16 = False
+            lines.append(f"bf16 mixed precision off (asked by the {bf16_from}): {native.reason}")
+    return TrainingPrecision(dtype, bf16, tuple(lines))

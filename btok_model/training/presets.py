@@ -3,8 +3,9 @@
 Every value is read from the authors' released configs (github ``siryuson/BottleneckTokens``,
 package ``vlm2emb``); each entry names the file and key it comes from. A preset fills the
 flags the user did not give: an explicit flag > the preset > the :class:`~.recipe.Recipe`
-default. Keys are the train command's argument names: the :class:`~.recipe.Recipe` fields,
-``model`` and ``no_btoks``.
+default. Keys are the settings' field names (:func:`~.recipe.recipe_settings`: the fields of
+:class:`~btok_model.embedder.config.BTokConfig` and :class:`~.recipe.Recipe`, also the flags'
+names), ``model`` and ``no_btoks``.
 
 Where btok and the authors' code differ on these settings (the table in ``docs/authors-preset.md``):
 

@@ -7,144 +7,262 @@ authors' own recipe is a preset (:mod:`.presets`), not the defaults.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from collections.abc import Mapping
+from dataclasses import Field, asdict, dataclass, field, fields
 
 import torch
 
+from ..embedder.config import (
+    BTokConfig,
+    EmbedderConfig,
+    PooledConfig,
+    parse_optional_float,
+    parse_optional_int,
+    setting,
+    settings_of,
+)
+from ..embedder.losses import GENERATIVE_NORMALIZATIONS
+from .sampler import SOURCE_BLOCK_MODES
 from .schedule import GenerativeSchedule
 
-__all__ = ["LORA_INITS", "Recipe", "build_model", "lora_config", "train", "training_arguments"]
+__all__ = ["LORA_INITS", "Recipe", "build_model", "lora_config", "recipe_settings", "train", "training_arguments"]
+
+LORA_INITS = ("default", "gaussian")
+
+
+def parse_layers(text: str) -> list[int] | None:
+    """``"26-29"`` or ``"0,5,7"`` -> layer indices; ``"all"`` -> None."""
+    if text.lower() in ("all", "none"):
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise ValueError(f"expected layer indices like 26-29 or 0,5,7 (or 'all'), got {text!r}") from None
+    return out
+
+
+def parse_modules(text: str) -> str | list[str]:
+    """``"all-linear"`` or comma-separated module names."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise ValueError("give 'all-linear' or comma-separated module names")
+    return "all-linear" if names == ["all-linear"] else names
+
+
+def parse_json_file(path: str) -> dict:
+    """The JSON object in the file ``path``."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+_CHUNKS = "batches larger than memory"
+_MEDIA = "images and video (Qwen2-VL family)"
+_ORDER = "training data order"
+_LOGS = "logging and checkpoints"
+_TRAINS = "what trains"
+_OPTIM = "optimisation"
+
+
+def _pixels(what: str, end: str) -> Field:
+    return setting(None, parse=parse_optional_int, group=_MEDIA, help=f"{end} pixels per {what} (frame)")
 
 
 @dataclass
 class Recipe:
     """Everything that decides a training run besides the model and the data.
 
+    ``embedder`` holds the method's settings, the model's own
+    (:class:`~btok_model.embedder.config.BTokConfig`, or
+    :class:`~btok_model.embedder.config.PooledConfig` for a model without BToks); the other
+    fields decide the training. Each setting is documented by its field's ``help`` (``python -m
+    btok_model.train --help`` prints them); :func:`recipe_settings` lists them all.
+
     The method's settings default to the authors' (K = 4, mean pooling, temperature 0.02,
     generative weight 5.0 for the first 2,000 of 5,000 steps, LoRA r = 16); the optimiser,
     batch size, LoRA variant and BTok row init are btok's own plain choices (lr 1e-4, 3 %
     warm-up, no weight decay, 32 per process, plain LoRA with alpha 2 r on every linear layer
     of the language model, BTok rows from the vocabulary mean). The authors' full recipe is
-    the preset ``btoks-qwen2vl-2b-v1`` (:mod:`btok_model.training.presets`).
+    the preset ``btoks-qwen2vl-2b-v1`` (:mod:`btok_model.training.presets`). Build one from
+    flat values (flag names) with :meth:`from_values`.
 
     Attributes:
-        num_btoks: K.
-        pooling: ``"mean"`` over the K BToks (the method) or ``"last"``; for a model without
-            BToks (:class:`~btok_model.embedder.pooled.PooledEmbedder`) ``"last-token"``
-            or ``"mean"``.
-        temperature: InfoNCE temperature.
-        generative_weight, generative_steps: the generative schedule (steps None = always).
-        generative_normalization: ``"token"`` (the generative loss is the mean over the global
-            batch's target tokens) or ``"authors"`` (their per-chunk, per-side weighting by
-            generating examples, :class:`~btok_model.embedder.losses.LossWeights`).
-        btok_init: how the BTok rows start: ``"mean"`` of the vocabulary's rows, a copy of the
-            ``"eos"`` row, or the backbone's own ``"checkpoint"`` rows for the new ids (see
-            :func:`~btok_model.embedder.tokens.init_btok_rows`).
-        lora_r: LoRA rank, 0 = full fine-tuning.
-        lora_alpha: LoRA scale numerator (None: 2 x r).
-        lora_dropout: LoRA dropout.
-        lora_dora: DoRA (weight-decomposed LoRA, PEFT ``use_dora``).
-        lora_init: ``"default"`` (PEFT's: Kaiming-uniform A, zero B) or ``"gaussian"`` (A from
-            a normal distribution of std 1/r, zero B).
-        lora_layers: indices of the decoder layers that get adapters (None: all).
-        lora_modules: ``"all-linear"`` or the last names of the linear layers that get adapters
-            (e.g. ``["q_proj", "v_proj"]``); always on the language model only (never a vision
-            tower or the LM head), names it lacks ignored.
-        max_steps: optimizer steps (overrides ``epochs`` when > 0).
-        epochs: passes over the data when ``max_steps`` is 0 or less.
-        batch_size: examples per step on each process (the contrastive batch of a rank).
-        lr, weight_decay, lr_scheduler, max_grad_norm: the optimizer (AdamW) and schedule.
-        warmup_ratio: warm-up as a fraction of the steps, unless ``warmup_steps`` is set.
-        warmup_steps: warm-up in optimizer steps (None: use ``warmup_ratio``).
-        bf16: bf16 autocast (mixed precision).
-        gradient_checkpointing: recompute activations in the backward.
-        seed: model init, data mixing and order.
-        chunk_size, max_tokens: GradCache chunking (examples / packed tokens per forward pass).
-        max_length: longest packed sequence accepted (None: the model's limit).
-        image_min_pixels, image_max_pixels, video_min_pixels, video_max_pixels: the pixels per
-            image / video frame the vision-language processor resizes to (None: the processor's own).
-        source_block_size: blocks of this many examples from one training source each, the
-            source drawn by weight (the authors' interleaved sampler; their preset uses 512);
-            None: each source's weighted share, shuffled. A multiple of ``batch_size`` x ranks
-            in ``"strict"`` mode.
-        source_block_mode: ``"strict"`` (every rank's batch from one source at every step) or
-            ``"authors"`` (their stride interleave and accelerate's hand-out: at 8 ranks x 128
-            with blocks of 512, 64 examples from each of two sources per rank and step; see
-            :mod:`~btok_model.training.sampler`).
-        hard_negatives: score each query against its example's negatives too; False drops them
-            (in-batch candidates only, as the authors' loss does).
-        similarity: ``"cosine"`` (InfoNCE on the pooled embeddings, the method) or ``"maxsim"``
-            (InfoNCE on MaxSim of the K BTok vectors / K; BTok models only).
-        matryoshka_dims: InfoNCE summed over these leading dimensions (ints and ``"full"``,
-            strictly increasing); None: the full embedding only.
-        matryoshka_weights: one weight per Matryoshka dimension (None: 1 each).
-        logging_steps, save_steps, save_total_limit: logging and checkpoints (save_steps 0: no
-            intermediate checkpoints).
-        save_adapters: the final model folder keeps the LoRA / DoRA adapters unmerged (base
-            weights + ``adapter/``), as the authors save and evaluate them; False merges them into
-            the weights (checkpoints are always merged, for resuming).
-        fsdp: shard the model with FSDP2 under ``torchrun`` instead of replicating it (DDP).
-        fsdp_config: more ``TrainingArguments.fsdp_config`` settings (``cpu_offload``,
-            ``transformer_layer_cls_to_wrap``, ``reshard_after_forward``, ...; ``version``
-            defaults to 2, the only one supported).
+        embedder: the model's settings.
+        extra: free-form notes kept with the recipe.
     """
 
-    num_btoks: int = 4
-    pooling: str = "mean"
-    temperature: float = 0.02
-    generative_weight: float = 5.0
-    generative_steps: int | None = 2000
-    generative_normalization: str = "token"
-    btok_init: str = "mean"
-    lora_r: int = 16
-    lora_alpha: float | None = None
-    lora_dropout: float = 0.0
-    lora_dora: bool = False
-    lora_init: str = "default"
-    lora_layers: list[int] | None = None
-    lora_modules: str | list[str] = "all-linear"
-    max_steps: int = 5000
-    epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    warmup_steps: int | None = None
-    lr_scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    chunk_size: int | None = None
-    max_tokens: int | None = None
-    max_length: int | None = None
-    image_min_pixels: int | None = None
-    image_max_pixels: int | None = None
-    video_min_pixels: int | None = None
-    video_max_pixels: int | None = None
-    source_block_size: int | None = None
-    source_block_mode: str = "strict"
-    hard_negatives: bool = True
-    similarity: str = "cosine"
-    matryoshka_dims: list | None = None
-    matryoshka_weights: list[float] | None = None
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    fsdp: bool = False
-    fsdp_config: dict | None = None
-    save_adapters: bool = False
+    embedder: EmbedderConfig = field(default_factory=BTokConfig)
+    generative_steps: int | None = setting(
+        2000, parse=parse_optional_int, help="steps the generative loss stays on ('all' = whole run)"
+    )
+    generative_normalization: str = setting(
+        "token",
+        choices=GENERATIVE_NORMALIZATIONS,
+        help="the generative loss as the mean over the batch's target tokens, or the authors' weighting (per "
+        "GradCache chunk, formed after sorting by query length, and per side: the token mean times generating "
+        "examples / examples per rank)",
+    )
+    lora_r: int = setting(16, group=_TRAINS, help="LoRA rank; 0 = full fine-tuning")
+    lora_alpha: float | None = setting(
+        None, group=_TRAINS, parse=parse_optional_float, shown="2 x r", help="LoRA alpha (the scale's numerator)"
+    )
+    lora_dropout: float = setting(0.0, group=_TRAINS, help="LoRA dropout")
+    lora_dora: bool = setting(False, group=_TRAINS, help="DoRA (weight-decomposed LoRA, PEFT use_dora)")
+    lora_init: str = setting(
+        "default",
+        group=_TRAINS,
+        choices=LORA_INITS,
+        help="LoRA A init: PEFT's default (Kaiming-uniform A) or gaussian (std 1/r); B starts at zero",
+    )
+    lora_layers: list[int] | None = setting(
+        None, group=_TRAINS, parse=parse_layers, shown="all", help="layers with adapters, e.g. 26-29 or 0,3,5"
+    )
+    lora_modules: str | list[str] = setting(
+        "all-linear",
+        group=_TRAINS,
+        parse=parse_modules,
+        help="'all-linear' or comma-separated layer names (q_proj,v_proj,...), on the language model only (never "
+        "a vision tower or the LM head; names it lacks ignored)",
+    )
+    max_steps: int = setting(5000, group=_OPTIM, help="optimizer steps (0: use --epochs)")
+    epochs: float = setting(1.0, group=_OPTIM, help="passes over the data when --max-steps is 0")
+    batch_size: int = setting(32, group=_OPTIM, help="examples per step and process (the contrastive batch of a rank)")
+    lr: float = setting(1e-4, group=_OPTIM, help="AdamW learning rate")
+    weight_decay: float = setting(0.0, group=_OPTIM, help="AdamW weight decay")
+    warmup_ratio: float = setting(0.03, group=_OPTIM, help="warm-up as a fraction of the steps")
+    warmup_steps: int | None = setting(
+        None, group=_OPTIM, parse=parse_optional_int, help="warm-up in steps (replaces --warmup-ratio)"
+    )
+    lr_scheduler: str = setting("linear", group=_OPTIM, help="a transformers scheduler name")
+    max_grad_norm: float = setting(1.0, group=_OPTIM, help="gradient clipping; 0 disables it")
+    bf16: bool = setting(
+        False,
+        group=_OPTIM,
+        help="bf16 mixed precision (from a preset: only where the device computes bf16 natively)",
+    )
+    gradient_checkpointing: bool = setting(False, group=_OPTIM, help="recompute activations in the backward")
+    seed: int = setting(42, group=_OPTIM, help="model init, data mixing and order")
+    chunk_size: int | None = setting(
+        None,
+        group=_CHUNKS,
+        flag="--grad-cache-chunk",
+        parse=parse_optional_int,
+        help="examples per forward pass; a larger batch runs in GradCache chunks (same loss and gradients)",
+    )
+    max_tokens: int | None = setting(
+        None,
+        group=_CHUNKS,
+        flag="--max-tokens-per-batch",
+        parse=parse_optional_int,
+        help="token budget of one packed forward pass; a larger batch runs in GradCache chunks",
+    )
+    image_min_pixels: int | None = _pixels("image", "min")
+    image_max_pixels: int | None = _pixels("image", "max")
+    video_min_pixels: int | None = _pixels("video", "min")
+    video_max_pixels: int | None = _pixels("video", "max")
+    source_block_size: int | None = setting(
+        None,
+        group=_ORDER,
+        parse=parse_optional_int,
+        help="blocks of N examples from one training source each, the source drawn by weight (the authors' "
+        "interleaved sampler; none: each source's weighted share, shuffled)",
+    )
+    source_block_mode: str = setting(
+        "strict",
+        group=_ORDER,
+        choices=SOURCE_BLOCK_MODES,
+        help="strict: every rank's batch from one source at every step (the block a multiple of the global batch); "
+        "authors: their stride interleave, several sources per step once a step spans several blocks",
+    )
+    hard_negatives: bool = setting(
+        True,
+        group=_ORDER,
+        help="score each query against its example's negatives too (--no-hard-negatives: in-batch candidates only, "
+        "as the authors' loss)",
+    )
+    logging_steps: int = setting(10, group=_LOGS, help="log every this many steps")
+    save_steps: int = setting(500, group=_LOGS, help="checkpoint every this many steps; 0: no intermediate checkpoints")
+    save_total_limit: int | None = setting(
+        2, group=_LOGS, parse=parse_optional_int, help="checkpoints kept (none: all)"
+    )
+    fsdp: bool = setting(
+        False,
+        group="sharding (torchrun)",
+        help="shard the model with FSDP2 (accelerate's, one unit per decoder layer) instead of replicating it with DDP",
+    )
+    fsdp_config: dict | None = setting(
+        None,
+        group="sharding (torchrun)",
+        parse=parse_json_file,
+        metavar="JSON",
+        help="a JSON file of more TrainingArguments.fsdp_config settings (cpu_offload, transformer_layer_cls_to_wrap, "
+        "reshard_after_forward, ...; version 2, the only one supported); needs --fsdp",
+    )
+    save_adapters: bool = setting(
+        False,
+        group=_LOGS,
+        help="the final model keeps its LoRA/DoRA adapters unmerged (base weights + adapter/), as the authors save "
+        "and evaluate them; checkpoints stay merged",
+    )
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.embedder, (BTokConfig, PooledConfig)):
+            raise TypeError(f"embedder must be a BTokConfig or a PooledConfig, got {type(self.embedder).__name__}")
+
+    @property
+    def btoks(self) -> bool:
+        """Whether the recipe trains a BTok model (else the no-BTok baseline)."""
+        return isinstance(self.embedder, BTokConfig)
 
     @property
     def schedule(self) -> GenerativeSchedule:
-        return GenerativeSchedule(self.generative_weight, self.generative_steps)
+        return GenerativeSchedule(self.embedder.generative_weight, self.generative_steps)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, object], btoks: bool = True) -> Recipe:
+        """A recipe from flat values named as the settings (the train command's argument names):
+        the fields of the embedder's config and of the recipe; the rest default.
+
+        Args:
+            values: ``{name: value}``.
+            btoks: build a :class:`BTokConfig`; False: a :class:`PooledConfig`, the BTok model's
+                own settings (``num_btoks``, ``generative_weight``, ``btok_init``, ...) ignored.
+
+        Raises:
+            ValueError: an unknown name, or a bad setting (named).
+        """
+        own = {f.name for f in fields(cls)} - {"embedder"}
+        config_class = BTokConfig if btoks else PooledConfig
+        for_config = {f.name for f in fields(config_class)}
+        known = own | {f.name for f in fields(BTokConfig)} | {f.name for f in fields(PooledConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe settings {unknown}")
+        embedder = config_class(**{name: value for name, value in values.items() if name in for_config})
+        return cls(embedder=embedder, **{name: value for name, value in values.items() if name in own})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every value, flat (as :meth:`from_values` takes them): the embedder's settings (its
+        ``generative_weight`` included) and the recipe's."""
+        values = asdict(self)
+        embedder = values.pop("embedder")
+        return {**embedder, "generative_weight": self.embedder.generative_weight, **values}
 
 
-LORA_INITS = ("default", "gaussian")
+def recipe_settings() -> list[Field]:
+    """Every setting of a recipe with a command-line flag (:func:`~btok_model.embedder.config.setting`):
+    a BTok model's settings, then the recipe's own."""
+    return settings_of(BTokConfig) + settings_of(Recipe)
 
 
 def lora_config(recipe: Recipe, backbone):
@@ -172,7 +290,7 @@ def lora_config(recipe: Recipe, backbone):
     )
 
 
-def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True, **from_pretrained_kwargs):
+def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool | None = None, **from_pretrained_kwargs):
     """A trainable embedder for ``recipe``.
 
     Args:
@@ -180,21 +298,27 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True,
             :class:`~btok_model.embedder.backbone.Backbone` (loaded by
             :func:`~btok_model.embedder.backbone.load_backbone`: causal LMs and Qwen2-VL /
             Qwen2.5-VL with their processor).
-        recipe: the settings (K, pooling, temperature, BTok init, LoRA, max_length, generative
-            weight, pixel limits).
+        recipe: the settings: ``recipe.embedder`` builds the model (a
+            :class:`~btok_model.BTokModel` for a ``BTokConfig``, a
+            :class:`~btok_model.embedder.pooled.PooledEmbedder` for a ``PooledConfig``), the
+            LoRA fields its adapters, the pixel limits its processor.
         tokenizer: a tokenizer or a name / folder (default: from ``backbone``).
-        btoks: True: a :class:`~btok_model.BTokModel`; False: a
-            :class:`~btok_model.embedder.pooled.PooledEmbedder` (no BToks, pooling
-            ``recipe.pooling``, no generative loss).
+        btoks: None (what ``recipe.embedder`` says), or that value checked against it.
         **from_pretrained_kwargs: ``attn_implementation`` (default ``"btok_triton"``) and, for
             loading by name, ``from_pretrained`` keywords (``dtype``, ``gguf_file``, ...).
 
     Raises:
-        ValueError: pixel limits for a text-only backbone, or settings that do not fit it.
+        ValueError: pixel limits for a text-only backbone, ``btoks`` against the recipe, or
+            settings that do not fit the backbone.
     """
     from ..embedder.backbone import load_backbone, set_pixel_limits
     from ..embedder.multimodal import is_vision_model
 
+    if btoks is not None and btoks != recipe.btoks:
+        raise ValueError(
+            f"btoks={btoks} but the recipe's embedder is a {type(recipe.embedder).__name__} (build the recipe with "
+            f"Recipe.from_values(..., btoks={btoks}))"
+        )
     impl = from_pretrained_kwargs.pop("attn_implementation", "btok_triton")
     loaded = load_backbone(backbone, tokenizer, None, impl, **from_pretrained_kwargs)
     image = (recipe.image_min_pixels, recipe.image_max_pixels)
@@ -207,51 +331,15 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool = True,
             )
         set_pixel_limits(loaded.processor, image, video)
     lora = lora_config(recipe, loaded.model)
+    if recipe.btoks:
+        from ..embedder.modeling import BTokModel as embedder_class
+    else:
+        from ..embedder.pooled import PooledEmbedder as embedder_class
     # The adapters' random init follows recipe.seed (a run is reproducible from its recipe); the
     # caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        return _embedder(loaded, recipe, lora, btoks)
-
-
-def _embedder(loaded, recipe: Recipe, lora, btoks: bool):
-    """The BTok model or the no-BTok baseline on a loaded backbone (see :func:`build_model`)."""
-    if btoks:
-        from ..embedder.modeling import BTokModel
-
-        return BTokModel.from_backbone(
-            loaded,
-            num_btoks=recipe.num_btoks,
-            attn_implementation=None,
-            lora=lora,
-            pooling=recipe.pooling,
-            temperature=recipe.temperature,
-            generative_weight=recipe.generative_weight,
-            max_length=recipe.max_length,
-            btok_init=recipe.btok_init,
-            similarity=recipe.similarity,
-            matryoshka_dims=recipe.matryoshka_dims,
-            matryoshka_weights=recipe.matryoshka_weights,
-        )
-    from ..embedder.pooled import PooledEmbedder
-
-    if recipe.generative_weight != 0:
-        raise ValueError("a model without BToks has no generative loss: set generative_weight to 0")
-    if recipe.similarity != "cosine":
-        raise ValueError(
-            f"similarity {recipe.similarity!r} compares the K BTok vectors: a model without BToks has one vector "
-            "(use similarity 'cosine')"
-        )
-    return PooledEmbedder.from_backbone(
-        loaded,
-        pooling=recipe.pooling,
-        lora=lora,
-        attn_implementation=None,
-        temperature=recipe.temperature,
-        max_length=recipe.max_length,
-        matryoshka_dims=recipe.matryoshka_dims,
-        matryoshka_weights=recipe.matryoshka_weights,
-    )
+        return embedder_class.from_backbone(loaded, attn_implementation=None, config=recipe.embedder, lora=lora)
 
 
 def training_arguments(recipe: Recipe, output_dir: str, **overrides):

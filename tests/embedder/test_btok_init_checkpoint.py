@@ -39,7 +39,7 @@ def test_preset_keeps_the_checkpoint_rows_of_a_backbone_with_spare_rows(tmp_path
         ["--preset", "btoks-qwen2vl-2b-v1", "--model", str(folder), "--train-data", "d", "--output-dir", "o"]
     )
     recipe = recipe_from_args(args)
-    assert recipe.btok_init == "checkpoint"
+    assert recipe.embedder.btok_init == "checkpoint"
     model = build_model(str(folder), recipe, dtype=torch.float32, attn_implementation="sdpa")
 
     ids = model.btok_token_ids

@@ -268,3 +268,38 @@ def test_pooled_embedder_save_load_round_trip(tmp_path):
         PooledEmbedder.from_pretrained(tmp_path, freeze_backbone=True)
     with pytest.raises(FileNotFoundError, match="btok_config.json not found: .* is not a saved BTok model"):
         BTokModel.from_pretrained(tmp_path)
+
+
+def test_from_backbone_takes_the_config_or_its_fields_as_keywords():
+    """``config=BTokConfig(...)`` and the same settings as keywords build the same model; both
+    at once are refused; a bad setting is named before anything loads."""
+    from btok_model.embedder.config import BTokConfig
+
+    settings = dict(num_btoks=2, pooling="last", temperature=0.05, btok_init="checkpoint", max_length=100)
+    torch.manual_seed(0)
+    by_keywords = BTokModel.from_backbone(tiny_backbone("qwen2"), tokenizer=char_tokenizer(), **settings)
+    torch.manual_seed(0)
+    config = BTokConfig(**settings)
+    by_config = BTokModel.from_backbone(tiny_backbone("qwen2"), tokenizer=char_tokenizer(), config=config)
+    assert by_config.config == by_keywords.config == BTokConfig(**settings)
+    assert torch.equal(by_config.encode(TEXTS), by_keywords.encode(TEXTS))
+    # btok_init="checkpoint": the BTok rows are the backbone's own rows for their ids
+    rows = transformers_model(by_config.backbone).get_input_embeddings().weight
+    stored = tiny_backbone("qwen2").get_input_embeddings().weight
+    assert torch.equal(rows[by_config.btok_token_ids], stored[by_config.btok_token_ids])
+    with pytest.raises(ValueError, match=r"not both: got config= and \['temperature'\]"):
+        BTokModel.from_backbone(tiny_backbone("qwen2"), tokenizer=char_tokenizer(), config=config, temperature=1.0)
+    with pytest.raises(ValueError, match="btok_init must be one of"):
+        BTokModel.from_backbone(tiny_backbone("qwen2"), tokenizer=char_tokenizer(), btok_init="zeros")
+
+
+def test_a_folder_saved_before_btok_init_was_recorded_loads(tmp_path):
+    model = tiny_btok("qwen2", btok_init="checkpoint")
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "btok_config.json"
+    saved = json.loads(path.read_text())
+    assert saved["btok_init"] == "checkpoint"
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "btok_init"}))
+    loaded = BTokModel.from_pretrained(tmp_path)
+    assert loaded.config.btok_init == "mean"  # the default of folders from before
+    assert torch.equal(loaded.encode(TEXTS), model.encode(TEXTS))

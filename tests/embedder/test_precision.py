@@ -6,7 +6,13 @@ import torch
 from btok_model import BTokModel
 from btok_model.embedder import precision
 from btok_model.embedder.backbone import transformers_model
-from btok_model.embedder.precision import choose_dtype, native_cpu_bf16, parse_dtype, resolve_dtype
+from btok_model.embedder.precision import (
+    choose_dtype,
+    native_cpu_bf16,
+    parse_dtype,
+    resolve_dtype,
+    training_precision,
+)
 from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 
 X86_NO_BF16 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
@@ -105,3 +111,33 @@ def test_from_backbone_by_name_follows_the_decision(tmp_path, monkeypatch, nativ
     _cpu(monkeypatch, not native)
     reloaded = BTokModel.from_pretrained(tmp_path / "saved")
     assert transformers_model(reloaded.backbone).dtype == transformers_model(model.backbone).dtype
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "emulated"])
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_training_precision_weights(monkeypatch, native, lora):
+    """The weights of a run: the decision, except float32 for full fine-tuning; an explicit dtype wins."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _cpu(monkeypatch, native)
+    run = training_precision(None, full_finetuning=not lora, bf16=False)
+    assert run.dtype == (torch.bfloat16 if native and lora else torch.float32) and run.bf16 is False
+    assert ("full fine-tuning keeps float32 weights" in run.lines[0]) == (native and not lora)
+    explicit = training_precision("bfloat16", full_finetuning=not lora, bf16=False, what="--torch-dtype")
+    assert explicit.dtype == torch.bfloat16 and explicit.lines == ("weights: bfloat16 (--torch-dtype)",)
+    with pytest.raises(ValueError, match="--torch-dtype must be a floating torch dtype"):
+        training_precision("int8", full_finetuning=False, bf16=False, what="--torch-dtype")
+
+
+@pytest.mark.parametrize("source", ["flag", "preset", "default"])
+def test_training_precision_bf16_without_native_bfloat16(monkeypatch, source):
+    """bf16 mixed precision asked for on a CPU without native bfloat16: kept with a warning when
+    the user gave the flag, turned off (saying who asked) otherwise; kept where it is native."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _cpu(monkeypatch, False)
+    run = training_precision(None, full_finetuning=False, bf16=True, bf16_from=source)
+    assert run.bf16 == (source == "flag")
+    said = "warning: --bf16 on a device" if source == "flag" else f"bf16 mixed precision off (asked by the {source})"
+    assert run.lines[1].startswith(said)
+    _cpu(monkeypatch, True)
+    native = training_precision(None, full_finetuning=False, bf16=True, bf16_from=source)
+    assert native.bf16 and len(native.lines) == 1

@@ -172,7 +172,7 @@ def test_pooled_embedder_has_no_vectors_and_no_maxsim():
     model = PooledEmbedder.from_backbone(tiny_backbone("llama"), char_tokenizer(), attn_implementation="sdpa")
     with pytest.raises(ValueError, match="PooledEmbedder has no BToks"):
         model.encode(TEXTS, multi_vector=True)
-    with pytest.raises(ValueError, match="this model has one vector per input"):
+    with pytest.raises(ValueError, match="a model without BToks has one vector per input"):
         PooledConfig(similarity="maxsim")
 
 

@@ -56,8 +56,9 @@ def sided_examples() -> list[dict]:
     return out
 
 
-def tiny_recipe(**overrides) -> Recipe:
-    """A recipe for the tiny models: full fine-tuning, a few steps, no warmup, no clipping."""
+def tiny_recipe(btoks: bool = True, **overrides) -> Recipe:
+    """A recipe for the tiny models: full fine-tuning, a few steps, no warmup, no clipping;
+    ``overrides``: settings by name (:meth:`Recipe.from_values`); ``btoks=False``: the baseline's."""
     values = dict(
         lora_r=0,
         max_steps=4,
@@ -71,10 +72,10 @@ def tiny_recipe(**overrides) -> Recipe:
         save_steps=0,
         seed=0,
     )
-    return Recipe(**{**values, **overrides})
+    return Recipe.from_values({**values, **overrides}, btoks=btoks)
 
 
-def tiny_model(recipe: Recipe | None = None, family: str = "llama", seed: int = 0, btoks: bool = True):
+def tiny_model(recipe: Recipe | None = None, family: str = "llama", seed: int = 0, btoks: bool | None = None):
     """A trainable tiny BTok model (or PooledEmbedder) built like the CLI builds one."""
     recipe = recipe or tiny_recipe()
     return build_model(tiny_backbone(family, seed), recipe, char_tokenizer(), btoks=btoks)

@@ -83,6 +83,7 @@ def run(rank: int, world: int, out_dir: str) -> None:
 def case_recipe(
     batch_size: int, lora_r: int, chunk_size: int | None, fsdp: bool = False, save: bool = False, data: str = "all"
 ):
+    from btok_model.embedder.config import PooledConfig
     from tests.helpers.training import one_step_recipe
 
     recipe = one_step_recipe(batch_size=batch_size, chunk_size=chunk_size)
@@ -90,7 +91,7 @@ def case_recipe(
     recipe.fsdp = fsdp
     recipe.save_steps = 1 if save else 0
     if data == "baseline":
-        recipe.generative_weight, recipe.pooling = 0.0, "last-token"
+        recipe.embedder = PooledConfig(pooling="last-token")
     return recipe
 
 

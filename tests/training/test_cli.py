@@ -126,3 +126,103 @@ def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
     assert "source_block_size=3 must be a multiple" in error(
         "--train-data", jsonl, "--source-block-size", "3", "--batch-size", "2"
     )
+
+
+# Every flag of a recipe setting, as the train command spelled them before they were built from
+# the fields (issue 26): the names stay, and each maps to its setting.
+RECIPE_FLAGS = {
+    "--num-btoks": "num_btoks",
+    "--pooling": "pooling",
+    "--temperature": "temperature",
+    "--generative-weight": "generative_weight",
+    "--generative-steps": "generative_steps",
+    "--generative-normalization": "generative_normalization",
+    "--btok-init": "btok_init",
+    "--similarity": "similarity",
+    "--matryoshka-dims": "matryoshka_dims",
+    "--matryoshka-weights": "matryoshka_weights",
+    "--max-length": "max_length",
+    "--lora-r": "lora_r",
+    "--lora-alpha": "lora_alpha",
+    "--lora-dropout": "lora_dropout",
+    "--lora-dora": "lora_dora",
+    "--lora-init": "lora_init",
+    "--lora-modules": "lora_modules",
+    "--lora-layers": "lora_layers",
+    "--max-steps": "max_steps",
+    "--epochs": "epochs",
+    "--batch-size": "batch_size",
+    "--lr": "lr",
+    "--weight-decay": "weight_decay",
+    "--warmup-ratio": "warmup_ratio",
+    "--warmup-steps": "warmup_steps",
+    "--lr-scheduler": "lr_scheduler",
+    "--max-grad-norm": "max_grad_norm",
+    "--bf16": "bf16",
+    "--gradient-checkpointing": "gradient_checkpointing",
+    "--seed": "seed",
+    "--max-tokens-per-batch": "max_tokens",
+    "--grad-cache-chunk": "chunk_size",
+    "--image-min-pixels": "image_min_pixels",
+    "--image-max-pixels": "image_max_pixels",
+    "--video-min-pixels": "video_min_pixels",
+    "--video-max-pixels": "video_max_pixels",
+    "--hard-negatives": "hard_negatives",
+    "--source-block-size": "source_block_size",
+    "--source-block-mode": "source_block_mode",
+    "--logging-steps": "logging_steps",
+    "--save-steps": "save_steps",
+    "--save-total-limit": "save_total_limit",
+    "--save-adapters": "save_adapters",
+    "--fsdp": "fsdp",
+    "--fsdp-config": "fsdp_config",
+}
+
+
+def test_recipe_flags_come_from_the_settings_fields():
+    """One flag per setting field, named as before, its help the field's, its default the
+    Recipe's (a BTokConfig's for the method settings); nothing given: the default recipe."""
+    from btok_model.embedder.config import SETTING, BTokConfig
+    from btok_model.train import parser, recipe_from_args, resolve_arguments
+    from btok_model.training.recipe import Recipe, recipe_settings
+
+    p = parser()
+    actions = {flag: a for a in p._actions for flag in a.option_strings}
+    assert {flag: actions[flag].dest for flag in RECIPE_FLAGS} == RECIPE_FLAGS
+    fields = {f.name: f for f in recipe_settings()}
+    assert set(fields) == set(RECIPE_FLAGS.values())
+    defaults = Recipe().to_dict()
+    for flag, name in RECIPE_FLAGS.items():
+        help_text = actions[flag].help
+        assert help_text.startswith(fields[name].metadata[SETTING]["help"]), flag
+        assert help_text.endswith(f"(default: {fields[name].metadata[SETTING].get('shown', defaults[name])})"), flag
+    args = p.parse_args(["--train-data", "d", "--output-dir", "o"])
+    assert recipe_from_args(args) == Recipe() and Recipe().embedder == BTokConfig()
+    assert all(source == "default" for source in (s for _, s in resolve_arguments(args).values()))
+    flags = ["--matryoshka-dims", "8", "full", "--lora-layers", "0-2", "--no-btoks", "--pooling", "last-token"]
+    flags += ["--max-length", "none", "--grad-cache-chunk", "4"]
+    given = p.parse_args(["--train-data", "d", "--output-dir", "o", *flags])
+    recipe = recipe_from_args(given)
+    assert not recipe.btoks and recipe.embedder.pooling == "last-token" and recipe.embedder.max_length is None
+    assert recipe.embedder.matryoshka_dims == [8, "full"] and recipe.lora_layers == [0, 1, 2]
+    assert recipe.chunk_size == 4 and recipe.schedule.weight == 0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--matryoshka-dims", "x"], "argument --matryoshka-dims: expected an int >= 1 or 'full', got 'x'"),
+        (["--max-length", "ten"], "argument --max-length: expected an int or 'none', got 'ten'"),
+        (["--btok-init", "zeros"], "argument --btok-init: invalid choice: 'zeros'"),
+        (["--lora-layers", "a-b"], "argument --lora-layers: expected layer indices"),
+    ],
+    ids=["dim", "max-length", "btok-init", "layers"],
+)
+def test_a_bad_flag_value_is_one_error_line(capsys, flags, message):
+    from btok_model.train import parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(["--train-data", "d", "--output-dir", "o", *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

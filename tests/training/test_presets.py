@@ -2,6 +2,7 @@
 Gaussian init, and a preset run on a tiny Qwen2-VL folder recorded in train_command.json."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ import torch
 from btok_model import BTokModel
 from btok_model.train import main as train_main
 from btok_model.train import parser, recipe_from_args, resolve_arguments
-from btok_model.training.recipe import Recipe, build_model
+from btok_model.embedder.config import PooledConfig
+from btok_model.training.presets import PRESETS
+from btok_model.training.recipe import Recipe, build_model, recipe_settings
 from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
 from tests.helpers.training import vl_folder, write_vl_data
 
@@ -70,8 +73,8 @@ def test_preset_resolves_to_the_authors_values_and_flags_win():
     recipe = recipe_from_args(
         _parse("--preset", "btoks-qwen2vl-2b-v1", "--lr", "1e-4", "--no-bf16", "--max-length", "9")
     )
-    assert (recipe.lr, recipe.bf16, recipe.max_length) == (1e-4, False, 9)
-    assert recipe.temperature == 0.02 and recipe.lora_dora
+    assert (recipe.lr, recipe.bf16, recipe.embedder.max_length) == (1e-4, False, 9)
+    assert recipe.embedder.temperature == 0.02 and recipe.lora_dora
     ratio = recipe_from_args(_parse("--preset", "btoks-qwen2vl-2b-v1", "--warmup-ratio", "0.1"))
     assert (ratio.warmup_ratio, ratio.warmup_steps) == (0.1, None)
     with pytest.raises(ValueError, match="--warmup-ratio or --warmup-steps, not both"):
@@ -84,11 +87,21 @@ def test_vlm2vec_preset_is_the_no_btok_baseline():
     args = _parse("--preset", "vlm2vec-qwen2vl-2b")
     values = resolve_arguments(args)
     recipe = recipe_from_args(args)
-    assert values["no_btoks"] == (True, "preset") and recipe.pooling == "last-token"
-    assert recipe.generative_weight == 0 and recipe.generative_steps is None
+    assert values["no_btoks"] == (True, "preset") and recipe.embedder == PooledConfig(pooling="last-token")
+    assert recipe.schedule.weight == 0 and recipe.generative_steps is None
     btok_only = ("num_btoks", "pooling", "generative_weight", "generative_steps", "generative_normalization")
     shared = {k: v for k, v in AUTHORS.items() if k not in (*btok_only, "btok_init")}
-    assert {k: getattr(recipe, k) for k in shared} == shared
+    assert {k: recipe.to_dict()[k] for k in shared} == shared
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_set_settings_by_their_field_names(preset):
+    names = {f.name for f in recipe_settings()} | {"model", "no_btoks"}
+    assert set(PRESETS[preset].values) <= names
+    values = dict(PRESETS[preset].values)
+    btoks = not values.pop("no_btoks")
+    values.pop("model")
+    assert Recipe.from_values(values, btoks=btoks).btoks == btoks
 
 
 def test_dora_with_gaussian_init_trains_saves_and_reloads(tmp_path):
@@ -117,7 +130,7 @@ def test_the_seed_fixes_the_adapters_init():
     for draw in range(3):
         torch.manual_seed(100 + draw)
         models.append(
-            build_model(tiny_backbone("qwen2"), Recipe(**{**recipe.to_dict(), "seed": 3 + draw // 2}), char_tokenizer())
+            build_model(tiny_backbone("qwen2"), replace(recipe, seed=3 + draw // 2), char_tokenizer())
         )
     adapters = [{n: p for n, p in m.named_parameters() if "lora_A" in n} for m in models]
     assert adapters[0] and all(torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])

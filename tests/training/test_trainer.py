@@ -45,7 +45,7 @@ def test_training_lowers_the_loss_and_logs_both_parts(tmp_path):
 
 
 def test_last_token_baseline_trains(tmp_path):
-    recipe = tiny_recipe(max_steps=6, batch_size=8, generative_weight=0.0, pooling="last-token")
+    recipe = tiny_recipe(max_steps=6, batch_size=8, pooling="last-token", btoks=False)
     model = tiny_model(recipe, btoks=False)
     assert isinstance(model, PooledEmbedder)
     data = examples(8)
@@ -62,7 +62,7 @@ def test_checkpoint_loads_as_btok_model(tmp_path, lora_r):
     checkpoint = tmp_path / "checkpoint-2"
     loaded = BTokModel.from_pretrained(checkpoint)
     assert loaded.config == model.config and loaded.config.pooling == "last"
-    assert loaded.config.generative_weight == recipe.generative_weight
+    assert loaded.config.generative_weight == recipe.embedder.generative_weight
     expected, actual = model.encode(TEXTS), loaded.encode(TEXTS)
     if lora_r == 0:
         assert torch.equal(actual, expected)

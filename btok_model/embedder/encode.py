@@ -18,7 +18,9 @@ rows (:class:`EncodedShard`), which is how candidates stay sharded for scoring
 
 The engine works for any :class:`~btok_model.embedder.core.Embedder` (a BTok model, the
 pooled baselines), pooled or multi-vector (``multi_vector=True``: the K BTok vectors, for
-MaxSim), at Matryoshka ``dims``.
+MaxSim), at Matryoshka ``dims``. Another encoder -- anything with ``encode(inputs,
+batch_size=, show_progress_bar=)`` returning ``[n, ...]`` rows -- is blocked, sharded and
+gathered the same way, each block embedded by its own ``encode``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "check_inputs",
     "encode",
     "encode_block",
+    "is_embedder",
     "iter_encoded_blocks",
     "rank_and_world",
     "row_blocks",
@@ -93,10 +96,23 @@ def shard_blocks(num_blocks: int, rank: int, world: int) -> range:
     return range(rank * num_blocks // world, (rank + 1) * num_blocks // world)
 
 
+def is_embedder(model) -> bool:
+    """Whether ``model`` is an :class:`~btok_model.embedder.core.Embedder` (the engine batches
+    it itself) rather than another encoder with an ``encode(inputs, batch_size=,
+    show_progress_bar=)`` method (whose ``encode`` embeds each block)."""
+    return hasattr(model, "collator") and hasattr(model, "config_class")
+
+
 def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> int | None:
     """The options of :func:`encode` checked; returns ``dims`` as an int (or None)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not is_embedder(embedder):
+        if not callable(getattr(embedder, "encode", None)):
+            raise TypeError(f"{type(embedder).__name__} is neither an Embedder nor has an encode(inputs, ...) method")
+        if poolings or dims is not None:
+            raise ValueError(f"poolings and dims need an Embedder; {type(embedder).__name__} only has encode()")
+        return None
     for pooling in poolings or ():
         if pooling not in embedder.config_class.POOLINGS:
             raise ValueError(f"pooling must be one of {tuple(embedder.config_class.POOLINGS)}, got {pooling!r}")
@@ -112,8 +128,11 @@ def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> int | 
     return dims
 
 
-def _row_shape(embedder, poolings, multi_vector: bool, dims: int | None) -> tuple[int, ...]:
-    """The shape of one input's embedding."""
+def _row_shape(embedder, poolings, multi_vector: bool, dims: int | None) -> tuple[int, ...] | None:
+    """The shape of one input's embedding (None: an encoder that is not an Embedder, known
+    only from its output)."""
+    if not is_embedder(embedder):
+        return None
     width = (dims or embedder.embedding_dim) * len(poolings or (None,))
     return (embedder.collator.num_btoks, width) if multi_vector else (width,)
 
@@ -147,6 +166,8 @@ def check_inputs(embedder, inputs: Sequence, *, start: int = 0, stop_at_first: b
     Returns:
         ``[(row, message)]`` in row order, ``row`` global, each message starting ``text {row}:``.
     """
+    if not is_embedder(embedder):
+        return []  # another encoder: its encode() says what it refuses
     bad = []
     n = len(inputs)
     for block in row_blocks(n, 256):
@@ -202,6 +223,8 @@ def encode_block(
         ``(len(poolings) * dims,)`` or ``(K, dims)``), L2-normalised.
     """
     dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
+    if not is_embedder(embedder):
+        return _foreign_block(embedder, inputs, batch_size, multi_vector, bar)
     shape = _row_shape(embedder, poolings, multi_vector, dims)
     if not len(inputs):
         return torch.empty(0, *shape, dtype=torch.float32)
@@ -250,6 +273,18 @@ def encode_block(
     out = torch.empty_like(by_length, pin_memory=False)
     out[torch.tensor(order, dtype=torch.long)] = by_length
     return out[torch.tensor(where, dtype=torch.long)] if len(where) != len(distinct) else out
+
+
+def _foreign_block(encoder, inputs: list, batch_size: int, multi_vector: bool, bar) -> torch.Tensor:
+    """One block through another encoder's own ``encode`` (fp32 on the CPU, shape checked)."""
+    kwargs = {"multi_vector": True} if multi_vector else {}
+    out = torch.as_tensor(encoder.encode(inputs, batch_size=batch_size, show_progress_bar=False, **kwargs))
+    out = out.to(torch.float32).cpu()
+    if out.dim() < 2 or out.shape[0] != len(inputs):
+        raise ValueError(f"{type(encoder).__name__}.encode returned shape {tuple(out.shape)} for {len(inputs)} inputs")
+    if bar is not None:
+        bar.update(len(inputs))
+    return out
 
 
 def _distinct(inputs: list) -> tuple[list, list[int]]:
@@ -406,7 +441,7 @@ def encode(
         )
     ]
     shape = _row_shape(embedder, poolings, multi_vector, dims)
-    local = torch.cat(parts) if parts else torch.empty(0, *shape, dtype=torch.float32)
+    local = torch.cat(parts) if parts else torch.empty(0, *(shape or (0,)), dtype=torch.float32)
     start = blocks[mine.start].start if mine.start < len(blocks) else n
     stop = start + local.shape[0]
     if shard is False:
@@ -430,9 +465,11 @@ def all_gather_rows(local: torch.Tensor, device: torch.device | str = "cpu") -> 
     if rank_and_world()[1] == 1:
         return local
     comm = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
-    sizes = [torch.zeros(1, dtype=torch.long, device=comm) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.long, device=comm))
-    sizes = [int(s) for s in sizes]
+    shapes = [None] * dist.get_world_size()
+    dist.all_gather_object(shapes, tuple(local.shape))
+    sizes = [s[0] for s in shapes]
+    trailing = next((s[1:] for s in shapes if s[0]), local.shape[1:])  # a rank without rows knows no shape
+    local = local.reshape(local.shape[0], *trailing) if local.shape[0] else local.new_zeros((0, *trailing))
     longest = max(sizes)
     padded = local.new_zeros((longest, *local.shape[1:])).to(comm)
     padded[: local.shape[0]] = local.to(comm)

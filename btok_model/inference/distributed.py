@@ -17,6 +17,7 @@ import torch.distributed as dist
 from ..embedder.encode import all_gather_rows, rank_and_world
 
 __all__ = [
+    "all_gather_objects",
     "all_gather_rows",
     "all_gather_topk",
     "all_reduce",
@@ -95,6 +96,16 @@ def barrier() -> None:
     """Wait for every rank (a no-op without a group)."""
     if is_distributed():
         dist.barrier()
+
+
+def all_gather_objects(value) -> list:
+    """Every rank's picklable ``value``, in rank order (``[value]`` without a group); small
+    things only (lists of bad rows, counts)."""
+    if not is_distributed():
+        return [value]
+    out = [None] * rank_and_world()[1]
+    dist.all_gather_object(out, value)
+    return out
 
 
 def all_gather_topk(local):

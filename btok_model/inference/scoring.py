@@ -114,9 +114,24 @@ def _as_shard(candidates: torch.Tensor | EncodedShard) -> EncodedShard:
     return EncodedShard(candidates, 0, n, n, max(n, 1))
 
 
-def _check_similarity(similarity: str) -> None:
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+def _check_similarity(similarity) -> None:
+    if not callable(similarity) and similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES} or a function, got {similarity!r}")
+
+
+def _scores(queries: torch.Tensor, candidates: torch.Tensor, similarity) -> torch.Tensor:
+    """fp32 ``[nq, nc]``: :func:`~btok_model.embedder.similarity.similarity_scores` by name, or
+    ``similarity(queries, candidates)`` (e.g. TF-IDF's sparse dot products)."""
+    if callable(similarity):
+        return similarity(queries, candidates).float()
+    return similarity_scores(queries, candidates, similarity)
+
+
+def _rows(tensor: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``lo .. hi - 1`` (a slice of a dense tensor, ``index_select`` of a sparse one)."""
+    if tensor.is_sparse:
+        return tensor.index_select(0, torch.arange(lo, hi, device=tensor.device))
+    return tensor[lo:hi]
 
 
 def _check_block(value: int, name: str) -> None:
@@ -165,9 +180,9 @@ def score_blocks(
     local = shard.embeddings.to(device)  # once: every query block reads all of it
     for qlo in range(0, queries.shape[0], query_block):
         rows = slice(qlo, min(qlo + query_block, queries.shape[0]))
-        q = queries[rows].to(device)
+        q = _rows(queries, rows.start, rows.stop).to(device)
         for lo, hi in spans:
-            yield rows, lo, similarity_scores(q, local[lo - shard.start : hi - shard.start], similarity)
+            yield rows, lo, _scores(q, _rows(local, lo - shard.start, hi - shard.start), similarity)
 
 
 # -- rank counts ------------------------------------------------------------------------------------
@@ -189,10 +204,13 @@ class RankCounts:
     equal: torch.Tensor
 
 
-def _pair_scores(query: torch.Tensor, candidates: torch.Tensor, similarity: str) -> torch.Tensor:
-    """fp32 ``[L]`` scores of one query (``[H]`` / ``[Kq, H]``) against ``[L, H]`` / ``[L, Kc, H]``
-    candidates, each computed on its own (a row's score does not depend on the other rows)."""
-    q, c = query.float(), candidates.float()
+def _pair_scores(query: torch.Tensor, candidates: torch.Tensor, similarity) -> torch.Tensor:
+    """fp32 ``[L]`` scores of one query (``[1, H]`` / ``[1, Kq, H]``) against ``[L, H]`` / ``[L,
+    Kc, H]`` candidates, each computed on its own (a row's score does not depend on the other
+    rows); a similarity function scores them as ``similarity(query, candidates)[0]``."""
+    if callable(similarity):
+        return similarity(query, candidates).float()[0]
+    q, c = query[0].float(), candidates.float()
     if similarity == "cosine":
         return (c * q).sum(-1)
     return (c[:, None, :, :] * q[None, :, None, :]).sum(-1).amax(-1).sum(-1)  # [L, Kq, Kc] -> [L]
@@ -225,7 +243,9 @@ def count_ranks(
         relevant: long ``[Q, R]``, each query's relevant candidates (global indices; ``-1`` pads).
         lists: per query, the global candidate indices it is ranked against (its relevant ones
             among them), or None for all; None: every query against all.
-        similarity, query_block, candidate_block, device: as :func:`score_blocks`.
+        similarity, query_block, candidate_block, device: as :func:`score_blocks`; ``similarity``
+            may also be a function ``(queries, candidates) -> fp32 [nq, nc]`` (sparse rows are
+            fine: TF-IDF).
         combine: with ``torch.distributed`` initialised and a sharded ``candidates``, combine
             every rank's results (collectives: every rank calls, with the same queries);
             False: this shard's alone (targets it does not hold are ``-inf``).
@@ -247,6 +267,7 @@ def count_ranks(
     _check_block(query_block, "query_block")
     _check_block(candidate_block, "candidate_block")
     device = torch.device(device) if device is not None else queries.device
+    queries = queries.coalesce() if queries.is_sparse else queries
     combine = combine and isinstance(candidates, EncodedShard) and distributed.is_distributed()
     reduce_max = (lambda t: distributed.all_reduce(t, "max")) if combine else (lambda t: t)
     shape = tuple(relevant.shape)
@@ -258,13 +279,13 @@ def count_ranks(
     if everything:
         pick = torch.tensor(everything, dtype=torch.long)
         t, g, e = _count_against_all(
-            queries[pick], shard, relevant[pick], similarity, query_block, candidate_block, device, reduce_max, cache_bytes
+            queries.index_select(0, pick), shard, relevant[pick], similarity, query_block, candidate_block, device, reduce_max, cache_bytes
         )
         targets[pick], greater[pick], equal[pick] = t, g, e
     if own:
         pick = torch.tensor(own, dtype=torch.long)
         t, g, e = _count_against_lists(
-            queries[pick], shard, relevant[pick], [lists[q] for q in own], similarity, device, reduce_max
+            queries.index_select(0, pick), shard, relevant[pick], [lists[q] for q in own], similarity, device, reduce_max
         )
         targets[pick], greater[pick], equal[pick] = t, g, e
     if combine:
@@ -293,11 +314,11 @@ def _count_against_all(queries, shard, relevant, similarity, query_block, candid
     equal = torch.zeros(shape, dtype=torch.long)
     for qlo in range(0, shape[0], query_block):
         rows = slice(qlo, min(qlo + query_block, shape[0]))
-        q, idx = queries[rows].to(device), relevant[rows].to(device)
+        q, idx = _rows(queries, rows.start, rows.stop).to(device), relevant[rows].to(device)
         keep = (rows.stop - rows.start) * (shard.stop - shard.start) * 4 <= cache_bytes
         cached, held = [], torch.full(idx.shape, -math.inf, dtype=torch.float32, device=device)
         for lo, hi in spans:  # pass 1: the relevant candidates' scores this shard holds
-            scores = similarity_scores(q, local[lo - shard.start : hi - shard.start], similarity)
+            scores = _scores(q, _rows(local, lo - shard.start, hi - shard.start), similarity)
             held = torch.maximum(held, _held_targets(scores, idx, lo))
             if keep:
                 cached.append(scores)
@@ -306,7 +327,7 @@ def _count_against_all(queries, shard, relevant, similarity, query_block, candid
         g = torch.zeros(idx.shape, dtype=torch.long, device=device)
         e = torch.zeros(idx.shape, dtype=torch.long, device=device)
         for i, (lo, hi) in enumerate(spans):  # pass 2: count against the combined targets
-            scores = cached[i] if keep else similarity_scores(q, local[lo - shard.start : hi - shard.start], similarity)
+            scores = cached[i] if keep else _scores(q, _rows(local, lo - shard.start, hi - shard.start), similarity)
             dg, de = tie_counts(scores, block_targets)
             g, e = g + dg, e + de
         targets[rows], greater[rows], equal[rows] = block_targets.cpu(), g.cpu(), e.cpu()
@@ -327,8 +348,8 @@ def _count_against_lists(queries, shard, relevant, lists, similarity, device, re
         if missing:
             raise ValueError(f"query {q}: relevant candidate(s) {sorted(missing)[:5]} are not in its list")
         mine = members[(members >= shard.start) & (members < shard.stop)]
-        rows = shard.embeddings[mine - shard.start].to(device)
-        scores = _pair_scores(queries[q].to(device), rows, similarity).cpu()
+        rows = shard.embeddings.index_select(0, mine - shard.start).to(device)
+        scores = _pair_scores(_rows(queries, q, q + 1).to(device), rows, similarity).cpu()
         scored.append(scores)
         at = {int(c): i for i, c in enumerate(mine)}
         for j, c in enumerate(relevant[q].tolist()):

@@ -1,11 +1,11 @@
-"""RunningTopK: the top k of a score row, fed block by block, equals a direct sort with ties to the lower index."""
+"""The blocked scorer: running and merged top-k lists, rank counts, against brute force."""
 
 import math
 
 import pytest
 import torch
 
-from btok_model.evaluation import RunningTopK
+from btok_model.inference.scoring import RunningTopK
 
 
 def _reference(scores: torch.Tensor, k: int) -> tuple[list, list]:

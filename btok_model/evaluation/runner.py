@@ -34,7 +34,7 @@ from .metrics import METRIC_NAMES, expected_metrics
 from .task_files import ON_BAD_ROW, CandidateListTask, PairTask
 from .tfidf import TfidfScorer
 
-__all__ = ["EmbeddingScorer", "TfidfTaskScorer", "check_task", "evaluate", "evaluate_dims"]
+__all__ = ["EmbeddingScorer", "TfidfTaskScorer", "check_task", "evaluate", "evaluate_dims", "find_bad_inputs"]
 
 BLOCK_SIZE = 8192  # rows per encode block: the unit of sharding (results do not depend on the ranks)
 
@@ -101,16 +101,8 @@ class EmbeddingScorer:
         return self._encode(inputs, gather=False)
 
     def check_inputs(self, inputs: list) -> list[tuple[int, str]]:
-        """``[(row, reason)]`` of the inputs the model refuses
-        (:func:`~btok_model.embedder.encode.check_inputs`), each rank checking its share of the
-        blocks; the same list on every rank."""
-        rank, world = distributed.rank_and_world()
-        blocks = engine.row_blocks(len(inputs), self.block_size)
-        found = []
-        for b in engine.shard_blocks(len(blocks), rank, world):
-            rows = blocks[b]
-            found += engine.check_inputs(self.model, inputs[rows.start : rows.stop], start=rows.start)
-        return sorted(item for part in distributed.all_gather_objects(found) for item in part)
+        """:func:`find_bad_inputs` of the model."""
+        return find_bad_inputs(self.model, inputs, self.block_size)
 
     def similarity(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """fp32 ``[nq, nc]`` scores (:func:`~btok_model.embedder.similarity.similarity_scores`)."""
@@ -146,6 +138,21 @@ class TfidfTaskScorer:
         return TfidfScorer.similarity(queries, candidates)
 
     scoring = similarity
+
+
+def find_bad_inputs(model, inputs: list, block_size: int = BLOCK_SIZE) -> list[tuple[int, str]]:
+    """``[(row, reason)]`` of the inputs ``model`` refuses, in row order
+    (:func:`~btok_model.embedder.encode.check_inputs`: an empty text, a text longer than the
+    model accepts, media that do not decode), nothing embedded. Under ``torchrun`` each rank
+    checks its share of the row blocks and every rank gets the whole list (a collective)."""
+    rank, world = distributed.rank_and_world()
+    blocks = engine.row_blocks(len(inputs), block_size)
+    found = []
+    for b in engine.shard_blocks(len(blocks), rank, world):
+        rows = blocks[b]
+        for row, message in engine.check_inputs(model, inputs[rows.start : rows.stop], start=rows.start):
+            found.append((row, message.removeprefix(f"text {row}: ")))
+    return sorted(item for part in distributed.all_gather_objects(found) for item in part)
 
 
 def _where(task: PairTask | CandidateListTask, side: str, row: int) -> str:

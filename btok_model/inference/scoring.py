@@ -404,9 +404,9 @@ def merge_topk(parts: Sequence[TopK], k: int) -> TopK:
         indices = torch.cat([indices, indices.new_full((indices.shape[0], pad), -1)], 1)
     # Padding entries (-1) sort after every real index of the same (-inf) score.
     key_index = torch.where(indices < 0, torch.full_like(indices, torch.iinfo(torch.long).max), indices)
-    by_index = key_index.argsort(1, stable=True)
+    by_index = key_index.argsort(dim=1, stable=True)
     values, indices = values.gather(1, by_index), indices.gather(1, by_index)
-    by_value = values.argsort(1, descending=True, stable=True)[:, :k]
+    by_value = values.argsort(dim=1, descending=True, stable=True)[:, :k]
     values, indices = values.gather(1, by_value), indices.gather(1, by_value)
     return TopK(values, torch.where(values == -math.inf, torch.full_like(indices, -1), indices))
 

@@ -46,6 +46,7 @@ __all__ = [
 
 BASELINES = ("last-token", "mean", "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
+BLOCK_SIZE = 8192  # --encode-block's default: as btok_model.evaluation.runner.BLOCK_SIZE
 
 
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tfidf-analyzer", default="char_wb", choices=("char_wb", "word"))
     p.add_argument("--tfidf-ngrams", type=int, nargs=2, default=(3, 5), metavar=("MIN", "MAX"))
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument(
+        "--encode-block",
+        type=int,
+        default=None,
+        help="rows per encode block, the unit each rank takes under torchrun (results depend on it only to float "
+        "rounding, not on the number of ranks); default 8192, and for MMEB-V2 256 media rows (decoded at once)",
+    )
     p.add_argument(
         "--similarity",
         choices=SIMILARITIES,
@@ -137,6 +145,7 @@ def load_scorer(args: argparse.Namespace):
         batch_size=args.batch_size,
         show_progress_bar=not args.no_progress_bar,
         similarity=args.similarity,
+        block_size=args.encode_block or BLOCK_SIZE,
     )
 
 
@@ -219,6 +228,7 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
             limit=args.limit,
             batch_size=args.batch_size,
             num_frames=args.num_frames,
+            **({"block": args.encode_block, "text_block": args.encode_block} if args.encode_block else {}),
             run_info={"model": args.model, "gguf_file": args.gguf_file, "baseline": args.baseline},
             show_progress_bar=not args.no_progress_bar,
             tasks=tasks,
@@ -245,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     if (args.data is None) == (args.mmeb_v2 is None):
         raise SystemExit("error: give --data FILE ... or --mmeb-v2 ROOT (one of them)")
+    if args.encode_block is not None and args.encode_block < 1:
+        raise SystemExit(f"error: --encode-block must be >= 1, got {args.encode_block}")
     if args.mmeb_v2 is not None:
         return run_mmeb_v2(args)
     from .embedder.similarity import check_dims

@@ -303,6 +303,7 @@ def _embed(
     batch_size: int,
     block: int,
     num_frames: int,
+    text_block: int,
     progress: bool,
     gather: bool,
 ):
@@ -313,7 +314,7 @@ def _embed(
     if side.media:
         inputs, block_size = _SideRows(task, side, table, rows, role, num_frames), block
     else:
-        inputs, block_size = _model_inputs(task, side, table, rows, role, num_frames), max(block, TEXT_BLOCK)
+        inputs, block_size = _model_inputs(task, side, table, rows, role, num_frames), text_block
     return engine.encode(
         model,
         inputs,
@@ -369,6 +370,7 @@ def evaluate_task(
     show_progress_bar: bool = True,
     query_block: int = 1024,
     corpus_block: int = 16384,
+    text_block: int = TEXT_BLOCK,
 ) -> dict:
     """Embed and score one dataset.
 
@@ -381,6 +383,8 @@ def evaluate_task(
         batch_size: inputs per forward pass.
         block: media rows read, decoded and encoded at once (the encode block: the unit each
             rank takes under ``torchrun``).
+        text_block: the encode block of a text-only side (read at once; identical texts of a
+            block embedded once).
         num_frames: frames sampled per video.
         show_progress_bar: tqdm bars (rows/s) over the dataset's candidates and queries, rank 0.
         query_block, corpus_block: the score block (queries x candidates) of a shared corpus.
@@ -398,6 +402,7 @@ def evaluate_task(
     start = time.perf_counter()
     needed = task.needed_candidates()
     settings = {"batch_size": batch_size, "block": block, "num_frames": num_frames, "progress": show_progress_bar}
+    settings["text_block"] = text_block
     candidates = _embed(task, model, task.inputs.candidate, task.candidates, needed, "candidate", gather=False, **settings)
     queries = _embed(task, model, task.inputs.query, task.queries, task.query_rows, "query", gather=True, **settings)
     finite = bool(torch.isfinite(queries).all()) and bool(torch.isfinite(candidates.embeddings).all())
@@ -548,6 +553,7 @@ def evaluate_mmeb_v2(
     batch_size: int = 32,
     num_frames: int = NUM_FRAMES,
     block: int = 256,
+    text_block: int = TEXT_BLOCK,
     run_info: dict | None = None,
     show_progress_bar: bool = True,
     tasks: list[MMEBTask] | None = None,
@@ -564,7 +570,7 @@ def evaluate_mmeb_v2(
             there are not evaluated again.
         datasets, modalities: which datasets (default all 78).
         limit: queries per dataset (smoke runs).
-        batch_size, num_frames, block: see :func:`evaluate_task`.
+        batch_size, num_frames, block, text_block: see :func:`evaluate_task`.
         run_info: what identifies the model (name, baseline, ...), stored with the settings; a
             folder holding results of other settings is refused.
         tasks: already opened datasets (from :func:`open_tasks` with the same selection).
@@ -618,7 +624,13 @@ def evaluate_mmeb_v2(
     preflight(pending, model, num_frames)
     for task in pending:
         result = evaluate_task(
-            task, model, batch_size=batch_size, block=block, num_frames=num_frames, show_progress_bar=show_progress_bar
+            task,
+            model,
+            batch_size=batch_size,
+            block=block,
+            text_block=text_block,
+            num_frames=num_frames,
+            show_progress_bar=show_progress_bar,
         )
         results[task.name] = result
         if main:

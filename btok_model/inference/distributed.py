@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+_joined = False  # whether init_from_env created the group (so shutdown leaves a caller's own group alone)
 
 
 def is_distributed() -> bool:
@@ -52,8 +53,9 @@ def init_from_env(device: str | None = None) -> str | None:
     Returns:
         the device this rank should use: with ``WORLD_SIZE > 1`` and CUDA, ``cuda:LOCAL_RANK``
         (a rank per GPU; a ``device`` naming a GPU index is refused then), else ``device``
-        unchanged.
+        unchanged. A group the caller already initialised is used as it is.
     """
+    global _joined
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return device
@@ -65,13 +67,17 @@ def init_from_env(device: str | None = None) -> str | None:
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
+        _joined = True
     return device
 
 
 def shutdown() -> None:
-    """Leave the process group (a no-op without one)."""
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group :func:`init_from_env` joined (a no-op otherwise: a group the
+    caller initialised stays theirs)."""
+    global _joined
+    if _joined and dist.is_initialized():
         dist.destroy_process_group()
+    _joined = False
 
 
 def _comm_device() -> torch.device:

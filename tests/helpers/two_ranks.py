@@ -1,0 +1,61 @@
+"""A driver the torchrun tests run twice: as one process and as ``torchrun --nproc-per-node 2``.
+
+    python -m tests.helpers.two_ranks OUT MODEL PAIRS CORPUS LISTS MINE_DATA MMEB_ROOT
+    torchrun --nproc-per-node 2 -m tests.helpers.two_ranks OUT ...
+
+It joins the group once (gloo) and runs the command lines in it, each writing under ``OUT``:
+``evaluate`` on pairs with a corpus and on candidate lists (cosine and MaxSim at two
+Matryoshka sizes), ``mine`` on training pairs, and ``evaluate --mmeb-v2`` on the MMEB-V2
+fixture with a tiny random Qwen2-VL BTok model (built the same way on every rank, seeded).
+Blocks are small so that each rank gets several.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+
+def main(out: str, model: str, pairs: str, corpus: str, lists: str, mine_data: str, mmeb_root: str) -> None:
+    import btok_model.evaluate as evaluate_cli
+    from btok_model.evaluation import EmbeddingScorer
+    from btok_model.inference import distributed
+    from btok_model.mine import main as mine_main
+    from tests.helpers.mmeb_v2_data import FIXTURE_DATASETS
+    from tests.helpers.tiny_vl import tiny_vl_btok
+
+    distributed.init_from_env("cpu")
+    quiet = ["--no-progress-bar", "--device", "cpu", "--batch-size", "3"]
+    evaluate_cli.main(
+        ["--model", model, "--data", pairs, "--corpus", corpus, "--encode-block", "8", "--output", f"{out}/pairs.json"]
+        + quiet
+    )
+    evaluate_cli.main(["--model", model, "--data", lists, "--encode-block", "5", "--output", f"{out}/lists.json"] + quiet)
+    evaluate_cli.main(
+        ["--model", model, "--data", lists, "--encode-block", "5", "--similarity", "maxsim", "--dims", "16", "full"]
+        + ["--output", f"{out}/lists_maxsim.json"]
+        + quiet
+    )
+    summary = mine_main(
+        ["--model", model, "--data", mine_data, "--corpus", corpus, "--output", f"{out}/mined.jsonl"]
+        + ["--negatives", "3", "--skip-top", "1", "--corpus-block", "7", "--query-block", "4"]
+        + quiet
+    )
+    torch.manual_seed(0)
+    vl = tiny_vl_btok()
+    evaluate_cli.load_scorer = lambda args: EmbeddingScorer(vl, batch_size=args.batch_size)
+    evaluate_cli.main(
+        ["--model", "tiny-qwen2-vl", "--mmeb-v2", mmeb_root, "--datasets", *FIXTURE_DATASETS]
+        + ["--output-dir", f"{out}/mmeb", "--batch-size", "3", "--encode-block", "2", "--no-progress-bar"]
+    )
+    if distributed.is_main():
+        with open(os.path.join(out, "mine_summary.json"), "w") as f:
+            json.dump(summary, f)
+        with open(os.path.join(out, "world.txt"), "w") as f:
+            f.write(str(distributed.rank_and_world()[1]))
+    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -25,7 +25,8 @@ def main(out: str, model: str, pairs: str, corpus: str, lists: str, mine_data: s
     from tests.helpers.mmeb_v2_data import FIXTURE_DATASETS
     from tests.helpers.tiny_vl import tiny_vl_btok
 
-    distributed.init_from_env("cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.distributed.init_process_group("gloo")  # the driver's own group: the commands join it, not end it
     quiet = ["--no-progress-bar", "--device", "cpu", "--batch-size", "3"]
     evaluate_cli.main(
         ["--model", model, "--data", pairs, "--corpus", corpus, "--encode-block", "8", "--output", f"{out}/pairs.json"]
@@ -54,7 +55,8 @@ def main(out: str, model: str, pairs: str, corpus: str, lists: str, mine_data: s
             json.dump(summary, f)
         with open(os.path.join(out, "world.txt"), "w") as f:
             f.write(str(distributed.rank_and_world()[1]))
-    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

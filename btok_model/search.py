@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity", choices=("cosine", "maxsim"), default="cosine")
     p.add_argument("--nprobes", type=int, default=20, help="ANN: IVF partitions searched")
     p.add_argument("--refine-factor", type=int, default=10, help="ANN: re-rank k x this on the stored vectors (0: off)")
+    p.add_argument("--show", nargs="+", default=[], metavar="COLUMN", help="print these columns of each hit (kept columns)")
     p.add_argument("--json", action="store_true", help="print the hits as one JSON object")
     add_loading_arguments(p)
     return p
@@ -88,6 +89,9 @@ def run(args: argparse.Namespace) -> dict:
         queries = encode(model, inputs, dims=dims, multi_vector=args.similarity == "maxsim")
     except ExampleError as err:
         fail(f"--query/--image: {err}")
+    missing = [c for c in args.show if c not in index.columns]
+    if missing:
+        fail(f"--show {missing}: {args.index} has no such column; its columns: {list(index.columns)}")
     hits = index.search(
         queries,
         args.k,
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> dict:
         similarity=args.similarity,
         nprobes=args.nprobes,
         refine_factor=args.refine_factor or None,
+        columns=tuple(args.show),
     )
     how = "exact" if not hits.approximate else f"approximate ({hits.method}, nprobes {args.nprobes}, refine {args.refine_factor})"
     out = {"index": args.index, "rows": index.num_rows, "search": how, "queries": []}
@@ -103,8 +108,8 @@ def run(args: argparse.Namespace) -> dict:
         labels = [f"{args.query[0]} + image {args.image}"]
     for q, label in enumerate(labels):
         found = [
-            {"id": rid, "row": int(row), "score": round(float(score), 6)}
-            for rid, row, score in zip(hits.ids[q], hits.rows[q].tolist(), hits.scores[q].tolist())
+            {"id": rid, "row": int(row), "score": round(float(score), 6), **extra}
+            for rid, row, score, extra in zip(hits.ids[q], hits.rows[q].tolist(), hits.scores[q].tolist(), hits.columns[q])
         ]
         out["queries"].append({"query": label, "hits": found})
     if args.json:
@@ -114,7 +119,8 @@ def run(args: argparse.Namespace) -> dict:
         for entry in out["queries"]:
             print(f"query: {entry['query']}")
             for rank, hit in enumerate(entry["hits"], start=1):
-                print(f"  {rank:>3}. {hit['score']:.4f}  {hit['id']}")
+                shown = "".join(f"  {hit[c]}" for c in args.show)
+                print(f"  {rank:>3}. {hit['score']:.4f}  {hit['id']}{shown}")
     return out
 
 

@@ -48,6 +48,7 @@ class SearchResult:
         approximate: True when an ANN index answered (scores are then recomputed by Lance from
             the stored vectors when ``refine_factor`` is set, else from the index's codes).
         method: ``"exact"`` or the index type.
+        columns: ``[Q][hits]`` dicts of the ``columns`` asked for (kept columns), else empty dicts.
     """
 
     ids: list[list[str]]
@@ -55,6 +56,7 @@ class SearchResult:
     scores: torch.Tensor
     approximate: bool
     method: str
+    columns: list[list[dict]]
 
 
 def default_index_parameters(num_rows: int, dim: int, index_type: str = "IVF_PQ") -> dict:
@@ -212,6 +214,11 @@ class Index:
         self.index_type = self.summary.get("index", {}).get("index_type", "vector index") if on_vector else None
 
     @property
+    def columns(self) -> list[str]:
+        """The output's column names."""
+        return list(self._dataset.schema.names)
+
+    @property
     def has_multi_vector(self) -> bool:
         return "vectors" in self._dataset.schema.names
 
@@ -246,6 +253,7 @@ class Index:
         nprobes: int | None = 20,
         refine_factor: int | None = 10,
         chunk_rows: int = 65536,
+        columns: tuple[str, ...] = (),
     ) -> SearchResult:
         """The ``k`` best rows of each query.
 
@@ -262,9 +270,11 @@ class Index:
                 vectors (None: scores from the index's codes alone; recall@10 on 4,000
                 clustered 64-dim vectors, IVF_PQ: 0.55 without, 0.99 with 10).
             chunk_rows: rows scored per chunk (exact).
+            columns: more columns to return with each hit (e.g. a kept column).
 
         Raises:
-            ValueError: a query of the wrong shape, or MaxSim on an output without K vectors.
+            ValueError: a query of the wrong shape, MaxSim on an output without K vectors, or
+                a column the output lacks.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
@@ -276,12 +286,15 @@ class Index:
         if queries.dim() != want or queries.shape[-1] != self.dim:
             shape = "[Q, K, H]" if want == 3 else "[Q, H]"
             raise ValueError(f"queries must be {shape} with H = {self.dim}, got shape {tuple(queries.shape)}")
+        missing = [c for c in columns if c not in self._dataset.schema.names]
+        if missing:
+            raise ValueError(f"{self.path} has no column(s) {missing}; its columns: {self._dataset.schema.names}")
         queries = queries.float().cpu()
         if exact or similarity == "maxsim" or self.index_type is None:
-            return self._exact(queries, k, similarity, chunk_rows)
-        return self._ann(queries, k, nprobes, refine_factor)
+            return self._exact(queries, k, similarity, chunk_rows, tuple(columns))
+        return self._ann(queries, k, nprobes, refine_factor, tuple(columns))
 
-    def _exact(self, queries: torch.Tensor, k: int, similarity: str, chunk_rows: int) -> SearchResult:
+    def _exact(self, queries: torch.Tensor, k: int, similarity: str, chunk_rows: int, columns: tuple) -> SearchResult:
         from ..embedder.encode import EncodedShard
         from .scoring import TopK, merge_topk, topk
 
@@ -292,30 +305,31 @@ class Index:
             shard = EncodedShard(self.vectors(lo, hi, column), lo, hi, self.num_rows, chunk_rows)
             part = topk(queries, shard, k, similarity=similarity, combine=False)
             best = part if lo == 0 else merge_topk([best, part], k)
-        found = best.indices[best.indices >= 0]
-        table = self._dataset.take(sorted(set(found.tolist())), columns=["id", "row"]) if found.numel() else None
-        lookup = {}
-        if table is not None:
-            for position, rid, row in zip(sorted(set(found.tolist())), table.column("id"), table.column("row")):
-                lookup[position] = (rid.as_py(), row.as_py())
-        ids = [[lookup[p][0] for p in q if p >= 0] for q in best.indices.tolist()]
-        rows = torch.tensor([[lookup[p][1] if p >= 0 else -1 for p in q] for q in best.indices.tolist()], dtype=torch.long)
-        return SearchResult(ids, rows.view(queries.shape[0], k), best.values, False, "exact")
+        positions = sorted({p for p in best.indices.flatten().tolist() if p >= 0})
+        fetch = ["id", "row", *(c for c in columns if c not in ("id", "row"))]
+        found = self._dataset.take(positions, columns=fetch).to_pylist() if positions else []
+        lookup = dict(zip(positions, found))
+        hits = [[lookup[p] for p in q if p >= 0] for q in best.indices.tolist()]
+        rows = [[h["row"] for h in q] + [-1] * (k - len(q)) for q in hits]
+        extra = [[{c: h[c] for c in columns} for h in q] for q in hits]
+        ids = [[h["id"] for h in q] for q in hits]
+        return SearchResult(ids, torch.tensor(rows, dtype=torch.long), best.values, False, "exact", extra)
 
-    def _ann(self, queries: torch.Tensor, k: int, nprobes: int | None, refine_factor: int | None) -> SearchResult:
-        ids, rows, scores = [], [], []
+    def _ann(self, queries: torch.Tensor, k: int, nprobes, refine_factor, columns: tuple) -> SearchResult:
+        ids, rows, scores, extra = [], [], [], []
         for q in queries.numpy():
             nearest = {"column": "vector", "q": q, "k": k, "metric": "cosine"}
             if nprobes is not None:
                 nearest["nprobes"] = nprobes
             if refine_factor is not None:
                 nearest["refine_factor"] = refine_factor
-            table = self._dataset.to_table(nearest=nearest, columns=["id", "row", "_distance"])
+            fetch = ["id", "row", *(c for c in columns if c not in ("id", "row")), "_distance"]
+            table = self._dataset.to_table(nearest=nearest, columns=fetch)
             got = table.column("row").to_pylist()
+            extra.append(table.select(list(columns)).to_pylist() if columns else [{} for _ in got])
             ids.append(table.column("id").to_pylist())
             rows.append(got + [-1] * (k - len(got)))
             similarity = [1.0 - d for d in table.column("_distance").to_pylist()]  # cosine distance = 1 - cos
             scores.append(similarity + [-math.inf] * (k - len(got)))
-        return SearchResult(
-            ids, torch.tensor(rows, dtype=torch.long), torch.tensor(scores, dtype=torch.float32), True, self.index_type
-        )
+        scores = torch.tensor(scores, dtype=torch.float32)
+        return SearchResult(ids, torch.tensor(rows, dtype=torch.long), scores, True, self.index_type, extra)

@@ -78,8 +78,9 @@ def test_ann_recall_against_exact(corpus, tmp_path, index_type):
     index = Index(path)
     assert index.index_type == index_type
     exact = index.search(queries, 10, exact=True)
-    ann = index.search(queries, 10)
+    ann = index.search(queries, 10, columns=("row",))
     assert ann.approximate and ann.method == index_type
+    assert [c["row"] for c in ann.columns[0]] == ann.rows[0].tolist()
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ann.rows.tolist(), exact.rows.tolist())])
     assert recall >= RECALL_BOUND, f"{index_type} recall@10 {recall:.3f} < {RECALL_BOUND}"
     # the re-ranked scores are the stored vectors' cosines

@@ -28,9 +28,10 @@ def embedded(tmp_path_factory):
     model_dir = str(root / "model")
     tiny_btok(seed=5).save_pretrained(model_dir)
     data = root / "c.jsonl"
-    data.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    data.write_text("".join(json.dumps({"id": f"t{i}", "text": t, "tag": t.split()[-1]}) + "\n" for i, t in enumerate(TEXTS)))
     out = str(root / "c.lance")
     argv = ["--model", model_dir, "--data", str(data), "--output", out, "--dtype", "float32", "--multi-vector"]
+    argv += ["--keep-columns", "tag"]
     embed([*argv, "--no-progress-bar", *FAST])
     model = BTokModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     return model_dir, out, model
@@ -51,6 +52,7 @@ def test_hits_are_the_brute_force_top_k(embedded, capsys, similarity):
     model_dir, out, model = embedded
     queries = ["a furry cat", "sunny weather"]
     argv = ["--index", out, "--query", queries[0], "--query", queries[1], "-k", "3", "--json", "--similarity", similarity]
+    argv += ["--show", "tag"]
     result = search([*argv, *FAST])  # --model defaults to the one recorded in the output
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == result and result["search"] == "exact"
@@ -61,6 +63,7 @@ def test_hits_are_the_brute_force_top_k(embedded, capsys, similarity):
     best = scores.topk(3, dim=1)
     for got, values, rows in zip(result["queries"], best.values, best.indices):
         assert [h["id"] for h in got["hits"]] == [f"t{i}" for i in rows.tolist()]
+        assert [h["tag"] for h in got["hits"]] == [TEXTS[i].split()[-1] for i in rows.tolist()]
         torch.testing.assert_close(torch.tensor([h["score"] for h in got["hits"]], dtype=torch.float64), values, atol=2e-6, rtol=0)
 
 
@@ -75,6 +78,7 @@ def test_another_model_is_refused(embedded, tmp_path, capsys):
 def test_user_errors(embedded, tmp_path, capsys):
     model_dir, out, _ = embedded
     assert "give --query" in _user_error(capsys, ["--index", out, *FAST])
+    assert "--show ['nope']" in _user_error(capsys, ["--index", out, "--query", "x", "--show", "nope", *FAST])
     assert "no such Lance table" in _user_error(capsys, ["--index", str(tmp_path / "none.lance"), "--query", "x"])
     data = tmp_path / "c.jsonl"
     data.write_text(json.dumps({"text": "one"}) + "\n")

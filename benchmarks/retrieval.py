@@ -281,9 +281,10 @@ def part_ranks(args) -> dict:
         common = ["--model", args.model, "--data", data, "--dtype", "float32", "--block-size", str(args.ranks_block)]
         common += ["--no-progress-bar", "--batch-size", str(args.batch_size)]
         runs = {}
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
         for name, launcher in (
             ("one_process", [sys.executable, "-m", "btok_model.embed"]),
-            ("two_processes", [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "btok_model.embed"]),
+            ("two_processes", [*torchrun, "-m", "btok_model.embed"]),
         ):
             out = os.path.join(work, f"{name}.lance")
             start = time.perf_counter()
@@ -314,7 +315,9 @@ def part_ranks(args) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="runs/smol-btok", help="a saved SmolLM2 BTok model (made from 'smollm2' if absent)")
+    p.add_argument(
+        "--model", default="runs/smol-btok", help="a saved SmolLM2 BTok model (made from 'smollm2' if absent)"
+    )
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--ann", nargs="+", choices=VECTOR_SETS, default=["wordnet-btok", "wordnet-tokens", "synthetic"])
     p.add_argument("--btok-output", help="an embed output of WordNet definitions for --ann wordnet-btok")
@@ -322,7 +325,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-index-types", nargs="+", default=["IVF_PQ"])
     p.add_argument("--synthetic-rows", type=int, default=1_000_000)
     p.add_argument("--synthetic-dim", type=int, default=128)
-    p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored vectors (embed's default)")
+    p.add_argument(
+        "--dtype", default="float16", choices=("float16", "float32"), help="stored vectors (embed's default)"
+    )
     p.add_argument("--encode-rows", type=int, default=128)
     p.add_argument("--ranks-rows", type=int, default=96)
     p.add_argument("--ranks-block", type=int, default=16)
@@ -372,7 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
             types = args.synthetic_index_types if name == "synthetic" else args.index_types
             print(f"[ann {name}] ...", file=sys.stderr, flush=True)
             results["ann"].append(_run_part([*base, "--part", "ann", "--vector-set", name, "--index-types", *types]))
-    out = args.output or os.path.join(ROOT, "benchmarks", "out", f"retrieval-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = args.output or os.path.join(ROOT, "benchmarks", "out", f"retrieval-{stamp}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

@@ -48,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="embed only the first N rows")
     p.add_argument("--keep-columns", nargs="+", default=[], metavar="COLUMN", help="source fields copied to the output")
     p.add_argument("--text-field", default="text")
-    p.add_argument("--image-field", default="image", help="an image path (relative to the file), bytes, or {bytes, path}")
+    p.add_argument(
+        "--image-field", default="image", help="an image path (relative to the file), bytes, or {bytes, path}"
+    )
     p.add_argument("--video-field", default="video", help="a list of frames (paths or bytes), already sampled")
     p.add_argument("--id-field", default="id", help="the row's id (default when absent: its row number)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="the stored vectors' type")

@@ -40,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity", choices=("cosine", "maxsim"), default="cosine")
     p.add_argument("--nprobes", type=int, default=20, help="ANN: IVF partitions searched")
     p.add_argument("--refine-factor", type=int, default=10, help="ANN: re-rank k x this on the stored vectors (0: off)")
-    p.add_argument("--show", nargs="+", default=[], metavar="COLUMN", help="print these columns of each hit (kept columns)")
+    p.add_argument(
+        "--show", nargs="+", default=[], metavar="COLUMN", help="print these columns of each hit (kept columns)"
+    )
     p.add_argument("--json", action="store_true", help="print the hits as one JSON object")
     add_loading_arguments(p)
     return p
@@ -101,7 +103,9 @@ def run(args: argparse.Namespace) -> dict:
         refine_factor=args.refine_factor or None,
         columns=tuple(args.show),
     )
-    how = "exact" if not hits.approximate else f"approximate ({hits.method}, nprobes {args.nprobes}, refine {args.refine_factor})"
+    how = "exact"
+    if hits.approximate:
+        how = f"approximate ({hits.method}, nprobes {args.nprobes}, refine {args.refine_factor})"
     out = {"index": args.index, "rows": index.num_rows, "search": how, "queries": []}
     labels = args.query or [f"image {args.image}"]
     if args.image and args.query:
@@ -109,7 +113,9 @@ def run(args: argparse.Namespace) -> dict:
     for q, label in enumerate(labels):
         found = [
             {"id": rid, "row": int(row), "score": round(float(score), 6), **extra}
-            for rid, row, score, extra in zip(hits.ids[q], hits.rows[q].tolist(), hits.scores[q].tolist(), hits.columns[q])
+            for rid, row, score, extra in zip(
+                hits.ids[q], hits.rows[q].tolist(), hits.scores[q].tolist(), hits.columns[q]
+            )
         ]
         out["queries"].append({"query": label, "hits": found})
     if args.json:

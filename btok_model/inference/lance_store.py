@@ -119,7 +119,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def _metadata_of(dataset, path: str) -> dict:
     raw = (dataset.schema.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:
-        raise DataError(f"{path}: a Lance dataset, but not one written by python -m btok_model.embed (no btok metadata)")
+        raise DataError(
+            f"{path}: a Lance dataset, but not one written by python -m btok_model.embed (no btok metadata)"
+        )
     return json.loads(raw)
 
 

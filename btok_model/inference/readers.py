@@ -31,8 +31,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..datasets.jsonl import DataError
-from ..datasets.rendering import IMAGE_TOKEN, LEGACY_IMAGE_TOKENS, VIDEO_TOKEN, FieldError, check_plain_text, token_first
-from ..datasets.rendering import vision_side
+from ..datasets.rendering import (
+    IMAGE_TOKEN,
+    LEGACY_IMAGE_TOKENS,
+    VIDEO_TOKEN,
+    FieldError,
+    check_plain_text,
+    token_first,
+    vision_side,
+)
 
 __all__ = ["IMAGE_EXTENSIONS", "BadRow", "Row", "RowReader", "open_rows"]
 
@@ -100,7 +107,8 @@ class RowReader:
         keep_columns: tuple[str, ...] = (),
     ):
         self.path, self.kind = path, kind
-        self.text_field, self.image_field, self.video_field, self.id_field = text_field, image_field, video_field, id_field
+        self.text_field, self.image_field, self.video_field = text_field, image_field, video_field
+        self.id_field = id_field
         self.keep_columns = tuple(keep_columns)
         self._offsets: list[int] = []  # JSONL: byte offset of each row's line
         self._lines: list[int] = []  # JSONL: 1-based line number of each row
@@ -136,7 +144,8 @@ class RowReader:
                     try:
                         data = json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise DataError(f"{self.path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+                        where = f"{self.path}:{line_no}"
+                        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
                     if not isinstance(data, dict):
                         raise DataError(f"{self.path}:{line_no}: expected a JSON object, got {type(data).__name__}")
                     keys.update(dict.fromkeys(data))

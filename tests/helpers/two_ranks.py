@@ -3,7 +3,8 @@
     python -m tests.helpers.two_ranks OUT MODEL PAIRS CORPUS LISTS MINE_DATA MMEB_ROOT
     torchrun --nproc-per-node 2 -m tests.helpers.two_ranks OUT ...
 
-It joins the group once (gloo) and runs the command lines in it, each writing under ``OUT``:
+It joins the group once (gloo) and runs the command lines in it, each writing under ``OUT``
+(and ``scoring.pt``: the blocked scorer's top-k and rank counts of seeded vectors, combined):
 ``evaluate`` on pairs with a corpus and on candidate lists (cosine and MaxSim at two
 Matryoshka sizes), ``mine`` on training pairs, and ``evaluate --mmeb-v2`` on the MMEB-V2
 fixture with a tiny random Qwen2-VL BTok model (built the same way on every rank, seeded).
@@ -50,13 +51,38 @@ def main(out: str, model: str, pairs: str, corpus: str, lists: str, mine_data: s
         ["--model", "tiny-qwen2-vl", "--mmeb-v2", mmeb_root, "--datasets", *FIXTURE_DATASETS]
         + ["--output-dir", f"{out}/mmeb", "--batch-size", "3", "--encode-block", "2", "--no-progress-bar"]
     )
+    scoring = _scoring()
     if distributed.is_main():
+        torch.save(scoring, os.path.join(out, "scoring.pt"))
         with open(os.path.join(out, "mine_summary.json"), "w") as f:
             json.dump(summary, f)
         with open(os.path.join(out, "world.txt"), "w") as f:
             f.write(str(distributed.rank_and_world()[1]))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def _scoring() -> dict:
+    """``topk`` and ``count_ranks`` of seeded vectors (integers / 4: many exact ties) against
+    candidates sharded as the ranks hold them (blocks of 4), combined across ranks."""
+    from btok_model.embedder.encode import EncodedShard, rank_and_world, shard_blocks
+    from btok_model.inference.scoring import count_ranks, topk
+
+    gen = torch.Generator().manual_seed(0)
+    q, c = (torch.randint(-2, 3, (n, 3, 5), generator=gen).float() / 4 for n in (10, 27))
+    rank, world = rank_and_world()
+    run = shard_blocks(7, rank, world)  # 27 rows: 7 blocks of 4
+    lo, hi = min(4 * run.start, 27), min(4 * run.stop, 27)
+    lists = [None if i % 2 else list(range(i, 27, 3)) for i in range(10)]
+    relevant = torch.tensor([[i if i % 2 else i + 3, -1] for i in range(10)])
+    out = {"queries": q, "candidates": c, "lists": lists, "relevant": relevant}
+    for similarity in ("cosine", "maxsim"):
+        qq, cc = (q, c) if similarity == "maxsim" else (q[:, 0], c[:, 0])
+        shard = EncodedShard(cc[lo:hi], lo, hi, 27, 4)
+        counts = count_ranks(qq, shard, relevant, lists=lists, similarity=similarity, candidate_block=3, query_block=4)
+        top = topk(qq, shard, 6, similarity=similarity, candidate_block=3)
+        out[similarity] = {"counts": vars(counts), "values": top.values, "indices": top.indices}
+    return out
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.helpers.mmeb_v2_data import FIXTURE_DATASETS, write_fixture
 from tests.helpers.tiny_models import tiny_btok
@@ -114,3 +115,23 @@ def test_mmeb_v2_two_ranks_equal_one(runs):
         assert _drop(_json(one / "mmeb" / "datasets" / f"{name}.json")) == _drop(
             _json(two / "mmeb" / "datasets" / f"{name}.json")
         )
+
+
+def test_scorer_two_ranks_equal_one_and_brute_force(runs):
+    from btok_model.embedder.similarity import maxsim
+    from btok_model.inference.scoring import rank_counts
+
+    one, two = (torch.load(run / "scoring.pt") for run in runs)
+    q, c, lists, relevant = one["queries"], one["candidates"], one["lists"], one["relevant"]
+    for similarity in ("cosine", "maxsim"):
+        a, b = one[similarity], two[similarity]
+        assert all(torch.equal(a["counts"][k], b["counts"][k]) for k in ("targets", "greater", "equal"))
+        assert torch.equal(a["values"], b["values"]) and torch.equal(a["indices"], b["indices"])
+        scores = maxsim(q, c) if similarity == "maxsim" else q[:, 0] @ c[:, 0].T
+        order = [sorted(range(27), key=lambda j: (-scores[i, j].item(), j))[:6] for i in range(10)]
+        assert b["indices"].tolist() == order
+        for i, members in enumerate(lists):
+            members = list(range(27)) if members is None else members
+            column = members.index(int(relevant[i, 0]))
+            greater, equal = rank_counts(scores[i, members][None], torch.tensor([column]))
+            assert (b["counts"]["greater"][i, 0], b["counts"]["equal"][i, 0] - 1) == (greater[0], equal[0])

@@ -192,7 +192,7 @@ def mine_hard_negatives(
     positive_index = torch.tensor([index[input_key(p)] for p in positives], dtype=torch.long)
     excluded = _excluded(queries, exclude, index, positive_index.tolist()).to(device)
 
-    settings = dict(batch_size=batch_size, block_size=corpus_block, shard=True, progress=show_progress_bar)
+    settings = {"batch_size": batch_size, "block_size": corpus_block, "shard": True, "progress": show_progress_bar}
     distinct_queries = list({input_key(q): q for q in queries}.values())
     query_rows = {input_key(q): i for i, q in enumerate(distinct_queries)}
     query_emb = engine.encode(model, distinct_queries, gather=True, desc="queries", **settings)
@@ -377,11 +377,16 @@ def mine_file(
         **options,
     )
     folder = os.path.dirname(os.path.abspath(output))
-    picks = {i: [_written(mined.pool[j], folder) for j in mined.negatives[row].tolist() if j >= 0] for row, i in enumerate(good)}
+    picks = {
+        i: [_written(mined.pool[j], folder) for j in mined.negatives[row].tolist() if j >= 0]
+        for row, i in enumerate(good)
+    }
     if distributed.is_main():
         with open(output + ".tmp", "w", encoding="utf-8") as f:
-            for i, (line, example) in enumerate(zip(raw, examples)):
-                f.write(json.dumps(_output_line(line, example, picks.get(i, []), folder), ensure_ascii=False) + "\n")
+            f.writelines(
+                json.dumps(_output_line(line, example, picks.get(i, []), folder), ensure_ascii=False) + "\n"
+                for i, (line, example) in enumerate(zip(raw, examples))
+            )
         os.replace(output + ".tmp", output)
     summary = _summary(mined)
     if on_bad_row == "skip":

@@ -29,9 +29,9 @@ from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
 from ..backend.kernel_settings import set_kernel_settings
+from . import encode as engine
 from .backbone import Backbone, load_saved_backbone, save_backbone, transformers_model
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
-from . import encode as engine
 from .config import EmbedderConfig
 from .losses import (
     LossWeights,

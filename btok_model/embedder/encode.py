@@ -342,7 +342,9 @@ def iter_encoded_blocks(
     ids = range(len(blocks)) if block_ids is None else list(block_ids)
     for b in ids:
         if not 0 <= b < len(blocks):
-            raise ValueError(f"block id {b} is out of range: {len(inputs)} rows make {len(blocks)} blocks of {block_size}")
+            raise ValueError(
+                f"block id {b} is out of range: {len(inputs)} rows make {len(blocks)} blocks of {block_size}"
+            )
     total = sum(len(blocks[b]) for b in ids)
     with tqdm(total=total, desc=desc, unit="row", disable=not progress or total == 0, smoothing=0.1) as bar:
         for b in ids:
@@ -350,7 +352,7 @@ def iter_encoded_blocks(
             part = list(inputs[rows.start : rows.stop])
             if len(part) != len(rows):
                 raise ValueError(f"inputs[{rows.start}:{rows.stop}] gave {len(part)} inputs, expected {len(rows)}")
-            settings = dict(packed=packed, poolings=poolings, multi_vector=multi_vector, dims=dims)
+            settings = {"packed": packed, "poolings": poolings, "multi_vector": multi_vector, "dims": dims}
             yield b, rows, encode_block(embedder, part, batch_size=batch_size, start=rows.start, bar=bar, **settings)
 
 
@@ -426,7 +428,7 @@ def encode(
         block_size = max(n, 1) if shard is False else 8192
     blocks = row_blocks(n, block_size)
     mine = shard_blocks(len(blocks), rank, world)
-    settings = dict(packed=packed, poolings=poolings, multi_vector=multi_vector, dims=dims)
+    settings = {"packed": packed, "poolings": poolings, "multi_vector": multi_vector, "dims": dims}
     parts = [
         emb
         for _, _, emb in iter_encoded_blocks(

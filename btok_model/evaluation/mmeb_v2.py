@@ -281,7 +281,14 @@ class _SideRows:
     slice reads and decodes only those rows (media rows a block at a time)."""
 
     def __init__(self, task: MMEBTask, side: Side, table: LanceTable, rows: list[int], role: str, num_frames: int):
-        self.task, self.side, self.table, self.rows, self.role, self.num_frames = task, side, table, rows, role, num_frames
+        self.task, self.side, self.table, self.rows, self.role, self.num_frames = (
+            task,
+            side,
+            table,
+            rows,
+            role,
+            num_frames,
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -403,7 +410,9 @@ def evaluate_task(
     needed = task.needed_candidates()
     settings = {"batch_size": batch_size, "block": block, "num_frames": num_frames, "progress": show_progress_bar}
     settings["text_block"] = text_block
-    candidates = _embed(task, model, task.inputs.candidate, task.candidates, needed, "candidate", gather=False, **settings)
+    candidates = _embed(
+        task, model, task.inputs.candidate, task.candidates, needed, "candidate", gather=False, **settings
+    )
     queries = _embed(task, model, task.inputs.query, task.queries, task.query_rows, "query", gather=True, **settings)
     finite = bool(torch.isfinite(queries).all()) and bool(torch.isfinite(candidates.embeddings).all())
     if distributed.all_reduce(torch.tensor([int(not finite)]), "max").item():  # every rank stops, none hangs

@@ -62,7 +62,9 @@ def init_from_env(device: str | None = None) -> str | None:
     wants_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
     if wants_cuda:
         if device is not None and ":" in str(device):
-            raise ValueError(f"under torchrun each rank takes the GPU of its LOCAL_RANK; pass --device cuda, not {device}")
+            raise ValueError(
+                f"under torchrun each rank takes the GPU of its LOCAL_RANK; pass --device cuda, not {device}"
+            )
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():

@@ -279,13 +279,27 @@ def count_ranks(
     if everything:
         pick = torch.tensor(everything, dtype=torch.long)
         t, g, e = _count_against_all(
-            queries.index_select(0, pick), shard, relevant[pick], similarity, query_block, candidate_block, device, reduce_max, cache_bytes
+            queries.index_select(0, pick),
+            shard,
+            relevant[pick],
+            similarity,
+            query_block,
+            candidate_block,
+            device,
+            reduce_max,
+            cache_bytes,
         )
         targets[pick], greater[pick], equal[pick] = t, g, e
     if own:
         pick = torch.tensor(own, dtype=torch.long)
         t, g, e = _count_against_lists(
-            queries.index_select(0, pick), shard, relevant[pick], [lists[q] for q in own], similarity, device, reduce_max
+            queries.index_select(0, pick),
+            shard,
+            relevant[pick],
+            [lists[q] for q in own],
+            similarity,
+            device,
+            reduce_max,
         )
         targets[pick], greater[pick], equal[pick] = t, g, e
     if combine:
@@ -299,11 +313,15 @@ def _held_targets(scores: torch.Tensor, relevant: torch.Tensor, lo: int) -> torc
     of ``scores`` (``[r, C]``), ``-inf`` where a relevant candidate lies outside them."""
     width = scores.shape[1]
     inside = (relevant >= lo) & (relevant < lo + width)
-    picked = scores.gather(1, (relevant - lo).clamp(0, max(width - 1, 0))) if width else scores.new_zeros(relevant.shape)
+    picked = (
+        scores.gather(1, (relevant - lo).clamp(0, max(width - 1, 0))) if width else scores.new_zeros(relevant.shape)
+    )
     return torch.where(inside, picked, torch.full_like(picked, -math.inf))
 
 
-def _count_against_all(queries, shard, relevant, similarity, query_block, candidate_block, device, reduce_max, cache_bytes):
+def _count_against_all(
+    queries, shard, relevant, similarity, query_block, candidate_block, device, reduce_max, cache_bytes
+):
     """:func:`count_ranks` of queries ranked against every candidate, a query block at a time
     (the targets of a block are combined across ranks before its counting pass)."""
     spans = _spans(shard.start, shard.stop, candidate_block)
@@ -504,7 +522,12 @@ def topk(
     _check_block(k, "k")
     device = torch.device(device) if device is not None else queries.device
     running = RunningTopK(queries.shape[0], k, device)
-    kwargs = dict(similarity=similarity, query_block=query_block, candidate_block=candidate_block, device=device)
+    kwargs = {
+        "similarity": similarity,
+        "query_block": query_block,
+        "candidate_block": candidate_block,
+        "device": device,
+    }
     for rows, lo, scores in score_blocks(queries, candidates, **kwargs):
         running.update(rows, scores, lo)
     local = TopK(running.values.cpu(), running.indices.cpu())

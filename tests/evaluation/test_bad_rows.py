@@ -53,7 +53,10 @@ def test_evaluate_names_the_file_and_line_before_embedding(tmp_path):
     path = _write(tmp_path / "pairs.jsonl", PAIRS)
     model = tiny_btok()
     seen = _Counting(model)
-    with pytest.raises(ValueError, match=rf"{path}:3: the text \+ K BToks is 304 tokens, longer than .*\(and 1 more bad rows\); --on-bad-row skip"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path}:3: the text \+ K BToks is 304 tokens, longer than .*\(and 1 more bad rows\); --on-bad-row skip",
+    ):
         evaluate(load_task(path), EmbeddingScorer(model))
     assert seen.rows == 0  # nothing was embedded
 
@@ -80,7 +83,9 @@ def test_empty_text_at_loading(tmp_path, saved):
     with pytest.raises(SystemExit, match=rf"error: {path}:2: field 'query' is empty"):
         evaluate_main(["--model", saved, "--data", path, "--no-progress-bar"])
     task = load_task(path, on_bad_row="skip")
-    assert task.queries == ["a small furry pet", "frozen water"] and task.skipped == [f"{path}:2: field 'query' is empty"]
+    assert task.queries == ["a small furry pet", "frozen water"] and task.skipped == [
+        f"{path}:2: field 'query' is empty"
+    ]
 
 
 def test_candidate_lists_skip_a_bad_candidate(tmp_path):

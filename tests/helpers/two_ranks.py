@@ -33,7 +33,9 @@ def main(out: str, model: str, pairs: str, corpus: str, lists: str, mine_data: s
         ["--model", model, "--data", pairs, "--corpus", corpus, "--encode-block", "8", "--output", f"{out}/pairs.json"]
         + quiet
     )
-    evaluate_cli.main(["--model", model, "--data", lists, "--encode-block", "5", "--output", f"{out}/lists.json"] + quiet)
+    evaluate_cli.main(
+        ["--model", model, "--data", lists, "--encode-block", "5", "--output", f"{out}/lists.json"] + quiet
+    )
     evaluate_cli.main(
         ["--model", model, "--data", lists, "--encode-block", "5", "--similarity", "maxsim", "--dims", "16", "full"]
         + ["--output", f"{out}/lists_maxsim.json"]

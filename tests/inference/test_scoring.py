@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from btok_model.inference.scoring import RunningTopK
+from btok_model.embedder.encode import EncodedShard, shard_blocks
+from btok_model.embedder.similarity import maxsim
+from btok_model.inference.scoring import RunningTopK, TopK, count_ranks, merge_topk, rank_counts, topk
 
 
 def _reference(scores: torch.Tensor, k: int) -> tuple[list, list]:
@@ -60,10 +62,6 @@ def test_bad_input():
 
 # -- exact top-k and rank counts against brute force ------------------------------------------------
 
-from btok_model.embedder.encode import EncodedShard, shard_blocks  # noqa: E402
-from btok_model.embedder.similarity import maxsim  # noqa: E402
-from btok_model.inference.scoring import TopK, count_ranks, merge_topk, rank_counts, topk  # noqa: E402
-
 
 def _vectors(n: int, seed: int, multi: bool = False) -> torch.Tensor:
     """Small integer vectors / 4 (exact fp32 dot products, many ties), L2 norm not needed."""
@@ -117,7 +115,9 @@ def test_rank_counts_equal_a_direct_computation(similarity, blocks):
     q, c = _vectors(11, 3, multi), _vectors(23, 4, multi)
     scores = _dense(q, c, similarity)
     positive = torch.randint(0, 23, (11,), generator=torch.Generator().manual_seed(5))
-    counts = count_ranks(q, c, positive[:, None], similarity=similarity, query_block=blocks[0], candidate_block=blocks[1])
+    counts = count_ranks(
+        q, c, positive[:, None], similarity=similarity, query_block=blocks[0], candidate_block=blocks[1]
+    )
     greater, equal = rank_counts(scores, positive)
     assert counts.greater[:, 0].tolist() == greater.tolist() and (counts.equal[:, 0] - 1).tolist() == equal.tolist()
     assert counts.targets[:, 0].tolist() == scores.gather(1, positive[:, None])[:, 0].tolist()
@@ -130,7 +130,9 @@ def test_rank_counts_equal_a_direct_computation(similarity, blocks):
         relevant[i, 0] = pool[i % len(pool)]
         if i % 2:
             relevant[i, 1] = pool[(i + 1) % len(pool)]
-    counts = count_ranks(q, c, relevant, lists=lists, similarity=similarity, query_block=blocks[0], candidate_block=blocks[1])
+    counts = count_ranks(
+        q, c, relevant, lists=lists, similarity=similarity, query_block=blocks[0], candidate_block=blocks[1]
+    )
     for i, members in enumerate(lists):
         pool = torch.tensor(members if members is not None else list(range(23)))
         row = scores[i, pool]
@@ -140,7 +142,9 @@ def test_rank_counts_equal_a_direct_computation(similarity, blocks):
                 continue
             target = scores[i, relevant[i, j]]
             assert counts.targets[i, j] == pytest.approx(float(target), abs=1e-6)
-            assert counts.greater[i, j] == int((row > target).sum()) and counts.equal[i, j] == int((row == target).sum())
+            assert counts.greater[i, j] == int((row > target).sum()) and counts.equal[i, j] == int(
+                (row == target).sum()
+            )
 
 
 def test_rank_counts_refuse_a_relevant_candidate_outside_its_list():

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     from .embedder.collate import ExampleError
     from .embedder.encode import encode_block, rank_and_world, row_blocks, shard_blocks
     from .inference import distributed
-    from .inference.lance_store import EmbeddingStore, model_fingerprint, output_schema
+    from .inference.lance_store import EmbeddingStore, check_settings, model_fingerprint, output_schema
     from .inference.readers import open_rows
 
     for name in ("limit", "batch_size", "block_size"):
@@ -126,6 +126,26 @@ def run(args: argparse.Namespace) -> dict:
         kept = reader.keep_types()
     except DataError as err:
         fail(str(err))
+    run_settings = {
+        "model": args.model,
+        "gguf_file": args.gguf_file,
+        "baseline": args.baseline,
+        "attn_implementation": args.attn_implementation,
+        "source": _source_identity(args.data),
+        "source_kind": reader.kind,
+        "source_rows": reader.num_rows,
+        "limit": args.limit,
+        "fields": {k: getattr(args, f"{k}_field") for k in ("text", "image", "video", "id")},
+        "keep_columns": list(args.keep_columns),
+        "dtype": args.dtype,
+        "multi_vector": args.multi_vector,
+        "block_size": args.block_size,
+        "batch_size": args.batch_size,
+    }
+    try:  # the settings that need no model, checked before it loads (EmbeddingStore.open checks all)
+        check_settings(args.output, run_settings)
+    except DataError as err:
+        fail(str(err))
     try:
         model = _load(args)
     except SystemExit as err:  # load_embedder's own "error: ..." exits
@@ -145,26 +165,13 @@ def run(args: argparse.Namespace) -> dict:
     dim = dims or model.embedding_dim
     num_btoks = model.collator.num_btoks if args.multi_vector else None
     settings = {
-        "model": args.model,
-        "gguf_file": args.gguf_file,
-        "baseline": args.baseline,
+        **run_settings,
         "weights": model_fingerprint(model),
         "embedder": type(model).__name__,
         "torch_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "device_type": model.device.type,
-        "attn_implementation": args.attn_implementation,
-        "source": _source_identity(args.data),
-        "source_kind": reader.kind,
-        "source_rows": reader.num_rows,
-        "limit": args.limit,
-        "fields": {k: getattr(args, f"{k}_field") for k in ("text", "image", "video", "id")},
-        "keep_columns": list(args.keep_columns),
-        "dtype": args.dtype,
-        "multi_vector": args.multi_vector,
         "dims": dim,
         "similarity": getattr(model.config, "similarity", "cosine"),
-        "block_size": args.block_size,
-        "batch_size": args.batch_size,
     }
     schema = output_schema(dim, args.dtype, num_btoks, kept, {"format": 1, "settings": settings})
     try:
@@ -214,7 +221,7 @@ def run(args: argparse.Namespace) -> dict:
         from .inference.index import build_index
 
         try:
-            summary["index"] = build_index(
+            summary["index"] = index = build_index(
                 args.output,
                 index_type=args.index_type,
                 num_partitions=args.num_partitions,
@@ -222,6 +229,8 @@ def run(args: argparse.Namespace) -> dict:
             )
         except ValueError as err:
             fail(str(err))
+        built = f"{index['index_type']} index, {index['num_partitions']} partitions, built in {index['build_seconds']} s"
+        print(f"{args.output}: {built}", flush=True)
     skipped = f", {summary['skipped']} skipped" if summary["skipped"] else ""
     print(f"{args.output}: {summary['rows']} rows{skipped}; {encoded} encoded in {seconds:.1f} s", flush=True)
     return summary

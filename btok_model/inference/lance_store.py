@@ -45,6 +45,7 @@ __all__ = [
     "METADATA_KEY",
     "EmbeddingStore",
     "SettingsMismatch",
+    "check_settings",
     "model_fingerprint",
     "output_schema",
     "read_metadata",
@@ -141,6 +142,32 @@ def _to_arrow_vectors(vectors: np.ndarray, dtype: str):
     return out
 
 
+def check_settings(path: str | os.PathLike, settings: dict) -> None:
+    """Refuse early (before a model loads) an existing output whose recorded settings differ
+    from ``settings`` in any key ``settings`` has; nothing is checked when ``path`` is absent.
+
+    Raises:
+        SettingsMismatch: naming the differences.
+        DataError: ``path`` exists and is not an ``embed`` output.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(os.path.join(path, "_versions")):
+        return
+    from ..datasets.lance_tables import open_lance
+
+    old = _metadata_of(open_lance(path), path).get("settings") or {}
+    found = _differences({k: old.get(k) for k in settings}, settings)
+    if found:
+        raise SettingsMismatch(_mismatch(path, found))
+
+
+def _mismatch(path: str, found: list[str]) -> str:
+    return (
+        f"{path} holds embeddings made with other settings ({'; '.join(found)}); rerun with the command that "
+        "wrote it to resume, or write to another --output"
+    )
+
+
 class EmbeddingStore:
     """One output dataset being written (module docstring). Build it with :meth:`open`.
 
@@ -187,11 +214,7 @@ class EmbeddingStore:
         dataset = lance.dataset(path)
         old = _metadata_of(dataset, path)
         if old.get("settings") != settings:
-            found = _differences(old.get("settings") or {}, settings)
-            raise SettingsMismatch(
-                f"{path} holds embeddings made with other settings ({'; '.join(found)}); rerun with the command that "
-                "wrote it to resume, or write to another --output"
-            )
+            raise SettingsMismatch(_mismatch(path, _differences(old.get("settings") or {}, settings)))
         if dataset.schema.remove_metadata() != schema.remove_metadata():
             raise SettingsMismatch(f"{path}: its columns differ from this run's: {dataset.schema.remove_metadata()}")
         os.makedirs(os.path.join(path, BLOCKS_DIR), exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,18 +166,33 @@ def test_killed_subprocess_resumes_to_the_same_dataset(tmp_path, model_dir):
     assert _table(out).equals(_table(fresh))
 
 
-def test_other_settings_are_refused(tmp_path, model_dir, capsys):
+def test_other_settings_are_refused(tmp_path, model_dir, capsys, monkeypatch):
+    import btok_model.embed as embed_module
+
     data = _corpus(tmp_path / "c.jsonl", 10)
     out = str(tmp_path / "o.lance")
     main(_args(model_dir, data, out, "--block-size", "8"))
     capsys.readouterr()
+    real_load = embed_module._load
+    monkeypatch.setattr(embed_module, "_load", lambda args: pytest.fail("settings known without a model loaded it"))
     err = _user_error(capsys, _args(model_dir, data, out, "--block-size", "8", "--dtype", "float32"))
     assert "other settings" in err and "dtype: 'float16' there, 'float32' now" in err
+    monkeypatch.setattr(embed_module, "_load", real_load)
     other = str(tmp_path / "other")
     tiny_btok(seed=4).save_pretrained(other)
     capsys.readouterr()
     err = _user_error(capsys, _args(other, data, out, "--block-size", "8"))
-    assert "weights:" in err and "model:" in err
+    assert "model:" in err
+    # the same folder, retrained: told apart by its weights
+    retrained = str(tmp_path / "retrained")
+    shutil.copytree(model_dir, retrained)
+    out = str(tmp_path / "r.lance")
+    main(_args(retrained, data, out, "--block-size", "8"))
+    shutil.rmtree(retrained)
+    tiny_btok(seed=4).save_pretrained(retrained)
+    capsys.readouterr()
+    err = _user_error(capsys, _args(retrained, data, out, "--block-size", "8"))
+    assert "weights:" in err and "model:" not in err
 
 
 def test_bad_rows_error_before_the_model_loads_or_are_skipped(tmp_path, model_dir, capsys, monkeypatch):

@@ -37,6 +37,7 @@ import sys
 __all__ = [
     "add_bad_row_argument",
     "add_loading_arguments",
+    "join_ranks",
     "load_embedder",
     "load_scorer",
     "main",
@@ -159,10 +160,7 @@ def load_embedder(args: argparse.Namespace):
     from .embedder.precision import default_device, resolve_dtype
     from .inference import distributed
 
-    try:  # under torchrun: join the group; a rank takes the GPU of its LOCAL_RANK
-        device = distributed.init_from_env(args.device) or default_device()
-    except ValueError as err:
-        raise SystemExit(f"error: --device: {err}") from None
+    device = join_ranks(args.device) or default_device()  # under torchrun: a rank per GPU
     try:
         choice = resolve_dtype(args.torch_dtype, device)
     except ValueError as err:
@@ -247,9 +245,22 @@ def main(argv: list[str] | None = None) -> dict:
     from .inference import distributed
 
     try:
+        args.device = join_ranks(args.device)
         return _run(args, argv)
     finally:
         distributed.shutdown()
+
+
+def join_ranks(device: str | None) -> str | None:
+    """Under ``torchrun``, join the process group (gloo on the CPU, NCCL on CUDA) before
+    anything else, so that only rank 0 prints and writes; returns the device this rank uses
+    (``cuda:LOCAL_RANK``; ``device`` unchanged on one process)."""
+    from .inference import distributed
+
+    try:
+        return distributed.init_from_env(device)
+    except ValueError as err:
+        raise SystemExit(f"error: --device: {err}") from None
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:

@@ -460,8 +460,15 @@ def _fail(message: str) -> SystemExit:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    from .evaluate import join_ranks
+
     try:
+        args.device = join_ranks(args.device)
         return _run(args)
+    except SystemExit as err:  # join_ranks' "error: ..." printed as ours
+        if isinstance(err.code, str):
+            raise _fail(err.code.removeprefix("error: ")) from None
+        raise
     finally:
         distributed.shutdown()
 
@@ -481,7 +488,8 @@ def _run(args: argparse.Namespace) -> dict:
         _read_pairs(args.data)
         if args.corpus is not None:
             load_corpus(args.corpus)
-        check_output(args.output)
+        if distributed.is_main():  # the one rank that writes it
+            check_output(args.output)
     except (OSError, ValueError) as err:
         raise _fail(str(err)) from None
     from .evaluate import load_embedder

@@ -147,6 +147,7 @@ def load_scorer(args: argparse.Namespace):
         show_progress_bar=not args.no_progress_bar,
         similarity=args.similarity,
         block_size=args.encode_block or BLOCK_SIZE,
+        shard=True,
     )
 
 
@@ -226,6 +227,7 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
             limit=args.limit,
             batch_size=args.batch_size,
             num_frames=args.num_frames,
+            shard=True,
             **({"block": args.encode_block, "text_block": args.encode_block} if args.encode_block else {}),
             run_info={"model": args.model, "gguf_file": args.gguf_file, "baseline": args.baseline},
             show_progress_bar=not args.no_progress_bar,

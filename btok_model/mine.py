@@ -142,15 +142,17 @@ def mine_hard_negatives(
     corpus_block: int = 16384,
     show_progress_bar: bool = False,
     device: torch.device | str | None = None,
+    shard: bool = False,
 ) -> MinedNegatives:
     """Each (query, positive) line's hardest negatives in the pool of positives and corpus.
 
     The rules (pool, exclusions, ``skip_top``, the false-negative guard, ties) are those of the
     module docstring; scores are cosine similarities of the encode engine's embeddings
     (:mod:`btok_model.embedder.encode`), counted and ranked by the blocked scorer
-    (:mod:`btok_model.inference.scoring`). Under ``torchrun`` every rank calls this with the
-    same arguments: each encodes its share of the pool's blocks and keeps it, the queries are
-    gathered, and the per-rank counts and top lists combine to what one process finds.
+    (:mod:`btok_model.inference.scoring`). With ``shard`` under ``torchrun`` every rank calls
+    this with the same arguments: each encodes its share of the pool's blocks and keeps it, the
+    queries are gathered, and the per-rank counts and top lists combine to what one process
+    finds.
 
     Args:
         model: an :class:`~btok_model.embedder.core.Embedder` (:class:`~btok_model.BTokModel`,
@@ -168,6 +170,8 @@ def mine_hard_negatives(
         corpus_block: pool inputs per encode block (the unit each rank takes) and per score block.
         show_progress_bar: tqdm bars (rows/s) while embedding, on rank 0.
         device: where scores are computed (default: the model's device, else the CPU).
+        shard: split the work across the ranks of ``torch.distributed``; False: this process
+            does all of it, with no collective.
 
     Returns:
         :class:`MinedNegatives` (the same on every rank).
@@ -192,19 +196,21 @@ def mine_hard_negatives(
     positive_index = torch.tensor([index[input_key(p)] for p in positives], dtype=torch.long)
     excluded = _excluded(queries, exclude, index, positive_index.tolist()).to(device)
 
-    settings = {"batch_size": batch_size, "block_size": corpus_block, "shard": True, "progress": show_progress_bar}
+    settings = {"batch_size": batch_size, "block_size": corpus_block, "progress": show_progress_bar}
     distinct_queries = list({input_key(q): q for q in queries}.values())
     query_rows = {input_key(q): i for i, q in enumerate(distinct_queries)}
-    query_emb = engine.encode(model, distinct_queries, gather=True, desc="queries", **settings)
+    query_emb = engine.encode(model, distinct_queries, shard=shard, gather=True, desc="queries", **settings)
     query_emb = query_emb[torch.tensor([query_rows[input_key(q)] for q in queries])].to(device)
-    shard = engine.encode(model, pool, gather=False, desc="pool", **settings)
+    # Without shard: every block here, as the one shard (0 of 1), and nothing to combine.
+    combine = shard and distributed.is_distributed()
+    shard = engine.encode(model, pool, shard=True if shard else (0, 1), gather=False, desc="pool", **settings)
 
     # Each line's positive score, from the rank holding the positive (the same product as one process).
     held = (positive_index >= shard.start) & (positive_index < shard.stop)
     local = shard.embeddings[(positive_index - shard.start).clamp(0, max(len(shard.rows) - 1, 0))[held]]
     positive_scores = torch.full((len(queries),), -math.inf)
     positive_scores[held] = (query_emb[held.to(device)].cpu() * local).sum(-1)
-    positive_scores = distributed.all_reduce(positive_scores, "max").to(device)
+    positive_scores = (distributed.all_reduce(positive_scores, "max") if combine else positive_scores).to(device)
     threshold = positive_scores - (1 - max_score_margin) * positive_scores.abs()
 
     lines = len(queries)
@@ -220,10 +226,17 @@ def mine_hard_negatives(
         guarded[rows] += over.sum(1)
         skipped.update(rows, scores, lo)
         kept.update(rows, scores.masked_fill(over, float("-inf")), lo)
-    positive_rank = distributed.all_reduce(positive_rank.cpu(), "sum")
-    guarded = distributed.all_reduce(guarded.cpu(), "sum")
-    skipped = merge_topk(distributed.all_gather_topk(_cpu(skipped.result())), skip_top)
-    kept = merge_topk(distributed.all_gather_topk(_cpu(kept.result())), skip_top + num_negatives)
+    positive_rank, guarded, skipped, kept = (
+        positive_rank.cpu(),
+        guarded.cpu(),
+        _cpu(skipped.result()),
+        _cpu(kept.result()),
+    )
+    if combine:
+        positive_rank = distributed.all_reduce(positive_rank, "sum")
+        guarded = distributed.all_reduce(guarded, "sum")
+        skipped = merge_topk(distributed.all_gather_topk(skipped), skip_top)
+        kept = merge_topk(distributed.all_gather_topk(kept), skip_top + num_negatives)
 
     # The kept list minus the skipped ranks: at most skip_top entries go, so n remain where n qualify.
     drop = (kept.indices[:, :, None] == skipped.indices[:, None, :]).any(-1) | (kept.indices < 0)
@@ -304,17 +317,17 @@ def check_output(path: str) -> None:
     os.remove(probe)
 
 
-def _bad_lines(model, queries: list, positives: list, corpus: list, where: list[str], corpus_where: list[str], block):
+def _bad_lines(model, queries, positives, corpus, where: list[str], corpus_where: list[str], block: int, shard: bool):
     """``(bad line numbers, bad corpus entries, messages)``: the lines whose query or positive
     the model refuses and the corpus entries it refuses (each rank checks its share)."""
     from .evaluation.runner import find_bad_inputs
 
     messages, bad_lines = [], set()
     for side, inputs in (("query", queries), ("positive", positives)):
-        for row, reason in find_bad_inputs(model, inputs, block):
+        for row, reason in find_bad_inputs(model, inputs, block, shard=shard):
             bad_lines.add(row)
             messages.append((row, f"{where[row]}: field {side!r}: {reason}"))
-    bad_corpus = find_bad_inputs(model, corpus, block)
+    bad_corpus = find_bad_inputs(model, corpus, block, shard=shard)
     ordered = [m for _, m in sorted(messages)] + [f"{corpus_where[row]}: {reason}" for row, reason in bad_corpus]
     return bad_lines, {row for row, _ in bad_corpus}, ordered
 
@@ -334,7 +347,7 @@ def mine_file(
         model: an embedder (see :func:`mine_hard_negatives`).
         data: training JSONL (query / positive, optional images and negatives).
         output: where the mined JSONL goes (written to ``output + ".tmp"``, then renamed, so it
-            may be ``data`` itself; by rank 0 under ``torchrun``).
+            may be ``data`` itself; by rank 0 alone with ``shard=True``).
         corpus: JSONL of extra candidates (``{"text": ..., "image"?: path}`` per line).
         on_bad_row: what to do with an input the model refuses (a text longer than it accepts,
             an image that does not decode), checked before anything is embedded: ``"error"``
@@ -353,7 +366,9 @@ def mine_file(
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     data, output = os.fspath(data), os.fspath(output)
-    if distributed.is_main():
+    shard = options.get("shard", False)
+    writer = distributed.is_main() or not shard  # with shard, rank 0 writes for all
+    if writer:
         check_output(output)
     raw, examples, where = _read_pairs(data)
     extra, extra_where = ([], []) if corpus is None else _corpus_lines(corpus)
@@ -361,7 +376,7 @@ def mine_file(
     positives = [_side(ex, "positive") for ex in examples]
     exclude = [ex.get("negatives", []) for ex in examples]
     block = options.get("corpus_block", 16384)
-    bad_lines, bad_corpus, messages = _bad_lines(model, queries, positives, extra, where, extra_where, block)
+    bad_lines, bad_corpus, messages = _bad_lines(model, queries, positives, extra, where, extra_where, block, shard)
     if messages and on_bad_row == "error":
         more = f" (and {len(messages) - 1} more bad rows)" if len(messages) > 1 else ""
         raise ValueError(f"{messages[0]}{more}; --on-bad-row skip leaves such rows out")
@@ -381,7 +396,7 @@ def mine_file(
         i: [_written(mined.pool[j], folder) for j in mined.negatives[row].tolist() if j >= 0]
         for row, i in enumerate(good)
     }
-    if distributed.is_main():
+    if writer:
         with open(output + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(
                 json.dumps(_output_line(line, example, picks.get(i, []), folder), ensure_ascii=False) + "\n"
@@ -509,6 +524,7 @@ def _run(args: argparse.Namespace) -> dict:
             args.output,
             args.corpus,
             on_bad_row=args.on_bad_row,
+            shard=True,
             batch_size=args.batch_size,
             show_progress_bar=not args.no_progress_bar,
             **options,

@@ -313,11 +313,13 @@ def _embed(
     text_block: int,
     progress: bool,
     gather: bool,
+    shard: bool,
 ):
     """The embeddings of ``rows`` through the encode engine, each rank encoding its share of the
     blocks: media rows read and decoded ``block`` rows at a time, text-only rows read at once
     (identical texts of a block embedded once). ``gather``: fp32 ``[len(rows), H]`` on every
-    rank; else this rank's :class:`~btok_model.embedder.encode.EncodedShard`."""
+    rank; else this rank's :class:`~btok_model.embedder.encode.EncodedShard`. Without ``shard``
+    this process encodes every block (a tensor either way), with no collective."""
     if side.media:
         inputs, block_size = _SideRows(task, side, table, rows, role, num_frames), block
     else:
@@ -327,7 +329,7 @@ def _embed(
         inputs,
         batch_size=batch_size,
         block_size=block_size,
-        shard=True,
+        shard=shard,
         gather=gather,
         progress=progress,
         desc=f"MMEB-V2 {task.name} {role}",
@@ -378,6 +380,7 @@ def evaluate_task(
     query_block: int = 1024,
     corpus_block: int = 16384,
     text_block: int = TEXT_BLOCK,
+    shard: bool = False,
 ) -> dict:
     """Embed and score one dataset.
 
@@ -392,13 +395,16 @@ def evaluate_task(
             rank takes under ``torchrun``).
         text_block: the encode block of a text-only side (read at once; identical texts of a
             block embedded once).
+        shard: split the blocks across the ranks of ``torch.distributed`` (every rank calls
+            with the same arguments); False: this process does all, with no collective (each
+            rank of a training run's evaluation callback).
         num_frames: frames sampled per video.
         show_progress_bar: tqdm bars (rows/s) over the dataset's candidates and queries, rank 0.
         query_block, corpus_block: the score block (queries x candidates) of a shared corpus.
 
-    Under ``torchrun`` every rank calls this with the same arguments: candidates stay on the
-    rank that encoded them, queries are gathered, rank counts add up (the same result as one
-    process).
+    With ``shard`` under ``torchrun`` every rank calls this with the same arguments:
+    candidates stay on the rank that encoded them, queries are gathered, rank counts add up
+    (the same result as one process).
 
     Returns:
         ``{"dataset", "modality", "meta_task", "metric", "score", "hit@1", "hit@5", "hit@10",
@@ -409,13 +415,14 @@ def evaluate_task(
     start = time.perf_counter()
     needed = task.needed_candidates()
     settings = {"batch_size": batch_size, "block": block, "num_frames": num_frames, "progress": show_progress_bar}
-    settings["text_block"] = text_block
+    settings.update(text_block=text_block, shard=shard)
     candidates = _embed(
         task, model, task.inputs.candidate, task.candidates, needed, "candidate", gather=False, **settings
     )
     queries = _embed(task, model, task.inputs.query, task.queries, task.query_rows, "query", gather=True, **settings)
-    finite = bool(torch.isfinite(queries).all()) and bool(torch.isfinite(candidates.embeddings).all())
-    if distributed.all_reduce(torch.tensor([int(not finite)]), "max").item():  # every rank stops, none hangs
+    local = candidates.embeddings if shard else candidates
+    bad = torch.tensor([int(not (bool(torch.isfinite(queries).all()) and bool(torch.isfinite(local).all())))])
+    if (distributed.all_reduce(bad, "max") if shard else bad).item():  # every rank stops, none hangs
         raise ValueError(f"{task.name}: the model returned non-finite embeddings")
     at = {row: i for i, row in enumerate(needed)}  # candidate row -> embedding row
     relevant = [[(at[c], g) for c, g in pairs] for pairs in task.relevant]
@@ -563,6 +570,7 @@ def evaluate_mmeb_v2(
     num_frames: int = NUM_FRAMES,
     block: int = 256,
     text_block: int = TEXT_BLOCK,
+    shard: bool = False,
     run_info: dict | None = None,
     show_progress_bar: bool = True,
     tasks: list[MMEBTask] | None = None,
@@ -579,7 +587,7 @@ def evaluate_mmeb_v2(
             there are not evaluated again.
         datasets, modalities: which datasets (default all 78).
         limit: queries per dataset (smoke runs).
-        batch_size, num_frames, block, text_block: see :func:`evaluate_task`.
+        batch_size, num_frames, block, text_block, shard: see :func:`evaluate_task`.
         run_info: what identifies the model (name, baseline, ...), stored with the settings; a
             folder holding results of other settings is refused.
         tasks: already opened datasets (from :func:`open_tasks` with the same selection).
@@ -596,7 +604,7 @@ def evaluate_mmeb_v2(
         tasks = open_tasks(root, datasets, modalities, limit)
     settings = {"limit": limit, "num_frames": num_frames, **(run_info or {})}
     out = os.fspath(output_dir)
-    main = distributed.is_main()
+    main = distributed.is_main() or not shard  # without shard this process is the whole run
     settings_path = os.path.join(out, "settings.json")
     previous = None
     if os.path.isfile(settings_path):
@@ -616,8 +624,9 @@ def evaluate_mmeb_v2(
         if main and os.path.isfile(path):
             with open(path) as f:
                 done[task.name] = json.load(f)
-    done = distributed.all_gather_objects(done)[0]
-    distributed.barrier()  # no rank writes before every rank has read
+    if shard:
+        done = distributed.all_gather_objects(done)[0]
+        distributed.barrier()  # no rank writes before every rank has read
     if main:
         os.makedirs(os.path.join(out, "datasets"), exist_ok=True)
         if previous is None:
@@ -640,6 +649,7 @@ def evaluate_mmeb_v2(
             text_block=text_block,
             num_frames=num_frames,
             show_progress_bar=show_progress_bar,
+            shard=shard,
         )
         results[task.name] = result
         if main:

@@ -9,7 +9,7 @@ candidates (pairs) or each query against its own list (candidate lists), so the 
 matrix never has to exist. :func:`evaluate_dims` embeds once and scores the Matryoshka
 truncations of the same embeddings, one metrics block per dimension.
 
-Under ``torchrun`` an :class:`EmbeddingScorer` shards the work: each rank encodes its share of
+Under ``torchrun`` an :class:`EmbeddingScorer` with ``shard=True`` shards the work: each rank encodes its share of
 the row blocks; the queries are gathered to every rank, the candidates stay on the rank that
 encoded them, and the per-rank counts add up -- the same metrics as one process.
 
@@ -53,6 +53,11 @@ class EmbeddingScorer:
         similarity: ``"cosine"`` or ``"maxsim"``; None: the model's ``config.similarity``
             (``"cosine"`` for a model without one).
         block_size: rows per encode block (the unit each rank takes).
+        shard: split the work across the ranks of ``torch.distributed`` (every rank must then
+            evaluate the same task: ``python -m btok_model.evaluate`` under ``torchrun``). False
+            (the default): this process embeds and scores everything, with no collective -- as
+            each rank does in the training's evaluation callback, whose FSDP forwards must stay
+            in step across ranks.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class EmbeddingScorer:
         show_progress_bar: bool = False,
         similarity: str | None = None,
         block_size: int = BLOCK_SIZE,
+        shard: bool = False,
     ):
         if similarity is None:
             similarity = getattr(getattr(model, "config", None), "similarity", "cosine")
@@ -69,7 +75,7 @@ class EmbeddingScorer:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         self.model, self.batch_size, self.show_progress_bar = model, batch_size, show_progress_bar
         self.similarity_name = self.scoring = similarity
-        self.block_size = block_size
+        self.block_size, self.shard = block_size, shard
 
     @property
     def device(self) -> torch.device:
@@ -85,24 +91,24 @@ class EmbeddingScorer:
             inputs,
             batch_size=self.batch_size,
             block_size=self.block_size,
-            shard=True,
+            shard=self.shard,
             gather=gather,
             progress=self.show_progress_bar,
             multi_vector=self.similarity_name == "maxsim",
         )
 
     def encode(self, inputs: list) -> torch.Tensor:
-        """fp32 ``[N, H]`` (cosine) or ``[N, K, H]`` (maxsim) embeddings of ``inputs``, whole on
-        every rank (each rank encodes its share of the blocks; a collective under ``torchrun``)."""
+        """fp32 ``[N, H]`` (cosine) or ``[N, K, H]`` (maxsim) embeddings of ``inputs``, whole (with
+        ``shard``: each rank encodes its share of the blocks, then all are gathered)."""
         return self._encode(inputs, gather=True)
 
-    def encode_shard(self, inputs: list) -> engine.EncodedShard:
-        """This rank's share of the embeddings of ``inputs`` (all of them on one process)."""
-        return self._encode(inputs, gather=False)
+    def encode_shard(self, inputs: list) -> engine.EncodedShard | torch.Tensor:
+        """With ``shard``, this rank's share of the embeddings of ``inputs``; else all of them."""
+        return self._encode(inputs, gather=not self.shard)
 
     def check_inputs(self, inputs: list) -> list[tuple[int, str]]:
-        """:func:`find_bad_inputs` of the model."""
-        return find_bad_inputs(self.model, inputs, self.block_size)
+        """:func:`find_bad_inputs` of the model (shared across ranks with ``shard``)."""
+        return find_bad_inputs(self.model, inputs, self.block_size, shard=self.shard)
 
     def similarity(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """fp32 ``[nq, nc]`` scores (:func:`~btok_model.embedder.similarity.similarity_scores`)."""
@@ -140,19 +146,21 @@ class TfidfTaskScorer:
     scoring = similarity
 
 
-def find_bad_inputs(model, inputs: list, block_size: int = BLOCK_SIZE) -> list[tuple[int, str]]:
+def find_bad_inputs(model, inputs: list, block_size: int = BLOCK_SIZE, *, shard: bool = False) -> list[tuple[int, str]]:
     """``[(row, reason)]`` of the inputs ``model`` refuses, in row order
     (:func:`~btok_model.embedder.encode.check_inputs`: an empty text, a text longer than the
-    model accepts, media that do not decode), nothing embedded. Under ``torchrun`` each rank
-    checks its share of the row blocks and every rank gets the whole list (a collective)."""
-    rank, world = distributed.rank_and_world()
+    model accepts, media that do not decode), nothing embedded. With ``shard`` (under
+    ``torchrun``) each rank checks its share of the row blocks and every rank gets the whole
+    list (a collective)."""
+    rank, world = distributed.rank_and_world() if shard else (0, 1)
     blocks = engine.row_blocks(len(inputs), block_size)
     found = []
     for b in engine.shard_blocks(len(blocks), rank, world):
         rows = blocks[b]
         for row, message in engine.check_inputs(model, inputs[rows.start : rows.stop], start=rows.start):
             found.append((row, message.removeprefix(f"text {row}: ")))
-    return sorted(item for part in distributed.all_gather_objects(found) for item in part)
+    parts = distributed.all_gather_objects(found) if shard else [found]
+    return sorted(item for part in parts for item in part)
 
 
 def _where(task: PairTask | CandidateListTask, side: str, row: int) -> str:

@@ -452,7 +452,7 @@ def encode(
         return EncodedShard(local, start, stop, n, block_size)
     if not communicate or world == 1:
         return local
-    return all_gather_rows(local, embedder.device)
+    return all_gather_rows(local, getattr(embedder, "device", None) or "cpu")
 
 
 def all_gather_rows(local: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

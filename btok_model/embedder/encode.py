@@ -42,6 +42,7 @@ __all__ = [
     "check_inputs",
     "encode",
     "encode_block",
+    "encode_in_length_order",
     "is_embedder",
     "iter_encoded_blocks",
     "rank_and_world",
@@ -249,30 +250,62 @@ def encode_block(
         blocks = out.view(*out.shape[:-1], -1, size)  # one block per pooling
         return truncate(blocks, dims).flatten(-2)
 
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    device = embedder.device
+    counts = [0] * len(sequences)  # inputs of the block behind each distinct one (for the bar)
+    for i in where:
+        counts[i] += 1
+    lengths = [len(seq) for seq in sequences]
+    out = encode_in_length_order(embedder, lengths, batch_size, shape, embed, bar=bar, weights=counts)
+    return out[torch.tensor(where, dtype=torch.long)] if len(where) != len(distinct) else out
+
+
+def encode_in_length_order(
+    module,
+    lengths: list[int],
+    batch_size: int,
+    shape: tuple[int, ...],
+    embed,
+    *,
+    bar=None,
+    weights: list[int] | None = None,
+) -> torch.Tensor:
+    """The batching loop of :func:`encode_block`: inputs sorted longest first into batches of
+    ``batch_size``, ``embed(indices)`` per batch under ``torch.inference_mode`` with ``module``
+    in eval mode (its mode restored), the results put back in input order. (Public so that a
+    benchmark's peer runs the same pipeline by construction.)
+
+    Args:
+        module: the model (its ``device`` and train/eval mode).
+        lengths: n input lengths in tokens.
+        batch_size: inputs per ``embed`` call.
+        shape: the shape of one input's embedding (``(H,)``, ``(K, H)``).
+        embed: ``list[int] -> fp32 [len(indices), *shape]`` on ``module``'s device.
+        bar: a tqdm bar advanced per batch by the batch's ``weights`` (default 1 per input).
+        weights: what each input counts for on the bar.
+
+    Returns:
+        fp32 ``[n, *shape]`` on the CPU, in input order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    device = module.device
     # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
     # asynchronous, so the host packs the next batch while the GPU computes.
     by_length = torch.empty(len(order), *shape, dtype=torch.float32, pin_memory=device.type == "cuda")
-    counts = [0] * len(order)
-    for i in where:
-        counts[i] += 1
-    was_training = embedder.training
-    embedder.eval()
+    was_training = module.training
+    module.eval()
     try:
         with torch.inference_mode():
             for lo in range(0, len(order), batch_size):
                 rows = order[lo : lo + batch_size]
                 by_length[lo : lo + len(rows)].copy_(embed(rows), non_blocking=True)
                 if bar is not None:
-                    bar.update(sum(counts[i] for i in rows))
+                    bar.update(sum(weights[i] for i in rows) if weights is not None else len(rows))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     finally:
-        embedder.train(was_training)
+        module.train(was_training)
     out = torch.empty_like(by_length, pin_memory=False)
     out[torch.tensor(order, dtype=torch.long)] = by_length
-    return out[torch.tensor(where, dtype=torch.long)] if len(where) != len(distinct) else out
+    return out
 
 
 def _foreign_block(encoder, inputs: list, batch_size: int, multi_vector: bool, bar) -> torch.Tensor:

@@ -92,6 +92,24 @@ def test_output_holds_the_engines_vectors(tmp_path, model_dir, model):
     assert settings["model"] == model_dir and settings["dtype"] == "float32" and settings["block_size"] == 8
 
 
+@pytest.mark.parametrize("kind", ["parquet", "lance"])
+def test_table_sources(tmp_path, model_dir, model, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"text": _texts(9), "key": [f"k{i}" for i in range(9)]})
+    data = str(tmp_path / f"c.{kind}")
+    if kind == "parquet":
+        pq.write_table(table, data)
+    else:
+        lance.write_dataset(table, data)
+    out = str(tmp_path / "o.lance")
+    main(_args(model_dir, data, out, "--block-size", "4", "--dtype", "float32", "--id-field", "key"))
+    got = _table(out)
+    assert got.column("id").to_pylist() == [f"k{i}" for i in range(9)]
+    torch.testing.assert_close(_vectors(got), encode(model, _texts(9), block_size=4), atol=1e-6, rtol=0)
+
+
 def test_float16_and_limit(tmp_path, model_dir, model):
     data = _corpus(tmp_path / "c.jsonl", 30)
     out = str(tmp_path / "o.lance")

@@ -99,6 +99,17 @@ def test_reopen_skips_recorded_blocks_and_drops_unrecorded_rows(tmp_path):
     assert lance.dataset(path).to_table().equals(lance.dataset(fresh).to_table())
 
 
+def test_a_block_whose_rows_were_all_skipped_is_recorded(tmp_path):
+    path = str(tmp_path / "o.lance")
+    rows, vectors, multi = _data(8)
+    store = EmbeddingStore.open(path, _schema(), block_size=BLOCK, dtype="float32")
+    _write(store, 0, rows, vectors, multi)
+    store.write_block(1, [], vectors[:0], multi[:0], [BadRow(r, f"c.jsonl:{r + 1}", "empty") for r in range(4, 8)])
+    assert EmbeddingStore.open(path, _schema(), block_size=BLOCK, dtype="float32").done == {0, 1}
+    summary = store.finish(2)
+    assert summary["rows"] == 4 and summary["skipped"] == 4
+
+
 def test_finish_refuses_missing_blocks(tmp_path):
     path = str(tmp_path / "o.lance")
     rows, vectors, multi = _data(8)

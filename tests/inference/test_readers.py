@@ -141,3 +141,24 @@ def test_rows_with_image_fields(tmp_path):
     assert good[0].input["text"] is None and good[0].input["image"].size == (28, 30)
     assert good[1].input == "only text"
     assert [(b.row, "cannot decode the image bytes" in b.reason) for b in bad] == [(1, True)]
+
+
+def test_rows_with_video_frames(tmp_path):
+    """A video is a list of frame files: a missing frame is found by the scan, a corrupt one
+    when its block is read; fps is passed on."""
+    for i in range(3):
+        image(28, 28, 10 + i).save(tmp_path / f"f{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"broken")
+    rows = [
+        {"id": "v0", "text": "a clip", "video": ["f0.png", "f1.png", "f2.png"], "fps": 1.0},
+        {"id": "v1", "video": ["f0.png", "gone.png"]},
+        {"id": "v2", "video": ["f0.png", "bad.png"]},
+        {"id": "v3", "video": []},
+    ]
+    path = _jsonl(tmp_path / "v.jsonl", rows)
+    reader = open_rows(path)
+    assert [(b.row, b.where) for b in reader.scan()] == [(1, f"{path}:2"), (3, f"{path}:4")]
+    good, bad = reader.read(range(4))
+    assert [r.id for r in good] == ["v0"]
+    assert good[0].input["text"] == "a clip" and len(good[0].input["video"]) == 3 and good[0].input["fps"] == 1.0
+    assert [b.row for b in bad] == [1, 2, 3] and "cannot decode" in bad[1].reason

@@ -54,14 +54,15 @@ def main(out: str, model: str, pairs: str, corpus: str, lists: str, mine_data: s
         + ["--output-dir", f"{out}/mmeb", "--batch-size", "3", "--encode-block", "2", "--no-progress-bar"]
     )
     scoring = _scoring()
-    if distributed.is_main():
-        torch.save(scoring, os.path.join(out, "scoring.pt"))
-        with open(os.path.join(out, "mine_summary.json"), "w") as f:
-            json.dump(summary, f)
-        with open(os.path.join(out, "world.txt"), "w") as f:
-            f.write(str(distributed.rank_and_world()[1]))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    scoring["one_block"] = _one_block(model)
+    if not distributed.is_main():
+        torch.save(scoring["one_block"], os.path.join(out, "one_block_rank1.pt"))
+        return
+    torch.save(scoring, os.path.join(out, "scoring.pt"))
+    with open(os.path.join(out, "mine_summary.json"), "w") as f:
+        json.dump(summary, f)
+    with open(os.path.join(out, "world.txt"), "w") as f:
+        f.write(str(distributed.rank_and_world()[1]))
 
 
 def _scoring() -> dict:
@@ -87,5 +88,24 @@ def _scoring() -> dict:
     return out
 
 
+def _one_block(path: str) -> dict:
+    """Fewer blocks than ranks: rank 1 holds no rows, and still takes part in every collective."""
+    from btok_model.embedder.encode import encode
+    from btok_model.embedder.modeling import BTokModel
+    from btok_model.inference.scoring import count_ranks, topk
+
+    model = BTokModel.from_pretrained(path, dtype=torch.float32)
+    texts = ["one", "two words", "three small words"]
+    queries = encode(model, texts, block_size=4, shard=True)  # gathered from rank 0 alone
+    shard = encode(model, texts, block_size=4, shard=True, gather=False)
+    counts = count_ranks(queries, shard, torch.tensor([[2], [0], [1]]), candidate_block=2)
+    top = topk(queries, shard, 2)
+    return {"queries": queries, "rows": (shard.start, shard.stop), "greater": counts.greater, "indices": top.indices}
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    try:
+        main(*sys.argv[1:])
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

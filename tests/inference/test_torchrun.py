@@ -144,3 +144,14 @@ def test_scorer_two_ranks_equal_one_and_brute_force(runs):
             column = members.index(int(relevant[i, 0]))
             greater, equal = rank_counts(scores[i, members][None], torch.tensor([column]))
             assert (b["counts"]["greater"][i, 0], b["counts"]["equal"][i, 0] - 1) == (greater[0], equal[0])
+
+
+def test_a_rank_without_rows_takes_part(runs):
+    one, two = runs
+    a, b = torch.load(one / "scoring.pt")["one_block"], torch.load(two / "scoring.pt")["one_block"]
+    assert torch.equal(a["queries"], b["queries"]) and a["queries"].shape == (3, 64)
+    assert torch.equal(a["greater"], b["greater"]) and torch.equal(a["indices"], b["indices"])
+    assert a["rows"] == (0, 3) and b["rows"] == (0, 0)  # rank 0 has no block of its own: the last rank takes it
+    rank1 = torch.load(two / "one_block_rank1.pt")
+    assert rank1["rows"] == (0, 3)
+    assert torch.equal(rank1["queries"], a["queries"]) and torch.equal(rank1["greater"], a["greater"])

@@ -147,7 +147,7 @@ class DirectLastToken:
     def encode(self, texts: list[str], batch_size: int, packed: bool) -> torch.Tensor:
         """fp32 ``[N, H]`` L2-normalised last-token states, in input order, on the CPU."""
         from btok_model.embedder import pool_btok_states
-        from btok_model.embedder.core import encode_in_length_order
+        from btok_model.embedder.encode import encode_in_length_order
 
         model, k = self.model, self.model.config.num_btoks
         sequences = [s[:-k] for s in model.collator.encode_for_embedding(texts)[0]]
@@ -156,7 +156,7 @@ class DirectLastToken:
             last = self._last_states([sequences[i] for i in rows], packed, model.device)
             return pool_btok_states(last[:, None], "last")
 
-        return encode_in_length_order(model, [len(s) for s in sequences], batch_size, model.embedding_dim, embed)
+        return encode_in_length_order(model, [len(s) for s in sequences], batch_size, (model.embedding_dim,), embed)
 
     def _last_states(self, rows: list[list[int]], packed: bool, device: torch.device) -> torch.Tensor:
         """``[n, H]`` last-layer states of each row's last token."""

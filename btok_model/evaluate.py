@@ -5,6 +5,7 @@
     python -m btok_model.evaluate --baseline tfidf --data test.jsonl
     python -m btok_model.evaluate --model runs/qwen2vl --mmeb-v2 data/MMEB-V2 --output-dir eval/mmeb_v2
     python -m btok_model.evaluate --model runs/smol --data test.jsonl --similarity maxsim --dims 64 128 full
+    torchrun --nproc-per-node 2 -m btok_model.evaluate --model runs/smol --data test.jsonl --output scores.json
 
 Each ``--data`` file is either ``{"query", "positive"}`` pairs (ranked against the pool of all
 positives plus ``--corpus``) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
@@ -15,6 +16,14 @@ Overall means, written to ``--output-dir`` dataset by dataset (a rerun resumes).
 ``--similarity maxsim`` scores a BTok model's K BTok vectors by MaxSim (default: the similarity
 the model was trained with); ``--dims`` scores the Matryoshka truncations of one embedding pass,
 one metrics block per dimension.
+
+Under ``torchrun --nproc-per-node N`` (gloo on the CPU, NCCL with CUDA: a GPU per rank) each
+rank encodes its share of the row blocks, candidates stay on their rank, every query is scored
+against every rank's share and the rank counts add up: the same JSON and tables as one
+process (rank 0 prints and writes them). ``--on-bad-row skip`` leaves out the inputs the model
+refuses (an empty text, a text longer than it accepts, an image that does not decode) and says
+how many beside each score; by default the first one stops the run, named by file and line,
+before anything is embedded.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ import sys
 
 __all__ = [
     "AUTHORS_PIXELS",
+    "add_bad_row_argument",
     "add_loading_arguments",
+    "join_ranks",
     "load_embedder",
     "load_scorer",
     "main",
@@ -38,6 +49,7 @@ __all__ = [
 
 BASELINES = ("last-token", "mean", "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
+BLOCK_SIZE = 8192  # --encode-block's default: as btok_model.evaluation.runner.BLOCK_SIZE
 
 
 # The authors' pixel limits for Qwen2-VL (configs/presets/btoks_qwen2vl_2b_v1.yaml: processor.*), quoted in --help.
@@ -94,6 +106,17 @@ def pixel_limits(args: argparse.Namespace) -> tuple[tuple[int | None, int | None
     )
 
 
+def add_bad_row_argument(p: argparse.ArgumentParser) -> None:
+    """``--on-bad-row error|skip``: stop at an input the model refuses, or leave it out and count it."""
+    p.add_argument(
+        "--on-bad-row",
+        choices=("error", "skip"),
+        default="error",
+        help="an input the model refuses (empty text, longer than the model accepts, an image that does not decode): "
+        "stop naming its file and line, or skip it and report how many were skipped",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m btok_model.evaluate",
@@ -113,6 +136,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tfidf-ngrams", type=int, nargs=2, default=(3, 5), metavar=("MIN", "MAX"))
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
     p.add_argument(
+        "--encode-block",
+        type=int,
+        default=None,
+        help="rows per encode block, the unit each rank takes under torchrun (results depend on it only to float "
+        "rounding, not on the number of ranks); default 8192, and for MMEB-V2 256 media rows (decoded at once)",
+    )
+    p.add_argument(
         "--similarity",
         choices=SIMILARITIES,
         default=None,
@@ -129,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     add_loading_arguments(p)
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--no-progress-bar", action="store_true")
+    add_bad_row_argument(p)
     g = p.add_argument_group("MMEB-V2")
     g.add_argument("--mmeb-v2", metavar="ROOT", help="the MMEB-V2 root (image-tasks/, video-tasks/, visdoc-tasks/)")
     g.add_argument("--datasets", nargs="+", metavar="NAME", help="only these MMEB-V2 datasets (none: all 78)")
@@ -159,6 +190,8 @@ def load_scorer(args: argparse.Namespace):
         batch_size=args.batch_size,
         show_progress_bar=not args.no_progress_bar,
         similarity=args.similarity,
+        block_size=args.encode_block or BLOCK_SIZE,
+        shard=True,
     )
 
 
@@ -170,13 +203,15 @@ def load_embedder(args: argparse.Namespace):
     if not args.model:
         raise SystemExit("error: --model is required (except with --baseline tfidf)")
     from .embedder.precision import default_device, resolve_dtype
+    from .inference import distributed
 
-    device = args.device or default_device()
+    device = join_ranks(args.device) or default_device()  # under torchrun: a rank per GPU
     try:
         choice = resolve_dtype(args.torch_dtype, device)
     except ValueError as err:
         raise SystemExit(f"error: --torch-dtype: {err}") from None
-    print(f"weights: {choice.line}", flush=True)
+    if distributed.is_main():
+        print(f"weights: {choice.line}", flush=True)
     if args.baseline is None:
         from .embedder.modeling import BTokModel
 
@@ -249,6 +284,11 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
     except (OSError, ValueError, ImportError) as err:
         raise SystemExit(f"error: {err}") from None
     scorer = load_scorer(args)
+    if args.on_bad_row != "error":
+        raise SystemExit(
+            "error: --on-bad-row skip applies to --data files; MMEB-V2 stops at a row it cannot read, naming the "
+            "dataset and row id"
+        )
     try:
         report = evaluate_mmeb_v2(
             args.mmeb_v2,
@@ -257,6 +297,8 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
             limit=args.limit,
             batch_size=args.batch_size,
             num_frames=args.num_frames,
+            shard=True,
+            **({"block": args.encode_block, "text_block": args.encode_block} if args.encode_block else {}),
             run_info={
                 "model": args.model,
                 "gguf_file": args.gguf_file,
@@ -269,25 +311,56 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
         )
     except (OSError, ValueError) as err:  # bad data met mid-run, or a folder of another run
         raise SystemExit(f"error: {err}") from None
-    print(markdown_table(report["datasets"], report["summary"]), end="")
+    from .inference import distributed
+
+    if distributed.is_main():
+        print(markdown_table(report["datasets"], report["summary"]), end="")
     return report
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    from .inference import distributed
+
+    try:
+        args.device = join_ranks(args.device)
+        return _run(args, argv)
+    finally:
+        distributed.shutdown()
+
+
+def join_ranks(device: str | None) -> str | None:
+    """Under ``torchrun``, join the process group (gloo on the CPU, NCCL on CUDA) before
+    anything else, so that only rank 0 prints and writes; returns the device this rank uses
+    (``cuda:LOCAL_RANK``; ``device`` unchanged on one process)."""
+    from .inference import distributed
+
+    try:
+        return distributed.init_from_env(device)
+    except ValueError as err:
+        raise SystemExit(f"error: --device: {err}") from None
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     if (args.data is None) == (args.mmeb_v2 is None):
         raise SystemExit("error: give --data FILE ... or --mmeb-v2 ROOT (one of them)")
+    if args.encode_block is not None and args.encode_block < 1:
+        raise SystemExit(f"error: --encode-block must be >= 1, got {args.encode_block}")
     if args.mmeb_v2 is not None:
         return run_mmeb_v2(args)
     from .embedder.similarity import check_dims
     from .evaluation.runner import evaluate, evaluate_dims
     from .evaluation.task_files import load_task
+    from .inference import distributed
 
     try:
         dims = check_dims(args.dims, None, "--dims") if args.dims else None
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    tasks = [load_task(path, args.corpus) for path in args.data]  # bad data fails before a model loads
+    try:  # bad data fails before a model loads
+        tasks = [load_task(path, args.corpus, on_bad_row=args.on_bad_row) for path in args.data]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     scorer = load_scorer(args)
     if dims is not None:
         try:
@@ -295,9 +368,13 @@ def main(argv: list[str] | None = None) -> dict:
             dims = [None if d == size else d for d in check_dims(dims, size, "--dims")]
         except ValueError as err:
             raise SystemExit(f"error: {err}") from None
-        scored = [result for task in tasks for result in evaluate_dims(task, scorer, dims)]
-    else:
-        scored = [evaluate(task, scorer) for task in tasks]
+    try:
+        if dims is not None:
+            scored = [r for task in tasks for r in evaluate_dims(task, scorer, dims, on_bad_row=args.on_bad_row)]
+        else:
+            scored = [evaluate(task, scorer, on_bad_row=args.on_bad_row) for task in tasks]
+    except ValueError as err:  # an input the model refuses (file and line named), or one it cannot embed
+        raise SystemExit(f"error: {err}") from None
     results = {
         "model": args.model,
         "baseline": args.baseline,
@@ -307,10 +384,15 @@ def main(argv: list[str] | None = None) -> dict:
         "command": ["python", "-m", "btok_model.evaluate", *(sys.argv[1:] if argv is None else argv)],
         "tasks": scored,
     }
+    if not distributed.is_main():
+        return results
     for task in results["tasks"]:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in task.items() if "@" in k)
         at = "" if "dims" not in task else f" @ {task['dims'] or 'full'} dims"
-        print(f"{task['task']}{at}: {task['num_queries']} queries, {task['num_candidates']} candidates  {metrics}")
+        skipped = f"  ({task['skipped_rows']} bad rows skipped)" if task.get("skipped_rows") else ""
+        print(
+            f"{task['task']}{at}: {task['num_queries']} queries, {task['num_candidates']} candidates  {metrics}{skipped}"
+        )
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

@@ -3,6 +3,7 @@
     python -m btok_model.mine --model runs/smol --data pairs.jsonl --corpus corpus.jsonl \\
         --output mined.jsonl --negatives 4 --skip-top 1 --max-score-margin 0.95
     python -m btok_model.mine --baseline last-token --model smollm2 --data pairs.jsonl --output mined.jsonl
+    torchrun --nproc-per-node 2 -m btok_model.mine --model runs/smol --data pairs.jsonl --output mined.jsonl
 
 Each line of ``--data`` (training JSONL, see :mod:`btok_model.training.mixed_dataset`) is written to
 ``--output`` with up to ``--negatives`` mined negatives added to its ``negatives``: the
@@ -25,16 +26,20 @@ rank the candidate met first in the pool first. A line keeps its other fields an
 negatives (first); image paths are rewritten relative to the output file's folder. Fewer than
 ``--negatives`` are written where fewer candidates qualify; the summary says how often.
 
-Memory: the queries' and positives' embeddings are held; the corpus is embedded ``--corpus-block``
-inputs at a time and scored against ``--query-block`` queries at a time, keeping a running top
-list per query (:class:`~btok_model.evaluation.topk.RunningTopK`): no ``[queries, corpus]``
-matrix and no whole-corpus embedding matrix is held.
+Embedding goes through the encode engine (:mod:`btok_model.embedder.encode`) in blocks of
+``--corpus-block`` inputs; scoring through the blocked scorer (:mod:`btok_model.inference.scoring`):
+``--query-block`` lines against ``--corpus-block`` candidates at a time, keeping a running top
+list per line, so no ``[queries, pool]`` matrix is held. The queries' embeddings and the pool's
+are. Under ``torchrun --nproc-per-node N`` each rank encodes and keeps about 1/N of the pool;
+every line is scored against every rank's share and the per-rank counts and top lists combine
+(counts add, lists merge), so the output is what one process writes (rank 0 writes it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -42,8 +47,10 @@ from dataclasses import dataclass
 import torch
 
 from .datasets.jsonl import read_jsonl
-from .evaluation.task_files import input_key, load_corpus
-from .evaluation.topk import RunningTopK
+from .embedder import encode as engine
+from .evaluation.task_files import ON_BAD_ROW, input_key, load_corpus
+from .inference import distributed
+from .inference.scoring import RunningTopK, TopK, merge_topk, score_blocks
 
 __all__ = ["MinedNegatives", "main", "mine_file", "mine_hard_negatives", "parser"]
 
@@ -93,14 +100,6 @@ def _check_options(values: dict, names: dict | None = None) -> None:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _encode(model, inputs: list, batch_size: int, show_progress_bar: bool, device) -> torch.Tensor:
-    """fp32 ``[len(inputs), H]`` on ``device``."""
-    emb = torch.as_tensor(model.encode(inputs, batch_size=batch_size, show_progress_bar=show_progress_bar))
-    if emb.dim() != 2 or emb.shape[0] != len(inputs):
-        raise ValueError(f"model.encode returned shape {tuple(emb.shape)} for {len(inputs)} inputs")
-    return emb.to(device=device, dtype=torch.float32)
-
-
 def _excluded(queries: list, exclude: list | None, index: dict, positive_index: list[int]) -> torch.Tensor:
     """long ``[L, E]``: per line the pool indices it may not take (-1 pads)."""
     by_query: dict = {}
@@ -143,16 +142,23 @@ def mine_hard_negatives(
     corpus_block: int = 16384,
     show_progress_bar: bool = False,
     device: torch.device | str | None = None,
+    shard: bool = False,
 ) -> MinedNegatives:
     """Each (query, positive) line's hardest negatives in the pool of positives and corpus.
 
     The rules (pool, exclusions, ``skip_top``, the false-negative guard, ties) are those of the
-    module docstring; scores are cosine similarities of ``model.encode``'s embeddings.
+    module docstring; scores are cosine similarities of the encode engine's embeddings
+    (:mod:`btok_model.embedder.encode`), counted and ranked by the blocked scorer
+    (:mod:`btok_model.inference.scoring`). With ``shard`` under ``torchrun`` every rank calls
+    this with the same arguments: each encodes its share of the pool's blocks and keeps it, the
+    queries are gathered, and the per-rank counts and top lists combine to what one process
+    finds.
 
     Args:
-        model: anything with ``encode(inputs, batch_size=, show_progress_bar=)`` returning fp32
-            ``[N, H]`` L2-normalised rows (:class:`~btok_model.BTokModel`,
-            :class:`~btok_model.embedder.pooled.PooledEmbedder`).
+        model: an :class:`~btok_model.embedder.core.Embedder` (:class:`~btok_model.BTokModel`,
+            :class:`~btok_model.embedder.pooled.PooledEmbedder`), or another encoder with
+            ``encode(inputs, batch_size=, show_progress_bar=)`` returning fp32 ``[N, H]``
+            L2-normalised rows.
         queries, positives: L inputs each (str, or ``{"text", "image"}`` for a multimodal model).
         corpus: more candidates (inputs).
         num_negatives: negatives per line (n >= 1).
@@ -160,12 +166,15 @@ def mine_hard_negatives(
         max_score_margin: the false-negative guard's margin, in (0, 1].
         exclude: per line, inputs it may not take (e.g. its existing negatives).
         batch_size: inputs per forward pass.
-        query_block, corpus_block: lines scored at once; corpus inputs embedded at once.
-        show_progress_bar: tqdm bars while embedding.
+        query_block: lines scored at once.
+        corpus_block: pool inputs per encode block (the unit each rank takes) and per score block.
+        show_progress_bar: tqdm bars (rows/s) while embedding, on rank 0.
         device: where scores are computed (default: the model's device, else the CPU).
+        shard: split the work across the ranks of ``torch.distributed``; False: this process
+            does all of it, with no collective.
 
     Returns:
-        :class:`MinedNegatives`.
+        :class:`MinedNegatives` (the same on every rank).
     """
     _check_options(
         {
@@ -183,22 +192,25 @@ def mine_hard_negatives(
     if exclude is not None and len(exclude) != len(queries):
         raise ValueError(f"exclude must hold one list per line ({len(queries)}), got {len(exclude)}")
     device = torch.device(device or getattr(model, "device", None) or "cpu")
-    index: dict = {}
-    pool: list = []
-    for item in [*positives, *corpus]:
-        if input_key(item) not in index:
-            index[input_key(item)] = len(pool)
-            pool.append(item)
-    positive_index = [index[input_key(p)] for p in positives]
-    num_positives = len({*positive_index})
-    excluded = _excluded(queries, exclude, index, positive_index).to(device)
+    pool, index = _pool(positives, corpus)
+    positive_index = torch.tensor([index[input_key(p)] for p in positives], dtype=torch.long)
+    excluded = _excluded(queries, exclude, index, positive_index.tolist()).to(device)
 
+    settings = {"batch_size": batch_size, "block_size": corpus_block, "progress": show_progress_bar}
     distinct_queries = list({input_key(q): q for q in queries}.values())
     query_rows = {input_key(q): i for i, q in enumerate(distinct_queries)}
-    query_emb = _encode(model, distinct_queries, batch_size, show_progress_bar, device)
-    query_emb = query_emb[torch.tensor([query_rows[input_key(q)] for q in queries], device=device)]
-    positive_emb = _encode(model, pool[:num_positives], batch_size, show_progress_bar, device)
-    positive_scores = (query_emb * positive_emb[torch.tensor(positive_index, device=device)]).sum(-1)
+    query_emb = engine.encode(model, distinct_queries, shard=shard, gather=True, desc="queries", **settings)
+    query_emb = query_emb[torch.tensor([query_rows[input_key(q)] for q in queries])].to(device)
+    # Without shard: every block here, as the one shard (0 of 1), and nothing to combine.
+    combine = shard and distributed.is_distributed()
+    shard = engine.encode(model, pool, shard=True if shard else (0, 1), gather=False, desc="pool", **settings)
+
+    # Each line's positive score, from the rank holding the positive (the same product as one process).
+    held = (positive_index >= shard.start) & (positive_index < shard.stop)
+    local = shard.embeddings[(positive_index - shard.start).clamp(0, max(len(shard.rows) - 1, 0))[held]]
+    positive_scores = torch.full((len(queries),), -math.inf)
+    positive_scores[held] = (query_emb[held.to(device)].cpu() * local).sum(-1)
+    positive_scores = (distributed.all_reduce(positive_scores, "max") if combine else positive_scores).to(device)
     threshold = positive_scores - (1 - max_score_margin) * positive_scores.abs()
 
     lines = len(queries)
@@ -206,51 +218,61 @@ def mine_hard_negatives(
     kept = RunningTopK(lines, skip_top + num_negatives, device)
     positive_rank = torch.zeros(lines, dtype=torch.long, device=device)
     guarded = torch.zeros(lines, dtype=torch.long, device=device)
-    spans = [(lo, min(lo + corpus_block, num_positives)) for lo in range(0, num_positives, corpus_block)]
-    spans += [(lo, min(lo + corpus_block, len(pool))) for lo in range(num_positives, len(pool), corpus_block)]
-    bar = _bar(len(pool) - num_positives, show_progress_bar)
-    for lo, hi in spans:
-        if lo < num_positives:
-            block = positive_emb[lo:hi]
-        else:
-            block = _encode(model, pool[lo:hi], batch_size, False, device)
-            bar.update(hi - lo)
-        for start in range(0, lines, query_block):
-            rows = slice(start, min(start + query_block, lines))
-            scores = _mask_block(query_emb[rows] @ block.T, excluded[rows], lo)
-            positive_rank[rows] += (scores > positive_scores[rows, None]).sum(1)
-            over = scores > threshold[rows, None]
-            guarded[rows] += over.sum(1)
-            skipped.update(rows, scores, lo)
-            kept.update(rows, scores.masked_fill(over, float("-inf")), lo)
-    bar.close()
+    blocks = score_blocks(query_emb, shard, query_block=query_block, candidate_block=corpus_block, device=device)
+    for rows, lo, scores in blocks:
+        scores = _mask_block(scores, excluded[rows], lo)
+        positive_rank[rows] += (scores > positive_scores[rows, None]).sum(1)
+        over = scores > threshold[rows, None]
+        guarded[rows] += over.sum(1)
+        skipped.update(rows, scores, lo)
+        kept.update(rows, scores.masked_fill(over, float("-inf")), lo)
+    positive_rank, guarded, skipped, kept = (
+        positive_rank.cpu(),
+        guarded.cpu(),
+        _cpu(skipped.result()),
+        _cpu(kept.result()),
+    )
+    if combine:
+        positive_rank = distributed.all_reduce(positive_rank, "sum")
+        guarded = distributed.all_reduce(guarded, "sum")
+        skipped = merge_topk(distributed.all_gather_topk(skipped), skip_top)
+        kept = merge_topk(distributed.all_gather_topk(kept), skip_top + num_negatives)
 
     # The kept list minus the skipped ranks: at most skip_top entries go, so n remain where n qualify.
     drop = (kept.indices[:, :, None] == skipped.indices[:, None, :]).any(-1) | (kept.indices < 0)
     first = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :num_negatives]
     negatives = torch.where(drop.gather(1, first), -1, kept.indices.gather(1, first))
     negative_scores = kept.values.gather(1, first).masked_fill(negatives < 0, float("-inf"))
-    return MinedNegatives(
-        pool, negatives.cpu(), negative_scores.cpu(), positive_scores.cpu(), positive_rank.cpu(), guarded.cpu()
-    )
+    return MinedNegatives(pool, negatives, negative_scores, positive_scores.cpu(), positive_rank, guarded)
 
 
-def _bar(total: int, show: bool):
-    from tqdm.auto import tqdm
+def _pool(positives: list, corpus) -> tuple[list, dict]:
+    """The candidates (distinct positives in order, then the corpus entries not among them) and
+    ``{input_key: pool index}``."""
+    index: dict = {}
+    pool: list = []
+    for item in [*positives, *corpus]:
+        if input_key(item) not in index:
+            index[input_key(item)] = len(pool)
+            pool.append(item)
+    return pool, index
 
-    return tqdm(total=total, desc="corpus", unit="input", disable=not show or total == 0)
+
+def _cpu(top: TopK) -> TopK:
+    return TopK(top.values.cpu(), top.indices.cpu())
 
 
 # -- files ------------------------------------------------------------------------------------------
 
 
-def _read_pairs(path: str) -> tuple[list[dict], list[dict]]:
-    """``(raw line objects, validated training examples)`` of a training JSONL file, same order."""
+def _read_pairs(path: str) -> tuple[list[dict], list[dict], list[str]]:
+    """``(raw line objects, validated training examples, FILE:LINE of each)`` of a training JSONL
+    file, same order."""
     from .training.mixed_dataset import load_examples
 
     examples = load_examples(path)  # every line checked as training reads it
-    raw = [record.data for record in read_jsonl(path)]
-    return raw, examples
+    records = list(read_jsonl(path))
+    return [record.data for record in records], examples, [record.where for record in records]
 
 
 def _side(example: dict, side: str):
@@ -295,11 +317,28 @@ def check_output(path: str) -> None:
     os.remove(probe)
 
 
+def _bad_lines(model, queries, positives, corpus, where: list[str], corpus_where: list[str], block: int, shard: bool):
+    """``(bad line numbers, bad corpus entries, messages)``: the lines whose query or positive
+    the model refuses and the corpus entries it refuses (each rank checks its share)."""
+    from .evaluation.runner import find_bad_inputs
+
+    messages, bad_lines = [], set()
+    for side, inputs in (("query", queries), ("positive", positives)):
+        for row, reason in find_bad_inputs(model, inputs, block, shard=shard):
+            bad_lines.add(row)
+            messages.append((row, f"{where[row]}: field {side!r}: {reason}"))
+    bad_corpus = find_bad_inputs(model, corpus, block, shard=shard)
+    ordered = [m for _, m in sorted(messages)] + [f"{corpus_where[row]}: {reason}" for row, reason in bad_corpus]
+    return bad_lines, {row for row, _ in bad_corpus}, ordered
+
+
 def mine_file(
     model,
     data: str | os.PathLike,
     output: str | os.PathLike,
     corpus: str | os.PathLike | None = None,
+    *,
+    on_bad_row: str = "error",
     **options,
 ) -> dict:
     """Mine negatives for every line of a training JSONL file and write the result.
@@ -308,32 +347,72 @@ def mine_file(
         model: an embedder (see :func:`mine_hard_negatives`).
         data: training JSONL (query / positive, optional images and negatives).
         output: where the mined JSONL goes (written to ``output + ".tmp"``, then renamed, so it
-            may be ``data`` itself).
+            may be ``data`` itself; by rank 0 alone with ``shard=True``).
         corpus: JSONL of extra candidates (``{"text": ..., "image"?: path}`` per line).
+        on_bad_row: what to do with an input the model refuses (a text longer than it accepts,
+            an image that does not decode), checked before anything is embedded: ``"error"``
+            raises ``ValueError`` naming its file and line; ``"skip"`` writes such a line
+            unchanged (no negatives mined for it) and never offers such a corpus entry, and
+            counts them in the summary. A malformed line (an empty text, a missing image)
+            is refused when the file is read, as training refuses it.
         **options: keyword arguments of :func:`mine_hard_negatives`.
 
     Returns:
         a summary: ``{"lines", "pool", "negatives_per_line": {count: lines}, "short_lines",
-        "positive_first", "mean_positive_score", "mean_negative_score", "mean_guarded"}``.
+        "positive_first", "mean_positive_score", "mean_negative_score", "mean_guarded"}`` over
+        the lines mined, with ``"skipped_lines"``, ``"skipped_corpus"`` and ``"skipped"`` (the
+        messages, the first 100) for ``on_bad_row="skip"``.
     """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     data, output = os.fspath(data), os.fspath(output)
-    check_output(output)
-    raw, examples = _read_pairs(data)
-    extra = load_corpus(corpus) if corpus is not None else []
+    shard = options.get("shard", False)
+    writer = distributed.is_main() or not shard  # with shard, rank 0 writes for all
+    if writer:
+        check_output(output)
+    raw, examples, where = _read_pairs(data)
+    extra, extra_where = ([], []) if corpus is None else _corpus_lines(corpus)
     queries = [_side(ex, "query") for ex in examples]
     positives = [_side(ex, "positive") for ex in examples]
     exclude = [ex.get("negatives", []) for ex in examples]
-    mined = mine_hard_negatives(model, queries, positives, extra, exclude=exclude, **options)
+    block = options.get("corpus_block", 16384)
+    bad_lines, bad_corpus, messages = _bad_lines(model, queries, positives, extra, where, extra_where, block, shard)
+    if messages and on_bad_row == "error":
+        more = f" (and {len(messages) - 1} more bad rows)" if len(messages) > 1 else ""
+        raise ValueError(f"{messages[0]}{more}; --on-bad-row skip leaves such rows out")
+    good = [i for i in range(len(examples)) if i not in bad_lines]
+    if not good:
+        raise ValueError(f"{data}: every line has an input the model refuses ({messages[0]})")
+    mined = mine_hard_negatives(
+        model,
+        [queries[i] for i in good],
+        [positives[i] for i in good],
+        [item for j, item in enumerate(extra) if j not in bad_corpus],
+        exclude=[exclude[i] for i in good],
+        **options,
+    )
     folder = os.path.dirname(os.path.abspath(output))
-    lines = []
-    for i, (line, example) in enumerate(zip(raw, examples)):
-        picks = [_written(mined.pool[j], folder) for j in mined.negatives[i].tolist() if j >= 0]
-        lines.append(_output_line(line, example, picks, folder))
-    with open(output + ".tmp", "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(output + ".tmp", output)
-    return _summary(mined)
+    picks = {
+        i: [_written(mined.pool[j], folder) for j in mined.negatives[row].tolist() if j >= 0]
+        for row, i in enumerate(good)
+    }
+    if writer:
+        with open(output + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(
+                json.dumps(_output_line(line, example, picks.get(i, []), folder), ensure_ascii=False) + "\n"
+                for i, (line, example) in enumerate(zip(raw, examples))
+            )
+        os.replace(output + ".tmp", output)
+    summary = _summary(mined)
+    if on_bad_row == "skip":
+        summary.update(skipped_lines=len(bad_lines), skipped_corpus=len(bad_corpus), skipped=messages[:100])
+    return summary
+
+
+def _corpus_lines(path: str | os.PathLike) -> tuple[list, list[str]]:
+    """``(inputs, FILE:LINE of each)`` of a corpus JSONL file (see :func:`~btok_model.evaluation.task_files.load_corpus`)."""
+    items = load_corpus(path)
+    return items, [record.where for record in read_jsonl(path)]
 
 
 def _summary(mined: MinedNegatives) -> dict:
@@ -356,7 +435,7 @@ def _summary(mined: MinedNegatives) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .evaluate import add_loading_arguments
+    from .evaluate import add_bad_row_argument, add_loading_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m btok_model.mine",
@@ -383,6 +462,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--query-block", type=int, default=1024, help="lines scored at once")
     p.add_argument("--corpus-block", type=int, default=16384, help="corpus inputs embedded and scored at once")
     add_loading_arguments(p)
+    add_bad_row_argument(p)
     p.add_argument("--no-progress-bar", action="store_true")
     return p
 
@@ -395,6 +475,20 @@ def _fail(message: str) -> SystemExit:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    from .evaluate import join_ranks
+
+    try:
+        args.device = join_ranks(args.device)
+        return _run(args)
+    except SystemExit as err:  # join_ranks' "error: ..." printed as ours
+        if isinstance(err.code, str):
+            raise _fail(err.code.removeprefix("error: ")) from None
+        raise
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace) -> dict:
     options = {
         "num_negatives": args.negatives,
         "skip_top": args.skip_top,
@@ -409,7 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
         _read_pairs(args.data)
         if args.corpus is not None:
             load_corpus(args.corpus)
-        check_output(args.output)
+        if distributed.is_main():  # the one rank that writes it
+            check_output(args.output)
     except (OSError, ValueError) as err:
         raise _fail(str(err)) from None
     from .evaluate import load_embedder
@@ -428,6 +523,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.data,
             args.output,
             args.corpus,
+            on_bad_row=args.on_bad_row,
+            shard=True,
             batch_size=args.batch_size,
             show_progress_bar=not args.no_progress_bar,
             **options,
@@ -435,7 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
     except (OSError, ValueError) as err:  # e.g. an input the model cannot embed (an image for a text model)
         raise _fail(str(err)) from None
     summary.update(data=args.data, corpus=args.corpus, output=args.output, model=args.model, baseline=args.baseline)
-    print(json.dumps(summary))
+    if distributed.is_main():
+        print(json.dumps(summary))
     return summary
 
 

@@ -11,6 +11,8 @@
 * :mod:`.peer_masks` -- the condensation mask for the peer backends (``eager``, ``sdpa``, ``flex_attention``).
 * :mod:`.core` -- :class:`Embedder`, the core both embedders share (forward, losses, encode,
   save / load); :class:`BTokOutput`, :class:`BatchEmbeddings`.
+* :mod:`.encode` -- the encode engine every caller uses: row blocks in length order, sharded
+  across ranks under ``torchrun``, results in input order, a progress bar.
 * :mod:`.packed_batch` -- :class:`BTokBatch`, the typed packed batch.
 * :mod:`.modeling` -- :class:`BTokModel`.
 * :mod:`.pooled` -- :class:`PooledEmbedder`, the no-BTok baseline (last-token or mean pooling).

@@ -30,6 +30,7 @@ from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
 from ..backend.kernel_settings import set_kernel_settings
+from . import encode as engine
 from .backbone import Backbone, load_adapters, load_saved_backbone, save_backbone, transformers_model
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import EmbedderConfig
@@ -48,7 +49,7 @@ from .media import MEDIA_BATCH_KEYS
 from .multimodal import VISION_MODEL_NAMES, check_video_layout, is_vision_model, vision_family
 from .packed_batch import BTokBatch, to_device
 from .peer_masks import condensation_attention_mask
-from .similarity import check_dims, truncate
+from .similarity import check_dims
 from .tokens import make_trainable
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "BatchEmbeddings",
     "Embedder",
     "enable_activation_checkpointing",
-    "encode_in_length_order",
     "pool_btok_states",
     "pool_token_groups",
     "stack_token_groups",
@@ -577,7 +577,9 @@ class Embedder(nn.Module):
         multi_vector: bool = False,
         dims: int | str | None = None,
     ) -> torch.Tensor:
-        """Embed inputs: one forward per batch of ``batch_size``, longest first, results in input order.
+        """Embed inputs: one forward per batch of ``batch_size``, longest first, results in input order
+        (the engine, :func:`~btok_model.embedder.encode.encode`, in one block of all N inputs;
+        call it for blocks, sharding across ranks and the rest).
 
         Runs under ``torch.inference_mode`` with the model in eval mode (its mode restored).
 
@@ -604,92 +606,16 @@ class Embedder(nn.Module):
             fp32 ``[N, H]`` (``[N, dims]``; with several poolings ``[N, len(poolings) * dims]``;
             with ``multi_vector`` ``[N, K, dims]``) on the CPU, L2-normalised.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        for pooling in poolings or ():
-            if pooling not in self.config_class.POOLINGS:
-                raise ValueError(f"pooling must be one of {tuple(self.config_class.POOLINGS)}, got {pooling!r}")
-        if multi_vector and "maxsim" not in self.config_class.SIMILARITIES:
-            raise ValueError(
-                f"multi_vector=True returns the K BTok vectors of a BTokModel; {type(self).__name__} has no BToks "
-                "(it pools the input's own tokens into one vector)"
-            )
-        if multi_vector and poolings:
-            raise ValueError("multi_vector=True returns the K BTok vectors unpooled: give no poolings")
-        if dims is not None:
-            dims = check_dims([dims], self.embedding_dim, "dims")[0]
-        sequences, media = self.collator.encode_for_embedding(inputs)
-        if packed is None:
-            packed = transformers_model(self.backbone).config._attn_implementation == ATTN_IMPLEMENTATION
-        k = self.collator.num_btoks
-
-        def embed(rows: list[int]) -> torch.Tensor:
-            part = [media[i] for i in rows]
-            part = None if all(m is None for m in part) else part
-            if packed:
-                inputs = [sequences[i][: len(sequences[i]) - k] for i in rows]
-                out = self._embed_packed(self.collator.pack_sequences(inputs, media=part), poolings, multi_vector)
-            else:
-                padded = self.collator.pad_sequences([sequences[i] for i in rows], media=part)
-                out = self.embed_padded(padded, poolings, multi_vector)
-            if dims is None or dims == self.embedding_dim:
-                return out
-            blocks = out.view(*out.shape[:-1], -1, self.embedding_dim)  # one block per pooling
-            return truncate(blocks, dims).flatten(-2)
-
-        width = (dims or self.embedding_dim) * len(poolings or (None,))
-        shape = (k, width) if multi_vector else (width,)
-        return encode_in_length_order(self, [len(s) for s in sequences], batch_size, shape, embed, show_progress_bar)
-
-
-def encode_in_length_order(
-    module: nn.Module,
-    lengths: list[int],
-    batch_size: int,
-    hidden_size: int | tuple[int, ...],
-    embed,
-    show_progress_bar: bool = False,
-) -> torch.Tensor:
-    """The batching of :meth:`Embedder.encode`: inputs sorted longest first into batches of
-    ``batch_size``, ``embed(indices)`` (fp32 ``[len(indices), H]`` on ``module``'s device) per
-    batch under ``torch.inference_mode`` with ``module`` in eval mode (its mode restored), the
-    results put back in input order.
-
-    Args:
-        module: the model (its ``device`` and train/eval mode).
-        lengths: N input lengths in tokens.
-        batch_size: inputs per ``embed`` call.
-        hidden_size: H, or the shape of one input's embedding (``(K, H)`` for multi-vector).
-        embed: ``list[int] -> fp32 [n, H]`` (``[n, *hidden_size]``), the embeddings of those inputs.
-        show_progress_bar: show a tqdm bar over the batches.
-
-    Returns:
-        fp32 ``[N, H]`` (``[N, *hidden_size]``) on the CPU, in input order.
-    """
-    from tqdm.auto import tqdm
-
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    device = module.device
-    # Rows land in sorted order in a (pinned, on CUDA) host buffer: each batch's copy is
-    # asynchronous, so the host packs the next batch while the GPU computes.
-    shape = hidden_size if isinstance(hidden_size, tuple) else (hidden_size,)
-    by_length = torch.empty(len(lengths), *shape, dtype=torch.float32, pin_memory=device.type == "cuda")
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            for start in tqdm(
-                range(0, len(order), batch_size), desc="Encoding", disable=not show_progress_bar, unit="batch"
-            ):
-                rows = order[start : start + batch_size]
-                by_length[start : start + len(rows)].copy_(embed(rows), non_blocking=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    finally:
-        module.train(was_training)
-    out = torch.empty_like(by_length, pin_memory=False)
-    out[torch.tensor(order, dtype=torch.long)] = by_length
-    return out
+        return engine.encode(
+            self,
+            inputs,
+            batch_size=batch_size,
+            progress=show_progress_bar,
+            packed=packed,
+            poolings=poolings,
+            multi_vector=multi_vector,
+            dims=dims,
+        )
 
 
 def _media(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:

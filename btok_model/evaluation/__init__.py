@@ -5,14 +5,12 @@ from .metrics import METRIC_NAMES, expected_metrics, metrics_from_scores, paired
 from .runner import EmbeddingScorer, TfidfTaskScorer, evaluate, evaluate_dims
 from .task_files import CandidateListTask, PairTask, load_corpus, load_task
 from .tfidf import TfidfScorer
-from .topk import RunningTopK
 
 __all__ = [
     "METRIC_NAMES",
     "CandidateListTask",
     "EmbeddingScorer",
     "PairTask",
-    "RunningTopK",
     "TfidfScorer",
     "TfidfTaskScorer",
     "evaluate",

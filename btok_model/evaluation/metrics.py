@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from ..inference.scoring import rank_counts, tie_counts
+
 __all__ = [
     "METRIC_NAMES",
     "expected_graded_metrics",
@@ -37,34 +39,6 @@ __all__ = [
 RECALL_KS = (1, 5, 10)
 CUTOFF = 10  # MRR@10 and nDCG@10
 METRIC_NAMES = tuple(f"recall@{k}" for k in RECALL_KS) + (f"mrr@{CUTOFF}", f"ndcg@{CUTOFF}")
-
-
-def rank_counts(scores: torch.Tensor, positive_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """How many candidates beat and tie each query's positive.
-
-    Args:
-        scores: float ``[Nq, Nc]``, higher is better. NaN is refused.
-        positive_index: long ``[Nq]``, the column of each query's single relevant candidate.
-
-    Returns:
-        ``(greater, equal)``: long ``[Nq]`` each -- candidates scoring strictly higher than the
-        positive, and other candidates scoring exactly the same.
-    """
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [num_queries, num_candidates], got shape {tuple(scores.shape)}")
-    positive_index = torch.as_tensor(positive_index, dtype=torch.long, device=scores.device)
-    if positive_index.shape != (scores.shape[0],):
-        raise ValueError(
-            f"positive_index must have one entry per query ({scores.shape[0]}), got shape {tuple(positive_index.shape)}"
-        )
-    if scores.shape[0] and (positive_index.min() < 0 or positive_index.max() >= scores.shape[1]):
-        raise ValueError(f"positive_index must lie in [0, {scores.shape[1]}), got {positive_index.tolist()[:8]}...")
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN: the embeddings or the scorer produced invalid values")
-    positive = scores.gather(1, positive_index[:, None])
-    greater = (scores > positive).sum(1)
-    equal = (scores == positive).sum(1) - 1  # the positive ties with itself
-    return greater, equal
 
 
 def expected_metrics(greater: torch.Tensor, equal: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,33 +79,6 @@ def metrics_from_scores(scores: torch.Tensor, positive_index: torch.Tensor) -> d
         raise ValueError("no queries to evaluate")
     per_query = expected_metrics(*rank_counts(scores, positive_index))
     return {name: float(values.mean()) for name, values in per_query.items()}
-
-
-def tie_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """How many scores of each row lie strictly above, and exactly at, each of the row's targets.
-
-    Args:
-        scores: float ``[Nq, Nc]``, one row of candidate scores per query (``-inf`` may pad a
-            row: it is below every finite target). NaN is refused.
-        targets: float ``[Nq, R]`` of the same dtype, e.g. the scores of each query's relevant
-            candidates (``+inf`` may pad: it counts nothing).
-
-    Returns:
-        ``(greater, equal)``: long ``[Nq, R]``. ``equal`` counts every score equal to the target,
-        so a target taken from ``scores`` counts itself once.
-    """
-    if scores.dim() != 2 or targets.dim() != 2 or scores.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"scores must be [num_queries, num_candidates] and targets [num_queries, R] with the same number of "
-            f"queries, got {tuple(scores.shape)} and {tuple(targets.shape)}"
-        )
-    if torch.isnan(scores).any() or torch.isnan(targets).any():
-        raise ValueError("scores contain NaN: the embeddings or the scorer produced invalid values")
-    ordered = scores.sort(dim=1).values
-    targets = targets.to(ordered.dtype).contiguous()
-    above = torch.searchsorted(ordered, targets, right=True)  # scores <= target
-    below = torch.searchsorted(ordered, targets, right=False)  # scores < target
-    return scores.shape[1] - above, above - below
 
 
 def expected_graded_metrics(

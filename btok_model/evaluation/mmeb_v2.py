@@ -18,10 +18,16 @@ value is reported (:mod:`~btok_model.evaluation.metrics`; the authors take ``tor
 order). A meta-task's score is the mean over its datasets, a modality's the mean over its
 datasets (not over its meta-tasks), Overall the mean over all datasets evaluated.
 
-Memory: media are read and decoded a block of rows at a time; scores are computed a block of
-queries against a block of candidates at a time, counting how many candidates beat or tie each
-relevant one, so no ``[queries, corpus]`` matrix is ever held (the embeddings of the dataset's
-queries and candidates are, ``[N, H]`` float32).
+Memory: media are read and decoded a block of rows at a time (the encode engine,
+:mod:`btok_model.embedder.encode`); scores are computed a block of queries against a block of
+candidates at a time, counting how many candidates beat or tie each relevant one
+(:func:`btok_model.inference.scoring.count_ranks`), so no ``[queries, corpus]`` matrix is ever
+held (the embeddings of the dataset's queries and candidates are, ``[N, H]`` float32).
+
+Under ``torchrun --nproc-per-node N`` each rank encodes its share of every dataset's row
+blocks; candidates stay on their rank (a rank holds about 1/N of them), queries are scored
+against every shard and the per-shard counts add up: the same table as one process. Only
+rank 0 writes.
 
 :func:`evaluate_mmeb_v2` writes each dataset's result as it finishes
 (``OUT/datasets/<name>.json``) and skips the datasets already there when run again with the
@@ -40,7 +46,10 @@ from dataclasses import dataclass
 import torch
 
 from ..datasets.lance_tables import LanceTable
-from .metrics import expected_graded_metrics, tie_counts
+from ..embedder import encode as engine
+from ..inference import distributed
+from ..inference.scoring import count_ranks
+from .metrics import expected_graded_metrics
 from .mmeb_v2_index import (
     DATASETS,
     META_TASK_LABELS,
@@ -69,6 +78,7 @@ HIT_KS = (1, 5, 10)
 NDCG_KS = (5, 10)
 TABLES = ("queries.lance", "candidates.lance", "qrels.lance")
 QRELS_COLUMNS = ("query_id", "mode", "candidate_ids", "candidate_scores")
+TEXT_BLOCK = 8192  # rows per encode block of a text-only side (media sides: evaluate_task's block)
 
 
 @dataclass
@@ -266,6 +276,29 @@ def _model_inputs(task: MMEBTask, side: Side, table: LanceTable, rows: list[int]
     ]
 
 
+class _SideRows:
+    """The inputs of ``rows`` of one side's table as a sequence the encode engine slices: a
+    slice reads and decodes only those rows (media rows a block at a time)."""
+
+    def __init__(self, task: MMEBTask, side: Side, table: LanceTable, rows: list[int], role: str, num_frames: int):
+        self.task, self.side, self.table, self.rows, self.role, self.num_frames = (
+            task,
+            side,
+            table,
+            rows,
+            role,
+            num_frames,
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: slice) -> list:
+        if not isinstance(index, slice):
+            raise TypeError("read rows by slice: inputs[lo:hi]")
+        return _model_inputs(self.task, self.side, self.table, self.rows[index], self.role, self.num_frames)
+
+
 def _embed(
     task: MMEBTask,
     model,
@@ -277,32 +310,30 @@ def _embed(
     batch_size: int,
     block: int,
     num_frames: int,
-    bar,
-) -> torch.Tensor:
-    """fp32 ``[len(rows), H]`` embeddings of ``rows``: text-only rows read at once and
-    deduplicated, media rows read, decoded and embedded ``block`` rows at a time."""
-    if not side.media:
-        inputs = _model_inputs(task, side, table, rows, role, num_frames)
-        unique = list(dict.fromkeys(inputs))
-        parts = []
-        for lo in range(0, len(unique), block):
-            parts.append(_encode(model, unique[lo : lo + block], batch_size))
-            bar.update(len(unique[lo : lo + block]))
-        position = {text: i for i, text in enumerate(unique)}
-        return torch.cat(parts)[torch.tensor([position[text] for text in inputs], dtype=torch.long)]
-    parts = []
-    for lo in range(0, len(rows), block):
-        chunk = rows[lo : lo + block]
-        parts.append(_encode(model, _model_inputs(task, side, table, chunk, role, num_frames), batch_size))
-        bar.update(len(chunk))
-    return torch.cat(parts)
-
-
-def _encode(model, inputs: list, batch_size: int) -> torch.Tensor:
-    emb = torch.as_tensor(model.encode(inputs, batch_size=batch_size, show_progress_bar=False), dtype=torch.float32)
-    if emb.dim() != 2 or emb.shape[0] != len(inputs):
-        raise ValueError(f"model.encode returned shape {tuple(emb.shape)} for {len(inputs)} inputs")
-    return emb.cpu()
+    text_block: int,
+    progress: bool,
+    gather: bool,
+    shard: bool,
+):
+    """The embeddings of ``rows`` through the encode engine, each rank encoding its share of the
+    blocks: media rows read and decoded ``block`` rows at a time, text-only rows read at once
+    (identical texts of a block embedded once). ``gather``: fp32 ``[len(rows), H]`` on every
+    rank; else this rank's :class:`~btok_model.embedder.encode.EncodedShard`. Without ``shard``
+    this process encodes every block (a tensor either way), with no collective."""
+    if side.media:
+        inputs, block_size = _SideRows(task, side, table, rows, role, num_frames), block
+    else:
+        inputs, block_size = _model_inputs(task, side, table, rows, role, num_frames), text_block
+    return engine.encode(
+        model,
+        inputs,
+        batch_size=batch_size,
+        block_size=block_size,
+        shard=shard,
+        gather=gather,
+        progress=progress,
+        desc=f"MMEB-V2 {task.name} {role}",
+    )
 
 
 def preflight(tasks: list[MMEBTask], model, num_frames: int = NUM_FRAMES) -> None:
@@ -314,7 +345,7 @@ def preflight(tasks: list[MMEBTask], model, num_frames: int = NUM_FRAMES) -> Non
             task, task.inputs.candidate, task.candidates, task.needed_candidates()[:1], "candidate", num_frames
         )
         try:
-            _encode(model, inputs, batch_size=2)
+            engine.encode(model, inputs, batch_size=2)
         except Exception as err:  # whatever the model raises, say which dataset it was
             raise ValueError(f"{task.name}: the model cannot embed its inputs: {err}") from err
 
@@ -333,68 +364,6 @@ def _padded(relevant: list[list[tuple[int, float]]]) -> tuple[torch.Tensor, torc
     return index, gains
 
 
-def _count_against_corpus(
-    queries: torch.Tensor, corpus: torch.Tensor, index: torch.Tensor, device, query_block: int, corpus_block: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each query against every row of ``corpus``, a block of queries against a block of rows at a time.
-
-    Args:
-        queries: fp32 ``[Q, H]``; corpus: fp32 ``[C, H]``; index: long ``[Q, R]``, each query's
-            relevant rows of ``corpus`` (-1 pads).
-
-    Returns:
-        ``(targets fp32 [Q, R], greater long [Q, R], equal long [Q, R])``: the relevant rows'
-        scores (+inf at padding) and how many rows score above / exactly at them. A relevant
-        row's score comes from the same block product it is counted in (identical inputs give
-        identical products), so it ties with itself exactly.
-    """
-    corpus = corpus.to(device)  # once: every query block reads all of it
-    spans = [(lo, min(lo + corpus_block, corpus.shape[0])) for lo in range(0, corpus.shape[0], corpus_block)]
-    targets = torch.full(index.shape, math.inf, dtype=torch.float32)
-    greater = torch.zeros(index.shape, dtype=torch.long)
-    equal = torch.zeros(index.shape, dtype=torch.long)
-    for qlo in range(0, queries.shape[0], query_block):
-        q = queries[qlo : qlo + query_block].to(device)
-        idx = index[qlo : qlo + query_block].to(device)
-        block_targets = torch.full(idx.shape, math.inf, dtype=torch.float32, device=device)
-        cached = None
-        for lo, hi in spans:  # pass 1: the relevant rows' scores
-            scores = q @ corpus[lo:hi].T
-            inside = (idx >= lo) & (idx < hi)
-            picked = scores.gather(1, (idx - lo).clamp(0, hi - lo - 1))
-            block_targets = torch.where(inside, picked, block_targets)
-            cached = scores if len(spans) == 1 else None
-        g = torch.zeros(idx.shape, dtype=torch.long, device=device)
-        e = torch.zeros(idx.shape, dtype=torch.long, device=device)
-        for lo, hi in spans:  # pass 2: count
-            scores = cached if cached is not None else q @ corpus[lo:hi].T
-            dg, de = tie_counts(scores, block_targets)
-            g, e = g + dg, e + de
-        targets[qlo : qlo + query_block] = block_targets.cpu()
-        greater[qlo : qlo + query_block], equal[qlo : qlo + query_block] = g.cpu(), e.cpu()
-    return targets, greater, equal
-
-
-def _count_against_lists(
-    queries: torch.Tensor, corpus: torch.Tensor, lists: list[list[int]], index: torch.Tensor, device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """As :func:`_count_against_corpus`, each query against its own rows of ``corpus``."""
-    targets = torch.full(index.shape, math.inf, dtype=torch.float32)
-    greater = torch.zeros(index.shape, dtype=torch.long)
-    equal = torch.zeros(index.shape, dtype=torch.long)
-    corpus, queries = corpus.to(device), queries.to(device)
-    for q, rows in enumerate(lists):
-        scores = corpus[rows] @ queries[q]  # [L]
-        position = {row: i for i, row in enumerate(rows)}
-        valid = index[q] >= 0
-        picks = torch.tensor([position[int(c)] for c in index[q][valid]], dtype=torch.long, device=device)
-        row_targets = torch.full((index.shape[1],), math.inf, dtype=torch.float32, device=device)
-        row_targets[valid.to(device)] = scores[picks]
-        g, e = tie_counts(scores[None], row_targets[None])
-        targets[q], greater[q], equal[q] = row_targets.cpu(), g[0].cpu(), e[0].cpu()
-    return targets, greater, equal
-
-
 def _scoring_device(model) -> torch.device:
     device = getattr(model, "device", None)
     return torch.device(device) if device is not None else torch.device("cpu")
@@ -410,19 +379,32 @@ def evaluate_task(
     show_progress_bar: bool = True,
     query_block: int = 1024,
     corpus_block: int = 16384,
+    text_block: int = TEXT_BLOCK,
+    shard: bool = False,
 ) -> dict:
     """Embed and score one dataset.
 
     Args:
         task: from :func:`open_task`.
-        model: anything with ``encode(inputs, batch_size=, show_progress_bar=)`` returning
-            L2-normalised float ``[N, H]`` (a :class:`~btok_model.BTokModel`, a
-            :class:`~btok_model.embedder.pooled.PooledEmbedder`).
+        model: an :class:`~btok_model.embedder.core.Embedder` (a :class:`~btok_model.BTokModel`,
+            a :class:`~btok_model.embedder.pooled.PooledEmbedder`), or another encoder with
+            ``encode(inputs, batch_size=, show_progress_bar=)`` returning L2-normalised float
+            ``[N, H]``; run through the encode engine (:mod:`btok_model.embedder.encode`).
         batch_size: inputs per forward pass.
-        block: rows read, decoded and handed to ``encode`` at once.
+        block: media rows read, decoded and encoded at once (the encode block: the unit each
+            rank takes under ``torchrun``).
+        text_block: the encode block of a text-only side (read at once; identical texts of a
+            block embedded once).
+        shard: split the blocks across the ranks of ``torch.distributed`` (every rank calls
+            with the same arguments); False: this process does all, with no collective (each
+            rank of a training run's evaluation callback).
         num_frames: frames sampled per video.
-        show_progress_bar: a tqdm bar over the dataset's queries and candidates.
+        show_progress_bar: tqdm bars (rows/s) over the dataset's candidates and queries, rank 0.
         query_block, corpus_block: the score block (queries x candidates) of a shared corpus.
+
+    With ``shard`` under ``torchrun`` every rank calls this with the same arguments:
+    candidates stay on the rank that encoded them, queries are gathered, rank counts add up
+    (the same result as one process).
 
     Returns:
         ``{"dataset", "modality", "meta_task", "metric", "score", "hit@1", "hit@5", "hit@10",
@@ -430,35 +412,34 @@ def evaluate_task(
         "num_candidates_total", "sparse_queries", "exhaustive_queries",
         "queries_without_relevant", "seconds"}``.
     """
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     needed = task.needed_candidates()
-    total = len(task.query_rows) + len(needed)
-    with tqdm(total=total, desc=f"MMEB-V2 {task.name}", unit="input", disable=not show_progress_bar) as bar:
-        settings = {"batch_size": batch_size, "block": block, "num_frames": num_frames, "bar": bar}
-        candidates = _embed(task, model, task.inputs.candidate, task.candidates, needed, "candidate", **settings)
-        queries = _embed(task, model, task.inputs.query, task.queries, task.query_rows, "query", **settings)
-    if not (torch.isfinite(queries).all() and torch.isfinite(candidates).all()):
+    settings = {"batch_size": batch_size, "block": block, "num_frames": num_frames, "progress": show_progress_bar}
+    settings.update(text_block=text_block, shard=shard)
+    candidates = _embed(
+        task, model, task.inputs.candidate, task.candidates, needed, "candidate", gather=False, **settings
+    )
+    queries = _embed(task, model, task.inputs.query, task.queries, task.query_rows, "query", gather=True, **settings)
+    local = candidates.embeddings if shard else candidates
+    bad = torch.tensor([int(not (bool(torch.isfinite(queries).all()) and bool(torch.isfinite(local).all())))])
+    if (distributed.all_reduce(bad, "max") if shard else bad).item():  # every rank stops, none hangs
         raise ValueError(f"{task.name}: the model returned non-finite embeddings")
     at = {row: i for i, row in enumerate(needed)}  # candidate row -> embedding row
     relevant = [[(at[c], g) for c, g in pairs] for pairs in task.relevant]
     index, gains = _padded(relevant)
-    device = _scoring_device(model)
-    targets = torch.full(index.shape, math.inf, dtype=torch.float32)
-    greater = torch.zeros(index.shape, dtype=torch.long)
-    equal = torch.zeros(index.shape, dtype=torch.long)
+    lists = [None if rows is None else [at[c] for c in rows] for rows in task.lists]
+    counts = count_ranks(
+        queries,
+        candidates,
+        index,
+        lists=lists,
+        query_block=query_block,
+        candidate_block=corpus_block,
+        device=_scoring_device(model),
+    )
+    targets, greater, equal = counts.targets, counts.greater, counts.equal
     sparse = [q for q, rows in enumerate(task.lists) if rows is None]
     exhaustive = [q for q, rows in enumerate(task.lists) if rows is not None]
-    if sparse:
-        pick = torch.tensor(sparse, dtype=torch.long)
-        t, g, e = _count_against_corpus(queries[pick], candidates, index[pick], device, query_block, corpus_block)
-        targets[pick], greater[pick], equal[pick] = t, g, e
-    if exhaustive:
-        pick = torch.tensor(exhaustive, dtype=torch.long)
-        lists = [[at[c] for c in task.lists[q]] for q in exhaustive]
-        t, g, e = _count_against_lists(queries[pick], candidates, lists, index[pick], device)
-        targets[pick], greater[pick], equal[pick] = t, g, e
     ties = (equal - 1).clamp(min=0)  # the relevant candidate ties with itself
     per_query = expected_graded_metrics(gains, targets.double(), greater, ties, HIT_KS, NDCG_KS)
     metrics = {name: float(values.mean()) for name, values in per_query.items()}
@@ -588,6 +569,8 @@ def evaluate_mmeb_v2(
     batch_size: int = 32,
     num_frames: int = NUM_FRAMES,
     block: int = 256,
+    text_block: int = TEXT_BLOCK,
+    shard: bool = False,
     run_info: dict | None = None,
     show_progress_bar: bool = True,
     tasks: list[MMEBTask] | None = None,
@@ -599,11 +582,12 @@ def evaluate_mmeb_v2(
         root: the benchmark root.
         model: see :func:`evaluate_task`.
         output_dir: ``datasets/<name>.json`` per dataset as it finishes, ``settings.json``,
-            and at the end ``results.json`` and ``results.md``. Datasets whose result file is
-            already there are not evaluated again.
+            and at the end ``results.json`` and ``results.md`` (written by rank 0 under
+            ``torchrun``; every rank returns the report). Datasets whose result file is already
+            there are not evaluated again.
         datasets, modalities: which datasets (default all 78).
         limit: queries per dataset (smoke runs).
-        batch_size, num_frames, block: see :func:`evaluate_task`.
+        batch_size, num_frames, block, text_block, shard: see :func:`evaluate_task`.
         run_info: what identifies the model (name, baseline, ...), stored with the settings; a
             folder holding results of other settings is refused.
         tasks: already opened datasets (from :func:`open_tasks` with the same selection).
@@ -620,44 +604,65 @@ def evaluate_mmeb_v2(
         tasks = open_tasks(root, datasets, modalities, limit)
     settings = {"limit": limit, "num_frames": num_frames, **(run_info or {})}
     out = os.fspath(output_dir)
-    os.makedirs(os.path.join(out, "datasets"), exist_ok=True)
+    main = distributed.is_main() or not shard  # without shard this process is the whole run
     settings_path = os.path.join(out, "settings.json")
+    previous = None
     if os.path.isfile(settings_path):
         with open(settings_path) as f:
             previous = json.load(f)
-        if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise ValueError(
-                f"{out} holds MMEB-V2 results of other settings ({', '.join(changed)}: "
-                f"{[previous.get(k) for k in changed]} there, {[settings.get(k) for k in changed]} now); "
-                "use another output folder"
-            )
-    else:
-        _write_json(settings_path, settings)
-    results, pending = {}, []
+    if previous is not None and previous != settings:
+        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        raise ValueError(
+            f"{out} holds MMEB-V2 results of other settings ({', '.join(changed)}: "
+            f"{[previous.get(k) for k in changed]} there, {[settings.get(k) for k in changed]} now); "
+            "use another output folder"
+        )
+    # Rank 0 decides what is done (every rank then evaluates the same datasets) and writes.
+    done = {}
     for task in tasks:
         path = os.path.join(out, "datasets", f"{task.name}.json")
-        if os.path.isfile(path):
+        if main and os.path.isfile(path):
             with open(path) as f:
-                results[task.name] = json.load(f)
-            log(f"{task.name}: already evaluated ({path})")
+                done[task.name] = json.load(f)
+    if shard:
+        done = distributed.all_gather_objects(done)[0]
+        distributed.barrier()  # no rank writes before every rank has read
+    if main:
+        os.makedirs(os.path.join(out, "datasets"), exist_ok=True)
+        if previous is None:
+            _write_json(settings_path, settings)
+    results, pending = {}, []
+    for task in tasks:
+        if task.name in done:
+            results[task.name] = done[task.name]
+            if main:
+                log(f"{task.name}: already evaluated ({os.path.join(out, 'datasets', f'{task.name}.json')})")
         else:
             pending.append(task)
     preflight(pending, model, num_frames)
     for task in pending:
         result = evaluate_task(
-            task, model, batch_size=batch_size, block=block, num_frames=num_frames, show_progress_bar=show_progress_bar
+            task,
+            model,
+            batch_size=batch_size,
+            block=block,
+            text_block=text_block,
+            num_frames=num_frames,
+            show_progress_bar=show_progress_bar,
+            shard=shard,
         )
-        _write_json(os.path.join(out, "datasets", f"{task.name}.json"), result)
         results[task.name] = result
-        log(
-            f"{task.name}: {result['metric']} {100 * result['score']:.2f} ({result['num_queries']} queries, "
-            f"{result['num_candidates']} candidates, {result['seconds']:.1f} s)"
-        )
+        if main:
+            _write_json(os.path.join(out, "datasets", f"{task.name}.json"), result)
+            log(
+                f"{task.name}: {result['metric']} {100 * result['score']:.2f} ({result['num_queries']} queries, "
+                f"{result['num_candidates']} candidates, {result['seconds']:.1f} s)"
+            )
     ordered = [results[t.name] for t in tasks]
     summary = aggregate(ordered)
     report = {"settings": settings, "datasets": ordered, "summary": summary}
-    _write_json(os.path.join(out, "results.json"), report)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown_table(ordered, summary))
+    if main:
+        _write_json(os.path.join(out, "results.json"), report)
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(markdown_table(ordered, summary))
     return report

@@ -1,58 +1,114 @@
 """Score an evaluation task with an embedder or TF-IDF and report retrieval metrics.
 
-A scorer turns inputs into vectors (``encode``) and vectors into similarities
-(``similarity``); :func:`evaluate` embeds every query and every distinct candidate once,
-then scores queries in blocks against the pool (pairs) or each query against its own list
-(candidate lists), counting only how many candidates beat or tie the relevant one, so the
-full score matrix never has to exist. :func:`evaluate_dims` embeds once and scores the
-Matryoshka truncations of the same embeddings, one metrics block per dimension.
+A scorer turns inputs into vectors (``encode``) and says how vectors compare (``scoring``: a
+similarity name, or a function of two sets of vectors). :func:`evaluate` embeds every query and
+every distinct candidate once through the encode engine (:mod:`btok_model.embedder.encode`),
+then counts, for each query, how many candidates beat or tie its relevant one with the blocked
+scorer (:func:`btok_model.inference.scoring.count_ranks`): a block of queries against a block of
+candidates (pairs) or each query against its own list (candidate lists), so the full score
+matrix never has to exist. :func:`evaluate_dims` embeds once and scores the Matryoshka
+truncations of the same embeddings, one metrics block per dimension.
+
+Under ``torchrun`` an :class:`EmbeddingScorer` with ``shard=True`` shards the work: each rank encodes its share of
+the row blocks; the queries are gathered to every rank, the candidates stay on the rank that
+encoded them, and the per-rank counts add up -- the same metrics as one process.
+
+Bad rows: ``on_bad_row="error"`` stops at the first input the model refuses (an empty text, a
+text longer than the model accepts, an image that does not decode), naming its file and line,
+before anything is embedded; ``"skip"`` leaves such queries and candidates out (a query whose
+relevant candidate is left out goes too) and reports how many beside the score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
+from ..embedder import encode as engine
 from ..embedder.similarity import SIMILARITIES, similarity_scores, truncate
-from .metrics import METRIC_NAMES, expected_metrics, rank_counts
-from .task_files import CandidateListTask, PairTask
+from ..inference import distributed
+from ..inference.scoring import count_ranks
+from .metrics import METRIC_NAMES, expected_metrics
+from .task_files import ON_BAD_ROW, CandidateListTask, PairTask
 from .tfidf import TfidfScorer
 
-__all__ = ["EmbeddingScorer", "TfidfTaskScorer", "evaluate", "evaluate_dims"]
+__all__ = ["EmbeddingScorer", "TfidfTaskScorer", "check_task", "evaluate", "evaluate_dims", "find_bad_inputs"]
+
+BLOCK_SIZE = 8192  # rows per encode block: the unit of sharding (results do not depend on the ranks)
 
 
 class EmbeddingScorer:
-    """Cosine similarity of L2-normalised embeddings from ``model.encode``, or MaxSim of a BTok
-    model's K vectors (``encode(..., multi_vector=True)``).
+    """Cosine similarity of L2-normalised embeddings, or MaxSim of a BTok model's K vectors,
+    embedded by the encode engine (sharded across ranks under ``torchrun``).
 
     Args:
-        model: anything with ``encode(inputs, batch_size=, show_progress_bar=)`` returning
-            float32 ``[N, H]`` L2-normalised rows (:class:`~btok_model.BTokModel`,
-            :class:`~btok_model.embedder.pooled.PooledEmbedder`); for ``"maxsim"`` also
-            ``encode(..., multi_vector=True)`` returning ``[N, K, H]``.
+        model: an :class:`~btok_model.embedder.core.Embedder` (:class:`~btok_model.BTokModel`,
+            :class:`~btok_model.embedder.pooled.PooledEmbedder`), or another encoder with
+            ``encode(inputs, batch_size=, show_progress_bar=)`` returning fp32 ``[N, H]``
+            L2-normalised rows (``[N, K, H]`` with ``multi_vector=True`` for ``"maxsim"``).
         batch_size: inputs per forward pass.
-        show_progress_bar: a tqdm bar per encode call.
+        show_progress_bar: a tqdm bar (rows/s) per encode call, on rank 0.
         similarity: ``"cosine"`` or ``"maxsim"``; None: the model's ``config.similarity``
             (``"cosine"`` for a model without one).
+        block_size: rows per encode block (the unit each rank takes).
+        shard: split the work across the ranks of ``torch.distributed`` (every rank must then
+            evaluate the same task: ``python -m btok_model.evaluate`` under ``torchrun``). False
+            (the default): this process embeds and scores everything, with no collective -- as
+            each rank does in the training's evaluation callback, whose FSDP forwards must stay
+            in step across ranks.
     """
 
-    def __init__(self, model, batch_size: int = 32, show_progress_bar: bool = False, similarity: str | None = None):
+    def __init__(
+        self,
+        model,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        similarity: str | None = None,
+        block_size: int = BLOCK_SIZE,
+        shard: bool = False,
+    ):
         if similarity is None:
             similarity = getattr(getattr(model, "config", None), "similarity", "cosine")
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         self.model, self.batch_size, self.show_progress_bar = model, batch_size, show_progress_bar
-        self.similarity_name = similarity
+        self.similarity_name = self.scoring = similarity
+        self.block_size, self.shard = block_size, shard
+
+    @property
+    def device(self) -> torch.device:
+        """Where scores are computed: the model's device (the CPU for an encoder without one)."""
+        return torch.device(getattr(self.model, "device", None) or "cpu")
 
     def fit(self, inputs: list) -> None:
         """Embedders need no fitting."""
 
+    def _encode(self, inputs: list, gather: bool):
+        return engine.encode(
+            self.model,
+            inputs,
+            batch_size=self.batch_size,
+            block_size=self.block_size,
+            shard=self.shard,
+            gather=gather,
+            progress=self.show_progress_bar,
+            multi_vector=self.similarity_name == "maxsim",
+        )
+
     def encode(self, inputs: list) -> torch.Tensor:
-        """fp32 ``[N, H]`` (cosine) or ``[N, K, H]`` (maxsim) embeddings of ``inputs``."""
-        kwargs = {"multi_vector": True} if self.similarity_name == "maxsim" else {}
-        emb = self.model.encode(inputs, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar, **kwargs)
-        return torch.as_tensor(emb, dtype=torch.float32)
+        """fp32 ``[N, H]`` (cosine) or ``[N, K, H]`` (maxsim) embeddings of ``inputs``, whole (with
+        ``shard``: each rank encodes its share of the blocks, then all are gathered)."""
+        return self._encode(inputs, gather=True)
+
+    def encode_shard(self, inputs: list) -> engine.EncodedShard | torch.Tensor:
+        """With ``shard``, this rank's share of the embeddings of ``inputs``; else all of them."""
+        return self._encode(inputs, gather=not self.shard)
+
+    def check_inputs(self, inputs: list) -> list[tuple[int, str]]:
+        """:func:`find_bad_inputs` of the model (shared across ranks with ``shard``)."""
+        return find_bad_inputs(self.model, inputs, self.block_size, shard=self.shard)
 
     def similarity(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """fp32 ``[nq, nc]`` scores (:func:`~btok_model.embedder.similarity.similarity_scores`)."""
@@ -80,39 +136,104 @@ class TfidfTaskScorer:
         self.tfidf.fit(self._texts(inputs))
 
     def encode(self, inputs: list) -> torch.Tensor:
+        """Sparse float64 ``[N, vocabulary]`` TF-IDF rows (every rank computes all of them)."""
         return self.tfidf.transform(self._texts(inputs))
 
     @staticmethod
     def similarity(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return TfidfScorer.similarity(queries, candidates)
 
+    scoring = similarity
 
-def evaluate(task: PairTask | CandidateListTask, scorer, block: int = 1024, *, per_query: bool = False) -> dict:
+
+def find_bad_inputs(model, inputs: list, block_size: int = BLOCK_SIZE, *, shard: bool = False) -> list[tuple[int, str]]:
+    """``[(row, reason)]`` of the inputs ``model`` refuses, in row order
+    (:func:`~btok_model.embedder.encode.check_inputs`: an empty text, a text longer than the
+    model accepts, media that do not decode), nothing embedded. With ``shard`` (under
+    ``torchrun``) each rank checks its share of the row blocks and every rank gets the whole
+    list (a collective)."""
+    rank, world = distributed.rank_and_world() if shard else (0, 1)
+    blocks = engine.row_blocks(len(inputs), block_size)
+    found = []
+    for b in engine.shard_blocks(len(blocks), rank, world):
+        rows = blocks[b]
+        for row, message in engine.check_inputs(model, inputs[rows.start : rows.stop], start=rows.start):
+            found.append((row, message.removeprefix(f"text {row}: ")))
+    parts = distributed.all_gather_objects(found) if shard else [found]
+    return sorted(item for part in parts for item in part)
+
+
+def _where(task: PairTask | CandidateListTask, side: str, row: int) -> str:
+    names = task.query_where if side == "query" else task.candidate_where
+    return names[row] if names else f"{task.name} {side} {row}"
+
+
+def check_task(task: PairTask | CandidateListTask, scorer, on_bad_row: str = "error") -> PairTask | CandidateListTask:
+    """The task with the inputs the scorer's model refuses named (``"error"``: a ``ValueError``
+    naming the first one's file and line) or left out (``"skip"``: see
+    :meth:`~btok_model.evaluation.task_files.PairTask.without`). Scorers without
+    ``check_inputs`` (TF-IDF) refuse nothing here."""
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
+    check = getattr(scorer, "check_inputs", None)
+    if check is None:
+        return task
+    bad = {side: check(inputs) for side, inputs in (("query", task.queries), ("candidate", task.candidates))}
+    reasons = [f"{_where(task, side, row)}: {reason}" for side in bad for row, reason in bad[side]]
+    if not reasons:
+        return task
+    if on_bad_row == "error":
+        extra = f" (and {len(reasons) - 1} more bad rows)" if len(reasons) > 1 else ""
+        raise ValueError(f"{reasons[0]}{extra}; --on-bad-row skip leaves such rows out")
+    return task.without({r for r, _ in bad["query"]}, {r for r, _ in bad["candidate"]}, reasons)
+
+
+def evaluate(
+    task: PairTask | CandidateListTask,
+    scorer,
+    block: int = 1024,
+    *,
+    per_query: bool = False,
+    on_bad_row: str = "error",
+) -> dict:
     """Retrieval metrics of ``scorer`` on ``task``.
 
     Args:
         task: from :func:`~btok_model.evaluation.task_files.load_task`.
         scorer: :class:`EmbeddingScorer`, :class:`TfidfTaskScorer` or anything with
-            ``fit(inputs)``, ``encode(inputs)`` and ``similarity(q, c) -> [nq, nc]``.
+            ``fit(inputs)``, ``encode(inputs)`` and ``scoring`` (a similarity name of
+            :mod:`~btok_model.embedder.similarity`, or ``(q, c) -> [nq, nc]``; without it,
+            its ``similarity`` method).
         block: queries scored at once against a shared pool.
         per_query: also return every query's metrics (for paired comparisons of systems,
             :func:`~btok_model.evaluation.metrics.paired_bootstrap`).
+        on_bad_row: ``"error"`` or ``"skip"`` (see the module docstring, :func:`check_task`).
 
     Returns:
         ``{"task", "layout", "num_queries", "num_candidates", <metrics>, "seconds"}`` with the
         metrics of :data:`~btok_model.evaluation.metrics.METRIC_NAMES` (expected values under
         random tie-breaking), and ``"hit@1"`` (= recall@1) for candidate lists; with
-        ``per_query``, ``"per_query": {name: [value per query, in task order]}``.
+        ``per_query``, ``"per_query": {name: [value per query, in task order]}``; with
+        ``on_bad_row="skip"``, ``"skipped_rows"`` (how many lines or inputs were left out,
+        at loading and here) and ``"skipped"`` (their messages, the first 100).
     """
     start = time.perf_counter()
+    task = check_task(task, scorer, on_bad_row)
     queries, candidates = _embed(task, scorer)
     result = _score(task, scorer, queries, candidates, block, per_query)
+    _add_skipped(result, task, on_bad_row)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
 
 
 def evaluate_dims(
-    task: PairTask | CandidateListTask, scorer, dims: list[int | None], block: int = 1024, *, per_query: bool = False
+    task: PairTask | CandidateListTask,
+    scorer,
+    dims: list[int | None],
+    block: int = 1024,
+    *,
+    per_query: bool = False,
+    on_bad_row: str = "error",
 ) -> list[dict]:
     """Retrieval metrics at several Matryoshka dimensions, from one embedding of the task.
 
@@ -121,8 +242,8 @@ def evaluate_dims(
     every vector of a multi-vector embedding alike).
 
     Args:
-        task, scorer, block, per_query: as for :func:`evaluate` (``scorer`` returns dense
-            tensors: an :class:`EmbeddingScorer`).
+        task, scorer, block, per_query, on_bad_row: as for :func:`evaluate` (``scorer``
+            returns dense tensors: an :class:`EmbeddingScorer`).
         dims: the dimensions, each an int in ``[1, H]`` or None (the full embedding).
 
     Returns:
@@ -130,50 +251,65 @@ def evaluate_dims(
         int, or None for full), ``"seconds"`` the embedding time plus that dimension's scoring.
     """
     start = time.perf_counter()
+    task = check_task(task, scorer, on_bad_row)
     queries, candidates = _embed(task, scorer)
     encode_seconds = time.perf_counter() - start
     results = []
     for d in dims:
         start = time.perf_counter()
-        q, c = (queries, candidates) if d is None else (truncate(queries, d), truncate(candidates, d))
+        q, c = (queries, candidates) if d is None else (truncate(queries, d), _truncate(candidates, d))
         result = {"dims": d, **_score(task, scorer, q, c, block, per_query)}
+        _add_skipped(result, task, on_bad_row)
         result["seconds"] = round(encode_seconds + time.perf_counter() - start, 3)
         results.append(result)
     return results
 
 
-def _embed(task: PairTask | CandidateListTask, scorer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scorer fitted on the task, and every query's and distinct candidate's embedding."""
+def _truncate(candidates, dims: int):
+    if isinstance(candidates, engine.EncodedShard):
+        return dataclasses.replace(candidates, embeddings=truncate(candidates.embeddings, dims))
+    return truncate(candidates, dims)
+
+
+def _add_skipped(result: dict, task: PairTask | CandidateListTask, on_bad_row: str) -> None:
+    if on_bad_row == "skip":
+        result["skipped_rows"] = len(task.skipped)
+        result["skipped"] = task.skipped[:100]
+
+
+def _embed(task: PairTask | CandidateListTask, scorer):
+    """The scorer fitted on the task, every query's embedding (on every rank) and the distinct
+    candidates' (this rank's shard where the scorer shards)."""
     scorer.fit(list(task.queries) + list(task.candidates))
-    return scorer.encode(task.queries), scorer.encode(task.candidates)
+    encode_shard = getattr(scorer, "encode_shard", None)
+    candidates = encode_shard(task.candidates) if encode_shard else scorer.encode(task.candidates)
+    return scorer.encode(task.queries), candidates
 
 
 def _score(
     task: PairTask | CandidateListTask,
     scorer,
     queries: torch.Tensor,
-    candidates: torch.Tensor,
+    candidates,
     block: int,
     per_query: bool,
 ) -> dict:
     """The metrics of :func:`evaluate` from the task's embeddings (no ``"seconds"``)."""
-    greater, equal = [], []
     if isinstance(task, PairTask):
-        for lo in range(0, len(task.queries), block):
-            rows = torch.arange(lo, min(lo + block, len(task.queries)))
-            scores = scorer.similarity(queries.index_select(0, rows), candidates)
-            g, e = rank_counts(scores, task.positive_index[rows])
-            greater.append(g)
-            equal.append(e)
-        layout = "pairs"
+        relevant, lists, layout = task.positive_index[:, None], None, "pairs"
     else:
-        for i, members in enumerate(task.lists):
-            scores = scorer.similarity(queries.index_select(0, torch.tensor([i])), candidates.index_select(0, members))
-            g, e = rank_counts(scores, task.labels[i : i + 1])
-            greater.append(g)
-            equal.append(e)
-        layout = "candidate_lists"
-    per_query_values = expected_metrics(torch.cat(greater), torch.cat(equal))
+        relevant = torch.stack([members[label] for members, label in zip(task.lists, task.labels.tolist())])[:, None]
+        lists, layout = [members.tolist() for members in task.lists], "candidate_lists"
+    counts = count_ranks(
+        queries,
+        candidates,
+        relevant,
+        lists=lists,
+        similarity=getattr(scorer, "scoring", scorer.similarity),
+        query_block=block,
+        device=getattr(scorer, "device", None) if not queries.is_sparse else None,
+    )
+    per_query_values = expected_metrics(counts.greater[:, 0], counts.equal[:, 0] - 1)  # the positive ties with itself
     result = {
         "task": task.name,
         "layout": layout,

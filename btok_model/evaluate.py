@@ -49,6 +49,7 @@ __all__ = [
 
 BASELINES = ("last-token", "mean", "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
+MMEB_MODES = ("canonical", "origin")  # as btok_model.evaluation.mmeb_v2_inputs.MODES (likewise)
 BLOCK_SIZE = 8192  # --encode-block's default: as btok_model.evaluation.runner.BLOCK_SIZE
 
 
@@ -168,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
     g.add_argument(
         "--mmeb-mode",
-        choices=("canonical", "origin"),
+        choices=MMEB_MODES,
         default="canonical",
         help="how prompts are composed, as the authors' evaluation does in its canonical mode (their default: the "
         "placeholder on its own line, one final newline, whitespace normalised) or its origin mode (the placeholder "

@@ -49,6 +49,7 @@ __all__ = [
 
 BASELINES = ("last-token", "mean", "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
+MMEB_MODES = ("canonical", "origin")  # as btok_model.evaluation.mmeb_v2_inputs.MODES (likewise)
 BLOCK_SIZE = 8192  # --encode-block's default: as btok_model.evaluation.runner.BLOCK_SIZE
 
 
@@ -167,6 +168,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, help="the first N queries of each dataset (smoke runs)")
     g.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
     g.add_argument(
+        "--mmeb-mode",
+        choices=MMEB_MODES,
+        default="canonical",
+        help="how prompts are composed, as the authors' evaluation does in its canonical mode (their default: the "
+        "placeholder on its own line, one final newline, whitespace normalised) or its origin mode (the placeholder "
+        "inline, raw whitespace; differs on the video and visual-document datasets and five image ones); "
+        "recorded with the settings",
+    )
+    g.add_argument(
         "--output-dir", help="MMEB-V2 results: one JSON per dataset as it finishes, results.json/.md; reruns resume"
     )
     return p
@@ -280,7 +290,7 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
     if args.limit is not None and args.limit < 1 or args.num_frames < 1:
         raise SystemExit("error: --limit and --num-frames must be >= 1")
     try:
-        tasks = open_tasks(args.mmeb_v2, args.datasets, args.modalities, args.limit)  # before a model loads
+        tasks = open_tasks(args.mmeb_v2, args.datasets, args.modalities, args.limit, args.mmeb_mode)  # no model yet
     except (OSError, ValueError, ImportError) as err:
         raise SystemExit(f"error: {err}") from None
     scorer = load_scorer(args)
@@ -298,6 +308,7 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size,
             num_frames=args.num_frames,
             shard=True,
+            mode=args.mmeb_mode,
             **({"block": args.encode_block, "text_block": args.encode_block} if args.encode_block else {}),
             run_info={
                 "model": args.model,

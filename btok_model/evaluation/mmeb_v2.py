@@ -59,7 +59,7 @@ from .mmeb_v2_index import (
     MMEBDataset,
     select_datasets,
 )
-from .mmeb_v2_inputs import NUM_FRAMES, DatasetInputs, Side, dataset_inputs, to_model_input
+from .mmeb_v2_inputs import MODES, NUM_FRAMES, DatasetInputs, Side, dataset_inputs, to_model_input
 
 __all__ = [
     "HIT_KS",
@@ -97,6 +97,7 @@ class MMEBTask:
             qrels row), or None (ranked against every candidate).
         relevant: per evaluated query, ``(candidate row, gain > 0)`` of its relevant candidates.
         num_queries_total: rows of ``queries``.
+        mode: the authors' prompt mode ``inputs`` follows (``"canonical"`` or ``"origin"``).
     """
 
     spec: MMEBDataset
@@ -110,6 +111,7 @@ class MMEBTask:
     lists: list[list[int] | None]
     relevant: list[list[tuple[int, float]]]
     num_queries_total: int
+    mode: str = "canonical"
 
     @property
     def name(self) -> str:
@@ -133,13 +135,17 @@ def _unique_ids(ids: list, where: str) -> dict:
     return index
 
 
-def open_task(root: str | os.PathLike, spec: MMEBDataset, limit: int | None = None) -> MMEBTask:
+def open_task(
+    root: str | os.PathLike, spec: MMEBDataset, limit: int | None = None, mode: str = "canonical"
+) -> MMEBTask:
     """Open one dataset under the benchmark ``root`` and check its tables and qrels.
 
     Args:
         root: the benchmark root (holding ``image-tasks/`` ...).
         spec: which dataset.
         limit: evaluate only its first ``limit`` queries (their candidate lists stay whole).
+        mode: how prompts are composed, as the authors' ``canonical`` (default) or ``origin`` mode
+            (:func:`~btok_model.evaluation.mmeb_v2_inputs.dataset_inputs`).
 
     Raises:
         FileNotFoundError: the dataset's folder or one of its tables is missing.
@@ -156,7 +162,7 @@ def open_task(root: str | os.PathLike, spec: MMEBDataset, limit: int | None = No
         if not os.path.isdir(os.path.join(folder, table)):
             raise FileNotFoundError(f"{spec.name}: missing table {os.path.join(folder, table)}")
     _check_metadata(folder, spec)
-    inputs = dataset_inputs(spec.name)
+    inputs = dataset_inputs(spec.name, mode)
     queries = LanceTable(os.path.join(folder, "queries.lance"))
     candidates = LanceTable(os.path.join(folder, "candidates.lance"))
     qrels = LanceTable(os.path.join(folder, "qrels.lance"))
@@ -189,6 +195,7 @@ def open_task(root: str | os.PathLike, spec: MMEBDataset, limit: int | None = No
         lists,
         relevant,
         len(query_ids),
+        mode,
     )
 
 
@@ -245,13 +252,17 @@ def open_tasks(
     datasets: list[str] | None = None,
     modalities: list[str] | None = None,
     limit: int | None = None,
+    mode: str = "canonical",
 ) -> list[MMEBTask]:
     """Open and check every selected dataset (see :func:`open_task`); nothing is embedded.
 
     Raises:
+        ValueError: an unknown ``mode``.
         FileNotFoundError: ``root`` is not a folder, or a dataset's folder or table is missing
             (all missing datasets named at once).
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not os.path.isdir(os.fspath(root)):
         raise FileNotFoundError(f"MMEB-V2 root {os.fspath(root)!r} is not a folder")
     specs = select_datasets(datasets, modalities)
@@ -262,7 +273,7 @@ def open_tasks(
             f"MMEB-V2 root {os.fspath(root)!r} lacks {len(missing)} of the {len(specs)} datasets selected: {shown} "
             "(choose some with --datasets / --modalities)"
         )
-    return [open_task(root, s, limit) for s in specs]
+    return [open_task(root, s, limit, mode) for s in specs]
 
 
 # -- embedding ----------------------------------------------------------------------------------------
@@ -571,6 +582,7 @@ def evaluate_mmeb_v2(
     block: int = 256,
     text_block: int = TEXT_BLOCK,
     shard: bool = False,
+    mode: str = "canonical",
     run_info: dict | None = None,
     show_progress_bar: bool = True,
     tasks: list[MMEBTask] | None = None,
@@ -588,9 +600,11 @@ def evaluate_mmeb_v2(
         datasets, modalities: which datasets (default all 78).
         limit: queries per dataset (smoke runs).
         batch_size, num_frames, block, text_block, shard: see :func:`evaluate_task`.
+        mode: the authors' prompt mode, ``"canonical"`` (their default) or ``"origin"``; stored
+            with the settings (a folder of results in the other mode is refused).
         run_info: what identifies the model (name, baseline, ...), stored with the settings; a
             folder holding results of other settings is refused.
-        tasks: already opened datasets (from :func:`open_tasks` with the same selection).
+        tasks: already opened datasets (from :func:`open_tasks` with the same selection and mode).
         log: prints one line per dataset.
 
     Returns:
@@ -598,11 +612,17 @@ def evaluate_mmeb_v2(
         (see :func:`evaluate_task`, :func:`aggregate`).
 
     Raises:
-        ValueError: ``output_dir`` holds results of other settings.
+        ValueError: ``output_dir`` holds results of other settings, an unknown ``mode``, or
+            ``tasks`` opened in another mode.
     """
     if tasks is None:
-        tasks = open_tasks(root, datasets, modalities, limit)
-    settings = {"limit": limit, "num_frames": num_frames, **(run_info or {})}
+        tasks = open_tasks(root, datasets, modalities, limit, mode)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    other = sorted({t.mode for t in tasks} - {mode})
+    if other:
+        raise ValueError(f"tasks were opened with mode {', '.join(map(repr, other))}, but mode is {mode!r}")
+    settings = {"limit": limit, "num_frames": num_frames, "mode": mode, **(run_info or {})}
     out = os.fspath(output_dir)
     main = distributed.is_main() or not shard  # without shard this process is the whole run
     settings_path = os.path.join(out, "settings.json")
@@ -610,6 +630,7 @@ def evaluate_mmeb_v2(
     if os.path.isfile(settings_path):
         with open(settings_path) as f:
             previous = json.load(f)
+        previous.setdefault("mode", "canonical")  # folders written before the mode was recorded
     if previous is not None and previous != settings:
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         raise ValueError(

@@ -3,7 +3,8 @@
 The converted MMEB-V2 tables keep each dataset's raw fields (a question and its options, a
 caption, an instruction, an image, all of a video's frames); the instruction text and layout
 are added when a row is read, per dataset family. This module builds them as the authors'
-evaluation does in its default ("canonical") mode:
+evaluation does, in either of its two modes (``dataset_inputs(name, mode=...)``). In its default
+("canonical") mode:
 
 * the visual placeholder (``<|image_pad|>`` / ``<|video_pad|>``) first, on its own line,
   then the instruction and the row's text, then one newline (e.g. a video-classification
@@ -15,6 +16,17 @@ evaluation does in its default ("canonical") mode:
 * candidates: labels and answers as they are stored (NExTQA and MVBench answers whitespace-
   normalised), media candidates with the family's instruction
   (``"Understand the content of the provided video."``, ``"... document image."``).
+
+Their ``origin`` mode keeps the older surface where it differs (:data:`MODES`; the same builders,
+the differences held in one place, :class:`_Surface`): the placeholder inline before the
+instruction (``"<|video_pad|> Recognize the category of the video content."``) and no final
+newline, in every video family's queries and media candidates and the visual-document
+candidates; the row's text as stored (no whitespace normalisation) in video queries, NExTQA and
+MVBench answers and visual-document queries; Breakfast's instruction with its trailing space; and
+none of canonical's per-dataset repairs (VizWiz query whitespace, VisDial's dialog separator,
+blank line and candidate block, the cropped-object sentence of Visual7W-Pointing, MSCOCO and
+RefCOCO). Image classification, image-to-text and the other image datasets read the same in
+both modes.
 
 :func:`to_model_input` turns a :class:`Prompt` into what an embedder's ``encode`` takes: a
 string, or ``{"text": ..., "image": PIL.Image}`` / ``{"text": ..., "video": [frames]}`` with
@@ -32,6 +44,7 @@ from .mmeb_v2_index import dataset
 
 __all__ = [
     "IMAGE_TOKEN",
+    "MODES",
     "VIDEO_TOKEN",
     "DatasetInputs",
     "Prompt",
@@ -46,6 +59,7 @@ IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
 LEGACY_IMAGE_TOKENS = ("<|image_1|>", "<image>")
 NUM_FRAMES = 8
+MODES = ("canonical", "origin")
 
 
 @dataclass
@@ -84,6 +98,42 @@ class DatasetInputs:
 
     query: Side
     candidate: Side
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """Where the authors' ``canonical`` and ``origin`` modes differ (nowhere else).
+
+    Attributes:
+        origin: the ``origin`` mode.
+    """
+
+    origin: bool
+
+    @property
+    def separator(self) -> str:
+        """Between a video's (or a visual document's) placeholder and the instruction."""
+        return " " if self.origin else "\n"
+
+    @property
+    def trailing_newline(self) -> bool:
+        """Whether those prompts end with one newline."""
+        return not self.origin
+
+    @property
+    def repairs(self) -> bool:
+        """canonical's per-dataset surface repairs (VizWiz, VisDial, the cropped-object sentence)."""
+        return not self.origin
+
+    def clean(self, text: str) -> str:
+        """A row's text: whitespace-normalised without a final newline (canonical), as stored (origin)."""
+        return text if self.origin else normalize_whitespace(text).rstrip("\n")
+
+
+def _surface(mode: str) -> _Surface:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return _Surface(origin=mode == "origin")
 
 
 # -- text helpers (the authors' canonical surface) ------------------------------------------------
@@ -185,10 +235,10 @@ def _video(row: dict, num_frames: int, name: str) -> list[bytes]:
 # -- the families ------------------------------------------------------------------------------------
 
 
-def _text_candidates(normalize: bool = False) -> Side:
+def _text_candidates(normalize: _Surface | None = None) -> Side:
     def build(row: dict, num_frames: int) -> Prompt:
         text = _scalar(row.get("text"))
-        return Prompt(normalize_whitespace(text).rstrip("\n") if normalize else text)
+        return Prompt(normalize.clean(text) if normalize else text)
 
     return Side(("text",), build, media=False)
 
@@ -201,7 +251,7 @@ def _image_cls() -> DatasetInputs:
     return DatasetInputs(Side(("qry_text", "image"), query, media=True), _text_candidates())
 
 
-def _image_qa(name: str) -> DatasetInputs:
+def _image_qa(name: str, s: _Surface) -> DatasetInputs:
     with_instruction = name in ("A-OKVQA", "OK-VQA")
 
     def query(row: dict, num_frames: int) -> Prompt:
@@ -219,7 +269,7 @@ def _image_qa(name: str) -> DatasetInputs:
             )
         else:
             text = _legacy_to_image_token(text)
-        if name == "VizWiz":  # stray spaces before its final newline
+        if name == "VizWiz" and s.repairs:  # stray spaces before its final newline
             text = normalize_whitespace(text, trailing_newline=text.endswith("\n"))
         return Prompt(text, image)
 
@@ -249,10 +299,10 @@ def _image_block(text: str) -> str:
     return IMAGE_TOKEN + "\n" + body.rstrip("\n") + ("\n" if text.endswith("\n") else "")
 
 
-def _image_t2i(name: str) -> DatasetInputs:
+def _image_t2i(name: str, s: _Surface) -> DatasetInputs:
     def query(row: dict, num_frames: int) -> Prompt:
         text = _scalar(row.get("qry_text"))
-        if name == "VisDial":
+        if name == "VisDial" and s.repairs:
             if text.endswith("\n\n"):
                 text = text[:-1]
             text = _dialog_separator(text)
@@ -275,7 +325,7 @@ def _image_t2i(name: str) -> DatasetInputs:
             )
         elif image is not None:
             text = _legacy_to_image_token(text)
-        if name == "VisDial":
+        if name == "VisDial" and s.repairs:
             text = _image_block(text)
         return Prompt(text, image)
 
@@ -286,9 +336,9 @@ def _image_t2i(name: str) -> DatasetInputs:
 CROPPED_OBJECT = "Represent the given cropped image of the object"
 
 
-def _image_i2i_vg(name: str) -> DatasetInputs:
+def _image_i2i_vg(name: str, s: _Surface) -> DatasetInputs:
     with_instruction = name == "CIRR"
-    cropped_object = name in ("Visual7W-Pointing", "MSCOCO", "RefCOCO")
+    cropped_object = s.repairs and name in ("Visual7W-Pointing", "MSCOCO", "RefCOCO")
 
     def query(row: dict, num_frames: int) -> Prompt:
         text, image = _scalar(row.get("qry_text")), _image(row)
@@ -325,13 +375,14 @@ VIDEO_CLASSIFICATION = {
     "UCF101": "What activities or sports are being performed by the person in the video?",
     "HMDB51": "What actions or objects interactions are the person in the video doing?",
     "SmthSmthV2": "What actions or object interactions are being performed by the person in the video?",
-    "Breakfast": "Recognize the breakfast type that the person is cooking in the video.",
+    "Breakfast": "Recognize the breakfast type that the person is cooking in the video. ",  # canonical strips the space
 }
 VIDEO_CANDIDATE = "Understand the content of the provided video."
 
 
-def _video_cls(name: str) -> DatasetInputs:
-    text = _compose(VIDEO_CLASSIFICATION[name], token=VIDEO_TOKEN, separator="\n", trailing_newline=True)
+def _video_cls(name: str, s: _Surface) -> DatasetInputs:
+    instruction = VIDEO_CLASSIFICATION[name] if s.origin else VIDEO_CLASSIFICATION[name].rstrip()
+    text = _compose(instruction, token=VIDEO_TOKEN, separator=s.separator, trailing_newline=s.trailing_newline)
 
     def query(row: dict, num_frames: int) -> Prompt:
         return Prompt(text, frames=_video(row, num_frames, name))
@@ -339,8 +390,8 @@ def _video_cls(name: str) -> DatasetInputs:
     return DatasetInputs(Side(("video",), query, media=True), _text_candidates())
 
 
-def _video_candidates(name: str, instruction: str = VIDEO_CANDIDATE) -> Side:
-    text = _compose(instruction, token=VIDEO_TOKEN, separator="\n", trailing_newline=True)
+def _video_candidates(name: str, s: _Surface, instruction: str = VIDEO_CANDIDATE) -> Side:
+    text = _compose(instruction, token=VIDEO_TOKEN, separator=s.separator, trailing_newline=s.trailing_newline)
 
     def build(row: dict, num_frames: int) -> Prompt:
         return Prompt(text, frames=_video(row, num_frames, name))
@@ -357,46 +408,49 @@ VIDEO_RETRIEVAL = {  # dataset: (query field, instruction)
 }
 
 
-def _video_retrieval(name: str) -> DatasetInputs:
+def _video_retrieval(name: str, s: _Surface) -> DatasetInputs:
     field, instruction = VIDEO_RETRIEVAL[name]
 
     def query(row: dict, num_frames: int) -> Prompt:
-        caption = normalize_whitespace(_first_text(row.get(field))).rstrip("\n")
-        return Prompt(_compose(instruction, caption, trailing_newline=True))
+        caption = s.clean(_first_text(row.get(field)))
+        return Prompt(_compose(instruction, caption, trailing_newline=s.trailing_newline))
 
-    return DatasetInputs(Side((field,), query, media=False), _video_candidates(name))
+    return DatasetInputs(Side((field,), query, media=False), _video_candidates(name, s))
 
 
 MOMENT_QUERY = "Find the clip that corresponds to the described scene in the given video:"
 
 
-def _moment_retrieval(name: str) -> DatasetInputs:
+def _moment_retrieval(name: str, s: _Surface) -> DatasetInputs:
     def query(row: dict, num_frames: int) -> Prompt:
-        text = normalize_whitespace(_required(row, "query", name)).rstrip("\n")
+        text = s.clean(_required(row, "query", name))
         return Prompt(
-            _compose(MOMENT_QUERY, text, token=VIDEO_TOKEN, separator="\n", trailing_newline=True),
+            _compose(MOMENT_QUERY, text, token=VIDEO_TOKEN, separator=s.separator, trailing_newline=s.trailing_newline),
             frames=_video(row, num_frames, name),
         )
 
-    return DatasetInputs(Side(("query", "video"), query, media=True), _video_candidates(name))
+    return DatasetInputs(Side(("query", "video"), query, media=True), _video_candidates(name, s))
 
 
-def _momentseeker(name: str) -> DatasetInputs:
+def _momentseeker(name: str, s: _Surface) -> DatasetInputs:
+    layout = {"separator": s.separator, "trailing_newline": s.trailing_newline}
+
     def query(row: dict, num_frames: int) -> Prompt:
-        text = normalize_whitespace(_required(row, "query", name)).rstrip("\n")
+        text = s.clean(_required(row, "query", name))
         image, video = row.get("image"), row.get("video")
         if image is not None and not video:
             instruction = "Select the video clip that aligns with the given text and image:"
-            return Prompt(_compose(instruction, text, token=IMAGE_TOKEN, separator="\n", trailing_newline=True), image)
+            return Prompt(_compose(instruction, text, token=IMAGE_TOKEN, **layout), image)
         if video:
             instruction = "Find the clip that corresponds to the given sentence and video segment:"
             return Prompt(
-                _compose(instruction, text, token=VIDEO_TOKEN, separator="\n", trailing_newline=True),
+                _compose(instruction, text, token=VIDEO_TOKEN, **layout),
                 frames=_video(row, num_frames, name),
             )
-        return Prompt(_compose("Find the clip that corresponds to the given text:", text, trailing_newline=True))
+        instruction = "Find the clip that corresponds to the given text:"
+        return Prompt(_compose(instruction, text, trailing_newline=s.trailing_newline))
 
-    candidates = _video_candidates(name, "Understand the content of the provided video clip.")
+    candidates = _video_candidates(name, s, "Understand the content of the provided video clip.")
     return DatasetInputs(Side(("query", "image", "video"), query, media=True), candidates)
 
 
@@ -406,17 +460,17 @@ VIDEO_QA = (
 )
 
 
-def _video_qa(name: str) -> DatasetInputs:
+def _video_qa(name: str, s: _Surface) -> DatasetInputs:
     def question_text(row: dict) -> str:
-        question = normalize_whitespace(_required(row, "question", name)).rstrip("\n")
+        question = s.clean(_required(row, "question", name))
         if name == "Video-MME":
             options = [str(v) for v in row.get("options") or [] if v is not None]
             return question + "\n" + "\n".join(options)
         if name == "NExTQA":
-            options = [normalize_whitespace(_required(row, f"a{i}", name)).rstrip("\n") for i in range(5)]
+            options = [s.clean(_required(row, f"a{i}", name)) for i in range(5)]
             return _choices(question, options)
         if name == "MVBench":
-            options = [normalize_whitespace(str(v)).rstrip("\n") for v in row.get("candidates") or [] if v is not None]
+            options = [s.clean(str(v)) for v in row.get("candidates") or [] if v is not None]
             return _choices(question, options)
         if name == "EgoSchema":
             options = row.get("option") or []
@@ -425,7 +479,9 @@ def _video_qa(name: str) -> DatasetInputs:
         return question + "? (A) yes; (B) no."  # ActivityNetQA
 
     def query(row: dict, num_frames: int) -> Prompt:
-        text = _compose(VIDEO_QA, question_text(row), token=VIDEO_TOKEN, separator="\n", trailing_newline=True)
+        text = _compose(
+            VIDEO_QA, question_text(row), token=VIDEO_TOKEN, separator=s.separator, trailing_newline=s.trailing_newline
+        )
         return Prompt(text, frames=_video(row, num_frames, name))
 
     fields = {
@@ -435,7 +491,7 @@ def _video_qa(name: str) -> DatasetInputs:
         "EgoSchema": ("option",),
         "ActivityNetQA": (),
     }[name]
-    candidates = _text_candidates(normalize=name in ("NExTQA", "MVBench"))
+    candidates = _text_candidates(normalize=s if name in ("NExTQA", "MVBench") else None)
     return DatasetInputs(Side(("question", *fields, "video"), query, media=True), candidates)
 
 
@@ -443,13 +499,14 @@ DOCUMENT_QUERY = "Find a document image that matches the given query:"
 DOCUMENT_CANDIDATE = "Understand the content of the provided document image."
 
 
-def _visdoc(name: str) -> DatasetInputs:
+def _visdoc(name: str, s: _Surface) -> DatasetInputs:
     def query(row: dict, num_frames: int) -> Prompt:
-        return Prompt(
-            normalize_whitespace(f"{DOCUMENT_QUERY} {_required(row, 'query', name)}\n", trailing_newline=True)
-        )
+        text = f"{DOCUMENT_QUERY} {_required(row, 'query', name)}"
+        return Prompt(text if s.origin else normalize_whitespace(text + "\n", trailing_newline=True))
 
-    candidate_text = _compose(DOCUMENT_CANDIDATE, token=IMAGE_TOKEN, separator="\n", trailing_newline=True)
+    candidate_text = _compose(
+        DOCUMENT_CANDIDATE, token=IMAGE_TOKEN, separator=s.separator, trailing_newline=s.trailing_newline
+    )
 
     def candidate(row: dict, num_frames: int) -> Prompt:
         image = _image(row)
@@ -461,7 +518,7 @@ def _visdoc(name: str) -> DatasetInputs:
 
 
 _FAMILY = {
-    "image_classification": lambda name: _image_cls(),
+    "image_classification": lambda name, s: _image_cls(),
     "image_question_answer": _image_qa,
     "video_classification": _video_cls,
     "video_question_answer": _video_qa,
@@ -472,22 +529,32 @@ _FAMILY = {
     "visdoc_ood": _visdoc,
 }
 _RETRIEVAL = {
-    **dict.fromkeys(("MSCOCO_i2t", "VisualNews_i2t"), lambda name: _image_i2t()),
+    **dict.fromkeys(("MSCOCO_i2t", "VisualNews_i2t"), lambda name, s: _image_i2t()),
     **dict.fromkeys(("VisualNews_t2i", "Wiki-SS-NQ", "EDIS", "WebQA", "MSCOCO_t2i", "VisDial"), _image_t2i),
     **dict.fromkeys(("NIGHTS", "OVEN", "FashionIQ", "CIRR"), _image_i2i_vg),
 }
 
 
-def dataset_inputs(name: str) -> DatasetInputs:
-    """How the queries and candidates of the MMEB-V2 dataset ``name`` are read and composed."""
+def dataset_inputs(name: str, mode: str = "canonical") -> DatasetInputs:
+    """How the queries and candidates of the MMEB-V2 dataset ``name`` are read and composed.
+
+    Args:
+        name: the dataset (as in :data:`~btok_model.evaluation.mmeb_v2_index.DATASETS`).
+        mode: the authors' prompt mode, ``"canonical"`` (their default) or ``"origin"``
+            (see the module's description).
+
+    Raises:
+        ValueError: an unknown ``mode``.
+    """
+    s = _surface(mode)
     meta_task = dataset(name).meta_task
     if meta_task == "image_retrieval":
-        return _RETRIEVAL[name](name)
+        return _RETRIEVAL[name](name, s)
     if meta_task == "image_visual_grounding":
-        return _image_i2i_vg(name)
+        return _image_i2i_vg(name, s)
     if meta_task == "video_moment_retrieval":
-        return _momentseeker(name) if name == "MomentSeeker" else _moment_retrieval(name)
-    return _FAMILY[meta_task](name)
+        return _momentseeker(name, s) if name == "MomentSeeker" else _moment_retrieval(name, s)
+    return _FAMILY[meta_task](name, s)
 
 
 def _decode_image(data: bytes, where: str):

@@ -296,7 +296,15 @@ def test_cli(root, tmp_path, monkeypatch, capsys):
     argv = ["--model", "m", "--mmeb-v2", root, "--datasets", *FIXTURE_DATASETS, "--output-dir", str(out)]
     report = cli.main([*argv, "--limit", "2", "--no-progress-bar"])
     assert [r["num_queries"] for r in report["datasets"]] == [2, 2, 2, 2]
-    assert report["settings"] == {"limit": 2, "num_frames": 8, "model": "m", "gguf_file": None, "baseline": None}
+    assert report["settings"] == {
+        "limit": 2,
+        "num_frames": 8,
+        "mode": "canonical",
+        "model": "m",
+        "gguf_file": None,
+        "baseline": None,
+        "pixel_limits": {"image": [None, None], "video": [None, None]},
+    }
     printed = capsys.readouterr().out
     assert "ImageNet-1K: hit@1" in printed and printed.endswith((out / "results.md").read_text())
     for extra, message in [
@@ -313,6 +321,53 @@ def test_cli(root, tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit, match=message):
             cli.main(["--model", "m", *extra])
     assert loads == ["m", "m"]  # bad data fails before a model loads; the folder check after
+
+
+def test_cli_origin_mode(root, tmp_path, monkeypatch, capsys):
+    """``--mmeb-mode origin`` end to end: the authors' origin prompts reach the model, the mode is
+    recorded, and a rerun into the same folder in the other mode is refused."""
+    import btok_model.evaluate as cli
+    from btok_model.evaluation import EmbeddingScorer
+
+    models = []
+    monkeypatch.setattr(cli, "load_scorer", lambda args: models.append(HashEmbedder()) or EmbeddingScorer(models[-1]))
+    out = tmp_path / "out"
+    argv = ["--model", "m", "--mmeb-v2", root, "--datasets", *FIXTURE_DATASETS, "--output-dir", str(out)]
+    report = cli.main([*argv, "--mmeb-mode", "origin", "--no-progress-bar"])
+    assert report["settings"]["mode"] == "origin"
+    assert json.loads((out / "settings.json").read_text())["mode"] == "origin"
+    assert [r["num_queries"] for r in report["datasets"]] == [4, 3, 3, 3]
+    seen = [item for call in models[0].calls for item in call]
+    texts = [i if isinstance(i, str) else (i.get("text"), "image" if "image" in i else "video") for i in seen]
+    # origin: the placeholder inline (removed with the space after it), no final newline, raw whitespace
+    assert (QA_PREFIX + "is it day?\na. yes\nb. no\nc. maybe", "video") in texts
+    assert "Find a document image that matches the given query: what is the loss?" in texts
+    assert ("Understand the content of the provided document image.", "image") in texts
+    assert ("represent the given image for classification\n", "image") in texts  # the same in both modes
+    canonical = evaluate_mmeb_v2(root, HashEmbedder(), tmp_path / "c", datasets=list(FIXTURE_DATASETS), **QUIET)
+    for ours, theirs in zip(report["datasets"][:2], canonical["datasets"][:2]):  # image: the same prompts
+        assert {k: v for k, v in ours.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}
+    with pytest.raises(SystemExit, match=r"other settings \(mode: \['origin'\] there, \['canonical'\] now\)"):
+        cli.main([*argv, "--no-progress-bar"])
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--mmeb-mode", "orign"])
+    assert "argument --mmeb-mode: invalid choice: 'orign'" in capsys.readouterr().err
+
+
+def test_mode_is_checked(root, tmp_path):
+    with pytest.raises(ValueError, match=r"mode must be one of canonical, origin, got 'Origin'"):
+        open_tasks(root, ["ImageNet-1K"], mode="Origin")
+    tasks = open_tasks(root, ["ImageNet-1K"], mode="origin")
+    assert tasks[0].mode == "origin"
+    with pytest.raises(ValueError, match=r"tasks were opened with mode 'origin', but mode is 'canonical'"):
+        evaluate_mmeb_v2(root, HashEmbedder(), tmp_path / "o", tasks=tasks, **QUIET)
+    before = tmp_path / "before"  # a folder written before the mode was recorded reads as canonical
+    evaluate_mmeb_v2(root, HashEmbedder(), before, datasets=["ImageNet-1K"], **QUIET)
+    settings = json.loads((before / "settings.json").read_text())
+    (before / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "mode"}))
+    evaluate_mmeb_v2(root, HashEmbedder(), before, datasets=["ImageNet-1K"], **QUIET)
+    with pytest.raises(ValueError, match=r"\(mode: \['canonical'\] there, \['origin'\] now\)"):
+        evaluate_mmeb_v2(root, HashEmbedder(), before, datasets=["ImageNet-1K"], mode="origin", **QUIET)
 
 
 def test_training_eval_source(root):

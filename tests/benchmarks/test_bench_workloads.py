@@ -356,7 +356,7 @@ def test_mask_attn_writes_rows_after_each_workload(tmp_path, monkeypatch):
         return {"workload": case.wl.name, "group": case.wl.group, "peer": peer.name, "exact": True,
                 "status": "ok", "fwd_ms": 1.0}
 
-    monkeypatch.setattr(mask_attn, "measure", fake_measure)
+    monkeypatch.setattr(measure, "measure", fake_measure)  # what measure_rounds calls for each row
     with pytest.raises(KeyboardInterrupt):
         mask_attn.main(["--device", "cpu", "--workloads", "tiny,cpu", "--peers", "btok_sdpa", "--out-dir",
                         str(tmp_path), "--stem", "t", "--no-plot"])

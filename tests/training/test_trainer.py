@@ -10,7 +10,7 @@ import torch
 from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
-from btok_model.training.trainer import TRAINABLE_STATE
+from btok_model.training.checkpoints import TRAINABLE_STATE
 from tests.helpers.numerics import assert_tensors_close
 from tests.helpers.training import StopAt, examples, tiny_model, tiny_recipe, trainable
 

@@ -115,10 +115,11 @@ class BadRowLog:
 
     Args:
         path: the rank's ``bad_rows.rank<R>.jsonl`` (None: kept in memory only).
+        announce: name each row in the log (off when the run stops at it and says so itself).
     """
 
-    def __init__(self, path: str | None):
-        self.path = path
+    def __init__(self, path: str | None, announce: bool = True):
+        self.path, self.announce = path, announce
         self.replaced = 0
         self.rows: list[BadRow] = []  # distinct, in the order met
         self._named: set[tuple[str, str]] = set()
@@ -138,7 +139,8 @@ class BadRowLog:
             if (row.where, row.error) not in self._named:
                 self._named.add((row.where, row.error))
                 self.rows.append(row)
-                logger.warning("bad row replaced by another draw from its source: %s", row)
+                if self.announce:
+                    logger.warning("bad row replaced by another draw from its source: %s", row)
 
 
 def bad_rows_path(output_dir: str, rank: int) -> str:

@@ -173,7 +173,9 @@ class BTokTrainer(Trainer):
         if self.is_fsdp_enabled:
             configure_fsdp(self.accelerator.state.fsdp_plugin, model, args)
         self._loss_parts: dict[str, list] = {"contrastive_loss": [], "generative_loss": []}
-        self.bad_rows = BadRowLog(bad_rows_path(args.output_dir, args.process_index) if args.output_dir else None)
+        self.bad_rows = BadRowLog(
+            bad_rows_path(args.output_dir, args.process_index) if args.output_dir else None, on_bad_row == "skip"
+        )
 
     def create_accelerator_and_postprocess(self):
         """The Trainer's accelerator; on the CPU with ``fsdp`` set, FSDP turned on as on GPUs.

@@ -125,3 +125,12 @@ def test_two_ranks_both_stop_on_a_bad_row_one_of_them_met(tmp_path, monkeypatch)
         assert result["error"].startswith(where)
     assert (tmp_path / "run" / results[0]["checkpoint"].rsplit("/", 1)[1] / "trainer_state.json").is_file()
 
+
+
+@pytest.mark.parametrize("flag, value", [("--dataloader-num-workers", "-1"), ("--on-bad-row", "retry")])
+def test_bad_flag_values_exit_with_status_2(tmp_path, flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--model", "x", "--train-data", "t.jsonl", "--output-dir", str(tmp_path), flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err

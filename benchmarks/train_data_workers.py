@@ -52,8 +52,16 @@ def _step_times(folder: str, data: str, workers: int, steps: int, batch_size: in
     from btok_model.training.recipe import Recipe, build_model, train
 
     recipe = Recipe(
-        lora_r=0, max_steps=steps, batch_size=batch_size, lr=1e-4, warmup_ratio=0.0, generative_weight=1.0,
-        generative_steps=None, logging_steps=1000, save_steps=0, seed=0,
+        lora_r=0,
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=1e-4,
+        warmup_ratio=0.0,
+        generative_weight=1.0,
+        generative_steps=None,
+        logging_steps=1000,
+        save_steps=0,
+        seed=0,
     )
     model = build_model(folder, recipe)
     dataset = MixedDataset([DataSource(data)])
@@ -85,12 +93,16 @@ def main() -> None:
         tokenizer.save_pretrained(folder)
         image_processor().save_pretrained(folder)
         data = _write_data(root, args.images, tuple(args.size))
-        print(f"cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
-              f"images {args.size[0]}x{args.size[1]} JPEG")
+        print(
+            f"cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
+            f"images {args.size[0]}x{args.size[1]} JPEG"
+        )
         for workers in args.workers:
             load = os.getloadavg()[0]
             try:
-                times = _step_times(folder, data, workers, args.steps, args.batch_size, os.path.join(root, f"w{workers}"))
+                times = _step_times(
+                    folder, data, workers, args.steps, args.batch_size, os.path.join(root, f"w{workers}")
+                )
             except ValueError as err:
                 print(f"workers {workers}: refused ({err})")
                 continue

@@ -599,7 +599,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         train(
-            model, dataset, recipe, args.output_dir, resume=resume, callbacks=callbacks, on_bad_row=args.on_bad_row,
+            model,
+            dataset,
+            recipe,
+            args.output_dir,
+            resume=resume,
+            callbacks=callbacks,
+            on_bad_row=args.on_bad_row,
             **{"dataloader_num_workers": args.dataloader_num_workers, **eval_overrides},
         )
     except BadRowError as err:

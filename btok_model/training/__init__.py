@@ -15,6 +15,7 @@
 """
 
 from .batch_builder import ChunkedBatch, GradCacheChunk, TrainingCollator
+from .checkpoints import load_checkpoint_weights
 from .gradcache import grad_cache_step
 from .mixed_dataset import (
     DataSource,
@@ -26,7 +27,6 @@ from .mixed_dataset import (
 )
 from .recipe import Recipe, build_model, lora_config, train, training_arguments
 from .sampler import MixtureSampler, SourceBlockSampler, check_block_size
-from .checkpoints import load_checkpoint_weights
 from .schedule import GenerativeSchedule
 from .trainer import BTokTrainer
 

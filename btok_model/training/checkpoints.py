@@ -159,8 +159,6 @@ def _materialize(meta_model: torch.nn.Module, state_dict: dict[str, torch.Tensor
     return meta_model
 
 
-
-
 def save_model_folder(trainer, output_dir: str, merge_adapters: bool = True) -> None:
     """Write ``trainer``'s model as a BTok folder (+ the trainable tensors and the training
     arguments) to ``output_dir``.

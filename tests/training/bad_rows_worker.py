@@ -22,8 +22,15 @@ def run(rank: int, world: int, out_dir: str, folder: str, data: str) -> None:
     model = build_model(folder, recipe)
     result = {"rank": rank}
     try:
-        train(model, MixedDataset([DataSource(data)]), recipe, os.path.join(out_dir, "run"), save=False,
-              on_bad_row="error", ddp_backend="gloo")
+        train(
+            model,
+            MixedDataset([DataSource(data)]),
+            recipe,
+            os.path.join(out_dir, "run"),
+            save=False,
+            on_bad_row="error",
+            ddp_backend="gloo",
+        )
         result["finished"] = True
     except BadRowError as err:
         result.update(error=str(err), rows=[str(r) for r in err.rows], checkpoint=err.checkpoint)

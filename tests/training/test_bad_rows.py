@@ -8,11 +8,11 @@ import time
 import pytest
 import torch.multiprocessing as mp
 
+from btok_model.datasets import write_jsonl
 from btok_model.train import main as train_main
 from btok_model.training import DataSource, MixedDataset
 from btok_model.training.bad_rows import BAD_ROWS_KEY
 from tests.helpers.mmeb_train_data import IMG, mmeb_row, write_parquet
-from btok_model.datasets import write_jsonl
 from tests.helpers.training import VL_TRAIN, vl_folder, write_vl_data
 from tests.training.bad_rows_worker import run
 
@@ -25,7 +25,9 @@ def _mmeb(tmp_path, rows: int = 16):
     N24News pointing at a file that is not an image."""
     data = {
         subset: [
-            mmeb_row(f"{IMG}\nRepresent the given image {i}\n", f"images/{subset}/Train/{i}.jpg", f"answer {i} of {subset}")
+            mmeb_row(
+                f"{IMG}\nRepresent the given image {i}\n", f"images/{subset}/Train/{i}.jpg", f"answer {i} of {subset}"
+            )
             for i in range(rows)
         ]
         for subset in SUBSETS
@@ -124,7 +126,6 @@ def test_two_ranks_both_stop_on_a_bad_row_one_of_them_met(tmp_path, monkeypatch)
         assert result["rows"] == results[0]["rows"] and len(result["rows"]) == 1 and result["rows"][0].startswith(where)
         assert result["error"].startswith(where)
     assert (tmp_path / "run" / results[0]["checkpoint"].rsplit("/", 1)[1] / "trainer_state.json").is_file()
-
 
 
 @pytest.mark.parametrize("flag, value", [("--dataloader-num-workers", "-1"), ("--on-bad-row", "retry")])

@@ -71,9 +71,7 @@ def test_checkpoint_loads_as_btok_model(tmp_path, lora_r):
     assert (checkpoint / TRAINABLE_STATE).is_file() == (lora_r > 0)
 
 
-@pytest.mark.parametrize(
-    "chunk_size, workers", [(None, 0), (2, 2)], ids=["plain-in-process", "gradcache-2-workers"]
-)
+@pytest.mark.parametrize("chunk_size, workers", [(None, 0), (2, 2)], ids=["plain-in-process", "gradcache-2-workers"])
 def test_resumed_run_continues_where_it_stopped(tmp_path, chunk_size, workers):
     """Stop after 2 of 4 steps, resume: the same weights as 4 straight steps (same data order,
     optimizer, scheduler and generative schedule, which switches off at step 3). The straight
@@ -88,9 +86,7 @@ def test_resumed_run_continues_where_it_stopped(tmp_path, chunk_size, workers):
     stopped = str(tmp_path / "stopped")
     train(first, data, recipe, stopped, save=False, callbacks=[StopAt(2)], dataloader_num_workers=workers)
     resumed = tiny_model(recipe)  # built afresh, as a new process would
-    trainer = train(
-        resumed, data, recipe, stopped, resume=f"{stopped}/checkpoint-2", dataloader_num_workers=workers
-    )
+    trainer = train(resumed, data, recipe, stopped, resume=f"{stopped}/checkpoint-2", dataloader_num_workers=workers)
     assert trainer.state.global_step == 4
     assert_tensors_close(trainable(resumed), trainable(straight), 1e-6, "resumed weight")
     untouched = tiny_model(recipe)

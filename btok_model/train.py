@@ -52,6 +52,16 @@ def _argparse_type(parse):
     return parse_text
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
+
+
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per setting of a :class:`~btok_model.training.recipe.Recipe` (shared with the
     demo), built from the fields (:func:`~btok_model.training.recipe.recipe_settings`): name,
@@ -230,6 +240,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from a checkpoint (default: the latest in --output-dir)",
     )
+    p.add_argument(
+        "--on-bad-row",
+        choices=("skip", "error"),
+        default="skip",
+        help="a training row whose image cannot be decoded: replace it by another draw from its source, count "
+        "and name it (skip, default), or stop after saving a checkpoint (error)",
+    )
+    p.add_argument(
+        "--dataloader-num-workers",
+        type=_workers,
+        default=0,
+        metavar="N",
+        help="processes that read, decode and collate the training batches (default 0: the training process)",
+    )
     g = p.add_argument_group("evaluation during training (btok_model.training.eval_callback)")
     g.add_argument(
         "--eval-data",
@@ -300,6 +324,21 @@ def _check_saveable(model, output_dir: str, sentence_transformers: bool) -> None
         raise _fail(f"the model could not be saved at the end of the run: {err}") from None
 
 
+def _write_summary(command: str) -> None:
+    """Add the run's summary (the rows replaced because they could not be decoded, from every
+    rank's ``bad_rows.rank<R>.jsonl``) to ``train_command.json``, replacing the file whole."""
+    from .training.bad_rows import read_bad_rows
+
+    with open(command) as f:
+        record = json.load(f)
+    bad = read_bad_rows(os.path.dirname(command))
+    record["summary"] = {"bad_rows_replaced": bad["replaced"], "bad_rows": bad["rows"]}
+    partial = f"{command}.{os.getpid()}.tmp"
+    with open(partial, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(partial, command)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -349,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         raise _fail(f"--model {model_name}: {err}") from None
     sentence_transformers = not no_btoks and importlib.util.find_spec("sentence_transformers") is not None
     _check_saveable(model, args.output_dir, sentence_transformers)
-    with open(os.path.join(args.output_dir, "train_command.json"), "w") as f:
+    command = os.path.join(args.output_dir, "train_command.json")
+    with open(command, "w") as f:
         json.dump(
             {
                 "argv": sys.argv if argv is None else ["python", "-m", "btok_model.train", *argv],
@@ -365,7 +405,23 @@ def main(argv: list[str] | None = None) -> int:
             f,
             indent=2,
         )
-    train(model, dataset, recipe, args.output_dir, resume=resume, callbacks=callbacks, **eval_overrides)
+    from .training.bad_rows import BadRowError
+
+    try:
+        train(
+            model,
+            dataset,
+            recipe,
+            args.output_dir,
+            resume=resume,
+            callbacks=callbacks,
+            on_bad_row=args.on_bad_row,
+            **{"dataloader_num_workers": args.dataloader_num_workers, **eval_overrides},
+        )
+    except BadRowError as err:
+        _write_summary(command)
+        raise _fail(str(err)) from None
+    _write_summary(command)
     if sentence_transformers:
         from .st import write_sentence_transformers_files
 

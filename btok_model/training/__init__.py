@@ -3,16 +3,19 @@
 * :mod:`.mixed_dataset` -- training sources (JSONL files, MMEB-train subsets; validated, errors naming
   file and line or row) mixed with weights.
 * :mod:`.sampler` -- the order: weighted shares shuffled, or single-source blocks.
-* :mod:`.schedule` -- the generative-loss weight per step, and the callback that sets it for the loss.
+* :mod:`.schedule` -- the generative-loss weight per step.
 * :mod:`.batch_builder` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
 * :mod:`.gradcache` -- the chunked step with the full batch's loss and gradients.
-* :mod:`.trainer` -- :class:`BTokTrainer` (losses logged apart, BTok checkpoints, resume, DDP).
+* :mod:`.trainer` -- :class:`BTokTrainer` (losses logged apart, bad rows, resume, DDP, FSDP).
+* :mod:`.checkpoints` -- what a BTok checkpoint holds; writing and reading it (FSDP included).
+* :mod:`.bad_rows` -- training rows that cannot be decoded: replaced, counted, named; or a stop.
 * :mod:`.eval_callback` -- retrieval evaluation during training, the best checkpoint kept.
 * :mod:`.presets` -- the authors' recipes.
 * :mod:`.recipe` -- the settings with the authors' defaults; :func:`build_model`, :func:`train`.
 """
 
 from .batch_builder import ChunkedBatch, GradCacheChunk, TrainingCollator
+from .checkpoints import load_checkpoint_weights
 from .gradcache import grad_cache_step
 from .mixed_dataset import (
     DataSource,
@@ -24,15 +27,14 @@ from .mixed_dataset import (
 )
 from .recipe import Recipe, build_model, lora_config, train, training_arguments
 from .sampler import MixtureSampler, SourceBlockSampler, check_block_size
-from .schedule import GenerativeSchedule, GenerativeWeightCallback
-from .trainer import BTokTrainer, load_checkpoint_weights
+from .schedule import GenerativeSchedule
+from .trainer import BTokTrainer
 
 __all__ = [
     "BTokTrainer",
     "ChunkedBatch",
     "DataSource",
     "GenerativeSchedule",
-    "GenerativeWeightCallback",
     "GradCacheChunk",
     "MixedDataset",
     "MixtureSampler",

@@ -1,16 +1,15 @@
-"""Training batches: the model's collator, the generative schedule and GradCache chunks.
+"""Training batches: the model's collator, GradCache chunks, the rows replaced.
 
 :class:`TrainingCollator` calls ``model.collator`` (a
-:class:`~btok_model.embedder.collate.BTokCollator`; no model inside, so it pickles). Per
-batch it
+:class:`~btok_model.embedder.collate.BTokCollator`; no model inside, so it pickles). It keeps
+no state between batches, so it runs in data-loader workers as well as in the training
+process. Per batch it
 
-* decides whether targets are collated at all, from the generative schedule and the index
-  of the optimizer step the batch belongs to (passed to the collator with the examples). It
-  counts the batches it has built, so it must run in the training process in order
-  (``dataloader_num_workers=0``, the default); the Trainer's prefetching does not disturb it,
-  :meth:`TrainingCollator.start_at` places the count when a run resumes, and
-  :meth:`TrainingCollator.take_built_step` tells the trainer which step the next batch it
-  trains on was built for.
+* collates the targets when the run has a generative loss at all (``with_targets``); the
+  trainer reads the step's generative weight where it computes the loss, and leaves the
+  targets unscored (and a GradCache step's target tokens out of the forward) once it is 0.
+* takes the :class:`~btok_model.training.bad_rows.BadRow` records off examples that replace
+  rows which could not be decoded, and returns the batch in a :class:`ReplacedRows` then.
 * splits the batch into GradCache chunks when it holds more than ``chunk_size`` examples or
   more than ``max_tokens`` tokens: a :class:`ChunkedBatch` of :class:`GradCacheChunk`, each
   holding the packed ``batch`` (with targets) and the packed ``embed_batch`` (the same
@@ -22,15 +21,14 @@ batch it
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, replace
 
 import torch
 
 from ..embedder.packed_batch import BTokBatch, FieldMapping
-from .schedule import GenerativeSchedule
+from .bad_rows import BAD_ROWS_KEY, BadRow
 
-__all__ = ["ChunkedBatch", "GradCacheChunk", "TrainingCollator"]
+__all__ = ["ChunkedBatch", "GradCacheChunk", "ReplacedRows", "TrainingCollator"]
 
 
 @dataclass
@@ -71,16 +69,31 @@ class ChunkedBatch(FieldMapping):
         return replace(self, chunks=chunks, positive_index=self.positive_index.to(device))
 
 
+@dataclass
+class ReplacedRows:
+    """A batch some of whose examples replace rows that could not be decoded.
+
+    Attributes:
+        batch: the batch (the replacements in it).
+        rows: the rows replaced, one record per replacement.
+    """
+
+    batch: BTokBatch | ChunkedBatch
+    rows: list[BadRow]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ReplacedRows:
+        return replace(self, batch=self.batch.to(device, non_blocking=non_blocking))
+
+
 class TrainingCollator:
     """Collate training batches for the Trainer (see the module docstring).
 
     Args:
-        collator: the model's collator (asked for targets while the schedule's weight is not 0).
-        schedule: the generative weight per optimizer step.
+        collator: the model's collator.
+        with_targets: collate the examples' generative targets (False: the run has no generative loss).
         chunk_size: at most this many examples per forward pass (None: no limit).
         max_tokens: at most this many packed tokens per forward pass (None: no limit). A
             single example longer than this raises, naming it.
-        gradient_accumulation_steps: batches per optimizer step.
         sort_by_query_length: form the chunks after a stable sort of the examples by query
             length (tokens, placeholders expanded), as the authors' GradCache does before it
             chunks: their per-chunk generative weighting depends on which examples share a
@@ -90,38 +103,29 @@ class TrainingCollator:
     def __init__(
         self,
         collator,
-        schedule: GenerativeSchedule,
+        with_targets: bool = True,
         *,
         chunk_size: int | None = None,
         max_tokens: int | None = None,
-        gradient_accumulation_steps: int = 1,
         sort_by_query_length: bool = False,
     ):
         for name, value in (("chunk_size", chunk_size), ("max_tokens", max_tokens)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         self.collator = collator
-        self.schedule = schedule
+        self.with_targets = with_targets
         self.chunk_size, self.max_tokens = chunk_size, max_tokens
-        self.gradient_accumulation_steps = gradient_accumulation_steps
         self.sort_by_query_length = sort_by_query_length
-        self.batches_built = 0
-        self.built_steps: deque[int] = deque()  # the step of each batch built and not yet taken
 
-    def start_at(self, step: int) -> None:
-        """The next batch belongs to optimizer step ``step``."""
-        self.batches_built = step * self.gradient_accumulation_steps
-        self.built_steps.clear()
+    def __call__(self, examples: list[dict]) -> BTokBatch | ChunkedBatch | ReplacedRows:
+        rows = [row for ex in examples if isinstance(ex, dict) for row in ex.get(BAD_ROWS_KEY, ())]
+        if not rows:
+            return self._build(examples)
+        examples = [{k: v for k, v in ex.items() if k != BAD_ROWS_KEY} for ex in examples]
+        return ReplacedRows(self._build(examples), rows)
 
-    def take_built_step(self) -> int | None:
-        """The optimizer step the oldest batch not yet taken was built for (None: none built)."""
-        return self.built_steps.popleft() if self.built_steps else None
-
-    def __call__(self, examples: list[dict]) -> BTokBatch | ChunkedBatch:
-        step = self.batches_built // self.gradient_accumulation_steps
-        self.batches_built += 1
-        self.built_steps.append(step)
-        encoded = self.collator.encode_examples(examples, with_targets=self.schedule.weight_at(step) != 0)
+    def _build(self, examples: list[dict]) -> BTokBatch | ChunkedBatch:
+        encoded = self.collator.encode_examples(examples, with_targets=self.with_targets)
         order = list(range(len(encoded)))
         if self.sort_by_query_length:
             order.sort(key=lambda i: (len(encoded[i].query), i))

@@ -219,7 +219,7 @@ class RetrievalEvalCallback(TrainerCallback):
             return
         from torch.distributed.fsdp import FSDPModule
 
-        from .trainer import load_checkpoint_weights
+        from .checkpoints import load_checkpoint_weights
 
         model_class = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
         load_checkpoint_weights(model, state.best_model_checkpoint, model_class)

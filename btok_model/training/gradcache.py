@@ -26,12 +26,13 @@ import contextlib
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 
 from ..embedder.core import BatchEmbeddings, BTokOutput
 from ..embedder.losses import LossWeights
 from .batch_builder import ChunkedBatch
 
-__all__ = ["RandomState", "grad_cache_step"]
+__all__ = ["RandomState", "average_gradients", "grad_cache_step"]
 
 
 class RandomState:
@@ -130,3 +131,30 @@ def grad_cache_step(
     return BTokOutput(
         loss=weights.total(contrastive, generative_sum), contrastive_loss=contrastive, generative_loss=generative_sum
     )
+
+
+def average_gradients(model: torch.nn.Module, world_size: int, bucket_numel: int = 1 << 25) -> None:
+    """Mean of every trainable gradient of ``model`` across the ``world_size`` ranks (what DDP's
+    backward does for a step that ran outside DDP's forward, as a GradCache step does), in
+    flat buckets of at most about ``bucket_numel`` elements. A parameter without a gradient on
+    this rank joins with zeros: every rank must take part in the same reductions."""
+    if world_size == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket, size = [], 0
+    for p in params + [None]:
+        if p is not None:
+            bucket.append(p)
+            size += p.numel()
+        if bucket and (p is None or size >= bucket_numel):
+            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+            dist.all_reduce(flat)
+            flat /= world_size
+            offset = 0
+            for q in bucket:
+                q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
+                offset += q.numel()
+            bucket, size = [], 0

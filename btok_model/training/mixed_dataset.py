@@ -60,6 +60,7 @@ import bisect
 import os
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from ..datasets.catalog import (
@@ -75,7 +76,8 @@ from ..datasets.catalog import (
 )
 from ..datasets.jsonl import DataError, Record, read_jsonl
 from ..datasets.mmeb_train import DEFAULT_SPLIT
-from ..embedder.collate import TARGET_SIDES, check_generation
+from ..embedder.collate import TARGET_SIDES, ExampleError, check_generation
+from .bad_rows import BAD_ROWS_KEY, BadRow, decode_images
 from .sampler import MixtureSampler, SourceBlockSampler
 
 __all__ = [
@@ -144,13 +146,26 @@ def _negatives(record: Record) -> list | None:
     return negatives
 
 
-def load_examples(path: str | os.PathLike) -> list[dict]:
+class JsonlExamples(list):
+    """The examples of a JSONL file (a list of dicts) and where each is: :meth:`where`."""
+
+    def __init__(self, examples: list[dict], wheres: list[str]):
+        super().__init__(examples)
+        self._wheres = wheres
+
+    def where(self, i: int) -> str:
+        """``FILE:LINE`` of example ``i`` (for messages)."""
+        return self._wheres[i]
+
+
+def load_examples(path: str | os.PathLike) -> JsonlExamples:
     """Every example of a JSONL file, validated (see the module docstring).
 
     Raises:
         DataError: the first bad line, as ``FILE:LINE: what is wrong``; or an empty file.
     """
-    examples = [_example(record) for record in read_jsonl(path)]
+    records = list(read_jsonl(path))
+    examples = JsonlExamples([_example(record) for record in records], [record.where for record in records])
     if not examples:
         raise DataError(f"{os.fspath(path)}: no examples")
     return examples
@@ -367,6 +382,15 @@ class MixedDataset(torch.utils.data.Dataset):
         hard_negatives: keep the examples' ``negatives``; False drops them, so each query is
             scored against the in-batch candidates only, as the authors train (their loss
             leaves MMEB-train's negatives unused).
+        max_redraws: how many draws in a row may fail to decode before a source is given up
+            (a :class:`~btok_model.datasets.DataError`: its images are most likely not where they
+            were looked for).
+
+    An example is read with its images decoded (:func:`~btok_model.training.bad_rows.decode_images`);
+    a row that cannot be decoded is replaced by another row of the same source, drawn from the
+    index and the attempt alone (so every rank, worker and resumed run draws the same), and the
+    example then carries the :class:`~btok_model.training.bad_rows.BadRow` records of the rows it
+    replaces under ``"bad_rows"`` (the batch builder takes them off).
 
     Attributes:
         sources, sizes (examples per source), weights (each source's, resolved), offsets.
@@ -376,10 +400,11 @@ class MixedDataset(torch.utils.data.Dataset):
         ValueError: no source, a source named twice, or weights given to some JSONL files only.
     """
 
-    def __init__(self, sources: list[DataSource], hard_negatives: bool = True):
+    def __init__(self, sources: list[DataSource], hard_negatives: bool = True, max_redraws: int = 100):
         check_sources(sources)
         self.sources = list(sources)
         self.hard_negatives = hard_negatives
+        self.max_redraws = max_redraws
         self.parts = [s.load() for s in self.sources]
         self.sizes = [len(part) for part in self.parts]
         self.weights = [float(s.weight) if s.weight is not None else float(n) for s, n in zip(sources, self.sizes)]
@@ -394,14 +419,42 @@ class MixedDataset(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"example {i} of {len(self)}")
         s = bisect.bisect_right(self.offsets, i) - 1
-        source = self.sources[s]
-        example = dict(self.parts[s][i - self.offsets[s]])
+        source, j, bad = self.sources[s], i - self.offsets[s], []
+        while True:
+            where = self._where(s, j)
+            try:
+                example = dict(self.parts[s][j])
+                if not self.hard_negatives:
+                    example.pop("negatives", None)
+                example = decode_images(example, where)
+                break
+            except (DataError, ExampleError) as err:
+                message = str(err)
+                if message.startswith(where):
+                    message = message[len(where) :].lstrip(":, ")
+                bad.append(BadRow(source.name, where, message))
+            if len(bad) > self.max_redraws:
+                raise DataError(
+                    f"source {source.name}: {len(bad)} draws in a row could not be decoded, the last {bad[-1]}; "
+                    "are its images where they were looked for?"
+                )
+            # The replacement depends on the index and the attempt only: ranks, workers and resumed runs agree.
+            j = int(np.random.default_rng((i, len(bad))).integers(self.sizes[s]))
+        if bad:
+            example[BAD_ROWS_KEY] = bad
         example["source"] = source.name
-        if not self.hard_negatives:
-            example.pop("negatives", None)
         if source.target_side is not None and "target" not in example:  # a line's own target wins
             example.setdefault("target_side", source.target_side)
         return example
+
+    def where(self, i: int) -> str:
+        """Where example ``i`` is stored (``FILE: row N``, ``FILE:LINE``), for messages."""
+        s = bisect.bisect_right(self.offsets, i) - 1
+        return self._where(s, i - self.offsets[s])
+
+    def _where(self, s: int, j: int) -> str:
+        part = self.parts[s]
+        return part.where(j) if hasattr(part, "where") else f"{self.sources[s].name}: example {j}"
 
     def sampler(
         self,

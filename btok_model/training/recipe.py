@@ -403,6 +403,7 @@ def train(
     resume: str | bool | None = None,
     save: bool = True,
     callbacks: list | None = None,
+    on_bad_row: str = "skip",
     **overrides,
 ):
     """Train ``model`` on ``dataset`` with ``recipe``; returns the :class:`BTokTrainer`.
@@ -416,7 +417,9 @@ def train(
         resume: a checkpoint folder, or True for the latest one in ``output_dir``.
         save: write the final model to ``output_dir`` (loadable with ``from_pretrained``).
         callbacks: ``transformers.TrainerCallback`` instances.
-        **overrides: ``TrainingArguments`` fields that replace the recipe's.
+        on_bad_row: ``"skip"`` or ``"error"``, for a row that cannot be decoded (see
+            :class:`~btok_model.training.trainer.BTokTrainer`).
+        **overrides: ``TrainingArguments`` fields that replace the recipe's (e.g. ``dataloader_num_workers``).
     """
     from .trainer import BTokTrainer
 
@@ -434,6 +437,7 @@ def train(
         generative_normalization=recipe.generative_normalization,
         save_adapters=recipe.save_adapters,
         callbacks=callbacks,
+        on_bad_row=on_bad_row,
     )
     trainer.train(resume_from_checkpoint=resume)
     if save:

@@ -1,49 +1,42 @@
 """The transformers ``Trainer`` for BTok embedders (accelerate underneath).
 
-:class:`BTokTrainer` overrides the Trainer's documented extension points a contrastive +
-generative objective needs: ``compute_loss`` (the model's own loss, with the step's generative
-weight -- set by :class:`~btok_model.training.schedule.GenerativeWeightCallback` -- and this
-rank's shares, :class:`~btok_model.embedder.losses.LossWeights`; its two parts recorded for the
-logs), ``training_step`` for GradCache batches, ``log`` (``contrastive_loss``,
-``generative_loss`` and ``generative_weight`` beside ``loss``), ``get_train_dataloader`` (a
-mixture's own sampler) and ``save_model`` (the BTok model's own folder). One private method is
-overridden, ``_load_from_checkpoint``, because the Trainer has no public hook for how a
-checkpoint's weights are read (see there).
+:class:`BTokTrainer` overrides the Trainer's extension points a contrastive + generative
+objective needs: ``compute_loss`` (the model's own loss with the generative weight of the
+Trainer's global step, read from the :class:`~btok_model.training.schedule.GenerativeSchedule`
+there, and this rank's shares, :class:`~btok_model.embedder.losses.LossWeights`; its two parts
+recorded for the logs), ``training_step`` for GradCache batches, ``get_batch_samples`` (the rows
+replaced because they could not be decoded: counted and named, or the run stopped after a
+checkpoint -- :mod:`btok_model.training.bad_rows`), ``log``, ``get_train_dataloader`` (a
+mixture's own sampler, with the Trainer's data-loader workers) and ``save_model``. Checkpoint
+I/O is :mod:`btok_model.training.checkpoints`; one private method is overridden,
+``_load_from_checkpoint``, because the Trainer has no public hook for how a checkpoint's weights
+are read. The batch builder keeps no state, so ``dataloader_num_workers`` may be set.
 
 Distributed training runs under ``torchrun`` with DDP: each rank embeds its share of the
 batch and scores its queries against the candidates of every rank
 (:func:`btok_model.embedder.losses.gather_with_grad` sends the gradients back to the owner),
 so a step with N ranks computes the loss and gradients of the concatenated batch. GradCache
 batches call ``embed_batch`` outside DDP's forward, so their gradients are averaged across
-ranks here, once per optimizer step.
+ranks after the step (:func:`~btok_model.training.gradcache.average_gradients`).
 
 FSDP (``TrainingArguments(fsdp=True, fsdp_config={"version": 2})``, accelerate's FSDP2) shards
-the model with ``fully_shard``: each decoder layer of the backbone is its own unit (the
-backbone's ``_no_split_modules`` unless ``transformer_layer_cls_to_wrap`` names others), the
-BTok model is the root. The cross-rank gather and the loss weighting are the same as under
-DDP (FSDP's reduce-scatter averages gradients over ranks as DDP does). A GradCache step
-calls ``embed_batch`` through FSDP's hooks and lets only its last backward reduce-scatter.
-Saves gather the full state dict (accelerate's ``get_state_dict``) into an unsharded copy of
-the model kept on the meta device, so a checkpoint is the same folder as without FSDP
-(LoRA merged); a checkpoint also holds the Trainer's FSDP state (``pytorch_model_fsdp.bin``,
-the optimizer), which resuming under FSDP loads. On the CPU (gloo), accelerate leaves FSDP
-off -- it turns the plugin on only for accelerator devices, and offers no setting that
-changes that -- so :meth:`BTokTrainer.create_accelerator_and_postprocess` turns it on in the
+the model with ``fully_shard``: each decoder layer of the backbone is its own unit, the BTok
+model is the root; the cross-rank gather and the loss weighting are as under DDP. A GradCache
+step calls ``embed_batch`` through FSDP's hooks and lets only its last backward reduce-scatter.
+On the CPU (gloo), accelerate leaves FSDP off -- it turns the plugin on only for accelerator
+devices -- so :meth:`BTokTrainer.create_accelerator_and_postprocess` turns it on in the
 accelerator's state itself, and the CPU tests run the same FSDP path. DeepSpeed is refused.
 
-A :class:`~btok_model.training.mixed_dataset.MixedDataset` is read in the order of its own sampler
-(:mod:`btok_model.training.sampler`): each source's weighted share, shuffled, or with
-``source_block_size`` blocks of that many examples from one source each (checked to line up
-with the steps, so every rank draws from one source at every step). The sampler's epoch is set
-from the step count at the start of every epoch, as the Trainer counts epochs when it resumes,
-so a resumed run continues the same order.
+A :class:`~btok_model.training.mixed_dataset.MixedDataset` is read in the order of its own
+sampler (:mod:`btok_model.training.sampler`), whose epoch is set from the step count at the
+start of every epoch, as the Trainer counts epochs when it resumes, so a resumed run continues
+the same order.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import os
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -51,103 +44,15 @@ from accelerate.utils import DistributedType
 from transformers import Trainer, TrainerCallback
 
 from ..embedder.losses import LossWeights
-from .batch_builder import ChunkedBatch, TrainingCollator
-from .gradcache import grad_cache_step
+from .bad_rows import ON_BAD_ROW, BadRow, BadRowError, BadRowLog, bad_rows_path
+from .batch_builder import ChunkedBatch, GradCacheChunk, ReplacedRows, TrainingCollator
+from .checkpoints import check_fsdp_checkpoint, configure_fsdp, load_checkpoint_weights, meta_copy, save_model_folder
+from .gradcache import average_gradients, grad_cache_step
 from .mixed_dataset import MixedDataset
 from .sampler import check_block_size
-from .schedule import GenerativeSchedule, GenerativeWeightCallback
+from .schedule import GenerativeSchedule
 
-__all__ = ["TRAINABLE_STATE", "BTokTrainer", "load_checkpoint_weights", "save_trainable_state"]
-
-TRAINABLE_STATE = "trainable_parameters.safetensors"
-FSDP_CHECKPOINT = "pytorch_model_fsdp"  # accelerate's name for the full model state of an FSDP checkpoint
-
-
-def save_trainable_state(model: torch.nn.Module, directory: str) -> None:
-    """Write the trainable parameters to ``directory`` when some parameters are frozen.
-
-    A saved BTok folder holds merged weights (LoRA folded in), which cannot be split back
-    into a base and adapters; resuming a LoRA or partly frozen run instead reloads the
-    trainable tensors into a model built the same way. Full fine-tuning needs no extra file.
-    """
-    from safetensors.torch import save_file
-
-    params = list(model.named_parameters())
-    if all(p.requires_grad for _, p in params):
-        return
-    state = {name: p.detach().contiguous().cpu() for name, p in params if p.requires_grad}
-    save_file(state, os.path.join(directory, TRAINABLE_STATE))
-
-
-def load_checkpoint_weights(model: torch.nn.Module, directory: str, model_class: type | None = None) -> None:
-    """Load a checkpoint written by :class:`BTokTrainer` into ``model`` (built as for the run;
-    sharded by FSDP2 or not).
-
-    Args:
-        model: the model to load into.
-        directory: the checkpoint folder.
-        model_class: the class that reads a full fine-tuning checkpoint (default ``type(model)``;
-            FSDP2 replaces a sharded model's class by a subclass of its own).
-
-    Raises:
-        ValueError: the checkpoint's trainable parameters do not match the model's (a run
-            resumed with a different model, LoRA rank or frozen set).
-    """
-    path = os.path.join(directory, TRAINABLE_STATE)
-    if os.path.isfile(path):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-        params = dict(model.named_parameters())
-        trainable = {n for n, p in params.items() if p.requires_grad}
-        if set(state) != trainable:
-            raise ValueError(
-                f"{path}: the checkpoint's trainable parameters differ from the model's "
-                f"(only in checkpoint: {sorted(set(state) - trainable)[:5]}, only in model: "
-                f"{sorted(trainable - set(state))[:5]}); resume with the same model and LoRA settings"
-            )
-        for name, value in state.items():
-            if params[name].shape != value.shape:
-                raise ValueError(
-                    f"{path}: {name} has shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}"
-                )
-        _load_state(model, state, strict=False)
-        return
-    loaded = (model_class or type(model)).from_pretrained(directory, attn_implementation=None)
-    _load_state(model, loaded.state_dict(), strict=True)
-
-
-def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
-    """Copy full (unsharded) tensors into ``model``'s parameters, sharded by FSDP2 or not."""
-    from torch.distributed.tensor import DTensor
-
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        # Every rank reads the checkpoint and keeps its own shard.
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
-        return
-    model.load_state_dict(state, strict=strict)
-
-
-def _configure_fsdp(plugin, model, args) -> None:
-    """Check the FSDP settings BTokTrainer supports; shard the backbone's decoder layers by default."""
-    if args.save_on_each_node:
-        raise ValueError(
-            "save_on_each_node is not supported under FSDP: the full state dict is gathered on rank 0 only"
-        )
-    if plugin.fsdp_version != 2:
-        raise ValueError(
-            f"BTokTrainer supports FSDP2 only (fsdp_config={{'version': 2}}), got fsdp_version={plugin.fsdp_version}"
-        )
-    if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
-        raise ValueError(
-            "BTokTrainer saves BTok model folders from the full state dict: fsdp_config 'state_dict_type' must be "
-            f"FULL_STATE_DICT, got {plugin.state_dict_type}"
-        )
-    if plugin.transformer_cls_names_to_wrap is None:  # the transformers model's decoder layers
-        layers = (getattr(m, "_no_split_modules", None) for m in model.modules())
-        plugin.transformer_cls_names_to_wrap = list(next((names for names in layers if names), []))
+__all__ = ["BTokTrainer"]
 
 
 def _mixture_sampler(dataset, args, block_size: int | None, mode: str = "strict"):
@@ -173,57 +78,6 @@ def _mixture_sampler(dataset, args, block_size: int | None, mode: str = "strict"
     )
 
 
-def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` whose parameters live on the meta device (no memory), tied
-    parameters still tied, buffers and everything else copied; the tokenizer is shared."""
-    memo = {
-        id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-        for p in model.parameters()
-    }
-    for shared in (getattr(model, "tokenizer", None), getattr(model, "processor", None)):
-        if shared is not None:
-            memo[id(shared)] = shared
-    return copy.deepcopy(model, memo)
-
-
-def _materialize(meta_model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """``meta_model`` (from :func:`_meta_copy`, used once) with the values of a full state dict.
-
-    Raises:
-        ValueError: the state dict lacks a parameter or persistent buffer, or has extra keys.
-    """
-    expected = set(meta_model.state_dict())
-    if set(state_dict) != expected:
-        raise ValueError(
-            f"the gathered state dict does not match the model (missing: {sorted(expected - set(state_dict))[:5]}, "
-            f"unexpected: {sorted(set(state_dict) - expected)[:5]})"
-        )
-    replaced: dict[int, torch.nn.Parameter] = {}
-    for module_name, module in meta_model.named_modules(remove_duplicate=False):
-        prefix = f"{module_name}." if module_name else ""
-        for name, p in list(module._parameters.items()):
-            if p is None:
-                continue
-            if id(p) not in replaced:  # a tied parameter gets one tensor, shared again
-                value = state_dict[prefix + name]
-                replaced[id(p)] = torch.nn.Parameter(value.detach().clone(), requires_grad=p.requires_grad)
-            module._parameters[name] = replaced[id(p)]
-        for name, b in module._buffers.items():
-            if b is not None and prefix + name in state_dict:
-                b.copy_(state_dict[prefix + name])
-    return meta_model
-
-
-class _BatchCountCallback(TrainerCallback):
-    """Places the batch builder's count at the run's first step (0, or the resumed step)."""
-
-    def __init__(self, collator: TrainingCollator):
-        self.collator = collator
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.collator.start_at(state.global_step)
-
-
 class _SamplerEpochCallback(TrainerCallback):
     """Sets the sampler's epoch at the start of every epoch, counted from the optimizer step as
     the Trainer counts it when it resumes: a resumed run's batches are skipped by a dataloader
@@ -246,7 +100,7 @@ class BTokTrainer(Trainer):
     Args:
         model: the embedder (an :class:`~btok_model.embedder.core.Embedder`).
         args: ``transformers.TrainingArguments``; ``remove_unused_columns`` is forced off
-            and ``dataloader_num_workers`` must be 0 (the batch builder counts steps).
+            (``dataloader_num_workers`` decode and collate in worker processes).
         train_dataset: examples (dicts), e.g. a :class:`~btok_model.training.mixed_dataset.MixedDataset`.
         schedule: the generative weight per step (default: the model's configured weight throughout).
         chunk_size, max_tokens: GradCache chunking (see
@@ -261,6 +115,9 @@ class BTokTrainer(Trainer):
         generative_normalization: ``"token"`` or ``"authors"`` (see
             :class:`~btok_model.embedder.losses.LossWeights`; ``"authors"`` also sorts a batch by
             query length before it is chunked, as their GradCache does).
+        on_bad_row: a row that cannot be decoded is replaced by another draw from its source,
+            counted and named once (``"skip"``), or stops the run after a checkpoint, every rank
+            told first (``"error"``: :class:`~btok_model.training.bad_rows.BadRowError`).
         **kwargs: passed to ``Trainer`` (``callbacks``, ...).
     """
 
@@ -277,30 +134,27 @@ class BTokTrainer(Trainer):
         generative_normalization: str = "token",
         source_block_mode: str = "strict",
         save_adapters: bool = False,
+        on_bad_row: str = "skip",
         **kwargs,
     ):
+        if on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"on_bad_row must be one of {list(ON_BAD_ROW)}, got {on_bad_row!r}")
+        self.on_bad_row = on_bad_row
         self.mixture_sampler = _mixture_sampler(train_dataset, args, source_block_size, source_block_mode)
-        if args.dataloader_num_workers:
-            raise ValueError(
-                "BTokTrainer collates in the training process (dataloader_num_workers=0): the batch builder follows "
-                f"the generative schedule step by step; got dataloader_num_workers={args.dataloader_num_workers}"
-            )
         args.remove_unused_columns = False
         self.schedule = schedule if schedule is not None else GenerativeSchedule(model.config.generative_weight, None)
-        self.generative_weight = GenerativeWeightCallback(self.schedule)
+        self.generative_weight = self.schedule.weight_at(0)  # the weight the last loss read (for the logs)
         LossWeights(0.0, normalization=generative_normalization)  # checks the name
         self.generative_normalization = generative_normalization
         self.save_adapters = save_adapters
         self.training_collator = TrainingCollator(
             model.collator,
-            self.schedule,
+            self.schedule.ever_on,
             chunk_size=chunk_size,
             max_tokens=max_tokens,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
             sort_by_query_length=generative_normalization == "authors",
         )
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        callbacks += [_BatchCountCallback(self.training_collator), self.generative_weight]
         if self.mixture_sampler is not None:
             callbacks.append(_SamplerEpochCallback(self.mixture_sampler))
         super().__init__(
@@ -315,10 +169,13 @@ class BTokTrainer(Trainer):
             raise ValueError(
                 "BTokTrainer supports single-process, DDP and FSDP training (torchrun); DeepSpeed is not supported"
             )
-        self._unsharded_copy = _meta_copy(model) if self.is_fsdp_enabled else None
+        self.unsharded_copy = meta_copy(model) if self.is_fsdp_enabled else None
         if self.is_fsdp_enabled:
-            _configure_fsdp(self.accelerator.state.fsdp_plugin, model, args)
+            configure_fsdp(self.accelerator.state.fsdp_plugin, model, args)
         self._loss_parts: dict[str, list] = {"contrastive_loss": [], "generative_loss": []}
+        self.bad_rows = BadRowLog(
+            bad_rows_path(args.output_dir, args.process_index) if args.output_dir else None, on_bad_row == "skip"
+        )
 
     def create_accelerator_and_postprocess(self):
         """The Trainer's accelerator; on the CPU with ``fsdp`` set, FSDP turned on as on GPUs.
@@ -359,27 +216,64 @@ class BTokTrainer(Trainer):
             collate_fn=self.data_collator,
             pin_memory=self.args.dataloader_pin_memory,
             drop_last=self.args.dataloader_drop_last,
+            num_workers=self.args.dataloader_num_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers else None,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
         )
         return self.accelerator.prepare(loader)
+
+    # -- rows that could not be decoded ---------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's batches for one optimizer step, with the rows replaced in them taken off
+        and recorded (:class:`~btok_model.training.bad_rows.BadRowLog`); with ``on_bad_row="error"``
+        every rank learns whether any rank met one, and then all save a checkpoint and stop."""
+        met: list[BadRow] = []
+
+        def unwrapped():
+            for batch in epoch_iterator:
+                if isinstance(batch, ReplacedRows):
+                    met.extend(batch.rows)
+                    batch = batch.batch
+                yield batch
+
+        batches, num_items = super().get_batch_samples(unwrapped(), num_batches, device)
+        self.bad_rows.add(met)
+        if self.on_bad_row == "error":
+            self._stop_on_bad_rows(met)
+        return batches, num_items
+
+    def _stop_on_bad_rows(self, met: list[BadRow]) -> None:
+        """Raise :class:`~btok_model.training.bad_rows.BadRowError` on every rank, after a
+        checkpoint of the steps done, when any rank met a bad row in this step's batches."""
+        rows = list(met)
+        if self.accelerator.num_processes > 1:
+            count = torch.tensor([len(met)], device=self.args.device)
+            dist.all_reduce(count)
+            if not count.item():
+                return
+            gathered: list = [None] * self.accelerator.num_processes
+            dist.all_gather_object(gathered, met)
+            rows = [row for part in gathered for row in part]
+        if not rows:
+            return
+        self._save_checkpoint(self.model_wrapped, trial=None)  # every rank: a collective under FSDP
+        checkpoint = f"{self.args.output_dir}/checkpoint-{self.state.global_step}"
+        raise BadRowError(rows, checkpoint)
 
     # -- the loss -------------------------------------------------------------------------
     def _btok_model(self, model=None):
         return self.accelerator.unwrap_model(model if model is not None else self.model)
 
     def _loss_weights(self, inputs) -> tuple[LossWeights, bool]:
-        """This step's :class:`~btok_model.embedder.losses.LossWeights` (after checking that
-        ``inputs`` was built for this step), and whether any rank's batch has target tokens."""
-        step = self.state.global_step
-        built_for = self.training_collator.take_built_step()
-        if built_for is not None and built_for != step:
-            raise RuntimeError(
-                f"a batch collated for step {built_for} reached step {step}: the training collator must run in "
-                "order in the training process (no dataloader workers)"
-            )
-        query_share, target_share = self._rank_shares(inputs.num_queries, inputs.num_target_tokens)
+        """This step's :class:`~btok_model.embedder.losses.LossWeights`, with the generative weight
+        of the Trainer's global step, and whether any rank's batch has target tokens to score
+        (none while the weight is 0)."""
+        self.generative_weight = self.schedule.weight_at(self.state.global_step)
+        num_targets = inputs.num_target_tokens if self.generative_weight != 0 else 0
+        query_share, target_share = self._rank_shares(inputs.num_queries, num_targets)
         authors = self.generative_normalization == "authors"  # each rank's value is per example already
         weights = LossWeights(
-            self.generative_weight.weight,
+            self.generative_weight,
             query_share,
             1.0 if target_share is None or authors else target_share,
             self.generative_normalization,
@@ -444,6 +338,9 @@ class BTokTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         weights, targets_somewhere = self._loss_weights(inputs)
+        if weights.generative == 0 and inputs.num_target_tokens:  # the targets stay out of the forward
+            chunks = [GradCacheChunk(c.embed_batch, c.embed_batch) for c in inputs.chunks]
+            inputs = replace(inputs, chunks=chunks, num_target_tokens=0)
         btok_model = self._btok_model(model)
         scale = 1.0 / self.current_gradient_accumulation_steps
         backward = self.accelerator.backward
@@ -453,7 +350,7 @@ class BTokTrainer(Trainer):
             btok_model, inputs, backward, weights, scale=scale, autocast=self.accelerator.autocast
         )
         if self.accelerator.sync_gradients and not self.is_fsdp_enabled:
-            self._average_gradients(btok_model)
+            average_gradients(btok_model, self.accelerator.num_processes)
         self._record(outputs, targets_somewhere)
         return outputs.loss * scale
 
@@ -476,30 +373,6 @@ class BTokTrainer(Trainer):
 
         return backward
 
-    def _average_gradients(self, model) -> None:
-        """Mean of every trainable gradient across ranks (what DDP's backward would do)."""
-        world = self.accelerator.num_processes
-        if world == 1:
-            return
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:  # unused on this rank: every rank must join the same reductions
-                p.grad = torch.zeros_like(p)
-        bucket, size, limit = [], 0, 1 << 25
-        for p in params + [None]:
-            if p is not None:
-                bucket.append(p)
-                size += p.numel()
-            if bucket and (p is None or size >= limit):
-                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
-                dist.all_reduce(flat)
-                flat /= world
-                offset = 0
-                for q in bucket:
-                    q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
-                    offset += q.numel()
-                bucket, size = [], 0
-
     # -- logging ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean contrastive and generative losses since the last log to a training log."""
@@ -512,29 +385,21 @@ class BTokTrainer(Trainer):
                 if not torch.isnan(mean):
                     logs[name] = round(float(mean), 4)
                 values.clear()
-            logs["generative_weight"] = self.generative_weight.weight  # the weight the last step's loss read
+            logs["generative_weight"] = self.generative_weight  # the weight the last step's loss read
+            replaced = torch.tensor(float(self.bad_rows.replaced), device=self.args.device)
+            if self.accelerator.num_processes > 1:
+                replaced = self.accelerator.gather(replaced[None]).sum()
+            if replaced:
+                logs["bad_rows_replaced"] = int(replaced)
         super().log(logs, start_time)
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Write a folder :meth:`BTokModel.from_pretrained` loads (+ the trainable tensors for
-        resuming and the training arguments); the Trainer's checkpoints call it too.
-
-        Every rank calls it: under FSDP the full state dict is gathered first (a collective,
-        accelerate's ``get_state_dict``) into an unsharded copy of the model on the meta device;
-        the process that saves (``args.should_save``) writes.
-        """
+        resuming and the training arguments; :func:`~btok_model.training.checkpoints.save_model_folder`);
+        the Trainer's checkpoints call it too. Every rank calls it (under FSDP it gathers)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        model = self._btok_model()
-        if self.is_fsdp_enabled:
-            state_dict = self.accelerator.get_state_dict(self.model)
-            if self.args.should_save:
-                model = _materialize(_meta_copy(self._unsharded_copy), state_dict)
-        if self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            model.save_pretrained(output_dir, merge_adapters=not (self.save_adapters and not _internal_call))
-            save_trainable_state(model, output_dir)
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        save_model_folder(self, output_dir, merge_adapters=not (self.save_adapters and not _internal_call))
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save")
 
@@ -545,21 +410,9 @@ class BTokTrainer(Trainer):
         weights are read: its own reader expects the model's state dict in ``model.safetensors``,
         while a BTok checkpoint holds the backbone's (LoRA merged) and the trainable tensors. The
         Trainer calls it at the point of ``train(resume_from_checkpoint=...)`` where the weights
-        must be in place (after FSDP has sharded the model, before the optimizer state loads).
+        must be in place (after FSDP has sharded the model, before the optimizer state loads:
+        under FSDP the Trainer then loads the optimizer state its FSDP checkpoint holds).
         """
-        if self.is_fsdp_enabled:
-            # The weights come from the BTok files as without FSDP; the Trainer then loads the
-            # optimizer state its FSDP checkpoint holds, which a checkpoint without FSDP lacks.
-            path = os.path.join(resume_from_checkpoint, f"{FSDP_CHECKPOINT}.bin")
-            found = torch.tensor([int(os.path.isfile(path))], device=self.args.device)
-            dist.all_reduce(found, op=dist.ReduceOp.MIN)  # every rank raises, or none
-            if not found.item():
-                raise ValueError(
-                    f"{resume_from_checkpoint}: no {FSDP_CHECKPOINT}.bin (the Trainer's FSDP state, with the "
-                    "optimizer's in optimizer.bin): a checkpoint written without FSDP resumes without FSDP"
-                )
-            load_checkpoint_weights(self._btok_model(model), resume_from_checkpoint, type(self._unsharded_copy))
-            return
-        if os.path.isfile(os.path.join(resume_from_checkpoint, f"{FSDP_CHECKPOINT}.bin")):
-            raise ValueError(f"{resume_from_checkpoint} was written under FSDP: resume it with FSDP (--fsdp)")
-        load_checkpoint_weights(self._btok_model(model), resume_from_checkpoint)
+        check_fsdp_checkpoint(resume_from_checkpoint, self.is_fsdp_enabled, self.args.device)
+        model_class = type(self.unsharded_copy) if self.is_fsdp_enabled else None
+        load_checkpoint_weights(self._btok_model(model), resume_from_checkpoint, model_class)

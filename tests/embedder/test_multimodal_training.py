@@ -16,7 +16,6 @@ from btok_model.embedder import LossWeights
 from btok_model.embedder.backbone import transformers_model
 from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
-from btok_model.training.schedule import GenerativeSchedule
 from tests.helpers.numerics import rel_err
 from tests.helpers.tiny_models import adamw_step, snapshot
 from tests.helpers.tiny_vl import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
@@ -212,7 +211,7 @@ def test_grad_cache_chunks_with_images_equal_the_full_batch():
     step gives the full batch's losses and gradients (vision tower included)."""
     model = tiny_vl_btok("qwen2_vl").train()
     full_batch = model.collate(EXAMPLES)
-    chunked = TrainingCollator(model.collator, GenerativeSchedule(5.0, None), chunk_size=2)(EXAMPLES)
+    chunked = TrainingCollator(model.collator, True, chunk_size=2)(EXAMPLES)
     assert len(chunked.chunks) == 3 and all("pixel_values" in c.batch for c in chunked.chunks)
     model.zero_grad(set_to_none=True)
     full = model(**full_batch)

@@ -86,19 +86,19 @@ def test_fsdp_refusals(tmp_path):
     fsdp_config without fsdp are refused with a message that says what to set."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from btok_model.training.trainer import _configure_fsdp
+    from btok_model.training.checkpoints import configure_fsdp
 
     model = tiny_model(case_recipe(8, 0, None))
     args = SimpleNamespace(save_on_each_node=False)
     with pytest.raises(ValueError, match="FSDP2 only"):
-        _configure_fsdp(FullyShardedDataParallelPlugin(fsdp_version=1), model, args)
+        configure_fsdp(FullyShardedDataParallelPlugin(fsdp_version=1), model, args)
     with pytest.raises(ValueError, match="FULL_STATE_DICT"):
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
-        _configure_fsdp(plugin, model, args)
+        configure_fsdp(plugin, model, args)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT")
     with pytest.raises(ValueError, match="save_on_each_node"):
-        _configure_fsdp(plugin, model, SimpleNamespace(save_on_each_node=True))
-    _configure_fsdp(plugin, model, args)
+        configure_fsdp(plugin, model, SimpleNamespace(save_on_each_node=True))
+    configure_fsdp(plugin, model, args)
     assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
     recipe = case_recipe(8, 0, None)
     recipe.fsdp_config = {"cpu_offload": True}

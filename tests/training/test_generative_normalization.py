@@ -13,7 +13,6 @@ import torch
 from btok_model.embedder import LossWeights
 from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
-from btok_model.training.schedule import GenerativeSchedule
 from tests.helpers.numerics import assert_tensors_close
 from tests.helpers.training import grads, sided_examples, tiny_model, tiny_recipe
 
@@ -65,7 +64,7 @@ def test_authors_weighting_equals_the_hand_computation(chunk_size):
         out.loss.backward()
     else:
         chunker = TrainingCollator(
-            model.collator, GenerativeSchedule(WEIGHT, None), chunk_size=chunk_size, sort_by_query_length=True
+            model.collator, True, chunk_size=chunk_size, sort_by_query_length=True
         )
         chunked = chunker(batch)
         assert len(chunked.chunks) == 3
@@ -87,7 +86,7 @@ def test_unsorted_chunks_give_another_authors_number():
     values = []
     for sort in (True, False):
         chunker = TrainingCollator(
-            model.collator, GenerativeSchedule(WEIGHT, None), chunk_size=3, sort_by_query_length=sort
+            model.collator, True, chunk_size=3, sort_by_query_length=sort
         )
         values.append(grad_cache_step(model, chunker(batch), lambda loss: loss.backward(), weights).generative_loss)
     assert not torch.isclose(values[0], values[1], rtol=1e-4)

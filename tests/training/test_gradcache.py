@@ -6,7 +6,6 @@ import torch
 from btok_model.embedder import BatchEmbeddings, BTokBatch, LossWeights
 from btok_model.training.batch_builder import ChunkedBatch, TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
-from btok_model.training.schedule import GenerativeSchedule
 from tests.helpers.numerics import assert_tensors_close
 from tests.helpers.training import examples, grads, tiny_model, tiny_recipe
 
@@ -36,7 +35,7 @@ def test_chunked_equals_full_batch(family, chunk_size, max_tokens):
     batch_examples = examples(8)
     full_batch = model.collate(batch_examples)
     chunker = TrainingCollator(
-        model.collator, GenerativeSchedule(2.0, None), chunk_size=chunk_size, max_tokens=max_tokens
+        model.collator, True, chunk_size=chunk_size, max_tokens=max_tokens
     )
     chunked = chunker(batch_examples)
     assert isinstance(chunked, ChunkedBatch) and len(chunked.chunks) > 1
@@ -69,7 +68,7 @@ def test_chunked_with_positive_side_targets_equals_full_batch():
     model = tiny_model(tiny_recipe(generative_weight=2.0), family="qwen2").train()
     batch_examples = sided(examples(8))
     full_batch = model.collate(batch_examples)
-    chunked = TrainingCollator(model.collator, GenerativeSchedule(2.0, None), chunk_size=3)(batch_examples)
+    chunked = TrainingCollator(model.collator, True, chunk_size=3)(batch_examples)
     assert len(chunked.chunks) == 3
     for chunk in chunked.chunks:
         layout, embed_layout = chunk.batch.btok_layout, chunk.embed_batch.btok_layout
@@ -96,7 +95,7 @@ def test_chunked_with_scales_equals_scaled_full_batch():
     n = full_batch["num_target_tokens"]
     (0.5 * (0.7 * out.contrastive_loss + 3.0 * out.generative_loss * n / 11.0)).backward()
     expected = grads(model)
-    chunked = TrainingCollator(model.collator, GenerativeSchedule(3.0, None), chunk_size=2)(batch_examples)
+    chunked = TrainingCollator(model.collator, True, chunk_size=2)(batch_examples)
     _, actual = _chunked_step(model, chunked, LossWeights(3.0, query_share=0.7, target_share=n / 11.0), scale=0.5)
     assert_tensors_close(actual, expected, TOL, "grad")
 
@@ -110,7 +109,7 @@ def test_dropout_masks_replayed():
     """
     model = tiny_model(tiny_recipe(lora_r=4, lora_dropout=0.3, generative_weight=1.0)).train()
     batch_examples = examples(6)
-    chunked = TrainingCollator(model.collator, GenerativeSchedule(1.0, None), chunk_size=2)(batch_examples)
+    chunked = TrainingCollator(model.collator, True, chunk_size=2)(batch_examples)
 
     torch.manual_seed(123)
     parts, actual = _chunked_step(model, chunked, LossWeights(1.0))
@@ -139,7 +138,7 @@ def test_dropout_masks_replayed():
 
 def test_single_chunk_is_a_plain_batch():
     model = tiny_model()
-    batch = TrainingCollator(model.collator, GenerativeSchedule(1.0, None), chunk_size=8)(examples(4))
+    batch = TrainingCollator(model.collator, True, chunk_size=8)(examples(4))
     assert isinstance(batch, BTokBatch)
     assert torch.equal(batch["input_ids"], model.collate(examples(4))["input_ids"])
 
@@ -147,17 +146,13 @@ def test_single_chunk_is_a_plain_batch():
 def test_token_budget_too_small_names_the_example():
     model = tiny_model()
     with pytest.raises(ValueError, match="example 0 packs into .* tokens.*max_tokens=10"):
-        TrainingCollator(model.collator, GenerativeSchedule(1.0, None), max_tokens=10)(examples(2))
+        TrainingCollator(model.collator, True, max_tokens=10)(examples(2))
 
 
-def test_schedule_leaves_targets_out():
-    """Past the generative steps no sequence has a target, the positives' included."""
+def test_collator_without_targets_leaves_them_out():
+    """A run without generative loss collates no target, the positives' included."""
     model = tiny_model()
-    collator = TrainingCollator(model.collator, GenerativeSchedule(1.0, 1), gradient_accumulation_steps=2)
-    sizes = [collator(sided(examples(4)))["num_target_tokens"] for _ in range(4)]
-    assert sizes[0] == sizes[1] > 0 and sizes[2] == sizes[3] == 0
-    collator.start_at(2)
-    layout = collator(sided(examples(4)))["btok_layout"]
+    with_targets = TrainingCollator(model.collator, True)(sided(examples(4)))
+    assert with_targets["num_target_tokens"] > 0
+    layout = TrainingCollator(model.collator, False)(sided(examples(4)))["btok_layout"]
     assert layout.host_target_start == layout.seqlens
-    collator.start_at(0)
-    assert collator(sided(examples(4)))["num_target_tokens"] == sizes[0]

@@ -10,7 +10,7 @@ import torch
 from btok_model import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.training import train
-from btok_model.training.trainer import TRAINABLE_STATE
+from btok_model.training.checkpoints import TRAINABLE_STATE
 from tests.helpers.numerics import assert_tensors_close
 from tests.helpers.training import StopAt, examples, tiny_model, tiny_recipe, trainable
 
@@ -71,18 +71,22 @@ def test_checkpoint_loads_as_btok_model(tmp_path, lora_r):
     assert (checkpoint / TRAINABLE_STATE).is_file() == (lora_r > 0)
 
 
-def test_resumed_run_continues_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("chunk_size, workers", [(None, 0), (2, 2)], ids=["plain-in-process", "gradcache-2-workers"])
+def test_resumed_run_continues_where_it_stopped(tmp_path, chunk_size, workers):
     """Stop after 2 of 4 steps, resume: the same weights as 4 straight steps (same data order,
-    optimizer, scheduler and generative schedule, which switches off at step 3)."""
-    recipe = tiny_recipe(max_steps=4, batch_size=3, save_steps=2, lora_r=4, generative_steps=3)
+    optimizer, scheduler and generative schedule, which switches off at step 3). The straight
+    run reads its batches in the training process; the stopped and resumed ones with
+    ``workers`` data-loader workers."""
+    recipe = tiny_recipe(max_steps=4, batch_size=3, save_steps=2, lora_r=4, generative_steps=3, chunk_size=chunk_size)
     data = examples(12)
     straight = tiny_model(recipe)
     train(straight, data, recipe, str(tmp_path / "straight"), save=False)
 
     first = tiny_model(recipe)
-    train(first, data, recipe, str(tmp_path / "stopped"), save=False, callbacks=[StopAt(2)])
+    stopped = str(tmp_path / "stopped")
+    train(first, data, recipe, stopped, save=False, callbacks=[StopAt(2)], dataloader_num_workers=workers)
     resumed = tiny_model(recipe)  # built afresh, as a new process would
-    trainer = train(resumed, data, recipe, str(tmp_path / "stopped"), resume=str(tmp_path / "stopped/checkpoint-2"))
+    trainer = train(resumed, data, recipe, stopped, resume=f"{stopped}/checkpoint-2", dataloader_num_workers=workers)
     assert trainer.state.global_step == 4
     assert_tensors_close(trainable(resumed), trainable(straight), 1e-6, "resumed weight")
     untouched = tiny_model(recipe)

@@ -140,14 +140,14 @@ def corpus_index_options(args: argparse.Namespace, least: int = 1):
     flags (None without ``--corpus-index``), checked; ``least``: the fewest ``--ann-candidates``.
 
     Raises:
-        SystemExit: one ``error:`` line naming the flag.
+        SystemExit: exit status 2 after one ``error:`` line naming the flag.
     """
     if args.corpus_index is None:
         if args.ann:
-            raise SystemExit("error: --ann searches the ANN index of a --corpus-index; give one")
+            _fail("--ann searches the ANN index of a --corpus-index; give one")
         return None
     if getattr(args, "corpus", None) is not None:
-        raise SystemExit("error: give --corpus (a JSONL embedded here) or --corpus-index (an embed output), not both")
+        _fail("give --corpus (a JSONL embedded here) or --corpus-index (an embed output), not both")
     from .inference.pools import PoolOptions
 
     options = PoolOptions(
@@ -162,7 +162,7 @@ def corpus_index_options(args: argparse.Namespace, least: int = 1):
         if args.nprobes < 1:
             raise ValueError(f"--nprobes must be >= 1, got {args.nprobes}")
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        _fail(str(err))
     return options
 
 

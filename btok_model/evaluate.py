@@ -132,7 +132,9 @@ def add_corpus_index_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ann", action="store_true", help="search the --corpus-index's ANN index instead of every row")
     g.add_argument("--ann-candidates", type=int, default=100, metavar="N", help="--ann: rows taken per query")
     g.add_argument("--nprobes", type=int, default=20, help="--ann: IVF partitions searched")
-    g.add_argument("--refine-factor", type=int, default=10, help="--ann: re-rank N x this on the stored vectors (0: off)")
+    g.add_argument(
+        "--refine-factor", type=int, default=10, help="--ann: re-rank N x this on the stored vectors (0: off)"
+    )
 
 
 def corpus_index_options(args: argparse.Namespace, least: int = 1):
@@ -303,8 +305,7 @@ def _apply_pixel_limits(model, args: argparse.Namespace) -> None:
     if not is_vision_model(transformers_model(model.backbone)) or model.processor is None:
         raise SystemExit(
             f"error: --image-*/--video-*-pixels apply to vision-language models with a processor; {args.model} is "
-            f"{type(transformers_model(model.backbone)).__name__}"
-            + ("" if model.processor is None else " (text only)")
+            f"{type(transformers_model(model.backbone)).__name__}" + ("" if model.processor is None else " (text only)")
         )
     try:
         set_pixel_limits(model.processor, image, video)

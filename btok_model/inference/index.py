@@ -249,9 +249,7 @@ class Index:
         self.check_model(model)
         recorded = self.settings.get("embedder")
         if recorded is not None and recorded != type(model).__name__:
-            raise DataError(
-                f"{self.path} was embedded by a {recorded}; the model given is a {type(model).__name__}"
-            )
+            raise DataError(f"{self.path} was embedded by a {recorded}; the model given is a {type(model).__name__}")
         size = getattr(model, "embedding_dim", None)
         if size is not None and self.dim != size:
             raise DataError(

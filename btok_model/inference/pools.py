@@ -186,9 +186,7 @@ class IndexPool:
             )
         return out
 
-    def shard(
-        self, encode_head: Callable[[int, int], torch.Tensor], block_size: int, *, shard: bool
-    ) -> EncodedShard:
+    def shard(self, encode_head: Callable[[int, int], torch.Tensor], block_size: int, *, shard: bool) -> EncodedShard:
         """This rank's rows of the whole pool (exact search), on the ``block_size`` grid.
 
         Args:

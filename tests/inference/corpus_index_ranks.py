@@ -29,7 +29,16 @@ def main(out: str, model: str, eval_pairs: str, mine_pairs: str, corpus_index: s
             + ["--output", f"{out}/evaluate_{name}.json", *more, *quiet]
         )
         summaries[name] = mine_main(
-            ["--model", model, "--data", mine_pairs, "--corpus-index", corpus_index, "--output", f"{out}/mined_{name}.jsonl"]
+            [
+                "--model",
+                model,
+                "--data",
+                mine_pairs,
+                "--corpus-index",
+                corpus_index,
+                "--output",
+                f"{out}/mined_{name}.jsonl",
+            ]
             + ["--negatives", "3", "--skip-top", "1", "--corpus-block", "32", "--query-block", "8", *more, *quiet]
         )
     if distributed.is_main():

@@ -41,8 +41,10 @@ def _write(path, rows) -> str:
 def _embed(model_dir, data, output, *more) -> str:
     from btok_model.embed import main as embed_main
 
-    embed_main(["--model", model_dir, "--data", data, "--output", output, "--no-progress-bar"]
-               + ["--attn-implementation", "sdpa", "--dtype", "float32", *more])
+    embed_main(
+        ["--model", model_dir, "--data", data, "--output", output, "--no-progress-bar"]
+        + ["--attn-implementation", "sdpa", "--dtype", "float32", *more]
+    )
     return output
 
 
@@ -58,7 +60,9 @@ def files(tmp_path_factory):
         | ({"negatives": [f"extra {i % 5}"]} if i % 3 == 0 else {})
         for i in range(29)
     ]
-    eval_rows = [{"query": r["query"] + " " + "q" * (i % 3), "positive": r["positive"]} for i, r in enumerate(mine_rows)]
+    eval_rows = [
+        {"query": r["query"] + " " + "q" * (i % 3), "positive": r["positive"]} for i, r in enumerate(mine_rows)
+    ]
     # 300 rows (an ANN index needs 256): repeated lines, rows equal to a positive, to a query and
     # to an existing negative, so the pool's deduplication and the exclusions are exercised.
     corpus = [
@@ -127,7 +131,9 @@ def test_mine_exact_equals_corpus_file(files):
     assert math.isclose(index_summary["mean_negative_score"], file_summary["mean_negative_score"], rel_tol=1e-6)
     lines = [json.loads(line) for line in by_index.splitlines()]
     mined = [n for line in lines for n in line.get("negatives", [])]
-    assert "what is thing 2" not in [n for line in lines if line["query"] == "what is thing 2" for n in line["negatives"]]
+    assert "what is thing 2" not in [
+        n for line in lines if line["query"] == "what is thing 2" for n in line["negatives"]
+    ]
     assert any(n.startswith("extra") for n in mined) and all(len(line["negatives"]) >= 3 for line in lines)
 
 
@@ -243,7 +249,9 @@ def test_pool_ann_recall_against_exact(tmp_path):
 
 def _run_driver(out, files, nproc: int | None) -> None:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)] if nproc else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)] if nproc else [sys.executable]
+    )
     inputs = [files["model"], files["eval"], files["mine"], files["lance"]]
     command = [*launcher, "-m", "tests.inference.corpus_index_ranks", str(out), *inputs]
     done = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

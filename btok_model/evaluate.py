@@ -8,7 +8,8 @@
     torchrun --nproc-per-node 2 -m btok_model.evaluate --model runs/smol --data test.jsonl --output scores.json
 
 Each ``--data`` file is either ``{"query", "positive"}`` pairs (ranked against the pool of all
-positives plus ``--corpus``) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
+positives plus ``--corpus``, or plus the rows of ``--corpus-index``, an ``embed`` output of the
+same model: exact, or with ``--ann`` through its ANN index and reported as approximate) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
 Hit@1, with the other metrics too). Reports Recall@1/5/10, MRR@10 and nDCG@10, as expected
 values under random tie-breaking. ``--mmeb-v2 ROOT`` scores MMEB-V2 as the paper does (see
 :mod:`btok_model.evaluation.mmeb_v2`): Hit@1 or nDCG@5 per dataset, the meta-task, modality and

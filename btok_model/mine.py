@@ -409,7 +409,8 @@ def mine_file(
         a summary: ``{"lines", "pool", "negatives_per_line": {count: lines}, "short_lines",
         "positive_first", "mean_positive_score", "mean_negative_score", "mean_guarded"}`` over
         the lines mined, with ``"skipped_lines"``, ``"skipped_corpus"`` and ``"skipped"`` (the
-        messages, the first 100) for ``on_bad_row="skip"``.
+        messages, the first 100) for ``on_bad_row="skip"``, and ``"corpus_index"`` (what the pool
+        took from the output and how it was searched: ``"approximate"``) with ``corpus_index``.
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")

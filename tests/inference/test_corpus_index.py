@@ -200,6 +200,9 @@ def test_user_errors(files, capsys, tmp_path):
     assert "--ann-candidates must be an int >= 10" in line
     line = _user_error(capsys, evaluate_main, ev + ["--corpus-index", str(tmp_path / "none.lance")])
     assert "no such Lance table" in line
+    short = _embed(files["model"], files["corpus"], str(tmp_path / "short.lance"), "--limit", "20", "--dims", "16")
+    line = _user_error(capsys, evaluate_main, ev + ["--corpus-index", short])
+    assert line.startswith(f"error: --corpus-index: {short} stores 16-dim vectors") and "full-size" in line, line
 
 
 def test_pool_ann_recall_against_exact(tmp_path):

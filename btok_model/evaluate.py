@@ -8,7 +8,8 @@
     torchrun --nproc-per-node 2 -m btok_model.evaluate --model runs/smol --data test.jsonl --output scores.json
 
 Each ``--data`` file is either ``{"query", "positive"}`` pairs (ranked against the pool of all
-positives plus ``--corpus``) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
+positives plus ``--corpus``, or plus the rows of ``--corpus-index``, an ``embed`` output of the
+same model: exact, or with ``--ann`` through its ANN index and reported as approximate) or MMEB-style ``{"query", "candidates", "label"}`` lists (scored as
 Hit@1, with the other metrics too). Reports Recall@1/5/10, MRR@10 and nDCG@10, as expected
 values under random tie-breaking. ``--mmeb-v2 ROOT`` scores MMEB-V2 as the paper does (see
 :mod:`btok_model.evaluation.mmeb_v2`): Hit@1 or nDCG@5 per dataset, the meta-task, modality and
@@ -37,7 +38,9 @@ import sys
 __all__ = [
     "AUTHORS_PIXELS",
     "add_bad_row_argument",
+    "add_corpus_index_arguments",
     "add_loading_arguments",
+    "corpus_index_options",
     "join_ranks",
     "load_embedder",
     "load_scorer",
@@ -118,6 +121,55 @@ def add_bad_row_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_corpus_index_arguments(p: argparse.ArgumentParser) -> None:
+    """``--corpus-index`` (an ``embed`` output as extra candidates) and its ANN options; read
+    back with :func:`corpus_index_options`."""
+    g = p.add_argument_group(
+        "corpus index",
+        "extra candidates from an embed output (python -m btok_model.embed, same model; --keep-columns text lets "
+        "rows equal to a positive count once): scored exactly from the stored vectors, or with --ann through its "
+        "ANN index (reported as approximate)",
+    )
+    g.add_argument("--corpus-index", metavar="LANCE", help="a *.lance folder written by python -m btok_model.embed")
+    g.add_argument("--ann", action="store_true", help="search the --corpus-index's ANN index instead of every row")
+    g.add_argument("--ann-candidates", type=int, default=100, metavar="N", help="--ann: rows taken per query")
+    g.add_argument("--nprobes", type=int, default=20, help="--ann: IVF partitions searched")
+    g.add_argument(
+        "--refine-factor", type=int, default=10, help="--ann: re-rank N x this on the stored vectors (0: off)"
+    )
+
+
+def corpus_index_options(args: argparse.Namespace, least: int = 1):
+    """The :class:`~btok_model.inference.pools.PoolOptions` of :func:`add_corpus_index_arguments`'
+    flags (None without ``--corpus-index``), checked; ``least``: the fewest ``--ann-candidates``.
+
+    Raises:
+        SystemExit: exit status 2 after one ``error:`` line naming the flag.
+    """
+    if args.corpus_index is None:
+        if args.ann:
+            _fail("--ann searches the ANN index of a --corpus-index; give one")
+        return None
+    if getattr(args, "corpus", None) is not None:
+        _fail("give --corpus (a JSONL embedded here) or --corpus-index (an embed output), not both")
+    from .inference.pools import PoolOptions
+
+    options = PoolOptions(
+        args.corpus_index,
+        ann=args.ann,
+        candidates=args.ann_candidates,
+        nprobes=args.nprobes,
+        refine_factor=args.refine_factor or None,
+    )
+    try:
+        options.check(least, "--ann-candidates")
+        if args.nprobes < 1:
+            raise ValueError(f"--nprobes must be >= 1, got {args.nprobes}")
+    except ValueError as err:
+        _fail(str(err))
+    return options
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m btok_model.evaluate",
@@ -161,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--no-progress-bar", action="store_true")
     add_bad_row_argument(p)
+    add_corpus_index_arguments(p)
     g = p.add_argument_group("MMEB-V2")
     g.add_argument("--mmeb-v2", metavar="ROOT", help="the MMEB-V2 root (image-tasks/, video-tasks/, visdoc-tasks/)")
     g.add_argument("--datasets", nargs="+", metavar="NAME", help="only these MMEB-V2 datasets (none: all 78)")
@@ -263,8 +316,7 @@ def _apply_pixel_limits(model, args: argparse.Namespace) -> None:
     if not is_vision_model(transformers_model(model.backbone)) or model.processor is None:
         raise SystemExit(
             f"error: --image-*/--video-*-pixels apply to vision-language models with a processor; {args.model} is "
-            f"{type(transformers_model(model.backbone)).__name__}"
-            + ("" if model.processor is None else " (text only)")
+            f"{type(transformers_model(model.backbone)).__name__}" + ("" if model.processor is None else " (text only)")
         )
     try:
         set_pixel_limits(model.processor, image, video)
@@ -280,8 +332,10 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
         raise SystemExit("error: --baseline tfidf scores text only; MMEB-V2 needs an image and video embedder")
     if args.output_dir is None:
         raise SystemExit("error: --mmeb-v2 needs --output-dir (results are written there dataset by dataset)")
-    if args.corpus or args.output:
-        raise SystemExit("error: --corpus and --output apply to --data files; MMEB-V2 writes to --output-dir")
+    if args.corpus or args.corpus_index or args.output:
+        raise SystemExit(
+            "error: --corpus, --corpus-index and --output apply to --data files; MMEB-V2 writes to --output-dir"
+        )
     if args.similarity == "maxsim" or args.dims:
         raise SystemExit(
             "error: --mmeb-v2 scores pooled embeddings by cosine at full size: --similarity maxsim and "
@@ -340,6 +394,30 @@ def main(argv: list[str] | None = None) -> dict:
         distributed.shutdown()
 
 
+def _fail(message: str) -> None:
+    """A ``--corpus-index`` error: one ``error:`` line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _check_corpus_index(args: argparse.Namespace, pool, tasks: list):
+    """The opened ``--corpus-index``; what it cannot go with refused before a model loads
+    (``ValueError``)."""
+    from .evaluation.task_files import PairTask
+    from .inference.pools import open_pool_index
+
+    if args.baseline == "tfidf":
+        raise ValueError("--corpus-index holds embeddings; --baseline tfidf scores texts")
+    if args.similarity == "maxsim":
+        raise ValueError("--corpus-index holds one vector per row: it is scored by cosine, not --similarity maxsim")
+    if pool.ann and args.dims:
+        raise ValueError("--dims and --ann do not mix: the ANN index searches full-size vectors")
+    lists = [task.name for task in tasks if not isinstance(task, PairTask)]
+    if lists:
+        raise ValueError(f"--corpus-index extends the pool of query/positive pairs; {lists[0]} holds candidate lists")
+    return open_pool_index(pool)
+
+
 def join_ranks(device: str | None) -> str | None:
     """Under ``torchrun``, join the process group (gloo on the CPU, NCCL on CUDA) before
     anything else, so that only rank 0 prints and writes; returns the device this rank uses
@@ -368,11 +446,22 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         dims = check_dims(args.dims, None, "--dims") if args.dims else None
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    pool = corpus_index_options(args, least=10)
     try:  # bad data fails before a model loads
         tasks = [load_task(path, args.corpus, on_bad_row=args.on_bad_row) for path in args.data]
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    if pool is not None:
+        try:
+            index = _check_corpus_index(args, pool, tasks)
+        except (OSError, ValueError, ImportError) as err:
+            _fail(str(err))
     scorer = load_scorer(args)
+    if pool is not None:  # before anything is embedded
+        try:
+            index.check_embedder(scorer.model)
+        except ValueError as err:
+            _fail(f"--corpus-index: {err}")
     if dims is not None:
         try:
             size = scorer.model.embedding_dim
@@ -381,9 +470,13 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
             raise SystemExit(f"error: {err}") from None
     try:
         if dims is not None:
-            scored = [r for task in tasks for r in evaluate_dims(task, scorer, dims, on_bad_row=args.on_bad_row)]
+            scored = [
+                r
+                for task in tasks
+                for r in evaluate_dims(task, scorer, dims, on_bad_row=args.on_bad_row, corpus_index=pool)
+            ]
         else:
-            scored = [evaluate(task, scorer, on_bad_row=args.on_bad_row) for task in tasks]
+            scored = [evaluate(task, scorer, on_bad_row=args.on_bad_row, corpus_index=pool) for task in tasks]
     except ValueError as err:  # an input the model refuses (file and line named), or one it cannot embed
         raise SystemExit(f"error: {err}") from None
     results = {
@@ -401,6 +494,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in task.items() if "@" in k)
         at = "" if "dims" not in task else f" @ {task['dims'] or 'full'} dims"
         skipped = f"  ({task['skipped_rows']} bad rows skipped)" if task.get("skipped_rows") else ""
+        extra = task.get("corpus_index")
+        if extra and extra["approximate"]:
+            skipped += (
+                f"  (approximate: {extra['rows']} rows of {extra['path']} through its {extra['search']} index, "
+                f"{extra['candidates']} per query)"
+            )
         print(
             f"{task['task']}{at}: {task['num_queries']} queries, {task['num_candidates']} candidates  {metrics}{skipped}"
         )

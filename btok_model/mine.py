@@ -26,6 +26,13 @@ rank the candidate met first in the pool first. A line keeps its other fields an
 negatives (first); image paths are rewritten relative to the output file's folder. Fewer than
 ``--negatives`` are written where fewer candidates qualify; the summary says how often.
 
+``--corpus-index corpus.lance`` takes the extra candidates from an ``embed`` output of the same
+model instead (made with ``--keep-columns text``: negatives are written as texts), its stored
+vectors read, not re-embedded (:mod:`btok_model.inference.pools`): by default every row is
+scored, mining what ``--corpus`` mines from the same rows; ``--ann`` takes each line's
+``--ann-candidates`` best rows from the output's ANN index instead, and the summary's
+``corpus_index`` says the pool was searched approximately.
+
 Embedding goes through the encode engine (:mod:`btok_model.embedder.encode`) in blocks of
 ``--corpus-block`` inputs; scoring through the blocked scorer (:mod:`btok_model.inference.scoring`):
 ``--query-block`` lines against ``--corpus-block`` candidates at a time, keeping a running top
@@ -71,6 +78,8 @@ class MinedNegatives:
         positive_rank: long ``[L]``, candidates (excluded ones aside) scoring above the positive:
             0 where the model ranks the positive first.
         guarded: long ``[L]``, candidates (excluded ones aside) the false-negative guard dropped.
+        corpus_index: with a corpus index, what the pool took from it
+            (:meth:`~btok_model.inference.pools.IndexPool.describe`), else None.
     """
 
     pool: list
@@ -79,6 +88,7 @@ class MinedNegatives:
     positive_scores: torch.Tensor
     positive_rank: torch.Tensor
     guarded: torch.Tensor
+    corpus_index: dict | None = None
 
 
 _PARAMETERS = ("num_negatives", "skip_top", "max_score_margin", "query_block", "corpus_block")
@@ -143,6 +153,7 @@ def mine_hard_negatives(
     show_progress_bar: bool = False,
     device: torch.device | str | None = None,
     shard: bool = False,
+    corpus_index=None,
 ) -> MinedNegatives:
     """Each (query, positive) line's hardest negatives in the pool of positives and corpus.
 
@@ -172,6 +183,9 @@ def mine_hard_negatives(
         device: where scores are computed (default: the model's device, else the CPU).
         shard: split the work across the ranks of ``torch.distributed``; False: this process
             does all of it, with no collective.
+        corpus_index: a :class:`~btok_model.inference.pools.PoolOptions`: the rows of that
+            ``embed`` output (same model, text column kept) join the pool after ``corpus``,
+            scored exactly from their stored vectors, or with ``ann`` through its ANN index.
 
     Returns:
         :class:`MinedNegatives` (the same on every rank).
@@ -193,6 +207,14 @@ def mine_hard_negatives(
         raise ValueError(f"exclude must hold one list per line ({len(queries)}), got {len(exclude)}")
     device = torch.device(device or getattr(model, "device", None) or "cpu")
     pool, index = _pool(positives, corpus)
+    extra = None
+    if corpus_index is not None:
+        from .inference.pools import IndexPool, open_pool_index
+
+        corpus_index.check(1, "--ann-candidates")
+        extra = IndexPool(open_pool_index(corpus_index), corpus_index, index, need_texts=True)
+        extra.check_model(model)  # before anything is embedded
+        pool, index = pool + extra.texts, extra.keys
     positive_index = torch.tensor([index[input_key(p)] for p in positives], dtype=torch.long)
     excluded = _excluded(queries, exclude, index, positive_index.tolist()).to(device)
 
@@ -203,7 +225,14 @@ def mine_hard_negatives(
     query_emb = query_emb[torch.tensor([query_rows[input_key(q)] for q in queries])].to(device)
     # Without shard: every block here, as the one shard (0 of 1), and nothing to combine.
     combine = shard and distributed.is_distributed()
-    shard = engine.encode(model, pool, shard=True if shard else (0, 1), gather=False, desc="pool", **settings)
+    if extra is None:
+        shard = engine.encode(model, pool, shard=True if shard else (0, 1), gather=False, desc="pool", **settings)
+    elif not corpus_index.ann:  # the whole pool, the output's rows read on the same block grid
+        head = lambda lo, hi: engine.encode(model, pool[lo:hi], desc="pool", **settings)
+        shard = extra.shard(head, corpus_block, shard=shard)
+    else:  # the head here; the output's rows come from its ANN index below
+        head = pool[: extra.head]
+        shard = engine.encode(model, head, shard=True if shard else (0, 1), gather=False, desc="pool", **settings)
 
     # Each line's positive score, from the rank holding the positive (the same product as one process).
     held = (positive_index >= shard.start) & (positive_index < shard.stop)
@@ -237,13 +266,29 @@ def mine_hard_negatives(
         guarded = distributed.all_reduce(guarded, "sum")
         skipped = merge_topk(distributed.all_gather_topk(skipped), skip_top)
         kept = merge_topk(distributed.all_gather_topk(kept), skip_top + num_negatives)
+    if extra is not None and corpus_index.ann:  # every rank gets every line's hits
+        hits = extra.ann(query_emb.cpu(), shard=combine)
+        values = _mask_hits(hits, excluded.cpu())
+        positive_rank = positive_rank + (values > positive_scores.cpu()[:, None]).sum(1)
+        over = values > threshold.cpu()[:, None]
+        guarded = guarded + over.sum(1)
+        skipped = merge_topk([skipped, TopK(values, hits.indices)], skip_top)
+        kept = merge_topk([kept, TopK(values.masked_fill(over, -math.inf), hits.indices)], skip_top + num_negatives)
 
     # The kept list minus the skipped ranks: at most skip_top entries go, so n remain where n qualify.
     drop = (kept.indices[:, :, None] == skipped.indices[:, None, :]).any(-1) | (kept.indices < 0)
     first = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :num_negatives]
     negatives = torch.where(drop.gather(1, first), -1, kept.indices.gather(1, first))
     negative_scores = kept.values.gather(1, first).masked_fill(negatives < 0, float("-inf"))
-    return MinedNegatives(pool, negatives, negative_scores, positive_scores.cpu(), positive_rank, guarded)
+    described = None if extra is None else extra.describe()
+    return MinedNegatives(pool, negatives, negative_scores, positive_scores.cpu(), positive_rank, guarded, described)
+
+
+def _mask_hits(hits: TopK, excluded: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[L, n]``: the hits' scores, ``-inf`` at a hit the line may not take (``excluded``:
+    long ``[L, E]``, -1 pads) or at an empty hit."""
+    taken = (hits.indices[:, :, None] == excluded[:, None, :]).any(-1) | (hits.indices < 0)
+    return hits.values.masked_fill(taken, -math.inf)
 
 
 def _pool(positives: list, corpus) -> tuple[list, dict]:
@@ -339,6 +384,7 @@ def mine_file(
     corpus: str | os.PathLike | None = None,
     *,
     on_bad_row: str = "error",
+    corpus_index=None,
     **options,
 ) -> dict:
     """Mine negatives for every line of a training JSONL file and write the result.
@@ -355,17 +401,22 @@ def mine_file(
             unchanged (no negatives mined for it) and never offers such a corpus entry, and
             counts them in the summary. A malformed line (an empty text, a missing image)
             is refused when the file is read, as training refuses it.
+        corpus_index: a :class:`~btok_model.inference.pools.PoolOptions` instead of ``corpus``
+            (see :func:`mine_hard_negatives`); its rows were checked when it was embedded.
         **options: keyword arguments of :func:`mine_hard_negatives`.
 
     Returns:
         a summary: ``{"lines", "pool", "negatives_per_line": {count: lines}, "short_lines",
         "positive_first", "mean_positive_score", "mean_negative_score", "mean_guarded"}`` over
         the lines mined, with ``"skipped_lines"``, ``"skipped_corpus"`` and ``"skipped"`` (the
-        messages, the first 100) for ``on_bad_row="skip"``.
+        messages, the first 100) for ``on_bad_row="skip"``, and ``"corpus_index"`` (what the pool
+        took from the output and how it was searched: ``"approximate"``) with ``corpus_index``.
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     data, output = os.fspath(data), os.fspath(output)
+    if corpus is not None and corpus_index is not None:
+        raise ValueError("give a corpus file or a corpus index, not both")
     shard = options.get("shard", False)
     writer = distributed.is_main() or not shard  # with shard, rank 0 writes for all
     if writer:
@@ -389,6 +440,7 @@ def mine_file(
         [positives[i] for i in good],
         [item for j, item in enumerate(extra) if j not in bad_corpus],
         exclude=[exclude[i] for i in good],
+        corpus_index=corpus_index,
         **options,
     )
     folder = os.path.dirname(os.path.abspath(output))
@@ -404,6 +456,8 @@ def mine_file(
             )
         os.replace(output + ".tmp", output)
     summary = _summary(mined)
+    if mined.corpus_index is not None:
+        summary["corpus_index"] = mined.corpus_index
     if on_bad_row == "skip":
         summary.update(skipped_lines=len(bad_lines), skipped_corpus=len(bad_corpus), skipped=messages[:100])
     return summary
@@ -435,7 +489,7 @@ def _summary(mined: MinedNegatives) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .evaluate import add_bad_row_argument, add_loading_arguments
+    from .evaluate import add_bad_row_argument, add_corpus_index_arguments, add_loading_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m btok_model.mine",
@@ -463,6 +517,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus-block", type=int, default=16384, help="corpus inputs embedded and scored at once")
     add_loading_arguments(p)
     add_bad_row_argument(p)
+    add_corpus_index_arguments(p)
     p.add_argument("--no-progress-bar", action="store_true")
     return p
 
@@ -489,6 +544,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
+    from .evaluate import corpus_index_options
+    from .inference.pools import open_pool_index, require_texts
+
     options = {
         "num_negatives": args.negatives,
         "skip_top": args.skip_top,
@@ -503,9 +561,13 @@ def _run(args: argparse.Namespace) -> dict:
         _read_pairs(args.data)
         if args.corpus is not None:
             load_corpus(args.corpus)
+        pool = corpus_index_options(args, least=args.skip_top + args.negatives)
+        if pool is not None:
+            index = open_pool_index(pool)
+            require_texts(index)
         if distributed.is_main():  # the one rank that writes it
             check_output(args.output)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:
         raise _fail(str(err)) from None
     from .evaluate import load_embedder
 
@@ -517,6 +579,11 @@ def _run(args: argparse.Namespace) -> dict:
         if isinstance(err.code, str):
             raise _fail(err.code.removeprefix("error: ")) from None
         raise
+    if pool is not None:  # before anything is embedded
+        try:
+            index.check_embedder(model)
+        except ValueError as err:
+            raise _fail(f"--corpus-index: {err}") from None
     try:
         summary = mine_file(
             model,
@@ -524,6 +591,7 @@ def _run(args: argparse.Namespace) -> dict:
             args.output,
             args.corpus,
             on_bad_row=args.on_bad_row,
+            corpus_index=pool,
             shard=True,
             batch_size=args.batch_size,
             show_progress_bar=not args.no_progress_bar,

@@ -13,6 +13,12 @@ Under ``torchrun`` an :class:`EmbeddingScorer` with ``shard=True`` shards the wo
 the row blocks; the queries are gathered to every rank, the candidates stay on the rank that
 encoded them, and the per-rank counts add up -- the same metrics as one process.
 
+Extra candidates from an ``embed`` output (``corpus_index``, a
+:class:`~btok_model.inference.pools.PoolOptions`): a pairs task's pool is its positives followed
+by the output's rows, their stored vectors read, not re-embedded
+(:mod:`btok_model.inference.pools`): exact by default -- the same metrics as the same rows given
+as a corpus file -- or through the output's ANN index, the result then marked approximate.
+
 Bad rows: ``on_bad_row="error"`` stops at the first input the model refuses (an empty text, a
 text longer than the model accepts, an image that does not decode), naming its file and line,
 before anything is embedded; ``"skip"`` leaves such queries and candidates out (a query whose
@@ -31,7 +37,7 @@ from ..embedder.similarity import SIMILARITIES, similarity_scores, truncate
 from ..inference import distributed
 from ..inference.scoring import count_ranks
 from .metrics import METRIC_NAMES, expected_metrics
-from .task_files import ON_BAD_ROW, CandidateListTask, PairTask
+from .task_files import ON_BAD_ROW, CandidateListTask, PairTask, input_key
 from .tfidf import TfidfScorer
 
 __all__ = ["EmbeddingScorer", "TfidfTaskScorer", "check_task", "evaluate", "evaluate_dims", "find_bad_inputs"]
@@ -195,6 +201,7 @@ def evaluate(
     *,
     per_query: bool = False,
     on_bad_row: str = "error",
+    corpus_index=None,
 ) -> dict:
     """Retrieval metrics of ``scorer`` on ``task``.
 
@@ -208,6 +215,9 @@ def evaluate(
         per_query: also return every query's metrics (for paired comparisons of systems,
             :func:`~btok_model.evaluation.metrics.paired_bootstrap`).
         on_bad_row: ``"error"`` or ``"skip"`` (see the module docstring, :func:`check_task`).
+        corpus_index: a :class:`~btok_model.inference.pools.PoolOptions`: the rows of that
+            ``embed`` output join a pairs task's pool (an :class:`EmbeddingScorer` scoring by
+            cosine, of the model that embedded them: ``ValueError`` otherwise).
 
     Returns:
         ``{"task", "layout", "num_queries", "num_candidates", <metrics>, "seconds"}`` with the
@@ -215,12 +225,15 @@ def evaluate(
         random tie-breaking), and ``"hit@1"`` (= recall@1) for candidate lists; with
         ``per_query``, ``"per_query": {name: [value per query, in task order]}``; with
         ``on_bad_row="skip"``, ``"skipped_rows"`` (how many lines or inputs were left out,
-        at loading and here) and ``"skipped"`` (their messages, the first 100).
+        at loading and here) and ``"skipped"`` (their messages, the first 100); with
+        ``corpus_index``, ``"corpus_index"``: :meth:`~btok_model.inference.pools.IndexPool.describe`
+        (``"approximate": true`` with ANN).
     """
     start = time.perf_counter()
     task = check_task(task, scorer, on_bad_row)
-    queries, candidates = _embed(task, scorer)
-    result = _score(task, scorer, queries, candidates, block, per_query)
+    pool = _index_pool(task, scorer, corpus_index)
+    queries, candidates = _embed(task, scorer, pool)
+    result = _score(task, scorer, queries, candidates, block, per_query, pool)
     _add_skipped(result, task, on_bad_row)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
@@ -234,6 +247,7 @@ def evaluate_dims(
     *,
     per_query: bool = False,
     on_bad_row: str = "error",
+    corpus_index=None,
 ) -> list[dict]:
     """Retrieval metrics at several Matryoshka dimensions, from one embedding of the task.
 
@@ -242,8 +256,9 @@ def evaluate_dims(
     every vector of a multi-vector embedding alike).
 
     Args:
-        task, scorer, block, per_query, on_bad_row: as for :func:`evaluate` (``scorer``
-            returns dense tensors: an :class:`EmbeddingScorer`).
+        task, scorer, block, per_query, on_bad_row, corpus_index: as for :func:`evaluate`
+            (``scorer`` returns dense tensors: an :class:`EmbeddingScorer`; ``corpus_index``
+            exact only: an ANN index holds the full-size vectors).
         dims: the dimensions, each an int in ``[1, H]`` or None (the full embedding).
 
     Returns:
@@ -252,13 +267,16 @@ def evaluate_dims(
     """
     start = time.perf_counter()
     task = check_task(task, scorer, on_bad_row)
-    queries, candidates = _embed(task, scorer)
+    if corpus_index is not None and corpus_index.ann and any(d is not None for d in dims):
+        raise ValueError("Matryoshka dims and an ANN pool do not mix: the index searches full-size vectors")
+    pool = _index_pool(task, scorer, corpus_index)
+    queries, candidates = _embed(task, scorer, pool)
     encode_seconds = time.perf_counter() - start
     results = []
     for d in dims:
         start = time.perf_counter()
         q, c = (queries, candidates) if d is None else (truncate(queries, d), _truncate(candidates, d))
-        result = {"dims": d, **_score(task, scorer, q, c, block, per_query)}
+        result = {"dims": d, **_score(task, scorer, q, c, block, per_query, pool)}
         _add_skipped(result, task, on_bad_row)
         result["seconds"] = round(encode_seconds + time.perf_counter() - start, 3)
         results.append(result)
@@ -277,12 +295,45 @@ def _add_skipped(result: dict, task: PairTask | CandidateListTask, on_bad_row: s
         result["skipped"] = task.skipped[:100]
 
 
-def _embed(task: PairTask | CandidateListTask, scorer):
+def _index_pool(task, scorer, options):
+    """The :class:`~btok_model.inference.pools.IndexPool` of ``options`` after the task's
+    candidates (None without), its model checked against the output's."""
+    if options is None:
+        return None
+    from ..inference.pools import IndexPool, open_pool_index
+
+    if not isinstance(task, PairTask):  # the user's file: a ValueError, reported in one line
+        message = f"{task.name}: a corpus index extends the pool of query/positive pairs, not candidate lists"
+        raise ValueError(message)  # noqa: TRY004
+    if not isinstance(scorer, EmbeddingScorer) or scorer.similarity_name != "cosine":
+        raise ValueError("a corpus index holds one vector per row: score it with an embedder by cosine")
+    options.check(10 if options.ann else 1)  # ranks beyond 10 score 0: fewer hits would cut the counts
+    index = open_pool_index(options)
+    index.check_embedder(scorer.model)
+    return IndexPool(index, options, {input_key(c): i for i, c in enumerate(task.candidates)})
+
+
+def _embed(task: PairTask | CandidateListTask, scorer, pool=None):
     """The scorer fitted on the task, every query's embedding (on every rank) and the distinct
-    candidates' (this rank's shard where the scorer shards)."""
+    candidates' (this rank's shard where the scorer shards); with an exact ``pool``, the whole
+    pool's (the task's candidates embedded, the output's rows read)."""
     scorer.fit(list(task.queries) + list(task.candidates))
     encode_shard = getattr(scorer, "encode_shard", None)
-    candidates = encode_shard(task.candidates) if encode_shard else scorer.encode(task.candidates)
+    if pool is not None and not pool.options.ann:
+        shard = pool.shard(
+            lambda lo, hi: engine.encode(
+                scorer.model,
+                task.candidates[lo:hi],
+                batch_size=scorer.batch_size,
+                block_size=scorer.block_size,
+                progress=scorer.show_progress_bar,
+            ),
+            scorer.block_size,
+            shard=scorer.shard,
+        )
+        candidates = shard if scorer.shard else shard.embeddings
+    else:
+        candidates = encode_shard(task.candidates) if encode_shard else scorer.encode(task.candidates)
     return scorer.encode(task.queries), candidates
 
 
@@ -293,8 +344,10 @@ def _score(
     candidates,
     block: int,
     per_query: bool,
+    pool=None,
 ) -> dict:
-    """The metrics of :func:`evaluate` from the task's embeddings (no ``"seconds"``)."""
+    """The metrics of :func:`evaluate` from the task's embeddings (no ``"seconds"``); with an
+    ANN ``pool`` the index's hits that beat or tie the positive are added to its counts."""
     if isinstance(task, PairTask):
         relevant, lists, layout = task.positive_index[:, None], None, "pairs"
     else:
@@ -309,13 +362,20 @@ def _score(
         query_block=block,
         device=getattr(scorer, "device", None) if not queries.is_sparse else None,
     )
-    per_query_values = expected_metrics(counts.greater[:, 0], counts.equal[:, 0] - 1)  # the positive ties with itself
+    greater, equal = counts.greater[:, 0], counts.equal[:, 0]
+    if pool is not None and pool.options.ann:
+        hits = pool.ann(queries, shard=getattr(scorer, "shard", False)).values
+        greater = greater + (hits > counts.targets).sum(1)
+        equal = equal + (hits == counts.targets).sum(1)
+    per_query_values = expected_metrics(greater, equal - 1)  # the positive ties with itself
     result = {
         "task": task.name,
         "layout": layout,
         "num_queries": len(task.queries),
-        "num_candidates": len(task.candidates),
+        "num_candidates": len(task.candidates) if pool is None else pool.num_rows,
     }
+    if pool is not None:
+        result["corpus_index"] = pool.describe()
     result.update({name: float(per_query_values[name].mean()) for name in METRIC_NAMES})
     if layout == "candidate_lists":
         result["hit@1"] = result["recall@1"]

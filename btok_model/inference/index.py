@@ -237,6 +237,46 @@ class Index:
                 f"given has weights {found}: queries must be embedded by the same model"
             )
 
+    def check_embedder(self, model) -> None:
+        """Refuse a model whose embeddings this output's rows cannot stand beside: other weights
+        (:meth:`check_model`), another embedder class, or vectors stored truncated (``--dims``)
+        or as the K vectors alone, so that a query embedded by ``model`` at full size scores the
+        stored rows as it scores its own candidates.
+
+        Raises:
+            DataError: naming the output, what it records and what the model has.
+        """
+        self.check_model(model)
+        recorded = self.settings.get("embedder")
+        if recorded is not None and recorded != type(model).__name__:
+            raise DataError(f"{self.path} was embedded by a {recorded}; the model given is a {type(model).__name__}")
+        size = getattr(model, "embedding_dim", None)
+        if size is not None and self.dim != size:
+            raise DataError(
+                f"{self.path} stores {self.dim}-dim vectors (embedded with --dims {self.settings.get('dims')}); "
+                f"{self.settings['model']} embeds {size}: pools need full-size vectors"
+            )
+
+    def column(self, name: str) -> list:
+        """Every row's value of column ``name``, in dataset order.
+
+        Raises:
+            DataError: the output has no such column (its columns named).
+        """
+        if name not in self.columns:
+            raise DataError(f"{self.path} has no column {name!r}; its columns: {self.columns}")
+        return self._dataset.to_table(columns=[name]).column(name).to_pylist()
+
+    def take_vectors(self, positions) -> torch.Tensor:
+        """fp32 ``[len(positions), H]``: the ``vector`` of the rows at these dataset positions
+        (in the order given; a contiguous ascending run is read as a range)."""
+        positions = [int(p) for p in positions]
+        if not positions:
+            return torch.empty(0, self.dim, dtype=torch.float32)
+        if positions == list(range(positions[0], positions[0] + len(positions))):
+            return self.vectors(positions[0], positions[0] + len(positions))
+        return _vectors_of(self._dataset.take(positions, columns=["vector"]).column("vector"))
+
     def vectors(self, start: int = 0, stop: int | None = None, column: str = "vector") -> torch.Tensor:
         """fp32 ``[stop - start, H]`` (``column="vectors"``: ``[n, K, H]``), rows in dataset order."""
         stop = self.num_rows if stop is None else stop

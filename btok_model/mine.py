@@ -54,14 +54,13 @@ from dataclasses import dataclass
 import torch
 
 from .datasets.jsonl import read_jsonl
+from .datasets.schema import FLAT_IMAGE_KEYS, NEGATIVES, POSITIVE, QUERY, example_input
 from .embedder import encode as engine
 from .evaluation.task_files import ON_BAD_ROW, input_key, load_corpus
 from .inference import distributed
 from .inference.scoring import RunningTopK, TopK, merge_topk, score_blocks
 
 __all__ = ["MinedNegatives", "main", "mine_file", "mine_hard_negatives", "parser"]
-
-IMAGE_KEYS = {"query": "query_image", "positive": "positive_image"}
 
 
 @dataclass
@@ -320,12 +319,6 @@ def _read_pairs(path: str) -> tuple[list[dict], list[dict], list[str]]:
     return [record.data for record in records], examples, [record.where for record in records]
 
 
-def _side(example: dict, side: str):
-    """The embedder input of a validated example's query or positive (text, or text + image)."""
-    image = example.get(IMAGE_KEYS[side])
-    return example.get(side) if image is None else {"text": example.get(side), "image": image}
-
-
 def _relative(path: str, folder: str) -> str:
     return os.path.relpath(os.path.abspath(path), folder)
 
@@ -343,12 +336,12 @@ def _written(item, folder: str):
 def _output_line(raw: dict, example: dict, mined: list, folder: str) -> dict:
     """The input line with image paths relative to ``folder`` and the mined negatives appended."""
     line = dict(raw)
-    for key in IMAGE_KEYS.values():
+    for key in FLAT_IMAGE_KEYS.values():
         if example.get(key) is not None:
             line[key] = _relative(example[key], folder)
-    existing = [_written(n, folder) for n in example.get("negatives", [])]
+    existing = [_written(n, folder) for n in example.get(NEGATIVES, [])]
     if existing or mined:
-        line["negatives"] = existing + mined
+        line[NEGATIVES] = existing + mined
     return line
 
 
@@ -368,7 +361,7 @@ def _bad_lines(model, queries, positives, corpus, where: list[str], corpus_where
     from .evaluation.runner import find_bad_inputs
 
     messages, bad_lines = [], set()
-    for side, inputs in (("query", queries), ("positive", positives)):
+    for side, inputs in ((QUERY, queries), (POSITIVE, positives)):
         for row, reason in find_bad_inputs(model, inputs, block, shard=shard):
             bad_lines.add(row)
             messages.append((row, f"{where[row]}: field {side!r}: {reason}"))
@@ -423,9 +416,9 @@ def mine_file(
         check_output(output)
     raw, examples, where = _read_pairs(data)
     extra, extra_where = ([], []) if corpus is None else _corpus_lines(corpus)
-    queries = [_side(ex, "query") for ex in examples]
-    positives = [_side(ex, "positive") for ex in examples]
-    exclude = [ex.get("negatives", []) for ex in examples]
+    queries = [example_input(ex, QUERY) for ex in examples]
+    positives = [example_input(ex, POSITIVE) for ex in examples]
+    exclude = [ex.get(NEGATIVES, []) for ex in examples]
     block = options.get("corpus_block", 16384)
     bad_lines, bad_corpus, messages = _bad_lines(model, queries, positives, extra, where, extra_where, block, shard)
     if messages and on_bad_row == "error":

@@ -28,8 +28,8 @@ read to the same examples:
 
 **Frames.** A video's frames are ordered by the last number in their name (``c01_0022.jpeg`` ->
 22; none: 0; ties keep the table's order, or the file names' in a folder) and 8 are sampled as
-the authors sample them: all of them when there are at most 8, else frame ``int(i * n / 8)`` for
-``i = 0..7``. They are decoded to RGB ``PIL.Image`` when an example is taken.
+the authors' training samples them (:func:`~btok_model.datasets.frames.sample_frames_train`):
+all of them when there are at most 8, else frame ``int(i * n / 8)`` for ``i = 0..7``. They are decoded to RGB ``PIL.Image`` when an example is taken.
 
 **Rendering** (the authors' transforms; ``trailing_newline: preserve`` everywhere, so no side
 gets a final newline it does not have):
@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .frames import sample_frames_train
 from .jsonl import DataError, read_jsonl
 from .lance_tables import open_lance
 from .rendering import (
@@ -71,11 +72,12 @@ from .rendering import (
     check_plain_text,
     join_instruction,
     normalize_whitespace,
+    replace_legacy_tokens,
+    strip_leading_placeholder,
     token_first,
-    vision_side,
 )
 
-__all__ = ["NUM_FRAMES", "ROOT_NAME", "SOURCES", "LlavaHoundSet", "LlavaHoundSource", "sample_frames"]
+__all__ = ["NUM_FRAMES", "ROOT_NAME", "SOURCES", "LlavaHoundSet", "LlavaHoundSource"]
 
 # The folder the authors' README downloads the set into, under their data root.
 ROOT_NAME = "ShareGPTVideo_train_video_and_instruction"
@@ -126,15 +128,6 @@ SOURCES = {
 }
 
 
-def sample_frames(count: int, num_frames: int = NUM_FRAMES) -> list[int]:
-    """Which of ``count`` ordered frames the authors take: all when ``count <= num_frames``,
-    else ``int(i * (count / num_frames))`` for ``i < num_frames`` (their float arithmetic)."""
-    if count <= num_frames:
-        return list(range(count))
-    step = count / num_frames
-    return [int(i * step) for i in range(num_frames)]
-
-
 def _frame_number(name) -> int:
     """A frame's order key: an int as it is, else the last number in its name (none: 0)."""
     if isinstance(name, (int, np.integer)):
@@ -171,7 +164,7 @@ class _FrameTable:
         counts = np.diff(np.r_[starts, len(order)])
         self._frames: dict[str, np.ndarray] = {}
         for start, count in zip(starts.tolist(), counts.tolist()):
-            picked = order[start + np.asarray(sample_frames(count), dtype=np.int64)]
+            picked = order[start + np.asarray(sample_frames_train(count, NUM_FRAMES), dtype=np.int64)]
             self._frames[names[int(sorted_codes[start])]] = picked
 
     def __contains__(self, video: str) -> bool:
@@ -214,7 +207,7 @@ class _FrameFolders:
 
     def frames(self, video: str, where: str) -> list:
         names = self.names(video)
-        picked = [os.path.join(self.path, video, names[i]) for i in sample_frames(len(names))]
+        picked = [os.path.join(self.path, video, names[i]) for i in sample_frames_train(len(names), NUM_FRAMES)]
         out = []
         for path in picked:
             with open(path, "rb") as f:
@@ -342,9 +335,11 @@ class LlavaHoundSet(Sequence):
             if spec.mode == "caption_retrieval":
                 with blame("conversations"):
                     query = join_instruction(
-                        spec.query_instruction, human.replace("<video>", VIDEO_TOKEN), spec.query_separator
+                        spec.query_instruction, replace_legacy_tokens(human, VIDEO_TOKEN), spec.query_separator
                     )
-                    text = vision_side(token_first(query or VIDEO_TOKEN, VIDEO_TOKEN, LEGACY_VIDEO_TOKENS), VIDEO_TOKEN)
+                    text = strip_leading_placeholder(
+                        token_first(query or VIDEO_TOKEN, VIDEO_TOKEN, LEGACY_VIDEO_TOKENS), VIDEO_TOKEN
+                    )
                     check_plain_text(text or "")
                     other = normalize_whitespace(assistant)
                     check_plain_text(other)

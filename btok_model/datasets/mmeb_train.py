@@ -58,7 +58,7 @@ from typing import Any
 
 from .jsonl import DataError
 from .lance_tables import LanceImageTable, open_lance
-from .rendering import IMAGE_TOKEN, LEGACY_IMAGE_TOKENS, FieldError, normalize_whitespace
+from .rendering import IMAGE_TOKEN, FieldError, normalize_whitespace, replace_legacy_tokens, strip_leading_placeholder
 
 __all__ = [
     "DEFAULT_SPLIT",
@@ -188,8 +188,7 @@ def render_side(text: str, has_image: bool, rule: SideRule) -> str | None:
         ValueError: an image token without an image (and no rule removing it), or an image
             whose text does not start with the image token, or holds it twice.
     """
-    for legacy in LEGACY_IMAGE_TOKENS:
-        text = text.replace(legacy, IMAGE_TOKEN)
+    text = replace_legacy_tokens(text, IMAGE_TOKEN)
     if rule.strip_token_without_image and not has_image:
         text = normalize_whitespace(text.replace(IMAGE_TOKEN, "").strip("\n"), final_newline=False)
     elif rule.token_if_empty and has_image and not text.strip():
@@ -210,7 +209,7 @@ def render_side(text: str, has_image: bool, rule: SideRule) -> str | None:
     if rule.single_newline:
         text = normalize_whitespace(text, final_newline=True)
     if has_image:
-        return text[len(IMAGE_TOKEN) + 1 :] or None  # drop the token and the newline after it
+        return strip_leading_placeholder(text, IMAGE_TOKEN) or None  # drop the token and the newline after it
     return text
 
 

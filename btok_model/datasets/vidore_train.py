@@ -46,8 +46,8 @@ from .rendering import (
     blame,
     check_plain_text,
     normalize_whitespace,
+    strip_leading_placeholder,
     token_first,
-    vision_side,
 )
 
 __all__ = ["ROOT_NAME", "VidoreTrainSet", "render_vidore_answer", "render_vidore_query"]
@@ -107,7 +107,7 @@ class VidoreTrainSet(ImageRowExamples):
 
     def render(self, row: dict) -> tuple[str | None, str]:
         with blame("query"):
-            query = vision_side(render_vidore_query(row["query"], row["options"]), IMAGE_TOKEN)
+            query = strip_leading_placeholder(render_vidore_query(row["query"], row["options"]), IMAGE_TOKEN)
             check_plain_text(query or "")
         with blame("answer"):
             answer = render_vidore_answer(row["answer"], row["options"])

@@ -43,8 +43,8 @@ from .rendering import (
     check_plain_text,
     join_instruction,
     normalize_whitespace,
+    strip_leading_placeholder,
     token_first,
-    vision_side,
 )
 
 __all__ = ["POSITIVE_INSTRUCTIONS", "QUERY_INSTRUCTIONS", "ROOT_NAME", "VisragTrainSet"]
@@ -124,5 +124,5 @@ class VisragTrainSet(ImageRowExamples):
             rendered = token_first(
                 f"{IMAGE_TOKEN} {instruction}" if instruction else IMAGE_TOKEN, IMAGE_TOKEN, LEGACY_IMAGE_TOKENS
             )
-            page = vision_side(rendered, IMAGE_TOKEN)
+            page = strip_leading_placeholder(rendered, IMAGE_TOKEN)
         return page, query

@@ -61,6 +61,7 @@ import torch
 
 from btok_kernels import CondensationLayout
 
+from ..datasets.schema import EXAMPLE_KEYS, FLAT_IMAGE_KEYS, TARGET_SIDES
 from .media import Media
 from .packed_batch import BTokBatch
 
@@ -76,12 +77,11 @@ __all__ = [
     "input_name",
 ]
 
-EXAMPLE_KEYS = ("query", "positive", "negatives", "target", "target_side", "source")
-# Whose BToks generate a target (the authors' ``ntp_side``), see the module docstring.
-TARGET_SIDES = ("positive", "query", "both", "none")
+# EXAMPLE_KEYS and TARGET_SIDES (whose BToks generate a target, the authors' ``ntp_side``, see
+# the module docstring) are the example schema's, :mod:`btok_model.datasets.schema`.
+# Media keys an example may not carry (a multimodal collator folds the flat image keys in).
 IMAGE_KEYS = (
-    "query_image",
-    "positive_image",
+    *FLAT_IMAGE_KEYS.values(),
     "negative_images",
     "image",
     "images",

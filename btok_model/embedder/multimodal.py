@@ -78,6 +78,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..datasets.schema import FLAT_IMAGE_KEYS, example_input
 from .collate import (
     EXAMPLE_KEYS,
     IMAGE_KEYS,
@@ -105,8 +106,8 @@ __all__ = [
     "qwen3_vl_video_layout",
     "vision_family",
 ]
-# Flat example keys (the JSONL training format): (input field, media key).
-FLAT_MEDIA_KEYS = {"query_image": ("query", "image"), "positive_image": ("positive", "image")}
+# Flat image key (the JSONL training format) -> the input field it gives the image of.
+_FLAT_FIELDS = {key: field for field, key in FLAT_IMAGE_KEYS.items()}
 DEFAULT_FPS = 2.0
 
 
@@ -453,12 +454,13 @@ class MultimodalCollator(BTokCollator):
 
     # -- examples and inputs ----------------------------------------------------------------
     def _merge_flat_media(self, i: int, ex: dict) -> dict:
-        """``{"query": q, "query_image": path}`` -> ``{"query": {"text": q, "image": path}}``."""
-        flat = [k for k in ex if k in FLAT_MEDIA_KEYS]
-        other = [k for k in ex if k in IMAGE_KEYS and k not in FLAT_MEDIA_KEYS]
+        """``{"query": q, "query_image": path}`` -> ``{"query": {"text": q, "image": path}}``
+        (:func:`~btok_model.datasets.schema.example_input`)."""
+        flat = [k for k in ex if k in _FLAT_FIELDS]
+        other = [k for k in ex if k in IMAGE_KEYS and k not in _FLAT_FIELDS]
         if other:
             raise ExampleError(
-                f"example {i}, field {other[0]!r}: not a known field; give an image as {sorted(FLAT_MEDIA_KEYS)} or "
+                f"example {i}, field {other[0]!r}: not a known field; give an image as {sorted(_FLAT_FIELDS)} or "
                 "inside an input: {'text': ..., 'image': ..., 'video': ...}"
             )
         target_media = [k for k in ex if k.startswith("target_") and k not in EXAMPLE_KEYS]
@@ -468,17 +470,13 @@ class MultimodalCollator(BTokCollator):
             return ex
         ex = dict(ex)
         for key in flat:
-            field, media_key = FLAT_MEDIA_KEYS[key]
-            value = ex.pop(key)
-            if value is None:
-                continue
-            current = ex.get(field)
-            if isinstance(current, dict):
-                if current.get(media_key) is not None:
-                    raise ExampleError(f"example {i}: field {key!r} and field {field!r} both give an {media_key}")
-                ex[field] = {**current, media_key: value}
-            else:
-                ex[field] = {"text": current, media_key: value}
+            field = _FLAT_FIELDS[key]
+            try:
+                value = example_input(ex, field)
+            except ValueError as err:
+                raise ExampleError(f"example {i}: {err}") from None
+            if ex.pop(key) is not None:
+                ex[field] = value
         return ex
 
     @property

@@ -12,7 +12,8 @@ evaluation does, in either of its two modes (``dataset_inputs(name, mode=...)``)
 * MMEB's legacy image markers (``<|image_1|>``, ``<image>``) read as ``<|image_pad|>``;
   text-only queries of WebQA and EDIS drop them;
 * video: 8 frames sampled uniformly (``numpy.linspace(0, n - 1, 8)`` truncated, all frames
-  when a video has 8 or fewer);
+  when a video has 8 or fewer: :func:`~btok_model.datasets.frames.sample_frames_eval`, their
+  evaluation's sampler, not their training's);
 * candidates: labels and answers as they are stored (NExTQA and MVBench answers whitespace-
   normalised), media candidates with the family's instruction
   (``"Understand the content of the provided video."``, ``"... document image."``).
@@ -32,6 +33,10 @@ both modes.
 string, or ``{"text": ..., "image": PIL.Image}`` / ``{"text": ..., "video": [frames]}`` with
 the placeholder and the newline after it removed (btok's collator puts the vision block on
 its own line before the text, where the authors' placeholder stands).
+
+The placeholders, legacy markers, whitespace rule and the placeholder strip are the training
+readers' (:mod:`btok_model.datasets.rendering`), with the evaluation's looser strip
+(``own_line=False``: origin mode's inline placeholder).
 """
 
 from __future__ import annotations
@@ -40,6 +45,15 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..datasets.frames import sample_frames_eval
+from ..datasets.rendering import (
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    FieldError,
+    normalize_whitespace,
+    replace_legacy_tokens,
+    strip_leading_placeholder,
+)
 from .mmeb_v2_index import dataset
 
 __all__ = [
@@ -50,14 +64,9 @@ __all__ = [
     "Prompt",
     "Side",
     "dataset_inputs",
-    "normalize_whitespace",
-    "sample_frames",
     "to_model_input",
 ]
 
-IMAGE_TOKEN = "<|image_pad|>"
-VIDEO_TOKEN = "<|video_pad|>"
-LEGACY_IMAGE_TOKENS = ("<|image_1|>", "<image>")
 NUM_FRAMES = 8
 MODES = ("canonical", "origin")
 
@@ -139,18 +148,6 @@ def _surface(mode: str) -> _Surface:
 # -- text helpers (the authors' canonical surface) ------------------------------------------------
 
 
-def normalize_whitespace(text: str | None, trailing_newline: bool = False) -> str:
-    """Unix newlines, no spaces or tabs at line ends nor around the text; ``""`` for blank text;
-    with ``trailing_newline`` exactly one final newline."""
-    if text is None:
-        return ""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join(line.rstrip(" \t") for line in text.split("\n")).strip(" \t")
-    if not text.strip(" \t\n"):
-        return ""
-    return text.rstrip("\n") + "\n" if trailing_newline else text
-
-
 def _scalar(value) -> str:
     """A text field: the first item of a list, ``""`` for None."""
     if isinstance(value, list):
@@ -165,18 +162,12 @@ def _first_text(value) -> str:
     return "" if value is None else str(value)
 
 
-def _legacy_to_image_token(text: str, replacement: str = IMAGE_TOKEN) -> str:
-    for token in LEGACY_IMAGE_TOKENS:
-        text = text.replace(token, replacement)
-    return text
-
-
 def _strip_legacy_tokens(text: str) -> str:
-    return normalize_whitespace(_legacy_to_image_token(text, "")).lstrip("\n")
+    return normalize_whitespace(replace_legacy_tokens(text, replacement="")).lstrip("\n")
 
 
 def _instruction(raw: str, leading_newline: bool = False) -> str:
-    cleaned = _legacy_to_image_token(raw, "").strip()
+    cleaned = replace_legacy_tokens(raw, replacement="").strip()
     return "\n" + cleaned if cleaned and leading_newline else cleaned
 
 
@@ -211,22 +202,13 @@ def _required(row: dict, field: str, name: str) -> str:
     raise ValueError(f"{name}: row id {row.get('id')!r} has no {field!r} text")
 
 
-def sample_frames(frames: list, num_frames: int) -> list:
-    """``num_frames`` frames spread uniformly over ``frames`` (all of them when there are no more)."""
-    import numpy as np
-
-    frames = [f for f in frames or [] if f is not None]
-    if num_frames and len(frames) > num_frames:
-        return [frames[i] for i in np.linspace(0, len(frames) - 1, num_frames, dtype=int).tolist()]
-    return frames
-
-
 def _image(row: dict) -> bytes | None:
     return row.get("image")
 
 
 def _video(row: dict, num_frames: int, name: str) -> list[bytes]:
-    frames = sample_frames(row.get("video") or [], num_frames)
+    frames = [f for f in row.get("video") or [] if f is not None]
+    frames = [frames[i] for i in sample_frames_eval(len(frames), num_frames)]
     if not frames:
         raise ValueError(f"{name}: row id {row.get('id')!r} has no video frames")
     return frames
@@ -246,7 +228,7 @@ def _text_candidates(normalize: _Surface | None = None) -> Side:
 def _image_cls() -> DatasetInputs:
     def query(row: dict, num_frames: int) -> Prompt:
         text, image = _scalar(row.get("qry_text")), _image(row)
-        return Prompt(_legacy_to_image_token(text) if image is not None else _strip_legacy_tokens(text), image)
+        return Prompt(replace_legacy_tokens(text) if image is not None else _strip_legacy_tokens(text), image)
 
     return DatasetInputs(Side(("qry_text", "image"), query, media=True), _text_candidates())
 
@@ -268,9 +250,9 @@ def _image_qa(name: str, s: _Surface) -> DatasetInputs:
                 trailing_newline=True,
             )
         else:
-            text = _legacy_to_image_token(text)
+            text = replace_legacy_tokens(text)
         if name == "VizWiz" and s.repairs:  # stray spaces before its final newline
-            text = normalize_whitespace(text, trailing_newline=text.endswith("\n"))
+            text = normalize_whitespace(text, final_newline=text.endswith("\n"))
         return Prompt(text, image)
 
     columns = ("qry_text", "image") + (("qry_inst",) if with_instruction else ())
@@ -290,7 +272,7 @@ def _dialog_separator(text: str) -> str:
 
 def _image_block(text: str) -> str:
     """``"<|image_pad|> body"`` -> ``"<|image_pad|>\\nbody"`` (keeping a final newline)."""
-    text = _legacy_to_image_token(text)
+    text = replace_legacy_tokens(text)
     if not text.startswith(IMAGE_TOKEN):
         return text
     body = text[len(IMAGE_TOKEN) :].lstrip(" \n")
@@ -308,7 +290,7 @@ def _image_t2i(name: str, s: _Surface) -> DatasetInputs:
             text = _dialog_separator(text)
         if name in ("WebQA", "EDIS"):  # text-only queries holding a stray image marker
             return Prompt(_strip_legacy_tokens(text))
-        return Prompt(_legacy_to_image_token(text))
+        return Prompt(replace_legacy_tokens(text))
 
     with_instruction = name in ("WebQA", "VisDial")
 
@@ -324,7 +306,7 @@ def _image_t2i(name: str, s: _Surface) -> DatasetInputs:
                 trailing_newline=True,
             )
         elif image is not None:
-            text = _legacy_to_image_token(text)
+            text = replace_legacy_tokens(text)
         if name == "VisDial" and s.repairs:
             text = _image_block(text)
         return Prompt(text, image)
@@ -352,16 +334,16 @@ def _image_i2i_vg(name: str, s: _Surface) -> DatasetInputs:
                 trailing_newline=True,
             )
         elif image is not None:
-            text = _legacy_to_image_token(text)
+            text = replace_legacy_tokens(text)
         return Prompt(text, image)
 
     def candidate(row: dict, num_frames: int) -> Prompt:
         text, image = _scalar(row.get("tgt_text")), _image(row)
         if image is not None:
-            text = _legacy_to_image_token(text)
+            text = replace_legacy_tokens(text)
         if cropped_object:  # "Represent the given cropped image of the object" as a full sentence
             head = IMAGE_TOKEN + "\n"
-            stripped = _legacy_to_image_token(text).rstrip("\n")
+            stripped = replace_legacy_tokens(text).rstrip("\n")
             if stripped.startswith(head) and stripped[len(head) :].strip() in (CROPPED_OBJECT, CROPPED_OBJECT + "."):
                 text = head + CROPPED_OBJECT + ".\n"
         return Prompt(text, image)
@@ -502,7 +484,7 @@ DOCUMENT_CANDIDATE = "Understand the content of the provided document image."
 def _visdoc(name: str, s: _Surface) -> DatasetInputs:
     def query(row: dict, num_frames: int) -> Prompt:
         text = f"{DOCUMENT_QUERY} {_required(row, 'query', name)}"
-        return Prompt(text if s.origin else normalize_whitespace(text + "\n", trailing_newline=True))
+        return Prompt(text if s.origin else normalize_whitespace(text + "\n", final_newline=True))
 
     candidate_text = _compose(
         DOCUMENT_CANDIDATE, token=IMAGE_TOKEN, separator=s.separator, trailing_newline=s.trailing_newline
@@ -579,7 +561,7 @@ def to_model_input(prompt: Prompt, where: str):
         ValueError: text and media disagree (a placeholder without media, media without a
             leading placeholder, two placeholders), blank text, or undecodable media.
     """
-    text = _legacy_to_image_token(prompt.text)  # MMEB's old markers count as placeholders too
+    text = replace_legacy_tokens(prompt.text)  # MMEB's old markers count as placeholders too
     if prompt.image is not None and prompt.frames is not None:
         raise ValueError(f"{where}: a row gives both an image and a video")
     token = IMAGE_TOKEN if prompt.image is not None else VIDEO_TOKEN if prompt.frames is not None else None
@@ -589,13 +571,10 @@ def to_model_input(prompt: Prompt, where: str):
         if not text.strip():
             raise ValueError(f"{where}: empty text and no image or video")
         return text
-    if not text.startswith(token):
-        raise ValueError(f"{where}: the text must start with {token} (where the media goes): {text!r}")
-    body = text[len(token) :]
-    if body[:1] in ("\n", " "):
-        body = body[1:]
-    if IMAGE_TOKEN in body or VIDEO_TOKEN in body:
-        raise ValueError(f"{where}: more than one image/video placeholder: {text!r}")
+    try:
+        body = strip_leading_placeholder(text, token, own_line=False)
+    except FieldError as err:
+        raise ValueError(f"{where}: {err}") from None
     if prompt.image is not None:
         return {"text": body or None, "image": _decode_image(prompt.image, where)}
     frames = [_decode_image(frame, f"{where}, frame {i}") for i, frame in enumerate(prompt.frames)]

@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..datasets.jsonl import DataError, Record, read_jsonl
+from ..datasets.schema import FLAT_IMAGE_KEYS, POSITIVE, QUERY, make_input, record_input
 
 __all__ = ["ON_BAD_ROW", "CandidateListTask", "PairTask", "input_key", "load_corpus", "load_task"]
 
 ON_BAD_ROW = ("error", "skip")
 
-PAIR_KEYS = {"query", "positive", "query_image", "positive_image"}
-LIST_KEYS = {"query", "candidates", "label", "query_image"}
+# The training example's query / positive keys (:mod:`btok_model.datasets.schema`).
+PAIR_KEYS = {QUERY, POSITIVE, *FLAT_IMAGE_KEYS.values()}
+LIST_KEYS = {QUERY, "candidates", "label", FLAT_IMAGE_KEYS[QUERY]}
 CORPUS_KEYS = {"text", "image"}
 
 
@@ -126,16 +128,6 @@ def input_key(item) -> tuple:
     return (item.get("text"), item.get("image"))
 
 
-def _make_input(text: str | None, image: str | None):
-    return text if image is None else {"text": text, "image": image}
-
-
-def _input(record: Record, text_key: str, image_key: str):
-    image = record.image(image_key)
-    text = record.text(text_key, required=image is None)
-    return _make_input(text, image)
-
-
 def _candidate(record: Record, j: int, value):
     name = f"candidates[{j}]"
     if isinstance(value, str):
@@ -149,7 +141,7 @@ def _candidate(record: Record, j: int, value):
     if image is None and "text" not in value:
         raise record.error(f"{name} has neither 'text' nor 'image'")
     text = None if "text" not in value else record.check_text(value["text"], f"{name}.text")
-    return _make_input(text, image)
+    return make_input(text, image)
 
 
 class _Pool:
@@ -173,7 +165,7 @@ def _corpus_records(path: str | os.PathLike, on_bad_row: str, skipped: list[str]
     for record in read_jsonl(path):
         try:
             record.check_keys(CORPUS_KEYS)
-            items.append((_input(record, "text", "image"), record.where))
+            items.append((record_input(record, "text", "image"), record.where))
         except DataError as err:
             if on_bad_row != "skip":
                 raise
@@ -242,8 +234,8 @@ def load_task(
     for record in records:
         try:
             record.check_keys(PAIR_KEYS)
-            query = _input(record, "query", "query_image")
-            positive = _input(record, "positive", "positive_image")
+            query = record_input(record, QUERY)
+            positive = record_input(record, POSITIVE)
         except DataError as err:
             if on_bad_row != "skip":
                 raise
@@ -265,7 +257,7 @@ def _list_line(record: Record) -> tuple:
     record.check_keys(LIST_KEYS)
     if "candidates" not in record.data:
         raise record.error("missing field 'candidates' (the first line of this file has candidate lists)")
-    query = _input(record, "query", "query_image")
+    query = record_input(record, QUERY)
     values = record.data["candidates"]
     if not isinstance(values, list) or not values:
         raise record.error("field 'candidates' must be a non-empty list")

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from ..datasets.jsonl import DataError
 from ..datasets.rendering import (
     IMAGE_TOKEN,
-    LEGACY_IMAGE_TOKENS,
+    LEGACY_TOKENS,
     VIDEO_TOKEN,
     FieldError,
     check_plain_text,
+    strip_leading_placeholder,
     token_first,
-    vision_side,
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "BadRow", "Row", "RowReader", "open_rows"]
@@ -329,12 +329,12 @@ class RowReader:
 
 def _media_text(text: str | None, token: str) -> str | None:
     """The text beside an image or video: the authors' placeholder, if the text holds one, taken
-    out (:func:`~btok_model.datasets.rendering.vision_side`); blank text is None."""
+    out (:func:`~btok_model.datasets.rendering.strip_leading_placeholder`); blank text is None."""
     if text is None or not text.strip():
         return None
-    legacy = LEGACY_IMAGE_TOKENS if token == IMAGE_TOKEN else ("<video>",)
+    legacy = LEGACY_TOKENS[token]
     if token in text or any(t in text for t in legacy):
-        return vision_side(token_first(text, token, legacy), token)
+        return strip_leading_placeholder(token_first(text, token, legacy), token)
     return text
 
 

@@ -21,6 +21,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from ..datasets.jsonl import DataError
+from ..datasets.schema import FLAT_IMAGE_KEYS, NEGATIVES
 
 __all__ = [
     "BAD_ROWS_KEY",
@@ -36,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 ON_BAD_ROW = ("skip", "error")
 BAD_ROWS_KEY = "bad_rows"  # on an example read by MixedDataset: the rows it replaces
-_IMAGE_FIELDS = ("query_image", "positive_image")
-_INPUT_FIELDS = ("query", "positive")
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,16 @@ def decode_images(example: dict, where: str) -> dict:
         return value
 
     out = dict(example)
-    for field in _IMAGE_FIELDS:
+    for field in FLAT_IMAGE_KEYS.values():
         if field in out:
             out[field] = opened(out[field], field)
-    for field in _INPUT_FIELDS:
+    for field in FLAT_IMAGE_KEYS:  # the inputs: query, positive
         if isinstance(out.get(field), dict) and "image" in out[field]:
             out[field] = {**out[field], "image": opened(out[field]["image"], field)}
-    if isinstance(out.get("negatives"), list):
-        out["negatives"] = [
+    if isinstance(out.get(NEGATIVES), list):
+        out[NEGATIVES] = [
             {**n, "image": opened(n["image"], f"negatives[{k}]")} if isinstance(n, dict) and "image" in n else n
-            for k, n in enumerate(out["negatives"])
+            for k, n in enumerate(out[NEGATIVES])
         ]
     return out
 

@@ -76,7 +76,18 @@ from ..datasets.catalog import (
 )
 from ..datasets.jsonl import DataError, Record, read_jsonl
 from ..datasets.mmeb_train import DEFAULT_SPLIT
-from ..embedder.collate import TARGET_SIDES, ExampleError, check_generation
+from ..datasets.schema import (
+    FLAT_IMAGE_KEYS,
+    JSONL_KEYS,
+    NEGATIVES,
+    SOURCE,
+    TARGET,
+    TARGET_SIDE,
+    TARGET_SIDES,
+    make_input,
+    read_side,
+)
+from ..embedder.collate import ExampleError, check_generation
 from .bad_rows import BAD_ROWS_KEY, BadRow, decode_images
 from .sampler import MixtureSampler, SourceBlockSampler
 
@@ -90,28 +101,26 @@ __all__ = [
     "with_target_sides",
 ]
 
-TRAIN_KEYS = {"query", "positive", "negatives", "target", "target_side", "source", "query_image", "positive_image"}
-
 
 def _example(record: Record) -> dict:
-    record.check_keys(TRAIN_KEYS)
+    """A line's example (:mod:`btok_model.datasets.schema`), images kept under their flat keys."""
+    record.check_keys(JSONL_KEYS)
     example = {}
-    for text_key, image_key in (("query", "query_image"), ("positive", "positive_image")):
-        image = record.image(image_key)
-        text = record.text(text_key, required=image is None)
+    for field, image_key in FLAT_IMAGE_KEYS.items():
+        text, image = read_side(record, field)
         if text is not None:
-            example[text_key] = text
+            example[field] = text
         if image is not None:
             example[image_key] = image
     negatives = _negatives(record)
     if negatives:
-        example["negatives"] = negatives
-    if "target" in record.data:
-        target = record.data["target"]
+        example[NEGATIVES] = negatives
+    if TARGET in record.data:
+        target = record.data[TARGET]
         if target is not None and not isinstance(target, str):
             raise record.error(f"field 'target' must be a string or null, got {type(target).__name__}")
-        example["target"] = target
-    example.update({key: record.data[key] for key in ("target_side", "source") if key in record.data})
+        example[TARGET] = target
+    example.update({key: record.data[key] for key in (TARGET_SIDE, SOURCE) if key in record.data})
     try:  # the collator's rules, checked here so that a bad line fails before training starts
         check_generation(example)
     except ValueError as err:
@@ -122,9 +131,9 @@ def _example(record: Record) -> dict:
 def _negatives(record: Record) -> list | None:
     """Field ``negatives``: texts, or ``{"text"?, "image"?}`` objects (an image path relative to
     the file, as ``python -m btok_model.mine`` writes image candidates) passed on as inputs."""
-    if "negatives" not in record.data:
+    if NEGATIVES not in record.data:
         return None
-    value = record.data["negatives"]
+    value = record.data[NEGATIVES]
     if not isinstance(value, list):
         raise record.error(f"field 'negatives' must be a list of strings or objects, got {type(value).__name__}")
     negatives = []
@@ -142,7 +151,7 @@ def _negatives(record: Record) -> list | None:
         text = None if item.get("text") is None else record.check_text(item["text"], f"{name}.text")
         if image is None and text is None:
             raise record.error(f"{name} has neither 'text' nor 'image'")
-        negatives.append(text if image is None else {"text": text, "image": image})
+        negatives.append(make_input(text, image))
     return negatives
 
 
@@ -425,7 +434,7 @@ class MixedDataset(torch.utils.data.Dataset):
             try:
                 example = dict(self.parts[s][j])
                 if not self.hard_negatives:
-                    example.pop("negatives", None)
+                    example.pop(NEGATIVES, None)
                 example = decode_images(example, where)
                 break
             except (DataError, ExampleError) as err:
@@ -442,9 +451,9 @@ class MixedDataset(torch.utils.data.Dataset):
             j = int(np.random.default_rng((i, len(bad))).integers(self.sizes[s]))
         if bad:
             example[BAD_ROWS_KEY] = bad
-        example["source"] = source.name
-        if source.target_side is not None and "target" not in example:  # a line's own target wins
-            example.setdefault("target_side", source.target_side)
+        example[SOURCE] = source.name
+        if source.target_side is not None and TARGET not in example:  # a line's own target wins
+            example.setdefault(TARGET_SIDE, source.target_side)
         return example
 
     def where(self, i: int) -> str:

@@ -486,6 +486,10 @@ BAD = [
     ({"query": {"text": "q", "imgae": "x.png"}, "positive": "p"}, r"field 'query': unknown keys \['imgae'\]"),
     ({"query": {"text": "  ", "image": "x.png"}, "positive": "p"}, "field 'query': empty text"),
     ({"query": "q", "positive": "p", "negative_images": ["x.png"]}, "field 'negative_images': not a known field"),
+    (
+        {"query": {"text": "q", "image": "x.png"}, "query_image": "y.png", "positive": "p"},
+        "example 0: field 'query_image' and field 'query' both give an image",
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from btok_model.evaluation.mmeb_v2_index import DATASETS, select_datasets
-from btok_model.evaluation.mmeb_v2_inputs import Prompt, dataset_inputs, sample_frames, to_model_input
+from btok_model.evaluation.mmeb_v2_inputs import Prompt, dataset_inputs, to_model_input
 
 
 def _png(color=(255, 0, 0), size=(4, 3)) -> bytes:
@@ -107,6 +107,7 @@ def test_video_queries_and_candidates():
     assert k700.text == "<|video_pad|>\nRecognize the category of the video content.\n"
     assert k700.frames == [bytes([i]) for i in (0, 2, 5, 8, 10, 13, 16, 19)]  # linspace(0, 19, 8), truncated
     assert _query("Breakfast", video=frames[:3]).frames == frames[:3]  # short videos keep every frame
+    assert _query("K700", video=[frames[0], None, frames[1]]).frames == frames[:2]  # missing frames dropped first
     assert _query("Breakfast", video=frames).text == (
         "<|video_pad|>\nRecognize the breakfast type that the person is cooking in the video.\n"
     )
@@ -152,13 +153,6 @@ def test_visdoc():
     assert query.text == "Find a document image that matches the given query:   What is the loss?\n"
     page = _candidate("MMLongBench-doc", image=IMG)
     assert page.text == "<|image_pad|>\nUnderstand the content of the provided document image.\n" and page.image == IMG
-
-
-def test_sample_frames_matches_numpy_linspace():
-    import numpy as np
-
-    for n in (9, 10, 31, 64, 1000):
-        assert sample_frames(list(range(n)), 8) == np.linspace(0, n - 1, 8).astype(int).tolist()
 
 
 def test_to_model_input():

@@ -294,7 +294,7 @@ def test_two_gloo_processes_equal_one(tmp_path, model_dir):
     one, two = str(tmp_path / "one.lance"), str(tmp_path / "two.lance")
     main(_args(model_dir, data, one, "--block-size", "8", "--dtype", "float32"))
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += ["-m", "btok_model.embed", *_args(model_dir, data, two, "--block-size", "8", "--dtype", "float32")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -4,7 +4,7 @@ works, with a ``DeprecationWarning``."""
 
 import warnings
 
-from .mteb_encoder import *  # noqa: F403
+from .mteb_encoder import *
 from .mteb_encoder import __all__  # noqa: F401
 
 warnings.warn(

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
+from . import cli
+from .cli import fail
 from .evaluate import add_loading_arguments
 
 __all__ = ["main", "parser"]
@@ -40,7 +41,11 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="a saved BTok model, or with --baseline a backbone")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a saved BTok model or one trained with --no-btoks, or with --baseline a backbone",
+    )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder (with --baseline)")
     p.add_argument("--baseline", choices=("last-token", "mean"), help="embed with the backbone's own pooling, no BToks")
     p.add_argument("--data", required=True, help="corpus.jsonl, corpus.parquet, corpus.lance or a folder of images")
@@ -66,12 +71,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress-bar", action="store_true")
     add_loading_arguments(p)
     return p
-
-
-def fail(message: str) -> None:
-    """A user error: one ``error:`` line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
 
 
 def _source_identity(path: str) -> dict:
@@ -146,16 +145,11 @@ def run(args: argparse.Namespace) -> dict:
         check_settings(args.output, run_settings)
     except DataError as err:
         fail(str(err))
-    try:
-        model = _load(args)
-    except SystemExit as err:  # load_embedder's own "error: ..." exits
-        if not isinstance(err.code, str):
-            raise
-        fail(err.code.removeprefix("error: "))
+    model = _load(args)
     if reader.has_media and model.processor is None:
         fail(f"{args.data}: rows with images or video need a vision-language model; {args.model} is text only")
     if args.multi_vector and "maxsim" not in model.config_class.SIMILARITIES:
-        fail(f"--multi-vector stores the K BTok vectors of a BTok model; {args.model} with --baseline has none")
+        fail(f"--multi-vector stores the K BTok vectors of a BTok model; {args.model} without BToks has none")
     from .embedder.similarity import check_dims
 
     try:
@@ -229,7 +223,9 @@ def run(args: argparse.Namespace) -> dict:
             )
         except ValueError as err:
             fail(str(err))
-        built = f"{index['index_type']} index, {index['num_partitions']} partitions, built in {index['build_seconds']} s"
+        built = (
+            f"{index['index_type']} index, {index['num_partitions']} partitions, built in {index['build_seconds']} s"
+        )
         print(f"{args.output}: {built}", flush=True)
     skipped = f", {summary['skipped']} skipped" if summary["skipped"] else ""
     print(f"{args.output}: {summary['rows']} rows{skipped}; {encoded} encoded in {seconds:.1f} s", flush=True)
@@ -261,6 +257,7 @@ def _model_check(model, rows: list, on_bad_row: str) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in dropped], bad
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> dict:
     return run(parser().parse_args(argv))
 

@@ -35,6 +35,9 @@ import os
 import platform
 import sys
 
+from . import cli
+from .cli import fail
+
 __all__ = [
     "AUTHORS_PIXELS",
     "add_bad_row_argument",
@@ -148,10 +151,10 @@ def corpus_index_options(args: argparse.Namespace, least: int = 1):
     """
     if args.corpus_index is None:
         if args.ann:
-            _fail("--ann searches the ANN index of a --corpus-index; give one")
+            fail("--ann searches the ANN index of a --corpus-index; give one")
         return None
     if getattr(args, "corpus", None) is not None:
-        _fail("give --corpus (a JSONL embedded here) or --corpus-index (an embed output), not both")
+        fail("give --corpus (a JSONL embedded here) or --corpus-index (an embed output), not both")
     from .inference.pools import PoolOptions
 
     options = PoolOptions(
@@ -166,7 +169,7 @@ def corpus_index_options(args: argparse.Namespace, least: int = 1):
         if args.nprobes < 1:
             raise ValueError(f"--nprobes must be >= 1, got {args.nprobes}")
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     return options
 
 
@@ -176,7 +179,11 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", help="a saved BTok model, or with --baseline a backbone (hub name, folder, 'smollm2')")
+    p.add_argument(
+        "--model",
+        help="a saved BTok model or one trained with --no-btoks, or with --baseline a backbone (hub name, folder, "
+        "'smollm2')",
+    )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
     p.add_argument("--data", nargs="+", help="evaluation JSONL files (or --mmeb-v2)")
     p.add_argument("--corpus", help="JSONL of extra candidates ({'text': ...} per line) for pair files")
@@ -242,12 +249,11 @@ def load_scorer(args: argparse.Namespace):
 
     if args.baseline == "tfidf":
         if args.similarity or args.dims:
-            raise SystemExit("error: --similarity and --dims apply to embedders; TF-IDF scores by its own cosine")
+            fail("--similarity and --dims apply to embedders; TF-IDF scores by its own cosine")
         return TfidfTaskScorer(args.tfidf_analyzer, tuple(args.tfidf_ngrams))
-    if args.baseline is not None and args.similarity == "maxsim":
-        raise SystemExit(
-            "error: --similarity maxsim scores the K BTok vectors of a BTok model; a --baseline has one vector per input"
-        )
+    if args.similarity == "maxsim" and (args.baseline is not None or _saved_kind(args) == "pooled"):
+        without = "a --baseline" if args.baseline is not None else f"{args.model} (trained with --no-btoks)"
+        fail(f"--similarity maxsim scores the K BTok vectors of a BTok model; {without} has one vector per input")
     return EmbeddingScorer(
         load_embedder(args),
         batch_size=args.batch_size,
@@ -259,50 +265,86 @@ def load_scorer(args: argparse.Namespace):
 
 
 def load_embedder(args: argparse.Namespace):
-    """The embedder ``--model`` names (a saved BTok model, or with ``--baseline last-token|mean``
-    a backbone without BToks), on its device in eval mode, in the dtype of
+    """The embedder ``--model`` names, on its device in eval mode, in the dtype of
     :func:`~btok_model.embedder.precision.resolve_dtype` for the device (the line saying which
-    is printed). Reads ``model``, ``gguf_file``, ``baseline`` and :func:`add_loading_arguments`'."""
+    is printed): a saved BTok model; a model trained with ``--no-btoks`` (a
+    :class:`~btok_model.embedder.pooled.PooledEmbedder` with the pooling its folder records); or
+    with ``--baseline last-token|mean`` any backbone without BToks. Reads ``model``,
+    ``gguf_file``, ``baseline`` and :func:`add_loading_arguments`'.
+
+    Raises:
+        SystemExit: exit status 2 after one ``error:`` line: a folder that holds neither kind of
+            saved model without ``--baseline``, a ``--baseline`` other than the pooling a
+            ``--no-btoks`` folder was trained with, a bad ``--torch-dtype``, a model that does not
+            load.
+    """
     if not args.model:
-        raise SystemExit("error: --model is required (except with --baseline tfidf)")
+        fail("--model is required (except with --baseline tfidf)")
+    from .embedder.modeling import BTokModel
+    from .embedder.pooled import PooledEmbedder
     from .embedder.precision import default_device, resolve_dtype
     from .inference import distributed
 
+    saved = {"btok": BTokModel, "pooled": PooledEmbedder}.get(_saved_kind(args))
+    if saved is None and args.baseline is None:
+        fail(
+            f"{args.model} is not a saved BTok model (no {BTokModel.config_class.CONFIG_NAME}) nor one trained with "
+            f"--no-btoks (no {PooledEmbedder.config_class.CONFIG_NAME}); train one with python -m btok_model.train, "
+            "or evaluate the backbone with --baseline last-token|mean"
+        )
+    pooling = None
+    if saved is PooledEmbedder:
+        try:
+            pooling = PooledEmbedder.config_class.load(args.model).pooling
+        except ValueError as err:
+            fail(f"--model {args.model}: {err}")
+        if args.baseline not in (None, pooling):
+            fail(
+                f"--baseline {args.baseline}: {args.model} was trained with --no-btoks --pooling {pooling}; "
+                f"leave --baseline out (or give --baseline {pooling})"
+            )
     device = join_ranks(args.device) or default_device()  # under torchrun: a rank per GPU
     try:
         choice = resolve_dtype(args.torch_dtype, device)
     except ValueError as err:
-        raise SystemExit(f"error: --torch-dtype: {err}") from None
+        fail(f"--torch-dtype: {err}")
     if distributed.is_main():
         print(f"weights: {choice.line}", flush=True)
-    if args.baseline is None:
-        from .embedder.modeling import BTokModel
-
-        config_name = BTokModel.config_class.CONFIG_NAME
-        if args.gguf_file or not os.path.isfile(os.path.join(args.model, config_name)):
-            raise SystemExit(
-                f"error: {args.model} is not a saved BTok model (no {config_name}); train one with "
-                "python -m btok_model.train, or evaluate the backbone with --baseline last-token|mean"
+    try:
+        if saved is PooledEmbedder or saved is BTokModel and args.baseline is None:
+            model = saved.from_pretrained(
+                args.model,
+                attn_implementation=args.attn_implementation,
+                dtype=choice.dtype,
+                merge_adapters=getattr(args, "merge_adapters", False),
             )
-        model = BTokModel.from_pretrained(
-            args.model,
-            attn_implementation=args.attn_implementation,
-            dtype=choice.dtype,
-            merge_adapters=getattr(args, "merge_adapters", False),
-        )
-    else:
-        from .embedder.pooled import PooledEmbedder
-
-        kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
-        model = PooledEmbedder.from_backbone(
-            args.model,
-            pooling=args.baseline,
-            attn_implementation=args.attn_implementation,
-            dtype=choice.dtype,
-            **kwargs,
-        )
+        else:  # a backbone pooled without BToks (a BTok model's own, too)
+            kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+            model = PooledEmbedder.from_backbone(
+                args.model,
+                pooling=args.baseline,
+                attn_implementation=args.attn_implementation,
+                dtype=choice.dtype,
+                **kwargs,
+            )
+    except (OSError, ValueError, ImportError) as err:  # a model that is not there, settings that do not fit it
+        fail(f"--model {args.model}: {err}")
     _apply_pixel_limits(model, args)
     return model.to(device).eval()
+
+
+def _saved_kind(args: argparse.Namespace) -> str | None:
+    """What the folder ``--model`` holds: ``"btok"`` (a saved BTok model), ``"pooled"`` (one
+    trained with ``--no-btoks``: its settings, pooling included, in ``pooled_config.json``), or
+    None (a hub name, a GGUF file, a folder of neither)."""
+    from .embedder.config import BTokConfig, PooledConfig
+
+    if args.gguf_file or not args.model:
+        return None
+    for kind, config in (("btok", BTokConfig), ("pooled", PooledConfig)):
+        if os.path.isfile(os.path.join(args.model, config.CONFIG_NAME)):
+            return kind
+    return None
 
 
 def _apply_pixel_limits(model, args: argparse.Namespace) -> None:
@@ -314,14 +356,14 @@ def _apply_pixel_limits(model, args: argparse.Namespace) -> None:
     from .embedder.multimodal import is_vision_model
 
     if not is_vision_model(transformers_model(model.backbone)) or model.processor is None:
-        raise SystemExit(
-            f"error: --image-*/--video-*-pixels apply to vision-language models with a processor; {args.model} is "
+        fail(
+            f"--image-*/--video-*-pixels apply to vision-language models with a processor; {args.model} is "
             f"{type(transformers_model(model.backbone)).__name__}" + ("" if model.processor is None else " (text only)")
         )
     try:
         set_pixel_limits(model.processor, image, video)
     except ValueError as err:
-        raise SystemExit(f"error: --image-*/--video-*-pixels: {err}") from None
+        fail(f"--image-*/--video-*-pixels: {err}")
 
 
 def run_mmeb_v2(args: argparse.Namespace) -> dict:
@@ -329,28 +371,26 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
     from .evaluation.mmeb_v2 import evaluate_mmeb_v2, markdown_table, open_tasks
 
     if args.baseline == "tfidf":
-        raise SystemExit("error: --baseline tfidf scores text only; MMEB-V2 needs an image and video embedder")
+        fail("--baseline tfidf scores text only; MMEB-V2 needs an image and video embedder")
     if args.output_dir is None:
-        raise SystemExit("error: --mmeb-v2 needs --output-dir (results are written there dataset by dataset)")
+        fail("--mmeb-v2 needs --output-dir (results are written there dataset by dataset)")
     if args.corpus or args.corpus_index or args.output:
-        raise SystemExit(
-            "error: --corpus, --corpus-index and --output apply to --data files; MMEB-V2 writes to --output-dir"
-        )
+        fail("--corpus, --corpus-index and --output apply to --data files; MMEB-V2 writes to --output-dir")
     if args.similarity == "maxsim" or args.dims:
-        raise SystemExit(
-            "error: --mmeb-v2 scores pooled embeddings by cosine at full size: --similarity maxsim and "
+        fail(
+            "--mmeb-v2 scores pooled embeddings by cosine at full size: --similarity maxsim and "
             "--dims apply to --data files"
         )
     if args.limit is not None and args.limit < 1 or args.num_frames < 1:
-        raise SystemExit("error: --limit and --num-frames must be >= 1")
+        fail("--limit and --num-frames must be >= 1")
     try:
         tasks = open_tasks(args.mmeb_v2, args.datasets, args.modalities, args.limit, args.mmeb_mode)  # no model yet
     except (OSError, ValueError, ImportError) as err:
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
     scorer = load_scorer(args)
     if args.on_bad_row != "error":
-        raise SystemExit(
-            "error: --on-bad-row skip applies to --data files; MMEB-V2 stops at a row it cannot read, naming the "
+        fail(
+            "--on-bad-row skip applies to --data files; MMEB-V2 stops at a row it cannot read, naming the "
             "dataset and row id"
         )
     try:
@@ -375,7 +415,7 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
             tasks=tasks,
         )
     except (OSError, ValueError) as err:  # bad data met mid-run, or a folder of another run
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
     from .inference import distributed
 
     if distributed.is_main():
@@ -383,6 +423,7 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
     return report
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     from .inference import distributed
@@ -392,12 +433,6 @@ def main(argv: list[str] | None = None) -> dict:
         return _run(args, argv)
     finally:
         distributed.shutdown()
-
-
-def _fail(message: str) -> None:
-    """A ``--corpus-index`` error: one ``error:`` line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
 
 
 def _check_corpus_index(args: argparse.Namespace, pool, tasks: list):
@@ -427,14 +462,14 @@ def join_ranks(device: str | None) -> str | None:
     try:
         return distributed.init_from_env(device)
     except ValueError as err:
-        raise SystemExit(f"error: --device: {err}") from None
+        fail(f"--device: {err}")
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     if (args.data is None) == (args.mmeb_v2 is None):
-        raise SystemExit("error: give --data FILE ... or --mmeb-v2 ROOT (one of them)")
+        fail("give --data FILE ... or --mmeb-v2 ROOT (one of them)")
     if args.encode_block is not None and args.encode_block < 1:
-        raise SystemExit(f"error: --encode-block must be >= 1, got {args.encode_block}")
+        fail(f"--encode-block must be >= 1, got {args.encode_block}")
     if args.mmeb_v2 is not None:
         return run_mmeb_v2(args)
     from .embedder.similarity import check_dims
@@ -445,29 +480,29 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     try:
         dims = check_dims(args.dims, None, "--dims") if args.dims else None
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
     pool = corpus_index_options(args, least=10)
     try:  # bad data fails before a model loads
         tasks = [load_task(path, args.corpus, on_bad_row=args.on_bad_row) for path in args.data]
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
     if pool is not None:
         try:
             index = _check_corpus_index(args, pool, tasks)
         except (OSError, ValueError, ImportError) as err:
-            _fail(str(err))
+            fail(str(err))
     scorer = load_scorer(args)
     if pool is not None:  # before anything is embedded
         try:
             index.check_embedder(scorer.model)
         except ValueError as err:
-            _fail(f"--corpus-index: {err}")
+            fail(f"--corpus-index: {err}")
     if dims is not None:
         try:
             size = scorer.model.embedding_dim
             dims = [None if d == size else d for d in check_dims(dims, size, "--dims")]
         except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+            fail(str(err))
     try:
         if dims is not None:
             scored = [
@@ -478,7 +513,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         else:
             scored = [evaluate(task, scorer, on_bad_row=args.on_bad_row, corpus_index=pool) for task in tasks]
     except ValueError as err:  # an input the model refuses (file and line named), or one it cannot embed
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
     results = {
         "model": args.model,
         "baseline": args.baseline,

@@ -48,11 +48,12 @@ import argparse
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
 
+from . import cli
+from .cli import fail
 from .datasets.jsonl import read_jsonl
 from .datasets.schema import FLAT_IMAGE_KEYS, NEGATIVES, POSITIVE, QUERY, example_input
 from .embedder import encode as engine
@@ -489,7 +490,11 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="a saved BTok model, or with --baseline a backbone")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a saved BTok model or one trained with --no-btoks, or with --baseline a backbone",
+    )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
     p.add_argument(
         "--baseline", choices=("last-token", "mean"), help="mine with the backbone without BToks, pooled this way"
@@ -515,12 +520,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str) -> SystemExit:
-    """A user-fixable error: one ``error: ...`` line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    return SystemExit(2)
-
-
+@cli.command
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     from .evaluate import join_ranks
@@ -528,10 +528,6 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         args.device = join_ranks(args.device)
         return _run(args)
-    except SystemExit as err:  # join_ranks' "error: ..." printed as ours
-        if isinstance(err.code, str):
-            raise _fail(err.code.removeprefix("error: ")) from None
-        raise
     finally:
         distributed.shutdown()
 
@@ -561,22 +557,15 @@ def _run(args: argparse.Namespace) -> dict:
         if distributed.is_main():  # the one rank that writes it
             check_output(args.output)
     except (OSError, ValueError, ImportError) as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
     from .evaluate import load_embedder
 
-    try:  # mining scores pooled embeddings by cosine, whatever the model's similarity
-        model = load_embedder(args)
-    except (OSError, ValueError) as err:  # a model folder or hub name that is not there
-        raise _fail(f"--model {args.model}: {err}") from None
-    except SystemExit as err:  # load_embedder's own "error: ..." (not a saved BTok model), printed as ours
-        if isinstance(err.code, str):
-            raise _fail(err.code.removeprefix("error: ")) from None
-        raise
+    model = load_embedder(args)  # mining scores pooled embeddings by cosine, whatever the model's similarity
     if pool is not None:  # before anything is embedded
         try:
             index.check_embedder(model)
         except ValueError as err:
-            raise _fail(f"--corpus-index: {err}") from None
+            fail(f"--corpus-index: {err}")
     try:
         summary = mine_file(
             model,
@@ -591,7 +580,7 @@ def _run(args: argparse.Namespace) -> dict:
             **options,
         )
     except (OSError, ValueError) as err:  # e.g. an input the model cannot embed (an image for a text model)
-        raise _fail(str(err)) from None
+        fail(str(err))
     summary.update(data=args.data, corpus=args.corpus, output=args.output, model=args.model, baseline=args.baseline)
     if distributed.is_main():
         print(json.dumps(summary))

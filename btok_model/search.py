@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .embed import fail
+from . import cli
+from .cli import fail
 from .evaluate import add_loading_arguments
 
 __all__ = ["main", "parser"]
@@ -72,12 +73,7 @@ def run(args: argparse.Namespace) -> dict:
         fail(f"--similarity maxsim needs the K vectors of each row: {args.index} was embedded without --multi-vector")
     from .embed import _load
 
-    try:
-        model = _load(args)
-    except SystemExit as err:
-        if not isinstance(err.code, str):
-            raise
-        fail(err.code.removeprefix("error: "))
+    model = _load(args)
     try:
         index.check_model(model)
     except DataError as err:
@@ -130,6 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> dict:
     return run(parser().parse_args(argv))
 

@@ -28,6 +28,8 @@ import os
 import sys
 import tempfile
 
+from . import cli
+from .cli import fail
 from .datasets.mmeb_train import DEFAULT_SPLIT
 from .embedder.config import SETTING
 from .training.presets import PRESETS
@@ -146,7 +148,7 @@ def training_sources(args: argparse.Namespace) -> list:
         check_sources(sources)
         return with_target_sides(sources, dict(args.target_side))
     except ValueError as err:  # DataError included
-        raise _fail(str(err)) from None
+        fail(str(err))
 
 
 def recipe_from_args(args: argparse.Namespace, **changes) -> Recipe:
@@ -273,12 +275,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str) -> SystemExit:
-    """A user-fixable error: one ``error: ...`` line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    return SystemExit(2)
-
-
 def _check_output_dir(path: str) -> None:
     """The output folder exists (created) and takes a file."""
     try:
@@ -286,7 +282,7 @@ def _check_output_dir(path: str) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".btok-write-check-"):
             pass
     except OSError as err:
-        raise _fail(f"--output-dir {path}: cannot write there ({err.strerror or err})") from None
+        fail(f"--output-dir {path}: cannot write there ({err.strerror or err})")
 
 
 def _precision(args, recipe: Recipe, sources: dict):
@@ -303,7 +299,7 @@ def _precision(args, recipe: Recipe, sources: dict):
             what="--torch-dtype",
         )
     except ValueError as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
     recipe.bf16 = precision.bf16
     return precision
 
@@ -321,7 +317,7 @@ def _check_saveable(model, output_dir: str, sentence_transformers: bool) -> None
             with tempfile.TemporaryDirectory(dir=output_dir, prefix=".btok-st-check-") as scratch:
                 write_sentence_transformers_files(scratch, model.config.similarity)
     except (ValueError, OSError, ImportError) as err:
-        raise _fail(f"the model could not be saved at the end of the run: {err}") from None
+        fail(f"the model could not be saved at the end of the run: {err}")
 
 
 def _write_summary(command: str) -> None:
@@ -339,16 +335,17 @@ def _write_summary(command: str) -> None:
     os.replace(partial, command)
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         sources = resolve_arguments(args)
         recipe = recipe_from_args(args)
     except ValueError as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
     model_name, no_btoks = sources["model"][0], sources["no_btoks"][0]
     if model_name is None:
-        raise _fail("--model is required (or a --preset that names one)")
+        fail("--model is required (or a --preset that names one)")
     if recipe.source_block_size is not None:  # the Trainer checks it too, once the model is loaded
         from .training.sampler import check_block_size
 
@@ -356,24 +353,23 @@ def main(argv: list[str] | None = None) -> int:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             check_block_size(recipe.source_block_size, recipe.batch_size, world, mode=recipe.source_block_mode)
         except ValueError as err:
-            raise _fail(f"--source-block-size: {err}") from None
+            fail(f"--source-block-size: {err}")
     from .training.eval_callback import eval_callback_from_args
 
     callbacks, eval_overrides = eval_callback_from_args(args, recipe.save_steps)  # evaluation data checked first
     _check_output_dir(args.output_dir)
     resume = args.resume
     if resume is True and not any(d.startswith("checkpoint-") for d in os.listdir(args.output_dir)):
-        raise _fail(f"--resume: no checkpoint-* folder in {args.output_dir}")
-
-    from .training.mixed_dataset import MixedDataset
-    from .training.recipe import build_model, train
+        fail(f"--resume: no checkpoint-* folder in {args.output_dir}")
 
     from .datasets.jsonl import DataError
+    from .training.mixed_dataset import MixedDataset
+    from .training.recipe import build_model, train
 
     try:  # every row is checked here, before the model loads
         dataset = MixedDataset(training_sources(args), hard_negatives=recipe.hard_negatives)
     except DataError as err:
-        raise _fail(str(err)) from None
+        fail(str(err))
     precision = _precision(args, recipe, sources)
     for line in precision.lines:
         print(line, flush=True)
@@ -381,11 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.gguf_file is not None:
         kwargs["gguf_file"] = args.gguf_file
     try:
-        model = build_model(
-            model_name, recipe, attn_implementation=args.attn_implementation, **kwargs
-        )
+        model = build_model(model_name, recipe, attn_implementation=args.attn_implementation, **kwargs)
     except (ValueError, OSError, ImportError) as err:  # a model that is not there, settings that do not fit it
-        raise _fail(f"--model {model_name}: {err}") from None
+        fail(f"--model {model_name}: {err}")
     sentence_transformers = not no_btoks and importlib.util.find_spec("sentence_transformers") is not None
     _check_saveable(model, args.output_dir, sentence_transformers)
     command = os.path.join(args.output_dir, "train_command.json")
@@ -405,8 +399,6 @@ def main(argv: list[str] | None = None) -> int:
             f,
             indent=2,
         )
-    from .training.bad_rows import BadRowError
-
     try:
         train(
             model,
@@ -418,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
             on_bad_row=args.on_bad_row,
             **{"dataloader_num_workers": args.dataloader_num_workers, **eval_overrides},
         )
-    except BadRowError as err:
+    except DataError as err:  # a bad row stopped the run (BadRowError), or a source gave up (read in a worker or not)
         _write_summary(command)
-        raise _fail(str(err)) from None
+        fail(cli.user_error_message(err))
     _write_summary(command)
     if sentence_transformers:
         from .st import write_sentence_transformers_files

@@ -244,11 +244,14 @@ def eval_callback_from_args(args, save_steps: int) -> tuple[list, dict]:
     (``save_steps``: the run's, resolved from its flags and preset; 0 = no intermediate checkpoints).
 
     Raises:
-        SystemExit: one ``error: ...`` line for bad flags or evaluation data (before any model loads).
+        SystemExit: exit status 2 after one ``error: ...`` line (:func:`btok_model.cli.fail`) for bad flags or
+            evaluation data (before any model loads).
     """
+    from ..cli import fail
+
     if args.eval_data is None:
         if args.metric_for_best_model or args.load_best_model_at_end:
-            raise SystemExit("error: --metric-for-best-model and --load-best-model-at-end need --eval-data")
+            fail("--metric-for-best-model and --load-best-model-at-end need --eval-data")
         return [], {}
     try:
         source = load_eval_source(
@@ -266,7 +269,7 @@ def eval_callback_from_args(args, save_steps: int) -> tuple[list, dict]:
         check_args = _Settings(args.metric_for_best_model, "steps" if save_steps > 0 else "no", save_steps)
         callback.check(check_args)
     except (OSError, ValueError, ImportError) as err:
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
     return [callback], overrides
 
 

@@ -15,7 +15,7 @@ from mteb.types import PromptType
 
 from btok_model.evaluation import evaluate, load_task
 from btok_model.evaluation.runner import EmbeddingScorer
-from btok_model.mteb import DEFAULT_INSTRUCTIONS, MTEBEncoder
+from btok_model.mteb_encoder import DEFAULT_INSTRUCTIONS, MTEBEncoder
 from tests.helpers.tiny_models import tiny_btok
 
 PAIRS = [
@@ -154,3 +154,18 @@ def test_bad_settings_and_inputs():
         MTEBEncoder(Recorder()).encode(
             [{"video": [object()]}], task_metadata=_metadata("V"), hf_split="t", hf_subset="d", prompt_type=None
         )
+
+
+def test_the_old_module_name_still_imports_with_a_deprecation_warning(monkeypatch):
+    """``btok_model.mteb`` (named as the mteb package, which tracebacks then confuse) moved to
+    ``btok_model.mteb_encoder``; the old import path gives the same objects and says so."""
+    import importlib
+    import sys
+
+    import btok_model.mteb_encoder as moved
+
+    monkeypatch.delitem(sys.modules, "btok_model.mteb", raising=False)
+    with pytest.warns(DeprecationWarning, match="btok_model.mteb is deprecated: import from btok_model.mteb_encoder"):
+        old = importlib.import_module("btok_model.mteb")
+    assert old.MTEBEncoder is moved.MTEBEncoder and old.DEFAULT_INSTRUCTIONS is moved.DEFAULT_INSTRUCTIONS
+    assert set(old.__all__) == set(moved.__all__) and all(hasattr(old, name) for name in moved.__all__)

@@ -135,3 +135,24 @@ def test_bad_flag_values_exit_with_status_2(tmp_path, flag, value, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert flag in err and value in err
+
+
+def test_a_source_that_gives_up_stops_the_cli_with_one_line(tmp_path, float32_cpu, capsys):
+    """Every image of the one source undecodable: after 100 redraws the source is given up (a
+    DataError raised where the example is read, inside the DataLoader); the CLI reports it as one
+    ``error:`` line naming the source and a row, exit status 2, no traceback."""
+    root, _ = _mmeb(tmp_path, rows=4)
+    for i in range(4):
+        (tmp_path / "mmeb" / "images" / "N24News" / "Train" / f"{i}.jpg").write_bytes(b"garbage")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        train_main(_argv(tmp_path, root, out))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]  # progress bars share stderr
+    assert len(errors) == 1 and errors[0] == lines[-1] and "Traceback" not in err
+    assert errors[0].startswith("error: source N24News: 101 draws in a row could not be decoded, the last ")
+    assert "N24News/train-00000-of-00001.parquet: row " in errors[0]
+    summary = json.loads((out / "train_command.json").read_text())["summary"]
+    assert summary["bad_rows_replaced"] == 0  # no example came out of the source

@@ -296,7 +296,7 @@ def load_embedder(args: argparse.Namespace):
         kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
         model = PooledEmbedder.from_backbone(
             args.model,
-            pooling=args.baseline,
+            pooling="last" if args.baseline == "last-token" else args.baseline,  # the --baseline name -> pooling
             attn_implementation=args.attn_implementation,
             dtype=choice.dtype,
             **kwargs,

@@ -170,7 +170,7 @@ class Embedder(nn.Module):
         Args:
             starts: int64 ``[n]``, each sequence's first row in the flattened states.
             input_ends: int64 ``[n]``, the row after each sequence's input (where BToks would start).
-            pooling: a key of ``config_class.POOLINGS``.
+            pooling: ``"mean"`` or ``"last"`` (:data:`~.config.POOLINGS`).
 
         Returns:
             ``(rows int64 [M], counts int64 [n])``: the pooled rows, sequence by sequence, and
@@ -494,13 +494,14 @@ class Embedder(nn.Module):
             packed: True: each batch is one packed ``[1, T]`` row (no padding); False: right-
                 padded ``[B, S]`` rows with an attention mask. None: packed with
                 ``"btok_triton"`` (the kernel reads the layout directly), padded otherwise.
-            poolings: pool several ways from the same forward passes (keys of the config's
-                ``POOLINGS``); the result is then ``[N, len(poolings) * H]``, one block per
+            poolings: pool several ways from the same forward passes (``"mean"``,
+                ``"last"``); the result is then ``[N, len(poolings) * H]``, one block per
                 pooling in this order. Default: the configured pooling.
-            multi_vector: a BTok model's K BTok states, each L2-normalised, instead of their
-                pooled embedding (for MaxSim, :func:`~btok_model.embedder.similarity.maxsim`).
-                The pooled embedding is the normalised mean of the raw states, so it is not in
-                general the normalised mean of these.
+            multi_vector: return a BTok model's K BTok states, each L2-normalised, instead of
+                their pooled embedding (for MaxSim, :func:`~btok_model.embedder.similarity.maxsim`;
+                whether the model *trains* with MaxSim is ``config.similarity``). The pooled
+                embedding is the normalised mean of the raw states, so it is not in general the
+                normalised mean of these.
             dims: Matryoshka truncation: keep the leading ``dims`` components of every vector
                 (of every pooling's block) and L2-normalise again; None or ``"full"``: all H.
 

@@ -479,8 +479,8 @@ def encode(
         packed: True: each batch is one packed ``[1, T]`` row (no padding); False: right-padded
             ``[B, S]`` rows with an attention mask. None: packed with ``"btok_triton"`` (the
             kernel reads the layout directly), padded otherwise.
-        poolings: pool several ways from the same forward passes (keys of the config's
-            ``POOLINGS``); the result is then ``[N, len(poolings) * H]``, one block per pooling.
+        poolings: pool several ways from the same forward passes (``"mean"``,
+            ``"last"``); the result is then ``[N, len(poolings) * H]``, one block per pooling.
         multi_vector: a BTok model's K BTok states, each L2-normalised, instead of their pooled
             embedding (for MaxSim, :func:`~btok_model.embedder.similarity.maxsim`).
         dims: Matryoshka truncation: keep the leading ``dims`` components of every vector (of

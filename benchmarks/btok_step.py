@@ -156,6 +156,7 @@ def _single_pass(mask_implementation: str | None):
 def _two_pass(model, batch: StepBatch, device) -> Prepared:
     """The authors' two-pass formulation plus the candidates' pass, then BTokModel's losses."""
     from btok_model.embedder import BatchEmbeddings
+    from btok_model.embedder.encode import embed_padded
     from btok_model.embedder.twopass import two_pass_sequences
 
     n = len(batch.queries)
@@ -164,7 +165,7 @@ def _two_pass(model, batch: StepBatch, device) -> Prepared:
 
     def loss():
         query, generative, _ = two_pass_sequences(model, batch.queries, batch.targets)
-        cand = model.embed_padded(model.collator.pad_sequences(candidates))  # [positive | BToks], right-padded
+        cand = embed_padded(model, model.collator.pad_sequences(candidates))  # [positive | BToks], right-padded
         return _losses(model.compute_loss(BatchEmbeddings(query, cand, generative), positive_index))
 
     note = "query+BToks pass with KV cache, target pass on the BTok KV, candidates' pass (padded in the step)"

@@ -167,7 +167,7 @@ class DirectLastToken:
             batch = self.collator.pack_sequences(rows)
             layout = batch["btok_layout"].to(device)
             ids, positions = (to_device(batch[key], device) for key in ("input_ids", "position_ids"))
-            hidden = model.last_hidden_states(ids, positions, layout=layout)
+            hidden = model._last_hidden_states(ids, positions, layout=layout)
             last = torch.tensor(layout.host_cu_seqlens[1:], dtype=torch.long) - 1
         else:
             batch = self.collator.pad_sequences(rows)
@@ -175,7 +175,7 @@ class DirectLastToken:
             ids, positions, mask = (
                 to_device(batch[key], device) for key in ("input_ids", "position_ids", "attention_mask")
             )
-            hidden = model.last_hidden_states(ids, positions, attention_mask=mask)
+            hidden = model._last_hidden_states(ids, positions, attention_mask=mask)
             last = torch.arange(len(rows)) * width + lens - 1
         return hidden[to_device(last, device)]
 
@@ -186,7 +186,7 @@ def _encoders(model, batch_size: int):
     from btok_model.embedder import PooledConfig, PooledEmbedder
 
     direct = DirectLastToken(model)
-    pooled = PooledEmbedder(model.backbone, model.tokenizer, PooledConfig(pooling="last-token"))
+    pooled = PooledEmbedder(model.backbone, model.tokenizer, PooledConfig(pooling="last"))
     return {
         "btok": lambda texts, packed: model.encode(texts, batch_size=batch_size, packed=packed),
         "last_token": lambda texts, packed: direct.encode(texts, batch_size, packed),

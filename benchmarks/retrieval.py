@@ -76,16 +76,17 @@ def pre_engine_encode(model, texts: list[str], batch_size: int):
     here as the baseline the engine must not be slower than."""
     import torch
 
+    from btok_model.embedder.encode import embed_packed
+
     sequences, _ = model.collator.encode_for_embedding(texts)
-    k = model.collator.num_btoks
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     out = torch.empty(len(texts), model.embedding_dim)
     model.eval()
     with torch.inference_mode():
         for lo in range(0, len(order), batch_size):
             rows = order[lo : lo + batch_size]
-            packed = model.collator.pack_sequences([sequences[i][: len(sequences[i]) - k] for i in rows])
-            out[torch.tensor(rows)] = model._embed_packed(packed).cpu()
+            packed = model.collator.pack_sequences([sequences[i] for i in rows])
+            out[torch.tensor(rows)] = embed_packed(model, packed).cpu()
     return out
 
 

@@ -264,6 +264,9 @@ def load_scorer(args: argparse.Namespace):
     )
 
 
+_BASELINE_POOLING = {"last-token": "last"}  # --baseline names the pooling as MTEB does; the config says "last"
+
+
 def load_embedder(args: argparse.Namespace):
     """The embedder ``--model`` names, on its device in eval mode, in the dtype of
     :func:`~btok_model.embedder.precision.resolve_dtype` for the device (the line saying which
@@ -298,10 +301,11 @@ def load_embedder(args: argparse.Namespace):
             pooling = PooledEmbedder.config_class.load(args.model).pooling
         except ValueError as err:
             fail(f"--model {args.model}: {err}")
-        if args.baseline not in (None, pooling):
+        if args.baseline is not None and _BASELINE_POOLING.get(args.baseline, args.baseline) != pooling:
+            flag = "last-token" if pooling == "last" else pooling
             fail(
                 f"--baseline {args.baseline}: {args.model} was trained with --no-btoks --pooling {pooling}; "
-                f"leave --baseline out (or give --baseline {pooling})"
+                f"leave --baseline out (or give --baseline {flag})"
             )
     device = join_ranks(args.device) or default_device()  # under torchrun: a rank per GPU
     try:
@@ -322,7 +326,7 @@ def load_embedder(args: argparse.Namespace):
             kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
             model = PooledEmbedder.from_backbone(
                 args.model,
-                pooling=args.baseline,
+                pooling=_BASELINE_POOLING.get(args.baseline, args.baseline),  # the --baseline name -> pooling
                 attn_implementation=args.attn_implementation,
                 dtype=choice.dtype,
                 **kwargs,

@@ -28,6 +28,7 @@ try:  # sentence-transformers >= 6
 except ImportError:  # sentence-transformers 5.x
     from sentence_transformers.models import InputModule
 
+from .embedder.encode import embed_padded
 from .embedder.modeling import BTokModel
 
 __all__ = ["BTokEmbedding", "save_sentence_transformer", "write_sentence_transformers_files"]
@@ -83,7 +84,7 @@ class BTokEmbedding(InputModule):
     """The whole BTok embedder as one sentence-transformers input module.
 
     ``preprocess`` tokenises with the BToks appended and right-pads; ``forward`` embeds the
-    padded rows as ``BTokModel.encode`` does (:meth:`~btok_model.embedder.core.Embedder.embed_padded`)
+    padded rows as ``BTokModel.encode`` does (:func:`~btok_model.embedder.encode.embed_padded`)
     into ``"sentence_embedding"`` (fp32 ``[B, H]``, L2-normalised); for a MaxSim model instead
     into ``"token_embeddings"`` (fp32 ``[B, K, H]``, the K BTok vectors, each L2-normalised)
     with an all-ones ``[B, K]`` ``"attention_mask"`` over them, which a ``MultiVectorEncoder`` reads.
@@ -104,7 +105,7 @@ class BTokEmbedding(InputModule):
         texts = list(inputs)
         if prompt:
             texts = [prompt + text for text in texts]
-        return self.model.collator.pad_sequences(self.model.tokenize(texts))
+        return self.model.collator.pad_sequences(self.model.collator.tokenize(texts))
 
     def tokenize(self, texts: list[str], **kwargs) -> dict[str, torch.Tensor]:
         """sentence-transformers 5.x calls this name."""
@@ -112,11 +113,11 @@ class BTokEmbedding(InputModule):
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         if self.model.config.similarity == "maxsim":
-            vectors = self.model.embed_padded(features, multi_vector=True)  # [B, K, H]
+            vectors = embed_padded(self.model, features, multi_vector=True)  # [B, K, H]
             features["token_embeddings"] = vectors
             features["attention_mask"] = torch.ones(vectors.shape[:2], dtype=torch.long, device=vectors.device)
             return features
-        features["sentence_embedding"] = self.model.embed_padded(features)
+        features["sentence_embedding"] = embed_padded(self.model, features)
         return features
 
     def get_sentence_embedding_dimension(self) -> int:

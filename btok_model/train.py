@@ -224,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
         "--no-btoks",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="train the backbone without BToks (--pooling last-token|mean): the comparison baseline",
+        help="train the backbone without BToks (--pooling last|mean): the comparison baseline",
     )
     p.add_argument("--attn-implementation", default="btok_triton", help="(default: btok_triton)")
     p.add_argument(

@@ -95,7 +95,7 @@ MATRYOSHKA_DIMS = [64, 128, "full"]
 # The trained models and how each recipe differs from the btok-generative one (None: a model
 # without BToks; "mined": the same pairs with mined negatives).
 MODELS = {
-    "last-token-trained": {"generative_weight": 0.0, "pooling": "last-token"},
+    "last-token-trained": {"generative_weight": 0.0, "pooling": "last"},
     "btok-contrastive": {"generative_weight": 0.0},
     "btok-generative": {},
     "btok-maxsim": {"similarity": "maxsim"},
@@ -557,13 +557,14 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             if name in ("last-token", "mean"):
                 if not untrained:
-                    poolings = tuple(p for p in ("last-token", "mean") if p in args.rows)
+                    rows = tuple(r for r in ("last-token", "mean") if r in args.rows)
+                    poolings = tuple({"last-token": "last"}.get(r, r) for r in rows)  # row name -> pooling
                     model = PooledEmbedder.from_backbone(copy.deepcopy(backbone), copy.deepcopy(tokenizer))
                     texts = list(task.queries) + list(task.candidates)
                     with autocast:
                         both = model.encode(texts, args.eval_batch_size, True, poolings=poolings)
                     blocks = both.split(both.shape[1] // len(poolings), dim=1)
-                    untrained = {p: _Precomputed(texts, e) for p, e in zip(poolings, blocks)}
+                    untrained = {r: _Precomputed(texts, e) for r, e in zip(rows, blocks)}
                 model = untrained[name]
                 scorer = EmbeddingScorer(model, batch_size=args.eval_batch_size, show_progress_bar=True)
             else:

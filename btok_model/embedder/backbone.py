@@ -46,6 +46,7 @@ from .multimodal import (
     MultimodalCollator,
     RopeIndex,
     VisionTokens,
+    check_processor,
     is_vision_model,
     processor_parts,
 )
@@ -341,8 +342,7 @@ def _processor_for(model: nn.Module, source, kwargs: dict, explicit: bool):
     ``processor=``) unless it was named explicitly.
     """
     if not is_vision_model(model):
-        if explicit:
-            raise ValueError(f"processor= is for vision-language backbones; {type(model).__name__} is text-only")
+        check_processor(model, source if explicit else None)
         return None, None
     try:
         return _load_processor(source, kwargs)
@@ -468,8 +468,7 @@ def make_collator(
         with_targets=with_targets,
     )
     if not is_vision_model(model):
-        if processor is not None:
-            raise ValueError(f"processor= is for vision-language backbones; {type(model).__name__} is text-only")
+        check_processor(model, processor)
         return BTokCollator(tokenizer, btok_ids, **kwargs)
     _, image_processor, video_processor = processor_parts(processor)
     if video_processor is None and no_video_reason is None:

@@ -62,6 +62,7 @@ import torch
 from btok_kernels import CondensationLayout
 
 from ..datasets.schema import EXAMPLE_KEYS, FLAT_IMAGE_KEYS, TARGET_SIDES
+from ..deprecation import warn_deprecated
 from .media import Media
 from .packed_batch import BTokBatch
 
@@ -530,7 +531,7 @@ class BTokCollator:
         inputs = [ex.query if j == 0 else ex.candidates[j - 1] for ex, j in order]
         media = [ex.media()[j] for ex, j in order]
         targets = [ex.targets()[j] for ex, j in order]
-        packed = self.pack_sequences(inputs, targets, media)
+        packed = self.pack_sequences([x + self.btok_ids for x in inputs], media, targets=targets)
 
         # Labels: each target's own, at its rows (right after its sequence's BToks).
         with_target = [s for s, t in enumerate(targets) if t is not None]
@@ -549,27 +550,59 @@ class BTokCollator:
         )
 
     def pack_sequences(
-        self, inputs: list[list[int]], targets: list[Target | None] | None = None, media: list | None = None
+        self, sequences: list[list[int]], media: list | None = None, *, targets: list[Target | None] | None = None
     ) -> dict:
-        """Pack ``[input | BToks | target]`` sequences into one row.
+        """Pack ``[input | BToks]`` sequences, each with its target after it, into one row.
 
         Args:
-            inputs: ids of each input (no BToks).
-            targets: the target of each sequence (None: none), or None for no targets at all.
+            sequences: ids of each ``[input | BToks]``, as :meth:`tokenize` /
+                :meth:`encode_for_embedding` give them (the same as :meth:`pad_sequences` takes).
             media: the media of each input (None entries: text only), or None; a text-only
                 collator accepts only None entries (and targets without media).
+            targets: the target of each sequence (None: none), or None for no targets at all.
 
         Returns:
             dict with ``input_ids`` / ``position_ids`` int64 ``[1, T]`` and ``btok_layout``
             (CPU; sequence ``s``'s BToks at ``cu_seqlens[s] + btok_start[s] + 0..K-1``).
         """
+        inputs = self._inputs_of(sequences, media, "pack_sequences")
         _check_text_only(media)
         _check_text_only([t.media for t in targets or [] if t is not None])
         return self._pack_ids(inputs, targets)
 
+    def _inputs_of(self, sequences: list[list[int]], media, caller: str) -> list[list[int]]:
+        """The inputs of ``[input | BToks]`` sequences (their BToks cut off).
+
+        In btok 0.1 ``pack_sequences`` took the inputs without their BToks (and its targets
+        as the second argument): no input holds a BTok, so sequences none of which ends with
+        the K BToks are such inputs, taken with a ``DeprecationWarning``.
+
+        Raises:
+            TypeError: targets passed as the second (``media``) argument.
+            ValueError: some sequences end with the K BToks and some do not.
+        """
+        if media is not None and any(isinstance(m, Target) for m in media):
+            raise TypeError(f"{caller}(sequences, media, targets=...): targets are a keyword argument now")
+        k = self.num_btoks
+        if not k:
+            return sequences
+        ending = [list(seq[-k:]) == self.btok_ids for seq in sequences]
+        if all(ending):
+            return [seq[:-k] for seq in sequences]
+        if any(ending):
+            bad = ending.index(False)
+            raise ValueError(
+                f"{caller}: sequence {bad} does not end with the {k} BToks ([input | BToks], as tokenize gives it)"
+            )
+        warn_deprecated(
+            f"{caller} takes [input | BToks] sequences (as collator.tokenize gives them); inputs without their BToks "
+            "are deprecated and will be refused in the next release"
+        )
+        return sequences
+
     def _pack_ids(self, inputs: list[list[int]], targets: list[Target | None] | None) -> dict:
-        """:meth:`pack_sequences`' ids, layout and text positions (``0, 1, ...`` per sequence: a
-        target starts at its input's length + K)."""
+        """:meth:`pack_sequences`' ids (of the inputs without BToks), layout and text positions
+        (``0, 1, ...`` per sequence: a target starts at its input's length + K)."""
         target_ids = [t.ids if t is not None else [] for t in targets or [None] * len(inputs)]
         k = self.num_btoks
         input_lens = [len(x) for x in inputs]
@@ -585,7 +618,8 @@ class BTokCollator:
         """Right-pad ``[input | BToks]`` sequences into ``[B, S]``.
 
         Args:
-            sequences: ids of each ``[input | BToks]``.
+            sequences: ids of each ``[input | BToks]``, as :meth:`tokenize` /
+                :meth:`encode_for_embedding` give them (the same as :meth:`pack_sequences` takes).
             media: as in :meth:`pack_sequences`.
 
         Returns:

@@ -23,15 +23,18 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import ClassVar
 
 from ..backend.kernel_settings import KernelSettings
-from .similarity import FULL, check_dims
+from ..deprecation import warn_deprecated
+from .similarity import FULL, check_dims, check_similarity
 from .similarity import SIMILARITIES as ALL_SIMILARITIES
 from .tokens import BTOK_INITS
 
 __all__ = [
+    "POOLINGS",
     "SETTING",
     "BTokConfig",
     "EmbedderConfig",
     "PooledConfig",
+    "check_generative_weight",
     "parse_dim",
     "parse_optional_float",
     "parse_optional_int",
@@ -116,10 +119,25 @@ def parse_dim(text: str) -> int | str:
     return value
 
 
+# How an embedder's pooled tokens (a BTok model's K BToks, the baseline's input tokens) become one
+# embedding: their mean or the last of them. The same names for every embedder.
+POOLINGS = ("mean", "last")
+
 _POOLING_HELP = (
     "how the pooled tokens become one embedding: mean (of the K BToks, the method) or last (the last BTok); "
-    "without BToks: last-token (the last input token) or mean (of the input tokens)"
+    "without BToks: last (the last input token) or mean (of the input tokens)"
 )
+
+
+def check_generative_weight(value, name: str = "generative_weight") -> float:
+    """``value`` as a float, checked: the generative loss's weight is a number >= 0 (0: off).
+
+    Raises:
+        ValueError: naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -140,12 +158,14 @@ class EmbedderConfig:
             backbones and folders saved before it was recorded. Written by ``save_pretrained``
             and checked by ``from_pretrained``, which warns when they differ.
 
-    ``pooling`` names are the keys of the subclass's ``POOLINGS``, which map each to ``"mean"``
-    or ``"last"``; ``similarity`` is one of its ``SIMILARITIES``.
+    ``pooling`` is one of :data:`POOLINGS` (the subclass's ``POOLING_ALIASES`` are older
+    spellings, accepted with a ``DeprecationWarning`` and read silently from a saved folder);
+    ``similarity`` is one of its ``SIMILARITIES``.
     """
 
     CONFIG_NAME: ClassVar[str]
-    POOLINGS: ClassVar[dict[str, str]]
+    POOLINGS: ClassVar[tuple[str, ...]] = POOLINGS
+    POOLING_ALIASES: ClassVar[dict[str, str]] = {}
     SIMILARITIES: ClassVar[tuple[str, ...]] = ("cosine",)
     # The generative loss's weight when a loss is computed without explicit weights.
     generative_weight: ClassVar[float] = 0.0
@@ -186,8 +206,7 @@ class EmbedderConfig:
     video_layout: str | None = None
 
     def __post_init__(self):
-        if self.pooling not in self.POOLINGS:
-            raise ValueError(f"pooling must be one of {tuple(self.POOLINGS)}, got {self.pooling!r}")
+        self.pooling = self.check_pooling(self.pooling)
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ValueError(f"temperature must be a number > 0, got {t!r}")
@@ -200,22 +219,42 @@ class EmbedderConfig:
             raise ValueError(f"gather_across_ranks must be a bool, got {self.gather_across_ranks!r}")
         self.temperature = float(t)
         self.kernel = KernelSettings.from_value(self.kernel)
-        if self.similarity not in self.SIMILARITIES:
-            kind = type(self).__name__.removesuffix("Config")
-            why = " (MaxSim compares K BTok vectors; a model without BToks has one vector per input)" * (
-                self.similarity == "maxsim"
-            )
-            raise ValueError(
-                f"similarity must be one of {self.SIMILARITIES} for a {kind} model, got {self.similarity!r}{why}"
-            )
+        kind = type(self).__name__.removesuffix("Config")
+        why = " (MaxSim compares K BTok vectors; a model without BToks has one vector per input)" * (
+            self.similarity == "maxsim"
+        )
+        check_similarity(self.similarity, self.SIMILARITIES, where=f" for a {kind} model", why=why)
         self.matryoshka_dims, self.matryoshka_weights = _checked_matryoshka(
             self.matryoshka_dims, self.matryoshka_weights
         )
 
+    @classmethod
+    def check_pooling(cls, name, what: str = "pooling") -> str:
+        """A pooling name checked: one of :data:`POOLINGS`; an older spelling of
+        ``POOLING_ALIASES`` gives its name with a ``DeprecationWarning``.
+
+        Raises:
+            ValueError: an unknown name, naming ``what``.
+        """
+        if isinstance(name, str) and name in cls.POOLING_ALIASES:
+            new = cls.POOLING_ALIASES[name]
+            warn_deprecated(
+                f"{what} {name!r} is deprecated, use {new!r} (the same pooling); the old name will be removed "
+                "in the next release"
+            )
+            return new
+        if name not in cls.POOLINGS:
+            raise ValueError(f"{what} must be one of {cls.POOLINGS}, got {name!r}")
+        return name
+
     @property
     def reduction(self) -> str:
-        """``"mean"`` or ``"last"``: how :attr:`pooling` reduces the pooled tokens."""
-        return self.POOLINGS[self.pooling]
+        """Deprecated: the same as :attr:`pooling` (every pooling name is its reduction now)."""
+        warn_deprecated(
+            "config.reduction is deprecated, use config.pooling (the same value); it will be removed in the next "
+            "release"
+        )
+        return self.pooling
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the settings to ``directory/CONFIG_NAME``."""
@@ -243,7 +282,16 @@ class EmbedderConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**cls.upgrade_saved(values))
+
+    @classmethod
+    def upgrade_saved(cls, values: dict) -> dict:
+        """Saved settings with the older spellings a folder may hold replaced by their names
+        (no warning: the user wrote none of them); other values unchanged."""
+        pooling = values.get("pooling")
+        if isinstance(pooling, str) and pooling in cls.POOLING_ALIASES:
+            values = {**values, "pooling": cls.POOLING_ALIASES[pooling]}
+        return values
 
     @classmethod
     def from_keywords(cls, config, keywords: dict) -> tuple[EmbedderConfig, dict]:
@@ -302,14 +350,11 @@ class BTokConfig(EmbedderConfig):
     """
 
     CONFIG_NAME: ClassVar[str] = "btok_config.json"
-    POOLINGS: ClassVar[dict[str, str]] = {"mean": "mean", "last": "last"}
     SIMILARITIES: ClassVar[tuple[str, ...]] = ALL_SIMILARITIES
 
     num_btoks: int = setting(4, help="K, the bottleneck tokens appended after every input")
     btok_tokens: list[str] = field(default_factory=list)
-    generative_weight: float = setting(
-        5.0, help="weight of the generative loss on the targets (>= 0); 0 turns it off"
-    )
+    generative_weight: float = setting(5.0, help="weight of the generative loss on the targets (>= 0); 0 turns it off")
     target_prefix: str = "<|im_start|>assistant\n"
     target_suffix: str = "<|im_end|>"
     btok_init: str = setting(
@@ -328,10 +373,7 @@ class BTokConfig(EmbedderConfig):
         if len(tokens) != k or len(set(tokens)) != k:
             raise ValueError(f"btok_tokens must hold num_btoks={k} distinct strings, got {self.btok_tokens!r}")
         self.btok_tokens = tokens
-        w = self.generative_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
-            raise ValueError(f"generative_weight must be a number >= 0, got {w!r}")
-        self.generative_weight = float(w)
+        self.generative_weight = check_generative_weight(self.generative_weight)
         if self.btok_init not in BTOK_INITS:
             raise ValueError(f"btok_init must be one of {BTOK_INITS}, got {self.btok_init!r}")
         for name in ("target_prefix", "target_suffix"):
@@ -342,12 +384,13 @@ class BTokConfig(EmbedderConfig):
 @dataclass
 class PooledConfig(EmbedderConfig):
     """The settings of the no-BTok baseline (:class:`~btok_model.embedder.pooled.PooledEmbedder`):
-    those of :class:`EmbedderConfig`, ``pooling`` ``"last-token"`` (default) or ``"mean"``,
-    ``similarity`` ``"cosine"`` only. Without BToks there is no generative loss
-    (``generative_weight`` 0).
+    those of :class:`EmbedderConfig`, ``pooling`` ``"last"`` (the last input token, default) or
+    ``"mean"`` (``"last-token"``, its name in btok 0.1, is accepted with a ``DeprecationWarning``
+    and read silently from a saved ``pooled_config.json``), ``similarity`` ``"cosine"`` only.
+    Without BToks there is no generative loss (``generative_weight`` 0).
     """
 
     CONFIG_NAME: ClassVar[str] = "pooled_config.json"
-    POOLINGS: ClassVar[dict[str, str]] = {"last-token": "last", "mean": "mean"}
+    POOLING_ALIASES: ClassVar[dict[str, str]] = {"last-token": "last"}
 
-    pooling: str = setting("last-token", help=_POOLING_HELP)
+    pooling: str = setting("last", help=_POOLING_HELP)

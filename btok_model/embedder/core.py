@@ -2,17 +2,19 @@
 
 :class:`Embedder` holds a backbone (a transformers model, PEFT-wrapped or not), its tokenizer,
 processor and collator, and its settings (``model.config``). It runs a packed batch (or padded
-rows) to the decoder's last-layer states, pools them, scores the targets' next tokens, adds up
-the losses, batches ``encode`` in length order, saves and loads through the one backbone loader,
-and merges LoRA adapters. Its two kinds differ only in where the pooled tokens sit and how they
-pool:
+rows) to the decoder's last-layer states, pools them (:mod:`.pooling`), scores the targets'
+next tokens, adds up the losses (:mod:`.losses`), saves and loads through the one backbone
+loader, and merges LoRA adapters; ``encode`` is the encode engine's (:mod:`.encode`). Its two
+kinds differ only in where the pooled tokens sit:
 
 * :class:`~btok_model.BTokModel`: the K BToks after each input, their mean (or the last);
 * :class:`~btok_model.embedder.pooled.PooledEmbedder`: the input's own tokens, their mean or
   the last one.
 
 A subclass sets ``config_class`` and implements :meth:`Embedder._pooled_rows` and
-:meth:`Embedder._make_collator` (private: hooks for the two subclasses, not API).
+:meth:`Embedder._make_collator` (private: hooks for the two subclasses, not API). The methods
+with a leading underscore (the forward to last-layer states, the pooling plan) are the
+package's own: :mod:`.encode`, :mod:`.twopass` and :mod:`.btok_cache` call them.
 """
 
 from __future__ import annotations
@@ -30,25 +32,22 @@ from btok_kernels import CondensationLayout
 
 from ..backend import ATTN_IMPLEMENTATION
 from ..backend.kernel_settings import set_kernel_settings
+from ..deprecation import warn_deprecated
 from . import encode as engine
+from . import pooling as _pooling
 from .backbone import Backbone, load_adapters, load_saved_backbone, save_backbone, transformers_model
 from .collate import IGNORE_INDEX, BTokCollator, concat_ranges
 from .config import EmbedderConfig
 from .losses import (
     LossWeights,
     authors_next_token_loss,
-    gather_sizes,
-    gather_with_grad,
-    info_nce,
-    is_distributed,
-    matryoshka_info_nce,
+    contrastive_loss,
     next_token_loss,
-    rank_offset,
 )
-from .media import MEDIA_BATCH_KEYS
-from .multimodal import VISION_MODEL_NAMES, check_video_layout, is_vision_model, vision_family
+from .multimodal import check_processor, check_video_layout, vision_family
 from .packed_batch import BTokBatch, to_device
 from .peer_masks import condensation_attention_mask
+from .pooling import PoolingPlan, sequence_spans
 from .similarity import check_dims
 from .tokens import make_trainable
 
@@ -57,9 +56,6 @@ __all__ = [
     "BatchEmbeddings",
     "Embedder",
     "enable_activation_checkpointing",
-    "pool_btok_states",
-    "pool_token_groups",
-    "stack_token_groups",
 ]
 
 
@@ -117,66 +113,6 @@ def enable_activation_checkpointing(model: nn.Module, kwargs: dict | None = None
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def pool_btok_states(states: torch.Tensor, pooling: str) -> torch.Tensor:
-    """The embeddings of N equal groups of pooled states (the K BToks of each input).
-
-    Args:
-        states: ``[N, K, H]`` any float dtype.
-        pooling: ``"mean"`` (mean over the K states) or ``"last"`` (the last one).
-
-    Returns:
-        fp32 ``[N, H]``, L2-normalised.
-    """
-    states = states.float()
-    pooled = states.mean(1) if pooling == "mean" else states[:, -1]
-    return nn.functional.normalize(pooled, dim=-1)
-
-
-def pool_token_groups(states: torch.Tensor, counts: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The embeddings of consecutive groups of pooled states, one group per input.
-
-    Args:
-        states: ``[M, H]`` any float dtype, the groups back to back.
-        counts: int64 ``[n]`` on the host, each group's size (>= 1; they sum to M).
-        reduction: ``"mean"`` or ``"last"``.
-
-    Returns:
-        fp32 ``[n, H]``, L2-normalised. Equal groups go through :func:`pool_btok_states`.
-    """
-    n = counts.numel()
-    if n and bool((counts == counts[0]).all()):
-        return pool_btok_states(states.view(n, int(counts[0]), -1), reduction)
-    if reduction == "last":
-        pooled = states[(torch.cumsum(counts, 0) - 1).to(states.device)].float()
-    else:
-        group = torch.repeat_interleave(torch.arange(n), counts).to(states.device)
-        sums = states.new_zeros((n, states.shape[-1]), dtype=torch.float32).index_add_(0, group, states.float())
-        pooled = sums / counts.to(states.device, torch.float32)[:, None]
-    return nn.functional.normalize(pooled, dim=-1)
-
-
-def stack_token_groups(states: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """The multi-vector embeddings of equal groups of pooled states: each state L2-normalised.
-
-    Args:
-        states: ``[M, H]`` any float dtype, the groups back to back.
-        counts: int64 ``[n]`` on the host, each group's size; all equal (K).
-
-    Returns:
-        fp32 ``[n, K, H]``.
-    """
-    n = counts.numel()
-    if n and not bool((counts == counts[0]).all()):
-        raise ValueError(f"multi-vector embeddings need the same number of vectors per input, got {counts.tolist()}")
-    k = int(counts[0]) if n else 0
-    return nn.functional.normalize(states.float().view(n, k, -1), dim=-1)
-
-
-def _pool(states: torch.Tensor, counts: torch.Tensor, reduction: str, multi_vector: bool) -> torch.Tensor:
-    """:func:`stack_token_groups` (``multi_vector``) or :func:`pool_token_groups`."""
-    return stack_token_groups(states, counts) if multi_vector else pool_token_groups(states, counts, reduction)
-
-
 class Embedder(nn.Module):
     """A transformers decoder used as an embedder (see the module docstring).
 
@@ -204,13 +140,22 @@ class Embedder(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.processor = processor
-        model = transformers_model(backbone)
-        if processor is not None and not is_vision_model(model):
-            raise ValueError(f"processor= is for {VISION_MODEL_NAMES} backbones; {type(model).__name__} is text-only")
+        check_processor(transformers_model(backbone), processor)
         set_kernel_settings(backbone, config.kernel)
-        if config.matryoshka_dims:
-            self.matryoshka_dims  # noqa: B018 (checked against H here, not at the first step)
+        self._matryoshka_sizes()  # checked against H here, not at the first step
         self.collator = self._make_collator(no_video_reason)
+
+    def __getattr__(self, name: str):
+        # nn.Module's lookup (parameters, buffers, submodules) first; then the names renamed
+        # after btok 0.1 (_RENAMED), which keep working for one release with a DeprecationWarning.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in _RENAMED:
+                raise
+        new, value = _RENAMED[name]
+        warn_deprecated(f"{type(self).__name__}.{name} is deprecated: {new}; it will be removed in the next release")
+        return value(self)
 
     # -- what a subclass says ----------------------------------------------------------------
     def _make_collator(self, no_video_reason: str | None) -> BTokCollator:
@@ -225,7 +170,7 @@ class Embedder(nn.Module):
         Args:
             starts: int64 ``[n]``, each sequence's first row in the flattened states.
             input_ends: int64 ``[n]``, the row after each sequence's input (where BToks would start).
-            pooling: a key of ``config_class.POOLINGS``.
+            pooling: ``"mean"`` or ``"last"`` (:data:`~.config.POOLINGS`).
 
         Returns:
             ``(rows int64 [M], counts int64 [n])``: the pooled rows, sequence by sequence, and
@@ -341,9 +286,8 @@ class Embedder(nn.Module):
         """``H``, the size of an embedding."""
         return transformers_model(self.backbone).get_input_embeddings().weight.shape[1]
 
-    @property
-    def matryoshka_dims(self) -> list[int]:
-        """The configured Matryoshka dimensions as ints (``"full"`` = H); empty when off.
+    def _matryoshka_sizes(self) -> list[int]:
+        """``config.matryoshka_dims`` as ints (``"full"`` = H); empty when off.
 
         Raises:
             ValueError: a dimension larger than H (or H beside ``"full"``).
@@ -351,24 +295,14 @@ class Embedder(nn.Module):
         dims = self.config.matryoshka_dims
         return check_dims(dims, self.embedding_dim, "matryoshka_dims") if dims else []
 
-    @property
-    def multi_vector(self) -> bool:
-        """Whether training scores the K BTok vectors by MaxSim (``config.similarity``)."""
-        return self.config.similarity == "maxsim"
-
-    # -- tokenisation and collation -----------------------------------------------------------
-    def tokenize(self, texts: list) -> list[list[int]]:
-        """Token ids of each input as :meth:`encode` embeds them (a BTok model's K BToks
-        appended; an image's or video's placeholder tokens expanded)."""
-        return self.collator.tokenize(texts)
-
+    # -- collation ------------------------------------------------------------------------------
     def collate(self, examples: list[dict]) -> BTokBatch:
         """One packed training batch from ``examples`` (see :class:`~btok_model.embedder.collate.BTokCollator`);
         targets only while the configured generative weight is not 0."""
         return self.collator(examples, with_targets=self.config.generative_weight != 0)
 
     # -- the forward to last-layer states ------------------------------------------------------
-    def last_hidden_states(
+    def _last_hidden_states(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
@@ -401,11 +335,12 @@ class Embedder(nn.Module):
             kwargs["attention_mask"] = condensation_attention_mask(layout, impl, dtype, input_ids.device)
         return self.decoder(**kwargs).last_hidden_state[0]
 
-    def _pooling_plan(self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str) -> tuple:
-        """``(rows on the device, counts, reduction)`` of :meth:`_pooled_rows`, moved before the
-        forward is queued: a copy from pageable host memory after it would wait for it."""
-        rows, counts = self._pooled_rows(starts, input_ends, pooling)
-        return to_device(rows, self.device), counts, self.config_class.POOLINGS[pooling]
+    def _pooling_plan(self, spans: tuple[torch.Tensor, torch.Tensor], pooling: str) -> PoolingPlan:
+        """The :class:`~.pooling.PoolingPlan` of sequences ``spans = (starts, input ends)``
+        (:func:`~.pooling.sequence_spans`, :func:`~.pooling.padded_spans`): :meth:`_pooled_rows`,
+        on the device before the forward is queued."""
+        rows, counts = self._pooled_rows(*spans, pooling)
+        return PoolingPlan.on_device(rows, counts, pooling, self.device)
 
     # -- training ---------------------------------------------------------------------------------
     def embed_batch(self, batch: BTokBatch, generative: bool = True, normalization: str = "token") -> BatchEmbeddings:
@@ -440,14 +375,15 @@ class Embedder(nn.Module):
             # order; their count is known on the host, so nothing waits for the device.
             keep = torch.argsort((next_labels == IGNORE_INDEX).int(), stable=True)[:num_targets]
             rows, next_labels = rows[keep], next_labels[keep]
-        plan = self._pooling_plan(*_sequence_spans(layout), self.config.pooling)
-        hidden = self.last_hidden_states(batch.input_ids, batch.position_ids, layout=layout, media=batch.media_inputs())
+        plan = self._pooling_plan(sequence_spans(layout), self.config.pooling)
+        hidden = self._last_hidden_states(
+            batch.input_ids, batch.position_ids, layout=layout, media=batch.media_inputs()
+        )
         # Queries and candidates pooled apart: two tensors, not views of one (FSDP2 warns about
-        # views among a root module's outputs).
-        (rows_all, counts, how), nq, multi = plan, batch.num_queries, self.multi_vector
-        split = int(counts[:nq].sum())
-        query = _pool(hidden[rows_all[:split]], counts[:nq], how, multi)
-        candidates = _pool(hidden[rows_all[split:]], counts[nq:], how, multi)
+        # views among a root module's outputs). MaxSim training scores the K vectors apart.
+        nq, multi = batch.num_queries, self.config.similarity == "maxsim"
+        query = plan.pool(hidden, multi, 0, nq)
+        candidates = plan.pool(hidden, multi, nq)
         loss = None
         if num_targets and normalization == "authors":
             on_query = to_device(on_query, device)[keep]
@@ -491,14 +427,20 @@ class Embedder(nn.Module):
             positive_index: int64 ``[Nq]`` into this rank's candidates.
             weights: the generative weight and rank shares (default: ``config.generative_weight``, shares 1).
         """
-        weights = weights if weights is not None else LossWeights(self.config.generative_weight)
+        cfg = self.config
+        weights = weights if weights is not None else LossWeights(cfg.generative_weight)
         query, candidates = embeddings.query_embeddings, embeddings.candidate_embeddings
-        all_candidates, positive_index = candidates, positive_index.to(query.device)
-        if self.config.gather_across_ranks and is_distributed():
-            sizes = gather_sizes(candidates.shape[0], candidates.device)
-            all_candidates = gather_with_grad(candidates, sizes)
-            positive_index = positive_index + rank_offset(sizes)
-        contrastive = weights.contrastive_part(self._info_nce(query, all_candidates, positive_index))
+        contrastive = contrastive_loss(
+            query,
+            candidates,
+            positive_index.to(query.device),
+            cfg.temperature,
+            cfg.similarity,
+            self._matryoshka_sizes(),
+            cfg.matryoshka_weights,
+            gather=cfg.gather_across_ranks,
+        )
+        contrastive = weights.contrastive_part(contrastive)
         generative = weights.generative_part(embeddings.generative_loss)
         return BTokOutput(
             loss=weights.total(contrastive, generative),
@@ -507,16 +449,6 @@ class Embedder(nn.Module):
             query_embeddings=query,
             candidate_embeddings=candidates,
         )
-
-    def _info_nce(self, query: torch.Tensor, candidates: torch.Tensor, positive_index: torch.Tensor) -> torch.Tensor:
-        """The configured InfoNCE (similarity, Matryoshka dimensions) of the gathered candidates."""
-        cfg = self.config
-        if cfg.matryoshka_dims:
-            weights, dims = cfg.matryoshka_weights or None, self.matryoshka_dims
-            return matryoshka_info_nce(
-                query, candidates, positive_index, cfg.temperature, dims, weights, cfg.similarity
-            )
-        return info_nce(query, candidates, positive_index, cfg.temperature, cfg.similarity)
 
     def forward(
         self, batch: BTokBatch | None = None, *, loss_weights: LossWeights | None = None, **fields
@@ -536,36 +468,6 @@ class Embedder(nn.Module):
         return self.compute_loss(embeddings, batch.positive_index, weights)
 
     # -- inference ------------------------------------------------------------------------------
-    def _embed_packed(
-        self, packed: dict, poolings: tuple[str, ...] | None = None, multi_vector: bool = False
-    ) -> torch.Tensor:
-        """fp32 ``[n, H]`` embeddings (on the device) of a packed row from the collator's
-        ``pack_sequences`` (``poolings``: several, concatenated along H; default the configured
-        one); ``[n, K, H]`` with ``multi_vector``."""
-        device = self.device
-        layout = packed["btok_layout"].to(device)
-        plans = [self._pooling_plan(*_sequence_spans(layout), p) for p in poolings or (self.config.pooling,)]
-        input_ids, position_ids = (to_device(packed[key], device) for key in ("input_ids", "position_ids"))
-        hidden = self.last_hidden_states(input_ids, position_ids, layout=layout, media=_media(packed, device))
-        return torch.cat([_pool(hidden[rows], counts, how, multi_vector) for rows, counts, how in plans], -1)
-
-    def embed_padded(
-        self, padded: dict, poolings: tuple[str, ...] | None = None, multi_vector: bool = False
-    ) -> torch.Tensor:
-        """fp32 ``[B, H]`` embeddings (on the device) of right-padded rows from the collator's
-        ``pad_sequences`` (``poolings``, ``multi_vector`` -> ``[B, K, H]``: as in :meth:`_embed_packed`)."""
-        device = self.device
-        mask = padded["attention_mask"]
-        width, lengths = mask.shape[1], mask.sum(1).cpu()
-        starts = torch.arange(mask.shape[0]) * width
-        spans = starts, starts + lengths - self.collator.num_btoks
-        plans = [self._pooling_plan(*spans, p) for p in poolings or (self.config.pooling,)]
-        input_ids, position_ids, mask = (
-            to_device(padded[key], device) for key in ("input_ids", "position_ids", "attention_mask")
-        )
-        hidden = self.last_hidden_states(input_ids, position_ids, attention_mask=mask, media=_media(padded, device))
-        return torch.cat([_pool(hidden[rows], counts, how, multi_vector) for rows, counts, how in plans], -1)
-
     def encode(
         self,
         inputs: list,
@@ -592,13 +494,14 @@ class Embedder(nn.Module):
             packed: True: each batch is one packed ``[1, T]`` row (no padding); False: right-
                 padded ``[B, S]`` rows with an attention mask. None: packed with
                 ``"btok_triton"`` (the kernel reads the layout directly), padded otherwise.
-            poolings: pool several ways from the same forward passes (keys of the config's
-                ``POOLINGS``); the result is then ``[N, len(poolings) * H]``, one block per
+            poolings: pool several ways from the same forward passes (``"mean"``,
+                ``"last"``); the result is then ``[N, len(poolings) * H]``, one block per
                 pooling in this order. Default: the configured pooling.
-            multi_vector: a BTok model's K BTok states, each L2-normalised, instead of their
-                pooled embedding (for MaxSim, :func:`~btok_model.embedder.similarity.maxsim`).
-                The pooled embedding is the normalised mean of the raw states, so it is not in
-                general the normalised mean of these.
+            multi_vector: return a BTok model's K BTok states, each L2-normalised, instead of
+                their pooled embedding (for MaxSim, :func:`~btok_model.embedder.similarity.maxsim`;
+                whether the model *trains* with MaxSim is ``config.similarity``). The pooled
+                embedding is the normalised mean of the raw states, so it is not in general the
+                normalised mean of these.
             dims: Matryoshka truncation: keep the leading ``dims`` components of every vector
                 (of every pooling's block) and L2-normalise again; None or ``"full"``: all H.
 
@@ -618,18 +521,6 @@ class Embedder(nn.Module):
         )
 
 
-def _media(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """The pixel inputs of a packed or padded dict (:data:`~.media.MEDIA_BATCH_KEYS` present), on ``device``."""
-    return {key: to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
-
-
-def _sequence_spans(layout: CondensationLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """int64 ``(starts [n], input ends [n])`` of a packed layout's sequences, from its host
-    integers (a sequence's input ends where its BToks start)."""
-    starts = torch.tensor(layout.host_cu_seqlens[:-1], dtype=torch.long)
-    return starts, starts + torch.tensor(layout.host_btok_start, dtype=torch.long)
-
-
 def _target_rows(layout: CondensationLayout) -> torch.Tensor:
     """int64 positions of every target row that predicts a next target token (all target
     rows but each sequence's last), built from the layout's host integers."""
@@ -643,7 +534,7 @@ def _target_rows(layout: CondensationLayout) -> torch.Tensor:
 def _target_sides(
     layout: CondensationLayout, rows: torch.Tensor, next_labels: torch.Tensor, num_queries: int
 ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """For the authors' generative loss: whether each target row's sequence is a query (bool
+    """For the authors' generative loss (:func:`~.losses.authors_next_token_loss`): whether each target row's sequence is a query (bool
     ``[R]``), and per side (queries, candidates) the scored target tokens and the sequences
     holding any, counted on the host from ``rows`` (:func:`_target_rows`) and their next labels."""
     sequence = torch.searchsorted(torch.tensor(layout.host_cu_seqlens[1:], dtype=torch.long), rows, right=True)
@@ -653,3 +544,41 @@ def _target_sides(
     generating = torch.unique(sequence[scored])
     sequences = (int((generating < num_queries).sum()), int((generating >= num_queries).sum()))
     return on_query, tokens, sequences
+
+
+# Names renamed after btok 0.1: {old name: (what to use instead, the value)}. Each warns (see
+# Embedder.__getattr__) and goes in the next release.
+_RENAMED = {
+    "tokenize": ("use model.collator.tokenize(texts)", lambda m: m.collator.tokenize),
+    "last_hidden_states": ("it is internal (Embedder._last_hidden_states)", lambda m: m._last_hidden_states),
+    "embed_padded": (
+        "use btok_model.embedder.encode.embed_padded(model, padded, ...)",
+        lambda m: (
+            lambda padded, poolings=None, multi_vector=False: engine.embed_padded(m, padded, poolings, multi_vector)
+        ),
+    ),
+    "multi_vector": (
+        (
+            "whether the model trains with MaxSim is model.config.similarity == 'maxsim' "
+            "(encode(multi_vector=True) returns the K vectors)"
+        ),
+        lambda m: m.config.similarity == "maxsim",
+    ),
+    "matryoshka_dims": (
+        "the setting is model.config.matryoshka_dims ('full' = model.embedding_dim)",
+        lambda m: m._matryoshka_sizes(),
+    ),
+}
+
+# Moved to btok_model.embedder.pooling after btok 0.1.
+_MOVED = ("pool_btok_states", "pool_token_groups", "stack_token_groups")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        warn_deprecated(
+            f"btok_model.embedder.core.{name} is deprecated: import it from btok_model.embedder.pooling; the old "
+            "place will be removed in the next release"
+        )
+        return getattr(_pooling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,8 +16,11 @@ whole ``[N, ...]`` result (all-gathered, input order); with ``gather=False`` eac
 rows (:class:`EncodedShard`), which is how candidates stay sharded for scoring
 (:mod:`btok_model.inference.scoring`).
 
-The engine works for any :class:`~btok_model.embedder.core.Embedder` (a BTok model, the
-pooled baselines), pooled or multi-vector (``multi_vector=True``: the K BTok vectors, for
+A batch is embedded by :func:`embed_packed` (one packed row from the collator's
+``pack_sequences``) or :func:`embed_padded` (right-padded rows from its ``pad_sequences``): one
+forward to the last-layer states, pooled (:mod:`.pooling`). The engine works for any
+:class:`~btok_model.embedder.core.Embedder` (a BTok model, the pooled baselines), pooled or
+multi-vector (``multi_vector=True``: the K BTok vectors, for
 MaxSim), at Matryoshka ``dims``. Another encoder -- anything with ``encode(inputs,
 batch_size=, show_progress_bar=)`` returning ``[n, ...]`` rows -- is blocked, sharded and
 gathered the same way, each block embedded by its own ``encode``.
@@ -34,12 +37,17 @@ import torch.distributed as dist
 from ..backend import ATTN_IMPLEMENTATION
 from .backbone import transformers_model
 from .collate import ExampleError
+from .media import MEDIA_BATCH_KEYS
+from .packed_batch import to_device
+from .pooling import padded_spans, sequence_spans
 from .similarity import check_dims, truncate
 
 __all__ = [
     "EncodedShard",
     "all_gather_rows",
     "check_inputs",
+    "embed_packed",
+    "embed_padded",
     "encode",
     "encode_block",
     "encode_in_length_order",
@@ -104,6 +112,56 @@ def is_embedder(model) -> bool:
     return hasattr(model, "collator") and hasattr(model, "config_class")
 
 
+def embed_packed(
+    embedder, packed: dict, poolings: tuple[str, ...] | None = None, multi_vector: bool = False
+) -> torch.Tensor:
+    """The embeddings of one packed row, in one forward.
+
+    Args:
+        embedder: an :class:`~btok_model.embedder.core.Embedder`.
+        packed: from its collator's ``pack_sequences`` (on any device).
+        poolings: several poolings, concatenated along H (checked names); default the configured one.
+        multi_vector: the K BTok states each L2-normalised, ``[n, K, H]``.
+
+    Returns:
+        fp32 ``[n, H]`` (``[n, len(poolings) * H]``, ``[n, K, H]``) on the model's device, L2-normalised.
+    """
+    device = embedder.device
+    layout = packed["btok_layout"].to(device)
+    plans = [embedder._pooling_plan(sequence_spans(layout), p) for p in poolings or (embedder.config.pooling,)]
+    input_ids, position_ids = (to_device(packed[key], device) for key in ("input_ids", "position_ids"))
+    hidden = embedder._last_hidden_states(input_ids, position_ids, layout=layout, media=_media(packed, device))
+    return torch.cat([plan.pool(hidden, multi_vector) for plan in plans], -1)
+
+
+def embed_padded(
+    embedder, padded: dict, poolings: tuple[str, ...] | None = None, multi_vector: bool = False
+) -> torch.Tensor:
+    """The embeddings of right-padded rows from the collator's ``pad_sequences``, in one
+    forward (``poolings``, ``multi_vector`` and the result as for :func:`embed_packed`: ``[B, ...]``)."""
+    device = embedder.device
+    spans = padded_spans(padded["attention_mask"], embedder.collator.num_btoks)
+    plans = [embedder._pooling_plan(spans, p) for p in poolings or (embedder.config.pooling,)]
+    input_ids, position_ids, mask = (
+        to_device(padded[key], device) for key in ("input_ids", "position_ids", "attention_mask")
+    )
+    hidden = embedder._last_hidden_states(input_ids, position_ids, attention_mask=mask, media=_media(padded, device))
+    return torch.cat([plan.pool(hidden, multi_vector) for plan in plans], -1)
+
+
+def _media(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The pixel inputs of a packed or padded dict (:data:`~.media.MEDIA_BATCH_KEYS` present), on ``device``."""
+    return {key: to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
+
+
+def _check_poolings(embedder, poolings) -> tuple[str, ...] | None:
+    """``poolings`` checked against the embedder's names (an older spelling mapped, with a
+    ``DeprecationWarning``); None stays None."""
+    if poolings is None or not is_embedder(embedder):
+        return poolings
+    return tuple(embedder.config_class.check_pooling(p, "poolings entry") for p in poolings)
+
+
 def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> int | None:
     """The options of :func:`encode` checked; returns ``dims`` as an int (or None)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -114,9 +172,6 @@ def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> int | 
         if poolings or dims is not None:
             raise ValueError(f"poolings and dims need an Embedder; {type(embedder).__name__} only has encode()")
         return None
-    for pooling in poolings or ():
-        if pooling not in embedder.config_class.POOLINGS:
-            raise ValueError(f"pooling must be one of {tuple(embedder.config_class.POOLINGS)}, got {pooling!r}")
     if multi_vector and "maxsim" not in embedder.config_class.SIMILARITIES:
         raise ValueError(
             f"multi_vector=True returns the K BTok vectors of a BTokModel; {type(embedder).__name__} has no BToks "
@@ -223,6 +278,7 @@ def encode_block(
         fp32 ``[n, *shape]`` on the CPU (``shape``: ``(H,)``, ``(dims,)``,
         ``(len(poolings) * dims,)`` or ``(K, dims)``), L2-normalised.
     """
+    poolings = _check_poolings(embedder, poolings)
     dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
     if not is_embedder(embedder):
         return _foreign_block(embedder, inputs, batch_size, multi_vector, bar)
@@ -233,18 +289,15 @@ def encode_block(
     sequences, media = _tokenize(embedder, distinct, inputs, start)
     if packed is None:
         packed = transformers_model(embedder.backbone).config._attn_implementation == ATTN_IMPLEMENTATION
-    k = embedder.collator.num_btoks
     size = embedder.embedding_dim
+    collate, embed_batch = (
+        (embedder.collator.pack_sequences, embed_packed) if packed else (embedder.collator.pad_sequences, embed_padded)
+    )
 
     def embed(rows: list[int]) -> torch.Tensor:
         part = [media[i] for i in rows]
         part = None if all(m is None for m in part) else part
-        if packed:
-            cut = [sequences[i][: len(sequences[i]) - k] for i in rows]
-            out = embedder._embed_packed(embedder.collator.pack_sequences(cut, media=part), poolings, multi_vector)
-        else:
-            padded = embedder.collator.pad_sequences([sequences[i] for i in rows], media=part)
-            out = embedder.embed_padded(padded, poolings, multi_vector)
+        out = embed_batch(embedder, collate([sequences[i] for i in rows], part), poolings, multi_vector)
         if dims is None or dims == size:
             return out
         blocks = out.view(*out.shape[:-1], -1, size)  # one block per pooling
@@ -370,6 +423,7 @@ def iter_encoded_blocks(
     """
     from tqdm.auto import tqdm
 
+    poolings = _check_poolings(embedder, poolings)
     _check_options(embedder, batch_size, poolings, multi_vector, dims)
     blocks = row_blocks(len(inputs), block_size)
     ids = range(len(blocks)) if block_ids is None else list(block_ids)
@@ -425,8 +479,8 @@ def encode(
         packed: True: each batch is one packed ``[1, T]`` row (no padding); False: right-padded
             ``[B, S]`` rows with an attention mask. None: packed with ``"btok_triton"`` (the
             kernel reads the layout directly), padded otherwise.
-        poolings: pool several ways from the same forward passes (keys of the config's
-            ``POOLINGS``); the result is then ``[N, len(poolings) * H]``, one block per pooling.
+        poolings: pool several ways from the same forward passes (``"mean"``,
+            ``"last"``); the result is then ``[N, len(poolings) * H]``, one block per pooling.
         multi_vector: a BTok model's K BTok states, each L2-normalised, instead of their pooled
             embedding (for MaxSim, :func:`~btok_model.embedder.similarity.maxsim`).
         dims: Matryoshka truncation: keep the leading ``dims`` components of every vector (of
@@ -442,6 +496,7 @@ def encode(
         ExampleError: an input the model refuses (empty text, too long, unreadable media),
             named ``text {row}`` by its row in ``inputs``.
     """
+    poolings = _check_poolings(embedder, poolings)
     dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
     if isinstance(inputs, (str, dict)) or not hasattr(inputs, "__len__"):
         raise ExampleError(

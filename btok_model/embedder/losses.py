@@ -4,6 +4,7 @@
   (in-batch negatives, hard negatives, and the candidates of other ranks), on cosine or
   MaxSim scores (:mod:`.similarity`).
 * :func:`matryoshka_info_nce` -- its weighted sum over leading-dimension truncations.
+* :func:`contrastive_loss` -- the configured one of the two, on the candidates of every rank.
 * :func:`next_token_loss` -- the generative loss on target tokens (a token mean), and
   :func:`authors_next_token_loss` -- the authors' per-side, per-chunk weighting of it.
 * :class:`LossWeights` -- the one place the two become the loss a step backpropagates
@@ -26,6 +27,7 @@ __all__ = [
     "GENERATIVE_NORMALIZATIONS",
     "LossWeights",
     "authors_next_token_loss",
+    "contrastive_loss",
     "gather_sizes",
     "gather_with_grad",
     "info_nce",
@@ -177,6 +179,42 @@ def matryoshka_info_nce(
         for d, w in zip(dims, weights)
     ]
     return torch.stack(losses).sum()
+
+
+def contrastive_loss(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_index: torch.Tensor,
+    temperature: float,
+    similarity: str = "cosine",
+    dims: list[int] | None = None,
+    weights: list[float] | None = None,
+    *,
+    gather: bool = True,
+) -> torch.Tensor:
+    """The contrastive loss of an embedder's settings: :func:`info_nce`, or with ``dims``
+    :func:`matryoshka_info_nce`. With ``gather`` and ``torch.distributed`` initialised, each
+    rank's queries are scored against the candidates of every rank (gathered with gradients
+    flowing back to their owner, at full size: Matryoshka truncates after), positives offset by
+    the rank's position.
+
+    Args:
+        query, candidates, positive_index, temperature, similarity: as for :func:`info_nce`
+            (this rank's rows).
+        dims: the Matryoshka dimensions as ints (None or empty: off).
+        weights: one weight per dimension (None or empty: 1 each).
+        gather: gather the candidates across ranks.
+
+    Returns:
+        fp32 scalar.
+    """
+    if gather and is_distributed():
+        sizes = gather_sizes(candidates.shape[0], candidates.device)
+        candidates = gather_with_grad(candidates, sizes)
+        positive_index = positive_index + rank_offset(sizes)
+    if dims:
+        return matryoshka_info_nce(query, candidates, positive_index, temperature, dims, weights or None, similarity)
+    return info_nce(query, candidates, positive_index, temperature, similarity)
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -99,6 +99,7 @@ __all__ = [
     "RopeIndex",
     "VisionFamily",
     "VisionTokens",
+    "check_processor",
     "is_vision_model",
     "load_image",
     "patch_seconds",
@@ -246,6 +247,17 @@ def is_vision_model(model_or_config) -> bool:
     """Whether a transformers model (or its config) is a supported vision-language model
     (:data:`VISION_MODEL_TYPES`: Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."""
     return vision_family(model_or_config) is not None
+
+
+def check_processor(model, processor) -> None:
+    """Refuse a processor for a text-only backbone (the one check of ``processor=``).
+
+    Raises:
+        ValueError: ``processor`` is not None and ``model`` (a transformers model) is not a
+            vision-language model.
+    """
+    if processor is not None and not is_vision_model(model):
+        raise ValueError(f"processor= is for {VISION_MODEL_NAMES} backbones; {type(model).__name__} is text-only")
 
 
 def patch_seconds(num_frames: int, fps: float, temporal_patch_size: int) -> tuple[float, ...]:
@@ -613,7 +625,7 @@ class MultimodalCollator(BTokCollator):
         return media
 
     # -- packing --------------------------------------------------------------------------
-    def pack_sequences(self, inputs, targets=None, media=None) -> dict:
+    def pack_sequences(self, sequences, media=None, *, targets=None) -> dict:
         """As :meth:`BTokCollator.pack_sequences`, with ``position_ids`` int64 ``[3, 1, T]``
         and the keys of :data:`MEDIA_BATCH_KEYS` that the batch has (images in row order).
 
@@ -623,6 +635,7 @@ class MultimodalCollator(BTokCollator):
         input ``S`` is the last BTok's position + 1, after an image or video it is more). A
         part without vision tokens has ``0, 1, ...`` on all three axes.
         """
+        inputs = self._inputs_of(sequences, media, "pack_sequences")
         batch = self._pack_ids(inputs, targets)
         n, k = len(inputs), self.num_btoks
         media = media or [None] * n

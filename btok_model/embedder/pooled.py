@@ -1,4 +1,5 @@
-"""Embedders without BToks: last-token or mean pooling of a backbone's last layer.
+"""Embedders without BToks: last-token or mean pooling of a backbone's last layer (the
+``pooling`` names ``"last"`` and ``"mean"``, as for a BTok model's BToks).
 
 :class:`PooledEmbedder` is the comparison a BTok model has to beat. Untrained, it is the
 ``--baseline last-token|mean`` of ``python -m btok_model.evaluate`` (no token is added to the
@@ -60,7 +61,8 @@ class PooledEmbedder(Embedder):
         Args:
             name_or_model: the backbone.
             tokenizer: a tokenizer or a name / folder (default: from ``name_or_model``).
-            pooling: ``"last-token"`` (default) or ``"mean"`` (a setting, see below).
+            pooling: ``"last"`` (the last input token, default) or ``"mean"`` (a setting, see
+                below; ``"last-token"``, the name in btok 0.1, warns and means ``"last"``).
             config: the settings (:class:`~btok_model.embedder.config.PooledConfig`), or None:
                 built from the setting keywords.
             lora: None / 0 (every weight trains), a LoRA rank (on the language model's linear
@@ -92,8 +94,8 @@ class PooledEmbedder(Embedder):
     def _pooled_rows(
         self, starts: torch.Tensor, input_ends: torch.Tensor, pooling: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last input token (``"last-token"``) or every input token (``"mean"``)."""
-        if pooling == "last-token":
+        """The last input token (``"last"``) or every input token (``"mean"``)."""
+        if pooling == "last":
             return input_ends - 1, torch.ones_like(input_ends)
         lengths = input_ends - starts
         return concat_ranges(starts, lengths), lengths

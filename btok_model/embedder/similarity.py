@@ -21,6 +21,7 @@ __all__ = [
     "FULL",
     "SIMILARITIES",
     "check_dims",
+    "check_similarity",
     "cosine_of_means",
     "maxsim",
     "maxsim_logit_scale",
@@ -28,8 +29,21 @@ __all__ = [
     "truncate",
 ]
 
+# The names of the similarities (every setting, argument and check reads them here).
 SIMILARITIES = ("cosine", "maxsim")
 FULL = "full"  # in a list of Matryoshka dimensions: the whole embedding
+
+
+def check_similarity(name, allowed: tuple[str, ...] = SIMILARITIES, *, where: str = "", why: str = "") -> str:
+    """``name`` checked against ``allowed`` (default: every similarity); returned unchanged.
+
+    Raises:
+        ValueError: ``similarity must be one of (...){where}, got ...{why}``.
+    """
+    if not isinstance(name, str) or name not in allowed:
+        raise ValueError(f"similarity must be one of {allowed}{where}, got {name!r}{why}")
+    return name
+
 
 # Candidate rows scored at once by maxsim: its [Nq * Kq, block * Kc] intermediate stays a few
 # times the size of a [Nq, block] cosine block.
@@ -109,10 +123,8 @@ def similarity_scores(query: torch.Tensor, candidates: torch.Tensor, similarity:
     Returns:
         fp32 ``[Nq, Nc]``.
     """
-    if similarity == "maxsim":
+    if check_similarity(similarity) == "maxsim":
         return maxsim(query, candidates)
-    if similarity != "cosine":
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     if query.dim() != 2 or candidates.dim() != 2 or query.shape[1] != candidates.shape[1]:
         raise ValueError(
             f"cosine scores need query [Nq, H] and candidates [Nc, H], got {tuple(query.shape)} and "

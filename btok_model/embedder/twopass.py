@@ -30,8 +30,8 @@ import torch
 from .backbone import transformers_model
 from .btok_cache import btok_cache, cache_kwarg, media_inputs, model_positions, pad_rows
 from .collate import IGNORE_INDEX, Target
-from .core import pool_btok_states
 from .losses import next_token_loss
+from .pooling import pool_btok_states
 
 if TYPE_CHECKING:
     from .modeling import BTokModel
@@ -94,7 +94,7 @@ def two_pass_sequences(
     # Pass 1: [input | BToks], the cache cut to the BToks' keys/values of the rows with a target.
     rows = [i for i, t in enumerate(targets) if t is not None]
     first = btok_cache(model, inputs, media, keep=rows)
-    embeddings = pool_btok_states(first.btok_states, model.config.reduction)
+    embeddings = pool_btok_states(first.btok_states, model.config.pooling)
     if not rows:
         return embeddings, None, 0
 

@@ -33,7 +33,7 @@ import time
 import torch
 
 from ..embedder import encode as engine
-from ..embedder.similarity import SIMILARITIES, similarity_scores, truncate
+from ..embedder.similarity import check_similarity, similarity_scores, truncate
 from ..inference import distributed
 from ..inference.scoring import count_ranks
 from .metrics import METRIC_NAMES, expected_metrics
@@ -77,8 +77,7 @@ class EmbeddingScorer:
     ):
         if similarity is None:
             similarity = getattr(getattr(model, "config", None), "similarity", "cosine")
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        check_similarity(similarity)
         self.model, self.batch_size, self.show_progress_bar = model, batch_size, show_progress_bar
         self.similarity_name = self.scoring = similarity
         self.block_size, self.shard = block_size, shard

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..datasets.jsonl import DataError
+from ..embedder.similarity import check_similarity
 from .lance_store import read_metadata
 
 __all__ = ["INDEX_TYPES", "Index", "SearchResult", "build_index", "default_index_parameters"]
@@ -318,8 +319,7 @@ class Index:
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
-        if similarity not in ("cosine", "maxsim"):
-            raise ValueError(f"similarity must be 'cosine' or 'maxsim', got {similarity!r}")
+        check_similarity(similarity)
         if similarity == "maxsim" and not self.has_multi_vector:
             raise ValueError(f"{self.path} stores no K vectors per row (embed it with --multi-vector) for MaxSim")
         want = 3 if similarity == "maxsim" else 2

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ..embedder.encode import EncodedShard
-from ..embedder.similarity import SIMILARITIES, similarity_scores
+from ..embedder.similarity import check_similarity, similarity_scores
 from . import distributed
 
 __all__ = [
@@ -115,8 +115,8 @@ def _as_shard(candidates: torch.Tensor | EncodedShard) -> EncodedShard:
 
 
 def _check_similarity(similarity) -> None:
-    if not callable(similarity) and similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES} or a function, got {similarity!r}")
+    if not callable(similarity):
+        check_similarity(similarity, where=" or a function")
 
 
 def _scores(queries: torch.Tensor, candidates: torch.Tensor, similarity) -> torch.Tensor:

@@ -149,7 +149,7 @@ VLM2VEC_QWEN2VL_2B = Preset(
             ),
         ),
         "no_btoks": (True, "configs/models/vlm2vec_qwen2vl_2b.yaml: type VLM2Emb (no injector)"),
-        "pooling": ("last-token", "configs/models/vlm2vec_qwen2vl_2b.yaml: LastTokenPooling"),
+        "pooling": ("last", "configs/models/vlm2vec_qwen2vl_2b.yaml: LastTokenPooling"),
         "generative_weight": (0.0, "configs/training/vlm2vec_base.yaml: (no generation loss)"),
         "generative_steps": (None, "configs/training/vlm2vec_base.yaml: (no generation loss)"),
     },

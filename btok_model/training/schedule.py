@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..embedder.config import check_generative_weight
+
 __all__ = ["GenerativeSchedule"]
 
 
@@ -25,8 +27,7 @@ class GenerativeSchedule:
     steps: int | None = 2000
 
     def __post_init__(self):
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight >= 0:
-            raise ValueError(f"the generative weight must be a number >= 0, got {self.weight!r}")
+        check_generative_weight(self.weight, "the generative weight")
         if self.steps is not None and (
             isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0
         ):

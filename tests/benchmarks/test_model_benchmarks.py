@@ -156,7 +156,7 @@ def test_direct_last_token_equals_the_library_baseline():
     model, num_words = build_btok_model(CPU_TINY, 1, 0, 3)
     texts = word_texts([5, 17, 1, 9, 12], num_words, seed=1)
     direct = encode.DirectLastToken(model)
-    pooled = PooledEmbedder(model.backbone, model.tokenizer, PooledConfig(pooling="last-token"))
+    pooled = PooledEmbedder(model.backbone, model.tokenizer, PooledConfig(pooling="last"))
     for mode, attn in encode.MODES.items():
         encode.set_attention(model, attn)
         got = direct.encode(texts, 2, mode == "packed")

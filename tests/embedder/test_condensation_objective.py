@@ -84,7 +84,7 @@ def _query_embedding_grad(model, batch, attention_layout, cut_btoks: bool) -> to
     if cut_btoks:
         hooks += [layer.register_forward_pre_hook(cut, with_kwargs=True) for layer in model.decoder.layers]
     try:
-        hidden = model.last_hidden_states(batch["input_ids"], batch["position_ids"], layout=attention_layout)
+        hidden = model._last_hidden_states(batch["input_ids"], batch["position_ids"], layout=attention_layout)
         rows = target_rows(layout)
         logits = lm.get_output_embeddings()(hidden[rows])
         loss = next_token_loss(logits, batch["labels"][0, rows + 1], batch["num_target_tokens"])

@@ -50,16 +50,16 @@ def packed_target_logits(model, inputs, generated, layout_of=None, positions_of=
     after it, in ONE packed pass over ``[input | BToks | prefix + generated]``.
 
     ``layout_of`` / ``positions_of`` replace the batch's layout / position ids (controls)."""
-    collator, k = model.collator, model.config.num_btoks
+    collator = model.collator
     sequences, media = collator.encode_for_embedding(inputs)
     prefix = collator.prefix_ids
     targets = [Target(prefix + ids, [-100] * len(prefix) + ids) for ids in generated]
-    batch = collator.pack_sequences([s[:-k] for s in sequences], targets, media)
+    batch = collator.pack_sequences(sequences, media, targets=targets)
     layout = layout_of(batch) if layout_of else batch["btok_layout"]
     positions = positions_of(batch) if positions_of else batch["position_ids"]
     pixels = {key: batch[key] for key in MEDIA_BATCH_KEYS if key in batch}
     with torch.no_grad():
-        hidden = model.last_hidden_states(batch["input_ids"], positions, layout=layout, media=pixels)
+        hidden = model._last_hidden_states(batch["input_ids"], positions, layout=layout, media=pixels)
         starts = torch.tensor(batch["btok_layout"].host_cu_seqlens[:-1]) + torch.tensor(
             batch["btok_layout"].host_target_start
         )

@@ -27,7 +27,10 @@ def test_btok_tokens_and_rows(family, vocab_size):
     assert ids == list(range(vocab, vocab + 3))
     assert tokenizer.convert_ids_to_tokens(ids) == ["<|btok_0|>", "<|btok_1|>", "<|btok_2|>"]
     assert all(tokenizer.added_tokens_decoder[i].special for i in ids)
-    assert model.tokenize(["ab", "c"]) == [[*tokenizer("ab")["input_ids"], *ids], [*tokenizer("c")["input_ids"], *ids]]
+    assert model.collator.tokenize(["ab", "c"]) == [
+        [*tokenizer("ab")["input_ids"], *ids],
+        [*tokenizer("c")["input_ids"], *ids],
+    ]
 
     embed, head = backbone.get_input_embeddings().weight, backbone.get_output_embeddings().weight
     assert embed.shape[0] == max(vocab + 3, original_in.shape[0])
@@ -128,7 +131,7 @@ def test_lm_head_runs_on_target_rows_only(family):
         model(**batch)
     finally:
         hook.remove()
-    hidden = model.last_hidden_states(batch["input_ids"], batch["position_ids"], layout=layout).detach()
+    hidden = model._last_hidden_states(batch["input_ids"], batch["position_ids"], layout=layout).detach()
     assert len(seen) == 1 and torch.equal(seen[0], hidden[rows])
 
 

@@ -146,7 +146,7 @@ def test_vision_blocks_on_their_own_line(model):
         video_block + tok("\na clip\n")["input_ids"],
         tok(" plain text stays as it is ")["input_ids"],
     ]
-    assert model.tokenize(inputs) == [ids + btoks for ids in expected]
+    assert model.collator.tokenize(inputs) == [ids + btoks for ids in expected]
 
 
 def test_inline_end_placement_and_preserved_ends(model):
@@ -174,7 +174,7 @@ def test_inline_end_placement_and_preserved_ends(model):
         image_block,
         tok("plain ")["input_ids"],
     ]
-    assert model.tokenize(inputs) == [ids + btoks for ids in expected]
+    assert model.collator.tokenize(inputs) == [ids + btoks for ids in expected]
     # the same prompt as a training example's positive, and as the target its query's BToks generate
     batch = model.collate([{"query": "find it", "positive": inputs[1]}])
     query, positive = (s[0].tolist() for s in sequences(batch))
@@ -185,9 +185,9 @@ def test_inline_end_placement_and_preserved_ends(model):
     bad_values = (({"placement": "end"}, "placement must be one of"), ({"trailing_newline": "strip"}, "trailing_new"))
     for bad, message in bad_values:
         with pytest.raises(ExampleError, match=rf"^text 0: {message}"):
-            model.tokenize([{"text": "x", "image": photo, **bad}])
+            model.collator.tokenize([{"text": "x", "image": photo, **bad}])
         with pytest.raises(ExampleError, match=rf"^text 0: {message}"):
-            model.tokenize([{"text": "x", **bad}])
+            model.collator.tokenize([{"text": "x", **bad}])
 
 
 def test_an_image_only_input_as_a_target(model):

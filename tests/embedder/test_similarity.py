@@ -134,9 +134,9 @@ def test_encode_multi_vector_is_the_normalised_btok_states_and_pooled_their_norm
     embedding is the normalised mean of the raw states (not of the normalised ones)."""
     model = tiny_btok("qwen2", attn="sdpa")
     k = model.config.num_btoks
-    padded = model.collator.pad_sequences(model.tokenize(TEXTS))
+    padded = model.collator.pad_sequences(model.collator.tokenize(TEXTS))
     with torch.no_grad():
-        hidden = model.last_hidden_states(
+        hidden = model._last_hidden_states(
             padded["input_ids"], padded["position_ids"], attention_mask=padded["attention_mask"]
         ).view(len(TEXTS), padded["input_ids"].shape[1], -1)
     lengths = padded["attention_mask"].sum(1)
@@ -201,7 +201,7 @@ def test_settings_checks_and_save_load(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = BTokModel.from_pretrained(tmp_path, attn_implementation="sdpa")
     assert loaded.config.similarity == "maxsim" and loaded.config.matryoshka_dims == [8, 32, "full"]
-    assert loaded.matryoshka_dims == [8, 32, 64]
+    assert loaded._matryoshka_sizes() == [8, 32, 64]
     # A settings file written before these settings existed loads as cosine, without Matryoshka.
     path = os.path.join(tmp_path, BTokConfig.CONFIG_NAME)
     with open(path) as f:

@@ -40,13 +40,13 @@ class _Counting:
 
     def __init__(self, model):
         self.model, self.rows = model, 0
-        forward = model.last_hidden_states
+        forward = model._last_hidden_states
 
         def counted(*args, **kwargs):
             self.rows += 1
             return forward(*args, **kwargs)
 
-        model.last_hidden_states = counted
+        model._last_hidden_states = counted
 
 
 def test_evaluate_names_the_file_and_line_before_embedding(tmp_path):

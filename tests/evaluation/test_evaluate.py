@@ -138,7 +138,7 @@ def test_tfidf_refuses_images(tmp_path):
         evaluate(task, TfidfTaskScorer())
 
 
-@pytest.mark.parametrize("pooling", ["last-token", "mean"])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_pooled_baseline_adds_no_tokens(pooling):
     tokenizer = char_tokenizer()
     size = len(tokenizer)
@@ -152,7 +152,7 @@ def test_pooled_baseline_adds_no_tokens(pooling):
     ids = tokenizer(texts[2])["input_ids"]
     with torch.no_grad():
         hidden = reference.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
-    pooled = hidden[-1] if pooling == "last-token" else hidden.mean(0)
+    pooled = hidden[-1] if pooling == "last" else hidden.mean(0)
     torch.testing.assert_close(emb[2], torch.nn.functional.normalize(pooled, dim=-1), rtol=1e-5, atol=1e-6)
     # The packed training pass pools the same states.
     batch = model.collate([{"query": texts[2], "positive": texts[0]}])
@@ -161,8 +161,8 @@ def test_pooled_baseline_adds_no_tokens(pooling):
     torch.testing.assert_close(embedded.query_embeddings[0], emb[2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(embedded.candidate_embeddings[0], emb[0], rtol=1e-5, atol=1e-6)
     # Padded batches (another attention backend) and both poolings from one pass agree.
-    both = model.encode(texts, batch_size=3, poolings=("last-token", "mean")).split(emb.shape[1], dim=1)
-    torch.testing.assert_close(both[("last-token", "mean").index(pooling)], emb, rtol=1e-5, atol=1e-6)
+    both = model.encode(texts, batch_size=3, poolings=("last", "mean")).split(emb.shape[1], dim=1)
+    torch.testing.assert_close(both[("last", "mean").index(pooling)], emb, rtol=1e-5, atol=1e-6)
     model.backbone.set_attn_implementation("sdpa")
     torch.testing.assert_close(model.encode(texts, batch_size=3), emb, rtol=1e-5, atol=1e-6)
 

@@ -19,7 +19,7 @@ def _args(*flags):
 
 
 def _image_tokens(model, picture) -> int:
-    ids = model.tokenize([{"text": "what is this", "image": picture}])[0]
+    ids = model.collator.tokenize([{"text": "what is this", "image": picture}])[0]
     return sum(i == IMAGE_TOKEN for i in ids)
 
 

@@ -91,7 +91,7 @@ def case_recipe(
     recipe.fsdp = fsdp
     recipe.save_steps = 1 if save else 0
     if data == "baseline":
-        recipe.embedder = PooledConfig(pooling="last-token")
+        recipe.embedder = PooledConfig(pooling="last")
     return recipe
 
 

@@ -199,11 +199,11 @@ def test_recipe_flags_come_from_the_settings_fields():
     args = p.parse_args(["--train-data", "d", "--output-dir", "o"])
     assert recipe_from_args(args) == Recipe() and Recipe().embedder == BTokConfig()
     assert all(source == "default" for source in (s for _, s in resolve_arguments(args).values()))
-    flags = ["--matryoshka-dims", "8", "full", "--lora-layers", "0-2", "--no-btoks", "--pooling", "last-token"]
+    flags = ["--matryoshka-dims", "8", "full", "--lora-layers", "0-2", "--no-btoks", "--pooling", "last"]
     flags += ["--max-length", "none", "--grad-cache-chunk", "4"]
     given = p.parse_args(["--train-data", "d", "--output-dir", "o", *flags])
     recipe = recipe_from_args(given)
-    assert not recipe.btoks and recipe.embedder.pooling == "last-token" and recipe.embedder.max_length is None
+    assert not recipe.btoks and recipe.embedder.pooling == "last" and recipe.embedder.max_length is None
     assert recipe.embedder.matryoshka_dims == [8, "full"] and recipe.lora_layers == [0, 1, 2]
     assert recipe.chunk_size == 4 and recipe.schedule.weight == 0
 

@@ -105,7 +105,7 @@ def test_train_maxsim_matryoshka_then_evaluate_at_each_dim(tmp_path, backbone, c
         (["--matryoshka-dims", "8", "full", "--matryoshka-weights", "1"], "one weight per Matryoshka dimension"),
         (["--matryoshka-weights", "1"], "one weight per Matryoshka dimension"),
         (["--matryoshka-dims", "16", "128"], "128 is larger than the embedding size 64"),
-        (["--no-btoks", "--pooling", "last-token", "--similarity", "maxsim"], "a model without BToks has one vector"),
+        (["--no-btoks", "--pooling", "last", "--similarity", "maxsim"], "a model without BToks has one vector"),
     ],
     ids=["decreasing", "duplicate", "zero", "weights-count", "weights-without-dims", "above-H", "maxsim-no-btoks"],
 )

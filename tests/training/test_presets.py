@@ -87,7 +87,7 @@ def test_vlm2vec_preset_is_the_no_btok_baseline():
     args = _parse("--preset", "vlm2vec-qwen2vl-2b")
     values = resolve_arguments(args)
     recipe = recipe_from_args(args)
-    assert values["no_btoks"] == (True, "preset") and recipe.embedder == PooledConfig(pooling="last-token")
+    assert values["no_btoks"] == (True, "preset") and recipe.embedder == PooledConfig(pooling="last")
     assert recipe.schedule.weight == 0 and recipe.generative_steps is None
     btok_only = ("num_btoks", "pooling", "generative_weight", "generative_steps", "generative_normalization")
     shared = {k: v for k, v in AUTHORS.items() if k not in (*btok_only, "btok_init")}

@@ -45,7 +45,7 @@ def test_training_lowers_the_loss_and_logs_both_parts(tmp_path):
 
 
 def test_last_token_baseline_trains(tmp_path):
-    recipe = tiny_recipe(max_steps=6, batch_size=8, pooling="last-token", btoks=False)
+    recipe = tiny_recipe(max_steps=6, batch_size=8, pooling="last", btoks=False)
     model = tiny_model(recipe, btoks=False)
     assert isinstance(model, PooledEmbedder)
     data = examples(8)

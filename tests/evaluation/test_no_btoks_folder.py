@@ -66,8 +66,8 @@ def test_evaluate_loads_it_with_its_recorded_pooling(folders):
         model = load_embedder(parser().parse_args(["--model", str(out), *FAST, *baseline]))
         assert isinstance(model, PooledEmbedder) and model.config == saved.config
         torch.testing.assert_close(model.encode(texts), saved.encode(texts), rtol=0, atol=0)
-    as_last_token = PooledEmbedder.from_backbone(str(out), pooling="last-token", dtype=torch.float32)
-    assert not torch.allclose(as_last_token.encode(texts), saved.encode(texts))  # the pooling tells them apart
+    as_last = PooledEmbedder.from_backbone(str(out), pooling="last", dtype=torch.float32)
+    assert not torch.allclose(as_last.encode(texts), saved.encode(texts))  # the pooling tells them apart
     result = evaluate_main(["--model", str(out), "--data", str(pairs), *FAST])
     emb = saved.encode(texts)
     direct = metrics_from_scores(emb[:4] @ emb[4:].T, torch.arange(4))

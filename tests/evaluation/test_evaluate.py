@@ -11,7 +11,7 @@ from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.evaluate import main as evaluate_main
 from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
 from btok_model.evaluation.metrics import metrics_from_scores
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny import char_tokenizer, tiny_backbone, tiny_btok
 
 
 def _write(path, rows):

@@ -73,7 +73,7 @@ def _dense_reference(task, model) -> dict:
 
 
 def test_fixture_through_tiny_qwen2_vl(root, tmp_path):
-    from tests.helpers.tiny_vl import tiny_vl_btok
+    from tests.helpers.tiny import tiny_vl_btok
 
     torch.manual_seed(0)
     model = tiny_vl_btok()
@@ -392,7 +392,7 @@ def test_cli_baseline_path_names_what_the_model_cannot_embed(root, tmp_path):
     # --baseline last-token goes through the same pipeline; a text-only backbone cannot embed
     # an image query, and the check before the run says so, naming the dataset.
     from btok_model.evaluate import main
-    from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+    from tests.helpers.tiny import char_tokenizer, tiny_backbone
 
     backbone = tmp_path / "backbone"
     tiny_backbone(vocab_size=None).save_pretrained(backbone)

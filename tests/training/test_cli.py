@@ -7,7 +7,7 @@ import pytest
 from btok_model import BTokModel
 from btok_model.datasets import write_jsonl
 from btok_model.train import main
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.tiny import char_tokenizer, tiny_backbone
 from tests.helpers.training import examples
 
 

@@ -8,7 +8,7 @@ import pytest
 from btok_model.datasets import load_synsets, retrieval_split
 from btok_model.datasets.wordnet import DEFAULT_WORDNET_DIR
 from btok_model.evaluation import load_task
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.tiny import char_tokenizer, tiny_backbone
 from tests.helpers.wordnet_data import example_module, fake_wordnet
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.tiny import char_tokenizer, tiny_backbone
 from tests.helpers.wordnet_data import example_module, fake_wordnet
 
 

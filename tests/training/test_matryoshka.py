@@ -12,17 +12,14 @@ from btok_model.embedder.similarity import maxsim, truncate
 from btok_model.evaluate import main as evaluate_main
 from btok_model.evaluation import load_task, metrics_from_scores
 from btok_model.train import main as train_main
-from tests.helpers.tiny import char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny import tiny_btok
 from tests.helpers.training import examples
 
 
 @pytest.fixture
-def backbone(tmp_path):
-    folder = tmp_path / "backbone"
-    tiny_backbone(vocab_size=None).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+def backbone(tmp_path, saved_backbone):
     write_jsonl(tmp_path / "train.jsonl", examples(8))
-    return folder
+    return saved_backbone
 
 
 def _train_argv(tmp_path, backbone, out, *extra):

@@ -8,7 +8,6 @@ import pytest
 from btok_model.datasets import load_synsets, retrieval_split
 from btok_model.datasets.wordnet import DEFAULT_WORDNET_DIR
 from btok_model.evaluation import load_task
-from tests.helpers.tiny import char_tokenizer, tiny_backbone
 from tests.helpers.wordnet_data import example_module, fake_wordnet
 
 
@@ -87,18 +86,15 @@ def test_real_wordnet_split():
     assert len(split.train) == 2000 and len(split.validation) == 300
 
 
-def test_demo_command_on_a_tiny_model(tmp_path):
+def test_demo_command_on_a_tiny_model(tmp_path, saved_backbone):
     """The demo end to end (data split, every row, the table) with a tiny random backbone."""
-    backbone_dir = tmp_path / "tiny"
-    tiny_backbone(vocab_size=None).save_pretrained(backbone_dir)
-    char_tokenizer().save_pretrained(backbone_dir)
     out = tmp_path / "out"
     results = example_module("wordnet_demo").main(
         [
             "--out-dir",
             str(out),
             "--backbone",
-            str(backbone_dir),
+            str(saved_backbone),
             "--wordnet-dir",
             str(fake_wordnet(tmp_path / "wn")),
             "--pool-size",

@@ -82,7 +82,7 @@ def main() -> None:
 
     import torch
 
-    from tests.helpers.tiny_vl import image_processor, tiny_vl_backbone, vl_tokenizer
+    from tests.helpers.tiny import image_processor, tiny_vl_backbone, vl_tokenizer
 
     torch.set_num_threads(max(os.cpu_count() or 1, 1))
     with tempfile.TemporaryDirectory() as root:

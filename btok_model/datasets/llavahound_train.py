@@ -1,53 +1,26 @@
 """LLaVA-Hound's video training sources (``ShareGPTVideo/train_video_and_instruction``) read as
 btok training examples.
 
-The authors train on three sources built from two instruction files of that set and its
-frames (:data:`SOURCES`; their ``llavahound_train`` entries of ``configs/datasets/mmeb_train.yaml``,
-loader ``src/vlm2emb/data/datasets/llavahound.py`` of siryuson/BottleneckTokens):
+The authors' three sources (:data:`SOURCES`, from the ``llavahound_train`` entries of their
+``configs/datasets/mmeb_train.yaml``): ``video_caption_300k`` (video + instruction -> caption),
+``video_caption_300k-video`` (caption -> video) and ``video_qa_240k`` (video + question -> answer).
+Two layouts of the folder ``ShareGPTVideo_train_video_and_instruction``, read to the same examples
+(docs/training.md): the authors' Lance repack (``ROOT/data/video_instruction/train/sft/<file>.lance``
+and the frame table ``ROOT/data/train_300k.lance``; ``pip install btok[lance]``) and the public
+files (``ROOT/video_instruction/train/sft/<file>.jsonl`` and ``ROOT/train_300k/<video>/<frames>``).
 
-* ``video_caption_300k`` (``caption_retrieval``): the video with the human turn (an instruction
-  to describe it) -> the caption (the assistant turn);
-* ``video_caption_300k-video`` (``video_retrieval``, the same file): ``"Find a video that
-  contains the following visual content: {caption}"`` -> ``"Understand the content of the
-  provided video: <video>"`` (the video at the end of the line, ``inline_end``);
-* ``video_qa_240k`` (``caption_retrieval`` on ``video_240k_caption_15k``): the video with
-  ``"Answer a question based on the content of a video."`` and the question -> the answer.
+A video is 8 frames sampled as the authors' training samples them
+(:func:`~btok_model.datasets.frames.sample_frames_train`, frames ordered by the last number in
+their names), decoded to RGB ``PIL.Image`` when an example is taken. Rows are
+rendered as the authors' transforms render them (``trailing_newline: preserve``): caption mode
+gives ``{"query": {"text", "video", "trailing_newline"}, "positive": str}`` (the instruction before
+the human turn, the video on a line of its own at the start), video mode ``{"query": str,
+"positive": {"text", "video", "placement": "inline_end", "trailing_newline"}}``; no negatives.
 
-Two layouts, in the folder the authors name ``ShareGPTVideo_train_video_and_instruction``; both
-read to the same examples:
-
-* **Lance**, the authors' repack (``pip install btok[lance]``)::
-
-      ROOT/data/video_instruction/train/sft/<file>.lance   id, video, conversations (ShareGPT turns)
-      ROOT/data/train_300k.lance                           video_id, frame_idx (frame file name), image (bytes)
-
-* **the public files**, as the Hugging Face set has them once ``train_300k``'s archives are
-  unpacked in place: ``ROOT/video_instruction/train/sft/<file>.jsonl`` (the same rows, one JSON
-  object a line) and ``ROOT/train_300k/<video>/<frame files>``. (The archives' inner layout was
-  not checked here: a video's frames must end up directly in ``train_300k/<video>/``.)
-
-**Frames.** A video's frames are ordered by the last number in their name (``c01_0022.jpeg`` ->
-22; none: 0; ties keep the table's order, or the file names' in a folder) and 8 are sampled as
-the authors' training samples them (:func:`~btok_model.datasets.frames.sample_frames_train`):
-all of them when there are at most 8, else frame ``int(i * n / 8)`` for ``i = 0..7``. They are decoded to RGB ``PIL.Image`` when an example is taken.
-
-**Rendering** (the authors' transforms; ``trailing_newline: preserve`` everywhere, so no side
-gets a final newline it does not have):
-
-* caption mode: the human turn's ``<video>`` becomes the video placeholder, the source's
-  instruction goes before the turn (after a newline), and the placeholder is moved to a line of
-  its own at the start (the authors' ``canonicalize_multimodal_text``): the query is
-  ``{"text": rest, "video": frames, "trailing_newline": "preserve"}``, the positive the
-  assistant turn (whitespace normalised);
-* video mode: the query is the instruction, a space and the caption (normalised); the positive
-  ``{"text": "Understand the content of the provided video:", "video": frames, "placement":
-  "inline_end", "trailing_newline": "preserve"}``;
-* no negative.
-
-**Checks** (when opened, :class:`~btok_model.datasets.DataError` naming file, row or line, and
-field): a missing table, file or column, a row whose video has no frames, ``conversations``
-without two turns of text, an empty caption or answer, a human turn without the ``<video>``
-placeholder (caption mode), a vision placeholder in a text side.
+Opening a source checks every row: a missing table, file or column, a video without frames,
+``conversations`` without two turns of text, an empty caption or answer, a human turn without the
+``<video>`` placeholder (caption mode) or a vision placeholder in a text side raise a
+:class:`~btok_model.datasets.DataError` naming the file, row or line, and field.
 """
 
 from __future__ import annotations

@@ -1,50 +1,23 @@
 """MMEB-train (TIGER-Lab's 20 training subsets of the MMEB benchmark) read as btok training examples.
 
-Two layouts hold the same rows, and both read to the same examples:
+Two layouts, read to the same examples (docs/training.md lists them beside the other sources'):
+the Hugging Face parquet files (``ROOT/<Subset>/<split>-*.parquet``, images under
+``ROOT/images/`` or ``image_root``) and the authors' Lance repack (``ROOT/data/<Subset>/<split>.lance``,
+images in ``ROOT/data/images/<Subset>.lance``; ``pip install btok[lance]``). A row holds the
+strings ``qry``, ``qry_image_path``, ``pos_text``, ``pos_image_path`` and optionally ``neg_text``,
+``neg_image_path`` (an empty path: no image); the split read is the authors' ``train`` unless told.
 
-* **parquet**, the Hugging Face dataset ``TIGER-Lab/MMEB-train`` as it is downloaded::
+Rows are rendered as the authors' runtime transform renders them, per subset as :data:`SUBSETS`
+lists it (:class:`SideRule`, :func:`render_side`); then the image token is taken out again, since
+btok's collator places an input's image itself. An example is a dict as
+:class:`~btok_model.embedder.collate.BTokCollator` takes it, ``{"query", "positive",
+"negatives"?}``: a text side a ``str``, an image side ``{"text": str | None, "image": ...}`` with
+the file's path (parquet) or the RGB ``PIL.Image`` (Lance, decoded when the example is taken).
 
-      ROOT/<Subset>/<split>-00000-of-00001.parquet    (one or more shards per split)
-      ROOT/images/<Subset>/...                         (the images; row paths are relative to ROOT,
-                                                        or to ``image_root`` when given)
-
-* **Lance**, the authors' repack (their ``convert_mmeb_train_to_lance.py``; reading it needs
-  ``pip install btok[lance]``)::
-
-      ROOT/data/<Subset>/<split>.lance     the parquet rows, unchanged
-      ROOT/data/images/<Subset>.lance      path (as written in the rows), image (the file's bytes)
-
-A row holds the strings ``qry``, ``qry_image_path``, ``pos_text``, ``pos_image_path`` and
-optionally ``neg_text``, ``neg_image_path`` (an empty path: no image). The split read is
-``train``, the one the authors' loader reads; ``original`` (VLM2Vec's) and
-``diverse_instruction`` are the others.
-
-**Rendering** follows the authors' runtime transform (``configs/datasets/mmeb_train.yaml``
-and ``src/vlm2emb/data/datasets/mmeb_train.py`` of siryuson/BottleneckTokens), per subset as
-:data:`SUBSETS` lists it: the legacy image tokens ``<|image_1|>`` / ``<image>`` become the
-image token; an image side is ``<image token>\\n{text}\\n`` (the image on its own line, one
-trailing newline); WebQA's queries drop the token they carry without an image; VisDial's
-query starts its dialogue on a new line and its image-only negatives keep their image;
-ChartQA's answers lose trailing spaces; the subsets whose negative the authors empty
-(``empty: empty_multimodal_input``) have no negative. Then the image token is taken out
-again: btok's collator places an input's image itself, on its own line before the text, so
-an image side becomes ``{"text": text or None, "image": ...}`` and a text side a ``str``.
-
-Example (a dict as :class:`~btok_model.embedder.collate.BTokCollator` takes it)::
-
-    {"query": str | {"text": str | None, "image": ...}, "positive": ..., "negatives": [...]?}
-
-An image value is the file's path (parquet) or the decoded RGB ``PIL.Image`` (Lance, decoded
-when the example is taken, so only a batch of images is held at a time).
-
-**Checks.** Opening a subset reads and renders every row, so a bad row fails before training
-starts, as a :class:`~btok_model.datasets.DataError` naming the file, the row (0-based, in that
-file) and the field: an unknown or missing column, a non-string value, an empty query or
-positive (no text, no image), an image file (parquet) or image-table entry (Lance) that does
-not exist, an image token without an image, an image whose text does not start with the
-image token or holds two. The one exception is the authors': A-OKVQA and OK-VQA hold rows
-with an empty query or positive upstream, which their converter drops; so does this reader
-(counted in :attr:`MmebTrainSubset.dropped`).
+Opening a subset reads and renders every row, so a bad row fails before training starts, as a
+:class:`~btok_model.datasets.DataError` naming the file, the row (0-based) and the field. The one
+exception is the authors': A-OKVQA's and OK-VQA's rows with an empty query or positive are dropped,
+as their converter drops them (counted in :attr:`MmebTrainSubset.dropped`).
 """
 
 from __future__ import annotations

@@ -1,57 +1,28 @@
 """Training data: sources (JSONL files, the authors' training sources) mixed by weight.
 
-**JSONL**, one example per line::
+docs/training.md describes the data for users (the JSONL fields, the authors' sources, their
+folders and weights). This module's contract:
 
-    {"query": str, "positive": str, "negatives": [str | {"text"?, "image"?}, ...]?, "target": str | null?,
-     "target_side": "positive" | "query" | "both" | "none"?, "source": str?,
-     "query_image": path?, "positive_image": path?}
+- :func:`load_examples` reads a JSONL file, one example a line, to dicts as
+  :class:`~btok_model.embedder.collate.BTokCollator` takes them (image paths relative to the file,
+  checked to exist). A line that is not JSON, a missing, empty or unknown field, a missing image,
+  or a ``target_side`` that is not one of the four or contradicts ``target`` raises a
+  :class:`~btok_model.datasets.DataError` naming the file and line.
+- :func:`parse_data_spec` turns one ``--train-data`` entry into :class:`DataSource` s::
 
-``query`` and ``positive`` may be left out only when the matching image is given. Image
-paths are relative to the file and must exist (the images themselves are read by a
-multimodal collator; a text-only model refuses them). ``target`` follows
-:class:`~btok_model.embedder.collate.BTokCollator`: absent means the positive's text, null
-or ``""`` means no generative target for that example; ``target_side`` (whose BToks
-generate whose text) and ``source`` (the data source's name) follow it too. Anything else --
-a line that is not JSON, a missing or empty field, an unknown field, an image that does not
-exist, a ``target_side`` that is not one of the four or contradicts ``target`` -- raises a
-:class:`~btok_model.datasets.DataError` naming the file and line.
+      a.jsonl[:W]        a JSONL file
+      DATA[:W]           a data root holding the authors' four folders: the whole mixture, 25 sources
+      FOLDER[:W]         one family's folder (found by its layout): its sources
+      FOLDER/NAME[:W]    one source of a family's folder
 
-**The authors' sources** (:mod:`btok_model.datasets.catalog`), each in its folder and in
-the public layout or the authors' Lance repack, rendered as the authors render them:
-MMEB-train's 20 subsets (:mod:`btok_model.datasets.mmeb_train`), ViDoRe's
-``colpali_train_set`` (:mod:`~btok_model.datasets.vidore_train`), VisRAG in-domain
-(:mod:`~btok_model.datasets.visrag_train`) and three LLaVA-Hound video sources
-(:mod:`~btok_model.datasets.llavahound_train`), each with the mixture's weight and generation
-side (default: the authors' v1 mixture, :data:`~btok_model.datasets.catalog.AUTHORS_V1_MIXTURE`).
-
-**Sources** (:func:`parse_data_spec`, the ``--train-data`` syntax)::
-
-    a.jsonl[:W]          a JSONL file
-    DATA[:W]             a data root holding the authors' folders (MMEB-train,
-                         vidore_colpali_train_set, openbmb_VisRAG-Ret-Train-In-domain-data,
-                         ShareGPTVideo_train_video_and_instruction): the whole mixture, 25 sources;
-                         a missing folder is an error that names it
-    FOLDER[:W]           one family's folder (found by its layout): an MMEB-train root is its 20
-                         subsets, the ShareGPTVideo folder its 3 sources, the ViDoRe and VisRAG
-                         folders their one source
-    FOLDER/NAME[:W]      one source of a family's folder (an MMEB-train subset, a LLaVA-Hound
-                         source such as video_qa_240k)
-
-Without W a source has the mixture's weight; with W the sources of the entry together weigh W,
-split in the mixture's proportions.
-
-A weight is a source's expected share of the training examples (the authors' sampler draws
-each block's source with probability weight / sum of weights); with no weight anywhere (JSONL
-files only) each source weighs its size. Each example of :class:`MixedDataset` carries
-``"source"`` (the source's name: the subset, or the file as given) and, when the source has
-one, ``"target_side"`` (whose text the other side's BToks generate: ``positive``, ``query``,
-``both`` or ``none``; the authors' sources' defaults are the mixture's, ``--target-side
-NAME=SIDE`` changes them; a JSONL line's own ``target_side`` or ``target`` wins over its
-file's: a line with an explicit ``target`` keeps it, whatever its file's side).
-
-The order -- which examples an epoch holds, shuffled, or in single-source blocks -- is
-:meth:`MixedDataset.sampler` (:mod:`.sampler`): a function of the seed and the epoch, so
-every rank and a resumed run see the same examples.
+  Without W a source has the mixture's weight (:mod:`btok_model.datasets.catalog`); with W the
+  entry's sources together weigh W, in the mixture's proportions. A missing folder is an error
+  that names it.
+- :class:`MixedDataset` holds the sources. A weight is a source's expected share of the examples
+  (with no weight anywhere, each source weighs its size). Each example carries ``"source"`` and,
+  when its source has one, ``"target_side"`` (a JSONL line's own ``target_side`` or ``target``
+  wins over its file's). The order is :meth:`MixedDataset.sampler` (:mod:`.sampler`): a function
+  of the seed and the epoch, so every rank and a resumed run see the same examples.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from btok_model import btok_attention_forward
 from btok_model.backend import attention as attention_module
 from btok_model.backend import fallback
 from tests.helpers.numerics import assert_close
-from tests.helpers.tiny_families import pad_batch, random_ids, tiny_model
+from tests.helpers.tiny import backend_model, pad_batch, random_ids
 
 B, HQ, HKV, D = 3, 4, 2, 16
 TOL = 1e-5
@@ -177,7 +177,7 @@ def test_padding_mode_argument_and_environment(monkeypatch, device):
 
 def test_padding_mode_reaches_attention_through_the_model(device):
     """``btok_padding_mode=`` is a forward kwarg of the model, like ``btok_layout=``."""
-    model = tiny_model("llama").to(device)
+    model = backend_model("llama").to(device)
     model.set_attn_implementation("btok_triton")
     ids, mask = pad_batch(random_ids([7, 3]), "left")
     inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))

@@ -6,7 +6,7 @@ import torch
 import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_families import tiny_model
+from tests.helpers.tiny import backend_model
 
 
 @pytest.mark.parametrize("kernel_backend", [pytest.param("triton", marks=pytest.mark.interpret)], indirect=True)
@@ -15,7 +15,7 @@ def test_compiled_training_step_matches_eager(kernel_backend, device):
     graph node (a custom op); the mask-pattern check runs eagerly (a graph break, not a wrong
     answer)."""
     torch.manual_seed(0)
-    model = tiny_model("qwen2").to(device)
+    model = backend_model("qwen2").to(device)
     model.set_attn_implementation("btok_triton")
     layout = CondensationLayout.from_lengths([5, 9], num_btoks=4, target_lens=[3, 6], device=device)
     ids = torch.randint(1, 90, (1, layout.total_tokens), device=device)

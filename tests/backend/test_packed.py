@@ -7,14 +7,14 @@ import torch
 import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
 from tests.helpers.numerics import assert_close, assert_grads_close, rel_err
-from tests.helpers.tiny_families import (
-    VL_MODELS,
+from tests.helpers.tiny import (
+    BACKEND_VL_MODELS,
+    backend_model,
     dense_condensation_mask,
     forward_backward,
     model_backends,
     pad_batch,
     random_ids,
-    tiny_model,
 )
 
 MODELS = ["llama", "qwen2", "qwen3", "qwen2_vl", "qwen3_vl"]
@@ -24,19 +24,19 @@ TOL = 2e-5
 def packed_positions(name, lengths, device):
     """Positions restarting at 0 for each sequence; Qwen2-VL / Qwen3-VL take [text; 3 M-RoPE rows]."""
     pos = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
-    return pos[None].expand(4, 1, -1) if name in VL_MODELS else pos
+    return pos[None].expand(4, 1, -1) if name in BACKEND_VL_MODELS else pos
 
 
 def single_positions(name, length, device):
     pos = torch.arange(length, device=device)[None]
-    return pos[None].expand(3, 1, -1) if name in VL_MODELS else pos
+    return pos[None].expand(3, 1, -1) if name in BACKEND_VL_MODELS else pos
 
 
 @pytest.mark.parametrize(
     "name,kernel_backend", model_backends(MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
 )
 def test_packed_position_ids_equal_padded(name, kernel_backend, device):
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     lengths = [6, 9, 3]
     seqs = random_ids(lengths)
     ids, mask = pad_batch(seqs, "right")
@@ -59,7 +59,7 @@ def test_packed_position_ids_equal_padded(name, kernel_backend, device):
 
 def test_packed_cu_seq_lens_kwargs_equal_padded(kernel_backend, device):
     """transformers' padding-free kwargs (DataCollatorWithFlattening(return_flash_attn_kwargs=True))."""
-    model = tiny_model("llama").to(device)
+    model = backend_model("llama").to(device)
     lengths = [5, 8, 2]
     seqs = random_ids(lengths, seed=5)
     ids, mask = pad_batch(seqs, "right")
@@ -107,7 +107,7 @@ def run_packed(model, name, seqs, device, with_layout=True):
     "name,kernel_backend", model_backends(MODELS, triton=["llama", "qwen3"]), indirect=["kernel_backend"]
 )
 def test_condensation_equals_eager_dense_mask(name, kernel_backend, device):
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     seqs = condensation_batch()
     packed, packed_grads = run_packed(model, name, seqs, device)
 
@@ -146,7 +146,7 @@ def _target_rows():
 )
 def test_condensation_mask_is_applied(name, kernel_backend, device):
     """Target rows differ from plain causal packing, and see the query only through the BToks."""
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     seqs = condensation_batch()
     rows = _target_rows().to(device)
     condensed, _ = run_packed(model, name, seqs, device)
@@ -165,7 +165,7 @@ def test_condensation_mask_is_applied(name, kernel_backend, device):
 def test_one_layer_target_rows_see_the_query_only_through_btoks(kernel_backend, device):
     """With one decoder layer the BTok keys/values are embeddings of the BTok ids, which do not
     depend on the query: changing every query token leaves the target logits unchanged."""
-    model = tiny_model("llama").to(device)
+    model = backend_model("llama").to(device)
     model.model.layers = model.model.layers[:1]
     model.config.num_hidden_layers = 1
     seqs = condensation_batch()

@@ -11,17 +11,17 @@ import btok_model  # noqa: F401  (registers "btok_triton")
 from btok_kernels import CondensationLayout
 from btok_model.backend import attention as attention_module
 from tests.helpers.numerics import assert_close, assert_grads_close
-from tests.helpers.tiny_families import (
-    IMAGE_TOKEN,
-    VISION_END,
-    VISION_START,
-    VL_MODELS,
+from tests.helpers.tiny import (
+    BACKEND_IMAGE_TOKEN,
+    BACKEND_VISION_END,
+    BACKEND_VISION_START,
+    BACKEND_VL_MODELS,
+    backend_model,
     dense_condensation_mask,
     forward_backward,
     model_backends,
     pad_batch,
     random_ids,
-    tiny_model,
 )
 
 TOL = 2e-5
@@ -31,7 +31,8 @@ PATCH_DIM = 3 * 2 * 2 * 2  # channels * temporal_patch_size * patch_size**2
 
 def image_prompt(text_ids, grid):
     n = grid[0] * grid[1] * grid[2] // 4
-    return torch.cat([text_ids[:2], torch.tensor([VISION_START] + [IMAGE_TOKEN] * n + [VISION_END]), text_ids[2:]])
+    vision = [BACKEND_VISION_START] + [BACKEND_IMAGE_TOKEN] * n + [BACKEND_VISION_END]
+    return torch.cat([text_ids[:2], torch.tensor(vision), text_ids[2:]])
 
 
 def image_batch(side):
@@ -49,7 +50,7 @@ def image_inputs(ids, mask, pixels, grid, device):
         attention_mask=mask.to(device),
         pixel_values=pixels.to(device),
         image_grid_thw=grid.to(device),
-        mm_token_type_ids=(ids == IMAGE_TOKEN).long().to(device),
+        mm_token_type_ids=(ids == BACKEND_IMAGE_TOKEN).long().to(device),
     )
 
 
@@ -73,14 +74,14 @@ class KernelCalls:
 def image_cases() -> list:
     """``(model, kernel backend, padding side)``: every case on the CPU default backend; the
     Triton kernels (interpreted, seconds each) on both sides for Qwen2-VL, one for Qwen3-VL."""
-    cases = [pytest.param(n, "auto", s, id=f"{n}-auto-{s}") for n in VL_MODELS for s in ("left", "right")]
+    cases = [pytest.param(n, "auto", s, id=f"{n}-auto-{s}") for n in BACKEND_VL_MODELS for s in ("left", "right")]
     triton = [("qwen2_vl", "left"), ("qwen2_vl", "right"), ("qwen3_vl", "left")]
     return cases + [pytest.param(n, "triton", s, id=f"{n}-triton-{s}", marks=pytest.mark.interpret) for n, s in triton]
 
 
 @pytest.mark.parametrize("name,kernel_backend,side", image_cases(), indirect=["kernel_backend"])
 def test_images_match_sdpa(name, side, kernel_backend, device, monkeypatch):
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     ids, mask, pixels, grid = image_batch(side)
     inputs = image_inputs(ids, mask, pixels, grid, device)
     ref_logits, ref_grads = forward_backward(model, "sdpa", **inputs)
@@ -94,10 +95,10 @@ def test_images_match_sdpa(name, side, kernel_backend, device, monkeypatch):
     assert_grads_close(grads, ref_grads, TOL)
 
 
-@pytest.mark.parametrize("name", VL_MODELS)
+@pytest.mark.parametrize("name", BACKEND_VL_MODELS)
 def test_vision_tower_uses_the_backend(name, device):
     """The vision config is switched too, and its attention is not causal."""
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     model.set_attn_implementation("btok_triton")
     vision = model.model.visual
     assert vision.config._attn_implementation == "btok_triton"
@@ -105,10 +106,10 @@ def test_vision_tower_uses_the_backend(name, device):
 
 
 @pytest.mark.parametrize(
-    "name,kernel_backend", model_backends(VL_MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
+    "name,kernel_backend", model_backends(BACKEND_VL_MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
 )
 def test_generate_with_images_matches_sdpa(name, kernel_backend, device):
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     ids, mask, pixels, grid = image_batch("left")
     tokens = {}
     for impl in ("sdpa", "btok_triton"):
@@ -125,13 +126,13 @@ def test_generate_with_images_matches_sdpa(name, kernel_backend, device):
 
 
 @pytest.mark.parametrize(
-    "name,kernel_backend", model_backends(VL_MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
+    "name,kernel_backend", model_backends(BACKEND_VL_MODELS, triton=["qwen2_vl"]), indirect=["kernel_backend"]
 )
 def test_condensation_with_images_equals_eager_dense_mask(name, kernel_backend, device):
     """BTok training on image queries: one packed pass with ``btok_layout`` (which also reaches
     the non-causal vision tower, where it does not apply) equals each sequence alone through
     ``"eager"`` with a dense condensation mask, with M-RoPE positions from the model."""
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     btoks, targets = torch.tensor([91, 92]), random_ids([3, 2], seed=13)
     queries = [image_prompt(t, g) for t, g in zip(random_ids([3, 4], seed=11), GRIDS)]
     seqs = [torch.cat([q, btoks, t]) for q, t in zip(queries, targets)]

@@ -12,7 +12,7 @@ from transformers import Qwen3ForCausalLM
 
 import btok_model  # noqa: F401  (registers "btok_triton")
 from tests.helpers.numerics import assert_close, assert_grads_close
-from tests.helpers.tiny_families import forward_backward, model_backends, pad_batch, random_ids, tiny_model
+from tests.helpers.tiny import backend_model, forward_backward, model_backends, pad_batch, random_ids
 
 TEXT_MODELS = ["llama", "mistral", "qwen2", "qwen3", "qwen2_vl", "qwen3_vl"]
 # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns); 5.17 has only the old one.
@@ -31,7 +31,7 @@ TOL = 2e-5
     "name,kernel_backend", model_backends(TEXT_MODELS, triton=["llama", "qwen2_vl"]), indirect=["kernel_backend"]
 )
 def test_padded_batch_matches_sdpa(name, side, kernel_backend, device):
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     ids, mask = pad_batch(random_ids([11, 4, 8]), side)
     inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device))
     ref_logits, ref_grads = forward_backward(model, "sdpa", **inputs)
@@ -45,7 +45,7 @@ def test_padded_batch_matches_sdpa(name, side, kernel_backend, device):
     "name,kernel_backend", model_backends(TEXT_MODELS, triton=["qwen3"]), indirect=["kernel_backend"]
 )
 def test_unpadded_batch_matches_sdpa(name, kernel_backend, device):
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     ids = torch.stack(random_ids([9, 9])).to(device)
     ref_logits, ref_grads = forward_backward(model, "sdpa", input_ids=ids)
     logits, grads = forward_backward(model, "btok_triton", input_ids=ids)
@@ -70,7 +70,7 @@ def test_greedy_generate_matches_sdpa(name, cache, kernel_backend, device):
 
     A static cache hands the attention the whole preallocated cache, longer than the mask.
     """
-    model = tiny_model(name).to(device)
+    model = backend_model(name).to(device)
     ids, mask = pad_batch(random_ids([7, 3, 5], seed=3), "left")
     tokens = {}
     for impl in ("sdpa", "btok_triton"):
@@ -90,7 +90,7 @@ def test_greedy_generate_matches_sdpa(name, cache, kernel_backend, device):
 
 def test_cached_decoding_matches_full_forward(kernel_backend, device):
     """Logits of tokens decoded one by one with a cache equal one full forward."""
-    model = tiny_model("qwen3").to(device)
+    model = backend_model("qwen3").to(device)
     model.set_attn_implementation("btok_triton")
     ids = random_ids([10], seed=4)[0][None].to(device)
     with torch.no_grad():

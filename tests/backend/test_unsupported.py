@@ -21,7 +21,7 @@ import btok_model
 from btok_kernels import CondensationLayout
 from btok_model import UnsupportedModelFeatureError, btok_attention_forward
 from btok_model.backend.mask_interface import check_mask_function
-from tests.helpers.tiny_families import TEXT_CONFIG, tiny_model
+from tests.helpers.tiny import BACKEND_TEXT_CONFIG, backend_model
 
 
 def ids(n, b=1):
@@ -29,14 +29,16 @@ def ids(n, b=1):
 
 
 def test_sliding_window_shorter_than_the_input():
-    model = Qwen2ForCausalLM(Qwen2Config(**TEXT_CONFIG, use_sliding_window=True, sliding_window=4, max_window_layers=0))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(**BACKEND_TEXT_CONFIG, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    )
     model.set_attn_implementation("btok_triton")
     with pytest.raises(UnsupportedModelFeatureError, match="sliding-window attention"):
         model(input_ids=ids(9))
 
 
 def test_logit_softcapping():
-    config = Gemma2Config(**TEXT_CONFIG, head_dim=16, attn_logit_softcapping=50.0, sliding_window=512)
+    config = Gemma2Config(**BACKEND_TEXT_CONFIG, head_dim=16, attn_logit_softcapping=50.0, sliding_window=512)
     model = Gemma2ForCausalLM(config)
     model.set_attn_implementation("btok_triton")
     with pytest.raises(UnsupportedModelFeatureError, match="softcapping"):
@@ -44,7 +46,7 @@ def test_logit_softcapping():
 
 
 def test_attention_dropout_while_training():
-    model = LlamaForCausalLM(LlamaConfig(**TEXT_CONFIG, attention_dropout=0.1))
+    model = LlamaForCausalLM(LlamaConfig(**BACKEND_TEXT_CONFIG, attention_dropout=0.1))
     model.set_attn_implementation("btok_triton")
     model.eval()(input_ids=ids(5))  # no dropout at inference: fine
     with pytest.raises(UnsupportedModelFeatureError, match="attention dropout"):
@@ -52,7 +54,7 @@ def test_attention_dropout_while_training():
 
 
 def test_custom_4d_mask():
-    model = tiny_model("llama")
+    model = backend_model("llama")
     model.set_attn_implementation("btok_triton")
     mask = torch.zeros(1, 1, 5, 5)
     with pytest.raises(UnsupportedModelFeatureError, match="custom 4D attention mask"):
@@ -60,7 +62,7 @@ def test_custom_4d_mask():
 
 
 def test_mask_overlay_from_or_mask_function():
-    model = tiny_model("llama")
+    model = backend_model("llama")
     model.set_attn_implementation("btok_triton")
     embeds = torch.zeros(1, 5, 64)
 
@@ -86,13 +88,13 @@ def test_chunked_attention_and_custom_mask_functions():
 @pytest.mark.parametrize("kwarg", ["s_aux", "position_bias"])
 def test_attention_sinks_and_position_bias(kwarg):
     q = torch.randn(1, 2, 4, 16)
-    module = tiny_model("llama").model.layers[0].self_attn
+    module = backend_model("llama").model.layers[0].self_attn
     with pytest.raises(UnsupportedModelFeatureError, match=kwarg):
         btok_attention_forward(module, q, q, q, None, **{kwarg: torch.zeros(2)})
 
 
 def test_btok_layout_misuse():
-    model = tiny_model("llama")
+    model = backend_model("llama")
     model.set_attn_implementation("btok_triton")
     layout = CondensationLayout.from_lengths([3], 2, [2])
     with pytest.raises(ValueError, match=r"shape \[1, 7\]"):

@@ -9,7 +9,7 @@ from btok_model import BTokModel
 from btok_model.embedder.backbone import ADAPTER_FOLDER
 from btok_model.evaluate import load_embedder, parser
 from btok_model.training.recipe import Recipe, build_model
-from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
+from tests.helpers.tiny import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
 
 TEXTS = ["what is a cat?", "paris", "x", "a small furry animal that purrs"]
 

@@ -17,8 +17,19 @@ from btok_model.embedder.multimodal import MultimodalCollator
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.tokens import lora_target_modules
 from btok_model.training.presets import AUTHORS_LORA_MODULES
-from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
-from tests.helpers.tiny_vl import IMAGE_TOKEN, frames, image, image_processor, processor, tiny_vl_backbone, vl_tokenizer
+from tests.helpers.tiny import (
+    EXAMPLES,
+    IMAGE_TOKEN,
+    adamw_step,
+    char_tokenizer,
+    frames,
+    image,
+    image_processor,
+    processor,
+    tiny_backbone,
+    tiny_vl_backbone,
+    vl_tokenizer,
+)
 
 TEXTS = ["the cat sat", "a dog", "x"]
 

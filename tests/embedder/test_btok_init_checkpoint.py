@@ -10,9 +10,8 @@ from btok_model import BTokModel
 from btok_model.embedder.backbone import transformers_model
 from btok_model.train import parser, recipe_from_args
 from btok_model.training.recipe import build_model
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.tiny import char_tokenizer, tiny_backbone, vl_tokenizer
 from tests.helpers.training import vl_folder
-from tests.helpers.tiny_vl import vl_tokenizer
 
 
 def _authors_ids(tokenizer, k: int) -> list[int]:

@@ -7,7 +7,7 @@ import torch
 
 from btok_model import ExampleError
 from btok_model.embedder import LossWeights
-from tests.helpers.tiny_models import EXAMPLES, tiny_btok
+from tests.helpers.tiny import EXAMPLES, tiny_btok
 
 PREFIX, SUFFIX = "<|im_start|>assistant\n", "<|im_end|>"
 

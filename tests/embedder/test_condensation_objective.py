@@ -8,7 +8,7 @@ from btok_kernels import CondensationLayout
 from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.losses import next_token_loss
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_models import EXAMPLES, tiny_btok
+from tests.helpers.tiny import EXAMPLES, tiny_btok
 
 TOL = 2e-6
 

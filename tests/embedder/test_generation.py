@@ -15,8 +15,7 @@ from btok_model.embedder import Target
 from btok_model.embedder.backbone import transformers_model
 from btok_model.embedder.media import MEDIA_BATCH_KEYS
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_models import tiny_btok
-from tests.helpers.tiny_vl import image, tiny_vl_btok
+from tests.helpers.tiny import image, tiny_btok, tiny_vl_btok
 from tests.helpers.twopass import TOL, continuing_positions
 
 STEPS = 3  # generated tokens compared: the first (predicted by the last prefix row) and two more

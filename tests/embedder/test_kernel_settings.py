@@ -10,8 +10,7 @@ import torch
 
 from btok_model import BTokModel, KernelSettings
 from btok_model.backend import attention
-from tests.helpers.tiny_models import EXAMPLES, tiny_btok
-from tests.helpers.tiny_vl import image, tiny_vl_btok
+from tests.helpers.tiny import EXAMPLES, image, tiny_btok, tiny_vl_btok
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing"]
 

@@ -10,7 +10,7 @@ import torch
 
 from btok_model.embedder.losses import gather_with_grad, info_nce, next_token_loss
 from tests.embedder.gather_ranks import CANDIDATES, TEMPERATURE, WORLD, rank_data
-from tests.helpers.tiny_models import EXAMPLES, tiny_btok
+from tests.helpers.tiny import EXAMPLES, tiny_btok
 
 
 def info_nce_float64(query, candidates, positive_index, temperature):

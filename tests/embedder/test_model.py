@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from btok_model import BTokModel
 from btok_model.embedder.backbone import transformers_model
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, snapshot, tiny_backbone, tiny_btok
+from tests.helpers.tiny import EXAMPLES, adamw_step, char_tokenizer, snapshot, tiny_backbone, tiny_btok
 
 TEXTS = ["what is a cat?", "paris", "a much longer text about nothing in particular", "x", "four", "2 + 2"]
 

@@ -15,17 +15,19 @@ from btok_model import BTokModel, ExampleError
 from btok_model.embedder.multimodal import qwen3_vl_video_layout
 from btok_model.training.mixed_dataset import load_examples
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
-from tests.helpers.tiny_vl import (
+from tests.helpers.tiny import (
     IMAGE_TOKEN,
     VIDEO_TOKEN,
     VISION_END,
     VISION_START,
     FrameVideoProcessor,
+    char_tokenizer,
     frames,
     image,
     image_processor,
     processor,
+    tiny_backbone,
+    tiny_btok,
     tiny_vl_btok,
     vl_tokenizer,
 )

@@ -17,8 +17,7 @@ from btok_model.embedder.backbone import transformers_model
 from btok_model.training.batch_builder import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_models import adamw_step, snapshot
-from tests.helpers.tiny_vl import frames, image, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
+from tests.helpers.tiny import adamw_step, frames, image, snapshot, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer
 from tests.helpers.twopass import TOL, assert_same, continuing_positions, single_pass, two_pass
 
 # Queries with images (1..6 tokens, non-square grids), an image + a 4-frame video, text only; targets

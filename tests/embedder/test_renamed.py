@@ -15,7 +15,7 @@ from btok_model.embedder.collate import Target
 from btok_model.embedder.encode import embed_padded
 from btok_model.embedder.similarity import similarity_scores
 from btok_model.training.schedule import GenerativeSchedule
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny import char_tokenizer, tiny_backbone, tiny_btok
 
 TEXTS = ["what is a cat?", "paris", "x"]
 

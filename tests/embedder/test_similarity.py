@@ -14,7 +14,7 @@ from btok_model.embedder.losses import info_nce, matryoshka_info_nce
 from btok_model.embedder.modeling import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.similarity import check_dims, cosine_of_means, maxsim, similarity_scores, truncate
-from tests.helpers.tiny_models import EXAMPLES, char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny import EXAMPLES, char_tokenizer, tiny_backbone, tiny_btok
 
 TEXTS = ["a cat", "the capital of france is paris", "cold", "2 + 2 = 4, it is four"]
 

@@ -8,7 +8,7 @@ import torch
 
 from btok_model.embedder.twopass import two_pass_forward
 from tests.helpers.numerics import rel_err
-from tests.helpers.tiny_models import EXAMPLES, tiny_btok
+from tests.helpers.tiny import EXAMPLES, tiny_btok
 from tests.helpers.twopass import TOL, assert_same, single_pass, two_pass
 
 # Long enough that queries and targets span several key blocks of the kernels.

@@ -9,7 +9,7 @@ import pytest
 from btok_model.evaluate import main as evaluate_main
 from btok_model.evaluation import EmbeddingScorer, evaluate, load_task
 from btok_model.mine import main as mine_main
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import image, tiny_btok, tiny_vl_btok
 
 TOO_LONG = "e" * 300  # the tiny model's max_position_embeddings is 256
 
@@ -102,8 +102,6 @@ def test_candidate_lists_skip_a_bad_candidate(tmp_path):
 
 
 def test_an_unreadable_image_is_named(tmp_path):
-    from tests.helpers.tiny_vl import image, tiny_vl_btok
-
     image(28, 28, 1).save(tmp_path / "cat.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     rows = [

@@ -8,10 +8,11 @@ import torch
 
 from btok_model.datasets import DataError
 from btok_model.embedder.pooled import PooledEmbedder
+from btok_model.embedder.precision import resolve_dtype
 from btok_model.evaluate import main as evaluate_main
 from btok_model.evaluation import EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
 from btok_model.evaluation.metrics import metrics_from_scores
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny import char_tokenizer, tiny_backbone, tiny_btok
 
 
 def _write(path, rows):
@@ -180,10 +181,18 @@ def test_cli_btok_model_baselines_and_tfidf(tmp_path):
     emb = model.encode([p["query"] for p in PAIRS] + ["cat", "dog", "ice"])
     direct = metrics_from_scores(emb[:4] @ emb[4:].T, torch.tensor([0, 1, 0, 2]))
     assert {k: saved["tasks"][0][k] for k in direct} == pytest.approx(direct, abs=1e-6)
-    for baseline in ("mean", "tfidf"):
+    # --baseline mean: the saved model's backbone without BToks, mean-pooled; its metrics are those of its scores
+    pooled = PooledEmbedder.from_backbone(str(tmp_path / "btok"), pooling="mean", dtype=resolve_dtype(None).dtype)
+    emb = pooled.eval().encode([p["query"] for p in PAIRS] + ["cat", "dog", "ice"])
+    direct = metrics_from_scores(emb[:4] @ emb[4:].T, torch.tensor([0, 1, 0, 2]))
+    # --baseline tfidf: only "a pet that meows" shares a character n-gram ("at ") with a candidate, its
+    # positive "cat"; the other three queries tie all 3 candidates (expected recall@1 1/3, RR 11/18)
+    tfidf = {"recall@1": (3 * (1 / 3) + 1) / 4, "mrr@10": (3 * (11 / 18) + 1) / 4}
+    for baseline, want in (("mean", direct), ("tfidf", tfidf)):
         r = evaluate_main(
             ["--model", str(tmp_path / "btok"), "--baseline", baseline, "--data", str(data), "--no-progress-bar"]
         )
-        assert r["baseline"] == baseline and 0 <= r["tasks"][0]["recall@1"] <= 1
+        assert r["baseline"] == baseline
+        assert {k: r["tasks"][0][k] for k in want} == pytest.approx(want, abs=1e-6), baseline
     with pytest.raises(SystemExit, match="not a saved BTok model"):
         evaluate_main(["--model", str(tmp_path), "--data", str(data)])

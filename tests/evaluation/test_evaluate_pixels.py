@@ -7,8 +7,7 @@ import torch
 
 from btok_model.embedder.backbone import processor_parts
 from btok_model.evaluate import AUTHORS_PIXELS, load_embedder, parser, pixel_limits
-from tests.helpers.tiny_models import tiny_btok
-from tests.helpers.tiny_vl import IMAGE_TOKEN, MERGE, PATCH, image, tiny_vl_btok
+from tests.helpers.tiny import IMAGE_TOKEN, MERGE, PATCH, image, tiny_btok, tiny_vl_btok
 from tests.helpers.training import vl_folder
 
 SIDE = PATCH * MERGE  # one merged image token covers SIDE x SIDE pixels

@@ -12,7 +12,7 @@ from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.mine import main as mine_main
 from btok_model.mine import mine_file, mine_hard_negatives
 from btok_model.training.mixed_dataset import load_examples
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import image, tiny_btok, tiny_vl_btok
 
 
 class Lookup:
@@ -245,8 +245,6 @@ def test_cli_error_for_a_model_that_is_not_there(tmp_path, capsys):
 
 
 def test_images_with_a_tiny_vl_model(tmp_path):
-    from tests.helpers.tiny_vl import image, tiny_vl_btok
-
     model = tiny_vl_btok(video=False)
     folder = tmp_path / "data"
     folder.mkdir()

@@ -73,7 +73,7 @@ def _dense_reference(task, model) -> dict:
 
 
 def test_fixture_through_tiny_qwen2_vl(root, tmp_path):
-    from tests.helpers.tiny_vl import tiny_vl_btok
+    from tests.helpers.tiny import tiny_vl_btok
 
     torch.manual_seed(0)
     model = tiny_vl_btok()
@@ -388,16 +388,12 @@ def test_training_eval_source(root):
         load_eval_source(os.path.join(root, "video-tasks", "Video-MME"), datasets=["K700"])
 
 
-def test_cli_baseline_path_names_what_the_model_cannot_embed(root, tmp_path):
+def test_cli_baseline_path_names_what_the_model_cannot_embed(root, tmp_path, saved_backbone):
     # --baseline last-token goes through the same pipeline; a text-only backbone cannot embed
     # an image query, and the check before the run says so, naming the dataset.
     from btok_model.evaluate import main
-    from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 
-    backbone = tmp_path / "backbone"
-    tiny_backbone(vocab_size=None).save_pretrained(backbone)
-    char_tokenizer().save_pretrained(backbone)
-    argv = ["--model", str(backbone), "--baseline", "last-token", "--mmeb-v2", root, "--datasets", "ImageNet-1K"]
+    argv = ["--model", str(saved_backbone), "--baseline", "last-token", "--mmeb-v2", root, "--datasets", "ImageNet-1K"]
     with pytest.raises(SystemExit, match="error: ImageNet-1K: the model cannot embed its inputs"):
         main([*argv, "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--no-progress-bar"])
     assert not os.listdir(tmp_path / "out" / "datasets")  # nothing was evaluated

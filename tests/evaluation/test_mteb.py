@@ -16,7 +16,7 @@ from mteb.types import PromptType
 from btok_model.evaluation import evaluate, load_task
 from btok_model.evaluation.runner import EmbeddingScorer
 from btok_model.mteb_encoder import DEFAULT_INSTRUCTIONS, MTEBEncoder
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import tiny_btok
 
 PAIRS = [
     {"query": "a small furry pet", "positive": "cat"},

@@ -16,7 +16,7 @@ from btok_model.evaluation.metrics import metrics_from_scores
 from btok_model.mine import main as mine_main
 from btok_model.search import main as search_main
 from btok_model.train import main as train_main
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.tiny import char_tokenizer, tiny_backbone
 from tests.helpers.training import examples
 
 PAIRS = [

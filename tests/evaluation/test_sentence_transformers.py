@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import tiny_btok
 
 st = pytest.importorskip("sentence_transformers")
 

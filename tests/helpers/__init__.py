@@ -5,12 +5,14 @@
 - ``layouts``: random packed layouts, the shared edge cases, random q/k/v/dout for a layout.
 - ``cuda_kernels``: the CUDA kernels (or the CPU emulator's launchers) against the oracle.
 - ``host_build``: compiling csrc/ sources for the host.
+- ``tile_plans``: the Triton and CUDA tile plans walked pair by pair against the mask.
 - ``dispatch_modes``: ``PoisonEmpty`` (uninitialised memory reads as NaN), ``LargestTensor``.
 - ``threads``: one intra-op thread (the ``one_torch_thread`` fixture, registered by tests/conftest.py).
-- ``tiny_models``: the character tokenizer, tiny random Llama / Qwen2 backbones and BTok models.
-- ``tiny_vl``: tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL backbones, tokenizer, processors, images.
+- ``tiny``: tiny random models: BTok models on the character tokenizer (Llama, Qwen2, Qwen2-VL,
+  Qwen2.5-VL, Qwen3-VL; their tokenizers, processors, images, saved folders) and the attention-backend
+  models of every supported family (``backend_model``) with their comparisons. The ``saved_backbone``
+  fixture of tests/conftest.py is :func:`tiny.save_backbone`'s folder, written once a session.
 - ``tiny_gguf``: a tiny GGUF file writer.
-- ``tiny_families``: tiny random models of every family the attention backend supports.
 - ``training``: example pairs, tiny recipes and models, one SGD trainer step, gradient snapshots,
   saved vision-language folders.
 - ``twopass``: the packed single pass against the two-pass formulation.

@@ -8,8 +8,7 @@ from transformers import TrainerCallback
 from btok_model.datasets import write_jsonl
 from btok_model.training import train
 from btok_model.training.recipe import Recipe, build_model
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
-from tests.helpers.tiny_vl import image, image_processor, tiny_vl_backbone, vl_tokenizer
+from tests.helpers.tiny import char_tokenizer, image, image_processor, tiny_backbone, tiny_vl_backbone, vl_tokenizer
 
 # Lower-case texts the character tokenizer knows; varied lengths, some hard negatives,
 # explicit, default and absent targets.

@@ -24,7 +24,7 @@ def main(out: str, model: str, pairs: str, corpus: str, lists: str, mine_data: s
     from btok_model.inference import distributed
     from btok_model.mine import main as mine_main
     from tests.helpers.mmeb_v2_data import FIXTURE_DATASETS
-    from tests.helpers.tiny_vl import tiny_vl_btok
+    from tests.helpers.tiny import tiny_vl_btok
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.init_process_group("gloo")  # the driver's own group: the commands join it, not end it

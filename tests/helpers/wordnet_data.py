@@ -1,7 +1,10 @@
-"""A WordNet-format folder for the WordNet reader and demo tests, and the examples as modules."""
+"""A WordNet-format folder for the WordNet reader and demo tests, the examples as modules, and
+the check of a demo row's metrics."""
 
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -35,3 +38,16 @@ def example_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def check_row_metrics(name: str, row: dict, num_queries: int) -> None:
+    """A demo row's metrics are the means of its per-query metrics (what its paired comparisons
+    read), and per query they agree with each other: recall@1 <= recall@5 <= recall@10, and the
+    chance of rank 1 is at most the reciprocal rank."""
+    metrics, per_query = row["metrics"], row["per_query"]
+    assert metrics["num_queries"] == num_queries, name
+    for metric, values in per_query.items():
+        assert len(values) == num_queries, (name, metric)
+        assert metrics[metric] == pytest.approx(sum(values) / num_queries, abs=1e-9), (name, metric)
+    for r1, r5, r10, rr in zip(*(per_query[m] for m in ("recall@1", "recall@5", "recall@10", "mrr@10")), strict=True):
+        assert r1 <= r5 <= r10 and r1 <= rr + 1e-12, (name, r1, r5, r10, rr)

@@ -20,7 +20,7 @@ import torch
 
 from btok_model.evaluate import main as evaluate_main
 from btok_model.mine import main as mine_main
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import tiny_btok
 
 lance = pytest.importorskip("lance")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

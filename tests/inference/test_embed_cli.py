@@ -20,7 +20,7 @@ from btok_model import BTokModel
 from btok_model.embed import main
 from btok_model.embedder.encode import encode
 from btok_model.inference.lance_store import BLOCKS_DIR, EmbeddingStore, read_metadata
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import image, tiny_btok, tiny_vl_btok
 
 lance = pytest.importorskip("lance")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -265,10 +265,8 @@ def test_user_errors_exit_2(tmp_path, model_dir, capsys):
 
 
 def test_image_folder_with_a_corrupt_file(tmp_path, monkeypatch, capsys):
-    from btok_model.embedder.encode import encode as engine_encode
-    from tests.helpers.tiny_vl import image, tiny_vl_btok
-
     import btok_model.embed as embed_module
+    from btok_model.embedder.encode import encode as engine_encode
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -11,7 +11,7 @@ import btok_model.embedder.encode as engine
 from btok_model.embedder import ExampleError
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.similarity import truncate
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone, tiny_btok
+from tests.helpers.tiny import char_tokenizer, tiny_backbone, tiny_btok
 
 TEXTS = [("w" * (i % 9)) + f" text {i}" for i in range(23)] + ["same", "same"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from btok_model.datasets.jsonl import DataError
 from btok_model.inference.readers import open_rows
-from tests.helpers.tiny_vl import image
+from tests.helpers.tiny import image
 
 pa = pytest.importorskip("pyarrow")
 

@@ -13,7 +13,7 @@ from btok_model.embed import main as embed
 from btok_model.embedder.encode import encode
 from btok_model.inference.index import Index
 from btok_model.search import main as search
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import tiny_btok
 
 pytest.importorskip("lance")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.helpers.mmeb_v2_data import FIXTURE_DATASETS, write_fixture
-from tests.helpers.tiny_models import tiny_btok
+from tests.helpers.tiny import tiny_btok
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -7,20 +7,16 @@ import pytest
 from btok_model import BTokModel
 from btok_model.datasets import write_jsonl
 from btok_model.train import main
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 from tests.helpers.training import examples
 
 
-def test_train_cli(tmp_path):
-    backbone = tmp_path / "backbone"
-    tiny_backbone(vocab_size=None).save_pretrained(backbone)
-    char_tokenizer().save_pretrained(backbone)
+def test_train_cli(tmp_path, saved_backbone):
     write_jsonl(tmp_path / "a.jsonl", examples(6))
     write_jsonl(tmp_path / "b.jsonl", examples(12)[6:])
     out = tmp_path / "run"
     argv = [
         "--model",
-        str(backbone),
+        str(saved_backbone),
         "--train-data",
         f"{tmp_path / 'a.jsonl'}:0.5",
         f"{tmp_path / 'b.jsonl'}:0.5",
@@ -83,21 +79,18 @@ def test_lora_layers_pick_the_adapted_layers():
     assert any("trainable_tokens" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
-def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys):
+def test_train_cli_on_an_mmeb_train_subset_and_a_jsonl_file(tmp_path, capsys, saved_backbone):
     """--train-data with an MMEB-train parquet subset and a JSONL file, --target-side and
     --source-block-size: the run trains on single-source batches and records its sources.
     (Text-only rows: the tiny model here is a text model; images need a VL backbone.)"""
     from tests.helpers.mmeb_train_data import mmeb_row, write_parquet
 
-    backbone = tmp_path / "backbone"
-    tiny_backbone(vocab_size=None).save_pretrained(backbone)
-    char_tokenizer().save_pretrained(backbone)
     rows = [mmeb_row(f"which news is this? {i}\n", "", f"label {i}\n", neg_text="other\n") for i in range(4)]
     root = write_parquet(tmp_path / "mmeb", {"N24News": rows, "VisDial": [mmeb_row("a dialogue\n", "", "an image\n")]})
     jsonl = str(tmp_path / "a.jsonl")
     write_jsonl(jsonl, examples(4))
     out = tmp_path / "run"
-    argv = ["--model", str(backbone), "--train-data", f"{root}/N24News:3", f"{jsonl}:1", "--output-dir", str(out)]
+    argv = ["--model", str(saved_backbone), "--train-data", f"{root}/N24News:3", f"{jsonl}:1", "--output-dir", str(out)]
     argv += ["--target-side", f"{jsonl}=none", "--source-block-size", "2", "--batch-size", "2", "--max-steps", "2"]
     argv += ["--no-hard-negatives"]
     argv += ["--lora-r", "2", "--num-btoks", "2", "--save-steps", "0", "--warmup-ratio", "0", "--logging-steps", "1"]

@@ -11,7 +11,7 @@ from btok_model import BTokModel
 from btok_model.embedder.backbone import transformers_model
 from btok_model.evaluate import main as evaluate_main
 from btok_model.train import main as train_main
-from tests.helpers.tiny_vl import tiny_vl_backbone, vl_tokenizer
+from tests.helpers.tiny import tiny_vl_backbone, vl_tokenizer
 from tests.helpers.training import VL_EVAL, vl_folder, write_vl_data
 
 TEXTS = ["a red square", "the sky is blue", "x"]

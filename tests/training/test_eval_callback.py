@@ -9,21 +9,18 @@ from btok_model import BTokModel
 from btok_model.datasets import write_jsonl
 from btok_model.evaluation import EmbeddingScorer, evaluate, load_task
 from btok_model.train import main
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
 from tests.helpers.training import PAIRS, examples
 
 
 @pytest.fixture
-def run(tmp_path):
-    backbone = tmp_path / "backbone"
-    tiny_backbone(vocab_size=None).save_pretrained(backbone)
-    char_tokenizer().save_pretrained(backbone)
+def run(tmp_path, saved_backbone):
     write_jsonl(tmp_path / "train.jsonl", examples(12))
     write_jsonl(tmp_path / "eval.jsonl", [{"query": q, "positive": p} for q, p, _, _ in PAIRS])
     argv = [
-        "--model", str(backbone), "--train-data", str(tmp_path / "train.jsonl"), "--output-dir", str(tmp_path / "run"),
-        "--batch-size", "4", "--lora-r", "0", "--lr", "3e-3", "--warmup-ratio", "0", "--logging-steps", "1",
-        "--num-btoks", "2", "--generative-weight", "1", "--max-steps", "4",
+        "--model", str(saved_backbone), "--train-data", str(tmp_path / "train.jsonl"),
+        "--output-dir", str(tmp_path / "run"), "--batch-size", "4", "--lora-r", "0", "--lr", "3e-3",
+        "--warmup-ratio", "0", "--logging-steps", "1", "--num-btoks", "2", "--generative-weight", "1",
+        "--max-steps", "4",
     ]  # fmt: skip
     return tmp_path, argv
 

@@ -12,17 +12,14 @@ from btok_model.embedder.similarity import maxsim, truncate
 from btok_model.evaluate import main as evaluate_main
 from btok_model.evaluation import load_task, metrics_from_scores
 from btok_model.train import main as train_main
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
+from tests.helpers.tiny import tiny_btok
 from tests.helpers.training import examples
 
 
 @pytest.fixture
-def backbone(tmp_path):
-    folder = tmp_path / "backbone"
-    tiny_backbone(vocab_size=None).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+def backbone(tmp_path, saved_backbone):
     write_jsonl(tmp_path / "train.jsonl", examples(8))
-    return folder
+    return saved_backbone
 
 
 def _train_argv(tmp_path, backbone, out, *extra):
@@ -120,8 +117,6 @@ def test_bad_training_options_fail_before_the_first_step(tmp_path, backbone, cap
 
 def test_bad_evaluation_options(tmp_path, capsys):
     model_dir = tmp_path / "model"
-    from tests.helpers.tiny_models import tiny_btok
-
     tiny_btok("llama", attn="sdpa").save_pretrained(model_dir)
     data = tmp_path / "test.jsonl"
     write_jsonl(data, [{"query": "frozen water", "positive": "ice"}])

@@ -129,7 +129,7 @@ def test_a_subset_of_only_empty_rows_is_an_error(tmp_path):
 
 def test_examples_collate_with_the_multimodal_collator(tmp_path):
     """The examples are what the VL collator takes: images by path or decoded, image-only negatives."""
-    from tests.helpers.tiny_vl import tiny_vl_btok
+    from tests.helpers.tiny import tiny_vl_btok
 
     model = tiny_vl_btok()
     for root in (write_parquet(tmp_path / "p"), write_lance(tmp_path / "l")):

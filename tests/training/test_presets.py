@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from btok_model import BTokModel
+from btok_model.embedder.config import PooledConfig
 from btok_model.train import main as train_main
 from btok_model.train import parser, recipe_from_args, resolve_arguments
-from btok_model.embedder.config import PooledConfig
 from btok_model.training.presets import PRESETS
 from btok_model.training.recipe import Recipe, build_model, recipe_settings
-from tests.helpers.tiny_models import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
+from tests.helpers.tiny import EXAMPLES, adamw_step, char_tokenizer, tiny_backbone
 from tests.helpers.training import vl_folder, write_vl_data
 
 # The authors' values, read from github siryuson/BottleneckTokens (configs/presets/btoks_qwen2vl_2b_v1.yaml,

@@ -296,7 +296,7 @@ def test_the_mixture_tags_and_collates_through_the_tiny_qwen2_vl(tmp_path):
     a page image query (ViDoRe), a page image positive generating its query (VisRAG), a video
     query, and a video positive at the end of its line generating its query (LLaVA-Hound)."""
     from btok_model.training.mixed_dataset import MixedDataset, parse_data_spec
-    from tests.helpers.tiny_vl import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, tiny_vl_btok
+    from tests.helpers.tiny import IMAGE_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START, tiny_vl_btok
 
     data = MixedDataset([s for s in parse_data_spec(write_data_root(tmp_path)) if s.family != "mmeb_train"])
     assert [d["name"] for d in data.describe()] == list(V1_MIXTURE)[20:]

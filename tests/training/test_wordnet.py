@@ -4,12 +4,13 @@ import json
 import os
 
 import pytest
+import torch
 
 from btok_model.datasets import load_synsets, retrieval_split
 from btok_model.datasets.wordnet import DEFAULT_WORDNET_DIR
-from btok_model.evaluation import load_task
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
-from tests.helpers.wordnet_data import example_module, fake_wordnet
+from btok_model.embedder.pooled import PooledEmbedder
+from btok_model.evaluation import METRIC_NAMES, EmbeddingScorer, TfidfTaskScorer, evaluate, load_task
+from tests.helpers.wordnet_data import check_row_metrics, example_module, fake_wordnet
 
 
 def test_parse(tmp_path):
@@ -87,18 +88,15 @@ def test_real_wordnet_split():
     assert len(split.train) == 2000 and len(split.validation) == 300
 
 
-def test_demo_command_on_a_tiny_model(tmp_path):
+def test_demo_command_on_a_tiny_model(tmp_path, saved_backbone):
     """The demo end to end (data split, every row, the table) with a tiny random backbone."""
-    backbone_dir = tmp_path / "tiny"
-    tiny_backbone(vocab_size=None).save_pretrained(backbone_dir)
-    char_tokenizer().save_pretrained(backbone_dir)
     out = tmp_path / "out"
     results = example_module("wordnet_demo").main(
         [
             "--out-dir",
             str(out),
             "--backbone",
-            str(backbone_dir),
+            str(saved_backbone),
             "--wordnet-dir",
             str(fake_wordnet(tmp_path / "wn")),
             "--pool-size",
@@ -122,8 +120,26 @@ def test_demo_command_on_a_tiny_model(tmp_path):
         "btok-contrastive",
         "btok-generative",
     ]
-    for name, row in results["rows"].items():
-        assert row["metrics"]["num_queries"] == 12 and 0 <= row["metrics"]["recall@1"] <= 1, name
+    rows, task = results["rows"], load_task(out / "test.jsonl")
+    for name, row in rows.items():
+        check_row_metrics(name, row, 12)
+    # the rows that train nothing are exactly their scorer's metrics on the pool
+    wanted = {
+        "tfidf-char": evaluate(task, TfidfTaskScorer("char_wb", (3, 5))),
+        "tfidf-word": evaluate(task, TfidfTaskScorer("word", (1, 1))),
+    }
+    autocast = torch.autocast(
+        "cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, enabled=results["recipe"]["bf16"]
+    )
+    for pooling in ("last-token", "mean"):
+        model = PooledEmbedder.from_backbone(
+            str(saved_backbone), pooling=pooling, dtype=getattr(torch, results["data"]["dtype"])
+        )
+        with autocast:
+            wanted[pooling] = evaluate(task, EmbeddingScorer(model.eval(), batch_size=8))
+    for name, want in wanted.items():
+        got = {m: rows[name]["metrics"][m] for m in METRIC_NAMES}
+        assert got == pytest.approx({m: want[m] for m in METRIC_NAMES}, abs=1e-6), name
     logs = [e for e in results["rows"]["btok-generative"]["log_history"] if "loss" in e]
     assert len(logs) == 2 and all("generative_loss" in e for e in logs)
     assert all("generative_loss" not in e for e in results["rows"]["btok-contrastive"]["log_history"])

@@ -6,14 +6,12 @@ import math
 
 import pytest
 
-from tests.helpers.tiny_models import char_tokenizer, tiny_backbone
-from tests.helpers.wordnet_data import example_module, fake_wordnet
+from tests.helpers.tiny import save_backbone
+from tests.helpers.wordnet_data import check_row_metrics, example_module, fake_wordnet
 
 
 def test_beyond_rows_on_a_tiny_model(tmp_path):
-    backbone_dir = tmp_path / "tiny"
-    tiny_backbone(vocab_size=None, hidden_size=160).save_pretrained(backbone_dir)  # H > 128: the 128-dim rows
-    char_tokenizer().save_pretrained(backbone_dir)
+    backbone_dir = save_backbone(tmp_path / "tiny", hidden_size=160)  # H > 128: the 128-dim rows
     demo = example_module("wordnet_demo")
     argv = ["--out-dir", str(tmp_path / "out"), "--backbone", str(backbone_dir), "--wordnet-dir"]
     argv += [str(fake_wordnet(tmp_path / "wn")), "--pool-size", "12", "--max-steps", "1", "--batch-size", "4"]
@@ -23,7 +21,7 @@ def test_beyond_rows_on_a_tiny_model(tmp_path):
     assert results["seed"] == 3 and results["recipe"]["seed"] == 3
     rows = results["rows"]
     for name, row in rows.items():
-        assert row["metrics"]["num_queries"] == 12 and 0 <= row["metrics"]["recall@1"] <= 1, name
+        check_row_metrics(name, row, 12)
     # Trained once per model: the truncated and MaxSim-scored rows reuse btok-generative's.
     trained = [n for n, r in rows.items() if r["train_seconds"] is not None]
     assert trained == ["btok-generative", "btok-maxsim", "btok-matryoshka", "btok-mined"]

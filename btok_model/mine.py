@@ -166,7 +166,7 @@ def mine_hard_negatives(
     finds.
 
     Args:
-        model: an :class:`~btok_model.embedder.core.Embedder` (:class:`~btok_model.BTokModel`,
+        model: an :class:`~btok_model.embedder.base.Embedder` (:class:`~btok_model.BTokModel`,
             :class:`~btok_model.embedder.pooled.PooledEmbedder`), or another encoder with
             ``encode(inputs, batch_size=, show_progress_bar=)`` returning fp32 ``[N, H]``
             L2-normalised rows.
@@ -359,7 +359,7 @@ def check_output(path: str) -> None:
 def _bad_lines(model, queries, positives, corpus, where: list[str], corpus_where: list[str], block: int, shard: bool):
     """``(bad line numbers, bad corpus entries, messages)``: the lines whose query or positive
     the model refuses and the corpus entries it refuses (each rank checks its share)."""
-    from .evaluation.runner import find_bad_inputs
+    from .evaluation.scorers import find_bad_inputs
 
     messages, bad_lines = [], set()
     for side, inputs in ((QUERY, queries), (POSITIVE, positives)):

@@ -397,7 +397,7 @@ def evaluate_task(
 
     Args:
         task: from :func:`open_task`.
-        model: an :class:`~btok_model.embedder.core.Embedder` (a :class:`~btok_model.BTokModel`,
+        model: an :class:`~btok_model.embedder.base.Embedder` (a :class:`~btok_model.BTokModel`,
             a :class:`~btok_model.embedder.pooled.PooledEmbedder`), or another encoder with
             ``encode(inputs, batch_size=, show_progress_bar=)`` returning L2-normalised float
             ``[N, H]``; run through the encode engine (:mod:`btok_model.embedder.encode`).

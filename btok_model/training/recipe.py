@@ -332,7 +332,7 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool | None 
         set_pixel_limits(loaded.processor, image, video)
     lora = lora_config(recipe, loaded.model)
     if recipe.btoks:
-        from ..embedder.modeling import BTokModel as embedder_class
+        from ..embedder.btok import BTokModel as embedder_class
     else:
         from ..embedder.pooled import PooledEmbedder as embedder_class
     # The adapters' random init follows recipe.seed (a run is reproducible from its recipe); the

@@ -202,7 +202,9 @@ def evaluate(
     on_bad_row: str = "error",
     corpus_index=None,
 ) -> dict:
-    """Retrieval metrics of ``scorer`` on ``task``.
+    """Evaluate one task: the retrieval metrics of ``scorer`` on ``task`` (one loaded evaluation
+    file). ``python -m btok_model.evaluate`` (:mod:`btok_model.evaluate`, the command line) calls it
+    (or :func:`evaluate_dims`) for each task it is given.
 
     Args:
         task: from :func:`~btok_model.evaluation.task_files.load_task`.

@@ -406,7 +406,9 @@ def train(
     on_bad_row: str = "skip",
     **overrides,
 ):
-    """Train ``model`` on ``dataset`` with ``recipe``; returns the :class:`BTokTrainer`.
+    """Run a training recipe: train ``model`` on ``dataset`` with the settings of ``recipe`` on a
+    :class:`BTokTrainer`, and return the trainer. The function behind ``python -m btok_model.train``
+    (the command line, :mod:`btok_model.train`, builds the model and dataset and calls it).
 
     Args:
         model: from :func:`build_model`.

@@ -101,7 +101,7 @@ case "$stage" in
       shard a tests/ops/test_condensation.py -k "edge_layouts or random_layouts or empty" &
       shard b tests/ops/test_condensation.py -k "autotuned or gqa_head_dims or fused_dq or extreme or kernels_bidirectional" &
       shard c tests/ops/test_condensation.py -k "gpu_default or more_head_dims or tile_shapes or gqa_split or public or reference or mask_is or strides or env" &
-      shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_mask.py tests/ops/test_schedule.py tests/ops/test_sdpa_path.py &
+      shard d tests/ops/test_api.py tests/ops/test_layout.py tests/ops/test_mask.py tests/ops/test_tile_plan.py tests/ops/test_sdpa_path.py &
       shard e tests/backend &
       # the model layer (BToks, packed pass == two-pass, encode, training, evaluation) and the
       # benchmarks' own tests, as on a CPU machine (interpreted kernels, CPU tensors) but under

@@ -56,7 +56,7 @@ __all__ = [
 BASELINES = ("last-token", "mean", "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
 MMEB_MODES = ("canonical", "origin")  # as btok_model.evaluation.mmeb_v2_inputs.MODES (likewise)
-BLOCK_SIZE = 8192  # --encode-block's default: as btok_model.evaluation.runner.BLOCK_SIZE
+BLOCK_SIZE = 8192  # --encode-block's default: as btok_model.evaluation.scorers.BLOCK_SIZE
 
 
 # The authors' pixel limits for Qwen2-VL (configs/presets/btoks_qwen2vl_2b_v1.yaml: processor.*), quoted in --help.
@@ -245,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
 def load_scorer(args: argparse.Namespace):
     """The scorer the arguments ask for: TF-IDF, or the embedder of :func:`load_embedder`
     scored by cosine or MaxSim."""
-    from .evaluation.runner import EmbeddingScorer, TfidfTaskScorer
+    from .evaluation.scorers import EmbeddingScorer, TfidfTaskScorer
 
     if args.baseline == "tfidf":
         if args.similarity or args.dims:
@@ -283,7 +283,7 @@ def load_embedder(args: argparse.Namespace):
     """
     if not args.model:
         fail("--model is required (except with --baseline tfidf)")
-    from .embedder.modeling import BTokModel
+    from .embedder.btok import BTokModel
     from .embedder.pooled import PooledEmbedder
     from .embedder.precision import default_device, resolve_dtype
     from .inference import distributed
@@ -477,7 +477,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     if args.mmeb_v2 is not None:
         return run_mmeb_v2(args)
     from .embedder.similarity import check_dims
-    from .evaluation.runner import evaluate, evaluate_dims
+    from .evaluation.scorers import evaluate, evaluate_dims
     from .evaluation.task_files import load_task
     from .inference import distributed
 

@@ -5,41 +5,15 @@
     python -m btok_model.mine --baseline last-token --model smollm2 --data pairs.jsonl --output mined.jsonl
     torchrun --nproc-per-node 2 -m btok_model.mine --model runs/smol --data pairs.jsonl --output mined.jsonl
 
-Each line of ``--data`` (training JSONL, see :mod:`btok_model.training.mixed_dataset`) is written to
-``--output`` with up to ``--negatives`` mined negatives added to its ``negatives``: the
-candidates the model ranks highest for its query, among
-
-* the pool: every distinct positive of the file, then the ``--corpus`` lines (``{"text": ...,
-  "image"?: path}``, the evaluation's corpus format) that are not already in it; an input's
-  identity is its text and image path (the same text is the same candidate);
-* minus the excluded: the positives of every line with the same query (a query with two
-  positives gets neither as a negative), the query itself, and the line's own ``negatives``;
-* minus the ``--skip-top`` highest-ranked of the candidates left (likely unlabelled
-  positives);
-* minus the false-negative guard: candidates scoring above ``positive - (1 - margin) *
-  |positive|`` (``--max-score-margin`` times the positive's score when it is >= 0: NV-Retriever's
-  "TopK-PercPos", sentence-transformers' ``relative_margin = 1 - margin``).
-
-The skip counts ranks before the guard (ranks of the model's list, whatever the guard drops),
-so ``--skip-top 1`` drops the nearest candidate even when the guard drops it too. Equal scores
-rank the candidate met first in the pool first. A line keeps its other fields and its own
-negatives (first); image paths are rewritten relative to the output file's folder. Fewer than
-``--negatives`` are written where fewer candidates qualify; the summary says how often.
-
-``--corpus-index corpus.lance`` takes the extra candidates from an ``embed`` output of the same
-model instead (made with ``--keep-columns text``: negatives are written as texts), its stored
-vectors read, not re-embedded (:mod:`btok_model.inference.pools`): by default every row is
-scored, mining what ``--corpus`` mines from the same rows; ``--ann`` takes each line's
-``--ann-candidates`` best rows from the output's ANN index instead, and the summary's
-``corpus_index`` says the pool was searched approximately.
-
-Embedding goes through the encode engine (:mod:`btok_model.embedder.encode`) in blocks of
-``--corpus-block`` inputs; scoring through the blocked scorer (:mod:`btok_model.inference.scoring`):
-``--query-block`` lines against ``--corpus-block`` candidates at a time, keeping a running top
-list per line, so no ``[queries, pool]`` matrix is held. The queries' embeddings and the pool's
-are. Under ``torchrun --nproc-per-node N`` each rank encodes and keeps about 1/N of the pool;
-every line is scored against every rank's share and the per-rank counts and top lists combine
-(counts add, lists merge), so the output is what one process writes (rank 0 writes it).
+Each line of ``--data`` (training JSONL) is written to ``--output`` with up to ``--negatives``
+mined negatives added to its ``negatives``: the candidates the model ranks highest for its query
+among the file's distinct positives and the ``--corpus`` lines (or an ``embed`` output's rows,
+``--corpus-index``), less the line's positives, query and own negatives, the ``--skip-top``
+highest-ranked, and those above the false-negative guard (``--max-score-margin``). Embedding goes
+through the encode engine (:mod:`btok_model.embedder.encode`), scoring through the blocked scorer
+(:mod:`btok_model.inference.scoring`), so no ``[queries, pool]`` score matrix is held; under
+``torchrun`` the output is what one process writes. The library calls are
+:func:`mine_hard_negatives` and :func:`mine_file`. The rules in full: docs/mining.md.
 """
 
 from __future__ import annotations
@@ -157,8 +131,8 @@ def mine_hard_negatives(
 ) -> MinedNegatives:
     """Each (query, positive) line's hardest negatives in the pool of positives and corpus.
 
-    The rules (pool, exclusions, ``skip_top``, the false-negative guard, ties) are those of the
-    module docstring; scores are cosine similarities of the encode engine's embeddings
+    The rules (pool, exclusions, ``skip_top``, the false-negative guard, ties) are
+    docs/mining.md's; scores are cosine similarities of the encode engine's embeddings
     (:mod:`btok_model.embedder.encode`), counted and ranked by the blocked scorer
     (:mod:`btok_model.inference.scoring`). With ``shard`` under ``torchrun`` every rank calls
     this with the same arguments: each encodes its share of the pool's blocks and keeps it, the
@@ -166,7 +140,7 @@ def mine_hard_negatives(
     finds.
 
     Args:
-        model: an :class:`~btok_model.embedder.core.Embedder` (:class:`~btok_model.BTokModel`,
+        model: an :class:`~btok_model.embedder.base.Embedder` (:class:`~btok_model.BTokModel`,
             :class:`~btok_model.embedder.pooled.PooledEmbedder`), or another encoder with
             ``encode(inputs, batch_size=, show_progress_bar=)`` returning fp32 ``[N, H]``
             L2-normalised rows.
@@ -359,7 +333,7 @@ def check_output(path: str) -> None:
 def _bad_lines(model, queries, positives, corpus, where: list[str], corpus_where: list[str], block: int, shard: bool):
     """``(bad line numbers, bad corpus entries, messages)``: the lines whose query or positive
     the model refuses and the corpus entries it refuses (each rank checks its share)."""
-    from .evaluation.runner import find_bad_inputs
+    from .evaluation.scorers import find_bad_inputs
 
     messages, bad_lines = [], set()
     for side, inputs in ((QUERY, queries), (POSITIVE, positives)):

@@ -7,36 +7,15 @@
     encoder = MTEBEncoder(BTokModel.from_pretrained("runs/smol"), name="me/btok-smol", revision="step-5000")
     results = mteb.evaluate(encoder, mteb.get_tasks(tasks=["SciFact"]), encode_kwargs={"batch_size": 64})
 
-Written for mteb 2.x (checked with 2.26): :class:`MTEBEncoder` subclasses
-``mteb.models.abs_encoder.AbsEncoder`` and meets ``mteb.models.EncoderProtocol``:
-``encode(inputs: DataLoader[BatchedInput], *, task_metadata, hf_split, hf_subset, prompt_type,
-**kwargs)`` returns float32 ``[N, H]`` L2-normalised rows, scored by cosine similarity. mteb 1.x
-(``encode(sentences, task_name, prompt_type)``) is not supported.
-
-**Instructions.** MTEB encodes queries with ``prompt_type="query"``, retrieval documents with
-``"document"``, and both sides of symmetric tasks (STS, classification, clustering, pair
-classification, bitext mining) with none. An input's instruction is the first of
-
-1. ``instructions[task name]``,
-2. the task's own ``metadata.prompt`` (when ``task_prompts``; most MTEB retrieval tasks carry
-   one, e.g. SciFact's "Given a scientific claim, retrieve documents that support or refute the
-   claim"),
-3. ``instructions[task type]`` (:data:`DEFAULT_INSTRUCTIONS` by default),
-
-and none if no entry exists. An entry is a string, which goes to queries and to inputs without a
-role (never to documents), or ``{"query": ..., "document": ...}`` for each role. The text
-embedded is ``template.format(instruction=..., text=...)``: by default the instruction without
-its trailing spaces, colon or full stop, ``": "``, then the input's text (as the authors' MMEB
-instructions precede the text: "Find me an everyday image that matches the given caption:
-<caption>"); an image-only input gets the instruction alone as its text. Documents get no
-instruction by default. ``MTEBEncoder(model, instructions={}, task_prompts=False)`` embeds the
-raw texts.
-
-A row with an image (``"image"``, a PIL image, from mteb's image tasks) becomes ``{"text", "image"}``
-for a multimodal backbone; audio and video rows are refused.
-
-mteb caches results by the encoder's ``name`` and ``revision`` (``~/.cache/mteb``, unless
-``mteb.evaluate(..., cache=None)``): give each checkpoint and instruction setting its own.
+Written for mteb 2.x (checked with 2.26; 1.x is not supported): :class:`MTEBEncoder` subclasses
+``mteb.models.abs_encoder.AbsEncoder`` and meets ``mteb.models.EncoderProtocol``: ``encode(inputs:
+DataLoader[BatchedInput], *, task_metadata, hf_split, hf_subset, prompt_type, **kwargs)`` returns
+float32 ``[N, H]`` L2-normalised rows, scored by cosine similarity. Queries and inputs without a
+role get an instruction (the first of ``instructions[task name]``, the task's own
+``metadata.prompt``, ``instructions[task type]``; :data:`DEFAULT_INSTRUCTIONS`), documents none by
+default, joined to the text by :data:`DEFAULT_TEMPLATE`. mteb caches results by ``name`` and
+``revision``: give each checkpoint and instruction setting its own. The rules in full and what
+was tested: docs/integrations.md.
 """
 
 from __future__ import annotations
@@ -81,8 +60,9 @@ class MTEBEncoder(AbsEncoder):
             returns fp32 ``[N, H]`` L2-normalised rows).
         name: the model's name in MTEB's results ("organisation/model").
         revision: its revision in MTEB's results (e.g. the checkpoint's step).
-        instructions: ``{task name or task type: str | {"query": str, "document": str}}`` (see
-            the module docstring); default :data:`DEFAULT_INSTRUCTIONS`.
+        instructions: ``{task name or task type: str | {"query": str, "document": str}}`` (a str
+            instructs queries and inputs without a role; docs/integrations.md); default
+            :data:`DEFAULT_INSTRUCTIONS`.
         task_prompts: use a task's own ``metadata.prompt`` before the task-type entry.
         template: how an instruction and a text are joined (``{instruction}``, ``{text}``).
         batch_size: inputs per forward pass (None: mteb's ``encode_kwargs["batch_size"]``).

@@ -312,7 +312,7 @@ def _check_saveable(model, output_dir: str, sentence_transformers: bool) -> None
     try:
         check_saveable(model.backbone, model.tokenizer, model.processor, output_dir)
         if sentence_transformers:
-            from .st import write_sentence_transformers_files
+            from .sentence_transformers_module import write_sentence_transformers_files
 
             with tempfile.TemporaryDirectory(dir=output_dir, prefix=".btok-st-check-") as scratch:
                 write_sentence_transformers_files(scratch, model.config.similarity)
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(cli.user_error_message(err))
     _write_summary(command)
     if sentence_transformers:
-        from .st import write_sentence_transformers_files
+        from .sentence_transformers_module import write_sentence_transformers_files
 
         # SentenceTransformer(output_dir) loads it too (a MaxSim model: MultiVectorEncoder)
         write_sentence_transformers_files(args.output_dir, recipe.embedder.similarity)

@@ -18,7 +18,7 @@ The mask, per row and per key. Each row ``i`` attends one contiguous key range
 key ``j``, the rows attending it are ``[j, t)`` if ``j < b``, else ``[j, len)``, and
 ``[0, len)`` when bidirectional. :func:`_key_range` and :func:`_row_range` are the only
 places that write the mask down; a masked block compares positions with these ranges
-(tests/ops/test_schedule.py checks them against the mask pair by pair).
+(tests/ops/test_tile_plan.py checks them against the mask pair by pair).
 
 Tiles. For a query tile with rows ``[q0, q1)`` of a sequence, the keys visited are
 ``[lo, hi)`` with ``lo = b`` when every row is a target row (``q0 >= t``) and ``lo = 0``

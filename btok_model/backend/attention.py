@@ -1,40 +1,16 @@
 """``attn_implementation="btok_triton"``: the transformers attention function.
 
-It keeps ``sdpa_attention_forward``'s signature and return shape and picks, per call:
-
-==============================================  ==========================================
-call                                            computed by
-==============================================  ==========================================
-``btok_layout=`` in the forward kwargs           condensation kernel, that layout (causal
-                                                 modules only)
-2D padding mask (left/right/both sides)          condensation kernel on the padded rows,
-                                                 split into [pad | tokens | pad] segments,
-                                                 or unpad -> kernel -> scatter back (rows
-                                                 with holes, heavy padding, or
-                                                 ``btok_padding_mode="unpad"``)
-``cu_seq_lens_q/k`` (padding-free path)          condensation kernel, varlen
-packed ``position_ids`` / no mask                condensation kernel, causal varlen
-no mask (non-causal)                             condensation kernel, one sequence per row
-KV-cache decoding (fewer queries than keys)      exact SDPA fallback, bottom-right causal
-non-square non-causal call                       exact SDPA fallback, bidirectional
-==============================================  ==========================================
-
-Every kernel row holds for causal modules and for non-causal ones (``is_causal`` False,
-e.g. Qwen2-VL's vision tower): those run on a bidirectional layout
-(:meth:`btok_kernels.CondensationLayout.bidirectional`), every token attending every real
-token of its own sequence, with memory linear in the tokens. Only calls the kernel cannot
-compute (fewer queries than keys) use the SDPA fallback, which logs once at DEBUG level on
-the ``"btok_model"`` logger.
-
-The kernel runs with the model's :class:`~btok_model.backend.kernel_settings.KernelSettings`,
-read from the calling module's ``config`` (its backend, Triton options and padding mode; a field
-left unset takes its ``BTOK_*`` environment variable, else the kernel's default, ``"auto"``).
-Features it cannot compute exactly raise :class:`~btok_model.UnsupportedModelFeatureError`.
-
-Packing from ``position_ids`` follows ``"flash_attention_2"``: it is honoured with or
-without a KV cache, whereas ``"sdpa"`` ignores packed positions when a cache is passed
-(``use_cache=True`` in eval mode). Sequence boundaries are rebuilt once per forward
-(one host synchronisation), then reused by every layer.
+It keeps ``sdpa_attention_forward``'s signature and return shape, and turns each call into a
+packed layout for the condensation kernel: ``btok_layout=`` in the forward kwargs (a BTok
+batch's mask; causal modules only), a 2D padding mask (``[pad | tokens | pad]`` segments, or
+unpadded and scattered back: ``btok_padding_mode``), ``cu_seq_lens_q/k``, packed
+``position_ids`` (honoured with or without a KV cache, as ``"flash_attention_2"`` does), or none
+(causal varlen, or a bidirectional layout for a non-causal module such as a vision tower). Calls
+the kernel cannot compute (KV-cache decoding, a non-square non-causal call) go to an exact SDPA
+fallback, logged once at DEBUG level; features it cannot compute exactly raise
+:class:`~btok_model.UnsupportedModelFeatureError`. The kernel runs with the model's
+:class:`~btok_model.backend.kernel_settings.KernelSettings`, read from the calling module's
+``config``. The cases one by one: docs/kernel.md ("transformers backend"); the design: docs/design.md.
 """
 
 from __future__ import annotations

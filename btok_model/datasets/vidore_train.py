@@ -1,31 +1,13 @@
 """ViDoRe's training set (``vidore/colpali_train_set``) read as btok training examples.
 
 The layout is :mod:`.image_rows`' (the Hugging Face parquet, or the authors' Lance repack of the
-same rows), in the folder the authors name ``vidore_colpali_train_set``. A row holds a
-document page (``image``), a question about it (``query``), its answer (``answer``) and, for
-multiple-choice rows (the ``arxiv_qa`` source), ``options`` (a stringified list); the other
-columns (``image_filename``, ``source``, ``page``, ``model``, ``prompt``, ``answer_type``) are
-metadata, not read.
-
-**Rendering** follows the authors' ``vidore_train`` loader
-(``src/vlm2emb/data/datasets/vidore.py`` of siryuson/BottleneckTokens) with the transform of
-their ``colpali_train_set`` entry in ``configs/datasets/mmeb_train.yaml`` (image on its own
-line, ``trailing_newline: preserve`` on both sides, negative emptied):
-
-* query: the page image, then the question; a multiple-choice row appends
-  ``" Options: {options}"`` (the options as stored); whitespace normalised, no final newline
-  added. The example's query is ``{"text": question, "image": page, "trailing_newline":
-  "preserve"}``: btok's collator puts the image block on its own line before the text.
-* positive: the answer, whitespace normalised (no final newline added); for a multiple-choice
-  row a letter ``A``-``E`` becomes that option, and ``"{answer}. "`` / ``"{answer}) "`` are
-  removed from it (``"D. The variance ..."`` -> ``"The variance ..."``).
-* no negative.
-
-The yaml's ``final query`` / ``example positive`` comments (a trailing ``\\n``, the letter ``D``
-as the answer) show an older rendering; the loader's code, which this follows, keeps the text's
-end and maps letters to options.
-
-Example::
+same rows), in the folder the authors name ``vidore_colpali_train_set`` (docs/training.md). A row's
+document page (``image``), question (``query``), answer (``answer``) and, for multiple-choice rows
+(the ``arxiv_qa`` source), ``options`` (a stringified list) are read; its other columns are
+metadata. Rows render as the authors' ``vidore_train`` loader (``src/vlm2emb/data/datasets/vidore.py``
+of siryuson/BottleneckTokens) and the ``colpali_train_set`` transform of their
+``configs/datasets/mmeb_train.yaml`` render them (:func:`render_vidore_query`,
+:func:`render_vidore_answer`; image on its own line, ``trailing_newline: preserve``), no negatives::
 
     {"query": {"text": str | None, "image": PIL.Image, "trailing_newline": "preserve"}, "positive": str}
 
@@ -70,7 +52,10 @@ def _options(value) -> list[str] | None:
 
 
 def render_vidore_query(query: str | None, options) -> str:
-    """The authors' query: ``"<|image_pad|>\\n{question}[ Options: {options}]"`` (normalised)."""
+    """The authors' query: ``"<|image_pad|>\\n{question}[ Options: {options}]"`` (the options as
+    stored), whitespace normalised, no final newline added. The example's query is then ``{"text":
+    question, "image": page, "trailing_newline": "preserve"}``: btok's collator puts the image
+    block on its own line before the text."""
     text = query or ""
     parsed = _options(options)
     if parsed:
@@ -80,7 +65,13 @@ def render_vidore_query(query: str | None, options) -> str:
 
 
 def render_vidore_answer(answer: str | None, options) -> str:
-    """The authors' positive: the answer, a letter mapped to its option, the letter's prefix removed."""
+    """The authors' positive: the answer, whitespace normalised, no final newline added; in a
+    multiple-choice row a letter ``A``-``E`` becomes that option, and ``"{letter}. "`` /
+    ``"{letter}) "`` are removed from it (``"D. The variance ..."`` -> ``"The variance ..."``).
+
+    The yaml's ``final query`` / ``example positive`` comments (a trailing ``\\n``, the letter
+    ``D`` as the answer) show an older rendering; the loader's code, which this follows, keeps
+    the text's end and maps letters to options."""
     text = answer or ""
     parsed = _options(options)
     if not parsed:

@@ -9,26 +9,26 @@
 * :mod:`.multimodal` -- images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the processor, M-RoPE positions.
 * :mod:`.losses` -- InfoNCE, the generative loss, the cross-rank gather.
 * :mod:`.peer_masks` -- the condensation mask for the peer backends (``eager``, ``sdpa``, ``flex_attention``).
-* :mod:`.core` -- :class:`Embedder`, the core both embedders share (forward, losses, save /
+* :mod:`.base` -- :class:`Embedder`, the base class both embedders share (forward, losses, save /
   load); :class:`BTokOutput`, :class:`BatchEmbeddings`.
 * :mod:`.pooling` -- the pooled states of each input -> its embedding (mean, last, or K vectors).
 * :mod:`.encode` -- the encode engine every caller uses (``Embedder.encode`` included): packed
   or padded batches, row blocks in length order, sharded across ranks under ``torchrun``,
   results in input order, a progress bar.
 * :mod:`.packed_batch` -- :class:`BTokBatch`, the typed packed batch.
-* :mod:`.modeling` -- :class:`BTokModel`.
+* :mod:`.btok` -- :class:`BTokModel`.
 * :mod:`.pooled` -- :class:`PooledEmbedder`, the no-BTok baseline (last-token or mean pooling).
 * :mod:`.btok_cache` -- ``[input | BToks]`` once, with a KV cache cut to the BToks' keys/values.
 * :mod:`.twopass` -- the authors' two-pass formulation (reference and benchmark peer).
 * :mod:`.generation` -- decoding the bottleneck: text generated from that cache.
 """
 
+from .base import BatchEmbeddings, BTokOutput, Embedder
+from .btok import BTokModel
 from .collate import TARGET_SIDES, BTokCollator, EncodedExample, ExampleError, Target
 from .config import BTokConfig, EmbedderConfig, PooledConfig
-from .core import BatchEmbeddings, BTokOutput, Embedder
 from .losses import LossWeights
 from .media import Media
-from .modeling import BTokModel
 from .multimodal import MultimodalCollator
 from .packed_batch import BTokBatch
 from .pooled import PooledEmbedder

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 from .media import MEDIA_BATCH_KEYS, Media, concat_media
 
 if TYPE_CHECKING:  # a BTokModel; its module imports this one, so the annotation names its base class
-    from .core import Embedder
+    from .base import Embedder
 
 __all__ = ["BTokCache", "btok_cache", "cache_kwarg", "media_inputs", "model_positions", "pad_rows"]
 

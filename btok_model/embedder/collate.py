@@ -1,48 +1,17 @@
 """Examples -> one packed BTok batch, and texts -> BTok inputs for embedding.
 
-Training examples are dicts::
-
-    {"query": input, "positive": input, "negatives": [input, ...] (optional),
-     "target_side": "positive" | "query" | "both" | "none" (optional, default "positive"),
-     "target": str | None (optional), "source": str (optional)}
-
-An input is a str, or (multimodal backbones, :mod:`.multimodal`) a dict
-``{"text": str | None, "image": ..., "video": ..., "fps": ..., "placement": ...,
-"trailing_newline": ...}`` (the last two say where an image or video block goes and how the
-prompt ends, see :mod:`.multimodal`; a text-only input ignores them); the flat keys
-``query_image`` / ``positive_image`` (the JSONL training format) add an image to the query /
-positive. ``source`` names the data source the example came from; the collator checks that
-it is a str and otherwise ignores it (samplers and loggers group by it).
-
-One batch packs every sequence into a single row ``[1, T]`` (no padding): first the ``Nq``
-queries ``[query | K BToks | target?]``, then the ``Nq`` positives ``[positive | K BToks |
-target?]`` and the hard negatives ``[negative | K BToks]`` (never a target). A sequence with
-a target has the condensation mask; the others are plain causal. Positions restart at 0 for
-every sequence; a target's positions start at the sequence's token count before it
-(input + K BToks), as the authors' two-pass code starts them.
-
-Generation side (``target_side``, the authors' ``ntp_side``): whose BToks generate whose input.
-
-* ``"positive"`` (default): the query's BToks generate the positive: ``[query | BToks |
-  positive]``;
-* ``"query"``: the positive's BToks generate the query: ``[positive | BToks | query]``;
-* ``"both"``: both of these; ``"none"``: no target for this example.
-
-A target generated from an input is that input exactly as it is embedded (its full text,
-instruction included; an image or video with its vision block, placed as in
-:mod:`.multimodal`, visible to the target rows and never scored), tokenised without the
-tokenizer's special tokens. ``"target"`` replaces the text the query's BToks generate (a str,
-text only): with ``"positive"`` (or no ``target_side``) ``None`` or ``""`` means no target for
-this example; with ``"both"`` it must be a non-empty str; with ``"query"`` and ``"none"``
-the query's BToks generate nothing, so a non-empty ``"target"`` there is an error naming the
-example and the field. ``with_targets=False`` (generative weight 0) leaves every target out.
-
-A target is wrapped ``prefix + body + suffix`` (``<|im_start|>assistant\\n`` + body +
-``<|im_end|>`` by default), each piece tokenised on its own; the body's text and the suffix
-are scored; the prefix and any image / video token are only seen. The first scored token is
-predicted by the last prefix token, a target row: were the prefix empty, the first body token
-would have to be predicted by the last BTok, which sees the input, so it is then left
-unscored too (the authors' two-pass formulation cannot score it either).
+:meth:`BTokCollator.collate` takes training examples ``{"query", "positive", "negatives"?,
+"target_side"?, "target"?, "source"?}`` whose inputs are strs (a vision-language backbone's may be
+the dicts of :mod:`.multimodal`; the JSONL keys ``query_image`` / ``positive_image`` add an image)
+and packs them into ONE row ``[1, T]``, no padding: the ``Nq`` queries ``[query | K BToks |
+target?]``, then the positives ``[positive | K BToks | target?]`` and the hard negatives
+``[negative | K BToks]`` (never a target), under the condensation mask, positions restarting per
+sequence (a target's at its sequence's token count before it). ``target_side`` says whose BToks
+generate whose input, ``"target"`` replaces the text the query's BToks generate, and
+``with_targets=False`` (generative weight 0) leaves every target out. A target is wrapped
+``prefix + body + suffix`` and scored on the body and suffix. Bad input raises
+:class:`ExampleError` naming the example and field; nothing is truncated. The rules in full:
+docs/api.md (``model.collate``) and docs/design.md ("Which side generates", "Target positions").
 
 :class:`BTokCollator` holds no model, so DataLoader workers can pickle it. Multimodal
 backbones get :class:`~btok_model.embedder.multimodal.MultimodalCollator`, which overrides
@@ -79,7 +48,7 @@ __all__ = [
 ]
 
 # EXAMPLE_KEYS and TARGET_SIDES (whose BToks generate a target, the authors' ``ntp_side``, see
-# the module docstring) are the example schema's, :mod:`btok_model.datasets.schema`.
+# docs/design.md) are the example schema's, :mod:`btok_model.datasets.schema`.
 # Media keys an example may not carry (a multimodal collator folds the flat image keys in).
 IMAGE_KEYS = (
     *FLAT_IMAGE_KEYS.values(),
@@ -384,14 +353,14 @@ class BTokCollator:
         return query_targets, positive_targets
 
     def _target(self, body: list[int], media: Media | None) -> Target:
-        """``prefix + body + suffix`` with its labels (see the module docstring)."""
+        """``prefix + body + suffix`` with its labels (the wrapping and what is scored: docs/api.md)."""
         ids = self.prefix_ids + body + self.suffix_ids
         never = self.unscored_ids
         labels = [IGNORE_INDEX if j < self.unscored or t in never else t for j, t in enumerate(ids)]
         return Target(ids, labels, media)
 
     def _check_example(self, i: int, ex) -> _Fields:
-        """The fields of example ``i``, validated (the target rules of the module docstring)."""
+        """The fields of example ``i``, validated (the target rules: docs/api.md, ``model.collate``)."""
         if not isinstance(ex, dict):
             raise ExampleError(f"example {i} must be a dict with 'query' and 'positive', got {describe_value(ex)}")
         ex = self._merge_flat_media(i, ex)

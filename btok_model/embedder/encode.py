@@ -19,7 +19,7 @@ rows (:class:`EncodedShard`), which is how candidates stay sharded for scoring
 A batch is embedded by :func:`embed_packed` (one packed row from the collator's
 ``pack_sequences``) or :func:`embed_padded` (right-padded rows from its ``pad_sequences``): one
 forward to the last-layer states, pooled (:mod:`.pooling`). The engine works for any
-:class:`~btok_model.embedder.core.Embedder` (a BTok model, the pooled baselines), pooled or
+:class:`~btok_model.embedder.base.Embedder` (a BTok model, the pooled baselines), pooled or
 multi-vector (``multi_vector=True``: the K BTok vectors, for
 MaxSim), at Matryoshka ``dims``. Another encoder -- anything with ``encode(inputs,
 batch_size=, show_progress_bar=)`` returning ``[n, ...]`` rows -- is blocked, sharded and
@@ -106,7 +106,7 @@ def shard_blocks(num_blocks: int, rank: int, world: int) -> range:
 
 
 def is_embedder(model) -> bool:
-    """Whether ``model`` is an :class:`~btok_model.embedder.core.Embedder` (the engine batches
+    """Whether ``model`` is an :class:`~btok_model.embedder.base.Embedder` (the engine batches
     it itself) rather than another encoder with an ``encode(inputs, batch_size=,
     show_progress_bar=)`` method (whose ``encode`` embeds each block)."""
     return hasattr(model, "collator") and hasattr(model, "config_class")
@@ -118,7 +118,7 @@ def embed_packed(
     """The embeddings of one packed row, in one forward.
 
     Args:
-        embedder: an :class:`~btok_model.embedder.core.Embedder`.
+        embedder: an :class:`~btok_model.embedder.base.Embedder`.
         packed: from its collator's ``pack_sequences`` (on any device).
         poolings: several poolings, concatenated along H (checked names); default the configured one.
         multi_vector: the K BTok states each L2-normalised, ``[n, K, H]``.
@@ -214,7 +214,7 @@ def check_inputs(embedder, inputs: Sequence, *, start: int = 0, stop_at_first: b
     inputs that passes is checked at once, a block that fails row by row.
 
     Args:
-        embedder: an :class:`~btok_model.embedder.core.Embedder`.
+        embedder: an :class:`~btok_model.embedder.base.Embedder`.
         inputs: N inputs (a list, or a sequence whose slices are lists).
         start: the global row of ``inputs[0]`` (for the messages).
         stop_at_first: return after the first refused input.
@@ -267,7 +267,7 @@ def encode_block(
     Runs under ``torch.inference_mode`` with the embedder in eval mode (its mode restored).
 
     Args:
-        embedder: an :class:`~btok_model.embedder.core.Embedder`.
+        embedder: an :class:`~btok_model.embedder.base.Embedder`.
         inputs: n inputs (str, or for a vision-language backbone ``{"text", "image", "video",
             "fps"}`` dicts, :mod:`~btok_model.embedder.multimodal`).
         batch_size, packed, poolings, multi_vector, dims: as :func:`encode`.
@@ -408,7 +408,7 @@ def iter_encoded_blocks(
     resumable writer needs: it stores block ``b`` and asks only for the blocks it lacks).
 
     Args:
-        embedder: an :class:`~btok_model.embedder.core.Embedder`.
+        embedder: an :class:`~btok_model.embedder.base.Embedder`.
         inputs: N inputs: a list, or any sequence with ``len`` whose slices ``inputs[lo:hi]``
             give lists of inputs (a reader that decodes rows only when a block asks for them).
         block_ids: which blocks of :func:`row_blocks` ``(N, block_size)``, in the order to
@@ -461,7 +461,7 @@ def encode(
     """Embed inputs in input order, optionally sharded across ranks (see the module docstring).
 
     Args:
-        embedder: an :class:`~btok_model.embedder.core.Embedder` (a BTok model, a pooled baseline).
+        embedder: an :class:`~btok_model.embedder.base.Embedder` (a BTok model, a pooled baseline).
         inputs: N inputs: strings, or for a vision-language backbone also dicts
             ``{"text": str | None, "image": ..., "video": ..., "fps": ...}``; a list, or a
             sequence whose slices are lists (read a block at a time).

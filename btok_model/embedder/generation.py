@@ -36,7 +36,7 @@ from .btok_cache import btok_cache, cache_kwarg
 from .collate import ExampleError
 
 if TYPE_CHECKING:  # a BTokModel; its module imports this one, so the annotation names its base class
-    from .core import Embedder
+    from .base import Embedder
 
 __all__ = ["EndsWithIds", "generate_from_btoks"]
 

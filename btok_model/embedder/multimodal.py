@@ -1,67 +1,21 @@
 """Images and video for Qwen2-VL / Qwen2.5-VL / Qwen3-VL backbones: inputs, the processor, M-RoPE positions.
 
-An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "fps": ...}``:
+An input is a str or a dict ``{"text": str | None, "image": ..., "video": ..., "fps": ...,
+"placement": ..., "trailing_newline": ...}``. :class:`MultimodalCollator` writes its prompt as the
+authors' transforms do (the vision blocks on their own line before the text by default, or at the
+end of its line), tokenises it as the model's processor does, and takes the pixels from the
+model's own image and video processors. A batch packs into ONE row: the pixel inputs follow the
+order of their placeholder tokens, and the ``[3, 1, T]`` positions restart per sequence from the
+model's own ``get_rope_index`` (a target's at ``S`` + its own rope index, ``S`` the token count of
+``[input | BToks]``, as the authors' second pass gives them). A target generated from an input with
+an image or video holds its blocks and pixels: the target rows see them, no vision token is scored.
 
-* ``image``: a ``PIL.Image``, a path (str / ``os.PathLike``), or an ``[H, W, C]`` array /
-  tensor; ``video``: a list of frames (``PIL.Image`` or ``[H, W, C]`` arrays) or an
-  ``[F, H, W, C]`` array / tensor, frames already sampled; ``fps``: the rate they were
-  sampled at (default 2.0, Qwen's sampling rate; Qwen2.5-VL's positions and Qwen3-VL's
-  frame timestamps use it).
-* The vision blocks -- ``"<|vision_start|><|image_pad|><|vision_end|>"`` (image), then
-  ``"<|vision_start|><|video_pad|><|vision_end|>"`` (video) -- are placed as the authors'
-  transforms place them. By default (``"placement": "own_line"``, ``"trailing_newline":
-  "ensure_single"``, what MMEB-train and MMEB-V2 use) they go on their own line BEFORE the
-  text: the blocks, ``"\\n"``, then the text with one final ``"\\n"`` (its ends stripped of
-  whitespace and its lines of trailing spaces); an image or video without text is its blocks
-  and ``"\\n"``. ``"placement": "inline_end"`` puts them at the end of the text's last line,
-  after one space (``"Understand the content of the provided video: <blocks>\\n"``).
-  ``"trailing_newline": "preserve"`` adds no final newline and takes the text as given (the
-  source's reader has normalised it): ``<blocks>\\n{text}`` or ``{text} <blocks>``, the blocks
-  alone without text. The prompt is tokenised as the model's processor tokenises it (one
-  ``<|image_pad|>`` per merged patch). No chat template is applied, as for text inputs, and a
-  text-only input is its text as it is (``placement`` and ``trailing_newline`` do not apply).
-  The K BToks follow; a target follows the BToks.
-* Pixels go through the model's own image processor (and video processor); the placeholder
-  count per image is ``prod(image_grid_thw) // merge_size**2``, the processor's formula. What
-  differs between the families lives in one :class:`VisionFamily` each: Qwen3-VL writes a
-  video as one block per temporal patch, each after its time in text, exactly as the
-  installed transformers' ``Qwen3VLProcessor`` expands it. Versions differ on the video's
-  outer pair (:func:`qwen3_vl_video_layout` asks the installed class, once per process):
-  5.17 to 5.24 keep it around the frames (``"wrapped"``), 4.57 (the authors' pin) and 5.25
-  replace it with the frames (``"frames"``, two tokens fewer a video)::
+What differs between the families is one :class:`VisionFamily` each; the installed transformers'
+Qwen3-VL video layout is :func:`qwen3_vl_video_layout`'s answer, which a saved model records
+(``video_layout``) and :func:`check_video_layout` compares on load.
 
-      wrapped: <|vision_start|><0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|>
-               <1.2 seconds><|vision_start|><|video_pad|>...<|vision_end|><|vision_end|>
-      frames:  <0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|>
-               <1.2 seconds><|vision_start|><|video_pad|>...<|vision_end|>
-
-  (a patch's time is the mean of its first and last frame's, frame ``i`` at ``i / fps``). A
-  saved model records the layout it used (``video_layout`` in its settings) and a load under
-  a transformers that lays videos out otherwise warns. A video processor that samples frames
-  by default (Qwen3-VL's) is told not to: the frames come sampled.
-* A target generated from an input with an image or video holds the input's vision blocks
-  and pixels: the target rows see the image, and no vision token is scored (a Qwen3-VL
-  video's timestamps are text, and scored, as in the authors' trainer).
-
-Packing keeps ONE row for the whole batch: ``pixel_values`` / ``image_grid_thw`` (and
-``pixel_values_videos`` / ``video_grid_thw``) hold the images in the order of their
-placeholder tokens in the row (an input's, then its target's). ``position_ids`` are
-``[3, 1, T]`` and restart per sequence: ``[input | BToks]`` gets the model's own
-``get_rope_index`` on that part alone; a target gets ``S`` + the model's rope index on the
-target alone, where ``S`` is the number of tokens of ``[input | BToks]`` -- the positions the
-authors' trainer gives its second pass (it starts them at the first pass's attention-mask
-sum), for Qwen3-VL as for Qwen2-VL (their Qwen3-VL backbone only adds a fourth, text row of
-cache positions, which transformers reads to build masks, not rotary positions). For a text
-input ``S`` is the last BTok's position + 1; after an image or video, whose M-RoPE positions
-grow slower than its token count, ``S`` is larger than that. They are
-computed in one call per batch on the host over the parts that hold vision tokens (the rope
-index of text alone is ``0, 1, ...`` on all three axes). With explicit position ids the
-model needs no ``mm_token_type_ids`` (transformers 5.17 and 5.24 use them only to compute
-the positions), so batches carry none.
-
-transformers' Qwen2-VL / Qwen3-VL processor classes and their video processors need
-torchvision; without it the model's image processor alone is enough for images (a video then
-raises, saying why).
+The rules in full (values, prompt, packed row, torchvision): docs/multimodal.md; the target
+positions and the two-pass equality: docs/design.md.
 """
 
 from __future__ import annotations
@@ -120,7 +74,7 @@ class VisionFamily:
         model_type: the transformers ``model_type``.
         name: how messages name the family.
         timestamped_video: a video is one block per temporal patch, each after its time in
-            text (Qwen3-VL; see the module docstring), not one run of video tokens.
+            text (Qwen3-VL; docs/multimodal.md), not one run of video tokens.
     """
 
     model_type: str
@@ -167,7 +121,9 @@ class VisionFamily:
             seq[at : at + 1] = ids
 
 
-# The layouts a Qwen3-VL video can have (see the module docstring).
+# The layouts a Qwen3-VL video can have: its outer <|vision_start|> ... <|vision_end|> pair kept
+# around the timestamped frame blocks ("wrapped", transformers 5.17 to 5.24) or replaced by them
+# ("frames", 4.57 and 5.25: two tokens fewer a video); docs/multimodal.md.
 VIDEO_LAYOUTS = ("wrapped", "frames")
 
 
@@ -428,7 +384,7 @@ class _Item:
 
 class MultimodalCollator(BTokCollator):
     """:class:`~btok_model.embedder.collate.BTokCollator` for Qwen2-VL / Qwen2.5-VL / Qwen3-VL:
-    inputs may carry an image and/or a video (see the module docstring). Picklable, no model
+    inputs may carry an image and/or a video (docs/multimodal.md). Picklable, no model
     inside.
 
     Args:
@@ -565,8 +521,8 @@ class MultimodalCollator(BTokCollator):
         return _Item(text or None, image, video, float(fps), name, **layout)
 
     def _prompt(self, item: _Item) -> str:
-        """The prompt of an input with its vision blocks placed (see the module docstring);
-        a text-only input as it is."""
+        """The prompt of an input with its vision blocks placed (docs/multimodal.md, "The input,
+        in full"); a text-only input as it is."""
         start, end, image, video = self.vision_tokens.strings
         blocks = (start + image + end if item.image is not None else "") + (
             start + video + end if item.video is not None else ""

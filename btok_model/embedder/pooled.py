@@ -6,8 +6,8 @@
 tokenizer or the model). It also trains with the same Trainer, collation and InfoNCE as a
 BTok model (the "last-token trained contrastively" row of the demo, or VLM2Vec: last-token
 pooling on Qwen2-VL with images). Everything but where its pooled tokens sit -- the input's own
-tokens instead of K BToks after it -- is the embedder core's
-(:class:`~btok_model.embedder.core.Embedder`): the same loader, collator (K = 0, no targets),
+tokens instead of K BToks after it -- is the base class's
+(:class:`~btok_model.embedder.base.Embedder`): the same loader, collator (K = 0, no targets),
 forward, loss, ``encode``, save and load.
 """
 
@@ -20,9 +20,9 @@ from torch import nn
 
 from ..backend import ATTN_IMPLEMENTATION
 from .backbone import load_backbone, make_collator
+from .base import Embedder
 from .collate import BTokCollator, concat_ranges
 from .config import PooledConfig
-from .core import Embedder
 
 __all__ = ["PooledEmbedder"]
 

@@ -34,7 +34,7 @@ from .losses import next_token_loss
 from .pooling import pool_btok_states
 
 if TYPE_CHECKING:
-    from .modeling import BTokModel
+    from .btok import BTokModel
 
 __all__ = ["TwoPassOutput", "two_pass_forward", "two_pass_sequences"]
 

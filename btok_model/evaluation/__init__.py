@@ -1,8 +1,8 @@
-"""Retrieval evaluation: metrics, evaluation files, the TF-IDF baseline, the runner (the no-BTok
+"""Retrieval evaluation: metrics, evaluation files, the TF-IDF baseline, the scorers (the no-BTok
 baseline embedder is :class:`btok_model.embedder.pooled.PooledEmbedder`)."""
 
 from .metrics import METRIC_NAMES, expected_metrics, metrics_from_scores, paired_bootstrap, rank_counts
-from .runner import EmbeddingScorer, TfidfTaskScorer, evaluate, evaluate_dims
+from .scorers import EmbeddingScorer, TfidfTaskScorer, evaluate, evaluate_dims
 from .task_files import CandidateListTask, PairTask, load_corpus, load_task
 from .tfidf import TfidfScorer
 

@@ -1,38 +1,16 @@
 """MMEB-V2 as the paper scores it: 78 datasets, Hit@1 / nDCG@5, meta-task, modality and Overall means.
 
-Reads the benchmark in the layout of the authors' Lance release: ``ROOT/<modality>-tasks/
-<dataset>/`` holding ``queries.lance``, ``candidates.lance``, ``qrels.lance`` (and a
-``metadata.json``). A qrels row gives one query's judged candidates:
-
-* ``mode == "sparse"``: the query is ranked against every candidate of the dataset; the row
-  lists its relevant ones (gain = score > 0);
-* ``mode == "exhaustive"``: the query is ranked against exactly the candidates the row lists
-  (its own candidate list); those with score > 0 are relevant.
-
-Per dataset, as the authors' evaluation does: every query and every candidate it needs is
-embedded once (identical text-only candidates once), similarity is the dot product of the
-L2-normalised embeddings, and each query scores Hit@1 (image and video tasks: one of its
-relevant candidates first) or nDCG@5 with the qrels' graded gains (visual documents); a query
-without a relevant candidate counts 0. Ties are broken uniformly at random and the expected
-value is reported (:mod:`~btok_model.evaluation.metrics`; the authors take ``torch.topk``'s
-order). A meta-task's score is the mean over its datasets, a modality's the mean over its
-datasets (not over its meta-tasks), Overall the mean over all datasets evaluated.
-
-Memory: media are read and decoded a block of rows at a time (the encode engine,
-:mod:`btok_model.embedder.encode`); scores are computed a block of queries against a block of
-candidates at a time, counting how many candidates beat or tie each relevant one
-(:func:`btok_model.inference.scoring.count_ranks`), so no ``[queries, corpus]`` matrix is ever
-held (the embeddings of the dataset's queries and candidates are, ``[N, H]`` float32).
-
-Under ``torchrun --nproc-per-node N`` each rank encodes its share of every dataset's row
-blocks; candidates stay on their rank (a rank holds about 1/N of them), queries are scored
-against every shard and the per-shard counts add up: the same table as one process. Only
-rank 0 writes.
-
-:func:`evaluate_mmeb_v2` writes each dataset's result as it finishes
-(``OUT/datasets/<name>.json``) and skips the datasets already there when run again with the
-same settings, so an interrupted run continues where it stopped and ends with the same table
-(``OUT/results.json``, ``OUT/results.md``).
+Reads the authors' Lance release (``ROOT/<modality>-tasks/<dataset>/`` with ``queries.lance``,
+``candidates.lance``, ``qrels.lance``, ``metadata.json``). A qrels row's ``mode`` says what its
+query is ranked against: every candidate of the dataset (``"sparse"``) or exactly the candidates
+it lists (``"exhaustive"``); candidates scoring > 0 are relevant. Per dataset every query and
+candidate is embedded once through the encode engine, scored by the dot product of the
+L2-normalised embeddings through the blocked scorer (no ``[queries, corpus]`` matrix is held;
+sharded under ``torchrun``, only rank 0 writes), and each query gets Hit@1 or nDCG@5 as an
+expected value under random tie-breaking. :func:`evaluate_mmeb_v2` writes each dataset's result
+as it finishes (``OUT/datasets/<name>.json``) and skips the ones already there on a rerun with
+the same settings, ending with ``OUT/results.json`` and ``OUT/results.md``. The rules in full:
+docs/mmeb-v2.md; several processes: docs/evaluation-torchrun.md.
 """
 
 from __future__ import annotations
@@ -397,7 +375,7 @@ def evaluate_task(
 
     Args:
         task: from :func:`open_task`.
-        model: an :class:`~btok_model.embedder.core.Embedder` (a :class:`~btok_model.BTokModel`,
+        model: an :class:`~btok_model.embedder.base.Embedder` (a :class:`~btok_model.BTokModel`,
             a :class:`~btok_model.embedder.pooled.PooledEmbedder`), or another encoder with
             ``encode(inputs, batch_size=, show_progress_bar=)`` returning L2-normalised float
             ``[N, H]``; run through the encode engine (:mod:`btok_model.embedder.encode`).

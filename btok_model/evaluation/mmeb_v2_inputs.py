@@ -1,42 +1,16 @@
 """What each MMEB-V2 query and candidate is embedded as: its text, image or video frames.
 
-The converted MMEB-V2 tables keep each dataset's raw fields (a question and its options, a
-caption, an instruction, an image, all of a video's frames); the instruction text and layout
-are added when a row is read, per dataset family. This module builds them as the authors'
-evaluation does, in either of its two modes (``dataset_inputs(name, mode=...)``). In its default
-("canonical") mode:
-
-* the visual placeholder (``<|image_pad|>`` / ``<|video_pad|>``) first, on its own line,
-  then the instruction and the row's text, then one newline (e.g. a video-classification
-  query ``"<|video_pad|>\\nRecognize the category of the video content.\\n"``);
-* MMEB's legacy image markers (``<|image_1|>``, ``<image>``) read as ``<|image_pad|>``;
-  text-only queries of WebQA and EDIS drop them;
-* video: 8 frames sampled uniformly (``numpy.linspace(0, n - 1, 8)`` truncated, all frames
-  when a video has 8 or fewer: :func:`~btok_model.datasets.frames.sample_frames_eval`, their
-  evaluation's sampler, not their training's);
-* candidates: labels and answers as they are stored (NExTQA and MVBench answers whitespace-
-  normalised), media candidates with the family's instruction
-  (``"Understand the content of the provided video."``, ``"... document image."``).
-
-Their ``origin`` mode keeps the older surface where it differs (:data:`MODES`; the same builders,
-the differences held in one place, :class:`_Surface`): the placeholder inline before the
-instruction (``"<|video_pad|> Recognize the category of the video content."``) and no final
-newline, in every video family's queries and media candidates and the visual-document
-candidates; the row's text as stored (no whitespace normalisation) in video queries, NExTQA and
-MVBench answers and visual-document queries; Breakfast's instruction with its trailing space; and
-none of canonical's per-dataset repairs (VizWiz query whitespace, VisDial's dialog separator,
-blank line and candidate block, the cropped-object sentence of Visual7W-Pointing, MSCOCO and
-RefCOCO). Image classification, image-to-text and the other image datasets read the same in
-both modes.
-
-:func:`to_model_input` turns a :class:`Prompt` into what an embedder's ``encode`` takes: a
-string, or ``{"text": ..., "image": PIL.Image}`` / ``{"text": ..., "video": [frames]}`` with
-the placeholder and the newline after it removed (btok's collator puts the vision block on
-its own line before the text, where the authors' placeholder stands).
-
-The placeholders, legacy markers, whitespace rule and the placeholder strip are the training
-readers' (:mod:`btok_model.datasets.rendering`), with the evaluation's looser strip
-(``own_line=False``: origin mode's inline placeholder).
+The converted MMEB-V2 tables keep each dataset's raw fields; the instruction text and layout are
+added when a row is read, per dataset family, as the authors' evaluation adds them in either of
+its two modes (:data:`MODES`, ``dataset_inputs(name, mode=...)``): ``"canonical"`` (their
+default) or ``"origin"``, the same builders with the differences held in one place
+(:class:`_Surface`). :func:`to_model_input` turns a :class:`Prompt` into what an embedder's
+``encode`` takes: a string, or ``{"text": ..., "image": PIL.Image}`` / ``{"text": ...,
+"video": [frames]}`` with the placeholder and the newline after it removed (btok's collator puts
+the vision block where the placeholder stood). The placeholders, legacy markers, whitespace rule
+and placeholder strip are the training readers' (:mod:`btok_model.datasets.rendering`), with the
+evaluation's looser strip (``own_line=False``: origin mode's inline placeholder). The two modes,
+rule by rule: docs/mmeb-v2.md ("Inputs as the authors build them").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
   file and line or row) mixed with weights.
 * :mod:`.sampler` -- the order: weighted shares shuffled, or single-source blocks.
 * :mod:`.schedule` -- the generative-loss weight per step.
-* :mod:`.batch_builder` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
+* :mod:`.collator` -- batches for the Trainer: schedule-aware, split into GradCache chunks.
 * :mod:`.gradcache` -- the chunked step with the full batch's loss and gradients.
 * :mod:`.trainer` -- :class:`BTokTrainer` (losses logged apart, bad rows, resume, DDP, FSDP).
 * :mod:`.checkpoints` -- what a BTok checkpoint holds; writing and reading it (FSDP included).
@@ -14,8 +14,8 @@
 * :mod:`.recipe` -- the settings with the authors' defaults; :func:`build_model`, :func:`train`.
 """
 
-from .batch_builder import ChunkedBatch, GradCacheChunk, TrainingCollator
 from .checkpoints import load_checkpoint_weights
+from .collator import ChunkedBatch, GradCacheChunk, TrainingCollator
 from .gradcache import grad_cache_step
 from .mixed_dataset import (
     DataSource,

@@ -62,7 +62,7 @@ class EvalSource:
     def evaluate(self, model, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, float]:
         """``{metric: value}`` of ``model`` (anything with the ``encode`` of a BTok model)."""
         if self.pairs_task is not None:
-            from ..evaluation.runner import EmbeddingScorer, evaluate
+            from ..evaluation.scorers import EmbeddingScorer, evaluate
 
             result = evaluate(self.pairs_task, EmbeddingScorer(model, batch_size=batch_size))
             return {name: result[name] for name in self.metric_names()}

@@ -28,9 +28,9 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from ..embedder.core import BatchEmbeddings, BTokOutput
+from ..embedder.base import BatchEmbeddings, BTokOutput
 from ..embedder.losses import LossWeights
-from .batch_builder import ChunkedBatch
+from .collator import ChunkedBatch
 
 __all__ = ["RandomState", "average_gradients", "grad_cache_step"]
 
@@ -74,16 +74,16 @@ def grad_cache_step(
     the batch's, :func:`~btok_model.embedder.losses.authors_next_token_loss`).
 
     Args:
-        model: a BTok model or any :class:`~btok_model.embedder.core.Embedder` (not a DDP wrapper:
+        model: a BTok model or any :class:`~btok_model.embedder.base.Embedder` (not a DDP wrapper:
             chunks call ``embed_batch`` directly, so the caller synchronises gradients across ranks).
-        batch: a chunked batch from :class:`~btok_model.training.batch_builder.TrainingCollator`.
+        batch: a chunked batch from :class:`~btok_model.training.collator.TrainingCollator`.
         backward: runs the backward of a scalar (``loss.backward`` or ``accelerator.backward``).
         weights: the step's generative weight and this rank's shares.
         scale: multiplies everything backpropagated (1 / gradient-accumulation steps).
         autocast: a context manager factory for the forward passes (mixed precision).
 
     Returns:
-        the batch's :class:`~btok_model.embedder.core.BTokOutput`, detached: ``loss``,
+        the batch's :class:`~btok_model.embedder.base.BTokOutput`, detached: ``loss``,
         ``contrastive_loss`` and ``generative_loss`` (None when no chunk has a target) as
         ``weights`` weigh them, unscaled by ``scale``; no embeddings.
     """

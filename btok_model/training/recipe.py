@@ -332,7 +332,7 @@ def build_model(backbone, recipe: Recipe, tokenizer=None, *, btoks: bool | None 
         set_pixel_limits(loaded.processor, image, video)
     lora = lora_config(recipe, loaded.model)
     if recipe.btoks:
-        from ..embedder.modeling import BTokModel as embedder_class
+        from ..embedder.btok import BTokModel as embedder_class
     else:
         from ..embedder.pooled import PooledEmbedder as embedder_class
     # The adapters' random init follows recipe.seed (a run is reproducible from its recipe); the
@@ -406,7 +406,9 @@ def train(
     on_bad_row: str = "skip",
     **overrides,
 ):
-    """Train ``model`` on ``dataset`` with ``recipe``; returns the :class:`BTokTrainer`.
+    """Run a training recipe: train ``model`` on ``dataset`` with the settings of ``recipe`` on a
+    :class:`BTokTrainer`, and return the trainer. The function behind ``python -m btok_model.train``
+    (the command line, :mod:`btok_model.train`, builds the model and dataset and calls it).
 
     Args:
         model: from :func:`build_model`.

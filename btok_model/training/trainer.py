@@ -45,8 +45,8 @@ from transformers import Trainer, TrainerCallback
 
 from ..embedder.losses import LossWeights
 from .bad_rows import ON_BAD_ROW, BadRow, BadRowError, BadRowLog, bad_rows_path
-from .batch_builder import ChunkedBatch, GradCacheChunk, ReplacedRows, TrainingCollator
 from .checkpoints import check_fsdp_checkpoint, configure_fsdp, load_checkpoint_weights, meta_copy, save_model_folder
+from .collator import ChunkedBatch, GradCacheChunk, ReplacedRows, TrainingCollator
 from .gradcache import average_gradients, grad_cache_step
 from .mixed_dataset import MixedDataset
 from .sampler import check_block_size
@@ -98,18 +98,18 @@ class BTokTrainer(Trainer):
     :class:`~btok_model.embedder.pooled.PooledEmbedder` (see the module docstring).
 
     Args:
-        model: the embedder (an :class:`~btok_model.embedder.core.Embedder`).
+        model: the embedder (an :class:`~btok_model.embedder.base.Embedder`).
         args: ``transformers.TrainingArguments``; ``remove_unused_columns`` is forced off
             (``dataloader_num_workers`` decode and collate in worker processes).
         train_dataset: examples (dicts), e.g. a :class:`~btok_model.training.mixed_dataset.MixedDataset`.
         schedule: the generative weight per step (default: the model's configured weight throughout).
         chunk_size, max_tokens: GradCache chunking (see
-            :class:`~btok_model.training.batch_builder.TrainingCollator`).
+            :class:`~btok_model.training.collator.TrainingCollator`).
         source_block_size: with a :class:`~btok_model.training.mixed_dataset.MixedDataset`, draw blocks
             of this many examples from one source each (None: each source's share, shuffled);
             a multiple of ``per_device_train_batch_size x world_size x gradient_accumulation_steps``.
         save_adapters: the final :meth:`save_model` (not a checkpoint's) keeps PEFT adapters
-            unmerged (:meth:`~btok_model.embedder.core.Embedder.save_pretrained`).
+            unmerged (:meth:`~btok_model.embedder.base.Embedder.save_pretrained`).
         source_block_mode: how the blocks reach the ranks: ``"strict"`` (one source per step) or
             ``"authors"`` (their stride; see :mod:`~btok_model.training.sampler`).
         generative_normalization: ``"token"`` or ``"authors"`` (see

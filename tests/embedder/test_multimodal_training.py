@@ -14,7 +14,7 @@ import torch
 from btok_model import BTokModel
 from btok_model.embedder import LossWeights
 from btok_model.embedder.backbone import transformers_model
-from btok_model.training.batch_builder import TrainingCollator
+from btok_model.training.collator import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from tests.helpers.numerics import rel_err
 from tests.helpers.tiny import adamw_step, frames, image, snapshot, tiny_vl_backbone, tiny_vl_btok, vl_tokenizer

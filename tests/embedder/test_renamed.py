@@ -2,15 +2,17 @@
 DeprecationWarning that says the new name; a saved folder written with an old spelling loads
 without one."""
 
+import importlib
 import itertools
 import json
 import os
+import sys
 import warnings
 
 import pytest
 import torch
 
-from btok_model.embedder import PooledConfig, PooledEmbedder, core, pooling
+from btok_model.embedder import PooledConfig, PooledEmbedder, pooling
 from btok_model.embedder.collate import Target
 from btok_model.embedder.encode import embed_padded
 from btok_model.embedder.similarity import similarity_scores
@@ -20,7 +22,7 @@ from tests.helpers.tiny import char_tokenizer, tiny_backbone, tiny_btok
 TEXTS = ["what is a cat?", "paris", "x"]
 
 
-def test_old_model_names_warn_and_give_what_they_gave():
+def test_old_model_names_warn_and_give_what_they_gave(monkeypatch):
     model = tiny_btok(attn="sdpa", similarity="maxsim", matryoshka_dims=[8, "full"])
     with pytest.warns(DeprecationWarning, match=r"BTokModel.tokenize is deprecated: use model.collator.tokenize"):
         ids = model.tokenize(TEXTS)
@@ -38,6 +40,9 @@ def test_old_model_names_warn_and_give_what_they_gave():
         assert model.matryoshka_dims == [8, 64]
     with pytest.raises(AttributeError, match="no_such_name"):
         model.no_such_name  # noqa: B018
+    monkeypatch.delitem(sys.modules, "btok_model.embedder.core", raising=False)
+    with pytest.warns(DeprecationWarning, match="btok_model.embedder.core is deprecated"):
+        core = importlib.import_module("btok_model.embedder.core")
     with pytest.warns(DeprecationWarning, match="import it from btok_model.embedder.pooling"):
         assert core.pool_btok_states is pooling.pool_btok_states
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from btok_model.embedder.btok import BTokModel
 from btok_model.embedder.config import BTokConfig, PooledConfig
 from btok_model.embedder.losses import info_nce, matryoshka_info_nce
-from btok_model.embedder.modeling import BTokModel
 from btok_model.embedder.pooled import PooledEmbedder
 from btok_model.embedder.similarity import check_dims, cosine_of_means, maxsim, similarity_scores, truncate
 from tests.helpers.tiny import EXAMPLES, char_tokenizer, tiny_backbone, tiny_btok

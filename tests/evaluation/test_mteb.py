@@ -14,7 +14,7 @@ from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.types import PromptType
 
 from btok_model.evaluation import evaluate, load_task
-from btok_model.evaluation.runner import EmbeddingScorer
+from btok_model.evaluation.scorers import EmbeddingScorer
 from btok_model.mteb_encoder import DEFAULT_INSTRUCTIONS, MTEBEncoder
 from tests.helpers.tiny import tiny_btok
 

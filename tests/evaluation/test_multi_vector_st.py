@@ -11,7 +11,11 @@ from tests.helpers.tiny import tiny_btok
 st = pytest.importorskip("sentence_transformers")
 
 from btok_model.embedder.similarity import maxsim  # noqa: E402
-from btok_model.st import BTokEmbedding, save_sentence_transformer, write_sentence_transformers_files  # noqa: E402
+from btok_model.sentence_transformers_module import (  # noqa: E402
+    BTokEmbedding,
+    save_sentence_transformer,
+    write_sentence_transformers_files,
+)
 
 TEXTS = ["a small furry animal", "paris", "what bees make honey, and wax", "x"]
 

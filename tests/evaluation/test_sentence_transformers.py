@@ -1,5 +1,9 @@
 """A saved BTok model loads in sentence-transformers and embeds exactly like BTokModel.encode."""
 
+import json
+import sys
+import warnings
+
 import pytest
 import torch
 
@@ -7,7 +11,7 @@ from tests.helpers.tiny import tiny_btok
 
 st = pytest.importorskip("sentence_transformers")
 
-from btok_model.st import BTokEmbedding, save_sentence_transformer  # noqa: E402
+from btok_model.sentence_transformers_module import BTokEmbedding, save_sentence_transformer  # noqa: E402
 
 TEXTS = ["a small furry animal", "paris", "in water", "what bees make honey, and wax", "x"]
 
@@ -28,3 +32,21 @@ def test_sentence_transformer_equals_encode(tmp_path, family, pooling):
     from btok_model import BTokModel
 
     torch.testing.assert_close(BTokModel.from_pretrained(tmp_path).encode(TEXTS), expected, rtol=0, atol=0)
+
+
+def test_a_folder_naming_the_old_module_path_loads_without_a_warning(tmp_path, monkeypatch):
+    """Folders saved before the module moved name ``btok_model.st.BTokEmbedding`` in modules.json:
+    they load as they are (the deprecated ``btok_model.st`` gives the same class, silently when
+    sentence-transformers imports it); new folders name the new path."""
+    model = tiny_btok("llama", seed=3)
+    save_sentence_transformer(model, tmp_path)
+    path = tmp_path / "modules.json"
+    modules = json.loads(path.read_text())
+    assert [m["type"] for m in modules] == ["btok_model.sentence_transformers_module.BTokEmbedding"]
+    path.write_text(json.dumps([{**modules[0], "type": "btok_model.st.BTokEmbedding"}]))
+    monkeypatch.delitem(sys.modules, "btok_model.st", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        loaded = st.SentenceTransformer(str(tmp_path), device="cpu", trust_remote_code=True)
+    assert "btok_model.st" in sys.modules and type(loaded[0]) is BTokEmbedding
+    torch.testing.assert_close(loaded.encode(TEXTS, convert_to_tensor=True), model.encode(TEXTS), rtol=1e-5, atol=1e-6)

@@ -1,5 +1,5 @@
 """The kernels' tile plans checked pair by pair against the mask: the one walk that the Triton
-plan (tests/ops/test_schedule.py) and the CUDA plan (tests/ops/test_cuda_plan.py) go through.
+plan (tests/ops/test_tile_plan.py) and the CUDA plan (tests/ops/test_cuda_plan.py) go through.
 
 A program owns one tile of one sequence (``tile`` rows in the forward and dQ, ``tile`` keys in
 dK/dV) and visits blocks of ``step`` positions on the other axis. Its plan, in the form both

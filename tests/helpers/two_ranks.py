@@ -90,8 +90,8 @@ def _scoring() -> dict:
 
 def _one_block(path: str) -> dict:
     """Fewer blocks than ranks: rank 1 holds no rows, and still takes part in every collective."""
+    from btok_model.embedder.btok import BTokModel
     from btok_model.embedder.encode import encode
-    from btok_model.embedder.modeling import BTokModel
     from btok_model.inference.scoring import count_ranks, topk
 
     model = BTokModel.from_pretrained(path, dtype=torch.float32)

@@ -145,18 +145,18 @@ def test_evaluate_and_mine_run_on_the_engine(model, monkeypatch, tmp_path):
 
 def test_the_old_wrappers_and_loops_are_gone():
     from btok_model import mine
-    from btok_model.embedder import core
-    from btok_model.evaluation import mmeb_v2, runner
+    from btok_model.embedder import base
+    from btok_model.evaluation import mmeb_v2, scorers
 
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("btok_model.evaluation.topk")
     gone = [
-        (core, "encode_in_length_order"),
+        (base, "encode_in_length_order"),
         (mmeb_v2, "_encode"),
         (mmeb_v2, "_count_against_corpus"),
         (mmeb_v2, "_count_against_lists"),
         (mine, "_encode"),
     ]
     assert [f"{m.__name__}.{name}" for m, name in gone if hasattr(m, name)] == []
-    assert runner.count_ranks.__module__ == mmeb_v2.count_ranks.__module__ == "btok_model.inference.scoring"
+    assert scorers.count_ranks.__module__ == mmeb_v2.count_ranks.__module__ == "btok_model.inference.scoring"
     assert mine.RunningTopK.__module__ == "btok_model.inference.scoring"

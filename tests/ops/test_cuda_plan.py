@@ -1,6 +1,6 @@
 """The CUDA kernels' tile plan (csrc/tile_plan.h), compiled for the host and walked pair by
 pair against the mask by :mod:`tests.helpers.tile_plans` (the walk the Triton plan takes in
-tests/ops/test_schedule.py), for causal condensation layouts and bidirectional ones, with the
+tests/ops/test_tile_plan.py), for causal condensation layouts and bidirectional ones, with the
 kernels' tile shapes and others. The header's own C++ unit test (the one csrc/check_build.sh
 runs) runs here too.
 """

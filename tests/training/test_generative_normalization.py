@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from btok_model.embedder import LossWeights
-from btok_model.training.batch_builder import TrainingCollator
+from btok_model.training.collator import TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from tests.helpers.numerics import assert_tensors_close
 from tests.helpers.training import grads, sided_examples, tiny_model, tiny_recipe

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from btok_model.embedder import BatchEmbeddings, BTokBatch, LossWeights
-from btok_model.training.batch_builder import ChunkedBatch, TrainingCollator
+from btok_model.training.collator import ChunkedBatch, TrainingCollator
 from btok_model.training.gradcache import grad_cache_step
 from tests.helpers.numerics import assert_tensors_close
 from tests.helpers.training import examples, grads, tiny_model, tiny_recipe

@@ -27,7 +27,7 @@ import time
 
 from . import cli
 from .cli import fail
-from .evaluate import add_loading_arguments
+from .evaluate import BACKBONE_BASELINES, add_loading_arguments
 
 __all__ = ["main", "parser"]
 
@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
         help="a saved BTok model or one trained with --no-btoks, or with --baseline a backbone",
     )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder (with --baseline)")
-    p.add_argument("--baseline", choices=("last-token", "mean"), help="embed with the backbone's own pooling, no BToks")
+    p.add_argument("--baseline", choices=BACKBONE_BASELINES, help="embed with the backbone's own pooling, no BToks")
     p.add_argument("--data", required=True, help="corpus.jsonl, corpus.parquet, corpus.lance or a folder of images")
     p.add_argument("--output", required=True, help="the Lance dataset to write (a *.lance folder)")
     p.add_argument("--limit", type=int, help="embed only the first N rows")

@@ -53,7 +53,8 @@ __all__ = [
     "run_mmeb_v2",
 ]
 
-BASELINES = ("last-token", "mean", "tfidf")
+BACKBONE_BASELINES = ("last-token", "mean")  # a backbone without BToks, pooled so (embed, search, mine too)
+BASELINES = (*BACKBONE_BASELINES, "tfidf")
 SIMILARITIES = ("cosine", "maxsim")  # as btok_model.embedder.similarity (not imported: --help stays light)
 MMEB_MODES = ("canonical", "origin")  # as btok_model.evaluation.mmeb_v2_inputs.MODES (likewise)
 BLOCK_SIZE = 8192  # --encode-block's default: as btok_model.evaluation.scorers.BLOCK_SIZE

@@ -457,7 +457,7 @@ def _summary(mined: MinedNegatives) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .evaluate import add_bad_row_argument, add_corpus_index_arguments, add_loading_arguments
+    from .evaluate import BACKBONE_BASELINES, add_bad_row_argument, add_corpus_index_arguments, add_loading_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m btok_model.mine",
@@ -471,7 +471,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gguf-file", help="load --model from this GGUF file in its folder")
     p.add_argument(
-        "--baseline", choices=("last-token", "mean"), help="mine with the backbone without BToks, pooled this way"
+        "--baseline", choices=BACKBONE_BASELINES, help="mine with the backbone without BToks, pooled this way"
     )
     p.add_argument("--data", required=True, help="training JSONL: query / positive pairs (images, negatives kept)")
     p.add_argument("--corpus", help="JSONL of more candidates ({'text': ..., 'image'?: path} per line)")

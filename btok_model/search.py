@@ -19,7 +19,7 @@ import json
 
 from . import cli
 from .cli import fail
-from .evaluate import add_loading_arguments
+from .evaluate import BACKBONE_BASELINES, add_loading_arguments
 
 __all__ = ["main", "parser"]
 
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="the Lance dataset python -m btok_model.embed wrote")
     p.add_argument("--model", help="the model that embedded it (default: the one recorded in --index)")
     p.add_argument("--gguf-file", help="as for embed")
-    p.add_argument("--baseline", choices=("last-token", "mean"), help="as for embed")
+    p.add_argument("--baseline", choices=BACKBONE_BASELINES, help="as for embed")
     p.add_argument("--query", action="append", default=[], help="a query text (repeat for several)")
     p.add_argument("--image", help="an image for the query (one --query or none; a vision-language model)")
     p.add_argument("-k", type=int, default=10, help="hits per query")

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     encoded = 0
     total = sum(len(blocks[b]) for b in todo)
-    options = dict(batch_size=args.batch_size, dims=dims)
+    options = dict(batch_size=args.batch_size, dims=dims, with_btok_vectors=num_btoks is not None)
     with tqdm(total=total, desc="Embedding", unit="row", disable=args.no_progress_bar or rank != 0 or not total) as bar:
         for b in todo:
             rows, bad = reader.read(blocks[b])
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
                 rows, refused = _model_check(model, rows, args.on_bad_row)
                 bad = sorted(bad + refused, key=lambda r: r.row)
                 vectors = encode_block(model, [r.input for r in rows], bar=bar, **options)
-            multi = encode_block(model, [r.input for r in rows], multi_vector=True, **options) if num_btoks else None
+            vectors, multi = vectors if num_btoks else (vectors, None)  # --multi-vector: both from one forward
             bar.update(len(bad))
             store.write_block(b, rows, vectors.numpy(), None if multi is None else multi.numpy(), bad)
             encoded += len(rows)

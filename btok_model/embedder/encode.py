@@ -28,6 +28,7 @@ gathered the same way, each block embedded by its own ``encode``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -126,12 +127,7 @@ def embed_packed(
     Returns:
         fp32 ``[n, H]`` (``[n, len(poolings) * H]``, ``[n, K, H]``) on the model's device, L2-normalised.
     """
-    device = embedder.device
-    layout = packed["btok_layout"].to(device)
-    plans = [embedder._pooling_plan(sequence_spans(layout), p) for p in poolings or (embedder.config.pooling,)]
-    input_ids, position_ids = (to_device(packed[key], device) for key in ("input_ids", "position_ids"))
-    hidden = embedder._last_hidden_states(input_ids, position_ids, layout=layout, media=_media(packed, device))
-    return torch.cat([plan.pool(hidden, multi_vector) for plan in plans], -1)
+    return _pool(embedder, *_packed_states(embedder, packed), poolings, multi_vector)
 
 
 def embed_padded(
@@ -139,13 +135,31 @@ def embed_padded(
 ) -> torch.Tensor:
     """The embeddings of right-padded rows from the collator's ``pad_sequences``, in one
     forward (``poolings``, ``multi_vector`` and the result as for :func:`embed_packed`: ``[B, ...]``)."""
+    return _pool(embedder, *_padded_states(embedder, padded), poolings, multi_vector)
+
+
+def _packed_states(embedder, packed: dict) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The last-layer states ``[T, H]`` of one packed row (one forward) and its sequences' spans."""
     device = embedder.device
-    spans = padded_spans(padded["attention_mask"], embedder.collator.num_btoks)
-    plans = [embedder._pooling_plan(spans, p) for p in poolings or (embedder.config.pooling,)]
+    layout = packed["btok_layout"].to(device)
+    input_ids, position_ids = (to_device(packed[key], device) for key in ("input_ids", "position_ids"))
+    hidden = embedder._last_hidden_states(input_ids, position_ids, layout=layout, media=_media(packed, device))
+    return hidden, sequence_spans(layout)
+
+
+def _padded_states(embedder, padded: dict) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The last-layer states ``[B * S, H]`` of right-padded rows (one forward) and their spans."""
+    device = embedder.device
     input_ids, position_ids, mask = (
         to_device(padded[key], device) for key in ("input_ids", "position_ids", "attention_mask")
     )
     hidden = embedder._last_hidden_states(input_ids, position_ids, attention_mask=mask, media=_media(padded, device))
+    return hidden, padded_spans(padded["attention_mask"], embedder.collator.num_btoks)
+
+
+def _pool(embedder, hidden: torch.Tensor, spans, poolings: tuple[str, ...] | None, multi_vector: bool) -> torch.Tensor:
+    """Pooled rows ``[n, len(poolings) * H]`` (or the K BTok vectors ``[n, K, H]``), L2-normalised."""
+    plans = [embedder._pooling_plan(spans, p) for p in poolings or (embedder.config.pooling,)]
     return torch.cat([plan.pool(hidden, multi_vector) for plan in plans], -1)
 
 
@@ -258,9 +272,10 @@ def encode_block(
     poolings: tuple[str, ...] | None = None,
     multi_vector: bool = False,
     dims: int | str | None = None,
+    with_btok_vectors: bool = False,
     start: int = 0,
     bar=None,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The embeddings of one block of inputs: tokenised, sorted longest first, one forward per
     ``batch_size`` inputs, back in input order. Identical ``str`` inputs are embedded once.
 
@@ -271,44 +286,73 @@ def encode_block(
         inputs: n inputs (str, or for a vision-language backbone ``{"text", "image", "video",
             "fps"}`` dicts, :mod:`~btok_model.embedder.multimodal`).
         batch_size, packed, poolings, multi_vector, dims: as :func:`encode`.
+        with_btok_vectors: also return a BTok model's K BTok vectors (as ``multi_vector=True``
+            gives them, at ``dims``) from the same forward passes: ``(pooled, [n, K, dims])``.
+            What ``embed --multi-vector`` stores; bitwise what a second call with
+            ``multi_vector=True`` returns, at half the forward passes.
         start: the global row of ``inputs[0]`` (errors name ``text {start + i}``).
         bar: a tqdm bar advanced by the rows of each batch, or None.
 
     Returns:
         fp32 ``[n, *shape]`` on the CPU (``shape``: ``(H,)``, ``(dims,)``,
-        ``(len(poolings) * dims,)`` or ``(K, dims)``), L2-normalised.
+        ``(len(poolings) * dims,)`` or ``(K, dims)``), L2-normalised; with
+        ``with_btok_vectors``, that and the ``[n, K, dims]`` BTok vectors.
     """
     poolings = _check_poolings(embedder, poolings)
     dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
+    if with_btok_vectors:
+        _check_options(embedder, batch_size, None, True, dims)  # a BTok model's K vectors
+        if multi_vector:
+            raise ValueError(
+                "with_btok_vectors=True returns the pooled rows and the K BTok vectors: give multi_vector=False"
+            )
     if not is_embedder(embedder):
+        if with_btok_vectors:
+            raise ValueError(f"with_btok_vectors=True needs a BTok model, got {type(embedder).__name__}")
         return _foreign_block(embedder, inputs, batch_size, multi_vector, bar)
     shape = _row_shape(embedder, poolings, multi_vector, dims)
+    multi_shape = _row_shape(embedder, None, True, dims) if with_btok_vectors else None
     if not len(inputs):
-        return torch.empty(0, *shape, dtype=torch.float32)
+        empty = torch.empty(0, *shape, dtype=torch.float32)
+        return (empty, torch.empty(0, *multi_shape, dtype=torch.float32)) if with_btok_vectors else empty
     distinct, where = _distinct(inputs)
     sequences, media = _tokenize(embedder, distinct, inputs, start)
     if packed is None:
         packed = transformers_model(embedder.backbone).config._attn_implementation == ATTN_IMPLEMENTATION
     size = embedder.embedding_dim
-    collate, embed_batch = (
-        (embedder.collator.pack_sequences, embed_packed) if packed else (embedder.collator.pad_sequences, embed_padded)
+    collate, states = (
+        (embedder.collator.pack_sequences, _packed_states)
+        if packed
+        else (embedder.collator.pad_sequences, _padded_states)
     )
 
-    def embed(rows: list[int]) -> torch.Tensor:
-        part = [media[i] for i in rows]
-        part = None if all(m is None for m in part) else part
-        out = embed_batch(embedder, collate([sequences[i] for i in rows], part), poolings, multi_vector)
+    def at_dims(out: torch.Tensor) -> torch.Tensor:
         if dims is None or dims == size:
             return out
         blocks = out.view(*out.shape[:-1], -1, size)  # one block per pooling
         return truncate(blocks, dims).flatten(-2)
 
+    def embed(rows: list[int]) -> torch.Tensor:
+        part = [media[i] for i in rows]
+        part = None if all(m is None for m in part) else part
+        hidden, spans = states(embedder, collate([sequences[i] for i in rows], part))
+        out = at_dims(_pool(embedder, hidden, spans, poolings, multi_vector))
+        if not with_btok_vectors:
+            return out
+        # both from the one forward: one row of the length-order loop, split below
+        return torch.cat([out.flatten(1), at_dims(_pool(embedder, hidden, spans, None, True)).flatten(1)], 1)
+
     counts = [0] * len(sequences)  # inputs of the block behind each distinct one (for the bar)
     for i in where:
         counts[i] += 1
     lengths = [len(seq) for seq in sequences]
-    out = encode_in_length_order(embedder, lengths, batch_size, shape, embed, bar=bar, weights=counts)
-    return out[torch.tensor(where, dtype=torch.long)] if len(where) != len(distinct) else out
+    width = (math.prod(shape) + math.prod(multi_shape),) if with_btok_vectors else shape
+    out = encode_in_length_order(embedder, lengths, batch_size, width, embed, bar=bar, weights=counts)
+    out = out[torch.tensor(where, dtype=torch.long)] if len(where) != len(distinct) else out
+    if not with_btok_vectors:
+        return out
+    pooled, vectors = out.split([math.prod(shape), math.prod(multi_shape)], 1)
+    return pooled.reshape(-1, *shape), vectors.reshape(-1, *multi_shape)
 
 
 def encode_in_length_order(

@@ -68,6 +68,31 @@ def test_multi_vector_and_dims(model):
     torch.testing.assert_close(pooled, truncate(model.encode(TEXTS), 8), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+@pytest.mark.parametrize("dims", [None, 16], ids=["full", "dims16"])
+def test_btok_vectors_from_the_same_forward_are_a_second_calls(model, packed, dims, monkeypatch):
+    # embed --multi-vector stores both from one forward per batch: bitwise what two calls give
+    pooled = engine.encode_block(model, TEXTS, batch_size=4, packed=packed, dims=dims)
+    vectors = engine.encode_block(model, TEXTS, batch_size=4, packed=packed, dims=dims, multi_vector=True)
+    forwards = []
+    states = engine._packed_states if packed else engine._padded_states
+    monkeypatch.setattr(engine, states.__name__, lambda *a: forwards.append(1) or states(*a))
+    both = engine.encode_block(model, TEXTS, batch_size=4, packed=packed, dims=dims, with_btok_vectors=True)
+    assert len(forwards) == 6  # 24 distinct texts in batches of 4: one forward each, not two
+    assert torch.equal(both[0], pooled) and torch.equal(both[1], vectors)
+    assert both[1].shape == (25, 4, dims or 64)
+    empty = engine.encode_block(model, [], dims=dims, with_btok_vectors=True)
+    assert empty[0].shape == (0, dims or 64) and empty[1].shape == (0, 4, dims or 64)
+
+
+def test_btok_vectors_need_a_btok_model(model):
+    pooled = PooledEmbedder.from_backbone(tiny_backbone(), char_tokenizer(), "mean", attn_implementation="btok_triton")
+    with pytest.raises(ValueError, match="has no BToks"):
+        engine.encode_block(pooled, TEXTS, with_btok_vectors=True)
+    with pytest.raises(ValueError, match="multi_vector=False"):
+        engine.encode_block(model, TEXTS, with_btok_vectors=True, multi_vector=True)
+
+
 def test_pooled_embedder():
     pooled = PooledEmbedder.from_backbone(tiny_backbone(), char_tokenizer(), "mean", attn_implementation="btok_triton")
     out = engine.encode(pooled, TEXTS, block_size=5, shard=(1, 2), gather=False)

@@ -265,9 +265,6 @@ def load_scorer(args: argparse.Namespace):
     )
 
 
-_BASELINE_POOLING = {"last-token": "last"}  # --baseline names the pooling as MTEB does; the config says "last"
-
-
 def load_embedder(args: argparse.Namespace):
     """The embedder ``--model`` names, on its device in eval mode, in the dtype of
     :func:`~btok_model.embedder.precision.resolve_dtype` for the device (the line saying which
@@ -296,14 +293,16 @@ def load_embedder(args: argparse.Namespace):
             f"--no-btoks (no {PooledEmbedder.config_class.CONFIG_NAME}); train one with python -m btok_model.train, "
             "or evaluate the backbone with --baseline last-token|mean"
         )
-    pooling = None
+    # --baseline names the pooling "last-token"; the config says "last" (its alias of that name)
+    aliases = PooledEmbedder.config_class.POOLING_ALIASES
+    baseline_pooling = aliases.get(args.baseline, args.baseline)
     if saved is PooledEmbedder:
         try:
             pooling = PooledEmbedder.config_class.load(args.model).pooling
         except ValueError as err:
             fail(f"--model {args.model}: {err}")
-        if args.baseline is not None and _BASELINE_POOLING.get(args.baseline, args.baseline) != pooling:
-            flag = "last-token" if pooling == "last" else pooling
+        if args.baseline is not None and baseline_pooling != pooling:
+            flag = {new: old for old, new in aliases.items()}.get(pooling, pooling)
             fail(
                 f"--baseline {args.baseline}: {args.model} was trained with --no-btoks --pooling {pooling}; "
                 f"leave --baseline out (or give --baseline {flag})"
@@ -327,7 +326,7 @@ def load_embedder(args: argparse.Namespace):
             kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
             model = PooledEmbedder.from_backbone(
                 args.model,
-                pooling=_BASELINE_POOLING.get(args.baseline, args.baseline),  # the --baseline name -> pooling
+                pooling=baseline_pooling,
                 attn_implementation=args.attn_implementation,
                 dtype=choice.dtype,
                 **kwargs,

@@ -168,16 +168,9 @@ def _media(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     return {key: to_device(batch[key], device) for key in MEDIA_BATCH_KEYS if batch.get(key) is not None}
 
 
-def _check_poolings(embedder, poolings) -> tuple[str, ...] | None:
-    """``poolings`` checked against the embedder's names (an older spelling mapped, with a
-    ``DeprecationWarning``); None stays None."""
-    if poolings is None or not is_embedder(embedder):
-        return poolings
-    return tuple(embedder.config_class.check_pooling(p, "poolings entry") for p in poolings)
-
-
-def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> int | None:
-    """The options of :func:`encode` checked; returns ``dims`` as an int (or None)."""
+def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> tuple[tuple[str, ...] | None, int | None]:
+    """The options of :func:`encode` checked; returns ``poolings`` (an older spelling mapped, with
+    a ``DeprecationWarning``) and ``dims`` as an int (or None)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not is_embedder(embedder):
@@ -185,7 +178,9 @@ def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> int | 
             raise TypeError(f"{type(embedder).__name__} is neither an Embedder nor has an encode(inputs, ...) method")
         if poolings or dims is not None:
             raise ValueError(f"poolings and dims need an Embedder; {type(embedder).__name__} only has encode()")
-        return None
+        return None, None
+    if poolings is not None:
+        poolings = tuple(embedder.config_class.check_pooling(p, "poolings entry") for p in poolings)
     if multi_vector and "maxsim" not in embedder.config_class.SIMILARITIES:
         raise ValueError(
             f"multi_vector=True returns the K BTok vectors of a BTokModel; {type(embedder).__name__} has no BToks "
@@ -195,7 +190,7 @@ def _check_options(embedder, batch_size, poolings, multi_vector, dims) -> int | 
         raise ValueError("multi_vector=True returns the K BTok vectors unpooled: give no poolings")
     if dims is not None:
         dims = check_dims([dims], embedder.embedding_dim, "dims")[0]
-    return dims
+    return poolings, dims
 
 
 def _row_shape(embedder, poolings, multi_vector: bool, dims: int | None) -> tuple[int, ...] | None:
@@ -298,8 +293,7 @@ def encode_block(
         ``(len(poolings) * dims,)`` or ``(K, dims)``), L2-normalised; with
         ``with_btok_vectors``, that and the ``[n, K, dims]`` BTok vectors.
     """
-    poolings = _check_poolings(embedder, poolings)
-    dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
+    poolings, dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
     if with_btok_vectors:
         _check_options(embedder, batch_size, None, True, dims)  # a BTok model's K vectors
         if multi_vector:
@@ -467,8 +461,7 @@ def iter_encoded_blocks(
     """
     from tqdm.auto import tqdm
 
-    poolings = _check_poolings(embedder, poolings)
-    _check_options(embedder, batch_size, poolings, multi_vector, dims)
+    poolings, _ = _check_options(embedder, batch_size, poolings, multi_vector, dims)
     blocks = row_blocks(len(inputs), block_size)
     ids = range(len(blocks)) if block_ids is None else list(block_ids)
     for b in ids:
@@ -540,8 +533,7 @@ def encode(
         ExampleError: an input the model refuses (empty text, too long, unreadable media),
             named ``text {row}`` by its row in ``inputs``.
     """
-    poolings = _check_poolings(embedder, poolings)
-    dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
+    poolings, dims = _check_options(embedder, batch_size, poolings, multi_vector, dims)
     if isinstance(inputs, (str, dict)) or not hasattr(inputs, "__len__"):
         raise ExampleError(
             f"texts must be a list of str or input dicts (wrap a single text: [text]), got {type(inputs).__name__}"

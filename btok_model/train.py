@@ -54,16 +54,6 @@ def _argparse_type(parse):
     return parse_text
 
 
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
-    return value
-
-
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per setting of a :class:`~btok_model.training.recipe.Recipe` (shared with the
     demo), built from the fields (:func:`~btok_model.training.recipe.recipe_settings`): name,
@@ -242,20 +232,6 @@ def parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from a checkpoint (default: the latest in --output-dir)",
     )
-    p.add_argument(
-        "--on-bad-row",
-        choices=("skip", "error"),
-        default="skip",
-        help="a training row whose image cannot be decoded: replace it by another draw from its source, count "
-        "and name it (skip, default), or stop after saving a checkpoint (error)",
-    )
-    p.add_argument(
-        "--dataloader-num-workers",
-        type=_workers,
-        default=0,
-        metavar="N",
-        help="processes that read, decode and collate the training batches (default 0: the training process)",
-    )
     g = p.add_argument_group("evaluation during training (btok_model.training.eval_callback)")
     g.add_argument(
         "--eval-data",
@@ -407,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output_dir,
             resume=resume,
             callbacks=callbacks,
-            on_bad_row=args.on_bad_row,
-            **{"dataloader_num_workers": args.dataloader_num_workers, **eval_overrides},
+            **eval_overrides,
         )
     except DataError as err:  # a bad row stopped the run (BadRowError), or a source gave up (read in a worker or not)
         _write_summary(command)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -23,6 +23,7 @@ from ..embedder.config import (
     settings_of,
 )
 from ..embedder.losses import GENERATIVE_NORMALIZATIONS
+from .bad_rows import ON_BAD_ROW
 from .sampler import SOURCE_BLOCK_MODES
 from .schedule import GenerativeSchedule
 
@@ -71,6 +72,18 @@ _ORDER = "training data order"
 _LOGS = "logging and checkpoints"
 _TRAINS = "what trains"
 _OPTIM = "optimisation"
+_READING = "reading the training data"
+
+
+def parse_workers(text: str) -> int:
+    """An int >= 0 (data-loader worker processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"must be an int >= 0, got {text!r}")
+    return value
 
 
 def _pixels(what: str, end: str) -> Field:
@@ -189,6 +202,20 @@ class Recipe:
         help="score each query against its example's negatives too (--no-hard-negatives: in-batch candidates only, "
         "as the authors' loss)",
     )
+    on_bad_row: str = setting(
+        "skip",
+        group=_READING,
+        choices=ON_BAD_ROW,
+        help="a training row whose image cannot be decoded: replace it by another draw from its source, count "
+        "and name it (skip), or stop after saving a checkpoint (error)",
+    )
+    dataloader_num_workers: int = setting(
+        0,
+        group=_READING,
+        parse=parse_workers,
+        metavar="N",
+        help="processes that read, decode and collate the training batches (0: the training process)",
+    )
     logging_steps: int = setting(10, group=_LOGS, help="log every this many steps")
     save_steps: int = setting(500, group=_LOGS, help="checkpoint every this many steps; 0: no intermediate checkpoints")
     save_total_limit: int | None = setting(
@@ -218,6 +245,11 @@ class Recipe:
     def __post_init__(self):
         if not isinstance(self.embedder, (BTokConfig, PooledConfig)):
             raise TypeError(f"embedder must be a BTokConfig or a PooledConfig, got {type(self.embedder).__name__}")
+        if self.on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
+        workers = self.dataloader_num_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"dataloader_num_workers must be an int >= 0, got {workers!r}")
 
     @property
     def btoks(self) -> bool:
@@ -365,7 +397,7 @@ def training_arguments(recipe: Recipe, output_dir: str, **overrides):
         save_total_limit=recipe.save_total_limit,
         report_to="none",
         remove_unused_columns=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=recipe.dataloader_num_workers,
         # An untied LM head is unused on steps without targets; DDP must not wait for its gradient.
         ddp_find_unused_parameters=True,
         use_cpu=not torch.cuda.is_available(),
@@ -403,7 +435,7 @@ def train(
     resume: str | bool | None = None,
     save: bool = True,
     callbacks: list | None = None,
-    on_bad_row: str = "skip",
+    on_bad_row: str | None = None,
     **overrides,
 ):
     """Run a training recipe: train ``model`` on ``dataset`` with the settings of ``recipe`` on a
@@ -419,12 +451,16 @@ def train(
         resume: a checkpoint folder, or True for the latest one in ``output_dir``.
         save: write the final model to ``output_dir`` (loadable with ``from_pretrained``).
         callbacks: ``transformers.TrainerCallback`` instances.
-        on_bad_row: ``"skip"`` or ``"error"``, for a row that cannot be decoded (see
-            :class:`~btok_model.training.trainer.BTokTrainer`).
+        on_bad_row: deprecated, set ``recipe.on_bad_row`` (the value given wins, with a warning).
         **overrides: ``TrainingArguments`` fields that replace the recipe's (e.g. ``dataloader_num_workers``).
     """
     from .trainer import BTokTrainer
 
+    if on_bad_row is not None:
+        from ..deprecation import warn_deprecated
+
+        warn_deprecated("train(on_bad_row=...) is deprecated: set recipe.on_bad_row (--on-bad-row)")
+        recipe = replace(recipe, on_bad_row=on_bad_row)
     torch.manual_seed(recipe.seed)
     args = training_arguments(recipe, output_dir, **overrides)
     trainer = BTokTrainer(
@@ -439,7 +475,7 @@ def train(
         generative_normalization=recipe.generative_normalization,
         save_adapters=recipe.save_adapters,
         callbacks=callbacks,
-        on_bad_row=on_bad_row,
+        on_bad_row=recipe.on_bad_row,
     )
     trainer.train(resume_from_checkpoint=resume)
     if save:

@@ -18,7 +18,7 @@ def run(rank: int, world: int, out_dir: str, folder: str, data: str) -> None:
     from btok_model.training.bad_rows import BadRowError
     from tests.helpers.training import tiny_recipe
 
-    recipe = tiny_recipe(max_steps=2, batch_size=2, lora_r=0)
+    recipe = tiny_recipe(max_steps=2, batch_size=2, lora_r=0, on_bad_row="error")
     model = build_model(folder, recipe)
     result = {"rank": rank}
     try:
@@ -28,7 +28,6 @@ def run(rank: int, world: int, out_dir: str, folder: str, data: str) -> None:
             recipe,
             os.path.join(out_dir, "run"),
             save=False,
-            on_bad_row="error",
             ddp_backend="gloo",
         )
         result["finished"] = True

@@ -73,7 +73,9 @@ def test_skip_replaces_counts_and_names_the_row_once(tmp_path, workers, float32_
     out = tmp_path / "run"
     # 4 steps of 4 rows from one source: the 16 rows of N24News, the bad one among them.
     assert train_main(_argv(tmp_path, root, out, "--dataloader-num-workers", str(workers))) == 0
-    summary = json.loads((out / "train_command.json").read_text())["summary"]
+    command = json.loads((out / "train_command.json").read_text())
+    assert command["recipe"]["dataloader_num_workers"] == workers and command["recipe"]["on_bad_row"] == "skip"
+    summary = command["summary"]
     assert summary["bad_rows_replaced"] == 1 and [r["where"] for r in summary["bad_rows"]] == [where]
     assert summary["bad_rows"][0]["source"] == "N24News"
     named = [r.getMessage() for r in caplog.records if "bad row" in r.getMessage()]
@@ -96,7 +98,9 @@ def test_error_stops_with_one_line_after_a_checkpoint(tmp_path, float32_cpu, cap
     step = int(checkpoint.rsplit("-", 1)[1])
     state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
     assert state["global_step"] == step < 4
-    summary = json.loads((out / "train_command.json").read_text())["summary"]
+    command = json.loads((out / "train_command.json").read_text())
+    assert command["recipe"]["on_bad_row"] == "error" and command["from"]["on_bad_row"] == "flag"
+    summary = command["summary"]
     assert summary["bad_rows_replaced"] == 1 and summary["bad_rows"][0]["where"] == where
 
 

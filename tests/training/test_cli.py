@@ -1,6 +1,7 @@
 """``python -m btok_model.train`` end to end on a tiny saved backbone: flags, outputs, --resume."""
 
 import json
+import re
 
 import pytest
 
@@ -169,6 +170,8 @@ RECIPE_FLAGS = {
     "--save-adapters": "save_adapters",
     "--fsdp": "fsdp",
     "--fsdp-config": "fsdp_config",
+    "--on-bad-row": "on_bad_row",
+    "--dataloader-num-workers": "dataloader_num_workers",
 }
 
 
@@ -194,11 +197,43 @@ def test_recipe_flags_come_from_the_settings_fields():
     assert all(source == "default" for source in (s for _, s in resolve_arguments(args).values()))
     flags = ["--matryoshka-dims", "8", "full", "--lora-layers", "0-2", "--no-btoks", "--pooling", "last"]
     flags += ["--max-length", "none", "--grad-cache-chunk", "4"]
+    flags += ["--on-bad-row", "error", "--dataloader-num-workers", "3"]
     given = p.parse_args(["--train-data", "d", "--output-dir", "o", *flags])
     recipe = recipe_from_args(given)
     assert not recipe.btoks and recipe.embedder.pooling == "last" and recipe.embedder.max_length is None
     assert recipe.embedder.matryoshka_dims == [8, "full"] and recipe.lora_layers == [0, 1, 2]
     assert recipe.chunk_size == 4 and recipe.schedule.weight == 0
+    assert recipe.on_bad_row == "error" and recipe.dataloader_num_workers == 3
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"on_bad_row": "retry"}, "on_bad_row must be one of ('skip', 'error'), got 'retry'"),
+        ({"dataloader_num_workers": -1}, "dataloader_num_workers must be an int >= 0, got -1"),
+        ({"dataloader_num_workers": 1.5}, "dataloader_num_workers must be an int >= 0, got 1.5"),
+    ],
+    ids=["on-bad-row", "negative-workers", "float-workers"],
+)
+def test_a_recipe_refuses_bad_reading_settings(values, message):
+    from btok_model.training.recipe import Recipe
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Recipe.from_values(values)
+
+
+def test_the_reading_settings_reach_the_trainer_and_the_old_keyword_warns(tmp_path):
+    """``recipe.dataloader_num_workers`` and ``recipe.on_bad_row`` are what the trainer runs
+    with; ``train(on_bad_row=...)`` still works, with a DeprecationWarning, and wins."""
+    from btok_model.training import train
+    from tests.helpers.training import examples, tiny_model, tiny_recipe
+
+    recipe = tiny_recipe(max_steps=1, batch_size=2, on_bad_row="error", dataloader_num_workers=1)
+    trainer = train(tiny_model(recipe), examples(2), recipe, str(tmp_path / "a"), save=False)
+    assert trainer.args.dataloader_num_workers == 1 and trainer.on_bad_row == "error"
+    with pytest.warns(DeprecationWarning, match=r"train\(on_bad_row=...\) is deprecated"):
+        trainer = train(tiny_model(recipe), examples(2), recipe, str(tmp_path / "b"), save=False, on_bad_row="skip")
+    assert trainer.on_bad_row == "skip"
 
 
 @pytest.mark.parametrize(

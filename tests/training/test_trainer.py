@@ -84,9 +84,11 @@ def test_resumed_run_continues_where_it_stopped(tmp_path, chunk_size, workers):
 
     first = tiny_model(recipe)
     stopped = str(tmp_path / "stopped")
-    train(first, data, recipe, stopped, save=False, callbacks=[StopAt(2)], dataloader_num_workers=workers)
+    read_by_workers = dataclasses.replace(recipe, dataloader_num_workers=workers)
+    train(first, data, read_by_workers, stopped, save=False, callbacks=[StopAt(2)])
     resumed = tiny_model(recipe)  # built afresh, as a new process would
-    trainer = train(resumed, data, recipe, stopped, resume=f"{stopped}/checkpoint-2", dataloader_num_workers=workers)
+    trainer = train(resumed, data, read_by_workers, stopped, resume=f"{stopped}/checkpoint-2")
+    assert trainer.args.dataloader_num_workers == workers
     assert trainer.state.global_step == 4
     assert_tensors_close(trainable(resumed), trainable(straight), 1e-6, "resumed weight")
     untouched = tiny_model(recipe)

@@ -44,6 +44,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a script (its parts run so, in subprocesses): btok from this checkout
+    sys.path.insert(0, ROOT)
 PARTS = ("encode", "ann", "ranks")
 VECTOR_SETS = ("wordnet-btok", "wordnet-tokens", "synthetic")
 QUERIES = 200

@@ -51,26 +51,31 @@ def _step_times(folder: str, data: str, workers: int, steps: int, batch_size: in
     from btok_model.training.mixed_dataset import DataSource, MixedDataset
     from btok_model.training.recipe import Recipe, build_model, train
 
-    recipe = Recipe(
-        lora_r=0,
-        max_steps=steps,
-        batch_size=batch_size,
-        lr=1e-4,
-        warmup_ratio=0.0,
-        generative_weight=1.0,
-        generative_steps=None,
-        logging_steps=1000,
-        save_steps=0,
-        seed=0,
+    recipe = Recipe.from_values(
+        dict(
+            lora_r=0,
+            max_steps=steps,
+            batch_size=batch_size,
+            lr=1e-4,
+            warmup_ratio=0.0,
+            generative_weight=1.0,
+            generative_steps=None,
+            logging_steps=1000,
+            save_steps=0,
+            seed=0,
+            dataloader_num_workers=workers,
+        )
     )
     model = build_model(folder, recipe)
     dataset = MixedDataset([DataSource(data)])
     clock = _StepClock()
-    train(model, dataset, recipe, out, save=False, callbacks=[clock], dataloader_num_workers=workers)
+    train(model, dataset, recipe, out, save=False, callbacks=[clock])
     return list(np.diff(clock.ends))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[int, list[float] | str]:
+    """Prints a line per setting and returns ``{workers: step times in s (warm-up left out),
+    or why the setting was refused}``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--steps", type=int, default=14)
@@ -78,13 +83,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.steps <= args.warmup + 1:
+        p.error(f"--steps must exceed --warmup + 1 (the statistics need 2 steps), got {args.steps} and {args.warmup}")
 
     import torch
 
     from tests.helpers.tiny import image_processor, tiny_vl_backbone, vl_tokenizer
 
-    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    results: dict[int, list[float] | str] = {}
     with tempfile.TemporaryDirectory() as root:
         folder = os.path.join(root, "qwen2_vl")
         tiny_vl_backbone("qwen2_vl").save_pretrained(folder)
@@ -105,8 +112,10 @@ def main() -> None:
                 )
             except ValueError as err:
                 print(f"workers {workers}: refused ({err})")
+                results[workers] = f"refused ({err})"
                 continue
             kept = sorted(times[args.warmup - 1 :])
+            results[workers] = kept
             q = statistics.quantiles(kept, n=5)
             print(
                 f"workers {workers}: step {statistics.median(kept) * 1e3:.0f} ms median "
@@ -114,7 +123,11 @@ def main() -> None:
                 f"load {load:.1f} -> {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
+    return results
 
 
 if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))
     main()

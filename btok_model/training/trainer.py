@@ -10,7 +10,11 @@ checkpoint -- :mod:`btok_model.training.bad_rows`), ``log``, ``get_train_dataloa
 mixture's own sampler, with the Trainer's data-loader workers) and ``save_model``. Checkpoint
 I/O is :mod:`btok_model.training.checkpoints`; one private method is overridden,
 ``_load_from_checkpoint``, because the Trainer has no public hook for how a checkpoint's weights
-are read. The batch builder keeps no state, so ``dataloader_num_workers`` may be set.
+are read. The batch builder keeps no state, so ``dataloader_num_workers`` may be set. Workers
+start by ``fork`` unless Lance is loaded in the training process (MMEB-train or LLaVA-Hound in
+Lance layout, an MMEB-V2 evaluation set): Lance is not fork-safe (its runtime's threads do not
+survive a fork, and a forked reader can deadlock), so then they start by ``spawn``
+(:func:`worker_start_method`), each opening the tables afresh.
 
 Distributed training runs under ``torchrun`` with DDP: each rank embeds its share of the
 batch and scores its queries against the candidates of every rank
@@ -35,7 +39,9 @@ the same order.
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 from dataclasses import replace
 
 import torch
@@ -52,7 +58,19 @@ from .mixed_dataset import MixedDataset
 from .sampler import check_block_size
 from .schedule import GenerativeSchedule
 
-__all__ = ["BTokTrainer"]
+__all__ = ["BTokTrainer", "worker_start_method"]
+
+logger = logging.getLogger(__name__)
+
+
+def worker_start_method(num_workers: int) -> str | None:
+    """How data-loader workers start: None (the platform's default, ``fork`` on Linux) without
+    workers or without Lance, ``"spawn"`` once ``lance`` or ``lancedb`` is imported in this
+    process (Lance is not fork-safe; the dataset is then pickled to each worker, and its Lance
+    tables reopen there)."""
+    if num_workers and ("lance" in sys.modules or "lancedb" in sys.modules):
+        return "spawn"
+    return None
 
 
 def _mixture_sampler(dataset, args, block_size: int | None, mode: str = "strict"):
@@ -209,6 +227,10 @@ class BTokTrainer(Trainer):
         any other dataset: the Trainer's loader."""
         if self.mixture_sampler is None:
             return super().get_train_dataloader()
+        workers = self.args.dataloader_num_workers
+        start_method = worker_start_method(workers)
+        if start_method is not None:
+            logger.info("data-loader workers (%d) start by %s: Lance is not fork-safe", workers, start_method)
         loader = torch.utils.data.DataLoader(
             self.train_dataset,
             batch_size=self._train_batch_size,
@@ -219,6 +241,7 @@ class BTokTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
             prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers else None,
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+            multiprocessing_context=start_method,
         )
         return self.accelerator.prepare(loader)
 

@@ -222,8 +222,11 @@ def write_parquet(root, rows: dict[str, list[dict]] | None = None, split: str = 
     return str(root)
 
 
-def write_lance(root, rows: dict[str, list[dict]] | None = None, split: str = "train") -> str:
-    """``rows`` (default :data:`ROWS`) in the authors' Lance layout under ``root``."""
+def write_lance(
+    root, rows: dict[str, list[dict]] | None = None, split: str = "train", not_images: tuple[str, ...] = ()
+) -> str:
+    """``rows`` (default :data:`ROWS`) in the authors' Lance layout under ``root``; the image paths
+    in ``not_images`` get bytes that are not an image."""
     import lance
 
     rows = ROWS if rows is None else rows
@@ -231,6 +234,7 @@ def write_lance(root, rows: dict[str, list[dict]] | None = None, split: str = "t
         lance.write_dataset(pa.Table.from_pylist(subset_rows), os.path.join(root, "data", subset, f"{split}.lance"))
         keys = image_keys(subset_rows)
         schema = pa.schema([pa.field("path", pa.string()), pa.field("image", pa.binary())])
-        table = pa.Table.from_pylist([{"path": k, "image": image_bytes(k)} for k in keys], schema=schema)
+        stored = [{"path": k, "image": b"\xff\xd8 not a jpeg" if k in not_images else image_bytes(k)} for k in keys]
+        table = pa.Table.from_pylist(stored, schema=schema)
         lance.write_dataset(table, os.path.join(root, "data", "images", f"{subset}.lance"))
     return str(root)

@@ -3,6 +3,7 @@ named once (``--on-bad-row skip``), or the run stopped after a checkpoint with o
 line naming file and row (``--on-bad-row error``), every rank told first."""
 
 import json
+import logging
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from btok_model.datasets import write_jsonl
 from btok_model.train import main as train_main
 from btok_model.training import DataSource, MixedDataset
 from btok_model.training.bad_rows import BAD_ROWS_KEY
-from tests.helpers.mmeb_train_data import IMG, mmeb_row, write_parquet
+from tests.helpers.mmeb_train_data import IMG, mmeb_row, write_lance, write_parquet
 from tests.helpers.training import VL_TRAIN, vl_folder, write_vl_data
 from tests.training.bad_rows_worker import run
 
@@ -20,9 +21,9 @@ SUBSETS = ("N24News", "ChartQA")
 BAD = 5  # the row of N24News whose image is not an image
 
 
-def _mmeb(tmp_path, rows: int = 16):
-    """Two MMEB-train subsets of ``rows`` image rows each (parquet layout), row :data:`BAD` of
-    N24News pointing at a file that is not an image."""
+def _mmeb(tmp_path, rows: int = 16, layout: str = "parquet"):
+    """Two MMEB-train subsets of ``rows`` image rows each (``layout``: parquet, or the authors'
+    Lance repack), row :data:`BAD` of N24News pointing at an image that is not an image."""
     data = {
         subset: [
             mmeb_row(
@@ -32,6 +33,9 @@ def _mmeb(tmp_path, rows: int = 16):
         ]
         for subset in SUBSETS
     }
+    if layout == "lance":
+        root = write_lance(tmp_path / "mmeb", data, not_images=(f"images/N24News/Train/{BAD}.jpg",))
+        return root, f"{root}/data/N24News/train.lance: row {BAD}"
     root = write_parquet(tmp_path / "mmeb", data)
     bad_image = tmp_path / "mmeb" / "images" / "N24News" / "Train" / f"{BAD}.jpg"
     bad_image.write_bytes(b"\xff\xd8 not a jpeg")
@@ -67,9 +71,14 @@ def _argv(tmp_path, root, out, *more):
     return argv
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
-def test_skip_replaces_counts_and_names_the_row_once(tmp_path, workers, float32_cpu, caplog):
-    root, where = _mmeb(tmp_path)
+@pytest.mark.parametrize(
+    "layout, workers", [("parquet", 0), ("parquet", 2), ("lance", 1)], ids=["in-process", "2-workers", "lance-1-worker"]
+)
+def test_skip_replaces_counts_and_names_the_row_once(tmp_path, layout, workers, float32_cpu, caplog):
+    """Also with workers reading the authors' Lance layout: Lance is not fork-safe, so they start
+    by spawn (the dataset pickled to them, its tables reopened there) and do the same."""
+    caplog.set_level(logging.INFO, logger="btok_model.training.trainer")
+    root, where = _mmeb(tmp_path, layout=layout)
     out = tmp_path / "run"
     # 4 steps of 4 rows from one source: the 16 rows of N24News, the bad one among them.
     assert train_main(_argv(tmp_path, root, out, "--dataloader-num-workers", str(workers))) == 0
@@ -82,6 +91,8 @@ def test_skip_replaces_counts_and_names_the_row_once(tmp_path, workers, float32_
     assert len(named) == 1 and where in named[0]
     lines = (out / "bad_rows.rank0.jsonl").read_text().splitlines()
     assert [json.loads(line)["where"] for line in lines] == [where]
+    if layout == "lance":
+        assert "data-loader workers (1) start by spawn: Lance is not fork-safe" in caplog.text
 
 
 def test_error_stops_with_one_line_after_a_checkpoint(tmp_path, float32_cpu, capsys):

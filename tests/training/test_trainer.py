@@ -121,3 +121,18 @@ def test_bf16_autocast_matches_fp32(tmp_path, chunk_size):
     for key in ("loss", "contrastive_loss", "generative_loss"):
         assert logs[True][key] == pytest.approx(logs[False][key], rel=3e-2), key
     assert logs[True]["loss"] != logs[False]["loss"], "bf16 autocast was not applied"
+
+
+def test_workers_start_by_spawn_once_lance_is_loaded(monkeypatch):
+    """Lance is not fork-safe: with ``lance`` or ``lancedb`` imported, data-loader workers spawn."""
+    import sys
+
+    from btok_model.training.trainer import worker_start_method
+
+    for name in ("lance", "lancedb"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert worker_start_method(2) is None and worker_start_method(0) is None
+    for name in ("lance", "lancedb"):
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, name, object())
+            assert worker_start_method(2) == "spawn" and worker_start_method(0) is None

@@ -51,8 +51,10 @@ def main(argv=None) -> int:
                 if limit is not None and r.shared_bytes > limit:
                     notes.append(f"shared memory over the sm_{args.arch} limit")
                 worst = max(worst, len(notes))
-                print(f"{kernel:<10} {name:<5} {d:>4} {r.registers:>5} {r.stack_bytes:>8} {r.local_bytes:>8} "
-                      f"{r.shared_bytes / 1024:>11.1f}  {', '.join(notes)}")
+                print(
+                    f"{kernel:<10} {name:<5} {d:>4} {r.registers:>5} {r.stack_bytes:>8} {r.local_bytes:>8} "
+                    f"{r.shared_bytes / 1024:>11.1f}  {', '.join(notes)}"
+                )
     return 0
 
 

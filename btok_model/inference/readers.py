@@ -197,8 +197,13 @@ class RowReader:
                 if value is None or c in kinds:
                     continue
                 kinds[c] = (
-                    pa.bool_() if isinstance(value, bool) else pa.int64() if isinstance(value, int)
-                    else pa.float64() if isinstance(value, float) else pa.string()
+                    pa.bool_()
+                    if isinstance(value, bool)
+                    else pa.int64()
+                    if isinstance(value, int)
+                    else pa.float64()
+                    if isinstance(value, float)
+                    else pa.string()
                 )
             if len(kinds) == len(self.keep_columns):
                 break

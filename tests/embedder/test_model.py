@@ -124,8 +124,10 @@ def test_lm_head_runs_on_target_rows_only(family):
     rows = (batch["labels"][0, 1:] != -100).nonzero().flatten()  # row r predicts token r + 1
     assert rows.numel() == batch["num_target_tokens"] < layout.total_tokens // 2
     seen = []
-    hook = transformers_model(model.backbone).get_output_embeddings().register_forward_hook(
-        lambda module, args, out: seen.append(args[0].detach())
+    hook = (
+        transformers_model(model.backbone)
+        .get_output_embeddings()
+        .register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
     )
     try:
         model(**batch)

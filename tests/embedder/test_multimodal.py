@@ -334,8 +334,9 @@ def test_qwen3_vl_prompts_are_the_processors(monkeypatch):
     after_image = "<|vision_end|>" + "<|vision_start|>" * outer + "<0.2 seconds><|vision_start|>"
     assert after_image in text and "<|vision_end|><0.7 seconds><|vision_start|>" in text
     assert text.count("<|vision_start|>") == 3 + outer and text.count("<|video_pad|>") == 2
-    assert text.count("<|vision_end|>") == 3 + outer and text.endswith("<|vision_end|>" * (1 + outer) + "\n" + "".join(
-        model.config.btok_tokens))
+    assert text.count("<|vision_end|>") == 3 + outer and text.endswith(
+        "<|vision_end|>" * (1 + outer) + "\n" + "".join(model.config.btok_tokens)
+    )
     assert "<1.0 seconds>" in model.tokenizer.decode(seqs[3])  # frames 0 and 1 at 0.5 fps: 0 s and 2 s
 
 

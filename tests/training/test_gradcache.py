@@ -34,9 +34,7 @@ def test_chunked_equals_full_batch(family, chunk_size, max_tokens):
     model = tiny_model(tiny_recipe(generative_weight=2.0), family=family).train()
     batch_examples = examples(8)
     full_batch = model.collate(batch_examples)
-    chunker = TrainingCollator(
-        model.collator, True, chunk_size=chunk_size, max_tokens=max_tokens
-    )
+    chunker = TrainingCollator(model.collator, True, chunk_size=chunk_size, max_tokens=max_tokens)
     chunked = chunker(batch_examples)
     assert isinstance(chunked, ChunkedBatch) and len(chunked.chunks) > 1
     if max_tokens is not None:

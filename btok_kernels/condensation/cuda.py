@@ -56,7 +56,7 @@ def _why_not_built() -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load() -> str | None:
     """Loads the extension once. Returns None when its ops are registered, else why not."""
     spec = importlib.util.find_spec(EXTENSION)

@@ -74,10 +74,10 @@ def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softma
             s = s.masked_fill(~_chunk_mask(r0, r1, kend, b, t, causal, q.device), float("-inf"))
             m = s.amax(-1, keepdim=True)
             p = torch.exp(s - m)
-            l = p.sum(-1, keepdim=True)
-            o = (p @ vs[..., :kend, :]) / l
+            denom = p.sum(-1, keepdim=True)
+            o = (p @ vs[..., :kend, :]) / denom
             out[start + r0 : start + r1] = _ungrouped(o).to(q.dtype)
-            lse[:, start + r0 : start + r1] = (m + torch.log(l)).reshape(hq, r1 - r0)
+            lse[:, start + r0 : start + r1] = (m + torch.log(denom)).reshape(hq, r1 - r0)
     return out, lse
 
 

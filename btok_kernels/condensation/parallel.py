@@ -171,7 +171,7 @@ def _load_rows(p, o_r, seqlen, stride, MASK_ROWS: tl.constexpr, HEAD_DIM: tl.con
     p_r = p + o_r[:, None].to(tl.int64) * stride
     if MASK_ROWS:
         return tl.load(p_r, mask=(o_r[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM), other=0.0)
-    if HEAD_DIM != p.shape[1]:
+    if p.shape[1] != HEAD_DIM:
         return tl.load(p_r, mask=o_d[None, :] < HEAD_DIM, other=0.0)
     return tl.load(p_r)
 
@@ -258,7 +258,7 @@ def _fwd_inner(
     # counted loops: a strided range(key_lo, key_hi, BLOCK_N) costs registers (sm_90: dK/dV spills)
     for i_n in range(0, (key_hi - key_lo) // BLOCK_N):
         o_n = key_lo + i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        b_k, b_v, b_s = _key_block_scores(
+        _b_k, b_v, b_s = _key_block_scores(
             b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t, MASKED, CAUSAL, PRECISION, HEAD_DIM
         )
         m_new = tl.maximum(m_i, tl.max(b_s, 1))
@@ -282,7 +282,7 @@ def condensation_fwd_kernel(
     Q,
     K,
     V,
-    O,
+    O,  # noqa: E741 (the kernels name their tensors Q, K, V, O, LSE; the AOT build reads these names)
     LSE,
     cu_seqlens,
     btok_start,
@@ -380,7 +380,7 @@ def condensation_fwd_kernel(
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def condensation_bwd_preprocess_kernel(
-    O,
+    O,  # noqa: E741 (the output tensor, named as in the other kernels)
     DO,
     DELTA,
     total,
@@ -723,7 +723,7 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -828,7 +828,7 @@ def shape_bucket(total: int, n_seqs: int) -> tuple[int, int]:
     return triton.next_power_of_2(total), triton.next_power_of_2(triton.cdiv(total, max(n_seqs, 1)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def autotuned_kernel(name: str, bucket: tuple[int, int]):
     """Kernel ``name`` ("fwd", "dkdv", "dq") wrapped in a Triton autotuner for packs of one
     :func:`shape_bucket`: it times its candidate tiles on its first launch for each (head

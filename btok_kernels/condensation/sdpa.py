@@ -320,18 +320,18 @@ def _flash_fwd(q, k, v, scale: float, causal: bool, chunk: int):
     for r0 in range(0, length, chunk):
         r1 = min(r0 + chunk, length)
         qc = q[:, :, r0:r1]
-        o, l = flash(qc, k[:, :, r0:r1], v[:, :, r0:r1], 0.0, True, scale=scale)
+        o, lse_c = flash(qc, k[:, :, r0:r1], v[:, :, r0:r1], 0.0, True, scale=scale)
         if r0 == 0:
-            lse = l.new_empty(n, h, length)
+            lse = lse_c.new_empty(n, h, length)
             out[:, :, :r1] = o
-            lse[:, :, :r1] = l
+            lse[:, :, :r1] = lse_c
         else:
             _merge_into(
                 out[:, :, r0:r1],
                 lse[:, :, r0:r1],
                 *flash(qc, k[:, :, :r0], v[:, :, :r0], 0.0, False, scale=scale),
                 o,
-                l,
+                lse_c,
             )
     return out, lse
 

@@ -88,7 +88,7 @@ def test_peer_masks_agree_with_the_package_mask():
     t = layout.total_tokens
     qi, kj = torch.arange(t)[:, None], torch.arange(t)[None, :]
     assert torch.equal(condensation_mask_mod(layout)(0, 0, qi.expand(t, t), kj.expand(t, t)), packed)
-    for s, (start, length, b, tt) in enumerate(
+    for s, (_start, length, b, tt) in enumerate(
         zip(layout.host_cu_seqlens, layout.seqlens, layout.host_btok_start, layout.host_target_start)
     ):
         assert torch.equal(padded[s, :length, :length], sequence_mask(length, b, tt))

@@ -3,7 +3,6 @@
 authors' for Qwen2-VL), not the processor's defaults."""
 
 import pytest
-import torch
 
 from btok_model.embedder.backbone import processor_parts
 from btok_model.evaluate import AUTHORS_PIXELS, load_embedder, parser, pixel_limits

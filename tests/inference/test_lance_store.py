@@ -23,9 +23,10 @@ pa = pytest.importorskip("pyarrow")
 
 H, K, BLOCK = 8, 3, 4
 SETTINGS = {"model": "m", "weights": "abc", "dtype": "float32"}
+KEPT = (("lang", pa.string()),)
 
 
-def _schema(settings=SETTINGS, dtype="float32", k=K, kept=(("lang", pa.string()),)):
+def _schema(settings=SETTINGS, dtype="float32", k=K, kept=KEPT):
     return output_schema(H, dtype, k, list(kept), {"format": 1, "settings": settings})
 
 
@@ -66,7 +67,7 @@ def test_blocks_in_any_order_end_in_row_order_and_round_trip(tmp_path):
 
 def test_float16_vectors(tmp_path):
     path = str(tmp_path / "o.lance")
-    rows, vectors, multi = _data(4)
+    rows, vectors, _ = _data(4)
     store = EmbeddingStore.open(path, _schema(dtype="float16", k=None), block_size=BLOCK, dtype="float16")
     store.write_block(0, rows, vectors)
     store.finish(1)

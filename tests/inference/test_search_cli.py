@@ -60,7 +60,7 @@ def _user_error(capsys, argv) -> str:
 
 @pytest.mark.parametrize("similarity", ["cosine", "maxsim"])
 def test_hits_are_the_brute_force_top_k(embedded, capsys, similarity):
-    model_dir, out, model = embedded
+    _, out, model = embedded
     queries = ["a furry cat", "sunny weather"]
     argv = [
         "--index",

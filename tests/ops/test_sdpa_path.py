@@ -227,7 +227,7 @@ def test_public_function_defaults_to_sdpa_on_cpu(monkeypatch):
     monkeypatch.setenv("BTOK_BACKEND", "reference")
     ref = condensation_attention(q, k, v, layout, softmax_scale=0.3)
     assert calls == [0.3] and rel_err(ref, out) < 1e-6
-    out_lse, lse = condensation_attention(q, k, v, layout, backend="sdpa", return_lse=True)
+    _, lse = condensation_attention(q, k, v, layout, backend="sdpa", return_lse=True)
     assert lse.shape == (4, layout.total_tokens) and calls == [0.3, 0.25]
 
 

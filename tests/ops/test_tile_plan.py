@@ -33,7 +33,7 @@ pytestmark = pytest.mark.interpret
 @triton.jit
 def _find_tile_probe(cu_seqlens, n_seqs, Out, BLOCK: tl.constexpr):
     i_t = tl.program_id(0)
-    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK)
+    i_s, i_m, n_m, _bos, _seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK)
     tl.store(Out + i_t * 3 + 0, i_s)
     tl.store(Out + i_t * 3 + 1, i_m)
     tl.store(Out + i_t * 3 + 2, n_m)

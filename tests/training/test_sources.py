@@ -190,10 +190,10 @@ FOLDERS = {
 # Written by hand from the authors' configs/datasets/mmeb_train.yaml (weight) and
 # btoks_mmeb_train.yaml (metadata.ntp_side): (weight, side) of the 25 v1 sources.
 V1_MIXTURE = {
-    **{name: (1.0, "positive") for name in ("ImageNet_1K", "N24News", "DocVQA", "Visual7W", "VisualNews_i2t")},
-    **{name: (1.0, "positive") for name in ("MSCOCO_i2t",)},
-    **{name: (0.5, "positive") for name in ("HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA")},
-    **{name: (0.5, "positive") for name in ("InfographicsVQA", "ChartQA")},
+    **dict.fromkeys(("ImageNet_1K", "N24News", "DocVQA", "Visual7W", "VisualNews_i2t"), (1.0, "positive")),
+    **dict.fromkeys(("MSCOCO_i2t",), (1.0, "positive")),
+    **dict.fromkeys(("HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA"), (0.5, "positive")),
+    **dict.fromkeys(("InfographicsVQA", "ChartQA"), (0.5, "positive")),
     "VisDial": (1.0, "query"),
     "CIRR": (0.5, "none"),
     "VisualNews_t2i": (1.0, "query"),

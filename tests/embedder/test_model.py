@@ -271,7 +271,7 @@ def test_pooled_embedder_save_load_round_trip(tmp_path):
     assert rel_err(loaded.encode(TEXTS), model.encode(TEXTS)) < 1e-5  # LoRA merged: fp32 rounding
     with pytest.raises(ValueError, match="freeze_backbone=True without LoRA trains only the BTok rows"):
         PooledEmbedder.from_pretrained(tmp_path, freeze_backbone=True)
-    with pytest.raises(FileNotFoundError, match="btok_config.json not found: .* is not a saved BTok model"):
+    with pytest.raises(FileNotFoundError, match=r"btok_config\.json not found: .* is not a saved BTok model"):
         BTokModel.from_pretrained(tmp_path)
 
 

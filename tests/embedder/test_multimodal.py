@@ -505,15 +505,15 @@ def test_bad_multimodal_examples_name_the_example(model, example, message, tmp_p
 
 
 def test_missing_processors_and_text_only_models_say_so(tmp_path):
-    with pytest.raises(ExampleError, match="text 0: images .* text-only"):
+    with pytest.raises(ExampleError, match=r"text 0: images .* text-only"):
         tiny_btok().encode([{"text": "q", "image": image(28, 28, 1)}])
-    with pytest.raises(ExampleError, match="example 0, field 'query_image': images .* text-only"):
+    with pytest.raises(ExampleError, match=r"example 0, field 'query_image': images .* text-only"):
         tiny_btok().collate([{"query": "q", "query_image": "a.png", "positive": "p"}])
     no_video = tiny_vl_btok("qwen2_vl", video=False)
     with pytest.raises(ExampleError, match="text 1: this BTok model has no video processor"):
         no_video.encode(["fine", {"video": frames(2, 28, 28, 1)}])
     with pytest.raises(
-        ValueError, match="processor= is for Qwen2-VL, Qwen2.5-VL, Qwen3-VL backbones; LlamaForCausalLM"
+        ValueError, match=r"processor= is for Qwen2-VL, Qwen2\.5-VL, Qwen3-VL backbones; LlamaForCausalLM"
     ):
         BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), processor=image_processor())
     bare = tiny_vl_btok("qwen2_vl", processor=None)

@@ -132,7 +132,7 @@ def test_other_settings_or_columns_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a Lance dataset"):
         EmbeddingStore.open(str(tmp_path / "x.lance"), _schema(), block_size=BLOCK, dtype="float32")
     lance.write_dataset(pa.table({"a": [1]}), str(tmp_path / "y.lance"))
-    with pytest.raises(ValueError, match="not one written by python -m btok_model.embed"):
+    with pytest.raises(ValueError, match=r"not one written by python -m btok_model\.embed"):
         EmbeddingStore.open(str(tmp_path / "y.lance"), _schema(), block_size=BLOCK, dtype="float32")
 
 

@@ -96,7 +96,7 @@ def test_public_function_reports_the_missing_extension(fresh_loader):
     fresh_loader.setattr(importlib.util, "find_spec", lambda name, *a: None)
     layout = CondensationLayout.from_lengths([3], 1, [2])
     x = torch.zeros(layout.total_tokens, 1, 16, dtype=torch.float16)
-    with pytest.raises(cuda.CUDABackendUnavailable, match="btok_kernels._cuda was not built"):
+    with pytest.raises(cuda.CUDABackendUnavailable, match=r"btok_kernels\._cuda was not built"):
         condensation_attention(x, x, x, layout, backend="cuda")
 
 

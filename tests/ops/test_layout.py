@@ -138,7 +138,7 @@ def test_validation_shape_and_type():
             torch.zeros(1, dtype=torch.int32),
             0,
         )
-    with pytest.raises(ValueError, match="btok_start must be a torch.Tensor, got list"):
+    with pytest.raises(ValueError, match=r"btok_start must be a torch\.Tensor, got list"):
         CondensationLayout(torch.zeros(2, dtype=torch.int32), [0], torch.zeros(1, dtype=torch.int32), 0)
 
 

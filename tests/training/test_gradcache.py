@@ -143,7 +143,7 @@ def test_single_chunk_is_a_plain_batch():
 
 def test_token_budget_too_small_names_the_example():
     model = tiny_model()
-    with pytest.raises(ValueError, match="example 0 packs into .* tokens.*max_tokens=10"):
+    with pytest.raises(ValueError, match=r"example 0 packs into .* tokens.*max_tokens=10"):
         TrainingCollator(model.collator, True, max_tokens=10)(examples(2))
 
 

@@ -21,8 +21,11 @@ DEFAULT_ARCH_FLAGS = [
 
 
 def _skip(reason: str) -> dict:
-    print(f"btok: not building the CUDA extension btok_kernels._cuda: {reason}; "
-          "backend='cuda' stays unavailable (the Triton and reference backends are unaffected)", file=sys.stderr)
+    print(
+        f"btok: not building the CUDA extension btok_kernels._cuda: {reason}; "
+        "backend='cuda' stays unavailable (the Triton and reference backends are unaffected)",
+        file=sys.stderr,
+    )
     return {}
 
 

@@ -54,8 +54,14 @@ def measure(wl, device, dtype, args) -> list[dict]:
     def backend(q, k, v):
         # the layout a decoder layer produces: [1, T, H, D] projections seen as [1, H, T, D]
         out, _ = btok_model.btok_attention_forward(
-            module, q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2), None,
-            scaling=scale, btok_layout=layout)
+            module,
+            q[None].transpose(1, 2),
+            k[None].transpose(1, 2),
+            v[None].transpose(1, 2),
+            None,
+            scaling=scale,
+            btok_layout=layout,
+        )
         return out[0]
 
     rows = []
@@ -65,17 +71,33 @@ def measure(wl, device, dtype, args) -> list[dict]:
         times = {}
         for name, fn in (("kernel", kernel), ("backend", backend)):
             if mode == "fwd":
+
                 def call(fn=fn):
                     with torch.no_grad():
                         fn(q, k, v)
             else:
+
                 def call(fn=fn):
                     fn(*leaves).backward(do)
-            times[name] = bench(call, device, grad_to_none=leaves if mode == "fwd_bwd" else None,
-                                rep_ms=args.rep_ms, cpu_reps=args.cpu_reps)["ms"]
-        rows.append(dict(workload=wl.name, mode=mode, kernel_ms=times["kernel"], backend_ms=times["backend"],
-                         overhead_ms=times["backend"] - times["kernel"],
-                         overhead_pct=100 * (times["backend"] - times["kernel"]) / times["kernel"], max_err=err))
+
+            times[name] = bench(
+                call,
+                device,
+                grad_to_none=leaves if mode == "fwd_bwd" else None,
+                rep_ms=args.rep_ms,
+                cpu_reps=args.cpu_reps,
+            )["ms"]
+        rows.append(
+            dict(
+                workload=wl.name,
+                mode=mode,
+                kernel_ms=times["kernel"],
+                backend_ms=times["backend"],
+                overhead_ms=times["backend"] - times["kernel"],
+                overhead_pct=100 * (times["backend"] - times["kernel"]) / times["kernel"],
+                max_err=err,
+            )
+        )
     return rows
 
 
@@ -90,8 +112,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    workloads = ([all_workloads()[n] for n in args.workloads.split(",")] if device.type == "cuda"
-                 else cpu_workloads()[:1])
+    workloads = (
+        [all_workloads()[n] for n in args.workloads.split(",")] if device.type == "cuda" else cpu_workloads()[:1]
+    )
     meta = dict(environment(device), dtype=str(dtype).removeprefix("torch."))
     print(f"# backend overhead on {meta.get('gpu') or 'CPU'}, {meta['dtype']}, {meta['date_utc']}")
     rows = [row for wl in workloads for row in measure(wl, device, dtype, args)]

@@ -112,8 +112,9 @@ def make_batch(model, wl: Workload, num_words: int, seed: int) -> StepBatch:
     positives = [draw(n) for n in wl.target_lens]
     unscored = model.collator.unscored
     if min(wl.target_lens) <= unscored:
-        raise ValueError(f"every target must be longer than the {unscored} unscored prefix tokens, got "
-                         f"{min(wl.target_lens)}")
+        raise ValueError(
+            f"every target must be longer than the {unscored} unscored prefix tokens, got {min(wl.target_lens)}"
+        )
     targets = [Target(t, [IGNORE_INDEX] * unscored + t[unscored:]) for t in target_ids]
     encoded = [EncodedExample(q, [p], query_target=t) for q, p, t in zip(queries, positives, targets)]
     collated = model.collator.pack(encoded).to(model.device)
@@ -146,9 +147,12 @@ def _single_pass(mask_implementation: str | None):
         build = lambda: condensation_attention_mask(batch.layout, mask_implementation, dtype, device)  # noqa: E731
         build()  # a first call (compiles, allocates) before timing
         kind = "dense additive [1, 1, T, T] mask" if mask_implementation == "sdpa" else "BlockMask"
-        return Prepared(loss, bench(build, device, rep_ms=100, cpu_reps=3)["ms"],
-                        [f"one packed pass, {kind} built by BTokModel in every step (mask ms: that build alone)"],
-                        setup_in_step=True)
+        return Prepared(
+            loss,
+            bench(build, device, rep_ms=100, cpu_reps=3)["ms"],
+            [f"one packed pass, {kind} built by BTokModel in every step (mask ms: that build alone)"],
+            setup_in_step=True,
+        )
 
     return prepare
 
@@ -205,8 +209,9 @@ def reference_step(model, batch: StepBatch, device: torch.device, dtype: torch.d
     ref.zero_grad(set_to_none=True)
     values = _two_pass(ref, batch, device).loss()
     values["loss"].backward()
-    reference = Reference({k: float(v.detach()) for k, v in values.items()},
-                          {k: g.detach().clone() for k, g in probe_grads(ref).items()})
+    reference = Reference(
+        {k: float(v.detach()) for k, v in values.items()}, {k: g.detach().clone() for k, g in probe_grads(ref).items()}
+    )
     del ref, values
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -214,26 +219,37 @@ def reference_step(model, batch: StepBatch, device: torch.device, dtype: torch.d
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="shorter timing")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--dims", default=None, choices=tuple(DIMS),
-                    help="decoder dimensions (default 2B on CUDA, tiny on CPU)")
+    ap.add_argument(
+        "--dims", default=None, choices=tuple(DIMS), help="decoder dimensions (default 2B on CUDA, tiny on CPU)"
+    )
     ap.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 4 on CUDA, 2 on CPU)")
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary (default 151936; 1024 on CPU)")
     ap.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma list of rows")
     ap.add_argument("--workload", default=None, help="default image_2B on CUDA, cpu_pack on CPU")
-    ap.add_argument("--tol", type=float, default=None,
-                    help="bound on the relative errors of the losses and gradients (default 5e-2 bf16, 1e-4 fp32)")
+    ap.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="bound on the relative errors of the losses and gradients (default 5e-2 bf16, 1e-4 fp32)",
+    )
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 500, quick 200)")
     ap.add_argument("--cpu-reps", type=int, default=5)
     add_cpu_timing_arguments(ap)
-    ap.add_argument("--no-memory", dest="cpu_memory", action="store_false",
-                    help="CPU: skip the peak-RSS pass after the timing")
-    ap.add_argument("--no-forward-check", dest="skipped_forward_check", action="store_false",
-                    help="CPU: do not compile and check flex_attention's forward (its row is skipped: no backward)")
+    ap.add_argument(
+        "--no-memory", dest="cpu_memory", action="store_false", help="CPU: skip the peak-RSS pass after the timing"
+    )
+    ap.add_argument(
+        "--no-forward-check",
+        dest="skipped_forward_check",
+        action="store_false",
+        help="CPU: do not compile and check flex_attention's forward (its row is skipped: no backward)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="weights and token ids")
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     ap.add_argument("--stem", default=None, help="output file stem (default btok_step_<device>_<UTC time>)")
@@ -264,19 +280,34 @@ def main(argv=None) -> dict:
     wl = all_workloads()[args.workload]
     stem = run_stem(args.out_dir, f"btok_step_{device.type}", args.stem)
     meta = environment(device)
-    meta.update(workload=wl.describe(), layers=args.layers, dims=args.dims, dtype=str(args.dtype).replace("torch.", ""),
-                step="BTokModel: InfoNCE (T=0.02) + 5.0 x generative, forward + backward", tol=args.tol,
-                reference=f"{str(args.ref_dtype).replace('torch.', '')} copy of the model, two-pass formulation "
-                          "with sdpa", cpu_clock=args.cpu_clock)
-    print(f"# btok_step on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
-          f"transformers {meta.get('transformers')}, {meta['date_utc']}", flush=True)
+    meta.update(
+        workload=wl.describe(),
+        layers=args.layers,
+        dims=args.dims,
+        dtype=str(args.dtype).replace("torch.", ""),
+        step="BTokModel: InfoNCE (T=0.02) + 5.0 x generative, forward + backward",
+        tol=args.tol,
+        reference=f"{str(args.ref_dtype).replace('torch.', '')} copy of the model, two-pass formulation with sdpa",
+        cpu_clock=args.cpu_clock,
+    )
+    print(
+        f"# btok_step on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
+        f"transformers {meta.get('transformers')}, {meta['date_utc']}",
+        flush=True,
+    )
     model, num_words = build_btok_model(args.dims, args.layers, args.seed, wl.num_btoks)
     model.to(device, args.dtype).train()  # a training step (no dropout in this config)
     batch = make_batch(model, wl, num_words, args.seed)
-    meta.update(tokens=batch.layout.total_tokens, sequences=batch.layout.num_seqs,
-                target_tokens=int(batch.collated["num_target_tokens"]))
-    print(f"# {wl.describe()} + {wl.num_seqs} positives: {batch.layout.total_tokens} tokens; Qwen2 decoder "
-          f"{args.layers} layers, {args.dims}", flush=True)
+    meta.update(
+        tokens=batch.layout.total_tokens,
+        sequences=batch.layout.num_seqs,
+        target_tokens=int(batch.collated["num_target_tokens"]),
+    )
+    print(
+        f"# {wl.describe()} + {wl.num_seqs} positives: {batch.layout.total_tokens} tokens; Qwen2 decoder "
+        f"{args.layers} layers, {args.dims}",
+        flush=True,
+    )
     reference = reference_step(model, batch, device, args.ref_dtype)
     meta["wall_s"] = time.perf_counter() - t_start
     fixed = {"workload": args.workload, "layers": args.layers, "tokens": batch.layout.total_tokens}

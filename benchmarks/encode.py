@@ -76,8 +76,18 @@ from benchmarks.harness import (
 from benchmarks.model_setup import CPU_TINY, QWEN2VL_2B_TEXT, build_btok_model, word_texts
 from benchmarks.table import format_table
 
-__all__ = ["EncodeWorkload", "WORKLOADS", "MODES", "METHODS", "DirectLastToken", "predicted_tokens",
-           "main", "COLUMNS", "WITHIN", "ENCODE_TARGET"]
+__all__ = [
+    "EncodeWorkload",
+    "WORKLOADS",
+    "MODES",
+    "METHODS",
+    "DirectLastToken",
+    "predicted_tokens",
+    "main",
+    "COLUMNS",
+    "WITHIN",
+    "ENCODE_TARGET",
+]
 
 MODES = {"packed": "btok_triton", "padded": "sdpa"}  # mode -> attention implementation (both methods)
 METHODS = ("btok", "last_token", "pooled_embedder")  # btok first; last_token: the decisive baseline
@@ -117,7 +127,7 @@ def predicted_tokens(lengths: list[int], extra: int, batch_size: int, mode: str)
     ordered = sorted(lengths, reverse=True)
     total = 0
     for start in range(0, len(ordered), batch_size):
-        batch = ordered[start:start + batch_size]
+        batch = ordered[start : start + batch_size]
         total += len(batch) * (batch[0] + extra)
     return total
 
@@ -231,9 +241,18 @@ def run_mode(model, wl_name: str, lengths: list[int], texts: list[str], mode: st
     rows, calls = {}, {}
     for method in METHODS:
         extra = k if method == "btok" else 0
-        row = {"workload": wl_name, "mode": mode, "method": method, "attn": MODES[mode], "texts": len(texts),
-               "num_btoks": extra, "batch_size": args.batch_size, "input_tokens": input_tokens,
-               "processed_tokens": predicted_tokens(lengths, extra, args.batch_size, mode), "status": "ok"}
+        row = {
+            "workload": wl_name,
+            "mode": mode,
+            "method": method,
+            "attn": MODES[mode],
+            "texts": len(texts),
+            "num_btoks": extra,
+            "batch_size": args.batch_size,
+            "input_tokens": input_tokens,
+            "processed_tokens": predicted_tokens(lengths, extra, args.batch_size, mode),
+            "status": "ok",
+        }
         rows[method] = row
         try:
             t0 = time.perf_counter()
@@ -242,8 +261,10 @@ def run_mode(model, wl_name: str, lengths: list[int], texts: list[str], mode: st
             row["err"] = rel_l2(emb[:n_check], reference[method])
             if not row["err"] <= args.tol:
                 row["status"] = "FAILED"
-                row["note"] = (f"FAILED check vs the {args.ref_dtype_name} one-text-at-a-time embeddings "
-                               f"(rel L2 {row['err']:.1e} > tol {args.tol:.0e})")
+                row["note"] = (
+                    f"FAILED check vs the {args.ref_dtype_name} one-text-at-a-time embeddings "
+                    f"(rel L2 {row['err']:.1e} > tol {args.tol:.0e})"
+                )
                 continue
             calls[method] = lambda m=method: encoders[m](texts, packed)
         except Exception as e:  # noqa: BLE001 -- a method that breaks is a row, not a crash
@@ -252,12 +273,22 @@ def run_mode(model, wl_name: str, lengths: list[int], texts: list[str], mode: st
             if args.device.type == "cuda":
                 torch.cuda.empty_cache()
     if calls:
-        times = _time_calls(calls, args.reps, CPU_CLOCKS[args.cpu_clock] if args.device.type == "cpu"
-                            else time.perf_counter, args.device)
+        times = _time_calls(
+            calls,
+            args.reps,
+            CPU_CLOCKS[args.cpu_clock] if args.device.type == "cpu" else time.perf_counter,
+            args.device,
+        )
         for method, secs in times.items():
             row, med = rows[method], statistics.median(secs)
-            row.update(ms=med * 1e3, ms_min=min(secs) * 1e3, reps=len(secs), texts_per_s=len(texts) / med,
-                       tokens_per_s=input_tokens / med, processed_tokens_per_s=row["processed_tokens"] / med)
+            row.update(
+                ms=med * 1e3,
+                ms_min=min(secs) * 1e3,
+                reps=len(secs),
+                texts_per_s=len(texts) / med,
+                tokens_per_s=input_tokens / med,
+                processed_tokens_per_s=row["processed_tokens"] / med,
+            )
     btok, last, pooled = (rows[m] for m in METHODS)
     btok["predicted_ratio"] = btok["processed_tokens"] / last["processed_tokens"]
     if btok.get("ms") and last.get("ms"):
@@ -295,8 +326,9 @@ COLUMNS = [
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="fewer texts and calls")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dims", default=None, choices=("2B", "tiny"), help="default 2B on CUDA, tiny on CPU")
@@ -309,8 +341,12 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=None, help="timed calls per method (default 5; quick 3)")
     ap.add_argument("--check-texts", type=int, default=32, help="texts checked against the reference")
-    ap.add_argument("--tol", type=float, default=None,
-                    help="bound on the embeddings' relative L2 error (default 5e-2 16-bit, 1e-4 fp32)")
+    ap.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="bound on the embeddings' relative L2 error (default 5e-2 16-bit, 1e-4 fp32)",
+    )
     add_cpu_timing_arguments(ap)
     ap.add_argument("--seed", type=int, default=0, help="weights, lengths and words")
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
@@ -322,14 +358,21 @@ def parse_args(argv=None):
     args.layers = (4 if gpu else 2) if args.layers is None else args.layers
     args.dims = dict({"2B": QWEN2VL_2B_TEXT, "tiny": CPU_TINY}[args.dims or ("2B" if gpu else "tiny")])
     args.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if gpu else "fp32")]
+        args.dtype or ("bf16" if gpu else "fp32")
+    ]
     args.ref_dtype = torch.float64 if args.dtype == torch.float32 else torch.float32
     args.ref_dtype_name = str(args.ref_dtype).replace("torch.", "")
     if args.tol is None:
         args.tol = 1e-4 if args.dtype == torch.float32 else 5e-2
     args.reps = (3 if args.quick else 5) if args.reps is None else args.reps
-    for name, value in (("--layers", args.layers), ("--num-btoks", args.num_btoks), ("--batch-size", args.batch_size),
-                        ("--reps", args.reps), ("--check-texts", args.check_texts), ("--texts", 1 if args.texts is None else args.texts)):
+    for name, value in (
+        ("--layers", args.layers),
+        ("--num-btoks", args.num_btoks),
+        ("--batch-size", args.batch_size),
+        ("--reps", args.reps),
+        ("--check-texts", args.check_texts),
+        ("--texts", 1 if args.texts is None else args.texts),
+    ):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -349,24 +392,40 @@ def main(argv=None) -> dict:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     stem = run_stem(args.out_dir, f"encode_{device.type}", args.stem)
     meta = environment(device)
-    meta.update(layers=args.layers, dims=args.dims, dtype=str(args.dtype).replace("torch.", ""),
-                num_btoks=args.num_btoks, batch_size=args.batch_size, tol=args.tol, cpu_clock=args.cpu_clock,
-                reference=f"{args.ref_dtype_name} copy, one text per forward, sdpa",
-                timing="wall clock per encode() call (CUDA: returns after the GPU finished)" if gpu else
-                f"{args.cpu_clock} clock per encode() call",
-                tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"))
-    print(f"# encode on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
-          f"transformers {meta.get('transformers')}, {meta['date_utc']}", flush=True)
-    print(f"# Qwen2 decoder {args.layers} layers {args.dims}, K={args.num_btoks}, batch size {args.batch_size}, "
-          f"{meta['dtype']}", flush=True)
+    meta.update(
+        layers=args.layers,
+        dims=args.dims,
+        dtype=str(args.dtype).replace("torch.", ""),
+        num_btoks=args.num_btoks,
+        batch_size=args.batch_size,
+        tol=args.tol,
+        cpu_clock=args.cpu_clock,
+        reference=f"{args.ref_dtype_name} copy, one text per forward, sdpa",
+        timing="wall clock per encode() call (CUDA: returns after the GPU finished)"
+        if gpu
+        else f"{args.cpu_clock} clock per encode() call",
+        tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"),
+    )
+    print(
+        f"# encode on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
+        f"transformers {meta.get('transformers')}, {meta['date_utc']}",
+        flush=True,
+    )
+    print(
+        f"# Qwen2 decoder {args.layers} layers {args.dims}, K={args.num_btoks}, batch size {args.batch_size}, "
+        f"{meta['dtype']}",
+        flush=True,
+    )
     model, num_words = build_btok_model(args.dims, args.layers, args.seed, args.num_btoks)
     model.to(device, args.dtype)
     rows: list[dict] = []
     for wl_name in args.workloads:
         lengths = WORKLOADS[wl_name].draw(gpu, args.quick, args.seed, args.texts)
         texts = word_texts(lengths, num_words, args.seed)
-        print(f"# {wl_name}: {len(texts)} texts of {min(lengths)}-{max(lengths)} tokens ({sum(lengths):,} tokens)",
-              flush=True)
+        print(
+            f"# {wl_name}: {len(texts)} texts of {min(lengths)}-{max(lengths)} tokens ({sum(lengths):,} tokens)",
+            flush=True,
+        )
         reference = reference_embeddings(model, texts[: args.check_texts], args.ref_dtype)
         for mode in args.modes:
             rows += run_mode(model, wl_name, lengths, texts, mode, reference, args)
@@ -376,8 +435,10 @@ def main(argv=None) -> dict:
     print(format_table(rows, COLUMNS))
     meta["wall_s"] = time.perf_counter() - t_start
     paths = write_outputs(rows, meta, stem)
-    print(f"# time ratio = btok ms / last-token ms; by tokens = the ratio the K extra tokens predict; code ovh = "
-          f"time ratio / by tokens - 1. Target (GPU): time ratio <= {WITHIN:.4f}")
+    print(
+        f"# time ratio = btok ms / last-token ms; by tokens = the ratio the K extra tokens predict; code ovh = "
+        f"time ratio / by tokens - 1. Target (GPU): time ratio <= {WITHIN:.4f}"
+    )
     print(f"# wrote {', '.join(str(p) for p in paths)}; total wall time {meta['wall_s']:.1f} s")
     return {"rows": rows, "meta": meta, "paths": paths}
 

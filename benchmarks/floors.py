@@ -24,8 +24,12 @@ from benchmarks.workloads import design_workloads, sweep_workloads, tile_counts
 def floor_rows(tflops: float, tbps: float, lengths=(1024, 2048, 4096, 8192, 16384), head_dims=(64, 128)):
     rows = []
     for w in design_workloads() + sweep_workloads(lengths, head_dims):
-        r = {"workload": w.name, "tokens": w.total_tokens, "kept": w.kept_pairs(),
-             "kept_frac": w.kept_pairs() / w.causal_pairs()}
+        r = {
+            "workload": w.name,
+            "tokens": w.total_tokens,
+            "kept": w.kept_pairs(),
+            "kept_frac": w.kept_pairs() / w.causal_pairs(),
+        }
         full, partial = tile_counts(w)
         r["partial_frac"] = partial / (full + partial)
         for mode in ("fwd", "fwd_bwd"):
@@ -41,18 +45,26 @@ def floor_rows(tflops: float, tbps: float, lengths=(1024, 2048, 4096, 8192, 1638
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tflops", type=float, default=812.0,
-                    help="dense bf16 matmul rate (812: measured on H100, benchmarks/README.md)")
+    ap.add_argument(
+        "--tflops",
+        type=float,
+        default=812.0,
+        help="dense bf16 matmul rate (812: measured on H100, benchmarks/README.md)",
+    )
     ap.add_argument("--tbps", type=float, default=3.35, help="HBM bandwidth in TB/s (H100 SXM spec 3.35; H200 4.8)")
     args = ap.parse_args(argv)
-    print("| workload | tokens | kept pairs (/causal) | fwd GFLOP | fwd MB | fwd FLOP floor ms | fwd byte floor ms "
-          "| f+b GFLOP | f+b MB | f+b FLOP floor ms | f+b byte floor ms | partial tiles (128x128) |")
+    print(
+        "| workload | tokens | kept pairs (/causal) | fwd GFLOP | fwd MB | fwd FLOP floor ms | fwd byte floor ms "
+        "| f+b GFLOP | f+b MB | f+b FLOP floor ms | f+b byte floor ms | partial tiles (128x128) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in floor_rows(args.tflops, args.tbps):
-        print(f"| {r['workload']} | {r['tokens']:,} | {r['kept']:,} ({r['kept_frac']:.1%}) | {r['fwd_gflop']:.1f} | "
-              f"{r['fwd_mb']:.1f} | {r['fwd_flop_ms']:.4f} | {r['fwd_byte_ms']:.4f} | {r['fwd_bwd_gflop']:.1f} | "
-              f"{r['fwd_bwd_mb']:.1f} | {r['fwd_bwd_flop_ms']:.4f} | {r['fwd_bwd_byte_ms']:.4f} | "
-              f"{r['partial_frac']:.1%} |")
+        print(
+            f"| {r['workload']} | {r['tokens']:,} | {r['kept']:,} ({r['kept_frac']:.1%}) | {r['fwd_gflop']:.1f} | "
+            f"{r['fwd_mb']:.1f} | {r['fwd_flop_ms']:.4f} | {r['fwd_byte_ms']:.4f} | {r['fwd_bwd_gflop']:.1f} | "
+            f"{r['fwd_bwd_mb']:.1f} | {r['fwd_bwd_flop_ms']:.4f} | {r['fwd_bwd_byte_ms']:.4f} | "
+            f"{r['partial_frac']:.1%} |"
+        )
 
 
 if __name__ == "__main__":

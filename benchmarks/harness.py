@@ -90,11 +90,19 @@ def bench(
 
 def add_cpu_timing_arguments(ap) -> None:
     """``--threads`` and ``--cpu-clock`` of a benchmark's command line."""
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: torch's, one per core); recorded with the run")
-    ap.add_argument("--cpu-clock", default="wall", choices=tuple(CPU_CLOCKS),
-                    help="CPU timer: wall time, or 'thread' = CPU time of the calling thread (needs --threads 1; "
-                         "insensitive to other work on a shared machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core); recorded with the run",
+    )
+    ap.add_argument(
+        "--cpu-clock",
+        default="wall",
+        choices=tuple(CPU_CLOCKS),
+        help="CPU timer: wall time, or 'thread' = CPU time of the calling thread (needs --threads 1; "
+        "insensitive to other work on a shared machine)",
+    )
 
 
 def apply_cpu_timing(args) -> None:
@@ -104,8 +112,10 @@ def apply_cpu_timing(args) -> None:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.cpu_clock == "thread" and torch.get_num_threads() != 1:
-        raise SystemExit(f"--cpu-clock thread times the calling thread only: it needs --threads 1 "
-                         f"(torch uses {torch.get_num_threads()})")
+        raise SystemExit(
+            f"--cpu-clock thread times the calling thread only: it needs --threads 1 "
+            f"(torch uses {torch.get_num_threads()})"
+        )
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device, input_bytes: int) -> float | None:
@@ -228,12 +238,18 @@ def _git_commit() -> str | None:
     """The checkout's commit (``+dirty`` with uncommitted changes), or None outside git."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -22,9 +22,9 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
-import torch  # noqa: E402
+import torch
 
-from btok_kernels.condensation.aot import KERNELS, kernel_resources  # noqa: E402
+from btok_kernels.condensation.aot import KERNELS, kernel_resources
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -51,8 +51,10 @@ def main(argv=None) -> int:
                 if limit is not None and r.shared_bytes > limit:
                     notes.append(f"shared memory over the sm_{args.arch} limit")
                 worst = max(worst, len(notes))
-                print(f"{kernel:<10} {name:<5} {d:>4} {r.registers:>5} {r.stack_bytes:>8} {r.local_bytes:>8} "
-                      f"{r.shared_bytes / 1024:>11.1f}  {', '.join(notes)}")
+                print(
+                    f"{kernel:<10} {name:<5} {d:>4} {r.registers:>5} {r.stack_bytes:>8} {r.local_bytes:>8} "
+                    f"{r.shared_bytes / 1024:>11.1f}  {', '.join(notes)}"
+                )
     return 0
 
 

@@ -50,37 +50,66 @@ CPU_SWEEP_LENGTHS = (256, 512)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--quick", action="store_true", help="GPU: every workload and peer, sweep lengths "
-                    f"{QUICK_SWEEP_LENGTHS}, shorter timing (under five minutes with compiles)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="the 'tiny' workload only, one timed call per row: checks that every peer runs")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="GPU: every workload and peer, sweep lengths "
+        f"{QUICK_SWEEP_LENGTHS}, shorter timing (under five minutes with compiles)",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the 'tiny' workload only, one timed call per row: checks that every peer runs",
+    )
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    ap.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
-                    help="default: bf16 on CUDA, fp32 on CPU")
-    ap.add_argument("--workloads", default=None,
-                    help="comma list of workload names or groups (design, sweep, cpu, tiny); default: design,sweep "
-                         "on CUDA, cpu,sweep on CPU")
+    ap.add_argument(
+        "--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16 on CUDA, fp32 on CPU"
+    )
+    ap.add_argument(
+        "--workloads",
+        default=None,
+        help="comma list of workload names or groups (design, sweep, cpu, tiny); default: design,sweep "
+        "on CUDA, cpu,sweep on CPU",
+    )
     ap.add_argument("--sweep-lengths", default=None, help="comma list (default: 1k..16k on CUDA, 256,512 on CPU)")
     ap.add_argument("--head-dims", default=None, help="sweep head dims (default 64,128)")
-    ap.add_argument("--peers", default=None,
-                    help="comma list of peers (default: all): " + ", ".join(p.name for p in PEERS))
-    ap.add_argument("--tol", type=float, default=None,
-                    help="bound on the relative L2 errors against the fp64 oracle (default 2e-2 for 16-bit, 1e-3 fp32)")
+    ap.add_argument(
+        "--peers", default=None, help="comma list of peers (default: all): " + ", ".join(p.name for p in PEERS)
+    )
+    ap.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="bound on the relative L2 errors against the fp64 oracle (default 2e-2 for 16-bit, 1e-3 fp32)",
+    )
     ap.add_argument("--warmup-ms", type=float, default=None, help="do_bench warmup (default 25, quick 10)")
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 100, quick 40)")
     ap.add_argument("--cpu-reps", type=int, default=None, help="timed calls per row on CPU (default 5, tiny 1)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="CPU: measure every row of a workload this many times, alternating the order of the rows, "
-                         "and keep each row's median round (a protocol for shared machines; default 1)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="CPU: measure every row of a workload this many times, alternating the order of the rows, "
+        "and keep each row's median round (a protocol for shared machines; default 1)",
+    )
     add_cpu_timing_arguments(ap)
     ap.add_argument("--cpu-eager-gib", type=float, default=2.0, help="eager's memory budget on CPU")
-    ap.add_argument("--no-dedupe", dest="dedupe", action="store_false",
-                    help="also run sdpa_dense_packed on one-sequence workloads (same as padded)")
-    ap.add_argument("--time-budget-s", type=float, default=None,
-                    help="start no new workload that would end past this many seconds, taking it to last as "
-                         "long as the previous one (default: 270 with --quick, none otherwise)")
+    ap.add_argument(
+        "--no-dedupe",
+        dest="dedupe",
+        action="store_false",
+        help="also run sdpa_dense_packed on one-sequence workloads (same as padded)",
+    )
+    ap.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="start no new workload that would end past this many seconds, taking it to last as "
+        "long as the previous one (default: 270 with --quick, none otherwise)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of q, k, v, dO")
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     ap.add_argument("--stem", default=None, help="output file stem (default mask_attn[_quick]_<device>_<UTC time>)")
@@ -90,7 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = args.device.type == "cuda"
     args.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if on_gpu else "fp32")]
+        args.dtype or ("bf16" if on_gpu else "fp32")
+    ]
     if args.tol is None:
         args.tol = 1e-3 if args.dtype == torch.float32 else 2e-2
     if args.time_budget_s is None and args.quick:
@@ -146,16 +176,25 @@ def main(argv=None) -> dict:
     workloads = select_workloads(args)
     stem = run_stem(args.out_dir, args.name, args.stem)
     meta = environment(device)
-    meta.update(dtype=str(args.dtype).replace("torch.", ""), tol=args.tol, quick=args.quick, tiny=args.tiny,
-                cpu_clock=args.cpu_clock,
-                flops="kept pairs x 4 D Hq forward; backward 2.5x forward",
-                oracle="float64 dense, benchmarks/oracle.py",
-                peers_not_run=[])
-    print(f"# mask_attn on {meta['gpu'] or 'CPU'} ({device}, {meta['cpu_threads']} threads), {meta['dtype']}, "
-          f"torch {meta['torch']}, triton {meta.get('triton')}, {meta['date_utc']}")
+    meta.update(
+        dtype=str(args.dtype).replace("torch.", ""),
+        tol=args.tol,
+        quick=args.quick,
+        tiny=args.tiny,
+        cpu_clock=args.cpu_clock,
+        flops="kept pairs x 4 D Hq forward; backward 2.5x forward",
+        oracle="float64 dense, benchmarks/oracle.py",
+        peers_not_run=[],
+    )
+    print(
+        f"# mask_attn on {meta['gpu'] or 'CPU'} ({device}, {meta['cpu_threads']} threads), {meta['dtype']}, "
+        f"torch {meta['torch']}, triton {meta.get('triton')}, {meta['date_utc']}"
+    )
     if device.type == "cpu":
-        print("# CPU configuration: small shapes; btok's exact CPU path is btok_sdpa (backend='sdpa'); the Triton "
-              "kernels need CUDA; peak memory is not measured on CPU")
+        print(
+            "# CPU configuration: small shapes; btok's exact CPU path is btok_sdpa (backend='sdpa'); the Triton "
+            "kernels need CUDA; peak memory is not measured on CPU"
+        )
     active = []
     for p in select_peers(args):
         why = p.available(device)
@@ -172,12 +211,16 @@ def main(argv=None) -> dict:
         if args.time_budget_s and elapsed + last_s > args.time_budget_s:
             left = [w.name for w in workloads[i:]]
             meta["workloads_not_run"] = left
-            print(f"# time budget of {args.time_budget_s:.0f} s: {elapsed:.0f} s spent and the last workload took "
-                  f"{last_s:.0f} s: not run: {', '.join(left)}")
+            print(
+                f"# time budget of {args.time_budget_s:.0f} s: {elapsed:.0f} s spent and the last workload took "
+                f"{last_s:.0f} s: not run: {', '.join(left)}"
+            )
             break
         t_wl = time.perf_counter()
-        print(f"# {wl.describe()}, kept pairs {wl.kept_pairs():,} "
-              f"({wl.kept_pairs() / wl.causal_pairs():.1%} of causal)", flush=True)
+        print(
+            f"# {wl.describe()}, kept pairs {wl.kept_pairs():,} ({wl.kept_pairs() / wl.causal_pairs():.1%} of causal)",
+            flush=True,
+        )
         case = Case(wl, device, args.dtype, args.seed)
         rows += measure_rounds(case, active, args)
         case.free()

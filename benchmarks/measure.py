@@ -33,15 +33,25 @@ def _set_status(row: dict, status: str) -> None:
 
 
 # timing-derived keys of the model-level rows (btok_step.py, encode.py) without a tell-tale suffix
-_MODEL_TIMING_KEYS = ("time_ratio", "time_ratio_min", "time_ratio_pooled", "throughput_vs_last", "code_overhead",
-                      "within_1pct")
+_MODEL_TIMING_KEYS = (
+    "time_ratio",
+    "time_ratio_min",
+    "time_ratio_pooled",
+    "throughput_vs_last",
+    "code_overhead",
+    "within_1pct",
+)
 
 
 def is_timing_key(key: str) -> bool:
     """A timing-derived column: ms and its percentiles, mask build ms, TFLOP/s, peak memory,
     rates, and every speed ratio (xFlex, ``x_<row>``, encode's time ratio)."""
-    return ("_ms" in key or key.startswith(("ms", "x_")) or key in _MODEL_TIMING_KEYS
-            or key.endswith(("_tflops", "_peak_mib", "_x_flex", "_gib", "_mib", "_per_s")))
+    return (
+        "_ms" in key
+        or key.startswith(("ms", "x_"))
+        or key in _MODEL_TIMING_KEYS
+        or key.endswith(("_tflops", "_peak_mib", "_x_flex", "_gib", "_mib", "_per_s"))
+    )
 
 
 def _short(e: BaseException, n: int) -> str:
@@ -70,14 +80,24 @@ def _time(case: Case, run: Run, mode: str, args) -> dict:
     """Median / p20 / p80 ms, TFLOP/s and peak memory of one mode of a run that passed its check."""
     grad = mode == "fwd_bwd"
     if grad:
+
         def timed():
             run.fn().backward(run.do)
     else:
+
         def timed():
             with torch.no_grad():
                 run.fn()
-    t = bench(timed, case.device, grad_to_none=run.leaves if grad else None, warmup_ms=args.warmup_ms,
-              rep_ms=args.rep_ms, cpu_reps=args.cpu_reps, cpu_clock=args.cpu_clock)
+
+    t = bench(
+        timed,
+        case.device,
+        grad_to_none=run.leaves if grad else None,
+        warmup_ms=args.warmup_ms,
+        rep_ms=args.rep_ms,
+        cpu_reps=args.cpu_reps,
+        cpu_clock=args.cpu_clock,
+    )
     for x in run.leaves:
         x.grad = None
     peak = peak_memory_mib(timed, case.device, run.input_bytes)
@@ -91,8 +111,16 @@ def measure(case: Case, peer: Peer, args) -> dict:
     FAILED) and notes. ``args``: ``tol``, ``warmup_ms``, ``rep_ms``, ``cpu_reps``, ``cpu_clock`` and what
     the peers read (``dedupe``, ``cpu_eager_gib``)."""
     wl = case.wl
-    row = {"workload": wl.name, "group": wl.group, "peer": peer.name, "exact": peer.exact, "head_dim": wl.head_dim,
-           "tokens": wl.total_tokens, "max_seqlen": wl.max_seqlen, "status": "ok"}
+    row = {
+        "workload": wl.name,
+        "group": wl.group,
+        "peer": peer.name,
+        "exact": peer.exact,
+        "head_dim": wl.head_dim,
+        "tokens": wl.total_tokens,
+        "max_seqlen": wl.max_seqlen,
+        "status": "ok",
+    }
     notes = []
     for mode in MODES:
         grad = mode == "fwd_bwd"

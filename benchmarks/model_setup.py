@@ -25,12 +25,28 @@ __all__ = [
 ]
 
 # Qwen2-VL-2B's text model (M-RoPE changes only the position ids, not the work: plain RoPE here)
-QWEN2VL_2B_TEXT = dict(hidden_size=1536, num_attention_heads=12, num_key_value_heads=2, head_dim=128,
-                       intermediate_size=8960, vocab_size=151936, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                       tie_word_embeddings=True)
-CPU_TINY = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                intermediate_size=384, vocab_size=1024, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                tie_word_embeddings=True)
+QWEN2VL_2B_TEXT = dict(
+    hidden_size=1536,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    head_dim=128,
+    intermediate_size=8960,
+    vocab_size=151936,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+CPU_TINY = dict(
+    hidden_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    intermediate_size=384,
+    vocab_size=1024,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<|im_start|>", "<|im_end|>")
 # words of the synthetic vocabulary: enough for random texts, far below a real vocabulary
@@ -47,8 +63,9 @@ def build_decoder(dims: dict, layers: int, seed: int):
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(num_hidden_layers=layers, max_position_embeddings=32768, attention_dropout=0.0,
-                         use_cache=False, **dims)
+    config = Qwen2Config(
+        num_hidden_layers=layers, max_position_embeddings=32768, attention_dropout=0.0, use_cache=False, **dims
+    )
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(config)
 
@@ -84,7 +101,7 @@ def word_texts(lengths: list[int], num_words: int, seed: int) -> list[str]:
     words = torch.randint(0, num_words, (sum(lengths),), generator=g).tolist()
     out, start = [], 0
     for n in lengths:
-        out.append(" ".join(f"w{i}" for i in words[start:start + n]))
+        out.append(" ".join(f"w{i}" for i in words[start : start + n]))
         start += n
     return out
 
@@ -97,6 +114,7 @@ def build_btok_model(dims: dict, layers: int, seed: int, num_btoks: int, attn_im
 
     num_words = num_words_for(dims["vocab_size"], num_btoks)
     backbone = build_decoder(dims, layers, seed)
-    model = BTokModel.from_backbone(backbone, num_btoks=num_btoks, tokenizer=word_tokenizer(num_words),
-                                    attn_implementation=attn_implementation)
+    model = BTokModel.from_backbone(
+        backbone, num_btoks=num_btoks, tokenizer=word_tokenizer(num_words), attn_implementation=attn_implementation
+    )
     return model, num_words

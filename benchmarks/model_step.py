@@ -90,16 +90,16 @@ class Batch:
         self.padded_pos = torch.arange(lmax)[None].expand(n, lmax).contiguous().to(device)
         # row i of a sequence predicts token i + 1 of the same sequence; its last row predicts nothing
         self.labels = torch.cat([torch.cat([x[1:], torch.tensor([-100])]) for x in ids]).to(device)
-        self.real_rows = torch.tensor([s * lmax + i for s, length in enumerate(lens) for i in range(length)],
-                                      device=device)
+        self.real_rows = torch.tensor(
+            [s * lmax + i for s, length in enumerate(lens) for i in range(length)], device=device
+        )
 
 
 def _loss(model, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy (fp32, fp64 for the fp64 oracle) of the real tokens' hidden
     states ``[rows, H]``, packed order."""
     logits = model.lm_head(hidden)
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), batch.labels,
-                           ignore_index=-100)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), batch.labels, ignore_index=-100)
 
 
 def _packed_layout(model, batch: Batch, device) -> Prepared:
@@ -108,8 +108,9 @@ def _packed_layout(model, batch: Batch, device) -> Prepared:
         raise Skip(f"btok_model not importable: {why}")
 
     def loss():
-        h = model.model(input_ids=batch.packed_ids, position_ids=batch.packed_pos,
-                        btok_layout=batch.layout).last_hidden_state
+        h = model.model(
+            input_ids=batch.packed_ids, position_ids=batch.packed_pos, btok_layout=batch.layout
+        ).last_hidden_state
         return _loss(model, batch, h[0])
 
     kernel = "; kernel backend 'sdpa' on CPU" if device.type == "cpu" else ""
@@ -122,8 +123,9 @@ def _padded_dense(model, batch: Batch, device) -> Prepared:
     setup_ms = (time.perf_counter() - t0) * 1e3
 
     def loss():
-        h = model.model(input_ids=batch.padded_ids, position_ids=batch.padded_pos,
-                        attention_mask=mask).last_hidden_state
+        h = model.model(
+            input_ids=batch.padded_ids, position_ids=batch.padded_pos, attention_mask=mask
+        ).last_hidden_state
         return _loss(model, batch, h.reshape(-1, h.shape[-1])[batch.real_rows])
 
     return Prepared(loss, setup_ms, ["padded, dense 4D bool mask (build not in the step)"])
@@ -140,12 +142,16 @@ def _packed_block_mask(model, batch: Batch, device) -> Prepared:
     block_mask = build()
 
     def loss():
-        h = model.model(input_ids=batch.packed_ids, position_ids=batch.packed_pos,
-                        attention_mask=block_mask).last_hidden_state
+        h = model.model(
+            input_ids=batch.packed_ids, position_ids=batch.packed_pos, attention_mask=block_mask
+        ).last_hidden_state
         return _loss(model, batch, h[0])
 
-    return Prepared(loss, bench(build, device, rep_ms=100)["ms"],
-                    ["packed, BlockMask; mask build = create_block_mask (not in the step)"])
+    return Prepared(
+        loss,
+        bench(build, device, rep_ms=100)["ms"],
+        ["packed, BlockMask; mask build = create_block_mask (not in the step)"],
+    )
 
 
 ROWS = [
@@ -169,21 +175,27 @@ def oracle_step(base, batch: Batch, device: torch.device) -> Reference:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="shorter timing")
     ap.add_argument("--device", default=None)
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 4 on CUDA, 2 on CPU)")
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary (default 151936; 1024 on CPU)")
     ap.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma list of rows")
     ap.add_argument("--workload", default=None, help="default image_2B on CUDA, cpu_pack on CPU")
-    ap.add_argument("--tol", type=float, default=None,
-                    help="bound on the loss and gradient relative errors (default 5e-2 bf16, 1e-4 fp32)")
+    ap.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="bound on the loss and gradient relative errors (default 5e-2 bf16, 1e-4 fp32)",
+    )
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep (default 500, quick 200)")
     ap.add_argument("--cpu-reps", type=int, default=5)
     add_cpu_timing_arguments(ap)
-    ap.add_argument("--no-memory", dest="cpu_memory", action="store_false",
-                    help="CPU: skip the peak-RSS pass after the timing")
+    ap.add_argument(
+        "--no-memory", dest="cpu_memory", action="store_false", help="CPU: skip the peak-RSS pass after the timing"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     ap.add_argument("--stem", default=None, help="output file stem (default model_step_<device>_<UTC time>)")
@@ -212,11 +224,20 @@ def main(argv=None) -> dict:
     wl = all_workloads()[args.workload]
     stem = run_stem(args.out_dir, f"model_step_{device.type}", args.stem)
     meta = environment(device)
-    meta.update(workload=wl.describe(), layers=args.layers, dims=args.dims, dtype=str(args.dtype).replace("torch.", ""),
-                step="model.model -> real rows -> lm_head -> fp32 CE -> backward", tol=args.tol,
-                oracle="float64 copy of the model, sdpa with the dense 4D mask", cpu_clock=args.cpu_clock)
-    print(f"# model_step on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
-          f"transformers {meta.get('transformers')}, {meta['date_utc']}")
+    meta.update(
+        workload=wl.describe(),
+        layers=args.layers,
+        dims=args.dims,
+        dtype=str(args.dtype).replace("torch.", ""),
+        step="model.model -> real rows -> lm_head -> fp32 CE -> backward",
+        tol=args.tol,
+        oracle="float64 copy of the model, sdpa with the dense 4D mask",
+        cpu_clock=args.cpu_clock,
+    )
+    print(
+        f"# model_step on {meta['gpu'] or 'CPU'} ({meta['cpu_threads']} threads), torch {meta['torch']}, "
+        f"transformers {meta.get('transformers')}, {meta['date_utc']}"
+    )
     print(f"# {wl.describe()}; Qwen2 decoder {args.layers} layers, {args.dims}")
     batch = Batch(wl, args.dims["vocab_size"], device, args.seed)
     base = build_model(args.dims, args.layers, args.seed)
@@ -227,8 +248,19 @@ def main(argv=None) -> dict:
         torch.cuda.empty_cache()
     meta["wall_s"] = time.perf_counter() - t_start
     fixed = {"workload": args.workload, "layers": args.layers, "tokens": batch.layout.total_tokens}
-    results = run_rows([row for row in ROWS if row.name in args.rows], model, batch, reference, probe_grads,
-                       set_attention, args, meta, stem, fixed, ["sdpa", "flex_attention"])
+    results = run_rows(
+        [row for row in ROWS if row.name in args.rows],
+        model,
+        batch,
+        reference,
+        probe_grads,
+        set_attention,
+        args,
+        meta,
+        stem,
+        fixed,
+        ["sdpa", "flex_attention"],
+    )
     return report_rows(results, meta, stem, MODEL_COLUMNS, plot=not args.no_plot)
 
 

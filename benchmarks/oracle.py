@@ -46,7 +46,7 @@ def oracle(q, k, v, do, layout: CondensationLayout, scale: float) -> dict[str, t
         for r0 in range(0, e - a, ROW_BLOCK):
             r1 = min(r0 + ROW_BLOCK, e - a)  # rows [r0, r1) see keys before r1 at most
             rows = slice(a + r0, a + r1)
-            ks, vs = k[a:a + r1].transpose(0, 1)[:, None], v[a:a + r1].transpose(0, 1)[:, None]
+            ks, vs = k[a : a + r1].transpose(0, 1)[:, None], v[a : a + r1].transpose(0, 1)[:, None]
             qs = q[rows].transpose(0, 1).reshape(hkv, group, r1 - r0, -1)
             dos = do[rows].transpose(0, 1).reshape(hkv, group, r1 - r0, -1)
             positions = torch.arange(r1, device=q.device)
@@ -56,6 +56,6 @@ def oracle(q, k, v, do, layout: CondensationLayout, scale: float) -> dict[str, t
             ds = p * (dos @ vs.transpose(-1, -2) - (dos * o).sum(-1, keepdim=True))
             out[rows] = o.reshape(hq, r1 - r0, -1).transpose(0, 1)
             dq[rows] = (scale * ds @ ks).reshape(hq, r1 - r0, -1).transpose(0, 1)
-            dk[a:a + r1] += (scale * ds.transpose(-1, -2) @ qs).sum(1).transpose(0, 1)
-            dv[a:a + r1] += (p.transpose(-1, -2) @ dos).sum(1).transpose(0, 1)
+            dk[a : a + r1] += (scale * ds.transpose(-1, -2) @ qs).sum(1).transpose(0, 1)
+            dv[a : a + r1] += (p.transpose(-1, -2) @ dos).sum(1).transpose(0, 1)
     return {"out": out, "dq": dq, "dk": dk, "dv": dv}

@@ -115,13 +115,15 @@ class Case:
         self.layout = self.wl.layout(self.device)
         g = torch.Generator(device="cpu").manual_seed(self.seed)
         t, hq, hkv, d = self.wl.total_tokens, self.wl.num_heads, self.wl.num_kv_heads, self.wl.head_dim
-        self.q, self.k, self.v, self.do = (torch.randn(t, h, d, generator=g).to(self.device, self.dtype)
-                                           for h in (hq, hkv, hkv, hq))
+        self.q, self.k, self.v, self.do = (
+            torch.randn(t, h, d, generator=g).to(self.device, self.dtype) for h in (hq, hkv, hkv, hq)
+        )
         self.scale = 1.0 / math.sqrt(d)
 
     def reference(self, exact: bool) -> dict[str, torch.Tensor]:
         """fp64 out, dq, dk, dv of the condensation mask (``exact``) or of plain causal
         attention (the no-cut peers) on the case's own (rounded) inputs."""
+
         def build():
             layout = self.layout if exact else CondensationLayout.causal(self.layout.cu_seqlens)
             return oracle(self.q, self.k, self.v, self.do, layout, self.scale)
@@ -171,8 +173,17 @@ def _leaves(xs, grad: bool):
 
 
 def _setup_ms(case: Case, key: str, fn: Callable, args) -> float:
-    return case.cached(f"setup_ms:{key}", lambda: bench(fn, case.device, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
-                                                         cpu_reps=args.cpu_reps, cpu_clock=args.cpu_clock)["ms"])
+    return case.cached(
+        f"setup_ms:{key}",
+        lambda: bench(
+            fn,
+            case.device,
+            warmup_ms=args.warmup_ms,
+            rep_ms=args.rep_ms,
+            cpu_reps=args.cpu_reps,
+            cpu_clock=args.cpu_clock,
+        )["ms"],
+    )
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -212,16 +223,25 @@ def _btok(backend: str, note: str = "", route: str | None = None, **options) -> 
 
         setup_ms = _setup_ms(case, f"layout:{route}:{backend}", build, args)
         if route is None:
+
             def fn():
-                return condensation_attention(q, k, v, case.layout, softmax_scale=case.scale, backend=backend,
-                                              **options)
+                return condensation_attention(
+                    q, k, v, case.layout, softmax_scale=case.scale, backend=backend, **options
+                )
         else:
+
             def fn():
                 return condensation_attention_sdpa(q, k, v, case.layout, case.scale, route=route)
 
         built = "CondensationLayout.from_lengths" + (" + segment plan" if plan else "")
-        return Run(fn, (q, k, v), case.do, lambda x: x, setup_ms=setup_ms,
-                   note=(f"{note}; " if note else "") + f"mask build = {built}")
+        return Run(
+            fn,
+            (q, k, v),
+            case.do,
+            lambda x: x,
+            setup_ms=setup_ms,
+            note=(f"{note}; " if note else "") + f"mask build = {built}",
+        )
 
     return prepare
 
@@ -287,8 +307,15 @@ def _flex(backend: str | None) -> Callable:
         opts = {"BACKEND": backend} if backend else None
         fn = lambda: flex(q, k, v, block_mask=bm, scale=case.scale, enable_gqa=True, kernel_options=opts)  # noqa: E731
         bm_bytes = sum(x.numel() * x.element_size() for x in bm.as_tuple() if isinstance(x, torch.Tensor))
-        return Run(fn, (q, k, v), to_bhsd(case.do), from_bhsd, extra_bytes=bm_bytes, setup_ms=bm_ms,
-                   note="compiled; mask build = create_block_mask")
+        return Run(
+            fn,
+            (q, k, v),
+            to_bhsd(case.do),
+            from_bhsd,
+            extra_bytes=bm_bytes,
+            setup_ms=bm_ms,
+            note="compiled; mask build = create_block_mask",
+        )
 
     return prepare
 
@@ -320,12 +347,14 @@ def _sdpa_dense(padded: bool) -> Callable:
         q, k, v = _leaves(xs, grad)
 
         def fn():
-            return F.scaled_dot_product_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask=mask,
-                                                  scale=case.scale)
+            return F.scaled_dot_product_attention(
+                q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask=mask, scale=case.scale
+            )
 
         note = "bool mask, K/V repeated to Hq (timed)" if groups > 1 else "bool mask"
-        return Run(fn, (q, k, v), do, unpack, extra_bytes=mask.numel() * mask.element_size(), setup_ms=mask_ms,
-                   note=note)
+        return Run(
+            fn, (q, k, v), do, unpack, extra_bytes=mask.numel() * mask.element_size(), setup_ms=mask_ms, note=note
+        )
 
     return prepare
 
@@ -343,7 +372,8 @@ def _eager(case: Case, grad: bool, args) -> Run:
     def build():
         allowed = padded_dense_mask(case.layout)
         return torch.zeros(allowed.shape, dtype=case.dtype, device=case.device).masked_fill_(
-            ~allowed, torch.finfo(case.dtype).min)
+            ~allowed, torch.finfo(case.dtype).min
+        )
 
     mask = case.cached("additive_mask", build)
     mask_ms = _setup_ms(case, "additive_mask", build, args)
@@ -354,8 +384,15 @@ def _eager(case: Case, grad: bool, args) -> Run:
         s = torch.matmul(q, _repeat_kv(k, groups).transpose(2, 3)) * case.scale + mask
         return torch.matmul(torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype), _repeat_kv(v, groups))
 
-    return Run(fn, (q, k, v), p.pad(case.do), p.unpad, extra_bytes=mask.numel() * mask.element_size(),
-               setup_ms=mask_ms, note="additive mask, padded")
+    return Run(
+        fn,
+        (q, k, v),
+        p.pad(case.do),
+        p.unpad,
+        extra_bytes=mask.numel() * mask.element_size(),
+        setup_ms=mask_ms,
+        note="additive mask, padded",
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -389,8 +426,9 @@ def _sdpa_causal(backend_name: str) -> Callable:
             with sdpa_kernel([backend]):
                 if native_gqa:
                     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=case.scale, enable_gqa=True)
-                return F.scaled_dot_product_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), is_causal=True,
-                                                      scale=case.scale)
+                return F.scaled_dot_product_attention(
+                    q, _repeat_kv(k, groups), _repeat_kv(v, groups), is_causal=True, scale=case.scale
+                )
 
         note = "no cut (reference speed), padded" + ("" if native_gqa or groups == 1 else ", K/V repeated (timed)")
         return Run(fn, (q, k, v), p.pad(case.do), p.unpad, note=note)
@@ -444,8 +482,11 @@ def accepted_kwargs(func: Callable, kwargs: dict) -> tuple[dict, list[str]]:
         return dict(kwargs), []
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return dict(kwargs), []
-    names = {n for n, p in params.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    names = {
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     return {k: v for k, v in kwargs.items() if k in names}, [k for k in kwargs if k not in names]
 
 
@@ -454,8 +495,17 @@ def _fa_varlen(name: str) -> Callable:
         func = optional_import(FA_MODULES[name])[0].flash_attn_varlen_func
         q, k, v = _leaves((case.q, case.k, case.v), grad)
         cu, m = case.layout.cu_seqlens, case.layout.max_seqlen
-        kwargs, dropped = accepted_kwargs(func, {"cu_seqlens_q": cu, "cu_seqlens_k": cu, "max_seqlen_q": m,
-                                                 "max_seqlen_k": m, "softmax_scale": case.scale, "causal": True})
+        kwargs, dropped = accepted_kwargs(
+            func,
+            {
+                "cu_seqlens_q": cu,
+                "cu_seqlens_k": cu,
+                "max_seqlen_q": m,
+                "max_seqlen_k": m,
+                "softmax_scale": case.scale,
+                "causal": True,
+            },
+        )
 
         def fn():
             res = func(q, k, v, **kwargs)
@@ -469,18 +519,37 @@ def _fa_varlen(name: str) -> Callable:
 
 PEERS = [
     Peer("btok_triton", True, _btok("triton"), _cuda_only("btok triton")),
-    Peer("btok_triton_autotune", True,
-         _btok("triton", "autotune=True (tiles timed on the first call, outside the timed region)", autotune=True),
-         _cuda_only("btok triton")),
-    Peer("btok_triton_fused_dq", True, _btok("triton", "fused_dq=True (dQ by atomics in the dK/dV kernel)",
-                                             fused_dq=True), _cuda_only("btok triton")),
+    Peer(
+        "btok_triton_autotune",
+        True,
+        _btok("triton", "autotune=True (tiles timed on the first call, outside the timed region)", autotune=True),
+        _cuda_only("btok triton"),
+    ),
+    Peer(
+        "btok_triton_fused_dq",
+        True,
+        _btok("triton", "fused_dq=True (dQ by atomics in the dK/dV kernel)", fused_dq=True),
+        _cuda_only("btok triton"),
+    ),
     Peer("btok_cuda", True, _btok("cuda"), _btok_cuda_available),
     Peer("btok_sdpa", True, _btok_sdpa),
-    Peer("fa_varlen_decomposition", True,
-         _btok("sdpa", "flash-attn varlen decomposition: query+BTok rows causal over [0, t), target rows "
-                       "bottom-right causal over [b, L)", route="varlen"), _fa_decomposition_available),
-    Peer("btok_reference", True, _btok("reference", "the chunked fp32 reference (btok's oracle, not a fast path)"),
-         lambda d: None if d.type == "cpu" else "btok_reference: CPU only"),
+    Peer(
+        "fa_varlen_decomposition",
+        True,
+        _btok(
+            "sdpa",
+            "flash-attn varlen decomposition: query+BTok rows causal over [0, t), target rows "
+            "bottom-right causal over [b, L)",
+            route="varlen",
+        ),
+        _fa_decomposition_available,
+    ),
+    Peer(
+        "btok_reference",
+        True,
+        _btok("reference", "the chunked fp32 reference (btok's oracle, not a fast path)"),
+        lambda d: None if d.type == "cpu" else "btok_reference: CPU only",
+    ),
     Peer(FLEX_PEER, True, _flex(None)),
     Peer("flex_flash", True, _flex("FLASH"), _flex_flash_available),
     Peer("sdpa_dense_packed", True, _sdpa_dense(padded=False)),

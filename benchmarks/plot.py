@@ -37,8 +37,9 @@ def plot_attention(rows: list[dict], path: Path) -> str | None:
     sweep = [r for r in ok if r["group"] == "sweep"]
     fig, axes = plt.subplots(2, 2, figsize=(15, 10))
     wls = list(dict.fromkeys(r["workload"] for r in packed))
-    peers = [p for p in dict.fromkeys(r["peer"] for r in packed)
-             if any(r.get("fwd_ms") for r in packed if r["peer"] == p)]
+    peers = [
+        p for p in dict.fromkeys(r["peer"] for r in packed) if any(r.get("fwd_ms") for r in packed if r["peer"] == p)
+    ]
     width = 0.8 / max(1, len(peers))
     color = {p: f"C{i % 10}" for i, p in enumerate(dict.fromkeys(r["peer"] for r in ok))}
     for ax, mode in zip(axes[0], MODES):
@@ -57,8 +58,11 @@ def plot_attention(rows: list[dict], path: Path) -> str | None:
     for ax, mode in zip(axes[1], MODES):
         for p in dict.fromkeys(r["peer"] for r in sweep):
             for d, style in ((128, "-"), (64, "--")):
-                pts = sorted((r["max_seqlen"], r.get(f"{mode}_tflops"))
-                             for r in sweep if r["peer"] == p and r["head_dim"] == d and r.get(f"{mode}_tflops"))
+                pts = sorted(
+                    (r["max_seqlen"], r.get(f"{mode}_tflops"))
+                    for r in sweep
+                    if r["peer"] == p and r["head_dim"] == d and r.get(f"{mode}_tflops")
+                )
                 if pts:
                     ax.plot(*zip(*pts), style, marker="o", color=color[p], label=f"{p} D={d}")
         ax.set_xscale("log", base=2)

@@ -48,8 +48,12 @@ def main(argv=None):
     ap.add_argument("--encode", type=Path, help="encode.py's run")
     ap.add_argument("--png", type=Path, help="also draw mask_attn.py's plot of these rows (needs matplotlib)")
     args = ap.parse_args(argv)
-    paths = {"mask_attn": args.mask_attn_json, "model_step": args.model_step_json, "btok_step": args.btok_step,
-             "encode": args.encode}
+    paths = {
+        "mask_attn": args.mask_attn_json,
+        "model_step": args.model_step_json,
+        "btok_step": args.btok_step,
+        "encode": args.encode,
+    }
     if not any(paths.values()):
         ap.error("give at least one run's JSON")
     runs = {}
@@ -71,32 +75,44 @@ def main(argv=None):
             print(f"#### {group}\n\n{attention_markdown([r for r in attn['rows'] if r['group'] == group])}\n")
     if model:
         mm = model["meta"]
-        print(f"### Model step ({args.model_step_json.name})\n\n{run_header(mm)}\n- workload: {mm.get('workload')}, "
-              f"layers: {mm.get('layers')}\n- memory: {mm.get('peak_memory', '—')}\n\n"
-              f"{model_markdown(model['rows'])}\n")
+        print(
+            f"### Model step ({args.model_step_json.name})\n\n{run_header(mm)}\n- workload: {mm.get('workload')}, "
+            f"layers: {mm.get('layers')}\n- memory: {mm.get('peak_memory', '—')}\n\n"
+            f"{model_markdown(model['rows'])}\n"
+        )
     if step:
         from benchmarks.btok_step import ERRORS, RATIO_TO
 
         sm = step["meta"]
-        print(f"### BTok training step ({args.btok_step.name})\n\n{run_header(sm)}\n- workload: {sm.get('workload')} "
-              f"and its positives, {sm.get('tokens')} tokens; layers: {sm.get('layers')}\n- step: {sm.get('step')}\n"
-              f"- reference: {sm.get('reference')}\n- memory: {sm.get('peak_memory', '—')}\n\n"
-              f"{model_markdown(step['rows'], RATIO_TO, ERRORS)}\n")
+        print(
+            f"### BTok training step ({args.btok_step.name})\n\n{run_header(sm)}\n- workload: {sm.get('workload')} "
+            f"and its positives, {sm.get('tokens')} tokens; layers: {sm.get('layers')}\n- step: {sm.get('step')}\n"
+            f"- reference: {sm.get('reference')}\n- memory: {sm.get('peak_memory', '—')}\n\n"
+            f"{model_markdown(step['rows'], RATIO_TO, ERRORS)}\n"
+        )
     if enc:
         em = enc["meta"]
-        print(f"### encode() throughput ({args.encode.name})\n\n{run_header(em)}\n- K = {em.get('num_btoks')}, "
-              f"batch size {em.get('batch_size')}; timing: {em.get('timing')}\n- reference: {em.get('reference')}\n\n"
-              f"{encode_markdown(enc['rows'])}\n")
+        print(
+            f"### encode() throughput ({args.encode.name})\n\n{run_header(em)}\n- K = {em.get('num_btoks')}, "
+            f"batch size {em.get('batch_size')}; timing: {em.get('timing')}\n- reference: {em.get('reference')}\n\n"
+            f"{encode_markdown(enc['rows'])}\n"
+        )
     gpu = {name: bool(run["meta"].get("gpu")) for name, run in runs.items() if run}
     if any(gpu.values()):
         on = {name: runs[name]["rows"] if gpu.get(name) else None for name in paths}
-        print("### Targets (benchmarks/README.md), each from its own run\n\n"
-              + targets_markdown(on["mask_attn"] or [], on["model_step"], on["btok_step"], on["encode"]) + "\n")
+        print(
+            "### Targets (benchmarks/README.md), each from its own run\n\n"
+            + targets_markdown(on["mask_attn"] or [], on["model_step"], on["btok_step"], on["encode"])
+            + "\n"
+        )
     if attn and not gpu["mask_attn"]:
         print("### CPU target, this run only\n\n" + cpu_targets_markdown(attn["rows"]) + "\n")
     if step and not gpu["btok_step"]:
-        print("### CPU target, BTok step: btok_triton no slower than each exact peer row\n\n"
-              + cpu_btok_step_markdown(step["rows"]) + "\n")
+        print(
+            "### CPU target, BTok step: btok_triton no slower than each exact peer row\n\n"
+            + cpu_btok_step_markdown(step["rows"])
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def _token_mean_vectors(model_dir: str, texts: list[str]):
     for name in sorted(os.listdir(model_dir)):
         if name.endswith(".safetensors"):
             with safe_open(os.path.join(model_dir, name), "pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 (a safetensors file handle, not a dict)
                     if key.endswith("embed_tokens.weight"):
                         table = f.get_tensor(key).float()
     if table is None:
@@ -276,9 +276,8 @@ def part_ann(args) -> dict:
 
 
 def part_ranks(args) -> dict:
-    import numpy as np
-
     import lance
+    import numpy as np
 
     work = tempfile.mkdtemp(prefix="btok-ranks-", dir=args.work_dir)
     try:

@@ -24,8 +24,20 @@ from .plot import plot_model_step
 from .table import format_table
 from .workloads import all_workloads
 
-__all__ = ["Skip", "Prepared", "Row", "Reference", "named_losses", "train_step", "errors", "run_row",
-           "cpu_memory_pass", "add_ratios", "run_rows", "MEMORY_NOTE"]
+__all__ = [
+    "Skip",
+    "Prepared",
+    "Row",
+    "Reference",
+    "named_losses",
+    "train_step",
+    "errors",
+    "run_row",
+    "cpu_memory_pass",
+    "add_ratios",
+    "run_rows",
+    "MEMORY_NOTE",
+]
 
 
 class Skip(Exception):
@@ -86,6 +98,7 @@ def named_losses(out: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, to
 
 def train_step(loss: Callable[[], torch.Tensor | Mapping[str, torch.Tensor]]) -> Callable[[], dict]:
     """The step: the forward, then the backward of its ``"loss"``; returns the named losses."""
+
     def step():
         named = named_losses(loss())
         named["loss"].backward()
@@ -94,8 +107,9 @@ def train_step(loss: Callable[[], torch.Tensor | Mapping[str, torch.Tensor]]) ->
     return step
 
 
-def errors(values: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor | None],
-           reference: Reference) -> dict[str, float]:
+def errors(
+    values: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor | None], reference: Reference
+) -> dict[str, float]:
     """``err_<name>``: relative error of each reference value and relative L2 error of each
     reference gradient (inf for a missing value or gradient, or one holding NaN / Inf)."""
     out = {}
@@ -133,8 +147,15 @@ def _check_forward_only(forward, reference: Reference, tol: float, result: dict,
         notes.append(f"forward only: its losses match the reference (max relative error {worst:.1e})")
 
 
-def run_row(row: Row, model, batch, reference: Reference, probe: Callable[[object], dict], args,
-            set_attention: Callable[[object, str], None]) -> tuple[dict, Callable | None]:
+def run_row(
+    row: Row,
+    model,
+    batch,
+    reference: Reference,
+    probe: Callable[[object], dict],
+    args,
+    set_attention: Callable[[object, str], None],
+) -> tuple[dict, Callable | None]:
     """The checked and timed result of one row, and its step (None unless it passed its
     check) for :func:`cpu_memory_pass`.
 
@@ -170,8 +191,15 @@ def run_row(row: Row, model, batch, reference: Reference, probe: Callable[[objec
         else:
             params = [p for p in model.parameters() if p.requires_grad]
             model.zero_grad(set_to_none=True)
-            t = bench(step, device, grad_to_none=params, warmup_ms=50, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps,
-                      cpu_clock=args.cpu_clock)
+            t = bench(
+                step,
+                device,
+                grad_to_none=params,
+                warmup_ms=50,
+                rep_ms=args.rep_ms,
+                cpu_reps=args.cpu_reps,
+                cpu_clock=args.cpu_clock,
+            )
             result.update({f"step_{key}": value for key, value in t.items()})  # ms, ms_p20, ms_p80 (ms_min on CPU)
             if prepared.setup_in_step and prepared.setup_ms is not None:
                 result["step_ex_mask_ms"] = t["ms"] - prepared.setup_ms
@@ -238,14 +266,25 @@ def add_ratios(results: list[dict], peers: list[str]) -> None:
 
 MEMORY_NOTE = {
     "cuda": "peak_gib: torch.cuda.max_memory_allocated over one step (weights and gradients included); "
-            "step_peak_gib: that peak minus what was allocated before the step",
+    "step_peak_gib: that peak minus what was allocated before the step",
     "cpu": "rss_peak_mib: peak resident memory the process grew by during one step (Linux VmHWM after "
-           "clear_refs, glibc mmap threshold 64 KiB so freed tensors leave), measured after all timing",
+    "clear_refs, glibc mmap threshold 64 KiB so freed tensors leave), measured after all timing",
 }
 
 
-def run_rows(rows: list[Row], model, batch, reference: Reference, probe, set_attention, args, meta: dict,
-             stem, fixed: dict, ratio_to: list[str]) -> list[dict]:
+def run_rows(
+    rows: list[Row],
+    model,
+    batch,
+    reference: Reference,
+    probe,
+    set_attention,
+    args,
+    meta: dict,
+    stem,
+    fixed: dict,
+    ratio_to: list[str],
+) -> list[dict]:
     """:func:`run_row` for each row, the run's files rewritten after each one (a run cut
     short keeps the rows it finished), then the speed ratios (:func:`add_ratios`) and, on
     the CPU with ``args.cpu_memory``, :func:`cpu_memory_pass`. ``fixed``: keys every row

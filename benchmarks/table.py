@@ -80,13 +80,20 @@ ATTENTION_COLUMNS = [
     ("note", "note", ""),
 ]
 
-def model_columns(ratio_to: Sequence[str] = ("sdpa", "flex_attention"),
-                  errors: Sequence[str] = ("loss", "grad")) -> list[tuple[str, str, str]]:
+
+def model_columns(
+    ratio_to: Sequence[str] = ("sdpa", "flex_attention"), errors: Sequence[str] = ("loss", "grad")
+) -> list[tuple[str, str, str]]:
     """Columns of a model-step table: step time and memory, the speed ratios to ``ratio_to``
     rows (``x_<row>``), mask build, first call and the ``err_<name>`` checks."""
-    cols = [("row", "attention", ""), ("step_ms", "step ms", ".2f"), ("step_ms_min", "min ms", ".2f"),
-            ("peak_gib", "peak GiB", ".2f"), ("step_peak_gib", "step GiB", ".2f"),
-            ("rss_peak_mib", "RSS+ MiB", ".0f")]
+    cols = [
+        ("row", "attention", ""),
+        ("step_ms", "step ms", ".2f"),
+        ("step_ms_min", "min ms", ".2f"),
+        ("peak_gib", "peak GiB", ".2f"),
+        ("step_peak_gib", "step GiB", ".2f"),
+        ("rss_peak_mib", "RSS+ MiB", ".0f"),
+    ]
     cols += [(f"x_{r}", f"x {r}", ".2f") for r in ratio_to]
     cols += [("mask_build_ms", "mask ms", ".2f"), ("first_call_s", "1st call s", ".1f")]
     cols += [(f"err_{e}", f"err {e}", ".1e") for e in errors]
@@ -119,16 +126,30 @@ def _f(v, spec=".3f"):
 
 
 def run_header(meta: dict) -> str:
-    keys = ("gpu", "device", "cpu_threads", "torch", "cuda", "triton", "transformers", "dtype", "git_commit",
-            "date_utc", "command", "wall_s")
+    keys = (
+        "gpu",
+        "device",
+        "cpu_threads",
+        "torch",
+        "cuda",
+        "triton",
+        "transformers",
+        "dtype",
+        "git_commit",
+        "date_utc",
+        "command",
+        "wall_s",
+    )
     shown = [k for k in keys if meta.get(k) is not None]
     return "\n".join(f"- {k}: {round(meta[k], 1) if k == 'wall_s' else meta[k]}" for k in shown)
 
 
 def attention_markdown(rows: list[dict]) -> str:
-    out = ["| workload | peer | kind | fwd ms | fwd TFLOP/s | f+b ms | f+b TFLOP/s | peak MiB (f+b) | mask build ms "
-           "| ×Flex fwd | ×Flex f+b | max rel err | status / note |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| workload | peer | kind | fwd ms | fwd TFLOP/s | f+b ms | f+b TFLOP/s | peak MiB (f+b) | mask build ms "
+        "| ×Flex fwd | ×Flex f+b | max rel err | status / note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in map(timed_view, rows):
         kind = "exact" if r["exact"] else "no cut"
         note = r["status"] + (f": {r['note']}" if r.get("note") else "")
@@ -137,12 +158,14 @@ def attention_markdown(rows: list[dict]) -> str:
             f"{_f(r.get('fwd_bwd_ms'))} | {_f(r.get('fwd_bwd_tflops'), '.3g')} | "
             f"{_f(r.get('fwd_bwd_peak_mib'), '.0f')} | {_f(r.get('mask_build_ms'))} | "
             f"{_f(r.get('fwd_x_flex'), '.2f')} | {_f(r.get('fwd_bwd_x_flex'), '.2f')} | "
-            f"{_f(_max_err(r), '.1e')} | {note} |")
+            f"{_f(_max_err(r), '.1e')} | {note} |"
+        )
     return "\n".join(out)
 
 
-def model_markdown(rows: list[dict], ratio_to: Sequence[str] = ("sdpa", "flex_attention"),
-                   errors: Sequence[str] = ("loss", "grad")) -> str:
+def model_markdown(
+    rows: list[dict], ratio_to: Sequence[str] = ("sdpa", "flex_attention"), errors: Sequence[str] = ("loss", "grad")
+) -> str:
     """A model-step table: step ms (and, when the step builds a mask, step - mask build),
     peak memory (CUDA: absolute and above the pre-step allocation; CPU: peak RSS growth),
     the ratios ``x_<row>`` (``x_<row>_ex_mask`` after a slash), mask build, checks."""
@@ -150,8 +173,14 @@ def model_markdown(rows: list[dict], ratio_to: Sequence[str] = ("sdpa", "flex_at
     head += [f"×{r}" for r in ratio_to] + ["mask build ms"] + [f"err {e}" for e in errors] + ["status / note"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in map(timed_view, rows):
-        cells = [r["row"], _f(r.get("step_ms"), ".2f"), _f(r.get("step_ex_mask_ms"), ".2f"),
-                 _f(r.get("peak_gib"), ".2f"), _f(r.get("step_peak_gib"), ".2f"), _f(r.get("rss_peak_mib"), ".0f")]
+        cells = [
+            r["row"],
+            _f(r.get("step_ms"), ".2f"),
+            _f(r.get("step_ex_mask_ms"), ".2f"),
+            _f(r.get("peak_gib"), ".2f"),
+            _f(r.get("step_peak_gib"), ".2f"),
+            _f(r.get("rss_peak_mib"), ".0f"),
+        ]
         for other in ratio_to:
             x, ex = r.get(f"x_{other}"), r.get(f"x_{other}_ex_mask")
             cells.append(_f(x, ".2f") + (f" / {ex:.2f}" if ex is not None else ""))
@@ -170,9 +199,11 @@ def encode_markdown(rows: list[dict]) -> str:
     """encode.py rows: per workload, mode and method, the throughput; on the btok rows the
     measured time ratio to last-token pooling (same pipeline), the ratio the token count
     predicts, the code overhead, and the time ratio to the library's PooledEmbedder."""
-    out = ["| workload | mode | method | texts | tokens | ms / call | texts/s | tokens/s | time ratio (of mins) "
-           "| by tokens | code overhead | ≤ 1%? | vs pooled_embedder | err | status / note |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| workload | mode | method | texts | tokens | ms / call | texts/s | tokens/s | time ratio (of mins) "
+        "| by tokens | code overhead | ≤ 1%? | vs pooled_embedder | err | status / note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in map(timed_view, rows):
         within, overhead = r.get("within_1pct"), r.get("code_overhead")
         out.append(
@@ -183,5 +214,6 @@ def encode_markdown(rows: list[dict]) -> str:
             f"| {'—' if overhead is None else format(overhead, '+.2%')} "
             f"| {'—' if within is None else ('yes' if within else 'no')} | {_f(r.get('time_ratio_pooled'), '.4f')} "
             f"| {_f(r.get('err'), '.1e')} "
-            f"| {r['status']}{': ' + r['note'] if r.get('note') else ''} |")
+            f"| {r['status']}{': ' + r['note'] if r.get('note') else ''} |"
+        )
     return "\n".join(out)

@@ -105,13 +105,14 @@ def tile_counts(workload: Workload, block_m: int = 128, block_n: int = 128) -> t
     kept; any other visited tile (diagonal, cut, or ragged at a sequence end) needs a
     per-element mask. Skipped tiles are not counted."""
     full = partial = 0
-    for length, b, t in zip(workload.seqlens, workload.query_lens,
-                            [q + workload.num_btoks for q in workload.query_lens]):
+    for length, b, t in zip(
+        workload.seqlens, workload.query_lens, [q + workload.num_btoks for q in workload.query_lens]
+    ):
         keys = torch.arange(length)
         for q0 in range(0, length, block_m):
             rows = torch.arange(q0, min(q0 + block_m, length))
             kept = allowed_pairs(rows[:, None], keys[None, :], b, t)  # [rows, L]
-            per_tile = torch.stack([kept[:, k0:k0 + block_n].sum() for k0 in range(0, length, block_n)])
+            per_tile = torch.stack([kept[:, k0 : k0 + block_n].sum() for k0 in range(0, length, block_n)])
             full += int((per_tile == block_m * block_n).sum())
             partial += int(((per_tile > 0) & (per_tile < block_m * block_n)).sum())
     return full, partial
@@ -170,8 +171,16 @@ def packed_workload(
     return Workload(name, tuple(q.tolist()), num_btoks, tuple(t.tolist()), num_heads, num_kv_heads, head_dim, group)
 
 
-def single_sequence(name: str, length: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                    num_btoks: int = NUM_BTOKS, target_len: int | None = None, group: str = "sweep") -> Workload:
+def single_sequence(
+    name: str,
+    length: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    num_btoks: int = NUM_BTOKS,
+    target_len: int | None = None,
+    group: str = "sweep",
+) -> Workload:
     """One sequence of ``length`` tokens: target ``length // 8`` (unless given), K BToks, the rest query."""
     target = length // 8 if target_len is None else target_len
     query = length - num_btoks - target
@@ -203,20 +212,39 @@ def sweep_workloads(lengths: Sequence[int], head_dims: Sequence[int]) -> list[Wo
 
 def cpu_workloads() -> list[Workload]:
     """A small packed batch shaped like image_2B (1/8 of the lengths, K=4) for the CPU run."""
-    return [packed_workload("cpu_pack", 4, (32, 160), (4, 32), seed=0, num_heads=4, num_kv_heads=2,
-                            head_dim=64, num_btoks=4, group="cpu")]
+    return [
+        packed_workload(
+            "cpu_pack",
+            4,
+            (32, 160),
+            (4, 32),
+            seed=0,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            num_btoks=4,
+            group="cpu",
+        )
+    ]
 
 
 def tiny_workloads() -> list[Workload]:
     """Three short sequences, GQA 2: enough for every peer's code path, in milliseconds."""
-    return [packed_workload("tiny", 3, (8, 40), (2, 12), seed=0, num_heads=4, num_kv_heads=2, head_dim=16,
-                            num_btoks=2, group="tiny")]
+    return [
+        packed_workload(
+            "tiny", 3, (8, 40), (2, 12), seed=0, num_heads=4, num_kv_heads=2, head_dim=16, num_btoks=2, group="tiny"
+        )
+    ]
 
 
 def workload_groups(lengths: Sequence[int] = (), head_dims: Sequence[int] = ()) -> dict[str, list[Workload]]:
     """The workloads by group name: design, sweep (at the given lengths and head dims), cpu, tiny."""
-    return {"design": design_workloads(), "sweep": sweep_workloads(lengths, head_dims), "cpu": cpu_workloads(),
-            "tiny": tiny_workloads()}
+    return {
+        "design": design_workloads(),
+        "sweep": sweep_workloads(lengths, head_dims),
+        "cpu": cpu_workloads(),
+        "tiny": tiny_workloads(),
+    }
 
 
 def all_workloads(lengths: Sequence[int] = (), head_dims: Sequence[int] = ()) -> dict[str, Workload]:

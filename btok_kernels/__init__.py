@@ -1,6 +1,6 @@
 """btok_kernels: condensation-mask attention for Bottleneck-Token (BTok) training.
 
-    from btok_kernels import CondensationLayout, condensation_attention
+from btok_kernels import CondensationLayout, condensation_attention
 """
 
 from .condensation import BACKENDS, condensation_attention, condensation_bwd_naive, condensation_fwd_naive

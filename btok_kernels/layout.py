@@ -110,8 +110,7 @@ class CondensationLayout:
         n = cu.numel() - 1
         if bs.numel() != n or ts.numel() != n:
             raise ValueError(
-                f"btok_start and target_start must have one entry per sequence ({n}), "
-                f"got {bs.numel()} and {ts.numel()}"
+                f"btok_start and target_start must have one entry per sequence ({n}), got {bs.numel()} and {ts.numel()}"
             )
         if not (cu.device == bs.device == ts.device):
             raise ValueError(
@@ -137,22 +136,17 @@ class CondensationLayout:
         bad = (host[2] > host[3]).nonzero()
         if bad.numel():
             s = int(bad[0])
-            raise ValueError(
-                f"btok_start[{s}]={int(host[2, s])} must be <= target_start[{s}]={int(host[3, s])}"
-            )
+            raise ValueError(f"btok_start[{s}]={int(host[2, s])} must be <= target_start[{s}]={int(host[3, s])}")
         bad = (host[3] > lens).nonzero()
         if bad.numel():
             s = int(bad[0])
             raise ValueError(
-                f"target_start[{s}]={int(host[3, s])} is past the end of sequence {s} "
-                f"(length {int(lens[s])})"
+                f"target_start[{s}]={int(host[3, s])} is past the end of sequence {s} (length {int(lens[s])})"
             )
         if isinstance(self.max_seqlen, bool) or not isinstance(self.max_seqlen, int):
             raise ValueError(f"max_seqlen must be an int, got {type(self.max_seqlen).__name__}")
         if self.max_seqlen != int(lens.max()):
-            raise ValueError(
-                f"max_seqlen={self.max_seqlen} does not match the longest sequence ({int(lens.max())})"
-            )
+            raise ValueError(f"max_seqlen={self.max_seqlen} does not match the longest sequence ({int(lens.max())})")
         if not isinstance(self.is_causal, bool):
             raise ValueError(f"is_causal must be a bool, got {type(self.is_causal).__name__}")
         if not self.is_causal:

@@ -19,8 +19,9 @@ import torch
 __all__ = ["allowed_pairs", "condensation_mask", "condensation_mask_mod", "sequence_mask"]
 
 
-def allowed_pairs(rows: torch.Tensor, keys: torch.Tensor, btok_start: int, target_start: int,
-                  causal: bool = True) -> torch.Tensor:
+def allowed_pairs(
+    rows: torch.Tensor, keys: torch.Tensor, btok_start: int, target_start: int, causal: bool = True
+) -> torch.Tensor:
     """The mask on index tensors that broadcast against each other.
 
     Args:
@@ -38,8 +39,9 @@ def allowed_pairs(rows: torch.Tensor, keys: torch.Tensor, btok_start: int, targe
     return (keys <= rows) & ~cut
 
 
-def sequence_mask(length: int, btok_start: int, target_start: int, *, causal: bool = True,
-                  device: torch.device | str | None = None) -> torch.Tensor:
+def sequence_mask(
+    length: int, btok_start: int, target_start: int, *, causal: bool = True, device: torch.device | str | None = None
+) -> torch.Tensor:
     """The mask of one sequence ``[query | BToks | target]``.
 
     Args:

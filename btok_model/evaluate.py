@@ -315,7 +315,7 @@ def load_embedder(args: argparse.Namespace):
     if distributed.is_main():
         print(f"weights: {choice.line}", flush=True)
     try:
-        if saved is PooledEmbedder or saved is BTokModel and args.baseline is None:
+        if saved is PooledEmbedder or (saved is BTokModel and args.baseline is None):
             model = saved.from_pretrained(
                 args.model,
                 attn_implementation=args.attn_implementation,
@@ -385,7 +385,7 @@ def run_mmeb_v2(args: argparse.Namespace) -> dict:
             "--mmeb-v2 scores pooled embeddings by cosine at full size: --similarity maxsim and "
             "--dims apply to --data files"
         )
-    if args.limit is not None and args.limit < 1 or args.num_frames < 1:
+    if (args.limit is not None and args.limit < 1) or args.num_frames < 1:
         fail("--limit and --num-frames must be >= 1")
     try:
         tasks = open_tasks(args.mmeb_v2, args.datasets, args.modalities, args.limit, args.mmeb_mode)  # no model yet

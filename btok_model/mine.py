@@ -202,8 +202,11 @@ def mine_hard_negatives(
     if extra is None:
         shard = engine.encode(model, pool, shard=True if shard else (0, 1), gather=False, desc="pool", **settings)
     elif not corpus_index.ann:  # the whole pool, the output's rows read on the same block grid
-        head = lambda lo, hi: engine.encode(model, pool[lo:hi], desc="pool", **settings)
-        shard = extra.shard(head, corpus_block, shard=shard)
+
+        def encode_rows(lo, hi):
+            return engine.encode(model, pool[lo:hi], desc="pool", **settings)
+
+        shard = extra.shard(encode_rows, corpus_block, shard=shard)
     else:  # the head here; the output's rows come from its ANN index below
         head = pool[: extra.head]
         shard = engine.encode(model, head, shard=True if shard else (0, 1), gather=False, desc="pool", **settings)

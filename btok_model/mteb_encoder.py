@@ -90,7 +90,7 @@ class MTEBEncoder(AbsEncoder):
         self.model = model
         self.instructions = dict(DEFAULT_INSTRUCTIONS if instructions is None else instructions)
         for key, value in self.instructions.items():
-            if not isinstance(value, (str, dict)) or isinstance(value, dict) and set(value) - {"query", "document"}:
+            if not isinstance(value, (str, dict)) or (isinstance(value, dict) and set(value) - {"query", "document"}):
                 raise ValueError(
                     f"instructions[{key!r}] must be a str or a dict with 'query'/'document', got {value!r}"
                 )

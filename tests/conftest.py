@@ -5,10 +5,10 @@ import os
 # TRITON_INTERPRET=0 explicitly to run them compiled on a GPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from tests.helpers.threads import one_torch_thread  # noqa: E402, F401  (a fixture for every test directory)
+from tests.helpers.threads import one_torch_thread  # noqa: F401  (a fixture for every test directory)
 
 
 def _device() -> str:

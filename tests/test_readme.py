@@ -23,9 +23,7 @@ def _python_blocks(page: Path) -> list[str]:
 
 
 BLOCKS = [
-    (f"{page.relative_to(ROOT).as_posix()}:{i}", code)
-    for page in PAGES
-    for i, code in enumerate(_python_blocks(page))
+    (f"{page.relative_to(ROOT).as_posix()}:{i}", code) for page in PAGES for i, code in enumerate(_python_blocks(page))
 ]
 
 

@@ -62,9 +62,17 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
     return sig
 
 
-def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
-                   config: dict | None = None, arch: int = 90, gqa_split: int = 1, fused_dq: bool = False,
-                   causal: bool = True):
+def compile_kernel(
+    kernel: str,
+    dtype: torch.dtype,
+    head_dim: int,
+    group: int = 1,
+    config: dict | None = None,
+    arch: int = 90,
+    gqa_split: int = 1,
+    fused_dq: bool = False,
+    causal: bool = True,
+):
     """Compiles one kernel ("fwd", "dkdv" or "dq") with the launchers' default GPU
     configuration for ``(head_dim, dtype)``, updated by ``config`` (``BLOCK_M``, ``BLOCK_N``,
     ``num_warps``, ``num_stages``), for ``sm_{arch}``; ``causal=False`` compiles the
@@ -80,24 +88,41 @@ def compile_kernel(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 
     precision = P.dot_precision(dtype, interpreting=False)
     cfg.update(config or {})
     block_d = P._block_d(head_dim)
-    constexprs = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      PRECISION=precision, CAUSAL=causal)
+    constexprs = dict(
+        G=group,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        PRECISION=precision,
+        CAUSAL=causal,
+    )
     if kernel == "dkdv":
         constexprs["HEADS"] = group // gqa_split
         constexprs["FUSED_DQ"] = fused_dq
     sig = _signature(fn, _DTYPE[dtype], constexprs)
     # what the launcher specialises on: 16-byte aligned pointers and strides that are multiples of 16
-    aligned = [(i,) for i, name in enumerate(fn.arg_names)
-               if sig[name].startswith("*") or (name.startswith("stride") and head_dim % 16 == 0)]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs,
-                    attrs={k: [["tt.divisibility", 16]] for k in aligned})
+    aligned = [
+        (i,)
+        for i, name in enumerate(fn.arg_names)
+        if sig[name].startswith("*") or (name.startswith("stride") and head_dim % 16 == 0)
+    ]
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs={k: [["tt.divisibility", 16]] for k in aligned})
     target = GPUTarget("cuda", arch, 32)
     return triton.compile(src, target=target, options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
 
 
-def kernel_resources(kernel: str, dtype: torch.dtype, head_dim: int, group: int = 1,
-                     config: dict | None = None, arch: int = 90, gqa_split: int = 1,
-                     fused_dq: bool = False, causal: bool = True) -> KernelResources:
+def kernel_resources(
+    kernel: str,
+    dtype: torch.dtype,
+    head_dim: int,
+    group: int = 1,
+    config: dict | None = None,
+    arch: int = 90,
+    gqa_split: int = 1,
+    fused_dq: bool = False,
+    causal: bool = True,
+) -> KernelResources:
     """Registers per thread, spill stack/local bytes and shared memory of one compiled kernel."""
     compiled = compile_kernel(kernel, dtype, head_dim, group, config, arch, gqa_split, fused_dq, causal)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -105,8 +130,9 @@ def kernel_resources(kernel: str, dtype: torch.dtype, head_dim: int, group: int 
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(compiled.asm["cubin"])
-        report = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True,
-                                check=True).stdout
+        report = subprocess.run(
+            [cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True, check=True
+        ).stdout
 
     def field(name):
         m = re.search(rf"{name}:(\d+)", report)

@@ -56,7 +56,7 @@ def _why_not_built() -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load() -> str | None:
     """Loads the extension once. Returns None when its ops are registered, else why not."""
     spec = importlib.util.find_spec(EXTENSION)
@@ -116,9 +116,14 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 
 
 def condensation_fwd_cuda(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, causal: bool = True,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    btok_start: torch.Tensor,
+    target_start: torch.Tensor,
+    softmax_scale: float,
+    causal: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward on the CUDA kernels.
 
@@ -139,10 +144,17 @@ def condensation_fwd_cuda(
 
 
 def condensation_bwd_cuda(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    out: torch.Tensor, lse: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, causal: bool = True,
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    btok_start: torch.Tensor,
+    target_start: torch.Tensor,
+    softmax_scale: float,
+    causal: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on the CUDA kernels, from the forward's ``out`` and ``lse``; deterministic.
 

@@ -45,8 +45,7 @@ def _ungrouped(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(hkv * g, rows, d).permute(1, 0, 2)
 
 
-def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale: float,
-                           causal: bool = True):
+def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale: float, causal: bool = True):
     """Reference forward.
 
     Args:
@@ -75,15 +74,16 @@ def condensation_fwd_naive(q, k, v, cu_seqlens, btok_start, target_start, softma
             s = s.masked_fill(~_chunk_mask(r0, r1, kend, b, t, causal, q.device), float("-inf"))
             m = s.amax(-1, keepdim=True)
             p = torch.exp(s - m)
-            l = p.sum(-1, keepdim=True)
-            o = (p @ vs[..., :kend, :]) / l
+            denom = p.sum(-1, keepdim=True)
+            o = (p @ vs[..., :kend, :]) / denom
             out[start + r0 : start + r1] = _ungrouped(o).to(q.dtype)
-            lse[:, start + r0 : start + r1] = (m + torch.log(l)).reshape(hq, r1 - r0)
+            lse[:, start + r0 : start + r1] = (m + torch.log(denom)).reshape(hq, r1 - r0)
     return out, lse
 
 
-def condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale: float,
-                           causal: bool = True):
+def condensation_bwd_naive(
+    do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale: float, causal: bool = True
+):
     """Reference backward from the saved ``lse`` (recomputes the probabilities per chunk).
 
     Args:
@@ -124,4 +124,3 @@ def condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target
         dk[start:end] = dks.sum(1).permute(1, 0, 2)
         dv[start:end] = dvs.sum(1).permute(1, 0, 2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-

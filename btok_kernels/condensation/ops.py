@@ -79,15 +79,35 @@ def _decode_tiles(flat: list[int]) -> dict | None:
 # records it and the backward op runs with exactly the forward's options.
 @torch.library.custom_op("btok::condensation_fwd", mutates_args=())
 def _condensation_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor, causal: bool,
-    softmax_scale: float, backend: str, fused_dq: bool, autotune: bool, gqa_split: int, tiles: list[int],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    btok_start: torch.Tensor,
+    target_start: torch.Tensor,
+    causal: bool,
+    softmax_scale: float,
+    backend: str,
+    fused_dq: bool,
+    autotune: bool,
+    gqa_split: int,
+    tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from .parallel import condensation_fwd_triton
 
-        return condensation_fwd_triton(q, k, v, cu_seqlens, btok_start, target_start, softmax_scale,
-                                       causal=causal, autotune=autotune, tiles=_decode_tiles(tiles))
+        return condensation_fwd_triton(
+            q,
+            k,
+            v,
+            cu_seqlens,
+            btok_start,
+            target_start,
+            softmax_scale,
+            causal=causal,
+            autotune=autotune,
+            tiles=_decode_tiles(tiles),
+        )
     if backend == "cuda":
         from .cuda import condensation_fwd_cuda
 
@@ -96,37 +116,78 @@ def _condensation_fwd(
 
 
 @_condensation_fwd.register_fake
-def _(q, k, v, cu_seqlens, btok_start, target_start, causal, softmax_scale, backend, fused_dq, autotune, gqa_split,
-      tiles):
+def _(
+    q, k, v, cu_seqlens, btok_start, target_start, causal, softmax_scale, backend, fused_dq, autotune, gqa_split, tiles
+):
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
     return torch.empty_like(q), lse
 
 
 @torch.library.custom_op("btok::condensation_bwd", mutates_args=())
 def _condensation_bwd(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    out: torch.Tensor, lse: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor, causal: bool,
-    softmax_scale: float, backend: str, fused_dq: bool, autotune: bool, gqa_split: int, tiles: list[int],
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    btok_start: torch.Tensor,
+    target_start: torch.Tensor,
+    causal: bool,
+    softmax_scale: float,
+    backend: str,
+    fused_dq: bool,
+    autotune: bool,
+    gqa_split: int,
+    tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton":
         from .parallel import condensation_bwd_triton
 
-        return condensation_bwd_triton(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
-                                       causal=causal, autotune=autotune, tiles=_decode_tiles(tiles),
-                                       gqa_split=gqa_split or None, fused_dq=fused_dq)
+        return condensation_bwd_triton(
+            do,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            cu_seqlens,
+            btok_start,
+            target_start,
+            softmax_scale,
+            causal=causal,
+            autotune=autotune,
+            tiles=_decode_tiles(tiles),
+            gqa_split=gqa_split or None,
+            fused_dq=fused_dq,
+        )
     if backend == "cuda":
         from .cuda import condensation_bwd_cuda
 
-        return condensation_bwd_cuda(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
-                                     causal)
-    return condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
-                                  causal)
+        return condensation_bwd_cuda(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale, causal)
+    return condensation_bwd_naive(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale, causal)
 
 
 @_condensation_bwd.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, causal, softmax_scale, backend, fused_dq,
-      autotune, gqa_split, tiles):
+def _(
+    do,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    cu_seqlens,
+    btok_start,
+    target_start,
+    causal,
+    softmax_scale,
+    backend,
+    fused_dq,
+    autotune,
+    gqa_split,
+    tiles,
+):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -150,7 +211,7 @@ _condensation_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------
 # public function
 # ----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
@@ -196,9 +257,7 @@ def _check_inputs(q, k, v, layout, backend):
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     if layout.device != q.device:
-        raise ValueError(
-            f"layout is on {layout.device} but q is on {q.device}; move it once with layout.to(q.device)"
-        )
+        raise ValueError(f"layout is on {layout.device} but q is on {q.device}; move it once with layout.to(q.device)")
     total, hq, d = q.shape
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
@@ -208,14 +267,14 @@ def _check_inputs(q, k, v, layout, backend):
     if hkv == 0 or hq % hkv != 0:
         raise ValueError(f"the number of query heads ({hq}) must be a multiple of the number of KV heads ({hkv})")
     if total != layout.total_tokens:
-        raise ValueError(
-            f"q has {total} tokens but the layout packs {layout.total_tokens} (cu_seqlens[-1])"
-        )
+        raise ValueError(f"q has {total} tokens but the layout packs {layout.total_tokens} (cu_seqlens[-1])")
     if backend == "triton":
         if q.dtype not in _KERNEL_DTYPES:
             raise ValueError(f"backend='triton' supports dtypes {_KERNEL_DTYPES}, got {q.dtype}")
         if d % 8 != 0 or not 8 <= d <= MAX_HEAD_DIM:
-            raise ValueError(f"backend='triton' supports head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {d}")
+            raise ValueError(
+                f"backend='triton' supports head dims that are multiples of 8 up to {MAX_HEAD_DIM}, got {d}"
+            )
     elif not q.dtype.is_floating_point:
         raise ValueError(f"q, k and v must be floating point, got {q.dtype}")
 
@@ -317,7 +376,15 @@ def condensation_attention(
 
         return condensation_attention_sdpa(q, k, v, layout, float(softmax_scale), return_lse)
     out, lse = _condensation_fwd(
-        q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, layout.is_causal, float(softmax_scale),
-        backend, *options,
+        q,
+        k,
+        v,
+        layout.cu_seqlens,
+        layout.btok_start,
+        layout.target_start,
+        layout.is_causal,
+        float(softmax_scale),
+        backend,
+        *options,
     )
     return (out, lse) if return_lse else out

@@ -135,8 +135,9 @@ def _row_plan(n0, n1, b, t, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 # The kernels' prologue is _find_tile, a return for a slot without a tile (before anything
 # else is loaded: an early return keeps registers free on sm_90), then one of these two.
 @triton.jit
-def _query_tile(btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr):
+def _query_tile(
+    btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
+):
     """The forward's and dQ's query tile ``i_m`` of sequence ``i_s`` and its key plan:
     ``(b, t, o_m, lo, cut_hi, full_hi, hi)``. Tiles run last first (they see the most keys)."""
     b = tl.load(btok_start + i_s)
@@ -148,8 +149,9 @@ def _query_tile(btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M: tl.con
 
 
 @triton.jit
-def _key_tile(btok_start, target_start, i_s, i_n, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              CAUSAL: tl.constexpr):
+def _key_tile(
+    btok_start, target_start, i_s, i_n, seqlen, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
+):
     """The dK/dV key tile ``i_n`` of sequence ``i_s`` and its row plan:
     ``(b, t, o_n, lo, diag_hi, full_hi, hi)``."""
     b = tl.load(btok_start + i_s)
@@ -169,7 +171,7 @@ def _load_rows(p, o_r, seqlen, stride, MASK_ROWS: tl.constexpr, HEAD_DIM: tl.con
     p_r = p + o_r[:, None].to(tl.int64) * stride
     if MASK_ROWS:
         return tl.load(p_r, mask=(o_r[:, None] < seqlen) & (o_d[None, :] < HEAD_DIM), other=0.0)
-    if HEAD_DIM != p.shape[1]:
+    if p.shape[1] != HEAD_DIM:
         return tl.load(p_r, mask=o_d[None, :] < HEAD_DIM, other=0.0)
     return tl.load(p_r)
 
@@ -195,8 +197,23 @@ def _load_row_stats(p, o_r, seqlen, MASK_ROWS: tl.constexpr):
 # forward
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _key_block_scores(b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t,
-                      MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _key_block_scores(
+    b_q,
+    p_k,
+    p_v,
+    stride_kt,
+    stride_vt,
+    qk_scale,
+    seqlen,
+    o_m,
+    o_n,
+    b,
+    t,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
     """K and V of the key block ``o_n`` ([BLOCK_N, BLOCK_D] each) and the query tile's scaled
     scores against it ([BLOCK_M, BLOCK_N]), -inf where the mask hides a pair in a MASKED block.
     Shared by the forward and dQ so that both see exactly the same scores; masking before the
@@ -212,9 +229,28 @@ def _key_block_scores(b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, b, t,
-               key_lo, key_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    b_q,
+    p_k,
+    p_v,
+    stride_kt,
+    stride_vt,
+    qk_scale,
+    seqlen,
+    o_m,
+    b,
+    t,
+    key_lo,
+    key_hi,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
     """Online softmax of the query tile ``b_q`` over keys [key_lo, key_hi), a block of
     BLOCK_N at a time; scores in log2 units (``qk_scale`` includes log2(e)). MASKED blocks
     compare each key with the key range of each row ``o_m`` (:func:`_key_range` of the
@@ -222,8 +258,9 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seq
     # counted loops: a strided range(key_lo, key_hi, BLOCK_N) costs registers (sm_90: dK/dV spills)
     for i_n in range(0, (key_hi - key_lo) // BLOCK_N):
         o_n = key_lo + i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        b_k, b_v, b_s = _key_block_scores(b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t,
-                                          MASKED, CAUSAL, PRECISION, HEAD_DIM)
+        _b_k, b_v, b_s = _key_block_scores(
+            b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t, MASKED, CAUSAL, PRECISION, HEAD_DIM
+        )
         m_new = tl.maximum(m_i, tl.max(b_s, 1))
         m_shift = m_new
         if MASKED:
@@ -242,18 +279,40 @@ def _fwd_inner(acc, l_i, m_i, b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seq
 
 @triton.jit
 def condensation_fwd_kernel(
-    Q, K, V, O, LSE, cu_seqlens, btok_start, target_start, n_seqs, qk_scale,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    Q,
+    K,
+    V,
+    O,  # noqa: E741 (the kernels name their tensors Q, K, V, O, LSE; the AOT build reads these names)
+    LSE,
+    cu_seqlens,
+    btok_start,
+    target_start,
+    n_seqs,
+    qk_scale,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
     stride_lse_h,
-    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
+    G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     """One program per (query tile, query head). O [T, Hq, D]; LSE fp32 [Hq, T], natural log."""
     i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, tl.program_id(0), BLOCK_M)
     if i_m >= n_m:
         return
-    b, t, o_m, lo, cut_hi, full_hi, hi = _query_tile(btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M,
-                                                     BLOCK_N, CAUSAL)
+    b, t, o_m, lo, cut_hi, full_hi, hi = _query_tile(
+        btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M, BLOCK_N, CAUSAL
+    )
     i_h = tl.program_id(1)
     o_d = tl.arange(0, BLOCK_D)
     p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
@@ -265,12 +324,48 @@ def condensation_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     kv = (p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, b, t)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, *kv, lo, cut_hi, MASKED=True, CAUSAL=CAUSAL,
-                               PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, *kv, cut_hi, full_hi, MASKED=False, CAUSAL=CAUSAL,
-                               PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, b_q, *kv, full_hi, hi, MASKED=True, CAUSAL=CAUSAL,
-                               PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        b_q,
+        *kv,
+        lo,
+        cut_hi,
+        MASKED=True,
+        CAUSAL=CAUSAL,
+        PRECISION=PRECISION,
+        BLOCK_N=BLOCK_N,
+        HEAD_DIM=HEAD_DIM,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        b_q,
+        *kv,
+        cut_hi,
+        full_hi,
+        MASKED=False,
+        CAUSAL=CAUSAL,
+        PRECISION=PRECISION,
+        BLOCK_N=BLOCK_N,
+        HEAD_DIM=HEAD_DIM,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        b_q,
+        *kv,
+        full_hi,
+        hi,
+        MASKED=True,
+        CAUSAL=CAUSAL,
+        PRECISION=PRECISION,
+        BLOCK_N=BLOCK_N,
+        HEAD_DIM=HEAD_DIM,
+    )
 
     # every row of the sequence sees at least itself: l > 0; rows past its end are not stored
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -285,8 +380,18 @@ def condensation_fwd_kernel(
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def condensation_bwd_preprocess_kernel(
-    O, DO, DELTA, total, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    O,  # noqa: E741 (the output tensor, named as in the other kernels)
+    DO,
+    DELTA,
+    total,
+    stride_ot,
+    stride_oh,
+    stride_dot,
+    stride_doh,
+    stride_delta_h,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """delta = rowsum(dO * O), fp32 [Hq, T]."""
     i_m, i_h = tl.program_id(0), tl.program_id(1)
@@ -299,9 +404,32 @@ def condensation_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, stride_qt, p_do, p_dq, stride_dot, p_lse, p_delta, sm_scale, seqlen,
-                o_n, b, t, row_lo, row_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-                FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _dkdv_inner(
+    b_dk,
+    b_dv,
+    b_k,
+    b_v,
+    p_q,
+    stride_qt,
+    p_do,
+    p_dq,
+    stride_dot,
+    p_lse,
+    p_delta,
+    sm_scale,
+    seqlen,
+    o_n,
+    b,
+    t,
+    row_lo,
+    row_hi,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    FUSED_DQ: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
     """dK and dV of the key tile (``b_k``, ``b_v``) summed over rows [row_lo, row_hi) of one
     query head, a block of BLOCK_M rows at a time, transposed ([keys, rows]) so the sums
     run along the rows. MASKED blocks compare each row with the row range of each key
@@ -337,11 +465,41 @@ def _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, stride_qt, p_do, p_dq, stride_dot, p_
 
 @triton.jit
 def condensation_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, cu_seqlens, btok_start, target_start, n_seqs, sm_scale,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
-    G: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    DQ_ACC,
+    cu_seqlens,
+    btok_start,
+    target_start,
+    n_seqs,
+    sm_scale,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dkt,
+    stride_dkh,
+    stride_dvt,
+    stride_dvh,
+    stride_lse_h,
+    G: tl.constexpr,
+    HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    FUSED_DQ: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):
     """One program per (key tile, group of HEADS query heads sharing one KV head): sums dK,
@@ -356,8 +514,9 @@ def condensation_bwd_dkdv_kernel(
     i_s, i_n, n_n, bos, seqlen = _find_tile(cu_seqlens, n_seqs, tl.program_id(0), BLOCK_N)
     if i_n >= n_n:
         return
-    b, t, o_n, lo, diag_hi, full_hi, hi = _key_tile(btok_start, target_start, i_s, i_n, seqlen, BLOCK_M, BLOCK_N,
-                                                    CAUSAL)
+    b, t, o_n, lo, diag_hi, full_hi, hi = _key_tile(
+        btok_start, target_start, i_s, i_n, seqlen, BLOCK_M, BLOCK_N, CAUSAL
+    )
     i_hg = tl.program_id(1)
     i_kvh = (i_hg * HEADS) // G
     o_d = tl.arange(0, BLOCK_D)
@@ -376,12 +535,51 @@ def condensation_bwd_dkdv_kernel(
         p_lse = LSE + i_h.to(tl.int64) * stride_lse_h + bos
         p_delta = DELTA + i_h.to(tl.int64) * stride_lse_h + bos
         rows = (p_q, stride_qt, p_do, p_dq, stride_dot, p_lse, p_delta, sm_scale, seqlen, o_n, b, t)
-        b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, *rows, lo, diag_hi, MASKED=True, CAUSAL=CAUSAL,
-                                 PRECISION=PRECISION, FUSED_DQ=FUSED_DQ, BLOCK_M=BLOCK_M, HEAD_DIM=HEAD_DIM)
-        b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, *rows, diag_hi, full_hi, MASKED=False, CAUSAL=CAUSAL,
-                                 PRECISION=PRECISION, FUSED_DQ=FUSED_DQ, BLOCK_M=BLOCK_M, HEAD_DIM=HEAD_DIM)
-        b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, *rows, full_hi, hi, MASKED=True, CAUSAL=CAUSAL,
-                                 PRECISION=PRECISION, FUSED_DQ=FUSED_DQ, BLOCK_M=BLOCK_M, HEAD_DIM=HEAD_DIM)
+        b_dk, b_dv = _dkdv_inner(
+            b_dk,
+            b_dv,
+            b_k,
+            b_v,
+            *rows,
+            lo,
+            diag_hi,
+            MASKED=True,
+            CAUSAL=CAUSAL,
+            PRECISION=PRECISION,
+            FUSED_DQ=FUSED_DQ,
+            BLOCK_M=BLOCK_M,
+            HEAD_DIM=HEAD_DIM,
+        )
+        b_dk, b_dv = _dkdv_inner(
+            b_dk,
+            b_dv,
+            b_k,
+            b_v,
+            *rows,
+            diag_hi,
+            full_hi,
+            MASKED=False,
+            CAUSAL=CAUSAL,
+            PRECISION=PRECISION,
+            FUSED_DQ=FUSED_DQ,
+            BLOCK_M=BLOCK_M,
+            HEAD_DIM=HEAD_DIM,
+        )
+        b_dk, b_dv = _dkdv_inner(
+            b_dk,
+            b_dv,
+            b_k,
+            b_v,
+            *rows,
+            full_hi,
+            hi,
+            MASKED=True,
+            CAUSAL=CAUSAL,
+            PRECISION=PRECISION,
+            FUSED_DQ=FUSED_DQ,
+            BLOCK_M=BLOCK_M,
+            HEAD_DIM=HEAD_DIM,
+        )
 
     p_dk = DK + bos.to(tl.int64) * stride_dkt + i_hg * stride_dkh + o_d[None, :]
     p_dv = DV + bos.to(tl.int64) * stride_dvt + i_hg * stride_dvh + o_d[None, :]
@@ -390,16 +588,37 @@ def condensation_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_inner(b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, b, t,
-              key_lo, key_hi, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _dq_inner(
+    b_dq,
+    b_q,
+    b_do,
+    b_lse,
+    b_delta,
+    p_k,
+    p_v,
+    stride_kt,
+    stride_vt,
+    qk_scale,
+    seqlen,
+    o_m,
+    b,
+    t,
+    key_lo,
+    key_hi,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
     """dQ of the query tile summed over keys [key_lo, key_hi), as :func:`_fwd_inner` visits
     and masks them; ``b_lse`` is in log2 units."""
     # counted loops: a strided range(key_lo, key_hi, BLOCK_N) costs registers (sm_90: dK/dV spills)
     for i_n in range(0, (key_hi - key_lo) // BLOCK_N):
         o_n = key_lo + i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        b_k, b_v, b_s = _key_block_scores(b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t,
-                                          MASKED, CAUSAL, PRECISION, HEAD_DIM)
+        b_k, b_v, b_s = _key_block_scores(
+            b_q, p_k, p_v, stride_kt, stride_vt, qk_scale, seqlen, o_m, o_n, b, t, MASKED, CAUSAL, PRECISION, HEAD_DIM
+        )
         b_p = tl.math.exp2(b_s - b_lse[:, None])
         b_dp = _dot(b_do, tl.trans(b_v), PRECISION)  # [BLOCK_M, BLOCK_N]
         b_ds = b_p * (b_dp - b_delta[:, None])
@@ -409,18 +628,44 @@ def _dq_inner(b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kt, stride_vt, q
 
 @triton.jit
 def condensation_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, cu_seqlens, btok_start, target_start, n_seqs, sm_scale,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dqt, stride_dqh, stride_lse_h,
-    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, CAUSAL: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    cu_seqlens,
+    btok_start,
+    target_start,
+    n_seqs,
+    sm_scale,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dqt,
+    stride_dqh,
+    stride_lse_h,
+    G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     """One program per (query tile, query head), visiting the same key blocks as the forward."""
     i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, tl.program_id(0), BLOCK_M)
     if i_m >= n_m:
         return
-    b, t, o_m, lo, cut_hi, full_hi, hi = _query_tile(btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M,
-                                                     BLOCK_N, CAUSAL)
+    b, t, o_m, lo, cut_hi, full_hi, hi = _query_tile(
+        btok_start, target_start, i_s, i_m, n_m, seqlen, BLOCK_M, BLOCK_N, CAUSAL
+    )
     i_h = tl.program_id(1)
     o_d = tl.arange(0, BLOCK_D)
     p_q = Q + bos.to(tl.int64) * stride_qt + i_h * stride_qh + o_d[None, :]
@@ -434,12 +679,23 @@ def condensation_bwd_dq_kernel(
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     tile = (b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kt, stride_vt, sm_scale * LOG2E, seqlen, o_m, b, t)
-    b_dq = _dq_inner(b_dq, *tile, lo, cut_hi, MASKED=True, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N,
-                     HEAD_DIM=HEAD_DIM)
-    b_dq = _dq_inner(b_dq, *tile, cut_hi, full_hi, MASKED=False, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N,
-                     HEAD_DIM=HEAD_DIM)
-    b_dq = _dq_inner(b_dq, *tile, full_hi, hi, MASKED=True, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N,
-                     HEAD_DIM=HEAD_DIM)
+    b_dq = _dq_inner(
+        b_dq, *tile, lo, cut_hi, MASKED=True, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM
+    )
+    b_dq = _dq_inner(
+        b_dq,
+        *tile,
+        cut_hi,
+        full_hi,
+        MASKED=False,
+        CAUSAL=CAUSAL,
+        PRECISION=PRECISION,
+        BLOCK_N=BLOCK_N,
+        HEAD_DIM=HEAD_DIM,
+    )
+    b_dq = _dq_inner(
+        b_dq, *tile, full_hi, hi, MASKED=True, CAUSAL=CAUSAL, PRECISION=PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM
+    )
 
     p_dq = DQ + bos.to(tl.int64) * stride_dqt + i_h * stride_dqh + o_d[None, :]
     _store_rows(p_dq, o_m, seqlen, stride_dqt, b_dq * sm_scale, HEAD_DIM)
@@ -467,7 +723,7 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -572,20 +828,25 @@ def shape_bucket(total: int, n_seqs: int) -> tuple[int, int]:
     return triton.next_power_of_2(total), triton.next_power_of_2(triton.cdiv(total, max(n_seqs, 1)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def autotuned_kernel(name: str, bucket: tuple[int, int]):
     """Kernel ``name`` ("fwd", "dkdv", "dq") wrapped in a Triton autotuner for packs of one
     :func:`shape_bucket`: it times its candidate tiles on its first launch for each (head
     dim, GQA group, dtypes, ...) and keeps the fastest. Tiles tuned on a short pack are not
     reused for a long one: each bucket has its own tuner."""
     reset = ["DQ_ACC"] if name == "dkdv" else None  # timing runs add into the fused-dQ accumulator
-    return triton.autotune(configs=_candidates(_TUNE_CANDIDATES[name]), key=_TUNE_KEYS[name], reset_to_zero=reset,
-                           prune_configs_by={"early_config_prune": _prune_large_tiles},
-                           do_bench=_wall_clock if _interpreting() else None)(_FIXED[name])
+    return triton.autotune(
+        configs=_candidates(_TUNE_CANDIDATES[name]),
+        key=_TUNE_KEYS[name],
+        reset_to_zero=reset,
+        prune_configs_by={"early_config_prune": _prune_large_tiles},
+        do_bench=_wall_clock if _interpreting() else None,
+    )(_FIXED[name])
 
 
-def _kernel_and_meta(name: str, head_dim: int, dtype: torch.dtype, bucket: tuple[int, int], autotune: bool,
-                     tiles: dict | None):
+def _kernel_and_meta(
+    name: str, head_dim: int, dtype: torch.dtype, bucket: tuple[int, int], autotune: bool, tiles: dict | None
+):
     """The kernel to launch and its launch kwargs: with ``autotune`` and no explicit tiles for
     it, the autotuned kernel of this shape bucket (which picks its own tiles); else the
     default tiles, updated by ``tiles[name]``."""
@@ -598,9 +859,17 @@ def _kernel_and_meta(name: str, head_dim: int, dtype: torch.dtype, bucket: tuple
 
 
 def condensation_fwd_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, *, causal: bool = True, autotune: bool = False, tiles: dict | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    btok_start: torch.Tensor,
+    target_start: torch.Tensor,
+    softmax_scale: float,
+    *,
+    causal: bool = True,
+    autotune: bool = False,
+    tiles: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launcher.
 
@@ -626,21 +895,52 @@ def condensation_fwd_triton(
         return out, lse
     kernel, meta = _kernel_and_meta("fwd", head_dim, q.dtype, shape_bucket(total, n_seqs), autotune, tiles)
     kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
-        q, k, v, out, lse, cu_seqlens, btok_start, target_start, n_seqs, softmax_scale * LOG2E.value,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0),
-        G=hq // hkv, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), PRECISION=dot_precision(q.dtype),
-        CAUSAL=causal, **meta,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens,
+        btok_start,
+        target_start,
+        n_seqs,
+        softmax_scale * LOG2E.value,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        lse.stride(0),
+        G=hq // hkv,
+        HEAD_DIM=head_dim,
+        BLOCK_D=_block_d(head_dim),
+        PRECISION=dot_precision(q.dtype),
+        CAUSAL=causal,
+        **meta,
     )
     return out, lse
 
 
 def condensation_bwd_triton(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    out: torch.Tensor, lse: torch.Tensor,
-    cu_seqlens: torch.Tensor, btok_start: torch.Tensor, target_start: torch.Tensor,
-    softmax_scale: float, *, causal: bool = True, autotune: bool = False, tiles: dict | None = None,
-    gqa_split: int | None = None, fused_dq: bool = False,
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    btok_start: torch.Tensor,
+    target_start: torch.Tensor,
+    softmax_scale: float,
+    *,
+    causal: bool = True,
+    autotune: bool = False,
+    tiles: dict | None = None,
+    gqa_split: int | None = None,
+    fused_dq: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launcher: delta preprocess, then dK/dV per key tile and dQ per query tile.
 
@@ -669,8 +969,18 @@ def condensation_bwd_triton(
     delta = torch.empty_like(lse)
     pre_m = 16 if _interpreting() else 64
     condensation_bwd_preprocess_kernel[(triton.cdiv(total, pre_m), hq)](
-        out, do, delta, total, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
+        out,
+        do,
+        delta,
+        total,
+        out.stride(0),
+        out.stride(1),
+        do.stride(0),
+        do.stride(1),
+        delta.stride(0),
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_M=pre_m,
     )
     common = dict(G=group, HEAD_DIM=head_dim, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype), CAUSAL=causal)
 
@@ -689,12 +999,37 @@ def condensation_bwd_triton(
         dk_acc = torch.empty(total, hkv * gqa_split, head_dim, dtype=torch.float32, device=q.device)
         dv_acc = torch.empty_like(dk_acc)
     kernel[lambda m: (total // m["BLOCK_N"] + n_seqs, hkv * gqa_split)](
-        q, k, v, do, lse, delta, dk_acc, dv_acc, dq_acc, cu_seqlens, btok_start, target_start, n_seqs,
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dk_acc,
+        dv_acc,
+        dq_acc,
+        cu_seqlens,
+        btok_start,
+        target_start,
+        n_seqs,
         softmax_scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk_acc.stride(0), dk_acc.stride(1), dv_acc.stride(0), dv_acc.stride(1),
-        lse.stride(0), HEADS=group // gqa_split, FUSED_DQ=fused_dq,
-        **common, **meta,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        do.stride(0),
+        do.stride(1),
+        dk_acc.stride(0),
+        dk_acc.stride(1),
+        dv_acc.stride(0),
+        dv_acc.stride(1),
+        lse.stride(0),
+        HEADS=group // gqa_split,
+        FUSED_DQ=fused_dq,
+        **common,
+        **meta,
     )
     if gqa_split > 1:
         dk.copy_(dk_acc.view(total, hkv, gqa_split, head_dim).sum(2))
@@ -705,9 +1040,30 @@ def condensation_bwd_triton(
         return dq, dk, dv
     kernel, meta = _kernel_and_meta("dq", head_dim, q.dtype, bucket, autotune, tiles)
     kernel[lambda m: (total // m["BLOCK_M"] + n_seqs, hq)](
-        q, k, v, do, lse, delta, dq, cu_seqlens, btok_start, target_start, n_seqs,
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dq,
+        cu_seqlens,
+        btok_start,
+        target_start,
+        n_seqs,
         softmax_scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), **common, **meta,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        do.stride(0),
+        do.stride(1),
+        dq.stride(0),
+        dq.stride(1),
+        lse.stride(0),
+        **common,
+        **meta,
     )
     return dq, dk, dv

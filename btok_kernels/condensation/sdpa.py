@@ -93,8 +93,9 @@ def segments(layout: CondensationLayout) -> list[Segment]:
     are the packed rows ``0 .. total_tokens - 1``. Empty sequences give none."""
     causal = layout.is_causal
     out = []
-    for a, length, b, t in zip(layout.host_cu_seqlens, layout.seqlens, layout.host_btok_start,
-                               layout.host_target_start):
+    for a, length, b, t in zip(
+        layout.host_cu_seqlens, layout.seqlens, layout.host_btok_start, layout.host_target_start
+    ):
         if length == 0:
             continue
         if not causal or b == 0 or t == length:
@@ -142,8 +143,7 @@ def _group(segs: list[Segment], width: int) -> list[list[int]]:
         if groups:
             head, s = segs[groups[-1][0]], segs[i]
             if head.causal == s.causal and (
-                head.length == s.length
-                or (s.causal and (head.length**2 - s.length**2) * width * 2 <= CALL_COST_MACS)
+                head.length == s.length or (s.causal and (head.length**2 - s.length**2) * width * 2 <= CALL_COST_MACS)
             ):
                 groups[-1].append(i)
                 continue
@@ -158,8 +158,9 @@ def padded_plan(layout: CondensationLayout, width: int) -> PaddedPlan:
     # every padded row of every batch at once: its segment, and its row within the segment
     ids = [i for g in groups for i in g]
     tops = [segs[g[0]].length for g in groups for _ in g]
-    start, length, drop = (torch.tensor([getattr(segs[i], f) for i in ids], dtype=torch.long)
-                           for f in ("start", "length", "drop"))
+    start, length, drop = (
+        torch.tensor([getattr(segs[i], f) for i in ids], dtype=torch.long) for f in ("start", "length", "drop")
+    )
     first = torch.tensor([0, *tops], dtype=torch.long).cumsum(0)  # first padded row of each segment
     member = torch.repeat_interleave(torch.arange(len(ids)), torch.tensor(tops, dtype=torch.long))
     step = torch.arange(int(first[-1])) - first[member]
@@ -176,13 +177,20 @@ def padded_plan(layout: CondensationLayout, width: int) -> PaddedPlan:
     for g in groups:
         top, head = tops[seg0], segs[g[0]]
         if len(g) == 1:  # one segment, no padding: slices, no gather
-            bucket = Bucket(top, 1, head.causal, slice(head.start, head.start + top), slice(head.drop, top),
-                            slice(head.start + head.drop, head.start + top))
+            bucket = Bucket(
+                top,
+                1,
+                head.causal,
+                slice(head.start, head.start + top),
+                slice(head.drop, top),
+                slice(head.start + head.drop, head.start + top),
+            )
         else:
             lo, hi = int(first[seg0]), int(first[seg0 + len(g)])
             k_lo, k_hi = (int(x) for x in torch.searchsorted(kept_at, torch.tensor([lo, hi])))
-            bucket = Bucket(top, len(g), head.causal, dev(rows[lo:hi]), dev(kept_at[k_lo:k_hi] - lo),
-                            dev(dest[k_lo:k_hi]))
+            bucket = Bucket(
+                top, len(g), head.causal, dev(rows[lo:hi]), dev(kept_at[k_lo:k_hi] - lo), dev(dest[k_lo:k_hi])
+            )
         buckets.append(bucket)
         seg0 += len(g)
     order = None
@@ -312,14 +320,19 @@ def _flash_fwd(q, k, v, scale: float, causal: bool, chunk: int):
     for r0 in range(0, length, chunk):
         r1 = min(r0 + chunk, length)
         qc = q[:, :, r0:r1]
-        o, l = flash(qc, k[:, :, r0:r1], v[:, :, r0:r1], 0.0, True, scale=scale)
+        o, lse_c = flash(qc, k[:, :, r0:r1], v[:, :, r0:r1], 0.0, True, scale=scale)
         if r0 == 0:
-            lse = l.new_empty(n, h, length)
+            lse = lse_c.new_empty(n, h, length)
             out[:, :, :r1] = o
-            lse[:, :, :r1] = l
+            lse[:, :, :r1] = lse_c
         else:
-            _merge_into(out[:, :, r0:r1], lse[:, :, r0:r1],
-                        *flash(qc, k[:, :, :r0], v[:, :, :r0], 0.0, False, scale=scale), o, l)
+            _merge_into(
+                out[:, :, r0:r1],
+                lse[:, :, r0:r1],
+                *flash(qc, k[:, :, :r0], v[:, :, :r0], 0.0, False, scale=scale),
+                o,
+                lse_c,
+            )
     return out, lse
 
 
@@ -402,8 +415,9 @@ class _CpuSegments(torch.autograd.Function):
             else:
                 dob = torch.zeros_like(ob)  # the rows this bucket does not output get no gradient
                 _put(_flat(dob), bucket.kept, _take(dout, bucket.dest))
-            gq, gk, gv = _flash_bwd(dob, *(_batched(x, bucket) for x in (q, k, v)), ob, lb, ctx.scale,
-                                    bucket.causal, ctx.chunk)
+            gq, gk, gv = _flash_bwd(
+                dob, *(_batched(x, bucket) for x in (q, k, v)), ob, lb, ctx.scale, bucket.causal, ctx.chunk
+            )
             _put(dq, bucket.dest, _take(_flat(gq), bucket.kept))
             _add(dk, bucket.rows, _flat(gk))
             _add(dv, bucket.rows, _flat(gv))
@@ -459,16 +473,24 @@ def _accepted_kwargs(func: Callable, kwargs: dict) -> dict:
 
 
 def _varlen(q, k, v, plan: VarlenPlan, scale: float, need_lse: bool, func: Callable):
-    kwargs = {"cu_seqlens_q": plan.cu_seqlens_q, "cu_seqlens_k": plan.cu_seqlens_k,
-              "max_seqlen_q": plan.max_seqlen_q, "max_seqlen_k": plan.max_seqlen_k,
-              "softmax_scale": scale, "causal": plan.causal, "return_attn_probs": need_lse, "return_lse": need_lse}
-    res = func(q, k.index_select(0, plan.key_rows), v.index_select(0, plan.key_rows),
-               **_accepted_kwargs(func, kwargs))
+    kwargs = {
+        "cu_seqlens_q": plan.cu_seqlens_q,
+        "cu_seqlens_k": plan.cu_seqlens_k,
+        "max_seqlen_q": plan.max_seqlen_q,
+        "max_seqlen_k": plan.max_seqlen_k,
+        "softmax_scale": scale,
+        "causal": plan.causal,
+        "return_attn_probs": need_lse,
+        "return_lse": need_lse,
+    }
+    res = func(q, k.index_select(0, plan.key_rows), v.index_select(0, plan.key_rows), **_accepted_kwargs(func, kwargs))
     out, lse = (res[0], res[1] if len(res) > 1 else None) if isinstance(res, tuple) else (res, None)
     if need_lse and (lse is None or tuple(lse.shape) != (q.shape[1], q.shape[0])):
         got = None if lse is None else tuple(lse.shape)
-        raise RuntimeError(f"{func.__module__}.flash_attn_varlen_func returned a log-sum-exp of shape {got}, "
-                           f"expected [Hq, total_tokens] = {[q.shape[1], q.shape[0]]}")
+        raise RuntimeError(
+            f"{func.__module__}.flash_attn_varlen_func returned a log-sum-exp of shape {got}, "
+            f"expected [Hq, total_tokens] = {[q.shape[1], q.shape[0]]}"
+        )
     return out, lse
 
 

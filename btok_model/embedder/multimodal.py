@@ -488,7 +488,12 @@ class MultimodalCollator(BTokCollator):
                 seq[at : at + 1] = [tokens.image] * (int(m.image_grid_thw.prod()) // self.image_processor.merge_size**2)
             if m is not None and m.video_grid_thw is not None:
                 self.family.expand_video(
-                    seq, m.video_grid_thw[0], m.video_seconds, self.video_processor.merge_size, tokens, self._plain_batch
+                    seq,
+                    m.video_grid_thw[0],
+                    m.video_seconds,
+                    self.video_processor.merge_size,
+                    tokens,
+                    self._plain_batch,
                 )
         return ids
 

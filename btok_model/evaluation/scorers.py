@@ -305,7 +305,7 @@ def _index_pool(task, scorer, options):
 
     if not isinstance(task, PairTask):  # the user's file: a ValueError, reported in one line
         message = f"{task.name}: a corpus index extends the pool of query/positive pairs, not candidate lists"
-        raise ValueError(message)  # noqa: TRY004
+        raise ValueError(message)
     if not isinstance(scorer, EmbeddingScorer) or scorer.similarity_name != "cosine":
         raise ValueError("a corpus index holds one vector per row: score it with an embedder by cosine")
     options.check(10 if options.ann else 1)  # ranks beyond 10 score 0: fewer hits would cut the counts

@@ -191,14 +191,19 @@ class RowReader:
         if self.kind in ("parquet", "lance"):
             return [(c, self._table.schema.field(c).type) for c in self.keep_columns]
         kinds = {}
-        for row, data in self._raw(range(self.num_rows), self.keep_columns):
+        for _, data in self._raw(range(self.num_rows), self.keep_columns):
             for c in self.keep_columns:
                 value = data.get(c)
                 if value is None or c in kinds:
                     continue
                 kinds[c] = (
-                    pa.bool_() if isinstance(value, bool) else pa.int64() if isinstance(value, int)
-                    else pa.float64() if isinstance(value, float) else pa.string()
+                    pa.bool_()
+                    if isinstance(value, bool)
+                    else pa.int64()
+                    if isinstance(value, int)
+                    else pa.float64()
+                    if isinstance(value, float)
+                    else pa.string()
                 )
             if len(kinds) == len(self.keep_columns):
                 break

@@ -459,7 +459,13 @@ class MixedDataset(torch.utils.data.Dataset):
         if block_size is None:
             return MixtureSampler(self.sizes, self.weights, seed, num_samples)
         return SourceBlockSampler(
-            self.sizes, self.weights, block_size, seed, num_samples, mode=mode, per_device=per_device,
+            self.sizes,
+            self.weights,
+            block_size,
+            seed,
+            num_samples,
+            mode=mode,
+            per_device=per_device,
             world_size=world_size,
         )
 

@@ -53,10 +53,12 @@ def test_unpadded_batch_matches_sdpa(name, kernel_backend, device):
     assert_grads_close(grads, ref_grads, TOL)
 
 
-GENERATE_CASES = [(name, "dynamic", "auto") for name in TEXT_MODELS] + [("llama", "static", "auto"),
-                                                                         ("qwen3", "static", "auto"),
-                                                                         ("mistral", "dynamic", "triton"),
-                                                                         ("qwen3", "static", "triton")]
+GENERATE_CASES = [(name, "dynamic", "auto") for name in TEXT_MODELS] + [
+    ("llama", "static", "auto"),
+    ("qwen3", "static", "auto"),
+    ("mistral", "dynamic", "triton"),
+    ("qwen3", "static", "triton"),
+]
 
 
 @pytest.mark.parametrize(

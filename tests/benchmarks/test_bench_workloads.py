@@ -56,8 +56,9 @@ def test_sweep_keeps_target_an_eighth_and_hidden_size():
         assert w.num_heads * w.head_dim == 1536 and w.num_heads % w.num_kv_heads == 0
 
 
-@pytest.mark.parametrize("lens", [((5, 2, 3), 2, (2, 1, 0)), ((1,), 0, (0,)), ((0, 7), 3, (2, 2))],
-                         ids=["three", "single", "empty_query"])
+@pytest.mark.parametrize(
+    "lens", [((5, 2, 3), 2, (2, 1, 0)), ((1,), 0, (0,)), ((0, 7), 3, (2, 2))], ids=["three", "single", "empty_query"]
+)
 def test_kept_pairs_and_flops_by_brute_force(lens):
     query, btoks, target = lens
     wl = Workload("t", query, btoks, target, num_heads=3, num_kv_heads=1, head_dim=8)
@@ -74,7 +75,7 @@ def test_tile_counts_by_brute_force():
         mask = sequence_mask(length, q, q + wl.num_btoks)
         for r in range(0, length, 8):
             for c in range(0, length, 8):
-                kept = int(mask[r:r + 8, c:c + 8].sum())
+                kept = int(mask[r : r + 8, c : c + 8].sum())
                 full += kept == 64
                 partial += 0 < kept < 64
     assert tile_counts(wl, 8, 8) == (full, partial)
@@ -87,8 +88,9 @@ def test_peer_masks_agree_with_the_package_mask():
     t = layout.total_tokens
     qi, kj = torch.arange(t)[:, None], torch.arange(t)[None, :]
     assert torch.equal(condensation_mask_mod(layout)(0, 0, qi.expand(t, t), kj.expand(t, t)), packed)
-    for s, (start, length, b, tt) in enumerate(zip(layout.host_cu_seqlens, layout.seqlens,
-                                                   layout.host_btok_start, layout.host_target_start)):
+    for s, (_start, length, b, tt) in enumerate(
+        zip(layout.host_cu_seqlens, layout.seqlens, layout.host_btok_start, layout.host_target_start)
+    ):
         assert torch.equal(padded[s, :length, :length], sequence_mask(length, b, tt))
         assert not padded[s, :length, length:].any()  # real rows never see padding
     assert int(packed.sum()) == layout.num_kept_pairs()
@@ -133,8 +135,22 @@ def _cpu_env():
 
 
 def test_mask_attn_tiny_runs_every_cpu_peer(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "mask_attn.py"), "--tiny", "--device", "cpu", "--threads", "1",
-           "--cpu-clock", "thread", "--out-dir", str(tmp_path), "--stem", "t", "--no-plot"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "mask_attn.py"),
+        "--tiny",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--cpu-clock",
+        "thread",
+        "--out-dir",
+        str(tmp_path),
+        "--stem",
+        "t",
+        "--no-plot",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=_cpu_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     data = json.loads((tmp_path / "t.json").read_text())
@@ -148,8 +164,9 @@ def test_mask_attn_tiny_runs_every_cpu_peer(tmp_path):
     for name, r in rows.items():
         assert r["status"] == "ok", r
         assert r["fwd_ms"] > 0 and r["fwd_peak_mib"] is None  # peak memory: not measured on CPU
-        errors = [r["fwd_err_out"]] + ([] if name == "flex_triton" else
-                                       [r[f"fwd_bwd_err_{x}"] for x in ("out", "dq", "dk", "dv")])
+        errors = [r["fwd_err_out"]] + (
+            [] if name == "flex_triton" else [r[f"fwd_bwd_err_{x}"] for x in ("out", "dq", "dk", "dv")]
+        )
         # against the fp64 oracle every fp32 row is within fp32 rounding (an exact match is fine: some
         # CPUs give one); test_failed_row_has_no_timing_and_stays_failed shows the check failing a wrong row
         assert all(0 <= e < 1e-4 for e in errors), (name, errors)
@@ -168,15 +185,37 @@ def test_thread_clock_needs_one_thread():
 
 
 def test_mask_attn_runs_as_a_module():
-    res = subprocess.run([sys.executable, "-m", "benchmarks.mask_attn", "--help"], cwd=ROOT, env=_cpu_env(),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mask_attn", "--help"],
+        cwd=ROOT,
+        env=_cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and "--tiny" in res.stdout, res.stderr[-2000:]
 
 
 def test_model_step_tiny_runs(tmp_path):
     # --no-memory: the peak-RSS probe changes malloc for the rest of its process (tested apart, in a subprocess)
-    out = model_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1", "--no-memory",
-                           "--out-dir", str(tmp_path), "--stem", "m", "--no-plot"])
+    out = model_step.main(
+        [
+            "--device",
+            "cpu",
+            "--workload",
+            "tiny",
+            "--layers",
+            "1",
+            "--cpu-reps",
+            "1",
+            "--no-memory",
+            "--out-dir",
+            str(tmp_path),
+            "--stem",
+            "m",
+            "--no-plot",
+        ]
+    )
     rows = {r["row"]: r for r in out["rows"]}
     assert json.loads((tmp_path / "m.json").read_text())["rows"] == json.loads(json.dumps(out["rows"]))
     assert rows["sdpa"]["status"] == "ok" and rows["sdpa"]["step_ms"] > 0
@@ -198,8 +237,24 @@ def test_model_step_rows_are_extensible(tmp_path, monkeypatch):
         return model_step.Prepared(base.loss, None, ["the sdpa row under another name"])
 
     monkeypatch.setattr(model_step, "ROWS", [*model_step.ROWS, model_step.Row("sdpa_again", "sdpa", prepare)])
-    out = model_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1", "--no-memory",
-                           "--rows", "sdpa_again", "--out-dir", str(tmp_path), "--no-plot"])
+    out = model_step.main(
+        [
+            "--device",
+            "cpu",
+            "--workload",
+            "tiny",
+            "--layers",
+            "1",
+            "--cpu-reps",
+            "1",
+            "--no-memory",
+            "--rows",
+            "sdpa_again",
+            "--out-dir",
+            str(tmp_path),
+            "--no-plot",
+        ]
+    )
     (row,) = out["rows"]
     assert row["row"] == "sdpa_again" and row["status"] == "ok" and row["err_loss"] < 1e-5, row
     assert calls == [3]
@@ -220,10 +275,12 @@ def test_backend_overhead_cpu_configuration_runs(tmp_path):
 def test_btok_triton_row_passes_its_check(device):
     """The btok_triton row (the real kernels; the interpreter on CPU) passes the benchmark's
     own check against the fp64 oracle in bf16."""
-    wl = packed_workload("tiny", 2, (9, 30), (3, 9), seed=0, num_heads=4, num_kv_heads=2, head_dim=16,
-                         num_btoks=3, group="cpu")
-    args = mask_attn.parse_args(["--device", device, "--dtype", "bf16", "--cpu-reps", "1", "--rep-ms", "5",
-                                 "--warmup-ms", "1"])
+    wl = packed_workload(
+        "tiny", 2, (9, 30), (3, 9), seed=0, num_heads=4, num_kv_heads=2, head_dim=16, num_btoks=3, group="cpu"
+    )
+    args = mask_attn.parse_args(
+        ["--device", device, "--dtype", "bf16", "--cpu-reps", "1", "--rep-ms", "5", "--warmup-ms", "1"]
+    )
     case = Case(wl, torch.device(device), torch.bfloat16, seed=0)
     peer = next(p for p in PEERS if p.name == "btok_triton")
     row = measure.measure(case, peer, args)
@@ -237,8 +294,9 @@ def test_btok_triton_row_passes_its_check(device):
 # measuring rules: FAILED rows, errors while timing, speed-ups, report
 # ----------------------------------------------------------------------------------------
 def _tiny_case_and_args(extra=()):
-    wl = packed_workload("tiny", 2, (12, 24), (2, 6), seed=0, num_heads=2, num_kv_heads=1, head_dim=8,
-                         num_btoks=2, group="cpu")
+    wl = packed_workload(
+        "tiny", 2, (12, 24), (2, 6), seed=0, num_heads=2, num_kv_heads=1, head_dim=8, num_btoks=2, group="cpu"
+    )
     args = mask_attn.parse_args(["--device", "cpu", "--dtype", "fp32", "--cpu-reps", "1", *extra])
     return Case(wl, torch.device("cpu"), torch.float32, seed=0), args
 
@@ -304,6 +362,7 @@ def test_rounds_alternate_the_rows_and_keep_the_median(monkeypatch):
 
 def test_error_while_timing_is_an_error_row(monkeypatch):
     """An exception in bench / peak_memory_mib (an OOM) makes the row "error", not a crash."""
+
     def oom(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")
 
@@ -336,8 +395,14 @@ def test_accepted_kwargs_follow_the_signature():
     def fa2(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, causal=False):
         pass
 
-    kw = {"cu_seqlens_q": 1, "cu_seqlens_k": 1, "max_seqlen_q": 2, "max_seqlen_k": 2, "softmax_scale": 0.5,
-          "causal": True}
+    kw = {
+        "cu_seqlens_q": 1,
+        "cu_seqlens_k": 1,
+        "max_seqlen_q": 2,
+        "max_seqlen_k": 2,
+        "softmax_scale": 0.5,
+        "causal": True,
+    }
     got, dropped = accepted_kwargs(fa4, kw)
     assert got == {"cu_seqlens_q": 1, "cu_seqlens_k": 1, "softmax_scale": 0.5, "causal": True}
     assert dropped == ["max_seqlen_q", "max_seqlen_k"]
@@ -353,28 +418,63 @@ def test_mask_attn_writes_rows_after_each_workload(tmp_path, monkeypatch):
         if case.wl.name != "tiny":
             raise KeyboardInterrupt  # killed during the second workload
         calls.append(peer.name)
-        return {"workload": case.wl.name, "group": case.wl.group, "peer": peer.name, "exact": True,
-                "status": "ok", "fwd_ms": 1.0}
+        return {
+            "workload": case.wl.name,
+            "group": case.wl.group,
+            "peer": peer.name,
+            "exact": True,
+            "status": "ok",
+            "fwd_ms": 1.0,
+        }
 
     monkeypatch.setattr(measure, "measure", fake_measure)  # what measure_rounds calls for each row
     with pytest.raises(KeyboardInterrupt):
-        mask_attn.main(["--device", "cpu", "--workloads", "tiny,cpu", "--peers", "btok_sdpa", "--out-dir",
-                        str(tmp_path), "--stem", "t", "--no-plot"])
+        mask_attn.main(
+            [
+                "--device",
+                "cpu",
+                "--workloads",
+                "tiny,cpu",
+                "--peers",
+                "btok_sdpa",
+                "--out-dir",
+                str(tmp_path),
+                "--stem",
+                "t",
+                "--no-plot",
+            ]
+        )
     data = json.loads((tmp_path / "t.json").read_text())
     assert [r["peer"] for r in data["rows"]] == calls == ["btok_sdpa"]
     assert data["meta"]["workloads_done"] == 1
 
 
 def _report_row(wl, peer, status, ms, exact=True):
-    return {"workload": wl, "group": "design", "peer": peer, "exact": exact, "status": status, "note": "",
-            "fwd_ms": ms, "fwd_tflops": 999.0, "fwd_bwd_ms": ms, "fwd_bwd_tflops": 999.0,
-            "fwd_bwd_peak_mib": 1.0, "mask_build_ms": 0.01, "fwd_x_flex": 9.0, "fwd_bwd_x_flex": 9.0,
-            "fwd_err_out": 0.5}
+    return {
+        "workload": wl,
+        "group": "design",
+        "peer": peer,
+        "exact": exact,
+        "status": status,
+        "note": "",
+        "fwd_ms": ms,
+        "fwd_tflops": 999.0,
+        "fwd_bwd_ms": ms,
+        "fwd_bwd_tflops": 999.0,
+        "fwd_bwd_peak_mib": 1.0,
+        "mask_build_ms": 0.01,
+        "fwd_x_flex": 9.0,
+        "fwd_bwd_x_flex": 9.0,
+        "fwd_err_out": 0.5,
+    }
 
 
 def test_report_shows_no_timing_of_failed_or_error_rows():
-    rows = [_report_row("image_2B", "btok_triton", "FAILED", 0.1), _report_row("image_2B", "flex_triton", "ok", 2.0),
-            _report_row("long_8k", "btok_triton", "error", 0.1)]
+    rows = [
+        _report_row("image_2B", "btok_triton", "FAILED", 0.1),
+        _report_row("image_2B", "flex_triton", "ok", 2.0),
+        _report_row("long_8k", "btok_triton", "error", 0.1),
+    ]
     md = table.attention_markdown(rows)
     failed = next(line for line in md.splitlines() if "btok_triton" in line and "image_2B" in line)
     assert "0.100" not in failed and "999" not in failed and "9.00" not in failed and "FAILED" in failed
@@ -389,10 +489,13 @@ def test_report_shows_no_timing_of_failed_or_error_rows():
 
 
 def test_cpu_target_compares_btok_sdpa_with_the_fastest_exact_peer():
-    rows = [_report_row("cpu_pack", "btok_sdpa", "ok", 1.0), _report_row("cpu_pack", "btok_reference", "ok", 0.5),
-            _report_row("cpu_pack", "sdpa_dense_padded", "ok", 2.0),
-            _report_row("cpu_pack", "eager_dense_padded", "FAILED", 0.1),
-            _report_row("cpu_pack", "sdpa_flash_causal", "ok", 0.2, exact=False)]
+    rows = [
+        _report_row("cpu_pack", "btok_sdpa", "ok", 1.0),
+        _report_row("cpu_pack", "btok_reference", "ok", 0.5),
+        _report_row("cpu_pack", "sdpa_dense_padded", "ok", 2.0),
+        _report_row("cpu_pack", "eager_dense_padded", "FAILED", 0.1),
+        _report_row("cpu_pack", "sdpa_flash_causal", "ok", 0.2, exact=False),
+    ]
     md = targets.cpu_targets_markdown(rows)
     fwd = next(line for line in md.splitlines() if "| fwd |" in line)
     # btok's own rows, FAILED rows and no-cut rows are not the peer to beat
@@ -401,9 +504,17 @@ def test_cpu_target_compares_btok_sdpa_with_the_fastest_exact_peer():
 
 def test_report_cli_on_a_cpu_run(tmp_path, capsys):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"meta": {"device": "cpu", "gpu": None, "torch": "x"},
-                                "rows": [_report_row("cpu_pack", "btok_sdpa", "ok", 1.0),
-                                         _report_row("cpu_pack", "sdpa_dense_padded", "ok", 2.0)]}))
+    path.write_text(
+        json.dumps(
+            {
+                "meta": {"device": "cpu", "gpu": None, "torch": "x"},
+                "rows": [
+                    _report_row("cpu_pack", "btok_sdpa", "ok", 1.0),
+                    _report_row("cpu_pack", "sdpa_dense_padded", "ok", 2.0),
+                ],
+            }
+        )
+    )
     report.main([str(path)])
     out = capsys.readouterr().out
     assert "### CPU target" in out and "sdpa_dense_padded 2.000" in out

@@ -37,6 +37,7 @@ def _plain_causal(model, batch, device):
 
 def _forward_only(prepare):
     """A row that cannot run its backward here: ``Skip`` with ``prepare``'s forward to check."""
+
     def skipped(model, batch, device):
         raise steps.Skip("no backward here", forward=prepare(model, batch, device).loss)
 
@@ -44,13 +45,32 @@ def _forward_only(prepare):
 
 
 def test_btok_step_rows_agree_with_the_reference_and_a_wrong_mask_fails(tmp_path, monkeypatch, one_torch_thread):
-    extra = [steps.Row("no_cut", "btok_triton", _plain_causal),
-             steps.Row("fwd_ok", "sdpa", _forward_only(btok_step._single_pass(None))),
-             steps.Row("fwd_no_cut", "btok_triton", _forward_only(_plain_causal))]
+    extra = [
+        steps.Row("no_cut", "btok_triton", _plain_causal),
+        steps.Row("fwd_ok", "sdpa", _forward_only(btok_step._single_pass(None))),
+        steps.Row("fwd_no_cut", "btok_triton", _forward_only(_plain_causal)),
+    ]
     monkeypatch.setattr(btok_step, "ROWS", [*btok_step.ROWS, *extra])
-    out = btok_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1", "--rows",
-                          "btok_triton,two_pass_sdpa,sdpa_dense,no_cut,fwd_ok,fwd_no_cut",
-                          "--no-memory", "--out-dir", str(tmp_path), "--stem", "s", "--no-plot"])
+    out = btok_step.main(
+        [
+            "--device",
+            "cpu",
+            "--workload",
+            "tiny",
+            "--layers",
+            "1",
+            "--cpu-reps",
+            "1",
+            "--rows",
+            "btok_triton,two_pass_sdpa,sdpa_dense,no_cut,fwd_ok,fwd_no_cut",
+            "--no-memory",
+            "--out-dir",
+            str(tmp_path),
+            "--stem",
+            "s",
+            "--no-plot",
+        ]
+    )
     rows = {r["row"]: r for r in out["rows"]}
     # (flex_attention's row compiles its forward on the CPU, 10-20 s: the dry run of run_gpu.sh covers it)
     assert list(rows) == ["btok_triton", "two_pass_sdpa", "sdpa_dense", "no_cut", "fwd_ok", "fwd_no_cut"]
@@ -66,7 +86,9 @@ def test_btok_step_rows_agree_with_the_reference_and_a_wrong_mask_fails(tmp_path
         # CPUs give one; that the comparison bites is shown by the no_cut rows below, same code path)
         errs = [r[f"err_{e}"] for e in btok_step.ERRORS]
         assert all(0 <= e < 1e-5 for e in errs) and 0 <= r["err_grad"] < 1e-5 and 0 <= r["err_grad_btok"] < 1e-5, (
-            name, errs)
+            name,
+            errs,
+        )
         assert r["generative"] > 0 and r["contrastive"] > 0
     dense = rows["sdpa_dense"]
     assert dense["mask_build_ms"] > 0 and dense["step_ex_mask_ms"] == dense["step_ms"] - dense["mask_build_ms"]
@@ -115,8 +137,28 @@ def test_predicted_tokens_by_hand():
 
 
 def test_encode_benchmark_checks_and_compares_the_methods(tmp_path, one_torch_thread):
-    out = encode.main(["--device", "cpu", "--workloads", "short", "--texts", "7", "--batch-size", "3", "--reps", "1",
-                       "--layers", "1", "--check-texts", "4", "--out-dir", str(tmp_path), "--stem", "e"])
+    out = encode.main(
+        [
+            "--device",
+            "cpu",
+            "--workloads",
+            "short",
+            "--texts",
+            "7",
+            "--batch-size",
+            "3",
+            "--reps",
+            "1",
+            "--layers",
+            "1",
+            "--check-texts",
+            "4",
+            "--out-dir",
+            str(tmp_path),
+            "--stem",
+            "e",
+        ]
+    )
     rows = out["rows"]
     assert [(r["mode"], r["method"]) for r in rows] == [(m, x) for m in encode.MODES for x in encode.METHODS]
     assert json.loads((tmp_path / "e.json").read_text())["rows"] == json.loads(json.dumps(rows))
@@ -128,24 +170,46 @@ def test_encode_benchmark_checks_and_compares_the_methods(tmp_path, one_torch_th
         # CPUs); the next test shows the same check failing a wrong reference
         assert 0 <= r["err"] < 1e-5, r
     for i in (0, 3):  # the btok row of each mode, then last_token, then pooled_embedder
-        btok, last, pooled = rows[i:i + 3]
+        btok, last, pooled = rows[i : i + 3]
         assert btok["predicted_ratio"] == btok["processed_tokens"] / last["processed_tokens"] > 1
         assert btok["time_ratio"] == btok["ms"] / last["ms"] and btok["time_ratio_pooled"] == btok["ms"] / pooled["ms"]
         assert btok["code_overhead"] == pytest.approx(btok["time_ratio"] / btok["predicted_ratio"] - 1)
     assert rows[0]["predicted_ratio"] == (sum(lengths) + 4 * 7) / sum(lengths)
 
 
-
 def test_encode_benchmark_fails_a_wrong_reference(tmp_path, one_torch_thread, monkeypatch):
     """The check that passes above bites: a reference off by a rotation of its rows fails every row."""
     real = encode.reference_embeddings
-    monkeypatch.setattr(encode, "reference_embeddings",
-                        lambda *a, **k: {m: e.roll(1, dims=0) for m, e in real(*a, **k).items()})
-    out = encode.main(["--device", "cpu", "--workloads", "short", "--texts", "4", "--batch-size", "2", "--reps", "1",
-                       "--layers", "1", "--check-texts", "4", "--modes", "packed", "--out-dir", str(tmp_path),
-                       "--stem", "e"])
+    monkeypatch.setattr(
+        encode, "reference_embeddings", lambda *a, **k: {m: e.roll(1, dims=0) for m, e in real(*a, **k).items()}
+    )
+    out = encode.main(
+        [
+            "--device",
+            "cpu",
+            "--workloads",
+            "short",
+            "--texts",
+            "4",
+            "--batch-size",
+            "2",
+            "--reps",
+            "1",
+            "--layers",
+            "1",
+            "--check-texts",
+            "4",
+            "--modes",
+            "packed",
+            "--out-dir",
+            str(tmp_path),
+            "--stem",
+            "e",
+        ]
+    )
     assert out["rows"] and all(r["status"] == "FAILED" and "ms" not in r for r in out["rows"]), out["rows"]
     assert all("FAILED check" in r["note"] and r["err"] > 1e-2 for r in out["rows"])
+
 
 def test_direct_last_token_equals_the_library_baseline():
     """The decisive baseline pools exactly what PooledEmbedder pools (last text token),
@@ -191,20 +255,48 @@ def test_report_has_the_model_sections(tmp_path, capsys):
     mask.write_text(json.dumps({"meta": {"device": "cuda", "gpu": "H100", "torch": "x"}, "rows": []}))
     step = tmp_path / "s.json"
     step_rows = [
-        {"row": "btok_triton", "status": "ok", "step_ms": 10.0, "peak_gib": 5.0, "x_two_pass_sdpa": 2.0,
-         "x_sdpa_dense": 1.5, "x_sdpa_dense_ex_mask": 1.4, "x_flex_attention": 1.3, "x_flex_attention_ex_mask": 1.1},
+        {
+            "row": "btok_triton",
+            "status": "ok",
+            "step_ms": 10.0,
+            "peak_gib": 5.0,
+            "x_two_pass_sdpa": 2.0,
+            "x_sdpa_dense": 1.5,
+            "x_sdpa_dense_ex_mask": 1.4,
+            "x_flex_attention": 1.3,
+            "x_flex_attention_ex_mask": 1.1,
+        },
         {"row": "two_pass_sdpa", "status": "ok", "step_ms": 20.0, "peak_gib": 6.0},
         {"row": "sdpa_dense", "status": "ok", "step_ms": 15.0, "peak_gib": 7.0, "mask_build_ms": 1.0},
         {"row": "flex_attention", "status": "FAILED", "step_ms": 13.0, "peak_gib": 4.0, "mask_build_ms": 2.0},
     ]
-    step.write_text(json.dumps({"meta": {"device": "cuda", "gpu": "H100", "layers": 4, "workload": "image_2B"},
-                                "rows": step_rows}))
+    step.write_text(
+        json.dumps({"meta": {"device": "cuda", "gpu": "H100", "layers": 4, "workload": "image_2B"}, "rows": step_rows})
+    )
     enc = tmp_path / "e.json"
-    enc.write_text(json.dumps({"meta": {"device": "cuda", "gpu": "H100", "num_btoks": 4}, "rows": [
-        {"workload": "long", "mode": "packed", "method": "btok", "status": "ok", "ms": 101.0, "time_ratio": 1.005,
-         "predicted_ratio": 1.004, "code_overhead": 0.001, "within_1pct": True, "texts_per_s": 10.0,
-         "tokens_per_s": 7000.0},
-        {"workload": "long", "mode": "packed", "method": "last_token", "status": "ok", "ms": 100.5}]}))
+    enc.write_text(
+        json.dumps(
+            {
+                "meta": {"device": "cuda", "gpu": "H100", "num_btoks": 4},
+                "rows": [
+                    {
+                        "workload": "long",
+                        "mode": "packed",
+                        "method": "btok",
+                        "status": "ok",
+                        "ms": 101.0,
+                        "time_ratio": 1.005,
+                        "predicted_ratio": 1.004,
+                        "code_overhead": 0.001,
+                        "within_1pct": True,
+                        "texts_per_s": 10.0,
+                        "tokens_per_s": 7000.0,
+                    },
+                    {"workload": "long", "mode": "packed", "method": "last_token", "status": "ok", "ms": 100.5},
+                ],
+            }
+        )
+    )
     report.main([str(mask), "--btok-step", str(step), "--encode", str(enc)])
     md = capsys.readouterr().out
     assert "### BTok training step (s.json)" in md and "### encode() throughput (e.json)" in md
@@ -231,29 +323,51 @@ def test_a_run_cut_short_keeps_its_rows(tmp_path, monkeypatch, one_torch_thread)
 
     monkeypatch.setattr(steps, "run_row", run_row)
     with pytest.raises(KeyboardInterrupt):
-        btok_step.main(["--device", "cpu", "--workload", "tiny", "--layers", "1", "--cpu-reps", "1", "--no-memory",
-                        "--out-dir", str(tmp_path), "--stem", "k", "--no-plot"])
+        btok_step.main(
+            [
+                "--device",
+                "cpu",
+                "--workload",
+                "tiny",
+                "--layers",
+                "1",
+                "--cpu-reps",
+                "1",
+                "--no-memory",
+                "--out-dir",
+                str(tmp_path),
+                "--stem",
+                "k",
+                "--no-plot",
+            ]
+        )
     data = json.loads((tmp_path / "k.json").read_text())
     assert [r["row"] for r in data["rows"]] == done == ["btok_triton"] and data["rows"][0]["status"] == "ok"
     assert data["meta"]["reference"] and data["meta"]["wall_s"] > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--texts", "0"], "--texts must be >= 1, got 0"),
-    (["--reps", "0"], "--reps must be >= 1, got 0"),
-    (["--modes", "packed,nope"], "--modes must name some of"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--texts", "0"], "--texts must be >= 1, got 0"),
+        (["--reps", "0"], "--reps must be >= 1, got 0"),
+        (["--modes", "packed,nope"], "--modes must name some of"),
+    ],
+)
 def test_encode_refuses_bad_options(argv, message):
     with pytest.raises(SystemExit, match=message):
         encode.parse_args(["--device", "cpu", *argv])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--layers", "0"], "--layers must be >= 1, got 0"),
-    (["--cpu-reps", "0"], "--cpu-reps must be >= 1, got 0"),
-    (["--workload", "nope"], "unknown workload 'nope'"),
-    (["--rows", "btok_triton,nope"], r"unknown rows \['nope'\]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--layers", "0"], "--layers must be >= 1, got 0"),
+        (["--cpu-reps", "0"], "--cpu-reps must be >= 1, got 0"),
+        (["--workload", "nope"], "unknown workload 'nope'"),
+        (["--rows", "btok_triton,nope"], r"unknown rows \['nope'\]"),
+    ],
+)
 @pytest.mark.parametrize("bench", [btok_step, model_step], ids=["btok_step", "model_step"])
 def test_model_benchmarks_refuse_bad_options(bench, argv, message):
     with pytest.raises(SystemExit, match=message):

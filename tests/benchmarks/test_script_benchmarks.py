@@ -11,7 +11,22 @@ from benchmarks import retrieval, train_data_workers
 def test_train_data_workers_trains_each_setting(tmp_path, monkeypatch, one_torch_thread, capsys):
     monkeypatch.chdir(tmp_path)
     results = train_data_workers.main(
-        ["--workers", "0", "1", "--steps", "4", "--warmup", "1", "--batch-size", "2", "--images", "8", "--size", "48", "40"]
+        [
+            "--workers",
+            "0",
+            "1",
+            "--steps",
+            "4",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "2",
+            "--images",
+            "8",
+            "--size",
+            "48",
+            "40",
+        ]
     )
     assert sorted(results) == [0, 1]
     for workers, kept in results.items():

@@ -77,7 +77,7 @@ def test_gguf_backbone_loads_dequantised_trains_saves_and_reloads(tiny_gguf, tmp
     # Without the loader's dequantized load, transformers marks the model quantized and refuses to save it.
     marked = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     assert marked.hf_quantizer is not None
-    with pytest.raises(ValueError, match="quantized .* transformers cannot save"):
+    with pytest.raises(ValueError, match=r"quantized .* transformers cannot save"):
         check_saveable(marked, loaded.tokenizer, None, tmp_path / "check")
 
 

@@ -124,8 +124,10 @@ def test_lm_head_runs_on_target_rows_only(family):
     rows = (batch["labels"][0, 1:] != -100).nonzero().flatten()  # row r predicts token r + 1
     assert rows.numel() == batch["num_target_tokens"] < layout.total_tokens // 2
     seen = []
-    hook = transformers_model(model.backbone).get_output_embeddings().register_forward_hook(
-        lambda module, args, out: seen.append(args[0].detach())
+    hook = (
+        transformers_model(model.backbone)
+        .get_output_embeddings()
+        .register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
     )
     try:
         model(**batch)
@@ -269,7 +271,7 @@ def test_pooled_embedder_save_load_round_trip(tmp_path):
     assert rel_err(loaded.encode(TEXTS), model.encode(TEXTS)) < 1e-5  # LoRA merged: fp32 rounding
     with pytest.raises(ValueError, match="freeze_backbone=True without LoRA trains only the BTok rows"):
         PooledEmbedder.from_pretrained(tmp_path, freeze_backbone=True)
-    with pytest.raises(FileNotFoundError, match="btok_config.json not found: .* is not a saved BTok model"):
+    with pytest.raises(FileNotFoundError, match=r"btok_config\.json not found: .* is not a saved BTok model"):
         BTokModel.from_pretrained(tmp_path)
 
 

@@ -334,8 +334,9 @@ def test_qwen3_vl_prompts_are_the_processors(monkeypatch):
     after_image = "<|vision_end|>" + "<|vision_start|>" * outer + "<0.2 seconds><|vision_start|>"
     assert after_image in text and "<|vision_end|><0.7 seconds><|vision_start|>" in text
     assert text.count("<|vision_start|>") == 3 + outer and text.count("<|video_pad|>") == 2
-    assert text.count("<|vision_end|>") == 3 + outer and text.endswith("<|vision_end|>" * (1 + outer) + "\n" + "".join(
-        model.config.btok_tokens))
+    assert text.count("<|vision_end|>") == 3 + outer and text.endswith(
+        "<|vision_end|>" * (1 + outer) + "\n" + "".join(model.config.btok_tokens)
+    )
     assert "<1.0 seconds>" in model.tokenizer.decode(seqs[3])  # frames 0 and 1 at 0.5 fps: 0 s and 2 s
 
 
@@ -504,15 +505,15 @@ def test_bad_multimodal_examples_name_the_example(model, example, message, tmp_p
 
 
 def test_missing_processors_and_text_only_models_say_so(tmp_path):
-    with pytest.raises(ExampleError, match="text 0: images .* text-only"):
+    with pytest.raises(ExampleError, match=r"text 0: images .* text-only"):
         tiny_btok().encode([{"text": "q", "image": image(28, 28, 1)}])
-    with pytest.raises(ExampleError, match="example 0, field 'query_image': images .* text-only"):
+    with pytest.raises(ExampleError, match=r"example 0, field 'query_image': images .* text-only"):
         tiny_btok().collate([{"query": "q", "query_image": "a.png", "positive": "p"}])
     no_video = tiny_vl_btok("qwen2_vl", video=False)
     with pytest.raises(ExampleError, match="text 1: this BTok model has no video processor"):
         no_video.encode(["fine", {"video": frames(2, 28, 28, 1)}])
     with pytest.raises(
-        ValueError, match="processor= is for Qwen2-VL, Qwen2.5-VL, Qwen3-VL backbones; LlamaForCausalLM"
+        ValueError, match=r"processor= is for Qwen2-VL, Qwen2\.5-VL, Qwen3-VL backbones; LlamaForCausalLM"
     ):
         BTokModel.from_backbone(tiny_backbone(), tokenizer=char_tokenizer(), processor=image_processor())
     bare = tiny_vl_btok("qwen2_vl", processor=None)

@@ -100,9 +100,9 @@ def test_pack_and_pad_take_the_same_sequences():
 
 
 def test_one_check_of_each_setting():
-    with pytest.raises(ValueError, match="^generative_weight must be a number >= 0, got -1$"):
+    with pytest.raises(ValueError, match=r"^generative_weight must be a number >= 0, got -1$"):
         tiny_btok(generative_weight=-1)
-    with pytest.raises(ValueError, match="^the generative weight must be a number >= 0, got -1$"):
+    with pytest.raises(ValueError, match=r"^the generative weight must be a number >= 0, got -1$"):
         GenerativeSchedule(weight=-1)
     with pytest.raises(
         ValueError, match=r"similarity must be one of \('cosine', 'maxsim'\) for a BTok model, got 'dot'"

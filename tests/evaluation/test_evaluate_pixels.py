@@ -3,7 +3,6 @@
 authors' for Qwen2-VL), not the processor's defaults."""
 
 import pytest
-import torch
 
 from btok_model.embedder.backbone import processor_parts
 from btok_model.evaluate import AUTHORS_PIXELS, load_embedder, parser, pixel_limits
@@ -37,8 +36,15 @@ def test_pixel_limits_reach_the_processor(tmp_path, kind):
     picture = image(4 * SIDE, 6 * SIDE, 0)  # 24 merged tokens at full size
     default = load_embedder(_args(*flags, "--torch-dtype", "float32"))
     limited = load_embedder(
-        _args(*flags, "--torch-dtype", "float32", "--image-min-pixels", str(SIDE * SIDE), "--image-max-pixels",
-              str(2 * SIDE * SIDE))
+        _args(
+            *flags,
+            "--torch-dtype",
+            "float32",
+            "--image-min-pixels",
+            str(SIDE * SIDE),
+            "--image-max-pixels",
+            str(2 * SIDE * SIDE),
+        )
     )
     size = processor_parts(limited.processor)[1].size
     assert (size["shortest_edge"], size["longest_edge"]) == (SIDE * SIDE, 2 * SIDE * SIDE)

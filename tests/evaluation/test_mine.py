@@ -263,7 +263,10 @@ def test_images_with_a_tiny_vl_model(tmp_path):
     assert lines[1]["positive_image"] == "../data/im1.png" and lines[2]["query_image"] == "../data/im2.png"
     assert lines[1]["negatives"][0] == "not this"
     # the oracle on the model's embeddings; a candidate is its text and image
-    path = lambda i: str(folder / f"im{i}.png")
+
+    def path(i):
+        return str(folder / f"im{i}.png")
+
     pool = [
         {"text": None, "image": path(0)},
         {"text": "photo", "image": path(1)},

@@ -164,7 +164,7 @@ def test_to_model_input():
     assert video["text"] == "watch\n" and [f.getpixel((0, 0)) for f in video["video"]] == [(255, 0, 0), (0, 0, 255)]
     with pytest.raises(ValueError, match="X query id 3: the text holds an image/video placeholder but the row has no"):
         to_model_input(Prompt("<|image_1|> find"), "X query id 3")
-    with pytest.raises(ValueError, match="must start with <|image_pad|>"):
+    with pytest.raises(ValueError, match=r"must start with <\|image_pad\|>"):
         to_model_input(Prompt("find <|image_pad|>", image=IMG), "q")
     with pytest.raises(ValueError, match="more than one"):
         to_model_input(Prompt("<|image_pad|>\n<|image_1|>", image=IMG), "q")

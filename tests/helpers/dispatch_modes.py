@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -10,7 +12,7 @@ class PoisonEmpty(TorchDispatchMode):
     """Fills every uninitialised floating tensor (torch.empty*, new_empty) with NaN, so
     that an element a kernel forgets to write shows up as NaN."""
 
-    _EMPTY = {
+    _EMPTY: ClassVar[set] = {
         torch.ops.aten.empty.memory_format,
         torch.ops.aten.empty_like.default,
         torch.ops.aten.empty_strided.default,

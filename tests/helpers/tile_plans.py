@@ -87,7 +87,7 @@ def check_tile_programs(lens: list[int], block: int, programs):
         if m >= n_m:
             empty_per_seq[s] += 1
             continue
-        assert 0 <= m and (s, m) not in seen, (s, m)
+        assert m >= 0 and (s, m) not in seen, (s, m)
         seen.add((s, m))
     assert seen == {(s, m) for s in range(len(lens)) for m in range(-(-lens[s] // block))}
     assert max(empty_per_seq) <= 1

@@ -253,7 +253,9 @@ def test_pool_ann_recall_against_exact(tmp_path):
 def _run_driver(out, files, nproc: int | None) -> None:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc else [sys.executable]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+        if nproc
+        else [sys.executable]
     )
     inputs = [files["model"], files["eval"], files["mine"], files["lance"]]
     command = [*launcher, "-m", "tests.inference.corpus_index_ranks", str(out), *inputs]

@@ -117,7 +117,7 @@ def test_bad_queries_and_small_corpus_are_refused(corpus, tmp_path):
 
 def test_opens_as_a_lancedb_table(corpus):
     lancedb = pytest.importorskip("lancedb")
-    path, vectors, queries = corpus
+    path, _, queries = corpus
     import os
 
     db = lancedb.connect(os.path.dirname(path))

@@ -23,9 +23,10 @@ pa = pytest.importorskip("pyarrow")
 
 H, K, BLOCK = 8, 3, 4
 SETTINGS = {"model": "m", "weights": "abc", "dtype": "float32"}
+KEPT = (("lang", pa.string()),)
 
 
-def _schema(settings=SETTINGS, dtype="float32", k=K, kept=(("lang", pa.string()),)):
+def _schema(settings=SETTINGS, dtype="float32", k=K, kept=KEPT):
     return output_schema(H, dtype, k, list(kept), {"format": 1, "settings": settings})
 
 
@@ -66,7 +67,7 @@ def test_blocks_in_any_order_end_in_row_order_and_round_trip(tmp_path):
 
 def test_float16_vectors(tmp_path):
     path = str(tmp_path / "o.lance")
-    rows, vectors, multi = _data(4)
+    rows, vectors, _ = _data(4)
     store = EmbeddingStore.open(path, _schema(dtype="float16", k=None), block_size=BLOCK, dtype="float16")
     store.write_block(0, rows, vectors)
     store.finish(1)
@@ -131,7 +132,7 @@ def test_other_settings_or_columns_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a Lance dataset"):
         EmbeddingStore.open(str(tmp_path / "x.lance"), _schema(), block_size=BLOCK, dtype="float32")
     lance.write_dataset(pa.table({"a": [1]}), str(tmp_path / "y.lance"))
-    with pytest.raises(ValueError, match="not one written by python -m btok_model.embed"):
+    with pytest.raises(ValueError, match=r"not one written by python -m btok_model\.embed"):
         EmbeddingStore.open(str(tmp_path / "y.lance"), _schema(), block_size=BLOCK, dtype="float32")
 
 

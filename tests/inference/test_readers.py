@@ -85,7 +85,7 @@ def test_unknown_keep_column_and_kind_are_refused(tmp_path):
     path = _jsonl(tmp_path / "c.jsonl", ROWS)
     with pytest.raises(DataError, match=r"--keep-columns \['nope'\]"):
         open_rows(path, keep_columns=("nope",))
-    with pytest.raises(DataError, match="not a .jsonl"):
+    with pytest.raises(DataError, match=r"not a \.jsonl"):
         (tmp_path / "c.csv").write_text("x")
         open_rows(tmp_path / "c.csv")
     with pytest.raises(DataError, match=r"c2.jsonl:2: not valid JSON"):

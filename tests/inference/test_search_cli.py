@@ -18,7 +18,16 @@ from tests.helpers.tiny import tiny_btok
 pytest.importorskip("lance")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TEXTS = ["a small cat", "a big dog", "the red fruit", "a tall tree", "cold water", "the old book", "blue sky", "hot sun"]
+TEXTS = [
+    "a small cat",
+    "a big dog",
+    "the red fruit",
+    "a tall tree",
+    "cold water",
+    "the old book",
+    "blue sky",
+    "hot sun",
+]
 FAST = ["--attn-implementation", "sdpa"]
 
 
@@ -28,7 +37,9 @@ def embedded(tmp_path_factory):
     model_dir = str(root / "model")
     tiny_btok(seed=5).save_pretrained(model_dir)
     data = root / "c.jsonl"
-    data.write_text("".join(json.dumps({"id": f"t{i}", "text": t, "tag": t.split()[-1]}) + "\n" for i, t in enumerate(TEXTS)))
+    data.write_text(
+        "".join(json.dumps({"id": f"t{i}", "text": t, "tag": t.split()[-1]}) + "\n" for i, t in enumerate(TEXTS))
+    )
     out = str(root / "c.lance")
     argv = ["--model", model_dir, "--data", str(data), "--output", out, "--dtype", "float32", "--multi-vector"]
     argv += ["--keep-columns", "tag"]
@@ -49,9 +60,21 @@ def _user_error(capsys, argv) -> str:
 
 @pytest.mark.parametrize("similarity", ["cosine", "maxsim"])
 def test_hits_are_the_brute_force_top_k(embedded, capsys, similarity):
-    model_dir, out, model = embedded
+    _, out, model = embedded
     queries = ["a furry cat", "sunny weather"]
-    argv = ["--index", out, "--query", queries[0], "--query", queries[1], "-k", "3", "--json", "--similarity", similarity]
+    argv = [
+        "--index",
+        out,
+        "--query",
+        queries[0],
+        "--query",
+        queries[1],
+        "-k",
+        "3",
+        "--json",
+        "--similarity",
+        similarity,
+    ]
     argv += ["--show", "tag"]
     result = search([*argv, *FAST])  # --model defaults to the one recorded in the output
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -64,7 +87,9 @@ def test_hits_are_the_brute_force_top_k(embedded, capsys, similarity):
     for got, values, rows in zip(result["queries"], best.values, best.indices):
         assert [h["id"] for h in got["hits"]] == [f"t{i}" for i in rows.tolist()]
         assert [h["tag"] for h in got["hits"]] == [TEXTS[i].split()[-1] for i in rows.tolist()]
-        torch.testing.assert_close(torch.tensor([h["score"] for h in got["hits"]], dtype=torch.float64), values, atol=2e-6, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor([h["score"] for h in got["hits"]], dtype=torch.float64), values, atol=2e-6, rtol=0
+        )
 
 
 def test_another_model_is_refused(embedded, tmp_path, capsys):

@@ -29,7 +29,9 @@ def _write(path, rows):
 def _run(out, inputs, nproc: int | None) -> None:
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc else [sys.executable]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+        if nproc
+        else [sys.executable]
     )
     command = [*launcher, "-m", "tests.helpers.two_ranks", str(out), *inputs]
     done = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

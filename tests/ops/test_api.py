@@ -21,24 +21,70 @@ LAYOUT = CondensationLayout.from_lengths([5, 3], 2, [4, 1])  # 17 tokens
 @pytest.mark.parametrize(
     "change,exc,match",
     [
-        (lambda q, k, v: (q[0], k, v, LAYOUT, {}), ValueError, r"q must be 3-D \[total_tokens, heads, head_dim\], got shape \(4, 16\)"),
+        (
+            lambda q, k, v: (q[0], k, v, LAYOUT, {}),
+            ValueError,
+            r"q must be 3-D \[total_tokens, heads, head_dim\], got shape \(4, 16\)",
+        ),
         (lambda q, k, v: (q, k.half(), v, LAYOUT, {}), ValueError, "q, k and v must share one dtype"),
         (lambda q, k, v: (q, k[:, :, :8], v[:, :, :8], LAYOUT, {}), ValueError, r"k must have shape \[17, Hkv, 16\]"),
         (lambda q, k, v: (q, k, v[:, :1], LAYOUT, {}), ValueError, "k and v must have the same shape"),
-        (lambda q, k, v: (q[:, :3], k, v, LAYOUT, {}), ValueError, r"query heads \(3\) must be a multiple of the number of KV heads \(2\)"),
+        (
+            lambda q, k, v: (q[:, :3], k, v, LAYOUT, {}),
+            ValueError,
+            r"query heads \(3\) must be a multiple of the number of KV heads \(2\)",
+        ),
         (lambda q, k, v: (q[:16], k[:16], v[:16], LAYOUT, {}), ValueError, r"q has 16 tokens but the layout packs 17"),
         (lambda q, k, v: (q, k, v, [0, 17], {}), TypeError, "layout must be a CondensationLayout, got list"),
-        (lambda q, k, v: (q, k, v, LAYOUT, dict(backend="flash")), ValueError, r"backend must be one of \('auto', 'triton', 'cuda', 'sdpa', 'reference'\), got 'flash'"),
+        (
+            lambda q, k, v: (q, k, v, LAYOUT, dict(backend="flash")),
+            ValueError,
+            r"backend must be one of \('auto', 'triton', 'cuda', 'sdpa', 'reference'\), got 'flash'",
+        ),
         # fp32: refused by the CUDA kernels where the extension is built, else the extension is missing
         (lambda q, k, v: (q, k, v, LAYOUT, dict(backend="cuda")), (NotImplementedError, ValueError), "backend='cuda'"),
-        (lambda q, k, v: (q, k, v, LAYOUT, dict(softmax_scale=-1.0)), ValueError, "softmax_scale must be a positive finite number, got -1.0"),
-        (lambda q, k, v: (q.double(), k.double(), v.double(), LAYOUT, dict(backend="triton")), ValueError, "backend='triton' supports dtypes"),
-        (lambda q, k, v: (q[..., :12], k[..., :12], v[..., :12], LAYOUT, dict(backend="triton")), ValueError, "multiples of 8 up to 256, got 12"),
-        (lambda q, k, v: (q.int(), k.int(), v.int(), LAYOUT, dict(backend="reference")), ValueError, "must be floating point, got torch.int32"),
-        (lambda q, k, v: (q, k, v, LAYOUT.to("meta"), {}), ValueError, r"layout is on meta but q is on \S+; move it once with layout.to\(q.device\)"),
+        (
+            lambda q, k, v: (q, k, v, LAYOUT, dict(softmax_scale=-1.0)),
+            ValueError,
+            "softmax_scale must be a positive finite number, got -1.0",
+        ),
+        (
+            lambda q, k, v: (q.double(), k.double(), v.double(), LAYOUT, dict(backend="triton")),
+            ValueError,
+            "backend='triton' supports dtypes",
+        ),
+        (
+            lambda q, k, v: (q[..., :12], k[..., :12], v[..., :12], LAYOUT, dict(backend="triton")),
+            ValueError,
+            "multiples of 8 up to 256, got 12",
+        ),
+        (
+            lambda q, k, v: (q.int(), k.int(), v.int(), LAYOUT, dict(backend="reference")),
+            ValueError,
+            "must be floating point, got torch.int32",
+        ),
+        (
+            lambda q, k, v: (q, k, v, LAYOUT.to("meta"), {}),
+            ValueError,
+            r"layout is on meta but q is on \S+; move it once with layout.to\(q.device\)",
+        ),
     ],
-    ids=["q_2d", "dtype_mismatch", "head_dim_mismatch", "kv_shape", "gqa_ratio", "token_count", "layout_type",
-         "bad_backend", "cuda_backend", "bad_scale", "triton_fp64", "triton_head_dim", "int_inputs", "layout_device"],
+    ids=[
+        "q_2d",
+        "dtype_mismatch",
+        "head_dim_mismatch",
+        "kv_shape",
+        "gqa_ratio",
+        "token_count",
+        "layout_type",
+        "bad_backend",
+        "cuda_backend",
+        "bad_scale",
+        "triton_fp64",
+        "triton_head_dim",
+        "int_inputs",
+        "layout_device",
+    ],
 )
 def test_argument_errors(change, exc, match, device):
     q, k, v = _qkv(17, device=device)
@@ -51,16 +97,26 @@ def test_argument_errors(change, exc, match, device):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(fused_dq=1), "fused_dq must be a bool or None, got 1"),
-     (dict(autotune="yes"), "autotune must be a bool or None, got 'yes'"),
-     (dict(gqa_split=0), "gqa_split must be a positive int or None, got 0"),
-     (dict(gqa_split=3), r"gqa_split=3 must divide the GQA group size Hq // Hkv = 2"),
-     (dict(tiles={"bwd": {}}), "tiles: unknown kernel 'bwd'"),
-     (dict(tiles={"fwd": {"BLOCK_K": 16}}), "tiles\\['fwd'\\]: unknown field 'BLOCK_K'"),
-     (dict(tiles={"dq": {"BLOCK_M": 48}}), "must be a power of two >= 16, got 48"),
-     (dict(tiles={"dq": {"num_warps": 0}}), "must be a positive int, got 0")],
-    ids=["fused_dq_int", "autotune_str", "split_0", "split_not_divisor", "tiles_kernel", "tiles_field",
-         "tiles_block", "tiles_warps"],
+    [
+        (dict(fused_dq=1), "fused_dq must be a bool or None, got 1"),
+        (dict(autotune="yes"), "autotune must be a bool or None, got 'yes'"),
+        (dict(gqa_split=0), "gqa_split must be a positive int or None, got 0"),
+        (dict(gqa_split=3), r"gqa_split=3 must divide the GQA group size Hq // Hkv = 2"),
+        (dict(tiles={"bwd": {}}), "tiles: unknown kernel 'bwd'"),
+        (dict(tiles={"fwd": {"BLOCK_K": 16}}), "tiles\\['fwd'\\]: unknown field 'BLOCK_K'"),
+        (dict(tiles={"dq": {"BLOCK_M": 48}}), "must be a power of two >= 16, got 48"),
+        (dict(tiles={"dq": {"num_warps": 0}}), "must be a positive int, got 0"),
+    ],
+    ids=[
+        "fused_dq_int",
+        "autotune_str",
+        "split_0",
+        "split_not_divisor",
+        "tiles_kernel",
+        "tiles_field",
+        "tiles_block",
+        "tiles_warps",
+    ],
 )
 def test_option_errors(kwargs, match, device):
     q, k, v = _qkv(17, device=device)
@@ -118,8 +174,9 @@ def test_backward_runs_with_the_forward_options(source, monkeypatch, device):
     else:  # explicit arguments win over the environment, in the forward and the backward
         monkeypatch.setenv("BTOK_FUSED_DQ", "0")
         monkeypatch.setenv("BTOK_AUTOTUNE", "1")
-        out = condensation_attention(q, k, v, layout, backend="triton", fused_dq=True, autotune=False,
-                                     gqa_split=2, tiles=tiles)
+        out = condensation_attention(
+            q, k, v, layout, backend="triton", fused_dq=True, autotune=False, gqa_split=2, tiles=tiles
+        )
     dq, dk, dv = torch.autograd.grad(out.square().sum(), (q, k, v))
     (fwd,), (bwd,) = spy.calls["condensation_fwd_triton"], spy.calls["condensation_bwd_triton"]
     causal = layout.is_causal

@@ -82,8 +82,21 @@ def extreme_inputs(layout, hq, hkv, d, dtype, device, mode, seed=0):
     return [x.double() for x in lowp], lowp
 
 
-def check_kernels(layout, hq, hkv, d, dtype, device, tiles=None, gqa_split=None, seed=0, q_scale=1.0,
-                  fused_dq=False, extreme=None, autotune=False):
+def check_kernels(
+    layout,
+    hq,
+    hkv,
+    d,
+    dtype,
+    device,
+    tiles=None,
+    gqa_split=None,
+    seed=0,
+    q_scale=1.0,
+    fused_dq=False,
+    extreme=None,
+    autotune=False,
+):
     if extreme is None:
         exact, lowp = make_inputs(layout, hq, hkv, d, dtype, device, seed, q_scale, rounded=False)
     else:
@@ -95,8 +108,20 @@ def check_kernels(layout, hq, hkv, d, dtype, device, tiles=None, gqa_split=None,
     causal = layout.is_causal
     with PoisonEmpty():
         out, lse = condensation_fwd_triton(q, k, v, *args, causal=causal, autotune=autotune, tiles=tiles)
-        grads = condensation_bwd_triton(do, q, k, v, out, lse, *args, causal=causal, autotune=autotune, tiles=tiles,
-                                        gqa_split=gqa_split, fused_dq=fused_dq)
+        grads = condensation_bwd_triton(
+            do,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            *args,
+            causal=causal,
+            autotune=autotune,
+            tiles=tiles,
+            gqa_split=gqa_split,
+            fused_dq=fused_dq,
+        )
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert_close_by_rule("out", out, o_ref, o_low, dtype)
     for name, got, ref, low in zip(("dq", "dk", "dv"), grads, g_ref, g_low):
@@ -197,9 +222,11 @@ def _gpu_tiles(head_dim: int, dtype: torch.dtype) -> dict:
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float16, 256),
-                                     (torch.float32, 64), (torch.float32, 128)],
-                         ids=["bf16-d64", "bf16-d128", "fp16-d256", "fp32-d64", "fp32-d128"])
+@pytest.mark.parametrize(
+    "dtype,d",
+    [(torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float16, 256), (torch.float32, 64), (torch.float32, 128)],
+    ids=["bf16-d64", "bf16-d128", "fp16-d256", "fp32-d64", "fp32-d128"],
+)
 def test_kernels_with_the_gpu_default_tiles(dtype, d, device):
     """The tiles the launchers use on a GPU (large, non-square), on sequences shorter and
     longer than one tile, with the cut inside a tile."""
@@ -208,16 +235,20 @@ def test_kernels_with_the_gpu_default_tiles(dtype, d, device):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("tiles,seed", [(name, 10 + i) for i, name in enumerate(TILES)],
-                         ids=[f"{name}-seed{10 + i}" for i, name in enumerate(TILES)])
+@pytest.mark.parametrize(
+    "tiles,seed",
+    [(name, 10 + i) for i, name in enumerate(TILES)],
+    ids=[f"{name}-seed{10 + i}" for i, name in enumerate(TILES)],
+)
 def test_kernels_tile_shapes(tiles, seed, device):
     layout = CondensationLayout.from_lengths(*random_layout(seed, max_seqs=4), device=device)
     check_kernels(layout, hq=2, hkv=2, d=16, dtype=torch.float32, device=device, tiles=TILES[tiles], seed=seed)
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("hq,hkv,d", [(6, 6, 64), (6, 3, 80), (6, 1, 128), (6, 1, 80)],
-                         ids=["gqa1-d64", "gqa2-d80", "gqa6-d128", "gqa6-d80"])
+@pytest.mark.parametrize(
+    "hq,hkv,d", [(6, 6, 64), (6, 3, 80), (6, 1, 128), (6, 1, 80)], ids=["gqa1-d64", "gqa2-d80", "gqa6-d128", "gqa6-d80"]
+)
 def test_kernels_gqa_head_dims(hq, hkv, d, device):
     layout = CondensationLayout.from_lengths([19, 2], [4, 1], [13, 7], device=device)
     check_kernels(layout, hq=hq, hkv=hkv, d=d, dtype=torch.bfloat16, device=device)
@@ -232,8 +263,11 @@ def test_kernels_gqa_split(hkv, split, device):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("seed,split,dtype", [(20, 1, torch.float32), (21, 3, torch.bfloat16), (22, 1, torch.float16)],
-                         ids=["s1-fp32", "s3-bf16", "s1-fp16"])
+@pytest.mark.parametrize(
+    "seed,split,dtype",
+    [(20, 1, torch.float32), (21, 3, torch.bfloat16), (22, 1, torch.float16)],
+    ids=["s1-fp32", "s3-bf16", "s1-fp16"],
+)
 def test_kernels_fused_dq(seed, split, dtype, device):
     """dQ added by the dK/dV programs with fp32 atomics, one share per key tile."""
     layout = CondensationLayout.from_lengths(*random_layout(seed, max_seqs=3), device=device)
@@ -246,8 +280,9 @@ def test_gqa_split_must_divide_group(device):
     _, (q, k, v, do) = make_inputs(layout, 6, 1, 16, torch.float32, device)
     out, lse = condensation_fwd_triton(q, k, v, layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25)
     with pytest.raises(ValueError, match="gqa_split=4 must divide the GQA group size 6"):
-        condensation_bwd_triton(do, q, k, v, out, lse, layout.cu_seqlens, layout.btok_start,
-                                layout.target_start, 0.25, gqa_split=4)
+        condensation_bwd_triton(
+            do, q, k, v, out, lse, layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25, gqa_split=4
+        )
 
 
 @pytest.mark.interpret
@@ -295,8 +330,11 @@ def test_empty_pack(backend, device):
 
 @pytest.mark.parametrize(
     "lengths,hq,d",
-    [(random_layout(3), 3, 16), (([150, 7], 4, [130, 5]), 2, 8),  # longer than a chunk, target across chunks
-     ([0, 150, 157], 2, 8)],  # bidirectional, longer than a chunk: later keys seen by earlier chunks
+    [
+        (random_layout(3), 3, 16),
+        (([150, 7], 4, [130, 5]), 2, 8),  # longer than a chunk, target across chunks
+        ([0, 150, 157], 2, 8),
+    ],  # bidirectional, longer than a chunk: later keys seen by earlier chunks
     ids=["random", "longer_than_chunk", "bidirectional"],
 )
 def test_reference_backend_float64_matches_oracle(lengths, hq, d, device):
@@ -375,6 +413,12 @@ def test_autotuned_launch_path(fused_dq, device):
     short = CondensationLayout.from_lengths([3, 1, 2, 2], 1, [1, 0, 2, 1], device=device)
     other = shape_bucket(short.total_tokens, short.num_seqs)
     assert other != bucket
-    condensation_fwd_triton(*make_inputs(short, 2, 1, 16, torch.float32, device)[1][:3],
-                            short.cu_seqlens, short.btok_start, short.target_start, 0.25, autotune=True)
+    condensation_fwd_triton(
+        *make_inputs(short, 2, 1, 16, torch.float32, device)[1][:3],
+        short.cu_seqlens,
+        short.btok_start,
+        short.target_start,
+        0.25,
+        autotune=True,
+    )
     assert len(autotuned_kernel("fwd", other).cache) == 1, "a new shape bucket must be timed on its own"

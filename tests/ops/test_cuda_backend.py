@@ -96,7 +96,7 @@ def test_public_function_reports_the_missing_extension(fresh_loader):
     fresh_loader.setattr(importlib.util, "find_spec", lambda name, *a: None)
     layout = CondensationLayout.from_lengths([3], 1, [2])
     x = torch.zeros(layout.total_tokens, 1, 16, dtype=torch.float16)
-    with pytest.raises(cuda.CUDABackendUnavailable, match="btok_kernels._cuda was not built"):
+    with pytest.raises(cuda.CUDABackendUnavailable, match=r"btok_kernels\._cuda was not built"):
         condensation_attention(x, x, x, layout, backend="cuda")
 
 
@@ -302,7 +302,7 @@ def test_cuda_empty_pack():
     q, k = _rows(0, 2, 16, device="cuda"), _rows(0, 1, 16, device="cuda")
     args = (layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25)
     out, lse = cuda.condensation_fwd_cuda(q, k, k, *args)
-    dq, dk, dv = cuda.condensation_bwd_cuda(q, q, k, k, out, lse, *args)
+    _, dk, _ = cuda.condensation_bwd_cuda(q, q, k, k, out, lse, *args)
     assert out.shape == (0, 2, 16) and lse.shape == (2, 0) and dk.shape == (0, 1, 16)
 
 
@@ -318,16 +318,29 @@ def test_cuda_empty_pack():
         (lambda a: a.update(q=a["q"].transpose(1, 2)), "q must have a contiguous last dim"),
         (lambda a: a.update(softmax_scale=float("nan")), "softmax_scale must be a positive finite number"),
     ],
-    ids=["fp32", "head_dims_differ", "cu_seqlens_int64", "btok_start_on_cpu", "target_start_short", "strided_last_dim",
-         "nan_scale"],
+    ids=[
+        "fp32",
+        "head_dims_differ",
+        "cu_seqlens_int64",
+        "btok_start_on_cpu",
+        "target_start_short",
+        "strided_last_dim",
+        "nan_scale",
+    ],
 )
 def test_cuda_ops_check_arguments(change, match):
     """The C++ ops' TORCH_CHECKs, called directly (the launchers would fix or refuse first)."""
     cuda.require_extension()
     layout = CondensationLayout.from_lengths([5, 3], 2, [4, 1], device="cuda")
-    args = dict(q=_rows(layout.total_tokens, 4, 16, device="cuda"), k=_rows(layout.total_tokens, 2, 16, device="cuda"),
-                v=_rows(layout.total_tokens, 2, 16, device="cuda"), cu_seqlens=layout.cu_seqlens,
-                btok_start=layout.btok_start, target_start=layout.target_start, softmax_scale=0.25)
+    args = dict(
+        q=_rows(layout.total_tokens, 4, 16, device="cuda"),
+        k=_rows(layout.total_tokens, 2, 16, device="cuda"),
+        v=_rows(layout.total_tokens, 2, 16, device="cuda"),
+        cu_seqlens=layout.cu_seqlens,
+        btok_start=layout.btok_start,
+        target_start=layout.target_start,
+        softmax_scale=0.25,
+    )
     change(args)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.btok_cuda.fwd(*args.values())

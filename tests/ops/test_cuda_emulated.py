@@ -34,18 +34,53 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def emu():
-    path = host_build("btok_emu", ["host/emulator.cpp"],
-                      ["-std=c++17", "-O2", "-DBTOK_EMULATE", "-Wall", "-Wno-unknown-pragmas", "-Werror"], shared=True)
+    path = host_build(
+        "btok_emu",
+        ["host/emulator.cpp"],
+        ["-std=c++17", "-O2", "-DBTOK_EMULATE", "-Wall", "-Wno-unknown-pragmas", "-Werror"],
+        shared=True,
+    )
     lib = ctypes.CDLL(str(path))
     vp, i64p, i32p, f32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p
     ints = [ctypes.c_int] * 5  # n_seqs, total, hq, hkv, d
     lib.btok_emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint64]
     lib.btok_emu_add_buffer.argtypes = [vp, ctypes.c_int64, ctypes.c_int]
-    lib.btok_emu_fwd.argtypes = [vp, vp, vp, i64p, i32p, i32p, i32p, *ints, ctypes.c_float, ctypes.c_int,
-                                 ctypes.c_int, vp, f32p]
+    lib.btok_emu_fwd.argtypes = [
+        vp,
+        vp,
+        vp,
+        i64p,
+        i32p,
+        i32p,
+        i32p,
+        *ints,
+        ctypes.c_float,
+        ctypes.c_int,
+        ctypes.c_int,
+        vp,
+        f32p,
+    ]
     lib.btok_emu_fwd.restype = ctypes.c_char_p
-    lib.btok_emu_bwd.argtypes = [vp, vp, vp, vp, vp, f32p, i64p, i32p, i32p, i32p, *ints, ctypes.c_float,
-                                 ctypes.c_int, ctypes.c_int, f32p, vp, vp, vp]
+    lib.btok_emu_bwd.argtypes = [
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        f32p,
+        i64p,
+        i32p,
+        i32p,
+        i32p,
+        *ints,
+        ctypes.c_float,
+        ctypes.c_int,
+        ctypes.c_int,
+        f32p,
+        vp,
+        vp,
+        vp,
+    ]
     lib.btok_emu_bwd.restype = ctypes.c_char_p
     lib.btok_emu_convert.argtypes = [f32p, ctypes.c_int, ctypes.c_int, vp, f32p]
     return lib
@@ -77,27 +112,62 @@ def emulated_fwd(lib, mode, seed, q, k, v, cu_seqlens, btok_start, target_start,
     out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)  # unwritten -> NaN
     lse = torch.full((hq, total), float("nan"), dtype=torch.float32)
     _register(lib, mode, seed, (q, k, v, cu_seqlens, btok_start, target_start), (out, lse))
-    err = lib.btok_emu_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), _strides(q, k, v), cu_seqlens.data_ptr(),
-                           btok_start.data_ptr(), target_start.data_ptr(), cu_seqlens.numel() - 1, total, hq,
-                           k.shape[1], d, softmax_scale, int(causal), int(q.dtype == torch.bfloat16),
-                           out.data_ptr(), lse.data_ptr())
+    err = lib.btok_emu_fwd(
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        _strides(q, k, v),
+        cu_seqlens.data_ptr(),
+        btok_start.data_ptr(),
+        target_start.data_ptr(),
+        cu_seqlens.numel() - 1,
+        total,
+        hq,
+        k.shape[1],
+        d,
+        softmax_scale,
+        int(causal),
+        int(q.dtype == torch.bfloat16),
+        out.data_ptr(),
+        lse.data_ptr(),
+    )
     assert err is None, f"emulated forward: {err.decode()}"
     return out, lse
 
 
-def emulated_bwd(lib, mode, seed, do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale,
-                 causal=True):
+def emulated_bwd(
+    lib, mode, seed, do, q, k, v, out, lse, cu_seqlens, btok_start, target_start, softmax_scale, causal=True
+):
     _check_args(q, k, v, cu_seqlens)
     total, hq, d = q.shape
     dq, dk, dv = (torch.full_like(x, float("nan"), memory_format=torch.contiguous_format) for x in (q, k, v))
     delta = torch.full((hq, total), float("nan"), dtype=torch.float32)
     lse = lse.contiguous()
     _register(lib, mode, seed, (do, q, k, v, out, lse, cu_seqlens, btok_start, target_start), (delta, dq, dk, dv))
-    err = lib.btok_emu_bwd(do.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
-                           _strides(q, k, v, out, do), cu_seqlens.data_ptr(), btok_start.data_ptr(),
-                           target_start.data_ptr(), cu_seqlens.numel() - 1, total, hq, k.shape[1], d, softmax_scale,
-                           int(causal), int(q.dtype == torch.bfloat16), delta.data_ptr(), dq.data_ptr(),
-                           dk.data_ptr(), dv.data_ptr())
+    err = lib.btok_emu_bwd(
+        do.data_ptr(),
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        out.data_ptr(),
+        lse.data_ptr(),
+        _strides(q, k, v, out, do),
+        cu_seqlens.data_ptr(),
+        btok_start.data_ptr(),
+        target_start.data_ptr(),
+        cu_seqlens.numel() - 1,
+        total,
+        hq,
+        k.shape[1],
+        d,
+        softmax_scale,
+        int(causal),
+        int(q.dtype == torch.bfloat16),
+        delta.data_ptr(),
+        dq.data_ptr(),
+        dk.data_ptr(),
+        dv.data_ptr(),
+    )
     assert err is None, f"emulated backward: {err.decode()}"
     return dq, dk, dv
 
@@ -109,11 +179,28 @@ def launchers(lib, mode=EAGER, seed=0):
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp16", "bf16"])
 def test_emulated_conversions_round_like_torch(bf16, emu):
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([
-        torch.randn(20000, generator=g) * torch.logspace(-10, 6, 20000),
-        torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 65504.0, 65519.0, 65520.0, 2.0**-24, 2.0**-25,
-                      1.5 * 2.0**-25, 2.0**-14, 3e38, 1e-40]),
-    ]).float()
+    x = torch.cat(
+        [
+            torch.randn(20000, generator=g) * torch.logspace(-10, 6, 20000),
+            torch.tensor(
+                [
+                    0.0,
+                    -0.0,
+                    float("inf"),
+                    -float("inf"),
+                    65504.0,
+                    65519.0,
+                    65520.0,
+                    2.0**-24,
+                    2.0**-25,
+                    1.5 * 2.0**-25,
+                    2.0**-14,
+                    3e38,
+                    1e-40,
+                ]
+            ),
+        ]
+    ).float()
     dtype = torch.bfloat16 if bf16 else torch.float16
     bits = torch.empty(x.numel(), dtype=torch.int16)
     back = torch.empty_like(x)
@@ -145,8 +232,11 @@ def test_emulated_random_layouts(seed, emu):
     check_cuda_kernels(layout, hq=3, hkv=1, d=64, dtype=dtype, seed=seed, launchers=launchers(emu))
 
 
-@pytest.mark.parametrize("d,hq,hkv", [(8, 2, 2), (80, 4, 2), (128, 2, 1), (192, 2, 1), (256, 2, 1)],
-                         ids=["d8", "d80_gqa2", "d128", "d192", "d256"])
+@pytest.mark.parametrize(
+    "d,hq,hkv",
+    [(8, 2, 2), (80, 4, 2), (128, 2, 1), (192, 2, 1), (256, 2, 1)],
+    ids=["d8", "d80_gqa2", "d128", "d192", "d256"],
+)
 def test_emulated_head_dim_tiers(d, hq, hkv, emu):
     """Every padded tier (64, 128, 256; at 256 two warps share the keys of the dK/dV tile)."""
     layout = CondensationLayout.from_lengths([70, 5], [16, 2], [41, 3])

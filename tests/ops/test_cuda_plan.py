@@ -44,8 +44,9 @@ def _ptr(t: torch.Tensor):
 
 
 def test_header_unit_test():
-    binary = host_build("tile_plan_test", ["host/tile_plan_test.cpp"], ["-std=c++17", "-O2", "-Wall", "-Werror"],
-                        shared=False)
+    binary = host_build(
+        "tile_plan_test", ["host/tile_plan_test.cpp"], ["-std=c++17", "-O2", "-Wall", "-Werror"], shared=False
+    )
     run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("tile_plan_test: OK"), run.stdout

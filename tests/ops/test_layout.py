@@ -46,13 +46,26 @@ def test_bidirectional():
 
 def test_bidirectional_layout_has_no_cut():
     """The flag needs b = 0 and t = len: a kernel that ignored it would see no cut."""
-    with pytest.raises(ValueError, match=r"is_causal=False\) needs btok_start = 0 .* sequence 1 has btok_start=2, "
-                                         r"target_start=3, length 4"):
-        CondensationLayout(torch.tensor([0, 3, 7], dtype=torch.int32), torch.tensor([0, 2], dtype=torch.int32),
-                           torch.tensor([3, 3], dtype=torch.int32), 4, is_causal=False)
+    with pytest.raises(
+        ValueError,
+        match=r"is_causal=False\) needs btok_start = 0 .* sequence 1 has btok_start=2, "
+        r"target_start=3, length 4",
+    ):
+        CondensationLayout(
+            torch.tensor([0, 3, 7], dtype=torch.int32),
+            torch.tensor([0, 2], dtype=torch.int32),
+            torch.tensor([3, 3], dtype=torch.int32),
+            4,
+            is_causal=False,
+        )
     with pytest.raises(ValueError, match="is_causal must be a bool, got int"):
-        CondensationLayout(torch.tensor([0, 3], dtype=torch.int32), torch.tensor([0], dtype=torch.int32),
-                           torch.tensor([3], dtype=torch.int32), 3, is_causal=0)
+        CondensationLayout(
+            torch.tensor([0, 3], dtype=torch.int32),
+            torch.tensor([0], dtype=torch.int32),
+            torch.tensor([3], dtype=torch.int32),
+            3,
+            is_causal=0,
+        )
 
 
 def test_num_kept_pairs_matches_brute_force():
@@ -82,19 +95,35 @@ def _layout(cu, bs, ts, max_seqlen=None, dtype=torch.int32):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(cu=[0, 5, 3], bs=[1, 0], ts=[2, 0]), r"cu_seqlens must be non-decreasing; cu_seqlens\[1\]=5 > cu_seqlens\[2\]=3"),
+        (
+            dict(cu=[0, 5, 3], bs=[1, 0], ts=[2, 0]),
+            r"cu_seqlens must be non-decreasing; cu_seqlens\[1\]=5 > cu_seqlens\[2\]=3",
+        ),
         (dict(cu=[1, 5], bs=[1], ts=[2]), r"cu_seqlens\[0\] must be 0, got 1"),
         (dict(cu=[0, 5], bs=[3], ts=[2]), r"btok_start\[0\]=3 must be <= target_start\[0\]=2"),
         (dict(cu=[0, 5, 9], bs=[1, 1], ts=[2, 5]), r"target_start\[1\]=5 is past the end of sequence 1 \(length 4\)"),
         (dict(cu=[0, 5], bs=[-1], ts=[2]), r"btok_start\[0\] must be >= 0, got -1"),
         (dict(cu=[0, 5], bs=[0], ts=[-2]), r"target_start\[0\] must be >= 0, got -2"),
-        (dict(cu=[0, 5], bs=[1], ts=[2], dtype=torch.int64), r"cu_seqlens must have dtype torch.int32, got torch.int64"),
+        (
+            dict(cu=[0, 5], bs=[1], ts=[2], dtype=torch.int64),
+            r"cu_seqlens must have dtype torch.int32, got torch.int64",
+        ),
         (dict(cu=[0], bs=[], ts=[]), r"cu_seqlens must hold at least 2 entries"),
         (dict(cu=[0, 5, 9], bs=[1], ts=[2, 3]), r"one entry per sequence \(2\), got 1 and 2"),
         (dict(cu=[0, 5], bs=[1], ts=[2], max_seqlen=4), r"max_seqlen=4 does not match the longest sequence \(5\)"),
     ],
-    ids=["decreasing", "nonzero_start", "btok_after_target", "target_past_end", "negative_btok",
-         "negative_target", "wrong_dtype", "too_short", "count_mismatch", "max_seqlen"],
+    ids=[
+        "decreasing",
+        "nonzero_start",
+        "btok_after_target",
+        "target_past_end",
+        "negative_btok",
+        "negative_target",
+        "wrong_dtype",
+        "too_short",
+        "count_mismatch",
+        "max_seqlen",
+    ],
 )
 def test_validation_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -103,9 +132,13 @@ def test_validation_errors(kwargs, match):
 
 def test_validation_shape_and_type():
     with pytest.raises(ValueError, match=r"cu_seqlens must be 1-D, got shape \(1, 2\)"):
-        CondensationLayout(torch.zeros(1, 2, dtype=torch.int32), torch.zeros(1, dtype=torch.int32),
-                           torch.zeros(1, dtype=torch.int32), 0)
-    with pytest.raises(ValueError, match="btok_start must be a torch.Tensor, got list"):
+        CondensationLayout(
+            torch.zeros(1, 2, dtype=torch.int32),
+            torch.zeros(1, dtype=torch.int32),
+            torch.zeros(1, dtype=torch.int32),
+            0,
+        )
+    with pytest.raises(ValueError, match=r"btok_start must be a torch\.Tensor, got list"):
         CondensationLayout(torch.zeros(2, dtype=torch.int32), [0], torch.zeros(1, dtype=torch.int32), 0)
 
 
@@ -122,8 +155,17 @@ def test_validation_shape_and_type():
         (([3], True, [1]), "num_btoks must be an int or a sequence of ints, got a bool"),
         ((torch.tensor([1.0]), 2, [1]), "query_lens must hold integers, got dtype torch.float32"),
     ],
-    ids=["negative_query", "btoks_count", "negative_target", "negative_btoks", "empty", "float_len",
-         "scalar", "bool_btoks", "float_tensor"],
+    ids=[
+        "negative_query",
+        "btoks_count",
+        "negative_target",
+        "negative_btoks",
+        "empty",
+        "float_len",
+        "scalar",
+        "bool_btoks",
+        "float_tensor",
+    ],
 )
 def test_from_lengths_errors(args, match):
     with pytest.raises(ValueError, match=match):

@@ -34,9 +34,11 @@ def test_condensation_mask_is_block_diagonal(causal):
 
 @pytest.mark.parametrize(
     "args,match",
-    [((5, 3, 2), r"0 <= btok_start <= target_start <= length, got btok_start=3, target_start=2"),
-     ((5, 1, 6), "target_start=6, length=5"),
-     ((5.0, 1, 2), "length must be an int, got float")],
+    [
+        ((5, 3, 2), r"0 <= btok_start <= target_start <= length, got btok_start=3, target_start=2"),
+        ((5, 1, 6), "target_start=6, length=5"),
+        ((5.0, 1, 2), "length must be an int, got float"),
+    ],
     ids=["b_after_t", "t_past_end", "float_length"],
 )
 def test_sequence_mask_errors(args, match):

@@ -44,8 +44,18 @@ def on_device(route: str, device: str) -> str:
     return "sdpa" if route == "cpu_flash" and device != "cpu" else route
 
 
-def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
-                     causal=False, return_attn_probs=False):
+def reference_varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    softmax_scale=None,
+    causal=False,
+    return_attn_probs=False,
+):
     """``flash_attn_varlen_func`` as flash-attn >= 2.1 documents it, densely in the inputs'
     dtype: segment ``s`` attends its queries to its keys; causal masks are aligned to the
     bottom-right corner (query ``i`` of ``Lq`` sees keys ``j <= i + Lk - Lq``). Returns
@@ -56,9 +66,9 @@ def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     group = q.shape[1] // k.shape[1]
     outs, lses = [], []
     for s in range(len(cq) - 1):
-        qs = q[cq[s]:cq[s + 1]].transpose(0, 1)  # [Hq, Lq, D]
-        ks = k[ck[s]:ck[s + 1]].transpose(0, 1).repeat_interleave(group, 0)
-        vs = v[ck[s]:ck[s + 1]].transpose(0, 1).repeat_interleave(group, 0)
+        qs = q[cq[s] : cq[s + 1]].transpose(0, 1)  # [Hq, Lq, D]
+        ks = k[ck[s] : ck[s + 1]].transpose(0, 1).repeat_interleave(group, 0)
+        vs = v[ck[s] : ck[s + 1]].transpose(0, 1).repeat_interleave(group, 0)
         scores = (qs @ ks.transpose(-1, -2)) * softmax_scale
         if causal:
             lq, lk = qs.shape[1], ks.shape[1]
@@ -73,6 +83,7 @@ def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 def l2(x: torch.Tensor) -> float:
     return float(x.detach().double().norm())
+
 
 def lse_supported(route, dtype, device) -> bool:
     """SDPA on CUDA returns the log-sum-exp from its flash kernel only: fp16 / bf16."""
@@ -96,8 +107,18 @@ _REFERENCES: dict = {}
 def references(layout, hq, hkv, d, dtype, seed):
     """Inputs, the fp64 oracle (out, LSE, dq, dk, dv) and dense PyTorch in ``dtype``; the
     routes of one case share them (keyed by the layout's integers)."""
-    key = (tuple(layout.host_cu_seqlens), tuple(layout.host_btok_start), tuple(layout.host_target_start),
-           layout.is_causal, str(layout.device), hq, hkv, d, dtype, seed)
+    key = (
+        tuple(layout.host_cu_seqlens),
+        tuple(layout.host_btok_start),
+        tuple(layout.host_target_start),
+        layout.is_causal,
+        str(layout.device),
+        hq,
+        hkv,
+        d,
+        dtype,
+        seed,
+    )
     if key not in _REFERENCES:
         exact, lowp = make_inputs(layout, hq, hkv, d, dtype, seed=seed)
         scale = 1.0 / math.sqrt(d)
@@ -155,8 +176,11 @@ def test_dtypes(dtype, route, device):
     check(layout, 2, 1, 128, dtype, on_device(route, device), device=device)
 
 
-@pytest.mark.parametrize("hq,hkv,d", [(3, 3, 80), (4, 2, 96), (6, 1, 128), (12, 2, 64)],
-                         ids=["gqa1_d80", "gqa2_d96", "gqa6_d128", "gqa6_d64"])
+@pytest.mark.parametrize(
+    "hq,hkv,d",
+    [(3, 3, 80), (4, 2, 96), (6, 1, 128), (12, 2, 64)],
+    ids=["gqa1_d80", "gqa2_d96", "gqa6_d128", "gqa6_d64"],
+)
 def test_gqa_and_head_dims(hq, hkv, d, device):
     """Unaligned head dims; on the CPU the long sequence runs in chunks at every head dim."""
     layout = CondensationLayout.from_lengths([2 * chunk_rows(d) + 3, 9, 20], 4, [40, 0, 5])
@@ -167,10 +191,21 @@ def test_gqa_and_head_dims(hq, hkv, d, device):
 def test_random_layouts_bf16(seed, device):
     g = torch.Generator().manual_seed(seed)
     n = int(torch.randint(1, 9, (1,), generator=g))
-    lengths = [torch.randint(0, 200, (n,), generator=g).tolist(), torch.randint(0, 9, (n,), generator=g).tolist(),
-               torch.randint(0, 60, (n,), generator=g).tolist()]
-    check(CondensationLayout.from_lengths(*lengths), 6, 2, 32, torch.bfloat16, on_device("cpu_flash", device), seed,
-          device)
+    lengths = [
+        torch.randint(0, 200, (n,), generator=g).tolist(),
+        torch.randint(0, 9, (n,), generator=g).tolist(),
+        torch.randint(0, 60, (n,), generator=g).tolist(),
+    ]
+    check(
+        CondensationLayout.from_lengths(*lengths),
+        6,
+        2,
+        32,
+        torch.bfloat16,
+        on_device("cpu_flash", device),
+        seed,
+        device,
+    )
 
 
 def test_public_function_defaults_to_sdpa_on_cpu(monkeypatch):
@@ -192,7 +227,7 @@ def test_public_function_defaults_to_sdpa_on_cpu(monkeypatch):
     monkeypatch.setenv("BTOK_BACKEND", "reference")
     ref = condensation_attention(q, k, v, layout, softmax_scale=0.3)
     assert calls == [0.3] and rel_err(ref, out) < 1e-6
-    out_lse, lse = condensation_attention(q, k, v, layout, backend="sdpa", return_lse=True)
+    _, lse = condensation_attention(q, k, v, layout, backend="sdpa", return_lse=True)
     assert lse.shape == (4, layout.total_tokens) and calls == [0.3, 0.25]
 
 
@@ -216,8 +251,9 @@ def test_compiled_matches_eager():
         return (out, *torch.autograd.grad(out, (q, k, v), do))
 
     torch._dynamo.reset()
-    compiled = torch.compile(lambda q, k, v: condensation_attention(q, k, v, layout, backend="sdpa"),
-                             backend="aot_eager")
+    compiled = torch.compile(
+        lambda q, k, v: condensation_attention(q, k, v, layout, backend="sdpa"), backend="aot_eager"
+    )
     eager = step(q, k, v)
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
     out = compiled(*leaves)
@@ -233,7 +269,11 @@ def test_bidirectional_plans():
     layout = CondensationLayout.bidirectional([0, 5, 10, 10, 13, 18])
     segs = segments(layout)
     assert [(s.start, s.length, s.drop, s.causal) for s in segs] == [
-        (0, 5, 0, False), (5, 5, 0, False), (10, 3, 0, False), (13, 5, 0, False)]
+        (0, 5, 0, False),
+        (5, 5, 0, False),
+        (10, 3, 0, False),
+        (13, 5, 0, False),
+    ]
     plan = padded_plan(layout, 1)  # padding would be almost free, but keys must not be padded
     assert sorted((b.length, b.count, b.causal) for b in plan.buckets) == [(3, 1, False), (5, 3, False)]
     assert varlen_plan(layout).causal is False
@@ -274,7 +314,7 @@ def test_padded_plan_puts_every_row_once(width):
         assert torch.equal(rows[kept], dest)
         # padding repeats rows of the same segment, after the real ones
         for j in range(b.count):
-            seg_rows = rows[j * b.length:(j + 1) * b.length]
+            seg_rows = rows[j * b.length : (j + 1) * b.length]
             assert torch.all(seg_rows[1:] >= seg_rows[:-1])
         outputs.append(dest)
         total += b.count
@@ -298,8 +338,9 @@ def test_varlen_plan_offsets():
     assert (plan.max_seqlen_q, plan.max_seqlen_k, plan.causal) == (7, 7, True)
 
 
-@pytest.mark.parametrize("length,d,calls", [(511, 32, 1), (512, 32, 3), (534, 32, 5), (127, 128, 1), (128, 128, 3),
-                                             (264, 64, 5)])
+@pytest.mark.parametrize(
+    "length,d,calls", [(511, 32, 1), (512, 32, 3), (534, 32, 5), (127, 128, 1), (128, 128, 3), (264, 64, 5)]
+)
 def test_long_segments_run_in_chunks(length, d, calls, monkeypatch):
     """From two chunks on (256 rows at D=32, 64 at D=128, 128 at D=64) a causal segment runs in
     chunks: one call for the first, two for each other (its own keys, the keys before it).
@@ -352,10 +393,21 @@ def test_varlen_lse_shape_is_checked():
     layout = CondensationLayout.from_lengths([3], 1, [2])
     q = torch.randn(6, 2, 8)
 
-    def transposed_lse(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
-                       causal=False, return_attn_probs=False):
-        out, lse, _ = reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                       softmax_scale, causal, return_attn_probs)
+    def transposed_lse(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        softmax_scale=None,
+        causal=False,
+        return_attn_probs=False,
+    ):
+        out, lse, _ = reference_varlen(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, return_attn_probs
+        )
         return out, lse.t()
 
     with pytest.raises(RuntimeError, match=r"log-sum-exp of shape \(6, 2\), expected \[Hq, total_tokens\]"):

@@ -33,15 +33,16 @@ pytestmark = pytest.mark.interpret
 @triton.jit
 def _find_tile_probe(cu_seqlens, n_seqs, Out, BLOCK: tl.constexpr):
     i_t = tl.program_id(0)
-    i_s, i_m, n_m, bos, seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK)
+    i_s, i_m, n_m, _bos, _seqlen = _find_tile(cu_seqlens, n_seqs, i_t, BLOCK)
     tl.store(Out + i_t * 3 + 0, i_s)
     tl.store(Out + i_t * 3 + 1, i_m)
     tl.store(Out + i_t * 3 + 2, n_m)
 
 
 @triton.jit
-def _plan_probe(Cases, Out, n_cases, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                CASES: tl.constexpr):
+def _plan_probe(
+    Cases, Out, n_cases, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, CASES: tl.constexpr
+):
     """Cases [n, 4]: (tile start, seqlen, b, t). Out [n, 8]: the query-tile plan
     (lo, cut_hi, full_hi, hi) with the tile as rows, and the key-tile plan
     (lo, diag_hi, full_hi, hi) with the tile as keys, all positions. The helpers work
@@ -97,8 +98,9 @@ def test_query_and_key_tile_plans(block_m, block_n, causal, device):
         cases = [(s, seqlen, b, t) for seqlen, b, t in layout_cases for s in range(0, seqlen, tile)]
         c = torch.tensor(cases, dtype=torch.int32, device=device)
         out = torch.zeros(len(cases), 8, dtype=torch.int32, device=device)
-        _plan_probe[(triton.cdiv(len(cases), 64),)](c, out, len(cases), BLOCK_M=block_m, BLOCK_N=block_n,
-                                                   CAUSAL=causal, CASES=64)
+        _plan_probe[(triton.cdiv(len(cases), 64),)](
+            c, out, len(cases), BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, CASES=64
+        )
         plans: dict[tuple, list] = {}
         for (start, *key), plan in zip(cases, out.cpu().tolist()):
             # the kernels' three loops over positions: masked [lo, a), unmasked [a, z), masked [z, hi)

@@ -175,7 +175,7 @@ def test_root_errors(tmp_path):
     with pytest.raises(DataError, match="a folder, not a JSONL file, a source's folder"):
         parse_data_spec(str(tmp_path / "other"))
     write_lance(root, {"VisDial": [mmeb_row("q\n", "", "p\n")]})
-    with pytest.raises(DataError, match="holds VisDial in both the parquet layout .* and the Lance layout"):
+    with pytest.raises(DataError, match=r"holds VisDial in both the parquet layout .* and the Lance layout"):
         parse_data_spec(os.path.join(root, "VisDial"))
     with pytest.raises(ValueError, match="weight must be a number > 0"):
         parse_data_spec(f"{root}:-1")

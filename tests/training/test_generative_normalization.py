@@ -63,9 +63,7 @@ def test_authors_weighting_equals_the_hand_computation(chunk_size):
         out = model(model.collate(batch), loss_weights=weights)
         out.loss.backward()
     else:
-        chunker = TrainingCollator(
-            model.collator, True, chunk_size=chunk_size, sort_by_query_length=True
-        )
+        chunker = TrainingCollator(model.collator, True, chunk_size=chunk_size, sort_by_query_length=True)
         chunked = chunker(batch)
         assert len(chunked.chunks) == 3
         out = grad_cache_step(model, chunked, lambda loss: loss.backward(), weights)
@@ -85,9 +83,7 @@ def test_unsorted_chunks_give_another_authors_number():
     weights = LossWeights(WEIGHT, normalization="authors")
     values = []
     for sort in (True, False):
-        chunker = TrainingCollator(
-            model.collator, True, chunk_size=3, sort_by_query_length=sort
-        )
+        chunker = TrainingCollator(model.collator, True, chunk_size=3, sort_by_query_length=sort)
         values.append(grad_cache_step(model, chunker(batch), lambda loss: loss.backward(), weights).generative_loss)
     assert not torch.isclose(values[0], values[1], rtol=1e-4)
 

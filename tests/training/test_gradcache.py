@@ -34,9 +34,7 @@ def test_chunked_equals_full_batch(family, chunk_size, max_tokens):
     model = tiny_model(tiny_recipe(generative_weight=2.0), family=family).train()
     batch_examples = examples(8)
     full_batch = model.collate(batch_examples)
-    chunker = TrainingCollator(
-        model.collator, True, chunk_size=chunk_size, max_tokens=max_tokens
-    )
+    chunker = TrainingCollator(model.collator, True, chunk_size=chunk_size, max_tokens=max_tokens)
     chunked = chunker(batch_examples)
     assert isinstance(chunked, ChunkedBatch) and len(chunked.chunks) > 1
     if max_tokens is not None:
@@ -145,7 +143,7 @@ def test_single_chunk_is_a_plain_batch():
 
 def test_token_budget_too_small_names_the_example():
     model = tiny_model()
-    with pytest.raises(ValueError, match="example 0 packs into .* tokens.*max_tokens=10"):
+    with pytest.raises(ValueError, match=r"example 0 packs into .* tokens.*max_tokens=10"):
         TrainingCollator(model.collator, True, max_tokens=10)(examples(2))
 
 

@@ -123,7 +123,7 @@ def test_bad_columns_and_lance_tables_are_named(tmp_path):
 
 def test_a_subset_of_only_empty_rows_is_an_error(tmp_path):
     root = write_parquet(tmp_path, {"OK-VQA": [mmeb_row(pos_text="p\n"), mmeb_row("q\n")]})
-    with pytest.raises(DataError, match="OK-VQA/train-00000-of-00001.parquet: no rows"):
+    with pytest.raises(DataError, match=r"OK-VQA/train-00000-of-00001\.parquet: no rows"):
         MmebTrainSubset(root, "OK-VQA")
 
 

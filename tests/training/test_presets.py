@@ -129,9 +129,7 @@ def test_the_seed_fixes_the_adapters_init():
     models = []
     for draw in range(3):
         torch.manual_seed(100 + draw)
-        models.append(
-            build_model(tiny_backbone("qwen2"), replace(recipe, seed=3 + draw // 2), char_tokenizer())
-        )
+        models.append(build_model(tiny_backbone("qwen2"), replace(recipe, seed=3 + draw // 2), char_tokenizer()))
     adapters = [{n: p for n, p in m.named_parameters() if "lora_A" in n} for m in models]
     assert adapters[0] and all(torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])
     assert not any(torch.equal(adapters[0][n], adapters[2][n]) for n in adapters[0])

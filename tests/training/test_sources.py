@@ -119,7 +119,9 @@ def test_bad_visrag_rows_and_tables_are_named(tmp_path, layout):
     root = _bad_image_rows(tmp_path / "s", layout, [{"query": "q", "image": VISRAG_ROWS[0]["image"]}])
     with pytest.raises(DataError, match=r"missing field\(s\) \['source'\]"):
         VisragTrainSet(root)
-    with pytest.raises(DataError, match="no table of rows with images: expected .*train.lance or .*train-\\*.parquet"):
+    with pytest.raises(
+        DataError, match=r"no table of rows with images: expected .*train\.lance or .*train-\*\.parquet"
+    ):
         VisragTrainSet(tmp_path / "nothing")
 
 
@@ -190,10 +192,10 @@ FOLDERS = {
 # Written by hand from the authors' configs/datasets/mmeb_train.yaml (weight) and
 # btoks_mmeb_train.yaml (metadata.ntp_side): (weight, side) of the 25 v1 sources.
 V1_MIXTURE = {
-    **{name: (1.0, "positive") for name in ("ImageNet_1K", "N24News", "DocVQA", "Visual7W", "VisualNews_i2t")},
-    **{name: (1.0, "positive") for name in ("MSCOCO_i2t",)},
-    **{name: (0.5, "positive") for name in ("HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA")},
-    **{name: (0.5, "positive") for name in ("InfographicsVQA", "ChartQA")},
+    **dict.fromkeys(("ImageNet_1K", "N24News", "DocVQA", "Visual7W", "VisualNews_i2t"), (1.0, "positive")),
+    **dict.fromkeys(("MSCOCO_i2t",), (1.0, "positive")),
+    **dict.fromkeys(("HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA"), (0.5, "positive")),
+    **dict.fromkeys(("InfographicsVQA", "ChartQA"), (0.5, "positive")),
     "VisDial": (1.0, "query"),
     "CIRR": (0.5, "none"),
     "VisualNews_t2i": (1.0, "query"),
@@ -287,7 +289,7 @@ def test_missing_folders_and_sources_are_named(tmp_path):
         parse_data_spec(os.path.join(video, "video_qa_240k"))
     assert len(parse_data_spec(os.path.join(video, "video_caption_300k-video"))) == 1
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="a folder, not a JSONL file, a source's folder .* or a data root holding"):
+    with pytest.raises(DataError, match=r"a folder, not a JSONL file, a source's folder .* or a data root holding"):
         parse_data_spec(str(tmp_path / "empty"))
 
 

@@ -105,7 +105,7 @@ def test_resume_with_other_lora_settings_is_refused(tmp_path):
     recipe = tiny_recipe(max_steps=1, save_steps=1, lora_r=4)
     train(tiny_model(recipe), examples(4), recipe, str(tmp_path), save=False)
     other = tiny_recipe(max_steps=2, save_steps=1, lora_r=2)
-    with pytest.raises(ValueError, match="trainable parameters differ|shape"):
+    with pytest.raises(ValueError, match=r"trainable parameters differ|shape"):
         train(tiny_model(other), examples(4), other, str(tmp_path), resume=str(tmp_path / "checkpoint-1"))
     assert os.path.isdir(tmp_path / "checkpoint-1")
 

@@ -302,8 +302,9 @@ def test_cuda_empty_pack():
     q, k = _rows(0, 2, 16, device="cuda"), _rows(0, 1, 16, device="cuda")
     args = (layout.cu_seqlens, layout.btok_start, layout.target_start, 0.25)
     out, lse = cuda.condensation_fwd_cuda(q, k, k, *args)
-    _, dk, _ = cuda.condensation_bwd_cuda(q, q, k, k, out, lse, *args)
-    assert out.shape == (0, 2, 16) and lse.shape == (2, 0) and dk.shape == (0, 1, 16)
+    dq, dk, dv = cuda.condensation_bwd_cuda(q, q, k, k, out, lse, *args)
+    assert out.shape == (0, 2, 16) and lse.shape == (2, 0)
+    assert dq.shape == (0, 2, 16) and dk.shape == (0, 1, 16) and dv.shape == (0, 1, 16)
 
 
 @needs_gpu

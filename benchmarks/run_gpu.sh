@@ -64,10 +64,16 @@ else
     export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
   fi
 fi
+# FA4 carried in an earlier call (benchmarks/carry_fa4.sh unpack): its folder on PYTHONPATH
+fa4_env=$(bash benchmarks/carry_fa4.sh env 2>/dev/null || true)
+if [ -n "$fa4_env" ]; then
+  eval "$fa4_env"
+  echo "== FA4: carried, on PYTHONPATH"
+fi
 timeout 120 "$PY" - <<'EOF' 2>&1 | tee "$OUT_DIR/versions.txt"
 import importlib.metadata as md
 import torch
-for name in ("torch", "triton", "transformers", "tokenizers", "peft", "btok"):
+for name in ("torch", "triton", "transformers", "tokenizers", "peft", "btok", "flash-attn-4", "nvidia-cutlass-dsl"):
     try:
         print(f"{name} {md.version(name)}")
     except md.PackageNotFoundError:

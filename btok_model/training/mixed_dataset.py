@@ -395,6 +395,12 @@ class MixedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return sum(self.sizes)
 
+    @property
+    def reads_lance(self) -> bool:
+        """Whether reading an example may read a Lance table (a source in the Lance layout:
+        MMEB-train, LLaVA-Hound, ViDoRe / VisRAG repacks)."""
+        return any(getattr(part, "layout", None) == "lance" for part in self.parts)
+
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(f"example {i} of {len(self)}")

@@ -11,10 +11,9 @@ mixture's own sampler, with the Trainer's data-loader workers) and ``save_model`
 I/O is :mod:`btok_model.training.checkpoints`; one private method is overridden,
 ``_load_from_checkpoint``, because the Trainer has no public hook for how a checkpoint's weights
 are read. The batch builder keeps no state, so ``dataloader_num_workers`` may be set. Workers
-start by ``fork`` unless Lance is loaded in the training process (MMEB-train or LLaVA-Hound in
-Lance layout, an MMEB-V2 evaluation set): Lance is not fork-safe (its runtime's threads do not
-survive a fork, and a forked reader can deadlock), so then they start by ``spawn``
-(:func:`worker_start_method`), each opening the tables afresh.
+start by ``fork`` unless they read Lance tables (a source in the Lance layout): Lance is not
+fork-safe (its runtime's threads do not survive a fork, and a forked reader can deadlock), so
+then they start by ``spawn`` (:func:`worker_start_method`), each opening the tables afresh.
 
 Distributed training runs under ``torchrun`` with DDP: each rank embeds its share of the
 batch and scores its queries against the candidates of every rank
@@ -41,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import replace
 
 import torch
@@ -63,12 +61,11 @@ __all__ = ["BTokTrainer", "worker_start_method"]
 logger = logging.getLogger(__name__)
 
 
-def worker_start_method(num_workers: int) -> str | None:
+def worker_start_method(num_workers: int, dataset: MixedDataset) -> str | None:
     """How data-loader workers start: None (the platform's default, ``fork`` on Linux) without
-    workers or without Lance, ``"spawn"`` once ``lance`` or ``lancedb`` is imported in this
-    process (Lance is not fork-safe; the dataset is then pickled to each worker, and its Lance
-    tables reopen there)."""
-    if num_workers and ("lance" in sys.modules or "lancedb" in sys.modules):
+    workers or when ``dataset`` reads no Lance table, else ``"spawn"`` (Lance is not fork-safe;
+    the dataset is then pickled to each worker, and its Lance tables reopen there)."""
+    if num_workers and dataset.reads_lance:
         return "spawn"
     return None
 
@@ -228,7 +225,7 @@ class BTokTrainer(Trainer):
         if self.mixture_sampler is None:
             return super().get_train_dataloader()
         workers = self.args.dataloader_num_workers
-        start_method = worker_start_method(workers)
+        start_method = worker_start_method(workers, self.train_dataset)
         if start_method is not None:
             logger.info("data-loader workers (%d) start by %s: Lance is not fork-safe", workers, start_method)
         loader = torch.utils.data.DataLoader(

@@ -8,7 +8,7 @@ import pytest
 from benchmarks import retrieval, train_data_workers
 
 
-def test_train_data_workers_trains_each_setting(tmp_path, monkeypatch, one_torch_thread, capsys):
+def test_train_data_workers_trains_with_a_worker(tmp_path, monkeypatch, one_torch_thread, capsys):
     monkeypatch.chdir(tmp_path)
     results = train_data_workers.main(
         [

@@ -123,16 +123,15 @@ def test_bf16_autocast_matches_fp32(tmp_path, chunk_size):
     assert logs[True]["loss"] != logs[False]["loss"], "bf16 autocast was not applied"
 
 
-def test_workers_start_by_spawn_once_lance_is_loaded(monkeypatch):
-    """Lance is not fork-safe: with ``lance`` or ``lancedb`` imported, data-loader workers spawn."""
-    import sys
-
+def test_workers_start_by_spawn_when_they_read_lance(tmp_path):
+    """Lance is not fork-safe: data-loader workers that read a Lance table spawn; others fork."""
+    from btok_model.training import DataSource, MixedDataset
     from btok_model.training.trainer import worker_start_method
+    from tests.helpers.mmeb_train_data import ROWS, write_lance, write_parquet
 
-    for name in ("lance", "lancedb"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    assert worker_start_method(2) is None and worker_start_method(0) is None
-    for name in ("lance", "lancedb"):
-        with monkeypatch.context() as m:
-            m.setitem(sys.modules, name, object())
-            assert worker_start_method(2) == "spawn" and worker_start_method(0) is None
+    rows = {"VisDial": ROWS["VisDial"]}
+    parquet = MixedDataset([DataSource(write_parquet(tmp_path / "p", rows), 1.0, "VisDial")])
+    lance = MixedDataset([DataSource(write_lance(tmp_path / "l", rows), 1.0, "VisDial")])
+    assert not parquet.reads_lance and lance.reads_lance
+    assert worker_start_method(2, parquet) is None and worker_start_method(0, lance) is None
+    assert worker_start_method(2, lance) == "spawn"

@@ -159,7 +159,7 @@ def test_stopped_run_resumes_to_the_same_dataset(tmp_path, model_dir, monkeypatc
 
 
 def test_killed_subprocess_resumes_to_the_same_dataset(tmp_path, model_dir):
-    data = _corpus(tmp_path / "c.jsonl", 1500)
+    data = _corpus(tmp_path / "c.jsonl", 480)
     out = str(tmp_path / "o.lance")
     command = [sys.executable, "-m", "btok_model.embed", *_args(model_dir, data, out, "--block-size", "8")]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
@@ -174,11 +174,10 @@ def test_killed_subprocess_resumes_to_the_same_dataset(tmp_path, model_dir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len([n for n in os.listdir(records) if n.endswith(".json")])
-    assert 3 <= done < 188
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert 3 <= done < 60
+    main(_args(model_dir, data, out, "--block-size", "8"))  # resumed in this process: what is left
     summary = read_metadata(out)["summary"]
-    assert summary["rows"] == 1500 and summary["encoded_this_run"] <= 1500 - 8 * done
+    assert summary["rows"] == 480 and summary["encoded_this_run"] <= 480 - 8 * done
     fresh = str(tmp_path / "fresh.lance")
     main(_args(model_dir, data, fresh, "--block-size", "8"))
     assert _table(out).equals(_table(fresh))

@@ -235,9 +235,9 @@ class BTokTrainer(Trainer):
             collate_fn=self.data_collator,
             pin_memory=self.args.dataloader_pin_memory,
             drop_last=self.args.dataloader_drop_last,
-            num_workers=self.args.dataloader_num_workers,
-            prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers else None,
-            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+            num_workers=workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
             multiprocessing_context=start_method,
         )
         return self.accelerator.prepare(loader)

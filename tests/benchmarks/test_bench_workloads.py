@@ -27,6 +27,7 @@ from btok_kernels import CondensationLayout, condensation_mask, sequence_mask
 from btok_kernels.mask import condensation_mask_mod
 from tests.helpers.numerics import rel_err
 from tests.helpers.oracle import dense_attention, dense_layout_mask
+from tests.helpers.step_benchmarks import tiny_step_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,25 +198,7 @@ def test_mask_attn_runs_as_a_module():
 
 
 def test_model_step_tiny_runs(tmp_path):
-    # --no-memory: the peak-RSS probe changes malloc for the rest of its process (tested apart, in a subprocess)
-    out = model_step.main(
-        [
-            "--device",
-            "cpu",
-            "--workload",
-            "tiny",
-            "--layers",
-            "1",
-            "--cpu-reps",
-            "1",
-            "--no-memory",
-            "--out-dir",
-            str(tmp_path),
-            "--stem",
-            "m",
-            "--no-plot",
-        ]
-    )
+    out = model_step.main(tiny_step_argv(tmp_path, "--stem", "m"))
     rows = {r["row"]: r for r in out["rows"]}
     assert json.loads((tmp_path / "m.json").read_text())["rows"] == json.loads(json.dumps(out["rows"]))
     assert rows["sdpa"]["status"] == "ok" and rows["sdpa"]["step_ms"] > 0
@@ -237,24 +220,7 @@ def test_model_step_rows_are_extensible(tmp_path, monkeypatch):
         return model_step.Prepared(base.loss, None, ["the sdpa row under another name"])
 
     monkeypatch.setattr(model_step, "ROWS", [*model_step.ROWS, model_step.Row("sdpa_again", "sdpa", prepare)])
-    out = model_step.main(
-        [
-            "--device",
-            "cpu",
-            "--workload",
-            "tiny",
-            "--layers",
-            "1",
-            "--cpu-reps",
-            "1",
-            "--no-memory",
-            "--rows",
-            "sdpa_again",
-            "--out-dir",
-            str(tmp_path),
-            "--no-plot",
-        ]
-    )
+    out = model_step.main(tiny_step_argv(tmp_path, "--rows", "sdpa_again"))
     (row,) = out["rows"]
     assert row["row"] == "sdpa_again" and row["status"] == "ok" and row["err_loss"] < 1e-5, row
     assert calls == [3]

@@ -14,6 +14,7 @@ import torch
 
 from benchmarks import btok_step, encode, model_step, report, steps
 from btok_kernels import CondensationLayout
+from tests.helpers.step_benchmarks import tiny_step_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,26 +52,8 @@ def test_btok_step_rows_agree_with_the_reference_and_a_wrong_mask_fails(tmp_path
         steps.Row("fwd_no_cut", "btok_triton", _forward_only(_plain_causal)),
     ]
     monkeypatch.setattr(btok_step, "ROWS", [*btok_step.ROWS, *extra])
-    out = btok_step.main(
-        [
-            "--device",
-            "cpu",
-            "--workload",
-            "tiny",
-            "--layers",
-            "1",
-            "--cpu-reps",
-            "1",
-            "--rows",
-            "btok_triton,two_pass_sdpa,sdpa_dense,no_cut,fwd_ok,fwd_no_cut",
-            "--no-memory",
-            "--out-dir",
-            str(tmp_path),
-            "--stem",
-            "s",
-            "--no-plot",
-        ]
-    )
+    rows = "btok_triton,two_pass_sdpa,sdpa_dense,no_cut,fwd_ok,fwd_no_cut"
+    out = btok_step.main(tiny_step_argv(tmp_path, "--rows", rows, "--stem", "s"))
     rows = {r["row"]: r for r in out["rows"]}
     # (flex_attention's row compiles its forward on the CPU, 10-20 s: the dry run of run_gpu.sh covers it)
     assert list(rows) == ["btok_triton", "two_pass_sdpa", "sdpa_dense", "no_cut", "fwd_ok", "fwd_no_cut"]
@@ -323,24 +306,7 @@ def test_a_run_cut_short_keeps_its_rows(tmp_path, monkeypatch, one_torch_thread)
 
     monkeypatch.setattr(steps, "run_row", run_row)
     with pytest.raises(KeyboardInterrupt):
-        btok_step.main(
-            [
-                "--device",
-                "cpu",
-                "--workload",
-                "tiny",
-                "--layers",
-                "1",
-                "--cpu-reps",
-                "1",
-                "--no-memory",
-                "--out-dir",
-                str(tmp_path),
-                "--stem",
-                "k",
-                "--no-plot",
-            ]
-        )
+        btok_step.main(tiny_step_argv(tmp_path, "--stem", "k"))
     data = json.loads((tmp_path / "k.json").read_text())
     assert [r["row"] for r in data["rows"]] == done == ["btok_triton"] and data["rows"][0]["status"] == "ok"
     assert data["meta"]["reference"] and data["meta"]["wall_s"] > 0
